@@ -1,0 +1,173 @@
+"""PyTorch baselines: ``torch-cpu`` and ``torch-gpu`` (eager).
+
+The network is written the way a PyTorch user writes it (``F.linear`` + activation per layer, the library's
+loss functions, autograd, ``torch.optim.SGD``), with the same initial parameters, loss and update rule as
+every other backend and IEEE float32 matrix products (no TF32).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mlpbench.backends.base import (
+    BackendUnavailable,
+    Batch,
+    Model,
+    Params,
+    check_inputs,
+    check_params,
+    check_step_size,
+    check_threads,
+)
+from mlpbench.network import Network
+
+_ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu}
+
+
+def pin_ieee_float32() -> None:
+    """Keep float32 products in IEEE float32 on CPU (oneDNN) and GPU (cuBLAS): no TF32, no bf16."""
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
+    torch.backends.mkldnn.matmul.fp32_precision = "ieee"
+
+
+def default_threads() -> int:
+    """All cores this process may run on."""
+    return len(os.sched_getaffinity(0))
+
+
+class TorchModel(Model):
+    """The PyTorch network on ``self.torch_device``; subclasses choose the device."""
+
+    torch_device = "cpu"
+
+    def __init__(self, network: Network, params: Params) -> None:
+        super().__init__(network, params)
+        pin_ieee_float32()
+        self._dev = torch.device(self.torch_device)
+        self._weights = []
+        self._biases = []
+        for weights, bias in check_params(network, params):
+            self._weights.append(torch.tensor(weights, device=self._dev, requires_grad=True))
+            self._biases.append(torch.tensor(bias, device=self._dev, requires_grad=True))
+        self._activation = _ACTIVATIONS[network.activation]
+        self._optimizer = torch.optim.SGD([{"params": self._weights, "weight_decay": 0.0},
+                                           {"params": self._biases, "weight_decay": 0.0}], lr=0.0)
+        self._hidden: list[torch.Tensor] = []
+        self._logits: torch.Tensor | None = None
+        self._loss: torch.Tensor | None = None
+        self._pending_loss: torch.Tensor | None = None  # the loss whose graph backprop has not used yet
+
+    def prepare(self, X: np.ndarray, y: np.ndarray | None = None) -> Batch:
+        X, T = check_inputs(self.network, X, y)
+        X_t = torch.from_numpy(X).to(self._dev)
+        T_t = None if T is None else torch.from_numpy(T).to(self._dev)
+        return Batch(X_t, T_t, X.shape[0], self.network)
+
+    def _loss_of(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.network.loss == "softmax-ce":
+            return F.cross_entropy(logits, targets)
+        return F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / logits.shape[0]
+
+    def forward(self, batch: Batch) -> None:
+        self._check_batch(batch)
+        a = batch.X
+        hidden = []
+        last = self.network.n_layers - 1
+        for index, (weights, bias) in enumerate(zip(self._weights, self._biases, strict=True)):
+            z = F.linear(a, weights, bias)
+            if index < last:
+                a = self._activation(z)
+                hidden.append(a)
+        self._hidden, self._logits = hidden, z
+        self._pending_loss = None if batch.T is None else self._loss_of(z, batch.T)
+        self._loss = None if self._pending_loss is None else self._pending_loss.detach()
+
+    def backprop(self, batch: Batch) -> None:
+        self._check_batch(batch, need_targets=True)
+        if self._pending_loss is None:
+            raise RuntimeError("backprop needs a new forward pass on a labelled batch first")
+        self._optimizer.zero_grad(set_to_none=False)
+        self._pending_loss.backward()
+        self._pending_loss = None
+
+    def update(self, lr: float, weight_decay: float = 0.0) -> None:
+        lr, weight_decay = check_step_size(lr, weight_decay)
+        if self._weights[0].grad is None:
+            raise RuntimeError("update before backprop")
+        weight_group, bias_group = self._optimizer.param_groups
+        weight_group["lr"] = bias_group["lr"] = lr
+        weight_group["weight_decay"] = weight_decay
+        self._optimizer.step()
+
+    def synchronize(self) -> None:
+        if self._dev.type == "cuda":
+            torch.cuda.synchronize(self._dev)
+
+    def loss(self) -> float:
+        return float("nan") if self._loss is None else float(self._loss)
+
+    def activations(self) -> list[np.ndarray]:
+        if self._logits is None:
+            raise RuntimeError("no forward pass yet")
+        with torch.no_grad():
+            out = (F.softmax(self._logits, dim=1) if self.network.loss == "softmax-ce"
+                   else torch.sigmoid(self._logits))
+            return [t.detach().cpu().numpy().copy() for t in [*self._hidden, out]]
+
+    def params(self) -> Params:
+        return [(w.detach().cpu().numpy().copy(), b.detach().cpu().numpy().copy())
+                for w, b in zip(self._weights, self._biases, strict=True)]
+
+    def grads(self) -> Params:
+        if self._weights[0].grad is None:
+            raise RuntimeError("no gradients yet: call backprop first")
+        return [(w.grad.cpu().numpy().copy(), b.grad.cpu().numpy().copy())
+                for w, b in zip(self._weights, self._biases, strict=True)]
+
+
+class TorchCPUModel(TorchModel):
+    """``torch-cpu``: runs every stage on ``threads`` threads (default: all cores), set before each call."""
+
+    name = "torch-cpu"
+
+    def __init__(self, network: Network, params: Params, threads: int | None = None) -> None:
+        self.threads = default_threads() if threads is None else check_threads(threads)
+        super().__init__(network, params)
+
+    def _use_threads(self) -> None:
+        # One OpenMP runtime serves PyTorch and the C library: never inherit another backend's setting.
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+
+    def forward(self, batch: Batch) -> None:
+        self._use_threads()
+        super().forward(batch)
+
+    def backprop(self, batch: Batch) -> None:
+        self._use_threads()
+        super().backprop(batch)
+
+    def update(self, lr: float, weight_decay: float = 0.0) -> None:
+        self._use_threads()
+        super().update(lr, weight_decay)
+
+
+def require_cuda() -> None:
+    if not torch.cuda.is_available():
+        raise BackendUnavailable("no CUDA GPU visible to PyTorch on this machine")
+
+
+class TorchGPUModel(TorchModel):
+    """``torch-gpu``: eager PyTorch on the current CUDA device."""
+
+    name = "torch-gpu"
+    device = "cuda"
+    torch_device = "cuda"
+
+    def __init__(self, network: Network, params: Params) -> None:
+        require_cuda()
+        super().__init__(network, params)
