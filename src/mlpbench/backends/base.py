@@ -109,14 +109,14 @@ def _targets(network: Network, y: Any, batch: int) -> np.ndarray:
     return targets
 
 
-def check_params(network: Network, params: Params) -> Params:
-    """Validate ``[(W, b), ...]`` against the network's shapes; returns float32 C-contiguous copies."""
+def check_params(network: Network, params: Params, dtype: type = np.float32) -> Params:
+    """Validate ``[(W, b), ...]`` against the network's shapes; returns C-contiguous copies in ``dtype``."""
     if len(params) != network.n_layers:
         raise ValueError(f"params: expected {network.n_layers} (W, b) pairs, got {len(params)}")
     checked = []
     for index, ((weights, bias), (n_out, n_in)) in enumerate(zip(params, network.layer_shapes, strict=True)):
-        weights = np.array(weights, dtype=np.float32, order="C", copy=True)
-        bias = np.array(bias, dtype=np.float32, order="C", copy=True)
+        weights = np.array(weights, dtype=dtype, order="C", copy=True)
+        bias = np.array(bias, dtype=dtype, order="C", copy=True)
         if weights.shape != (n_out, n_in) or bias.shape != (n_out,):
             raise ValueError(f"params[{index}]: expected W {(n_out, n_in)} and b {(n_out,)}, "
                              f"got {weights.shape} and {bias.shape}")

@@ -53,7 +53,7 @@ class NumpyModel(Model):
 
     def __init__(self, network: Network, params: Params) -> None:
         super().__init__(network, params)
-        self._params = [(w.astype(np.float64), b.astype(np.float64)) for w, b in check_params(network, params)]
+        self._params = check_params(network, params, np.float64)
         self._grads: Params = []
         self._activations: list[np.ndarray] = []
         self._loss = float("nan")

@@ -156,9 +156,9 @@ class TorchCPUModel(TorchModel):
         super().update(lr, weight_decay)
 
 
-def require_cuda() -> None:
+def require_cuda(backend: str) -> None:
     if not torch.cuda.is_available():
-        raise BackendUnavailable("no CUDA GPU visible to PyTorch on this machine")
+        raise BackendUnavailable(f"{backend}: no CUDA GPU visible to PyTorch on this machine")
 
 
 class TorchGPUModel(TorchModel):
@@ -169,5 +169,5 @@ class TorchGPUModel(TorchModel):
     torch_device = "cuda"
 
     def __init__(self, network: Network, params: Params) -> None:
-        require_cuda()
+        require_cuda(self.name)
         super().__init__(network, params)

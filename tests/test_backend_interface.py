@@ -1,0 +1,125 @@
+"""The backend interface: names, options and the input checks every CPU backend applies before computing."""
+
+import numpy as np
+import pytest
+
+from mlpbench import BACKENDS, BackendUnavailable, Network, load
+from mlpbench.backends import CPU_BACKENDS, GPU_BACKENDS, model_class
+from mlpbench.verify import FLOAT32_TOLERANCE, compare_stages
+
+NET = Network((5, 7, 3), "tanh", "softmax-ce")
+BCE_NET = Network((4, 6, 2), "sigmoid", "sigmoid-bce")
+
+
+def test_registry_names_match_the_study():
+    assert BACKENDS == CPU_BACKENDS + GPU_BACKENDS
+    with pytest.raises(ValueError, match="unknown backend 'cuda'"):
+        model_class("cuda")
+
+
+@pytest.mark.parametrize("network", [Network((1, 1, 2), "relu"), Network((33, 257, 7), "sigmoid"),
+                                     Network((7, 33, 1, 3), "tanh", "sigmoid-bce")],
+                         ids=lambda net: net.name)
+@pytest.mark.parametrize("batch", [1, 7, 33])
+def test_torch_cpu_matches_the_reference(network, batch):
+    errors = compare_stages("torch-cpu", network, batch, seed=batch, threads=1)
+    assert max(errors.values()) <= FLOAT32_TOLERANCE, errors
+
+
+def good_batch(network=NET, batch=4):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((batch, network.n_inputs)).astype(np.float32)
+    y = rng.integers(0, network.n_outputs, batch)
+    return X, y
+
+
+def misaligned(shape):
+    raw = np.zeros(int(np.prod(shape)) * 4 + 1, np.uint8)
+    return raw[1:].view(np.float32).reshape(shape)
+
+
+X_OK, Y_OK = good_batch()
+BAD_INPUTS = [
+    ("list", X_OK.tolist(), Y_OK, TypeError, "numpy.ndarray"),
+    ("float64", X_OK.astype(np.float64), Y_OK, TypeError, "float32"),
+    ("1-D", X_OK.reshape(-1), Y_OK, ValueError, "2-D"),
+    ("transposed", np.asfortranarray(X_OK), Y_OK, ValueError, "C-contiguous"),
+    ("strided", np.repeat(X_OK, 2, axis=0)[::2], Y_OK, ValueError, "C-contiguous"),
+    ("misaligned", misaligned(X_OK.shape), Y_OK, ValueError, "misaligned"),
+    ("wrong width", np.zeros((4, 6), np.float32), Y_OK, ValueError, "expected 5 features"),
+    ("empty", np.zeros((0, 5), np.float32), Y_OK[:0], ValueError, "empty batch"),
+    ("nan", np.where(X_OK > 1, np.nan, X_OK).astype(np.float32), Y_OK, ValueError, "NaN or Inf"),
+    ("inf", np.full((4, 5), np.inf, np.float32), Y_OK, ValueError, "NaN or Inf"),
+    ("float labels", X_OK, Y_OK.astype(np.float32), TypeError, "integer class labels"),
+    ("label too big", X_OK, np.array([0, 1, 2, 3]), ValueError, r"\[0, 3\)"),
+    ("negative label", X_OK, np.array([0, -1, 2, 1]), ValueError, r"\[0, 3\)"),
+    ("short labels", X_OK, Y_OK[:3], ValueError, r"shape \(4,\)"),
+]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("case, X, y, error, message", BAD_INPUTS, ids=[case[0] for case in BAD_INPUTS])
+def test_bad_input_is_rejected_before_computing(backend, case, X, y, error, message):
+    model = load(backend, NET)
+    with pytest.raises(error, match=message):
+        model.step(X, y, lr=0.1)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_bad_bce_targets_and_step_sizes_are_rejected(backend):
+    model = load(backend, BCE_NET)
+    X = np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        model.step(X, np.full((3, 2), 1.5, np.float32), lr=0.1)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        model.step(X, np.full((3, 2), np.nan, np.float32), lr=0.1)
+    with pytest.raises(ValueError, match=r"shape \(3, 2\)"):
+        model.step(X, np.ones(3, np.float32), lr=0.1)
+    with pytest.raises(ValueError, match="lr"):
+        model.step(X, np.ones((3, 2), np.float32), lr=float("nan"))
+    with pytest.raises(ValueError, match="weight_decay"):
+        model.step(X, np.ones((3, 2), np.float32), lr=0.1, weight_decay=-1.0)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_stages_out_of_order_and_foreign_batches_are_rejected(backend):
+    model = load(backend, NET)
+    with pytest.raises(TypeError, match="Batch"):
+        model.forward(X_OK)
+    other = load("numpy", Network((5, 4, 3)))
+    with pytest.raises(ValueError, match="prepared for network 5-4-3"):
+        model.forward(other.prepare(X_OK, Y_OK))
+    unlabelled = model.prepare(X_OK)
+    model.forward(unlabelled)
+    with pytest.raises(ValueError, match="no labels"):
+        model.backprop(unlabelled)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_wrong_parameter_shapes_are_rejected(backend):
+    params = NET.init_params(0)
+    params[1] = (params[1][0][:, :-1], params[1][1])
+    with pytest.raises(ValueError, match=r"params\[1\]"):
+        load(backend, NET, params)
+
+
+@pytest.mark.parametrize("backend", ["torch-cpu", "c-omp"])
+@pytest.mark.parametrize("threads, error", [(0, ValueError), (-2, ValueError), (1.5, TypeError),
+                                            (True, TypeError)])
+def test_bad_thread_counts_are_rejected(backend, threads, error):
+    with pytest.raises(error, match="threads"):
+        load(backend, NET, threads=threads)
+
+
+def test_unknown_options_are_rejected():
+    with pytest.raises(TypeError):
+        load("numpy", NET, threads=2)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_backends_explain_why_they_cannot_run(backend):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present here; the GPU tests cover these backends")
+    with pytest.raises(BackendUnavailable, match=backend):
+        load(backend, NET)
