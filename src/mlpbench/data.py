@@ -73,8 +73,8 @@ def standardised(dataset: Dataset) -> Dataset:
     mean = dataset.X_train.mean(axis=0)
     std = dataset.X_train.std(axis=0)
     std[std == 0] = 1.0
-    scale = (lambda X: ((X - mean) / std).astype(np.float32))
-    return replace(dataset, X_train=scale(dataset.X_train), X_test=scale(dataset.X_test))
+    return replace(dataset, X_train=((dataset.X_train - mean) / std).astype(np.float32),
+                   X_test=((dataset.X_test - mean) / std).astype(np.float32))
 
 
 def synthetic(network: Network, n_samples: int, seed: int = 0) -> Dataset:

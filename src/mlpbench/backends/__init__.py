@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from mlpbench.backends.base import Batch, BackendUnavailable, Model, Params
+from mlpbench.backends.base import BackendUnavailable, Batch, Model, Params
 from mlpbench.network import Network, resolve
 
 # name -> (module, class). The order is the order of tables and figures: reference, CPU, GPU.
