@@ -1,0 +1,152 @@
+"""What a result was measured on: code version, CPU, threading settings, libraries, native build, GPU.
+
+:func:`describe` returns a JSON-ready dict; every entry that cannot be read here holds a string starting
+with ``"unavailable: "`` and the reason, so a missing GPU or library never stops a sweep. It starts
+subprocesses (``git``, ``nvidia-smi``): call it before any OpenMP work ran in the process, because forking
+after OpenMP work is not safe with libgomp.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import importlib.metadata
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+#: Prefixes of environment variables that change threading or numerics of the libraries measured.
+THREAD_ENV_PREFIXES = ("OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "TORCH_", "CUDA_", "PYCUDA_")
+
+_REPO = Path(__file__).resolve().parents[2]
+
+
+def unavailable(reason: object) -> str:
+    return f"unavailable: {reason}"
+
+
+def now_utc() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _run(args: list[str], cwd: Path | None = None) -> str:
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+
+
+def git_info(repo: Path = _REPO) -> dict[str, Any]:
+    """Commit of the source tree and whether it had uncommitted changes."""
+    if shutil.which("git") is None:
+        return {"commit": unavailable("git not installed"), "dirty": None}
+    try:
+        commit = _run(["git", "rev-parse", "HEAD"], cwd=repo)
+        status = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as error:
+        return {"commit": unavailable(f"not a git checkout ({error})"), "dirty": None}
+    return {"commit": commit, "dirty": bool(status)}
+
+
+def cpu_info() -> dict[str, Any]:
+    model = platform.processor() or unavailable("unknown")
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"model": model, "logical_cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+            "machine": platform.machine(), "load_average": list(os.getloadavg())}
+
+
+def thread_env() -> dict[str, str]:
+    return {key: value for key, value in sorted(os.environ.items()) if key.startswith(THREAD_ENV_PREFIXES)}
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return unavailable("not installed")
+
+
+def library_info() -> dict[str, Any]:
+    """Versions of Python and the numeric libraries, PyTorch's threading report, and NumPy's BLAS pools."""
+    import numpy as np
+    import torch
+
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "torch_parallel_info": torch.__config__.parallel_info(),
+        "pycuda": _version("pycuda"),
+        "mlpbench": _version("mlpbench"),
+    }
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["blas_threadpools"] = threadpool_info()
+    except ImportError as error:
+        info["blas_threadpools"] = unavailable(error)
+    return info
+
+
+def native_info() -> Any:
+    """Compiler, flags and OpenMP version of the C library, as ``mlpbench.native.build_info()`` reports."""
+    try:
+        native = importlib.import_module("mlpbench.native")
+        build_info = native.build_info
+    except (ImportError, AttributeError) as error:
+        return unavailable(error)
+    try:
+        return build_info()
+    except Exception as error:  # the library may be unbuilt; the sweep goes on without it
+        return unavailable(f"{type(error).__name__}: {error}")
+
+
+_SMI_FIELDS = ("name", "driver_version", "clocks.sm", "clocks.max.sm", "clocks.mem", "clocks.max.mem",
+               "power.limit", "temperature.gpu", "persistence_mode", "pstate")
+
+
+def gpu_info() -> dict[str, Any]:
+    """What PyTorch sees of the GPU; the driver version and clocks come from ``nvidia-smi`` when installed."""
+    import torch
+
+    info: dict[str, Any] = {"torch_cuda": torch.version.cuda or unavailable("CPU build of PyTorch")}
+    if torch.cuda.is_available():
+        index = torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        info.update(name=props.name, capability=f"{props.major}.{props.minor}",
+                    multiprocessors=props.multi_processor_count, memory_bytes=props.total_memory)
+    else:
+        info["name"] = unavailable("no CUDA GPU visible to PyTorch")
+    if shutil.which("nvidia-smi") is None:
+        info["nvidia_smi"] = unavailable("nvidia-smi not installed")
+        return info
+    try:
+        out = _run(["nvidia-smi", f"--query-gpu={','.join(_SMI_FIELDS)}", "--format=csv,noheader"])
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as error:
+        info["nvidia_smi"] = unavailable(error)
+        return info
+    info["nvidia_smi"] = [dict(zip(_SMI_FIELDS, (v.strip() for v in line.split(",")), strict=False))
+                          for line in out.splitlines() if line.strip()]
+    return info
+
+
+def describe() -> dict[str, Any]:
+    """Everything above, plus host name, operating system and the time it was read."""
+    return {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "read_at": now_utc(),
+        "git": git_info(),
+        "cpu": cpu_info(),
+        "thread_env": thread_env(),
+        "libraries": library_info(),
+        "native": native_info(),
+        "gpu": gpu_info(),
+    }

@@ -1,0 +1,217 @@
+"""Stage-by-stage timing of one model: transfer, forward, backprop, update, and the whole training step.
+
+How a stage is timed:
+
+* the model first runs ``warmup`` untimed steps (both the separate stages and ``train_step``), so first-call
+  costs — library initialisation, kernel compilation, CUDA-graph capture, page faults — stay out of the samples;
+* inputs rotate over several batches prepared in advance from random data (never zeros), so a large network
+  is not timed on an input that sits in cache from the previous repeat;
+* every sample is one call of one stage. On a CPU model it is read with :func:`time.perf_counter_ns` around
+  the call (after :meth:`Model.synchronize`); on a CUDA model with a pair of CUDA events on the default
+  stream, recorded after the device went idle, so the sample is the time from the call until the device
+  finished its work;
+* ``transfer`` (``prepare(X, y)``: input check plus host-to-device copy) is a stage on CUDA models only; on CPU
+  models ``prepare`` is input checking, done once before timing;
+* ``step`` is ``train_step`` timed on its own, so a backend that fuses the step (one kernel, one CUDA graph) is
+  measured as it runs, not as the sum of its stages.
+
+Each stage's samples are summarised by :class:`Stats` (median, quartiles, IQR, number of samples).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from mlpbench.backends.base import Model
+
+#: The study's stages, in the order of tables and figures. ``transfer`` exists on CUDA models only.
+STAGES = ("transfer", "forward", "backprop", "update", "step")
+#: Backends that take a ``threads`` option; every other CPU backend runs on a fixed count.
+THREADED_BACKENDS = ("c-omp", "torch-cpu")
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Summary of one stage's samples, in seconds. Quartiles use linear interpolation (NumPy's default)."""
+
+    n: int
+    median: float
+    q1: float
+    q3: float
+    min: float
+    mean: float
+
+    @property
+    def iqr(self) -> float:
+        return self.q3 - self.q1
+
+    @classmethod
+    def from_ns(cls, samples_ns: Sequence[int]) -> Stats:
+        if len(samples_ns) == 0:
+            raise ValueError("no samples to summarise")
+        seconds = np.asarray(samples_ns, dtype=np.float64) * 1e-9
+        q1, median, q3 = np.percentile(seconds, [25, 50, 75])
+        return cls(n=len(seconds), median=float(median), q1=float(q1), q3=float(q3),
+                   min=float(seconds.min()), mean=float(seconds.mean()))
+
+    def as_dict(self) -> dict[str, float]:
+        return {**asdict(self), "iqr": self.iqr}
+
+
+class CpuClock:
+    """Host wall-clock samples: ``now()`` (default :func:`time.perf_counter_ns`) read around the call, after
+    ``sync()`` so no earlier queued work is billed to it. Tests pass a fake ``now``."""
+
+    def __init__(self, sync: Callable[[], None] = lambda: None,
+                 now: Callable[[], int] = time.perf_counter_ns) -> None:
+        self.sync = sync
+        self.now = now
+
+    def measure(self, fn: Callable[[], object]) -> int:
+        self.sync()
+        start = self.now()
+        fn()
+        self.sync()
+        return self.now() - start
+
+
+class CudaEventClock:
+    """Device-timeline samples from two CUDA events on the default stream.
+
+    PyTorch's default stream is the legacy stream 0 that PyCUDA launches on too, so the events bracket the
+    work of every GPU backend. The device is drained first, so the start event fires when the call begins.
+    """
+
+    def __init__(self) -> None:
+        import torch
+
+        self._torch = torch
+        self._start = torch.cuda.Event(enable_timing=True)
+        self._end = torch.cuda.Event(enable_timing=True)
+
+    def measure(self, fn: Callable[[], object]) -> int:
+        self._torch.cuda.synchronize()
+        self._start.record()
+        fn()
+        self._end.record()
+        self._end.synchronize()
+        return round(self._start.elapsed_time(self._end) * 1e6)  # milliseconds -> nanoseconds
+
+
+def clock_for(model: Model) -> CpuClock | CudaEventClock:
+    """CUDA events for models whose stages run on the GPU, the host clock otherwise."""
+    if model.device == "cuda":
+        return CudaEventClock()
+    return CpuClock(sync=model.synchronize)
+
+
+@dataclass(frozen=True)
+class StageTimes:
+    """What :func:`time_stages` measured: one :class:`Stats` per stage and the loss after the last step."""
+
+    stats: dict[str, Stats]
+    loss_after: float
+    repeats: int
+
+
+def stages_for(model: Model) -> tuple[str, ...]:
+    """The stages timed on ``model``: all of :data:`STAGES` on CUDA models, all but ``transfer`` otherwise."""
+    return STAGES if model.device == "cuda" else STAGES[1:]
+
+
+def time_stages(model: Model, inputs: Sequence[tuple[np.ndarray, np.ndarray]], *, lr: float,
+                weight_decay: float = 0.0, repeats: int = 20, warmup: int = 3, min_repeats: int = 3,
+                budget_s: float | None = None,
+                clock: CpuClock | CudaEventClock | None = None) -> StageTimes:
+    """Time every stage of ``model`` on host batches ``inputs`` (cycled in order, one per repeat).
+
+    ``repeats`` samples are taken per stage, fewer when ``budget_s`` is set and the warm-up shows that
+    ``repeats`` would not fit in it (never fewer than ``min_repeats``). The weights keep training during the
+    run, so pass a small ``lr``; the returned ``loss_after`` tells whether they stayed finite.
+    """
+    if repeats < 1 or warmup < 0 or min_repeats < 1:
+        raise ValueError(f"need repeats >= 1, warmup >= 0, min_repeats >= 1; got {repeats}, {warmup}, "
+                         f"{min_repeats}")
+    if not inputs:
+        raise ValueError("need at least one input batch")
+    clock = clock_for(model) if clock is None else clock
+    stages = stages_for(model)
+    batches = [model.prepare(X, y) for X, y in inputs]
+
+    def one_pass(index: int) -> dict[str, int]:
+        """One sample of every stage, on the batch that ``index`` selects."""
+        X, y = inputs[index % len(inputs)]
+        batch = batches[index % len(batches)]
+        sample = {}
+        if "transfer" in stages:
+            sample["transfer"] = clock.measure(lambda: model.prepare(X, y))
+        sample["forward"] = clock.measure(lambda: model.forward(batch))
+        sample["backprop"] = clock.measure(lambda: model.backprop(batch))
+        sample["update"] = clock.measure(lambda: model.update(lr, weight_decay))
+        sample["step"] = clock.measure(lambda: model.train_step(batch, lr, weight_decay))
+        return sample
+
+    last = None
+    for index in range(warmup):
+        last = one_pass(index)
+    if budget_s is not None and last is not None:
+        per_pass = sum(last.values()) * 1e-9
+        if per_pass > 0:
+            repeats = max(min_repeats, min(repeats, int(budget_s / per_pass)))
+    samples: dict[str, list[int]] = {stage: [] for stage in stages}
+    for index in range(repeats):
+        for stage, ns in one_pass(warmup + index).items():
+            samples[stage].append(ns)
+    model.synchronize()
+    return StageTimes({stage: Stats.from_ns(samples[stage]) for stage in stages}, model.loss(), repeats)
+
+
+def probe_step(model: Model, X: np.ndarray, y: np.ndarray, *, lr: float, weight_decay: float = 0.0,
+               clock: CpuClock | CudaEventClock | None = None) -> float:
+    """Seconds of one ``train_step`` on ``(X, y)``, after an untimed one that absorbs first-call costs."""
+    clock = clock_for(model) if clock is None else clock
+    batch = model.prepare(X, y)
+    model.train_step(batch, lr, weight_decay)
+    return clock.measure(lambda: model.train_step(batch, lr, weight_decay)) * 1e-9
+
+
+def time_call(fn: Callable[[], object], *, repeats: int, warmup: int = 1,
+              clock: CpuClock | CudaEventClock | None = None) -> Stats:
+    """Time a single callable (a matrix product of the kernel ladder): ``warmup`` untimed calls, then
+    ``repeats`` samples."""
+    clock = CpuClock() if clock is None else clock
+    for _ in range(warmup):
+        fn()
+    return Stats.from_ns([clock.measure(fn) for _ in range(repeats)])
+
+
+def all_cores() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0))
+
+
+def thread_option(backend: str, threads: int | None) -> dict[str, int]:
+    """The ``threads`` option for backends that take one, nothing for the others."""
+    return {"threads": threads} if backend in THREADED_BACKENDS and threads is not None else {}
+
+
+@contextlib.contextmanager
+def pinned_threads(threads: int) -> Iterator[None]:
+    """PyTorch's thread count (and with it the one OpenMP runtime the C library shares) and NumPy's BLAS
+    pool set to ``threads`` for the block, restored afterwards: no configuration inherits another's."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(previous)
