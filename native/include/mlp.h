@@ -1,0 +1,135 @@
+/* mlp.h: a fully connected network trained with mini-batch SGD, in float32, serial or OpenMP.
+ *
+ * The same sources build two libraries: libmlp_omp.so (OpenMP) and libmlp_serial.so (no OpenMP runtime;
+ * thread counts are accepted and the work runs on the calling thread).
+ *
+ * Conventions (shared with the Python package):
+ *   - every matrix is a flat, contiguous, row-major float32 buffer;
+ *   - layer l (1..n_layers) has weights W of shape (sizes[l], sizes[l-1]) and bias b of shape (sizes[l]);
+ *     Z = A_prev W^T + b; hidden layers apply the activation, the output layer softmax (MLP_SOFTMAX_CE) or
+ *     a sigmoid (MLP_SIGMOID_BCE);
+ *   - the loss is the batch mean, so the output gradient is (P - T) / batch;
+ *   - the update is W -= lr * (dW + weight_decay * W), b -= lr * db.
+ *
+ * Every function returning int returns MLP_OK (0) or an error code; mlp_error_message() explains a code.
+ * Nothing is allocated after creation: the model owns parameters, gradients, activations, logits and all
+ * workspace, sized for the max_batch and max_threads given to mlp_model_create.
+ *
+ * Determinism: OpenMP work is split over output elements only, never inside a sum, so results are
+ * bit-identical for any thread count.
+ *
+ * Only the region between the CDEF markers is read by the Python loader (cffi): keep it free of
+ * preprocessor lines.
+ */
+#ifndef MLP_H
+#define MLP_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* BEGIN CDEF */
+
+enum mlp_status {
+    MLP_OK = 0,
+    MLP_ERR_NULL = 1,        /* a required pointer is NULL */
+    MLP_ERR_SIZE = 2,        /* a size, leading dimension or layer index is out of range */
+    MLP_ERR_THREADS = 3,     /* thread count < 1 or above the max_threads given at creation */
+    MLP_ERR_KERNEL = 4,      /* unknown matrix-product version */
+    MLP_ERR_ISA = 5,         /* instruction set unknown or not supported by this CPU */
+    MLP_ERR_ARG = 6,         /* unknown activation, loss or transposition, or a non-finite step size */
+    MLP_ERR_MEMORY = 7,      /* allocation failed at creation */
+    MLP_ERR_STATE = 8        /* stage called out of order (backprop before forward, update before backprop) */
+};
+
+/* Upper bound on any thread count (a guard against runaway values, far above any machine here). */
+enum { MLP_THREADS_LIMIT = 1024 };
+
+enum mlp_activation { MLP_SIGMOID = 0, MLP_TANH = 1, MLP_RELU = 2 };
+
+enum mlp_loss { MLP_SOFTMAX_CE = 0, MLP_SIGMOID_BCE = 1 };
+
+/* The matrix-product ladder, numbered in the order it was built. */
+enum mlp_kernel {
+    MLP_KERNEL_NAIVE = 1,    /* triple loop, one dot product per output element */
+    MLP_KERNEL_BLOCKED = 2,  /* loops reordered for a contiguous inner loop, cache-blocked */
+    MLP_KERNEL_PACKED = 3    /* packed panels + register-blocked SIMD micro-kernel, fused epilogues */
+};
+
+/* Micro-kernel instruction set, chosen at run time (never from the build machine). */
+enum mlp_isa { MLP_ISA_AUTO = 0, MLP_ISA_PORTABLE = 1, MLP_ISA_AVX2 = 2 };
+
+/* What mlp_model_buffer returns. */
+enum mlp_buffer {
+    MLP_BUF_WEIGHTS = 0,      /* (sizes[l], sizes[l-1]) */
+    MLP_BUF_BIAS = 1,         /* (sizes[l]) */
+    MLP_BUF_GRAD_WEIGHTS = 2, /* (sizes[l], sizes[l-1]) */
+    MLP_BUF_GRAD_BIAS = 3,    /* (sizes[l]) */
+    MLP_BUF_ACTIVATION = 4,   /* (max_batch, sizes[l]): layer l's output; for the last layer, probabilities */
+    MLP_BUF_LOGITS = 5        /* (max_batch, sizes[n_layers]): the output layer's pre-activation (l ignored) */
+};
+
+typedef struct mlp_model mlp_model;
+typedef struct mlp_gemm_workspace mlp_gemm_workspace;
+
+const char *mlp_error_message(int status);
+
+/* 1 in libmlp_omp, 0 in libmlp_serial. */
+int mlp_has_openmp(void);
+
+/* The instruction set MLP_ISA_AUTO resolves to on this CPU. */
+int mlp_best_isa(void);
+
+/* 1 if this CPU can run `isa`, else 0. */
+int mlp_isa_supported(int isa);
+
+/* sizes has n_layers + 1 entries (inputs first). kernel: an mlp_kernel; isa: an mlp_isa. */
+int mlp_model_create(mlp_model **out, int n_layers, const int *sizes, int activation, int loss,
+                     int max_batch, int max_threads, int kernel, int isa);
+
+/* Frees everything; NULL is allowed. */
+void mlp_model_destroy(mlp_model *model);
+
+/* The instruction set the model's kernels run with (never MLP_ISA_AUTO). */
+int mlp_model_isa(const mlp_model *model);
+
+/* Copies layer l's (1..n_layers) weights and bias in. */
+int mlp_model_set_layer(mlp_model *model, int layer, const float *weights, const float *bias);
+
+/* A model-owned buffer (see enum mlp_buffer), or NULL for a bad model, kind or layer. */
+float *mlp_model_buffer(mlp_model *model, int kind, int layer);
+
+/* Fills with NaN every buffer the next stage writes, keeping what it reads: after a forward, the
+ * gradients; after a backprop, the activations and logits; otherwise both. Catches unwritten elements. */
+int mlp_poison(mlp_model *model);
+
+/* x: (batch, sizes[0]); targets: (batch, sizes[n_layers]) or NULL; *loss gets the mean loss (NaN without
+ * targets). loss may be NULL. */
+int mlp_forward(mlp_model *model, int threads, int batch, const float *x, const float *targets,
+                double *loss);
+
+/* Gradients for the batch of the last forward (same x, targets and batch). */
+int mlp_backprop(mlp_model *model, int threads, int batch, const float *x, const float *targets);
+
+int mlp_update(mlp_model *model, int threads, float lr, float weight_decay);
+
+/* Forward, backprop and update in one parallel region. */
+int mlp_train_step(mlp_model *model, int threads, int batch, const float *x, const float *targets,
+                   float lr, float weight_decay, double *loss);
+
+/* Standalone matrix product C = op(A) op(B), op(X) = X or X^T, for the ladder benchmark.
+ * C is (m, n); op(A) is (m, k); op(B) is (k, n). A is stored (m, k) or, transposed, (k, m), with row
+ * stride lda; likewise B and ldb; C has row stride ldc. The workspace holds the packing buffers for
+ * m <= max_m, n <= max_n and threads <= max_threads. */
+int mlp_gemm_workspace_create(mlp_gemm_workspace **out, int max_m, int max_n, int max_threads, int isa);
+void mlp_gemm_workspace_destroy(mlp_gemm_workspace *workspace);
+int mlp_gemm(mlp_gemm_workspace *workspace, int kernel, int threads, int transpose_a, int transpose_b,
+             int m, int n, int k, const float *a, int lda, const float *b, int ldb, float *c, int ldc);
+
+/* END CDEF */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MLP_H */

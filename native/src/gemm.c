@@ -1,0 +1,350 @@
+/* The matrix-product ladder, one rung per optimisation, in the order it was built:
+ *
+ *   1. naive:   one dot product per output element, straight from the strided operands;
+ *   2. blocked: the loop order chosen so the innermost loop walks memory contiguously, and the output and
+ *               k dimension cut into blocks that stay in cache; the compiler vectorises the inner loop;
+ *   3. packed:  BLIS-style. op(A) is copied into MR-row slivers and op(B) into NR-column slivers (so a
+ *               transposition costs nothing but a different packing stride), and a register-blocked SIMD
+ *               micro-kernel computes MR x NR tiles, applying bias + activation (forward) or the activation
+ *               derivative (backprop) to the tile while it is still in registers.
+ *
+ * Rungs 1 and 2 run the epilogue as a separate pass over each finished output tile.
+ *
+ * Parallelism: every rung splits the OUTPUT into tiles and gives each thread a contiguous range of tiles;
+ * each element's sum over k is computed whole by one thread in an order fixed by the code (never by the
+ * partition), so the result is bit-identical for any number of threads.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+static inline int imin(int a, int b) { return a < b ? a : b; }
+
+float *alloc_floats(size_t count)
+{
+    if (count == 0 || count > (SIZE_MAX - ALIGN_BYTES) / sizeof(float))
+        return NULL;
+    const size_t bytes = (size_t)round_up((ptrdiff_t)(count * sizeof(float)), ALIGN_BYTES);
+    float *p = aligned_alloc(ALIGN_BYTES, bytes);
+    if (p)
+        memset(p, 0, bytes);
+    return p;
+}
+
+/* ------------------------------------------------------------------ rungs 1 and 2: loops over tiles */
+
+/* Output tile of rungs 1 and 2 and the k block of rung 2: small enough to give every thread tiles on the
+ * study's small networks; a 16 x 128 tile of C (8 KiB) stays in L1, a 256 x 128 block of B in L2. */
+enum { LOOP_TILE_M = 16, LOOP_TILE_N = 128, LOOP_BLOCK_K = 256 };
+
+static void naive_tile(const gemm_problem *p, int i0, int i1, int j0, int j1)
+{
+    for (int i = i0; i < i1; ++i)
+        for (int j = j0; j < j1; ++j) {
+            float sum = 0.0f;
+            for (int q = 0; q < p->k; ++q)
+                sum += p->a[i * p->a_rs + q * p->a_cs] * p->b[q * p->b_rs + j * p->b_cs];
+            p->c[i * p->ldc + j] = sum;
+        }
+}
+
+/* op(B) = W^T with W row-major: both operands are contiguous along k, so the inner loop is a dot product.
+ * C forbids reordering a float sum, so `omp simd reduction` grants the vectoriser that licence for this
+ * one loop (a fixed order, the same for every thread count). */
+static void blocked_tile_dot(const gemm_problem *p, int i0, int i1, int j0, int j1)
+{
+    for (int i = i0; i < i1; ++i)
+        for (int j = j0; j < j1; ++j)
+            p->c[i * p->ldc + j] = 0.0f;
+    for (int q0 = 0; q0 < p->k; q0 += LOOP_BLOCK_K) {
+        const int kb = imin(LOOP_BLOCK_K, p->k - q0);
+        for (int i = i0; i < i1; ++i) {
+            const float *restrict a_row = p->a + i * p->a_rs + q0;
+            for (int j = j0; j < j1; ++j) {
+                const float *restrict b_col = p->b + j * p->b_cs + q0;
+                float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+                for (int q = 0; q < kb; ++q)
+                    sum += a_row[q] * b_col[q];
+                p->c[i * p->ldc + j] += sum;
+            }
+        }
+    }
+}
+
+/* Any other layout: i-k-j order, C's row += a(i,q) * B's row q. Contiguous (and vectorised, each lane its
+ * own output element) when op(B)'s rows are contiguous, which covers the products A B and A^T B. */
+static void blocked_tile_axpy(const gemm_problem *p, int i0, int i1, int j0, int j1)
+{
+    const int nj = j1 - j0;
+    for (int i = i0; i < i1; ++i)
+        for (int j = j0; j < j1; ++j)
+            p->c[i * p->ldc + j] = 0.0f;
+    for (int q0 = 0; q0 < p->k; q0 += LOOP_BLOCK_K) {
+        const int q1 = imin(q0 + LOOP_BLOCK_K, p->k);
+        for (int i = i0; i < i1; ++i) {
+            float *restrict c_row = p->c + i * p->ldc + j0;
+            for (int q = q0; q < q1; ++q) {
+                const float a_iq = p->a[i * p->a_rs + q * p->a_cs];
+                const float *restrict b_row = p->b + q * p->b_rs + j0 * p->b_cs;
+                if (p->b_cs == 1)
+                    for (int j = 0; j < nj; ++j)
+                        c_row[j] += a_iq * b_row[j];
+                else
+                    for (int j = 0; j < nj; ++j)
+                        c_row[j] += a_iq * b_row[j * p->b_cs];
+            }
+        }
+    }
+}
+
+/* The epilogue of rungs 1 and 2: a second pass over a finished tile of C. */
+static void epilogue_pass(const gemm_problem *p, const cpu_kernels *kernels, int i0, int i1, int j0, int j1)
+{
+    float *c = p->c + i0 * p->ldc + j0;
+    if (p->ep.kind == EPI_BIAS_ACTIVATION)
+        kernels->bias_activation(c, p->ldc, i1 - i0, j1 - j0, p->ep.bias + j0, p->ep.activation);
+    else if (p->ep.kind == EPI_ACTIVATION_DERIVATIVE)
+        kernels->activation_derivative(c, p->ldc, i1 - i0, j1 - j0, p->ep.aux + i0 * p->ep.ld_aux + j0,
+                                       p->ep.ld_aux, p->ep.activation);
+}
+
+static void gemm_loops(int kernel, const gemm_problem *p, const cpu_kernels *kernels)
+{
+    const int tiles_m = (p->m + LOOP_TILE_M - 1) / LOOP_TILE_M;
+    const int tiles_n = (p->n + LOOP_TILE_N - 1) / LOOP_TILE_N;
+    const int dot_form = p->a_cs == 1 && p->b_rs == 1 && p->b_cs != 1;
+    ptrdiff_t lo, hi;
+    split_range((ptrdiff_t)tiles_m * tiles_n, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
+    for (ptrdiff_t t = lo; t < hi; ++t) {
+        const int i0 = (int)(t / tiles_n) * LOOP_TILE_M, j0 = (int)(t % tiles_n) * LOOP_TILE_N;
+        const int i1 = imin(i0 + LOOP_TILE_M, p->m), j1 = imin(j0 + LOOP_TILE_N, p->n);
+        if (kernel == MLP_KERNEL_NAIVE)
+            naive_tile(p, i0, i1, j0, j1);
+        else if (dot_form)
+            blocked_tile_dot(p, i0, i1, j0, j1);
+        else
+            blocked_tile_axpy(p, i0, i1, j0, j1);
+        epilogue_pass(p, kernels, i0, i1, j0, j1);
+    }
+#pragma omp barrier
+}
+
+/* ------------------------------------------------------------------ rung 3: packed panels */
+
+int pack_buffers_alloc(pack_buffers *buffers, int max_m, int max_n)
+{
+    const ptrdiff_t a_floats = round_up(imin(MC, max_m), MR) * KC;
+    const ptrdiff_t b_floats = (ptrdiff_t)KC * round_up(imin(NC, max_n), NR);
+    buffers->a_packed = alloc_floats((size_t)a_floats);
+    buffers->b_packed = alloc_floats((size_t)b_floats);
+    buffers->max_m = max_m;
+    buffers->max_n = max_n;
+    if (!buffers->a_packed || !buffers->b_packed) {
+        pack_buffers_free(buffers);
+        return MLP_ERR_MEMORY;
+    }
+    return MLP_OK;
+}
+
+void pack_buffers_free(pack_buffers *buffers)
+{
+    free(buffers->a_packed);
+    free(buffers->b_packed);
+    buffers->a_packed = buffers->b_packed = NULL;
+}
+
+/* Rows [i0, i0 + MR) and k range [q0, q0 + kc) of op(A) as sliver[q * MR + r]; rows past m are zero.
+ * The loop order follows whichever stride of A is contiguous. */
+static void pack_a_sliver(const gemm_problem *p, int i0, int q0, int kc, float *restrict sliver)
+{
+    const int rows = imin(MR, p->m - i0);
+    const float *src = p->a + i0 * p->a_rs + q0 * p->a_cs;
+    if (p->a_cs == 1) {
+        for (int r = 0; r < rows; ++r)
+            for (int q = 0; q < kc; ++q)
+                sliver[q * MR + r] = src[r * p->a_rs + q];
+    } else {
+        for (int q = 0; q < kc; ++q)
+            for (int r = 0; r < rows; ++r)
+                sliver[q * MR + r] = src[q * p->a_cs + r * p->a_rs];
+    }
+    for (int q = 0; q < kc; ++q)
+        for (int r = rows; r < MR; ++r)
+            sliver[q * MR + r] = 0.0f;
+}
+
+/* k range [q0, q0 + kc) and columns [j0, j0 + NR) of op(B) as sliver[q * NR + c]; columns past n are zero. */
+static void pack_b_sliver(const gemm_problem *p, int q0, int kc, int j0, float *restrict sliver)
+{
+    const int cols = imin(NR, p->n - j0);
+    const float *src = p->b + q0 * p->b_rs + j0 * p->b_cs;
+    if (p->b_rs == 1 && p->b_cs != 1) {
+        for (int c = 0; c < cols; ++c)
+            for (int q = 0; q < kc; ++q)
+                sliver[q * NR + c] = src[c * p->b_cs + q];
+    } else {
+        for (int q = 0; q < kc; ++q)
+            for (int c = 0; c < cols; ++c)
+                sliver[q * NR + c] = src[q * p->b_rs + c * p->b_cs];
+    }
+    for (int q = 0; q < kc; ++q)
+        for (int c = cols; c < NR; ++c)
+            sliver[q * NR + c] = 0.0f;
+}
+
+/* One MR x NR tile. Edge tiles run the same micro-kernel on a zero-padded copy, so every element of C is
+ * computed by the same instructions wherever the tile boundaries fall. */
+static void packed_tile(const gemm_problem *p, const cpu_kernels *kernels, const float *a_sliver,
+                        const float *b_sliver, int kc, int row0, int col0, int accumulate, int finish)
+{
+    const int rows = imin(MR, p->m - row0), cols = imin(NR, p->n - col0);
+    const int needs_aux = finish && p->ep.kind == EPI_ACTIVATION_DERIVATIVE;
+    tile_output out = {
+        .c = p->c + row0 * p->ldc + col0,
+        .ldc = p->ldc,
+        .accumulate = accumulate,
+        .finish = finish,
+        .kind = p->ep.kind,
+        .activation = p->ep.activation,
+        .bias = p->ep.bias ? p->ep.bias + col0 : NULL,
+        .aux = needs_aux ? p->ep.aux + row0 * p->ep.ld_aux + col0 : NULL,
+        .ld_aux = p->ep.ld_aux,
+    };
+    if (rows == MR && cols == NR) {
+        kernels->microkernel(kc, a_sliver, b_sliver, &out);
+        return;
+    }
+    _Alignas(ALIGN_BYTES) float c_stage[MR * NR] = {0};
+    _Alignas(ALIGN_BYTES) float aux_stage[MR * NR] = {0};
+    for (int r = 0; r < rows; ++r)
+        for (int c = 0; c < cols; ++c) {
+            if (accumulate)
+                c_stage[r * NR + c] = out.c[r * p->ldc + c];
+            if (needs_aux)
+                aux_stage[r * NR + c] = out.aux[r * p->ep.ld_aux + c];
+        }
+    float *c_tile = out.c;
+    out.c = c_stage;
+    out.ldc = NR;
+    out.aux = needs_aux ? aux_stage : NULL;
+    out.ld_aux = NR;
+    kernels->microkernel(kc, a_sliver, b_sliver, &out);
+    for (int r = 0; r < rows; ++r)
+        for (int c = 0; c < cols; ++c)
+            c_tile[r * p->ldc + c] = c_stage[r * NR + c];
+}
+
+/* The five BLIS loops. The team packs each B panel and A block together (split by slivers), then splits
+ * the block's micro-tiles (column sliver major, so a thread's B sliver stays in L1 while A streams from
+ * L2). Each element's k blocks are added in order, so thread count never changes a result. */
+static void gemm_packed(const gemm_problem *p, const pack_buffers *buffers, const cpu_kernels *kernels)
+{
+    const int team = omp_get_num_threads(), tid = omp_get_thread_num();
+    ptrdiff_t lo, hi;
+    for (int jc = 0; jc < p->n; jc += NC) {
+        const int nc = imin(NC, p->n - jc), n_slivers = (nc + NR - 1) / NR;
+        for (int pc = 0; pc < p->k; pc += KC) {
+            const int kc = imin(KC, p->k - pc);
+            const int accumulate = pc > 0, finish = pc + kc == p->k;
+            split_range(n_slivers, team, tid, &lo, &hi);
+            for (ptrdiff_t s = lo; s < hi; ++s)
+                pack_b_sliver(p, pc, kc, jc + (int)s * NR, buffers->b_packed + s * NR * kc);
+            for (int ic = 0; ic < p->m; ic += MC) {
+                const int mc = imin(MC, p->m - ic), m_slivers = (mc + MR - 1) / MR;
+                split_range(m_slivers, team, tid, &lo, &hi);
+                for (ptrdiff_t s = lo; s < hi; ++s)
+                    pack_a_sliver(p, ic + (int)s * MR, pc, kc, buffers->a_packed + s * MR * kc);
+#pragma omp barrier
+                split_range((ptrdiff_t)m_slivers * n_slivers, team, tid, &lo, &hi);
+                for (ptrdiff_t t = lo; t < hi; ++t) {
+                    const int jr = (int)(t / m_slivers), ir = (int)(t % m_slivers);
+                    packed_tile(p, kernels, buffers->a_packed + (ptrdiff_t)ir * MR * kc,
+                                buffers->b_packed + (ptrdiff_t)jr * NR * kc, kc, ic + ir * MR,
+                                jc + jr * NR, accumulate, finish);
+                }
+                /* The packed block (and, after the last ic, the panel) is refilled next. */
+#pragma omp barrier
+            }
+        }
+    }
+}
+
+void gemm_team(int kernel, const gemm_problem *problem, const pack_buffers *buffers,
+               const cpu_kernels *kernels)
+{
+    if (kernel == MLP_KERNEL_PACKED)
+        gemm_packed(problem, buffers, kernels);
+    else
+        gemm_loops(kernel, problem, kernels);
+}
+
+/* ------------------------------------------------------------------ standalone product */
+
+struct mlp_gemm_workspace {
+    pack_buffers packs;
+    int max_threads;
+    const cpu_kernels *kernels;
+};
+
+int mlp_gemm_workspace_create(mlp_gemm_workspace **out, int max_m, int max_n, int max_threads, int isa)
+{
+    if (!out)
+        return MLP_ERR_NULL;
+    *out = NULL;
+    if (max_m < 1 || max_n < 1)
+        return MLP_ERR_SIZE;
+    if (max_threads < 1 || max_threads > MLP_THREADS_LIMIT)
+        return MLP_ERR_THREADS;
+    const cpu_kernels *kernels = kernels_for_isa(isa);
+    if (!kernels)
+        return MLP_ERR_ISA;
+    mlp_gemm_workspace *ws = calloc(1, sizeof *ws);
+    if (!ws)
+        return MLP_ERR_MEMORY;
+    if (pack_buffers_alloc(&ws->packs, max_m, max_n) != MLP_OK) {
+        free(ws);
+        return MLP_ERR_MEMORY;
+    }
+    ws->max_threads = max_threads;
+    ws->kernels = kernels;
+    *out = ws;
+    return MLP_OK;
+}
+
+void mlp_gemm_workspace_destroy(mlp_gemm_workspace *workspace)
+{
+    if (!workspace)
+        return;
+    pack_buffers_free(&workspace->packs);
+    free(workspace);
+}
+
+int mlp_gemm(mlp_gemm_workspace *workspace, int kernel, int threads, int transpose_a, int transpose_b,
+             int m, int n, int k, const float *a, int lda, const float *b, int ldb, float *c, int ldc)
+{
+    if (!workspace || !a || !b || !c)
+        return MLP_ERR_NULL;
+    if (kernel < MLP_KERNEL_NAIVE || kernel > MLP_KERNEL_PACKED)
+        return MLP_ERR_KERNEL;
+    if (threads < 1 || threads > workspace->max_threads)
+        return MLP_ERR_THREADS;
+    if ((transpose_a != 0 && transpose_a != 1) || (transpose_b != 0 && transpose_b != 1))
+        return MLP_ERR_ARG;
+    if (m < 1 || n < 1 || k < 1 || m > workspace->packs.max_m || n > workspace->packs.max_n)
+        return MLP_ERR_SIZE;
+    if (lda < (transpose_a ? m : k) || ldb < (transpose_b ? k : n) || ldc < n)
+        return MLP_ERR_SIZE;
+    const gemm_problem problem = {
+        .m = m, .n = n, .k = k,
+        .a = a, .a_rs = transpose_a ? 1 : lda, .a_cs = transpose_a ? lda : 1,
+        .b = b, .b_rs = transpose_b ? 1 : ldb, .b_cs = transpose_b ? ldb : 1,
+        .c = c, .ldc = ldc,
+        .ep = {.kind = EPI_STORE},
+    };
+#pragma omp parallel num_threads(threads)
+    gemm_team(kernel, &problem, &workspace->packs, workspace->kernels);
+    return MLP_OK;
+}

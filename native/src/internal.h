@@ -1,0 +1,117 @@
+/* Declarations shared by the library's translation units (not part of the public API). */
+#ifndef MLP_INTERNAL_H
+#define MLP_INTERNAL_H
+
+#include <stddef.h>
+
+#include "mlp.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#else
+/* Serial build: the pragmas are ignored, so every "team" is the calling thread alone. */
+static inline int omp_get_thread_num(void) { return 0; }
+static inline int omp_get_num_threads(void) { return 1; }
+#endif
+
+/* Register tile of the micro-kernel (rows x columns of C) and the cache blocks of the packed product:
+ * a KC x NR sliver of B (16 KiB) stays in L1, an MC x KC block of A (144 KiB) in L2, a KC x NC panel of
+ * B in L3. Every kernel set uses the same packing format, hence the same MR and NR. */
+enum { MR = 6, NR = 16, KC = 256, MC = 144, NC = 4080 };
+
+/* Buffers are aligned to cache lines (and to a full AVX-512 vector). */
+enum { ALIGN_BYTES = 64, ALIGN_FLOATS = ALIGN_BYTES / (int)sizeof(float) };
+
+/* Activation codes: the public ones plus "none" (the output layer's logits get the bias only). */
+enum { ACT_NONE = 3 };
+
+typedef enum {
+    EPI_STORE,                /* C = A B */
+    EPI_BIAS_ACTIVATION,      /* C = act(A B + bias): a forward layer */
+    EPI_ACTIVATION_DERIVATIVE /* C = (A B) * act'(aux): dZ of the layer below, act' from its output aux */
+} epilogue_kind;
+
+typedef struct {
+    epilogue_kind kind;
+    int activation;
+    const float *bias;        /* n values, readable (zero-padded) up to a multiple of NR */
+    const float *aux;         /* same shape as C */
+    ptrdiff_t ld_aux;
+} epilogue;
+
+/* One MR x NR tile of C as the micro-kernel writes it. */
+typedef struct {
+    float *c;
+    ptrdiff_t ldc;
+    int accumulate;           /* add to C's value (a later block of the k dimension) */
+    int finish;               /* last block of k: apply the epilogue */
+    epilogue_kind kind;
+    int activation;
+    const float *bias;        /* NR values: this tile's columns */
+    const float *aux;         /* MR x NR tile, row stride ld_aux */
+    ptrdiff_t ld_aux;
+} tile_output;
+
+/* The routines that exist once per instruction set. Values differ between sets only by rounding. */
+typedef struct {
+    int isa;
+    /* k steps of an MR x NR outer-product update from packed slivers, then the tile's epilogue. */
+    void (*microkernel)(ptrdiff_t k, const float *a_packed, const float *b_packed, const tile_output *out);
+    /* z[i][j] = act(z[i][j] + bias[j]) over a rows x cols block. */
+    void (*bias_activation)(float *z, ptrdiff_t ldz, int rows, int cols, const float *bias, int activation);
+    /* d[i][j] *= act'(a[i][j]) over a rows x cols block, act' written in terms of the output a. */
+    void (*activation_derivative)(float *d, ptrdiff_t ldd, int rows, int cols, const float *a,
+                                  ptrdiff_t lda, int activation);
+} cpu_kernels;
+
+extern const cpu_kernels portable_kernels;
+extern const cpu_kernels avx2_kernels;
+
+/* NULL if the isa is unknown or this CPU cannot run it; MLP_ISA_AUTO picks the best. */
+const cpu_kernels *kernels_for_isa(int isa);
+
+/* A product C = op(A) op(B) + epilogue, with op(A)(i, p) = a[i * a_rs + p * a_cs] and
+ * op(B)(p, j) = b[p * b_rs + j * b_cs]: any transposition is just a choice of strides. */
+typedef struct {
+    int m, n, k;
+    const float *a;
+    ptrdiff_t a_rs, a_cs;
+    const float *b;
+    ptrdiff_t b_rs, b_cs;
+    float *c;
+    ptrdiff_t ldc;
+    epilogue ep;
+} gemm_problem;
+
+/* Packed operands, shared by the team: one MC x KC block of A and one KC x NC panel of B. */
+typedef struct {
+    float *a_packed;
+    float *b_packed;
+    int max_m, max_n;
+} pack_buffers;
+
+int pack_buffers_alloc(pack_buffers *buffers, int max_m, int max_n);
+void pack_buffers_free(pack_buffers *buffers);
+
+/* Runs one product with the given ladder version. Called by every thread of the current team (or outside
+ * a parallel region); ends with a barrier, so C is complete for all threads on return. */
+void gemm_team(int kernel, const gemm_problem *problem, const pack_buffers *buffers,
+               const cpu_kernels *kernels);
+
+/* [lo, hi): part `index` of `count` items split into `parts` nearly equal contiguous ranges. */
+static inline void split_range(ptrdiff_t count, int parts, int index, ptrdiff_t *lo, ptrdiff_t *hi)
+{
+    ptrdiff_t base = count / parts, extra = count % parts;
+    *lo = index * base + (index < extra ? index : extra);
+    *hi = *lo + base + (index < extra ? 1 : 0);
+}
+
+static inline ptrdiff_t round_up(ptrdiff_t value, ptrdiff_t multiple)
+{
+    return (value + multiple - 1) / multiple * multiple;
+}
+
+/* 64-byte aligned, zero-filled; size in floats. NULL on overflow or failure. */
+float *alloc_floats(size_t count);
+
+#endif /* MLP_INTERNAL_H */

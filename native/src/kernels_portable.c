@@ -1,0 +1,88 @@
+/* Portable kernel set: plain C, built with the library's baseline flags. It runs on any CPU and is the
+ * fallback when run-time detection finds no AVX2/FMA. */
+#include <math.h>
+
+#include "internal.h"
+
+static inline float sigmoid_scalar(float z)
+{
+    /* exp of a non-positive number only: no overflow for large |z|. */
+    const float e = expf(-fabsf(z));
+    const float r = 1.0f / (1.0f + e);
+    return z >= 0.0f ? r : e * r;
+}
+
+static inline float activate_scalar(float z, int activation)
+{
+    switch (activation) {
+    case MLP_SIGMOID: return sigmoid_scalar(z);
+    case MLP_TANH: return tanhf(z);
+    case MLP_RELU: return z < 0.0f ? 0.0f : z; /* keeps a NaN visible */
+    default: return z;                          /* ACT_NONE */
+    }
+}
+
+static inline float derivative_scalar(float a, int activation)
+{
+    switch (activation) {
+    case MLP_SIGMOID: return a * (1.0f - a);
+    case MLP_TANH: return 1.0f - a * a;
+    default: return a > 0.0f ? 1.0f : 0.0f;     /* MLP_RELU */
+    }
+}
+
+static void bias_activation_portable(float *z, ptrdiff_t ldz, int rows, int cols, const float *bias,
+                                     int activation)
+{
+    for (int i = 0; i < rows; ++i) {
+        float *row = z + i * ldz;
+        for (int j = 0; j < cols; ++j)
+            row[j] = activate_scalar(row[j] + bias[j], activation);
+    }
+}
+
+static void activation_derivative_portable(float *d, ptrdiff_t ldd, int rows, int cols, const float *a,
+                                           ptrdiff_t lda, int activation)
+{
+    for (int i = 0; i < rows; ++i) {
+        float *row = d + i * ldd;
+        const float *a_row = a + i * lda;
+        for (int j = 0; j < cols; ++j)
+            row[j] *= derivative_scalar(a_row[j], activation);
+    }
+}
+
+/* The MR x NR register tile written as arrays; the compiler vectorises the inner loop with whatever the
+ * baseline flags allow. */
+static void microkernel_portable(ptrdiff_t k, const float *a, const float *b, const tile_output *out)
+{
+    float acc[MR][NR] = {{0.0f}};
+    for (ptrdiff_t p = 0; p < k; ++p) {
+        const float *a_p = a + p * MR, *b_p = b + p * NR;
+        for (int r = 0; r < MR; ++r)
+            for (int c = 0; c < NR; ++c)
+                acc[r][c] += a_p[r] * b_p[c];
+    }
+    for (int r = 0; r < MR; ++r) {
+        float *dst = out->c + r * out->ldc;
+        for (int c = 0; c < NR; ++c) {
+            float v = acc[r][c];
+            if (out->accumulate)
+                v += dst[c];
+            if (out->finish) {
+                if (out->kind == EPI_BIAS_ACTIVATION)
+                    v = activate_scalar(v + out->bias[c], out->activation);
+                else if (out->kind == EPI_ACTIVATION_DERIVATIVE)
+                    v *= derivative_scalar(out->aux[r * out->ld_aux + c], out->activation);
+            }
+            dst[c] = v;
+        }
+    }
+}
+
+const cpu_kernels portable_kernels = {
+    .isa = MLP_ISA_PORTABLE,
+    .microkernel = microkernel_portable,
+    .bias_activation = bias_activation_portable,
+    .activation_derivative = activation_derivative_portable,
+};

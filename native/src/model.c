@@ -1,0 +1,492 @@
+/* The network: creation, the three stages (forward, backprop, update) and the read-back buffers.
+ *
+ * Each stage call opens ONE parallel region of `threads` threads and runs every layer inside it, with
+ * barriers between layers: on small networks a fork/join per operation would cost more than the arithmetic.
+ * Work is always split over output elements (rows of the output layer, columns of a bias gradient, elements
+ * of a parameter), and every sum is computed whole by one thread in a fixed order, so results do not depend
+ * on the thread count.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* Far above any width or batch of the study; keeps every index product well inside ptrdiff_t. */
+enum { SIZE_LIMIT = 1 << 24 };
+
+typedef enum { STAGE_NONE, STAGE_FORWARD, STAGE_BACKPROP, STAGE_UPDATE } stage;
+
+typedef struct {
+    int n_in, n_out;
+    float *weights;       /* (n_out, n_in) */
+    float *bias;          /* n_out, zero-padded to a multiple of NR for the micro-kernel epilogue */
+    float *grad_weights;
+    float *grad_bias;
+    float *output;        /* (max_batch, n_out): activation, or output probabilities for the last layer */
+} layer;
+
+struct mlp_model {
+    int n_layers;
+    layer *layers;
+    int activation, loss, max_batch, max_threads, kernel;
+    const cpu_kernels *kernels;
+    float *logits;        /* (max_batch, n_outputs) */
+    float *delta[2];      /* dZ of the current layer and of the one below, (max_batch, widest layer) */
+    double *row_loss;     /* per-sample loss, summed in order after the parallel region */
+    pack_buffers packs;
+    int forward_batch;    /* batch size whose activations backprop may use; 0: none */
+    int grads_ready;
+    stage last_stage;
+};
+
+const char *mlp_error_message(int status)
+{
+    switch (status) {
+    case MLP_OK: return "ok";
+    case MLP_ERR_NULL: return "a required pointer is NULL";
+    case MLP_ERR_SIZE: return "a size, leading dimension or layer index is out of range";
+    case MLP_ERR_THREADS: return "thread count must be between 1 and the max_threads given at creation";
+    case MLP_ERR_KERNEL: return "unknown matrix-product version (1 naive, 2 blocked, 3 packed)";
+    case MLP_ERR_ISA: return "instruction set unknown or not supported by this CPU";
+    case MLP_ERR_ARG: return "unknown activation, loss or transposition, or a non-finite step size";
+    case MLP_ERR_MEMORY: return "out of memory";
+    case MLP_ERR_STATE: return "stage called out of order: forward, then backprop on the same batch, then update";
+    default: return "unknown status code";
+    }
+}
+
+int mlp_has_openmp(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* ------------------------------------------------------------------ creation */
+
+static int max_int(int a, int b) { return a > b ? a : b; }
+
+void mlp_model_destroy(mlp_model *model)
+{
+    if (!model)
+        return;
+    if (model->layers) {
+        for (int l = 0; l < model->n_layers; ++l) {
+            layer *ly = &model->layers[l];
+            free(ly->weights);
+            free(ly->bias);
+            free(ly->grad_weights);
+            free(ly->grad_bias);
+            free(ly->output);
+        }
+        free(model->layers);
+    }
+    free(model->logits);
+    free(model->delta[0]);
+    free(model->delta[1]);
+    free(model->row_loss);
+    pack_buffers_free(&model->packs);
+    free(model);
+}
+
+static int check_create_args(int n_layers, const int *sizes, int activation, int loss, int max_batch,
+                             int max_threads, int kernel)
+{
+    if (!sizes)
+        return MLP_ERR_NULL;
+    if (n_layers < 1 || n_layers > SIZE_LIMIT || max_batch < 1 || max_batch > SIZE_LIMIT)
+        return MLP_ERR_SIZE;
+    for (int l = 0; l <= n_layers; ++l)
+        if (sizes[l] < 1 || sizes[l] > SIZE_LIMIT)
+            return MLP_ERR_SIZE;
+    if (activation < MLP_SIGMOID || activation > MLP_RELU || loss < MLP_SOFTMAX_CE || loss > MLP_SIGMOID_BCE)
+        return MLP_ERR_ARG;
+    if (loss == MLP_SOFTMAX_CE && sizes[n_layers] < 2)
+        return MLP_ERR_ARG;
+    if (max_threads < 1 || max_threads > MLP_THREADS_LIMIT)
+        return MLP_ERR_THREADS;
+    if (kernel < MLP_KERNEL_NAIVE || kernel > MLP_KERNEL_PACKED)
+        return MLP_ERR_KERNEL;
+    return MLP_OK;
+}
+
+int mlp_model_create(mlp_model **out, int n_layers, const int *sizes, int activation, int loss,
+                     int max_batch, int max_threads, int kernel, int isa)
+{
+    if (!out)
+        return MLP_ERR_NULL;
+    *out = NULL;
+    int status = check_create_args(n_layers, sizes, activation, loss, max_batch, max_threads, kernel);
+    if (status != MLP_OK)
+        return status;
+    const cpu_kernels *kernels = kernels_for_isa(isa);
+    if (!kernels)
+        return MLP_ERR_ISA;
+
+    mlp_model *model = calloc(1, sizeof *model);
+    if (!model)
+        return MLP_ERR_MEMORY;
+    model->n_layers = n_layers;
+    model->activation = activation;
+    model->loss = loss;
+    model->max_batch = max_batch;
+    model->max_threads = max_threads;
+    model->kernel = kernel;
+    model->kernels = kernels;
+    model->layers = calloc((size_t)n_layers, sizeof *model->layers);
+    if (!model->layers) {
+        mlp_model_destroy(model);
+        return MLP_ERR_MEMORY;
+    }
+
+    int widest_output = 1, widest = sizes[0];
+    int ok = 1;
+    for (int l = 0; l < n_layers; ++l) {
+        layer *ly = &model->layers[l];
+        ly->n_in = sizes[l];
+        ly->n_out = sizes[l + 1];
+        const size_t n_weights = (size_t)ly->n_in * (size_t)ly->n_out;
+        ly->weights = alloc_floats(n_weights);
+        ly->bias = alloc_floats((size_t)round_up(ly->n_out, NR));
+        ly->grad_weights = alloc_floats(n_weights);
+        ly->grad_bias = alloc_floats((size_t)ly->n_out);
+        ly->output = alloc_floats((size_t)max_batch * (size_t)ly->n_out);
+        ok = ok && ly->weights && ly->bias && ly->grad_weights && ly->grad_bias && ly->output;
+        widest_output = max_int(widest_output, ly->n_out);
+        widest = max_int(widest, ly->n_out);
+    }
+    const size_t delta_floats = (size_t)max_batch * (size_t)widest_output;
+    model->logits = alloc_floats((size_t)max_batch * (size_t)sizes[n_layers]);
+    model->delta[0] = alloc_floats(delta_floats);
+    model->delta[1] = alloc_floats(delta_floats);
+    model->row_loss = calloc((size_t)max_batch, sizeof *model->row_loss);
+    ok = ok && model->logits && model->delta[0] && model->delta[1] && model->row_loss;
+    /* Products: forward (batch x n_out), weight gradient (n_out x n_in), input gradient (batch x n_in). */
+    if (!ok || pack_buffers_alloc(&model->packs, max_int(max_batch, widest_output), widest) != MLP_OK) {
+        mlp_model_destroy(model);
+        return MLP_ERR_MEMORY;
+    }
+    *out = model;
+    return MLP_OK;
+}
+
+int mlp_model_isa(const mlp_model *model)
+{
+    return model ? model->kernels->isa : MLP_ISA_AUTO;
+}
+
+int mlp_model_set_layer(mlp_model *model, int layer_index, const float *weights, const float *bias)
+{
+    if (!model || !weights || !bias)
+        return MLP_ERR_NULL;
+    if (layer_index < 1 || layer_index > model->n_layers)
+        return MLP_ERR_SIZE;
+    layer *ly = &model->layers[layer_index - 1];
+    memcpy(ly->weights, weights, (size_t)ly->n_in * (size_t)ly->n_out * sizeof(float));
+    memcpy(ly->bias, bias, (size_t)ly->n_out * sizeof(float));
+    /* New parameters: activations and gradients no longer belong to them. */
+    model->forward_batch = 0;
+    model->grads_ready = 0;
+    model->last_stage = STAGE_NONE;
+    return MLP_OK;
+}
+
+float *mlp_model_buffer(mlp_model *model, int kind, int layer_index)
+{
+    if (!model)
+        return NULL;
+    if (kind == MLP_BUF_LOGITS)
+        return model->logits;
+    if (layer_index < 1 || layer_index > model->n_layers)
+        return NULL;
+    layer *ly = &model->layers[layer_index - 1];
+    switch (kind) {
+    case MLP_BUF_WEIGHTS: return ly->weights;
+    case MLP_BUF_BIAS: return ly->bias;
+    case MLP_BUF_GRAD_WEIGHTS: return ly->grad_weights;
+    case MLP_BUF_GRAD_BIAS: return ly->grad_bias;
+    case MLP_BUF_ACTIVATION: return ly->output;
+    default: return NULL;
+    }
+}
+
+static void fill_nan(float *buffer, size_t count)
+{
+    for (size_t i = 0; i < count; ++i)
+        buffer[i] = NAN;
+}
+
+int mlp_poison(mlp_model *model)
+{
+    if (!model)
+        return MLP_ERR_NULL;
+    const size_t batch = (size_t)model->max_batch;
+    const int keep_activations = model->last_stage == STAGE_FORWARD;
+    const int keep_gradients = model->last_stage == STAGE_BACKPROP;
+    size_t widest_output = 1;
+    for (int l = 0; l < model->n_layers; ++l) {
+        layer *ly = &model->layers[l];
+        if (!keep_activations)
+            fill_nan(ly->output, batch * (size_t)ly->n_out);
+        if (!keep_gradients) {
+            fill_nan(ly->grad_weights, (size_t)ly->n_in * (size_t)ly->n_out);
+            fill_nan(ly->grad_bias, (size_t)ly->n_out);
+        }
+        if ((size_t)ly->n_out > widest_output)
+            widest_output = (size_t)ly->n_out;
+    }
+    if (!keep_activations) {
+        fill_nan(model->logits, batch * (size_t)model->layers[model->n_layers - 1].n_out);
+        model->forward_batch = 0;
+    }
+    if (!keep_gradients)
+        model->grads_ready = 0;
+    fill_nan(model->delta[0], batch * widest_output);
+    fill_nan(model->delta[1], batch * widest_output);
+    return MLP_OK;
+}
+
+/* ------------------------------------------------------------------ stages, run by every thread of a team */
+
+static void forward_layers(mlp_model *model, int batch, const float *x)
+{
+    const float *input = x;
+    for (int l = 0; l < model->n_layers; ++l) {
+        const layer *ly = &model->layers[l];
+        const int last = l == model->n_layers - 1;
+        const gemm_problem z = {
+            .m = batch, .n = ly->n_out, .k = ly->n_in,
+            .a = input, .a_rs = ly->n_in, .a_cs = 1,
+            .b = ly->weights, .b_rs = 1, .b_cs = ly->n_in, /* W^T */
+            .c = last ? model->logits : ly->output, .ldc = ly->n_out,
+            .ep = {.kind = EPI_BIAS_ACTIVATION, .activation = last ? ACT_NONE : model->activation,
+                   .bias = ly->bias},
+        };
+        gemm_team(model->kernel, &z, &model->packs, model->kernels);
+        input = ly->output;
+    }
+}
+
+static float sigmoid_from_double(double z)
+{
+    const double e = exp(-fabs(z));
+    return (float)(z >= 0.0 ? 1.0 / (1.0 + e) : e / (1.0 + e));
+}
+
+/* Output probabilities and per-sample losses of rows [lo, hi), from the logits (never from the rounded
+ * probabilities): log-sum-exp - z.t for softmax, softplus(z) - t z for the sigmoid. */
+static void output_rows(mlp_model *model, ptrdiff_t lo, ptrdiff_t hi, const float *targets)
+{
+    const int n = model->layers[model->n_layers - 1].n_out;
+    float *probs = model->layers[model->n_layers - 1].output;
+    for (ptrdiff_t i = lo; i < hi; ++i) {
+        const float *z = model->logits + i * n;
+        float *p = probs + i * n;
+        const float *t = targets ? targets + i * n : NULL;
+        double loss = 0.0;
+        if (model->loss == MLP_SOFTMAX_CE) {
+            float z_max = z[0];
+            for (int j = 1; j < n; ++j)
+                z_max = z[j] > z_max ? z[j] : z_max;
+            double sum = 0.0;
+            for (int j = 0; j < n; ++j) {
+                p[j] = expf(z[j] - z_max);
+                sum += p[j];
+            }
+            for (int j = 0; j < n; ++j)
+                p[j] = (float)(p[j] / sum);
+            if (t) {
+                const double log_sum_exp = z_max + log(sum);
+                for (int j = 0; j < n; ++j)
+                    loss += t[j] * (log_sum_exp - z[j]);
+            }
+        } else {
+            for (int j = 0; j < n; ++j) {
+                p[j] = sigmoid_from_double(z[j]);
+                if (t)
+                    loss += fmax(z[j], 0.0) + log1p(exp(-fabs((double)z[j]))) - (double)t[j] * z[j];
+            }
+        }
+        model->row_loss[i] = loss;
+    }
+}
+
+static void forward_team(mlp_model *model, int batch, const float *x, const float *targets)
+{
+    forward_layers(model, batch, x);
+    ptrdiff_t lo, hi;
+    split_range(batch, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
+    output_rows(model, lo, hi, targets);
+#pragma omp barrier
+}
+
+/* db[j] = sum over the batch of dZ[i][j], columns split over the team; rows added in order. */
+static void bias_gradient(const float *dz, int batch, int n, float *grad_bias)
+{
+    ptrdiff_t lo, hi;
+    split_range(n, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
+    for (ptrdiff_t j = lo; j < hi; ++j)
+        grad_bias[j] = 0.0f;
+    for (ptrdiff_t i = 0; i < batch; ++i) {
+        const float *row = dz + i * n;
+        for (ptrdiff_t j = lo; j < hi; ++j)
+            grad_bias[j] += row[j];
+    }
+}
+
+static void backprop_team(mlp_model *model, int batch, const float *x, const float *targets)
+{
+    const int last = model->n_layers - 1;
+    const int n_out = model->layers[last].n_out;
+    const float *probs = model->layers[last].output;
+    const float scale = (float)batch;
+    int current = 0;
+    ptrdiff_t lo, hi;
+    split_range((ptrdiff_t)batch * n_out, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
+    for (ptrdiff_t e = lo; e < hi; ++e)
+        model->delta[current][e] = (probs[e] - targets[e]) / scale;
+#pragma omp barrier
+    for (int l = last; l >= 0; --l) {
+        const layer *ly = &model->layers[l];
+        const float *input = l > 0 ? model->layers[l - 1].output : x;
+        const float *dz = model->delta[current];
+        const gemm_problem grad_weights = {
+            .m = ly->n_out, .n = ly->n_in, .k = batch,
+            .a = dz, .a_rs = 1, .a_cs = ly->n_out, /* dZ^T */
+            .b = input, .b_rs = ly->n_in, .b_cs = 1,
+            .c = ly->grad_weights, .ldc = ly->n_in,
+            .ep = {.kind = EPI_STORE},
+        };
+        gemm_team(model->kernel, &grad_weights, &model->packs, model->kernels);
+        bias_gradient(dz, batch, ly->n_out, ly->grad_bias);
+        if (l > 0) {
+            /* dZ of the layer below = (dZ W) * act'(its output), the derivative fused into the product. */
+            const gemm_problem grad_input = {
+                .m = batch, .n = ly->n_in, .k = ly->n_out,
+                .a = dz, .a_rs = ly->n_out, .a_cs = 1,
+                .b = ly->weights, .b_rs = ly->n_in, .b_cs = 1,
+                .c = model->delta[1 - current], .ldc = ly->n_in,
+                .ep = {.kind = EPI_ACTIVATION_DERIVATIVE, .activation = model->activation,
+                       .aux = input, .ld_aux = ly->n_in},
+            };
+            gemm_team(model->kernel, &grad_input, &model->packs, model->kernels);
+            current = 1 - current;
+        }
+    }
+#pragma omp barrier
+}
+
+static void update_team(mlp_model *model, float lr, float weight_decay)
+{
+    const int team = omp_get_num_threads(), tid = omp_get_thread_num();
+    ptrdiff_t lo, hi;
+    for (int l = 0; l < model->n_layers; ++l) {
+        layer *ly = &model->layers[l];
+        split_range((ptrdiff_t)ly->n_out * ly->n_in, team, tid, &lo, &hi);
+        for (ptrdiff_t e = lo; e < hi; ++e)
+            ly->weights[e] -= lr * (ly->grad_weights[e] + weight_decay * ly->weights[e]);
+        split_range(ly->n_out, team, tid, &lo, &hi);
+        for (ptrdiff_t e = lo; e < hi; ++e)
+            ly->bias[e] -= lr * ly->grad_bias[e];
+    }
+}
+
+/* ------------------------------------------------------------------ entry points */
+
+static int check_stage(const mlp_model *model, int threads, int batch, const float *x)
+{
+    if (!model || !x)
+        return MLP_ERR_NULL;
+    if (threads < 1 || threads > model->max_threads)
+        return MLP_ERR_THREADS;
+    if (batch < 1 || batch > model->max_batch)
+        return MLP_ERR_SIZE;
+    return MLP_OK;
+}
+
+static double mean_loss(const mlp_model *model, int batch)
+{
+    double sum = 0.0;
+    for (int i = 0; i < batch; ++i)
+        sum += model->row_loss[i];
+    return sum / batch;
+}
+
+int mlp_forward(mlp_model *model, int threads, int batch, const float *x, const float *targets, double *loss)
+{
+    const int status = check_stage(model, threads, batch, x);
+    if (status != MLP_OK)
+        return status;
+#pragma omp parallel num_threads(threads)
+    forward_team(model, batch, x, targets);
+    model->forward_batch = batch;
+    model->last_stage = STAGE_FORWARD;
+    if (loss)
+        *loss = targets ? mean_loss(model, batch) : NAN;
+    return MLP_OK;
+}
+
+int mlp_backprop(mlp_model *model, int threads, int batch, const float *x, const float *targets)
+{
+    const int status = check_stage(model, threads, batch, x);
+    if (status != MLP_OK)
+        return status;
+    if (!targets)
+        return MLP_ERR_NULL;
+    if (model->forward_batch != batch)
+        return MLP_ERR_STATE;
+#pragma omp parallel num_threads(threads)
+    backprop_team(model, batch, x, targets);
+    model->grads_ready = 1;
+    model->last_stage = STAGE_BACKPROP;
+    return MLP_OK;
+}
+
+static int check_step_size(float lr, float weight_decay)
+{
+    return isfinite(lr) && isfinite(weight_decay) ? MLP_OK : MLP_ERR_ARG;
+}
+
+int mlp_update(mlp_model *model, int threads, float lr, float weight_decay)
+{
+    if (!model)
+        return MLP_ERR_NULL;
+    if (threads < 1 || threads > model->max_threads)
+        return MLP_ERR_THREADS;
+    if (check_step_size(lr, weight_decay) != MLP_OK)
+        return MLP_ERR_ARG;
+    if (!model->grads_ready)
+        return MLP_ERR_STATE;
+#pragma omp parallel num_threads(threads)
+    update_team(model, lr, weight_decay);
+    model->forward_batch = 0; /* the activations belong to the old parameters */
+    model->last_stage = STAGE_UPDATE;
+    return MLP_OK;
+}
+
+int mlp_train_step(mlp_model *model, int threads, int batch, const float *x, const float *targets,
+                   float lr, float weight_decay, double *loss)
+{
+    const int status = check_stage(model, threads, batch, x);
+    if (status != MLP_OK)
+        return status;
+    if (!targets)
+        return MLP_ERR_NULL;
+    if (check_step_size(lr, weight_decay) != MLP_OK)
+        return MLP_ERR_ARG;
+#pragma omp parallel num_threads(threads)
+    {
+        forward_team(model, batch, x, targets);
+        backprop_team(model, batch, x, targets);
+        update_team(model, lr, weight_decay);
+    }
+    model->forward_batch = 0;
+    model->grads_ready = 1;
+    model->last_stage = STAGE_UPDATE;
+    if (loss)
+        *loss = mean_loss(model, batch);
+    return MLP_OK;
+}

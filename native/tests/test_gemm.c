@@ -1,0 +1,130 @@
+/* Every version of the standalone product, every transposition, on sizes that divide no tile (MR 6, NR 16,
+ * KC 256, MC 144, NC 4080), against a double-precision product; bit-identical for 1, 2 and 3 threads;
+ * and the error codes. */
+#include <float.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "mlp.h"
+
+typedef struct { int m, n, k; } shape;
+
+static const shape SHAPES[] = {
+    {1, 1, 1}, {7, 33, 257}, {33, 7, 1}, {257, 33, 7}, {6, 16, 256}, {13, 17, 300},
+    {150, 40, 5}, {3, 4100, 2}, {1, 257, 33}, {31, 1, 513},
+};
+
+/* Stored operand element: op(X)(i, j) for X stored row-major with row stride ld, transposed or not. */
+static double op_at(const float *x, int ld, int transposed, int i, int j)
+{
+    return transposed ? x[(size_t)j * ld + i] : x[(size_t)i * ld + j];
+}
+
+/* Checks c against the double product with the bound (k + 2) eps sum |a b| of float accumulation. */
+static int product_matches(const float *c, int ldc, const float *a, int lda, int ta, const float *b, int ldb,
+                           int tb, shape s)
+{
+    for (int i = 0; i < s.m; ++i)
+        for (int j = 0; j < s.n; ++j) {
+            double sum = 0.0, bound = 0.0;
+            for (int p = 0; p < s.k; ++p) {
+                const double term = op_at(a, lda, ta, i, p) * op_at(b, ldb, tb, p, j);
+                sum += term;
+                bound += fabs(term);
+            }
+            const double err = fabs(c[(size_t)i * ldc + j] - sum);
+            if (!(err <= (s.k + 2) * FLT_EPSILON * bound + 1e-30))
+                return 0;
+        }
+    return 1;
+}
+
+static void test_products(int isa, int max_threads)
+{
+    mlp_gemm_workspace *ws = NULL;
+    CHECK(mlp_gemm_workspace_create(&ws, 300, 4200, max_threads, isa) == MLP_OK, "isa %d", isa);
+    if (!ws)
+        return;
+    unsigned long long seed = 42;
+    for (size_t si = 0; si < sizeof SHAPES / sizeof SHAPES[0]; ++si) {
+        const shape s = SHAPES[si];
+        for (int ta = 0; ta <= 1; ++ta)
+            for (int tb = 0; tb <= 1; ++tb) {
+                /* Leading dimensions wider than the matrices, to catch stride mix-ups. */
+                const int lda = (ta ? s.m : s.k) + 3, ldb = (tb ? s.k : s.n) + 5, ldc = s.n + 2;
+                const size_t a_size = (size_t)(ta ? s.k : s.m) * lda, b_size = (size_t)(tb ? s.n : s.k) * ldb;
+                const size_t c_size = (size_t)s.m * ldc;
+                float *a = malloc(a_size * sizeof *a), *b = malloc(b_size * sizeof *b);
+                float *c = malloc(c_size * sizeof *c), *first = malloc(c_size * sizeof *first);
+                fill_uniform(a, a_size, &seed, -1.0f, 1.0f);
+                fill_uniform(b, b_size, &seed, -1.0f, 1.0f);
+                for (int version = MLP_KERNEL_NAIVE; version <= MLP_KERNEL_PACKED; ++version)
+                    for (int threads = 1; threads <= max_threads; ++threads) {
+                        fill_nan(c, c_size);
+                        const int status = mlp_gemm(ws, version, threads, ta, tb, s.m, s.n, s.k, a, lda, b, ldb,
+                                                    c, ldc);
+                        CHECK(status == MLP_OK, "status %d", status);
+                        CHECK(product_matches(c, ldc, a, lda, ta, b, ldb, tb, s),
+                              "isa %d version %d threads %d trans %d%d shape %dx%dx%d", isa, version, threads,
+                              ta, tb, s.m, s.n, s.k);
+                        /* The padding columns of C must stay untouched (still NaN). */
+                        int padding_untouched = 1;
+                        for (int i = 0; i < s.m; ++i)
+                            padding_untouched &= isnan(c[(size_t)i * ldc + s.n]) && isnan(c[(size_t)i * ldc + s.n + 1]);
+                        CHECK(padding_untouched, "version %d wrote past n", version);
+                        if (threads == 1)
+                            memcpy(first, c, c_size * sizeof *c);
+                        else
+                            CHECK(memcmp(first, c, c_size * sizeof *c) == 0,
+                                  "isa %d version %d: %d threads differ from 1 thread", isa, version, threads);
+                    }
+                free(a);
+                free(b);
+                free(c);
+                free(first);
+            }
+    }
+    mlp_gemm_workspace_destroy(ws);
+}
+
+static void test_errors(void)
+{
+    mlp_gemm_workspace *ws = NULL;
+    CHECK(mlp_gemm_workspace_create(NULL, 4, 4, 1, MLP_ISA_AUTO) == MLP_ERR_NULL, "null out");
+    CHECK(mlp_gemm_workspace_create(&ws, 0, 4, 1, MLP_ISA_AUTO) == MLP_ERR_SIZE && !ws, "max_m 0");
+    CHECK(mlp_gemm_workspace_create(&ws, 4, 4, 0, MLP_ISA_AUTO) == MLP_ERR_THREADS, "threads 0");
+    CHECK(mlp_gemm_workspace_create(&ws, 4, 4, MLP_THREADS_LIMIT + 1, MLP_ISA_AUTO) == MLP_ERR_THREADS, "threads");
+    CHECK(mlp_gemm_workspace_create(&ws, 4, 4, 1, 99) == MLP_ERR_ISA, "isa 99");
+    CHECK(mlp_gemm_workspace_create(&ws, 4, 4, 2, MLP_ISA_AUTO) == MLP_OK, "create");
+    float a[16] = {0}, b[16] = {0}, c[16] = {0};
+    CHECK(mlp_gemm(NULL, 3, 1, 0, 0, 4, 4, 4, a, 4, b, 4, c, 4) == MLP_ERR_NULL, "null workspace");
+    CHECK(mlp_gemm(ws, 3, 1, 0, 0, 4, 4, 4, NULL, 4, b, 4, c, 4) == MLP_ERR_NULL, "null a");
+    CHECK(mlp_gemm(ws, 3, 1, 0, 0, 4, 4, 4, a, 4, b, 4, NULL, 4) == MLP_ERR_NULL, "null c");
+    CHECK(mlp_gemm(ws, 0, 1, 0, 0, 4, 4, 4, a, 4, b, 4, c, 4) == MLP_ERR_KERNEL, "version 0");
+    CHECK(mlp_gemm(ws, 4, 1, 0, 0, 4, 4, 4, a, 4, b, 4, c, 4) == MLP_ERR_KERNEL, "version 4");
+    CHECK(mlp_gemm(ws, 3, 0, 0, 0, 4, 4, 4, a, 4, b, 4, c, 4) == MLP_ERR_THREADS, "threads 0");
+    CHECK(mlp_gemm(ws, 3, 3, 0, 0, 4, 4, 4, a, 4, b, 4, c, 4) == MLP_ERR_THREADS, "threads > max");
+    CHECK(mlp_gemm(ws, 3, 1, 2, 0, 4, 4, 4, a, 4, b, 4, c, 4) == MLP_ERR_ARG, "transpose 2");
+    CHECK(mlp_gemm(ws, 3, 1, 0, 0, 0, 4, 4, a, 4, b, 4, c, 4) == MLP_ERR_SIZE, "m 0");
+    CHECK(mlp_gemm(ws, 3, 1, 0, 0, 5, 4, 1, a, 4, b, 4, c, 4) == MLP_ERR_SIZE, "m > max_m");
+    CHECK(mlp_gemm(ws, 3, 1, 0, 0, 4, 4, 4, a, 3, b, 4, c, 4) == MLP_ERR_SIZE, "lda < k");
+    CHECK(mlp_gemm(ws, 3, 1, 1, 0, 4, 4, 2, a, 3, b, 4, c, 4) == MLP_ERR_SIZE, "lda < m (transposed)");
+    CHECK(mlp_gemm(ws, 3, 1, 0, 1, 4, 4, 4, a, 4, b, 3, c, 4) == MLP_ERR_SIZE, "ldb < k (transposed)");
+    CHECK(mlp_gemm(ws, 3, 1, 0, 0, 4, 4, 4, a, 4, b, 4, c, 3) == MLP_ERR_SIZE, "ldc < n");
+    CHECK(strcmp(mlp_error_message(12345), "unknown status code") == 0, "message");
+    mlp_gemm_workspace_destroy(ws);
+    mlp_gemm_workspace_destroy(NULL);
+}
+
+int main(void)
+{
+    const int max_threads = mlp_has_openmp() ? 3 : 1;
+    test_errors();
+    test_products(MLP_ISA_PORTABLE, max_threads);
+    if (mlp_isa_supported(MLP_ISA_AVX2))
+        test_products(MLP_ISA_AVX2, max_threads);
+    else
+        printf("test_gemm: this CPU has no AVX2+FMA; only the portable kernels were tested\n");
+    return check_report(mlp_has_openmp() ? "test_gemm (omp)" : "test_gemm (serial)");
+}
