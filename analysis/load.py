@@ -1,0 +1,87 @@
+"""Read sweep result directories (``results/<run-id>/``) into tidy pandas tables; never runs a backend.
+
+A run directory holds ``meta.json`` and up to four append-only CSV tables (``rows``, ``ladder``,
+``training``, ``lineprofile``), each row tagged with its unit's ``key`` and ``block_rows``. A table of a
+sweep that is still running or was killed may end in half a unit: only complete units are read.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+TABLES = ("rows", "ladder", "training", "lineprofile")
+
+
+@dataclass
+class Results:
+    """All tables of one or more runs, each row tagged with ``run_id`` and ``machine``."""
+
+    rows: pd.DataFrame
+    ladder: pd.DataFrame
+    training: pd.DataFrame
+    lineprofile: pd.DataFrame
+    meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def table(self, name: str) -> pd.DataFrame:
+        return getattr(self, name)
+
+    @property
+    def run_ids(self) -> list[str]:
+        return list(self.meta)
+
+
+def machine_label(meta: dict[str, Any]) -> str:
+    """A short name of the machine a run measured: CPU model and cores, and the GPU if one was usable."""
+    described = meta.get("machine", {})
+    cpu = described.get("cpu", {})
+    label = f"{cpu.get('model', '?')} ({cpu.get('usable_cores', '?')} cores)"
+    gpu = described.get("gpu", {}).get("name", "")
+    if gpu and not str(gpu).startswith("unavailable"):
+        label += f" + {gpu}"
+    return label
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """One CSV table, complete units only (a torn last line or a half-written unit is left out)."""
+    if not path.exists():
+        return pd.DataFrame()
+    frame = pd.read_csv(path, on_bad_lines="skip", keep_default_na=True)
+    if frame.empty:
+        return frame
+    counts = frame.groupby("key", sort=False)["key"].transform("size")
+    frame = frame[counts == frame["block_rows"]]
+    return frame.reset_index(drop=True)
+
+
+def load_run(run_dir: str | Path) -> Results:
+    """One run directory."""
+    return load_runs(run_dir)
+
+
+def load_runs(*run_dirs: str | Path) -> Results:
+    """Several run directories (say the development machine's and the GPU host's) as one set of tables."""
+    if not run_dirs:
+        raise ValueError("give at least one results directory")
+    frames: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
+    metas: dict[str, dict[str, Any]] = {}
+    for run_dir in map(Path, run_dirs):
+        meta_path = run_dir / "meta.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{run_dir}: no meta.json; is this a sweep results directory?")
+        meta = json.loads(meta_path.read_text())
+        run_id = meta.get("run_id", run_dir.name)
+        if run_id in metas:
+            raise ValueError(f"run {run_id!r} given twice")
+        metas[run_id] = meta
+        for name in TABLES:
+            frame = read_table(run_dir / f"{name}.csv")
+            if not frame.empty:
+                frames[name].append(frame.assign(run_id=run_id, machine=machine_label(meta)))
+    tables = {name: pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["run_id"])
+              for name, parts in frames.items()}
+    return Results(meta=metas, **tables)

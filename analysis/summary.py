@@ -1,0 +1,322 @@
+"""Summary tables of sweep results, and the files a report reads (:func:`write_summaries`).
+
+Every function takes :class:`analysis.load.Results` and returns a tidy :class:`pandas.DataFrame`; times are
+medians in seconds, speed-ups are ratios of medians measured in the same run (the same machine). A table whose
+study is absent from the runs comes back empty, with its columns.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.load import Results, machine_label
+from analysis.palette import BASELINES, STAGE_ORDER, ladder_order, ordered
+
+#: The original study's OpenMP thread sweep on 2x Xeon E5-2667 v3 (5h300 network, batch 32, 100 epochs).
+AUTHORS_THREADS = pd.DataFrame({"threads": [1, 16], "seconds": [179.3, 40.1]}).assign(
+    speedup=lambda f: f.seconds.iloc[0] / f.seconds)
+#: The original study's batch-size runs on 16 threads (same network and epochs): time for the whole run.
+AUTHORS_BATCH = pd.DataFrame({"batch": [1, 512], "seconds": [1701.0, 12.0]}).assign(
+    relative_throughput=lambda f: f.seconds.iloc[0] / f.seconds)
+
+ERROR_COLUMNS = ("err_activations", "err_loss", "err_grad_weights", "err_grad_biases", "err_params")
+#: Interface checks every step runs (pure Python); nested checks are inside ``check_inputs``.
+CHECK_FUNCTIONS = ("base.check_inputs", "base.Model._check_batch", "base.check_step_size")
+
+
+def _ok(frame: pd.DataFrame, **equal: Any) -> pd.DataFrame:
+    """Rows of finished measurements (status ok) matching ``column=value`` filters."""
+    if frame.empty or "status" not in frame:
+        return pd.DataFrame()
+    keep = frame["status"] == "ok"
+    for column, value in equal.items():
+        keep &= frame[column] == value
+    return frame[keep]
+
+
+def _sorted(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    """Sorted by ``columns`` with backends in the palette's order."""
+    if frame.empty:
+        return frame
+    frame = frame.copy()
+    if "backend" in frame:
+        frame["backend"] = pd.Categorical(frame["backend"], ordered(frame["backend"].unique()), ordered=True)
+    frame = frame.sort_values(list(columns), kind="stable").reset_index(drop=True)
+    if "backend" in frame:
+        frame["backend"] = frame["backend"].astype(str)
+    return frame
+
+
+def stage_table(results: Results, study: str = "stages") -> pd.DataFrame:
+    """One row per run × network × backend: median seconds of each stage and of the whole step, the sum of
+    the separately timed stages, step GFLOP/s and samples/s, and the speed-up of the step over PyTorch on the
+    same kind of device (``torch-cpu`` for CPU backends, ``torch-gpu`` for GPU backends)."""
+    rows = _ok(results.rows, study=study)
+    columns = ["run_id", "machine", "network", "sizes", "batch", "backend", "threads", *[
+        f"{s}_s" for s in STAGE_ORDER], "step_s", "stages_sum_s", "step_gflops", "samples_per_s", "baseline",
+        "speedup"]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    keys = ["run_id", "machine", "network", "sizes", "batch", "backend"]
+    times = rows.pivot_table(index=keys, columns="stage", values="median_s", aggfunc="first")
+    times = times.rename(columns=lambda stage: f"{stage}_s")
+    step = rows[rows.stage == "step"].set_index(keys)
+    table = times.join(step[["threads", "gflops", "samples_per_s"]]).reset_index()
+    table = table.rename(columns={"gflops": "step_gflops"})
+    for stage in (*STAGE_ORDER, "step"):
+        if f"{stage}_s" not in table:
+            table[f"{stage}_s"] = np.nan
+    table["stages_sum_s"] = table[[f"{s}_s" for s in STAGE_ORDER]].sum(axis=1, min_count=1)
+    table["baseline"] = table["backend"].map(BASELINES)
+    base = table.set_index(["run_id", "network", "batch", "backend"])["step_s"]
+    lookup = list(zip(table.run_id, table.network, table.batch, table.baseline, strict=True))
+    table["speedup"] = [base.get(key, np.nan) for key in lookup] / table["step_s"]
+    return _sorted(table[columns], "run_id", "network", "backend")
+
+
+def speedup_table(results: Results, baseline: str, study: str = "stages", stage: str = "step") -> pd.DataFrame:
+    """Speed-up of every backend's ``stage`` over ``baseline`` (median over median) per run and network."""
+    rows = _ok(results.rows, study=study, stage=stage)
+    columns = ["run_id", "machine", "network", "batch", "backend", "median_s", "baseline", "baseline_s",
+               "speedup"]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    base = rows[rows.backend == baseline].set_index(["run_id", "network", "batch"])["median_s"]
+    table = rows[["run_id", "machine", "network", "batch", "backend", "median_s"]].copy()
+    table["baseline"] = baseline
+    table["baseline_s"] = [base.get(k, np.nan) for k in zip(table.run_id, table.network, table.batch,
+                                                            strict=True)]
+    table["speedup"] = table["baseline_s"] / table["median_s"]
+    return _sorted(table[columns], "run_id", "network", "backend")
+
+
+def thread_scaling(results: Results) -> pd.DataFrame:
+    """Step time over thread count, speed-up over the same backend on 1 thread and parallel efficiency."""
+    rows = _ok(results.rows, study="threads", stage="step")
+    columns = ["run_id", "machine", "network", "batch", "backend", "threads", "step_s", "speedup", "efficiency"]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    table = rows[["run_id", "machine", "network", "batch", "backend", "threads", "median_s"]].rename(
+        columns={"median_s": "step_s"})
+    table["threads"] = table["threads"].astype(int)
+    one = table[table.threads == 1].set_index(["run_id", "network", "batch", "backend"])["step_s"]
+    keys = zip(table.run_id, table.network, table.batch, table.backend, strict=True)
+    table["speedup"] = [one.get(k, np.nan) for k in keys] / table["step_s"]
+    table["efficiency"] = table["speedup"] / table["threads"]
+    return _sorted(table[columns], "run_id", "network", "backend", "threads")
+
+
+def batch_effect(results: Results) -> pd.DataFrame:
+    """Step time, samples/s and throughput relative to batch 1 over batch size, per backend."""
+    rows = _ok(results.rows, study="batch", stage="step")
+    columns = ["run_id", "machine", "network", "backend", "batch", "step_s", "samples_per_s",
+               "relative_throughput"]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    table = rows[["run_id", "machine", "network", "backend", "batch", "median_s", "samples_per_s"]].rename(
+        columns={"median_s": "step_s"})
+    smallest = table.sort_values("batch").groupby(["run_id", "network", "backend"])["samples_per_s"].first()
+    keys = zip(table.run_id, table.network, table.backend, strict=True)
+    table["relative_throughput"] = table["samples_per_s"] / [smallest.get(k, np.nan) for k in keys]
+    return _sorted(table[columns], "run_id", "backend", "batch")
+
+
+def width_table(results: Results) -> pd.DataFrame:
+    """Step GFLOP/s over layer width, with each run's measured matrix-product ceilings (CPU and GPU)."""
+    rows = _ok(results.rows, study="width", stage="step")
+    columns = ["run_id", "machine", "network", "width", "batch", "backend", "step_s", "gflops",
+               "ceiling_impl", "ceiling_gflops"]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    table = rows[["run_id", "machine", "network", "batch", "backend", "median_s", "gflops"]].rename(
+        columns={"median_s": "step_s"})
+    table["width"] = table["network"].str.split("-").str[0].astype(int)
+    ceilings = ceiling_table(results).set_index(["run_id", "device"])
+    device = np.where(table["backend"].map(BASELINES) == "torch-gpu", "gpu", "cpu")
+    table["ceiling_impl"] = [ceilings["impl"].get(k) for k in zip(table.run_id, device, strict=True)]
+    table["ceiling_gflops"] = [ceilings["gflops"].get(k, np.nan) for k in zip(table.run_id, device, strict=True)]
+    return _sorted(table[columns], "run_id", "backend", "width")
+
+
+def ceiling_table(results: Results) -> pd.DataFrame:
+    """The library matrix product each ladder is measured against, per run and device (``cpu``/``gpu``)."""
+    ladder = _ok(results.ladder)
+    if ladder.empty:
+        return pd.DataFrame(columns=["run_id", "device", "impl", "n", "gflops"])
+    ceiling = ladder[ladder.impl == ladder.ceiling_impl]
+    return ceiling[["run_id", "device", "impl", "n", "gflops"]].reset_index(drop=True)
+
+
+def ladder_table(results: Results) -> pd.DataFrame:
+    """Every matrix-product implementation that ran: GFLOP/s and % of the same run's library ceiling, plus
+    rows for rungs that were skipped or failed (with the reason)."""
+    ladder = results.ladder
+    columns = ["run_id", "machine", "device", "impl", "version", "n", "threads", "status", "reason", "median_s",
+               "gflops", "pct_of_ceiling", "ceiling_impl", "rel_error"]
+    if ladder.empty:
+        return pd.DataFrame(columns=columns)
+    table = ladder[[c for c in columns if c in ladder]].copy()
+    rank = {impl: i for i, impl in enumerate(ladder_order(table["impl"]))}
+    table["_rank"] = table["impl"].map(rank)
+    return table.sort_values(["run_id", "device", "_rank"]).drop(columns="_rank").reset_index(drop=True)
+
+
+def correctness_table(results: Results) -> pd.DataFrame:
+    """Worst relative error against the float64 reference of every backend on every network it was
+    checked on, over all its configurations, and whether all of them passed the tolerance."""
+    rows = results.rows
+    columns = ["run_id", "machine", "backend", "network", "sizes", "verify_batch", *ERROR_COLUMNS, "err_max",
+               "tolerance", "checked", "passed"]
+    if rows.empty or "err_max" not in rows:
+        return pd.DataFrame(columns=columns)
+    checked = rows[rows["err_max"].notna()].drop_duplicates("key")
+    if checked.empty:
+        return pd.DataFrame(columns=columns)
+    keys = ["run_id", "machine", "backend", "network", "sizes"]
+    table = checked.groupby(keys).agg(
+        verify_batch=("verify_batch", "max"),
+        **{c: (c, "max") for c in (*ERROR_COLUMNS, "err_max")},
+        tolerance=("tolerance", "first"),
+        checked=("key", "size"),
+        passed=("err_max", lambda e: int((e <= checked.loc[e.index, "tolerance"]).sum())),
+    ).reset_index()
+    return _sorted(table[columns], "run_id", "network", "backend")
+
+
+def status_table(results: Results) -> pd.DataFrame:
+    """Configurations per run, backend and status, with one reason each for those not timed."""
+    rows = results.rows
+    if rows.empty:
+        return pd.DataFrame(columns=["run_id", "backend", "status", "configurations", "reason"])
+    configs = rows.drop_duplicates("key")
+    table = configs.groupby(["run_id", "backend", "status"]).agg(
+        configurations=("key", "size"), reason=("reason", lambda r: next((x for x in r if isinstance(x, str)),
+                                                                          ""))).reset_index()
+    return _sorted(table, "run_id", "backend", "status")
+
+
+def training_table(results: Results) -> pd.DataFrame:
+    """Per run and backend: the last epoch's loss and accuracies, seconds per epoch, and the largest
+    difference of its per-epoch loss from the ``numpy`` reference's (a parity check of whole training)."""
+    rows = _ok(results.training)
+    columns = ["run_id", "machine", "dataset", "network", "backend", "epochs", "train_loss", "train_accuracy",
+               "test_accuracy", "seconds_per_epoch", "max_loss_diff_vs_numpy"]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    reference = rows[rows.backend == "numpy"].set_index(["run_id", "epoch"])["train_loss"]
+    diffs = (rows["train_loss"] - [reference.get(k, np.nan) for k in zip(rows.run_id, rows.epoch,
+                                                                          strict=True)]).abs()
+    rows = rows.assign(diff=diffs)
+    last = rows.sort_values("epoch").groupby(["run_id", "backend"]).tail(1).set_index(["run_id", "backend"])
+    table = last[["machine", "dataset", "network", "epochs", "train_loss", "train_accuracy", "test_accuracy",
+                  "seconds"]].rename(columns={"seconds": "seconds_per_epoch"})
+    table["max_loss_diff_vs_numpy"] = rows.groupby(["run_id", "backend"])["diff"].max()
+    return _sorted(table.reset_index()[columns], "run_id", "backend")
+
+
+def lineprofile_table(results: Results) -> pd.DataFrame:
+    """Per run and backend: unprofiled step time and the share of the profiled step spent in input
+    checks (pure Python), ``prepare`` (checks plus any host-to-device copy) and each stage method."""
+    rows = _ok(results.lineprofile)
+    columns = ["run_id", "machine", "backend", "network", "batch", "plain_step_s", "profiled_step_s",
+               "checks_share", "prepare_share", "forward_share", "backprop_share", "update_share"]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    out = []
+    for (run_id, backend), group in rows.groupby(["run_id", "backend"]):
+        shares = group.set_index("function")["share_of_step"]
+
+        def outermost(method: str, shares: pd.Series = shares) -> float:
+            # A subclass wrapper and the base method both appear; the largest is the outermost (inclusive).
+            found = shares[shares.index.str.endswith(f".{method}")]
+            return float(found.max()) if len(found) else np.nan
+
+        first = group.iloc[0]
+        out.append({"run_id": run_id, "machine": first.machine, "backend": backend, "network": first.network,
+                    "batch": first.batch, "plain_step_s": first.plain_step_s,
+                    "profiled_step_s": first.profiled_step_s,
+                    "checks_share": float(shares.reindex(CHECK_FUNCTIONS).fillna(0).sum()),
+                    **{f"{m}_share": outermost(m) for m in ("prepare", "forward", "backprop", "update")}})
+    return _sorted(pd.DataFrame(out, columns=columns), "run_id", "backend")
+
+
+def headline(results: Results) -> dict[str, Any]:
+    """Key numbers per run for the report's text: machine, code version, best speed-ups, thread scaling at
+    the most threads, ladder fractions, final accuracies; plus the original study's anchors."""
+    runs: dict[str, Any] = {}
+    stages, threads, ladder = stage_table(results), thread_scaling(results), ladder_table(results)
+    training = training_table(results)
+    for run_id, meta in results.meta.items():
+        described = meta.get("machine", {})
+        entry: dict[str, Any] = {
+            "machine": machine_label(meta), "hostname": described.get("hostname"), "git": described.get("git"),
+            "preset": meta.get("preset"), "started_at": meta.get("started_at"),
+            "finished_at": meta.get("finished_at"), "status": meta.get("status"),
+        }
+        run_stages = stages[stages.run_id == run_id]
+        entry["step_s"] = {f"{r.backend}@{r.network}": r.step_s for r in run_stages.itertuples()}
+        entry["speedup_vs_baseline"] = {f"{r.backend}@{r.network}": r.speedup for r in run_stages.itertuples()
+                                        if np.isfinite(r.speedup)}
+        run_threads = threads[threads.run_id == run_id]
+        most = run_threads.sort_values("threads").groupby(["backend", "network"]).tail(1)
+        entry["thread_speedup_at_most_threads"] = {f"{r.backend}@{r.network}": {
+            "threads": int(r.threads), "speedup": r.speedup} for r in most.itertuples()}
+        run_ladder = ladder[(ladder.run_id == run_id) & (ladder.status == "ok")]
+        entry["ladder_pct_of_ceiling"] = {r.impl: r.pct_of_ceiling for r in run_ladder.itertuples()}
+        entry["ladder_gflops"] = {r.impl: r.gflops for r in run_ladder.itertuples()}
+        run_training = training[training.run_id == run_id]
+        entry["final_test_accuracy"] = {r.backend: r.test_accuracy for r in run_training.itertuples()}
+        runs[run_id] = entry
+    authors = {"threads": AUTHORS_THREADS.to_dict(orient="list"), "batch": AUTHORS_BATCH.to_dict(orient="list"),
+               "thread_speedup_16": float(AUTHORS_THREADS.speedup.iloc[-1])}
+    return _plain({"runs": runs, "authors": authors})
+
+
+SUMMARIES = {
+    "stages": stage_table,
+    "threads": thread_scaling,
+    "batch": batch_effect,
+    "width": width_table,
+    "ladder": ladder_table,
+    "correctness": correctness_table,
+    "status": status_table,
+    "training": training_table,
+    "lineprofile": lineprofile_table,
+}
+
+
+def write_summaries(results: Results, directory: str | Path) -> list[Path]:
+    """Write every summary as ``<directory>/<name>.csv`` and the key numbers as ``headline.json``.
+
+    Numbers are written in full precision (a report rounds them); missing values are empty cells in CSV and
+    ``null`` in JSON.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, function in SUMMARIES.items():
+        path = directory / f"{name}.csv"
+        function(results).to_csv(path, index=False)
+        written.append(path)
+    path = directory / "headline.json"
+    path.write_text(json.dumps(headline(results), indent=1, allow_nan=False) + "\n")
+    written.append(path)
+    return written
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: NumPy scalars as Python numbers, NaN as ``None``, containers recursively."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.integer | np.bool_):
+        return value.item()
+    if isinstance(value, float | np.floating):
+        return None if not np.isfinite(value) else float(value)
+    return value
