@@ -156,7 +156,7 @@ def ladder_table(results: Results) -> pd.DataFrame:
     """Every matrix-product implementation that ran: GFLOP/s and % of the same run's library ceiling, plus
     rows for rungs that were skipped or failed (with the reason)."""
     ladder = results.ladder
-    columns = ["run_id", "machine", "device", "impl", "version", "n", "threads", "status", "reason", "median_s",
+    columns = ["run_id", "machine", "device", "impl", "version", "rung", "n", "threads", "status", "reason", "median_s",
                "gflops", "pct_of_ceiling", "ceiling_impl", "rel_error"]
     if ladder.empty:
         return pd.DataFrame(columns=columns)

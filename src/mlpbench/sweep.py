@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from mlpbench import machine, profiling
-from mlpbench.backends import BACKENDS, GPU_BACKENDS, BackendUnavailable, load, model_class
+from mlpbench.backends import BACKENDS, GPU_BACKENDS, BackendUnavailable, Model, load, model_class
 from mlpbench.network import PRESETS as NETWORKS
 from mlpbench.network import Network, resolve
 from mlpbench.timing import (
@@ -64,7 +64,7 @@ from mlpbench.timing import (
     Stats,
     all_cores,
     pinned_threads,
-    probe_step,
+    probe_steps,
     thread_option,
     time_call,
     time_stages,
@@ -76,8 +76,8 @@ STUDIES = ("stages", "threads", "batch", "width", "ladder", "training", "linepro
 #: Network each training data set is learnt with.
 TRAINING_NETWORKS = {"digits": "digits", "moons": "moons-5h300", "mnist": "mnist"}
 ERROR_QUANTITIES = ("activations", "loss", "grad_weights", "grad_biases", "params")
-#: Largest batch of the step that estimates a configuration's cost before it is timed.
-PROBE_BATCH = 16
+#: Batch sizes (capped at the configuration's) of the steps that estimate its cost before it is timed.
+PROBE_BATCHES = (16, 64)
 
 ROW_COLUMNS = (
     "key", "block_rows", "study", "backend", "device", "network", "sizes", "batch", "threads", "stage", "status",
@@ -86,7 +86,7 @@ ROW_COLUMNS = (
     *(f"err_{name}" for name in ERROR_QUANTITIES), "err_max", "loss_after", "reused_from", "finished_at",
 )
 LADDER_COLUMNS = (
-    "key", "block_rows", "device", "impl", "version", "n", "threads", "status", "reason", "repeats",
+    "key", "block_rows", "device", "impl", "version", "rung", "n", "threads", "status", "reason", "repeats",
     "median_s", "iqr_s", "gflops", "rel_error", "ceiling_impl", "ceiling_gflops", "pct_of_ceiling",
     "finished_at",
 )
@@ -135,7 +135,7 @@ class Params:
     repeats: int = 20         # timed samples per stage
     warmup: int = 3           # untimed passes before timing
     min_repeats: int = 3      # never fewer samples, whatever the budget
-    budget_s: float = 15.0    # timing seconds per configuration: fewer repeats, or skipped beyond min_repeats
+    budget_s: float = 45.0    # timing seconds per configuration: fewer repeats, or skipped beyond min_repeats
     rotate: int = 4           # input batches cycled through while timing
     verify_batch: int = 64    # largest batch of the correctness check
     tolerance: float = FLOAT32_TOLERANCE
@@ -442,17 +442,18 @@ def _check_and_time(config: Config, network: Network, params: Params, base: dict
     inputs = [random_batch(network, config.batch, rng) for _ in range(params.rotate)]
     model = load(config.backend, network, seed=params.seed, **options)
     try:
-        # A step at a small batch, scaled up linearly, bounds the cost of timing before any is spent on it.
-        probe = min(config.batch, PROBE_BATCH)
-        step_estimate = probe_step(model, *random_batch(network, probe, rng), lr=params.lr,
-                                   weight_decay=params.weight_decay) * config.batch / probe
-        needed = step_estimate * 2 * (params.warmup + params.min_repeats)
+        step_estimate = estimate_step(model, network, config.batch, params, rng)
+        # A timed pass runs every stage and then the whole step: about two steps.
+        needed = 2 * step_estimate * (1 + params.min_repeats)
         if needed > params.budget_s:
             return not_timed("skipped", f"over budget: one step estimated at {step_estimate:.3g} s; "
                                         f"{params.min_repeats} repeats need about {needed:.0f} s "
                                         f"> budget_s {params.budget_s:g} s")
+        # First-call costs are already paid by the estimate's steps: expensive configurations warm up once.
+        cheap = 2 * step_estimate * (params.warmup + params.repeats) <= params.budget_s
+        base["warmup"] = params.warmup if cheap else min(1, params.warmup)
         result = time_stages(model, inputs, lr=params.lr, weight_decay=params.weight_decay,
-                             repeats=params.repeats, warmup=params.warmup, min_repeats=params.min_repeats,
+                             repeats=params.repeats, warmup=base["warmup"], min_repeats=params.min_repeats,
                              budget_s=params.budget_s)
     finally:
         model.close()
@@ -469,6 +470,18 @@ def _check_and_time(config: Config, network: Network, params: Params, base: dict
                      "stage": stage, "status": "ok", "reason": "", "loss_after": result.loss_after,
                      "finished_at": finished})
     return rows
+
+
+def estimate_step(model: Model, network: Network, batch: int, params: Params, rng: np.random.Generator) -> float:
+    """Seconds of one step at ``batch``, extrapolated linearly from steps at two small batches (a step is a
+    fixed cost plus a cost per sample), so a configuration's cost is known before any is spent on it."""
+    sizes = sorted({min(batch, size) for size in PROBE_BATCHES})
+    seconds = probe_steps(model, [random_batch(network, size, rng) for size in sizes], lr=params.lr,
+                          weight_decay=params.weight_decay)
+    if len(sizes) == 1:
+        return seconds[0]
+    per_sample = max(0.0, (seconds[-1] - seconds[0]) / (sizes[-1] - sizes[0]))
+    return seconds[-1] + per_sample * (batch - sizes[-1])
 
 
 def stage_columns(stage: str, stats: Stats, flops: int | None, transfer_bytes: int,
@@ -493,30 +506,27 @@ class LadderUnavailable(RuntimeError):
     """A ladder's kernels are not built or not importable here."""
 
 
-def native_matmul_hook() -> tuple[Callable[..., np.ndarray], tuple[int, ...]]:
-    """The C library's numbered matrix products, as ``mlpbench.native`` exposes them.
-
-    Expected there: ``matmul(A, B, *, version: int, threads: int) -> C`` with float32 C-contiguous
-    ``A (m, k)``, ``B (k, n)`` and result ``C = A @ B (m, n)``, and ``MATMUL_VERSIONS``, the rung numbers.
-    """
+def native_matmul_hook() -> tuple[Callable[..., np.ndarray], dict[int, str]]:
+    """The C library's numbered matrix products, as ``mlpbench.native`` exposes them:
+    ``matmul(A, B, *, version: int, threads: int) -> C`` with float32 C-contiguous ``A (m, k)``, ``B (k, n)``
+    and result ``C = A @ B``, and ``KERNELS``, a dict of rung number -> name."""
     try:
         from mlpbench import native
 
-        return native.matmul, tuple(native.MATMUL_VERSIONS)
+        return native.matmul, dict(native.KERNELS)
     except (ImportError, AttributeError, OSError) as error:
         raise LadderUnavailable(describe_error(error)) from error
 
 
-def cuda_matmul_hook() -> tuple[Callable[..., Any], tuple[int, ...]]:
-    """The CUDA backends' numbered matrix-product kernels, as ``mlpbench.backends.cuda`` exposes them.
-
-    Expected there: ``matmul(A, B, *, version: int) -> C`` on float32 contiguous CUDA tensors
-    ``A (m, k)``, ``B (k, n)``, returning ``C = A @ B`` as a CUDA tensor, and ``MATMUL_VERSIONS``.
-    """
+def cuda_matmul_hook() -> tuple[Callable[..., Any], dict[int, str]]:
+    """The CUDA backends' numbered matrix-product kernels, as ``mlpbench.backends.cuda`` is to expose them:
+    ``matmul(A, B, *, version: int) -> C`` on float32 contiguous CUDA tensors ``A (m, k)``, ``B (k, n)``,
+    returning ``C = A @ B`` as a CUDA tensor, and ``KERNELS``, a dict of rung number -> name. Anything
+    missing makes the GPU ladder's kernel rows ``skipped`` with the reason."""
     try:
         from mlpbench.backends import cuda
 
-        return cuda.matmul, tuple(cuda.MATMUL_VERSIONS)
+        return cuda.matmul, dict(cuda.KERNELS)
     except (ImportError, AttributeError, OSError, BackendUnavailable) as error:
         raise LadderUnavailable(describe_error(error)) from error
 
@@ -567,16 +577,16 @@ def cpu_ladder(params: Params) -> list[dict[str, Any]]:
                         reference, params),
         ]
         try:
-            matmul, versions = native_matmul_hook()
+            matmul, kernels = native_matmul_hook()
         except LadderUnavailable as error:
             rows.append({"device": "cpu", "impl": "c", "n": n, "threads": threads, "status": "skipped",
                          "reason": str(error)})
         else:
-            for version in versions:
+            for version, name in kernels.items():
                 def call(version: int = version) -> np.ndarray:
                     return matmul(A, B, version=version, threads=threads)
-                rows.append(_ladder_row("cpu", f"c-v{version}", version, n, threads, call, call, reference,
-                                        params))
+                rows.append({**_ladder_row("cpu", f"c-v{version}", version, n, threads, call, call, reference,
+                                           params), "rung": name})
     return _with_ceiling(rows, "numpy")
 
 
@@ -601,15 +611,16 @@ def gpu_ladder(params: Params) -> list[dict[str, Any]]:
     rows = [_ladder_row("gpu", "torch-gpu", None, n, None, lambda: Ad @ Bd, lambda: (Ad @ Bd).cpu().numpy(),
                         reference, params, clock)]
     try:
-        matmul, versions = cuda_matmul_hook()
+        matmul, kernels = cuda_matmul_hook()
     except LadderUnavailable as error:
         rows.append({"device": "gpu", "impl": "cuda", "n": n, "status": "skipped", "reason": str(error)})
     else:
-        for version in versions:
+        for version, name in kernels.items():
             def call(version: int = version) -> Any:
                 return matmul(Ad, Bd, version=version)
-            rows.append(_ladder_row("gpu", f"cuda-v{version}", version, n, None, call,
-                                    lambda call=call: call().cpu().numpy(), reference, params, clock))
+            rows.append({**_ladder_row("gpu", f"cuda-v{version}", version, n, None, call,
+                                       lambda call=call: call().cpu().numpy(), reference, params, clock),
+                         "rung": name})
     return _with_ceiling(rows, "torch-gpu")
 
 
