@@ -25,7 +25,8 @@ from line_profiler import LineProfiler
 from mlpbench.backends import BackendUnavailable, load
 from mlpbench.backends import base as backend_base
 from mlpbench.backends.base import Model
-from mlpbench.network import resolve
+from mlpbench.machine import now_utc
+from mlpbench.network import Network, resolve
 from mlpbench.timing import all_cores, pinned_threads, thread_option
 from mlpbench.verify import random_batch
 
@@ -72,19 +73,26 @@ def profile_backend(backend: str, network: str, batch: int, steps: int, run_dir:
     function, or one row saying why nothing was profiled."""
     net = resolve(network)
     base = {"backend": backend, "network": network, "batch": batch, "threads": threads, "steps": steps}
-    rng = np.random.Generator(np.random.PCG64(seed))
-    inputs = [random_batch(net, batch, rng) for _ in range(4)]
     try:
-        with pinned_threads(threads or all_cores()):
-            model = load(backend, net, seed=seed, **thread_option(backend, threads))
-            try:
-                return _profile(model, inputs, steps, lr, warmup, Path(run_dir), base)
-            finally:
-                model.close()
+        rows = _profile_rows(backend, net, steps, run_dir, seed, lr, warmup, threads, base)
     except BackendUnavailable as error:
-        return [{**base, "status": "skipped", "reason": f"{type(error).__name__}: {error}"}]
+        rows = [{**base, "status": "skipped", "reason": f"{type(error).__name__}: {error}"}]
     except Exception as error:  # recorded with its reason; the other backends are still profiled
-        return [{**base, "status": "failed", "reason": f"{type(error).__name__}: {error}"}]
+        rows = [{**base, "status": "failed", "reason": f"{type(error).__name__}: {error}"}]
+    finished = now_utc()
+    return [{**row, "finished_at": finished} for row in rows]
+
+
+def _profile_rows(backend: str, net: Network, steps: int, run_dir: Path, seed: int, lr: float, warmup: int,
+                  threads: int | None, base: dict[str, Any]) -> list[dict[str, Any]]:
+    rng = np.random.Generator(np.random.PCG64(seed))
+    inputs = [random_batch(net, base["batch"], rng) for _ in range(4)]
+    with pinned_threads(threads or all_cores()):
+        model = load(backend, net, seed=seed, **thread_option(backend, threads))
+        try:
+            return _profile(model, inputs, steps, lr, warmup, Path(run_dir), base)
+        finally:
+            model.close()
 
 
 def _profile(model: Model, inputs: list[tuple[np.ndarray, np.ndarray]], steps: int, lr: float, warmup: int,

@@ -1,0 +1,285 @@
+"""The sweep: plan, crash-safe tables, checks before timing, failures recorded, resume, SIGKILL, metadata."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mlpbench.backends import BACKENDS, GPU_BACKENDS
+from mlpbench.network import resolve
+from mlpbench.sweep import (
+    LADDER_COLUMNS,
+    PRESETS,
+    ROW_COLUMNS,
+    TRAINING_COLUMNS,
+    BlockTable,
+    Config,
+    default_thread_counts,
+    make_params,
+    plan,
+    run,
+    split_network,
+)
+
+CPU_STAGES = {"forward", "backprop", "update", "step"}
+# The quick preset, on the CPU backends plus one name no registry knows.
+BACKENDS_UNDER_TEST = ["numpy", "c-serial", "c-omp", "torch-cpu", "torch-gpu", "no-such-backend"]
+
+
+def read_rows(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "rows.csv")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    results = tmp_path_factory.mktemp("results")
+    return run("quick", results_dir=results, run_id="quick", progress=False, backends=BACKENDS_UNDER_TEST)
+
+
+# --- plan and parameters -----------------------------------------------------------------------------------
+
+def test_default_thread_counts() -> None:
+    assert default_thread_counts(1) == (1,)
+    assert default_thread_counts(2) == (1, 2)
+    assert default_thread_counts(6) == (1, 2, 4, 6)
+    assert default_thread_counts(16) == (1, 2, 4, 8, 16)
+
+
+def test_make_params_overrides_and_refuses_unknowns() -> None:
+    params = make_params("quick", repeats=7, backends=None)
+    assert params.repeats == 7
+    assert params.backends == PRESETS["quick"].backends
+    with pytest.raises(ValueError, match="unknown preset"):
+        make_params("nope")
+    with pytest.raises(TypeError, match="unknown sweep parameters"):
+        make_params("quick", repetitions=3)
+    with pytest.raises(ValueError, match="unknown studies"):
+        make_params("quick", studies=["stages", "speed"])
+    with pytest.raises(ValueError, match="batch size"):
+        make_params("quick", networks=["digits"])
+
+
+def test_split_network() -> None:
+    assert split_network("large:1024") == ("large", 1024)
+    assert split_network("64-128-10", 32) == ("64-128-10", 32)
+    with pytest.raises(ValueError):
+        split_network("digits:0")
+
+
+def test_plan_threads_only_where_they_apply() -> None:
+    params = make_params("default", threads=(1, 2, 4))
+    configs = plan(params)
+    by_study = {study: [c for c in configs if c.study == study] for study in ("stages", "threads", "batch", "width")}
+    assert len(by_study["stages"]) == len(params.networks) * len(BACKENDS)
+    assert {c.backend for c in by_study["threads"]} == {"c-omp", "torch-cpu"}
+    assert len(by_study["threads"]) == 2 * 3 * len(params.thread_networks)
+    assert len(by_study["batch"]) == len(params.batch_sizes) * len(BACKENDS)
+    assert len(by_study["width"]) == len(params.widths) * len(BACKENDS)
+    for config in configs:
+        if config.backend in GPU_BACKENDS:
+            assert config.threads is None
+        elif config.backend == "c-serial":
+            assert config.threads == 1
+        elif config.study != "threads":
+            assert config.threads == 4  # threaded and reference backends run on the most threads
+    assert len({c.key for c in configs}) == len(configs)
+    assert resolve(by_study["width"][0].network).sizes == (64, 64, 64, 64)
+
+
+def test_config_key_round_trips() -> None:
+    for config in plan(make_params("quick")):
+        assert Config.from_key(config.key) == config
+
+
+# --- crash-safe tables -------------------------------------------------------------------------------------
+
+def test_block_table_keeps_complete_blocks_only(tmp_path: Path) -> None:
+    table = BlockTable(tmp_path / "t.csv", ["key", "block_rows", "value", "note"])
+    assert table.read() == []
+    table.append("a", [{"value": 1, "note": "x"}, {"value": 2, "note": "two\nlines, comma"}])
+    table.append("b", [{"value": 3}])
+    good = (tmp_path / "t.csv").read_text()
+    rows = table.read()
+    assert [r["key"] for r in rows] == ["a", "a", "b"]
+    assert rows[1]["note"] == "two lines, comma"  # reasons are kept on one line
+    # A SIGKILL inside a write: the first line of a two-row block made it, the second only half.
+    with open(tmp_path / "t.csv", "a") as handle:
+        handle.write("c,2,4,\nc,2,")
+    assert table.keys() == {"a", "b"}
+    assert (tmp_path / "t.csv").read_text() == good  # the damaged tail was cut off
+    with open(tmp_path / "t.csv", "a") as handle:
+        handle.write("d,3,5,\nd,3,6,\n")  # complete lines, incomplete block
+    assert table.keys() == {"a", "b"}
+    assert (tmp_path / "t.csv").read_text() == good
+
+
+def test_block_table_header_torn_or_foreign(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("key,blo")
+    table = BlockTable(path, ["key", "block_rows", "value"])
+    assert table.read() == []
+    assert path.read_text() == "key,block_rows,value\n"
+    path.write_text("something,else\n")
+    with pytest.raises(ValueError, match="new run id"):
+        table.read()
+
+
+# --- a quick run -------------------------------------------------------------------------------------------
+
+def test_tables_have_the_schema(quick_run: Path) -> None:
+    for name, columns in (("rows", ROW_COLUMNS), ("ladder", LADDER_COLUMNS), ("training", TRAINING_COLUMNS)):
+        with open(quick_run / f"{name}.csv") as handle:
+            assert tuple(next(csv.reader(handle))) == columns
+
+
+def test_every_planned_configuration_is_recorded_once(quick_run: Path) -> None:
+    rows = read_rows(quick_run)
+    planned = {c.key for c in plan(make_params("quick", backends=BACKENDS_UNDER_TEST))}
+    assert set(rows.key) == planned
+    for key, group in rows.groupby("key"):
+        assert len(group) == group.block_rows.iloc[0], key
+        if group.status.iloc[0] == "ok":
+            assert set(group.stage) == CPU_STAGES
+        else:
+            assert len(group) == 1 and group.stage.isna().all() and group.reason.iloc[0]
+
+
+def test_reference_and_pytorch_are_checked_then_timed(quick_run: Path) -> None:
+    rows = read_rows(quick_run)
+    ok = rows[rows.status == "ok"]
+    assert {"numpy", "torch-cpu"} <= set(ok.backend)
+    assert (ok.err_max <= ok.tolerance).all()
+    assert (ok.repeats >= 2).all() and (ok.median_s > 0).all() and (ok.q1_s <= ok.median_s).all()
+    assert (ok.median_s <= ok.q3_s).all() and (ok.iqr_s >= 0).all()
+    for row in ok.itertuples():
+        flops = resolve(row.sizes).flops(row.batch)[row.stage]
+        assert row.flops == flops
+        assert row.gflops == pytest.approx(flops / row.median_s / 1e9)
+        assert row.samples_per_s == pytest.approx(row.batch / row.median_s)
+    assert (rows[rows.backend == "numpy"].err_max == 0).all()  # the reference against itself
+
+
+def test_unusable_configurations_are_recorded_with_reasons(quick_run: Path) -> None:
+    rows = read_rows(quick_run).drop_duplicates("key")
+    unknown = rows[rows.backend == "no-such-backend"]
+    assert (unknown.status == "failed").all()
+    assert unknown.reason.str.contains("unknown backend").all()
+    gpu = rows[rows.backend == "torch-gpu"]
+    assert gpu.status.isin(["ok", "skipped"]).all()
+    assert gpu[gpu.status == "skipped"].reason.str.contains("BackendUnavailable").all()
+
+
+def test_shared_configurations_are_measured_once(quick_run: Path) -> None:
+    rows = read_rows(quick_run).assign(stage=lambda f: f.stage.fillna(""))
+    reused = rows[rows.reused_from.notna()]
+    assert len(reused)  # the thread study's largest count repeats a stages configuration
+    for row in reused.itertuples():
+        original = rows[(rows.key == row.reused_from) & (rows.stage == row.stage)]
+        assert len(original) == 1
+        assert original.status.iloc[0] == row.status
+        assert original.median_s.iloc[0] == row.median_s or pd.isna(row.median_s)
+        assert Config.from_key(row.key).measurement == Config.from_key(row.reused_from).measurement
+
+
+def test_ladder_training_and_profiles(quick_run: Path) -> None:
+    ladder = pd.read_csv(quick_run / "ladder.csv")
+    numpy = ladder[ladder.impl == "numpy"].iloc[0]
+    assert numpy.status == "ok" and numpy.pct_of_ceiling == pytest.approx(100)
+    assert (ladder[ladder.status == "ok"].rel_error <= make_params("quick").tolerance).all()
+    assert set(ladder.device) == {"cpu", "gpu"}
+    training = pd.read_csv(quick_run / "training.csv")
+    ok = training[training.status == "ok"]
+    assert set(ok[ok.backend == "numpy"].epoch) == {1, 2}
+    assert (ok.train_accuracy > 0.1).all()
+    assert set(training.backend) == set(BACKENDS_UNDER_TEST)
+    profile = pd.read_csv(quick_run / "lineprofile.csv")
+    driver = profile[(profile.backend == "numpy") & (profile.function == "profiling.driver")]
+    assert driver.share_of_step.iloc[0] == pytest.approx(1.0)
+    assert "Line #" in (quick_run / "lineprofile" / "numpy.txt").read_text()
+
+
+def test_meta_describes_the_run(quick_run: Path) -> None:
+    meta = json.loads((quick_run / "meta.json").read_text())
+    assert meta["status"] == "complete" and meta["run_id"] == "quick"
+    assert meta["started_at"] <= meta["finished_at"]
+    assert meta["parameters"]["repeats"] == PRESETS["quick"].repeats
+    described = meta["machine"]
+    assert described["git"]["commit"]
+    assert described["cpu"]["usable_cores"] >= 1 and described["cpu"]["model"]
+    assert "torch_parallel_info" in described["libraries"] and described["libraries"]["numpy"]
+    assert "native" in described and "gpu" in described and described["hostname"]
+    assert isinstance(described["thread_env"], dict)
+
+
+def test_failed_verification_is_not_timed(tmp_path: Path) -> None:
+    # Zero tolerance: any float32 rounding difference from the float64 reference fails.
+    run_dir = run("quick", results_dir=tmp_path, run_id="strict", progress=False, studies=["stages"],
+                  networks=["digits:8"], backends=["numpy", "torch-cpu"], tolerance=0.0)
+    rows = read_rows(run_dir).set_index("backend")
+    assert rows.loc["torch-cpu", "status"] == "failed"
+    assert "verification failed" in rows.loc["torch-cpu", "reason"]
+    assert pd.isna(rows.loc["torch-cpu", "median_s"]) and rows.loc["torch-cpu", "err_max"] > 0
+    assert (rows.loc["numpy", "status"] == "ok").all()
+
+
+def test_resume_skips_finished_configurations(tmp_path: Path) -> None:
+    options = {"results_dir": tmp_path, "run_id": "r", "progress": False, "studies": ["stages"],
+               "networks": ["digits:8", "2-8-1:4"], "backends": ["numpy", "torch-cpu"]}
+    run_dir = run("quick", **options)
+    first = (run_dir / "rows.csv").read_text()
+    run("quick", **options)
+    assert (run_dir / "rows.csv").read_text() == first  # nothing measured again
+    # Drop the last configuration, as if the run had been killed before it finished: only it is redone.
+    rows = read_rows(run_dir)
+    last = rows.key.iloc[-1]
+    kept = "".join(line for line in first.splitlines(keepends=True) if not line.startswith(last + ","))
+    (run_dir / "rows.csv").write_text(kept)
+    run("quick", **options)
+    again = read_rows(run_dir)
+    assert list(again.key.drop_duplicates()) == list(rows.key.drop_duplicates())
+    assert len(again) == len(rows)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert len(meta["sessions"]) == 3
+
+
+def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    args = ["--preset", "quick", "--results", str(tmp_path), "--run-id", "k", "--studies", "stages",
+            "--backends", "numpy,torch-cpu", "--repeats", "30", "--no-progress"]
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    # A fresh interpreter (fork + exec), never a fork of this process, which may have run OpenMP work.
+    process = subprocess.Popen([sys.executable, "-m", "mlpbench.sweep", *args], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    rows_path = tmp_path / "k" / "rows.csv"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            if rows_path.exists() and len(rows_path.read_text().splitlines()) >= 5:  # header + one block
+                break
+            assert process.poll() is None, process.stderr.read().decode()
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    before = BlockTable(rows_path, ROW_COLUMNS).keys()
+    planned = [c.key for c in plan(make_params("quick", studies=["stages"], backends=["numpy", "torch-cpu"]))]
+    assert 0 < len(before) < len(planned)  # killed mid-run
+    # Simulate a kill inside a write as well: a torn line at the end.
+    with open(rows_path, "a") as handle:
+        handle.write("stages/torch-cpu/digits/b32/t2,4,stages,tor")
+    assert subprocess.run([sys.executable, "-m", "mlpbench.sweep", *args], env=env,
+                          capture_output=True).returncode == 0
+    rows = read_rows(tmp_path / "k")
+    assert list(rows.key.drop_duplicates()) == planned
+    assert (rows.groupby("key").size() == rows.groupby("key").block_rows.first()).all()
+    assert not rows.duplicated(["key", "stage"]).any()
+    assert json.loads((tmp_path / "k" / "meta.json").read_text())["status"] == "complete"
