@@ -1,0 +1,201 @@
+"""The C library's standalone matrix product (the ladder benchmark's entry point): every version and
+transposition against NumPy in float64 on sizes that divide no tile, bit-identical across thread counts, and
+every malformed input stopped in Python with a clear error."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mlpbench import native
+
+VERSIONS = sorted(native.KERNELS)
+# Sizes that divide no tile of the packed product (MR 6, NR 16, KC 256, MC 144), plus k > KC and n > NC.
+SHAPES = [(1, 1, 1), (7, 33, 257), (257, 7, 33), (33, 257, 7), (150, 17, 300), (3, 4100, 2)]
+
+
+def operands(m, n, k, transpose_a, transpose_b, seed=0):
+    rng = np.random.Generator(np.random.PCG64(seed))
+    A = rng.uniform(-1, 1, size=(k, m) if transpose_a else (m, k)).astype(np.float32)
+    B = rng.uniform(-1, 1, size=(n, k) if transpose_b else (k, n)).astype(np.float32)
+    return A, B
+
+
+def expected(A, B, transpose_a, transpose_b):
+    A64, B64 = A.astype(np.float64), B.astype(np.float64)
+    return (A64.T if transpose_a else A64) @ (B64.T if transpose_b else B64)
+
+
+def assert_product_close(C, A, B, transpose_a, transpose_b):
+    """Element-wise against the float32 accumulation bound (k + 2) eps sum |a b|."""
+    A64, B64 = np.abs(A.astype(np.float64)), np.abs(B.astype(np.float64))
+    bound = (A64.T if transpose_a else A64) @ (B64.T if transpose_b else B64)
+    k = A.shape[0] if transpose_a else A.shape[1]
+    error = np.abs(C.astype(np.float64) - expected(A, B, transpose_a, transpose_b))
+    assert np.isfinite(C).all()
+    assert (error <= (k + 2) * np.finfo(np.float32).eps * bound + 1e-30).all(), float(error.max())
+
+
+@pytest.mark.parametrize("variant", native.VARIANTS)
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("transpose_a", [False, True])
+@pytest.mark.parametrize("transpose_b", [False, True])
+def test_every_version_matches_float64(variant, version, transpose_a, transpose_b):
+    threads = 2 if variant == "omp" else 1
+    with native.Gemm(300, 4200, threads=threads, variant=variant) as gemm:
+        for m, n, k in SHAPES:
+            A, B = operands(m, n, k, transpose_a, transpose_b)
+            out = np.full((m, n), np.nan, dtype=np.float32)  # every element must be written
+            gemm(A, B, out, version=version, transpose_a=transpose_a, transpose_b=transpose_b)
+            assert_product_close(out, A, B, transpose_a, transpose_b)
+
+
+@pytest.mark.parametrize("isa", ["portable", "avx2"])
+def test_each_instruction_set(isa):
+    lib = native.library("omp")
+    if not lib.mlp_isa_supported(native.ISAS[isa]):
+        pytest.skip(f"this CPU cannot run the {isa} kernels")
+    A, B = operands(33, 257, 300, False, True)
+    C = native.matmul(A, B, version=3, threads=2, transpose_b=True, isa=isa)
+    assert_product_close(C, A, B, False, True)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_thread_count_changes_no_bit(version):
+    A, B = operands(150, 257, 300, True, False, seed=3)
+    results = [native.matmul(A, B, version=version, threads=t, transpose_a=True) for t in (1, 2, 3)]
+    for other in results[1:]:
+        np.testing.assert_array_equal(results[0], other)
+
+
+def test_serial_library_has_no_openmp():
+    assert native.library("serial").mlp_has_openmp() == 0
+    assert native.library("omp").mlp_has_openmp() == 1
+
+
+def test_matmul_defaults_and_out():
+    A, B = operands(7, 33, 5, False, False)
+    np.testing.assert_allclose(native.matmul(A, B), A @ B, rtol=1e-5, atol=1e-6)
+    with native.Gemm(7, 33, threads=1) as gemm:
+        out = np.empty((7, 33), dtype=np.float32)
+        assert gemm(A, B, out) is out
+        np.testing.assert_allclose(out, A @ B, rtol=1e-5, atol=1e-6)
+
+
+def test_closed_workspace_refuses():
+    gemm = native.Gemm(4, 4, threads=1)
+    gemm.close()
+    gemm.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        gemm(np.ones((4, 4), np.float32), np.ones((4, 4), np.float32))
+
+
+GOOD = np.ones((4, 5), dtype=np.float32)
+OTHER = np.ones((5, 3), dtype=np.float32)
+
+
+@pytest.mark.parametrize(("A", "B", "kwargs", "error", "match"), [
+    (GOOD.astype(np.float64), OTHER, {}, TypeError, "dtype float32"),
+    (GOOD.tolist(), OTHER, {}, TypeError, "numpy.ndarray"),
+    (GOOD[None], OTHER, {}, ValueError, "2-D"),
+    (np.ones((0, 5), np.float32), OTHER, {}, ValueError, "empty"),
+    (np.ones((4, 10), np.float32)[:, ::2], OTHER, {}, ValueError, "C-contiguous"),
+    (GOOD, np.ones((4, 3), np.float32), {}, ValueError, "inner dimensions"),
+    (GOOD, OTHER, {"version": 0}, ValueError, "unknown matrix-product version"),
+    (GOOD, OTHER, {"version": 4}, ValueError, "unknown matrix-product version"),
+    (GOOD, OTHER, {"version": 2.0}, TypeError, "kernel"),
+    (GOOD, OTHER, {"version": True}, TypeError, "kernel"),
+    (GOOD, OTHER, {"threads": 0}, ValueError, "threads"),
+    (GOOD, OTHER, {"threads": -3}, ValueError, "threads"),
+    (GOOD, OTHER, {"threads": 1.5}, TypeError, "threads"),
+    (GOOD, OTHER, {"threads": 10**9}, ValueError, "threads"),
+    (GOOD, OTHER, {"transpose_a": 1}, TypeError, "transpose_a"),
+    (GOOD, OTHER, {"variant": "cuda"}, ValueError, "variant"),
+    (GOOD, OTHER, {"variant": "serial", "threads": 2}, ValueError, "one thread"),
+    (GOOD, OTHER, {"isa": "sse9"}, ValueError, "instruction set"),
+    (GOOD, OTHER, {"isa": 2}, TypeError, "isa"),
+])
+def test_bad_matmul_input_raises(A, B, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        native.matmul(A, B, **kwargs)
+
+
+def misaligned_float32(shape):
+    """A float32 array whose data starts one byte past an aligned address."""
+    raw = np.zeros(int(np.prod(shape)) * 4 + 1, dtype=np.uint8)
+    return np.frombuffer(raw.data, dtype=np.float32, count=int(np.prod(shape)), offset=1).reshape(shape)
+
+
+def test_bad_out_and_misalignment_raise():
+    with native.Gemm(4, 3, threads=1) as gemm:
+        with pytest.raises(ValueError, match="misaligned"):
+            gemm(misaligned_float32((4, 5)), OTHER)
+        with pytest.raises(ValueError, match="out: expected shape"):
+            gemm(GOOD, OTHER, np.empty((3, 4), np.float32))
+        with pytest.raises(ValueError, match="read-only"):
+            gemm(GOOD, OTHER, np.frombuffer(bytes(48), dtype=np.float32).reshape(4, 3))
+        with pytest.raises(ValueError, match="overlap"):
+            rows = np.ones((8, 3), np.float32)
+            gemm(rows[:4], np.ones((3, 3), np.float32), rows[3:7])
+        with pytest.raises(ValueError, match="exceeds this workspace"):
+            gemm(np.ones((5, 5), np.float32), OTHER)
+        with pytest.raises(ValueError, match="at most 1"):
+            native.Gemm(4, 3, threads=1, variant="omp")(GOOD, OTHER, threads=2)
+
+
+# ------------------------------------------------------------------ random abuse of the API
+
+DTYPES = [np.float32, np.float64, np.float16, np.int32, np.uint8, np.complex64]
+
+
+@st.composite
+def arrays(draw, rows, cols):
+    """Arrays that may be wrong in every way C cares about: dtype, shape, strides, byte offset, contents."""
+    dtype = draw(st.sampled_from(DTYPES))
+    rows = draw(st.sampled_from([rows, rows, 0, rows + 1]))
+    cols = draw(st.sampled_from([cols, cols, cols + 2]))
+    layout = draw(st.sampled_from(["c", "fortran", "strided", "offset", "3d"]))
+    values = draw(st.sampled_from(["uniform", "nan", "inf"]))
+    rng = np.random.Generator(np.random.PCG64(draw(st.integers(0, 2**32))))
+    base = rng.uniform(-1, 1, size=(rows, cols))
+    if values != "uniform" and base.size:
+        base.flat[rng.integers(base.size)] = np.nan if values == "nan" else np.inf
+    with np.errstate(invalid="ignore"):
+        array = base.astype(dtype)
+    if layout == "fortran":
+        array = np.asfortranarray(array)
+    elif layout == "strided":
+        array = np.repeat(array, 2, axis=1)[:, ::2]
+    elif layout == "offset":
+        offset = draw(st.integers(0, 7))
+        raw = np.zeros(array.nbytes + offset, dtype=np.uint8)
+        raw[offset:] = np.frombuffer(array.tobytes(), dtype=np.uint8)
+        array = np.frombuffer(raw.data, dtype=array.dtype, count=array.size, offset=offset).reshape(array.shape)
+    elif layout == "3d":
+        array = array[None]
+    return array
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_random_inputs_raise_cleanly_or_compute_correctly(data):
+    m, n, k = (data.draw(st.integers(1, 20), label=name) for name in "mnk")
+    transpose_a, transpose_b = data.draw(st.booleans()), data.draw(st.booleans())
+    A = data.draw(arrays(k, m) if transpose_a else arrays(m, k), label="A")
+    B = data.draw(arrays(n, k) if transpose_b else arrays(k, n), label="B")
+    version = data.draw(st.sampled_from([1, 2, 3, 0, 4, -1, 2.0, None, "3", True]), label="version")
+    threads = data.draw(st.sampled_from([1, 2, 3, 0, -1, 10**6, 1.0, None, True]), label="threads")
+    try:
+        C = native.matmul(A, B, version=version, threads=threads, transpose_a=transpose_a,
+                          transpose_b=transpose_b)
+    except (TypeError, ValueError) as error:
+        assert str(error)  # says what was wrong
+        return
+    # Accepted: then it was a well-formed call, and the result must be right (IEEE NaN/Inf propagate).
+    assert A.dtype == B.dtype == np.float32 and A.flags.c_contiguous and A.flags.aligned
+    exact = expected(A, B, transpose_a, transpose_b)
+    if np.isfinite(A).all() and np.isfinite(B).all():
+        assert_product_close(C, A, B, transpose_a, transpose_b)
+    else:
+        with np.errstate(invalid="ignore"):
+            np.testing.assert_array_equal(np.isnan(C), np.isnan(exact))
