@@ -1,0 +1,745 @@
+"""CUDA backends: the GPU optimisation ladder, one rung per backend, all verified against the float64
+reference before they are timed.
+
+==============  =====================================================================================
+``cuda-naive``  rung 1: one thread per output element, global memory only; bias, activation, loss,
+                gradients and update in separate element-wise kernels (``kernels/naive.cu``)
+``cuda-tiled``  rung 2: shared-memory tiles loaded with coalesced accesses (``kernels/tiled.cu``)
+``cuda-opt``    rung 3: warp-tiled SGEMM with 2D register blocking, 128-bit loads and double buffering;
+                bias + activation fused into the forward product, the activation derivative into the
+                input-gradient product; ``train_step`` also fuses the SGD step into the weight-gradient
+                product and the bias update into the bias-gradient sums (``kernels/opt.cu``)
+``cuda-fused``  rung 4: the whole training step in one persistent kernel with grid-wide barriers, for
+                networks up to :data:`FUSED_MAX_WIDTH` wide (``kernels/fused.cu``)
+==============  =====================================================================================
+
+Every buffer (parameters, activations, gradients) is a PyTorch CUDA tensor that stays on the GPU across
+steps; kernels get the tensors' device pointers through PyCUDA's ``prepared_call`` in PyTorch's own CUDA
+context (see :mod:`mlpbench.gpu`) on the default stream. Data crosses the bus only in ``prepare`` (the
+"transfer" stage: checks + host-to-device copy) and in the read-backs. The forward stage computes each
+sample's loss on the GPU; :meth:`loss` reads those ``B`` numbers back and averages them.
+
+:func:`matmul` exposes each rung's matrix product on its own (for the ladder study against cuBLAS) and
+:func:`kernel_report` the registers, shared memory and spills of every kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from mlpbench import gpu
+from mlpbench.backends.base import (
+    BackendUnavailable,
+    Batch,
+    Model,
+    Params,
+    check_inputs,
+    check_params,
+    check_step_size,
+)
+from mlpbench.gpu import ModuleSpec
+from mlpbench.network import Network
+
+# Codes shared with kernels/common.cuh.
+ACTIVATION_CODES = {"sigmoid": 0, "tanh": 1, "relu": 2}
+IDENTITY = -1
+LOSS_CODES = {"softmax-ce": 0, "sigmoid-bce": 1}
+
+# Epilogues of the cuda-opt products (kernels/opt.cu).
+EPI_STORE, EPI_BIAS_ACT, EPI_ACT_GRAD, EPI_SGD = 0, 1, 2, 3
+
+#: Widest layer cuda-fused accepts: its tiles stage up to FUSED_KCHUNK k values of 32 rows at once.
+FUSED_MAX_WIDTH = 512
+FUSED_KCHUNK = 512
+FUSED_HEAD_MAX = 16
+FUSED_THREADS = 256
+
+# Every kernel source with the -D constants the backends compile it with (tests/test_kernels_compile.py
+# compiles exactly these for sm_90 on machines without a GPU).
+ELEMENTWISE = ModuleSpec("elementwise.cu", (("ROWS_PER_BLOCK", 8),))
+NAIVE = ModuleSpec("naive.cu")
+TILED = ModuleSpec("tiled.cu", (("TILE", 32),), no_extern_c=True)
+OPT = ModuleSpec("opt.cu", (("BM", 128), ("BN", 128), ("BK", 8), ("WM", 64), ("WN", 32), ("MIN_BLOCKS", 2)),
+                 no_extern_c=True)
+FUSED = ModuleSpec("fused.cu", (("KCHUNK", FUSED_KCHUNK), ("HEAD_MAX", FUSED_HEAD_MAX), ("UPDATE_CHUNK", 4096),
+                                ("SPIN_LIMIT", 1 << 26)), no_extern_c=True)
+MODULE_SPECS: dict[str, ModuleSpec] = {"elementwise": ELEMENTWISE, "naive": NAIVE, "tiled": TILED, "opt": OPT,
+                                       "fused": FUSED}
+KERNELS: dict[str, tuple[str, ...]] = {
+    "elementwise": ("bias_activation", "output_head", "output_delta", "activation_backward", "bias_gradient",
+                    "sgd_update"),
+    "naive": ("naive_nt", "naive_nn", "naive_tn"),
+    "tiled": ("tiled_nt", "tiled_nn", "tiled_tn"),
+    "opt": ("opt_nt", "opt_nn", "opt_tn", "opt_nt_scalar", "opt_nn_scalar", "opt_tn_scalar"),
+    "fused": ("fused_step",),
+}
+
+LAYOUTS = ("nt", "nn", "tn")
+VERSIONS = {1: "naive", 2: "tiled", 3: "opt", "naive": "naive", "tiled": "tiled", "opt": "opt",
+            "cuda-naive": "naive", "cuda-tiled": "tiled", "cuda-opt": "opt"}
+
+
+def _blocks(n: int, per_block: int) -> int:
+    return max(1, -(-n // per_block))
+
+
+def _kernels(module: str) -> dict[str, Any]:
+    compiled = gpu.load(MODULE_SPECS[module])
+    return {name: compiled.get_function(name) for name in KERNELS[module]}
+
+
+def _check_default_stream() -> None:
+    # PyCUDA launches on the legacy default stream; PyTorch work queued elsewhere would race with it.
+    if torch.cuda.current_stream().cuda_stream != 0:
+        raise RuntimeError("the CUDA backends launch on the default stream; call them outside "
+                           "torch.cuda.stream(...) blocks")
+
+
+class _Products:
+    """The three matrix products of one rung on raw device pointers (row-major, float32):
+    ``nt``: C (M,N) = A (M,K) @ B (N,K)^T;  ``nn``: C = A (M,K) @ B (K,N);  ``tn``: C = A (K,M)^T @ B (K,N)."""
+
+    rung: ClassVar[str]
+    block: ClassVar[tuple[int, int, int]]
+
+    def __init__(self) -> None:
+        kernels = _kernels(self.rung)
+        self._kernels = {layout: kernels[f"{self.rung}_{layout}"].prepare("PPPiii") for layout in LAYOUTS}
+
+    def grid(self, M: int, N: int) -> tuple[int, int, int]:
+        return (_blocks(N, self.block[0]), _blocks(M, self.block[1]), 1)
+
+    def __call__(self, layout: str, C: int, A: int, B: int, M: int, N: int, K: int) -> None:
+        self._kernels[layout].prepared_call(self.grid(M, N), self.block, C, A, B, M, N, K)
+
+
+class _NaiveProducts(_Products):
+    rung = "naive"
+    block = (32, 8, 1)
+
+
+class _TiledProducts(_Products):
+    rung = "tiled"
+    block = (dict(TILED.defines)["TILE"], dict(TILED.defines)["TILE"], 1)
+
+
+class _OptProducts:
+    """cuda-opt's products with a fused epilogue (``mode``); see kernels/opt.cu. The float4 kernels run when
+    every row length is a multiple of 4 and every pointer 16-byte aligned, the scalar ones otherwise."""
+
+    BM = dict(OPT.defines)["BM"]
+    BN = dict(OPT.defines)["BN"]
+
+    def __init__(self) -> None:
+        kernels = _kernels("opt")
+        fmt = "PPPiiiiPPiff"
+        self._vector = {layout: kernels[f"opt_{layout}"].prepare(fmt) for layout in LAYOUTS}
+        self._scalar = {layout: kernels[f"opt_{layout}_scalar"].prepare(fmt) for layout in LAYOUTS}
+
+    @staticmethod
+    def vector_ok(layout: str, M: int, N: int, K: int, *pointers: int) -> bool:
+        rows = {"nt": (K, K, N), "nn": (K, N, N), "tn": (M, N, N)}[layout]
+        return all(r % 4 == 0 for r in rows) and all(p % 16 == 0 for p in pointers)
+
+    def __call__(self, layout: str, C: int, A: int, B: int, M: int, N: int, K: int, mode: int = EPI_STORE,
+                 bias: int = 0, aux: int = 0, activation: int = IDENTITY, lr: float = 0.0,
+                 weight_decay: float = 0.0) -> None:
+        vector = self.vector_ok(layout, M, N, K, C, A, B, bias, aux)
+        kernel = (self._vector if vector else self._scalar)[layout]
+        grid = (_blocks(N, self.BN), _blocks(M, self.BM), 1)
+        kernel.prepared_call(grid, (256, 1, 1), C, A, B, M, N, K, mode, bias, aux, activation,
+                             np.float32(lr), np.float32(weight_decay))
+
+
+_PRODUCT_CLASSES: dict[str, type] = {"naive": _NaiveProducts, "tiled": _TiledProducts, "opt": _OptProducts}
+_product_cache: dict[str, Any] = {}
+
+
+def _products(rung: str) -> Any:
+    if rung not in _product_cache:
+        _product_cache[rung] = _PRODUCT_CLASSES[rung]()
+    return _product_cache[rung]
+
+
+def matmul(A: torch.Tensor, B: torch.Tensor, version: int | str, layout: str = "nn",
+           out: torch.Tensor | None = None) -> torch.Tensor:
+    """One rung's matrix product on the GPU, for the ladder study against cuBLAS (``torch.mm``).
+
+    ``matmul(A, B, version, layout="nn", out=None) -> C``
+
+    * ``version``: ``1`` / ``"naive"``, ``2`` / ``"tiled"``, ``3`` / ``"opt"`` (backend names such as
+      ``"cuda-opt"`` work too);
+    * ``layout``: ``"nn"``: ``C = A @ B`` with A ``(M, K)``, B ``(K, N)``; ``"nt"``: ``C = A @ B.T`` with
+      B ``(N, K)`` (the forward product); ``"tn"``: ``C = A.T @ B`` with A ``(K, M)`` (the weight gradient);
+    * ``A``, ``B``: 2-D, C-contiguous float32 tensors on the CUDA device, ``requires_grad`` off;
+    * ``out``: optional C-contiguous float32 ``(M, N)`` CUDA tensor to write into (else a new one).
+
+    Returns C ``(M, N)``. The product is queued on the default stream (synchronise before timing with a host
+    clock). Raises ``TypeError``/``ValueError`` for bad arguments, :class:`BackendUnavailable` without a GPU.
+    """
+    if version not in VERSIONS:
+        raise ValueError(f"version: expected 1, 2, 3 or one of {sorted(v for v in VERSIONS if isinstance(v, str))}, "
+                         f"got {version!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
+    gpu.ensure_available()
+    for name, tensor in (("A", A), ("B", B)):
+        _check_device_matrix(name, tensor)
+    if layout == "nn":
+        (M, K), (K2, N) = A.shape, B.shape
+    elif layout == "nt":
+        (M, K), (N, K2) = A.shape, B.shape
+    else:
+        (K, M), (K2, N) = A.shape, B.shape
+    if K != K2:
+        raise ValueError(f"shapes {tuple(A.shape)} and {tuple(B.shape)} do not match for layout {layout!r}")
+    if out is None:
+        out = torch.empty((M, N), dtype=torch.float32, device=A.device)
+    else:
+        _check_device_matrix("out", out)
+        if tuple(out.shape) != (M, N):
+            raise ValueError(f"out: expected shape {(M, N)}, got {tuple(out.shape)}")
+    _check_default_stream()
+    _products(VERSIONS[version])(layout, out.data_ptr(), A.data_ptr(), B.data_ptr(), M, N, K)
+    return out
+
+
+def _check_device_matrix(name: str, tensor: Any) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dtype != torch.float32:
+        raise TypeError(f"{name}: expected dtype torch.float32, got {tensor.dtype}")
+    if tensor.device.type != "cuda":
+        raise ValueError(f"{name}: expected a CUDA tensor, got one on {tensor.device}")
+    if tensor.dim() != 2 or not tensor.is_contiguous():
+        raise ValueError(f"{name}: expected a 2-D C-contiguous tensor, got shape {tuple(tensor.shape)} "
+                         f"with strides {tensor.stride()}")
+    if tensor.requires_grad:
+        raise ValueError(f"{name}: requires_grad must be off (use .detach())")
+    if min(tensor.shape) < 1:
+        raise ValueError(f"{name}: empty matrix {tuple(tensor.shape)}")
+
+
+def kernel_report() -> list[dict[str, Any]]:
+    """Registers, shared memory and local memory (stack, spills) of every kernel as loaded on this GPU.
+
+    One dict per kernel: ``module``, ``kernel``, ``defines``, ``arch``, ``registers``,
+    ``static_shared_bytes``, ``dynamic_shared_bytes`` (what the backend launches it with), ``local_bytes``
+    (non-zero means stack or spills), ``max_threads_per_block``.
+    """
+    import pycuda.driver as drv
+
+    attribute = drv.function_attribute
+    rows = []
+    for module, spec in MODULE_SPECS.items():
+        for name, function in _kernels(module).items():
+            rows.append({
+                "module": spec.source,
+                "kernel": name,
+                "defines": " ".join(spec.options()),
+                "arch": gpu.info().arch,
+                "registers": function.get_attribute(attribute.NUM_REGS),
+                "static_shared_bytes": function.get_attribute(attribute.SHARED_SIZE_BYTES),
+                "dynamic_shared_bytes": _FUSED_SHARED_BYTES if name == "fused_step" else 0,
+                "local_bytes": function.get_attribute(attribute.LOCAL_SIZE_BYTES),
+                "max_threads_per_block": function.get_attribute(attribute.MAX_THREADS_PER_BLOCK),
+            })
+    return rows
+
+
+class _CudaModel(Model):
+    """Parameters and buffers as CUDA tensors, the transfer stage and the read-backs; subclasses launch."""
+
+    device = "cuda"
+
+    def __init__(self, network: Network, params: Params) -> None:
+        super().__init__(network, params)
+        self._check_network(network)
+        checked = check_params(network, params)
+        gpu.ensure_available()
+        self._dev = gpu.device()
+        self._sm_count = gpu.info().sm_count
+        self._activation = ACTIVATION_CODES[network.activation]
+        self._loss_kind = LOSS_CODES[network.loss]
+        self._store_params(checked)
+        self._capacity = 0
+        self._A: list[torch.Tensor] = []
+        self._dZ: list[torch.Tensor] = []
+        self._loss_rows = torch.empty(0, device=self._dev)
+        self._dW = [torch.zeros_like(w) for w in self._weight_tensors()]
+        self._db = [torch.zeros_like(b) for b in self._bias_tensors()]
+        self._forward_size = 0    # batch size of the last forward (0: none yet)
+        self._labelled = False    # whether the last forward had targets (so a loss)
+        self._pending = False     # a forward whose backprop has not run yet
+        self._has_grads = False
+        self._closed = False
+
+    # -- hooks -------------------------------------------------------------------------------------------
+    def _check_network(self, network: Network) -> None:
+        """Raise ValueError for networks this backend cannot run (before any GPU work)."""
+
+    def _store_params(self, params: Params) -> None:
+        self._W = [torch.tensor(w, device=self._dev) for w, _ in params]
+        self._b = [torch.tensor(b, device=self._dev) for _, b in params]
+
+    def _weight_tensors(self) -> list[torch.Tensor]:
+        return self._W
+
+    def _bias_tensors(self) -> list[torch.Tensor]:
+        return self._b
+
+    def _buffers_resized(self) -> None:
+        """Called after the activation buffers were reallocated."""
+
+    def _dead_buffers(self) -> list[torch.Tensor]:
+        """Buffers that hold nothing needed now and that the next update overwrites (poisoned too)."""
+        return []
+
+    # -- transfer ----------------------------------------------------------------------------------------
+    def prepare(self, X: np.ndarray, y: np.ndarray | None = None) -> Batch:
+        """Check the host batch, copy it to the GPU and make the buffers hold at least its rows."""
+        self._ensure_open()
+        X, T = check_inputs(self.network, X, y)
+        batch = X.shape[0]
+        if batch > self._capacity:
+            self._allocate(batch)
+        X_dev = torch.from_numpy(X).to(self._dev)
+        T_dev = None if T is None else torch.from_numpy(T).to(self._dev)
+        return Batch(X_dev, T_dev, batch, self.network)
+
+    def _allocate(self, capacity: int) -> None:
+        widths = self.network.sizes[1:]
+        self._A = [torch.empty((capacity, w), device=self._dev) for w in widths]
+        self._dZ = [torch.empty((capacity, w), device=self._dev) for w in widths]
+        self._loss_rows = torch.empty(capacity, device=self._dev)
+        self._capacity = capacity
+        self._forward_size = 0
+        self._pending = False
+        self._buffers_resized()
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"{self.name}: the model was closed")
+
+    def _start_forward(self, batch: Batch) -> None:
+        self._ensure_open()
+        self._check_batch(batch)
+        _check_default_stream()
+
+    def _start_backprop(self, batch: Batch) -> None:
+        self._ensure_open()
+        self._check_batch(batch, need_targets=True)
+        if not self._pending or batch.size != self._forward_size:
+            raise RuntimeError("backprop needs a forward pass on the same labelled batch first")
+        _check_default_stream()
+
+    def _start_update(self, lr: float, weight_decay: float) -> tuple[float, float]:
+        self._ensure_open()
+        lr, weight_decay = check_step_size(lr, weight_decay)
+        if not self._has_grads:
+            raise RuntimeError("update before backprop")
+        _check_default_stream()
+        return lr, weight_decay
+
+    def _forward_done(self, batch: Batch) -> None:
+        self._forward_size = batch.size
+        self._labelled = batch.T is not None
+        self._pending = self._labelled
+
+    # -- read-backs --------------------------------------------------------------------------------------
+    def loss(self) -> float:
+        if self._forward_size == 0 or not self._labelled:
+            return float("nan")
+        rows = self._loss_rows[:self._forward_size].cpu().numpy().astype(np.float64)
+        return float(rows.sum() / self._forward_size)
+
+    def activations(self) -> list[np.ndarray]:
+        if self._forward_size == 0:
+            raise RuntimeError("no forward pass yet")
+        return [a[:self._forward_size].cpu().numpy().copy() for a in self._A]
+
+    def params(self) -> Params:
+        self._ensure_open()
+        return [(w.cpu().numpy().copy(), b.cpu().numpy().copy())
+                for w, b in zip(self._weight_tensors(), self._bias_tensors(), strict=True)]
+
+    def grads(self) -> Params:
+        if not self._has_grads:
+            raise RuntimeError("no gradients yet: call backprop first")
+        return [(dw.cpu().numpy().copy(), db.cpu().numpy().copy()) for dw, db in zip(self._dW, self._db,
+                                                                                        strict=True)]
+
+    def synchronize(self) -> None:
+        gpu.synchronize()
+
+    def poison(self) -> None:
+        """NaN into every buffer the next stage writes: the gradients, and also the activations and
+        per-sample losses unless a forward result is still waiting for its backprop (which reads it)."""
+        self._ensure_open()
+        targets = [*self._dZ, *self._dW, *self._db, *self._dead_buffers()]
+        if not self._pending:
+            targets += [*self._A, self._loss_rows]
+        for tensor in targets:
+            tensor.fill_(float("nan"))
+
+    def close(self) -> None:
+        self._closed = True
+        self._A, self._dZ, self._dW, self._db = [], [], [], []
+        self._W, self._b = [], []
+
+
+class _LayeredCudaModel(_CudaModel):
+    """Rungs 1-3: every layer's products and element-wise work as separate kernels, in stream order."""
+
+    rung: ClassVar[str]
+
+    def __init__(self, network: Network, params: Params) -> None:
+        super().__init__(network, params)
+        self._products = _products(self.rung)
+        formats = {"bias_activation": "PPiii", "output_head": "PPPPiii", "output_delta": "PPPii",
+                   "activation_backward": "PPii", "bias_gradient": "PPPiif", "sgd_update": "PPiff"}
+        self._elementwise = {name: function.prepare(formats[name])
+                             for name, function in _kernels("elementwise").items()}
+        self._bias_block = (32, dict(ELEMENTWISE.defines)["ROWS_PER_BLOCK"], 1)
+
+    def _launch_elementwise(self, name: str, n: int, *args: Any) -> None:
+        grid = (min(_blocks(n, 256), self._sm_count * 8), 1, 1)
+        self._elementwise[name].prepared_call(grid, (256, 1, 1), *args)
+
+    def _input(self, batch: Batch, layer: int) -> int:
+        return batch.X.data_ptr() if layer == 0 else self._A[layer - 1].data_ptr()
+
+    def _head(self, batch: Batch, bias: int) -> None:
+        n_out = self.network.n_outputs
+        T = 0 if batch.T is None else batch.T.data_ptr()
+        self._elementwise["output_head"].prepared_call(
+            (_blocks(batch.size, 8), 1, 1), (256, 1, 1), self._A[-1].data_ptr(), bias, T,
+            self._loss_rows.data_ptr(), batch.size, n_out, self._loss_kind)
+
+    def forward(self, batch: Batch) -> None:
+        self._start_forward(batch)
+        B, last = batch.size, self.network.n_layers - 1
+        for layer, (n_out, n_in) in enumerate(self.network.layer_shapes):
+            out = self._A[layer].data_ptr()
+            self._products("nt", out, self._input(batch, layer), self._W[layer].data_ptr(), B, n_out, n_in)
+            if layer < last:
+                self._launch_elementwise("bias_activation", B * n_out, out, self._b[layer].data_ptr(), B, n_out,
+                                         self._activation)
+        self._head(batch, self._b[last].data_ptr())
+        self._forward_done(batch)
+
+    def _output_delta(self, batch: Batch) -> None:
+        n_out = self.network.n_outputs
+        self._launch_elementwise("output_delta", batch.size * n_out, self._A[-1].data_ptr(), batch.T.data_ptr(),
+                                 self._dZ[-1].data_ptr(), batch.size, n_out)
+
+    def _bias_gradient(self, batch: Batch, layer: int, bias: int = 0, lr: float = 0.0) -> None:
+        n_out = self.network.sizes[layer + 1]
+        self._elementwise["bias_gradient"].prepared_call(
+            (_blocks(n_out, 32), 1, 1), self._bias_block, self._dZ[layer].data_ptr(), self._db[layer].data_ptr(),
+            bias, batch.size, n_out, np.float32(lr))
+
+    def _input_gradient(self, batch: Batch, layer: int) -> None:
+        """dZ_{l-1} = (dZ_l W_l) * f'(A_{l-1}): the product, then the derivative as its own pass."""
+        n_out, n_in = self.network.layer_shapes[layer]
+        dZ_prev = self._dZ[layer - 1].data_ptr()
+        self._products("nn", dZ_prev, self._dZ[layer].data_ptr(), self._W[layer].data_ptr(), batch.size, n_in,
+                       n_out)
+        self._launch_elementwise("activation_backward", batch.size * n_in, dZ_prev,
+                                 self._A[layer - 1].data_ptr(), batch.size * n_in, self._activation)
+
+    def backprop(self, batch: Batch) -> None:
+        self._start_backprop(batch)
+        self._output_delta(batch)
+        for layer in range(self.network.n_layers - 1, -1, -1):
+            n_out, n_in = self.network.layer_shapes[layer]
+            self._products("tn", self._dW[layer].data_ptr(), self._dZ[layer].data_ptr(), self._input(batch, layer),
+                           n_out, n_in, batch.size)
+            self._bias_gradient(batch, layer)
+            if layer > 0:
+                self._input_gradient(batch, layer)
+        self._pending = False
+        self._has_grads = True
+
+    def update(self, lr: float, weight_decay: float = 0.0) -> None:
+        lr, weight_decay = self._start_update(lr, weight_decay)
+        for W, dW, b, db in zip(self._W, self._dW, self._b, self._db, strict=True):
+            self._launch_elementwise("sgd_update", W.numel(), W.data_ptr(), dW.data_ptr(), W.numel(),
+                                     np.float32(lr), np.float32(weight_decay))
+            self._launch_elementwise("sgd_update", b.numel(), b.data_ptr(), db.data_ptr(), b.numel(),
+                                     np.float32(lr), np.float32(0.0))
+
+
+class NaiveCudaModel(_LayeredCudaModel):
+    """``cuda-naive`` (rung 1): one thread per output element reading global memory only; every
+    non-product step (bias + activation, output layer, derivative, bias gradient, update) is its own kernel."""
+
+    name = "cuda-naive"
+    rung = "naive"
+
+
+class TiledCudaModel(_LayeredCudaModel):
+    """``cuda-tiled`` (rung 2): rung 1 with shared-memory tiled, coalesced matrix products."""
+
+    name = "cuda-tiled"
+    rung = "tiled"
+
+
+class OptimisedCudaModel(_LayeredCudaModel):
+    """``cuda-opt`` (rung 3): warp-tiled, register-blocked, vectorised, double-buffered products with fused
+    epilogues. ``forward``: f(A W^T + b) in one kernel per layer. ``backprop``: (dZ W) * f'(A) in one kernel.
+    ``train_step`` additionally applies the SGD step inside the weight-gradient product (after the
+    input-gradient product of the same layer has read the old weights) and the bias step inside the
+    bias-gradient kernel, so the update costs no pass of its own."""
+
+    name = "cuda-opt"
+    rung = "opt"
+
+    def forward(self, batch: Batch) -> None:
+        self._start_forward(batch)
+        B, last = batch.size, self.network.n_layers - 1
+        for layer, (n_out, n_in) in enumerate(self.network.layer_shapes):
+            activation = self._activation if layer < last else IDENTITY
+            self._products("nt", self._A[layer].data_ptr(), self._input(batch, layer), self._W[layer].data_ptr(),
+                           B, n_out, n_in, EPI_BIAS_ACT, self._b[layer].data_ptr(), 0, activation)
+        self._head(batch, 0)
+        self._forward_done(batch)
+
+    def _input_gradient(self, batch: Batch, layer: int) -> None:
+        n_out, n_in = self.network.layer_shapes[layer]
+        self._products("nn", self._dZ[layer - 1].data_ptr(), self._dZ[layer].data_ptr(), self._W[layer].data_ptr(),
+                       batch.size, n_in, n_out, EPI_ACT_GRAD, 0, self._A[layer - 1].data_ptr(), self._activation)
+
+    def train_step(self, batch: Batch, lr: float, weight_decay: float = 0.0) -> None:
+        lr, weight_decay = check_step_size(lr, weight_decay)
+        self._check_batch(batch, need_targets=True)
+        self.forward(batch)
+        self._output_delta(batch)
+        for layer in range(self.network.n_layers - 1, -1, -1):
+            n_out, n_in = self.network.layer_shapes[layer]
+            if layer > 0:  # reads W_l before the fused update below changes it
+                self._input_gradient(batch, layer)
+            W = self._W[layer].data_ptr()
+            self._products("tn", self._dW[layer].data_ptr(), self._dZ[layer].data_ptr(), self._input(batch, layer),
+                           n_out, n_in, batch.size, EPI_SGD, 0, W, IDENTITY, lr, weight_decay)
+            self._bias_gradient(batch, layer, self._b[layer].data_ptr(), lr)
+        self._pending = False
+        self._has_grads = True
+
+
+# -- cuda-fused ----------------------------------------------------------------------------------------------
+# Mirrors of struct Layer and struct Phase in kernels/fused.cu.
+_LAYER_DTYPE = np.dtype([("W", np.uint64, 2), ("b", np.uint64, 2), ("dW", np.uint64), ("db", np.uint64),
+                         ("A", np.uint64), ("dZ", np.uint64), ("n_in", np.int32), ("n_out", np.int32)])
+_TILE_FIELDS = [("micro", np.int32), ("gm", np.int32), ("gn", np.int32), ("ksplit", np.int32)]
+_PHASE_DTYPE = np.dtype([("kind", np.int32), ("layer", np.int32), ("flags", np.int32), ("padding", np.int32),
+                         ("main", _TILE_FIELDS), ("weights", _TILE_FIELDS)])
+PHASE_FORWARD, PHASE_FORWARD_HEAD, PHASE_HEAD, PHASE_OUTPUT_DELTA, PHASE_BACKWARD, PHASE_UPDATE = range(6)
+FLAG_DELTA, FLAG_SGD = 1, 2
+_FUSED_SHARED_BYTES = (2 * FUSED_KCHUNK * (32 + 1) + FUSED_THREADS * 4) * 4
+_UPDATE_CHUNK = dict(FUSED.defines)["UPDATE_CHUNK"]
+
+
+@dataclass(frozen=True)
+class Tile:
+    """Shape of a cuda-fused product tile: (micro*gm) x (micro*gn) outputs, ksplit k slices per output."""
+
+    micro: int
+    gm: int
+    gn: int
+    ksplit: int
+
+    def count(self, M: int, N: int) -> int:
+        return _blocks(M, self.micro * self.gm) * _blocks(N, self.micro * self.gn)
+
+    def as_tuple(self) -> tuple[int, int, int, int]:
+        return (self.micro, self.gm, self.gn, self.ksplit)
+
+
+_TILES = [Tile(micro, gm, gn, FUSED_THREADS // (gm * gn))
+          for micro in (1, 2) for gm in (1, 2, 4, 8, 16) for gn in (1, 2, 4, 8, 16)
+          if 8 <= gm * gn <= FUSED_THREADS]
+
+
+def choose_tile(M: int, N: int, K: int, blocks: int) -> Tile:
+    """The tile shape with the least estimated time for an (M x N, depth K) product over ``blocks`` blocks.
+
+    Cost model in rough cycles: each round of tiles (one per block) pays the latency of staging its operands
+    from L2 per k-chunk, the staging traffic, the serial multiply-adds of one thread and the split-k sum.
+    """
+    chunks = _blocks(K, FUSED_KCHUNK)
+
+    def cost(tile: Tile) -> tuple[float, int]:
+        tm, tn, outputs = tile.micro * tile.gm, tile.micro * tile.gn, tile.micro * tile.micro
+        rounds = _blocks(tile.count(M, N), blocks)
+        per_tile = (chunks * 800 + (tm + tn) * K / 16 + 2 * outputs * _blocks(K, tile.ksplit)
+                    + 4 * tile.ksplit * outputs + 150)
+        return rounds * per_tile, tile.count(M, N)
+
+    return min(_TILES, key=cost)
+
+
+class FusedCudaModel(_CudaModel):
+    """``cuda-fused`` (rung 4): the training step of a small network (every width <= FUSED_MAX_WIDTH) as one
+    persistent kernel, phases separated by grid-wide barriers (kernels/fused.cu). ``train_step`` is that
+    single launch; ``forward``, ``backprop`` and ``update`` launch the same kernel on their own phases, for
+    per-stage timing. Weights are double-buffered: the step writes the updated copy while other blocks
+    still read the current one, and the two swap after each update."""
+
+    name = "cuda-fused"
+
+    def _check_network(self, network: Network) -> None:
+        widest = max(network.sizes)
+        if widest > FUSED_MAX_WIDTH:
+            raise ValueError(f"cuda-fused runs networks up to {FUSED_MAX_WIDTH} wide; {network.name} has a layer "
+                             f"of {widest}: use cuda-opt")
+
+    def __init__(self, network: Network, params: Params) -> None:
+        super().__init__(network, params)
+        info = gpu.info()
+        if _FUSED_SHARED_BYTES > info.max_shared_per_block_optin:
+            raise BackendUnavailable(f"cuda-fused needs {_FUSED_SHARED_BYTES} bytes of shared memory per block; "
+                                     f"{info.name} allows {info.max_shared_per_block_optin}")
+        import pycuda.driver as drv
+
+        self._kernel = _kernels("fused")["fused_step"]
+        self._kernel.set_attribute(drv.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, _FUSED_SHARED_BYTES)
+        self._kernel.prepare("PPiiPPPiiiiffP")
+        self._barrier = torch.zeros(1, dtype=torch.int32, device=self._dev)
+        self._parity = 0
+        self._plans: dict[tuple[str, int], tuple[torch.Tensor, int, int]] = {}
+        self._layer_table = torch.empty(0, dtype=torch.uint8, device=self._dev)
+        self._step_args: tuple[float, float] | None = None
+
+    def _store_params(self, params: Params) -> None:
+        # Two copies of every weight and bias; the current one is [parity].
+        self._W2 = [[torch.tensor(w, device=self._dev) for _ in range(2)] for w, _ in params]
+        self._b2 = [[torch.tensor(b, device=self._dev) for _ in range(2)] for _, b in params]
+        self._parity = 0
+
+    def _weight_tensors(self) -> list[torch.Tensor]:
+        return [pair[self._parity] for pair in self._W2]
+
+    def _bias_tensors(self) -> list[torch.Tensor]:
+        return [pair[self._parity] for pair in self._b2]
+
+    def _dead_buffers(self) -> list[torch.Tensor]:
+        return [pair[self._parity ^ 1] for pair in (*self._W2, *self._b2)]
+
+    def close(self) -> None:
+        super().close()
+        self._W2, self._b2, self._plans = [], [], {}
+
+    def _buffers_resized(self) -> None:
+        table = np.zeros(self.network.n_layers, dtype=_LAYER_DTYPE)
+        for layer, (n_out, n_in) in enumerate(self.network.layer_shapes):
+            table[layer] = ([t.data_ptr() for t in self._W2[layer]], [t.data_ptr() for t in self._b2[layer]],
+                            self._dW[layer].data_ptr(), self._db[layer].data_ptr(), self._A[layer].data_ptr(),
+                            self._dZ[layer].data_ptr(), n_in, n_out)
+        self._layer_table = torch.from_numpy(table.view(np.uint8)).to(self._dev)
+        self._plans.clear()
+
+    # -- plans ---------------------------------------------------------------------------------------------
+    def _phases(self, stage: str, batch: int) -> list[tuple[int, int, int, Tile, Tile]]:
+        """(kind, layer, flags, main tile, weight tile) of each phase of ``stage``."""
+        net, blocks = self.network, self._sm_count
+        last = net.n_layers - 1
+        none = Tile(1, 16, 16, 1)
+        phases = []
+        if stage in ("forward", "step"):
+            delta = FLAG_DELTA if stage == "step" else 0
+            for layer, (n_out, n_in) in enumerate(net.layer_shapes):
+                if layer == last and n_out <= FUSED_HEAD_MAX:
+                    phases.append((PHASE_FORWARD_HEAD, layer, delta, none, none))
+                else:
+                    phases.append((PHASE_FORWARD, layer, 0, choose_tile(batch, n_out, n_in, blocks), none))
+            if net.n_outputs > FUSED_HEAD_MAX:
+                phases.append((PHASE_HEAD, last, delta, none, none))
+        if stage == "backprop":
+            phases.append((PHASE_OUTPUT_DELTA, last, 0, none, none))
+        if stage in ("backprop", "step"):
+            flags = FLAG_SGD if stage == "step" else 0
+            for layer in range(last, -1, -1):
+                n_out, n_in = net.layer_shapes[layer]
+                main = choose_tile(batch, n_in, n_out, blocks) if layer > 0 else none
+                phases.append((PHASE_BACKWARD, layer, flags, main, choose_tile(n_out, n_in, batch, blocks)))
+        if stage == "update":
+            phases.append((PHASE_UPDATE, 0, 0, none, none))
+        return phases
+
+    def _phase_items(self, kind: int, layer: int, main: Tile, weights: Tile, batch: int) -> int:
+        """Work items of a phase, as the kernel cuts them (for the grid size only)."""
+        net = self.network
+        n_out, n_in = net.layer_shapes[layer]
+        if kind == PHASE_FORWARD:
+            return main.count(batch, n_out)
+        if kind in (PHASE_FORWARD_HEAD, PHASE_HEAD):
+            return _blocks(batch, FUSED_THREADS // 32)
+        if kind == PHASE_OUTPUT_DELTA:
+            return _blocks(batch * n_out, FUSED_THREADS)
+        if kind == PHASE_BACKWARD:
+            inputs = main.count(batch, n_in) if layer > 0 else 0
+            return inputs + weights.count(n_out, n_in) + _blocks(n_out, FUSED_THREADS // 32)
+        return sum(_blocks(o * i + o, _UPDATE_CHUNK) for o, i in net.layer_shapes)
+
+    def _plan(self, stage: str, batch: int) -> tuple[torch.Tensor, int, int]:
+        key = (stage, batch)
+        plan = self._plans.get(key)
+        if plan is None:
+            phases = self._phases(stage, batch)
+            table = np.zeros(len(phases), dtype=_PHASE_DTYPE)
+            items = 1
+            for index, (kind, layer, flags, main, weights) in enumerate(phases):
+                table[index] = (kind, layer, flags, 0, main.as_tuple(), weights.as_tuple())
+                items = max(items, self._phase_items(kind, layer, main, weights, batch))
+            grid = min(self._sm_count, items)  # every block resident at once: the barrier needs it
+            plan = (torch.from_numpy(table.view(np.uint8)).to(self._dev), len(phases), grid)
+            self._plans[key] = plan
+        return plan
+
+    def _launch(self, stage: str, batch: Batch | None, lr: float = 0.0, weight_decay: float = 0.0) -> None:
+        size = 0 if batch is None else batch.size
+        phases, n_phases, grid = self._plan(stage, size)
+        X = 0 if batch is None else batch.X.data_ptr()
+        T = 0 if batch is None or batch.T is None else batch.T.data_ptr()
+        self._kernel.prepared_call(
+            (grid, 1, 1), (FUSED_THREADS, 1, 1), self._layer_table.data_ptr(), phases.data_ptr(), n_phases,
+            self.network.n_layers, X, T, self._loss_rows.data_ptr(), size, self._activation, self._loss_kind,
+            self._parity, np.float32(lr), np.float32(weight_decay), self._barrier.data_ptr(),
+            shared_size=_FUSED_SHARED_BYTES)
+
+    # -- stages --------------------------------------------------------------------------------------------
+    def forward(self, batch: Batch) -> None:
+        self._start_forward(batch)
+        self._launch("forward", batch)
+        self._forward_done(batch)
+
+    def backprop(self, batch: Batch) -> None:
+        self._start_backprop(batch)
+        self._launch("backprop", batch)
+        self._pending = False
+        self._has_grads = True
+
+    def update(self, lr: float, weight_decay: float = 0.0) -> None:
+        lr, weight_decay = self._start_update(lr, weight_decay)
+        self._launch("update", None, lr, weight_decay)
+        self._parity ^= 1
+
+    def train_step(self, batch: Batch, lr: float, weight_decay: float = 0.0) -> None:
+        """Forward, loss, backprop and SGD step in one launch."""
+        if self._step_args != (lr, weight_decay):  # checked once per new setting: the step is launch-bound
+            check_step_size(lr, weight_decay)
+            self._step_args = (lr, weight_decay)
+        self._ensure_open()
+        self._check_batch(batch, need_targets=True)
+        _check_default_stream()
+        self._launch("step", batch, lr, weight_decay)
+        self._parity ^= 1
+        self._forward_size = batch.size
+        self._labelled = True
+        self._pending = False
+        self._has_grads = True

@@ -1,0 +1,196 @@
+"""PyCUDA inside PyTorch's CUDA context: availability, device properties and run-time kernel compilation.
+
+The CUDA backends keep every buffer in PyTorch tensors and launch their own kernels through PyCUDA on those
+tensors' device pointers. Both libraries must then work in one CUDA context: PyTorch's primary context. This
+module makes it current for PyCUDA (never ``pycuda.autoinit``, which would create a second context) on the
+main thread, once, and pops it again at interpreter exit (an unpopped context aborts the interpreter).
+Other threads wrap their GPU work in ``with thread_context():``; PyCUDA's context stack is per thread.
+
+Kernel sources live in ``mlpbench/kernels``; :class:`ModuleSpec` names a source file and its ``-D``
+constants, and :func:`load` compiles it with ``SourceModule`` for the device's compute capability, with an
+on-disk cache (``MLPBENCH_KERNEL_CACHE``, default ``~/.cache/mlpbench/kernels``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mlpbench.backends.base import BackendUnavailable
+
+KERNEL_DIR = Path(__file__).with_name("kernels")
+
+
+@dataclass(frozen=True)
+class ModuleSpec:
+    """One kernel source compiled with fixed ``-D`` constants; ``no_extern_c`` for template sources, which
+    declare their own ``extern "C"`` kernels (PyCUDA otherwise wraps the whole source in ``extern "C"``)."""
+
+    source: str
+    defines: tuple[tuple[str, int], ...] = ()
+    no_extern_c: bool = False
+
+    @property
+    def path(self) -> Path:
+        return KERNEL_DIR / self.source
+
+    def text(self) -> str:
+        return self.path.read_text()
+
+    def options(self) -> list[str]:
+        return [f"-D{name}={value}" for name, value in self.defines]
+
+    def wrapped_text(self) -> str:
+        """The source exactly as nvcc sees it from PyCUDA."""
+        return self.text() if self.no_extern_c else 'extern "C" {\n' + self.text() + "\n}\n"
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    name: str
+    compute_capability: tuple[int, int]
+    sm_count: int
+    max_shared_per_block_optin: int  # bytes of shared memory one block may ask for (dynamic included)
+
+    @property
+    def arch(self) -> str:
+        return "sm_{}{}".format(*self.compute_capability)
+
+
+class _State:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.context: Any = None  # PyCUDA Context of torch's primary context, pushed on the main thread
+        self.info: DeviceInfo | None = None
+        self.modules: dict[ModuleSpec, Any] = {}
+        self.failure: str | None = None
+        self.local = threading.local()
+
+
+_state = _State()
+
+
+def ensure_available() -> None:
+    """Make torch's primary context current for PyCUDA on this thread; raise :class:`BackendUnavailable`
+    with the reason when there is no usable GPU, no PyCUDA or no driver."""
+    if getattr(_state.local, "ready", False):
+        return
+    with _state.lock:
+        if _state.failure is not None:
+            raise BackendUnavailable(_state.failure)
+        if _state.context is None:
+            _state.failure = _first_use()
+            if _state.failure is not None:
+                raise BackendUnavailable(_state.failure)
+        elif threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("mlpbench GPU backends started on the main thread; in another thread wrap the "
+                               "GPU work in `with mlpbench.gpu.thread_context():`")
+    _state.local.ready = True
+
+
+def _first_use() -> str | None:
+    """Start CUDA for torch and PyCUDA; returns the reason it cannot, or None."""
+    if not torch.cuda.is_available():
+        build = "built without CUDA" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+        return f"no CUDA GPU visible to PyTorch on this machine (torch {torch.__version__}, {build})"
+    try:
+        import pycuda.driver as drv
+    except ImportError as error:
+        return f"PyCUDA cannot be imported ({error}); install the 'gpu' extra on a machine with a CUDA driver"
+    if threading.current_thread() is not threading.main_thread():
+        return "first use of a CUDA backend must be on the main thread (PyCUDA's context stack is per thread)"
+    try:
+        torch.empty(1, device="cuda")  # creates torch's primary context
+        drv.init()
+        device = drv.Device(torch.cuda.current_device())
+        context = device.retain_primary_context()
+        context.push()
+    except drv.Error as error:
+        return f"CUDA driver error while sharing PyTorch's context with PyCUDA: {error}"
+    attr = drv.device_attribute
+    _state.context = context
+    _state.info = DeviceInfo(
+        name=device.name(),
+        compute_capability=device.compute_capability(),
+        sm_count=device.get_attribute(attr.MULTIPROCESSOR_COUNT),
+        max_shared_per_block_optin=device.get_attribute(attr.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN),
+    )
+    atexit.register(_release)
+    return None
+
+
+def _release() -> None:
+    """Unload our modules while the context is current, then pop it (at interpreter exit)."""
+    with _state.lock:
+        if _state.context is None:
+            return
+        _state.modules.clear()
+        _state.context.pop()
+        _state.context = None
+        from pycuda.tools import clear_context_caches
+
+        clear_context_caches()
+
+
+@contextlib.contextmanager
+def thread_context() -> Iterator[None]:
+    """Make the shared context current for PyCUDA in a thread other than the main thread, for the block."""
+    if threading.current_thread() is threading.main_thread():
+        ensure_available()
+        yield
+        return
+    if _state.context is None:
+        raise RuntimeError("start the GPU on the main thread first (load a CUDA backend or call "
+                           "mlpbench.gpu.ensure_available())")
+    _state.context.push()
+    _state.local.ready = True
+    try:
+        yield
+    finally:
+        _state.local.ready = False
+        _state.context.pop()
+
+
+def info() -> DeviceInfo:
+    ensure_available()
+    assert _state.info is not None
+    return _state.info
+
+
+def device() -> torch.device:
+    """Where the CUDA backends allocate their tensors."""
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def synchronize() -> None:
+    torch.cuda.synchronize()
+
+
+def cache_dir() -> str:
+    path = os.environ.get("MLPBENCH_KERNEL_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "mlpbench", "kernels")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def load(spec: ModuleSpec) -> Any:
+    """The compiled PyCUDA module of ``spec`` (compiled once per process, cached on disk across runs)."""
+    ensure_available()
+    with _state.lock:
+        module = _state.modules.get(spec)
+        if module is None:
+            from pycuda.compiler import SourceModule
+
+            module = SourceModule(spec.text(), options=spec.options(), no_extern_c=spec.no_extern_c,
+                                  arch=_state.info.arch, cache_dir=cache_dir(),
+                                  include_dirs=[str(KERNEL_DIR)])
+            _state.modules[spec] = module
+        return module

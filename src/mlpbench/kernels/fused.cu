@@ -1,0 +1,388 @@
+// Rung 4, cuda-fused: the whole training step of a small network in one launch.
+//
+// A persistent kernel: one block per SM (at most as many blocks as SMs, so every block is resident at once)
+// walks through a list of phases prepared on the host; a grid-wide barrier separates phases. Within a phase
+// the work is cut into items (output tiles of a matrix product, groups of bias sums, rows of the output
+// layer, chunks of the SGD step) that the blocks share out in a fixed round-robin. Every sum runs in a fixed
+// order (split-k partial sums are added in slice order, rows of a bias gradient in lane order and a fixed
+// shuffle tree): no atomics take part in any result, so a step repeats bit for bit.
+//
+// Training step of L layers (l = 0 .. L-1), one launch:
+//   FORWARD(0) .. FORWARD(L-2)     A_l = f(A_{l-1} W_l^T + b_l)
+//   FORWARD_HEAD(L-1)              output layer, one warp per sample: logits, P, the sample's loss, dZ_{L-1}
+//                                  (or FORWARD(L-1) + HEAD when the output layer is wider than HEAD_MAX)
+//   BACKWARD(L-1) .. BACKWARD(0)   dZ_{l-1} = (dZ_l W_l) * f'(A_{l-1});  dW_l = dZ_l^T A_{l-1};  db_l
+// With FLAG_SGD a backward phase also writes the updated W_l and b_l. The other blocks of that same phase
+// still read W_l, so the update goes to a second copy: W[parity ^ 1] = W[parity] - lr (dW + wd W[parity]),
+// and the host flips the parity after the launch. No extra pass over the weights is needed.
+// The separate stages are the same kernel on shorter phase lists: forward (FORWARD..HEAD), backprop
+// (OUTPUT_DELTA, BACKWARD..), update (UPDATE).
+//
+// Products share one tile routine: C(m, n) = sum_k a(m, k) b(n, k) with a(m, k) = a.data[m * a.row + k * a.col]
+// (likewise b), so one code path serves the forward (nt), input-gradient (nn) and weight-gradient (tn)
+// layouts. A tile of (micro * gm) x (micro * gn) outputs is staged in shared memory one k-chunk at a time;
+// 256 threads = gm x gn x ksplit, each computing micro x micro outputs over every ksplit-th k. The host picks
+// the shape per product (mlpbench.backends.cuda).
+//
+// Data written earlier in the same launch by other blocks is read with __ldcg (L2, never a stale L1 line).
+// Constants (-D): KCHUNK (k values staged at once), HEAD_MAX (widest output layer FORWARD_HEAD serves),
+// UPDATE_CHUNK (elements of one SGD item), SPIN_LIMIT (barrier polls before the kernel gives up and traps).
+// Compiled with no_extern_c; the kernel is extern "C".
+#include "common.cuh"
+
+#define THREADS 256
+#define WARPS (THREADS / 32)
+#define MAX_TILE_ROWS 32  // micro (<= 2) x gm (<= 16)
+
+#define PHASE_FORWARD 0
+#define PHASE_FORWARD_HEAD 1
+#define PHASE_HEAD 2
+#define PHASE_OUTPUT_DELTA 3
+#define PHASE_BACKWARD 4
+#define PHASE_UPDATE 5
+
+#define FLAG_DELTA 1  // the output layer also writes dZ = (P - T) / batch
+#define FLAG_SGD 2    // backward phases also write the updated weights and biases
+
+// Mirrored by numpy dtypes in mlpbench/backends/cuda.py: keep the field order and sizes in step.
+struct Layer {
+    float* W[2];  // weights (n_out, n_in), current copy W[parity]
+    float* b[2];
+    float* dW;
+    float* db;
+    float* A;   // this layer's output (batch, n_out); the probabilities P for the output layer
+    float* dZ;  // gradient of the loss with respect to this layer's pre-activation (batch, n_out)
+    int n_in;
+    int n_out;
+};
+
+struct Tile {
+    int micro;  // each thread computes micro x micro outputs (1 or 2)
+    int gm;     // thread rows (power of two)
+    int gn;     // thread columns (power of two)
+    int ksplit; // k slices per output; gm * gn * ksplit == THREADS
+};
+
+struct Phase {
+    int kind;
+    int layer;
+    int flags;
+    int padding;
+    Tile main;     // FORWARD: the forward product; BACKWARD: the input-gradient product
+    Tile weights;  // BACKWARD: the weight-gradient product
+};
+
+struct Operand {
+    const float* data;
+    int row;  // stride between consecutive m (or n)
+    int col;  // stride between consecutive k
+};
+
+struct Step {
+    const float* X;
+    const float* T;
+    float* loss_rows;
+    int batch;
+    int activation;
+    int loss_kind;
+    int parity;
+    float lr;
+    float weight_decay;
+};
+
+__device__ __forceinline__ int log2_of(int power_of_two) { return __ffs(power_of_two) - 1; }
+
+__device__ __forceinline__ int tiles_of(const Tile& tile, int M, int N) {
+    const int tm = tile.micro * tile.gm, tn = tile.micro * tile.gn;
+    return ((M + tm - 1) / tm) * ((N + tn - 1) / tn);
+}
+
+// Grid-wide barrier (the scheme of cooperative_groups::grid_group::sync): block 0 adds 2^31 - (blocks - 1),
+// every other block adds 1, so the top bit of the counter flips exactly when the last block arrives and the
+// counter needs no reset between barriers or launches. The fences make each block's writes visible to the
+// others before it arrives, and order its later reads after everyone arrived.
+__device__ __forceinline__ void grid_barrier(unsigned int* counter) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const unsigned int add = blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
+        __threadfence();
+        const unsigned int before = atomicAdd(counter, add);
+        unsigned int polls = 0;
+        while (((before ^ *(volatile unsigned int*)counter) & 0x80000000u) == 0) {
+            if (++polls == SPIN_LIMIT) __trap();  // a block never arrived: fail loudly, never hang the GPU
+        }
+        __threadfence();
+    }
+    __syncthreads();
+}
+
+// Copy rows r0 .. r0 + rows - 1, k = k0 .. k0 + kc - 1 of an operand into stage[k * (rows + 1) + r];
+// rows past the matrix's end read as 0. Warps and lanes run along whichever index is contiguous in memory.
+__device__ __forceinline__ void stage_operand(float* stage, const Operand& op, int r0, int rows, int R, int k0,
+                                              int kc) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int pitch = rows + 1;  // odd for even rows: the column writes below avoid bank conflicts
+    if (op.col == 1) {           // k contiguous: a warp per row, lanes along k
+        for (int r = warp; r < rows; r += WARPS) {
+            const bool inside = r0 + r < R;
+            const float* src = op.data + (long)(r0 + r) * op.row + k0;
+#pragma unroll 4
+            for (int k = lane; k < kc; k += 32) stage[k * pitch + r] = inside ? __ldcg(src + k) : 0.0f;
+        }
+    } else {  // rows contiguous (op.row == 1): lanes along rows (a power of two <= 32), then along k
+        const int shift = log2_of(rows);
+        const int r = lane & (rows - 1);
+        const int k_lanes = 32 >> shift, k_step = WARPS * k_lanes;
+        const bool inside = r0 + r < R;
+        const float* src = op.data + r0 + r + (long)k0 * op.col;
+#pragma unroll 4
+        for (int k = warp * k_lanes + (lane >> shift); k < kc; k += k_step)
+            stage[k * pitch + r] = inside ? __ldcg(src + (long)k * op.col) : 0.0f;
+    }
+}
+
+// One output tile of C = a b^T; epilogue(m, n, value) stores each finished output inside the matrix.
+template <int MICRO, typename Epilogue>
+__device__ __forceinline__ void product_tile(int tile_index, const Tile& tile, int M, int N, int K,
+                                             const Operand& a, const Operand& b, float* smem, Epilogue epilogue) {
+    const int gm = tile.gm, gn = tile.gn, ksplit = tile.ksplit;
+    const int tm = MICRO * gm, tn = MICRO * gn;
+    const int tiles_n = (N + tn - 1) / tn;
+    const int m0 = (tile_index / tiles_n) * tm, n0 = (tile_index % tiles_n) * tn;
+    const int groups = gm * gn;
+    const int slice = threadIdx.x / groups, group = threadIdx.x % groups;
+    const int gi = group >> log2_of(gn), gj = group & (gn - 1);
+    float* a_stage = smem;
+    float* b_stage = smem + KCHUNK * (MAX_TILE_ROWS + 1);
+    float* partial = smem + 2 * KCHUNK * (MAX_TILE_ROWS + 1);
+
+    float acc[MICRO][MICRO];
+#pragma unroll
+    for (int i = 0; i < MICRO; ++i)
+#pragma unroll
+        for (int j = 0; j < MICRO; ++j) acc[i][j] = 0.0f;
+
+    for (int k0 = 0; k0 < K; k0 += KCHUNK) {
+        const int kc = min(KCHUNK, K - k0);
+        __syncthreads();  // the previous item (or chunk) is done with shared memory
+        stage_operand(a_stage, a, m0, tm, M, k0, kc);
+        stage_operand(b_stage, b, n0, tn, N, k0, kc);
+        __syncthreads();
+#pragma unroll 4
+        for (int k = slice; k < kc; k += ksplit) {
+            float av[MICRO], bv[MICRO];
+#pragma unroll
+            for (int i = 0; i < MICRO; ++i) av[i] = a_stage[k * (tm + 1) + gi + gm * i];
+#pragma unroll
+            for (int j = 0; j < MICRO; ++j) bv[j] = b_stage[k * (tn + 1) + gj + gn * j];
+#pragma unroll
+            for (int i = 0; i < MICRO; ++i)
+#pragma unroll
+                for (int j = 0; j < MICRO; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+        }
+    }
+    if (ksplit > 1) {  // add the k slices in slice order
+#pragma unroll
+        for (int i = 0; i < MICRO; ++i)
+#pragma unroll
+            for (int j = 0; j < MICRO; ++j) partial[(slice * groups + group) * MICRO * MICRO + i * MICRO + j] = acc[i][j];
+        __syncthreads();
+        if (slice == 0) {
+            for (int s = 1; s < ksplit; ++s)
+#pragma unroll
+                for (int i = 0; i < MICRO; ++i)
+#pragma unroll
+                    for (int j = 0; j < MICRO; ++j)
+                        acc[i][j] += partial[(s * groups + group) * MICRO * MICRO + i * MICRO + j];
+        }
+    }
+    if (slice == 0) {
+#pragma unroll
+        for (int i = 0; i < MICRO; ++i)
+#pragma unroll
+            for (int j = 0; j < MICRO; ++j) {
+                const int m = m0 + gi + gm * i, n = n0 + gj + gn * j;
+                if (m < M && n < N) epilogue(m, n, acc[i][j]);
+            }
+    }
+}
+
+template <typename Epilogue>
+__device__ __forceinline__ void product(int tile_index, const Tile& tile, int M, int N, int K, const Operand& a,
+                                        const Operand& b, float* smem, Epilogue epilogue) {
+    if (tile.micro == 2)
+        product_tile<2>(tile_index, tile, M, N, K, a, b, smem, epilogue);
+    else
+        product_tile<1>(tile_index, tile, M, N, K, a, b, smem, epilogue);
+}
+
+__device__ __forceinline__ const float* layer_input(const Layer* layers, int l, const Step& s) {
+    return l == 0 ? s.X : layers[l - 1].A;
+}
+
+// Output layer for one sample when it is at most HEAD_MAX wide: each lane sums every 32nd input for all
+// outputs at once, a shuffle tree finishes each logit, lane j keeps logit j; then softmax or sigmoid.
+__device__ __forceinline__ void forward_head_row(const Layer& layer, const float* input, int r, const Step& s,
+                                                 bool delta) {
+    const int lane = threadIdx.x % 32, n_in = layer.n_in, n_out = layer.n_out;
+    const float* W = layer.W[s.parity];
+    const float* x = input + (long)r * n_in;
+    float part[HEAD_MAX];
+#pragma unroll
+    for (int j = 0; j < HEAD_MAX; ++j) part[j] = 0.0f;
+    for (int k = lane; k < n_in; k += 32) {
+        const float xk = __ldcg(x + k);
+#pragma unroll
+        for (int j = 0; j < HEAD_MAX; ++j)
+            if (j < n_out) part[j] = fmaf(xk, __ldcg(W + (long)j * n_in + k), part[j]);
+    }
+    float mine = 0.0f;
+#pragma unroll
+    for (int j = 0; j < HEAD_MAX; ++j)
+        if (j < n_out) {
+            const float z = warp_sum(part[j]) + __ldcg(layer.b[s.parity] + j);
+            if (lane == j) mine = z;
+        }
+    float* row = layer.A + (long)r * n_out;
+    if (lane < n_out) row[lane] = mine;
+    __syncwarp();
+    output_row(row, nullptr, s.T ? s.T + (long)r * n_out : nullptr, delta ? layer.dZ + (long)r * n_out : nullptr,
+               s.loss_rows + r, n_out, s.loss_kind, (float)s.batch);
+}
+
+__device__ void forward_phase(const Layer* layers, int n_layers, const Phase& phase, const Step& s,
+                              float* smem) {
+    const Layer& layer = layers[phase.layer];
+    const int n_in = layer.n_in, n_out = layer.n_out;
+    const bool hidden = phase.layer < n_layers - 1;  // the output layer keeps its logits for HEAD
+    const Operand a = {layer_input(layers, phase.layer, s), n_in, 1};
+    const Operand w = {layer.W[s.parity], n_in, 1};
+    const float* bias = layer.b[s.parity];
+    float* out = layer.A;
+    const int activation = hidden ? s.activation : ACT_IDENTITY;
+    const int tiles = tiles_of(phase.main, s.batch, n_out);
+    for (int t = blockIdx.x; t < tiles; t += gridDim.x)
+        product(t, phase.main, s.batch, n_out, n_in, a, w, smem, [&](int m, int n, float v) {
+            out[(long)m * n_out + n] = activate(activation, v + __ldcg(bias + n));
+        });
+}
+
+__device__ void backward_phase(const Layer* layers, const Phase& phase, const Step& s, float* smem) {
+    const int l = phase.layer;
+    const Layer& layer = layers[l];
+    const int n_in = layer.n_in, n_out = layer.n_out, batch = s.batch;
+    const bool sgd = phase.flags & FLAG_SGD;
+    const float* W = layer.W[s.parity];
+    float* W_next = layer.W[s.parity ^ 1];
+    const float* input = layer_input(layers, l, s);
+    const float lr = s.lr, decay = s.weight_decay;
+    const int input_tiles = l > 0 ? tiles_of(phase.main, batch, n_in) : 0;
+    const int weight_tiles = tiles_of(phase.weights, n_out, n_in);
+    const int bias_items = (n_out + WARPS - 1) / WARPS;
+    const int items = input_tiles + weight_tiles + bias_items;
+    for (int item = blockIdx.x; item < items; item += gridDim.x) {
+        if (item < input_tiles) {  // dZ_{l-1} = (dZ_l W_l) * f'(A_{l-1})
+            float* dZ_prev = layers[l - 1].dZ;
+            const float* A_prev = layers[l - 1].A;
+            const int activation = s.activation;
+            product(item, phase.main, batch, n_in, n_out, Operand{layer.dZ, n_out, 1}, Operand{W, 1, n_in}, smem,
+                    [&](int m, int n, float v) {
+                        const long at = (long)m * n_in + n;
+                        dZ_prev[at] = v * activation_derivative(activation, __ldcg(A_prev + at));
+                    });
+        } else if (item < input_tiles + weight_tiles) {  // dW_l = dZ_l^T A_{l-1}
+            float* dW = layer.dW;
+            product(item - input_tiles, phase.weights, n_out, n_in, batch, Operand{layer.dZ, 1, n_out},
+                    Operand{input, 1, n_in}, smem, [&](int m, int n, float v) {
+                        const long at = (long)m * n_in + n;
+                        dW[at] = v;
+                        if (sgd) W_next[at] = W[at] - lr * (v + decay * W[at]);
+                    });
+        } else {  // db_l: a warp per output, lanes over the batch in a fixed order
+            const int j = (item - input_tiles - weight_tiles) * WARPS + threadIdx.x / 32;
+            if (j < n_out) {
+                float sum = 0.0f;
+                for (int r = threadIdx.x % 32; r < batch; r += 32) sum += __ldcg(layer.dZ + (long)r * n_out + j);
+                sum = warp_sum(sum);
+                if (threadIdx.x % 32 == 0) {
+                    layer.db[j] = sum;
+                    if (sgd) layer.b[s.parity ^ 1][j] = layer.b[s.parity][j] - lr * sum;
+                }
+            }
+        }
+    }
+}
+
+// W[parity ^ 1] = W[parity] - lr (dW + wd W[parity]), b likewise without decay, for every layer.
+// Items are UPDATE_CHUNK consecutive elements of one layer's W followed by its b, layer after layer.
+__device__ __forceinline__ long update_elements(const Layer& layer) {
+    return (long)layer.n_out * layer.n_in + layer.n_out;
+}
+
+__device__ void update_phase(const Layer* layers, int n_layers, const Step& s) {
+    for (int item = blockIdx.x;; item += gridDim.x) {
+        int l = 0, first_item = 0;
+        for (; l < n_layers; ++l) {
+            const int items = (int)((update_elements(layers[l]) + UPDATE_CHUNK - 1) / UPDATE_CHUNK);
+            if (item < first_item + items) break;
+            first_item += items;
+        }
+        if (l == n_layers) return;
+        const Layer& layer = layers[l];
+        const long weights = (long)layer.n_out * layer.n_in, total = update_elements(layer);
+        const long begin = (long)(item - first_item) * UPDATE_CHUNK;
+        const long end = begin + UPDATE_CHUNK < total ? begin + UPDATE_CHUNK : total;
+        for (long e = begin + threadIdx.x; e < end; e += THREADS) {
+            if (e < weights) {
+                const float w = layer.W[s.parity][e];
+                layer.W[s.parity ^ 1][e] = w - s.lr * (__ldcg(layer.dW + e) + s.weight_decay * w);
+            } else {
+                const long j = e - weights;
+                layer.b[s.parity ^ 1][j] = layer.b[s.parity][j] - s.lr * __ldcg(layer.db + j);
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS, 1)
+    fused_step(const Layer* layers, const Phase* phases, int n_phases, int n_layers, const float* X,
+               const float* T, float* loss_rows, int batch, int activation, int loss_kind, int parity, float lr,
+               float weight_decay, unsigned int* barrier) {
+    extern __shared__ __align__(16) float smem[];
+    const Step s = {X, T, loss_rows, batch, activation, loss_kind, parity, lr, weight_decay};
+    for (int p = 0; p < n_phases; ++p) {
+        const Phase phase = phases[p];
+        const Layer& out_layer = layers[n_layers - 1];
+        switch (phase.kind) {
+            case PHASE_FORWARD:
+                forward_phase(layers, n_layers, phase, s, smem);
+                break;
+            case PHASE_FORWARD_HEAD:
+                for (int r = blockIdx.x * WARPS + threadIdx.x / 32; r < batch; r += gridDim.x * WARPS)
+                    forward_head_row(out_layer, layer_input(layers, n_layers - 1, s), r, s,
+                                     phase.flags & FLAG_DELTA);
+                break;
+            case PHASE_HEAD:
+                for (int r = blockIdx.x * WARPS + threadIdx.x / 32; r < batch; r += gridDim.x * WARPS) {
+                    const long at = (long)r * out_layer.n_out;
+                    output_row(out_layer.A + at, nullptr, T ? T + at : nullptr,
+                               (phase.flags & FLAG_DELTA) ? out_layer.dZ + at : nullptr, loss_rows + r,
+                               out_layer.n_out, loss_kind, (float)batch);
+                }
+                break;
+            case PHASE_OUTPUT_DELTA: {
+                const long total = (long)batch * out_layer.n_out;
+                for (long e = blockIdx.x * (long)THREADS + threadIdx.x; e < total; e += (long)gridDim.x * THREADS)
+                    out_layer.dZ[e] = (__ldcg(out_layer.A + e) - T[e]) / (float)batch;
+                break;
+            }
+            case PHASE_BACKWARD:
+                backward_phase(layers, phase, s, smem);
+                break;
+            case PHASE_UPDATE:
+                update_phase(layers, n_layers, s);
+                break;
+        }
+        if (p + 1 < n_phases) grid_barrier(barrier);
+    }
+}
