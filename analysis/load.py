@@ -7,6 +7,7 @@ sweep that is still running or was killed may end in half a unit: only complete 
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,10 @@ def read_table(path: Path) -> pd.DataFrame:
     """One CSV table, complete units only (a torn last line or a half-written unit is left out)."""
     if not path.exists():
         return pd.DataFrame()
-    frame = pd.read_csv(path, on_bad_lines="skip", keep_default_na=True)
+    text = path.read_text(encoding="utf-8")
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]  # torn last line
+    frame = pd.read_csv(io.StringIO(text))
     if frame.empty:
         return frame
     counts = frame.groupby("key", sort=False)["key"].transform("size")

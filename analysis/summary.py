@@ -185,6 +185,7 @@ def correctness_table(results: Results) -> pd.DataFrame:
         checked=("key", "size"),
         passed=("err_max", lambda e: int((e <= checked.loc[e.index, "tolerance"]).sum())),
     ).reset_index()
+    table["verify_batch"] = table["verify_batch"].astype(int)
     return _sorted(table[columns], "run_id", "network", "backend")
 
 
