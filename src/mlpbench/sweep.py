@@ -519,14 +519,15 @@ def native_matmul_hook() -> tuple[Callable[..., np.ndarray], dict[int, str]]:
 
 
 def cuda_matmul_hook() -> tuple[Callable[..., Any], dict[int, str]]:
-    """The CUDA backends' numbered matrix-product kernels, as ``mlpbench.backends.cuda`` is to expose them:
-    ``matmul(A, B, *, version: int) -> C`` on float32 contiguous CUDA tensors ``A (m, k)``, ``B (k, n)``,
-    returning ``C = A @ B`` as a CUDA tensor, and ``KERNELS``, a dict of rung number -> name. Anything
-    missing makes the GPU ladder's kernel rows ``skipped`` with the reason."""
+    """The CUDA backends' numbered matrix-product kernels, as ``mlpbench.backends.cuda`` exposes them:
+    ``matmul(A, B, version: int) -> C`` on float32 contiguous CUDA tensors ``A (m, k)``, ``B (k, n)``,
+    returning ``C = A @ B`` as a CUDA tensor, and ``VERSIONS``, whose integer keys are the rung numbers and
+    values their names. Anything missing makes the GPU ladder's kernel rows ``skipped`` with the reason."""
     try:
         from mlpbench.backends import cuda
 
-        return cuda.matmul, dict(cuda.KERNELS)
+        rungs = {version: name for version, name in cuda.VERSIONS.items() if isinstance(version, int)}
+        return cuda.matmul, rungs
     except (ImportError, AttributeError, OSError, BackendUnavailable) as error:
         raise LadderUnavailable(describe_error(error)) from error
 
