@@ -74,7 +74,8 @@ def _legend(fig: Figure, axes: np.ndarray) -> None:
 
 def plot_stages(results: Results) -> Figure:
     """Stacked per-stage medians per backend, one panel per network; top row seconds, bottom row the share
-    of each stage. Black dots: the whole step timed on its own (below the bar when a backend fuses it)."""
+    of each stage. ``transfer`` (GPU backends) is stacked last, so the black dot — the whole training step
+    timed on its own — compares with the top of ``update`` (below it when a backend fuses the step)."""
     table = summary.stage_table(results)
     if table.empty:
         return _empty("Time per stage", "no stages study in these runs")
@@ -87,7 +88,7 @@ def plot_stages(results: Results) -> Figure:
         bottom = np.zeros(len(data))
         share_bottom = np.zeros(len(data))
         total = data[[f"{s}_s" for s in STAGE_ORDER]].sum(axis=1, min_count=1).to_numpy()
-        for stage in STAGE_ORDER:
+        for stage in (*summary.COMPUTE_STAGES, "transfer"):
             values = data[f"{stage}_s"].fillna(0).to_numpy()
             if not values.any():
                 continue

@@ -24,6 +24,8 @@ AUTHORS_THREADS = pd.DataFrame({"threads": [1, 16], "seconds": [179.3, 40.1]}).a
 AUTHORS_BATCH = pd.DataFrame({"batch": [1, 512], "seconds": [1701.0, 12.0]}).assign(
     relative_throughput=lambda f: f.seconds.iloc[0] / f.seconds)
 
+#: The stages one ``train_step`` runs.
+COMPUTE_STAGES = ("forward", "backprop", "update")
 ERROR_COLUMNS = ("err_activations", "err_loss", "err_grad_weights", "err_grad_biases", "err_params")
 #: Interface checks every step runs (pure Python); nested checks are inside ``check_inputs``.
 CHECK_FUNCTIONS = ("base.check_inputs", "base.Model._check_batch", "base.check_step_size")
@@ -54,8 +56,9 @@ def _sorted(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
 
 def stage_table(results: Results, study: str = "stages") -> pd.DataFrame:
     """One row per run × network × backend: median seconds of each stage and of the whole step, the sum of
-    the separately timed stages, step GFLOP/s and samples/s, and the speed-up of the step over PyTorch on the
-    same kind of device (``torch-cpu`` for CPU backends, ``torch-gpu`` for GPU backends)."""
+    the separately timed forward, backprop and update (the work of one ``train_step``; ``transfer`` is not
+    part of it), step GFLOP/s and samples/s, and the speed-up of the step over PyTorch on the same kind of
+    device (``torch-cpu`` for CPU backends, ``torch-gpu`` for GPU backends)."""
     rows = _ok(results.rows, study=study)
     columns = ["run_id", "machine", "network", "sizes", "batch", "backend", "threads", *[
         f"{s}_s" for s in STAGE_ORDER], "step_s", "stages_sum_s", "step_gflops", "samples_per_s", "baseline",
@@ -71,7 +74,7 @@ def stage_table(results: Results, study: str = "stages") -> pd.DataFrame:
     for stage in (*STAGE_ORDER, "step"):
         if f"{stage}_s" not in table:
             table[f"{stage}_s"] = np.nan
-    table["stages_sum_s"] = table[[f"{s}_s" for s in STAGE_ORDER]].sum(axis=1, min_count=1)
+    table["stages_sum_s"] = table[[f"{s}_s" for s in COMPUTE_STAGES]].sum(axis=1, min_count=1)
     table["baseline"] = table["backend"].map(BASELINES)
     base = table.set_index(["run_id", "network", "batch", "backend"])["step_s"]
     lookup = list(zip(table.run_id, table.network, table.batch, table.baseline, strict=True))

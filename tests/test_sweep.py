@@ -70,9 +70,12 @@ def test_make_params_overrides_and_refuses_unknowns() -> None:
 
 def test_split_network() -> None:
     assert split_network("large:1024") == ("large", 1024)
-    assert split_network("64-128-10", 32) == ("64-128-10", 32)
-    with pytest.raises(ValueError):
-        split_network("digits:0")
+    assert split_network("64-128-10:32") == ("64-128-10", 32)
+    for bad in ("digits:0", "digits", "digits:x"):
+        with pytest.raises(ValueError, match="batch size"):
+            split_network(bad)
+    with pytest.raises(ValueError, match="sizes"):
+        split_network("tiny:8")
 
 
 def test_plan_threads_only_where_they_apply() -> None:

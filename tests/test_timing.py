@@ -14,6 +14,7 @@ from mlpbench.network import Network
 from mlpbench.timing import (
     STAGES,
     CpuClock,
+    OverBudget,
     Stats,
     pinned_threads,
     probe_steps,
@@ -142,9 +143,14 @@ def test_budget_trims_repeats_but_keeps_the_minimum() -> None:
                       clock=CpuClock(now=clock.now))
     assert fit.repeats == 10
     assert all(stats.n == 10 for stats in fit.stats.values())
-    floor = time_stages(model, batches(1), lr=0.1, repeats=100, warmup=1, min_repeats=4, budget_s=1e-6,
+    floor = time_stages(model, batches(1), lr=0.1, repeats=100, warmup=1, min_repeats=4, budget_s=0.004,
                         clock=CpuClock(now=clock.now))
     assert floor.repeats == 4
+    before = dict(model.calls)
+    with pytest.raises(OverBudget, match=r"took 0\.001 s"):
+        time_stages(model, batches(1), lr=0.1, repeats=100, warmup=1, min_repeats=5, budget_s=0.004,
+                    clock=CpuClock(now=clock.now))
+    assert all(model.calls[stage] == before[stage] + 1 for stage in before)  # the warm-up pass only
 
 
 def test_bad_arguments_are_refused() -> None:

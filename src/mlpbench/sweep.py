@@ -61,6 +61,7 @@ from mlpbench.network import PRESETS as NETWORKS
 from mlpbench.network import Network, resolve
 from mlpbench.timing import (
     THREADED_BACKENDS,
+    OverBudget,
     Stats,
     all_cores,
     pinned_threads,
@@ -105,15 +106,12 @@ def default_thread_counts(cores: int | None = None) -> tuple[int, ...]:
     return (*counts, cores)
 
 
-def split_network(spec: str, default_batch: int | None = None) -> tuple[str, int]:
-    """``"large:1024"`` -> ``("large", 1024)``; a spec without ``:batch`` takes ``default_batch``."""
+def split_network(spec: str) -> tuple[str, int]:
+    """``"large:1024"`` -> ``("large", 1024)``: a network (preset name or sizes) and its batch size."""
     name, _, batch = spec.partition(":")
-    if not batch:
-        if default_batch is None:
-            raise ValueError(f"network spec {spec!r} needs a batch size: name:batch, e.g. 'digits:32'")
-        return name, default_batch
     if not batch.isdigit() or int(batch) < 1:
-        raise ValueError(f"network spec {spec!r}: batch size must be a positive integer")
+        raise ValueError(f"network spec {spec!r} needs a positive batch size: name:batch, e.g. 'digits:32'")
+    resolve(name)
     return name, int(batch)
 
 
@@ -232,6 +230,8 @@ class Config:
 
 
 def backend_threads(backend: str, params: Params, threads: int | None = None) -> int | None:
+    """The thread count a backend runs on: ``threads`` for the threaded backends when given, 1 for
+    ``c-serial``, ``None`` (not applicable) for GPU backends, the most threads otherwise."""
     if backend in GPU_BACKENDS:
         return None
     if backend == "c-serial":
@@ -420,6 +420,8 @@ def measure(config: Config, params: Params, unavailable: Unavailable) -> list[di
             return _check_and_time(config, network, params, base, options, not_timed)
     except BackendUnavailable as error:
         return not_timed("skipped", unavailable.note(config.backend, error))
+    except OverBudget as error:
+        return not_timed("skipped", str(error))
     except Exception as error:  # recorded with its reason; the sweep goes on (GPU OOM included)
         return not_timed("failed", describe_error(error))
     finally:

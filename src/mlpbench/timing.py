@@ -111,6 +111,10 @@ def clock_for(model: Model) -> CpuClock | CudaEventClock:
     return CpuClock(sync=model.synchronize)
 
 
+class OverBudget(RuntimeError):
+    """Timing a configuration would take longer than its budget; says how long one pass took."""
+
+
 @dataclass(frozen=True)
 class StageTimes:
     """What :func:`time_stages` measured: one :class:`Stats` per stage and the loss after the last step."""
@@ -132,8 +136,9 @@ def time_stages(model: Model, inputs: Sequence[tuple[np.ndarray, np.ndarray]], *
     """Time every stage of ``model`` on host batches ``inputs`` (cycled in order, one per repeat).
 
     ``repeats`` samples are taken per stage, fewer when ``budget_s`` is set and the warm-up shows that
-    ``repeats`` would not fit in it (never fewer than ``min_repeats``). The weights keep training during the
-    run, so pass a small ``lr``; the returned ``loss_after`` tells whether they stayed finite.
+    ``repeats`` would not fit in it; if not even ``min_repeats`` fit, :class:`OverBudget` is raised before
+    any is taken. The weights keep training during the run, so pass a small ``lr``; the returned
+    ``loss_after`` tells whether they stayed finite.
     """
     if repeats < 1 or warmup < 0 or min_repeats < 1:
         raise ValueError(f"need repeats >= 1, warmup >= 0, min_repeats >= 1; got {repeats}, {warmup}, "
@@ -162,8 +167,11 @@ def time_stages(model: Model, inputs: Sequence[tuple[np.ndarray, np.ndarray]], *
         last = one_pass(index)
     if budget_s is not None and last is not None:
         per_pass = sum(last.values()) * 1e-9
+        if min_repeats * per_pass > budget_s:
+            raise OverBudget(f"over budget: one timed pass (every stage, then the whole step) took "
+                             f"{per_pass:.3g} s; {min_repeats} repeats exceed budget_s {budget_s:g} s")
         if per_pass > 0:
-            repeats = max(min_repeats, min(repeats, int(budget_s / per_pass)))
+            repeats = min(repeats, int(budget_s / per_pass))
     samples: dict[str, list[int]] = {stage: [] for stage in stages}
     for index in range(repeats):
         for stage, ns in one_pass(warmup + index).items():
