@@ -2,6 +2,9 @@
 transposition against NumPy in float64 on sizes that divide no tile, bit-identical across thread counts, and
 every malformed input stopped in Python with a clear error."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -199,3 +202,25 @@ def test_random_inputs_raise_cleanly_or_compute_correctly(data):
     else:
         with np.errstate(invalid="ignore"):
             np.testing.assert_array_equal(np.isnan(C), np.isnan(exact))
+
+
+def test_unloading_the_library_keeps_openmp_threads_alive():
+    """cffi dlcloses a library whose handle is collected (at interpreter exit, say); libgomp must stay
+    loaded under its worker threads, or they crash."""
+    code = """
+import time, cffi, numpy as np
+from mlpbench import native
+ffi = cffi.FFI()
+ffi.cdef(native._declarations(native.native_dir() / "include" / "mlp.h"))
+lib = ffi.dlopen(str(native.library_path("omp")))
+handle = ffi.new("mlp_gemm_workspace **")
+assert lib.mlp_gemm_workspace_create(handle, 64, 64, 2, 0) == 0
+a, c = np.ones((64, 64), np.float32), np.empty((64, 64), np.float32)
+pa, pc = ffi.from_buffer("float[]", a), ffi.from_buffer("float[]", c)
+assert lib.mlp_gemm(handle[0], 3, 2, 0, 0, 64, 64, 64, pa, 64, pa, 64, pc, 64) == 0
+ffi.dlclose(lib)
+time.sleep(0.5)
+print("alive")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "alive" in result.stdout, (result.returncode, result.stderr)
