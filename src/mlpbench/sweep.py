@@ -65,7 +65,7 @@ from mlpbench.timing import (
     Stats,
     all_cores,
     pinned_threads,
-    probe_steps,
+    probe_step,
     thread_option,
     time_call,
     time_stages,
@@ -77,8 +77,8 @@ STUDIES = ("stages", "threads", "batch", "width", "ladder", "training", "linepro
 #: Network each training data set is learnt with.
 TRAINING_NETWORKS = {"digits": "digits", "moons": "moons-5h300", "mnist": "mnist"}
 ERROR_QUANTITIES = ("activations", "loss", "grad_weights", "grad_biases", "params")
-#: Batch sizes (capped at the configuration's) of the steps that estimate its cost before it is timed.
-PROBE_BATCHES = (16, 64)
+#: Largest batch of the step that estimates a configuration's cost before it is timed.
+PROBE_BATCH = 64
 
 ROW_COLUMNS = (
     "key", "block_rows", "study", "backend", "device", "network", "sizes", "batch", "threads", "stage", "status",
@@ -475,15 +475,11 @@ def _check_and_time(config: Config, network: Network, params: Params, base: dict
 
 
 def estimate_step(model: Model, network: Network, batch: int, params: Params, rng: np.random.Generator) -> float:
-    """Seconds of one step at ``batch``, extrapolated linearly from steps at two small batches (a step is a
-    fixed cost plus a cost per sample), so a configuration's cost is known before any is spent on it."""
-    sizes = sorted({min(batch, size) for size in PROBE_BATCHES})
-    seconds = probe_steps(model, [random_batch(network, size, rng) for size in sizes], lr=params.lr,
-                          weight_decay=params.weight_decay)
-    if len(sizes) == 1:
-        return seconds[0]
-    per_sample = max(0.0, (seconds[-1] - seconds[0]) / (sizes[-1] - sizes[0]))
-    return seconds[-1] + per_sample * (batch - sizes[-1])
+    """Seconds of one step at ``batch``, scaled linearly from one step at ``min(batch, PROBE_BATCH)``: an
+    upper bound where fixed costs matter, so a configuration's cost is known before any is spent on it."""
+    probe = min(batch, PROBE_BATCH)
+    seconds = probe_step(model, *random_batch(network, probe, rng), lr=params.lr, weight_decay=params.weight_decay)
+    return seconds * batch / probe
 
 
 def stage_columns(stage: str, stats: Stats, flops: int | None, transfer_bytes: int,

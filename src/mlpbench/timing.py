@@ -180,14 +180,13 @@ def time_stages(model: Model, inputs: Sequence[tuple[np.ndarray, np.ndarray]], *
     return StageTimes({stage: Stats.from_ns(samples[stage]) for stage in stages}, model.loss(), repeats)
 
 
-def probe_steps(model: Model, inputs: Sequence[tuple[np.ndarray, np.ndarray]], *, lr: float,
-                weight_decay: float = 0.0, clock: CpuClock | CudaEventClock | None = None) -> list[float]:
-    """Seconds of one ``train_step`` on each host batch of ``inputs``, after an untimed step on the first
-    that absorbs first-call costs."""
+def probe_step(model: Model, X: np.ndarray, y: np.ndarray, *, lr: float, weight_decay: float = 0.0,
+               clock: CpuClock | CudaEventClock | None = None) -> float:
+    """Seconds of one ``train_step`` on ``(X, y)``, after an untimed one that absorbs first-call costs."""
     clock = clock_for(model) if clock is None else clock
-    batches = [model.prepare(X, y) for X, y in inputs]
-    model.train_step(batches[0], lr, weight_decay)
-    return [clock.measure(lambda b=b: model.train_step(b, lr, weight_decay)) * 1e-9 for b in batches]
+    batch = model.prepare(X, y)
+    model.train_step(batch, lr, weight_decay)
+    return clock.measure(lambda: model.train_step(batch, lr, weight_decay)) * 1e-9
 
 
 def time_call(fn: Callable[[], object], *, repeats: int, warmup: int = 1,
