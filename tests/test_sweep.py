@@ -254,6 +254,20 @@ def test_resume_skips_finished_configurations(tmp_path: Path) -> None:
     assert len(meta["sessions"]) == 3
 
 
+def test_a_configuration_that_keeps_crashing_is_given_up(tmp_path: Path) -> None:
+    options = {"results_dir": tmp_path, "run_id": "c", "progress": False, "studies": ["stages"],
+               "networks": ["digits:8"], "backends": ["numpy", "torch-cpu"]}
+    (tmp_path / "c").mkdir()
+    # Two earlier sessions died while timing torch-cpu (a crash in native code, say).
+    (tmp_path / "c" / "attempts.log").write_text("rows:stages/torch-cpu/digits/b8/t2\n" * 2)
+    run_dir = run("quick", **options, threads=(2,))
+    rows = read_rows(run_dir).drop_duplicates("key").set_index("backend")
+    assert rows.loc["torch-cpu", "status"] == "failed"
+    assert "process died" in rows.loc["torch-cpu", "reason"]
+    assert rows.loc["numpy", "status"] == "ok"
+    assert (run_dir / "attempts.log").read_text().count("rows:stages/numpy/digits/b8/t2") == 1
+
+
 def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     args = ["--preset", "quick", "--results", str(tmp_path), "--run-id", "k", "--studies", "stages",
             "--backends", "numpy,torch-cpu", "--repeats", "30", "--no-progress"]

@@ -33,7 +33,8 @@ Results go to ``<results>/<run-id>/``:
 Crash safety: each table is append-only; a unit's rows are written in one ``write`` and ``fsync``-ed, each row
 carrying its unit's ``key`` and row count ``block_rows``. On start the tables are read back, a torn last
 line or an incomplete block is cut off, and units already present are skipped, so re-running with the same
-run id resumes a killed sweep without losing or duplicating rows.
+run id resumes a killed sweep without losing or duplicating rows. ``attempts.log`` lists every unit started;
+one that was started twice without finishing (it crashed the process) is recorded as ``failed`` on resume.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -666,13 +668,40 @@ def default_run_id() -> str:
 
 @dataclass(frozen=True)
 class Unit:
-    """One piece of work of a run: its table, key, the function that produces its rows, and for timing
-    units the configuration (whose rows another study's identical configuration reuses)."""
+    """One piece of work of a run: its table, key, the function that produces its rows, the columns that
+    identify it in a row saying why it produced none, and for timing units the configuration (whose rows
+    another study's identical configuration reuses)."""
 
     table: str
     key: str
     work: Callable[[], list[dict[str, Any]]]
+    identity: dict[str, Any]
     config: Config | None = None
+
+
+class Attempts:
+    """Append-only log of units started: a unit that was started ``MAX_ATTEMPTS`` times without finishing
+    killed the process each time (a crash in native or GPU code), so a resumed run records it as failed
+    instead of dying on it again."""
+
+    MAX_ATTEMPTS = 2
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+        self.counts = Counter(lines)
+
+    def begin(self, unit: Unit) -> str | None:
+        """Log a start of ``unit``; the reason to give up on it instead, if it has crashed too often."""
+        name = f"{unit.table}:{unit.key}"
+        if self.counts[name] >= self.MAX_ATTEMPTS:
+            return f"the process died while measuring it, {self.counts[name]} times: not tried again"
+        self.counts[name] += 1
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(name + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        return None
 
 
 def _start_meta(run_dir: Path, run_id: str, preset: str, params: Params) -> dict[str, Any]:
@@ -731,19 +760,22 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
             measured.setdefault(Config.from_key(row["key"]).measurement, []).append(row)
 
     unavailable = Unavailable()
-    units = [Unit("rows", c.key, lambda c=c: measure(c, params, unavailable), c) for c in plan(params)]
+    units = [Unit("rows", c.key, lambda c=c: measure(c, params, unavailable),
+                  {"study": c.study, "backend": c.backend, "network": c.network, "batch": c.batch,
+                   "threads": c.threads, "stage": ""}, c) for c in plan(params)]
     studies = set(params.studies)
     if "ladder" in studies:
-        units += [Unit("ladder", "cpu", lambda: cpu_ladder(params)),
-                  Unit("ladder", "gpu", lambda: gpu_ladder(params))]
+        units += [Unit("ladder", "cpu", lambda: cpu_ladder(params), {"device": "cpu"}),
+                  Unit("ladder", "gpu", lambda: gpu_ladder(params), {"device": "gpu"})]
     if "training" in studies:
-        units += [Unit("training", backend, lambda b=backend: training_curve(b, params))
+        units += [Unit("training", backend, lambda b=backend: training_curve(b, params), {"backend": backend})
                   for backend in params.backends]
     if "lineprofile" in studies:
         units += [Unit("lineprofile", backend, lambda b=backend: profiling.profile_backend(
                        b, params.profile_network, params.profile_batch, params.profile_steps, run_dir,
-                       seed=params.seed, threads=backend_threads(b, params)))
+                       seed=params.seed, threads=backend_threads(b, params)), {"backend": backend})
                   for backend in params.backends]
+    attempts = Attempts(run_dir / "attempts.log")
 
     todo = [unit for unit in units if unit.key not in finished[unit.table]]
     status = "interrupted"
@@ -757,7 +789,9 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
                     rows = [{**row, "study": config.study, "reused_from": row["key"]}
                             for row in measured[config.measurement]]
                 else:
-                    rows = unit.work()
+                    crashed = attempts.begin(unit)
+                    rows = unit.work() if crashed is None else [
+                        {**unit.identity, "status": "failed", "reason": crashed, "finished_at": machine.now_utc()}]
                     if config is not None:
                         measured[config.measurement] = [{**row, "key": unit.key} for row in rows]
                 tables[unit.table].append(unit.key, rows)
