@@ -130,10 +130,14 @@ class NativeCModel(Model):
     def _pointers(self, batch: Batch, need_targets: bool = False) -> tuple[Any, Any]:
         """The batch's C pointers after every check C relies on; O(1) for batches from :meth:`prepare`."""
         self._require_open()
+        if type(batch) is NativeBatch and batch.network is self.network:
+            # Checked when it was made: only what may differ between calls is left to check.
+            if need_targets and batch.T is None:
+                raise ValueError("batch has no labels: call prepare(X, y) with y to train")
+            self._check_batch_size(batch.size)
+            return batch.x_ptr, batch.t_ptr
         self._check_batch(batch, need_targets)
         self._check_batch_size(batch.size)
-        if type(batch) is NativeBatch:
-            return batch.x_ptr, batch.t_ptr
         return _batch_pointers(batch)
 
     def _require_open(self) -> None:
