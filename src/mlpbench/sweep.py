@@ -404,9 +404,8 @@ def measure(config: Config, params: Params, unavailable: Unavailable) -> list[di
     single row saying why it was not timed)."""
     network = resolve(config.network)
     base: dict[str, Any] = {"study": config.study, "backend": config.backend, "network": config.network,
-                            "sizes": network.name,
-                            "batch": config.batch, "threads": config.threads, "tolerance": params.tolerance,
-                            "warmup": params.warmup}
+                            "sizes": network.name, "batch": config.batch, "threads": config.threads,
+                            "tolerance": params.tolerance, "warmup": params.warmup}
 
     def not_timed(status: str, reason: str) -> list[dict[str, Any]]:
         return [{**base, "stage": "", "status": status, "reason": reason, "finished_at": machine.now_utc()}]
@@ -465,8 +464,8 @@ def _check_and_time(config: Config, network: Network, params: Params, base: dict
         return not_timed("failed", f"loss became {result.loss_after} while timing: the timed arithmetic "
                                    "would not be a training step's")
     flops = network.flops(config.batch)
-    X, y = inputs[0]
-    transfer_bytes = X.nbytes + (y.nbytes if isinstance(y, np.ndarray) else 0)
+    # What prepare() copies: the inputs and the float32 targets made from the labels.
+    transfer_bytes = 4 * config.batch * (network.n_inputs + network.n_outputs)
     finished = machine.now_utc()
     rows = []
     for stage, stats in result.stats.items():
@@ -487,7 +486,7 @@ def estimate_step(model: Model, network: Network, batch: int, params: Params, rn
 def stage_columns(stage: str, stats: Stats, flops: int | None, transfer_bytes: int,
                   batch: int) -> dict[str, Any]:
     """Timing summary and derived rates of one stage: GFLOP/s from :meth:`Network.flops`, samples/s, and
-    for ``transfer`` the bytes copied (inputs + targets) and GB/s."""
+    for ``transfer`` the bytes copied (float32 inputs and targets) and GB/s."""
     columns: dict[str, Any] = {"repeats": stats.n, "median_s": stats.median, "q1_s": stats.q1,
                                "q3_s": stats.q3, "iqr_s": stats.iqr, "min_s": stats.min, "mean_s": stats.mean,
                                "samples_per_s": batch / stats.median if stats.median > 0 else math.nan}
