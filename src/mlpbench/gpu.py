@@ -16,6 +16,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import re
+import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -194,3 +197,32 @@ def load(spec: ModuleSpec) -> Any:
                                   include_dirs=[str(KERNEL_DIR)])
             _state.modules[spec] = module
         return module
+
+
+def compile_report(spec: ModuleSpec, arch: str = "sm_90", nvcc: str = "nvcc") -> list[dict[str, Any]]:
+    """Compile ``spec`` to a cubin with ``nvcc`` as PyCUDA does (same ``extern "C"`` wrapping, ``-D``
+    constants and include path; no GPU needed) and return ptxas's resource report, one dict per kernel:
+    ``kernel``, ``registers``, ``stack_bytes``, ``spill_store_bytes``, ``spill_load_bytes``,
+    ``static_shared_bytes``. Raises ``RuntimeError`` with the compiler's output when compilation fails."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "kernel.cu"
+        source.write_text(spec.wrapped_text())
+        command = [nvcc, "--cubin", f"-arch={arch}", "-Xptxas", "-v", *spec.options(), f"-I{KERNEL_DIR}",
+                   "-o", str(Path(tmp) / "kernel.cubin"), str(source)]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
+        raise RuntimeError(f"nvcc failed on {spec.source} ({' '.join(spec.options())}):\n{output}")
+    kernels = []
+    for block in re.split(r"(?=ptxas info\s*: Compiling entry function)", output)[1:]:
+        name = re.search(r"Compiling entry function '(\w+)'", block)
+        frame = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", block)
+        used = re.search(r"Used (\d+) registers", block)
+        shared = re.search(r"(\d+) bytes smem", block)
+        if not (name and frame and used):
+            raise RuntimeError(f"unexpected ptxas report for {spec.source}:\n{block}")
+        kernels.append({"kernel": name.group(1), "registers": int(used.group(1)),
+                        "stack_bytes": int(frame.group(1)), "spill_store_bytes": int(frame.group(2)),
+                        "spill_load_bytes": int(frame.group(3)),
+                        "static_shared_bytes": int(shared.group(1)) if shared else 0})
+    return kernels

@@ -69,7 +69,7 @@ FUSED = ModuleSpec("fused.cu", (("KCHUNK", FUSED_KCHUNK), ("HEAD_MAX", FUSED_HEA
                                 ("SPIN_LIMIT", 1 << 26)), no_extern_c=True)
 MODULE_SPECS: dict[str, ModuleSpec] = {"elementwise": ELEMENTWISE, "naive": NAIVE, "tiled": TILED, "opt": OPT,
                                        "fused": FUSED}
-KERNELS: dict[str, tuple[str, ...]] = {
+MODULE_KERNELS: dict[str, tuple[str, ...]] = {
     "elementwise": ("bias_activation", "output_head", "output_delta", "activation_backward", "bias_gradient",
                     "sgd_update"),
     "naive": ("naive_nt", "naive_nn", "naive_tn"),
@@ -78,6 +78,8 @@ KERNELS: dict[str, tuple[str, ...]] = {
     "fused": ("fused_step",),
 }
 
+#: The product ladder for :func:`matmul`: rung number -> name.
+KERNELS: dict[int, str] = {1: "naive", 2: "tiled", 3: "opt"}
 LAYOUTS = ("nt", "nn", "tn")
 VERSIONS = {1: "naive", 2: "tiled", 3: "opt", "naive": "naive", "tiled": "tiled", "opt": "opt",
             "cuda-naive": "naive", "cuda-tiled": "tiled", "cuda-opt": "opt"}
@@ -89,7 +91,7 @@ def _blocks(n: int, per_block: int) -> int:
 
 def _kernels(module: str) -> dict[str, Any]:
     compiled = gpu.load(MODULE_SPECS[module])
-    return {name: compiled.get_function(name) for name in KERNELS[module]}
+    return {name: compiled.get_function(name) for name in MODULE_KERNELS[module]}
 
 
 def _check_default_stream() -> None:
@@ -260,7 +262,10 @@ class _CudaModel(Model):
         super().__init__(network, params)
         self._check_network(network)
         checked = check_params(network, params)
-        gpu.ensure_available()
+        try:
+            gpu.ensure_available()
+        except BackendUnavailable as error:
+            raise BackendUnavailable(f"{self.name}: {error}") from None
         self._dev = gpu.device()
         self._sm_count = gpu.info().sm_count
         self._activation = ACTIVATION_CODES[network.activation]
@@ -583,6 +588,61 @@ def choose_tile(M: int, N: int, K: int, blocks: int) -> Tile:
     return min(_TILES, key=cost)
 
 
+@dataclass(frozen=True)
+class Phase:
+    """One phase of a cuda-fused launch (struct Phase in kernels/fused.cu)."""
+
+    kind: int
+    layer: int
+    flags: int = 0
+    main: Tile = Tile(1, 16, 16, 1)     # FORWARD: the forward product; BACKWARD: the input-gradient product
+    weights: Tile = Tile(1, 16, 16, 1)  # BACKWARD: the weight-gradient product
+
+    def items(self, network: Network, batch: int) -> int:
+        """Work items of the phase as the kernel cuts them (sets the grid size, not the results)."""
+        n_out, n_in = network.layer_shapes[self.layer]
+        warps = FUSED_THREADS // 32
+        if self.kind == PHASE_FORWARD:
+            return self.main.count(batch, n_out)
+        if self.kind in (PHASE_FORWARD_HEAD, PHASE_HEAD):
+            return _blocks(batch, warps)
+        if self.kind == PHASE_OUTPUT_DELTA:
+            return _blocks(batch * n_out, FUSED_THREADS)
+        if self.kind == PHASE_BACKWARD:
+            inputs = self.main.count(batch, n_in) if self.layer > 0 else 0
+            return inputs + self.weights.count(n_out, n_in) + _blocks(n_out, warps)
+        return sum(_blocks(o * i + o, _UPDATE_CHUNK) for o, i in network.layer_shapes)
+
+
+def fused_plan(network: Network, stage: str, batch: int, blocks: int) -> list[Phase]:
+    """The phases cuda-fused runs for ``stage`` (``"step"``, ``"forward"``, ``"backprop"`` or ``"update"``)
+    on ``batch`` samples with ``blocks`` blocks; grid-wide barriers separate consecutive phases."""
+    if stage not in ("step", "forward", "backprop", "update"):
+        raise ValueError(f"stage: expected step, forward, backprop or update, got {stage!r}")
+    last = network.n_layers - 1
+    phases = []
+    if stage in ("forward", "step"):
+        delta = FLAG_DELTA if stage == "step" else 0
+        for layer, (n_out, n_in) in enumerate(network.layer_shapes):
+            if layer == last and n_out <= FUSED_HEAD_MAX:
+                phases.append(Phase(PHASE_FORWARD_HEAD, layer, delta))
+            else:
+                phases.append(Phase(PHASE_FORWARD, layer, main=choose_tile(batch, n_out, n_in, blocks)))
+        if network.n_outputs > FUSED_HEAD_MAX:
+            phases.append(Phase(PHASE_HEAD, last, delta))
+    if stage == "backprop":
+        phases.append(Phase(PHASE_OUTPUT_DELTA, last))
+    if stage in ("backprop", "step"):
+        flags = FLAG_SGD if stage == "step" else 0
+        for layer in range(last, -1, -1):
+            n_out, n_in = network.layer_shapes[layer]
+            main = choose_tile(batch, n_in, n_out, blocks) if layer > 0 else Tile(1, 16, 16, 1)
+            phases.append(Phase(PHASE_BACKWARD, layer, flags, main, choose_tile(n_out, n_in, batch, blocks)))
+    if stage == "update":
+        phases.append(Phase(PHASE_UPDATE, 0))
+    return phases
+
+
 class FusedCudaModel(_CudaModel):
     """``cuda-fused`` (rung 4): the training step of a small network (every width <= FUSED_MAX_WIDTH) as one
     persistent kernel, phases separated by grid-wide barriers (kernels/fused.cu). ``train_step`` is that
@@ -640,64 +700,21 @@ class FusedCudaModel(_CudaModel):
             table[layer] = ([t.data_ptr() for t in self._W2[layer]], [t.data_ptr() for t in self._b2[layer]],
                             self._dW[layer].data_ptr(), self._db[layer].data_ptr(), self._A[layer].data_ptr(),
                             self._dZ[layer].data_ptr(), n_in, n_out)
-        self._layer_table = torch.from_numpy(table.view(np.uint8)).to(self._dev)
+        self._layer_table = torch.tensor(table.view(np.uint8), device=self._dev)
         self._plans.clear()
-
-    # -- plans ---------------------------------------------------------------------------------------------
-    def _phases(self, stage: str, batch: int) -> list[tuple[int, int, int, Tile, Tile]]:
-        """(kind, layer, flags, main tile, weight tile) of each phase of ``stage``."""
-        net, blocks = self.network, self._sm_count
-        last = net.n_layers - 1
-        none = Tile(1, 16, 16, 1)
-        phases = []
-        if stage in ("forward", "step"):
-            delta = FLAG_DELTA if stage == "step" else 0
-            for layer, (n_out, n_in) in enumerate(net.layer_shapes):
-                if layer == last and n_out <= FUSED_HEAD_MAX:
-                    phases.append((PHASE_FORWARD_HEAD, layer, delta, none, none))
-                else:
-                    phases.append((PHASE_FORWARD, layer, 0, choose_tile(batch, n_out, n_in, blocks), none))
-            if net.n_outputs > FUSED_HEAD_MAX:
-                phases.append((PHASE_HEAD, last, delta, none, none))
-        if stage == "backprop":
-            phases.append((PHASE_OUTPUT_DELTA, last, 0, none, none))
-        if stage in ("backprop", "step"):
-            flags = FLAG_SGD if stage == "step" else 0
-            for layer in range(last, -1, -1):
-                n_out, n_in = net.layer_shapes[layer]
-                main = choose_tile(batch, n_in, n_out, blocks) if layer > 0 else none
-                phases.append((PHASE_BACKWARD, layer, flags, main, choose_tile(n_out, n_in, batch, blocks)))
-        if stage == "update":
-            phases.append((PHASE_UPDATE, 0, 0, none, none))
-        return phases
-
-    def _phase_items(self, kind: int, layer: int, main: Tile, weights: Tile, batch: int) -> int:
-        """Work items of a phase, as the kernel cuts them (for the grid size only)."""
-        net = self.network
-        n_out, n_in = net.layer_shapes[layer]
-        if kind == PHASE_FORWARD:
-            return main.count(batch, n_out)
-        if kind in (PHASE_FORWARD_HEAD, PHASE_HEAD):
-            return _blocks(batch, FUSED_THREADS // 32)
-        if kind == PHASE_OUTPUT_DELTA:
-            return _blocks(batch * n_out, FUSED_THREADS)
-        if kind == PHASE_BACKWARD:
-            inputs = main.count(batch, n_in) if layer > 0 else 0
-            return inputs + weights.count(n_out, n_in) + _blocks(n_out, FUSED_THREADS // 32)
-        return sum(_blocks(o * i + o, _UPDATE_CHUNK) for o, i in net.layer_shapes)
 
     def _plan(self, stage: str, batch: int) -> tuple[torch.Tensor, int, int]:
         key = (stage, batch)
         plan = self._plans.get(key)
         if plan is None:
-            phases = self._phases(stage, batch)
+            phases = fused_plan(self.network, stage, batch, self._sm_count)
             table = np.zeros(len(phases), dtype=_PHASE_DTYPE)
-            items = 1
-            for index, (kind, layer, flags, main, weights) in enumerate(phases):
-                table[index] = (kind, layer, flags, 0, main.as_tuple(), weights.as_tuple())
-                items = max(items, self._phase_items(kind, layer, main, weights, batch))
+            for index, phase in enumerate(phases):
+                table[index] = (phase.kind, phase.layer, phase.flags, 0, phase.main.as_tuple(),
+                                phase.weights.as_tuple())
+            items = max(phase.items(self.network, batch) for phase in phases)
             grid = min(self._sm_count, items)  # every block resident at once: the barrier needs it
-            plan = (torch.from_numpy(table.view(np.uint8)).to(self._dev), len(phases), grid)
+            plan = (torch.tensor(table.view(np.uint8), device=self._dev), len(phases), grid)
             self._plans[key] = plan
         return plan
 

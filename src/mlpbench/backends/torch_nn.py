@@ -171,3 +171,84 @@ class TorchGPUModel(TorchModel):
     def __init__(self, network: Network, params: Params) -> None:
         require_cuda(self.name)
         super().__init__(network, params)
+
+
+class TorchGPUGraphModel(TorchGPUModel):
+    """``torch-gpu-graph``: the strongest fair PyTorch baseline. ``train_step`` replays one CUDA graph holding
+    the whole training step — forward, loss, ``zero_grad``, backward and ``SGD.step()`` — so a step costs one
+    graph launch instead of dozens of kernel launches from Python.
+
+    * A graph is captured per (batch size, lr, weight decay), the first time that combination reaches
+      ``train_step`` (lr and decay are constants inside the captured optimizer kernels), and kept for reuse.
+      Capture follows PyTorch's recipe: warm-up steps on a side stream, then capture; the parameters are
+      saved before the warm-up and restored after, so capturing does not train the network.
+    * ``prepare`` copies the batch into static input buffers (one pair per batch size) that the graphs read;
+      a :class:`Batch` from this backend therefore holds the data of the latest ``prepare`` of its size.
+    * ``forward``, ``backprop`` and ``update`` run eagerly, exactly as ``torch-gpu``: autograd's backward
+      cannot be replayed apart from the forward that recorded it, so per-stage graphs would need the forward
+      and backward captured as a pair (``torch.cuda.make_graphed_callables``), which is a different program
+      from the one a PyTorch user trains with. The stage split of PyTorch is read from the eager stages; what
+      the graph saves shows in ``step``. Eager stages and graphs update the same parameter and gradient
+      tensors in place, so they can be mixed freely.
+    """
+
+    name = "torch-gpu-graph"
+
+    def __init__(self, network: Network, params: Params) -> None:
+        super().__init__(network, params)
+        self._static_inputs: dict[tuple[int, bool], tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._graphs: dict[tuple[int, float, float], tuple[torch.cuda.CUDAGraph, torch.Tensor,
+                                                           list[torch.Tensor], torch.Tensor]] = {}
+
+    def prepare(self, X: np.ndarray, y: np.ndarray | None = None) -> Batch:
+        X, T = check_inputs(self.network, X, y)
+        key = (X.shape[0], T is not None)
+        static = self._static_inputs.get(key)
+        if static is None:
+            static = (torch.empty(X.shape, device=self._dev),
+                      None if T is None else torch.empty(T.shape, device=self._dev))
+            self._static_inputs[key] = static
+        static[0].copy_(torch.from_numpy(X))
+        if T is not None:
+            static[1].copy_(torch.from_numpy(T))
+        return Batch(static[0], static[1], X.shape[0], self.network)
+
+    def train_step(self, batch: Batch, lr: float, weight_decay: float = 0.0) -> None:
+        lr, weight_decay = check_step_size(lr, weight_decay)
+        self._check_batch(batch, need_targets=True)
+        static_X, static_T = self._static_inputs.get((batch.size, True), (None, None))
+        if batch.X is not static_X or batch.T is not static_T:
+            raise ValueError("torch-gpu-graph: train_step needs a batch from this model's prepare(X, y)")
+        key = (batch.size, lr, weight_decay)
+        captured = self._graphs.get(key)
+        if captured is None:
+            captured = self._graphs[key] = self._capture(batch, lr, weight_decay)
+        graph, loss, hidden, logits = captured
+        graph.replay()
+        self._loss, self._hidden, self._logits = loss, hidden, logits
+        self._pending_loss = None
+
+    def _eager_step(self, batch: Batch, lr: float, weight_decay: float) -> None:
+        self.forward(batch)
+        self.backprop(batch)
+        self.update(lr, weight_decay)
+
+    def _capture(self, batch: Batch, lr: float, weight_decay: float) -> tuple[torch.cuda.CUDAGraph, torch.Tensor,
+                                                                              list[torch.Tensor], torch.Tensor]:
+        parameters = [*self._weights, *self._biases]
+        with torch.no_grad():
+            saved = [p.detach().clone() for p in parameters]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._eager_step(batch, lr, weight_decay)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._eager_step(batch, lr, weight_decay)
+        assert self._loss is not None and self._logits is not None
+        with torch.no_grad():
+            for p, value in zip(parameters, saved, strict=True):
+                p.copy_(value)
+        return graph, self._loss, list(self._hidden), self._logits

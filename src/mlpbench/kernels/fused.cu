@@ -72,6 +72,10 @@ struct Phase {
     Tile weights;  // BACKWARD: the weight-gradient product
 };
 
+// Sizes the host's numpy dtypes are built to (tests check the Python side).
+static_assert(sizeof(Layer) == 72, "struct Layer changed: update _LAYER_DTYPE in backends/cuda.py");
+static_assert(sizeof(Phase) == 48, "struct Phase changed: update _PHASE_DTYPE in backends/cuda.py");
+
 struct Operand {
     const float* data;
     int row;  // stride between consecutive m (or n)

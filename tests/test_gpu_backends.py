@@ -1,0 +1,237 @@
+"""The GPU backends against the float64 reference: every stage, poisoned outputs, loss curves, the matrix
+product of each rung, bad input, determinism. Needs an NVIDIA GPU, PyTorch with CUDA and PyCUDA; skipped
+with the reason elsewhere."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from mlpbench import Network, load
+from mlpbench.backends import GPU_BACKENDS
+from mlpbench.backends.base import Batch
+from mlpbench.verify import FLOAT32_TOLERANCE, compare_stages, random_batch, training_losses
+
+pytestmark = pytest.mark.gpu
+CUDA_BACKENDS = ("cuda-naive", "cuda-tiled", "cuda-opt", "cuda-fused")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def gpu_ready():
+    drv = pytest.importorskip("pycuda.driver", exc_type=ImportError)
+    try:
+        drv.init()
+    except drv.Error as error:
+        pytest.skip(f"CUDA driver unusable: {error}")
+    if not torch.cuda.is_available():
+        pytest.skip("PyTorch sees no CUDA GPU")
+    from mlpbench import gpu
+
+    gpu.ensure_available()
+
+
+# Odd sizes (1, 7, 33, 257) among batches and widths, every activation and both losses; sizes that are
+# multiples of 4 take cuda-opt's float4 path, the others its scalar path; (5, 40) is wider than the fused
+# kernel's one-warp output head; batch 600 makes the fused weight-gradient product run over two k-chunks.
+CASES = [
+    (Network((7, 33, 5), "sigmoid", "softmax-ce"), 7),
+    (Network((1, 7, 1), "tanh", "sigmoid-bce"), 1),
+    (Network((33, 257, 7, 3), "relu", "softmax-ce"), 33),
+    (Network((257, 33, 1), "sigmoid", "sigmoid-bce"), 257),
+    (Network((64, 128, 10), "tanh", "softmax-ce"), 32),
+    (Network((2, 300, 300, 300, 1), "relu", "sigmoid-bce"), 32),
+    (Network((5, 40), "tanh", "softmax-ce"), 9),
+    (Network((12, 24, 6), "relu", "softmax-ce"), 600),
+    (Network((300, 260, 130), "sigmoid", "softmax-ce"), 200),
+]
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("network, batch", CASES, ids=[f"{n.name}-{n.activation}-b{b}" for n, b in CASES])
+def test_every_stage_matches_the_reference(backend, network, batch):
+    errors = compare_stages(backend, network, batch, seed=batch)
+    assert max(errors.values()) <= FLOAT32_TOLERANCE, errors
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("network, batch, lr, decay", [
+    (Network((64, 128, 10), "sigmoid", "softmax-ce"), 32, 0.5, 0.0),
+    (Network((2, 300, 300, 300, 300, 300, 300, 1), "sigmoid", "sigmoid-bce"), 32, 0.3, 1e-3),
+], ids=["digits", "5h300"])
+def test_fifty_step_loss_curve_matches_the_reference(backend, network, batch, lr, decay):
+    rng = np.random.default_rng(7)
+    X, y = random_batch(network, 400, rng)
+    reference = training_losses("numpy", network, X, y, steps=50, batch=batch, lr=lr, weight_decay=decay)
+    losses = training_losses(backend, network, X, y, steps=50, batch=batch, lr=lr, weight_decay=decay)
+    np.testing.assert_allclose(losses, reference, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+def test_poison_fills_what_the_next_stage_writes(backend):
+    net = Network((6, 20, 4), "tanh", "softmax-ce")
+    X, y = random_batch(net, 5, np.random.default_rng(0))
+    model = load(backend, net)
+    batch = model.prepare(X, y)
+    model.forward(batch)
+    model.backprop(batch)
+    model.poison()  # nothing pending: gradients and activations become NaN
+    assert all(np.isnan(a).all() for a in model.activations())
+    assert all(np.isnan(dw).all() and np.isnan(db).all() for dw, db in model.grads())
+    model.forward(batch)
+    model.poison()  # a forward waits for its backprop: activations are kept
+    assert all(np.isfinite(a).all() for a in model.activations())
+    model.backprop(batch)
+    assert all(np.isfinite(dw).all() and np.isfinite(db).all() for dw, db in model.grads())
+
+
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+def test_train_step_equals_the_stages_bit_for_bit_and_repeats(backend):
+    net = Network((6, 20, 9, 4), "relu", "softmax-ce")
+    X, y = random_batch(net, 13, np.random.default_rng(1))
+
+    def run(fused_step):
+        model = load(backend, net, seed=5)
+        batch = model.prepare(X, y)
+        for _ in range(3):
+            if fused_step:
+                model.train_step(batch, 0.2, 0.01)
+            else:
+                model.forward(batch)
+                model.backprop(batch)
+                model.update(0.2, 0.01)
+        return model.params(), model.grads(), model.loss(), model.activations()
+
+    first, stages, again = run(True), run(False), run(True)
+    for other in (stages, again):
+        for (w, b), (w2, b2) in zip(first[0] + first[1], other[0] + other[1], strict=True):
+            np.testing.assert_array_equal(w, w2)
+            np.testing.assert_array_equal(b, b2)
+        assert first[2] == other[2]
+        for a, a2 in zip(first[3], other[3], strict=True):
+            np.testing.assert_array_equal(a, a2)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_bad_input_raises_before_the_gpu_sees_it(backend):
+    from test_backend_interface import BAD_INPUTS, NET, X_OK, Y_OK
+
+    model = load(backend, NET)
+    for _, X, y, error, message in BAD_INPUTS:
+        with pytest.raises(error, match=message):
+            model.step(X, y, lr=0.1)
+    with pytest.raises(TypeError, match="Batch"):
+        model.forward(X_OK)
+    other = load("numpy", Network((5, 4, 3)))
+    with pytest.raises(ValueError, match="prepared for network 5-4-3"):
+        model.forward(other.prepare(X_OK, Y_OK))
+
+
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+def test_stages_out_of_order_are_rejected(backend):
+    net = Network((5, 7, 3), "tanh", "softmax-ce")
+    X, y = random_batch(net, 4, np.random.default_rng(2))
+    model = load(backend, net)
+    batch = model.prepare(X, y)
+    with pytest.raises(RuntimeError, match="forward"):
+        model.backprop(batch)
+    with pytest.raises(RuntimeError, match="backprop"):
+        model.update(0.1)
+    with pytest.raises(ValueError, match="lr"):
+        model.train_step(batch, float("inf"))
+    model.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        model.prepare(X, y)
+
+
+def test_fused_rejects_a_network_too_wide():
+    with pytest.raises(ValueError, match="use cuda-opt"):
+        load("cuda-fused", Network((1024, 4096, 10)))
+
+
+def test_torch_graph_recaptures_for_a_new_step_size_and_matches_eager():
+    net = Network((16, 32, 5), "tanh", "softmax-ce")
+    X, y = random_batch(net, 24, np.random.default_rng(3))
+    graph, eager = load("torch-gpu-graph", net), load("torch-gpu", net)
+    for lr, decay in [(0.1, 0.0), (0.1, 0.0), (0.3, 1e-3), (0.1, 0.0)]:
+        for model in (graph, eager):
+            model.train_step(model.prepare(X, y), lr, decay)
+        assert graph.loss() == pytest.approx(eager.loss(), rel=1e-5)
+    assert len(graph._graphs) == 2
+    for (w, b), (w2, b2) in zip(graph.params(), eager.params(), strict=True):
+        np.testing.assert_allclose(w, w2, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(b, b2, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="prepare"):
+        graph.train_step(Batch(torch.zeros(24, 16, device="cuda"), torch.zeros(24, 5, device="cuda"), 24, net), 0.1)
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("layout", ["nn", "nt", "tn"])
+@pytest.mark.parametrize("M, N, K", [(1, 1, 1), (7, 33, 257), (257, 129, 64), (128, 256, 512)])
+def test_matmul_rungs_match_float64(version, layout, M, N, K):
+    from mlpbench.backends import cuda
+
+    g = torch.Generator().manual_seed(M * N + K)
+    a_shape = (K, M) if layout == "tn" else (M, K)
+    b_shape = (N, K) if layout == "nt" else (K, N)
+    A, B = torch.randn(a_shape, generator=g), torch.randn(b_shape, generator=g)
+    C = cuda.matmul(A.cuda(), B.cuda(), version, layout).cpu()
+    a, b = A.double(), B.double()
+    reference = (a.T if layout == "tn" else a) @ (b.T if layout == "nt" else b)
+    assert ((C.double() - reference).norm() / reference.norm()).item() < FLOAT32_TOLERANCE
+
+
+def test_matmul_handles_misaligned_operands_and_checks_arguments():
+    from mlpbench.backends import cuda
+
+    storage = torch.randn(64 * 64 + 1, device="cuda")
+    A = storage[1:].view(64, 64)  # contiguous but 4 bytes past a 16-byte boundary: the scalar path
+    B = torch.randn(64, 64, device="cuda")
+    out = torch.full((64, 64), float("nan"), device="cuda")
+    assert cuda.matmul(A, B, "opt", out=out) is out
+    torch.testing.assert_close(out.double(), A.double() @ B.double(), rtol=1e-5, atol=1e-4)
+    with pytest.raises(TypeError, match="float32"):
+        cuda.matmul(A.double(), B, 3)
+    with pytest.raises(ValueError, match="CUDA"):
+        cuda.matmul(A.cpu(), B, 3)
+    with pytest.raises(ValueError, match="contiguous"):
+        cuda.matmul(B.T, B, 3)
+    with pytest.raises(ValueError, match="do not match"):
+        cuda.matmul(A, B[:10], 3)
+    with pytest.raises(ValueError, match="requires_grad"):
+        cuda.matmul(B.clone().requires_grad_(), B, 3)
+
+
+def test_kernel_report_lists_every_kernel_without_spills():
+    from mlpbench.backends import cuda
+
+    report = cuda.kernel_report()
+    assert {(row["module"], row["kernel"]) for row in report} == {
+        (cuda.MODULE_SPECS[module].source, kernel)
+        for module, kernels in cuda.MODULE_KERNELS.items() for kernel in kernels}
+    for row in report:
+        assert row["registers"] > 0 and row["local_bytes"] == 0, row
+    fused = next(row for row in report if row["kernel"] == "fused_step")
+    assert fused["dynamic_shared_bytes"] > 48 * 1024
+
+
+def test_other_threads_need_the_context_manager():
+    from mlpbench import gpu
+
+    net = Network((4, 8, 2), "tanh", "softmax-ce")
+    X, y = random_batch(net, 3, np.random.default_rng(4))
+    outcome = {}
+
+    def worker():
+        try:
+            load("cuda-naive", net)
+        except RuntimeError as error:
+            outcome["without"] = str(error)
+        with gpu.thread_context():
+            outcome["with"] = load("cuda-fused", net).step(X, y, 0.1)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert "thread_context" in outcome["without"]
+    assert np.isfinite(outcome["with"])

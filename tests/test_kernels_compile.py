@@ -1,0 +1,52 @@
+"""Every CUDA kernel source compiles for Hopper (sm_90) exactly as the backends compile it, with no register
+spills: a broken kernel fails here, on machines without a GPU. Needs ``nvcc``; skipped with the reason
+elsewhere."""
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from mlpbench import gpu
+from mlpbench.backends import cuda
+
+NVCC = shutil.which("nvcc")
+pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc (CUDA toolkit) not on PATH")
+
+
+@pytest.fixture(scope="module")
+def reports():
+    """ptxas reports of every module, compiled in parallel (the whole set takes under a minute)."""
+    with ThreadPoolExecutor(max_workers=len(cuda.MODULE_SPECS)) as pool:
+        futures = {name: pool.submit(gpu.compile_report, spec, "sm_90", NVCC)
+                   for name, spec in cuda.MODULE_SPECS.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+@pytest.mark.parametrize("module", cuda.MODULE_SPECS)
+def test_every_kernel_compiles_without_spills(reports, module):
+    report = {row["kernel"]: row for row in reports[module]}
+    assert set(report) == set(cuda.MODULE_KERNELS[module])
+    for name, row in report.items():
+        assert row["registers"] > 0, name
+        assert row["spill_store_bytes"] == row["spill_load_bytes"] == 0, row
+        assert row["stack_bytes"] == 0, row
+
+
+def test_the_fused_kernel_fits_one_block_per_sm(reports):
+    """One resident block per SM is what makes the grid barrier safe: registers and shared memory must fit."""
+    (row,) = reports["fused"]
+    assert row["registers"] * cuda.FUSED_THREADS <= 65536
+    assert row["static_shared_bytes"] + cuda._FUSED_SHARED_BYTES <= 227 * 1024
+
+
+def test_opt_kernels_keep_two_blocks_per_sm(reports):
+    for row in reports["opt"]:
+        assert row["registers"] * 256 * 2 <= 65536, row
+
+
+def test_a_broken_kernel_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu, "KERNEL_DIR", tmp_path)
+    (tmp_path / "broken.cu").write_text("__global__ void broken(float* x) { x[0] = undefined_name; }\n")
+    with pytest.raises(RuntimeError, match="undefined_name"):
+        gpu.compile_report(gpu.ModuleSpec("broken.cu"), "sm_90", NVCC)
