@@ -281,9 +281,11 @@ def plot_correctness(results: Results) -> Figure:
     for col, (run_id, machine) in enumerate(runs):
         data = table[table.run_id == run_id].groupby("backend")[columns].max()
         data = data.loc[ordered(data.index)].rename(columns=lambda c: c.removeprefix("err_"))
-        # Exact agreement (the reference against itself) has no logarithm: shown at the floor of the scale.
-        logs = np.log10(data.astype(float).clip(lower=1e-12))
-        sns.heatmap(logs, ax=axes[0, col], annot=True, fmt=".1f", cmap="viridis", vmin=-12, vmax=-4,
+        # Exact agreement (the reference against itself) has no logarithm: coloured at the floor, labelled.
+        values = data.astype(float)
+        logs = np.log10(values.clip(lower=1e-12))
+        labels = np.where(values.to_numpy() == 0, "exact", logs.map("{:.1f}".format).to_numpy())
+        sns.heatmap(logs, ax=axes[0, col], annot=labels, fmt="", cmap="viridis", vmin=-12, vmax=-4,
                     cbar_kws={"label": "log10 max relative error"})
         axes[0, col].set_title(f"tolerance {table.tolerance.iloc[0]:.0e}\n{machine}", fontsize=9)
         axes[0, col].set_ylabel("")
