@@ -237,7 +237,7 @@ def plot_ladder(results: Results) -> Figure:
         data = table[(table.run_id == run_id) & (table.device == device)].set_index("impl")
         data = data.loc[ladder_order(data.index)]
         bars = ax.bar(data.index, data.pct_of_ceiling, color=[ladder_color(i) for i in data.index])
-        ax.bar_label(bars, labels=[f"{g:.0f}" for g in data.gflops], fontsize=7, padding=2)
+        ax.bar_label(bars, labels=[f"{g:.3g}" for g in data.gflops], fontsize=7, padding=2)
         ax.axhline(100, color="black", linewidth=0.8)
         ax.set_ylabel(f"% of {data.ceiling_impl.iloc[0]} (GFLOP/s on bars)")
         ax.set_title(f"{device.upper()}, n = {int(data.n.iloc[0])}\n{machine}", fontsize=9)
