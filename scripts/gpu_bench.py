@@ -1,0 +1,287 @@
+"""Speed of the CUDA backends on a GPU, in one run with PyTorch as the unit.
+
+Sections (``--sections``, comma-separated):
+
+* ``products``: the product ladder (rungs 1-3, cuda-opt in its three layouts) against ``torch.mm`` (cuBLAS,
+  IEEE float32) at n^3, each verified against a float64 product first;
+* ``tune``: cuda-opt's product with other tile constants (-D), to pick the defaults;
+* ``steps``: per-stage times (the project's timing harness: events around each call, median) and the
+  back-to-back throughput of ``train_step`` for each network x backend, each verified against the float64
+  reference at the timed batch size first;
+* ``barrier``: cost of one grid-wide barrier of the fused kernel (chains of trivial phases).
+
+Writes ``bench.json`` and ``bench.txt`` under ``--out`` and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlpbench import gpu, load
+from mlpbench.backends import cuda
+from mlpbench.backends.torch_nn import pin_ieee_float32
+from mlpbench.network import PRESETS, Network
+from mlpbench.timing import time_stages
+from mlpbench.verify import FLOAT32_TOLERANCE, compare_stages, random_batch
+
+TUNE_CONFIGS = [
+    {"BM": 128, "BN": 128, "BK": 8, "WM": 64, "WN": 32, "MIN_BLOCKS": 2},
+    {"BM": 128, "BN": 128, "BK": 16, "WM": 64, "WN": 32, "MIN_BLOCKS": 2},
+    {"BM": 128, "BN": 256, "BK": 8, "WM": 64, "WN": 64, "MIN_BLOCKS": 1},
+    {"BM": 256, "BN": 128, "BK": 8, "WM": 128, "WN": 32, "MIN_BLOCKS": 1},
+    {"BM": 128, "BN": 128, "BK": 16, "WM": 64, "WN": 32, "MIN_BLOCKS": 1},
+    {"BM": 64, "BN": 128, "BK": 16, "WM": 32, "WN": 32, "MIN_BLOCKS": 2},
+]
+
+# (preset or sizes, batch, learning rate for the timed steps, backends)
+STEP_CASES = [
+    ("digits", 32, ["torch-cpu", "c-serial", "torch-gpu", "torch-gpu-graph", "cuda-naive", "cuda-tiled",
+                    "cuda-opt", "cuda-fused"]),
+    ("moons-5h300", 32, ["torch-cpu", "c-serial", "torch-gpu", "torch-gpu-graph", "cuda-naive", "cuda-tiled",
+                         "cuda-opt", "cuda-fused"]),
+    ("mnist", 256, ["torch-gpu", "torch-gpu-graph", "cuda-naive", "cuda-tiled", "cuda-opt"]),
+    ("large", 1024, ["torch-gpu", "torch-gpu-graph", "cuda-naive", "cuda-tiled", "cuda-opt"]),
+]
+
+
+def events_ms(fn, repeats: int, warmup: int = 2) -> list[float]:
+    """Device milliseconds of ``fn``, each call between two events after the device went idle."""
+    for _ in range(warmup):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return times
+
+
+def rel_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    value = value.double()
+    if not torch.isfinite(value).all():
+        return float("inf")
+    return ((value - reference).norm() / reference.norm()).item()
+
+
+def products(n: int, repeats: int) -> list[dict]:
+    g = torch.Generator(device="cuda").manual_seed(0)
+    A = torch.randn(n, n, device="cuda", generator=g)
+    B = torch.randn(n, n, device="cuda", generator=g)
+    flops = 2 * n**3
+    references = {"nn": A.double() @ B.double(), "nt": A.double() @ B.double().T, "tn": A.double().T @ B.double()}
+    rows = []
+    ms = statistics.median(events_ms(lambda: torch.mm(A, B), repeats))
+    rows.append({"impl": "torch.mm (cuBLAS)", "layout": "nn", "n": n, "ms": ms, "tflops": flops / ms / 1e9,
+                 "rel_error": rel_error(torch.mm(A, B), references["nn"])})
+    for version, rung in cuda.KERNELS.items():
+        for layout in (("nn", "nt", "tn") if rung == "opt" else ("nn",)):
+            out = cuda.matmul(A, B, version, layout)
+            error = rel_error(out, references[layout])
+            row = {"impl": f"cuda-{rung} (rung {version})", "layout": layout, "n": n, "rel_error": error}
+            if error <= FLOAT32_TOLERANCE:
+                reps = repeats if rung == "opt" else 3
+                ms = statistics.median(events_ms(lambda v=version, lay=layout, o=out: cuda.matmul(A, B, v, lay, o),
+                                                 reps, warmup=1))
+                row.update(ms=ms, tflops=flops / ms / 1e9)
+            rows.append(row)
+    cublas = rows[0]["tflops"]
+    for row in rows:
+        if "tflops" in row:
+            row["pct_cublas"] = 100 * row["tflops"] / cublas
+    return rows
+
+
+def tune(n: int, repeats: int) -> list[dict]:
+    g = torch.Generator(device="cuda").manual_seed(1)
+    A = torch.randn(n, n, device="cuda", generator=g)
+    B = torch.randn(n, n, device="cuda", generator=g)
+    reference = A.double() @ B.double()
+    cublas_ms = statistics.median(events_ms(lambda: torch.mm(A, B), repeats))
+    specs = [gpu.ModuleSpec("opt.cu", tuple(config.items()), no_extern_c=True) for config in TUNE_CONFIGS]
+    gpu.precompile(specs)
+    rows = []
+    for config, spec in zip(TUNE_CONFIGS, specs, strict=True):
+        kernels = gpu.load(spec)
+        C = torch.empty(n, n, device="cuda")
+        row = {**config}
+        for layout in ("nn", "nt"):
+            kernel = kernels.get_function(f"opt_{layout}").prepare("PPPiiiiPPiff")
+            grid = (-(-n // config["BN"]), -(-n // config["BM"]), 1)
+            Bop = B if layout == "nn" else B.T.contiguous()
+
+            def call(kernel=kernel, grid=grid, Bop=Bop, C=C):
+                kernel.prepared_call(grid, (256, 1, 1), C.data_ptr(), A.data_ptr(), Bop.data_ptr(), n, n, n, 0, 0, 0,
+                                     -1, np.float32(0), np.float32(0))
+
+            call()
+            row[f"{layout}_rel_error"] = rel_error(C, reference)
+            ms = statistics.median(events_ms(call, repeats))
+            row[f"{layout}_tflops"] = 2 * n**3 / ms / 1e9
+            row[f"{layout}_pct_cublas"] = 100 * cublas_ms / ms
+        rows.append(row)
+    return rows
+
+
+def network_of(name: str) -> Network:
+    return PRESETS[name]
+
+
+def steps(repeats: int, throughput_steps: int) -> list[dict]:
+    rows = []
+    for name, batch, backends in STEP_CASES:
+        net = network_of(name)
+        rng = np.random.default_rng(0)
+        inputs = [random_batch(net, batch, rng) for _ in range(3)]
+        for backend in backends:
+            row = {"network": name, "sizes": net.name, "batch": batch, "backend": backend}
+            options = {"threads": 1} if backend == "torch-cpu" else {}
+            try:
+                errors = compare_stages(backend, net, batch, seed=1, **options)
+                row["max_rel_error"] = max(errors.values())
+                if not row["max_rel_error"] <= FLOAT32_TOLERANCE:
+                    row["status"] = f"verification failed: {errors}"
+                    rows.append(row)
+                    print(row, flush=True)
+                    continue
+                model = load(backend, net, **options)
+                cpu = model.device == "cpu"
+                reps = max(3, repeats // 4) if cpu or (backend == "cuda-naive" and name == "large") else repeats
+                times = time_stages(model, inputs, lr=1e-4, repeats=reps, warmup=3)
+                for stage, stats in times.stats.items():
+                    row[f"{stage}_us"] = stats.median * 1e6
+                if not cpu:
+                    batch_data = model.prepare(*inputs[0])
+                    count = throughput_steps if name != "large" else 20
+                    for _ in range(3):
+                        model.train_step(batch_data, 1e-4)
+                    torch.cuda.synchronize()
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    host = time.perf_counter()
+                    start.record()
+                    for _ in range(count):
+                        model.train_step(batch_data, 1e-4)
+                    end.record()
+                    host = time.perf_counter() - host
+                    end.synchronize()
+                    row["step_throughput_us"] = start.elapsed_time(end) * 1e3 / count
+                    row["step_host_us"] = host * 1e6 / count
+                row["loss_after"] = times.loss_after
+                row["status"] = "ok"
+                model.close()
+            except Exception as error:  # record and go on: one broken backend must not hide the others
+                row["status"] = f"{type(error).__name__}: {error}"
+            rows.append(row)
+            print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+    flops = {name: network_of(name).flops(batch)["step"] for name, batch, _ in STEP_CASES}
+    for row in rows:
+        if "step_us" in row:
+            row["step_tflops"] = flops[row["network"]] / row["step_us"] / 1e6
+    return rows
+
+
+def barrier(batch: int = 32) -> list[dict]:
+    """Fused-kernel launches of k trivial phases (the output gradient, 32 x 1 elements) for k = 1 and 33:
+    the difference over 32 is one grid barrier; measured for several grid sizes."""
+    net = PRESETS["moons-5h300"]
+    model = load("cuda-fused", net)
+    X, y = random_batch(net, batch, np.random.default_rng(0))
+    data = model.prepare(X, y)
+    model.forward(data)
+    rows = []
+    for blocks in (1, 8, 32, 66, 132):
+        if blocks > gpu.info().sm_count:
+            continue
+        times = {}
+        for k in (1, 33):
+            table = np.zeros(k, dtype=cuda._PHASE_DTYPE)
+            table["kind"] = cuda.PHASE_OUTPUT_DELTA
+            table["layer"] = net.n_layers - 1
+            model._plans[("chain", batch)] = (torch.tensor(table.view(np.uint8), device="cuda"), k, blocks)
+            times[k] = statistics.median(events_ms(lambda: model._launch("chain", data), 50, warmup=5))
+        rows.append({"blocks": blocks, "one_phase_us": times[1] * 1e3,
+                     "barrier_us": (times[33] - times[1]) * 1e3 / 32})
+    model.close()
+    return rows
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    def cell(value):
+        if isinstance(value, float):
+            return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+        return str(value)
+
+    lines = [" | ".join(columns)]
+    for row in rows:
+        lines.append(" | ".join(cell(row.get(c, "")) for c in columns))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--sections", default="products,tune,barrier,steps")
+    parser.add_argument("--n", type=int, default=4096)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--throughput-steps", type=int, default=200)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    pin_ieee_float32()
+    gpu.ensure_available()
+    gpu.precompile(list(cuda.MODULE_SPECS.values()))
+    import pycuda
+
+    result = {"device": gpu.info().name, "arch": gpu.info().arch, "sm_count": gpu.info().sm_count,
+              "torch": torch.__version__, "pycuda": pycuda.VERSION_TEXT, "python": platform.python_version(),
+              "kernel_report": cuda.kernel_report()}
+    text = [f"# {result['device']} ({result['arch']}, {result['sm_count']} SMs), torch {result['torch']}, "
+            f"PyCUDA {result['pycuda']}"]
+    sections = args.sections.split(",")
+
+    def save():
+        (args.out / "bench.json").write_text(json.dumps(result, indent=1, default=str))
+        (args.out / "bench.txt").write_text("\n\n".join(text) + "\n")
+
+    text.append("## kernels\n" + table(result["kernel_report"], ["kernel", "registers", "static_shared_bytes",
+                                                                "dynamic_shared_bytes", "local_bytes"]))
+    if "products" in sections:
+        result["products"] = products(args.n, args.repeats)
+        text.append(f"## products at n = {args.n}\n" + table(result["products"], [
+            "impl", "layout", "ms", "tflops", "pct_cublas", "rel_error"]))
+        save()
+    if "tune" in sections:
+        result["tune"] = tune(args.n, max(5, args.repeats // 2))
+        text.append("## cuda-opt tile constants\n" + table(result["tune"], [
+            "BM", "BN", "BK", "WM", "WN", "MIN_BLOCKS", "nn_tflops", "nn_pct_cublas", "nt_tflops", "nt_pct_cublas",
+            "nn_rel_error"]))
+        save()
+    if "barrier" in sections:
+        result["barrier"] = barrier()
+        text.append("## fused grid barrier\n" + table(result["barrier"], ["blocks", "one_phase_us", "barrier_us"]))
+        save()
+    if "steps" in sections:
+        result["steps"] = steps(args.repeats, args.throughput_steps)
+        text.append("## training steps (us, median; throughput = back-to-back train_step)\n" + table(
+            result["steps"], ["network", "batch", "backend", "transfer_us", "forward_us", "backprop_us", "update_us",
+                              "step_us", "step_throughput_us", "step_host_us", "step_tflops", "max_rel_error",
+                              "status"]))
+        save()
+    save()
+    print("\n\n".join(text))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

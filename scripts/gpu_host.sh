@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The project's GPU work in one call on a fresh GPU machine: install the wheels, build the C library,
+# compile every kernel, run the GPU tests, compute-sanitizer and the benchmarks; logs and results under $OUT,
+# packed into $OUT/gpu-host.tar.gz; a short summary printed last.
+#
+#   scripts/gpu_host.sh [steps]    steps: comma-separated from  setup,test,sanitize,bench   (default: all)
+#
+# Environment: OUT (default ./gpu-host-out), WHEELS (default .whl: pycuda, cffi, ... for the host's Python),
+# TEST_WHEELS (default .whl-test: pytest, where the host has none), PYTEST_ARGS, BENCH_ARGS, SANITIZE_TIMEOUT.
+set -uo pipefail
+
+STEPS=${1:-setup,test,sanitize,bench}
+OUT=${OUT:-$PWD/gpu-host-out}
+WHEELS=${WHEELS:-.whl}
+TEST_WHEELS=${TEST_WHEELS:-.whl-test}
+SANITIZE_TIMEOUT=${SANITIZE_TIMEOUT:-300}
+mkdir -p "$OUT/logs"
+LOGS=$OUT/logs
+SUMMARY=$OUT/logs/summary.txt
+: >"$SUMMARY"
+
+note() { echo "$*" | tee -a "$SUMMARY"; }
+has() { [[ ",$STEPS," == *",$1,"* ]]; }
+
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl \
+    $(ls "$TEST_WHEELS"/*.whl 2>/dev/null) || { echo "wheel install failed"; exit 1; }
+export PYTHONPATH=/tmp/site:$PWD/src:$PWD/tests${PYTHONPATH:+:$PYTHONPATH}
+export PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
+export MLPBENCH_KERNEL_CACHE=${MLPBENCH_KERNEL_CACHE:-/tmp/mlpbench-kernels}
+
+if has setup; then
+    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw,memory.used \
+        --format=csv >"$LOGS/nvidia-smi.csv" 2>&1
+    note "gpu: $(tail -1 "$LOGS/nvidia-smi.csv")"
+    start=$SECONDS
+    make -C native -j16 >"$LOGS/native-build.log" 2>&1 && note "native library built" \
+        || note "native library build FAILED (see native-build.log)"
+    python3 -c "
+from mlpbench import gpu
+from mlpbench.backends import cuda
+gpu.precompile(list(cuda.MODULE_SPECS.values()))
+print(gpu.info())
+" >"$LOGS/precompile.log" 2>&1 && note "kernels compiled in $((SECONDS - start)) s: $(tail -1 "$LOGS/precompile.log")" \
+        || note "kernel compilation FAILED: $(tail -3 "$LOGS/precompile.log")"
+fi
+
+if has test; then
+    start=$SECONDS
+    python3 -m pytest -q -rs -p no:cacheprovider ${PYTEST_ARGS:-tests/test_gpu_backends.py tests/test_gpu_planning.py \
+        tests/test_kernels_compile.py tests/test_backend_interface.py} >"$LOGS/pytest.log" 2>&1
+    note "pytest ($((SECONDS - start)) s): $(tail -1 "$LOGS/pytest.log")"
+    grep -E "^(FAILED|ERROR)" "$LOGS/pytest.log" | head -20 | tee -a "$SUMMARY"
+fi
+
+if has sanitize; then
+    for tool in memcheck racecheck synccheck; do
+        start=$SECONDS
+        timeout "$SANITIZE_TIMEOUT" compute-sanitizer --tool "$tool" --error-exitcode 9 \
+            python3 scripts/gpu_sanitize.py >"$LOGS/sanitize-$tool.log" 2>&1
+        status=$?
+        note "compute-sanitizer $tool: exit $status ($((SECONDS - start)) s): $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$LOGS/sanitize-$tool.log" | tail -1)"
+    done
+fi
+
+if has bench; then
+    python3 scripts/gpu_bench.py --out "$OUT/bench" ${BENCH_ARGS:-} >"$LOGS/bench.log" 2>&1
+    note "bench: exit $?"
+fi
+
+tar czf "$OUT/gpu-host.tar.gz" -C "$OUT" logs $(test -d "$OUT/bench" && echo bench) 2>/dev/null
+echo "================ summary"
+cat "$SUMMARY"
+test -f "$OUT/bench/bench.txt" && cat "$OUT/bench/bench.txt"
+exit 0
