@@ -293,36 +293,36 @@ def plot_correctness(results: Results) -> Figure:
 
 
 def plot_lineprofile(results: Results) -> Figure:
-    """Where a small network's profiled step goes: input checks (pure Python), the rest of ``prepare``,
-    forward, backprop, update, and the remainder of the driver, as shares of the step."""
+    """Where a small network's profiled step goes, as disjoint shares of the step: the interface's input
+    checks (pure Python), the rest of ``prepare``, forward, backprop and update (or the fused
+    ``train_step`` where a backend never calls the stages), and the rest of the driver."""
     table = summary.lineprofile_table(results)
     if table.empty:
         return _empty("Python overhead", "no line profiles in these runs")
     runs = _runs(table)
     fig, axes = _grid(1, len(runs))
-    parts = {"input checks": "#fdae6b", "prepare (rest)": STAGE_COLORS["transfer"],
-             "forward": STAGE_COLORS["forward"], "backprop": STAGE_COLORS["backprop"],
-             "update": STAGE_COLORS["update"], "driver (rest)": "#f0f0f0"}
+    parts = {"checks_share": ("input checks", "#fdae6b"),
+             "prepare_share": ("prepare (rest)", STAGE_COLORS["transfer"]),
+             "forward_share": ("forward", STAGE_COLORS["forward"]),
+             "backprop_share": ("backprop", STAGE_COLORS["backprop"]),
+             "update_share": ("update", STAGE_COLORS["update"]),
+             "fused_share": ("fused train_step", "#636363"),
+             "rest_share": ("driver (rest)", "#f0f0f0")}
     for col, (run_id, machine) in enumerate(runs):
         data = table[table.run_id == run_id].set_index("backend")
-        data = data.loc[ordered(data.index)].fillna(0)
-        shares = pd.DataFrame({
-            "input checks": data.checks_share,
-            "prepare (rest)": (data.prepare_share - data.checks_share).clip(lower=0),
-            "forward": data.forward_share, "backprop": data.backprop_share, "update": data.update_share})
-        shares["driver (rest)"] = (1 - shares.sum(axis=1)).clip(lower=0)
-        left = np.zeros(len(shares))
-        for part, color in parts.items():
-            axes[0, col].barh(shares.index, shares[part] * 100, left=left, color=color, label=part,
-                              edgecolor="white")
-            left += shares[part].to_numpy() * 100
-        labels = [f"{s * 1e6:.0f} us" for s in data.plain_step_s]
-        for y, label in enumerate(labels):
-            axes[0, col].text(101, y, label, va="center", fontsize=8)
-        axes[0, col].set_xlim(0, 118)
-        axes[0, col].invert_yaxis()
-        axes[0, col].set_xlabel("share of the profiled step (%); unprofiled step time at right")
-        axes[0, col].set_title(f"{data.network.iloc[0]}, batch {data.batch.iloc[0]}\n{machine}", fontsize=9)
+        data = data.loc[ordered(data.index)]
+        ax = axes[0, col]
+        left = np.zeros(len(data))
+        for column, (label, color) in parts.items():
+            values = data[column].astype(float).fillna(0).clip(lower=0).to_numpy() * 100
+            ax.barh(data.index, values, left=left, color=color, label=label, edgecolor="white")
+            left += values
+        for y, seconds in enumerate(data.plain_step_s):
+            ax.text(max(left.max(), 100) + 1, y, f"{seconds * 1e6:.0f} us", va="center", fontsize=8)
+        ax.set_xlim(0, max(left.max(), 100) * 1.18)
+        ax.invert_yaxis()
+        ax.set_xlabel("share of the profiled step (%); unprofiled step time at right")
+        ax.set_title(f"{data.network.iloc[0]}, batch {data.batch.iloc[0]}\n{machine}", fontsize=9)
     _legend(fig, axes)
     return fig
 

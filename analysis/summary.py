@@ -224,28 +224,49 @@ def training_table(results: Results) -> pd.DataFrame:
 
 
 def lineprofile_table(results: Results) -> pd.DataFrame:
-    """Per run and backend: unprofiled step time and the share of the profiled step spent in input
-    checks (pure Python), ``prepare`` (checks plus any host-to-device copy) and each stage method."""
+    """Per run and backend: unprofiled and profiled step time, and a split of the profiled step into
+    disjoint shares: the interface's input checks (pure Python), the rest of ``prepare`` (any host-to-device
+    copy), forward, backprop and update without their checks — or, where ``train_step`` fuses the stages
+    and never calls them, ``fused_share`` — and the rest of the driver.
+
+    The profile holds inclusive times per function; ``Model._check_batch`` is charged one call each to
+    forward and backprop (the base interface's pattern), ``check_step_size`` to update.
+    """
     rows = _ok(results.lineprofile)
-    columns = ["run_id", "machine", "backend", "network", "batch", "plain_step_s", "profiled_step_s",
-               "checks_share", "prepare_share", "forward_share", "backprop_share", "update_share"]
+    parts = ["checks_share", "prepare_share", "forward_share", "backprop_share", "update_share", "fused_share"]
+    columns = ["run_id", "machine", "backend", "network", "batch", "plain_step_s", "profiled_step_s", *parts,
+               "rest_share"]
     if rows.empty:
         return pd.DataFrame(columns=columns)
     out = []
     for (run_id, backend), group in rows.groupby(["run_id", "backend"]):
-        shares = group.set_index("function")["share_of_step"]
+        indexed = group.set_index("function")
+        shares = indexed["share_of_step"]
+
+        def share(function: str, shares: pd.Series = shares) -> float:
+            return float(shares.get(function, 0.0))
 
         def outermost(method: str, shares: pd.Series = shares) -> float:
             # A subclass wrapper and the base method both appear; the largest is the outermost (inclusive).
             found = shares[shares.index.str.endswith(f".{method}")]
             return float(found.max()) if len(found) else np.nan
 
+        check_inputs, check_batch, check_step = (share(f) for f in CHECK_FUNCTIONS)
+        entry = {"checks_share": check_inputs + check_batch + check_step,
+                 "prepare_share": outermost("prepare") - check_inputs}
+        stages = {m: outermost(m) for m in ("forward", "backprop", "update")}
+        if all(np.isnan(v) for v in stages.values()):
+            entry["fused_share"] = outermost("train_step") - check_batch - check_step
+        else:
+            calls = float(indexed["calls_per_step"].get(CHECK_FUNCTIONS[1], 1.0)) or 1.0
+            entry.update(forward_share=stages["forward"] - check_batch / calls,
+                         backprop_share=stages["backprop"] - check_batch / calls,
+                         update_share=stages["update"] - check_step)
         first = group.iloc[0]
         out.append({"run_id": run_id, "machine": first.machine, "backend": backend, "network": first.network,
                     "batch": first.batch, "plain_step_s": first.plain_step_s,
-                    "profiled_step_s": first.profiled_step_s,
-                    "checks_share": float(shares.reindex(CHECK_FUNCTIONS).fillna(0).sum()),
-                    **{f"{m}_share": outermost(m) for m in ("prepare", "forward", "backprop", "update")}})
+                    "profiled_step_s": first.profiled_step_s, **entry,
+                    "rest_share": max(0.0, 1.0 - sum(v for v in entry.values() if np.isfinite(v)))})
     return _sorted(pd.DataFrame(out, columns=columns), "run_id", "backend")
 
 
