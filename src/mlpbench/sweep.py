@@ -77,7 +77,7 @@ from mlpbench.verify import FLOAT32_TOLERANCE, compare_stages, random_batch, rel
 SCHEMA_VERSION = 1
 STUDIES = ("stages", "threads", "batch", "width", "ladder", "training", "lineprofile")
 #: Network each training data set is learnt with.
-TRAINING_NETWORKS = {"digits": "digits", "moons": "moons-5h300", "mnist": "mnist"}
+TRAINING_NETWORKS = {"digits": "digits", "moons": "moons-5h300"}
 ERROR_QUANTITIES = ("activations", "loss", "grad_weights", "grad_biases", "params")
 #: Largest batch of the step that estimates a configuration's cost before it is timed.
 PROBE_BATCH = 64
