@@ -66,6 +66,8 @@ def test_make_params_overrides_and_refuses_unknowns() -> None:
         make_params("quick", studies=["stages", "speed"])
     with pytest.raises(ValueError, match="batch size"):
         make_params("quick", networks=["digits"])
+    with pytest.raises(ValueError, match="data set"):
+        make_params("quick", dataset="mnist")
 
 
 def test_split_network() -> None:

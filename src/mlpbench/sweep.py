@@ -162,6 +162,8 @@ class Params:
             raise ValueError(f"unknown studies {sorted(unknown)}; choose from {STUDIES}")
         for spec in (*self.networks, *self.thread_networks):
             split_network(spec)
+        if self.dataset not in TRAINING_NETWORKS:
+            raise ValueError(f"unknown training data set {self.dataset!r}; choose from {sorted(TRAINING_NETWORKS)}")
         if self.repeats < 1 or self.min_repeats < 1 or self.warmup < 0 or self.rotate < 1:
             raise ValueError("repeats, min_repeats and rotate must be >= 1, warmup >= 0")
         if any(t < 1 for t in self.threads):
