@@ -58,18 +58,19 @@ def stage_table(results: Results, study: str = "stages") -> pd.DataFrame:
     """One row per run × network × backend: median seconds of each stage and of the whole step, the sum of
     the separately timed forward, backprop and update (the work of one ``train_step``; ``transfer`` is not
     part of it), step GFLOP/s and samples/s, and the speed-up of the step over PyTorch on the same kind of
-    device (``torch-cpu`` for CPU backends, ``torch-gpu`` for GPU backends)."""
+    device (``torch-cpu`` for CPU backends, ``torch-gpu`` for GPU backends). ``load_1min`` is the machine's
+    load average when the configuration finished: far above the core count, other work shared the cores."""
     rows = _ok(results.rows, study=study)
     columns = ["run_id", "machine", "network", "sizes", "batch", "backend", "threads", *[
         f"{s}_s" for s in STAGE_ORDER], "step_s", "stages_sum_s", "step_gflops", "samples_per_s", "baseline",
-        "speedup"]
+        "speedup", "load_1min"]
     if rows.empty:
         return pd.DataFrame(columns=columns)
     keys = ["run_id", "machine", "network", "sizes", "batch", "backend"]
     times = rows.pivot_table(index=keys, columns="stage", values="median_s", aggfunc="first")
     times = times.rename(columns=lambda stage: f"{stage}_s")
     step = rows[rows.stage == "step"].set_index(keys)
-    table = times.join(step[["threads", "gflops", "samples_per_s"]]).reset_index()
+    table = times.join(step[["threads", "gflops", "samples_per_s", "load_1min"]]).reset_index()
     table = table.rename(columns={"gflops": "step_gflops"})
     for stage in (*STAGE_ORDER, "step"):
         if f"{stage}_s" not in table:
@@ -282,6 +283,9 @@ def headline(results: Results) -> dict[str, Any]:
             "machine": machine_label(meta), "hostname": described.get("hostname"), "git": described.get("git"),
             "preset": meta.get("preset"), "started_at": meta.get("started_at"),
             "finished_at": meta.get("finished_at"), "status": meta.get("status"),
+            "usable_cores": described.get("cpu", {}).get("usable_cores"),
+            "max_load_1min": results.rows.loc[results.rows.run_id == run_id, "load_1min"].max()
+            if "load_1min" in results.rows else None,
         }
         run_stages = stages[stages.run_id == run_id]
         entry["step_s"] = {f"{r.backend}@{r.network}": r.step_s for r in run_stages.itertuples()}

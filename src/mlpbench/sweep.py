@@ -87,6 +87,7 @@ ROW_COLUMNS = (
     "reason", "repeats", "warmup", "median_s", "q1_s", "q3_s", "iqr_s", "min_s", "mean_s", "flops", "gflops",
     "samples_per_s", "bytes", "gb_per_s", "verify_batch", "tolerance",
     *(f"err_{name}" for name in ERROR_QUANTITIES), "err_max", "loss_after", "reused_from", "finished_at",
+    "load_1min",
 )
 LADDER_COLUMNS = (
     "key", "block_rows", "device", "impl", "version", "rung", "n", "threads", "status", "reason", "repeats",
@@ -410,7 +411,7 @@ def measure(config: Config, params: Params, unavailable: Unavailable) -> list[di
                             "tolerance": params.tolerance, "warmup": params.warmup}
 
     def not_timed(status: str, reason: str) -> list[dict[str, Any]]:
-        return [{**base, "stage": "", "status": status, "reason": reason, "finished_at": machine.now_utc()}]
+        return [{**base, "stage": "", "status": status, "reason": reason, **finish_stamp()}]
 
     known = unavailable.check(config.backend)
     if known:
@@ -468,13 +469,16 @@ def _check_and_time(config: Config, network: Network, params: Params, base: dict
     flops = network.flops(config.batch)
     # What prepare() copies: the inputs and the float32 targets made from the labels.
     transfer_bytes = 4 * config.batch * (network.n_inputs + network.n_outputs)
-    finished = machine.now_utc()
-    rows = []
-    for stage, stats in result.stats.items():
-        rows.append({**base, **stage_columns(stage, stats, flops.get(stage), transfer_bytes, config.batch),
-                     "stage": stage, "status": "ok", "reason": "", "loss_after": result.loss_after,
-                     "finished_at": finished})
-    return rows
+    finished = finish_stamp()
+    return [{**base, **stage_columns(stage, stats, flops.get(stage), transfer_bytes, config.batch),
+             "stage": stage, "status": "ok", "reason": "", "loss_after": result.loss_after, **finished}
+            for stage, stats in result.stats.items()]
+
+
+def finish_stamp() -> dict[str, Any]:
+    """When a configuration finished, and the machine's 1-minute load average then: a load well above the
+    thread count means other work shared the cores and the timings are suspect."""
+    return {"finished_at": machine.now_utc(), "load_1min": os.getloadavg()[0]}
 
 
 def estimate_step(model: Model, network: Network, batch: int, params: Params, rng: np.random.Generator) -> float:
