@@ -36,10 +36,10 @@ from mlpbench.verify import FLOAT32_TOLERANCE, compare_stages, random_batch
 TUNE_CONFIGS = [
     {"BM": 128, "BN": 128, "BK": 8, "WM": 64, "WN": 32, "MIN_BLOCKS": 2},
     {"BM": 128, "BN": 128, "BK": 16, "WM": 64, "WN": 32, "MIN_BLOCKS": 2},
-    {"BM": 128, "BN": 256, "BK": 8, "WM": 64, "WN": 64, "MIN_BLOCKS": 1},
-    {"BM": 256, "BN": 128, "BK": 8, "WM": 128, "WN": 32, "MIN_BLOCKS": 1},
-    {"BM": 128, "BN": 128, "BK": 16, "WM": 64, "WN": 32, "MIN_BLOCKS": 1},
-    {"BM": 64, "BN": 128, "BK": 16, "WM": 32, "WN": 32, "MIN_BLOCKS": 2},
+    {"BM": 128, "BN": 128, "BK": 16, "WM": 64, "WN": 64, "MIN_BLOCKS": 2},
+    {"BM": 128, "BN": 128, "BK": 8, "WM": 64, "WN": 64, "MIN_BLOCKS": 2},
+    {"BM": 64, "BN": 128, "BK": 16, "WM": 32, "WN": 64, "MIN_BLOCKS": 3},
+    {"BM": 128, "BN": 64, "BK": 16, "WM": 64, "WN": 32, "MIN_BLOCKS": 3},
 ]
 
 # (preset or sizes, batch, learning rate for the timed steps, backends)
@@ -120,11 +120,12 @@ def tune(n: int, repeats: int) -> list[dict]:
         for layout in ("nn", "nt"):
             kernel = kernels.get_function(f"opt_{layout}").prepare("PPPiiiiPPiff")
             grid = (-(-n // config["BN"]), -(-n // config["BM"]), 1)
+            threads = 32 * (config["BM"] // config["WM"]) * (config["BN"] // config["WN"])
             Bop = B if layout == "nn" else B.T.contiguous()
 
-            def call(kernel=kernel, grid=grid, Bop=Bop, C=C):
-                kernel.prepared_call(grid, (256, 1, 1), C.data_ptr(), A.data_ptr(), Bop.data_ptr(), n, n, n, 0, 0, 0,
-                                     -1, np.float32(0), np.float32(0))
+            def call(kernel=kernel, grid=grid, Bop=Bop, C=C, threads=threads):
+                kernel.prepared_call(grid, (threads, 1, 1), C.data_ptr(), A.data_ptr(), Bop.data_ptr(), n, n, n,
+                                     0, 0, 0, -1, 0.0, 0.0)
 
             call()
             row[f"{layout}_rel_error"] = rel_error(C, reference)
@@ -217,6 +218,41 @@ def barrier(batch: int = 32) -> list[dict]:
     return rows
 
 
+def host_costs(count: int = 2000) -> list[dict]:
+    """Host microseconds per call of what a fused train_step does in Python, measured back to back."""
+    net = PRESETS["digits"]
+    model = load("cuda-fused", net)
+    X, y = random_batch(net, 32, np.random.default_rng(0))
+    data = model.prepare(X, y)
+    model.train_step(data, 1e-4)
+    phases, n_phases, grid = model._plan("step", 32)
+    args = (model._layer_table.data_ptr(), phases.data_ptr(), n_phases, net.n_layers, data.X.data_ptr(),
+            data.T.data_ptr(), model._loss_rows.data_ptr(), 32, 0, 0, 0, 1e-4, 0.0, model._barrier.data_ptr())
+    kernel = model._kernel
+    candidates = {
+        "train_step": lambda: model.train_step(data, 1e-4),
+        "prepared_call (same plan, parity 0 twice)": lambda: kernel.prepared_call(
+            (grid, 1, 1), (256, 1, 1), *args, shared_size=cuda._FUSED_SHARED_BYTES),
+        "current_stream check": cuda._check_default_stream,
+        "_check_batch": lambda: model._check_batch(data, need_targets=True),
+        "5 data_ptr()": lambda: (data.X.data_ptr(), data.T.data_ptr(), phases.data_ptr(), model._barrier.data_ptr(),
+                                 model._loss_rows.data_ptr()),
+    }
+    rows = []
+    for name, fn in candidates.items():
+        for _ in range(50):
+            fn()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(count):
+            fn()
+        host = (time.perf_counter() - start) * 1e6 / count
+        torch.cuda.synchronize()
+        rows.append({"call": name, "host_us": host})
+    model.close()
+    return rows
+
+
 def table(rows: list[dict], columns: list[str]) -> str:
     def cell(value):
         if isinstance(value, float):
@@ -232,7 +268,7 @@ def table(rows: list[dict], columns: list[str]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--sections", default="products,tune,barrier,steps")
+    parser.add_argument("--sections", default="products,tune,barrier,host,steps")
     parser.add_argument("--n", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--throughput-steps", type=int, default=200)
@@ -270,6 +306,10 @@ def main() -> int:
     if "barrier" in sections:
         result["barrier"] = barrier()
         text.append("## fused grid barrier\n" + table(result["barrier"], ["blocks", "one_phase_us", "barrier_us"]))
+        save()
+    if "host" in sections:
+        result["host"] = host_costs()
+        text.append("## host cost of a fused step\n" + table(result["host"], ["call", "host_us"]))
         save()
     if "steps" in sections:
         result["steps"] = steps(args.repeats, args.throughput_steps)

@@ -135,6 +135,7 @@ class _OptProducts:
 
     BM = dict(OPT.defines)["BM"]
     BN = dict(OPT.defines)["BN"]
+    THREADS = 32 * (BM // dict(OPT.defines)["WM"]) * (BN // dict(OPT.defines)["WN"])
 
     def __init__(self) -> None:
         kernels = _kernels("opt")
@@ -153,8 +154,8 @@ class _OptProducts:
         vector = self.vector_ok(layout, M, N, K, C, A, B, bias, aux)
         kernel = (self._vector if vector else self._scalar)[layout]
         grid = (_blocks(N, self.BN), _blocks(M, self.BM), 1)
-        kernel.prepared_call(grid, (256, 1, 1), C, A, B, M, N, K, mode, bias, aux, activation,
-                             np.float32(lr), np.float32(weight_decay))
+        kernel.prepared_call(grid, (self.THREADS, 1, 1), C, A, B, M, N, K, mode, bias, aux, activation,
+                             lr, weight_decay)
 
 
 _PRODUCT_CLASSES: dict[str, type] = {"naive": _NaiveProducts, "tiled": _TiledProducts, "opt": _OptProducts}
@@ -446,7 +447,7 @@ class _LayeredCudaModel(_CudaModel):
         n_out = self.network.sizes[layer + 1]
         self._elementwise["bias_gradient"].prepared_call(
             (_blocks(n_out, 32), 1, 1), self._bias_block, self._dZ[layer].data_ptr(), self._db[layer].data_ptr(),
-            bias, batch.size, n_out, np.float32(lr))
+            bias, batch.size, n_out, lr)
 
     def _input_gradient(self, batch: Batch, layer: int) -> None:
         """dZ_{l-1} = (dZ_l W_l) * f'(A_{l-1}): the product, then the derivative as its own pass."""
@@ -474,9 +475,9 @@ class _LayeredCudaModel(_CudaModel):
         lr, weight_decay = self._start_update(lr, weight_decay)
         for W, dW, b, db in zip(self._W, self._dW, self._b, self._db, strict=True):
             self._launch_elementwise("sgd_update", W.numel(), W.data_ptr(), dW.data_ptr(), W.numel(),
-                                     np.float32(lr), np.float32(weight_decay))
+                                     lr, weight_decay)
             self._launch_elementwise("sgd_update", b.numel(), b.data_ptr(), db.data_ptr(), b.numel(),
-                                     np.float32(lr), np.float32(0.0))
+                                     lr, 0.0)
 
 
 class NaiveCudaModel(_LayeredCudaModel):
@@ -726,7 +727,7 @@ class FusedCudaModel(_CudaModel):
         self._kernel.prepared_call(
             (grid, 1, 1), (FUSED_THREADS, 1, 1), self._layer_table.data_ptr(), phases.data_ptr(), n_phases,
             self.network.n_layers, X, T, self._loss_rows.data_ptr(), size, self._activation, self._loss_kind,
-            self._parity, np.float32(lr), np.float32(weight_decay), self._barrier.data_ptr(),
+            self._parity, lr, weight_decay, self._barrier.data_ptr(),
             shared_size=_FUSED_SHARED_BYTES)
 
     # -- stages --------------------------------------------------------------------------------------------

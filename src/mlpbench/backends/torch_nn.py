@@ -233,22 +233,35 @@ class TorchGPUGraphModel(TorchGPUModel):
         self.backprop(batch)
         self.update(lr, weight_decay)
 
+    def _drop_autograd_graph(self) -> None:
+        # A live autograd graph pins the parameters' AccumulateGrad nodes to the stream that recorded it;
+        # a backward recorded on another stream then waits on that one, which breaks a capture.
+        self._hidden, self._logits, self._pending_loss = [], None, None
+
     def _capture(self, batch: Batch, lr: float, weight_decay: float) -> tuple[torch.cuda.CUDAGraph, torch.Tensor,
                                                                               list[torch.Tensor], torch.Tensor]:
         parameters = [*self._weights, *self._biases]
         with torch.no_grad():
             saved = [p.detach().clone() for p in parameters]
+        self._drop_autograd_graph()
+        default = torch.cuda.current_stream()
         side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
+        side.wait_stream(default)
+        try:
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._eager_step(batch, lr, weight_decay)
+                self._drop_autograd_graph()
+            default.wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
                 self._eager_step(batch, lr, weight_decay)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._eager_step(batch, lr, weight_decay)
+        finally:
+            torch.cuda.set_stream(default)  # a failed capture must not leave its stream current
         assert self._loss is not None and self._logits is not None
+        outputs = self._loss, [h.detach() for h in self._hidden], self._logits.detach()
+        self._drop_autograd_graph()
         with torch.no_grad():
             for p, value in zip(parameters, saved, strict=True):
                 p.copy_(value)
-        return graph, self._loss, list(self._hidden), self._logits
+        return graph, *outputs

@@ -101,21 +101,31 @@ __device__ __forceinline__ int tiles_of(const Tile& tile, int M, int N) {
     return ((M + tm - 1) / tm) * ((N + tn - 1) / tn);
 }
 
-// Grid-wide barrier (the scheme of cooperative_groups::grid_group::sync): block 0 adds 2^31 - (blocks - 1),
+// Grid-wide barrier. Counting as cooperative_groups::grid_group::sync does: block 0 adds 2^31 - (blocks - 1),
 // every other block adds 1, so the top bit of the counter flips exactly when the last block arrives and the
-// counter needs no reset between barriers or launches. The fences make each block's writes visible to the
-// others before it arrives, and order its later reads after everyone arrived.
-__device__ __forceinline__ void grid_barrier(unsigned int* counter) {
+// counter needs no reset between barriers or launches. Each block knows which way the bit must flip (it
+// read the bit when the launch began and counts its barriers), so arriving is a single fire-and-forget
+// atomic with release semantics (this block's writes, ordered before it by __syncthreads, become visible
+// first), and waiting is polling with acquire loads (later reads see every block's writes).
+__device__ __forceinline__ unsigned int load_acquire(const unsigned int* address) {
+    unsigned int value;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(value) : "l"(address) : "memory");
+    return value;
+}
+
+__device__ __forceinline__ void add_release(unsigned int* address, unsigned int value) {
+    asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(address), "r"(value) : "memory");
+}
+
+__device__ __forceinline__ void grid_barrier(unsigned int* counter, unsigned int& top_bit) {
     __syncthreads();
     if (threadIdx.x == 0) {
-        const unsigned int add = blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
-        __threadfence();
-        const unsigned int before = atomicAdd(counter, add);
+        top_bit ^= 0x80000000u;  // where the bit stands once everyone arrived
+        add_release(counter, blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u);
         unsigned int polls = 0;
-        while (((before ^ *(volatile unsigned int*)counter) & 0x80000000u) == 0) {
+        while ((load_acquire(counter) & 0x80000000u) != top_bit) {
             if (++polls == SPIN_LIMIT) __trap();  // a block never arrived: fail loudly, never hang the GPU
         }
-        __threadfence();
     }
     __syncthreads();
 }
@@ -130,7 +140,7 @@ __device__ __forceinline__ void stage_operand(float* stage, const Operand& op, i
         for (int r = warp; r < rows; r += WARPS) {
             const bool inside = r0 + r < R;
             const float* src = op.data + (long)(r0 + r) * op.row + k0;
-#pragma unroll 4
+#pragma unroll 8
             for (int k = lane; k < kc; k += 32) stage[k * pitch + r] = inside ? __ldcg(src + k) : 0.0f;
         }
     } else {  // rows contiguous (op.row == 1): lanes along rows (a power of two <= 32), then along k
@@ -139,7 +149,7 @@ __device__ __forceinline__ void stage_operand(float* stage, const Operand& op, i
         const int k_lanes = 32 >> shift, k_step = WARPS * k_lanes;
         const bool inside = r0 + r < R;
         const float* src = op.data + r0 + r + (long)k0 * op.col;
-#pragma unroll 4
+#pragma unroll 8
         for (int k = warp * k_lanes + (lane >> shift); k < kc; k += k_step)
             stage[k * pitch + r] = inside ? __ldcg(src + (long)k * op.col) : 0.0f;
     }
@@ -354,6 +364,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                float weight_decay, unsigned int* barrier) {
     extern __shared__ __align__(16) float smem[];
     const Step s = {X, T, loss_rows, batch, activation, loss_kind, parity, lr, weight_decay};
+    // The counter's top bit as the launch begins (no block can pass the first barrier before all read it).
+    unsigned int top_bit = threadIdx.x == 0 ? load_acquire(barrier) & 0x80000000u : 0u;
     for (int p = 0; p < n_phases; ++p) {
         const Phase phase = phases[p];
         const Layer& out_layer = layers[n_layers - 1];
@@ -387,6 +399,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                 update_phase(layers, n_layers, s);
                 break;
         }
-        if (p + 1 < n_phases) grid_barrier(barrier);
+        if (p + 1 < n_phases) grid_barrier(barrier, top_bit);
     }
 }

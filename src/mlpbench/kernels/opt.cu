@@ -1,8 +1,8 @@
 // Rung 3, cuda-opt: warp-tiled SGEMM with 2D register blocking, 128-bit loads, double buffering and fused
 // epilogues (siboehm's SGEMM_CUDA kernels 5-10 in one file).
 //
-// A block of 256 threads computes a BM x BN tile of C, stepping through k by BK. Each of the 8 warps owns a
-// WM x WN sub-tile; its 32 lanes form an 8 x 4 grid and each lane computes (WM/32 x 4) x (WN/16 x 4)
+// A block computes a BM x BN tile of C, stepping through k by BK, with one warp per WM x WN sub-tile
+// ((BM / WM) x (BN / WN) warps); its 32 lanes form an 8 x 4 grid and each lane computes (WM/32 x 4) x (WN/16 x 4)
 // outputs held in registers, reading its operands from shared memory four at a time. While the block
 // computes on one shared-memory stage, the next k-slice is already on its way from global memory into
 // registers (two stages, one barrier per k-step).
@@ -23,7 +23,7 @@
 // Templates, so compiled with no_extern_c; the extern "C" kernels are at the end.
 #include "common.cuh"
 
-#define THREADS 256
+#define THREADS (32 * (BM / WM) * (BN / WN))
 #define PAD 4  // keeps rows 16-byte aligned and spreads the transposed stores over more banks
 #define WARPS_N (BN / WN)
 #define WM_ITER (WM / 32)
@@ -36,7 +36,7 @@
 #define EPI_ACT_GRAD 2
 #define EPI_SGD 3
 
-static_assert((BM / WM) * (BN / WN) == THREADS / 32, "eight warps must tile the block");
+static_assert(BM % WM == 0 && BN % WN == 0, "warps must tile the block");
 static_assert(WM % 32 == 0 && WN % 16 == 0, "a warp covers 32 x 16 outputs per iteration");
 static_assert(LOADS_A >= 1 && LOADS_B >= 1 && BM * BK % (4 * THREADS) == 0 && BN * BK % (4 * THREADS) == 0,
               "every thread loads whole float4s of both operand tiles");
