@@ -134,12 +134,12 @@ static void gemm_loops(int kernel, const gemm_problem *p, const cpu_kernels *ker
 
 /* ------------------------------------------------------------------ rung 3: packed panels */
 
-int pack_buffers_alloc(pack_buffers *buffers, int max_m, int max_n)
+int pack_buffers_alloc(pack_buffers *buffers, int max_m, int max_n, int max_threads)
 {
-    const ptrdiff_t a_floats = round_up(imin(MC, max_m), MR) * KC;
-    const ptrdiff_t b_floats = (ptrdiff_t)KC * round_up(imin(NC, max_n), NR);
-    buffers->a_packed = alloc_floats((size_t)a_floats);
-    buffers->b_packed = alloc_floats((size_t)b_floats);
+    buffers->a_floats = round_up(imin(MC, max_m), MR) * KC;
+    buffers->b_floats = (ptrdiff_t)KC * round_up(imin(NC, max_n), NR);
+    buffers->a_packed = alloc_floats((size_t)(buffers->a_floats * max_threads));
+    buffers->b_packed = alloc_floats((size_t)(buffers->b_floats * max_threads));
     buffers->max_m = max_m;
     buffers->max_n = max_n;
     if (!buffers->a_packed || !buffers->b_packed) {
@@ -157,46 +157,66 @@ void pack_buffers_free(pack_buffers *buffers)
 }
 
 /* Rows [i0, i0 + MR) and k range [q0, q0 + kc) of op(A) as sliver[q * MR + r]; rows past m are zero.
- * The loop order follows whichever stride of A is contiguous. */
-static void pack_a_sliver(const gemm_problem *p, int i0, int q0, int kc, float *restrict sliver)
+ * A row-major A (the forward and input-gradient products) is a transposition, left to the kernel set; an
+ * A^T (the weight gradient) has contiguous columns, which are plain copies. */
+static void pack_a_sliver(const gemm_problem *p, const cpu_kernels *kernels, int i0, int q0, int kc,
+                          float *restrict sliver)
 {
     const int rows = imin(MR, p->m - i0);
     const float *src = p->a + i0 * p->a_rs + q0 * p->a_cs;
     if (p->a_cs == 1) {
-        for (int r = 0; r < rows; ++r)
-            for (int q = 0; q < kc; ++q)
-                sliver[q * MR + r] = src[r * p->a_rs + q];
-    } else {
-        for (int q = 0; q < kc; ++q)
-            for (int r = 0; r < rows; ++r)
-                sliver[q * MR + r] = src[q * p->a_cs + r * p->a_rs];
+        kernels->pack_a_rows(src, p->a_rs, rows, kc, sliver);
+        return;
     }
+    if (p->a_rs == 1 && rows == MR) {
+        for (int q = 0; q < kc; ++q)
+            memcpy(sliver + q * MR, src + q * p->a_cs, MR * sizeof(float));
+        return;
+    }
+    for (int q = 0; q < kc; ++q)
+        for (int r = 0; r < rows; ++r)
+            sliver[q * MR + r] = src[q * p->a_cs + r * p->a_rs];
     for (int q = 0; q < kc; ++q)
         for (int r = rows; r < MR; ++r)
             sliver[q * MR + r] = 0.0f;
 }
 
-/* k range [q0, q0 + kc) and columns [j0, j0 + NR) of op(B) as sliver[q * NR + c]; columns past n are zero. */
-static void pack_b_sliver(const gemm_problem *p, int q0, int kc, int j0, float *restrict sliver)
+/* k range [q0, q0 + kc) and columns [j0, j0 + NR) of op(B) as sliver[q * NR + c]; columns past n are zero.
+ * op(B) = W^T (the forward product) is a transposition, left to the kernel set; rows of op(B) that are
+ * contiguous are plain copies. */
+static void pack_b_sliver(const gemm_problem *p, const cpu_kernels *kernels, int q0, int kc, int j0,
+                          float *restrict sliver)
 {
     const int cols = imin(NR, p->n - j0);
     const float *src = p->b + q0 * p->b_rs + j0 * p->b_cs;
     if (p->b_rs == 1 && p->b_cs != 1) {
-        for (int c = 0; c < cols; ++c)
-            for (int q = 0; q < kc; ++q)
-                sliver[q * NR + c] = src[c * p->b_cs + q];
-    } else {
-        for (int q = 0; q < kc; ++q)
-            for (int c = 0; c < cols; ++c)
-                sliver[q * NR + c] = src[q * p->b_rs + c * p->b_cs];
+        kernels->pack_b_transposed(src, p->b_cs, cols, kc, sliver);
+        return;
     }
+    if (p->b_cs == 1 && cols == NR) {
+        for (int q = 0; q < kc; ++q)
+            memcpy(sliver + q * NR, src + q * p->b_rs, NR * sizeof(float));
+        return;
+    }
+    for (int q = 0; q < kc; ++q)
+        for (int c = 0; c < cols; ++c)
+            sliver[q * NR + c] = src[q * p->b_rs + c * p->b_cs];
     for (int q = 0; q < kc; ++q)
         for (int c = cols; c < NR; ++c)
             sliver[q * NR + c] = 0.0f;
 }
 
-/* One MR x NR tile. Edge tiles run the same micro-kernel on a zero-padded copy, so every element of C is
- * computed by the same instructions wherever the tile boundaries fall. */
+/* Copies the rows x cols corner of a tile into an MR x NR stage, zeros elsewhere. */
+static void stage_tile(float *stage, const float *src, ptrdiff_t ld, int rows, int cols)
+{
+    memset(stage, 0, MR * NR * sizeof(float));
+    for (int r = 0; r < rows; ++r)
+        memcpy(stage + r * NR, src + r * ld, (size_t)cols * sizeof(float));
+}
+
+/* One MR x NR tile. Edge tiles run the same micro-kernel on a staged copy, so every element of C is
+ * computed by the same instructions wherever the tile boundaries fall. The stage is filled only where the
+ * kernel reads it (C when accumulating, aux for the derivative), zero-padded beyond the edge. */
 static void packed_tile(const gemm_problem *p, const cpu_kernels *kernels, const float *a_sliver,
                         const float *b_sliver, int kc, int row0, int col0, int accumulate, int finish)
 {
@@ -217,15 +237,12 @@ static void packed_tile(const gemm_problem *p, const cpu_kernels *kernels, const
         kernels->microkernel(kc, a_sliver, b_sliver, &out);
         return;
     }
-    _Alignas(ALIGN_BYTES) float c_stage[MR * NR] = {0};
-    _Alignas(ALIGN_BYTES) float aux_stage[MR * NR] = {0};
-    for (int r = 0; r < rows; ++r)
-        for (int c = 0; c < cols; ++c) {
-            if (accumulate)
-                c_stage[r * NR + c] = out.c[r * p->ldc + c];
-            if (needs_aux)
-                aux_stage[r * NR + c] = out.aux[r * p->ep.ld_aux + c];
-        }
+    _Alignas(ALIGN_BYTES) float c_stage[MR * NR];
+    _Alignas(ALIGN_BYTES) float aux_stage[MR * NR];
+    if (accumulate)
+        stage_tile(c_stage, out.c, p->ldc, rows, cols);
+    if (needs_aux)
+        stage_tile(aux_stage, out.aux, p->ep.ld_aux, rows, cols);
     float *c_tile = out.c;
     out.c = c_stage;
     out.ldc = NR;
@@ -233,43 +250,71 @@ static void packed_tile(const gemm_problem *p, const cpu_kernels *kernels, const
     out.ld_aux = NR;
     kernels->microkernel(kc, a_sliver, b_sliver, &out);
     for (int r = 0; r < rows; ++r)
-        for (int c = 0; c < cols; ++c)
-            c_tile[r * p->ldc + c] = c_stage[r * NR + c];
+        memcpy(c_tile + r * p->ldc, c_stage + r * NR, (size_t)cols * sizeof(float));
 }
 
-/* The five BLIS loops. The team packs each B panel and A block together (split by slivers), then splits
- * the block's micro-tiles (column sliver major, so a thread's B sliver stays in L1 while A streams from
- * L2). Each element's k blocks are added in order, so thread count never changes a result. */
+/* The thread grid of one product: m_parts x n_parts threads, each owning a block of row slivers x column
+ * slivers of C. It minimises a thread's work, estimated as its multiply-adds (16 per cycle) plus its
+ * packing (about 2 elements per cycle, A and B panels of its block). Speed only: results never depend
+ * on it. */
+static void thread_grid(int m_slivers, int n_slivers, int team, int *m_parts, int *n_parts)
+{
+    double best = 0.0;
+    *m_parts = *n_parts = 1;
+    for (int np = 1; np <= imin(team, n_slivers); ++np) {
+        const int mp = imin(team / np, m_slivers);
+        const double rows = (double)((m_slivers + mp - 1) / mp * MR);
+        const double cols = (double)((n_slivers + np - 1) / np * NR);
+        const double cost = rows * cols / 16.0 + (rows + cols) / 2.0;
+        if (np == 1 || cost < best) {
+            best = cost;
+            *m_parts = mp;
+            *n_parts = np;
+        }
+    }
+}
+
+/* The five BLIS loops, run by each thread on its own block of C with its own packing buffers, so threads
+ * never wait for each other inside a product (one barrier at the end). Each element's k blocks are added
+ * in the same order whoever computes it, so thread count never changes a result. */
 static void gemm_packed(const gemm_problem *p, const pack_buffers *buffers, const cpu_kernels *kernels)
 {
     const int team = omp_get_num_threads(), tid = omp_get_thread_num();
-    ptrdiff_t lo, hi;
-    for (int jc = 0; jc < p->n; jc += NC) {
-        const int nc = imin(NC, p->n - jc), n_slivers = (nc + NR - 1) / NR;
-        for (int pc = 0; pc < p->k; pc += KC) {
-            const int kc = imin(KC, p->k - pc);
-            const int accumulate = pc > 0, finish = pc + kc == p->k;
-            split_range(n_slivers, team, tid, &lo, &hi);
-            for (ptrdiff_t s = lo; s < hi; ++s)
-                pack_b_sliver(p, pc, kc, jc + (int)s * NR, buffers->b_packed + s * NR * kc);
-            for (int ic = 0; ic < p->m; ic += MC) {
-                const int mc = imin(MC, p->m - ic), m_slivers = (mc + MR - 1) / MR;
-                split_range(m_slivers, team, tid, &lo, &hi);
-                for (ptrdiff_t s = lo; s < hi; ++s)
-                    pack_a_sliver(p, ic + (int)s * MR, pc, kc, buffers->a_packed + s * MR * kc);
-#pragma omp barrier
-                split_range((ptrdiff_t)m_slivers * n_slivers, team, tid, &lo, &hi);
-                for (ptrdiff_t t = lo; t < hi; ++t) {
-                    const int jr = (int)(t / m_slivers), ir = (int)(t % m_slivers);
-                    packed_tile(p, kernels, buffers->a_packed + (ptrdiff_t)ir * MR * kc,
-                                buffers->b_packed + (ptrdiff_t)jr * NR * kc, kc, ic + ir * MR,
-                                jc + jr * NR, accumulate, finish);
+    const int m_slivers = (p->m + MR - 1) / MR, n_slivers = (p->n + NR - 1) / NR;
+    int m_parts, n_parts;
+    thread_grid(m_slivers, n_slivers, team, &m_parts, &n_parts);
+    if (tid < m_parts * n_parts) {
+        float *a_packed = buffers->a_packed + tid * buffers->a_floats;
+        float *b_packed = buffers->b_packed + tid * buffers->b_floats;
+        ptrdiff_t row_lo, row_hi, col_lo, col_hi;
+        split_range(m_slivers, m_parts, tid / n_parts, &row_lo, &row_hi);
+        split_range(n_slivers, n_parts, tid % n_parts, &col_lo, &col_hi);
+        /* Cache blocks of at most NC columns and MC rows, of balanced sizes (in slivers). */
+        const ptrdiff_t n_blocks = (col_hi - col_lo + NC / NR - 1) / (NC / NR);
+        const ptrdiff_t m_blocks = (row_hi - row_lo + MC / MR - 1) / (MC / MR);
+        const ptrdiff_t nc_slivers = n_blocks ? (col_hi - col_lo + n_blocks - 1) / n_blocks : 0;
+        const ptrdiff_t mc_slivers = m_blocks ? (row_hi - row_lo + m_blocks - 1) / m_blocks : 0;
+        for (ptrdiff_t jc = col_lo; jc < col_hi; jc += nc_slivers) {
+            const ptrdiff_t jc_end = jc + nc_slivers < col_hi ? jc + nc_slivers : col_hi;
+            for (int pc = 0; pc < p->k; pc += KC) {
+                const int kc = imin(KC, p->k - pc);
+                const int accumulate = pc > 0, finish = pc + kc == p->k;
+                for (ptrdiff_t s = jc; s < jc_end; ++s)
+                    pack_b_sliver(p, kernels, pc, kc, (int)s * NR, b_packed + (s - jc) * NR * kc);
+                for (ptrdiff_t ic = row_lo; ic < row_hi; ic += mc_slivers) {
+                    const ptrdiff_t ic_end = ic + mc_slivers < row_hi ? ic + mc_slivers : row_hi;
+                    for (ptrdiff_t s = ic; s < ic_end; ++s)
+                        pack_a_sliver(p, kernels, (int)s * MR, pc, kc, a_packed + (s - ic) * MR * kc);
+                    for (ptrdiff_t jr = jc; jr < jc_end; ++jr)
+                        for (ptrdiff_t ir = ic; ir < ic_end; ++ir)
+                            packed_tile(p, kernels, a_packed + (ir - ic) * MR * kc,
+                                        b_packed + (jr - jc) * NR * kc, kc, (int)ir * MR, (int)jr * NR,
+                                        accumulate, finish);
                 }
-                /* The packed block (and, after the last ic, the panel) is refilled next. */
-#pragma omp barrier
             }
         }
     }
+#pragma omp barrier
 }
 
 void gemm_team(int kernel, const gemm_problem *problem, const pack_buffers *buffers,
@@ -304,7 +349,7 @@ int mlp_gemm_workspace_create(mlp_gemm_workspace **out, int max_m, int max_n, in
     mlp_gemm_workspace *ws = calloc(1, sizeof *ws);
     if (!ws)
         return MLP_ERR_MEMORY;
-    if (pack_buffers_alloc(&ws->packs, max_m, max_n) != MLP_OK) {
+    if (pack_buffers_alloc(&ws->packs, max_m, max_n, max_threads) != MLP_OK) {
         free(ws);
         return MLP_ERR_MEMORY;
     }
@@ -344,7 +389,11 @@ int mlp_gemm(mlp_gemm_workspace *workspace, int kernel, int threads, int transpo
         .c = c, .ldc = ldc,
         .ep = {.kind = EPI_STORE},
     };
+    if (threads == 1) {
+        gemm_team(kernel, &problem, &workspace->packs, workspace->kernels);
+    } else {
 #pragma omp parallel num_threads(threads)
-    gemm_team(kernel, &problem, &workspace->packs, workspace->kernels);
+        gemm_team(kernel, &problem, &workspace->packs, workspace->kernels);
+    }
     return MLP_OK;
 }

@@ -62,6 +62,10 @@ typedef struct {
     /* d[i][j] *= act'(a[i][j]) over a rows x cols block, act' written in terms of the output a. */
     void (*activation_derivative)(float *d, ptrdiff_t ldd, int rows, int cols, const float *a,
                                   ptrdiff_t lda, int activation);
+    /* Packs an A sliver of a row-major A: sliver[q * MR + r] = src[r * ld + q] for r < rows, zero above. */
+    void (*pack_a_rows)(const float *src, ptrdiff_t ld, int rows, int kc, float *sliver);
+    /* Packs a B sliver of op(B) = W^T: sliver[q * NR + c] = src[c * ld + q] for c < cols, zero above. */
+    void (*pack_b_transposed)(const float *src, ptrdiff_t ld, int cols, int kc, float *sliver);
 } cpu_kernels;
 
 extern const cpu_kernels portable_kernels;
@@ -83,14 +87,16 @@ typedef struct {
     epilogue ep;
 } gemm_problem;
 
-/* Packed operands, shared by the team: one MC x KC block of A and one KC x NC panel of B. */
+/* Packed operands, one slot per thread: an MC x KC block of A (a_floats) and a KC x NC panel of B
+ * (b_floats), both cut down to the largest product the owner will run. */
 typedef struct {
     float *a_packed;
     float *b_packed;
+    ptrdiff_t a_floats, b_floats;
     int max_m, max_n;
 } pack_buffers;
 
-int pack_buffers_alloc(pack_buffers *buffers, int max_m, int max_n);
+int pack_buffers_alloc(pack_buffers *buffers, int max_m, int max_n, int max_threads);
 void pack_buffers_free(pack_buffers *buffers);
 
 /* Runs one product with the given ladder version. Called by every thread of the current team (or outside

@@ -125,6 +125,67 @@ static void activation_derivative_avx2(float *d, ptrdiff_t ldd, int rows, int co
     }
 }
 
+/* In-register transposition of an 8 x 8 block. */
+static inline void transpose8(__m256 r[8])
+{
+    __m256 t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int i = 0; i < 4; ++i) {
+        r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+        r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+    }
+}
+
+/* The forward product's B = W^T sliver, 8 x 8 blocks at a time: W's rows are read contiguously and each
+ * block is transposed in registers, instead of one strided store per element. Columns past `cols` enter
+ * the block as zero rows, which is the padding. */
+static void pack_b_transposed_avx2(const float *src, ptrdiff_t ld, int cols, int kc, float *sliver)
+{
+    int q = 0;
+    for (; q + 8 <= kc; q += 8)
+        for (int half = 0; half < NR; half += 8) {
+            __m256 r[8];
+            for (int i = 0; i < 8; ++i)
+                r[i] = half + i < cols ? _mm256_loadu_ps(src + (half + i) * ld + q) : _mm256_setzero_ps();
+            transpose8(r);
+            for (int i = 0; i < 8; ++i)
+                _mm256_store_ps(sliver + (q + i) * NR + half, r[i]);
+        }
+    for (; q < kc; ++q)
+        for (int c = 0; c < NR; ++c)
+            sliver[q * NR + c] = c < cols ? src[c * ld + q] : 0.0f;
+}
+
+/* An A sliver of six rows of a row-major A, 8 columns at a time: the rows (zero past `rows`) and two zero
+ * rows make an 8 x 8 block, transposed in registers; each column's six values are stored as 4 + 2 floats. */
+static void pack_a_rows_avx2(const float *src, ptrdiff_t ld, int rows, int kc, float *sliver)
+{
+    int q = 0;
+    for (; q + 8 <= kc; q += 8) {
+        __m256 r[8];
+        for (int i = 0; i < 8; ++i)
+            r[i] = i < rows ? _mm256_loadu_ps(src + i * ld + q) : _mm256_setzero_ps();
+        transpose8(r);
+        for (int i = 0; i < 8; ++i) {
+            float *dst = sliver + (q + i) * MR;
+            _mm_storeu_ps(dst, _mm256_castps256_ps128(r[i]));
+            _mm_storel_pi((__m64 *)(dst + 4), _mm256_extractf128_ps(r[i], 1));
+        }
+    }
+    for (; q < kc; ++q)
+        for (int r = 0; r < MR; ++r)
+            sliver[q * MR + r] = r < rows ? src[r * ld + q] : 0.0f;
+}
+
 /* One row (two vectors) of the tile: accumulate into C if asked, apply the epilogue on the last k block. */
 static inline void finish_row(const tile_output *out, int r, __m256 v0, __m256 v1)
 {
@@ -191,4 +252,6 @@ const cpu_kernels avx2_kernels = {
     .microkernel = microkernel_avx2,
     .bias_activation = bias_activation_avx2,
     .activation_derivative = activation_derivative_avx2,
+    .pack_a_rows = pack_a_rows_avx2,
+    .pack_b_transposed = pack_b_transposed_avx2,
 };

@@ -52,6 +52,26 @@ static void activation_derivative_portable(float *d, ptrdiff_t ldd, int rows, in
     }
 }
 
+static void pack_a_rows_portable(const float *src, ptrdiff_t ld, int rows, int kc, float *restrict sliver)
+{
+    for (int r = 0; r < rows; ++r)
+        for (int q = 0; q < kc; ++q)
+            sliver[q * MR + r] = src[r * ld + q];
+    for (int q = 0; q < kc; ++q)
+        for (int r = rows; r < MR; ++r)
+            sliver[q * MR + r] = 0.0f;
+}
+
+static void pack_b_transposed_portable(const float *src, ptrdiff_t ld, int cols, int kc, float *restrict sliver)
+{
+    for (int c = 0; c < cols; ++c)
+        for (int q = 0; q < kc; ++q)
+            sliver[q * NR + c] = src[c * ld + q];
+    for (int q = 0; q < kc; ++q)
+        for (int c = cols; c < NR; ++c)
+            sliver[q * NR + c] = 0.0f;
+}
+
 /* The MR x NR register tile written as arrays; the compiler vectorises the inner loop with whatever the
  * baseline flags allow. */
 static void microkernel_portable(ptrdiff_t k, const float *a, const float *b, const tile_output *out)
@@ -85,4 +105,6 @@ const cpu_kernels portable_kernels = {
     .microkernel = microkernel_portable,
     .bias_activation = bias_activation_portable,
     .activation_derivative = activation_derivative_portable,
+    .pack_a_rows = pack_a_rows_portable,
+    .pack_b_transposed = pack_b_transposed_portable,
 };

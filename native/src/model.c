@@ -15,7 +15,7 @@
 /* Far above any width or batch of the study; keeps every index product well inside ptrdiff_t. */
 enum { SIZE_LIMIT = 1 << 24 };
 
-typedef enum { STAGE_NONE, STAGE_FORWARD, STAGE_BACKPROP, STAGE_UPDATE } stage;
+typedef enum { STAGE_NONE, STAGE_FORWARD, STAGE_BACKPROP, STAGE_UPDATE } stage_kind;
 
 typedef struct {
     int n_in, n_out;
@@ -37,7 +37,7 @@ struct mlp_model {
     pack_buffers packs;
     int forward_batch;    /* batch size whose activations backprop may use; 0: none */
     int grads_ready;
-    stage last_stage;
+    stage_kind last_stage;
 };
 
 const char *mlp_error_message(int status)
@@ -165,7 +165,7 @@ int mlp_model_create(mlp_model **out, int n_layers, const int *sizes, int activa
     model->row_loss = calloc((size_t)max_batch, sizeof *model->row_loss);
     ok = ok && model->logits && model->delta[0] && model->delta[1] && model->row_loss;
     /* Products: forward (batch x n_out), weight gradient (n_out x n_in), input gradient (batch x n_in). */
-    if (!ok || pack_buffers_alloc(&model->packs, max_int(max_batch, widest_output), widest) != MLP_OK) {
+    if (!ok || pack_buffers_alloc(&model->packs, max_int(max_batch, widest_output), widest, max_threads) != MLP_OK) {
         mlp_model_destroy(model);
         return MLP_ERR_MEMORY;
     }
@@ -251,6 +251,14 @@ int mlp_poison(mlp_model *model)
 
 /* ------------------------------------------------------------------ stages, run by every thread of a team */
 
+/* What a stage call works on. */
+typedef struct {
+    mlp_model *model;
+    int batch;
+    const float *x, *targets;
+    float lr, weight_decay;
+} stage_args;
+
 static void forward_layers(mlp_model *model, int batch, const float *x)
 {
     const float *input = x;
@@ -270,6 +278,14 @@ static void forward_layers(mlp_model *model, int batch, const float *x)
     }
 }
 
+/* One row of the output gradient (P - T) / batch: the mean loss's derivative for both losses. */
+static void output_gradient(int batch, const float *p, const float *t, float *dz, int n)
+{
+    const float scale = (float)batch;
+    for (int j = 0; j < n; ++j)
+        dz[j] = (p[j] - t[j]) / scale;
+}
+
 static float sigmoid_from_double(double z)
 {
     const double e = exp(-fabs(z));
@@ -277,15 +293,17 @@ static float sigmoid_from_double(double z)
 }
 
 /* Output probabilities and per-sample losses of rows [lo, hi), from the logits (never from the rounded
- * probabilities): log-sum-exp - z.t for softmax, softplus(z) - t z for the sigmoid. */
-static void output_rows(mlp_model *model, ptrdiff_t lo, ptrdiff_t hi, const float *targets)
+ * probabilities): log-sum-exp - z.t for softmax, softplus(z) - t z for the sigmoid. With `gradient`, also
+ * the output gradient dZ = (P - T) / batch of those rows. */
+static void output_rows(const stage_args *s, ptrdiff_t lo, ptrdiff_t hi, int gradient)
 {
+    mlp_model *model = s->model;
     const int n = model->layers[model->n_layers - 1].n_out;
     float *probs = model->layers[model->n_layers - 1].output;
     for (ptrdiff_t i = lo; i < hi; ++i) {
         const float *z = model->logits + i * n;
         float *p = probs + i * n;
-        const float *t = targets ? targets + i * n : NULL;
+        const float *t = s->targets ? s->targets + i * n : NULL;
         double loss = 0.0;
         if (model->loss == MLP_SOFTMAX_CE) {
             float z_max = z[0];
@@ -311,15 +329,17 @@ static void output_rows(mlp_model *model, ptrdiff_t lo, ptrdiff_t hi, const floa
             }
         }
         model->row_loss[i] = loss;
+        if (gradient)
+            output_gradient(s->batch, p, t, model->delta[0] + i * n, n);
     }
 }
 
-static void forward_team(mlp_model *model, int batch, const float *x, const float *targets)
+static void forward_team(const stage_args *s, int gradient)
 {
-    forward_layers(model, batch, x);
+    forward_layers(s->model, s->batch, s->x);
     ptrdiff_t lo, hi;
-    split_range(batch, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
-    output_rows(model, lo, hi, targets);
+    split_range(s->batch, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
+    output_rows(s, lo, hi, gradient);
 #pragma omp barrier
 }
 
@@ -337,21 +357,24 @@ static void bias_gradient(const float *dz, int batch, int n, float *grad_bias)
     }
 }
 
-static void backprop_team(mlp_model *model, int batch, const float *x, const float *targets)
+/* `gradient_ready`: the forward pass already wrote dZ of the output layer. */
+static void backprop_team(const stage_args *s, int gradient_ready)
 {
-    const int last = model->n_layers - 1;
-    const int n_out = model->layers[last].n_out;
-    const float *probs = model->layers[last].output;
-    const float scale = (float)batch;
-    int current = 0;
-    ptrdiff_t lo, hi;
-    split_range((ptrdiff_t)batch * n_out, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
-    for (ptrdiff_t e = lo; e < hi; ++e)
-        model->delta[current][e] = (probs[e] - targets[e]) / scale;
+    mlp_model *model = s->model;
+    const int batch = s->batch, last = model->n_layers - 1;
+    if (!gradient_ready) {
+        const int n_out = model->layers[last].n_out;
+        ptrdiff_t lo, hi;
+        split_range(batch, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
+        for (ptrdiff_t i = lo; i < hi; ++i)
+            output_gradient(batch, model->layers[last].output + i * n_out, s->targets + i * n_out,
+                            model->delta[0] + i * n_out, n_out);
 #pragma omp barrier
+    }
+    int current = 0;
     for (int l = last; l >= 0; --l) {
         const layer *ly = &model->layers[l];
-        const float *input = l > 0 ? model->layers[l - 1].output : x;
+        const float *input = l > 0 ? model->layers[l - 1].output : s->x;
         const float *dz = model->delta[current];
         const gemm_problem grad_weights = {
             .m = ly->n_out, .n = ly->n_in, .k = batch,
@@ -379,8 +402,10 @@ static void backprop_team(mlp_model *model, int batch, const float *x, const flo
 #pragma omp barrier
 }
 
-static void update_team(mlp_model *model, float lr, float weight_decay)
+static void update_team(const stage_args *s)
 {
+    mlp_model *model = s->model;
+    const float lr = s->lr, weight_decay = s->weight_decay;
     const int team = omp_get_num_threads(), tid = omp_get_thread_num();
     ptrdiff_t lo, hi;
     for (int l = 0; l < model->n_layers; ++l) {
@@ -392,6 +417,29 @@ static void update_team(mlp_model *model, float lr, float weight_decay)
         for (ptrdiff_t e = lo; e < hi; ++e)
             ly->bias[e] -= lr * ly->grad_bias[e];
     }
+}
+
+static void forward_stage(const stage_args *s) { forward_team(s, 0); }
+static void backprop_stage(const stage_args *s) { backprop_team(s, 0); }
+
+/* The whole step in one region; the output gradient comes with the forward pass's last rows. */
+static void train_step_stage(const stage_args *s)
+{
+    forward_team(s, 1);
+    backprop_team(s, 1);
+    update_team(s);
+}
+
+/* One parallel region of `threads` threads running `stage`; a single thread needs no team at all (its
+ * barriers are then no-ops). */
+static void run_team(int threads, void (*stage)(const stage_args *), const stage_args *args)
+{
+    if (threads == 1) {
+        stage(args);
+        return;
+    }
+#pragma omp parallel num_threads(threads)
+    stage(args);
 }
 
 /* ------------------------------------------------------------------ entry points */
@@ -420,8 +468,8 @@ int mlp_forward(mlp_model *model, int threads, int batch, const float *x, const 
     const int status = check_stage(model, threads, batch, x);
     if (status != MLP_OK)
         return status;
-#pragma omp parallel num_threads(threads)
-    forward_team(model, batch, x, targets);
+    const stage_args args = {.model = model, .batch = batch, .x = x, .targets = targets};
+    run_team(threads, forward_stage, &args);
     model->forward_batch = batch;
     model->last_stage = STAGE_FORWARD;
     if (loss)
@@ -438,8 +486,8 @@ int mlp_backprop(mlp_model *model, int threads, int batch, const float *x, const
         return MLP_ERR_NULL;
     if (model->forward_batch != batch)
         return MLP_ERR_STATE;
-#pragma omp parallel num_threads(threads)
-    backprop_team(model, batch, x, targets);
+    const stage_args args = {.model = model, .batch = batch, .x = x, .targets = targets};
+    run_team(threads, backprop_stage, &args);
     model->grads_ready = 1;
     model->last_stage = STAGE_BACKPROP;
     return MLP_OK;
@@ -460,8 +508,8 @@ int mlp_update(mlp_model *model, int threads, float lr, float weight_decay)
         return MLP_ERR_ARG;
     if (!model->grads_ready)
         return MLP_ERR_STATE;
-#pragma omp parallel num_threads(threads)
-    update_team(model, lr, weight_decay);
+    const stage_args args = {.model = model, .lr = lr, .weight_decay = weight_decay};
+    run_team(threads, update_team, &args);
     model->forward_batch = 0; /* the activations belong to the old parameters */
     model->last_stage = STAGE_UPDATE;
     return MLP_OK;
@@ -477,12 +525,9 @@ int mlp_train_step(mlp_model *model, int threads, int batch, const float *x, con
         return MLP_ERR_NULL;
     if (check_step_size(lr, weight_decay) != MLP_OK)
         return MLP_ERR_ARG;
-#pragma omp parallel num_threads(threads)
-    {
-        forward_team(model, batch, x, targets);
-        backprop_team(model, batch, x, targets);
-        update_team(model, lr, weight_decay);
-    }
+    const stage_args args = {.model = model, .batch = batch, .x = x, .targets = targets, .lr = lr,
+                             .weight_decay = weight_decay};
+    run_team(threads, train_step_stage, &args);
     model->forward_batch = 0;
     model->grads_ready = 1;
     model->last_stage = STAGE_UPDATE;
