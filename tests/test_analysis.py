@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -168,4 +169,40 @@ def test_figures_of_a_run_where_nothing_could_be_timed(tmp_path: Path) -> None:
     results = load_run(run)
     assert summary.stage_table(results).empty and summary.ladder_table(results).empty
     assert summary.correctness_table(results).empty and summary.training_table(results).empty
+    _check_files(draw_all(results, tmp_path / "figures"))
+
+
+def test_gpu_shaped_rows_take_the_gpu_paths(tmp_path: Path) -> None:
+    """Until a GPU run exists here, the fixture's ``torch-cpu`` rows stand in for two GPU backends (with a
+    ``transfer`` stage) and its CPU ladder for a GPU ladder, so the GPU code paths of every table and figure
+    run: baselines, stacking of ``transfer``, GPU ceilings."""
+    run = tmp_path / "gpu-shaped"
+    shutil.copytree(FIXTURE, run)
+    rows = read_table(FIXTURE / "rows.csv")
+    torch = rows[(rows.backend == "torch-cpu") & (rows.status == "ok") & (rows.study != "threads")]
+    gpu = []
+    for backend in ("torch-gpu", "cuda-opt"):
+        copy = torch.assign(backend=backend, device="cuda", threads=np.nan,
+                            key=torch.key.str.replace("torch-cpu", backend))
+        transfer = copy[copy.stage == "forward"].assign(stage="transfer", flops=np.nan, gflops=np.nan)
+        both = pd.concat([copy, transfer]).assign(block_rows=lambda f: f.groupby("key").key.transform("size"))
+        gpu.append(both.sort_values("key", kind="stable"))
+    pd.concat([rows, *gpu]).to_csv(run / "rows.csv", index=False)
+    ladder = read_table(FIXTURE / "ladder.csv")
+    cpu = ladder[(ladder.device == "cpu") & ladder.impl.isin(["numpy", "c-v1"])]
+    fake = cpu.assign(device="gpu", impl=cpu.impl.map({"numpy": "torch-gpu", "c-v1": "cuda-v1"}),
+                      ceiling_impl="torch-gpu", key="gpu")
+    pd.concat([ladder[ladder.device == "cpu"], fake.assign(block_rows=len(fake))]).to_csv(run / "ladder.csv",
+                                                                                          index=False)
+    results = load_run(run)
+    stages = summary.stage_table(results)
+    gpu_rows = stages[stages.backend.isin(["torch-gpu", "cuda-opt"])]
+    assert (gpu_rows.baseline == "torch-gpu").all() and (gpu_rows.speedup == 1).all()
+    assert gpu_rows.transfer_s.notna().all()
+    assert gpu_rows.stages_sum_s.to_numpy() == pytest.approx(
+        (gpu_rows.forward_s + gpu_rows.backprop_s + gpu_rows.update_s).to_numpy())
+    width = summary.width_table(results)
+    assert (width[width.backend == "cuda-opt"].ceiling_impl == "torch-gpu").all()
+    ladder_table = summary.ladder_table(results)
+    assert ladder_table[ladder_table.impl == "torch-gpu"].pct_of_ceiling.iloc[0] == pytest.approx(100)
     _check_files(draw_all(results, tmp_path / "figures"))
