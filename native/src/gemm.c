@@ -10,9 +10,10 @@
  *
  * Rungs 1 and 2 run the epilogue as a separate pass over each finished output tile.
  *
- * Parallelism: every rung splits the OUTPUT into tiles and gives each thread a contiguous range of tiles;
- * each element's sum over k is computed whole by one thread in an order fixed by the code (never by the
- * partition), so the result is bit-identical for any number of threads.
+ * Parallelism: every rung splits the OUTPUT among threads (rungs 1 and 2: contiguous ranges of tiles;
+ * rung 3: a grid of blocks, each thread packing its own panels); each element's sum over k is computed
+ * whole by one thread in an order fixed by the code (never by the partition), so the result is
+ * bit-identical for any number of threads.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -294,10 +295,12 @@ static void gemm_packed(const gemm_problem *p, const pack_buffers *buffers, cons
         const ptrdiff_t m_blocks = (row_hi - row_lo + MC / MR - 1) / (MC / MR);
         const ptrdiff_t nc_slivers = n_blocks ? (col_hi - col_lo + n_blocks - 1) / n_blocks : 0;
         const ptrdiff_t mc_slivers = m_blocks ? (row_hi - row_lo + m_blocks - 1) / m_blocks : 0;
+        /* The k blocks depend on k alone (never on the thread grid): they fix each sum's order. */
+        const int k_blocks = (p->k + KC - 1) / KC, kc_block = (p->k + k_blocks - 1) / k_blocks;
         for (ptrdiff_t jc = col_lo; jc < col_hi; jc += nc_slivers) {
             const ptrdiff_t jc_end = jc + nc_slivers < col_hi ? jc + nc_slivers : col_hi;
-            for (int pc = 0; pc < p->k; pc += KC) {
-                const int kc = imin(KC, p->k - pc);
+            for (int pc = 0; pc < p->k; pc += kc_block) {
+                const int kc = imin(kc_block, p->k - pc);
                 const int accumulate = pc > 0, finish = pc + kc == p->k;
                 for (ptrdiff_t s = jc; s < jc_end; ++s)
                     pack_b_sliver(p, kernels, pc, kc, (int)s * NR, b_packed + (s - jc) * NR * kc);
