@@ -37,9 +37,6 @@ TUNE_CONFIGS = [
     {"BM": 128, "BN": 128, "BK": 8, "WM": 64, "WN": 32, "MIN_BLOCKS": 2},
     {"BM": 128, "BN": 128, "BK": 16, "WM": 64, "WN": 32, "MIN_BLOCKS": 2},
     {"BM": 128, "BN": 128, "BK": 16, "WM": 64, "WN": 64, "MIN_BLOCKS": 2},
-    {"BM": 128, "BN": 128, "BK": 8, "WM": 64, "WN": 64, "MIN_BLOCKS": 2},
-    {"BM": 64, "BN": 128, "BK": 16, "WM": 32, "WN": 64, "MIN_BLOCKS": 3},
-    {"BM": 128, "BN": 64, "BK": 16, "WM": 64, "WN": 32, "MIN_BLOCKS": 3},
 ]
 
 # (preset or sizes, batch, learning rate for the timed steps, backends)

@@ -44,6 +44,7 @@ CASES = [
     (Network((5, 40), "tanh", "softmax-ce"), 9),
     (Network((12, 24, 6), "relu", "softmax-ce"), 600),
     (Network((300, 260, 130), "sigmoid", "softmax-ce"), 200),
+    (Network((1030, 20, 3), "tanh", "softmax-ce"), 8),  # cuda-opt splits k of the first product
 ]
 
 
@@ -167,7 +168,8 @@ def test_torch_graph_recaptures_for_a_new_step_size_and_matches_eager():
 
 @pytest.mark.parametrize("version", [1, 2, 3])
 @pytest.mark.parametrize("layout", ["nn", "nt", "tn"])
-@pytest.mark.parametrize("M, N, K", [(1, 1, 1), (7, 33, 257), (257, 129, 64), (128, 256, 512)])
+@pytest.mark.parametrize("M, N, K", [(1, 1, 1), (7, 33, 257), (257, 129, 64), (128, 256, 512), (64, 96, 2048),
+                                     (33, 17, 1030)])
 def test_matmul_rungs_match_float64(version, layout, M, N, K):
     from mlpbench.backends import cuda
 

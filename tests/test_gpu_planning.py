@@ -40,6 +40,11 @@ def test_fused_rejects_networks_too_wide_before_touching_the_gpu(sizes):
         load("cuda-fused", Network(sizes, loss="softmax-ce" if sizes[-1] > 1 else "sigmoid-bce"))
 
 
+def test_fused_rejects_networks_too_deep_before_touching_the_gpu():
+    with pytest.raises(ValueError, match=f"up to {cuda.FUSED_MAX_LAYERS} layers.*use cuda-opt"):
+        load("cuda-fused", Network((4,) * 34 + (2,)))
+
+
 def test_structs_match_the_kernel():
     # kernels/fused.cu static_asserts the same sizes; tests/test_kernels_compile.py compiles it.
     assert cuda._LAYER_DTYPE.itemsize == 72

@@ -54,6 +54,8 @@ EPI_STORE, EPI_BIAS_ACT, EPI_ACT_GRAD, EPI_SGD = 0, 1, 2, 3
 
 #: Widest layer cuda-fused accepts: its tiles stage up to FUSED_KCHUNK k values of 32 rows at once.
 FUSED_MAX_WIDTH = 512
+#: Most layers cuda-fused accepts (its layer and phase tables live in shared memory: MAX_LAYERS in fused.cu).
+FUSED_MAX_LAYERS = 32
 FUSED_KCHUNK = 512
 FUSED_HEAD_MAX = 16
 FUSED_THREADS = 256
@@ -74,7 +76,7 @@ MODULE_KERNELS: dict[str, tuple[str, ...]] = {
                     "sgd_update"),
     "naive": ("naive_nt", "naive_nn", "naive_tn"),
     "tiled": ("tiled_nt", "tiled_nn", "tiled_tn"),
-    "opt": ("opt_nt", "opt_nn", "opt_tn", "opt_nt_scalar", "opt_nn_scalar", "opt_tn_scalar"),
+    "opt": ("opt_nt", "opt_nn", "opt_tn", "opt_nt_scalar", "opt_nn_scalar", "opt_tn_scalar", "opt_splitk_sum"),
     "fused": ("fused_step",),
 }
 
@@ -95,7 +97,8 @@ def _kernels(module: str) -> dict[str, Any]:
 
 
 def _check_default_stream() -> None:
-    # PyCUDA launches on the legacy default stream; PyTorch work queued elsewhere would race with it.
+    # PyCUDA launches on the legacy default stream; PyTorch work queued elsewhere would race with it. The
+    # backends check in prepare() (once per batch); their stages assume the caller stays on that stream.
     if torch.cuda.current_stream().cuda_stream != 0:
         raise RuntimeError("the CUDA backends launch on the default stream; call them outside "
                            "torch.cuda.stream(...) blocks")
@@ -137,11 +140,23 @@ class _OptProducts:
     BN = dict(OPT.defines)["BN"]
     THREADS = 32 * (BM // dict(OPT.defines)["WM"]) * (BN // dict(OPT.defines)["WN"])
 
+    #: Split k only for products this deep (shallower ones with few tiles are cheap anyway).
+    SPLIT_MIN_K = 1024
+
     def __init__(self) -> None:
         kernels = _kernels("opt")
         fmt = "PPPiiiiPPiff"
         self._vector = {layout: kernels[f"opt_{layout}"].prepare(fmt) for layout in LAYOUTS}
         self._scalar = {layout: kernels[f"opt_{layout}_scalar"].prepare(fmt) for layout in LAYOUTS}
+        self._splitk_sum = kernels["opt_splitk_sum"].prepare("PPiiiiPPiff")
+        self._sm_count = gpu.info().sm_count
+
+    def splits(self, M: int, N: int, K: int) -> int:
+        """k slices for a product whose output tiles alone would leave SMs idle (two blocks fit per SM)."""
+        tiles = _blocks(N, self.BN) * _blocks(M, self.BM)
+        if K < self.SPLIT_MIN_K or tiles >= self._sm_count:
+            return 1
+        return min(8, _blocks(2 * self._sm_count, tiles), K // 256)
 
     @staticmethod
     def vector_ok(layout: str, M: int, N: int, K: int, *pointers: int) -> bool:
@@ -153,9 +168,19 @@ class _OptProducts:
                  weight_decay: float = 0.0) -> None:
         vector = self.vector_ok(layout, M, N, K, C, A, B, bias, aux)
         kernel = (self._vector if vector else self._scalar)[layout]
-        grid = (_blocks(N, self.BN), _blocks(M, self.BM), 1)
-        kernel.prepared_call(grid, (self.THREADS, 1, 1), C, A, B, M, N, K, mode, bias, aux, activation,
-                             lr, weight_decay)
+        splits = self.splits(M, N, K)
+        grid = (_blocks(N, self.BN), _blocks(M, self.BM), splits)
+        if splits == 1:
+            kernel.prepared_call(grid, (self.THREADS, 1, 1), C, A, B, M, N, K, mode, bias, aux, activation,
+                                 lr, weight_decay)
+            return
+        # Freed at return, but torch's allocator reuses memory in stream order, after these kernels.
+        partial = torch.empty(splits * M * N, dtype=torch.float32, device=gpu.device())
+        kernel.prepared_call(grid, (self.THREADS, 1, 1), partial.data_ptr(), A, B, M, N, K, EPI_STORE, 0, 0,
+                             IDENTITY, 0.0, 0.0)
+        self._splitk_sum.prepared_call((min(_blocks(M * N, 256), self._sm_count * 8), 1, 1), (256, 1, 1), C,
+                                       partial.data_ptr(), splits, M, N, mode, bias, aux, activation, lr,
+                                       weight_decay)
 
 
 _PRODUCT_CLASSES: dict[str, type] = {"naive": _NaiveProducts, "tiled": _TiledProducts, "opt": _OptProducts}
@@ -310,6 +335,8 @@ class _CudaModel(Model):
         """Check the host batch, copy it to the GPU and make the buffers hold at least its rows."""
         self._ensure_open()
         X, T = check_inputs(self.network, X, y)
+        # Checked here, not in every stage: asking torch for its current stream costs ~10 us of host time.
+        _check_default_stream()
         batch = X.shape[0]
         if batch > self._capacity:
             self._allocate(batch)
@@ -334,21 +361,18 @@ class _CudaModel(Model):
     def _start_forward(self, batch: Batch) -> None:
         self._ensure_open()
         self._check_batch(batch)
-        _check_default_stream()
 
     def _start_backprop(self, batch: Batch) -> None:
         self._ensure_open()
         self._check_batch(batch, need_targets=True)
         if not self._pending or batch.size != self._forward_size:
             raise RuntimeError("backprop needs a forward pass on the same labelled batch first")
-        _check_default_stream()
 
     def _start_update(self, lr: float, weight_decay: float) -> tuple[float, float]:
         self._ensure_open()
         lr, weight_decay = check_step_size(lr, weight_decay)
         if not self._has_grads:
             raise RuntimeError("update before backprop")
-        _check_default_stream()
         return lr, weight_decay
 
     def _forward_done(self, batch: Batch) -> None:
@@ -658,6 +682,9 @@ class FusedCudaModel(_CudaModel):
         if widest > FUSED_MAX_WIDTH:
             raise ValueError(f"cuda-fused runs networks up to {FUSED_MAX_WIDTH} wide; {network.name} has a layer "
                              f"of {widest}: use cuda-opt")
+        if network.n_layers > FUSED_MAX_LAYERS:
+            raise ValueError(f"cuda-fused runs networks of up to {FUSED_MAX_LAYERS} layers; {network.name} has "
+                             f"{network.n_layers}: use cuda-opt")
 
     def __init__(self, network: Network, params: Params) -> None:
         super().__init__(network, params)
@@ -754,7 +781,6 @@ class FusedCudaModel(_CudaModel):
             self._step_args = (lr, weight_decay)
         self._ensure_open()
         self._check_batch(batch, need_targets=True)
-        _check_default_stream()
         self._launch("step", batch, lr, weight_decay)
         self._parity ^= 1
         self._forward_size = batch.size

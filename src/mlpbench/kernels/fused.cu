@@ -33,6 +33,8 @@
 #define THREADS 256
 #define WARPS (THREADS / 32)
 #define MAX_TILE_ROWS 32  // micro (<= 2) x gm (<= 16)
+#define MAX_LAYERS 32     // the layer and phase tables are copied to shared memory at the start
+#define MAX_PHASES (2 * MAX_LAYERS + 2)
 
 #define PHASE_FORWARD 0
 #define PHASE_FORWARD_HEAD 1
@@ -136,12 +138,19 @@ __device__ __forceinline__ void stage_operand(float* stage, const Operand& op, i
                                               int kc) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int pitch = rows + 1;  // odd for even rows: the column writes below avoid bank conflicts
-    if (op.col == 1) {           // k contiguous: a warp per row, lanes along k
+    if (op.col == 1) {           // k contiguous: a warp per row, lanes along k, a whole row in flight at once
         for (int r = warp; r < rows; r += WARPS) {
             const bool inside = r0 + r < R;
             const float* src = op.data + (long)(r0 + r) * op.row + k0;
-#pragma unroll 8
-            for (int k = lane; k < kc; k += 32) stage[k * pitch + r] = inside ? __ldcg(src + k) : 0.0f;
+            float values[KCHUNK / 32];
+#pragma unroll
+            for (int j = 0; j < KCHUNK / 32; ++j) {
+                const int k = lane + 32 * j;
+                values[j] = (inside && k < kc) ? __ldcg(src + k) : 0.0f;
+            }
+#pragma unroll
+            for (int j = 0; j < KCHUNK / 32; ++j)
+                if (lane + 32 * j < kc) stage[(lane + 32 * j) * pitch + r] = values[j];
         }
     } else {  // rows contiguous (op.row == 1): lanes along rows (a power of two <= 32), then along k
         const int shift = log2_of(rows);
@@ -359,15 +368,25 @@ __device__ void update_phase(const Layer* layers, int n_layers, const Step& s) {
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1)
-    fused_step(const Layer* layers, const Phase* phases, int n_phases, int n_layers, const float* X,
+    fused_step(const Layer* layers_in, const Phase* phases_in, int n_phases, int n_layers, const float* X,
                const float* T, float* loss_rows, int batch, int activation, int loss_kind, int parity, float lr,
                float weight_decay, unsigned int* barrier) {
     extern __shared__ __align__(16) float smem[];
+    // Descriptors are read at every phase by every thread: one copy in shared memory saves two dependent
+    // trips to L2 per phase.
+    __shared__ Layer layer_table[MAX_LAYERS];
+    __shared__ Phase phase_table[MAX_PHASES];
+    for (int i = threadIdx.x; i < n_layers * (int)(sizeof(Layer) / 4); i += THREADS)
+        reinterpret_cast<int*>(layer_table)[i] = __ldg(reinterpret_cast<const int*>(layers_in) + i);
+    for (int i = threadIdx.x; i < n_phases * (int)(sizeof(Phase) / 4); i += THREADS)
+        reinterpret_cast<int*>(phase_table)[i] = __ldg(reinterpret_cast<const int*>(phases_in) + i);
+    __syncthreads();
+    const Layer* layers = layer_table;
     const Step s = {X, T, loss_rows, batch, activation, loss_kind, parity, lr, weight_decay};
     // The counter's top bit as the launch begins (no block can pass the first barrier before all read it).
     unsigned int top_bit = threadIdx.x == 0 ? load_acquire(barrier) & 0x80000000u : 0u;
     for (int p = 0; p < n_phases; ++p) {
-        const Phase phase = phases[p];
+        const Phase& phase = phase_table[p];
         const Layer& out_layer = layers[n_layers - 1];
         switch (phase.kind) {
             case PHASE_FORWARD:

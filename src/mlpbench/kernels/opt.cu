@@ -13,6 +13,10 @@
 // caller picks it only when every row length involved is a multiple of 4 and every pointer is 16-byte
 // aligned, and falls back to the scalar kernels otherwise (same tiling, one float per load).
 //
+// Split k: a launch with gridDim.z = S > 1 cuts k into S consecutive ranges (multiples of BK); slice z stores
+// its partial product to C + z * M * N and opt_splitk_sum adds the slices in order and applies the epilogue.
+// The host uses it when a product has too few output tiles to fill the GPU (a 1024 x 1024 output is 64 tiles).
+//
 // Epilogues (run-time mode, uniform per launch):
 //   EPI_STORE     C = A B
 //   EPI_BIAS_ACT  C = f(A B + bias[n])                 forward; f = ACT_IDENTITY for the output logits
@@ -116,6 +120,9 @@ __device__ __forceinline__ void opt_matmul(float* C, const float* A, const float
     __shared__ __align__(16) float B_stage[2][BK][BN + PAD];
     const int lda = A_K_MAJOR ? K : M, ldb = B_K_MAJOR ? K : N;
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const int k_span = (K + gridDim.z * BK - 1) / (gridDim.z * BK) * BK;
+    const int k_begin = blockIdx.z * k_span, k_end = min(K, k_begin + k_span);  // the host keeps it non-empty
+    C += (long)blockIdx.z * M * N;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int warp_m = (warp / WARPS_N) * WM, warp_n = (warp % WARPS_N) * WN;
     const int lane_m = (lane / 4) * 4, lane_n = (lane % 4) * 4;
@@ -127,19 +134,19 @@ __device__ __forceinline__ void opt_matmul(float* C, const float* A, const float
         for (int j = 0; j < WN_ITER * 4; ++j) acc[i][j] = 0.0f;
 
     float4 a_next[LOADS_A], b_next[LOADS_B];
-    load_tile<A_K_MAJOR, VEC, BM>(a_next, A, lda, m0, 0, M, K);
-    load_tile<B_K_MAJOR, VEC, BN>(b_next, B, ldb, n0, 0, N, K);
+    load_tile<A_K_MAJOR, VEC, BM>(a_next, A, lda, m0, k_begin, M, k_end);
+    load_tile<B_K_MAJOR, VEC, BN>(b_next, B, ldb, n0, k_begin, N, k_end);
     store_tile<A_K_MAJOR, BM>(A_stage[0], a_next);
     store_tile<B_K_MAJOR, BN>(B_stage[0], b_next);
     __syncthreads();
 
-    const int k_steps = (K + BK - 1) / BK;
+    const int k_steps = (k_end - k_begin + BK - 1) / BK;
     for (int step = 0; step < k_steps; ++step) {
         const int stage = step & 1;
         const bool more = step + 1 < k_steps;
         if (more) {  // in flight while this stage is multiplied
-            load_tile<A_K_MAJOR, VEC, BM>(a_next, A, lda, m0, (step + 1) * BK, M, K);
-            load_tile<B_K_MAJOR, VEC, BN>(b_next, B, ldb, n0, (step + 1) * BK, N, K);
+            load_tile<A_K_MAJOR, VEC, BM>(a_next, A, lda, m0, k_begin + (step + 1) * BK, M, k_end);
+            load_tile<B_K_MAJOR, VEC, BN>(b_next, B, ldb, n0, k_begin + (step + 1) * BK, N, k_end);
         }
 #pragma unroll
         for (int k = 0; k < BK; ++k) {
@@ -215,6 +222,17 @@ __device__ __forceinline__ void opt_matmul(float* C, const float* A, const float
     }
 
 extern "C" {
+// C = epilogue(sum over s of partial[s]), slices added in order.
+__global__ void opt_splitk_sum(float* C, const float* partial, int splits, int M, int N, int mode,
+                               const float* bias, float* aux, int activation, float lr, float weight_decay) {
+    const long total = (long)M * N;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
+        float sum = 0.0f;
+        for (int s = 0; s < splits; ++s) sum += partial[s * total + i];
+        C[i] = epilogue(mode, sum, bias + i % N, aux + i, activation, lr, weight_decay);
+    }
+}
+
 OPT_KERNEL(opt_nt, true, true, true)
 OPT_KERNEL(opt_nn, true, false, true)
 OPT_KERNEL(opt_tn, false, false, true)
