@@ -51,6 +51,8 @@ CASES = [
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("network, batch", CASES, ids=[f"{n.name}-{n.activation}-b{b}" for n, b in CASES])
 def test_every_stage_matches_the_reference(backend, network, batch):
+    if backend == "cuda-fused" and max(network.sizes) > 512:
+        pytest.skip("wider than cuda-fused accepts (test_fused_rejects_a_network_too_wide)")
     errors = compare_stages(backend, network, batch, seed=batch)
     assert max(errors.values()) <= FLOAT32_TOLERANCE, errors
 
