@@ -85,6 +85,14 @@ def test_matmul_defaults_and_out():
         np.testing.assert_allclose(out, A @ B, rtol=1e-5, atol=1e-6)
 
 
+def test_matmul_workspace_grows_and_shrinks_nothing():
+    rng = np.random.default_rng(4)
+    for m, n, k in [(3, 4, 5), (40, 300, 17), (2, 3, 700), (41, 1, 1)]:
+        A = rng.standard_normal((m, k)).astype(np.float32)
+        B = rng.standard_normal((k, n)).astype(np.float32)
+        assert_product_close(native.matmul(A, B, threads=2), A, B, False, False)
+
+
 def test_closed_workspace_refuses():
     gemm = native.Gemm(4, 4, threads=1)
     gemm.close()

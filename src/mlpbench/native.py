@@ -168,6 +168,7 @@ class Gemm:
 
     ``version`` picks the ladder rung (1 naive, 2 blocked, 3 packed); ``transpose_a`` / ``transpose_b`` use
     ``A.T`` / ``B.T`` of the stored arrays without copying. NaN and Inf propagate as in IEEE arithmetic.
+    One call at a time: the packing buffers are the workspace's.
     """
 
     def __init__(self, max_m: int, max_n: int, threads: int | None = None, variant: str = "omp",
@@ -233,14 +234,29 @@ class Gemm:
         self.close()
 
 
+_workspaces: dict[tuple[str, str, int], Gemm] = {}
+_workspaces_lock = threading.Lock()
+
+
 def matmul(A: np.ndarray, B: np.ndarray, *, version: int = 3, threads: int | None = None,
            transpose_a: bool = False, transpose_b: bool = False, variant: str = "omp",
            isa: str = "auto") -> np.ndarray:
-    """``op(A) @ op(B)`` in float32 with the C library's ladder rung ``version``; a one-off :class:`Gemm`
-    (for repeated calls, keep a :class:`Gemm` and pass ``out``)."""
+    """``op(A) @ op(B)`` in float32 with the C library's ladder rung ``version``, into a new array.
+
+    The packing workspace is kept per (variant, isa, threads) and only grows, so repeated calls allocate
+    nothing but their result (a :class:`Gemm` with ``out`` avoids even that)."""
     A = check_float32_matrix("A", A)
     B = check_float32_matrix("B", B)
+    threads = resolve_threads(library(variant), variant, threads)
     m = A.shape[1] if transpose_a else A.shape[0]
     n = B.shape[0] if transpose_b else B.shape[1]
-    with Gemm(m, n, threads=threads, variant=variant, isa=isa) as gemm:
+    with _workspaces_lock:  # C works in the workspace with the GIL released: one caller at a time
+        key = (variant, isa, threads)
+        gemm = _workspaces.get(key)
+        if gemm is None or gemm.max_m < m or gemm.max_n < n:
+            grown = Gemm(max(m, gemm.max_m if gemm else 1), max(n, gemm.max_n if gemm else 1),
+                         threads=threads, variant=variant, isa=isa)
+            if gemm is not None:
+                gemm.close()
+            _workspaces[key] = gemm = grown
         return gemm(A, B, version=version, transpose_a=transpose_a, transpose_b=transpose_b)

@@ -62,7 +62,8 @@ def _batch_pointers(batch: Batch) -> tuple[Any, Any]:
 
 
 class NativeCModel(Model):
-    """The network in C; subclasses choose the library build (``variant``)."""
+    """The network in C; subclasses choose the library build (``variant``). One call at a time: the C model's
+    buffers are shared by its stages."""
 
     variant: ClassVar[str]
 
