@@ -136,7 +136,7 @@ class Params:
     repeats: int = 20         # timed samples per stage
     warmup: int = 3           # untimed passes before timing
     min_repeats: int = 3      # never fewer samples, whatever the budget
-    budget_s: float = 60.0    # timing seconds per configuration: fewer repeats, or skipped beyond min_repeats
+    budget_s: float = 30.0    # timing seconds per configuration: fewer repeats, or skipped beyond min_repeats
     rotate: int = 4           # input batches cycled through while timing
     verify_batch: int = 64    # largest batch of the correctness check
     tolerance: float = FLOAT32_TOLERANCE
