@@ -215,6 +215,11 @@ static void microkernel_avx2(ptrdiff_t k, const float *a, const float *b, const 
     __m256 c11 = _mm256_setzero_ps(), c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
     __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps(), c40 = _mm256_setzero_ps();
     __m256 c41 = _mm256_setzero_ps(), c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+    /* The C tile is only touched after the k loop: fetch its lines (a row may straddle two) meanwhile. */
+    for (int r = 0; r < MR; ++r) {
+        _mm_prefetch((const char *)(out->c + r * out->ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(out->c + r * out->ldc + NR - 1), _MM_HINT_T0);
+    }
 #pragma GCC unroll 4
     for (ptrdiff_t p = 0; p < k; ++p) {
         const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
