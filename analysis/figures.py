@@ -135,8 +135,8 @@ def plot_speedup(results: Results) -> Figure:
 
 
 def plot_threads(results: Results) -> Figure:
-    """Speed-up over 1 thread against thread count, with the ideal line and the original study's points
-    (179.3 s on 1 thread, 40.1 s on 16: 4.47x)."""
+    """Speed-up over 1 thread against thread count, with the ideal line and, on the original study's
+    network, its points (179.3 s on 1 thread, 40.1 s on 16: 4.47x)."""
     table = summary.thread_scaling(results)
     if table.empty:
         return _empty("Thread scaling", "no threads study in these runs")
@@ -146,9 +146,12 @@ def plot_threads(results: Results) -> Figure:
     for col, (run_id, machine, network, batch) in enumerate(panels):
         ax = axes[0, col]
         data = table[(table.run_id == run_id) & (table.network == network) & (table.batch == batch)]
-        most = max(int(data.threads.max()), int(authors.threads.max()))
+        ours = network == summary.AUTHORS_NETWORK
+        most = max(int(data.threads.max()), int(authors.threads.max()) if ours else 1)
         ax.plot([1, most], [1, most], ":", color="grey", label="ideal")
-        ax.plot(authors.threads, authors.speedup, "k*--", markersize=9, label="original study (5h300, 2x Xeon)")
+        if ours:
+            ax.plot(authors.threads, authors.speedup, "k*--", markersize=9,
+                    label="original study (5h300, 2x Xeon)")
         for backend in ordered(data.backend):
             rows = data[data.backend == backend]
             ax.plot(rows.threads, rows.speedup, marker=BACKEND_MARKERS.get(backend, "o"),
@@ -166,7 +169,7 @@ def plot_threads(results: Results) -> Figure:
 
 def plot_batch(results: Results) -> Figure:
     """Samples per second over batch size (left) and throughput relative to batch 1 (right, with the
-    original study's batch 1 and 512 runs)."""
+    original study's batch 1 and 512 runs when the study ran on its network)."""
     table = summary.batch_effect(results)
     if table.empty:
         return _empty("Batch size", "no batch study in these runs")
@@ -180,8 +183,9 @@ def plot_batch(results: Results) -> Figure:
             style = {"marker": BACKEND_MARKERS.get(backend, "o"), "color": backend_color(backend), "label": backend}
             axes[row, 0].plot(rows.batch, rows.samples_per_s, **style)
             axes[row, 1].plot(rows.batch, rows.relative_throughput, **style)
-        axes[row, 1].plot(authors.batch, authors.relative_throughput, "k*--", markersize=9,
-                          label="original study (16 threads)")
+        if data.network.iloc[0] == summary.AUTHORS_NETWORK:
+            axes[row, 1].plot(authors.batch, authors.relative_throughput, "k*--", markersize=9,
+                              label="original study (16 threads)")
         axes[row, 0].set_ylabel("training samples per second")
         axes[row, 1].set_ylabel("throughput relative to batch 1 (x)")
         for ax in axes[row]:

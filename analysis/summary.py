@@ -17,6 +17,8 @@ import pandas as pd
 from analysis.load import Results, machine_label
 from analysis.palette import BASELINES, STAGE_ORDER, ladder_order, ordered
 
+#: The network of the original study's measurements, as the sweep names it: its anchors are drawn only there.
+AUTHORS_NETWORK = "moons-5h300"
 #: The original study's OpenMP thread sweep on 2x Xeon E5-2667 v3 (5h300 network, batch 32, 100 epochs).
 AUTHORS_THREADS = pd.DataFrame({"threads": [1, 16], "seconds": [179.3, 40.1]}).assign(
     speedup=lambda f: f.seconds.iloc[0] / f.seconds)
