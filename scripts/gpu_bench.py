@@ -8,7 +8,12 @@ Sections (``--sections``, comma-separated):
 * ``steps``: per-stage times (the project's timing harness: events around each call, median) and the
   back-to-back throughput of ``train_step`` for each network x backend, each verified against the float64
   reference at the timed batch size first;
-* ``barrier``: cost of one grid-wide barrier of the fused kernel (chains of trivial phases).
+* ``barrier``: cost of one grid-wide barrier of the fused kernel (chains of trivial phases);
+* ``host``: host microseconds of a fused ``train_step`` and of its parts;
+* ``profile``: where a fused training step spends its GPU time: block 0's clock (%globaltimer) at the start
+  and after each phase's barrier, next to the events around the launch.
+
+``--cases`` and ``--backends`` restrict the ``steps`` section.
 
 Writes ``bench.json`` and ``bench.txt`` under ``--out`` and prints the tables.
 """
@@ -137,9 +142,13 @@ def network_of(name: str) -> Network:
     return PRESETS[name]
 
 
-def steps(repeats: int, throughput_steps: int) -> list[dict]:
+def steps(repeats: int, throughput_steps: int, cases: set[str] | None = None,
+          only: set[str] | None = None) -> list[dict]:
     rows = []
     for name, batch, backends in STEP_CASES:
+        if cases is not None and name not in cases:
+            continue
+        backends = [b for b in backends if only is None or b in only]
         net = network_of(name)
         rng = np.random.default_rng(0)
         inputs = [random_batch(net, batch, rng) for _ in range(3)]
@@ -215,38 +224,71 @@ def barrier(batch: int = 32) -> list[dict]:
     return rows
 
 
-def host_costs(count: int = 2000) -> list[dict]:
-    """Host microseconds per call of what a fused train_step does in Python, measured back to back."""
+def host_costs(count: int = 300, rounds: int = 5) -> list[dict]:
+    """Host microseconds per call of what a fused train_step does in Python: ``count`` calls back to back
+    (few enough that the launch queue never fills and throttles the host to the GPU), best of ``rounds``."""
     net = PRESETS["digits"]
     model = load("cuda-fused", net)
     X, y = random_batch(net, 32, np.random.default_rng(0))
     data = model.prepare(X, y)
     model.train_step(data, 1e-4)
-    phases, n_phases, grid = model._plan("step", 32)
-    args = (model._layer_table.data_ptr(), phases.data_ptr(), n_phases, net.n_layers, data.X.data_ptr(),
-            data.T.data_ptr(), model._loss_rows.data_ptr(), 32, 0, 0, 0, 1e-4, 0.0, model._barrier.data_ptr())
-    kernel = model._kernel
+    grid = model._plan("step", 32)[2]
     candidates = {
         "train_step": lambda: model.train_step(data, 1e-4),
-        "prepared_call (same plan, parity 0 twice)": lambda: kernel.prepared_call(
-            (grid, 1, 1), (256, 1, 1), *args, shared_size=cuda._FUSED_SHARED_BYTES),
-        "current_stream check": cuda._check_default_stream,
+        "_launch (arguments set, one launch)": lambda: model._launch("step", data, 1e-4),
+        "DriverKernel.launch (cuLaunchKernel alone)": lambda: model._kernel.launch(grid, cuda.FUSED_THREADS,
+                                                                                   cuda._FUSED_SHARED_BYTES),
         "_check_batch": lambda: model._check_batch(data, need_targets=True),
-        "5 data_ptr()": lambda: (data.X.data_ptr(), data.T.data_ptr(), phases.data_ptr(), model._barrier.data_ptr(),
-                                 model._loss_rows.data_ptr()),
+        "2 data_ptr()": lambda: (data.X.data_ptr(), data.T.data_ptr()),
     }
     rows = []
     for name, fn in candidates.items():
-        for _ in range(50):
-            fn()
+        best = float("inf")
+        for _ in range(rounds):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(count):
+                fn()
+            best = min(best, (time.perf_counter() - start) * 1e6 / count)
         torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(count):
-            fn()
-        host = (time.perf_counter() - start) * 1e6 / count
-        torch.cuda.synchronize()
-        rows.append({"call": name, "host_us": host})
+        rows.append({"call": name, "host_us": best})
     model.close()
+    return rows
+
+
+PHASE_NAMES = {cuda.PHASE_FORWARD: "forward", cuda.PHASE_FORWARD_HEAD: "forward+head", cuda.PHASE_HEAD: "head",
+               cuda.PHASE_OUTPUT_DELTA: "output delta", cuda.PHASE_BACKWARD: "backward",
+               cuda.PHASE_UPDATE: "update"}
+
+
+def profile(repeats: int = 30) -> list[dict]:
+    """Median GPU time of each phase of a fused training step (block 0's clock after each barrier, so a
+    phase's time includes the barrier that ends it) and of the launch as the events see it."""
+    rows = []
+    for name, batch in (("digits", 32), ("moons-5h300", 32)):
+        net = PRESETS[name]
+        model = load("cuda-fused", net)
+        data = model.prepare(*random_batch(net, batch, np.random.default_rng(0)))
+        plan = cuda.fused_plan(net, "step", batch, gpu.info().sm_count)
+        clock = torch.zeros(len(plan) + 1, dtype=torch.int64, device="cuda")
+        marks, events = [], []
+        for _ in range(3):
+            model.train_step(data, 1e-4)
+        def launch(model=model, data=data, clock=clock):
+            model._launch("step", data, 1e-4, profile=clock.data_ptr())
+
+        for _ in range(repeats):
+            events.append(events_ms(launch, 1, warmup=0)[0] * 1e3)
+            marks.append(np.diff(clock.cpu().numpy()) / 1e3)
+        phases = np.median(np.array(marks), axis=0)
+        for index, (phase, us) in enumerate(zip(plan, phases, strict=True)):
+            rows.append({"network": name, "phase": index, "kind": PHASE_NAMES[phase.kind], "layer": phase.layer,
+                         "main": phase.main.as_tuple(), "weights": phase.weights.as_tuple(),
+                         "items": phase.items(net, batch), "us": float(us)})
+        rows.append({"network": name, "phase": "all", "kind": "start to last barrier", "us": float(phases.sum())})
+        rows.append({"network": name, "phase": "events", "kind": "events around _launch",
+                     "us": float(statistics.median(events))})
+        model.close()
     return rows
 
 
@@ -265,7 +307,9 @@ def table(rows: list[dict], columns: list[str]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--sections", default="products,tune,barrier,host,steps")
+    parser.add_argument("--sections", default="products,tune,barrier,host,profile,steps")
+    parser.add_argument("--cases", help="comma-separated networks of the steps section (default: all)")
+    parser.add_argument("--backends", help="comma-separated backends of the steps section (default: all)")
     parser.add_argument("--n", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--throughput-steps", type=int, default=200)
@@ -308,8 +352,15 @@ def main() -> int:
         result["host"] = host_costs()
         text.append("## host cost of a fused step\n" + table(result["host"], ["call", "host_us"]))
         save()
+    if "profile" in sections:
+        result["profile"] = profile()
+        text.append("## fused step, GPU time per phase (us, median; each phase includes its barrier)\n" + table(
+            result["profile"], ["network", "phase", "kind", "layer", "main", "weights", "items", "us"]))
+        save()
     if "steps" in sections:
-        result["steps"] = steps(args.repeats, args.throughput_steps)
+        result["steps"] = steps(args.repeats, args.throughput_steps,
+                                set(args.cases.split(",")) if args.cases else None,
+                                set(args.backends.split(",")) if args.backends else None)
         text.append("## training steps (us, median; throughput = back-to-back train_step)\n" + table(
             result["steps"], ["network", "batch", "backend", "transfer_us", "forward_us", "backprop_us", "update_us",
                               "step_us", "step_throughput_us", "step_host_us", "step_tflops", "max_rel_error",

@@ -97,7 +97,25 @@ def test_phase_items_cover_the_work():
     plan = cuda.fused_plan(net, "step", 32, 132)
     backward_1 = plan[2]
     n_out, n_in = net.layer_shapes[1]
-    expected = (backward_1.main.count(32, n_in) + backward_1.weights.count(n_out, n_in) + -(-n_out // 8))
+    # the bias gradient is summed by the weight-gradient tiles: no items of its own
+    expected = backward_1.main.count(32, n_in) + backward_1.weights.count(n_out, n_in)
     assert backward_1.items(net, 32) == expected
     update = cuda.fused_plan(net, "update", 32, 132)[0]
     assert update.items(net, 32) == sum(-(-(o * i + o) // 4096) for o, i in net.layer_shapes)
+
+
+def test_gradient_tiles_are_chosen_together():
+    # 5h300's hidden backward phase: the pair is no worse than each product's own best shape side by side
+    first, second = (32, 300, 300), (300, 300, 32)
+    main, weights = cuda.choose_tiles(first, second, 132)
+    for tile in (main, weights):
+        assert tile.gm * tile.gn * tile.ksplit == cuda.FUSED_THREADS
+    alone = [(cuda.choose_tile(*first, 132), *first), (cuda.choose_tile(*second, 132), *second)]
+    assert cuda._phase_cycles([(main, *first), (weights, *second)], 132) <= cuda._phase_cycles(alone, 132)
+
+
+def test_phase_cost_is_the_busiest_blocks():
+    tile = cuda.Tile(1, 16, 16, 1)
+    one = cuda.tile_cycles(tile, 64)
+    assert cuda._phase_cycles([(tile, 16, 16 * 10, 64)], 4) == 3 * one  # 10 tiles on 4 blocks: 3, 3, 2, 2
+    assert cuda._phase_cycles([(tile, 16, 16 * 10, 64)], 132) == one

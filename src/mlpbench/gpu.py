@@ -9,12 +9,17 @@ Other threads wrap their GPU work in ``with thread_context():``; PyCUDA's contex
 Kernel sources live in ``mlpbench/kernels``; :class:`ModuleSpec` names a source file and its ``-D``
 constants, and :func:`load` compiles it with ``SourceModule`` for the device's compute capability, with an
 on-disk cache (``MLPBENCH_KERNEL_CACHE``, default ``~/.cache/mlpbench/kernels``).
+
+:class:`DriverKernel` launches one kernel through the driver's ``cuLaunchKernel`` directly (ctypes), with
+arguments kept in a ctypes structure that the caller updates in place: PyCUDA's ``prepared_call`` packs every
+argument again on every call, host time that a training step of a few microseconds on the GPU cannot hide.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import os
 import re
 import subprocess
@@ -74,6 +79,7 @@ class _State:
         self.context: Any = None  # PyCUDA Context of torch's primary context, pushed on the main thread
         self.info: DeviceInfo | None = None
         self.modules: dict[ModuleSpec, Any] = {}
+        self.driver_modules: dict[ModuleSpec, ctypes.c_void_p] = {}  # loaded by DriverKernel, unloaded at exit
         self.failure: str | None = None
         self.local = threading.local()
 
@@ -136,6 +142,9 @@ def _release() -> None:
         if _state.context is None:
             return
         _state.modules.clear()
+        for module in _state.driver_modules.values():
+            _driver().cuModuleUnload(module)
+        _state.driver_modules.clear()
         _state.context.pop()
         _state.context = None
         from pycuda.tools import clear_context_caches
@@ -197,6 +206,88 @@ def load(spec: ModuleSpec) -> Any:
                                   include_dirs=[str(KERNEL_DIR)])
             _state.modules[spec] = module
         return module
+
+
+def _compile(spec: ModuleSpec) -> bytes:
+    """The cubin of ``spec`` for this device, from the on-disk cache when an earlier compile left it there."""
+    from pycuda.compiler import compile as nvcc_compile
+
+    return nvcc_compile(spec.text(), options=spec.options(), no_extern_c=spec.no_extern_c, arch=info().arch,
+                        cache_dir=cache_dir(), include_dirs=[str(KERNEL_DIR)])
+
+
+_DRIVER: ctypes.CDLL | None = None
+
+
+def _driver() -> ctypes.CDLL:
+    """libcuda through ctypes (the library PyCUDA already loaded), with the signatures used here."""
+    global _DRIVER
+    if _DRIVER is None:
+        lib = ctypes.CDLL("libcuda.so.1")
+        p, u, i = ctypes.c_void_p, ctypes.c_uint, ctypes.c_int
+        lib.cuModuleLoadData.argtypes = [ctypes.POINTER(p), ctypes.c_char_p]
+        lib.cuModuleGetFunction.argtypes = [ctypes.POINTER(p), p, ctypes.c_char_p]
+        lib.cuModuleUnload.argtypes = [p]
+        lib.cuFuncSetAttribute.argtypes = [p, i, i]
+        lib.cuFuncGetAttribute.argtypes = [ctypes.POINTER(i), i, p]
+        lib.cuLaunchKernel.argtypes = [p, u, u, u, u, u, u, u, p, p, p]
+        lib.cuGetErrorName.argtypes = [i, ctypes.POINTER(ctypes.c_char_p)]
+        for name in ("cuModuleLoadData", "cuModuleGetFunction", "cuModuleUnload", "cuFuncSetAttribute",
+                     "cuFuncGetAttribute", "cuLaunchKernel", "cuGetErrorName"):
+            getattr(lib, name).restype = i
+        _DRIVER = lib
+    return _DRIVER
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        name = ctypes.c_char_p()
+        _driver().cuGetErrorName(result, ctypes.byref(name))
+        raise RuntimeError(f"{what} failed: {(name.value or b'CUDA error').decode()} ({result})")
+
+
+class DriverKernel:
+    """Kernel ``name`` of ``spec``, launched with ``cuLaunchKernel`` on the default stream.
+
+    ``args`` is an instance of a ctypes structure whose fields are the kernel's parameters in order, with
+    their C types; each launch passes the fields' current values (set them between launches)."""
+
+    # CUfunction_attribute values (cuda.h)
+    MAX_THREADS_PER_BLOCK, SHARED_SIZE_BYTES, LOCAL_SIZE_BYTES, NUM_REGS = 0, 1, 3, 4
+    MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
+
+    def __init__(self, spec: ModuleSpec, name: str, args: ctypes.Structure) -> None:
+        ensure_available()
+        with _state.lock:
+            module = _state.driver_modules.get(spec)
+            if module is None:
+                module = ctypes.c_void_p()
+                _check(_driver().cuModuleLoadData(ctypes.byref(module), _compile(spec)), f"loading {spec.source}")
+                _state.driver_modules[spec] = module
+        self.function = ctypes.c_void_p()
+        _check(_driver().cuModuleGetFunction(ctypes.byref(self.function), module, name.encode()),
+               f"finding {name} in {spec.source}")
+        self.args = args
+        base = ctypes.addressof(args)
+        fields = [field[0] for field in args._fields_]
+        self._pointers = (ctypes.c_void_p * len(fields))(*[base + getattr(type(args), f).offset for f in fields])
+        self._launch = _driver().cuLaunchKernel
+        self.name = name
+
+    def set_attribute(self, attribute: int, value: int) -> None:
+        _check(_driver().cuFuncSetAttribute(self.function, attribute, value), f"setting an attribute of {self.name}")
+
+    def get_attribute(self, attribute: int) -> int:
+        value = ctypes.c_int()
+        _check(_driver().cuFuncGetAttribute(ctypes.byref(value), attribute, self.function),
+               f"reading an attribute of {self.name}")
+        return value.value
+
+    def launch(self, grid: int, block: int, shared_bytes: int) -> None:
+        """One launch of ``grid`` x ``block`` threads (1-D) with ``shared_bytes`` of dynamic shared memory."""
+        result = self._launch(self.function, grid, 1, 1, block, 1, 1, shared_bytes, None, self._pointers, None)
+        if result:
+            _check(result, f"launching {self.name}")
 
 
 def precompile(specs: list[ModuleSpec]) -> None:

@@ -25,6 +25,8 @@ sample's loss on the GPU; :meth:`loss` reads those ``B`` numbers back and averag
 
 from __future__ import annotations
 
+import ctypes
+import itertools
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -261,10 +263,12 @@ def kernel_report() -> list[dict[str, Any]]:
     """
     import pycuda.driver as drv
 
+    # PyCUDA and the driver number these attributes alike (CUfunction_attribute).
     attribute = drv.function_attribute
     rows = []
     for module, spec in MODULE_SPECS.items():
-        for name, function in _kernels(module).items():
+        functions = {"fused_step": _fused_kernel()} if module == "fused" else _kernels(module)
+        for name, function in functions.items():
             rows.append({
                 "module": spec.source,
                 "kernel": name,
@@ -574,6 +578,23 @@ _FUSED_SHARED_BYTES = (2 * FUSED_KCHUNK * (32 + 1) + FUSED_THREADS * 4) * 4
 _UPDATE_CHUNK = dict(FUSED.defines)["UPDATE_CHUNK"]
 
 
+class _FusedArgs(ctypes.Structure):
+    """The parameters of fused_step (kernels/fused.cu), in order, for gpu.DriverKernel."""
+
+    _fields_ = [("layers", ctypes.c_uint64), ("phases", ctypes.c_uint64), ("n_phases", ctypes.c_int),
+                ("n_layers", ctypes.c_int), ("X", ctypes.c_uint64), ("T", ctypes.c_uint64),
+                ("loss_rows", ctypes.c_uint64), ("batch", ctypes.c_int), ("activation", ctypes.c_int),
+                ("loss_kind", ctypes.c_int), ("parity", ctypes.c_int), ("lr", ctypes.c_float),
+                ("weight_decay", ctypes.c_float), ("barrier", ctypes.c_uint64), ("profile", ctypes.c_uint64)]
+
+
+def _fused_kernel() -> gpu.DriverKernel:
+    """fused_step with its shared-memory limit raised (a new argument block each call; one module load)."""
+    kernel = gpu.DriverKernel(FUSED, "fused_step", _FusedArgs())
+    kernel.set_attribute(gpu.DriverKernel.MAX_DYNAMIC_SHARED_SIZE_BYTES, _FUSED_SHARED_BYTES)
+    return kernel
+
+
 @dataclass(frozen=True)
 class Tile:
     """Shape of a cuda-fused product tile: (micro*gm) x (micro*gn) outputs, ksplit k slices per output."""
@@ -595,22 +616,45 @@ _TILES = [Tile(micro, gm, gn, FUSED_THREADS // (gm * gn))
           if 8 <= gm * gn <= FUSED_THREADS]
 
 
+def tile_cycles(tile: Tile, K: int) -> float:
+    """Estimated cycles of one tile of depth K on one block (a rough model; only its ordering matters).
+
+    Per k-chunk one round trip to L2 for the asynchronous staging copies (~800), the staging traffic at
+    ~64 bytes per cycle, the shared-memory loads of the products (one warp-wide load per cycle per SM:
+    8 warps x 2 * micro loads per k step, k / ksplit steps), the split-k sum and a fixed cost per tile."""
+    steps = _blocks(K, tile.ksplit)
+    outputs = tile.micro * tile.micro
+    return (_blocks(K, FUSED_KCHUNK) * 800 + (tile.micro * (tile.gm + tile.gn)) * K / 16
+            + 16 * tile.micro * steps + 4 * tile.ksplit * outputs + 150)
+
+
+def _phase_cycles(products: list[tuple[Tile, int, int, int]], blocks: int) -> float:
+    """Cycles of a phase whose blocks take the tiles of ``products`` ((tile, M, N, K), in order) round-robin:
+    the busiest block's sum."""
+    total, start = sum(tile.count(M, N) for tile, M, N, _ in products), 0
+    b = np.arange(min(blocks, total))
+    busy = np.zeros(len(b))
+    for tile, M, N, K in products:
+        end = start + tile.count(M, N)
+        busy += tile_cycles(tile, K) * ((end - 1 - b) // blocks - (start - 1 - b) // blocks)  # items of block b
+        start = end
+    return float(busy.max())
+
+
 def choose_tile(M: int, N: int, K: int, blocks: int) -> Tile:
-    """The tile shape with the least estimated time for an (M x N, depth K) product over ``blocks`` blocks.
+    """The tile shape with the least estimated time for an (M x N, depth K) product over ``blocks`` blocks
+    (ties: fewer tiles)."""
+    return min(_TILES, key=lambda tile: (_phase_cycles([(tile, M, N, K)], blocks), tile.count(M, N)))
 
-    Cost model in rough cycles: each round of tiles (one per block) pays the latency of staging its operands
-    from L2 per k-chunk, the staging traffic, the serial multiply-adds of one thread and the split-k sum.
-    """
-    chunks = _blocks(K, FUSED_KCHUNK)
 
-    def cost(tile: Tile) -> tuple[float, int]:
-        tm, tn, outputs = tile.micro * tile.gm, tile.micro * tile.gn, tile.micro * tile.micro
-        rounds = _blocks(tile.count(M, N), blocks)
-        per_tile = (chunks * 800 + (tm + tn) * K / 16 + 2 * outputs * _blocks(K, tile.ksplit)
-                    + 4 * tile.ksplit * outputs + 150)
-        return rounds * per_tile, tile.count(M, N)
-
-    return min(_TILES, key=cost)
+def choose_tiles(first: tuple[int, int, int], second: tuple[int, int, int], blocks: int) -> tuple[Tile, Tile]:
+    """Tile shapes for two products that share a phase (the input and weight gradients of a layer): their
+    tiles are one list of items, so the pair is chosen together (one round of items where that pays)."""
+    shortlist = [sorted(_TILES, key=lambda tile, p=p: (_phase_cycles([(tile, *p)], blocks), tile.count(*p[:2])))[:8]
+                 for p in (first, second)]
+    return min(itertools.product(*shortlist),
+               key=lambda pair: (_phase_cycles([(pair[0], *first), (pair[1], *second)], blocks),
+                                 pair[0].count(*first[:2]) + pair[1].count(*second[:2])))
 
 
 @dataclass(frozen=True)
@@ -633,9 +677,9 @@ class Phase:
             return _blocks(batch, warps)
         if self.kind == PHASE_OUTPUT_DELTA:
             return _blocks(batch * n_out, FUSED_THREADS)
-        if self.kind == PHASE_BACKWARD:
+        if self.kind == PHASE_BACKWARD:  # the bias gradient rides on the weight-gradient tiles
             inputs = self.main.count(batch, n_in) if self.layer > 0 else 0
-            return inputs + self.weights.count(n_out, n_in) + _blocks(n_out, warps)
+            return inputs + self.weights.count(n_out, n_in)
         return sum(_blocks(o * i + o, _UPDATE_CHUNK) for o, i in network.layer_shapes)
 
 
@@ -661,8 +705,11 @@ def fused_plan(network: Network, stage: str, batch: int, blocks: int) -> list[Ph
         flags = FLAG_SGD if stage == "step" else 0
         for layer in range(last, -1, -1):
             n_out, n_in = network.layer_shapes[layer]
-            main = choose_tile(batch, n_in, n_out, blocks) if layer > 0 else Tile(1, 16, 16, 1)
-            phases.append(Phase(PHASE_BACKWARD, layer, flags, main, choose_tile(n_out, n_in, batch, blocks)))
+            if layer > 0:
+                main, weights = choose_tiles((batch, n_in, n_out), (n_out, n_in, batch), blocks)
+            else:
+                main, weights = Tile(1, 16, 16, 1), choose_tile(n_out, n_in, batch, blocks)
+            phases.append(Phase(PHASE_BACKWARD, layer, flags, main, weights))
     if stage == "update":
         phases.append(Phase(PHASE_UPDATE, 0))
     return phases
@@ -692,12 +739,13 @@ class FusedCudaModel(_CudaModel):
         if _FUSED_SHARED_BYTES > info.max_shared_per_block_optin:
             raise BackendUnavailable(f"cuda-fused needs {_FUSED_SHARED_BYTES} bytes of shared memory per block; "
                                      f"{info.name} allows {info.max_shared_per_block_optin}")
-        import pycuda.driver as drv
-
-        self._kernel = _kernels("fused")["fused_step"]
-        self._kernel.set_attribute(drv.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, _FUSED_SHARED_BYTES)
-        self._kernel.prepare("PPiiPPPiiiiffP")
+        self._kernel = _fused_kernel()
+        self._args = self._kernel.args
         self._barrier = torch.zeros(1, dtype=torch.int32, device=self._dev)
+        self._args.barrier = self._barrier.data_ptr()
+        self._args.n_layers = self.network.n_layers
+        self._args.activation = self._activation
+        self._args.loss_kind = self._loss_kind
         self._parity = 0
         self._plans: dict[tuple[str, int], tuple[torch.Tensor, int, int]] = {}
         self._layer_table = torch.empty(0, dtype=torch.uint8, device=self._dev)
@@ -729,6 +777,8 @@ class FusedCudaModel(_CudaModel):
                             self._dW[layer].data_ptr(), self._db[layer].data_ptr(), self._A[layer].data_ptr(),
                             self._dZ[layer].data_ptr(), n_in, n_out)
         self._layer_table = torch.tensor(table.view(np.uint8), device=self._dev)
+        self._args.layers = self._layer_table.data_ptr()
+        self._args.loss_rows = self._loss_rows.data_ptr()
         self._plans.clear()
 
     def _plan(self, stage: str, batch: int) -> tuple[torch.Tensor, int, int]:
@@ -746,16 +796,24 @@ class FusedCudaModel(_CudaModel):
             self._plans[key] = plan
         return plan
 
-    def _launch(self, stage: str, batch: Batch | None, lr: float = 0.0, weight_decay: float = 0.0) -> None:
-        size = 0 if batch is None else batch.size
-        phases, n_phases, grid = self._plan(stage, size)
-        X = 0 if batch is None else batch.X.data_ptr()
-        T = 0 if batch is None or batch.T is None else batch.T.data_ptr()
-        self._kernel.prepared_call(
-            (grid, 1, 1), (FUSED_THREADS, 1, 1), self._layer_table.data_ptr(), phases.data_ptr(), n_phases,
-            self.network.n_layers, X, T, self._loss_rows.data_ptr(), size, self._activation, self._loss_kind,
-            self._parity, lr, weight_decay, self._barrier.data_ptr(),
-            shared_size=_FUSED_SHARED_BYTES)
+    def _launch(self, stage: str, batch: Batch | None, lr: float = 0.0, weight_decay: float = 0.0,
+                profile: int = 0) -> None:
+        """One launch of ``stage``'s phases; ``profile``: device pointer for the phase clock (0: none)."""
+        phases, n_phases, grid = self._plan(stage, 0 if batch is None else batch.size)
+        args = self._args
+        args.phases = phases.data_ptr()
+        args.n_phases = n_phases
+        if batch is None:
+            args.X = args.T = args.batch = 0
+        else:
+            args.X = batch.X.data_ptr()
+            args.T = 0 if batch.T is None else batch.T.data_ptr()
+            args.batch = batch.size
+        args.parity = self._parity
+        args.lr = lr
+        args.weight_decay = weight_decay
+        args.profile = profile
+        self._kernel.launch(grid, FUSED_THREADS, _FUSED_SHARED_BYTES)
 
     # -- stages --------------------------------------------------------------------------------------------
     def forward(self, batch: Batch) -> None:

@@ -2,16 +2,17 @@
 //
 // A persistent kernel: one block per SM (at most as many blocks as SMs, so every block is resident at once)
 // walks through a list of phases prepared on the host; a grid-wide barrier separates phases. Within a phase
-// the work is cut into items (output tiles of a matrix product, groups of bias sums, rows of the output
-// layer, chunks of the SGD step) that the blocks share out in a fixed round-robin. Every sum runs in a fixed
-// order (split-k partial sums are added in slice order, rows of a bias gradient in lane order and a fixed
-// shuffle tree): no atomics take part in any result, so a step repeats bit for bit.
+// the work is cut into items (output tiles of a matrix product, rows of the output layer, chunks of the SGD
+// step) that the blocks share out in a fixed round-robin. Every sum runs in a fixed order (split-k partial
+// sums are added in slice order, a bias gradient over the batch in sample order): no atomics take part in
+// any result, so a step repeats bit for bit.
 //
 // Training step of L layers (l = 0 .. L-1), one launch:
 //   FORWARD(0) .. FORWARD(L-2)     A_l = f(A_{l-1} W_l^T + b_l)
 //   FORWARD_HEAD(L-1)              output layer, one warp per sample: logits, P, the sample's loss, dZ_{L-1}
 //                                  (or FORWARD(L-1) + HEAD when the output layer is wider than HEAD_MAX)
 //   BACKWARD(L-1) .. BACKWARD(0)   dZ_{l-1} = (dZ_l W_l) * f'(A_{l-1});  dW_l = dZ_l^T A_{l-1};  db_l
+//                                  (db_l by the weight-gradient tiles of the first column: they hold dZ_l)
 // With FLAG_SGD a backward phase also writes the updated W_l and b_l. The other blocks of that same phase
 // still read W_l, so the update goes to a second copy: W[parity ^ 1] = W[parity] - lr (dW + wd W[parity]),
 // and the host flips the parity after the launch. No extra pass over the weights is needed.
@@ -24,9 +25,17 @@
 // 256 threads = gm x gn x ksplit, each computing micro x micro outputs over every ksplit-th k. The host picks
 // the shape per product (mlpbench.backends.cuda).
 //
-// Data written earlier in the same launch by other blocks is read with __ldcg (L2, never a stale L1 line).
+// Latency, not arithmetic, bounds these small products, so each phase waits on as few round trips to L2 as
+// possible: a tile's whole k-chunk is staged with asynchronous copies (cp.async, every copy in flight at once,
+// one wait), and the one global value each output's epilogue needs (bias, activation, old weight) is loaded
+// into a register before that wait, not after the products.
+//
+// Data written earlier in the same launch by other blocks is read after the grid barrier's acquire (which,
+// with the block barrier behind it, orders every later read of the block's threads, cp.async included), with
+// __ldcg or cp.async.
 // Constants (-D): KCHUNK (k values staged at once), HEAD_MAX (widest output layer FORWARD_HEAD serves),
 // UPDATE_CHUNK (elements of one SGD item), SPIN_LIMIT (barrier polls before the kernel gives up and traps).
+// A non-null `profile` receives %globaltimer (ns) from block 0 at the start and after each phase's barrier.
 // Compiled with no_extern_c; the kernel is extern "C".
 #include "common.cuh"
 
@@ -119,6 +128,12 @@ __device__ __forceinline__ void add_release(unsigned int* address, unsigned int 
     asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(address), "r"(value) : "memory");
 }
 
+__device__ __forceinline__ unsigned long long global_time() {
+    unsigned long long ns;
+    asm volatile("mov.u64 %0, %globaltimer;" : "=l"(ns));
+    return ns;
+}
+
 __device__ __forceinline__ void grid_barrier(unsigned int* counter, unsigned int& top_bit) {
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -132,25 +147,31 @@ __device__ __forceinline__ void grid_barrier(unsigned int* counter, unsigned int
     __syncthreads();
 }
 
-// Copy rows r0 .. r0 + rows - 1, k = k0 .. k0 + kc - 1 of an operand into stage[k * (rows + 1) + r];
-// rows past the matrix's end read as 0. Warps and lanes run along whichever index is contiguous in memory.
+// 4-byte asynchronous copy global -> shared (cp.async.ca: 16-byte copies would need 16-byte aligned rows).
+__device__ __forceinline__ void copy_async(float* dst, const float* src) {
+    const unsigned int to = static_cast<unsigned int>(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(to), "l"(src) : "memory");
+}
+
+__device__ __forceinline__ void copy_async_wait() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
+// Queue copies of rows r0 .. r0 + rows - 1, k = k0 .. k0 + kc - 1 of an operand into stage[k * (rows + 1) + r];
+// rows past the matrix's end are stored as 0. Warps and lanes run along whichever index is contiguous in
+// memory. Complete with copy_async_wait() and a block barrier.
 __device__ __forceinline__ void stage_operand(float* stage, const Operand& op, int r0, int rows, int R, int k0,
                                               int kc) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int pitch = rows + 1;  // odd for even rows: the column writes below avoid bank conflicts
-    if (op.col == 1) {           // k contiguous: a warp per row, lanes along k, a whole row in flight at once
+    if (op.col == 1) {           // k contiguous: a warp per row, lanes along k
         for (int r = warp; r < rows; r += WARPS) {
             const bool inside = r0 + r < R;
             const float* src = op.data + (long)(r0 + r) * op.row + k0;
-            float values[KCHUNK / 32];
-#pragma unroll
-            for (int j = 0; j < KCHUNK / 32; ++j) {
-                const int k = lane + 32 * j;
-                values[j] = (inside && k < kc) ? __ldcg(src + k) : 0.0f;
+            for (int k = lane; k < kc; k += 32) {
+                if (inside)
+                    copy_async(stage + k * pitch + r, src + k);
+                else
+                    stage[k * pitch + r] = 0.0f;
             }
-#pragma unroll
-            for (int j = 0; j < KCHUNK / 32; ++j)
-                if (lane + 32 * j < kc) stage[(lane + 32 * j) * pitch + r] = values[j];
         }
     } else {  // rows contiguous (op.row == 1): lanes along rows (a power of two <= 32), then along k
         const int shift = log2_of(rows);
@@ -158,16 +179,23 @@ __device__ __forceinline__ void stage_operand(float* stage, const Operand& op, i
         const int k_lanes = 32 >> shift, k_step = WARPS * k_lanes;
         const bool inside = r0 + r < R;
         const float* src = op.data + r0 + r + (long)k0 * op.col;
-#pragma unroll 8
-        for (int k = warp * k_lanes + (lane >> shift); k < kc; k += k_step)
-            stage[k * pitch + r] = inside ? __ldcg(src + (long)k * op.col) : 0.0f;
+        for (int k = warp * k_lanes + (lane >> shift); k < kc; k += k_step) {
+            if (inside)
+                copy_async(stage + k * pitch + r, src + (long)k * op.col);
+            else
+                stage[k * pitch + r] = 0.0f;
+        }
     }
 }
 
-// One output tile of C = a b^T; epilogue(m, n, value) stores each finished output inside the matrix.
+// One output tile of C = a b^T. The epilogue supplies prefetch(m, n) (the global value its store needs, loaded
+// while the operands are on their way) and store(m, n, value, prefetched) for each output inside the matrix.
+// With Epilogue::ROW_SUMS the tiles of the first column also sum each row of a over k in order and hand it
+// to row_store(m, sum, row_prefetch(m)) (the bias gradient, from the dZ rows the tile stages anyway).
 template <int MICRO, typename Epilogue>
 __device__ __forceinline__ void product_tile(int tile_index, const Tile& tile, int M, int N, int K,
-                                             const Operand& a, const Operand& b, float* smem, Epilogue epilogue) {
+                                             const Operand& a, const Operand& b, float* smem,
+                                             const Epilogue& epilogue) {
     const int gm = tile.gm, gn = tile.gn, ksplit = tile.ksplit;
     const int tm = MICRO * gm, tn = MICRO * gn;
     const int tiles_n = (N + tn - 1) / tn;
@@ -179,18 +207,29 @@ __device__ __forceinline__ void product_tile(int tile_index, const Tile& tile, i
     float* b_stage = smem + KCHUNK * (MAX_TILE_ROWS + 1);
     float* partial = smem + 2 * KCHUNK * (MAX_TILE_ROWS + 1);
 
-    float acc[MICRO][MICRO];
+    float acc[MICRO][MICRO], pre[MICRO][MICRO];
 #pragma unroll
     for (int i = 0; i < MICRO; ++i)
 #pragma unroll
-        for (int j = 0; j < MICRO; ++j) acc[i][j] = 0.0f;
+        for (int j = 0; j < MICRO; ++j) {
+            acc[i][j] = 0.0f;
+            const int m = m0 + gi + gm * i, n = n0 + gj + gn * j;
+            pre[i][j] = (slice == 0 && m < M && n < N) ? epilogue.prefetch(m, n) : 0.0f;
+        }
+    const int row = threadIdx.x;  // the row this thread sums when the tile sums rows
+    const bool sums_row = Epilogue::ROW_SUMS && n0 == 0 && row < tm && m0 + row < M;
+    float row_sum = 0.0f;
+    const float row_pre = sums_row ? epilogue.row_prefetch(m0 + row) : 0.0f;
 
     for (int k0 = 0; k0 < K; k0 += KCHUNK) {
         const int kc = min(KCHUNK, K - k0);
         __syncthreads();  // the previous item (or chunk) is done with shared memory
         stage_operand(a_stage, a, m0, tm, M, k0, kc);
         stage_operand(b_stage, b, n0, tn, N, k0, kc);
+        copy_async_wait();
         __syncthreads();
+        if (sums_row)
+            for (int k = 0; k < kc; ++k) row_sum += a_stage[k * (tm + 1) + row];
 #pragma unroll 4
         for (int k = slice; k < kc; k += ksplit) {
             float av[MICRO], bv[MICRO];
@@ -204,6 +243,7 @@ __device__ __forceinline__ void product_tile(int tile_index, const Tile& tile, i
                 for (int j = 0; j < MICRO; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
         }
     }
+    if (sums_row) epilogue.row_store(m0 + row, row_sum, row_pre);
     if (ksplit > 1) {  // add the k slices in slice order
 #pragma unroll
         for (int i = 0; i < MICRO; ++i)
@@ -225,19 +265,77 @@ __device__ __forceinline__ void product_tile(int tile_index, const Tile& tile, i
 #pragma unroll
             for (int j = 0; j < MICRO; ++j) {
                 const int m = m0 + gi + gm * i, n = n0 + gj + gn * j;
-                if (m < M && n < N) epilogue(m, n, acc[i][j]);
+                if (m < M && n < N) epilogue.store(m, n, acc[i][j], pre[i][j]);
             }
     }
 }
 
 template <typename Epilogue>
 __device__ __forceinline__ void product(int tile_index, const Tile& tile, int M, int N, int K, const Operand& a,
-                                        const Operand& b, float* smem, Epilogue epilogue) {
+                                        const Operand& b, float* smem, const Epilogue& epilogue) {
     if (tile.micro == 2)
         product_tile<2>(tile_index, tile, M, N, K, a, b, smem, epilogue);
     else
         product_tile<1>(tile_index, tile, M, N, K, a, b, smem, epilogue);
 }
+
+// The three epilogues. Rows of an output without a row sum: ROW_SUMS false, row_* never called.
+struct NoRowSums {
+    static constexpr bool ROW_SUMS = false;
+    __device__ float row_prefetch(int) const { return 0.0f; }
+    __device__ void row_store(int, float, float) const {}
+};
+
+// Forward: A_l = f(z + b_l).
+struct ForwardEpilogue : NoRowSums {
+    float* out;
+    const float* bias;
+    int n_out;
+    int activation;
+    __device__ float prefetch(int, int n) const { return __ldcg(bias + n); }
+    __device__ void store(int m, int n, float v, float b) const {
+        out[(long)m * n_out + n] = activate(activation, v + b);
+    }
+};
+
+// Input gradient: dZ_{l-1} = (dZ_l W_l) * f'(A_{l-1}).
+struct InputGradientEpilogue : NoRowSums {
+    float* dZ_prev;
+    const float* A_prev;
+    int n_in;
+    int activation;
+    __device__ float prefetch(int m, int n) const { return __ldcg(A_prev + (long)m * n_in + n); }
+    __device__ void store(int m, int n, float v, float a) const {
+        dZ_prev[(long)m * n_in + n] = v * activation_derivative(activation, a);
+    }
+};
+
+// Weight gradient dW_l = dZ_l^T A_{l-1} and bias gradient db_l; with sgd also the updated copies
+// W[parity ^ 1] = W - lr (dW + wd W) and b[parity ^ 1] = b - lr db.
+struct WeightGradientEpilogue {
+    static constexpr bool ROW_SUMS = true;
+    float* dW;
+    const float* W;
+    float* W_next;
+    float* db;
+    const float* b;
+    float* b_next;
+    int n_in;
+    bool sgd;
+    float lr;
+    float decay;
+    __device__ float prefetch(int m, int n) const { return sgd ? __ldcg(W + (long)m * n_in + n) : 0.0f; }
+    __device__ void store(int m, int n, float v, float w) const {
+        const long at = (long)m * n_in + n;
+        dW[at] = v;
+        if (sgd) W_next[at] = w - lr * (v + decay * w);
+    }
+    __device__ float row_prefetch(int m) const { return sgd ? __ldcg(b + m) : 0.0f; }
+    __device__ void row_store(int m, float sum, float old) const {
+        db[m] = sum;
+        if (sgd) b_next[m] = old - lr * sum;
+    }
+};
 
 __device__ __forceinline__ const float* layer_input(const Layer* layers, int l, const Step& s) {
     return l == 0 ? s.X : layers[l - 1].A;
@@ -253,6 +351,7 @@ __device__ __forceinline__ void forward_head_row(const Layer& layer, const float
     float part[HEAD_MAX];
 #pragma unroll
     for (int j = 0; j < HEAD_MAX; ++j) part[j] = 0.0f;
+#pragma unroll 4
     for (int k = lane; k < n_in; k += 32) {
         const float xk = __ldcg(x + k);
 #pragma unroll
@@ -280,58 +379,48 @@ __device__ void forward_phase(const Layer* layers, int n_layers, const Phase& ph
     const bool hidden = phase.layer < n_layers - 1;  // the output layer keeps its logits for HEAD
     const Operand a = {layer_input(layers, phase.layer, s), n_in, 1};
     const Operand w = {layer.W[s.parity], n_in, 1};
-    const float* bias = layer.b[s.parity];
-    float* out = layer.A;
-    const int activation = hidden ? s.activation : ACT_IDENTITY;
+    ForwardEpilogue epilogue;
+    epilogue.out = layer.A;
+    epilogue.bias = layer.b[s.parity];
+    epilogue.n_out = n_out;
+    epilogue.activation = hidden ? s.activation : ACT_IDENTITY;
     const int tiles = tiles_of(phase.main, s.batch, n_out);
     for (int t = blockIdx.x; t < tiles; t += gridDim.x)
-        product(t, phase.main, s.batch, n_out, n_in, a, w, smem, [&](int m, int n, float v) {
-            out[(long)m * n_out + n] = activate(activation, v + __ldcg(bias + n));
-        });
+        product(t, phase.main, s.batch, n_out, n_in, a, w, smem, epilogue);
 }
 
+// Items: the input-gradient tiles (none for layer 0), then the weight-gradient tiles (with the bias sums).
 __device__ void backward_phase(const Layer* layers, const Phase& phase, const Step& s, float* smem) {
     const int l = phase.layer;
     const Layer& layer = layers[l];
     const int n_in = layer.n_in, n_out = layer.n_out, batch = s.batch;
-    const bool sgd = phase.flags & FLAG_SGD;
     const float* W = layer.W[s.parity];
-    float* W_next = layer.W[s.parity ^ 1];
     const float* input = layer_input(layers, l, s);
-    const float lr = s.lr, decay = s.weight_decay;
     const int input_tiles = l > 0 ? tiles_of(phase.main, batch, n_in) : 0;
-    const int weight_tiles = tiles_of(phase.weights, n_out, n_in);
-    const int bias_items = (n_out + WARPS - 1) / WARPS;
-    const int items = input_tiles + weight_tiles + bias_items;
+    const int items = input_tiles + tiles_of(phase.weights, n_out, n_in);
     for (int item = blockIdx.x; item < items; item += gridDim.x) {
-        if (item < input_tiles) {  // dZ_{l-1} = (dZ_l W_l) * f'(A_{l-1})
-            float* dZ_prev = layers[l - 1].dZ;
-            const float* A_prev = layers[l - 1].A;
-            const int activation = s.activation;
+        if (item < input_tiles) {
+            InputGradientEpilogue epilogue;
+            epilogue.dZ_prev = layers[l - 1].dZ;
+            epilogue.A_prev = layers[l - 1].A;
+            epilogue.n_in = n_in;
+            epilogue.activation = s.activation;
             product(item, phase.main, batch, n_in, n_out, Operand{layer.dZ, n_out, 1}, Operand{W, 1, n_in}, smem,
-                    [&](int m, int n, float v) {
-                        const long at = (long)m * n_in + n;
-                        dZ_prev[at] = v * activation_derivative(activation, __ldcg(A_prev + at));
-                    });
-        } else if (item < input_tiles + weight_tiles) {  // dW_l = dZ_l^T A_{l-1}
-            float* dW = layer.dW;
+                    epilogue);
+        } else {
+            WeightGradientEpilogue epilogue;
+            epilogue.dW = layer.dW;
+            epilogue.W = W;
+            epilogue.W_next = layer.W[s.parity ^ 1];
+            epilogue.db = layer.db;
+            epilogue.b = layer.b[s.parity];
+            epilogue.b_next = layer.b[s.parity ^ 1];
+            epilogue.n_in = n_in;
+            epilogue.sgd = phase.flags & FLAG_SGD;
+            epilogue.lr = s.lr;
+            epilogue.decay = s.weight_decay;
             product(item - input_tiles, phase.weights, n_out, n_in, batch, Operand{layer.dZ, 1, n_out},
-                    Operand{input, 1, n_in}, smem, [&](int m, int n, float v) {
-                        const long at = (long)m * n_in + n;
-                        dW[at] = v;
-                        if (sgd) W_next[at] = W[at] - lr * (v + decay * W[at]);
-                    });
-        } else {  // db_l: a warp per output, lanes over the batch in a fixed order
-            const int j = (item - input_tiles - weight_tiles) * WARPS + threadIdx.x / 32;
-            if (j < n_out) {
-                float sum = 0.0f;
-                for (int r = threadIdx.x % 32; r < batch; r += 32) sum += __ldcg(layer.dZ + (long)r * n_out + j);
-                sum = warp_sum(sum);
-                if (threadIdx.x % 32 == 0) {
-                    layer.db[j] = sum;
-                    if (sgd) layer.b[s.parity ^ 1][j] = layer.b[s.parity][j] - lr * sum;
-                }
-            }
+                    Operand{input, 1, n_in}, smem, epilogue);
         }
     }
 }
@@ -370,7 +459,7 @@ __device__ void update_phase(const Layer* layers, int n_layers, const Step& s) {
 extern "C" __global__ void __launch_bounds__(THREADS, 1)
     fused_step(const Layer* layers_in, const Phase* phases_in, int n_phases, int n_layers, const float* X,
                const float* T, float* loss_rows, int batch, int activation, int loss_kind, int parity, float lr,
-               float weight_decay, unsigned int* barrier) {
+               float weight_decay, unsigned int* barrier, unsigned long long* profile) {
     extern __shared__ __align__(16) float smem[];
     // Descriptors are read at every phase by every thread: one copy in shared memory saves two dependent
     // trips to L2 per phase.
@@ -385,6 +474,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     const Step s = {X, T, loss_rows, batch, activation, loss_kind, parity, lr, weight_decay};
     // The counter's top bit as the launch begins (no block can pass the first barrier before all read it).
     unsigned int top_bit = threadIdx.x == 0 ? load_acquire(barrier) & 0x80000000u : 0u;
+    const bool profiling = profile != nullptr && blockIdx.x == 0 && threadIdx.x == 0;
+    if (profiling) profile[0] = global_time();
     for (int p = 0; p < n_phases; ++p) {
         const Phase& phase = phase_table[p];
         const Layer& out_layer = layers[n_layers - 1];
@@ -419,5 +510,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                 break;
         }
         if (p + 1 < n_phases) grid_barrier(barrier, top_bit);
+        if (profiling) profile[p + 1] = global_time();
     }
 }
