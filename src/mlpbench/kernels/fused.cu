@@ -342,10 +342,15 @@ __device__ __forceinline__ const float* layer_input(const Layer* layers, int l, 
 }
 
 // Output layer for one sample when it is at most HEAD_MAX wide: each lane sums every 32nd input for all
-// outputs at once, a shuffle tree finishes each logit, lane j keeps logit j; then softmax or sigmoid.
+// outputs at once, a shuffle tree finishes each logit, lane j keeps logit j; softmax or sigmoid, the loss and
+// dZ then run on those registers (the bias and the target were loaded with the inputs), one trip to memory.
 __device__ __forceinline__ void forward_head_row(const Layer& layer, const float* input, int r, const Step& s,
                                                  bool delta) {
     const int lane = threadIdx.x % 32, n_in = layer.n_in, n_out = layer.n_out;
+    const bool valid = lane < n_out;
+    const long at = (long)r * n_out + lane;
+    const float bias = valid ? __ldcg(layer.b[s.parity] + lane) : 0.0f;
+    const float target = (valid && s.T) ? __ldcg(s.T + at) : 0.0f;
     const float* W = layer.W[s.parity];
     const float* x = input + (long)r * n_in;
     float part[HEAD_MAX];
@@ -358,18 +363,32 @@ __device__ __forceinline__ void forward_head_row(const Layer& layer, const float
         for (int j = 0; j < HEAD_MAX; ++j)
             if (j < n_out) part[j] = fmaf(xk, __ldcg(W + (long)j * n_in + k), part[j]);
     }
-    float mine = 0.0f;
+    float z = 0.0f;
 #pragma unroll
     for (int j = 0; j < HEAD_MAX; ++j)
         if (j < n_out) {
-            const float z = warp_sum(part[j]) + __ldcg(layer.b[s.parity] + j);
-            if (lane == j) mine = z;
+            const float sum = warp_sum(part[j]);
+            if (lane == j) z = sum + bias;
         }
-    float* row = layer.A + (long)r * n_out;
-    if (lane < n_out) row[lane] = mine;
-    __syncwarp();
-    output_row(row, nullptr, s.T ? s.T + (long)r * n_out : nullptr, delta ? layer.dZ + (long)r * n_out : nullptr,
-               s.loss_rows + r, n_out, s.loss_kind, (float)s.batch);
+    float p, loss = 0.0f;
+    if (s.loss_kind == LOSS_SOFTMAX_CE) {  // as output_row: exp of the max-shifted logits, P = e / sum
+        const float shifted = z - warp_max(valid ? z : LOWEST_FLOAT);
+        const float e = valid ? expf(shifted) : 0.0f;
+        const float sum = warp_sum(e);
+        p = e / sum;
+        if (valid) loss = -target * (shifted - logf(sum));
+    } else {
+        p = stable_sigmoid(z);
+        if (valid) loss = softplus(z) - target * z;
+    }
+    if (valid) {
+        layer.A[at] = p;
+        if (delta) layer.dZ[at] = (p - target) / (float)s.batch;
+    }
+    if (s.T) {
+        loss = warp_sum(loss);
+        if (lane == 0) s.loss_rows[r] = loss;
+    }
 }
 
 __device__ void forward_phase(const Layer* layers, int n_layers, const Phase& phase, const Step& s,
