@@ -236,6 +236,14 @@ def test_failed_verification_is_not_timed(tmp_path: Path) -> None:
     assert (rows.loc["numpy", "status"] == "ok").all()
 
 
+def test_configurations_over_budget_are_skipped_with_the_estimate(tmp_path: Path) -> None:
+    run_dir = run("quick", results_dir=tmp_path, run_id="b", progress=False, studies=["stages"],
+                  networks=["digits:8"], backends=["numpy"], budget_s=1e-9)
+    row = read_rows(run_dir).iloc[0]
+    assert row.status == "skipped" and row.reason.startswith("over budget: one step estimated at")
+    assert row.err_max == 0  # it was checked before its cost was estimated
+
+
 def test_resume_skips_finished_configurations(tmp_path: Path) -> None:
     options = {"results_dir": tmp_path, "run_id": "r", "progress": False, "studies": ["stages"],
                "networks": ["digits:8", "2-8-1:4"], "backends": ["numpy", "torch-cpu"]}
