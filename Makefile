@@ -15,12 +15,21 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 endif
 
-RUN_ID ?= $(shell date -u +%Y%m%d-%H%M%S)-$(shell hostname -s)
+# The sweep: preset (quick, default, full), where runs go, and extra papermill arguments (-p name value).
+PRESET ?= default
 RESULTS ?= results
+ifndef RUN_ID
+RUN_ID := $(shell date -u +%Y%m%d-%H%M%S)-$(shell hostname -s)
+endif
 SWEEP_ARGS ?=
+# The committed runs that figures/ and the report are drawn from.
+REPORT_RUNS ?= results/dev-2core results/h100
 PYTEST_ARGS ?=
+# GPU host: where scripts/gpu_host.sh writes, and which of its steps run.
+GPU_OUT ?= gpu-host-out
+GPU_STEPS ?= setup,bench,test,sanitize
 
-.PHONY: all install native asan test test-native lint demo sweep figures report lab clean
+.PHONY: all install native asan test lint sweep figures report lab gpu-host clean
 
 all: test
 
@@ -48,6 +57,29 @@ test: install asan
 
 lint: $(INSTALLED)
 	$(PY) -m ruff check .
+
+# The main job: the sweep notebook with the preset's parameters (the executed copy is kept with the run),
+# then every figure of that run, drawn into the run's folder.
+sweep: install
+	mkdir -p $(RESULTS)/$(RUN_ID)
+	$(PY) -m papermill notebooks/sweep.ipynb $(RESULTS)/$(RUN_ID)/sweep.ipynb -p preset $(PRESET) \
+	    -p results_dir $(RESULTS) -p run_id $(RUN_ID) $(SWEEP_ARGS)
+	$(PY) -m analysis $(RESULTS)/$(RUN_ID) --figures $(RESULTS)/$(RUN_ID)/figures
+
+# figures/ and the report's data tables, from the committed runs.
+figures: $(INSTALLED)
+	$(PY) -m analysis $(REPORT_RUNS) --figures figures --summaries report/data
+
+# report/report.pdf from report/report.typ, the figures and the data tables (nothing typed by hand).
+report: $(INSTALLED)
+	$(PY) -m analysis.report $(REPORT_RUNS) --figures figures --data report/data --output report/report.pdf
+
+lab: install
+	$(PY) -m jupyter lab notebooks
+
+# Only on a machine with an NVIDIA GPU: build, kernel compilation, GPU tests, compute-sanitizer, benchmarks.
+gpu-host:
+	OUT=$(GPU_OUT) bash scripts/gpu_host.sh $(GPU_STEPS)
 
 clean:
 	$(MAKE) -C native clean
