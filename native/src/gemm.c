@@ -130,7 +130,6 @@ static void gemm_loops(int kernel, const gemm_problem *p, const cpu_kernels *ker
             blocked_tile_axpy(p, i0, i1, j0, j1);
         epilogue_pass(p, kernels, i0, i1, j0, j1);
     }
-#pragma omp barrier
 }
 
 /* ------------------------------------------------------------------ rung 3: packed panels */
@@ -276,8 +275,8 @@ static void thread_grid(int m_slivers, int n_slivers, int team, int *m_parts, in
 }
 
 /* The five BLIS loops, run by each thread on its own block of C with its own packing buffers, so threads
- * never wait for each other inside a product (one barrier at the end). Each element's k blocks are added
- * in the same order whoever computes it, so thread count never changes a result. */
+ * never wait for each other inside a product. Each element's k blocks are added in the same order whoever
+ * computes it, so thread count never changes a result. */
 static void gemm_packed(const gemm_problem *p, const pack_buffers *buffers, const cpu_kernels *kernels)
 {
     const int team = omp_get_num_threads(), tid = omp_get_thread_num();
@@ -317,7 +316,6 @@ static void gemm_packed(const gemm_problem *p, const pack_buffers *buffers, cons
             }
         }
     }
-#pragma omp barrier
 }
 
 void gemm_team(int kernel, const gemm_problem *problem, const pack_buffers *buffers,

@@ -100,7 +100,8 @@ int pack_buffers_alloc(pack_buffers *buffers, int max_m, int max_n, int max_thre
 void pack_buffers_free(pack_buffers *buffers);
 
 /* Runs one product with the given ladder version. Called by every thread of the current team (or outside
- * a parallel region); ends with a barrier, so C is complete for all threads on return. */
+ * a parallel region). No barrier inside or at the end: each thread writes only its own block of C with its
+ * own packing buffers, so the caller synchronises only before C is read. */
 void gemm_team(int kernel, const gemm_problem *problem, const pack_buffers *buffers,
                const cpu_kernels *kernels);
 

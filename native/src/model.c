@@ -274,6 +274,7 @@ static void forward_layers(mlp_model *model, int batch, const float *x)
                    .bias = ly->bias},
         };
         gemm_team(model->kernel, &z, &model->packs, model->kernels);
+#pragma omp barrier
         input = ly->output;
     }
 }
@@ -383,6 +384,8 @@ static void backprop_team(const stage_args *s, int gradient_ready)
             .c = ly->grad_weights, .ldc = ly->n_in,
             .ep = {.kind = EPI_STORE},
         };
+        /* The weight gradient, the bias gradient and the layer below's dZ all only read this layer's dZ:
+         * threads go from one to the next without waiting, and meet once per layer. */
         gemm_team(model->kernel, &grad_weights, &model->packs, model->kernels);
         bias_gradient(dz, batch, ly->n_out, ly->grad_bias);
         if (l > 0) {
@@ -398,8 +401,8 @@ static void backprop_team(const stage_args *s, int gradient_ready)
             gemm_team(model->kernel, &grad_input, &model->packs, model->kernels);
             current = 1 - current;
         }
-    }
 #pragma omp barrier
+    }
 }
 
 static void update_team(const stage_args *s)
