@@ -30,6 +30,8 @@ from mlpbench.network import Network
 #: Rows a model holds activations for unless ``max_batch`` says otherwise.
 DEFAULT_MAX_BATCH = 1024
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 _ACTIVATIONS = {"sigmoid": 0, "tanh": 1, "relu": 2}
 _LOSSES = {"softmax-ce": 0, "sigmoid-bce": 1}
 
@@ -98,6 +100,7 @@ class NativeCModel(Model):
         self._loss = float("nan")
         self._batch_size = 0  # rows of the last forward; 0 before any
         self._has_grads = False
+        self._valid_step_size = (float("nan"), float("nan"))  # the last (lr, weight_decay) that passed
 
     def _make_views(self) -> None:
         """NumPy views of the C model's buffers (internal: callers only ever get copies)."""
@@ -145,6 +148,13 @@ class NativeCModel(Model):
         if not self._finalizer.alive:
             raise RuntimeError(f"{self.name} model is closed")
 
+    def _step_size(self, lr: Any, weight_decay: Any) -> tuple[float, float]:
+        """Checked step sizes; a training loop repeats the same two floats, so those skip the checks."""
+        if type(lr) is float and type(weight_decay) is float and (lr, weight_decay) == self._valid_step_size:
+            return lr, weight_decay
+        self._valid_step_size = _validate_step_size(lr, weight_decay)
+        return self._valid_step_size
+
     def _raise(self, status: int, where: str) -> None:
         native.raise_for_status(self._lib, status, where)
 
@@ -169,7 +179,7 @@ class NativeCModel(Model):
 
     def update(self, lr: float, weight_decay: float = 0.0) -> None:
         self._require_open()
-        lr, weight_decay = _step_size(lr, weight_decay)
+        lr, weight_decay = self._step_size(lr, weight_decay)
         if not self._has_grads:
             raise RuntimeError("update before backprop")
         status = self._lib.mlp_update(self._model, self.threads, lr, weight_decay)
@@ -179,7 +189,7 @@ class NativeCModel(Model):
     def train_step(self, batch: Batch, lr: float, weight_decay: float = 0.0) -> None:
         """Forward, backprop and update in one C call and one parallel region."""
         x_ptr, t_ptr = self._pointers(batch, need_targets=True)
-        lr, weight_decay = _step_size(lr, weight_decay)
+        lr, weight_decay = self._step_size(lr, weight_decay)
         status = self._lib.mlp_train_step(self._model, self.threads, batch.size, x_ptr, t_ptr, lr,
                                           weight_decay, self._loss_out)
         if status:
@@ -232,11 +242,11 @@ class NativeCModel(Model):
             finalizer()
 
 
-def _step_size(lr: float, weight_decay: float) -> tuple[float, float]:
+def _validate_step_size(lr: float, weight_decay: float) -> tuple[float, float]:
     """Validated step sizes that stay finite in float32, the type C computes with."""
     lr, weight_decay = check_step_size(lr, weight_decay)
     for name, value in (("lr", lr), ("weight_decay", weight_decay)):
-        if value > float(np.finfo(np.float32).max):
+        if value > _FLOAT32_MAX:
             raise ValueError(f"{name}: {value} overflows float32")
     return lr, weight_decay
 
