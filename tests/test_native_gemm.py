@@ -196,11 +196,11 @@ def test_random_inputs_raise_cleanly_or_compute_correctly(data):
     B = rng.uniform(-1, 1, size=(n, k) if transpose_b else (k, n)).astype(np.float32)
     if data.draw(st.booleans(), label="non-finite value"):  # not a defect: IEEE propagation expected
         A.flat[rng.integers(A.size)] = data.draw(st.sampled_from([np.nan, np.inf, -np.inf]))
-    version, threads = data.draw(st.sampled_from([1, 2, 3]), label="version"), data.draw(
-        st.sampled_from([1, 2, 3, None]), label="threads")
+    version = data.draw(st.sampled_from([1, 2, 3]), label="version")
+    threads = data.draw(st.sampled_from([1, 2, 3, None]), label="threads")
     flag_a = transpose_a
-    defects = data.draw(st.lists(st.sampled_from([f"A:{d}" for d in ARRAY_DEFECTS] + [f"B:{d}" for d in
-                                                  ARRAY_DEFECTS] + CALL_DEFECTS), max_size=2), label="defects")
+    choices = [f"A:{d}" for d in ARRAY_DEFECTS] + [f"B:{d}" for d in ARRAY_DEFECTS] + CALL_DEFECTS
+    defects = data.draw(st.lists(st.sampled_from(choices), max_size=2, unique=True), label="defects")
     for defect in defects:
         if defect.startswith("A:"):
             A = corrupt(data.draw, A, defect[2:])
