@@ -1,10 +1,10 @@
 /* The network: creation, the three stages (forward, backprop, update) and the read-back buffers.
  *
- * Each stage call opens ONE parallel region of `threads` threads and runs every layer inside it, with
- * barriers between layers: on small networks a fork/join per operation would cost more than the arithmetic.
- * Work is always split over output elements (rows of the output layer, columns of a bias gradient, elements
- * of a parameter), and every sum is computed whole by one thread in a fixed order, so results do not depend
- * on the thread count.
+ * Each stage call opens ONE parallel region of `threads` threads (none for one thread) and runs every layer
+ * inside it, with a barrier only where a thread reads what others wrote (between layers): on small networks
+ * a fork/join per operation would cost more than the arithmetic. Work is always split over output elements
+ * (blocks of a product, rows of the output layer, columns of a bias gradient, elements of a parameter), and
+ * every sum is computed whole by one thread in a fixed order, so results do not depend on the thread count.
  */
 #include <math.h>
 #include <stdlib.h>
