@@ -52,7 +52,7 @@ asan:
 # The project's whole test suite: native tests under the sanitizers, then pytest. GPU tests skip with the
 # reason where no GPU is usable.
 test: install asan
-	$(MAKE) -C native test-asan
+	$(MAKE) -C native test test-asan
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(INSTALLED)

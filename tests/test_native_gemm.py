@@ -248,3 +248,9 @@ print("alive")
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "alive" in result.stdout, (result.returncode, result.stderr)
+
+
+def test_build_info_names_the_compiler_and_the_instruction_set():
+    info = native.build_info()
+    assert info["compiler"] and "-O3" in info["cflags"] and "-march=native" not in info["cflags"]
+    assert info["openmp"] is True and info["isa"] in native.ISAS

@@ -81,6 +81,23 @@ def library(variant: str = "omp") -> Any:
         return lib
 
 
+def build_info() -> dict[str, Any]:
+    """How the libraries were built (compiler, flags: ``build/build-info.txt`` written by the Makefile) and
+    what they find at run time (OpenMP linked, the micro-kernel instruction set this CPU gets)."""
+    info_path = native_dir() / "build" / "build-info.txt"
+    if not info_path.exists():
+        raise BackendUnavailable(f"{info_path} missing: run `make -C native` first")
+    info: dict[str, Any] = {}
+    for line in info_path.read_text().splitlines():
+        key, _, value = line.partition("=")
+        info[key] = value.strip()
+    omp = library("omp")
+    info["openmp"] = bool(omp.mlp_has_openmp())
+    info["isa"] = ISA_NAMES[int(omp.mlp_best_isa())]
+    info["libraries"] = [str(library_path(variant)) for variant in VARIANTS]
+    return info
+
+
 def error_message(lib: Any, status: int) -> str:
     return ffi.string(lib.mlp_error_message(status)).decode()
 
