@@ -522,21 +522,21 @@ class LadderUnavailable(RuntimeError):
     """A ladder's kernels are not built or not importable here."""
 
 
-def native_matmul_hook() -> tuple[Callable[..., np.ndarray], dict[int, str]]:
-    """The C library's numbered matrix products, as ``mlpbench.native`` exposes them:
-    ``matmul(A, B, *, version: int, threads: int) -> C`` with float32 C-contiguous ``A (m, k)``, ``B (k, n)``
-    and result ``C = A @ B``, and ``KERNELS``, a dict of rung number -> name."""
+def native_gemm_hook(n: int, threads: int) -> tuple[Callable[..., np.ndarray], dict[int, str]]:
+    """The C library's numbered matrix products, as ``mlpbench.native`` exposes them: a ``native.Gemm``
+    workspace for ``n x n`` products on ``threads`` threads, called as ``gemm(A, B, out, version=v)``
+    (``out = A @ B``, nothing allocated per call), and ``KERNELS``, a dict of rung number -> name."""
     try:
         from mlpbench import native
 
-        return native.matmul, dict(native.KERNELS)
-    except (ImportError, AttributeError, OSError) as error:
+        return native.Gemm(n, n, threads=threads), dict(native.KERNELS)
+    except (ImportError, AttributeError, OSError, BackendUnavailable) as error:
         raise LadderUnavailable(describe_error(error)) from error
 
 
 def cuda_matmul_hook() -> tuple[Callable[..., Any], dict[int, str]]:
     """The CUDA backends' numbered matrix-product kernels, as ``mlpbench.backends.cuda`` exposes them:
-    ``matmul(A, B, version: int) -> C`` on float32 contiguous CUDA tensors ``A (m, k)``, ``B (k, n)``,
+    ``matmul(A, B, version: int, out=C) -> C`` on float32 contiguous CUDA tensors ``A (m, k)``, ``B (k, n)``,
     returning ``C = A @ B`` as a CUDA tensor, and ``VERSIONS``, whose integer keys are the rung numbers and
     values their names. Anything missing makes the GPU ladder's kernel rows ``skipped`` with the reason."""
     try:
@@ -559,7 +559,7 @@ def _ladder_row(device: str, impl: str, version: int | None, n: int, threads: in
         if not error <= params.tolerance:
             return {**row, "status": "failed",
                     "reason": f"verification failed: relative error {error:.3g} > {params.tolerance:.3g}"}
-        stats = time_call(fn, repeats=params.ladder_repeats, warmup=1, clock=clock)
+        stats = time_call(fn, repeats=params.ladder_repeats, warmup=2, clock=clock)
     except Exception as error:  # a rung that crashes is recorded, the ladder goes on
         return {**row, "status": "failed", "reason": describe_error(error)}
     return {**row, "status": "ok", "reason": "", "repeats": stats.n, "median_s": stats.median,
@@ -587,23 +587,28 @@ def cpu_ladder(params: Params) -> list[dict[str, Any]]:
     B = rng.standard_normal((n, n), dtype=np.float32)
     reference = A.astype(np.float64) @ B.astype(np.float64)
     At, Bt = torch.from_numpy(A), torch.from_numpy(B)
+    # Every product writes into a buffer allocated once, so no call times page faults of a fresh result.
+    out = np.empty((n, n), dtype=np.float32)
+    out_t = torch.from_numpy(out)
     with pinned_threads(threads):
         rows = [
-            _ladder_row("cpu", "numpy", None, n, threads, lambda: A @ B, lambda: A @ B, reference, params),
-            _ladder_row("cpu", "torch-cpu", None, n, threads, lambda: At @ Bt, lambda: (At @ Bt).numpy(),
-                        reference, params),
+            _ladder_row("cpu", "numpy", None, n, threads, lambda: np.matmul(A, B, out=out),
+                        lambda: np.matmul(A, B, out=out), reference, params),
+            _ladder_row("cpu", "torch-cpu", None, n, threads, lambda: torch.matmul(At, Bt, out=out_t),
+                        lambda: torch.matmul(At, Bt, out=out_t).numpy(), reference, params),
         ]
         try:
-            matmul, kernels = native_matmul_hook()
+            gemm, kernels = native_gemm_hook(n, threads)
         except LadderUnavailable as error:
             rows.append({"device": "cpu", "impl": "c", "n": n, "threads": threads, "status": "skipped",
                          "reason": str(error)})
         else:
             for version, name in kernels.items():
                 def call(version: int = version) -> np.ndarray:
-                    return matmul(A, B, version=version, threads=threads)
+                    return gemm(A, B, out, version=version)
                 rows.append({**_ladder_row("cpu", f"c-v{version}", version, n, threads, call, call, reference,
                                            params), "rung": name})
+            gemm.close()
     return _with_ceiling(rows, "numpy")
 
 
@@ -624,9 +629,10 @@ def gpu_ladder(params: Params) -> list[dict[str, Any]]:
     B = rng.standard_normal((n, n), dtype=np.float32)
     reference = A.astype(np.float64) @ B.astype(np.float64)
     Ad, Bd = torch.from_numpy(A).cuda(), torch.from_numpy(B).cuda()
+    Cd = torch.empty_like(Ad)  # one result buffer for every product, as on the CPU
     clock = CudaEventClock()
-    rows = [_ladder_row("gpu", "torch-gpu", None, n, None, lambda: Ad @ Bd, lambda: (Ad @ Bd).cpu().numpy(),
-                        reference, params, clock)]
+    rows = [_ladder_row("gpu", "torch-gpu", None, n, None, lambda: torch.matmul(Ad, Bd, out=Cd),
+                        lambda: torch.matmul(Ad, Bd, out=Cd).cpu().numpy(), reference, params, clock)]
     try:
         matmul, kernels = cuda_matmul_hook()
     except LadderUnavailable as error:
@@ -634,7 +640,7 @@ def gpu_ladder(params: Params) -> list[dict[str, Any]]:
     else:
         for version, name in kernels.items():
             def call(version: int = version) -> Any:
-                return matmul(Ad, Bd, version=version)
+                return matmul(Ad, Bd, version=version, out=Cd)
             rows.append({**_ladder_row("gpu", f"cuda-v{version}", version, n, None, call,
                                        lambda call=call: call().cpu().numpy(), reference, params, clock),
                          "rung": name})
