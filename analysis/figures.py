@@ -73,37 +73,54 @@ def _legend(fig: Figure, axes: np.ndarray) -> None:
 
 
 def plot_stages(results: Results) -> Figure:
-    """Stacked per-stage medians per backend, one panel per network; top row seconds, bottom row the share
-    of each stage. ``transfer`` (GPU backends) is stacked last, so the black dot — the whole training step
-    timed on its own — compares with the top of ``update`` (below it when a backend fuses the step)."""
+    """Per run, one column per network: the whole training step of every backend (top, log scale, labelled)
+    and how its separately timed stages share the work (bottom; ``transfer`` stacked last on GPU backends)."""
     table = summary.stage_table(results)
     if table.empty:
         return _empty("Time per stage", "no stages study in these runs")
-    panels = list(dict.fromkeys(zip(table.run_id, table.machine, table.network, table.batch, strict=True)))
-    fig, axes = _grid(2, len(panels))
-    for col, (run_id, machine, network, batch) in enumerate(panels):
-        data = table[(table.run_id == run_id) & (table.network == network) & (table.batch == batch)]
-        data = data.set_index("backend").loc[ordered(data.backend)]
-        x = np.arange(len(data))
-        bottom = np.zeros(len(data))
-        share_bottom = np.zeros(len(data))
-        total = data[[f"{s}_s" for s in STAGE_ORDER]].sum(axis=1, min_count=1).to_numpy()
-        for stage in (*summary.COMPUTE_STAGES, "transfer"):
-            values = data[f"{stage}_s"].fillna(0).to_numpy()
-            if not values.any():
-                continue
-            axes[0, col].bar(x, values * 1e3, bottom=bottom * 1e3, color=STAGE_COLORS[stage], label=stage)
-            axes[1, col].bar(x, values / total * 100, bottom=share_bottom, color=STAGE_COLORS[stage])
-            bottom += values
-            share_bottom += values / total * 100
-        axes[0, col].plot(x, data["step_s"] * 1e3, "o", color=STAGE_COLORS["step"], label="whole step")
-        axes[0, col].set_title(f"{network}, batch {batch}\n{machine}", fontsize=9)
-        axes[0, col].set_ylabel("median time (ms)")
-        axes[1, col].set_ylabel("share of the stages (%)")
-        for row in (0, 1):
-            axes[row, col].set_xticks(x, data.index, rotation=45, ha="right")
+    runs = _runs(table)
+    networks = {run_id: list(dict.fromkeys(zip(table[table.run_id == run_id].network,
+                                                table[table.run_id == run_id].batch, strict=True)))
+                for run_id, _ in runs}
+    fig, axes = _grid(2 * len(runs), max(len(n) for n in networks.values()))
+    for row, (run_id, machine) in enumerate(runs):
+        time_axes, share_axes = axes[2 * row], axes[2 * row + 1]
+        for col in range(len(networks[run_id]), axes.shape[1]):
+            time_axes[col].set_axis_off()
+            share_axes[col].set_axis_off()
+        for col, (network, batch) in enumerate(networks[run_id]):
+            data = table[(table.run_id == run_id) & (table.network == network) & (table.batch == batch)]
+            data = data.set_index("backend").loc[ordered(data.backend)]
+            x = np.arange(len(data))
+            bars = time_axes[col].bar(x, data["step_s"], color=[backend_color(b) for b in data.index])
+            time_axes[col].bar_label(bars, labels=[duration(v) for v in data["step_s"]], fontsize=6.5,
+                                     rotation=90, padding=2)
+            time_axes[col].set_yscale("log")
+            time_axes[col].margins(y=0.35)
+            time_axes[col].set_ylabel("one training step (s)")
+            time_axes[col].set_title(f"{network}, batch {batch}\n{machine}", fontsize=9)
+            total = data[[f"{s}_s" for s in STAGE_ORDER]].sum(axis=1, min_count=1).to_numpy()
+            bottom = np.zeros(len(data))
+            for stage in (*summary.COMPUTE_STAGES, "transfer"):
+                values = data[f"{stage}_s"].fillna(0).to_numpy() / total * 100
+                if values.any():
+                    share_axes[col].bar(x, values, bottom=bottom, color=STAGE_COLORS[stage], label=stage)
+                    bottom += values
+            share_axes[col].set_ylabel("share of the stages (%)")
+            for ax in (time_axes[col], share_axes[col]):
+                ax.set_xticks(x, data.index, rotation=45, ha="right", fontsize=8)
     _legend(fig, axes)
     return fig
+
+
+def duration(seconds: float) -> str:
+    """``0.000123`` -> ``123 µs``; ``0.0456`` -> ``45.6 ms``; three significant digits."""
+    if not np.isfinite(seconds):
+        return ""
+    for scale, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs")):
+        if seconds >= scale or unit == "µs":
+            return f"{seconds / scale:.3g} {unit}"
+    return ""
 
 
 def plot_speedup(results: Results) -> Figure:
@@ -140,11 +157,18 @@ def plot_threads(results: Results) -> Figure:
     table = summary.thread_scaling(results)
     if table.empty:
         return _empty("Thread scaling", "no threads study in these runs")
-    panels = list(dict.fromkeys(zip(table.run_id, table.machine, table.network, table.batch, strict=True)))
-    fig, axes = _grid(1, len(panels))
+    runs = _runs(table)
+    panels = {run_id: list(dict.fromkeys(zip(table[table.run_id == run_id].network,
+                                              table[table.run_id == run_id].batch, strict=True)))
+              for run_id, _ in runs}
+    fig, axes = _grid(len(runs), max(len(p) for p in panels.values()))
     authors = summary.AUTHORS_THREADS
-    for col, (run_id, machine, network, batch) in enumerate(panels):
-        ax = axes[0, col]
+    for (row, (run_id, machine)), col in ((r, c) for r in enumerate(runs) for c in range(axes.shape[1])):
+        ax = axes[row, col]
+        if col >= len(panels[run_id]):
+            ax.set_axis_off()
+            continue
+        network, batch = panels[run_id][col]
         data = table[(table.run_id == run_id) & (table.network == network) & (table.batch == batch)]
         ours = network == summary.AUTHORS_NETWORK
         most = max(int(data.threads.max()), int(authors.threads.max()) if ours else 1)
@@ -241,7 +265,9 @@ def plot_ladder(results: Results) -> Figure:
         data = table[(table.run_id == run_id) & (table.device == device)].set_index("impl")
         data = data.loc[ladder_order(data.index)]
         bars = ax.bar(data.index, data.pct_of_ceiling, color=[ladder_color(i) for i in data.index])
-        ax.bar_label(bars, labels=[f"{g:.3g}" for g in data.gflops], fontsize=7, padding=2)
+        ax.bar_label(bars, labels=[f"{g:,.0f}" if g >= 100 else f"{g:.3g}" for g in data.gflops], fontsize=7,
+                     padding=2)
+        ax.margins(y=0.12)
         ax.axhline(100, color="black", linewidth=0.8)
         ax.set_ylabel(f"% of {data.ceiling_impl.iloc[0]} (GFLOP/s on bars)")
         ax.set_title(f"{device.upper()}, n = {int(data.n.iloc[0])}\n{machine}", fontsize=9)
@@ -265,7 +291,8 @@ def plot_training(results: Results) -> Figure:
                      "alpha": 0.8, "markersize": 4}
             axes[row, 0].plot(curve.epoch, curve.train_loss, **style)
             axes[row, 1].plot(curve.epoch, curve.test_accuracy, **style)
-        title = f"{data.dataset.iloc[0]} ({data.network.iloc[0]})\n{machine}"
+        dataset, network = data.dataset.iloc[0], data.network.iloc[0]
+        title = f"{dataset}\n{machine}" if dataset == network else f"{dataset} ({network})\n{machine}"
         axes[row, 0].set(xlabel="epoch", ylabel="mean training loss", yscale="log")
         axes[row, 1].set(xlabel="epoch", ylabel="test accuracy")
         for ax in axes[row]:
@@ -280,7 +307,10 @@ def plot_correctness(results: Results) -> Figure:
     if table.empty:
         return _empty("Correctness", "no correctness checks in these runs")
     runs = _runs(table)
-    fig, axes = _grid(1, len(runs))
+    heights = [table[table.run_id == run_id].backend.nunique() for run_id, _ in runs]
+    fig, axes = plt.subplots(len(runs), 1, squeeze=False, layout="constrained",
+                             figsize=(PANEL[0] * 2, 0.3 * sum(heights) + 0.9 * len(runs)),
+                             gridspec_kw={"height_ratios": heights})
     columns = list(summary.ERROR_COLUMNS)
     for col, (run_id, machine) in enumerate(runs):
         data = table[table.run_id == run_id].groupby("backend")[columns].max()
@@ -289,10 +319,14 @@ def plot_correctness(results: Results) -> Figure:
         values = data.astype(float)
         logs = np.log10(values.clip(lower=1e-12))
         labels = np.where(values.to_numpy() == 0, "exact", logs.map("{:.1f}".format).to_numpy())
-        sns.heatmap(logs, ax=axes[0, col], annot=labels, fmt="", cmap="viridis", vmin=-12, vmax=-4,
-                    cbar_kws={"label": "log10 max relative error"})
-        axes[0, col].set_title(f"tolerance {table.tolerance.iloc[0]:.0e}\n{machine}", fontsize=9)
-        axes[0, col].set_ylabel("")
+        ax = axes[col, 0]
+        sns.heatmap(logs, ax=ax, annot=labels, fmt="", cmap="viridis", vmin=-12, vmax=-4,
+                    annot_kws={"fontsize": 8}, cbar_kws={"label": "log10 of the worst\nrelative error"})
+        ax.set_title(f"{machine}: worst error over every checked configuration "
+                     f"(tolerance {table.tolerance.iloc[0]:.0e})", fontsize=9)
+        ax.set_ylabel("")
+        ax.tick_params(axis="x", rotation=0, labelsize=8)
+        ax.tick_params(axis="y", rotation=0, labelsize=8)
     return fig
 
 
@@ -322,7 +356,7 @@ def plot_lineprofile(results: Results) -> Figure:
             ax.barh(data.index, values, left=left, color=color, label=label, edgecolor="white")
             left += values
         for y, seconds in enumerate(data.plain_step_s):
-            ax.text(max(left.max(), 100) + 1, y, f"{seconds * 1e6:.0f} us", va="center", fontsize=8)
+            ax.text(max(left.max(), 100) + 1, y, duration(seconds), va="center", fontsize=8)
         ax.set_xlim(0, max(left.max(), 100) * 1.18)
         ax.invert_yaxis()
         ax.set_xlabel("share of the profiled step (%); unprofiled step time at right")

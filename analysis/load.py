@@ -40,11 +40,18 @@ def machine_label(meta: dict[str, Any]) -> str:
     """A short name of the machine a run measured: CPU model and cores, and the GPU if one was usable."""
     described = meta.get("machine", {})
     cpu = described.get("cpu", {})
-    label = f"{cpu.get('model', '?')} ({cpu.get('usable_cores', '?')} cores)"
+    label = f"{_short_cpu_name(str(cpu.get('model', '?')))} ({cpu.get('usable_cores', '?')} cores)"
     gpu = described.get("gpu", {}).get("name", "")
     if gpu and not str(gpu).startswith("unavailable"):
         label += f" + {gpu}"
     return label
+
+
+def _short_cpu_name(model: str) -> str:
+    """``Intel(R) Xeon(R) Processor`` -> ``Intel Xeon``: trademarks and filler words out of figure titles."""
+    for noise in ("(R)", "(TM)", "(tm)", " Processor", " CPU"):
+        model = model.replace(noise, "")
+    return " ".join(model.split())
 
 
 def read_table(path: Path) -> pd.DataFrame:

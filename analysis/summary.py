@@ -305,7 +305,7 @@ def headline(results: Results) -> dict[str, Any]:
         runs[run_id] = entry
     authors = {"threads": AUTHORS_THREADS.to_dict(orient="list"), "batch": AUTHORS_BATCH.to_dict(orient="list"),
                "thread_speedup_16": float(AUTHORS_THREADS.speedup.iloc[-1])}
-    return _plain({"runs": runs, "authors": authors})
+    return json_ready({"runs": runs, "authors": authors})
 
 
 SUMMARIES = {
@@ -340,12 +340,12 @@ def write_summaries(results: Results, directory: str | Path) -> list[Path]:
     return written
 
 
-def _plain(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
     """JSON-ready: NumPy scalars as Python numbers, NaN as ``None``, containers recursively."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, np.integer | np.bool_):
         return value.item()
     if isinstance(value, float | np.floating):
