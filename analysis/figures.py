@@ -31,8 +31,11 @@ from analysis.palette import (
     ordered,
 )
 
-PANEL = (4.2, 3.2)  # inches per panel
-LEGEND_WIDTH = 2.4  # inches to the right of the panels
+PANEL = (3.6, 2.7)  # inches per panel
+LEGEND_WIDTH = 1.9  # inches to the right of the panels
+# Sizes chosen for figures printed about 17 cm wide.
+plt.rcParams.update({"font.size": 8.5, "axes.titlesize": 8.5, "axes.labelsize": 8.5, "legend.fontsize": 8,
+                     "xtick.labelsize": 7.5, "ytick.labelsize": 7.5})
 
 
 def _grid(n_rows: int, n_cols: int, **options: object) -> tuple[Figure, np.ndarray]:
@@ -73,42 +76,50 @@ def _legend(fig: Figure, axes: np.ndarray) -> None:
 
 
 def plot_stages(results: Results) -> Figure:
-    """Per run, one column per network: the whole training step of every backend (top, log scale, labelled)
-    and how its separately timed stages share the work (bottom; ``transfer`` stacked last on GPU backends)."""
+    """How each backend's separately timed stages share its work, one panel per run and network (two panels
+    to a row), with the whole training step's median time at the end of each bar. ``transfer`` (GPU backends)
+    is stacked last."""
     table = summary.stage_table(results)
     if table.empty:
         return _empty("Time per stage", "no stages study in these runs")
-    runs = _runs(table)
-    networks = {run_id: list(dict.fromkeys(zip(table[table.run_id == run_id].network,
-                                                table[table.run_id == run_id].batch, strict=True)))
-                for run_id, _ in runs}
-    fig, axes = _grid(2 * len(runs), max(len(n) for n in networks.values()))
-    for row, (run_id, machine) in enumerate(runs):
-        time_axes, share_axes = axes[2 * row], axes[2 * row + 1]
-        for col in range(len(networks[run_id]), axes.shape[1]):
-            time_axes[col].set_axis_off()
-            share_axes[col].set_axis_off()
-        for col, (network, batch) in enumerate(networks[run_id]):
-            data = table[(table.run_id == run_id) & (table.network == network) & (table.batch == batch)]
-            data = data.set_index("backend").loc[ordered(data.backend)]
-            x = np.arange(len(data))
-            bars = time_axes[col].bar(x, data["step_s"], color=[backend_color(b) for b in data.index])
-            time_axes[col].bar_label(bars, labels=[duration(v) for v in data["step_s"]], fontsize=6.5,
-                                     rotation=90, padding=2)
-            time_axes[col].set_yscale("log")
-            time_axes[col].margins(y=0.35)
-            time_axes[col].set_ylabel("one training step (s)")
-            time_axes[col].set_title(f"{network}, batch {batch}\n{machine}", fontsize=9)
-            total = data[[f"{s}_s" for s in STAGE_ORDER]].sum(axis=1, min_count=1).to_numpy()
-            bottom = np.zeros(len(data))
-            for stage in (*summary.COMPUTE_STAGES, "transfer"):
-                values = data[f"{stage}_s"].fillna(0).to_numpy() / total * 100
-                if values.any():
-                    share_axes[col].bar(x, values, bottom=bottom, color=STAGE_COLORS[stage], label=stage)
-                    bottom += values
-            share_axes[col].set_ylabel("share of the stages (%)")
-            for ax in (time_axes[col], share_axes[col]):
-                ax.set_xticks(x, data.index, rotation=45, ha="right", fontsize=8)
+    panels = list(dict.fromkeys(zip(table.run_id, table.machine, table.network, table.batch, strict=True)))
+    per_row = 2
+    layout = []  # (row, col) of each panel: each run starts a new row
+    row = col = 0
+    for index, (run_id, *_) in enumerate(panels):
+        if index and (run_id != panels[index - 1][0] or col == per_row):
+            row, col = row + 1, 0
+        layout.append((row, col))
+        col += 1
+    heights = [max(len(table[(table.run_id == p[0]) & (table.network == p[2])]) for p, at in
+                   zip(panels, layout, strict=True) if at[0] == r) for r in range(row + 1)]
+    fig, axes = plt.subplots(row + 1, per_row, squeeze=False, layout="constrained",
+                             figsize=(2 * PANEL[0] + LEGEND_WIDTH, sum(0.2 * h + 0.8 for h in heights)),
+                             gridspec_kw={"height_ratios": [0.2 * h + 0.8 for h in heights]})
+    used = set(layout)
+    for ax_row, ax_col in np.ndindex(axes.shape):
+        if (ax_row, ax_col) not in used:
+            axes[ax_row, ax_col].set_axis_off()
+    for (run_id, machine, network, batch), (ax_row, ax_col) in zip(panels, layout, strict=True):
+        ax = axes[ax_row, ax_col]
+        data = table[(table.run_id == run_id) & (table.network == network) & (table.batch == batch)]
+        data = data.set_index("backend").loc[ordered(data.backend)]
+        total = data[[f"{s}_s" for s in STAGE_ORDER]].sum(axis=1, min_count=1).to_numpy()
+        left = np.zeros(len(data))
+        for stage in (*summary.COMPUTE_STAGES, "transfer"):
+            values = data[f"{stage}_s"].fillna(0).to_numpy() / total * 100
+            if values.any():
+                ax.barh(data.index, values, left=left, color=STAGE_COLORS[stage], label=stage, edgecolor="white",
+                        linewidth=0.5)
+                left += values
+        for y, seconds in enumerate(data["step_s"]):
+            ax.text(102, y, duration(seconds), va="center", fontsize=7)
+        ax.set_xlim(0, 130)
+        ax.set_xticks([0, 25, 50, 75, 100])
+        ax.invert_yaxis()
+        ax.tick_params(axis="y", labelsize=7.5)
+        ax.set_xlabel("share of the stages (%); whole step at right", fontsize=8)
+        ax.set_title(f"{network}, batch {batch} — {machine}", fontsize=8)
     _legend(fig, axes)
     return fig
 

@@ -35,6 +35,14 @@ class Results:
     def run_ids(self) -> list[str]:
         return list(self.meta)
 
+    def subset(self, *run_ids: str) -> Results:
+        """The tables of some of the runs only."""
+        unknown = set(run_ids) - set(self.meta)
+        if unknown:
+            raise ValueError(f"no run {sorted(unknown)} in these results; runs: {self.run_ids}")
+        tables = {name: self.table(name)[self.table(name)["run_id"].isin(run_ids)] for name in TABLES}
+        return Results(meta={r: self.meta[r] for r in run_ids}, **tables)
+
 
 def machine_label(meta: dict[str, Any]) -> str:
     """A short name of the machine a run measured: CPU model and cores, and the GPU if one was usable."""

@@ -40,6 +40,10 @@ from analysis.summary import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Sweep parameters the report's method section states.
+TIMING_PARAMETERS = ("repeats", "warmup", "min_repeats", "budget_s", "rotate", "verify_batch", "tolerance", "lr",
+                     "weight_decay", "epochs", "train_batch", "train_lr", "profile_steps", "width_layers",
+                     "width_batch")
 
 
 def _has_gpu_rows(results: Results, run_id: str) -> bool:
@@ -131,6 +135,20 @@ class _Run:
                 return int(width)
         return None
 
+    def widest(self) -> dict[str, Any] | None:
+        """At the largest width measured: the fastest CPU and GPU backends' step GFLOP/s as % of their ceiling."""
+        if self.width.empty:
+            return None
+        top = self.width[self.width.width == self.width.width.max()]
+        out: dict[str, Any] = {"width": int(top.width.iloc[0])}
+        for device, backends in (("cpu", CPU_BACKENDS), ("gpu", GPU_BACKENDS)):
+            found = top[top.backend.isin(backends) & np.isfinite(top.gflops)]
+            if len(found):
+                best = found.loc[found.gflops.idxmax()]
+                out[device] = {"backend": best.backend, "gflops": float(best.gflops),
+                               "pct_of_ceiling": 100 * float(best.gflops / best.ceiling_gflops)}
+        return out
+
     def machine(self) -> dict[str, Any]:
         described = self.meta.get("machine", {})
         libraries = described.get("libraries", {})
@@ -157,12 +175,17 @@ def report_numbers(results: Results) -> dict[str, Any]:
     for role, run_id in chosen.items():
         run = _Run(results, run_id)
         nets = sorted(run.stages.network.unique())
-        entry: dict[str, Any] = {"machine": run.machine(), "networks": nets}
+        parameters = run.meta.get("parameters", {})
+        entry: dict[str, Any] = {"machine": run.machine(), "networks": nets,
+                                 "parameters": {key: parameters.get(key) for key in TIMING_PARAMETERS},
+                                 "thread_counts": run.meta.get("thread_counts"),
+                                 "sessions": len(run.meta.get("sessions", [])), "status": run.meta.get("status")}
         entry["omp_vs_torch"] = {n: run.speedup(n, "c-omp", "torch-cpu") for n in nets}
         entry["omp_vs_serial"] = {n: run.speedup(n, "c-omp", "c-serial") for n in nets}
         entry["fused_vs_graph"] = {n: run.speedup(n, "cuda-fused", "torch-gpu-graph") for n in nets}
         entry["fused_vs_serial"] = {n: run.speedup(n, "cuda-fused", "c-serial") for n in nets}
         entry["opt_vs_torch_gpu"] = {n: run.speedup(n, "cuda-opt", "torch-gpu") for n in nets}
+        entry["fused_vs_torch_gpu"] = {n: run.speedup(n, "cuda-fused", "torch-gpu") for n in nets}
         entry["graph_vs_eager"] = {n: run.speedup(n, "torch-gpu-graph", "torch-gpu") for n in nets}
         entry["step_s"] = {n: {b: run.step(n, b) for b in run.stages[run.stages.network == n].backend} for n in nets}
         entry["best_cpu"] = {n: run.best(n, CPU_BACKENDS[1:]) for n in nets}
@@ -175,6 +198,8 @@ def report_numbers(results: Results) -> dict[str, Any]:
         entry["batch_network"] = str(run.batch.network.iloc[0]) if len(run.batch) else None
         entry["batch_gain"] = {b: run.batch_gain(b) for b in sorted(run.batch.backend.unique())}
         entry["width_crossover"] = run.width_crossover()
+        entry["widest"] = run.widest()
+        entry["best_per_operation_gpu"] = {n: run.best(n, ("cuda-naive", "cuda-tiled", "cuda-opt")) for n in nets}
         entry["ladder_pct"] = {impl: run.ladder_pct(impl) for impl in run.ladder.impl}
         entry["ladder_gflops"] = {impl: run.ladder_gflops(impl) for impl in run.ladder.impl}
         entry["ladder_n"] = {device: int(group.n.iloc[0]) for device, group in run.ladder.groupby("device")}
