@@ -236,17 +236,20 @@ def build(run_dirs: list[str | Path], figures_dir: str | Path, data_dir: str | P
     """Draw every figure, write the data tables and ``numbers.json``, and compile the report."""
     import typst
 
-    results = load_runs(*run_dirs)
     figures_dir, data_dir, output = Path(figures_dir), Path(data_dir), Path(output)
+    source_dir = Path(source).resolve().parent
+    figures_path = _relative(figures_dir.resolve(), source_dir)
+    data_path = _relative(data_dir.resolve(), source_dir)
+    results = load_runs(*run_dirs)
     draw_all(results, figures_dir)
     write_summaries(results, data_dir)
     numbers = report_numbers(results)
-    numbers["figures"] = _relative(figures_dir.resolve(), Path(source).resolve().parent)
+    numbers["figures"] = figures_path
     (data_dir / "numbers.json").write_text(json.dumps(numbers, indent=1, allow_nan=False) + "\n")
     output.parent.mkdir(parents=True, exist_ok=True)
     # Only the fonts Typst embeds, and a fixed timestamp: identical inputs give an identical PDF anywhere.
     typst.compile(str(source), output=str(output), root=str(ROOT), ignore_system_fonts=True,
-                  sys_inputs={"data": _relative(data_dir.resolve(), Path(source).resolve().parent)},
+                  sys_inputs={"data": data_path},
                   timestamp=REPORT_TIMESTAMP)
     return output
 
