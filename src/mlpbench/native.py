@@ -20,6 +20,7 @@ from typing import Any
 import cffi
 import numpy as np
 
+from mlpbench.backends import base
 from mlpbench.backends.base import BackendUnavailable, check_threads
 
 #: The two builds of the library: ``serial`` (no OpenMP runtime) and ``omp``.
@@ -150,21 +151,10 @@ def resolve_isa(lib: Any, isa: Any) -> int:
 
 
 def check_float32_matrix(name: str, array: Any, writable: bool = False) -> np.ndarray:
-    """A 2-D float32 array C can read as a flat row-major buffer: C-contiguous, aligned, non-empty."""
-    if not isinstance(array, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(array).__name__}")
-    if array.dtype != np.float32:
-        raise TypeError(f"{name}: expected dtype float32, got {array.dtype}")
-    if array.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array, got {array.ndim} dimensions")
+    """:func:`mlpbench.backends.base.check_float32_matrix`, and non-empty: C gets at least one element."""
+    array = base.check_float32_matrix(name, array, writable)
     if array.size == 0:
         raise ValueError(f"{name}: empty array of shape {array.shape}")
-    if not array.flags.c_contiguous:
-        raise ValueError(f"{name}: array is not C-contiguous (use np.ascontiguousarray)")
-    if not array.flags.aligned:
-        raise ValueError(f"{name}: array is misaligned in memory (copy it with np.array(..., copy=True))")
-    if writable and not array.flags.writeable:
-        raise ValueError(f"{name}: array is read-only")
     return array
 
 

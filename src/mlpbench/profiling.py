@@ -38,7 +38,7 @@ PROFILE_COLUMNS = (
 STEP_METHODS = ("step", "train_step", "prepare", "forward", "backprop", "update", "synchronize", "loss",
                 "_check_batch")
 #: Shared checks every step runs: pure Python overhead of the interface.
-CHECK_FUNCTIONS = (backend_base.check_inputs, backend_base._check_float_matrix, backend_base._targets,
+CHECK_FUNCTIONS = (backend_base.check_inputs, backend_base.check_float32_matrix, backend_base._targets,
                    backend_base.check_step_size)
 
 

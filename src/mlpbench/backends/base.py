@@ -53,7 +53,7 @@ def check_inputs(network: Network, X: Any, y: Any = None) -> tuple[np.ndarray, n
     for ``sigmoid-bce``: targets in ``[0, 1]`` of shape ``(B, n_outputs)`` (or ``(B,)`` with one output).
     Every rule broken raises ``TypeError`` or ``ValueError`` naming the argument and the problem.
     """
-    X = _check_float_matrix("X", X)
+    X = check_float32_matrix("X", X)
     if X.shape[0] < 1:
         raise ValueError("X: empty batch (0 rows); a batch needs at least one sample")
     if X.shape[1] != network.n_inputs:
@@ -66,17 +66,21 @@ def check_inputs(network: Network, X: Any, y: Any = None) -> tuple[np.ndarray, n
     return X, _targets(network, y, X.shape[0])
 
 
-def _check_float_matrix(name: str, array: Any) -> np.ndarray:
+def check_float32_matrix(name: str, array: Any, writable: bool = False) -> np.ndarray:
+    """A 2-D float32 array that C or CUDA can read as a flat row-major buffer: C-contiguous and aligned
+    (and writable, if asked). Raises ``TypeError``/``ValueError`` naming ``name`` and the broken rule."""
     if not isinstance(array, np.ndarray):
         raise TypeError(f"{name}: expected a numpy.ndarray, got {type(array).__name__}")
     if array.dtype != np.float32:
         raise TypeError(f"{name}: expected dtype float32, got {array.dtype} (convert with .astype(np.float32))")
     if array.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array (batch, features), got {array.ndim} dimensions")
+        raise ValueError(f"{name}: expected a 2-D array, got {array.ndim} dimensions")
     if not array.flags.c_contiguous:
         raise ValueError(f"{name}: array is not C-contiguous (use np.ascontiguousarray)")
     if not array.flags.aligned:
         raise ValueError(f"{name}: array is misaligned in memory (copy it with np.array(..., copy=True))")
+    if writable and not array.flags.writeable:
+        raise ValueError(f"{name}: array is read-only")
     return array
 
 
