@@ -43,6 +43,7 @@ from mlpbench.backends.base import (
     check_params,
     check_step_size,
 )
+from mlpbench.backends.torch_nn import tensor_batch
 from mlpbench.gpu import ModuleSpec
 from mlpbench.network import Network
 
@@ -344,9 +345,7 @@ class _CudaModel(Model):
         batch = X.shape[0]
         if batch > self._capacity:
             self._allocate(batch)
-        X_dev = torch.from_numpy(X).to(self._dev)
-        T_dev = None if T is None else torch.from_numpy(T).to(self._dev)
-        return Batch(X_dev, T_dev, batch, self.network)
+        return tensor_batch(self.network, X, T, self._dev)
 
     def _allocate(self, capacity: int) -> None:
         widths = self.network.sizes[1:]

@@ -39,6 +39,13 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0))
 
 
+def tensor_batch(network: Network, X: np.ndarray, T: np.ndarray | None, device: torch.device) -> Batch:
+    """A checked host batch as tensors on ``device`` (a host-to-device copy on GPUs)."""
+    X_t = torch.from_numpy(X).to(device)
+    T_t = None if T is None else torch.from_numpy(T).to(device)
+    return Batch(X_t, T_t, X.shape[0], network)
+
+
 class TorchModel(Model):
     """The PyTorch network on ``self.torch_device``; subclasses choose the device."""
 
@@ -63,9 +70,7 @@ class TorchModel(Model):
 
     def prepare(self, X: np.ndarray, y: np.ndarray | None = None) -> Batch:
         X, T = check_inputs(self.network, X, y)
-        X_t = torch.from_numpy(X).to(self._dev)
-        T_t = None if T is None else torch.from_numpy(T).to(self._dev)
-        return Batch(X_t, T_t, X.shape[0], self.network)
+        return tensor_batch(self.network, X, T, self._dev)
 
     def _loss_of(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.network.loss == "softmax-ce":
