@@ -69,20 +69,13 @@ def _finite(value: Any) -> float | None:
 class _Run:
     """Lookups into one run's summary tables."""
 
-    def __init__(self, results: Results, run_id: str) -> None:
+    def __init__(self, results: Results, tables: dict[str, pd.DataFrame], run_id: str) -> None:
         self.run_id = run_id
         self.meta = results.meta[run_id]
-        def pick(frame: pd.DataFrame) -> pd.DataFrame:
-            return frame[frame.run_id == run_id]
-
-        self.stages = pick(stage_table(results))
-        self.threads = pick(thread_scaling(results))
-        self.batch = pick(batch_effect(results))
-        self.width = pick(width_table(results))
-        self.ladder = pick(ladder_table(results))
-        self.training = pick(training_table(results))
-        self.profile = pick(lineprofile_table(results))
-        self.correct = pick(correctness_table(results))
+        mine = {name: table[table.run_id == run_id] for name, table in tables.items()}
+        self.stages, self.threads, self.batch = mine["stages"], mine["threads"], mine["batch"]
+        self.width, self.ladder, self.training = mine["width"], mine["ladder"], mine["training"]
+        self.profile, self.correct = mine["profile"], mine["correct"]
 
     def step(self, network: str, backend: str) -> float | None:
         found = self.stages[(self.stages.network == network) & (self.stages.backend == backend)]
@@ -172,8 +165,12 @@ def report_numbers(results: Results) -> dict[str, Any]:
     """The named quantities the report's text cites, per role (see module docstring)."""
     chosen = roles(results)
     out: dict[str, Any] = {"roles": chosen}
+    # Each summary over all runs, once; every role reads its own rows.
+    tables = {"stages": stage_table(results), "threads": thread_scaling(results), "batch": batch_effect(results),
+              "width": width_table(results), "ladder": ladder_table(results), "training": training_table(results),
+              "profile": lineprofile_table(results), "correct": correctness_table(results)}
     for role, run_id in chosen.items():
-        run = _Run(results, run_id)
+        run = _Run(results, tables, run_id)
         nets = sorted(run.stages.network.unique())
         parameters = run.meta.get("parameters", {})
         entry: dict[str, Any] = {"machine": run.machine(), "networks": nets,
