@@ -22,6 +22,10 @@ ifndef RUN_ID
 RUN_ID := $(shell date -u +%Y%m%d-%H%M%S)-$(shell hostname -s)
 endif
 SWEEP_ARGS ?=
+# Extra JupyterLab flags, e.g. LAB_ARGS="--port 8890 --no-browser".
+LAB_ARGS ?=
+# JupyterLab refuses to start as root unless told that is intended (containers, CI machines).
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 # The committed runs that figures/ and the report are drawn from.
 REPORT_RUNS ?= results/dev-2core results/h100
 PYTEST_ARGS ?=
@@ -62,7 +66,7 @@ lint: $(INSTALLED)
 # then every figure of that run, drawn into the run's folder.
 sweep: install
 	mkdir -p $(RESULTS)/$(RUN_ID)
-	$(PY) -m papermill notebooks/sweep.ipynb $(RESULTS)/$(RUN_ID)/sweep.ipynb -p preset $(PRESET) \
+	$(PY) -m papermill --log-output notebooks/sweep.ipynb $(RESULTS)/$(RUN_ID)/sweep.ipynb -p preset $(PRESET) \
 	    -p results_dir $(RESULTS) -p run_id $(RUN_ID) $(SWEEP_ARGS)
 	$(PY) -m analysis $(RESULTS)/$(RUN_ID) --figures $(RESULTS)/$(RUN_ID)/figures
 
@@ -74,8 +78,9 @@ figures: $(INSTALLED)
 report: $(INSTALLED)
 	$(PY) -m analysis.report $(REPORT_RUNS) --figures figures --data report/data --output report/report.pdf
 
+# JupyterLab rooted at the repository, so notebooks/, results/ and figures/ are all reachable.
 lab: install
-	$(PY) -m jupyter lab notebooks
+	$(PY) -m jupyter lab --ServerApp.root_dir=$(CURDIR) $(LAB_ROOT) $(LAB_ARGS)
 
 # Only on a machine with an NVIDIA GPU: build, kernel compilation, GPU tests, compute-sanitizer, benchmarks.
 gpu-host:
