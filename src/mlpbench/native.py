@@ -20,8 +20,9 @@ from typing import Any
 import cffi
 import numpy as np
 
-from mlpbench.backends import base
-from mlpbench.backends.base import BackendUnavailable, check_threads
+from mlpbench import checks
+from mlpbench.checks import BackendUnavailable
+from mlpbench.thread_policy import check_threads, usable_cores
 
 #: The two builds of the library: ``serial`` (no OpenMP runtime) and ``omp``.
 VARIANTS = ("serial", "omp")
@@ -114,15 +115,10 @@ def raise_for_status(lib: Any, status: int, where: str) -> None:
     raise RuntimeError(message)
 
 
-def default_threads() -> int:
-    """All cores this process may run on."""
-    return len(os.sched_getaffinity(0))
-
-
 def resolve_threads(lib: Any, variant: str, threads: Any) -> int:
     """A validated thread count: ``None`` means all cores (``omp``) or 1 (``serial``, which has no threads)."""
     if threads is None:
-        return default_threads() if variant == "omp" else 1
+        return usable_cores() if variant == "omp" else 1
     threads = check_threads(threads)
     if variant == "serial" and threads != 1:
         raise ValueError(f"threads: the serial library runs on one thread, got {threads}")
@@ -151,8 +147,8 @@ def resolve_isa(lib: Any, isa: Any) -> int:
 
 
 def check_float32_matrix(name: str, array: Any, writable: bool = False) -> np.ndarray:
-    """:func:`mlpbench.backends.base.check_float32_matrix`, and non-empty: C gets at least one element."""
-    array = base.check_float32_matrix(name, array, writable)
+    """:func:`mlpbench.checks.check_float32_matrix`, and non-empty: C gets at least one element."""
+    array = checks.check_float32_matrix(name, array, writable)
     if array.size == 0:
         raise ValueError(f"{name}: empty array of shape {array.shape}")
     return array

@@ -16,9 +16,10 @@ reduced batch). Its worst relative errors go into every row; above ``tolerance``
 as ``failed`` and not timed. A backend that cannot run here (``BackendUnavailable``) is ``skipped``; any other
 exception is ``failed``; the reason is recorded and the sweep goes on.
 
-Thread counts are explicit: ``c-omp`` and ``torch-cpu`` get theirs as an option; around every configuration
-the shared OpenMP runtime (through PyTorch) and NumPy's BLAS pool are pinned to the configuration's count
-(``c-serial``: 1; the ``numpy`` reference: the largest count; GPU backends: all cores for the host side).
+Thread counts are explicit and come from what each backend class declares: ``threaded`` backends (``c-omp``,
+``torch-cpu``) get theirs as an option; around every configuration the shared OpenMP runtime (through PyTorch)
+and NumPy's BLAS pool are pinned to the configuration's count (a single-threaded build such as ``c-serial``:
+its ``fixed_threads``; the ``numpy`` reference: the largest count; GPU backends: all cores for the host side).
 
 Results go to ``<results>/<run-id>/``:
 
@@ -58,15 +59,13 @@ from typing import Any
 import numpy as np
 
 from mlpbench import machine, profiling
-from mlpbench.backends import BACKENDS, GPU_BACKENDS, BackendUnavailable, Model, load, model_class
+from mlpbench.backends import BACKENDS, BackendUnavailable, Model, check_backend, load, model_class
 from mlpbench.network import PRESETS as NETWORKS
 from mlpbench.network import Network, resolve
+from mlpbench.thread_policy import pinned_threads, usable_cores
 from mlpbench.timing import (
-    THREADED_BACKENDS,
     OverBudget,
     Stats,
-    all_cores,
-    pinned_threads,
     probe_step,
     thread_option,
     time_call,
@@ -108,7 +107,7 @@ TRAINING_COLUMNS = (
 
 def default_thread_counts(cores: int | None = None) -> tuple[int, ...]:
     """1, 2, 4, ... below ``cores``, and ``cores`` itself."""
-    cores = all_cores() if cores is None else cores
+    cores = usable_cores() if cores is None else cores
     counts = [1 << k for k in range(cores.bit_length()) if (1 << k) < cores]
     return (*counts, cores)
 
@@ -162,6 +161,8 @@ class Params:
         for name in ("backends", "studies", "networks", "thread_networks", "threads", "batch_sizes", "widths"):
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str | int) else tuple(value))
+        for backend in self.backends:
+            check_backend(backend)
         unknown = set(self.studies) - set(STUDIES)
         if unknown:
             raise ValueError(f"unknown studies {sorted(unknown)}; choose from {STUDIES}")
@@ -239,14 +240,16 @@ class Config:
 
 
 def backend_threads(backend: str, params: Params, threads: int | None = None) -> int | None:
-    """The thread count a backend runs on: ``threads`` for the threaded backends when given, 1 for
-    ``c-serial``, ``None`` (not applicable) for GPU backends, the most threads otherwise."""
-    if backend in GPU_BACKENDS:
+    """The thread count a backend runs on, as its class declares: ``None`` (not applicable) on a GPU;
+    ``threads`` for a threaded backend when given; a single-threaded build's fixed count; otherwise the
+    most threads of the run (the thread pools the harness sets)."""
+    cls = model_class(backend)
+    if cls.device != "cpu":
         return None
-    if backend == "c-serial":
-        return 1
-    if backend in THREADED_BACKENDS and threads is not None:
+    if cls.threaded and threads is not None:
         return threads
+    if cls.fixed_threads is not None:
+        return cls.fixed_threads
     return params.max_threads
 
 
@@ -270,7 +273,7 @@ def plan(params: Params) -> list[Config]:
         for spec in params.networks:
             add("stages", *split_network(spec))
     if "threads" in studies:
-        threaded = [b for b in params.backends if b in THREADED_BACKENDS]
+        threaded = [b for b in params.backends if model_class(b).threaded]
         for spec in params.thread_networks:
             add("threads", *split_network(spec), backends=threaded, threads=params.thread_counts)
     if "batch" in studies:
@@ -421,7 +424,7 @@ def measure(config: Config, params: Params, unavailable: Unavailable) -> list[di
     if known:
         return not_timed("skipped", known)
     options = thread_option(config.backend, config.threads)
-    host_threads = config.threads or all_cores()
+    host_threads = config.threads or usable_cores()
     try:
         base["device"] = model_class(config.backend).device
         with pinned_threads(host_threads):
@@ -660,7 +663,7 @@ def training_curve(backend: str, params: Params) -> list[dict[str, Any]]:
             "threads": threads, "epochs": params.epochs, "batch": params.train_batch, "lr": params.train_lr}
     try:
         dataset = data.load(params.dataset, seed=params.seed)
-        with pinned_threads(threads or all_cores()):
+        with pinned_threads(threads or usable_cores()):
             model = load(backend, network, seed=params.seed, **thread_option(backend, threads))
             try:
                 started = time.perf_counter()
