@@ -42,10 +42,18 @@ _load_lock = threading.Lock()
 
 
 def native_dir() -> Path:
-    """The directory holding ``include/mlp.h`` and ``build/``: ``$MLPBENCH_NATIVE_DIR`` or the repository's
-    ``native/`` (the package is installed editable, so it sits two levels above this file's package)."""
+    """The directory holding ``include/mlp.h`` and ``build/``: ``$MLPBENCH_NATIVE_DIR`` or, for a package
+    installed from a checkout in editable mode, the checkout's ``native/`` (two levels above this package)."""
     override = os.environ.get("MLPBENCH_NATIVE_DIR")
-    return Path(override).resolve() if override else Path(__file__).resolve().parents[2] / "native"
+    if override:
+        return Path(override).resolve()
+    checkout = Path(__file__).resolve().parents[2] / "native"
+    if not (checkout / "include" / "mlp.h").is_file():
+        raise BackendUnavailable(
+            f"the C library's sources are not beside this installed package ({checkout} has no include/mlp.h): "
+            "build it in a checkout with `make -C native` and set MLPBENCH_NATIVE_DIR to that native/ "
+            "directory, or install the package editable from the checkout (pip install -e .)")
+    return checkout
 
 
 def library_path(variant: str) -> Path:
