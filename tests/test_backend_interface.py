@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from mlpbench import BACKENDS, BackendUnavailable, Network, load
-from mlpbench.backends import CPU_BACKENDS, GPU_BACKENDS, model_class
+from mlpbench.backends import CPU_BACKENDS, GPU_BACKENDS, REGISTRY, model_class
+from mlpbench.backends.numpy_ref import NumpyModel
+from mlpbench.thread_policy import usable_cores
 from mlpbench.verify import FLOAT32_TOLERANCE, compare_stages
 
 NET = Network((5, 7, 3), "tanh", "softmax-ce")
@@ -13,8 +15,51 @@ BCE_NET = Network((4, 6, 2), "sigmoid", "sigmoid-bce")
 
 def test_registry_names_match_the_study():
     assert BACKENDS == CPU_BACKENDS + GPU_BACKENDS
+    assert CPU_BACKENDS == ("numpy", "c-serial", "c-omp", "torch-cpu")
     with pytest.raises(ValueError, match="unknown backend 'cuda'"):
         model_class("cuda")
+
+
+# What each backend is, written out from the study's design (not read from the classes).
+DECLARED = {  # name: (device, family, threaded, fixed_threads, fuses_step)
+    "numpy": ("cpu", "reference", False, None, False),
+    "c-serial": ("cpu", "c", False, 1, True),
+    "c-omp": ("cpu", "c", True, None, True),
+    "torch-cpu": ("cpu", "torch", True, None, False),
+    "cuda-naive": ("cuda", "cuda", False, None, False),
+    "cuda-tiled": ("cuda", "cuda", False, None, False),
+    "cuda-opt": ("cuda", "cuda", False, None, True),
+    "cuda-fused": ("cuda", "cuda", False, None, True),
+    "torch-gpu": ("cuda", "torch", False, None, False),
+    "torch-gpu-graph": ("cuda", "torch", False, None, True),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_classes_declare_what_the_harness_needs(backend):
+    cls = model_class(backend)
+    assert cls.name == backend
+    assert (cls.device, cls.family, cls.threaded, cls.fixed_threads, cls.fuses_step) == DECLARED[backend]
+    assert cls.max_threads() == (usable_cores() if cls.threaded else 1)
+
+
+class ToyModel(NumpyModel):
+    """A backend added the documented way: one class, one registry line."""
+
+    name = "toy"
+    family = "toy"
+    fixed_threads = 1
+
+
+def test_a_new_backend_is_one_class_and_one_registry_line(monkeypatch):
+    from mlpbench import sweep
+
+    monkeypatch.setitem(REGISTRY, "toy", (__name__, "ToyModel"))
+    assert isinstance(load("toy", NET), ToyModel)
+    configs = sweep.plan(sweep.make_params("quick", backends=("toy", "c-omp"), threads=(1, 2)))
+    toy = [c for c in configs if c.backend == "toy"]
+    assert toy and all(c.threads == 1 for c in toy)  # its declared fixed count
+    assert {c.backend for c in configs if c.study == "threads"} == {"c-omp"}  # not threaded: no thread study
 
 
 @pytest.mark.parametrize("network", [Network((1, 1, 2), "relu"), Network((33, 257, 7), "sigmoid"),
@@ -105,7 +150,7 @@ def test_wrong_parameter_shapes_are_rejected(backend):
 
 @pytest.mark.parametrize("backend", ["torch-cpu", "c-omp"])
 @pytest.mark.parametrize("threads, error", [(0, ValueError), (-2, ValueError), (1.5, TypeError),
-                                            (True, TypeError)])
+                                            (True, TypeError), (10**6, ValueError)])
 def test_bad_thread_counts_are_rejected(backend, threads, error):
     with pytest.raises(error, match="threads"):
         load(backend, NET, threads=threads)
@@ -123,3 +168,20 @@ def test_gpu_backends_explain_why_they_cannot_run(backend):
         pytest.skip("a GPU is present here; the GPU tests cover these backends")
     with pytest.raises(BackendUnavailable, match=backend):
         load(backend, NET)
+
+
+def test_c_activation_and_loss_codes_come_from_the_header():
+    import re
+    from pathlib import Path
+
+    from mlpbench import native
+    from mlpbench.backends.native_c import header_code
+    from mlpbench.network import ACTIVATIONS, LOSSES
+
+    lib = native.library("serial")
+    text = (Path(native.native_dir()) / "include" / "mlp.h").read_text()
+    for name in (*ACTIVATIONS, *LOSSES):
+        constant = "MLP_" + name.upper().replace("-", "_")
+        written = re.search(rf"\b{constant}\s*=\s*(\d+)", text)
+        assert written, f"{constant} is not in mlp.h"
+        assert header_code(lib, name) == int(written.group(1))

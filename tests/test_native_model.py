@@ -287,9 +287,13 @@ def test_close_is_idempotent_and_final():
     X, y = random_batch(network, 3, np.random.default_rng(0))
     model.step(X, y, 0.1)
     kept = model.params()
+    snapshot = [(w.copy(), b.copy()) for w, b in kept]
     model.close()
     model.close()
-    np.testing.assert_array_equal(kept[0][0], kept[0][0])  # copies survive the model
+    for (w, b), (w0, b0) in zip(kept, snapshot, strict=True):  # copies, not views of the freed C memory
+        assert w.flags.owndata and b.flags.owndata
+        np.testing.assert_array_equal(w, w0)
+        np.testing.assert_array_equal(b, b0)
     for call in (lambda: model.prepare(X, y), lambda: model.params(), lambda: model.poison(),
                  lambda: model.update(0.1)):
         with pytest.raises(RuntimeError, match="closed"):

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from mlpbench.backends.base import BackendUnavailable
+from mlpbench.checks import BackendUnavailable
 
 KERNEL_DIR = Path(__file__).with_name("kernels")
 

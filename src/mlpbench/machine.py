@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mlpbench.thread_policy import usable_cores
+
 #: Prefixes of environment variables that change threading or numerics of the libraries measured.
 THREAD_ENV_PREFIXES = ("OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "TORCH_", "CUDA_", "PYCUDA_")
 
@@ -63,7 +65,7 @@ def cpu_info() -> dict[str, Any]:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    return {"model": model, "logical_cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+    return {"model": model, "logical_cores": os.cpu_count(), "usable_cores": usable_cores(),
             "machine": platform.machine(), "load_average": list(os.getloadavg())}
 
 

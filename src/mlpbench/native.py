@@ -20,8 +20,9 @@ from typing import Any
 import cffi
 import numpy as np
 
-from mlpbench.backends import base
-from mlpbench.backends.base import BackendUnavailable, check_threads
+from mlpbench import checks
+from mlpbench.checks import BackendUnavailable
+from mlpbench.thread_policy import check_threads, usable_cores
 
 #: The two builds of the library: ``serial`` (no OpenMP runtime) and ``omp``.
 VARIANTS = ("serial", "omp")
@@ -41,10 +42,18 @@ _load_lock = threading.Lock()
 
 
 def native_dir() -> Path:
-    """The directory holding ``include/mlp.h`` and ``build/``: ``$MLPBENCH_NATIVE_DIR`` or the repository's
-    ``native/`` (the package is installed editable, so it sits two levels above this file's package)."""
+    """The directory holding ``include/mlp.h`` and ``build/``: ``$MLPBENCH_NATIVE_DIR`` or, for a package
+    installed from a checkout in editable mode, the checkout's ``native/`` (two levels above this package)."""
     override = os.environ.get("MLPBENCH_NATIVE_DIR")
-    return Path(override).resolve() if override else Path(__file__).resolve().parents[2] / "native"
+    if override:
+        return Path(override).resolve()
+    checkout = Path(__file__).resolve().parents[2] / "native"
+    if not (checkout / "include" / "mlp.h").is_file():
+        raise BackendUnavailable(
+            f"the C library's sources are not beside this installed package ({checkout} has no include/mlp.h): "
+            "build it in a checkout with `make -C native` and set MLPBENCH_NATIVE_DIR to that native/ "
+            "directory, or install the package editable from the checkout (pip install -e .)")
+    return checkout
 
 
 def library_path(variant: str) -> Path:
@@ -114,15 +123,10 @@ def raise_for_status(lib: Any, status: int, where: str) -> None:
     raise RuntimeError(message)
 
 
-def default_threads() -> int:
-    """All cores this process may run on."""
-    return len(os.sched_getaffinity(0))
-
-
 def resolve_threads(lib: Any, variant: str, threads: Any) -> int:
     """A validated thread count: ``None`` means all cores (``omp``) or 1 (``serial``, which has no threads)."""
     if threads is None:
-        return default_threads() if variant == "omp" else 1
+        return usable_cores() if variant == "omp" else 1
     threads = check_threads(threads)
     if variant == "serial" and threads != 1:
         raise ValueError(f"threads: the serial library runs on one thread, got {threads}")
@@ -151,8 +155,8 @@ def resolve_isa(lib: Any, isa: Any) -> int:
 
 
 def check_float32_matrix(name: str, array: Any, writable: bool = False) -> np.ndarray:
-    """:func:`mlpbench.backends.base.check_float32_matrix`, and non-empty: C gets at least one element."""
-    array = base.check_float32_matrix(name, array, writable)
+    """:func:`mlpbench.checks.check_float32_matrix`, and non-empty: C gets at least one element."""
+    array = checks.check_float32_matrix(name, array, writable)
     if array.size == 0:
         raise ValueError(f"{name}: empty array of shape {array.shape}")
     return array

@@ -22,12 +22,13 @@ from typing import Any
 import numpy as np
 from line_profiler import LineProfiler
 
+from mlpbench import checks
 from mlpbench.backends import BackendUnavailable, load
-from mlpbench.backends import base as backend_base
 from mlpbench.backends.base import Model
 from mlpbench.machine import now_utc
 from mlpbench.network import Network, resolve
-from mlpbench.timing import all_cores, pinned_threads, thread_option
+from mlpbench.thread_policy import pinned_threads, usable_cores
+from mlpbench.timing import thread_option
 from mlpbench.verify import random_batch
 
 PROFILE_COLUMNS = (
@@ -38,8 +39,8 @@ PROFILE_COLUMNS = (
 STEP_METHODS = ("step", "train_step", "prepare", "forward", "backprop", "update", "synchronize", "loss",
                 "_check_batch")
 #: Shared checks every step runs: pure Python overhead of the interface.
-CHECK_FUNCTIONS = (backend_base.check_inputs, backend_base.check_float32_matrix, backend_base._targets,
-                   backend_base.check_step_size)
+CHECK_FUNCTIONS = (checks.check_inputs, checks.check_float32_matrix, checks.check_targets,
+                   checks.check_step_size)
 
 
 def driver(model: Model, X: np.ndarray, y: np.ndarray, lr: float) -> float:
@@ -87,7 +88,7 @@ def _profile_rows(backend: str, net: Network, steps: int, run_dir: Path, seed: i
                   threads: int | None, base: dict[str, Any]) -> list[dict[str, Any]]:
     rng = np.random.Generator(np.random.PCG64(seed))
     inputs = [random_batch(net, base["batch"], rng) for _ in range(4)]
-    with pinned_threads(threads or all_cores()):
+    with pinned_threads(threads or usable_cores()):
         model = load(backend, net, seed=seed, **thread_option(backend, threads))
         try:
             return _profile(model, inputs, steps, lr, warmup, Path(run_dir), base)

@@ -20,20 +20,21 @@ Each stage's samples are summarised by :class:`Stats` (median, quartiles, IQR, n
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from mlpbench.backends import model_class
 from mlpbench.backends.base import Model
+from mlpbench.thread_policy import pinned_threads
+
+__all__ = ["STAGES", "CpuClock", "CudaEventClock", "OverBudget", "StageTimes", "Stats", "clock_for",
+           "pinned_threads", "probe_step", "stages_for", "thread_option", "time_call", "time_stages"]
 
 #: The study's stages, in the order of tables and figures. ``transfer`` exists on CUDA models only.
 STAGES = ("transfer", "forward", "backprop", "update", "step")
-#: Backends that take a ``threads`` option; every other CPU backend runs on a fixed count.
-THREADED_BACKENDS = ("c-omp", "torch-cpu")
 
 
 @dataclass(frozen=True)
@@ -200,27 +201,6 @@ def time_call(fn: Callable[[], object], *, repeats: int, warmup: int = 1,
     return Stats.from_ns([clock.measure(fn) for _ in range(repeats)])
 
 
-def all_cores() -> int:
-    """Cores this process may run on."""
-    return len(os.sched_getaffinity(0))
-
-
 def thread_option(backend: str, threads: int | None) -> dict[str, int]:
     """The ``threads`` option for backends that take one, nothing for the others."""
-    return {"threads": threads} if backend in THREADED_BACKENDS and threads is not None else {}
-
-
-@contextlib.contextmanager
-def pinned_threads(threads: int) -> Iterator[None]:
-    """PyTorch's thread count (and with it the one OpenMP runtime the C library shares) and NumPy's BLAS
-    pool set to ``threads`` for the block, restored afterwards: no configuration inherits another's."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with threadpool_limits(limits=threads, user_api="blas"):
-            yield
-    finally:
-        torch.set_num_threads(previous)
+    return {"threads": threads} if threads is not None and model_class(backend).threaded else {}

@@ -1,7 +1,9 @@
 """Backends by name. Each family lives in its own module, imported only when one of its backends is loaded,
 so the CPU backends work on machines without PyCUDA or a GPU.
 
-A new backend is one module with a :class:`~mlpbench.backends.base.Model` subclass plus one line here.
+A new backend is one module with a :class:`~mlpbench.backends.base.Model` subclass plus one line here: the class
+declares what the harness needs (device, family, threads, limits), and everything else asks the class through
+:func:`model_class` instead of keeping lists of names.
 """
 
 from __future__ import annotations
@@ -27,16 +29,19 @@ REGISTRY: dict[str, tuple[str, str]] = {
 }
 
 BACKENDS: tuple[str, ...] = tuple(REGISTRY)
-CPU_BACKENDS = ("numpy", "c-serial", "c-omp", "torch-cpu")
-GPU_BACKENDS = ("cuda-naive", "cuda-tiled", "cuda-opt", "cuda-fused", "torch-gpu", "torch-gpu-graph")
+
+
+def check_backend(backend: str) -> str:
+    """``backend`` if it is a registered name (nothing imported); ``ValueError`` naming the choices if not."""
+    if not isinstance(backend, str) or backend not in REGISTRY:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return backend
 
 
 def model_class(backend: str) -> type[Model]:
     """The class behind a backend name; raises ``ValueError`` for unknown names and
     :class:`BackendUnavailable` when its module cannot be imported here."""
-    if backend not in REGISTRY:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    module_name, class_name = REGISTRY[backend]
+    module_name, class_name = REGISTRY[check_backend(backend)]
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
@@ -58,5 +63,20 @@ def load(backend: str, network: Network | str, params: Params | None = None, see
     return cls(network, params, **options)
 
 
+def backends_on(device: str) -> tuple[str, ...]:
+    """Registered backends whose class computes on ``device`` (``"cpu"`` or ``"cuda"``), in registry order.
+    Imports every backend module (PyTorch included; PyCUDA is only imported when a CUDA model is built)."""
+    return tuple(name for name in BACKENDS if model_class(name).device == device)
+
+
+def __getattr__(attribute: str) -> tuple[str, ...]:
+    # Computed from the classes on first use, so importing the package stays light.
+    if attribute in ("CPU_BACKENDS", "GPU_BACKENDS"):
+        value = backends_on("cpu" if attribute == "CPU_BACKENDS" else "cuda")
+        globals()[attribute] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {attribute!r}")
+
+
 __all__ = ["BACKENDS", "CPU_BACKENDS", "GPU_BACKENDS", "REGISTRY", "BackendUnavailable", "Batch", "Model",
-           "Params", "load", "model_class"]
+           "Params", "backends_on", "check_backend", "load", "model_class"]

@@ -1,4 +1,4 @@
-"""The interface every backend implements, and the input checks they all share.
+"""The interface every backend implements.
 
 A training step is four calls, each timed on its own by the sweep::
 
@@ -11,24 +11,35 @@ A training step is four calls, each timed on its own by the sweep::
 all four, returning the loss. Everything a caller reads back
 (``loss``, ``output``, ``params``, ``grads``) comes back as host NumPy data, so tests compare any two backends
 with the same code.
+
+A backend class also declares what the harness needs to run and time it (``device``, ``family``,
+``threaded``, ``fixed_threads``, ``fuses_step``, :meth:`Model.max_threads`), so nothing outside
+``backends/`` keeps lists of backend names. The shared input checks live in :mod:`mlpbench.checks` and
+:mod:`mlpbench.thread_policy`; they are re-exported here.
 """
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
+from mlpbench.checks import (
+    BackendUnavailable,
+    Params,
+    check_float32_matrix,
+    check_inputs,
+    check_params,
+    check_step_size,
+    check_targets,
+)
 from mlpbench.network import Network
+from mlpbench.thread_policy import check_threads, usable_cores
 
-Params = list[tuple[np.ndarray, np.ndarray]]
-
-
-class BackendUnavailable(RuntimeError):
-    """The backend cannot run on this machine (no GPU, no compiler output, missing package); says why."""
+__all__ = ["BackendUnavailable", "Batch", "Model", "Params", "check_float32_matrix", "check_inputs",
+           "check_params", "check_step_size", "check_targets", "check_threads"]
 
 
 @dataclass(frozen=True)
@@ -45,108 +56,6 @@ class Batch:
     network: Network
 
 
-def check_inputs(network: Network, X: Any, y: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Validate a host batch and turn labels into float32 targets ``T`` of shape ``(B, n_outputs)``.
-
-    ``X``: float32, C-contiguous, aligned, shape ``(B, n_inputs)`` with ``B >= 1``, all finite.
-    ``y`` for ``softmax-ce``: integer class labels of shape ``(B,)`` in ``[0, n_outputs)``;
-    for ``sigmoid-bce``: targets in ``[0, 1]`` of shape ``(B, n_outputs)`` (or ``(B,)`` with one output).
-    Every rule broken raises ``TypeError`` or ``ValueError`` naming the argument and the problem.
-    """
-    X = check_float32_matrix("X", X)
-    if X.shape[0] < 1:
-        raise ValueError("X: empty batch (0 rows); a batch needs at least one sample")
-    if X.shape[1] != network.n_inputs:
-        raise ValueError(f"X: expected {network.n_inputs} features per row for network {network.name}, "
-                         f"got shape {X.shape}")
-    if not np.isfinite(X).all():
-        raise ValueError("X: contains NaN or Inf")
-    if y is None:
-        return X, None
-    return X, _targets(network, y, X.shape[0])
-
-
-def check_float32_matrix(name: str, array: Any, writable: bool = False) -> np.ndarray:
-    """A 2-D float32 array that C or CUDA can read as a flat row-major buffer: C-contiguous and aligned
-    (and writable, if asked). Raises ``TypeError``/``ValueError`` naming ``name`` and the broken rule."""
-    if not isinstance(array, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(array).__name__}")
-    if array.dtype != np.float32:
-        raise TypeError(f"{name}: expected dtype float32, got {array.dtype} (convert with .astype(np.float32))")
-    if array.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array, got {array.ndim} dimensions")
-    if not array.flags.c_contiguous:
-        raise ValueError(f"{name}: array is not C-contiguous (use np.ascontiguousarray)")
-    if not array.flags.aligned:
-        raise ValueError(f"{name}: array is misaligned in memory (copy it with np.array(..., copy=True))")
-    if writable and not array.flags.writeable:
-        raise ValueError(f"{name}: array is read-only")
-    return array
-
-
-def _targets(network: Network, y: Any, batch: int) -> np.ndarray:
-    if not isinstance(y, np.ndarray):
-        raise TypeError(f"y: expected a numpy.ndarray, got {type(y).__name__}")
-    n_out = network.n_outputs
-    if network.loss == "softmax-ce":
-        if not np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
-            raise TypeError(f"y: softmax-ce needs integer class labels, got dtype {y.dtype}")
-        if y.shape != (batch,):
-            raise ValueError(f"y: expected shape ({batch},) to match X, got {y.shape}")
-        low, high = int(y.min()), int(y.max())
-        if low < 0 or high >= n_out:
-            raise ValueError(f"y: labels must lie in [0, {n_out}), got values in [{low}, {high}]")
-        targets = np.zeros((batch, n_out), dtype=np.float32)
-        targets[np.arange(batch), y] = 1.0
-        return targets
-    if not np.issubdtype(y.dtype, np.floating) and not np.issubdtype(y.dtype, np.integer):
-        raise TypeError(f"y: sigmoid-bce needs numeric targets in [0, 1], got dtype {y.dtype}")
-    if y.shape == (batch,) and n_out == 1:
-        y = y.reshape(batch, 1)
-    if y.shape != (batch, n_out):
-        raise ValueError(f"y: expected shape ({batch}, {n_out}) to match X, got {y.shape}")
-    targets = np.ascontiguousarray(y, dtype=np.float32)
-    if not np.isfinite(targets).all():
-        raise ValueError("y: contains NaN or Inf")
-    if targets.min() < 0.0 or targets.max() > 1.0:
-        raise ValueError("y: sigmoid-bce targets must lie in [0, 1]")
-    return targets
-
-
-def check_params(network: Network, params: Params, dtype: type = np.float32) -> Params:
-    """Validate ``[(W, b), ...]`` against the network's shapes; returns C-contiguous copies in ``dtype``."""
-    if len(params) != network.n_layers:
-        raise ValueError(f"params: expected {network.n_layers} (W, b) pairs, got {len(params)}")
-    checked = []
-    for index, ((weights, bias), (n_out, n_in)) in enumerate(zip(params, network.layer_shapes, strict=True)):
-        weights = np.array(weights, dtype=dtype, order="C", copy=True)
-        bias = np.array(bias, dtype=dtype, order="C", copy=True)
-        if weights.shape != (n_out, n_in) or bias.shape != (n_out,):
-            raise ValueError(f"params[{index}]: expected W {(n_out, n_in)} and b {(n_out,)}, "
-                             f"got {weights.shape} and {bias.shape}")
-        if not (np.isfinite(weights).all() and np.isfinite(bias).all()):
-            raise ValueError(f"params[{index}]: contains NaN or Inf")
-        checked.append((weights, bias))
-    return checked
-
-
-def check_step_size(lr: float, weight_decay: float) -> tuple[float, float]:
-    for name, value in (("lr", lr), ("weight_decay", weight_decay)):
-        if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
-            raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"{name}: must be finite and >= 0, got {value}")
-    return float(lr), float(weight_decay)
-
-
-def check_threads(threads: Any) -> int:
-    if isinstance(threads, bool) or not isinstance(threads, int | np.integer):
-        raise TypeError(f"threads: expected an integer, got {type(threads).__name__}")
-    if threads < 1:
-        raise ValueError(f"threads: must be >= 1, got {threads}")
-    return int(threads)
-
-
 class Model(ABC):
     """One network on one backend. Subclasses implement the four stages and the read-backs."""
 
@@ -154,6 +63,30 @@ class Model(ABC):
     name: ClassVar[str]
     #: ``"cpu"`` or ``"cuda"``: where the stages run, so timers know whether to synchronise.
     device: ClassVar[str] = "cpu"
+    #: The implementations it belongs to: ``"reference"``, ``"c"``, ``"torch"``, ``"cuda"``. A class that
+    #: declares none is named after its device (the hand-written CUDA kernels are the ``"cuda"`` family).
+    family: ClassVar[str]
+    #: Takes a ``threads`` option: its own CPU thread count, up to :meth:`max_threads`.
+    threaded: ClassVar[bool] = False
+    #: Threads a backend that is not ``threaded`` computes on: ``1`` for a single-threaded build; ``None``
+    #: when it uses the thread pools the harness sets (NumPy's BLAS) or computes on a GPU.
+    fixed_threads: ClassVar[int | None] = None
+    #: ``train_step`` does the whole step in fewer calls than its three stages (one C call, a fused kernel,
+    #: one CUDA graph). Unless a class says otherwise: whether it overrides ``train_step``.
+    fuses_step: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "fuses_step" not in cls.__dict__:
+            cls.fuses_step = cls.train_step is not Model.train_step
+        if not hasattr(cls, "family"):
+            cls.family = cls.device
+
+    @classmethod
+    def max_threads(cls) -> int:
+        """Most threads the ``threads`` option takes here: the cores this process may use if the backend is
+        ``threaded`` (more would only oversubscribe them), 1 otherwise."""
+        return usable_cores() if cls.threaded else 1
 
     def __init__(self, network: Network, params: Params) -> None:
         self.network = network

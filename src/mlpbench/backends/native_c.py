@@ -32,8 +32,12 @@ DEFAULT_MAX_BATCH = 1024
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
-_ACTIVATIONS = {"sigmoid": 0, "tanh": 1, "relu": 2}
-_LOSSES = {"softmax-ce": 0, "sigmoid-bce": 1}
+
+
+def header_code(lib: Any, name: str) -> int:
+    """The header's enum value for an activation or loss name: ``"tanh"`` -> ``MLP_TANH``,
+    ``"softmax-ce"`` -> ``MLP_SOFTMAX_CE``."""
+    return getattr(lib, "MLP_" + name.upper().replace("-", "_"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +71,7 @@ class NativeCModel(Model):
     """The network in C; subclasses choose the library build (``variant``). One call at a time: the C model's
     buffers are shared by its stages."""
 
+    family = "c"
     variant: ClassVar[str]
 
     def __init__(self, network: Network, params: Params, *, threads: int | None, kernel: int = 3,
@@ -83,8 +88,8 @@ class NativeCModel(Model):
 
         sizes = native.ffi.new("int[]", list(network.sizes))
         handle = native.ffi.new("mlp_model **")
-        status = lib.mlp_model_create(handle, network.n_layers, sizes, _ACTIVATIONS[network.activation],
-                                      _LOSSES[network.loss], self.max_batch, self.threads, self.kernel,
+        status = lib.mlp_model_create(handle, network.n_layers, sizes, header_code(lib, network.activation),
+                                      header_code(lib, network.loss), self.max_batch, self.threads, self.kernel,
                                       isa_code)
         native.raise_for_status(lib, status, "mlp_model_create")
         self._model = handle[0]
@@ -256,6 +261,7 @@ class SerialCModel(NativeCModel):
 
     name = "c-serial"
     variant = "serial"
+    fixed_threads = 1
 
     def __init__(self, network: Network, params: Params, *, kernel: int = 3,
                  max_batch: int = DEFAULT_MAX_BATCH, isa: str = "auto") -> None:
@@ -267,6 +273,7 @@ class OpenMPCModel(NativeCModel):
 
     name = "c-omp"
     variant = "omp"
+    threaded = True
 
     def __init__(self, network: Network, params: Params, *, threads: int | None = None, kernel: int = 3,
                  max_batch: int = DEFAULT_MAX_BATCH, isa: str = "auto") -> None:

@@ -50,6 +50,7 @@ def loss_from_logits(loss: str, z: np.ndarray, targets: np.ndarray) -> float:
 
 class NumpyModel(Model):
     name = "numpy"
+    family = "reference"
 
     def __init__(self, network: Network, params: Params) -> None:
         super().__init__(network, params)

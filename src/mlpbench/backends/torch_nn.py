@@ -7,8 +7,6 @@ every other backend and IEEE float32 matrix products (no TF32).
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -21,9 +19,13 @@ from mlpbench.backends.base import (
     check_inputs,
     check_params,
     check_step_size,
-    check_threads,
 )
+from mlpbench.backends.transfer import tensor_batch
 from mlpbench.network import Network
+from mlpbench.thread_policy import check_threads, set_torch_threads, usable_cores
+
+__all__ = ["TorchCPUModel", "TorchGPUGraphModel", "TorchGPUModel", "TorchModel", "pin_ieee_float32",
+           "require_cuda", "tensor_batch"]
 
 _ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu}
 
@@ -34,21 +36,10 @@ def pin_ieee_float32() -> None:
     torch.backends.mkldnn.matmul.fp32_precision = "ieee"
 
 
-def default_threads() -> int:
-    """All cores this process may run on."""
-    return len(os.sched_getaffinity(0))
-
-
-def tensor_batch(network: Network, X: np.ndarray, T: np.ndarray | None, device: torch.device) -> Batch:
-    """A checked host batch as tensors on ``device`` (a host-to-device copy on GPUs)."""
-    X_t = torch.from_numpy(X).to(device)
-    T_t = None if T is None else torch.from_numpy(T).to(device)
-    return Batch(X_t, T_t, X.shape[0], network)
-
-
 class TorchModel(Model):
     """The PyTorch network on ``self.torch_device``; subclasses choose the device."""
 
+    family = "torch"
     torch_device = "cpu"
 
     def __init__(self, network: Network, params: Params) -> None:
@@ -138,15 +129,15 @@ class TorchCPUModel(TorchModel):
     """``torch-cpu``: runs every stage on ``threads`` threads (default: all cores), set before each call."""
 
     name = "torch-cpu"
+    threaded = True
 
     def __init__(self, network: Network, params: Params, threads: int | None = None) -> None:
-        self.threads = default_threads() if threads is None else check_threads(threads)
+        self.threads = usable_cores() if threads is None else check_threads(threads, limit=self.max_threads())
         super().__init__(network, params)
 
     def _use_threads(self) -> None:
         # One OpenMP runtime serves PyTorch and the C library: never inherit another backend's setting.
-        if torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)
+        set_torch_threads(self.threads)
 
     def forward(self, batch: Batch) -> None:
         self._use_threads()

@@ -1,0 +1,17 @@
+"""The "transfer" stage shared by every backend that computes on tensors (PyTorch's and the CUDA kernels'):
+a checked host batch copied to the device the backend computes on."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mlpbench.backends.base import Batch
+from mlpbench.network import Network
+
+
+def tensor_batch(network: Network, X: np.ndarray, T: np.ndarray | None, device: torch.device) -> Batch:
+    """A checked host batch as tensors on ``device`` (a host-to-device copy on GPUs)."""
+    X_t = torch.from_numpy(X).to(device)
+    T_t = None if T is None else torch.from_numpy(T).to(device)
+    return Batch(X_t, T_t, X.shape[0], network)

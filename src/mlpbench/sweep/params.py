@@ -1,0 +1,123 @@
+"""The sweep's parameters (:class:`SweepParams`), their presets and the studies they choose."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from mlpbench.backends import BACKENDS, check_backend
+from mlpbench.network import resolve
+from mlpbench.thread_policy import usable_cores
+from mlpbench.verify import FLOAT32_TOLERANCE
+
+SCHEMA_VERSION = 1
+STUDIES = ("stages", "threads", "batch", "width", "ladder", "training", "lineprofile")
+#: Network each training data set is learnt with.
+TRAINING_NETWORKS = {"digits": "digits", "moons": "moons-5h300"}
+
+
+def default_thread_counts(cores: int | None = None) -> tuple[int, ...]:
+    """1, 2, 4, ... below ``cores``, and ``cores`` itself."""
+    cores = usable_cores() if cores is None else cores
+    counts = [1 << k for k in range(cores.bit_length()) if (1 << k) < cores]
+    return (*counts, cores)
+
+
+def split_network(spec: str) -> tuple[str, int]:
+    """``"large:1024"`` -> ``("large", 1024)``: a network (preset name or sizes) and its batch size."""
+    name, _, batch = spec.partition(":")
+    if not batch.isdigit() or int(batch) < 1:
+        raise ValueError(f"network spec {spec!r} needs a positive batch size: name:batch, e.g. 'digits:32'")
+    resolve(name)
+    return name, int(batch)
+
+
+@dataclass(frozen=True)
+class SweepParams:
+    """Everything a sweep run depends on; stored in ``meta.json``. ``threads=()`` means
+    :func:`default_thread_counts` on the machine that runs the sweep."""
+
+    backends: tuple[str, ...] = BACKENDS
+    studies: tuple[str, ...] = STUDIES
+    networks: tuple[str, ...] = ("moons-5h300:32", "digits:32", "large:1024")  # stages study: name:batch
+    thread_networks: tuple[str, ...] = ("moons-5h300:32", "mnist:256")
+    threads: tuple[int, ...] = ()
+    batch_network: str = "moons-5h300"
+    batch_sizes: tuple[int, ...] = (1, 4, 16, 64, 256, 512)
+    widths: tuple[int, ...] = (64, 128, 256, 512, 1024)
+    width_layers: int = 3
+    width_batch: int = 256
+    repeats: int = 20         # timed samples per stage
+    warmup: int = 3           # untimed passes before timing
+    min_repeats: int = 3      # never fewer samples, whatever the budget
+    budget_s: float = 30.0    # timing seconds per configuration: fewer repeats, or skipped beyond min_repeats
+    rotate: int = 4           # input batches cycled through while timing
+    verify_batch: int = 64    # largest batch of the correctness check
+    tolerance: float = FLOAT32_TOLERANCE
+    lr: float = 0.01          # learning rate while timing (small: the weights must stay finite)
+    weight_decay: float = 1e-3
+    seed: int = 0
+    dataset: str = "digits"   # training curves
+    epochs: int = 10
+    train_batch: int = 32
+    train_lr: float = 1.0
+    ladder_cpu_n: int = 1024
+    ladder_gpu_n: int = 4096
+    ladder_repeats: int = 5
+    profile_network: str = "digits"
+    profile_batch: int = 32
+    profile_steps: int = 200
+
+    def __post_init__(self) -> None:
+        for name in ("backends", "studies", "networks", "thread_networks", "threads", "batch_sizes", "widths"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str | int) else tuple(value))
+        for backend in self.backends:
+            check_backend(backend)
+        unknown = set(self.studies) - set(STUDIES)
+        if unknown:
+            raise ValueError(f"unknown studies {sorted(unknown)}; choose from {STUDIES}")
+        for spec in (*self.networks, *self.thread_networks):
+            split_network(spec)
+        if self.dataset not in TRAINING_NETWORKS:
+            raise ValueError(f"unknown training data set {self.dataset!r}; choose from {sorted(TRAINING_NETWORKS)}")
+        if self.repeats < 1 or self.min_repeats < 1 or self.warmup < 0 or self.rotate < 1:
+            raise ValueError("repeats, min_repeats and rotate must be >= 1, warmup >= 0")
+        if any(t < 1 for t in self.threads):
+            raise ValueError(f"thread counts must be >= 1, got {self.threads}")
+
+    @property
+    def thread_counts(self) -> tuple[int, ...]:
+        return self.threads or default_thread_counts()
+
+    @property
+    def max_threads(self) -> int:
+        return max(self.thread_counts)
+
+
+PRESETS: dict[str, SweepParams] = {
+    # CI: every study on tiny networks, in seconds.
+    "quick": SweepParams(networks=("digits:32", "2-32-32-1:8"), thread_networks=("digits:32",), threads=(1, 2),
+                    batch_network="digits", batch_sizes=(1, 8, 32), widths=(16, 64), width_layers=2,
+                    width_batch=32, repeats=5, warmup=1, min_repeats=2, budget_s=2.0, epochs=2,
+                    ladder_cpu_n=128, ladder_gpu_n=256, ladder_repeats=3, profile_steps=20),
+    # About five minutes on the 2-core development machine.
+    "default": SweepParams(),
+    # The GPU host: more samples, the original study's batch sizes, widths up to 4096.
+    "full": SweepParams(networks=("moons-5h300:32", "digits:32", "mnist:256", "large:1024"),
+                   batch_sizes=tuple(1 << k for k in range(10)), widths=tuple(1 << k for k in range(6, 13)),
+                   repeats=50, warmup=5, budget_s=60.0, ladder_cpu_n=2048, ladder_repeats=10,
+                   profile_steps=500),
+}
+
+
+def make_params(preset: str = "default", **overrides: Any) -> SweepParams:
+    """A preset with some fields replaced; ``None`` values keep the preset's."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(SweepParams)}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise TypeError(f"unknown sweep parameters {sorted(unknown)}")
+    return dataclasses.replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})

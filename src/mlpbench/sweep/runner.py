@@ -1,0 +1,164 @@
+"""A run: its units of work, resumed where a killed run stopped, and its ``meta.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlpbench import machine, profiling
+from mlpbench.sweep.curves import training_curve
+from mlpbench.sweep.ladders import cpu_ladder, gpu_ladder
+from mlpbench.sweep.measuring import Unavailable, measure
+from mlpbench.sweep.params import SCHEMA_VERSION, SweepParams, make_params
+from mlpbench.sweep.planning import Config, backend_threads, plan
+from mlpbench.sweep.tables import LADDER_COLUMNS, ROW_COLUMNS, TRAINING_COLUMNS, BlockTable, write_atomic
+
+
+def default_run_id() -> str:
+    import socket
+
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + socket.gethostname().split(".")[0]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One piece of work of a run: its table, key, the function that produces its rows, the columns that
+    identify it in a row saying why it produced none, and for timing units the configuration (whose rows
+    another study's identical configuration reuses)."""
+
+    table: str
+    key: str
+    work: Callable[[], list[dict[str, Any]]]
+    identity: dict[str, Any]
+    config: Config | None = None
+
+
+class Attempts:
+    """Append-only log of units started: a unit that was started ``MAX_ATTEMPTS`` times without finishing
+    killed the process each time (a crash in native or GPU code), so a resumed run records it as failed
+    instead of dying on it again."""
+
+    MAX_ATTEMPTS = 2
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+        self.counts = Counter(lines)
+
+    def begin(self, unit: Unit) -> str | None:
+        """Log a start of ``unit``; the reason to give up on it instead, if it has crashed too often."""
+        name = f"{unit.table}:{unit.key}"
+        if self.counts[name] >= self.MAX_ATTEMPTS:
+            return f"the process died while measuring it, {self.counts[name]} times: not tried again"
+        self.counts[name] += 1
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(name + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        return None
+
+
+def _start_meta(run_dir: Path, run_id: str, preset: str, params: SweepParams) -> dict[str, Any]:
+    path = run_dir / "meta.json"
+    meta = json.loads(path.read_text()) if path.exists() else None
+    session = {"started_at": machine.now_utc(), "finished_at": None, "preset": preset,
+               "parameters": dataclasses.asdict(params), "machine": machine.describe()}
+    if meta is None:
+        meta = {"schema": SCHEMA_VERSION, "run_id": run_id, "started_at": session["started_at"],
+                "preset": preset, "parameters": session["parameters"], "machine": session["machine"],
+                "sessions": []}
+    meta.update(status="running", finished_at=None, preset=preset, parameters=session["parameters"],
+                thread_counts=list(params.thread_counts))
+    meta["sessions"].append(session)
+    write_atomic(path, json.dumps(meta, indent=1, default=str) + "\n")
+    return meta
+
+
+def _finish_meta(run_dir: Path, meta: dict[str, Any], status: str) -> None:
+    meta["finished_at"] = meta["sessions"][-1]["finished_at"] = machine.now_utc()
+    meta["sessions"][-1]["load_average_end"] = list(os.getloadavg())
+    meta["status"] = status
+    write_atomic(run_dir / "meta.json", json.dumps(meta, indent=1, default=str) + "\n")
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    # Under papermill or CI every refresh becomes an output line: refresh rarely unless told otherwise.
+    options = {} if "TQDM_MININTERVAL" in os.environ else {"mininterval": 5.0}
+    if not enabled:
+        options["disable"] = True
+    return tqdm(total=total, unit="config", file=sys.stderr, dynamic_ncols=False, ascii=True, **options)
+
+
+def run(preset: str = "default", *, results_dir: str | Path = "results", run_id: str | None = None,
+        progress: bool = True, **overrides: Any) -> Path:
+    """Run (or resume) a sweep; returns ``<results_dir>/<run_id>``. ``overrides`` replace preset fields
+    (see :class:`SweepParams`); ``None`` keeps the preset's value."""
+    params = make_params(preset, **overrides)
+    run_id = run_id or default_run_id()
+    run_dir = Path(results_dir) / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta = _start_meta(run_dir, run_id, preset, params)  # before any OpenMP work: it starts subprocesses
+
+    tables = {"rows": BlockTable(run_dir / "rows.csv", ROW_COLUMNS),
+              "ladder": BlockTable(run_dir / "ladder.csv", LADDER_COLUMNS),
+              "training": BlockTable(run_dir / "training.csv", TRAINING_COLUMNS),
+              "lineprofile": BlockTable(run_dir / "lineprofile.csv", profiling.PROFILE_COLUMNS)}
+    done = {name: table.read() for name, table in tables.items()}
+    finished = {name: {row["key"] for row in rows} for name, rows in done.items()}
+    # Rows of each measurement already made in this run: a configuration another study shares is copied.
+    measured: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in done["rows"]:
+        if not row["reused_from"]:
+            measured.setdefault(Config.from_key(row["key"]).measurement, []).append(row)
+
+    unavailable = Unavailable()
+    units = [Unit("rows", c.key, lambda c=c: measure(c, params, unavailable),
+                  {"study": c.study, "backend": c.backend, "network": c.network, "batch": c.batch,
+                   "threads": c.threads, "stage": ""}, c) for c in plan(params)]
+    studies = set(params.studies)
+    if "ladder" in studies:
+        units += [Unit("ladder", "cpu", lambda: cpu_ladder(params), {"device": "cpu"}),
+                  Unit("ladder", "gpu", lambda: gpu_ladder(params), {"device": "gpu"})]
+    if "training" in studies:
+        units += [Unit("training", backend, lambda b=backend: training_curve(b, params), {"backend": backend})
+                  for backend in params.backends]
+    if "lineprofile" in studies:
+        units += [Unit("lineprofile", backend, lambda b=backend: profiling.profile_backend(
+                       b, params.profile_network, params.profile_batch, params.profile_steps, run_dir,
+                       seed=params.seed, threads=backend_threads(b, params)), {"backend": backend})
+                  for backend in params.backends]
+    attempts = Attempts(run_dir / "attempts.log")
+
+    todo = [unit for unit in units if unit.key not in finished[unit.table]]
+    status = "interrupted"
+    with _progress(len(units), progress) as bar:
+        bar.update(len(units) - len(todo))
+        try:
+            for unit in todo:
+                bar.set_postfix_str(unit.key, refresh=False)
+                config = unit.config
+                if config is not None and config.measurement in measured:
+                    rows = [{**row, "study": config.study, "reused_from": row["key"]}
+                            for row in measured[config.measurement]]
+                else:
+                    crashed = attempts.begin(unit)
+                    rows = unit.work() if crashed is None else [
+                        {**unit.identity, "status": "failed", "reason": crashed, "finished_at": machine.now_utc()}]
+                    if config is not None:
+                        measured[config.measurement] = [{**row, "key": unit.key} for row in rows]
+                tables[unit.table].append(unit.key, rows)
+                bar.update()
+            status = "complete"
+        finally:
+            _finish_meta(run_dir, meta, status)
+    return run_dir
