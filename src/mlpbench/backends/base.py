@@ -74,6 +74,10 @@ class Model(ABC):
     #: ``train_step`` does the whole step in fewer calls than its three stages (one C call, a fused kernel,
     #: one CUDA graph). Unless a class says otherwise: whether it overrides ``train_step``.
     fuses_step: ClassVar[bool] = False
+    #: Seconds this model spent compiling its step (``torch.compile``), recorded beside its timings; ``None``
+    #: where nothing is compiled per model (kernels compiled at run time are cached per process and paid in
+    #: the warm-up).
+    compile_seconds: float | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

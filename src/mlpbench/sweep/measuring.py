@@ -66,7 +66,8 @@ def measure(config: Config, params: SweepParams, unavailable: Unavailable) -> li
     network = resolve(config.network)
     base: dict[str, Any] = {"study": config.study, "backend": config.backend, "network": config.network,
                             "sizes": network.name, "batch": config.batch, "threads": config.threads,
-                            "tolerance": params.tolerance, "warmup": params.warmup}
+                            "tolerance": params.tolerance, "warmup": params.warmup,
+                            "load_before": os.getloadavg()[0]}
 
     def not_timed(status: str, reason: str) -> list[dict[str, Any]]:
         return [{**base, "stage": "", "status": status, "reason": reason, **finish_stamp()}]
@@ -126,6 +127,7 @@ def _check_and_time(config: Config, network: Network, params: SweepParams, base:
         result = time_stages(model, inputs, lr=params.lr, weight_decay=params.weight_decay,
                              repeats=params.repeats, warmup=base["warmup"], min_repeats=params.min_repeats,
                              budget_s=params.budget_s)
+        base["compile_s"] = model.compile_seconds
     finally:
         model.close()
     if not math.isfinite(result.loss_after):

@@ -9,10 +9,11 @@ from typing import Any
 from mlpbench.backends import BACKENDS, check_backend
 from mlpbench.network import resolve
 from mlpbench.thread_policy import usable_cores
+from mlpbench.training import TASKS
 from mlpbench.verify import FLOAT32_TOLERANCE
 
 SCHEMA_VERSION = 1
-STUDIES = ("stages", "threads", "batch", "width", "ladder", "training", "lineprofile")
+STUDIES = ("stages", "threads", "batch", "width", "ladder", "training", "endtoend", "lineprofile")
 #: Network each training data set is learnt with.
 TRAINING_NETWORKS = {"digits": "digits", "moons": "moons-5h300"}
 
@@ -68,9 +69,12 @@ class SweepParams:
     profile_network: str = "digits"
     profile_batch: int = 32
     profile_steps: int = 200
+    tasks: tuple[str, ...] = tuple(TASKS)  # end-to-end training tasks (mlpbench.training.TASKS)
+    task_epochs: int = 0      # cap on each task's epochs; 0: the task's own (the original benchmark: 100)
 
     def __post_init__(self) -> None:
-        for name in ("backends", "studies", "networks", "thread_networks", "threads", "batch_sizes", "widths"):
+        for name in ("backends", "studies", "networks", "thread_networks", "threads", "batch_sizes", "widths",
+                     "tasks"):
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str | int) else tuple(value))
         for backend in self.backends:
@@ -84,6 +88,11 @@ class SweepParams:
             raise ValueError(f"unknown training data set {self.dataset!r}; choose from {sorted(TRAINING_NETWORKS)}")
         if self.repeats < 1 or self.min_repeats < 1 or self.warmup < 0 or self.rotate < 1:
             raise ValueError("repeats, min_repeats and rotate must be >= 1, warmup >= 0")
+        unknown = set(self.tasks) - set(TASKS)
+        if unknown:
+            raise ValueError(f"unknown end-to-end tasks {sorted(unknown)}; choose from {tuple(TASKS)}")
+        if self.task_epochs < 0:
+            raise ValueError(f"task_epochs must be >= 0 (0: each task's own), got {self.task_epochs}")
         if any(t < 1 for t in self.threads):
             raise ValueError(f"thread counts must be >= 1, got {self.threads}")
 
@@ -96,11 +105,48 @@ class SweepParams:
         return max(self.thread_counts)
 
 
+#: What each parameter means: the command line's help and the sweep notebook's parameter comments.
+HELP: dict[str, str] = {
+    "backends": "backend names; empty: every registered backend (those unusable here are recorded as skipped)",
+    "studies": f"studies to run, from {', '.join(STUDIES)}",
+    "networks": "stages study: network:batch, e.g. digits:32 or 64-128-10:32",
+    "thread_networks": "threads study: network:batch (threaded backends at every thread count)",
+    "threads": "thread counts of the threads study; empty: 1, 2, 4, ... and every usable core",
+    "batch_network": "network of the batch-size study",
+    "batch_sizes": "batch sizes of the batch-size study",
+    "widths": "widths of the square networks of the width study",
+    "width_layers": "layers of the width study's networks",
+    "width_batch": "batch size of the width study",
+    "repeats": "timed samples per stage",
+    "warmup": "untimed passes before timing",
+    "min_repeats": "fewest samples a configuration is timed with, whatever the budget",
+    "budget_s": "timing seconds per configuration: fewer repeats, or skipped beyond min_repeats",
+    "rotate": "input batches cycled through while timing",
+    "verify_batch": "largest batch of the correctness check against the float64 reference",
+    "tolerance": "relative error a float32 backend must stay under in that check",
+    "lr": "learning rate while timing (small: the weights must stay finite)",
+    "weight_decay": "L2 weight decay while timing",
+    "seed": "seed of the weights and of the input batches",
+    "dataset": f"data set of the training curves, from {', '.join(TRAINING_NETWORKS)}",
+    "epochs": "epochs of the training curves",
+    "train_batch": "batch size of the training curves",
+    "train_lr": "learning rate of the training curves",
+    "ladder_cpu_n": "n of the CPU matrix-product ladder (n x n x n)",
+    "ladder_gpu_n": "n of the GPU matrix-product ladder",
+    "ladder_repeats": "timed samples per ladder rung",
+    "profile_network": "network of the line profile",
+    "profile_batch": "batch size of the line profile",
+    "profile_steps": "training steps the line profile runs",
+    "tasks": "end-to-end training tasks, from " + ", ".join(TASKS),
+    "task_epochs": "cap on each end-to-end task's epochs; 0: the task's own (the original benchmark: 100)",
+}
+
 PRESETS: dict[str, SweepParams] = {
     # CI: every study on tiny networks, in seconds.
     "quick": SweepParams(networks=("digits:32", "2-32-32-1:8"), thread_networks=("digits:32",), threads=(1, 2),
                     batch_network="digits", batch_sizes=(1, 8, 32), widths=(16, 64), width_layers=2,
                     width_batch=32, repeats=5, warmup=1, min_repeats=2, budget_s=2.0, epochs=2,
+                    tasks=("moons-tanh", "digits-target"), task_epochs=2,
                     ladder_cpu_n=128, ladder_gpu_n=256, ladder_repeats=3, profile_steps=20),
     # About five minutes on the 2-core development machine.
     "default": SweepParams(),

@@ -15,11 +15,19 @@ from typing import Any
 
 from mlpbench import machine, profiling
 from mlpbench.sweep.curves import training_curve
+from mlpbench.sweep.endtoend import endtoend_rows
 from mlpbench.sweep.ladders import cpu_ladder, gpu_ladder
 from mlpbench.sweep.measuring import Unavailable, measure
 from mlpbench.sweep.params import SCHEMA_VERSION, SweepParams, make_params
 from mlpbench.sweep.planning import Config, backend_threads, plan
-from mlpbench.sweep.tables import LADDER_COLUMNS, ROW_COLUMNS, TRAINING_COLUMNS, BlockTable, write_atomic
+from mlpbench.sweep.tables import (
+    ENDTOEND_COLUMNS,
+    LADDER_COLUMNS,
+    ROW_COLUMNS,
+    TRAINING_COLUMNS,
+    BlockTable,
+    write_atomic,
+)
 
 
 def default_run_id() -> str:
@@ -82,6 +90,22 @@ def _start_meta(run_dir: Path, run_id: str, preset: str, params: SweepParams) ->
     return meta
 
 
+#: Runnable tasks beyond the machine's cores (a 1-minute load average over cores + this) mean other work
+#: competed for the cores while a unit ran: its timings are flagged in ``meta.json`` and a warning printed.
+BUSY_LOAD_MARGIN = 1.0
+
+
+def busy_entry(key: str, rows: list[dict[str, Any]], cores: int) -> dict[str, Any] | None:
+    """What ``meta.json`` records of a unit timed on a busy machine; ``None`` if the machine was quiet."""
+    for row in rows:
+        before, after = row.get("load_before"), row.get("load_after", row.get("load_1min"))
+        loads = [float(value) for value in (before, after) if value not in (None, "")]
+        if loads and max(loads) > cores + BUSY_LOAD_MARGIN:
+            return {"key": key, "load_before": before, "load_after": after, "threads": row.get("threads"),
+                    "cores": cores}
+    return None
+
+
 def _finish_meta(run_dir: Path, meta: dict[str, Any], status: str) -> None:
     meta["finished_at"] = meta["sessions"][-1]["finished_at"] = machine.now_utc()
     meta["sessions"][-1]["load_average_end"] = list(os.getloadavg())
@@ -112,6 +136,7 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
     tables = {"rows": BlockTable(run_dir / "rows.csv", ROW_COLUMNS),
               "ladder": BlockTable(run_dir / "ladder.csv", LADDER_COLUMNS),
               "training": BlockTable(run_dir / "training.csv", TRAINING_COLUMNS),
+              "endtoend": BlockTable(run_dir / "endtoend.csv", ENDTOEND_COLUMNS),
               "lineprofile": BlockTable(run_dir / "lineprofile.csv", profiling.PROFILE_COLUMNS)}
     done = {name: table.read() for name, table in tables.items()}
     finished = {name: {row["key"] for row in rows} for name, rows in done.items()}
@@ -132,12 +157,17 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
     if "training" in studies:
         units += [Unit("training", backend, lambda b=backend: training_curve(b, params), {"backend": backend})
                   for backend in params.backends]
+    if "endtoend" in studies:
+        units += [Unit("endtoend", f"{task}/{backend}", lambda t=task, b=backend: endtoend_rows(t, b, params),
+                       {"task": task, "backend": backend})
+                  for task in params.tasks for backend in params.backends]
     if "lineprofile" in studies:
         units += [Unit("lineprofile", backend, lambda b=backend: profiling.profile_backend(
                        b, params.profile_network, params.profile_batch, params.profile_steps, run_dir,
                        seed=params.seed, threads=backend_threads(b, params)), {"backend": backend})
                   for backend in params.backends]
     attempts = Attempts(run_dir / "attempts.log")
+    cores = os.cpu_count() or 1
 
     todo = [unit for unit in units if unit.key not in finished[unit.table]]
     status = "interrupted"
@@ -157,6 +187,13 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
                     if config is not None:
                         measured[config.measurement] = [{**row, "key": unit.key} for row in rows]
                 tables[unit.table].append(unit.key, rows)
+                busy = busy_entry(f"{unit.table}:{unit.key}", rows, cores)
+                if busy is not None:
+                    meta.setdefault("busy", []).append(busy)
+                    write_atomic(run_dir / "meta.json", json.dumps(meta, indent=1, default=str) + "\n")
+                    bar.write(f"warning: the machine was busy while {busy['key']} ran (load average "
+                              f"{busy['load_before']} before, {busy['load_after']} after, on {cores} cores): "
+                              "its timings are suspect", file=sys.stderr)
                 bar.update()
             status = "complete"
         finally:

@@ -16,7 +16,7 @@ ROW_COLUMNS = (
     "reason", "repeats", "warmup", "median_s", "q1_s", "q3_s", "iqr_s", "min_s", "mean_s", "flops", "gflops",
     "samples_per_s", "bytes", "gb_per_s", "verify_batch", "tolerance",
     *(f"err_{name}" for name in ERROR_QUANTITIES), "err_max", "loss_after", "reused_from", "finished_at",
-    "load_1min",
+    "load_1min", "load_before", "compile_s",
 )
 LADDER_COLUMNS = (
     "key", "block_rows", "device", "impl", "version", "rung", "n", "threads", "status", "reason", "repeats",
@@ -26,6 +26,13 @@ LADDER_COLUMNS = (
 TRAINING_COLUMNS = (
     "key", "block_rows", "backend", "network", "dataset", "threads", "epochs", "batch", "lr", "status",
     "reason", "epoch", "train_loss", "train_accuracy", "test_accuracy", "seconds", "finished_at",
+)
+#: End-to-end training (:mod:`mlpbench.sweep.endtoend`): one row per task x backend x epoch; ``seconds`` is the
+#: training time from the first step to the end of that epoch.
+ENDTOEND_COLUMNS = (
+    "key", "block_rows", "task", "backend", "device", "network", "sizes", "activation", "dataset", "threads",
+    "batch", "lr", "weight_decay", "epochs", "target_accuracy", "status", "reason", "epoch", "train_loss",
+    "test_accuracy", "seconds", "load_before", "load_after", "finished_at",
 )
 
 
