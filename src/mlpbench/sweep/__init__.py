@@ -3,11 +3,14 @@
 Studies (each one a list of units of work, each unit recorded as soon as it finishes):
 
 ``stages``       per-stage breakdown of every backend on the study's networks (``networks``: ``name:batch``);
-``threads``      thread scaling of ``c-omp`` and ``torch-cpu`` on ``thread_networks`` over ``threads``;
+``threads``      thread scaling of the threaded backends (``c-omp``, ``torch-cpu``) over ``threads`` on
+                 ``thread_networks`` and the stages study's networks (so each has its best count measured);
 ``batch``        batch-size effect on ``batch_network`` (the original study's second experiment);
 ``width``        square networks ``w-w-...-w`` (``width_layers`` layers) over ``widths`` at ``width_batch``;
 ``ladder``       matrix-product kernel ladders as a fraction of the library ceiling measured in the same run;
 ``training``     loss and accuracy per epoch of every available backend on ``dataset``;
+``endtoend``     end-to-end training of each task of :data:`mlpbench.training.TASKS`, timed from the first
+                 step to the last result with the data set resident where the backend computes;
 ``lineprofile``  line-by-line profile of the Python driver of a training step (:mod:`mlpbench.profiling`).
 
 Before a configuration is timed, :func:`mlpbench.verify.compare_stages` checks it against the float64
@@ -28,6 +31,7 @@ Results go to ``<results>/<run-id>/``:
                      not timed has one row with an empty ``stage``;
 ``ladder.csv``       one row per matrix-product implementation (:data:`LADDER_COLUMNS`);
 ``training.csv``     one row per backend × epoch (:data:`TRAINING_COLUMNS`);
+``endtoend.csv``     one row per task × backend × epoch (:data:`ENDTOEND_COLUMNS`);
 ``lineprofile.csv``  one row per backend × profiled function (:data:`mlpbench.profiling.PROFILE_COLUMNS`),
                      with the full line-by-line listings in ``lineprofile/<backend>.txt``.
 
@@ -61,6 +65,7 @@ from mlpbench.sweep.params import (
 from mlpbench.sweep.planning import Config, backend_threads, plan, width_network
 from mlpbench.sweep.runner import Attempts, Unit, default_run_id, run
 from mlpbench.sweep.tables import (
+    ENDTOEND_COLUMNS,
     ERROR_QUANTITIES,
     LADDER_COLUMNS,
     ROW_COLUMNS,
@@ -70,7 +75,8 @@ from mlpbench.sweep.tables import (
 )
 
 __all__ = [
-    "ERROR_QUANTITIES", "LADDER_COLUMNS", "PRESETS", "ROW_COLUMNS", "SCHEMA_VERSION", "STUDIES", "TRAINING_COLUMNS",
+    "ENDTOEND_COLUMNS", "ERROR_QUANTITIES", "LADDER_COLUMNS",
+    "PRESETS", "ROW_COLUMNS", "SCHEMA_VERSION", "STUDIES", "TRAINING_COLUMNS",
     "TRAINING_NETWORKS", "Attempts", "BlockTable", "Config", "LadderUnavailable", "SweepParams", "Unavailable",
     "Unit", "backend_threads", "cpu_ladder", "cuda_matmul_hook", "default_run_id", "default_thread_counts",
     "describe_error", "estimate_step", "gpu_ladder", "main", "make_params", "measure", "native_gemm_hook", "plan",

@@ -110,7 +110,8 @@ HELP: dict[str, str] = {
     "backends": "backend names; empty: every registered backend (those unusable here are recorded as skipped)",
     "studies": f"studies to run, from {', '.join(STUDIES)}",
     "networks": "stages study: network:batch, e.g. digits:32 or 64-128-10:32",
-    "thread_networks": "threads study: network:batch (threaded backends at every thread count)",
+    "thread_networks": "threads study: network:batch, besides the stages study's networks (threaded backends "
+                       "at every thread count)",
     "threads": "thread counts of the threads study; empty: 1, 2, 4, ... and every usable core",
     "batch_network": "network of the batch-size study",
     "batch_sizes": "batch sizes of the batch-size study",

@@ -72,7 +72,8 @@ def plan(params: SweepParams) -> list[Config]:
             add("stages", *split_network(spec))
     if "threads" in studies:
         threaded = [b for b in params.backends if model_class(b).threaded]
-        for spec in params.thread_networks:
+        # The stages study's networks too: every backend compared there has its best thread count measured.
+        for spec in dict.fromkeys((*params.thread_networks, *params.networks)):
             add("threads", *split_network(spec), backends=threaded, threads=params.thread_counts)
     if "batch" in studies:
         for batch in params.batch_sizes:
