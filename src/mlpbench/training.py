@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from mlpbench.backends.base import Batch, Model
+from mlpbench.backends.base import Model, Params
 from mlpbench.data import Dataset
 from mlpbench.network import PRESETS, Network
 
@@ -34,11 +34,7 @@ def accuracy(model: Model, X: np.ndarray, y: np.ndarray, batch_size: int = 1024)
     correct = 0
     for start in range(0, len(X), batch_size):
         probs = model.predict(X[start:start + batch_size])
-        labels = y[start:start + batch_size]
-        if probs.shape[1] == 1:
-            correct += int(((probs[:, 0] > 0.5) == (labels.reshape(-1) > 0.5)).sum())
-        else:
-            correct += int((probs.argmax(axis=1) == labels).sum())
+        correct += _correct(probs, y[start:start + batch_size])
     return correct / len(X)
 
 
@@ -114,15 +110,14 @@ class TimedEpoch:
         return asdict(self)
 
 
-def _evaluate(model: Model, data: Batch, labels: np.ndarray, chunk: int) -> tuple[float, float]:
-    """Mean loss and accuracy of ``model`` over a prepared batch, forward passes of at most ``chunk`` rows."""
-    total_loss, correct = 0.0, 0
-    for start in range(0, data.size, chunk):
-        rows = data.rows(start, min(start + chunk, data.size))
-        model.forward(rows)
-        total_loss += model.loss() * rows.size
-        correct += _correct(model.output(), labels[start:start + rows.size])
-    return total_loss / data.size, correct / data.size
+def evaluate(network: Network, params: Params, X: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Mean loss and accuracy of ``params`` on ``(X, y)``, computed by the float64 reference: the same
+    measurement for every backend, and no new batch shape for compiled or graph-captured backends."""
+    from mlpbench.backends import load
+
+    reference = load("numpy", network, params)
+    reference.forward(reference.prepare(X, y))
+    return reference.loss(), _correct(reference.output(), y) / len(X)
 
 
 def _correct(probs: np.ndarray, labels: np.ndarray) -> int:
@@ -146,8 +141,9 @@ def train_resident(make_model: Callable[[], Model], dataset: Dataset, task: Task
     throwaway model of the same backend, ``warmup_steps`` steps on the same data, before the timed model is
     built from the seeded initialisation. Only the steps are timed: the clock runs from the first step of the
     first epoch, is read after the device has finished each epoch's last step (the shuffle on the device
-    included), and stops while the epoch is evaluated (loss over the training set, accuracy over the test
-    set), so ``seconds`` is the training time a user waits for, with nothing of the measurement in it.
+    included), and stops while the epoch is evaluated (:func:`evaluate`: loss over the training set, accuracy
+    over the test set, by the float64 reference from the model's parameters), so ``seconds`` is the training
+    time a user waits for, with nothing of the measurement in it.
     """
     if len(dataset.X_train) < task.batch:
         raise ValueError(f"task {task.name}: {len(dataset.X_train)} training samples, fewer than one batch of "
@@ -164,8 +160,6 @@ def train_resident(make_model: Callable[[], Model], dataset: Dataset, task: Task
             raise ValueError(f"task {task.name} trains network {task.network.name}, the model is "
                              f"{model.network.name}")
         train_data = model.prepare(dataset.X_train, dataset.y_train)
-        test_data = model.prepare(dataset.X_test, dataset.y_test)
-        chunk = min(task.batch * 32, model.max_rows())
         elapsed = 0.0
         for epoch in range(1, task.epochs + 1):
             order = rng.permutation(train_data.size)
@@ -176,8 +170,9 @@ def train_resident(make_model: Callable[[], Model], dataset: Dataset, task: Task
                 model.train_step(shuffled.rows(start, start + task.batch), task.lr, task.weight_decay)
             model.synchronize()
             elapsed += time.perf_counter() - started
-            train_loss, _ = _evaluate(model, train_data, dataset.y_train, chunk)
-            _, test_accuracy = _evaluate(model, test_data, dataset.y_test, chunk)
+            params = model.params()
+            train_loss, _ = evaluate(task.network, params, dataset.X_train, dataset.y_train)
+            _, test_accuracy = evaluate(task.network, params, dataset.X_test, dataset.y_test)
             history.append(TimedEpoch(epoch, train_loss, test_accuracy, elapsed))
             if task.stop_at_target and test_accuracy >= task.target_accuracy:
                 break
