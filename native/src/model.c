@@ -293,9 +293,77 @@ static float sigmoid_from_double(double z)
     return (float)(z >= 0.0 ? 1.0 / (1.0 + e) : e / (1.0 + e));
 }
 
-/* Output probabilities and per-sample losses of rows [lo, hi), from the logits (never from the rounded
- * probabilities): log-sum-exp - z.t for softmax, softplus(z) - t z for the sigmoid. With `gradient`, also
- * the output gradient dZ = (P - T) / batch of those rows. */
+/* t * x where a zero weight contributes nothing even when x is infinite (0 * inf would be NaN): the limit
+ * of the loss. A NaN x stays NaN. */
+static double weighted(double t, double x)
+{
+    return t == 0.0 && !isnan(x) ? 0.0 : t * x;
+}
+
+/* Softmax of one row of logits, and its cross-entropy with t (if given): sum_j t_j (lse - z_j) with
+ * lse = log sum_j exp z_j, from the logits (never from the rounded probabilities). Limits: -inf logits get
+ * probability 0; a single +inf logit takes probability 1 and a zero gap to lse; two or more +inf logits,
+ * or any NaN, make the row NaN. */
+static double softmax_row(const float *z, float *p, const float *t, int n)
+{
+    float z_max = z[0];
+    int n_max = 1, has_nan = isnan(z[0]);
+    for (int j = 1; j < n; ++j) {
+        has_nan |= isnan(z[j]);
+        if (z[j] > z_max) {
+            z_max = z[j];
+            n_max = 1;
+        } else if (z[j] == z_max) {
+            ++n_max;
+        }
+    }
+    if (has_nan || (isinf(z_max) && (z_max < 0.0f || n_max > 1))) {
+        for (int j = 0; j < n; ++j)
+            p[j] = NAN;
+        return NAN;
+    }
+    double loss = 0.0;
+    if (isinf(z_max)) {
+        for (int j = 0; j < n; ++j) {
+            p[j] = z[j] == z_max ? 1.0f : 0.0f;
+            if (t)
+                loss += weighted(t[j], z[j] == z_max ? 0.0 : INFINITY);
+        }
+        return loss;
+    }
+    double sum = 0.0;
+    for (int j = 0; j < n; ++j) {
+        p[j] = expf(z[j] - z_max);
+        sum += p[j];
+    }
+    for (int j = 0; j < n; ++j)
+        p[j] = (float)(p[j] / sum);
+    if (t) {
+        const double log_sum_exp = z_max + log(sum);
+        for (int j = 0; j < n; ++j)
+            loss += weighted(t[j], log_sum_exp - z[j]);
+    }
+    return loss;
+}
+
+/* Sigmoid of one row of logits, and its binary cross-entropy with t (if given):
+ * softplus(z) - t z = (1 - t) z + softplus(-z) for z >= 0, -t z + softplus(z) below, which stays finite
+ * and takes its limits (0 or inf) at infinite z. */
+static double sigmoid_row(const float *z, float *p, const float *t, int n)
+{
+    double loss = 0.0;
+    for (int j = 0; j < n; ++j) {
+        p[j] = sigmoid_from_double(z[j]);
+        if (t) {
+            const double zj = z[j], tj = t[j];
+            loss += (zj >= 0.0 ? weighted(1.0 - tj, zj) : weighted(-tj, zj)) + log1p(exp(-fabs(zj)));
+        }
+    }
+    return loss;
+}
+
+/* Output probabilities and per-sample losses of rows [lo, hi). With `gradient`, also the output gradient
+ * dZ = (P - T) / batch of those rows. */
 static void output_rows(const stage_args *s, ptrdiff_t lo, ptrdiff_t hi, int gradient)
 {
     mlp_model *model = s->model;
@@ -305,31 +373,7 @@ static void output_rows(const stage_args *s, ptrdiff_t lo, ptrdiff_t hi, int gra
         const float *z = model->logits + i * n;
         float *p = probs + i * n;
         const float *t = s->targets ? s->targets + i * n : NULL;
-        double loss = 0.0;
-        if (model->loss == MLP_SOFTMAX_CE) {
-            float z_max = z[0];
-            for (int j = 1; j < n; ++j)
-                z_max = z[j] > z_max ? z[j] : z_max;
-            double sum = 0.0;
-            for (int j = 0; j < n; ++j) {
-                p[j] = expf(z[j] - z_max);
-                sum += p[j];
-            }
-            for (int j = 0; j < n; ++j)
-                p[j] = (float)(p[j] / sum);
-            if (t) {
-                const double log_sum_exp = z_max + log(sum);
-                for (int j = 0; j < n; ++j)
-                    loss += t[j] * (log_sum_exp - z[j]);
-            }
-        } else {
-            for (int j = 0; j < n; ++j) {
-                p[j] = sigmoid_from_double(z[j]);
-                if (t)
-                    loss += fmax(z[j], 0.0) + log1p(exp(-fabs((double)z[j]))) - (double)t[j] * z[j];
-            }
-        }
-        model->row_loss[i] = loss;
+        model->row_loss[i] = model->loss == MLP_SOFTMAX_CE ? softmax_row(z, p, t, n) : sigmoid_row(z, p, t, n);
         if (gradient)
             output_gradient(s->batch, p, t, model->delta[0] + i * n, n);
     }
