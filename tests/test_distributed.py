@@ -18,6 +18,7 @@ from mlpbench.backends import Model
 from mlpbench.backends.base import layer_spans
 from mlpbench.backends.torch_nn import TorchCPUModel
 from mlpbench.distributed import ALLREDUCE_COLUMNS, RANKS_COLUMNS, RankConfig, run_ranks, validate
+from mlpbench.distributed.launch import failure_reason
 from mlpbench.network import resolve
 from mlpbench.verify import relative_error
 
@@ -285,4 +286,47 @@ def test_launcher_writes_rows_and_records_a_failed_configuration(tmp_path):
 
     failed = run_ranks("numpy", NET.name, 2, extra_args=("--inject-fault", "1:1:bad-input"), **common)
     assert [(row["status"], row["stage"]) for row in failed] == [("failed", "")]
-    assert "rank 1 failed: ValueError: X: contains NaN or Inf" in failed[0]["reason"]
+    assert failed[0]["reason"].startswith("rank 1 failed: ValueError: X: contains NaN or Inf")
+
+    # A GPU kernel backend cannot train data-parallel yet (no flat gradient buffer; here no GPU either).
+    skipped = run_ranks("cuda-naive", NET.name, 2, **common)
+    assert [row["status"] for row in skipped] == ["skipped"] and "cuda-naive" in skipped[0]["reason"]
+
+    slow = run_ranks("numpy", NET.name, 2, rung="overlapped", **{**common, "timeout_s": 1})
+    assert [row["status"] for row in slow] == ["failed"] and slow[0]["reason"].startswith("timed out after 1 s")
+    assert len(read_table(tmp_path / "ranks.csv")[1]) == 5 + 3  # the ok block and one row per failure
+
+
+# What torchrun printed when rank 1 was killed while rank 0 waited for it (excerpt of a real run).
+KILLED_OUTPUT = """\
+mlpbench.distributed: rank 0 failed: RuntimeError: [gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:2176: \
+Connection reset by peer.
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+mlpbench.distributed FAILED
+------------------------------------------------------------
+Failures:
+[1]:
+  time      : 2026-11-29_10:25:52
+  host      : localhost
+  rank      : 1 (local_rank: 1)
+  exitcode  : -9 (pid: 17857)  (SIGKILL)
+  error_file: <N/A>
+  traceback : Signal 9 (SIGKILL) received by PID 17857
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-11-29_10:25:52
+  host      : localhost
+  rank      : 0 (local_rank: 0)
+  exitcode  : 1 (pid: 17856)
+  error_file: <N/A>
+  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html
+============================================================
+"""
+
+
+def test_failure_reason_names_a_killed_rank_before_the_peers_it_took_down():
+    assert failure_reason(KILLED_OUTPUT) == (
+        "rank 1 died: Signal 9 (SIGKILL) received by PID 17857; rank 0 failed: RuntimeError: "
+        "[gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:2176: Connection reset by peer.")

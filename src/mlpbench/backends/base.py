@@ -253,8 +253,7 @@ class Model(ABC):
         """One flat 1-D ``torch.Tensor`` on the model's device that IS the model's gradient storage, laid out
         ``[dW_1, db_1, ..., dW_L, db_L]`` (row-major, layer order; see :func:`layer_spans`): averaging it in
         place changes what :meth:`update` uses. Backends without one raise :class:`BackendUnavailable`."""
-        raise BackendUnavailable(f"{self.name}: no gradient_buffer() (one flat gradient tensor the model "
-                                 f"updates from), which data-parallel training all-reduces")
+        raise gradient_buffer_missing(self.name)
 
     def backprop_by_layer(self, batch: Batch, on_layer: Callable[[int], None]) -> None:
         """:meth:`backprop`, calling ``on_layer(layer)`` for layer ``L`` down to ``1`` as soon as that layer's
@@ -282,3 +281,9 @@ def layer_views(network: Network, flat: Any) -> list[tuple[Any, Any]]:
         middle = start + n_out * n_in
         views.append((flat[start:middle].reshape(n_out, n_in), flat[middle:stop]))
     return views
+
+
+def gradient_buffer_missing(backend: str) -> BackendUnavailable:
+    """The error of a backend without :meth:`Model.gradient_buffer`, naming the missing capability."""
+    return BackendUnavailable(f"{backend}: no gradient_buffer() (one flat gradient tensor the model updates "
+                              f"from), which data-parallel training all-reduces")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlpbench.backends import Model, model_class
-from mlpbench.backends.base import BackendUnavailable, check_threads
+from mlpbench.backends.base import BackendUnavailable, check_threads, gradient_buffer_missing
 from mlpbench.network import Network, resolve
 from mlpbench.timing import all_cores
 
@@ -112,8 +112,7 @@ def validate(config: RankConfig, local_ranks: int | None = None) -> RankConfig:
     config.resolved_network()
     cls = config.model_class()  # ValueError for unknown names, BackendUnavailable when it cannot import
     if cls.gradient_buffer is Model.gradient_buffer:
-        raise BackendUnavailable(f"{config.backend}: no gradient_buffer() (one flat gradient tensor the model "
-                                 f"updates from), which data-parallel training all-reduces")
+        raise gradient_buffer_missing(config.backend)
     if cls.device == "cuda":
         import torch
 

@@ -17,10 +17,12 @@ from mlpbench.distributed.config import NVLINK_MULTICAST_OFF, RANKS_COLUMNS, Ran
 
 #: Seconds the ranks get after the launcher's timeout before they are killed anyway.
 _KILL_GRACE_S = 5.0
-_RANK_FAILED = re.compile(r"mlpbench\.distributed: (rank \S+ failed: .*)")
-# torchrun's summary of the first failure: "rank : 1 (local_rank: 1)" ... "traceback : Signal 9 ..."
-_ROOT_RANK = re.compile(r"^\s*rank\s*:\s*(\d+)", re.MULTILINE)
-_ROOT_CAUSE = re.compile(r"^\s*(?:traceback|exitcode)\s*:\s*(.+)$", re.MULTILINE)
+_RANK_FAILED = re.compile(r"mlpbench\.distributed: rank (\S+) failed: (.*)")
+# torchrun's summary: one block per failed rank, "[i]:" then "rank : 1 (local_rank: 1)", "exitcode : -9 ...",
+# "traceback : Signal 9 (SIGKILL) received by PID ..."
+_SUMMARY_BLOCK = re.compile(r"^\[\d+\]:\s*$", re.MULTILINE)
+_SUMMARY_FIELD = {name: re.compile(rf"^\s*{name}\s*:\s*(.+)$", re.MULTILINE)
+                  for name in ("rank", "exitcode", "traceback")}
 
 
 def command(config: RankConfig) -> list[str]:
@@ -40,13 +42,24 @@ def command(config: RankConfig) -> list[str]:
 
 
 def failure_reason(output: str) -> str:
-    """The first rank that said it failed and why; else torchrun's account of the first failure."""
-    said = _RANK_FAILED.findall(output)
-    if said:
-        return said[0]
-    rank, cause = _ROOT_RANK.search(output), _ROOT_CAUSE.findall(output)
-    if rank and cause:
-        return f"rank {rank.group(1)} failed: {cause[-1].strip()}"
+    """Which ranks failed and why: first the ranks that died without a word (killed: torchrun's summary names
+    them and the signal), then every rank's own ``rank N failed: cause`` line, in the order they were written."""
+    said: dict[str, str] = {}
+    for rank, cause in _RANK_FAILED.findall(output):
+        said.setdefault(rank, f"rank {rank} failed: {cause.strip()}")
+    silent: dict[str, str] = {}
+    for block in _SUMMARY_BLOCK.split(output)[1:]:
+        fields = {name: pattern.search(block) for name, pattern in _SUMMARY_FIELD.items()}
+        if fields["rank"] is None or fields["exitcode"] is None:
+            continue
+        rank = fields["rank"].group(1).split()[0]
+        trace = fields["traceback"].group(1).strip() if fields["traceback"] else ""
+        how = trace if trace.startswith("Signal") else f"exit code {fields['exitcode'].group(1).split()[0]}"
+        if rank not in said:
+            silent.setdefault(rank, f"rank {rank} died: {how}")
+    reasons = [*silent.values(), *said.values()]
+    if reasons:
+        return "; ".join(reasons)
     lines = [line for line in output.splitlines() if line.strip()]
     return lines[-1].strip() if lines else "no output"
 
@@ -99,9 +112,8 @@ def run_ranks(backend: str, network: str, world_size: int, *, global_batch: int,
             os.killpg(process.pid, signal.SIGKILL)
             output, _ = process.communicate()
         reason = f"timed out after {timeout_s:g} s"
-        said = _RANK_FAILED.findall(output)
-        if said:
-            reason += f"; {said[0]}"
+        if _RANK_FAILED.search(output):
+            reason += f"; {failure_reason(output)}"
     written = rows()
     if written:
         return written
