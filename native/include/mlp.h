@@ -99,6 +99,12 @@ int mlp_model_set_layer(mlp_model *model, int layer, const float *weights, const
 /* A model-owned buffer (see enum mlp_buffer), or NULL for a bad model, kind or layer. */
 float *mlp_model_buffer(mlp_model *model, int kind, int layer);
 
+/* Every layer's gradients in one contiguous block laid out [dW_1, db_1, dW_2, db_2, ..., dW_L, db_L]
+ * (row-major, layer order), so a data-parallel all-reduce averages them in one call, in place;
+ * MLP_BUF_GRAD_WEIGHTS and MLP_BUF_GRAD_BIAS point into it. *count (if count is not NULL) gets its length
+ * in floats. NULL (and a count of 0) for a NULL model. */
+float *mlp_model_gradient_block(mlp_model *model, long long *count);
+
 /* Fills with NaN every buffer the next stage writes, keeping what it reads: after a forward, the
  * gradients; after a backprop, the activations and logits; otherwise both. Catches unwritten elements. */
 int mlp_poison(mlp_model *model);
@@ -110,6 +116,14 @@ int mlp_forward(mlp_model *model, int threads, int batch, const float *x, const 
 
 /* Gradients for the batch of the last forward (same x, targets and batch). */
 int mlp_backprop(mlp_model *model, int threads, int batch, const float *x, const float *targets);
+
+/* Backprop one layer at a time, so a layer's gradients can be all-reduced while the layers below are
+ * computed: after a forward (or a completed backprop) call it for layer = n_layers, n_layers - 1, ..., 1
+ * in that order, with the forward's batch. Each call writes that layer's dW and db and the dZ of the layer
+ * below; the result is bit-identical to mlp_backprop. MLP_ERR_STATE when called out of order; update is
+ * accepted once layer 1 is done. */
+int mlp_backprop_layer(mlp_model *model, int threads, int batch, const float *x, const float *targets,
+                       int layer);
 
 int mlp_update(mlp_model *model, int threads, float lr, float weight_decay);
 

@@ -8,12 +8,16 @@
 
 #include "internal.h"
 
-/* exp(x) for x <= 0. Inputs below -87.3 are clamped so that 2^n stays a normal float; exp there is
- * below 1.2e-38 either way. */
+/* exp(x) for x <= 0 or NaN. Inputs below -87.3 are clamped so that 2^n stays a normal float, and their
+ * result is flushed to 0 (exp there is below 1.2e-38; exp(-inf) = 0 exactly). x86 max/min return their
+ * SECOND operand when either is NaN, so x goes second and a NaN stays NaN; the flush uses an ordered
+ * compare, false for NaN. */
 static inline __m256 exp_nonpositive(__m256 x)
 {
     const __m256 ln2_hi = _mm256_set1_ps(0.693359375f), ln2_lo = _mm256_set1_ps(-2.12194440e-4f);
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+    const __m256 lowest = _mm256_set1_ps(-87.3f);
+    const __m256 underflow = _mm256_cmp_ps(x, lowest, _CMP_LT_OQ);
+    x = _mm256_max_ps(lowest, x);
     const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, ln2_hi, x);  /* x - n ln2, ln2 split so n * ln2_hi is exact */
@@ -26,14 +30,15 @@ static inline __m256 exp_nonpositive(__m256 x)
     y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
     y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
     const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(bits));
+    return _mm256_andnot_ps(underflow, _mm256_mul_ps(y, _mm256_castsi256_ps(bits)));
 }
 
 static inline __m256 abs8(__m256 x) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x); }
 
 static inline __m256 sigmoid8(__m256 z)
 {
-    /* 1 / (1 + e) for z >= 0 and e / (1 + e) below, with e = exp(-|z|): never overflows. */
+    /* 1 / (1 + e) for z >= 0 and e / (1 + e) below, with e = exp(-|z|): never overflows. A NaN z gives a
+     * NaN e, hence NaN on both sides of the blend. */
     const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_setzero_ps(), abs8(z)));
     const __m256 r = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), e));
     return _mm256_blendv_ps(_mm256_mul_ps(e, r), r, _mm256_cmp_ps(z, _mm256_setzero_ps(), _CMP_GE_OQ));
@@ -50,7 +55,8 @@ static inline __m256 tanh8(__m256 z)
     p = _mm256_fmadd_ps(p, z2, _mm256_set1_ps(1.33314422036e-1f));
     p = _mm256_fmadd_ps(p, z2, _mm256_set1_ps(-3.33332819422e-1f));
     const __m256 small = _mm256_fmadd_ps(_mm256_mul_ps(p, z2), z, z);
-    /* Otherwise sign(z) (1 - e) / (1 + e) with e = exp(-2|z|) <= 0.29. */
+    /* Otherwise sign(z) (1 - e) / (1 + e) with e = exp(-2|z|) <= 0.29 (0 for |z| = inf; NaN for NaN, and
+     * the ordered compare below sends NaN to this side). */
     const __m256 e = exp_nonpositive(_mm256_mul_ps(_mm256_set1_ps(-2.0f), az));
     const __m256 large_abs = _mm256_div_ps(_mm256_sub_ps(one, e), _mm256_add_ps(one, e));
     const __m256 large = _mm256_or_ps(large_abs, _mm256_and_ps(_mm256_set1_ps(-0.0f), z));
@@ -67,6 +73,14 @@ static inline __m256 activate8(__m256 z, int activation)
     }
 }
 
+/* ReLU's derivative from its output: 1 where a > 0, 0 where a <= 0, and a itself where a is NaN, so a
+ * NaN activation gives a NaN gradient instead of a silent 0. */
+static inline __m256 relu_step8(__m256 a)
+{
+    const __m256 step = _mm256_and_ps(_mm256_set1_ps(1.0f), _mm256_cmp_ps(a, _mm256_setzero_ps(), _CMP_GT_OQ));
+    return _mm256_blendv_ps(step, a, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+}
+
 /* Same roundings as the portable set (no FMA here), so derivatives agree bit for bit. */
 static inline __m256 derivative8(__m256 a, int activation)
 {
@@ -74,7 +88,7 @@ static inline __m256 derivative8(__m256 a, int activation)
     switch (activation) {
     case MLP_SIGMOID: return _mm256_mul_ps(a, _mm256_sub_ps(one, a));
     case MLP_TANH: return _mm256_sub_ps(one, _mm256_mul_ps(a, a));
-    default: return _mm256_and_ps(one, _mm256_cmp_ps(a, _mm256_setzero_ps(), _CMP_GT_OQ));
+    default: return relu_step8(a);
     }
 }
 

@@ -27,7 +27,7 @@ static inline float derivative_scalar(float a, int activation)
     switch (activation) {
     case MLP_SIGMOID: return a * (1.0f - a);
     case MLP_TANH: return 1.0f - a * a;
-    default: return a > 0.0f ? 1.0f : 0.0f;     /* MLP_RELU */
+    default: return a > 0.0f ? 1.0f : a <= 0.0f ? 0.0f : a; /* MLP_RELU; a NaN stays NaN */
     }
 }
 

@@ -21,8 +21,8 @@ typedef struct {
     int n_in, n_out;
     float *weights;       /* (n_out, n_in) */
     float *bias;          /* n_out, zero-padded to a multiple of NR for the micro-kernel epilogue */
-    float *grad_weights;
-    float *grad_bias;
+    float *grad_weights;  /* (n_out, n_in), inside the model's gradient block */
+    float *grad_bias;     /* n_out, right after grad_weights in the block */
     float *output;        /* (max_batch, n_out): activation, or output probabilities for the last layer */
 } layer;
 
@@ -31,12 +31,15 @@ struct mlp_model {
     layer *layers;
     int activation, loss, max_batch, max_threads, kernel;
     const cpu_kernels *kernels;
+    float *gradients;     /* every layer's [dW, db] in layer order, one block (one all-reduce, no copy) */
+    long long gradient_count;
     float *logits;        /* (max_batch, n_outputs) */
     float *delta[2];      /* dZ of the current layer and of the one below, (max_batch, widest layer) */
     double *row_loss;     /* per-sample loss, summed in order after the parallel region */
     pack_buffers packs;
     int forward_batch;    /* batch size whose activations backprop may use; 0: none */
     int grads_ready;
+    int next_backprop_layer; /* the layer mlp_backprop_layer accepts next (n_layers..1); 0: none */
     stage_kind last_stage;
 };
 
@@ -78,12 +81,11 @@ void mlp_model_destroy(mlp_model *model)
             layer *ly = &model->layers[l];
             free(ly->weights);
             free(ly->bias);
-            free(ly->grad_weights);
-            free(ly->grad_bias);
             free(ly->output);
         }
         free(model->layers);
     }
+    free(model->gradients);
     free(model->logits);
     free(model->delta[0]);
     free(model->delta[1]);
@@ -142,8 +144,14 @@ int mlp_model_create(mlp_model **out, int n_layers, const int *sizes, int activa
         return MLP_ERR_MEMORY;
     }
 
+    long long gradient_count = 0;
+    for (int l = 0; l < n_layers; ++l)
+        gradient_count += ((long long)sizes[l] + 1) * sizes[l + 1];
+    model->gradients = alloc_floats((size_t)gradient_count);
+    model->gradient_count = gradient_count;
     int widest_output = 1, widest = sizes[0];
-    int ok = 1;
+    int ok = model->gradients != NULL;
+    float *gradient = model->gradients;
     for (int l = 0; l < n_layers; ++l) {
         layer *ly = &model->layers[l];
         ly->n_in = sizes[l];
@@ -151,10 +159,13 @@ int mlp_model_create(mlp_model **out, int n_layers, const int *sizes, int activa
         const size_t n_weights = (size_t)ly->n_in * (size_t)ly->n_out;
         ly->weights = alloc_floats(n_weights);
         ly->bias = alloc_floats((size_t)round_up(ly->n_out, NR));
-        ly->grad_weights = alloc_floats(n_weights);
-        ly->grad_bias = alloc_floats((size_t)ly->n_out);
+        if (gradient) {
+            ly->grad_weights = gradient;
+            ly->grad_bias = gradient + n_weights;
+            gradient += n_weights + (size_t)ly->n_out;
+        }
         ly->output = alloc_floats((size_t)max_batch * (size_t)ly->n_out);
-        ok = ok && ly->weights && ly->bias && ly->grad_weights && ly->grad_bias && ly->output;
+        ok = ok && ly->weights && ly->bias && ly->output;
         widest_output = max_int(widest_output, ly->n_out);
         widest = max_int(widest, ly->n_out);
     }
@@ -171,6 +182,13 @@ int mlp_model_create(mlp_model **out, int n_layers, const int *sizes, int activa
     }
     *out = model;
     return MLP_OK;
+}
+
+float *mlp_model_gradient_block(mlp_model *model, long long *count)
+{
+    if (count)
+        *count = model ? model->gradient_count : 0;
+    return model ? model->gradients : NULL;
 }
 
 int mlp_model_isa(const mlp_model *model)
@@ -190,6 +208,7 @@ int mlp_model_set_layer(mlp_model *model, int layer_index, const float *weights,
     /* New parameters: activations and gradients no longer belong to them. */
     model->forward_batch = 0;
     model->grads_ready = 0;
+    model->next_backprop_layer = 0;
     model->last_stage = STAGE_NONE;
     return MLP_OK;
 }
@@ -231,10 +250,6 @@ int mlp_poison(mlp_model *model)
         layer *ly = &model->layers[l];
         if (!keep_activations)
             fill_nan(ly->output, batch * (size_t)ly->n_out);
-        if (!keep_gradients) {
-            fill_nan(ly->grad_weights, (size_t)ly->n_in * (size_t)ly->n_out);
-            fill_nan(ly->grad_bias, (size_t)ly->n_out);
-        }
         if ((size_t)ly->n_out > widest_output)
             widest_output = (size_t)ly->n_out;
     }
@@ -242,10 +257,14 @@ int mlp_poison(mlp_model *model)
         fill_nan(model->logits, batch * (size_t)model->layers[model->n_layers - 1].n_out);
         model->forward_batch = 0;
     }
-    if (!keep_gradients)
+    if (!keep_gradients) {
+        fill_nan(model->gradients, (size_t)model->gradient_count);
         model->grads_ready = 0;
+    }
     fill_nan(model->delta[0], batch * widest_output);
     fill_nan(model->delta[1], batch * widest_output);
+    /* A layer-wise backprop in progress lost its deltas: it starts again from the output layer. */
+    model->next_backprop_layer = model->forward_batch ? model->n_layers : 0;
     return MLP_OK;
 }
 
@@ -257,6 +276,7 @@ typedef struct {
     int batch;
     const float *x, *targets;
     float lr, weight_decay;
+    int layer;            /* mlp_backprop_layer's layer (1..n_layers) */
 } stage_args;
 
 static void forward_layers(mlp_model *model, int batch, const float *x)
@@ -293,9 +313,77 @@ static float sigmoid_from_double(double z)
     return (float)(z >= 0.0 ? 1.0 / (1.0 + e) : e / (1.0 + e));
 }
 
-/* Output probabilities and per-sample losses of rows [lo, hi), from the logits (never from the rounded
- * probabilities): log-sum-exp - z.t for softmax, softplus(z) - t z for the sigmoid. With `gradient`, also
- * the output gradient dZ = (P - T) / batch of those rows. */
+/* t * x where a zero weight contributes nothing even when x is infinite (0 * inf would be NaN): the limit
+ * of the loss. A NaN x stays NaN. */
+static double weighted(double t, double x)
+{
+    return t == 0.0 && !isnan(x) ? 0.0 : t * x;
+}
+
+/* Softmax of one row of logits, and its cross-entropy with t (if given): sum_j t_j (lse - z_j) with
+ * lse = log sum_j exp z_j, from the logits (never from the rounded probabilities). Limits: -inf logits get
+ * probability 0; a single +inf logit takes probability 1 and a zero gap to lse; two or more +inf logits,
+ * or any NaN, make the row NaN. */
+static double softmax_row(const float *z, float *p, const float *t, int n)
+{
+    float z_max = z[0];
+    int n_max = 1, has_nan = isnan(z[0]);
+    for (int j = 1; j < n; ++j) {
+        has_nan |= isnan(z[j]);
+        if (z[j] > z_max) {
+            z_max = z[j];
+            n_max = 1;
+        } else if (z[j] == z_max) {
+            ++n_max;
+        }
+    }
+    if (has_nan || (isinf(z_max) && (z_max < 0.0f || n_max > 1))) {
+        for (int j = 0; j < n; ++j)
+            p[j] = NAN;
+        return NAN;
+    }
+    double loss = 0.0;
+    if (isinf(z_max)) {
+        for (int j = 0; j < n; ++j) {
+            p[j] = z[j] == z_max ? 1.0f : 0.0f;
+            if (t)
+                loss += weighted(t[j], z[j] == z_max ? 0.0 : INFINITY);
+        }
+        return loss;
+    }
+    double sum = 0.0;
+    for (int j = 0; j < n; ++j) {
+        p[j] = expf(z[j] - z_max);
+        sum += p[j];
+    }
+    for (int j = 0; j < n; ++j)
+        p[j] = (float)(p[j] / sum);
+    if (t) {
+        const double log_sum_exp = z_max + log(sum);
+        for (int j = 0; j < n; ++j)
+            loss += weighted(t[j], log_sum_exp - z[j]);
+    }
+    return loss;
+}
+
+/* Sigmoid of one row of logits, and its binary cross-entropy with t (if given):
+ * softplus(z) - t z = (1 - t) z + softplus(-z) for z >= 0, -t z + softplus(z) below, which stays finite
+ * and takes its limits (0 or inf) at infinite z. */
+static double sigmoid_row(const float *z, float *p, const float *t, int n)
+{
+    double loss = 0.0;
+    for (int j = 0; j < n; ++j) {
+        p[j] = sigmoid_from_double(z[j]);
+        if (t) {
+            const double zj = z[j], tj = t[j];
+            loss += (zj >= 0.0 ? weighted(1.0 - tj, zj) : weighted(-tj, zj)) + log1p(exp(-fabs(zj)));
+        }
+    }
+    return loss;
+}
+
+/* Output probabilities and per-sample losses of rows [lo, hi). With `gradient`, also the output gradient
+ * dZ = (P - T) / batch of those rows. */
 static void output_rows(const stage_args *s, ptrdiff_t lo, ptrdiff_t hi, int gradient)
 {
     mlp_model *model = s->model;
@@ -305,31 +393,7 @@ static void output_rows(const stage_args *s, ptrdiff_t lo, ptrdiff_t hi, int gra
         const float *z = model->logits + i * n;
         float *p = probs + i * n;
         const float *t = s->targets ? s->targets + i * n : NULL;
-        double loss = 0.0;
-        if (model->loss == MLP_SOFTMAX_CE) {
-            float z_max = z[0];
-            for (int j = 1; j < n; ++j)
-                z_max = z[j] > z_max ? z[j] : z_max;
-            double sum = 0.0;
-            for (int j = 0; j < n; ++j) {
-                p[j] = expf(z[j] - z_max);
-                sum += p[j];
-            }
-            for (int j = 0; j < n; ++j)
-                p[j] = (float)(p[j] / sum);
-            if (t) {
-                const double log_sum_exp = z_max + log(sum);
-                for (int j = 0; j < n; ++j)
-                    loss += t[j] * (log_sum_exp - z[j]);
-            }
-        } else {
-            for (int j = 0; j < n; ++j) {
-                p[j] = sigmoid_from_double(z[j]);
-                if (t)
-                    loss += fmax(z[j], 0.0) + log1p(exp(-fabs((double)z[j]))) - (double)t[j] * z[j];
-            }
-        }
-        model->row_loss[i] = loss;
+        model->row_loss[i] = model->loss == MLP_SOFTMAX_CE ? softmax_row(z, p, t, n) : sigmoid_row(z, p, t, n);
         if (gradient)
             output_gradient(s->batch, p, t, model->delta[0] + i * n, n);
     }
@@ -358,51 +422,72 @@ static void bias_gradient(const float *dz, int batch, int n, float *grad_bias)
     }
 }
 
+/* dZ of the output layer, (P - T) / batch, rows split over the team. */
+static void output_layer_gradient(const stage_args *s)
+{
+    mlp_model *model = s->model;
+    const layer *out = &model->layers[model->n_layers - 1];
+    ptrdiff_t lo, hi;
+    split_range(s->batch, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
+    for (ptrdiff_t i = lo; i < hi; ++i)
+        output_gradient(s->batch, out->output + i * out->n_out, s->targets + i * out->n_out,
+                        model->delta[0] + i * out->n_out, out->n_out);
+}
+
+/* Layer l's (0-based) dW and db, and dZ of the layer below, from this layer's dZ in delta[current]; ends
+ * with a barrier. The output layer's dZ is in delta[0], and each layer below alternates. */
+static void backprop_one_layer(const stage_args *s, int l)
+{
+    mlp_model *model = s->model;
+    const int batch = s->batch, current = (model->n_layers - 1 - l) % 2;
+    const layer *ly = &model->layers[l];
+    const float *input = l > 0 ? model->layers[l - 1].output : s->x;
+    const float *dz = model->delta[current];
+    const gemm_problem grad_weights = {
+        .m = ly->n_out, .n = ly->n_in, .k = batch,
+        .a = dz, .a_rs = 1, .a_cs = ly->n_out, /* dZ^T */
+        .b = input, .b_rs = ly->n_in, .b_cs = 1,
+        .c = ly->grad_weights, .ldc = ly->n_in,
+        .ep = {.kind = EPI_STORE},
+    };
+    /* The weight gradient, the bias gradient and the layer below's dZ all only read this layer's dZ:
+     * threads go from one to the next without waiting, and meet once per layer. */
+    gemm_team(model->kernel, &grad_weights, &model->packs, model->kernels);
+    bias_gradient(dz, batch, ly->n_out, ly->grad_bias);
+    if (l > 0) {
+        /* dZ of the layer below = (dZ W) * act'(its output), the derivative fused into the product. */
+        const gemm_problem grad_input = {
+            .m = batch, .n = ly->n_in, .k = ly->n_out,
+            .a = dz, .a_rs = ly->n_out, .a_cs = 1,
+            .b = ly->weights, .b_rs = ly->n_in, .b_cs = 1,
+            .c = model->delta[1 - current], .ldc = ly->n_in,
+            .ep = {.kind = EPI_ACTIVATION_DERIVATIVE, .activation = model->activation,
+                   .aux = input, .ld_aux = ly->n_in},
+        };
+        gemm_team(model->kernel, &grad_input, &model->packs, model->kernels);
+    }
+#pragma omp barrier
+}
+
 /* `gradient_ready`: the forward pass already wrote dZ of the output layer. */
 static void backprop_team(const stage_args *s, int gradient_ready)
 {
-    mlp_model *model = s->model;
-    const int batch = s->batch, last = model->n_layers - 1;
     if (!gradient_ready) {
-        const int n_out = model->layers[last].n_out;
-        ptrdiff_t lo, hi;
-        split_range(batch, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
-        for (ptrdiff_t i = lo; i < hi; ++i)
-            output_gradient(batch, model->layers[last].output + i * n_out, s->targets + i * n_out,
-                            model->delta[0] + i * n_out, n_out);
+        output_layer_gradient(s);
 #pragma omp barrier
     }
-    int current = 0;
-    for (int l = last; l >= 0; --l) {
-        const layer *ly = &model->layers[l];
-        const float *input = l > 0 ? model->layers[l - 1].output : s->x;
-        const float *dz = model->delta[current];
-        const gemm_problem grad_weights = {
-            .m = ly->n_out, .n = ly->n_in, .k = batch,
-            .a = dz, .a_rs = 1, .a_cs = ly->n_out, /* dZ^T */
-            .b = input, .b_rs = ly->n_in, .b_cs = 1,
-            .c = ly->grad_weights, .ldc = ly->n_in,
-            .ep = {.kind = EPI_STORE},
-        };
-        /* The weight gradient, the bias gradient and the layer below's dZ all only read this layer's dZ:
-         * threads go from one to the next without waiting, and meet once per layer. */
-        gemm_team(model->kernel, &grad_weights, &model->packs, model->kernels);
-        bias_gradient(dz, batch, ly->n_out, ly->grad_bias);
-        if (l > 0) {
-            /* dZ of the layer below = (dZ W) * act'(its output), the derivative fused into the product. */
-            const gemm_problem grad_input = {
-                .m = batch, .n = ly->n_in, .k = ly->n_out,
-                .a = dz, .a_rs = ly->n_out, .a_cs = 1,
-                .b = ly->weights, .b_rs = ly->n_in, .b_cs = 1,
-                .c = model->delta[1 - current], .ldc = ly->n_in,
-                .ep = {.kind = EPI_ACTIVATION_DERIVATIVE, .activation = model->activation,
-                       .aux = input, .ld_aux = ly->n_in},
-            };
-            gemm_team(model->kernel, &grad_input, &model->packs, model->kernels);
-            current = 1 - current;
-        }
+    for (int l = s->model->n_layers - 1; l >= 0; --l)
+        backprop_one_layer(s, l);
+}
+
+/* mlp_backprop_layer's work: the same operations as backprop_team's for this one layer. */
+static void backprop_layer_team(const stage_args *s)
+{
+    if (s->layer == s->model->n_layers) {
+        output_layer_gradient(s);
 #pragma omp barrier
     }
+    backprop_one_layer(s, s->layer - 1);
 }
 
 static void update_team(const stage_args *s)
@@ -474,6 +559,7 @@ int mlp_forward(mlp_model *model, int threads, int batch, const float *x, const 
     const stage_args args = {.model = model, .batch = batch, .x = x, .targets = targets};
     run_team(threads, forward_stage, &args);
     model->forward_batch = batch;
+    model->next_backprop_layer = model->n_layers;
     model->last_stage = STAGE_FORWARD;
     if (loss)
         *loss = targets ? mean_loss(model, batch) : NAN;
@@ -492,7 +578,32 @@ int mlp_backprop(mlp_model *model, int threads, int batch, const float *x, const
     const stage_args args = {.model = model, .batch = batch, .x = x, .targets = targets};
     run_team(threads, backprop_stage, &args);
     model->grads_ready = 1;
+    model->next_backprop_layer = model->n_layers; /* a layer-wise pass may follow on the same forward */
     model->last_stage = STAGE_BACKPROP;
+    return MLP_OK;
+}
+
+int mlp_backprop_layer(mlp_model *model, int threads, int batch, const float *x, const float *targets,
+                       int layer_index)
+{
+    const int status = check_stage(model, threads, batch, x);
+    if (status != MLP_OK)
+        return status;
+    if (!targets)
+        return MLP_ERR_NULL;
+    if (layer_index < 1 || layer_index > model->n_layers)
+        return MLP_ERR_SIZE;
+    if (model->forward_batch != batch || layer_index != model->next_backprop_layer)
+        return MLP_ERR_STATE;
+    const stage_args args = {.model = model, .batch = batch, .x = x, .targets = targets, .layer = layer_index};
+    run_team(threads, backprop_layer_team, &args);
+    model->next_backprop_layer = layer_index > 1 ? layer_index - 1 : model->n_layers;
+    if (layer_index == 1) {
+        model->grads_ready = 1;
+        model->last_stage = STAGE_BACKPROP;
+    } else {
+        model->grads_ready = 0; /* the layers below are not done yet */
+    }
     return MLP_OK;
 }
 
@@ -514,6 +625,7 @@ int mlp_update(mlp_model *model, int threads, float lr, float weight_decay)
     const stage_args args = {.model = model, .lr = lr, .weight_decay = weight_decay};
     run_team(threads, update_team, &args);
     model->forward_batch = 0; /* the activations belong to the old parameters */
+    model->next_backprop_layer = 0;
     model->last_stage = STAGE_UPDATE;
     return MLP_OK;
 }
@@ -532,6 +644,7 @@ int mlp_train_step(mlp_model *model, int threads, int batch, const float *x, con
                              .weight_decay = weight_decay};
     run_team(threads, train_step_stage, &args);
     model->forward_batch = 0;
+    model->next_backprop_layer = 0;
     model->grads_ready = 1;
     model->last_stage = STAGE_UPDATE;
     if (loss)

@@ -303,6 +303,62 @@ static void test_stages(int isa, int max_threads)
     }
 }
 
+/* The gradient block holds [dW_1, db_1, ..., dW_L, db_L] with the per-layer buffers pointing into it, and
+ * the layer-wise backprop writes exactly (bit for bit) what mlp_backprop writes. */
+static void test_gradient_block_and_layerwise(int isa, int max_threads)
+{
+    for (size_t ci = 0; ci < sizeof CONFIGS / sizeof CONFIGS[0]; ++ci) {
+        const config *c = &CONFIGS[ci];
+        case_data d;
+        case_make(c, 2000 + ci, &d);
+        for (int kernel = MLP_KERNEL_NAIVE; kernel <= MLP_KERNEL_PACKED; ++kernel)
+            for (int threads = 1; threads <= max_threads; threads += 2) {
+                char label[96];
+                snprintf(label, sizeof label, "config %zu isa %d kernel %d threads %d", ci, isa, kernel, threads);
+                mlp_model *whole = model_make(&d, max_threads, kernel, isa);
+                mlp_model *layered = model_make(&d, max_threads, kernel, isa);
+                if (!whole || !layered) {
+                    mlp_model_destroy(whole);
+                    mlp_model_destroy(layered);
+                    continue;
+                }
+                long long count = -1, count_layered = -1;
+                float *block = mlp_model_gradient_block(whole, &count);
+                float *block_layered = mlp_model_gradient_block(layered, &count_layered);
+                long long offset = 0;
+                for (int l = 1; l <= c->n_layers; ++l) {
+                    const long long n_w = (long long)c->sizes[l] * c->sizes[l - 1];
+                    CHECK(mlp_model_buffer(whole, MLP_BUF_GRAD_WEIGHTS, l) == block + offset, "%s dW %d", label, l);
+                    CHECK(mlp_model_buffer(whole, MLP_BUF_GRAD_BIAS, l) == block + offset + n_w, "%s db %d", label, l);
+                    offset += n_w + c->sizes[l];
+                }
+                CHECK(count == offset && count_layered == offset, "%s count %lld, expected %lld", label, count,
+                      offset);
+                CHECK(mlp_poison(whole) == MLP_OK && mlp_poison(layered) == MLP_OK, "poison");
+                CHECK(mlp_forward(whole, threads, c->batch, d.x, d.t, NULL) == MLP_OK, "%s forward", label);
+                CHECK(mlp_backprop(whole, threads, c->batch, d.x, d.t) == MLP_OK, "%s backprop", label);
+                CHECK(mlp_forward(layered, threads, c->batch, d.x, d.t, NULL) == MLP_OK, "%s forward", label);
+                if (c->n_layers > 1)
+                    CHECK(mlp_backprop_layer(layered, threads, c->batch, d.x, d.t, c->n_layers - 1) == MLP_ERR_STATE,
+                          "%s layer below first", label);
+                for (int l = c->n_layers; l >= 1; --l) {
+                    CHECK(mlp_update(layered, threads, LR, 0.0f) == MLP_ERR_STATE, "%s update mid-way", label);
+                    CHECK(mlp_backprop_layer(layered, threads, c->batch, d.x, d.t, l) == MLP_OK, "%s layer %d",
+                          label, l);
+                    if (l > 1)
+                        CHECK(mlp_backprop_layer(layered, threads, c->batch, d.x, d.t, l) == MLP_ERR_STATE,
+                              "%s layer %d twice", label, l);
+                }
+                CHECK(memcmp(block, block_layered, (size_t)count * sizeof(float)) == 0,
+                      "%s layer-wise gradients differ from mlp_backprop", label);
+                CHECK(mlp_update(layered, threads, LR, 0.0f) == MLP_OK, "%s update", label);
+                mlp_model_destroy(whole);
+                mlp_model_destroy(layered);
+            }
+        case_free(&d);
+    }
+}
+
 static void test_errors_and_order(void)
 {
     const int sizes[] = {4, 3, 2};
@@ -361,6 +417,22 @@ static void test_errors_and_order(void)
     CHECK(mlp_train_step(m, 2, 4, x, t, 0.1f, 0.0f, &loss) == MLP_OK && isfinite(loss), "train step");
     CHECK(mlp_poison(NULL) == MLP_ERR_NULL, "poison NULL");
     CHECK(mlp_model_isa(NULL) == MLP_ISA_AUTO, "isa of NULL");
+    long long count = 7;
+    CHECK(mlp_model_gradient_block(NULL, &count) == NULL && count == 0, "gradient block of NULL");
+    CHECK(mlp_model_gradient_block(m, NULL) == mlp_model_buffer(m, MLP_BUF_GRAD_WEIGHTS, 1), "block without count");
+    CHECK(mlp_backprop_layer(NULL, 1, 4, x, t, 1) == MLP_ERR_NULL, "layer-wise NULL model");
+    CHECK(mlp_backprop_layer(m, 1, 4, x, t, 2) == MLP_ERR_STATE, "layer-wise before forward");
+    CHECK(mlp_forward(m, 1, 4, x, t, NULL) == MLP_OK, "forward");
+    CHECK(mlp_backprop_layer(m, 1, 4, x, NULL, 2) == MLP_ERR_NULL, "layer-wise without targets");
+    CHECK(mlp_backprop_layer(m, 1, 4, x, t, 0) == MLP_ERR_SIZE, "layer 0");
+    CHECK(mlp_backprop_layer(m, 1, 4, x, t, 3) == MLP_ERR_SIZE, "layer past the last");
+    CHECK(mlp_backprop_layer(m, 1, 3, x, t, 2) == MLP_ERR_STATE, "layer-wise on another batch size");
+    CHECK(mlp_backprop_layer(m, 1, 4, x, t, 2) == MLP_OK, "output layer");
+    CHECK(mlp_poison(m) == MLP_OK, "poison mid-way");
+    CHECK(mlp_backprop_layer(m, 1, 4, x, t, 1) == MLP_ERR_STATE, "after poison the pass starts again");
+    CHECK(mlp_backprop_layer(m, 1, 4, x, t, 2) == MLP_OK && mlp_backprop_layer(m, 1, 4, x, t, 1) == MLP_OK,
+          "whole pass after poison");
+    CHECK(isfinite(mlp_model_buffer(m, MLP_BUF_GRAD_BIAS, 1)[0]), "gradients written layer by layer");
     mlp_model_destroy(m);
     mlp_model_destroy(NULL);
 }
@@ -369,10 +441,13 @@ int main(void)
 {
     const int max_threads = mlp_has_openmp() ? 3 : 1;
     test_errors_and_order();
-    test_stages(MLP_ISA_PORTABLE, max_threads);
-    if (mlp_isa_supported(MLP_ISA_AVX2))
-        test_stages(MLP_ISA_AVX2, max_threads);
-    else
-        printf("test_model: this CPU has no AVX2+FMA; only the portable kernels were tested\n");
+    for (int isa = MLP_ISA_PORTABLE; isa <= MLP_ISA_AVX2; ++isa) {
+        if (!mlp_isa_supported(isa)) {
+            printf("test_model: this CPU cannot run isa %d; skipped\n", isa);
+            continue;
+        }
+        test_stages(isa, max_threads);
+        test_gradient_block_and_layerwise(isa, max_threads);
+    }
     return check_report(mlp_has_openmp() ? "test_model (omp)" : "test_model (serial)");
 }

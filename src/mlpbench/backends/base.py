@@ -21,6 +21,7 @@ A backend class also declares what the harness needs to run and time it (``devic
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -180,3 +181,46 @@ class Model(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.network.name}>"
+
+    #: Whether :meth:`backprop_by_layer` reports a layer while the layers below it are still being computed
+    #: (what lets a data-parallel all-reduce overlap backprop); results record it.
+    overlaps_backprop: ClassVar[bool] = False
+
+    def gradient_buffer(self) -> Any:
+        """One flat 1-D ``torch.Tensor`` on the model's device that IS the model's gradient storage, laid out
+        ``[dW_1, db_1, ..., dW_L, db_L]`` (row-major, layer order; see :func:`layer_spans`): averaging it in
+        place changes what :meth:`update` uses. Backends without one raise :class:`BackendUnavailable`."""
+        raise gradient_buffer_missing(self.name)
+
+    def backprop_by_layer(self, batch: Batch, on_layer: Callable[[int], None]) -> None:
+        """:meth:`backprop`, calling ``on_layer(layer)`` for layer ``L`` down to ``1`` as soon as that layer's
+        ``dW`` and ``db`` are final. This default computes every gradient first (no overlap); backends that
+        report layers earlier set :attr:`overlaps_backprop`. The gradients equal :meth:`backprop`'s."""
+        self.backprop(batch)
+        for layer in range(self.network.n_layers, 0, -1):
+            on_layer(layer)
+
+
+def layer_spans(network: Network) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each layer's ``[dW_l, db_l]`` in a flat gradient or parameter buffer."""
+    spans, start = [], 0
+    for n_out, n_in in network.layer_shapes:
+        stop = start + n_out * n_in + n_out
+        spans.append((start, stop))
+        start = stop
+    return spans
+
+
+def layer_views(network: Network, flat: Any) -> list[tuple[Any, Any]]:
+    """``[(W_l, b_l), ...]`` views into a flat NumPy array or tensor laid out as :func:`layer_spans` says."""
+    views = []
+    for (start, stop), (n_out, n_in) in zip(layer_spans(network), network.layer_shapes, strict=True):
+        middle = start + n_out * n_in
+        views.append((flat[start:middle].reshape(n_out, n_in), flat[middle:stop]))
+    return views
+
+
+def gradient_buffer_missing(backend: str) -> BackendUnavailable:
+    """The error of a backend without :meth:`Model.gradient_buffer`, naming the missing capability."""
+    return BackendUnavailable(f"{backend}: no gradient_buffer() (one flat gradient tensor the model updates "
+                              f"from), which data-parallel training all-reduces")

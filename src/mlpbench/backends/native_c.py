@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -245,6 +246,19 @@ class NativeCModel(Model):
             # Views into C memory must not outlive it.
             self._weights = self._biases = self._grad_weights = self._grad_biases = self._outputs = []
             finalizer()
+
+    overlaps_backprop = True
+
+    def gradient_buffer(self) -> Any:
+        """The C model's own gradient block, shared without a copy; valid until :meth:`close`."""
+        import torch
+
+        return torch.from_numpy(native.gradient_block(self))
+
+    def backprop_by_layer(self, batch: Batch, on_layer: Callable[[int], None]) -> None:
+        for layer in range(self.network.n_layers, 0, -1):
+            native.backprop_layer(self, batch, layer)
+            on_layer(layer)
 
 
 def _validate_step_size(lr: float, weight_decay: float) -> tuple[float, float]:

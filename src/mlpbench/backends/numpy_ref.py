@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
-from mlpbench.backends.base import Batch, Model, Params, check_params, check_step_size
+from mlpbench.backends.base import Batch, Model, Params, check_params, check_step_size, layer_views
 from mlpbench.network import Network
 
 
@@ -55,7 +58,9 @@ class NumpyModel(Model):
     def __init__(self, network: Network, params: Params) -> None:
         super().__init__(network, params)
         self._params = check_params(network, params, np.float64)
-        self._grads: Params = []
+        # Every gradient lives in one flat array (views per layer), which data-parallel training all-reduces.
+        self._grad_flat = np.zeros(network.n_params, dtype=np.float64)
+        self._grads: Params = []  # the views, once a backprop has filled them
         self._activations: list[np.ndarray] = []
         self._loss = float("nan")
 
@@ -74,18 +79,7 @@ class NumpyModel(Model):
         self._loss = float("nan") if batch.T is None else loss_from_logits(net.loss, z, batch.T)
 
     def backprop(self, batch: Batch) -> None:
-        self._check_batch(batch, need_targets=True)
-        if not self._activations:
-            raise RuntimeError("backprop before forward")
-        acts = self._activations
-        delta = (acts[-1] - batch.T) / batch.size
-        grads: Params = []
-        for index in range(self.network.n_layers - 1, -1, -1):
-            grads.append((delta.T @ acts[index], delta.sum(axis=0)))
-            if index > 0:
-                weights = self._params[index][0]
-                delta = (delta @ weights) * activation_derivative(self.network.activation, acts[index])
-        self._grads = grads[::-1]
+        self.backprop_by_layer(batch, lambda layer: None)
 
     def update(self, lr: float, weight_decay: float = 0.0) -> None:
         lr, weight_decay = check_step_size(lr, weight_decay)
@@ -107,3 +101,27 @@ class NumpyModel(Model):
 
     def grads(self) -> Params:
         return [(dw.copy(), db.copy()) for dw, db in self._grads]
+
+    overlaps_backprop = True
+
+    def backprop_by_layer(self, batch: Batch, on_layer: Callable[[int], None]) -> None:
+        self._check_batch(batch, need_targets=True)
+        if not self._activations:
+            raise RuntimeError("backprop before forward")
+        acts = self._activations
+        grads = layer_views(self.network, self._grad_flat)
+        delta = (acts[-1] - batch.T) / batch.size
+        for index in range(self.network.n_layers - 1, -1, -1):
+            grad_weights, grad_bias = grads[index]
+            np.matmul(delta.T, acts[index], out=grad_weights)
+            np.sum(delta, axis=0, out=grad_bias)
+            if index > 0:
+                weights = self._params[index][0]
+                delta = (delta @ weights) * activation_derivative(self.network.activation, acts[index])
+            on_layer(index + 1)
+        self._grads = grads
+
+    def gradient_buffer(self) -> Any:
+        import torch
+
+        return torch.from_numpy(self._grad_flat)

@@ -7,6 +7,8 @@ every other backend and IEEE float32 matrix products (no TF32).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -19,6 +21,7 @@ from mlpbench.backends.base import (
     check_inputs,
     check_params,
     check_step_size,
+    layer_views,
 )
 from mlpbench.backends.transfer import tensor_batch
 from mlpbench.network import Network
@@ -123,6 +126,50 @@ class TorchModel(Model):
             raise RuntimeError("no gradients yet: call backprop first")
         return [(w.grad.cpu().numpy().copy(), b.grad.cpu().numpy().copy())
                 for w, b in zip(self._weights, self._biases, strict=True)]
+
+    overlaps_backprop = True
+
+    def gradient_buffer(self) -> torch.Tensor:
+        """The first call moves every ``.grad`` into views of one flat tensor; ``zero_grad(set_to_none=False)``
+        zeroes them in place and autograd accumulates into them in place, so they stay views from then on."""
+        flat = getattr(self, "_grad_flat", None)
+        if flat is None:
+            flat = torch.zeros(self.network.n_params, dtype=torch.float32, device=self._dev)
+            with torch.no_grad():
+                for (weights, bias), views in zip(zip(self._weights, self._biases, strict=True),
+                                                  layer_views(self.network, flat), strict=True):
+                    for parameter, view in zip((weights, bias), views, strict=True):
+                        if parameter.grad is not None:
+                            view.copy_(parameter.grad)
+                        parameter.grad = view
+            self._grad_flat = flat
+        return flat
+
+    def backprop_by_layer(self, batch: Batch, on_layer: Callable[[int], None]) -> None:
+        """Autograd reports each parameter once its gradient is accumulated (post-accumulate-grad hooks); a layer
+        is final when its weight and bias both are. Autograd accumulates a gradient as soon as it is computed,
+        so layer ``l`` is reported before the gradients of layer ``l - 1`` are computed."""
+        if getattr(self, "_layer_hooks", None) is None:
+            self._layer_hooks = [parameter.register_post_accumulate_grad_hook(
+                lambda _, layer=layer: self._parameter_done(layer))
+                for layer, pair in enumerate(zip(self._weights, self._biases, strict=True), start=1)
+                for parameter in pair]
+        self._layer_waiting = dict.fromkeys(range(1, self.network.n_layers + 1), 2)
+        self._on_layer = on_layer
+        try:
+            self.backprop(batch)
+        finally:
+            self._on_layer = None
+        if any(self._layer_waiting.values()):
+            raise RuntimeError(f"backprop did not report every layer: still waiting for {self._layer_waiting}")
+
+    def _parameter_done(self, layer: int) -> None:
+        on_layer = getattr(self, "_on_layer", None)
+        if on_layer is None:  # a plain backprop
+            return
+        self._layer_waiting[layer] -= 1
+        if self._layer_waiting[layer] == 0:
+            on_layer(layer)
 
 
 class TorchCPUModel(TorchModel):
@@ -261,3 +308,10 @@ class TorchGPUGraphModel(TorchGPUModel):
             for p, value in zip(parameters, saved, strict=True):
                 p.copy_(value)
         return graph, *outputs
+
+    def gradient_buffer(self) -> torch.Tensor:
+        fresh = getattr(self, "_grad_flat", None) is None
+        flat = super().gradient_buffer()
+        if fresh:
+            self._graphs.clear()  # graphs captured before wrote the gradient tensors the buffer replaced
+        return flat
