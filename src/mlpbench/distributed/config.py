@@ -10,7 +10,7 @@ from typing import Any
 from mlpbench.backends import Model, model_class
 from mlpbench.backends.base import BackendUnavailable, check_threads, gradient_buffer_missing
 from mlpbench.network import Network, resolve
-from mlpbench.timing import all_cores
+from mlpbench.thread_policy import usable_cores
 
 RUNGS = ("after-backprop", "overlapped")
 SCALINGS = ("strong", "weak")
@@ -121,7 +121,7 @@ def validate(config: RankConfig, local_ranks: int | None = None) -> RankConfig:
             raise BackendUnavailable(f"{config.backend}: no CUDA GPU visible to PyTorch on this machine")
         if local_ranks > gpus:
             raise ValueError(f"{local_ranks} GPU ranks on this machine but only {gpus} GPUs: one GPU per rank")
-    cores = all_cores()
+    cores = usable_cores()
     if config.threads * local_ranks > cores and not config.force:
         raise ValueError(f"{local_ranks} ranks x {config.threads} threads exceed the {cores} cores of this "
                          f"machine (force to run anyway)")
