@@ -11,6 +11,8 @@ Studies (each one a list of units of work, each unit recorded as soon as it fini
 ``training``     loss and accuracy per epoch of every available backend on ``dataset``;
 ``endtoend``     end-to-end training of each task of :data:`mlpbench.training.TASKS`, timed from the first
                  step to the last result with the data set resident where the backend computes;
+``ranks``        data-parallel training under ``torchrun`` (:mod:`mlpbench.distributed`) on 1, 2, 4, ... ranks,
+                 strong and weak scaling, all-reduce after backprop or overlapped with it;
 ``lineprofile``  line-by-line profile of the Python driver of a training step (:mod:`mlpbench.profiling`).
 
 Before a configuration is timed, :func:`mlpbench.verify.compare_stages` checks it against the float64
@@ -32,6 +34,8 @@ Results go to ``<results>/<run-id>/``:
 ``ladder.csv``       one row per matrix-product implementation (:data:`LADDER_COLUMNS`);
 ``training.csv``     one row per backend × epoch (:data:`TRAINING_COLUMNS`);
 ``endtoend.csv``     one row per task × backend × epoch (:data:`ENDTOEND_COLUMNS`);
+``ranks.csv``        one row per data-parallel configuration × stage, ``allreduce.csv`` the plain all-reduce
+                     ceiling (:data:`mlpbench.distributed.RANKS_COLUMNS`, ``ALLREDUCE_COLUMNS``);
 ``lineprofile.csv``  one row per backend × profiled function (:data:`mlpbench.profiling.PROFILE_COLUMNS`),
                      with the full line-by-line listings in ``lineprofile/<backend>.txt``.
 

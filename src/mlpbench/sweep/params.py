@@ -13,7 +13,7 @@ from mlpbench.training import TASKS
 from mlpbench.verify import FLOAT32_TOLERANCE
 
 SCHEMA_VERSION = 1
-STUDIES = ("stages", "threads", "batch", "width", "ladder", "training", "endtoend", "lineprofile")
+STUDIES = ("stages", "threads", "batch", "width", "ladder", "training", "endtoend", "ranks", "lineprofile")
 #: Network each training data set is learnt with.
 TRAINING_NETWORKS = {"digits": "digits", "moons": "moons-5h300"}
 
@@ -71,18 +71,26 @@ class SweepParams:
     profile_steps: int = 200
     tasks: tuple[str, ...] = tuple(TASKS)  # end-to-end training tasks (mlpbench.training.TASKS)
     task_epochs: int = 0      # cap on each task's epochs; 0: the task's own (the original benchmark: 100)
+    ranks: tuple[int, ...] = ()  # world sizes of the ranks study; empty: 1, 2, 4, ... what the machine holds
+    scaling: tuple[str, ...] = ("strong", "weak")
+    rank_networks: tuple[str, ...] = ("mnist:256",)  # strong: global batch; weak: batch per rank
+    rank_backends: tuple[str, ...] = ("c-omp", "torch-cpu", "torch-gpu", "cuda-opt")
+    rank_rungs: tuple[str, ...] = ("after-backprop", "overlapped")
+    rank_threads: int = 1
+    rank_steps: int = 20
+    rank_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
         for name in ("backends", "studies", "networks", "thread_networks", "threads", "batch_sizes", "widths",
-                     "tasks"):
+                     "tasks", "ranks", "scaling", "rank_networks", "rank_backends", "rank_rungs"):
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str | int) else tuple(value))
-        for backend in self.backends:
+        for backend in (*self.backends, *self.rank_backends):
             check_backend(backend)
         unknown = set(self.studies) - set(STUDIES)
         if unknown:
             raise ValueError(f"unknown studies {sorted(unknown)}; choose from {STUDIES}")
-        for spec in (*self.networks, *self.thread_networks):
+        for spec in (*self.networks, *self.thread_networks, *self.rank_networks):
             split_network(spec)
         if self.dataset not in TRAINING_NETWORKS:
             raise ValueError(f"unknown training data set {self.dataset!r}; choose from {sorted(TRAINING_NETWORKS)}")
@@ -91,6 +99,13 @@ class SweepParams:
         unknown = set(self.tasks) - set(TASKS)
         if unknown:
             raise ValueError(f"unknown end-to-end tasks {sorted(unknown)}; choose from {tuple(TASKS)}")
+        from mlpbench.distributed import RUNGS, SCALINGS
+
+        for name, value, choices in (("scaling", self.scaling, SCALINGS), ("rank_rungs", self.rank_rungs, RUNGS)):
+            if set(value) - set(choices):
+                raise ValueError(f"{name}: choose from {', '.join(choices)}, got {value}")
+        if any(n < 1 for n in self.ranks) or self.rank_threads < 1 or self.rank_steps < 1:
+            raise ValueError("ranks, rank_threads and rank_steps must be >= 1")
         if self.task_epochs < 0:
             raise ValueError(f"task_epochs must be >= 0 (0: each task's own), got {self.task_epochs}")
         if any(t < 1 for t in self.threads):
@@ -140,6 +155,15 @@ HELP: dict[str, str] = {
     "profile_steps": "training steps the line profile runs",
     "tasks": "end-to-end training tasks, from " + ", ".join(TASKS),
     "task_epochs": "cap on each end-to-end task's epochs; 0: the task's own (the original benchmark: 100)",
+    "ranks": "world sizes of the ranks study (data-parallel under torchrun); empty: 1, 2, 4, ... up to the "
+             "cores (CPU backends) or GPUs (GPU backends) of this machine",
+    "scaling": "ranks study: strong (fixed global batch) and/or weak (fixed batch per rank)",
+    "rank_networks": "ranks study: network:batch; the batch is the global batch (strong) or per rank (weak)",
+    "rank_backends": "backends of the ranks study",
+    "rank_rungs": "all-reduce rungs of the ranks study: after-backprop (one call) and/or overlapped (per layer)",
+    "rank_threads": "threads per rank (CPU backends)",
+    "rank_steps": "timed steps per rank configuration",
+    "rank_timeout_s": "seconds one rank configuration may take before its ranks are killed and it is failed",
 }
 
 PRESETS: dict[str, SweepParams] = {
@@ -147,7 +171,9 @@ PRESETS: dict[str, SweepParams] = {
     "quick": SweepParams(networks=("digits:32", "2-32-32-1:8"), thread_networks=("digits:32",), threads=(1, 2),
                     batch_network="digits", batch_sizes=(1, 8, 32), widths=(16, 64), width_layers=2,
                     width_batch=32, repeats=5, warmup=1, min_repeats=2, budget_s=2.0, epochs=2,
-                    tasks=("moons-tanh", "digits-target"), task_epochs=2,
+                    tasks=("moons-tanh", "digits-target"), task_epochs=2, ranks=(2,), scaling=("strong",),
+                    rank_networks=("digits:32",), rank_backends=("c-serial",), rank_rungs=("overlapped",),
+                    rank_steps=3,
                     ladder_cpu_n=128, ladder_gpu_n=256, ladder_repeats=3, profile_steps=20),
     # About five minutes on the 2-core development machine.
     "default": SweepParams(),

@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from mlpbench import machine, profiling
+from mlpbench.distributed import RANKS_COLUMNS
 from mlpbench.sweep.curves import training_curve
 from mlpbench.sweep.endtoend import endtoend_rows
 from mlpbench.sweep.ladders import cpu_ladder, gpu_ladder
 from mlpbench.sweep.measuring import Unavailable, measure
 from mlpbench.sweep.params import SCHEMA_VERSION, SweepParams, make_params
 from mlpbench.sweep.planning import Config, backend_threads, plan
+from mlpbench.sweep.ranks import rank_jobs
 from mlpbench.sweep.tables import (
     ENDTOEND_COLUMNS,
     LADDER_COLUMNS,
@@ -47,6 +49,8 @@ class Unit:
     work: Callable[[], list[dict[str, Any]]]
     identity: dict[str, Any]
     config: Config | None = None
+    #: The work appends its own rows to the table (the ranks study's torchrun processes write them).
+    records_itself: bool = False
 
 
 class Attempts:
@@ -137,6 +141,7 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
               "ladder": BlockTable(run_dir / "ladder.csv", LADDER_COLUMNS),
               "training": BlockTable(run_dir / "training.csv", TRAINING_COLUMNS),
               "endtoend": BlockTable(run_dir / "endtoend.csv", ENDTOEND_COLUMNS),
+              "ranks": BlockTable(run_dir / "ranks.csv", RANKS_COLUMNS),
               "lineprofile": BlockTable(run_dir / "lineprofile.csv", profiling.PROFILE_COLUMNS)}
     done = {name: table.read() for name, table in tables.items()}
     finished = {name: {row["key"] for row in rows} for name, rows in done.items()}
@@ -161,6 +166,9 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
         units += [Unit("endtoend", f"{task}/{backend}", lambda t=task, b=backend: endtoend_rows(t, b, params),
                        {"task": task, "backend": backend})
                   for task in params.tasks for backend in params.backends]
+    if "ranks" in studies:
+        units += [Unit("ranks", job.key, job.work, job.identity, records_itself=True)
+                  for job in rank_jobs(params, run_dir)]
     if "lineprofile" in studies:
         units += [Unit("lineprofile", backend, lambda b=backend: profiling.profile_backend(
                        b, params.profile_network, params.profile_batch, params.profile_steps, run_dir,
@@ -177,16 +185,21 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
             for unit in todo:
                 bar.set_postfix_str(unit.key, refresh=False)
                 config = unit.config
+                recorded = False  # whether the unit's work already wrote its rows
                 if config is not None and config.measurement in measured:
                     rows = [{**row, "study": config.study, "reused_from": row["key"]}
                             for row in measured[config.measurement]]
                 else:
                     crashed = attempts.begin(unit)
-                    rows = unit.work() if crashed is None else [
-                        {**unit.identity, "status": "failed", "reason": crashed, "finished_at": machine.now_utc()}]
+                    if crashed is None:
+                        rows, recorded = unit.work(), unit.records_itself
+                    else:
+                        rows = [{**unit.identity, "status": "failed", "reason": crashed,
+                                 "finished_at": machine.now_utc()}]
                     if config is not None:
                         measured[config.measurement] = [{**row, "key": unit.key} for row in rows]
-                tables[unit.table].append(unit.key, rows)
+                if not recorded:
+                    tables[unit.table].append(unit.key, rows)
                 busy = busy_entry(f"{unit.table}:{unit.key}", rows, cores)
                 if busy is not None:
                     meta.setdefault("busy", []).append(busy)
