@@ -72,11 +72,11 @@ class NumpyModel(Model):
                 a = softmax(z) if net.loss == "softmax-ce" else sigmoid(z)
             self._activations.append(a)
         self._loss = float("nan") if batch.T is None else loss_from_logits(net.loss, z, batch.T)
+        self._bind(batch)
 
     def backprop(self, batch: Batch) -> None:
         self._check_batch(batch, need_targets=True)
-        if not self._activations:
-            raise RuntimeError("backprop before forward")
+        self._check_bound(batch)
         acts = self._activations
         delta = (acts[-1] - batch.T) / batch.size
         grads: Params = []
@@ -106,4 +106,6 @@ class NumpyModel(Model):
         return [(w.copy(), b.copy()) for w, b in self._params]
 
     def grads(self) -> Params:
+        if not self._grads:
+            raise RuntimeError("no gradients yet: call backprop first")
         return [(dw.copy(), db.copy()) for dw, db in self._grads]
