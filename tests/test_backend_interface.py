@@ -40,7 +40,12 @@ def test_backend_classes_declare_what_the_harness_needs(backend):
     cls = model_class(backend)
     assert cls.name == backend
     assert (cls.device, cls.family, cls.threaded, cls.fixed_threads, cls.fuses_step) == DECLARED[backend]
-    assert cls.max_threads() == (usable_cores() if cls.threaded else 1)
+    if backend == "c-omp":  # the C library's own limit: it may oversubscribe the cores on purpose
+        from mlpbench import native
+
+        assert cls.max_threads() == native.library("omp").MLP_THREADS_LIMIT
+    else:
+        assert cls.max_threads() == (usable_cores() if cls.threaded else 1)
 
 
 class ToyModel(NumpyModel):
@@ -157,8 +162,10 @@ def test_bad_thread_counts_are_rejected(backend, threads, error):
 
 
 def test_unknown_options_are_rejected():
-    with pytest.raises(TypeError):
-        load("numpy", NET, threads=2)
+    with pytest.raises(TypeError, match="kernel"):
+        load("numpy", NET, kernel=3)
+    with pytest.raises(TypeError, match="max_batch"):
+        load("torch-cpu", NET, max_batch=8)
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)

@@ -172,6 +172,15 @@ def test_reference_and_pytorch_are_checked_then_timed(quick_run: Path) -> None:
         assert row.gflops == pytest.approx(flops / row.median_s / 1e9)
         assert row.samples_per_s == pytest.approx(row.batch / row.median_s)
     assert (rows[rows.backend == "numpy"].err_max == 0).all()  # the reference against itself
+    assert ok.loss_finite.astype(bool).all()
+
+
+def test_a_run_that_diverges_while_timing_is_flagged(tmp_path: Path) -> None:
+    run_dir = run("quick", results_dir=tmp_path, run_id="diverge", progress=False, backends=("c-serial",),
+                  studies=("stages",), networks=("digits:8",), lr=3e38)  # float32 overflows within steps
+    rows = read_rows(run_dir)
+    assert len(rows) == 1 and rows.status.iloc[0] == "failed"
+    assert not rows.loss_finite.iloc[0] and "loss became nan" in rows.reason.iloc[0]
 
 
 def test_unknown_backends_are_parameter_errors(tmp_path: Path) -> None:

@@ -43,11 +43,20 @@ def check_inputs(network: Network, X: Any, y: Any = None) -> tuple[np.ndarray, n
     return X, check_targets(network, y, X.shape[0])
 
 
+def _check_plain_ndarray(name: str, array: Any) -> None:
+    """A plain ``numpy.ndarray``: subclasses (``np.matrix``, masked arrays) change what indexing and
+    arithmetic mean, so they are refused rather than guessed at."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(array).__name__}")
+    if type(array) is not np.ndarray:
+        raise TypeError(f"{name}: expected a plain numpy.ndarray, got the subclass {type(array).__name__} "
+                        "(convert it with np.asarray)")
+
+
 def check_float32_matrix(name: str, array: Any, writable: bool = False) -> np.ndarray:
     """A 2-D float32 array that C or CUDA can read as a flat row-major buffer: C-contiguous and aligned
     (and writable, if asked). Raises ``TypeError``/``ValueError`` naming ``name`` and the broken rule."""
-    if not isinstance(array, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(array).__name__}")
+    _check_plain_ndarray(name, array)
     if array.dtype != np.float32:
         raise TypeError(f"{name}: expected dtype float32, got {array.dtype} (convert with .astype(np.float32))")
     if array.ndim != 2:
@@ -62,8 +71,8 @@ def check_float32_matrix(name: str, array: Any, writable: bool = False) -> np.nd
 
 
 def check_targets(network: Network, y: Any, batch: int) -> np.ndarray:
-    if not isinstance(y, np.ndarray):
-        raise TypeError(f"y: expected a numpy.ndarray, got {type(y).__name__}")
+    """Labels ``y`` as float32 targets of shape ``(batch, n_outputs)`` (see :func:`check_inputs`)."""
+    _check_plain_ndarray("y", y)
     n_out = network.n_outputs
     if network.loss == "softmax-ce":
         if not np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
@@ -107,10 +116,25 @@ def check_params(network: Network, params: Params, dtype: type = np.float32) -> 
     return checked
 
 
+#: Largest finite float32: every backend computes its update in float32 (the reference in float64 but it is
+#: held to the same step sizes, so every backend accepts the same ones).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def check_step_size(lr: float, weight_decay: float) -> tuple[float, float]:
+    """Learning rate and weight decay: numbers, finite and ``>= 0``, and finite in float32."""
     for name, value in (("lr", lr), ("weight_decay", weight_decay)):
         if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
             raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"{name}: must be finite and >= 0, got {value}")
+        if value > FLOAT32_MAX:
+            raise ValueError(f"{name}: {value} overflows float32")
     return float(lr), float(weight_decay)
+
+
+def check_on_nonfinite(policy: Any) -> str:
+    """What to do when a step's loss is not finite: ``"raise"``, ``"warn"`` or ``"ignore"``."""
+    if policy not in ("raise", "warn", "ignore"):
+        raise ValueError(f"on_nonfinite: expected 'raise', 'warn' or 'ignore', got {policy!r}")
+    return policy

@@ -12,6 +12,7 @@ import importlib
 from typing import Any
 
 from mlpbench.backends.base import BackendUnavailable, Batch, Model, Params
+from mlpbench.checks import check_on_nonfinite
 from mlpbench.network import Network, resolve
 
 # name -> (module, class). The order is the order of tables and figures: reference, CPU, GPU.
@@ -49,18 +50,27 @@ def model_class(backend: str) -> type[Model]:
     return getattr(module, class_name)
 
 
-def load(backend: str, network: Network | str, params: Params | None = None, seed: int = 0,
-         **options: Any) -> Model:
+def load(backend: str, network: Network | str, params: Params | None = None, seed: int = 0, *,
+         threads: int | None = None, on_nonfinite: str = "warn", **options: Any) -> Model:
     """Build ``network`` on ``backend`` with ``params`` (default: the network's seeded initialisation).
 
-    ``options`` are backend-specific (``threads`` for ``c-omp`` and ``torch-cpu``, ``kernel`` for the C
-    library's matrix-product version); unknown options raise ``TypeError``.
+    Every backend takes the same two options: ``threads`` (its CPU thread count where it is ``threaded``,
+    at most :meth:`~Model.max_threads`; ``None`` or 1 elsewhere, any other count is a ``ValueError``) and
+    ``on_nonfinite`` (``"raise"``, ``"warn"`` or ``"ignore"``: what :meth:`~Model.step` does when a loss is
+    NaN or infinite). Other ``options`` belong to one backend family (``kernel``, ``max_batch`` and ``isa``
+    for the C library); a backend that does not know one raises ``TypeError``.
     """
     network = resolve(network)
     cls = model_class(backend)
+    threads = cls.thread_option(threads)
+    on_nonfinite = check_on_nonfinite(on_nonfinite)
+    if threads is not None:
+        options["threads"] = threads
     if params is None:
         params = network.init_params(seed)
-    return cls(network, params, **options)
+    model = cls(network, params, **options)
+    model.on_nonfinite = on_nonfinite
+    return model
 
 
 def backends_on(device: str) -> tuple[str, ...]:

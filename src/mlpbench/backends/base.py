@@ -20,6 +20,9 @@ A backend class also declares what the harness needs to run and time it (``devic
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,8 +42,9 @@ from mlpbench.checks import (
 from mlpbench.network import Network
 from mlpbench.thread_policy import check_threads, usable_cores
 
-__all__ = ["BackendUnavailable", "Batch", "Model", "Params", "check_float32_matrix", "check_inputs",
-           "check_params", "check_step_size", "check_targets", "check_threads"]
+__all__ = ["BackendUnavailable", "Batch", "Model", "Params", "check_float32_matrix",
+           "check_inputs", "check_params", "check_step_size", "check_targets", "check_threads",
+           "owned_host_batch"]
 
 
 @dataclass(frozen=True)
@@ -48,13 +52,35 @@ class Batch:
     """A checked batch, ready for :meth:`Model.forward`: inputs and one-hot / probability targets.
 
     ``X`` and ``T`` live where the backend computes (NumPy arrays for CPU backends, device arrays on GPU
-    backends). ``T`` is ``None`` for inference-only batches.
+    backends). ``T`` is ``None`` for inference-only batches. A batch from :meth:`Model.prepare` owns its data
+    (host arrays are read-only copies), so changing the arrays it was made from changes nothing checked.
     """
 
     X: Any
     T: Any
     size: int
     network: Network
+
+    def rows(self, start: int, stop: int) -> Batch:
+        """Rows ``start:stop`` of this batch, already checked and on the same device: no copy, no check of
+        the values again. Prepare a whole data set once, then train on ``rows`` of it."""
+        for name, value in (("start", start), ("stop", stop)):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise TypeError(f"{name}: expected an integer, got {type(value).__name__}")
+        if not 0 <= start < stop <= self.size:
+            raise ValueError(f"rows {start}:{stop}: need 0 <= start < stop <= {self.size} (the batch's rows)")
+        return dataclasses.replace(self, X=self.X[start:stop], T=None if self.T is None else self.T[start:stop],
+                                   size=int(stop - start))
+
+
+def owned_host_batch(network: Network, X: np.ndarray, T: np.ndarray | None) -> Batch:
+    """A host batch holding read-only copies of checked ``X`` and ``T``."""
+    X = X.copy()
+    X.flags.writeable = False
+    if T is not None:
+        T = T.copy()
+        T.flags.writeable = False
+    return Batch(X, T, X.shape[0], network)
 
 
 class Model(ABC):
@@ -79,13 +105,35 @@ class Model(ABC):
     #: where nothing is compiled per model (kernels compiled at run time are cached per process and paid in
     #: the warm-up).
     compile_seconds: float | None = None
+    #: What :meth:`step` does when the loss of a step is NaN or infinite: ``"raise"``
+    #: (``FloatingPointError``), ``"warn"`` (``RuntimeWarning``) or ``"ignore"``; ``load(on_nonfinite=...)``.
+    on_nonfinite: str = "warn"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("_closed_class"):
+            return
         if "fuses_step" not in cls.__dict__:
             cls.fuses_step = cls.train_step is not Model.train_step
         if not hasattr(cls, "family"):
             cls.family = cls.device
+        if "close" in cls.__dict__:
+            cls.close = _closing(cls.__dict__["close"])
+
+    @classmethod
+    def thread_option(cls, threads: Any) -> int | None:
+        """A checked ``threads`` option: up to :meth:`max_threads` for a ``threaded`` backend; ``None`` or 1
+        for the others, which run on their own fixed count (any other value is a ``ValueError``)."""
+        if threads is None:
+            return None
+        if cls.threaded:
+            return check_threads(threads, limit=cls.max_threads())
+        if check_threads(threads) != 1:
+            raise ValueError(f"threads: {cls.name} takes no thread count (it runs on "
+                             + ("one thread" if cls.fixed_threads == 1 else
+                                "the GPU" if cls.device != "cpu" else "the thread pools the harness sets")
+                             + f"); pass threads=None or 1, got {threads}")
+        return None
 
     @classmethod
     def max_threads(cls) -> int:
@@ -95,11 +143,25 @@ class Model(ABC):
 
     def __init__(self, network: Network, params: Params) -> None:
         self.network = network
+        self._forward_batch: Batch | None = None  # the batch of the last forward, which backprop must get
 
     def prepare(self, X: np.ndarray, y: np.ndarray | None = None) -> Batch:
-        """Check a host batch and make it ready for :meth:`forward` (the "transfer" stage on GPUs)."""
+        """Check a host batch and make it ready for :meth:`forward` (the "transfer" stage on GPUs). The batch
+        owns its data: later changes to ``X`` or ``y`` do not reach it."""
         X, T = check_inputs(self.network, X, y)
-        return Batch(X, T, X.shape[0], self.network)
+        return owned_host_batch(self.network, X, T)
+
+    def _bind(self, batch: Batch) -> None:
+        """Remember ``batch`` as the one the activations now belong to (called by every forward pass)."""
+        self._forward_batch = batch
+
+    def _check_bound(self, batch: Batch) -> None:
+        """``backprop`` computes with the activations of the last forward pass: only on that same batch."""
+        if self._forward_batch is None:
+            raise RuntimeError("backprop needs a forward pass on this batch first")
+        if batch is not self._forward_batch:
+            raise ValueError("backprop got a different batch than the last forward pass: the activations "
+                             "belong to that one; call forward(batch) first")
 
     def _check_batch(self, batch: Batch, need_targets: bool = False) -> None:
         if not isinstance(batch, Batch):
@@ -153,7 +215,9 @@ class Model(ABC):
         nothing to poison."""
 
     def close(self) -> None:
-        """Release native or device memory early; the model is unusable afterwards."""
+        """Release native or device memory early; every later call raises ``RuntimeError`` (closing again
+        does nothing)."""
+        self.__class__ = _closed_class(type(self))
 
     def train_step(self, batch: Batch, lr: float, weight_decay: float = 0.0) -> None:
         """Forward, backprop and update on a prepared batch. Backends that can do the whole step in fewer
@@ -163,9 +227,23 @@ class Model(ABC):
         self.update(lr, weight_decay)
 
     def step(self, X: np.ndarray, y: np.ndarray, lr: float, weight_decay: float = 0.0) -> float:
-        """One training step on a host batch; returns the batch loss before the update."""
+        """One training step on a host batch; returns the batch loss before the update. A loss that is NaN
+        or infinite is reported as :attr:`on_nonfinite` says."""
         self.train_step(self.prepare(X, y), lr, weight_decay)
-        return self.loss()
+        loss = self.loss()
+        if not math.isfinite(loss):
+            self.report_nonfinite(loss)
+        return loss
+
+    def report_nonfinite(self, loss: float) -> None:
+        """Say that a step's loss was ``loss`` (NaN or infinite), as :attr:`on_nonfinite` asks."""
+        if self.on_nonfinite == "ignore":
+            return
+        message = (f"{self.name}: the training loss is {loss} on network {self.network.name}: the weights "
+                   "have diverged or the batch holds values the network cannot represent (lower lr?)")
+        if self.on_nonfinite == "raise":
+            raise FloatingPointError(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Output probabilities for a host batch (no labels needed)."""
@@ -224,3 +302,33 @@ def gradient_buffer_missing(backend: str) -> BackendUnavailable:
     """The error of a backend without :meth:`Model.gradient_buffer`, naming the missing capability."""
     return BackendUnavailable(f"{backend}: no gradient_buffer() (one flat gradient tensor the model updates "
                               f"from), which data-parallel training all-reduces")
+
+_PUBLIC_CALLS = ("prepare", "forward", "backprop", "update", "train_step", "step", "predict", "loss", "activations",
+                 "output", "params", "grads", "poison", "synchronize", "report_nonfinite", "gradient_buffer",
+                 "backprop_by_layer")
+_closed_classes: dict[type, type] = {}
+
+
+def _raise_closed(self: Model, *args: Any, **kwargs: Any) -> Any:
+    raise RuntimeError(f"{self.name} model is closed")
+
+
+def _closed_class(cls: type) -> type:
+    """The class a closed model becomes: the same model whose every call raises (no cost while open)."""
+    if cls.__dict__.get("_closed_class"):
+        return cls
+    if cls not in _closed_classes:
+        members: dict[str, Any] = {name: _raise_closed for name in _PUBLIC_CALLS}
+        members.update(_closed_class=True, close=lambda self: None, __module__=cls.__module__)
+        _closed_classes[cls] = type(f"Closed{cls.__name__}", (cls,), members)
+    return _closed_classes[cls]
+
+
+def _closing(release: Any) -> Any:
+    """A backend's own ``close`` (which frees its memory), followed by the switch to the closed class."""
+    def close(self: Model) -> None:
+        release(self)
+        Model.close(self)
+
+    close.__doc__ = release.__doc__
+    return close

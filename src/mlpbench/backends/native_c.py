@@ -25,13 +25,16 @@ from mlpbench.backends.base import (
     check_inputs,
     check_params,
     check_step_size,
+    owned_host_batch,
 )
 from mlpbench.network import Network
 
 #: Rows a model holds activations for unless ``max_batch`` says otherwise.
 DEFAULT_MAX_BATCH = 1024
 
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: Largest layer width, batch capacity and layer count the C model accepts (``SIZE_LIMIT`` in
+#: ``native/src/model.c``; a test reads it there), checked here so a ValueError comes before C.
+C_SIZE_LIMIT = 1 << 24
 
 
 
@@ -83,6 +86,11 @@ class NativeCModel(Model):
         self.kernel = native.resolve_kernel(kernel)
         if isinstance(max_batch, bool) or not isinstance(max_batch, int | np.integer) or max_batch < 1:
             raise ValueError(f"max_batch: expected a positive integer, got {max_batch!r}")
+        if max_batch > C_SIZE_LIMIT:
+            raise ValueError(f"max_batch: at most {C_SIZE_LIMIT} rows in the C library, got {max_batch}")
+        if max(network.sizes) > C_SIZE_LIMIT or network.n_layers > C_SIZE_LIMIT:
+            raise ValueError(f"network {network.name}: the C library takes widths and layer counts up to "
+                             f"{C_SIZE_LIMIT}")
         self.max_batch = int(max_batch)
         isa_code = native.resolve_isa(lib, isa)
         params = check_params(network, params)
@@ -127,10 +135,12 @@ class NativeCModel(Model):
     # ------------------------------------------------------------------ batches
 
     def prepare(self, X: np.ndarray, y: np.ndarray | None = None) -> Batch:
+        """A checked batch with read-only copies of its data and their C pointers. It may hold more rows than
+        ``max_batch`` (a whole data set): the stages then take :meth:`Batch.rows` slices of it."""
         self._require_open()
         X, T = check_inputs(self.network, X, y)
-        self._check_batch_size(X.shape[0])
-        return NativeBatch(X, T, X.shape[0], self.network)
+        owned = owned_host_batch(self.network, X, T)
+        return NativeBatch(owned.X, owned.T, owned.size, self.network)
 
     def _check_batch_size(self, size: int) -> None:
         if size > self.max_batch:
@@ -158,7 +168,7 @@ class NativeCModel(Model):
         """Checked step sizes; a training loop repeats the same two floats, so those skip the checks."""
         if type(lr) is float and type(weight_decay) is float and (lr, weight_decay) == self._valid_step_size:
             return lr, weight_decay
-        self._valid_step_size = _validate_step_size(lr, weight_decay)
+        self._valid_step_size = check_step_size(lr, weight_decay)
         return self._valid_step_size
 
     def _raise(self, status: int, where: str) -> None:
@@ -173,11 +183,11 @@ class NativeCModel(Model):
             self._raise(status, "forward")
         self._batch_size = batch.size
         self._loss = self._loss_out[0]
+        self._bind(batch)
 
     def backprop(self, batch: Batch) -> None:
         x_ptr, t_ptr = self._pointers(batch, need_targets=True)
-        if self._batch_size != batch.size:
-            raise RuntimeError("backprop needs a forward pass on this batch first")
+        self._check_bound(batch)
         status = self._lib.mlp_backprop(self._model, self.threads, batch.size, x_ptr, t_ptr)
         if status:
             self._raise(status, "backprop")
@@ -203,6 +213,7 @@ class NativeCModel(Model):
         self._batch_size = batch.size
         self._loss = self._loss_out[0]
         self._has_grads = True
+        self._bind(batch)
 
     # ------------------------------------------------------------------ read-backs
 
@@ -256,18 +267,10 @@ class NativeCModel(Model):
         return torch.from_numpy(native.gradient_block(self))
 
     def backprop_by_layer(self, batch: Batch, on_layer: Callable[[int], None]) -> None:
+        self._check_bound(batch)
         for layer in range(self.network.n_layers, 0, -1):
             native.backprop_layer(self, batch, layer)
             on_layer(layer)
-
-
-def _validate_step_size(lr: float, weight_decay: float) -> tuple[float, float]:
-    """Validated step sizes that stay finite in float32, the type C computes with."""
-    lr, weight_decay = check_step_size(lr, weight_decay)
-    for name, value in (("lr", lr), ("weight_decay", weight_decay)):
-        if value > _FLOAT32_MAX:
-            raise ValueError(f"{name}: {value} overflows float32")
-    return lr, weight_decay
 
 
 class SerialCModel(NativeCModel):
@@ -288,6 +291,12 @@ class OpenMPCModel(NativeCModel):
     name = "c-omp"
     variant = "omp"
     threaded = True
+
+    @classmethod
+    def max_threads(cls) -> int:
+        """The C library's own limit (``MLP_THREADS_LIMIT``): every thread gets its own packing workspace, so
+        a count above the cores only oversubscribes them, which the thread study may measure on purpose."""
+        return int(native.library(cls.variant).MLP_THREADS_LIMIT)
 
     def __init__(self, network: Network, params: Params, *, threads: int | None = None, kernel: int = 3,
                  max_batch: int = DEFAULT_MAX_BATCH, isa: str = "auto") -> None:

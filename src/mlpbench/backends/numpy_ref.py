@@ -77,6 +77,7 @@ class NumpyModel(Model):
                 a = softmax(z) if net.loss == "softmax-ce" else sigmoid(z)
             self._activations.append(a)
         self._loss = float("nan") if batch.T is None else loss_from_logits(net.loss, z, batch.T)
+        self._bind(batch)
 
     def backprop(self, batch: Batch) -> None:
         self.backprop_by_layer(batch, lambda layer: None)
@@ -100,14 +101,15 @@ class NumpyModel(Model):
         return [(w.copy(), b.copy()) for w, b in self._params]
 
     def grads(self) -> Params:
+        if not self._grads:
+            raise RuntimeError("no gradients yet: call backprop first")
         return [(dw.copy(), db.copy()) for dw, db in self._grads]
 
     overlaps_backprop = True
 
     def backprop_by_layer(self, batch: Batch, on_layer: Callable[[int], None]) -> None:
         self._check_batch(batch, need_targets=True)
-        if not self._activations:
-            raise RuntimeError("backprop before forward")
+        self._check_bound(batch)
         acts = self._activations
         grads = layer_views(self.network, self._grad_flat)
         delta = (acts[-1] - batch.T) / batch.size

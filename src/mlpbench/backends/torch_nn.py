@@ -84,9 +84,11 @@ class TorchModel(Model):
         self._hidden, self._logits = hidden, z
         self._pending_loss = None if batch.T is None else self._loss_of(z, batch.T)
         self._loss = None if self._pending_loss is None else self._pending_loss.detach()
+        self._bind(batch)
 
     def backprop(self, batch: Batch) -> None:
         self._check_batch(batch, need_targets=True)
+        self._check_bound(batch)
         if self._pending_loss is None:
             raise RuntimeError("backprop needs a new forward pass on a labelled batch first")
         self._optimizer.zero_grad(set_to_none=False)
@@ -101,6 +103,12 @@ class TorchModel(Model):
         weight_group["lr"] = bias_group["lr"] = lr
         weight_group["weight_decay"] = weight_decay
         self._optimizer.step()
+
+    def close(self) -> None:
+        """Drop the parameters, gradients and activations (device memory returns to PyTorch's allocator)."""
+        self._weights, self._biases, self._hidden = [], [], []
+        self._logits = self._loss = self._pending_loss = self._forward_batch = None
+        self._optimizer = None
 
     def synchronize(self) -> None:
         if self._dev.type == "cuda":
@@ -225,8 +233,9 @@ class TorchGPUGraphModel(TorchGPUModel):
       ``train_step`` (lr and decay are constants inside the captured optimizer kernels), and kept for reuse.
       Capture follows PyTorch's recipe: warm-up steps on a side stream, then capture; the parameters are
       saved before the warm-up and restored after, so capturing does not train the network.
-    * ``prepare`` copies the batch into static input buffers (one pair per batch size) that the graphs read;
-      a :class:`Batch` from this backend therefore holds the data of the latest ``prepare`` of its size.
+    * ``prepare`` gives a batch that owns its device copy, as on ``torch-gpu``; ``train_step`` copies it
+      (device to device) into the static input buffers of its size that the graphs read, unless that batch
+      is already there, so any batch of this model, :meth:`Batch.rows` slices included, can be replayed.
     * ``forward``, ``backprop`` and ``update`` run eagerly, exactly as ``torch-gpu``: autograd's backward
       cannot be replayed apart from the forward that recorded it, so per-stage graphs would need the forward
       and backward captured as a pair (``torch.cuda.make_graphed_callables``), which is a different program
@@ -239,37 +248,37 @@ class TorchGPUGraphModel(TorchGPUModel):
 
     def __init__(self, network: Network, params: Params) -> None:
         super().__init__(network, params)
-        self._static_inputs: dict[tuple[int, bool], tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._static_inputs: dict[int, Batch] = {}  # per batch size: the buffers the graphs read
+        self._staged_source: dict[int, Batch] = {}  # per batch size: the batch whose data they hold
         self._graphs: dict[tuple[int, float, float], tuple[torch.cuda.CUDAGraph, torch.Tensor,
                                                            list[torch.Tensor], torch.Tensor]] = {}
 
-    def prepare(self, X: np.ndarray, y: np.ndarray | None = None) -> Batch:
-        X, T = check_inputs(self.network, X, y)
-        key = (X.shape[0], T is not None)
-        static = self._static_inputs.get(key)
+    def _staged(self, batch: Batch) -> Batch:
+        """The static input buffers of ``batch``'s size (which the graphs read), holding ``batch``'s data. A
+        prepared batch never changes, so it is copied in (device to device) only when another was there."""
+        static = self._static_inputs.get(batch.size)
         if static is None:
-            static = (torch.empty(X.shape, device=self._dev),
-                      None if T is None else torch.empty(T.shape, device=self._dev))
-            self._static_inputs[key] = static
-        static[0].copy_(torch.from_numpy(X))
-        if T is not None:
-            static[1].copy_(torch.from_numpy(T))
-        return Batch(static[0], static[1], X.shape[0], self.network)
+            static = Batch(torch.empty_like(batch.X), torch.empty_like(batch.T), batch.size, self.network)
+            self._static_inputs[batch.size] = static
+        if self._staged_source.get(batch.size) is not batch:
+            static.X.copy_(batch.X)
+            static.T.copy_(batch.T)
+            self._staged_source[batch.size] = batch
+        return static
 
     def train_step(self, batch: Batch, lr: float, weight_decay: float = 0.0) -> None:
         lr, weight_decay = check_step_size(lr, weight_decay)
         self._check_batch(batch, need_targets=True)
-        static_X, static_T = self._static_inputs.get((batch.size, True), (None, None))
-        if batch.X is not static_X or batch.T is not static_T:
-            raise ValueError("torch-gpu-graph: train_step needs a batch from this model's prepare(X, y)")
+        static = self._staged(batch)
         key = (batch.size, lr, weight_decay)
         captured = self._graphs.get(key)
         if captured is None:
-            captured = self._graphs[key] = self._capture(batch, lr, weight_decay)
+            captured = self._graphs[key] = self._capture(static, lr, weight_decay)
         graph, loss, hidden, logits = captured
         graph.replay()
         self._loss, self._hidden, self._logits = loss, hidden, logits
         self._pending_loss = None
+        self._bind(batch)
 
     def _eager_step(self, batch: Batch, lr: float, weight_decay: float) -> None:
         self.forward(batch)

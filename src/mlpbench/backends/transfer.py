@@ -11,7 +11,8 @@ from mlpbench.network import Network
 
 
 def tensor_batch(network: Network, X: np.ndarray, T: np.ndarray | None, device: torch.device) -> Batch:
-    """A checked host batch as tensors on ``device`` (a host-to-device copy on GPUs)."""
-    X_t = torch.from_numpy(X).to(device)
-    T_t = None if T is None else torch.from_numpy(T).to(device)
+    """A checked host batch as tensors on ``device`` that the batch owns: a host-to-device copy on GPUs, a
+    host copy on the CPU (so later changes to ``X`` or ``T`` do not reach it)."""
+    X_t = torch.from_numpy(X).to(device, copy=True)
+    T_t = None if T is None else torch.from_numpy(T).to(device, copy=True)
     return Batch(X_t, T_t, X.shape[0], network)

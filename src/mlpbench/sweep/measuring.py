@@ -130,7 +130,8 @@ def _check_and_time(config: Config, network: Network, params: SweepParams, base:
         base["compile_s"] = model.compile_seconds
     finally:
         model.close()
-    if not math.isfinite(result.loss_after):
+    base["loss_finite"] = math.isfinite(result.loss_after)  # a flag to filter on, beside the reason
+    if not base["loss_finite"]:
         return not_timed("failed", f"loss became {result.loss_after} while timing: the timed arithmetic "
                                    "would not be a training step's")
     flops = network.flops(config.batch)
