@@ -53,10 +53,10 @@ def test_gradient_buffer_is_the_gradient_storage(backend):
     buffer = model.gradient_buffer()
     assert buffer.dim() == 1 and buffer.numel() == NET.n_params
     assert buffer.dtype == (torch.float64 if backend == "numpy" else torch.float32)
-    batch = batch_for(model)
     for seed in (0, 1):  # the same storage after every backprop
-        model.forward(batch_for(model, seed=seed) if seed else batch)
-        model.backprop(batch_for(model, seed=seed) if seed else batch)
+        batch = batch_for(model, seed=seed)
+        model.forward(batch)
+        model.backprop(batch)
         assert model.gradient_buffer().data_ptr() == buffer.data_ptr()
         np.testing.assert_array_equal(buffer.numpy(), flat(model.grads()))
     before = model.params()
@@ -69,13 +69,14 @@ def test_gradient_buffer_is_the_gradient_storage(backend):
 def test_backprop_by_layer_reports_each_layer_once_final_and_before_the_next(backend):
     plain = load(backend, NET, seed=2, **options(backend))
     layered = load(backend, NET, seed=2, **options(backend))
+    batches = {id(model): batch_for(model) for model in (plain, layered)}
     for model in (plain, layered):
-        model.forward(batch_for(model))
-    plain.backprop(batch_for(plain))
+        model.forward(batches[id(model)])
+    plain.backprop(batches[id(plain)])
     buffer = layered.gradient_buffer()
     buffer.fill_(float("nan"))
     seen = {}
-    layered.backprop_by_layer(batch_for(layered), lambda layer: seen.setdefault(layer, buffer.clone()))
+    layered.backprop_by_layer(batches[id(layered)], lambda layer: seen.setdefault(layer, buffer.clone()))
     assert type(layered).overlaps_backprop
     assert list(seen) == list(range(NET.n_layers, 0, -1))
     spans = layer_spans(NET)
@@ -99,11 +100,12 @@ class NoFlatBuffer(TorchCPUModel):
 def test_interface_defaults_report_layers_after_backprop_and_name_the_missing_buffer():
     model = NoFlatBuffer(NET, NET.init_params(3), threads=1)
     reference = load("torch-cpu", NET, seed=3, threads=1)
+    batches = {id(m): batch_for(m) for m in (model, reference)}
     for m in (model, reference):
-        m.forward(batch_for(m))
-    reference.backprop(batch_for(reference))
+        m.forward(batches[id(m)])
+    reference.backprop(batches[id(reference)])
     order = []
-    model.backprop_by_layer(batch_for(model), order.append)
+    model.backprop_by_layer(batches[id(model)], order.append)
     assert order == [3, 2, 1]
     np.testing.assert_array_equal(flat(model.grads()), flat(reference.grads()))
     with pytest.raises(BackendUnavailable, match="gradient_buffer"):
