@@ -27,10 +27,12 @@ class EpochResult:
         return asdict(self)
 
 
-def accuracy(model: Model, X: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> float:
-    """Fraction of samples classified correctly (arg-max of softmax, or sigmoid > 0.5 for one output)."""
+def accuracy(model: Model, X: np.ndarray, y: np.ndarray, batch_size: int | None = None) -> float:
+    """Fraction of samples classified correctly (arg-max of softmax, or sigmoid > 0.5 for one output), in
+    forward passes of ``batch_size`` rows (default: as many as the model takes at once)."""
     if len(X) == 0:
         return float("nan")
+    batch_size = batch_size or model.max_rows() or len(X)
     correct = 0
     for start in range(0, len(X), batch_size):
         probs = model.predict(X[start:start + batch_size])
@@ -132,8 +134,16 @@ def _epoch_batches(size: int, batch: int) -> range:
     return range(0, size - batch + 1, batch)
 
 
+@dataclass(frozen=True)
+class TrainingRun:
+    """What :func:`train_resident` measured, and the parameters it ended with."""
+
+    epochs: list[TimedEpoch]
+    params: Params
+
+
 def train_resident(make_model: Callable[[], Model], dataset: Dataset, task: Task, seed: int = 0,
-                   warmup_steps: int = 3) -> list[TimedEpoch]:
+                   warmup_steps: int = 3) -> TrainingRun:
     """Train a model from ``make_model()`` on ``task`` with the data set prepared once where the model computes
     (one upload on a GPU) and every epoch's shuffled batches taken from it there.
 
@@ -176,4 +186,4 @@ def train_resident(make_model: Callable[[], Model], dataset: Dataset, task: Task
             history.append(TimedEpoch(epoch, train_loss, test_accuracy, elapsed))
             if task.stop_at_target and test_accuracy >= task.target_accuracy:
                 break
-    return history
+    return TrainingRun(history, params)

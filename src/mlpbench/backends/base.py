@@ -72,6 +72,30 @@ class Batch:
         return dataclasses.replace(self, X=self.X[start:stop], T=None if self.T is None else self.T[start:stop],
                                    size=int(stop - start))
 
+    def take(self, indices: Any) -> Batch:
+        """The rows ``indices`` (a 1-D array of row numbers, e.g. an epoch's permutation) gathered into a new
+        batch on the same device: a host gather on the CPU, a gather on the GPU for device batches (only the
+        indices cross to the device). The values were checked when this batch was prepared."""
+        index = np.asarray(indices)
+        if index.ndim != 1 or index.size == 0 or not np.issubdtype(index.dtype, np.integer):
+            raise ValueError(f"indices: expected a non-empty 1-D integer array, got shape {index.shape} and "
+                             f"dtype {index.dtype}")
+        if index.min() < 0 or index.max() >= self.size:
+            raise ValueError(f"indices: row numbers must lie in [0, {self.size}), got [{index.min()}, "
+                             f"{index.max()}]")
+        if isinstance(self.X, np.ndarray):
+            X, T = self.X[index], None if self.T is None else self.T[index]
+            for array in (X, T):
+                if array is not None:
+                    array.flags.writeable = False
+        else:
+            import torch
+
+            on_device = torch.from_numpy(index.astype(np.int64)).to(self.X.device)
+            X = self.X.index_select(0, on_device)
+            T = None if self.T is None else self.T.index_select(0, on_device)
+        return dataclasses.replace(self, X=X, T=T, size=int(index.size))
+
 
 def owned_host_batch(network: Network, X: np.ndarray, T: np.ndarray | None) -> Batch:
     """A host batch holding read-only copies of checked ``X`` and ``T``."""
@@ -133,6 +157,10 @@ class Model(ABC):
                              + ("one thread" if cls.fixed_threads == 1 else
                                 "the GPU" if cls.device != "cpu" else "the thread pools the harness sets")
                              + f"); pass threads=None or 1, got {threads}")
+        return None
+
+    def max_rows(self) -> int | None:
+        """The most rows one stage call takes (a C model's ``max_batch``); ``None``: no limit of its own."""
         return None
 
     @classmethod

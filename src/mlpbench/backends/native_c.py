@@ -134,6 +134,9 @@ class NativeCModel(Model):
 
     # ------------------------------------------------------------------ batches
 
+    def max_rows(self) -> int:
+        return self.max_batch
+
     def prepare(self, X: np.ndarray, y: np.ndarray | None = None) -> Batch:
         """A checked batch with read-only copies of its data and their C pointers. It may hold more rows than
         ``max_batch`` (a whole data set): the stages then take :meth:`Batch.rows` slices of it."""

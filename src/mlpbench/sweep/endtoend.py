@@ -39,7 +39,7 @@ def endtoend_rows(task_name: str, backend: str, params: SweepParams) -> list[dic
         dataset = load_dataset(task.dataset, seed=params.seed)
         options = thread_option(backend, threads)
         with pinned_threads(threads or usable_cores()):
-            history = train_resident(lambda: load(backend, task.network, seed=params.seed, **options), dataset,
+            run = train_resident(lambda: load(backend, task.network, seed=params.seed, **options), dataset,
                                      task, seed=params.seed)
     except BackendUnavailable as error:
         return not_run("skipped", describe_error(error))
@@ -49,4 +49,4 @@ def endtoend_rows(task_name: str, backend: str, params: SweepParams) -> list[dic
         release_memory()
     after, finished = os.getloadavg()[0], machine.now_utc()
     return [{**base, **epoch.as_dict(), "status": "ok", "reason": "", "load_after": after, "finished_at": finished}
-            for epoch in history]
+            for epoch in run.epochs]
