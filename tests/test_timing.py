@@ -109,8 +109,9 @@ def test_stage_samples_on_a_fake_clock_exclude_warmup() -> None:
     scripts = {"forward": [100, 300, 200, 500], "backprop": [1000, 3000], "update": [7], "step": [40, 10, 20, 30]}
     model = ScriptedModel(clock, scripts, first_call_ns=10**9)
     result = time_stages(model, batches(3), lr=0.1, repeats=8, warmup=2, clock=CpuClock(now=clock.now))
-    assert set(result.stats) == {"forward", "backprop", "update", "step"}
+    assert set(result.stats) == {"checks", "forward", "backprop", "update", "step"}
     assert result.repeats == 8
+    assert result.stats["checks"].n == 8  # the input checks, on the host clock
     # Two warm-up calls (with the huge first-call cost) come first, then 8 samples of each script, cycled.
     forward = Stats.from_ns([200, 500, 100, 300] * 2)
     assert result.stats["forward"] == forward
@@ -163,7 +164,7 @@ def test_bad_arguments_are_refused() -> None:
 
 def test_transfer_is_a_stage_of_gpu_models_only() -> None:
     model = load("numpy", NET)
-    assert stages_for(model) == STAGES[1:]
+    assert stages_for(model) == ("checks", "forward", "backprop", "update", "step")
     assert "transfer" in STAGES
 
 

@@ -1,4 +1,4 @@
-"""Stage-by-stage timing of one model: transfer, forward, backprop, update, and the whole training step.
+"""Stage-by-stage timing of one model: input checks, transfer, forward, backprop, update, and the whole step.
 
 How a stage is timed:
 
@@ -10,8 +10,11 @@ How a stage is timed:
   the call (after :meth:`Model.synchronize`); on a CUDA model with a pair of CUDA events on the default
   stream, recorded after the device went idle, so the sample is the time from the call until the device
   finished its work;
-* ``transfer`` (``prepare(X, y)``: input check plus host-to-device copy) is a stage on CUDA models only; on CPU
-  models ``prepare`` is input checking, done once before timing;
+* ``checks`` is the host-side validation every ``prepare(X, y)`` runs (:func:`mlpbench.checks.check_inputs`),
+  timed on the host for every model; ``transfer`` is the host-to-device copy of an already checked batch
+  (:func:`mlpbench.backends.transfer.tensor_batch`, the copy every GPU backend's ``prepare`` makes), a stage
+  on CUDA models only. Neither is part of ``step``, which takes a prepared batch: a training loop over a data
+  set resident on the device pays neither per step;
 * ``step`` is ``train_step`` timed on its own, so a backend that fuses the step (one kernel, one CUDA graph) is
   measured as it runs, not as the sum of its stages.
 
@@ -28,13 +31,14 @@ import numpy as np
 
 from mlpbench.backends import model_class
 from mlpbench.backends.base import Model
+from mlpbench.checks import check_inputs
 from mlpbench.thread_policy import pinned_threads
 
 __all__ = ["STAGES", "CpuClock", "CudaEventClock", "OverBudget", "StageTimes", "Stats", "clock_for",
            "pinned_threads", "probe_step", "stages_for", "thread_option", "time_call", "time_stages"]
 
 #: The study's stages, in the order of tables and figures. ``transfer`` exists on CUDA models only.
-STAGES = ("transfer", "forward", "backprop", "update", "step")
+STAGES = ("checks", "transfer", "forward", "backprop", "update", "step")
 
 
 @dataclass(frozen=True)
@@ -125,9 +129,19 @@ class StageTimes:
     repeats: int
 
 
+def _device_copy(model: Model) -> Callable[[np.ndarray, np.ndarray | None], object]:
+    """The host-to-device copy of a checked batch that a CUDA model's ``prepare`` makes."""
+    import torch
+
+    from mlpbench.backends.transfer import tensor_batch
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    return lambda X, T: tensor_batch(model.network, X, T, device)
+
+
 def stages_for(model: Model) -> tuple[str, ...]:
     """The stages timed on ``model``: all of :data:`STAGES` on CUDA models, all but ``transfer`` otherwise."""
-    return STAGES if model.device == "cuda" else STAGES[1:]
+    return STAGES if model.device == "cuda" else tuple(stage for stage in STAGES if stage != "transfer")
 
 
 def time_stages(model: Model, inputs: Sequence[tuple[np.ndarray, np.ndarray]], *, lr: float,
@@ -147,16 +161,20 @@ def time_stages(model: Model, inputs: Sequence[tuple[np.ndarray, np.ndarray]], *
     if not inputs:
         raise ValueError("need at least one input batch")
     clock = clock_for(model) if clock is None else clock
+    host_clock = clock if isinstance(clock, CpuClock) else CpuClock()  # the checks run on the host
     stages = stages_for(model)
     batches = [model.prepare(X, y) for X, y in inputs]
+    checked = [check_inputs(model.network, X, y) for X, y in inputs]
+    copy_to_device = _device_copy(model) if "transfer" in stages else None
 
     def one_pass(index: int) -> dict[str, int]:
         """One sample of every stage, on the batch that ``index`` selects."""
         X, y = inputs[index % len(inputs)]
+        X_checked, T_checked = checked[index % len(checked)]
         batch = batches[index % len(batches)]
-        sample = {}
-        if "transfer" in stages:
-            sample["transfer"] = clock.measure(lambda: model.prepare(X, y))
+        sample = {"checks": host_clock.measure(lambda: check_inputs(model.network, X, y))}
+        if copy_to_device is not None:
+            sample["transfer"] = clock.measure(lambda: copy_to_device(X_checked, T_checked))
         sample["forward"] = clock.measure(lambda: model.forward(batch))
         sample["backprop"] = clock.measure(lambda: model.backprop(batch))
         sample["update"] = clock.measure(lambda: model.update(lr, weight_decay))
