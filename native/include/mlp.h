@@ -57,7 +57,7 @@ enum mlp_kernel {
 };
 
 /* Micro-kernel instruction set, chosen at run time (never from the build machine). */
-enum mlp_isa { MLP_ISA_AUTO = 0, MLP_ISA_PORTABLE = 1, MLP_ISA_AVX2 = 2 };
+enum mlp_isa { MLP_ISA_AUTO = 0, MLP_ISA_PORTABLE = 1, MLP_ISA_AVX2 = 2, MLP_ISA_AVX512 = 3 };
 
 /* What mlp_model_buffer returns. */
 enum mlp_buffer {

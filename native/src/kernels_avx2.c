@@ -268,6 +268,8 @@ static void microkernel_avx2(ptrdiff_t k, const float *a, const float *b, const 
 
 const cpu_kernels avx2_kernels = {
     .isa = MLP_ISA_AVX2,
+    .mr = MR,
+    .nr = NR,
     .microkernel = microkernel_avx2,
     .bias_activation = bias_activation_avx2,
     .activation_derivative = activation_derivative_avx2,

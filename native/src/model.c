@@ -20,7 +20,7 @@ typedef enum { STAGE_NONE, STAGE_FORWARD, STAGE_BACKPROP, STAGE_UPDATE } stage_k
 typedef struct {
     int n_in, n_out;
     float *weights;       /* (n_out, n_in) */
-    float *bias;          /* n_out, zero-padded to a multiple of NR for the micro-kernel epilogue */
+    float *bias;          /* n_out, zero-padded to a multiple of NR_MAX for the micro-kernel epilogue */
     float *grad_weights;  /* (n_out, n_in), inside the model's gradient block */
     float *grad_bias;     /* n_out, right after grad_weights in the block */
     float *output;        /* (max_batch, n_out): activation, or output probabilities for the last layer */
@@ -158,7 +158,7 @@ int mlp_model_create(mlp_model **out, int n_layers, const int *sizes, int activa
         ly->n_out = sizes[l + 1];
         const size_t n_weights = (size_t)ly->n_in * (size_t)ly->n_out;
         ly->weights = alloc_floats(n_weights);
-        ly->bias = alloc_floats((size_t)round_up(ly->n_out, NR));
+        ly->bias = alloc_floats((size_t)round_up(ly->n_out, NR_MAX));
         if (gradient) {
             ly->grad_weights = gradient;
             ly->grad_bias = gradient + n_weights;

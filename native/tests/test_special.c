@@ -160,7 +160,7 @@ static void check_loss_limits(const setting *s, const char *label)
 int main(void)
 {
     const int max_threads = mlp_has_openmp() ? 3 : 1;
-    for (int isa = MLP_ISA_PORTABLE; isa <= MLP_ISA_AVX2; ++isa) {
+    for (int isa = MLP_ISA_PORTABLE; isa <= MLP_ISA_AVX512; ++isa) {
         if (!mlp_isa_supported(isa)) {
             printf("test_special: this CPU cannot run isa %d; skipped\n", isa);
             continue;

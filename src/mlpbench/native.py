@@ -27,9 +27,8 @@ from mlpbench.backends.base import BackendUnavailable, check_threads
 VARIANTS = ("serial", "omp")
 #: The matrix-product ladder, numbered in the order it was built.
 KERNELS = {1: "naive", 2: "blocked", 3: "packed"}
-#: Micro-kernel instruction sets; ``auto`` asks the CPU at run time.
-ISAS = {"auto": 0, "portable": 1, "avx2": 2}
-ISA_NAMES = {code: name for name, code in ISAS.items()}
+# ``ISAS`` (micro-kernel instruction set name -> code; ``auto`` asks the CPU at run time) and ``ISA_NAMES``
+# (code -> name) are read from the header's ``enum mlp_isa`` on first use: see ``__getattr__`` below.
 
 _CDEF_BEGIN = "/* BEGIN CDEF */"
 _CDEF_END = "/* END CDEF */"
@@ -61,19 +60,44 @@ def _declarations(header: Path) -> str:
     return text[start + len(_CDEF_BEGIN):end]
 
 
+def _declare() -> None:
+    """Declare the header's API to cffi, once. Call with ``_load_lock`` held."""
+    global _declared
+    if _declared:
+        return
+    header = native_dir() / "include" / "mlp.h"
+    if not header.is_file():
+        raise BackendUnavailable(f"C library header {header} not found: run `make -C native` first")
+    ffi.cdef(_declarations(header))
+    _declared = True
+
+
+def _isa_codes() -> dict[str, int]:
+    """``enum mlp_isa`` of the header as {"auto": 0, "portable": 1, ...}."""
+    with _load_lock:
+        _declare()
+    prefix = "MLP_ISA_"
+    return {name.removeprefix(prefix).lower(): code
+            for name, code in sorted(ffi.typeof("enum mlp_isa").relements.items(), key=lambda item: item[1])}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ISAS":
+        return _isa_codes()
+    if name == "ISA_NAMES":
+        return {code: isa for isa, code in _isa_codes().items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def library(variant: str = "omp") -> Any:
     """The loaded library (cached); :class:`BackendUnavailable` if it has not been built."""
     path = library_path(variant)
     with _load_lock:
         if variant in _libraries:
             return _libraries[variant]
-        header = native_dir() / "include" / "mlp.h"
-        if not path.is_file() or not header.is_file():
+        if not path.is_file():
             raise BackendUnavailable(f"C library {path} not found: run `make -C native` first")
-        global _declared
-        if not _declared:
-            ffi.cdef(_declarations(header))
-            _declared = True
+        _declare()
         try:
             lib = ffi.dlopen(str(path))
         except OSError as error:
@@ -94,7 +118,7 @@ def build_info() -> dict[str, Any]:
         info[key] = value.strip()
     omp = library("omp")
     info["openmp"] = bool(omp.mlp_has_openmp())
-    info["isa"] = ISA_NAMES[int(omp.mlp_best_isa())]
+    info["isa"] = _isa_name(int(omp.mlp_best_isa()))
     info["libraries"] = [str(library_path(variant)) for variant in VARIANTS]
     return info
 
@@ -140,14 +164,19 @@ def resolve_kernel(kernel: Any) -> int:
     return int(kernel)
 
 
+def _isa_name(code: int) -> str:
+    return {value: name for name, value in _isa_codes().items()}[code]
+
+
 def resolve_isa(lib: Any, isa: Any) -> int:
+    codes = _isa_codes()
     if not isinstance(isa, str):
-        raise TypeError(f"isa: expected one of {tuple(ISAS)}, got {type(isa).__name__}")
-    if isa not in ISAS:
-        raise ValueError(f"isa: unknown instruction set {isa!r}; choose one of {tuple(ISAS)}")
-    if not lib.mlp_isa_supported(ISAS[isa]):
+        raise TypeError(f"isa: expected one of {tuple(codes)}, got {type(isa).__name__}")
+    if isa not in codes:
+        raise ValueError(f"isa: unknown instruction set {isa!r}; choose one of {tuple(codes)}")
+    if not lib.mlp_isa_supported(codes[isa]):
         raise BackendUnavailable(f"isa: this CPU cannot run the {isa!r} kernels")
-    return ISAS[isa]
+    return codes[isa]
 
 
 def check_float32_matrix(name: str, array: Any, writable: bool = False) -> np.ndarray:
@@ -226,7 +255,7 @@ class Gemm:
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
         self.max_m, self.max_n = int(max_m), int(max_n)
         isa_code = resolve_isa(lib, isa)
-        self.isa = ISA_NAMES[isa_code if isa_code else lib.mlp_best_isa()]
+        self.isa = _isa_name(isa_code if isa_code else lib.mlp_best_isa())
         handle = ffi.new("mlp_gemm_workspace **")
         raise_for_status(lib, lib.mlp_gemm_workspace_create(handle, self.max_m, self.max_n, self.max_threads,
                                                             isa_code), "mlp_gemm_workspace_create")
