@@ -41,6 +41,8 @@ float *alloc_floats(size_t count)
  * study's small networks; a 16 x 128 tile of C (8 KiB) stays in L1, a 256 x 128 block of B in L2. */
 enum { LOOP_TILE_M = 16, LOOP_TILE_N = 128, LOOP_BLOCK_K = 256 };
 
+/* The BLAS build replaces the ladder (gemm_team below): its loops are compiled only without it. */
+#ifndef MLP_BLAS
 static void naive_tile(const gemm_problem *p, int i0, int i1, int j0, int j1)
 {
     for (int i = i0; i < i1; ++i)
@@ -102,6 +104,8 @@ static void blocked_tile_axpy(const gemm_problem *p, int i0, int i1, int j0, int
     }
 }
 
+#endif
+
 /* The epilogue of rungs 1 and 2: a second pass over a finished tile of C. */
 static void epilogue_pass(const gemm_problem *p, const cpu_kernels *kernels, int i0, int i1, int j0, int j1)
 {
@@ -113,6 +117,7 @@ static void epilogue_pass(const gemm_problem *p, const cpu_kernels *kernels, int
                                        p->ep.ld_aux, p->ep.activation);
 }
 
+#ifndef MLP_BLAS
 static void gemm_loops(int kernel, const gemm_problem *p, const cpu_kernels *kernels)
 {
     const int tiles_m = (p->m + LOOP_TILE_M - 1) / LOOP_TILE_M;
@@ -132,6 +137,8 @@ static void gemm_loops(int kernel, const gemm_problem *p, const cpu_kernels *ker
         epilogue_pass(p, kernels, i0, i1, j0, j1);
     }
 }
+
+#endif
 
 /* ------------------------------------------------------------------ rung 3: packed panels */
 
@@ -157,6 +164,7 @@ void pack_buffers_free(pack_buffers *buffers)
     buffers->a_packed = buffers->b_packed = NULL;
 }
 
+#ifndef MLP_BLAS
 /* Rows [i0, i0 + mr) and k range [q0, q0 + kc) of op(A) as sliver[q * mr + r]; rows past m are zero.
  * A row-major A (the forward and input-gradient products) is a transposition, left to the kernel set; an
  * A^T (the weight gradient) has contiguous columns, which are plain copies. */
@@ -321,13 +329,49 @@ static void gemm_packed(const gemm_problem *p, const pack_buffers *buffers, cons
     }
 }
 
+#endif
+
+#ifdef MLP_BLAS
+/* An operand op(X) (rows x cols, op(X)(i, j) = x[i * rs + j * cs]) as cblas sees it: X itself, row-major
+ * with leading dimension rs, or the transpose of a row-major matrix with leading dimension cs. */
+static void blas_operand(ptrdiff_t rs, ptrdiff_t cs, int cols, CBLAS_TRANSPOSE *trans, blasint *ld)
+{
+    if (cs == 1 && rs >= cols) {
+        *trans = CblasNoTrans;
+        *ld = (blasint)rs;
+    } else {
+        *trans = CblasTrans;
+        *ld = (blasint)cs;
+    }
+}
+
+/* The product by OpenBLAS (its threads, set by the caller), then the epilogue as one pass over C. */
+static void gemm_blas(const gemm_problem *p, const cpu_kernels *kernels)
+{
+    CBLAS_TRANSPOSE trans_a, trans_b;
+    blasint lda, ldb;
+    blas_operand(p->a_rs, p->a_cs, p->k, &trans_a, &lda);
+    blas_operand(p->b_rs, p->b_cs, p->n, &trans_b, &ldb);
+    scipy_cblas_sgemm(CblasRowMajor, trans_a, trans_b, p->m, p->n, p->k, 1.0f, p->a, lda, p->b, ldb, 0.0f,
+                      p->c, (blasint)p->ldc);
+    epilogue_pass(p, kernels, 0, p->m, 0, p->n);
+}
+#endif
+
 void gemm_team(int kernel, const gemm_problem *problem, const pack_buffers *buffers,
                const cpu_kernels *kernels)
 {
+#ifdef MLP_BLAS
+    /* Every ladder version is OpenBLAS here: this build is the optimised-library rung. */
+    (void)kernel;
+    (void)buffers;
+    gemm_blas(problem, kernels);
+#else
     if (kernel == MLP_KERNEL_PACKED)
         gemm_packed(problem, buffers, kernels);
     else
         gemm_loops(kernel, problem, kernels);
+#endif
 }
 
 /* ------------------------------------------------------------------ standalone product */
@@ -393,6 +437,7 @@ int mlp_gemm(mlp_gemm_workspace *workspace, int kernel, int threads, int transpo
         .c = c, .ldc = ldc,
         .ep = {.kind = EPI_STORE},
     };
+    blas_use_threads(threads);
     if (threads == 1) {
         gemm_team(kernel, &problem, &workspace->packs, workspace->kernels);
     } else {

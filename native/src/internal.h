@@ -110,6 +110,16 @@ void pack_buffers_free(pack_buffers *buffers);
 void gemm_team(int kernel, const gemm_problem *problem, const pack_buffers *buffers,
                const cpu_kernels *kernels);
 
+/* The BLAS build (libmlp_blas, -DMLP_BLAS) does every product with OpenBLAS's cblas_sgemm on OpenBLAS's own
+ * thread pool, set to the call's thread count before each stage; everything else runs on the calling thread
+ * (the build has no OpenMP), so the two never compete for cores. */
+#ifdef MLP_BLAS
+#include <cblas.h>
+static inline void blas_use_threads(int threads) { scipy_openblas_set_num_threads(threads); }
+#else
+static inline void blas_use_threads(int threads) { (void)threads; }
+#endif
+
 /* [lo, hi): part `index` of `count` items split into `parts` nearly equal contiguous ranges. */
 static inline void split_range(ptrdiff_t count, int parts, int index, ptrdiff_t *lo, ptrdiff_t *hi)
 {

@@ -68,6 +68,15 @@ int mlp_has_openmp(void)
 #endif
 }
 
+int mlp_has_blas(void)
+{
+#ifdef MLP_BLAS
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 /* ------------------------------------------------------------------ creation */
 
 static int max_int(int a, int b) { return a > b ? a : b; }
@@ -522,6 +531,7 @@ static void train_step_stage(const stage_args *s)
  * barriers are then no-ops). */
 static void run_team(int threads, void (*stage)(const stage_args *), const stage_args *args)
 {
+    blas_use_threads(threads);
     if (threads == 1) {
         stage(args);
         return;

@@ -127,5 +127,6 @@ int main(void)
         else
             printf("test_gemm: this CPU cannot run isa %d; skipped\n", isa);
     }
-    return check_report(mlp_has_openmp() ? "test_gemm (omp)" : "test_gemm (serial)");
+    return check_report(mlp_has_openmp() ? "test_gemm (omp)"
+                        : mlp_has_blas() ? "test_gemm (blas)" : "test_gemm (serial)");
 }

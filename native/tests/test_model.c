@@ -449,5 +449,6 @@ int main(void)
         test_stages(isa, max_threads);
         test_gradient_block_and_layerwise(isa, max_threads);
     }
-    return check_report(mlp_has_openmp() ? "test_model (omp)" : "test_model (serial)");
+    return check_report(mlp_has_openmp() ? "test_model (omp)"
+                        : mlp_has_blas() ? "test_model (blas)" : "test_model (serial)");
 }

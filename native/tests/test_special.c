@@ -180,5 +180,6 @@ int main(void)
                 check_loss_limits(&s, label);
             }
     }
-    return check_report(mlp_has_openmp() ? "test_special (omp)" : "test_special (serial)");
+    return check_report(mlp_has_openmp() ? "test_special (omp)"
+                        : mlp_has_blas() ? "test_special (blas)" : "test_special (serial)");
 }

@@ -1,6 +1,7 @@
 """The C library in ``native/`` through cffi (ABI mode), and its standalone matrix product.
 
-``make -C native`` builds ``native/build/libmlp_serial.so`` (no OpenMP) and ``libmlp_omp.so`` from the same
+``make -C native`` builds ``native/build/libmlp_serial.so`` (no OpenMP), ``libmlp_omp.so`` and, where the
+``scipy-openblas32`` wheel is installed, ``libmlp_blas.so`` (every product by OpenBLAS) from the same
 sources; :func:`library` loads one of them by absolute path and declares its API from the region of
 ``native/include/mlp.h`` between the CDEF markers. ``MLPBENCH_NATIVE_DIR`` points elsewhere than the
 repository's ``native/`` (a directory holding ``include/mlp.h`` and ``build/``).
@@ -23,8 +24,8 @@ import numpy as np
 from mlpbench.backends import base
 from mlpbench.backends.base import BackendUnavailable, check_threads
 
-#: The two builds of the library: ``serial`` (no OpenMP runtime) and ``omp``.
-VARIANTS = ("serial", "omp")
+#: The builds of the library: ``serial`` (no OpenMP runtime), ``omp``, and ``blas`` (products by OpenBLAS).
+VARIANTS = ("serial", "omp", "blas")
 #: The matrix-product ladder, numbered in the order it was built.
 KERNELS = {1: "naive", 2: "blocked", 3: "packed"}
 # ``ISAS`` (micro-kernel instruction set name -> code; ``auto`` asks the CPU at run time) and ``ISA_NAMES``
@@ -96,6 +97,10 @@ def library(variant: str = "omp") -> Any:
         if variant in _libraries:
             return _libraries[variant]
         if not path.is_file():
+            if variant == "blas":
+                raise BackendUnavailable(
+                    f"C library {path} not found: it is built only against the scipy-openblas32 wheel; "
+                    f"pip install scipy-openblas32, then run `make -C native PYTHON=<that environment's python>`")
             raise BackendUnavailable(f"C library {path} not found: run `make -C native` first")
         _declare()
         try:
@@ -119,7 +124,7 @@ def build_info() -> dict[str, Any]:
     omp = library("omp")
     info["openmp"] = bool(omp.mlp_has_openmp())
     info["isa"] = _isa_name(int(omp.mlp_best_isa()))
-    info["libraries"] = [str(library_path(variant)) for variant in VARIANTS]
+    info["libraries"] = [str(library_path(variant)) for variant in VARIANTS if library_path(variant).is_file()]
     return info
 
 
@@ -144,9 +149,10 @@ def default_threads() -> int:
 
 
 def resolve_threads(lib: Any, variant: str, threads: Any) -> int:
-    """A validated thread count: ``None`` means all cores (``omp``) or 1 (``serial``, which has no threads)."""
+    """A validated thread count: ``None`` means all cores (``omp``; ``blas``: OpenBLAS's threads) or 1
+    (``serial``, which has no threads)."""
     if threads is None:
-        return default_threads() if variant == "omp" else 1
+        return 1 if variant == "serial" else default_threads()
     threads = check_threads(threads)
     if variant == "serial" and threads != 1:
         raise ValueError(f"threads: the serial library runs on one thread, got {threads}")
