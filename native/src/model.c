@@ -153,8 +153,10 @@ int mlp_model_create(mlp_model **out, int n_layers, const int *sizes, int activa
         return MLP_ERR_MEMORY;
     }
 
+    /* Each term is below 2^49 (sizes <= 2^24); stopping past 2^60 floats keeps the sum from overflowing, and
+     * the allocation of such a count fails. */
     long long gradient_count = 0;
-    for (int l = 0; l < n_layers; ++l)
+    for (int l = 0; l < n_layers && gradient_count < (1LL << 60); ++l)
         gradient_count += ((long long)sizes[l] + 1) * sizes[l + 1];
     model->gradients = alloc_floats((size_t)gradient_count);
     model->gradient_count = gradient_count;

@@ -12,6 +12,7 @@ its arrays first, so nothing malformed reaches C.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import weakref
@@ -73,8 +74,9 @@ def _declare() -> None:
     _declared = True
 
 
+@functools.cache
 def _isa_codes() -> dict[str, int]:
-    """``enum mlp_isa`` of the header as {"auto": 0, "portable": 1, ...}."""
+    """``enum mlp_isa`` of the header as {"auto": 0, "portable": 1, ...} (callers must not modify it)."""
     with _load_lock:
         _declare()
     prefix = "MLP_ISA_"
@@ -84,7 +86,7 @@ def _isa_codes() -> dict[str, int]:
 
 def __getattr__(name: str) -> Any:
     if name == "ISAS":
-        return _isa_codes()
+        return dict(_isa_codes())
     if name == "ISA_NAMES":
         return {code: isa for isa, code in _isa_codes().items()}
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
