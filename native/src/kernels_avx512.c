@@ -10,6 +10,7 @@
 #include <immintrin.h>
 
 #include "internal.h"
+#include "transpose8.h"
 
 enum { LANES = 16, VECTORS_PER_ROW = NR_AVX512 / LANES };
 
@@ -122,25 +123,41 @@ static void activation_derivative_avx512(float *d, ptrdiff_t ldd, int rows, int 
     }
 }
 
-/* Packing: rows of A (columns of W) are read contiguously and written with a stride of the tile. */
+/* An A sliver of eight rows of a row-major A, 8 columns at a time: the rows (zero past `rows`) make an
+ * 8 x 8 block, transposed in registers, whose rows are the sliver's next 8 columns of MR_AVX512 = 8 floats. */
 static void pack_a_rows_avx512(const float *src, ptrdiff_t ld, int rows, int kc, float *restrict sliver)
 {
-    for (int r = 0; r < rows; ++r)
-        for (int q = 0; q < kc; ++q)
-            sliver[q * MR_AVX512 + r] = src[r * ld + q];
-    for (int q = 0; q < kc; ++q)
-        for (int r = rows; r < MR_AVX512; ++r)
-            sliver[q * MR_AVX512 + r] = 0.0f;
+    int q = 0;
+    for (; q + 8 <= kc; q += 8) {
+        __m256 r[8];
+        for (int i = 0; i < 8; ++i)
+            r[i] = i < rows ? _mm256_loadu_ps(src + i * ld + q) : _mm256_setzero_ps();
+        transpose8(r);
+        for (int i = 0; i < 8; ++i)
+            _mm256_store_ps(sliver + (q + i) * MR_AVX512, r[i]);
+    }
+    for (; q < kc; ++q)
+        for (int r = 0; r < MR_AVX512; ++r)
+            sliver[q * MR_AVX512 + r] = r < rows ? src[r * ld + q] : 0.0f;
 }
 
+/* The forward product's B = W^T sliver, 8 x 8 blocks at a time: W's rows are read contiguously and each
+ * block is transposed in registers. Columns past `cols` enter the block as zero rows (the padding). */
 static void pack_b_transposed_avx512(const float *src, ptrdiff_t ld, int cols, int kc, float *restrict sliver)
 {
-    for (int c = 0; c < cols; ++c)
-        for (int q = 0; q < kc; ++q)
-            sliver[q * NR_AVX512 + c] = src[c * ld + q];
-    for (int q = 0; q < kc; ++q)
-        for (int c = cols; c < NR_AVX512; ++c)
-            sliver[q * NR_AVX512 + c] = 0.0f;
+    int q = 0;
+    for (; q + 8 <= kc; q += 8)
+        for (int part = 0; part < NR_AVX512; part += 8) {
+            __m256 r[8];
+            for (int i = 0; i < 8; ++i)
+                r[i] = part + i < cols ? _mm256_loadu_ps(src + (part + i) * ld + q) : _mm256_setzero_ps();
+            transpose8(r);
+            for (int i = 0; i < 8; ++i)
+                _mm256_store_ps(sliver + (q + i) * NR_AVX512 + part, r[i]);
+        }
+    for (; q < kc; ++q)
+        for (int c = 0; c < NR_AVX512; ++c)
+            sliver[q * NR_AVX512 + c] = c < cols ? src[c * ld + q] : 0.0f;
 }
 
 /* One finished row of the tile: accumulate into C if asked, apply the epilogue on the last k block. */
