@@ -20,6 +20,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "numpy": ("mlpbench.backends.numpy_ref", "NumpyModel"),
     "c-serial": ("mlpbench.backends.native_c", "SerialCModel"),
     "c-omp": ("mlpbench.backends.native_c", "OpenMPCModel"),
+    "c-blas": ("mlpbench.backends.native_c", "BlasCModel"),
     "torch-cpu": ("mlpbench.backends.torch_nn", "TorchCPUModel"),
     "cuda-naive": ("mlpbench.backends.cuda", "NaiveCudaModel"),
     "cuda-tiled": ("mlpbench.backends.cuda", "TiledCudaModel"),
