@@ -8,13 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from mlpbench import Network, load
-from mlpbench.backends import GPU_BACKENDS
+from mlpbench import BackendUnavailable, Network, load
+from mlpbench.backends import BACKENDS, CPU_BACKENDS
 from mlpbench.backends.base import Batch
 from mlpbench.verify import FLOAT32_TOLERANCE, compare_stages, random_batch, training_losses
 
 pytestmark = pytest.mark.gpu
-CUDA_BACKENDS = ("cuda-naive", "cuda-tiled", "cuda-opt", "cuda-fused")
+GPU_BACKENDS = [backend for backend in BACKENDS if backend not in CPU_BACKENDS]
+CUDA_BACKENDS = ("cuda-naive", "cuda-tiled", "cuda-opt", "cuda-fused", "cuda-cublas")
+# torch-gpu-compile compiles once per network and batch size: the default mode (seconds, not the minutes of
+# max-autotune) for the many shapes below; test_compile_with_max_autotune checks the backend's own default.
+OPTIONS = {"torch-gpu-compile": {"mode": "default"}}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,7 +57,9 @@ CASES = [
 def test_every_stage_matches_the_reference(backend, network, batch):
     if backend == "cuda-fused" and max(network.sizes) > 512:
         pytest.skip("wider than cuda-fused accepts (test_fused_rejects_a_network_too_wide)")
-    errors = compare_stages(backend, network, batch, seed=batch)
+    if backend == "torch-gpu-compile" and CASES.index((network, batch)) >= 6:
+        pytest.skip("the first six cases cover every activation, loss and odd size; each compile takes seconds")
+    errors = compare_stages(backend, network, batch, seed=batch, **OPTIONS.get(backend, {}))
     assert max(errors.values()) <= FLOAT32_TOLERANCE, errors
 
 
@@ -66,7 +72,8 @@ def test_fifty_step_loss_curve_matches_the_reference(backend, network, batch, lr
     rng = np.random.default_rng(7)
     X, y = random_batch(network, 400, rng)
     reference = training_losses("numpy", network, X, y, steps=50, batch=batch, lr=lr, weight_decay=decay)
-    losses = training_losses(backend, network, X, y, steps=50, batch=batch, lr=lr, weight_decay=decay)
+    losses = training_losses(backend, network, X, y, steps=50, batch=batch, lr=lr, weight_decay=decay,
+                             **OPTIONS.get(backend, {}))
     np.testing.assert_allclose(losses, reference, rtol=1e-4)
 
 
@@ -119,7 +126,7 @@ def test_train_step_equals_the_stages_bit_for_bit_and_repeats(backend):
 def test_bad_input_raises_before_the_gpu_sees_it(backend):
     from test_backend_interface import BAD_INPUTS, NET, X_OK, Y_OK
 
-    model = load(backend, NET)
+    model = load(backend, NET, **OPTIONS.get(backend, {}))
     for _, X, y, error, message in BAD_INPUTS:
         with pytest.raises(error, match=message):
             model.step(X, y, lr=0.1)
@@ -239,3 +246,45 @@ def test_other_threads_need_the_context_manager():
     thread.join()
     assert "thread_context" in outcome["without"]
     assert np.isfinite(outcome["with"])
+
+
+def test_cublas_products_are_the_only_difference_from_the_naive_rung():
+    # Same element-wise kernels, products by cuBLAS: activations agree to float32 rounding, not bit for bit.
+    net = Network((33, 70, 9), "sigmoid", "softmax-ce")
+    X, y = random_batch(net, 17, np.random.default_rng(5))
+    cublas, naive = load("cuda-cublas", net, seed=2), load("cuda-naive", net, seed=2)
+    for model in (cublas, naive):
+        model.forward(model.prepare(X, y))
+    for a, b in zip(cublas.activations(), naive.activations(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+
+
+def test_compile_with_max_autotune_matches_eager_and_records_its_time():
+    net = Network((64, 128, 10), "tanh", "softmax-ce")
+    errors = compare_stages("torch-gpu-compile", net, 32, seed=11)  # the backend's own mode: max-autotune
+    assert max(errors.values()) <= FLOAT32_TOLERANCE, errors
+    X, y = random_batch(net, 32, np.random.default_rng(6))
+    compiled, eager = load("torch-gpu-compile", net, seed=4), load("torch-gpu", net, seed=4)
+    assert compiled.mode == "max-autotune-no-cudagraphs"
+    for _ in range(3):
+        for model in (compiled, eager):
+            model.train_step(model.prepare(X, y), 0.2, 1e-3)  # compiled: one CUDA graph per step
+        assert compiled.loss() == pytest.approx(eager.loss(), rel=1e-5)
+    for (w, b), (w2, b2) in zip(compiled.params(), eager.params(), strict=True):
+        np.testing.assert_allclose(w, w2, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(b, b2, rtol=1e-5, atol=1e-7)
+    assert list(compiled.compile_times) == [(32, True)]
+    assert compiled.compile_seconds > 0
+
+
+def test_compile_past_its_budget_says_so_and_stays_refused():
+    # Last in this file: the compile it gives up on goes on in a background thread for a few seconds.
+    net = Network((3, 11, 2), "relu", "softmax-ce")
+    X, y = random_batch(net, 6, np.random.default_rng(7))
+    model = load("torch-gpu-compile", net, compile_budget_s=1e-3, mode="default")
+    batch = model.prepare(X, y)
+    with pytest.raises(BackendUnavailable, match=r"torch-gpu-compile: compiling 3-11-2 .* budget of 0.001 s"):
+        model.train_step(batch, 0.1)
+    with pytest.raises(BackendUnavailable, match="budget"):
+        model.forward(batch)

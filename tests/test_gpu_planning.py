@@ -1,19 +1,21 @@
 """The host side of the CUDA backends that needs no GPU: clear errors where no GPU can be used, the fused
 kernel's size limit, its phase plans and tile shapes, and the structs shared with the kernels."""
 
+import threading
+import time
+
 import pytest
 import torch
 
 from mlpbench import BackendUnavailable, Network, load
-from mlpbench.backends import cuda
+from mlpbench.backends import BACKENDS, CPU_BACKENDS, cuda, torch_compile
 from mlpbench.network import PRESETS
 
 NO_GPU = not torch.cuda.is_available()
-CUDA_BACKENDS = ("cuda-naive", "cuda-tiled", "cuda-opt", "cuda-fused")
 
 
 @pytest.mark.skipif(not NO_GPU, reason="a GPU is present; tests/test_gpu_backends.py covers these backends")
-@pytest.mark.parametrize("backend", [*CUDA_BACKENDS, "torch-gpu-graph"])
+@pytest.mark.parametrize("backend", [backend for backend in BACKENDS if backend not in CPU_BACKENDS])
 def test_without_a_gpu_loading_says_why(backend):
     with pytest.raises(BackendUnavailable, match=f"{backend}: .*(GPU|PyCUDA)"):
         load(backend, "64-128-10")
@@ -119,3 +121,34 @@ def test_phase_cost_is_the_busiest_blocks():
     one = cuda.tile_cycles(tile, 64)
     assert cuda._phase_cycles([(tile, 16, 16 * 10, 64)], 4) == 3 * one  # 10 tiles on 4 blocks: 3, 3, 2, 2
     assert cuda._phase_cycles([(tile, 16, 16 * 10, 64)], 132) == one
+
+
+def test_compile_budget_returns_the_time_taken_or_gives_up_with_the_reason():
+    assert 0 <= torch_compile.run_within_budget(lambda: None, 5.0, "nothing") < 5.0
+    released = threading.Event()
+    start = time.perf_counter()
+    with pytest.raises(BackendUnavailable, match=r"compiling x did not finish within its budget of 0.2 s"):
+        torch_compile.run_within_budget(lambda: released.wait(30), 0.2, "compiling x")
+    assert time.perf_counter() - start < 5  # the caller is not held until the work ends
+    released.set()
+
+
+def test_compile_failures_are_reported_with_their_cause():
+    def broken():
+        raise RuntimeError("no C compiler")
+
+    with pytest.raises(BackendUnavailable, match="compiling y failed: RuntimeError: no C compiler") as caught:
+        torch_compile.run_within_budget(broken, 5.0, "compiling y")
+    assert isinstance(caught.value.__cause__, RuntimeError)
+
+
+@pytest.mark.parametrize("options, error, message", [
+    ({"compile_budget_s": 0}, ValueError, "compile_budget_s"),
+    ({"compile_budget_s": float("inf")}, ValueError, "compile_budget_s"),
+    ({"compile_budget_s": "300"}, TypeError, "compile_budget_s"),
+    ({"mode": "reduce-overhead"}, ValueError, "mode"),
+    ({"fullgraph": True}, TypeError, "fullgraph"),
+])
+def test_compile_options_are_checked_before_the_gpu(options, error, message):
+    with pytest.raises(error, match=message):
+        load("torch-gpu-compile", "64-128-10", **options)

@@ -1,17 +1,19 @@
 """CUDA backends: the GPU optimisation ladder, one rung per backend, all verified against the float64
 reference before they are timed.
 
-==============  =====================================================================================
-``cuda-naive``  rung 1: one thread per output element, global memory only; bias, activation, loss,
-                gradients and update in separate element-wise kernels (``kernels/naive.cu``)
-``cuda-tiled``  rung 2: shared-memory tiles loaded with coalesced accesses (``kernels/tiled.cu``)
-``cuda-opt``    rung 3: warp-tiled SGEMM with 2D register blocking, 128-bit loads and double buffering;
-                bias + activation fused into the forward product, the activation derivative into the
-                input-gradient product; ``train_step`` also fuses the SGD step into the weight-gradient
-                product and the bias update into the bias-gradient sums (``kernels/opt.cu``)
-``cuda-fused``  rung 4: the whole training step in one persistent kernel with grid-wide barriers, for
-                networks up to :data:`FUSED_MAX_WIDTH` wide (``kernels/fused.cu``)
-==============  =====================================================================================
+===============  =====================================================================================
+``cuda-naive``   rung 1: one thread per output element, global memory only; bias, activation, loss,
+                 gradients and update in separate element-wise kernels (``kernels/naive.cu``)
+``cuda-tiled``   rung 2: shared-memory tiles loaded with coalesced accesses (``kernels/tiled.cu``)
+``cuda-opt``     rung 3: warp-tiled SGEMM with 2D register blocking, 128-bit loads and double buffering;
+                 bias + activation fused into the forward product, the activation derivative into the
+                 input-gradient product; ``train_step`` also fuses the SGD step into the weight-gradient
+                 product and the bias update into the bias-gradient sums (``kernels/opt.cu``)
+``cuda-fused``   rung 4: the whole training step in one persistent kernel with grid-wide barriers, for
+                 networks up to :data:`FUSED_MAX_WIDTH` wide (``kernels/fused.cu``)
+``cuda-cublas``  the library rung: cuBLAS products (``torch.mm`` into this backend's buffers) with the
+                 element-wise kernels of rungs 1-2
+===============  =====================================================================================
 
 Every buffer (parameters, activations, gradients) is a PyTorch CUDA tensor that stays on the GPU across
 steps; kernels get the tensors' device pointers through PyCUDA's ``prepared_call`` in PyTorch's own CUDA
@@ -43,7 +45,7 @@ from mlpbench.backends.base import (
     check_params,
     check_step_size,
 )
-from mlpbench.backends.torch_nn import tensor_batch
+from mlpbench.backends.torch_nn import pin_ieee_float32, tensor_batch
 from mlpbench.gpu import ModuleSpec
 from mlpbench.network import Network
 
@@ -426,13 +428,11 @@ class _CudaModel(Model):
 
 
 class _LayeredCudaModel(_CudaModel):
-    """Rungs 1-3: every layer's products and element-wise work as separate kernels, in stream order."""
-
-    rung: ClassVar[str]
+    """Rungs 1-3 and the cuBLAS rung: every layer's products and element-wise work as separate kernels, in
+    stream order. Subclasses provide the products (:meth:`_product`)."""
 
     def __init__(self, network: Network, params: Params) -> None:
         super().__init__(network, params)
-        self._products = _products(self.rung)
         formats = {"bias_activation": "PPiii", "output_head": "PPPPiii", "output_delta": "PPPii",
                    "activation_backward": "PPii", "bias_gradient": "PPPiif", "sgd_update": "PPiff"}
         self._elementwise = {name: function.prepare(formats[name])
@@ -443,8 +443,14 @@ class _LayeredCudaModel(_CudaModel):
         grid = (min(_blocks(n, 256), self._sm_count * 8), 1, 1)
         self._elementwise[name].prepared_call(grid, (256, 1, 1), *args)
 
-    def _input(self, batch: Batch, layer: int) -> int:
-        return batch.X.data_ptr() if layer == 0 else self._A[layer - 1].data_ptr()
+    def _product(self, layout: str, C: torch.Tensor, A: torch.Tensor, B: torch.Tensor, M: int, N: int,
+                 K: int) -> None:
+        """C = op(A) op(B) in ``layout`` (see :class:`_Products`) on the leading rows of the buffers: an
+        activation buffer holds as many rows as the largest batch seen, the product uses the first M (or K)."""
+        raise NotImplementedError
+
+    def _input(self, batch: Batch, layer: int) -> torch.Tensor:
+        return batch.X if layer == 0 else self._A[layer - 1]
 
     def _head(self, batch: Batch, bias: int) -> None:
         n_out = self.network.n_outputs
@@ -457,11 +463,11 @@ class _LayeredCudaModel(_CudaModel):
         self._start_forward(batch)
         B, last = batch.size, self.network.n_layers - 1
         for layer, (n_out, n_in) in enumerate(self.network.layer_shapes):
-            out = self._A[layer].data_ptr()
-            self._products("nt", out, self._input(batch, layer), self._W[layer].data_ptr(), B, n_out, n_in)
+            out = self._A[layer]
+            self._product("nt", out, self._input(batch, layer), self._W[layer], B, n_out, n_in)
             if layer < last:
-                self._launch_elementwise("bias_activation", B * n_out, out, self._b[layer].data_ptr(), B, n_out,
-                                         self._activation)
+                self._launch_elementwise("bias_activation", B * n_out, out.data_ptr(), self._b[layer].data_ptr(),
+                                         B, n_out, self._activation)
         self._head(batch, self._b[last].data_ptr())
         self._forward_done(batch)
 
@@ -479,10 +485,9 @@ class _LayeredCudaModel(_CudaModel):
     def _input_gradient(self, batch: Batch, layer: int) -> None:
         """dZ_{l-1} = (dZ_l W_l) * f'(A_{l-1}): the product, then the derivative as its own pass."""
         n_out, n_in = self.network.layer_shapes[layer]
-        dZ_prev = self._dZ[layer - 1].data_ptr()
-        self._products("nn", dZ_prev, self._dZ[layer].data_ptr(), self._W[layer].data_ptr(), batch.size, n_in,
-                       n_out)
-        self._launch_elementwise("activation_backward", batch.size * n_in, dZ_prev,
+        dZ_prev = self._dZ[layer - 1]
+        self._product("nn", dZ_prev, self._dZ[layer], self._W[layer], batch.size, n_in, n_out)
+        self._launch_elementwise("activation_backward", batch.size * n_in, dZ_prev.data_ptr(),
                                  self._A[layer - 1].data_ptr(), batch.size * n_in, self._activation)
 
     def backprop(self, batch: Batch) -> None:
@@ -490,8 +495,7 @@ class _LayeredCudaModel(_CudaModel):
         self._output_delta(batch)
         for layer in range(self.network.n_layers - 1, -1, -1):
             n_out, n_in = self.network.layer_shapes[layer]
-            self._products("tn", self._dW[layer].data_ptr(), self._dZ[layer].data_ptr(), self._input(batch, layer),
-                           n_out, n_in, batch.size)
+            self._product("tn", self._dW[layer], self._dZ[layer], self._input(batch, layer), n_out, n_in, batch.size)
             self._bias_gradient(batch, layer)
             if layer > 0:
                 self._input_gradient(batch, layer)
@@ -507,7 +511,21 @@ class _LayeredCudaModel(_CudaModel):
                                      lr, 0.0)
 
 
-class NaiveCudaModel(_LayeredCudaModel):
+class _HandWrittenCudaModel(_LayeredCudaModel):
+    """Rungs 1-3: the project's own product kernels on raw device pointers."""
+
+    rung: ClassVar[str]
+
+    def __init__(self, network: Network, params: Params) -> None:
+        super().__init__(network, params)
+        self._products = _products(self.rung)
+
+    def _product(self, layout: str, C: torch.Tensor, A: torch.Tensor, B: torch.Tensor, M: int, N: int,
+                 K: int) -> None:
+        self._products(layout, C.data_ptr(), A.data_ptr(), B.data_ptr(), M, N, K)
+
+
+class NaiveCudaModel(_HandWrittenCudaModel):
     """``cuda-naive`` (rung 1): one thread per output element reading global memory only; every
     non-product step (bias + activation, output layer, derivative, bias gradient, update) is its own kernel."""
 
@@ -515,14 +533,14 @@ class NaiveCudaModel(_LayeredCudaModel):
     rung = "naive"
 
 
-class TiledCudaModel(_LayeredCudaModel):
+class TiledCudaModel(_HandWrittenCudaModel):
     """``cuda-tiled`` (rung 2): rung 1 with shared-memory tiled, coalesced matrix products."""
 
     name = "cuda-tiled"
     rung = "tiled"
 
 
-class OptimisedCudaModel(_LayeredCudaModel):
+class OptimisedCudaModel(_HandWrittenCudaModel):
     """``cuda-opt`` (rung 3): warp-tiled, register-blocked, vectorised, double-buffered products with fused
     epilogues. ``forward``: f(A W^T + b) in one kernel per layer. ``backprop``: (dZ W) * f'(A) in one kernel.
     ``train_step`` additionally applies the SGD step inside the weight-gradient product (after the
@@ -537,8 +555,9 @@ class OptimisedCudaModel(_LayeredCudaModel):
         B, last = batch.size, self.network.n_layers - 1
         for layer, (n_out, n_in) in enumerate(self.network.layer_shapes):
             activation = self._activation if layer < last else IDENTITY
-            self._products("nt", self._A[layer].data_ptr(), self._input(batch, layer), self._W[layer].data_ptr(),
-                           B, n_out, n_in, EPI_BIAS_ACT, self._b[layer].data_ptr(), 0, activation)
+            self._products("nt", self._A[layer].data_ptr(), self._input(batch, layer).data_ptr(),
+                           self._W[layer].data_ptr(), B, n_out, n_in, EPI_BIAS_ACT, self._b[layer].data_ptr(), 0,
+                           activation)
         self._head(batch, 0)
         self._forward_done(batch)
 
@@ -557,11 +576,36 @@ class OptimisedCudaModel(_LayeredCudaModel):
             if layer > 0:  # reads W_l before the fused update below changes it
                 self._input_gradient(batch, layer)
             W = self._W[layer].data_ptr()
-            self._products("tn", self._dW[layer].data_ptr(), self._dZ[layer].data_ptr(), self._input(batch, layer),
-                           n_out, n_in, batch.size, EPI_SGD, 0, W, IDENTITY, lr, weight_decay)
+            self._products("tn", self._dW[layer].data_ptr(), self._dZ[layer].data_ptr(),
+                           self._input(batch, layer).data_ptr(), n_out, n_in, batch.size, EPI_SGD, 0, W, IDENTITY,
+                           lr, weight_decay)
             self._bias_gradient(batch, layer, self._b[layer].data_ptr(), lr)
         self._pending = False
         self._has_grads = True
+
+
+class CublasCudaModel(_LayeredCudaModel):
+    """``cuda-cublas``: the optimised-library rung. The products are cuBLAS SGEMMs (``torch.mm`` with ``out=``
+    on this backend's own buffers, IEEE float32: no TF32), queued on the same default stream as the project's
+    element-wise kernels, which do everything else exactly as in rungs 1-2 (bias + activation, softmax or
+    sigmoid with the loss, output gradient, activation derivative, bias gradient, SGD update). The step
+    differs from ``cuda-naive`` and ``cuda-tiled`` only in who computes the products."""
+
+    name = "cuda-cublas"
+
+    def __init__(self, network: Network, params: Params) -> None:
+        super().__init__(network, params)
+        pin_ieee_float32()
+
+    def _product(self, layout: str, C: torch.Tensor, A: torch.Tensor, B: torch.Tensor, M: int, N: int,
+                 K: int) -> None:
+        # Transposed operands are strided views: cuBLAS reads them in place (no copies).
+        if layout == "nt":
+            torch.mm(A[:M], B[:N].t(), out=C[:M])
+        elif layout == "nn":
+            torch.mm(A[:M], B[:K], out=C[:M])
+        else:
+            torch.mm(A[:K].t(), B[:K], out=C[:M])
 
 
 # -- cuda-fused ----------------------------------------------------------------------------------------------
