@@ -372,6 +372,9 @@ def main() -> int:
                               "step_us", "step_throughput_us", "step_host_us", "step_tflops", "max_rel_error",
                               "compile_s", "status"]))
         save()
+    result["opt_choices"] = cuda.opt_choices()
+    text.append("## cuda-opt autotuner choices\n" + table(result["opt_choices"], [
+        "layout", "M", "N", "K", "vector", "config", "splits"]))
     save()
     print("\n\n".join(text))
     return 0

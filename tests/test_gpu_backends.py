@@ -288,3 +288,64 @@ def test_compile_past_its_budget_says_so_and_stays_refused():
         model.train_step(batch, 0.1)
     with pytest.raises(BackendUnavailable, match="budget"):
         model.forward(batch)
+
+
+@pytest.mark.parametrize("layout", ["nn", "nt", "tn"])
+@pytest.mark.parametrize("M, N, K", [(32, 300, 300), (33, 70, 257), (7, 12, 1030), (256, 1024, 784)])
+def test_every_opt_configuration_and_split_matches_float64(layout, M, N, K):
+    # The autotuner may pick any candidate: each one, on float4 (multiples of 4) and scalar shapes.
+    from mlpbench import gpu
+    from mlpbench.backends import cuda
+
+    products = cuda._products("opt")
+    g = torch.Generator().manual_seed(M + N + K)
+    A = torch.randn((K, M) if layout == "tn" else (M, K), generator=g)
+    B = torch.randn((N, K) if layout == "nt" else (K, N), generator=g)
+    a, b = A.double(), B.double()
+    reference = (a.T if layout == "tn" else a) @ (b.T if layout == "nt" else b)
+    A, B = A.cuda(), B.cuda()
+    C = torch.empty(M, N, device="cuda")
+    vector = products.vector_ok(layout, M, N, K, C.data_ptr(), A.data_ptr(), B.data_ptr())
+    assert vector == (M % 4 == N % 4 == K % 4 == 0)
+    for choice in cuda.opt_candidates(M, N, K, gpu.info().sm_count):
+        C.fill_(float("nan"))
+        products.run(choice, vector, layout, C.data_ptr(), A.data_ptr(), B.data_ptr(), M, N, K)
+        error = ((C.cpu().double() - reference).norm() / reference.norm()).item()
+        assert error < FLOAT32_TOLERANCE, (choice, error)
+
+
+@pytest.mark.parametrize("config, splits", [("32x32", 1), ("32x32", 8), ("64x64", 4), ("128x128", 2)])
+@pytest.mark.parametrize("network, batch", [(Network((33, 257, 7, 3), "relu", "softmax-ce"), 33),
+                                            (Network((64, 128, 12), "sigmoid", "softmax-ce"), 32)])
+def test_opt_epilogues_in_every_configuration(monkeypatch, config, splits, network, batch):
+    # Forces one configuration (the most slices up to `splits` that the shape allows) for every product.
+    from mlpbench import gpu
+    from mlpbench.backends import cuda
+
+    def forced(self, layout, M, N, K, vector):
+        allowed = [c for c in cuda.opt_candidates(M, N, K, gpu.info().sm_count) if c.config == config]
+        return max((c for c in allowed if c.splits <= splits), key=lambda c: c.splits)
+
+    monkeypatch.setattr(cuda._OptProducts, "choice", forced)
+    errors = compare_stages("cuda-opt", network, batch, seed=3)
+    assert max(errors.values()) <= FLOAT32_TOLERANCE, errors
+    X, y = random_batch(network, batch, np.random.default_rng(8))
+    stepped, staged = load("cuda-opt", network, seed=1), load("cuda-opt", network, seed=1)
+    stepped.train_step(stepped.prepare(X, y), 0.3, 1e-3)  # the SGD step fused into the weight gradient
+    batch_data = staged.prepare(X, y)
+    staged.forward(batch_data)
+    staged.backprop(batch_data)
+    staged.update(0.3, 1e-3)
+    for (w, b), (w2, b2) in zip(stepped.params(), staged.params(), strict=True):
+        np.testing.assert_allclose(w, w2, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(b, b2, rtol=1e-6, atol=1e-7)
+
+
+def test_opt_choices_are_listed():
+    from mlpbench.backends import cuda
+
+    net = Network((20, 36, 4), "tanh", "softmax-ce")
+    load("cuda-opt", net).step(*random_batch(net, 8, np.random.default_rng(9)), 0.1)
+    rows = {(r["layout"], r["M"], r["N"], r["K"]): r for r in cuda.opt_choices()}
+    assert ("nt", 8, 36, 20) in rows and ("tn", 36, 20, 8) in rows
+    assert all(r["config"] in cuda.OPT_CONFIGS and r["splits"] >= 1 for r in rows.values())

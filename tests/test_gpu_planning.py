@@ -1,8 +1,10 @@
 """The host side of the CUDA backends that needs no GPU: clear errors where no GPU can be used, the fused
 kernel's size limit, its phase plans and tile shapes, and the structs shared with the kernels."""
 
+import re
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,3 +154,84 @@ def test_compile_failures_are_reported_with_their_cause():
 def test_compile_options_are_checked_before_the_gpu(options, error, message):
     with pytest.raises(error, match=message):
         load("torch-gpu-compile", "64-128-10", **options)
+
+
+@pytest.mark.parametrize("M, N, K", [(1, 1, 1), (32, 300, 300), (32, 10, 1024), (256, 1024, 784), (7, 33, 257),
+                                     (4096, 4096, 4096), (1024, 1024, 4096)])
+@pytest.mark.parametrize("sm_count", [1, 132])
+def test_opt_candidates_are_valid_launches(M, N, K, sm_count):
+    candidates = cuda.opt_candidates(M, N, K, sm_count)
+    assert len(set(candidates)) == len(candidates)
+    assert {c.config for c in candidates if c.splits == 1} == set(cuda.OPT_CONFIGS)  # every tile shape as is
+    for choice in candidates:
+        if choice.splits == 1:
+            continue
+        tiles = cuda.opt_tiles(choice.config, M, N)
+        bk = dict(cuda.OPT_CONFIGS[choice.config].defines)["BK"]
+        k_span = -(-K // (choice.splits * bk)) * bk  # as kernels/opt.cu cuts k
+        assert (choice.splits - 1) * k_span < K, choice  # no empty slice
+        assert k_span >= 2 * bk, choice
+        assert tiles < sm_count and tiles * choice.splits <= 4 * sm_count, choice
+
+
+def test_small_products_may_split_and_large_ones_do_not():
+    small = cuda.opt_candidates(32, 300, 300, 132)  # a hidden layer of 5h300 at batch 32
+    assert cuda.OptChoice("32x32", 8) in small and cuda.OptChoice("128x128", 4) in small
+    assert all(c.splits == 1 for c in cuda.opt_candidates(4096, 4096, 4096, 132))
+
+
+def test_fastest_takes_the_least_time_and_breaks_ties_without_splitting():
+    a, b, c = cuda.OptChoice("128x128", 1), cuda.OptChoice("32x32", 4), cuda.OptChoice("32x32", 1)
+    assert cuda.fastest({a: 3.0, b: 1.0, c: 2.0}) == b
+    assert cuda.fastest({a: 1.0, b: 1.0, c: 1.0}) == a
+    assert cuda.fastest({b: 1.0, c: 1.0}) == c
+
+
+def test_tuning_is_kept_per_gpu_and_kernel_version(tmp_path, monkeypatch):
+    tuning = cuda.OptTuning(str(tmp_path), "sm_90", 132)
+    key = ("nt", 32, 300, 300, True)
+    tuning.record(key, cuda.OptChoice("32x32", 4))
+    again = cuda.OptTuning(str(tmp_path), "sm_90", 132)
+    assert again.choices == {key: cuda.OptChoice("32x32", 4)}
+    assert again.rows() == [{"layout": "nt", "M": 32, "N": 300, "K": 300, "vector": True, "config": "32x32",
+                             "splits": 4}]
+    assert cuda.OptTuning(str(tmp_path), "sm_90", 114).choices == {}  # another GPU
+    monkeypatch.setitem(cuda.OPT_CONFIGS, "16x16", cuda.OPT_CONFIGS["32x32"])
+    assert cuda.OptTuning(str(tmp_path), "sm_90", 132).choices == {}  # other kernels
+
+
+def test_no_choices_before_the_first_opt_product():
+    if "opt" not in cuda._product_cache:
+        assert cuda.opt_choices() == []
+
+
+def _defines(source: str, prefix: str) -> dict[str, int]:
+    text = (cuda.KERNEL_DIR / source).read_text()
+    return {name: int(value) for name, value in re.findall(rf"#define ({prefix}\w+) \(?(-?\d+)\)?", text)}
+
+
+def test_codes_in_the_kernels_match_the_c_header_and_python():
+    header = (Path(__file__).parents[1] / "native" / "include" / "mlp.h").read_text()
+
+    def enum(name: str) -> dict[str, int]:
+        body = re.search(rf"enum {name} \{{([^}}]*)\}}", header).group(1)
+        return {key: int(value) for key, value in re.findall(r"(\w+) = (\d+)", body)}
+
+    activations, losses = enum("mlp_activation"), enum("mlp_loss")
+    kernel_activations, kernel_losses = _defines("common.cuh", "ACT_"), _defines("common.cuh", "LOSS_")
+    assert set(cuda.ACTIVATION_CODES) == {key[4:].lower() for key in activations}
+    for name, code in cuda.ACTIVATION_CODES.items():
+        assert activations[f"MLP_{name.upper()}"] == kernel_activations[f"ACT_{name.upper()}"] == code
+    assert kernel_activations["ACT_IDENTITY"] == cuda.IDENTITY
+    assert set(cuda.LOSS_CODES) == {key[4:].lower().replace("_", "-") for key in losses}
+    for name, code in cuda.LOSS_CODES.items():
+        key = name.upper().replace("-", "_")
+        assert losses[f"MLP_{key}"] == kernel_losses[f"LOSS_{key}"] == code
+
+
+def test_phase_flag_and_epilogue_codes_match_the_kernels():
+    phases, flags = _defines("fused.cu", "PHASE_"), _defines("fused.cu", "FLAG_")
+    assert phases == {name: getattr(cuda, name) for name in phases} and len(phases) == 6
+    assert flags == {name: getattr(cuda, name) for name in flags} and len(flags) == 2
+    epilogues = _defines("opt.cu", "EPI_")
+    assert epilogues == {name: getattr(cuda, name) for name in epilogues} and len(epilogues) == 4

@@ -30,7 +30,8 @@ REGISTRY: dict[str, tuple[str, str]] = {
 
 BACKENDS: tuple[str, ...] = tuple(REGISTRY)
 CPU_BACKENDS = ("numpy", "c-serial", "c-omp", "torch-cpu")
-GPU_BACKENDS = ("cuda-naive", "cuda-tiled", "cuda-opt", "cuda-fused", "torch-gpu", "torch-gpu-graph")
+GPU_BACKENDS = ("cuda-naive", "cuda-tiled", "cuda-opt", "cuda-fused", "cuda-cublas", "torch-gpu", "torch-gpu-graph",
+                "torch-gpu-compile")
 
 
 def model_class(backend: str) -> type[Model]:

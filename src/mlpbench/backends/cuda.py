@@ -28,8 +28,12 @@ sample's loss on the GPU; :meth:`loss` reads those ``B`` numbers back and averag
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import itertools
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -46,7 +50,7 @@ from mlpbench.backends.base import (
     check_step_size,
 )
 from mlpbench.backends.torch_nn import pin_ieee_float32, tensor_batch
-from mlpbench.gpu import ModuleSpec
+from mlpbench.gpu import KERNEL_DIR, ModuleSpec
 from mlpbench.network import Network
 
 # Codes shared with kernels/common.cuh.
@@ -72,16 +76,29 @@ NAIVE = ModuleSpec("naive.cu")
 TILED = ModuleSpec("tiled.cu", (("TILE", 32),), no_extern_c=True)
 OPT = ModuleSpec("opt.cu", (("BM", 128), ("BN", 128), ("BK", 8), ("WM", 64), ("WN", 32), ("MIN_BLOCKS", 2)),
                  no_extern_c=True)
+# cuda-opt's tile configurations, largest first: big tiles for products that fill the GPU, smaller ones
+# (more blocks, fewer outputs per thread) for the small products of small networks.
+OPT_CONFIGS: dict[str, ModuleSpec] = {
+    "128x128": OPT,
+    "64x64": ModuleSpec("opt.cu", (("BM", 64), ("BN", 64), ("BK", 8), ("WM", 32), ("WN", 32), ("MIN_BLOCKS", 4)),
+                        no_extern_c=True),
+    "32x32": ModuleSpec("opt.cu", (("BM", 32), ("BN", 32), ("BK", 8), ("WM", 32), ("WN", 16), ("MIN_BLOCKS", 8)),
+                        no_extern_c=True),
+}
 FUSED = ModuleSpec("fused.cu", (("KCHUNK", FUSED_KCHUNK), ("HEAD_MAX", FUSED_HEAD_MAX), ("UPDATE_CHUNK", 4096),
                                 ("SPIN_LIMIT", 1 << 26)), no_extern_c=True)
 MODULE_SPECS: dict[str, ModuleSpec] = {"elementwise": ELEMENTWISE, "naive": NAIVE, "tiled": TILED, "opt": OPT,
+                                       "opt-64x64": OPT_CONFIGS["64x64"], "opt-32x32": OPT_CONFIGS["32x32"],
                                        "fused": FUSED}
+OPT_KERNELS = ("opt_nt", "opt_nn", "opt_tn", "opt_nt_scalar", "opt_nn_scalar", "opt_tn_scalar", "opt_splitk_sum")
 MODULE_KERNELS: dict[str, tuple[str, ...]] = {
     "elementwise": ("bias_activation", "output_head", "output_delta", "activation_backward", "bias_gradient",
                     "sgd_update"),
     "naive": ("naive_nt", "naive_nn", "naive_tn"),
     "tiled": ("tiled_nt", "tiled_nn", "tiled_tn"),
-    "opt": ("opt_nt", "opt_nn", "opt_tn", "opt_nt_scalar", "opt_nn_scalar", "opt_tn_scalar", "opt_splitk_sum"),
+    "opt": OPT_KERNELS,
+    "opt-64x64": OPT_KERNELS,
+    "opt-32x32": OPT_KERNELS,
     "fused": ("fused_step",),
 }
 
@@ -137,55 +154,164 @@ class _TiledProducts(_Products):
     block = (dict(TILED.defines)["TILE"], dict(TILED.defines)["TILE"], 1)
 
 
+@dataclass(frozen=True)
+class OptChoice:
+    """How cuda-opt runs one product shape: the tile configuration (a key of :data:`OPT_CONFIGS`) and the
+    number of k slices (``splits`` > 1: partial products, then ``opt_splitk_sum``)."""
+
+    config: str
+    splits: int
+
+
+def opt_tiles(config: str, M: int, N: int) -> int:
+    """Output tiles (blocks per k slice) of an M x N product in ``config``."""
+    defines = dict(OPT_CONFIGS[config].defines)
+    return _blocks(M, defines["BM"]) * _blocks(N, defines["BN"])
+
+
+def opt_candidates(M: int, N: int, K: int, sm_count: int) -> list[OptChoice]:
+    """Every (tile configuration, k slices) worth timing for an M x N x K product on ``sm_count`` SMs.
+
+    Each configuration without splitting; split k only while the output tiles leave SMs idle, the launch
+    stays within 4 blocks per SM, and every slice (cut as kernels/opt.cu cuts k: equal spans of whole
+    k-steps) holds at least two k-steps and no slice is empty."""
+    candidates = []
+    for config, spec in OPT_CONFIGS.items():
+        bk = dict(spec.defines)["BK"]
+        tiles = opt_tiles(config, M, N)
+        candidates.append(OptChoice(config, 1))
+        for splits in (2, 4, 8, 16):
+            span = _blocks(K, splits * bk) * bk
+            if tiles >= sm_count or tiles * splits > 4 * sm_count or span < 2 * bk or (splits - 1) * span >= K:
+                break
+            candidates.append(OptChoice(config, splits))
+    return candidates
+
+
+def fastest(timings: dict[OptChoice, float]) -> OptChoice:
+    """The candidate with the least time; among equal times the one with fewer launches and bigger tiles
+    (the order of :func:`opt_candidates`)."""
+    order = list(timings)
+    return min(order, key=lambda choice: (timings[choice], choice.splits > 1, order.index(choice)))
+
+
+class OptTuning:
+    """The autotuner's choices for one GPU and one version of the kernels, kept in a JSON file beside the
+    compiled kernels (:func:`mlpbench.gpu.cache_dir`): shapes are timed once per machine, not once per run.
+    The file name carries a digest of the kernel sources and configurations, so changed kernels are
+    tuned afresh."""
+
+    def __init__(self, directory: str, arch: str, sm_count: int) -> None:
+        sources = "".join((KERNEL_DIR / name).read_text() for name in ("opt.cu", "common.cuh"))
+        digest = hashlib.sha256((sources + repr(sorted(OPT_CONFIGS.items()))).encode()).hexdigest()[:16]
+        self.path = Path(directory) / f"opt-tuning-{arch}-{sm_count}sm-{digest}.json"
+        self.choices: dict[tuple[str, int, int, int, bool], OptChoice] = {}
+        if self.path.exists():
+            for row in json.loads(self.path.read_text()):
+                key = (row["layout"], row["M"], row["N"], row["K"], row["vector"])
+                self.choices[key] = OptChoice(row["config"], row["splits"])
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"layout": layout, "M": M, "N": N, "K": K, "vector": vector, "config": choice.config,
+                 "splits": choice.splits} for (layout, M, N, K, vector), choice in sorted(self.choices.items())]
+
+    def record(self, key: tuple[str, int, int, int, bool], choice: OptChoice) -> None:
+        self.choices[key] = choice
+        temporary = self.path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(self.rows(), indent=1))
+        os.replace(temporary, self.path)  # atomic: a concurrent reader sees the old file or the new one
+
+
 class _OptProducts:
     """cuda-opt's products with a fused epilogue (``mode``); see kernels/opt.cu. The float4 kernels run when
-    every row length is a multiple of 4 and every pointer 16-byte aligned, the scalar ones otherwise."""
+    every row length is a multiple of 4 and every pointer 16-byte aligned, the scalar ones otherwise.
 
-    BM = dict(OPT.defines)["BM"]
-    BN = dict(OPT.defines)["BN"]
-    THREADS = 32 * (BM // dict(OPT.defines)["WM"]) * (BN // dict(OPT.defines)["WN"])
+    The tile configuration and k slices of each product shape come from a small autotuner: at the first
+    product of a shape, every candidate of :func:`opt_candidates` is timed on scratch operands (CUDA events
+    around the launches, median of a few calls, host launch time included since that is what small products
+    cost) and the fastest is kept (:class:`OptTuning`; :func:`opt_choices` lists them)."""
 
-    #: Split k only for products this deep (shallower ones with few tiles are cheap anyway).
-    SPLIT_MIN_K = 1024
+    TUNING_REPEATS = 5
 
     def __init__(self) -> None:
-        kernels = _kernels("opt")
         fmt = "PPPiiiiPPiff"
-        self._vector = {layout: kernels[f"opt_{layout}"].prepare(fmt) for layout in LAYOUTS}
-        self._scalar = {layout: kernels[f"opt_{layout}_scalar"].prepare(fmt) for layout in LAYOUTS}
-        self._splitk_sum = kernels["opt_splitk_sum"].prepare("PPiiiiPPiff")
-        self._sm_count = gpu.info().sm_count
-
-    def splits(self, M: int, N: int, K: int) -> int:
-        """k slices for a product whose output tiles alone would leave SMs idle (two blocks fit per SM)."""
-        tiles = _blocks(N, self.BN) * _blocks(M, self.BM)
-        if K < self.SPLIT_MIN_K or tiles >= self._sm_count:
-            return 1
-        return min(8, _blocks(2 * self._sm_count, tiles), K // 256)
+        self._vector, self._scalar, self._splitk_sum, self._threads = {}, {}, {}, {}
+        for config, spec in OPT_CONFIGS.items():
+            compiled = gpu.load(spec)
+            self._vector[config] = {layout: compiled.get_function(f"opt_{layout}").prepare(fmt) for layout in LAYOUTS}
+            self._scalar[config] = {layout: compiled.get_function(f"opt_{layout}_scalar").prepare(fmt)
+                                    for layout in LAYOUTS}
+            self._splitk_sum[config] = compiled.get_function("opt_splitk_sum").prepare("PPiiiiPPiff")
+            defines = dict(spec.defines)
+            self._threads[config] = 32 * (defines["BM"] // defines["WM"]) * (defines["BN"] // defines["WN"])
+        info = gpu.info()
+        self._sm_count = info.sm_count
+        self.tuning = OptTuning(gpu.cache_dir(), info.arch, info.sm_count)
 
     @staticmethod
     def vector_ok(layout: str, M: int, N: int, K: int, *pointers: int) -> bool:
         rows = {"nt": (K, K, N), "nn": (K, N, N), "tn": (M, N, N)}[layout]
         return all(r % 4 == 0 for r in rows) and all(p % 16 == 0 for p in pointers)
 
+    def choice(self, layout: str, M: int, N: int, K: int, vector: bool) -> OptChoice:
+        key = (layout, M, N, K, vector)
+        choice = self.tuning.choices.get(key)
+        if choice is None:
+            choice = self._tune(layout, M, N, K, vector)
+            self.tuning.record(key, choice)
+        return choice
+
+    def _tune(self, layout: str, M: int, N: int, K: int, vector: bool) -> OptChoice:
+        shapes = {"nt": ((M, K), (N, K)), "nn": ((M, K), (K, N)), "tn": ((K, M), (K, N))}[layout]
+        A, B = (torch.randn(shape, device=gpu.device()) for shape in shapes)
+        C = torch.empty((M, N), device=gpu.device())
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        timings = {}
+        for candidate in opt_candidates(M, N, K, self._sm_count):
+            times = []
+            for _ in range(self.TUNING_REPEATS + 1):  # the first call of each candidate is not counted
+                torch.cuda.synchronize()
+                start.record()
+                self.run(candidate, vector, layout, C.data_ptr(), A.data_ptr(), B.data_ptr(), M, N, K)
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            timings[candidate] = float(np.median(times[1:]))
+        return fastest(timings)
+
+    def run(self, choice: OptChoice, vector: bool, layout: str, C: int, A: int, B: int, M: int, N: int, K: int,
+            mode: int = EPI_STORE, bias: int = 0, aux: int = 0, activation: int = IDENTITY, lr: float = 0.0,
+            weight_decay: float = 0.0) -> None:
+        """The product in the given configuration (the autotuner and the tests pick it; callers use
+        ``__call__``)."""
+        kernel = (self._vector if vector else self._scalar)[choice.config][layout]
+        defines = dict(OPT_CONFIGS[choice.config].defines)
+        grid = (_blocks(N, defines["BN"]), _blocks(M, defines["BM"]), choice.splits)
+        block = (self._threads[choice.config], 1, 1)
+        if choice.splits == 1:
+            kernel.prepared_call(grid, block, C, A, B, M, N, K, mode, bias, aux, activation, lr, weight_decay)
+            return
+        # Freed at return, but torch's allocator reuses memory in stream order, after these kernels.
+        partial = torch.empty(choice.splits * M * N, dtype=torch.float32, device=gpu.device())
+        kernel.prepared_call(grid, block, partial.data_ptr(), A, B, M, N, K, EPI_STORE, 0, 0, IDENTITY, 0.0, 0.0)
+        self._splitk_sum[choice.config].prepared_call(
+            (min(_blocks(M * N, 256), self._sm_count * 8), 1, 1), (256, 1, 1), C, partial.data_ptr(),
+            choice.splits, M, N, mode, bias, aux, activation, lr, weight_decay)
+
     def __call__(self, layout: str, C: int, A: int, B: int, M: int, N: int, K: int, mode: int = EPI_STORE,
                  bias: int = 0, aux: int = 0, activation: int = IDENTITY, lr: float = 0.0,
                  weight_decay: float = 0.0) -> None:
         vector = self.vector_ok(layout, M, N, K, C, A, B, bias, aux)
-        kernel = (self._vector if vector else self._scalar)[layout]
-        splits = self.splits(M, N, K)
-        grid = (_blocks(N, self.BN), _blocks(M, self.BM), splits)
-        if splits == 1:
-            kernel.prepared_call(grid, (self.THREADS, 1, 1), C, A, B, M, N, K, mode, bias, aux, activation,
-                                 lr, weight_decay)
-            return
-        # Freed at return, but torch's allocator reuses memory in stream order, after these kernels.
-        partial = torch.empty(splits * M * N, dtype=torch.float32, device=gpu.device())
-        kernel.prepared_call(grid, (self.THREADS, 1, 1), partial.data_ptr(), A, B, M, N, K, EPI_STORE, 0, 0,
-                             IDENTITY, 0.0, 0.0)
-        self._splitk_sum.prepared_call((min(_blocks(M * N, 256), self._sm_count * 8), 1, 1), (256, 1, 1), C,
-                                       partial.data_ptr(), splits, M, N, mode, bias, aux, activation, lr,
-                                       weight_decay)
+        self.run(self.choice(layout, M, N, K, vector), vector, layout, C, A, B, M, N, K, mode, bias, aux,
+                 activation, lr, weight_decay)
+
+
+def opt_choices() -> list[dict[str, Any]]:
+    """cuda-opt's tile configuration and k slices for every product shape tuned so far on this GPU (with
+    this version of the kernels): one dict per shape with ``layout``, ``M``, ``N``, ``K``, ``vector``,
+    ``config``, ``splits``. Empty before the first cuda-opt product."""
+    products = _product_cache.get("opt")
+    return [] if products is None else products.tuning.rows()
 
 
 _PRODUCT_CLASSES: dict[str, type] = {"naive": _NaiveProducts, "tiled": _TiledProducts, "opt": _OptProducts}

@@ -1,6 +1,7 @@
 // Helpers shared by every kernel source: activations, losses, warp reductions.
 //
-// Codes below are mirrored in mlpbench/backends/cuda.py (ACTIVATION_CODES, LOSS_CODES); a hidden layer's
+// Codes below equal the C library's (native/include/mlp.h) and mlpbench/backends/cuda.py's (ACTIVATION_CODES,
+// LOSS_CODES); tests/test_gpu_planning.py checks all three agree. A hidden layer's
 // activation is a run-time argument, so one compiled module serves every network.
 #pragma once
 
