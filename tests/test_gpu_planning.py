@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mlpbench import BackendUnavailable, Network, load
-from mlpbench.backends import BACKENDS, CPU_BACKENDS, cuda, torch_compile
+from mlpbench.backends import BACKENDS, CPU_BACKENDS, cuda, cuda_fused, torch_compile
 from mlpbench.network import PRESETS
 
 NO_GPU = not torch.cuda.is_available()
@@ -51,15 +51,15 @@ def test_fused_rejects_networks_too_deep_before_touching_the_gpu():
 
 def test_structs_match_the_kernel():
     # kernels/fused.cu static_asserts the same sizes; tests/test_kernels_compile.py compiles it.
-    assert cuda._LAYER_DTYPE.itemsize == 72
-    assert cuda._PHASE_DTYPE.itemsize == 48
-    assert cuda._LAYER_DTYPE.fields["n_in"][1] == 64
+    assert cuda_fused._LAYER_DTYPE.itemsize == 72
+    assert cuda_fused._PHASE_DTYPE.itemsize == 48
+    assert cuda_fused._LAYER_DTYPE.fields["n_in"][1] == 64
 
 
 @pytest.mark.parametrize("M, N, K", [(1, 1, 1), (32, 300, 300), (300, 300, 32), (7, 513, 5), (1024, 64, 2048)])
 @pytest.mark.parametrize("blocks", [1, 132])
 def test_chosen_tiles_use_every_thread_once(M, N, K, blocks):
-    tile = cuda.choose_tile(M, N, K, blocks)
+    tile = cuda_fused.choose_tile(M, N, K, blocks)
     assert tile.micro in (1, 2)
     assert tile.gm * tile.gn * tile.ksplit == cuda.FUSED_THREADS
     assert tile.micro * max(tile.gm, tile.gn) <= 32  # the staging buffers hold 32 rows
@@ -68,61 +68,61 @@ def test_chosen_tiles_use_every_thread_once(M, N, K, blocks):
 
 def test_small_products_are_split_over_many_blocks():
     # 32 x 300 outputs with k = 300 on 132 blocks: one tile per block would leave most of the GPU idle.
-    tile = cuda.choose_tile(32, 300, 300, 132)
+    tile = cuda_fused.choose_tile(32, 300, 300, 132)
     assert tile.count(32, 300) > 38
 
 
 def test_training_step_plan_of_5h300():
     net = PRESETS["moons-5h300"]
-    plan = cuda.fused_plan(net, "step", 32, 132)
+    plan = cuda_fused.fused_plan(net, "step", 32, 132)
     kinds = [phase.kind for phase in plan]
     # six hidden forward phases, the output layer with its loss in one warp per sample, seven backward phases
-    assert kinds == [cuda.PHASE_FORWARD] * 6 + [cuda.PHASE_FORWARD_HEAD] + [cuda.PHASE_BACKWARD] * 7
+    assert kinds == [cuda_fused.PHASE_FORWARD] * 6 + [cuda_fused.PHASE_FORWARD_HEAD] + [cuda_fused.PHASE_BACKWARD] * 7
     assert [phase.layer for phase in plan[7:]] == list(range(6, -1, -1))
-    assert all(phase.flags & cuda.FLAG_SGD for phase in plan[7:])
-    assert plan[6].flags & cuda.FLAG_DELTA
+    assert all(phase.flags & cuda_fused.FLAG_SGD for phase in plan[7:])
+    assert plan[6].flags & cuda_fused.FLAG_DELTA
 
 
 def test_stage_plans_split_the_step():
     net = Network((5, 40, 40), "tanh", "softmax-ce")  # output wider than the single-warp head
-    forward = cuda.fused_plan(net, "forward", 9, 132)
-    assert [p.kind for p in forward] == [cuda.PHASE_FORWARD, cuda.PHASE_FORWARD, cuda.PHASE_HEAD]
+    forward = cuda_fused.fused_plan(net, "forward", 9, 132)
+    assert [p.kind for p in forward] == [cuda_fused.PHASE_FORWARD, cuda_fused.PHASE_FORWARD, cuda_fused.PHASE_HEAD]
     assert not any(p.flags for p in forward)
-    backprop = cuda.fused_plan(net, "backprop", 9, 132)
-    assert [p.kind for p in backprop] == [cuda.PHASE_OUTPUT_DELTA, cuda.PHASE_BACKWARD, cuda.PHASE_BACKWARD]
+    backprop = cuda_fused.fused_plan(net, "backprop", 9, 132)
+    assert [p.kind for p in backprop] == [cuda_fused.PHASE_OUTPUT_DELTA, *[cuda_fused.PHASE_BACKWARD] * 2]
     assert not any(p.flags for p in backprop)
-    assert [p.kind for p in cuda.fused_plan(net, "update", 9, 132)] == [cuda.PHASE_UPDATE]
+    assert [p.kind for p in cuda_fused.fused_plan(net, "update", 9, 132)] == [cuda_fused.PHASE_UPDATE]
     with pytest.raises(ValueError, match="stage"):
-        cuda.fused_plan(net, "sideways", 9, 132)
+        cuda_fused.fused_plan(net, "sideways", 9, 132)
 
 
 def test_phase_items_cover_the_work():
     net = Network((64, 128, 10), "sigmoid", "softmax-ce")
-    plan = cuda.fused_plan(net, "step", 32, 132)
+    plan = cuda_fused.fused_plan(net, "step", 32, 132)
     backward_1 = plan[2]
     n_out, n_in = net.layer_shapes[1]
     # the bias gradient is summed by the weight-gradient tiles: no items of its own
     expected = backward_1.main.count(32, n_in) + backward_1.weights.count(n_out, n_in)
     assert backward_1.items(net, 32) == expected
-    update = cuda.fused_plan(net, "update", 32, 132)[0]
+    update = cuda_fused.fused_plan(net, "update", 32, 132)[0]
     assert update.items(net, 32) == sum(-(-(o * i + o) // 4096) for o, i in net.layer_shapes)
 
 
 def test_gradient_tiles_are_chosen_together():
     # 5h300's hidden backward phase: the pair is no worse than each product's own best shape side by side
     first, second = (32, 300, 300), (300, 300, 32)
-    main, weights = cuda.choose_tiles(first, second, 132)
+    main, weights = cuda_fused.choose_tiles(first, second, 132)
     for tile in (main, weights):
         assert tile.gm * tile.gn * tile.ksplit == cuda.FUSED_THREADS
-    alone = [(cuda.choose_tile(*first, 132), *first), (cuda.choose_tile(*second, 132), *second)]
-    assert cuda._phase_cycles([(main, *first), (weights, *second)], 132) <= cuda._phase_cycles(alone, 132)
+    alone = [(cuda_fused.choose_tile(*first, 132), *first), (cuda_fused.choose_tile(*second, 132), *second)]
+    assert cuda_fused._phase_cycles([(main, *first), (weights, *second)], 132) <= cuda_fused._phase_cycles(alone, 132)
 
 
 def test_phase_cost_is_the_busiest_blocks():
-    tile = cuda.Tile(1, 16, 16, 1)
-    one = cuda.tile_cycles(tile, 64)
-    assert cuda._phase_cycles([(tile, 16, 16 * 10, 64)], 4) == 3 * one  # 10 tiles on 4 blocks: 3, 3, 2, 2
-    assert cuda._phase_cycles([(tile, 16, 16 * 10, 64)], 132) == one
+    tile = cuda_fused.Tile(1, 16, 16, 1)
+    one = cuda_fused.tile_cycles(tile, 64)
+    assert cuda_fused._phase_cycles([(tile, 16, 16 * 10, 64)], 4) == 3 * one  # 10 tiles on 4 blocks: 3, 3, 2, 2
+    assert cuda_fused._phase_cycles([(tile, 16, 16 * 10, 64)], 132) == one
 
 
 def test_compile_budget_returns_the_time_taken_or_gives_up_with_the_reason():
@@ -231,7 +231,7 @@ def test_codes_in_the_kernels_match_the_c_header_and_python():
 
 def test_phase_flag_and_epilogue_codes_match_the_kernels():
     phases, flags = _defines("fused.cu", "PHASE_"), _defines("fused.cu", "FLAG_")
-    assert phases == {name: getattr(cuda, name) for name in phases} and len(phases) == 6
-    assert flags == {name: getattr(cuda, name) for name in flags} and len(flags) == 2
+    assert phases == {name: getattr(cuda_fused, name) for name in phases} and len(phases) == 6
+    assert flags == {name: getattr(cuda_fused, name) for name in flags} and len(flags) == 2
     epilogues = _defines("opt.cu", "EPI_")
     assert epilogues == {name: getattr(cuda, name) for name in epilogues} and len(epilogues) == 4

@@ -37,7 +37,7 @@ def test_the_fused_kernel_fits_one_block_per_sm(reports):
     """One resident block per SM is what makes the grid barrier safe: registers and shared memory must fit."""
     (row,) = reports["fused"]
     assert row["registers"] * cuda.FUSED_THREADS <= 65536
-    assert row["static_shared_bytes"] + cuda._FUSED_SHARED_BYTES <= 227 * 1024
+    assert row["static_shared_bytes"] + cuda.FUSED_SHARED_BYTES <= 227 * 1024
 
 
 @pytest.mark.parametrize("config", cuda.OPT_CONFIGS)

@@ -10,7 +10,8 @@ reference before they are timed.
                  input-gradient product; ``train_step`` also fuses the SGD step into the weight-gradient
                  product and the bias update into the bias-gradient sums (``kernels/opt.cu``)
 ``cuda-fused``   rung 4: the whole training step in one persistent kernel with grid-wide barriers, for
-                 networks up to :data:`FUSED_MAX_WIDTH` wide (``kernels/fused.cu``)
+                 networks up to :data:`FUSED_MAX_WIDTH` wide (``kernels/fused.cu``; its planner and backend
+                 in :mod:`mlpbench.backends.cuda_fused`, on :class:`CudaModel` and this module's tables)
 ``cuda-cublas``  the library rung: cuBLAS products (``torch.mm`` into this backend's buffers) with the
                  element-wise kernels of rungs 1-2
 ===============  =====================================================================================
@@ -27,9 +28,7 @@ sample's loss on the GPU; :meth:`loss` reads those ``B`` numbers back and averag
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
-import itertools
 import json
 import os
 from dataclasses import dataclass
@@ -68,6 +67,8 @@ FUSED_MAX_LAYERS = 32
 FUSED_KCHUNK = 512
 FUSED_HEAD_MAX = 16
 FUSED_THREADS = 256
+#: Dynamic shared memory of one fused_step block: two staging buffers of KCHUNK x 33 floats and a float per thread.
+FUSED_SHARED_BYTES = (2 * FUSED_KCHUNK * (32 + 1) + FUSED_THREADS * 4) * 4
 
 # Every kernel source with the -D constants the backends compile it with (tests/test_kernels_compile.py
 # compiles exactly these for sm_90 on machines without a GPU).
@@ -109,7 +110,8 @@ VERSIONS = {1: "naive", 2: "tiled", 3: "opt", "naive": "naive", "tiled": "tiled"
             "cuda-naive": "naive", "cuda-tiled": "tiled", "cuda-opt": "opt"}
 
 
-def _blocks(n: int, per_block: int) -> int:
+def cdiv(n: int, per_block: int) -> int:
+    """Blocks of ``per_block`` needed for ``n`` items (at least one)."""
     return max(1, -(-n // per_block))
 
 
@@ -138,7 +140,7 @@ class _Products:
         self._kernels = {layout: kernels[f"{self.rung}_{layout}"].prepare("PPPiii") for layout in LAYOUTS}
 
     def grid(self, M: int, N: int) -> tuple[int, int, int]:
-        return (_blocks(N, self.block[0]), _blocks(M, self.block[1]), 1)
+        return (cdiv(N, self.block[0]), cdiv(M, self.block[1]), 1)
 
     def __call__(self, layout: str, C: int, A: int, B: int, M: int, N: int, K: int) -> None:
         self._kernels[layout].prepared_call(self.grid(M, N), self.block, C, A, B, M, N, K)
@@ -166,7 +168,7 @@ class OptChoice:
 def opt_tiles(config: str, M: int, N: int) -> int:
     """Output tiles (blocks per k slice) of an M x N product in ``config``."""
     defines = dict(OPT_CONFIGS[config].defines)
-    return _blocks(M, defines["BM"]) * _blocks(N, defines["BN"])
+    return cdiv(M, defines["BM"]) * cdiv(N, defines["BN"])
 
 
 def opt_candidates(M: int, N: int, K: int, sm_count: int) -> list[OptChoice]:
@@ -181,7 +183,7 @@ def opt_candidates(M: int, N: int, K: int, sm_count: int) -> list[OptChoice]:
         tiles = opt_tiles(config, M, N)
         candidates.append(OptChoice(config, 1))
         for splits in (2, 4, 8, 16):
-            span = _blocks(K, splits * bk) * bk
+            span = cdiv(K, splits * bk) * bk
             if tiles >= sm_count or tiles * splits > 4 * sm_count or span < 2 * bk or (splits - 1) * span >= K:
                 break
             candidates.append(OptChoice(config, splits))
@@ -286,7 +288,7 @@ class _OptProducts:
         ``__call__``)."""
         kernel = (self._vector if vector else self._scalar)[choice.config][layout]
         defines = dict(OPT_CONFIGS[choice.config].defines)
-        grid = (_blocks(N, defines["BN"]), _blocks(M, defines["BM"]), choice.splits)
+        grid = (cdiv(N, defines["BN"]), cdiv(M, defines["BM"]), choice.splits)
         block = (self._threads[choice.config], 1, 1)
         if choice.splits == 1:
             kernel.prepared_call(grid, block, C, A, B, M, N, K, mode, bias, aux, activation, lr, weight_decay)
@@ -295,7 +297,7 @@ class _OptProducts:
         partial = torch.empty(choice.splits * M * N, dtype=torch.float32, device=gpu.device())
         kernel.prepared_call(grid, block, partial.data_ptr(), A, B, M, N, K, EPI_STORE, 0, 0, IDENTITY, 0.0, 0.0)
         self._splitk_sum[choice.config].prepared_call(
-            (min(_blocks(M * N, 256), self._sm_count * 8), 1, 1), (256, 1, 1), C, partial.data_ptr(),
+            (min(cdiv(M * N, 256), self._sm_count * 8), 1, 1), (256, 1, 1), C, partial.data_ptr(),
             choice.splits, M, N, mode, bias, aux, activation, lr, weight_decay)
 
     def __call__(self, layout: str, C: int, A: int, B: int, M: int, N: int, K: int, mode: int = EPI_STORE,
@@ -392,11 +394,13 @@ def kernel_report() -> list[dict[str, Any]]:
     """
     import pycuda.driver as drv
 
+    from mlpbench.backends.cuda_fused import fused_kernel  # imports this module
+
     # PyCUDA and the driver number these attributes alike (CUfunction_attribute).
     attribute = drv.function_attribute
     rows = []
     for module, spec in MODULE_SPECS.items():
-        functions = {"fused_step": _fused_kernel()} if module == "fused" else _kernels(module)
+        functions = {"fused_step": fused_kernel()} if module == "fused" else _kernels(module)
         for name, function in functions.items():
             rows.append({
                 "module": spec.source,
@@ -405,14 +409,14 @@ def kernel_report() -> list[dict[str, Any]]:
                 "arch": gpu.info().arch,
                 "registers": function.get_attribute(attribute.NUM_REGS),
                 "static_shared_bytes": function.get_attribute(attribute.SHARED_SIZE_BYTES),
-                "dynamic_shared_bytes": _FUSED_SHARED_BYTES if name == "fused_step" else 0,
+                "dynamic_shared_bytes": FUSED_SHARED_BYTES if name == "fused_step" else 0,
                 "local_bytes": function.get_attribute(attribute.LOCAL_SIZE_BYTES),
                 "max_threads_per_block": function.get_attribute(attribute.MAX_THREADS_PER_BLOCK),
             })
     return rows
 
 
-class _CudaModel(Model):
+class CudaModel(Model):
     """Parameters and buffers as CUDA tensors, the transfer stage and the read-backs; subclasses launch."""
 
     device = "cuda"
@@ -553,7 +557,7 @@ class _CudaModel(Model):
         self._W, self._b = [], []
 
 
-class _LayeredCudaModel(_CudaModel):
+class _LayeredCudaModel(CudaModel):
     """Rungs 1-3 and the cuBLAS rung: every layer's products and element-wise work as separate kernels, in
     stream order. Subclasses provide the products (:meth:`_product`)."""
 
@@ -566,7 +570,7 @@ class _LayeredCudaModel(_CudaModel):
         self._bias_block = (32, dict(ELEMENTWISE.defines)["ROWS_PER_BLOCK"], 1)
 
     def _launch_elementwise(self, name: str, n: int, *args: Any) -> None:
-        grid = (min(_blocks(n, 256), self._sm_count * 8), 1, 1)
+        grid = (min(cdiv(n, 256), self._sm_count * 8), 1, 1)
         self._elementwise[name].prepared_call(grid, (256, 1, 1), *args)
 
     def _product(self, layout: str, C: torch.Tensor, A: torch.Tensor, B: torch.Tensor, M: int, N: int,
@@ -582,7 +586,7 @@ class _LayeredCudaModel(_CudaModel):
         n_out = self.network.n_outputs
         T = 0 if batch.T is None else batch.T.data_ptr()
         self._elementwise["output_head"].prepared_call(
-            (_blocks(batch.size, 8), 1, 1), (256, 1, 1), self._A[-1].data_ptr(), bias, T,
+            (cdiv(batch.size, 8), 1, 1), (256, 1, 1), self._A[-1].data_ptr(), bias, T,
             self._loss_rows.data_ptr(), batch.size, n_out, self._loss_kind)
 
     def forward(self, batch: Batch) -> None:
@@ -605,7 +609,7 @@ class _LayeredCudaModel(_CudaModel):
     def _bias_gradient(self, batch: Batch, layer: int, bias: int = 0, lr: float = 0.0) -> None:
         n_out = self.network.sizes[layer + 1]
         self._elementwise["bias_gradient"].prepared_call(
-            (_blocks(n_out, 32), 1, 1), self._bias_block, self._dZ[layer].data_ptr(), self._db[layer].data_ptr(),
+            (cdiv(n_out, 32), 1, 1), self._bias_block, self._dZ[layer].data_ptr(), self._db[layer].data_ptr(),
             bias, batch.size, n_out, lr)
 
     def _input_gradient(self, batch: Batch, layer: int) -> None:
@@ -732,285 +736,3 @@ class CublasCudaModel(_LayeredCudaModel):
             torch.mm(A[:M], B[:K], out=C[:M])
         else:
             torch.mm(A[:K].t(), B[:K], out=C[:M])
-
-
-# -- cuda-fused ----------------------------------------------------------------------------------------------
-# Mirrors of struct Layer and struct Phase in kernels/fused.cu.
-_LAYER_DTYPE = np.dtype([("W", np.uint64, 2), ("b", np.uint64, 2), ("dW", np.uint64), ("db", np.uint64),
-                         ("A", np.uint64), ("dZ", np.uint64), ("n_in", np.int32), ("n_out", np.int32)])
-_TILE_FIELDS = [("micro", np.int32), ("gm", np.int32), ("gn", np.int32), ("ksplit", np.int32)]
-_PHASE_DTYPE = np.dtype([("kind", np.int32), ("layer", np.int32), ("flags", np.int32), ("padding", np.int32),
-                         ("main", _TILE_FIELDS), ("weights", _TILE_FIELDS)])
-PHASE_FORWARD, PHASE_FORWARD_HEAD, PHASE_HEAD, PHASE_OUTPUT_DELTA, PHASE_BACKWARD, PHASE_UPDATE = range(6)
-FLAG_DELTA, FLAG_SGD = 1, 2
-_FUSED_SHARED_BYTES = (2 * FUSED_KCHUNK * (32 + 1) + FUSED_THREADS * 4) * 4
-_UPDATE_CHUNK = dict(FUSED.defines)["UPDATE_CHUNK"]
-
-
-class _FusedArgs(ctypes.Structure):
-    """The parameters of fused_step (kernels/fused.cu), in order, for gpu.DriverKernel."""
-
-    _fields_ = [("layers", ctypes.c_uint64), ("phases", ctypes.c_uint64), ("n_phases", ctypes.c_int),
-                ("n_layers", ctypes.c_int), ("X", ctypes.c_uint64), ("T", ctypes.c_uint64),
-                ("loss_rows", ctypes.c_uint64), ("batch", ctypes.c_int), ("activation", ctypes.c_int),
-                ("loss_kind", ctypes.c_int), ("parity", ctypes.c_int), ("lr", ctypes.c_float),
-                ("weight_decay", ctypes.c_float), ("barrier", ctypes.c_uint64), ("profile", ctypes.c_uint64)]
-
-
-def _fused_kernel() -> gpu.DriverKernel:
-    """fused_step with its shared-memory limit raised (a new argument block each call; one module load)."""
-    kernel = gpu.DriverKernel(FUSED, "fused_step", _FusedArgs())
-    kernel.set_attribute(gpu.DriverKernel.MAX_DYNAMIC_SHARED_SIZE_BYTES, _FUSED_SHARED_BYTES)
-    return kernel
-
-
-@dataclass(frozen=True)
-class Tile:
-    """Shape of a cuda-fused product tile: (micro*gm) x (micro*gn) outputs, ksplit k slices per output."""
-
-    micro: int
-    gm: int
-    gn: int
-    ksplit: int
-
-    def count(self, M: int, N: int) -> int:
-        return _blocks(M, self.micro * self.gm) * _blocks(N, self.micro * self.gn)
-
-    def as_tuple(self) -> tuple[int, int, int, int]:
-        return (self.micro, self.gm, self.gn, self.ksplit)
-
-
-_TILES = [Tile(micro, gm, gn, FUSED_THREADS // (gm * gn))
-          for micro in (1, 2) for gm in (1, 2, 4, 8, 16) for gn in (1, 2, 4, 8, 16)
-          if 8 <= gm * gn <= FUSED_THREADS]
-
-
-def tile_cycles(tile: Tile, K: int) -> float:
-    """Estimated cycles of one tile of depth K on one block (a rough model; only its ordering matters).
-
-    Per k-chunk one round trip to L2 for the asynchronous staging copies (~800), the staging traffic at
-    ~64 bytes per cycle, the shared-memory loads of the products (one warp-wide load per cycle per SM:
-    8 warps x 2 * micro loads per k step, k / ksplit steps), the split-k sum and a fixed cost per tile."""
-    steps = _blocks(K, tile.ksplit)
-    outputs = tile.micro * tile.micro
-    return (_blocks(K, FUSED_KCHUNK) * 800 + (tile.micro * (tile.gm + tile.gn)) * K / 16
-            + 16 * tile.micro * steps + 4 * tile.ksplit * outputs + 150)
-
-
-def _phase_cycles(products: list[tuple[Tile, int, int, int]], blocks: int) -> float:
-    """Cycles of a phase whose blocks take the tiles of ``products`` ((tile, M, N, K), in order) round-robin:
-    the busiest block's sum."""
-    total, start = sum(tile.count(M, N) for tile, M, N, _ in products), 0
-    b = np.arange(min(blocks, total))
-    busy = np.zeros(len(b))
-    for tile, M, N, K in products:
-        end = start + tile.count(M, N)
-        busy += tile_cycles(tile, K) * ((end - 1 - b) // blocks - (start - 1 - b) // blocks)  # items of block b
-        start = end
-    return float(busy.max())
-
-
-def choose_tile(M: int, N: int, K: int, blocks: int) -> Tile:
-    """The tile shape with the least estimated time for an (M x N, depth K) product over ``blocks`` blocks
-    (ties: fewer tiles)."""
-    return min(_TILES, key=lambda tile: (_phase_cycles([(tile, M, N, K)], blocks), tile.count(M, N)))
-
-
-def choose_tiles(first: tuple[int, int, int], second: tuple[int, int, int], blocks: int) -> tuple[Tile, Tile]:
-    """Tile shapes for two products that share a phase (the input and weight gradients of a layer): their
-    tiles are one list of items, so the pair is chosen together (one round of items where that pays)."""
-    shortlist = [sorted(_TILES, key=lambda tile, p=p: (_phase_cycles([(tile, *p)], blocks), tile.count(*p[:2])))[:8]
-                 for p in (first, second)]
-    return min(itertools.product(*shortlist),
-               key=lambda pair: (_phase_cycles([(pair[0], *first), (pair[1], *second)], blocks),
-                                 pair[0].count(*first[:2]) + pair[1].count(*second[:2])))
-
-
-@dataclass(frozen=True)
-class Phase:
-    """One phase of a cuda-fused launch (struct Phase in kernels/fused.cu)."""
-
-    kind: int
-    layer: int
-    flags: int = 0
-    main: Tile = Tile(1, 16, 16, 1)     # FORWARD: the forward product; BACKWARD: the input-gradient product
-    weights: Tile = Tile(1, 16, 16, 1)  # BACKWARD: the weight-gradient product
-
-    def items(self, network: Network, batch: int) -> int:
-        """Work items of the phase as the kernel cuts them (sets the grid size, not the results)."""
-        n_out, n_in = network.layer_shapes[self.layer]
-        warps = FUSED_THREADS // 32
-        if self.kind == PHASE_FORWARD:
-            return self.main.count(batch, n_out)
-        if self.kind in (PHASE_FORWARD_HEAD, PHASE_HEAD):
-            return _blocks(batch, warps)
-        if self.kind == PHASE_OUTPUT_DELTA:
-            return _blocks(batch * n_out, FUSED_THREADS)
-        if self.kind == PHASE_BACKWARD:  # the bias gradient rides on the weight-gradient tiles
-            inputs = self.main.count(batch, n_in) if self.layer > 0 else 0
-            return inputs + self.weights.count(n_out, n_in)
-        return sum(_blocks(o * i + o, _UPDATE_CHUNK) for o, i in network.layer_shapes)
-
-
-def fused_plan(network: Network, stage: str, batch: int, blocks: int) -> list[Phase]:
-    """The phases cuda-fused runs for ``stage`` (``"step"``, ``"forward"``, ``"backprop"`` or ``"update"``)
-    on ``batch`` samples with ``blocks`` blocks; grid-wide barriers separate consecutive phases."""
-    if stage not in ("step", "forward", "backprop", "update"):
-        raise ValueError(f"stage: expected step, forward, backprop or update, got {stage!r}")
-    last = network.n_layers - 1
-    phases = []
-    if stage in ("forward", "step"):
-        delta = FLAG_DELTA if stage == "step" else 0
-        for layer, (n_out, n_in) in enumerate(network.layer_shapes):
-            if layer == last and n_out <= FUSED_HEAD_MAX:
-                phases.append(Phase(PHASE_FORWARD_HEAD, layer, delta))
-            else:
-                phases.append(Phase(PHASE_FORWARD, layer, main=choose_tile(batch, n_out, n_in, blocks)))
-        if network.n_outputs > FUSED_HEAD_MAX:
-            phases.append(Phase(PHASE_HEAD, last, delta))
-    if stage == "backprop":
-        phases.append(Phase(PHASE_OUTPUT_DELTA, last))
-    if stage in ("backprop", "step"):
-        flags = FLAG_SGD if stage == "step" else 0
-        for layer in range(last, -1, -1):
-            n_out, n_in = network.layer_shapes[layer]
-            if layer > 0:
-                main, weights = choose_tiles((batch, n_in, n_out), (n_out, n_in, batch), blocks)
-            else:
-                main, weights = Tile(1, 16, 16, 1), choose_tile(n_out, n_in, batch, blocks)
-            phases.append(Phase(PHASE_BACKWARD, layer, flags, main, weights))
-    if stage == "update":
-        phases.append(Phase(PHASE_UPDATE, 0))
-    return phases
-
-
-class FusedCudaModel(_CudaModel):
-    """``cuda-fused`` (rung 4): the training step of a small network (every width <= FUSED_MAX_WIDTH) as one
-    persistent kernel, phases separated by grid-wide barriers (kernels/fused.cu). ``train_step`` is that
-    single launch; ``forward``, ``backprop`` and ``update`` launch the same kernel on their own phases, for
-    per-stage timing. Weights are double-buffered: the step writes the updated copy while other blocks
-    still read the current one, and the two swap after each update."""
-
-    name = "cuda-fused"
-
-    def _check_network(self, network: Network) -> None:
-        widest = max(network.sizes)
-        if widest > FUSED_MAX_WIDTH:
-            raise ValueError(f"cuda-fused runs networks up to {FUSED_MAX_WIDTH} wide; {network.name} has a layer "
-                             f"of {widest}: use cuda-opt")
-        if network.n_layers > FUSED_MAX_LAYERS:
-            raise ValueError(f"cuda-fused runs networks of up to {FUSED_MAX_LAYERS} layers; {network.name} has "
-                             f"{network.n_layers}: use cuda-opt")
-
-    def __init__(self, network: Network, params: Params) -> None:
-        super().__init__(network, params)
-        info = gpu.info()
-        if _FUSED_SHARED_BYTES > info.max_shared_per_block_optin:
-            raise BackendUnavailable(f"cuda-fused needs {_FUSED_SHARED_BYTES} bytes of shared memory per block; "
-                                     f"{info.name} allows {info.max_shared_per_block_optin}")
-        self._kernel = _fused_kernel()
-        self._args = self._kernel.args
-        self._barrier = torch.zeros(1, dtype=torch.int32, device=self._dev)
-        self._args.barrier = self._barrier.data_ptr()
-        self._args.n_layers = self.network.n_layers
-        self._args.activation = self._activation
-        self._args.loss_kind = self._loss_kind
-        self._parity = 0
-        self._plans: dict[tuple[str, int], tuple[torch.Tensor, int, int]] = {}
-        self._layer_table = torch.empty(0, dtype=torch.uint8, device=self._dev)
-        self._step_args: tuple[float, float] | None = None
-
-    def _store_params(self, params: Params) -> None:
-        # Two copies of every weight and bias; the current one is [parity].
-        self._W2 = [[torch.tensor(w, device=self._dev) for _ in range(2)] for w, _ in params]
-        self._b2 = [[torch.tensor(b, device=self._dev) for _ in range(2)] for _, b in params]
-        self._parity = 0
-
-    def _weight_tensors(self) -> list[torch.Tensor]:
-        return [pair[self._parity] for pair in self._W2]
-
-    def _bias_tensors(self) -> list[torch.Tensor]:
-        return [pair[self._parity] for pair in self._b2]
-
-    def _dead_buffers(self) -> list[torch.Tensor]:
-        return [pair[self._parity ^ 1] for pair in (*self._W2, *self._b2)]
-
-    def close(self) -> None:
-        super().close()
-        self._W2, self._b2, self._plans = [], [], {}
-
-    def _buffers_resized(self) -> None:
-        table = np.zeros(self.network.n_layers, dtype=_LAYER_DTYPE)
-        for layer, (n_out, n_in) in enumerate(self.network.layer_shapes):
-            table[layer] = ([t.data_ptr() for t in self._W2[layer]], [t.data_ptr() for t in self._b2[layer]],
-                            self._dW[layer].data_ptr(), self._db[layer].data_ptr(), self._A[layer].data_ptr(),
-                            self._dZ[layer].data_ptr(), n_in, n_out)
-        self._layer_table = torch.tensor(table.view(np.uint8), device=self._dev)
-        self._args.layers = self._layer_table.data_ptr()
-        self._args.loss_rows = self._loss_rows.data_ptr()
-        self._plans.clear()
-
-    def _plan(self, stage: str, batch: int) -> tuple[torch.Tensor, int, int]:
-        key = (stage, batch)
-        plan = self._plans.get(key)
-        if plan is None:
-            phases = fused_plan(self.network, stage, batch, self._sm_count)
-            table = np.zeros(len(phases), dtype=_PHASE_DTYPE)
-            for index, phase in enumerate(phases):
-                table[index] = (phase.kind, phase.layer, phase.flags, 0, phase.main.as_tuple(),
-                                phase.weights.as_tuple())
-            items = max(phase.items(self.network, batch) for phase in phases)
-            grid = min(self._sm_count, items)  # every block resident at once: the barrier needs it
-            plan = (torch.tensor(table.view(np.uint8), device=self._dev), len(phases), grid)
-            self._plans[key] = plan
-        return plan
-
-    def _launch(self, stage: str, batch: Batch | None, lr: float = 0.0, weight_decay: float = 0.0,
-                profile: int = 0) -> None:
-        """One launch of ``stage``'s phases; ``profile``: device pointer for the phase clock (0: none)."""
-        phases, n_phases, grid = self._plan(stage, 0 if batch is None else batch.size)
-        args = self._args
-        args.phases = phases.data_ptr()
-        args.n_phases = n_phases
-        if batch is None:
-            args.X = args.T = args.batch = 0
-        else:
-            args.X = batch.X.data_ptr()
-            args.T = 0 if batch.T is None else batch.T.data_ptr()
-            args.batch = batch.size
-        args.parity = self._parity
-        args.lr = lr
-        args.weight_decay = weight_decay
-        args.profile = profile
-        self._kernel.launch(grid, FUSED_THREADS, _FUSED_SHARED_BYTES)
-
-    # -- stages --------------------------------------------------------------------------------------------
-    def forward(self, batch: Batch) -> None:
-        self._start_forward(batch)
-        self._launch("forward", batch)
-        self._forward_done(batch)
-
-    def backprop(self, batch: Batch) -> None:
-        self._start_backprop(batch)
-        self._launch("backprop", batch)
-        self._pending = False
-        self._has_grads = True
-
-    def update(self, lr: float, weight_decay: float = 0.0) -> None:
-        lr, weight_decay = self._start_update(lr, weight_decay)
-        self._launch("update", None, lr, weight_decay)
-        self._parity ^= 1
-
-    def train_step(self, batch: Batch, lr: float, weight_decay: float = 0.0) -> None:
-        """Forward, loss, backprop and SGD step in one launch."""
-        if self._step_args != (lr, weight_decay):  # checked once per new setting: the step is launch-bound
-            check_step_size(lr, weight_decay)
-            self._step_args = (lr, weight_decay)
-        self._ensure_open()
-        self._check_batch(batch, need_targets=True)
-        self._launch("step", batch, lr, weight_decay)
-        self._parity ^= 1
-        self._forward_size = batch.size
-        self._labelled = True
-        self._pending = False
-        self._has_grads = True
