@@ -8,7 +8,8 @@ reference before they are timed.
 ``cuda-opt``     rung 3: warp-tiled SGEMM with 2D register blocking, 128-bit loads and double buffering;
                  bias + activation fused into the forward product, the activation derivative into the
                  input-gradient product; ``train_step`` also fuses the SGD step into the weight-gradient
-                 product and the bias update into the bias-gradient sums (``kernels/opt.cu``)
+                 product and the bias update into the bias-gradient sums (``kernels/opt.cu``); tile shape
+                 and k slices per product shape from an autotuner at first use (:func:`opt_choices`)
 ``cuda-fused``   rung 4: the whole training step in one persistent kernel with grid-wide barriers, for
                  networks up to :data:`FUSED_MAX_WIDTH` wide (``kernels/fused.cu``; its planner and backend
                  in :mod:`mlpbench.backends.cuda_fused`, on :class:`CudaModel` and this module's tables)
@@ -22,8 +23,9 @@ context (see :mod:`mlpbench.gpu`) on the default stream. Data crosses the bus on
 "transfer" stage: checks + host-to-device copy) and in the read-backs. The forward stage computes each
 sample's loss on the GPU; :meth:`loss` reads those ``B`` numbers back and averages them.
 
-:func:`matmul` exposes each rung's matrix product on its own (for the ladder study against cuBLAS) and
-:func:`kernel_report` the registers, shared memory and spills of every kernel.
+:func:`matmul` exposes each rung's matrix product on its own (for the ladder study against cuBLAS),
+:func:`kernel_report` the registers, shared memory and spills of every kernel, and :func:`opt_choices` the
+autotuner's choices (for the results' metadata).
 """
 
 from __future__ import annotations

@@ -108,8 +108,10 @@ class TorchGPUCompileModel(TorchGPUGraphModel):
     take; ``mode`` (default ``"max-autotune-no-cudagraphs"``): the ``torch.compile`` mode (the whole step is
     captured in a CUDA graph by this backend, so modes that make their own graphs are refused).
 
-    :attr:`compile_seconds` is the total wall time spent compiling so far, :attr:`compile_times` the time
-    per ``(batch size, labelled)``.
+    :attr:`compile_times` is the wall time of the first forward (and backward) of each ``(batch size,
+    labelled)``, :attr:`compile_seconds` their sum: the compile time, for the first model of its shapes in the
+    process. Models of the same shapes, activation and loss share one compiled program, so a later one
+    reports only the seconds of a first call that compiles nothing.
     """
 
     name = "torch-gpu-compile"
