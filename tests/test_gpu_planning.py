@@ -6,6 +6,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -235,3 +236,30 @@ def test_phase_flag_and_epilogue_codes_match_the_kernels():
     assert flags == {name: getattr(cuda_fused, name) for name in flags} and len(flags) == 2
     epilogues = _defines("opt.cu", "EPI_")
     assert epilogues == {name: getattr(cuda, name) for name in epilogues} and len(epilogues) == 4
+
+
+@pytest.mark.parametrize("network", [Network((7, 33, 5), "sigmoid", "softmax-ce"),
+                                     Network((3, 9, 4, 1), "tanh", "sigmoid-bce"),
+                                     Network((6, 20, 3), "relu", "softmax-ce")], ids=lambda net: net.name)
+def test_the_compiled_function_is_the_reference_network(network):
+    # torch-gpu-compile compiles exactly this function; uncompiled on the CPU it must be the network.
+    from mlpbench.verify import FLOAT32_TOLERANCE, random_batch, random_params, relative_error
+
+    rng = np.random.default_rng(2)
+    params = random_params(network, rng)
+    X, y = random_batch(network, 11, rng)
+    reference = load("numpy", network, params)
+    batch = reference.prepare(X, y)
+    reference.forward(batch)
+    weights = [torch.from_numpy(w) for w, _ in params]
+    biases = [torch.from_numpy(b) for _, b in params]
+    hidden, logits, loss = torch_compile.network_loss(torch.from_numpy(X), torch.from_numpy(batch.T), weights,
+                                                      biases, network.activation, network.loss)
+    for ours, theirs in zip(hidden, reference.activations()[:-1], strict=True):
+        assert relative_error(ours.numpy(), theirs) < FLOAT32_TOLERANCE
+    probabilities = torch.softmax(logits, 1) if network.loss == "softmax-ce" else torch.sigmoid(logits)
+    assert relative_error(probabilities.numpy(), reference.output()) < FLOAT32_TOLERANCE
+    assert relative_error(np.array(loss.item()), np.array(reference.loss())) < FLOAT32_TOLERANCE
+    _, _, no_loss = torch_compile.network_loss(torch.from_numpy(X), None, weights, biases, network.activation,
+                                               network.loss)
+    assert no_loss is None
