@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from mlpbench import gpu, load
-from mlpbench.backends import cuda
+from mlpbench.backends import cuda, cuda_fused
 from mlpbench.backends.torch_nn import pin_ieee_float32
 from mlpbench.network import PRESETS, Network
 from mlpbench.timing import time_stages
@@ -46,12 +46,13 @@ TUNE_CONFIGS = [
 
 # (preset or sizes, batch, learning rate for the timed steps, backends)
 STEP_CASES = [
-    ("digits", 32, ["torch-cpu", "c-serial", "torch-gpu", "torch-gpu-graph", "cuda-naive", "cuda-tiled",
-                    "cuda-opt", "cuda-fused"]),
-    ("moons-5h300", 32, ["torch-cpu", "c-serial", "torch-gpu", "torch-gpu-graph", "cuda-naive", "cuda-tiled",
-                         "cuda-opt", "cuda-fused"]),
-    ("mnist", 256, ["torch-gpu", "torch-gpu-graph", "cuda-naive", "cuda-tiled", "cuda-opt"]),
-    ("large", 1024, ["torch-gpu", "torch-gpu-graph", "cuda-naive", "cuda-tiled", "cuda-opt"]),
+    ("digits", 32, ["torch-cpu", "c-serial", "torch-gpu", "torch-gpu-graph", "torch-gpu-compile", "cuda-naive",
+                    "cuda-tiled", "cuda-opt", "cuda-fused", "cuda-cublas"]),
+    ("moons-5h300", 32, ["torch-cpu", "c-serial", "torch-gpu", "torch-gpu-graph", "torch-gpu-compile", "cuda-naive",
+                         "cuda-tiled", "cuda-opt", "cuda-fused", "cuda-cublas"]),
+    ("mnist", 256, ["torch-gpu", "torch-gpu-graph", "torch-gpu-compile", "cuda-naive", "cuda-tiled", "cuda-opt",
+                    "cuda-cublas"]),
+    ("large", 1024, ["torch-gpu", "torch-gpu-graph", "cuda-naive", "cuda-tiled", "cuda-opt", "cuda-cublas"]),
 ]
 
 
@@ -156,6 +157,11 @@ def steps(repeats: int, throughput_steps: int, cases: set[str] | None = None,
             row = {"network": name, "sizes": net.name, "batch": batch, "backend": backend}
             options = {"threads": 1} if backend == "torch-cpu" else {}
             try:
+                if backend == "torch-gpu-compile":  # the first model of this shape pays the compilation
+                    probe = load(backend, net)
+                    probe.forward(probe.prepare(*inputs[0]))
+                    row["compile_s"] = probe.compile_seconds
+                    probe.close()
                 errors = compare_stages(backend, net, batch, seed=1, **options)
                 row["max_rel_error"] = max(errors.values())
                 if not row["max_rel_error"] <= FLOAT32_TOLERANCE:
@@ -213,8 +219,8 @@ def barrier(batch: int = 32) -> list[dict]:
             continue
         times = {}
         for k in (1, 33):
-            table = np.zeros(k, dtype=cuda._PHASE_DTYPE)
-            table["kind"] = cuda.PHASE_OUTPUT_DELTA
+            table = np.zeros(k, dtype=cuda_fused._PHASE_DTYPE)
+            table["kind"] = cuda_fused.PHASE_OUTPUT_DELTA
             table["layer"] = net.n_layers - 1
             model._plans[("chain", batch)] = (torch.tensor(table.view(np.uint8), device="cuda"), k, blocks)
             times[k] = statistics.median(events_ms(lambda: model._launch("chain", data), 50, warmup=5))
@@ -237,7 +243,7 @@ def host_costs(count: int = 300, rounds: int = 5) -> list[dict]:
         "train_step": lambda: model.train_step(data, 1e-4),
         "_launch (arguments set, one launch)": lambda: model._launch("step", data, 1e-4),
         "DriverKernel.launch (cuLaunchKernel alone)": lambda: model._kernel.launch(grid, cuda.FUSED_THREADS,
-                                                                                   cuda._FUSED_SHARED_BYTES),
+                                                                                   cuda.FUSED_SHARED_BYTES),
         "_check_batch": lambda: model._check_batch(data, need_targets=True),
         "2 data_ptr()": lambda: (data.X.data_ptr(), data.T.data_ptr()),
     }
@@ -256,9 +262,9 @@ def host_costs(count: int = 300, rounds: int = 5) -> list[dict]:
     return rows
 
 
-PHASE_NAMES = {cuda.PHASE_FORWARD: "forward", cuda.PHASE_FORWARD_HEAD: "forward+head", cuda.PHASE_HEAD: "head",
-               cuda.PHASE_OUTPUT_DELTA: "output delta", cuda.PHASE_BACKWARD: "backward",
-               cuda.PHASE_UPDATE: "update"}
+PHASE_NAMES = {cuda_fused.PHASE_FORWARD: "forward", cuda_fused.PHASE_FORWARD_HEAD: "forward+head",
+               cuda_fused.PHASE_HEAD: "head", cuda_fused.PHASE_OUTPUT_DELTA: "output delta",
+               cuda_fused.PHASE_BACKWARD: "backward", cuda_fused.PHASE_UPDATE: "update"}
 
 
 def profile(repeats: int = 30) -> list[dict]:
@@ -269,7 +275,7 @@ def profile(repeats: int = 30) -> list[dict]:
         net = PRESETS[name]
         model = load("cuda-fused", net)
         data = model.prepare(*random_batch(net, batch, np.random.default_rng(0)))
-        plan = cuda.fused_plan(net, "step", batch, gpu.info().sm_count)
+        plan = cuda_fused.fused_plan(net, "step", batch, gpu.info().sm_count)
         clock = torch.zeros(len(plan) + 1, dtype=torch.int64, device="cuda")
         marks, events = [], []
         for _ in range(3):
@@ -364,8 +370,11 @@ def main() -> int:
         text.append("## training steps (us, median; throughput = back-to-back train_step)\n" + table(
             result["steps"], ["network", "batch", "backend", "transfer_us", "forward_us", "backprop_us", "update_us",
                               "step_us", "step_throughput_us", "step_host_us", "step_tflops", "max_rel_error",
-                              "status"]))
+                              "compile_s", "status"]))
         save()
+    result["opt_choices"] = cuda.opt_choices()
+    text.append("## cuda-opt autotuner choices\n" + table(result["opt_choices"], [
+        "layout", "M", "N", "K", "vector", "config", "splits"]))
     save()
     print("\n\n".join(text))
     return 0

@@ -31,7 +31,7 @@ def main() -> int:
     import torch
 
     failures = []
-    for backend in ("cuda-naive", "cuda-tiled", "cuda-opt", "cuda-fused"):
+    for backend in ("cuda-naive", "cuda-tiled", "cuda-opt", "cuda-fused", "cuda-cublas"):
         for net, batch in CASES:
             errors = compare_stages(backend, net, batch, seed=batch)
             model = load(backend, net)

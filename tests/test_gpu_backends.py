@@ -8,13 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from mlpbench import Network, load
-from mlpbench.backends import GPU_BACKENDS
+from mlpbench import BackendUnavailable, Network, load
+from mlpbench.backends import BACKENDS, CPU_BACKENDS
 from mlpbench.backends.base import Batch
 from mlpbench.verify import FLOAT32_TOLERANCE, compare_stages, random_batch, training_losses
 
 pytestmark = pytest.mark.gpu
-CUDA_BACKENDS = ("cuda-naive", "cuda-tiled", "cuda-opt", "cuda-fused")
+GPU_BACKENDS = [backend for backend in BACKENDS if backend not in CPU_BACKENDS]
+CUDA_BACKENDS = ("cuda-naive", "cuda-tiled", "cuda-opt", "cuda-fused", "cuda-cublas")
+# torch-gpu-compile compiles once per network and batch size: the default mode (seconds, not the minutes of
+# max-autotune) for the many shapes below; test_compile_with_max_autotune checks the backend's own default.
+OPTIONS = {"torch-gpu-compile": {"mode": "default"}}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,7 +57,9 @@ CASES = [
 def test_every_stage_matches_the_reference(backend, network, batch):
     if backend == "cuda-fused" and max(network.sizes) > 512:
         pytest.skip("wider than cuda-fused accepts (test_fused_rejects_a_network_too_wide)")
-    errors = compare_stages(backend, network, batch, seed=batch)
+    if backend == "torch-gpu-compile" and CASES.index((network, batch)) >= 6:
+        pytest.skip("the first six cases cover every activation, loss and odd size; each compile takes seconds")
+    errors = compare_stages(backend, network, batch, seed=batch, **OPTIONS.get(backend, {}))
     assert max(errors.values()) <= FLOAT32_TOLERANCE, errors
 
 
@@ -66,7 +72,8 @@ def test_fifty_step_loss_curve_matches_the_reference(backend, network, batch, lr
     rng = np.random.default_rng(7)
     X, y = random_batch(network, 400, rng)
     reference = training_losses("numpy", network, X, y, steps=50, batch=batch, lr=lr, weight_decay=decay)
-    losses = training_losses(backend, network, X, y, steps=50, batch=batch, lr=lr, weight_decay=decay)
+    losses = training_losses(backend, network, X, y, steps=50, batch=batch, lr=lr, weight_decay=decay,
+                             **OPTIONS.get(backend, {}))
     np.testing.assert_allclose(losses, reference, rtol=1e-4)
 
 
@@ -119,7 +126,7 @@ def test_train_step_equals_the_stages_bit_for_bit_and_repeats(backend):
 def test_bad_input_raises_before_the_gpu_sees_it(backend):
     from test_backend_interface import BAD_INPUTS, NET, X_OK, Y_OK
 
-    model = load(backend, NET)
+    model = load(backend, NET, **OPTIONS.get(backend, {}))
     for _, X, y, error, message in BAD_INPUTS:
         with pytest.raises(error, match=message):
             model.step(X, y, lr=0.1)
@@ -239,3 +246,106 @@ def test_other_threads_need_the_context_manager():
     thread.join()
     assert "thread_context" in outcome["without"]
     assert np.isfinite(outcome["with"])
+
+
+def test_cublas_products_are_the_only_difference_from_the_naive_rung():
+    # Same element-wise kernels, products by cuBLAS: activations agree to float32 rounding, not bit for bit.
+    net = Network((33, 70, 9), "sigmoid", "softmax-ce")
+    X, y = random_batch(net, 17, np.random.default_rng(5))
+    cublas, naive = load("cuda-cublas", net, seed=2), load("cuda-naive", net, seed=2)
+    for model in (cublas, naive):
+        model.forward(model.prepare(X, y))
+    for a, b in zip(cublas.activations(), naive.activations(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+
+
+def test_compile_with_max_autotune_matches_eager_and_records_its_time():
+    net = Network((64, 128, 10), "tanh", "softmax-ce")
+    errors = compare_stages("torch-gpu-compile", net, 32, seed=11)  # the backend's own mode: max-autotune
+    assert max(errors.values()) <= FLOAT32_TOLERANCE, errors
+    X, y = random_batch(net, 32, np.random.default_rng(6))
+    compiled, eager = load("torch-gpu-compile", net, seed=4), load("torch-gpu", net, seed=4)
+    assert compiled.mode == "max-autotune-no-cudagraphs"
+    for _ in range(3):
+        for model in (compiled, eager):
+            model.train_step(model.prepare(X, y), 0.2, 1e-3)  # compiled: one CUDA graph per step
+        assert compiled.loss() == pytest.approx(eager.loss(), rel=1e-5)
+    for (w, b), (w2, b2) in zip(compiled.params(), eager.params(), strict=True):
+        np.testing.assert_allclose(w, w2, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(b, b2, rtol=1e-5, atol=1e-7)
+    assert list(compiled.compile_times) == [(32, True)]
+    assert compiled.compile_seconds > 0
+
+
+def test_compile_past_its_budget_says_so_and_stays_refused():
+    # Last in this file: the compile it gives up on goes on in a background thread for a few seconds.
+    net = Network((3, 11, 2), "relu", "softmax-ce")
+    X, y = random_batch(net, 6, np.random.default_rng(7))
+    model = load("torch-gpu-compile", net, compile_budget_s=1e-3, mode="default")
+    batch = model.prepare(X, y)
+    with pytest.raises(BackendUnavailable, match=r"torch-gpu-compile: compiling 3-11-2 .* budget of 0.001 s"):
+        model.train_step(batch, 0.1)
+    with pytest.raises(BackendUnavailable, match="budget"):
+        model.forward(batch)
+
+
+@pytest.mark.parametrize("layout", ["nn", "nt", "tn"])
+@pytest.mark.parametrize("M, N, K", [(32, 300, 300), (33, 70, 257), (7, 12, 1030), (256, 1024, 784)])
+def test_every_opt_configuration_and_split_matches_float64(layout, M, N, K):
+    # The autotuner may pick any candidate: each one, on float4 (multiples of 4) and scalar shapes.
+    from mlpbench import gpu
+    from mlpbench.backends import cuda
+
+    products = cuda._products("opt")
+    g = torch.Generator().manual_seed(M + N + K)
+    A = torch.randn((K, M) if layout == "tn" else (M, K), generator=g)
+    B = torch.randn((N, K) if layout == "nt" else (K, N), generator=g)
+    a, b = A.double(), B.double()
+    reference = (a.T if layout == "tn" else a) @ (b.T if layout == "nt" else b)
+    A, B = A.cuda(), B.cuda()
+    C = torch.empty(M, N, device="cuda")
+    vector = products.vector_ok(layout, M, N, K, C.data_ptr(), A.data_ptr(), B.data_ptr())
+    assert vector == (M % 4 == N % 4 == K % 4 == 0)
+    for choice in cuda.opt_candidates(M, N, K, gpu.info().sm_count):
+        C.fill_(float("nan"))
+        products.run(choice, vector, layout, C.data_ptr(), A.data_ptr(), B.data_ptr(), M, N, K)
+        error = ((C.cpu().double() - reference).norm() / reference.norm()).item()
+        assert error < FLOAT32_TOLERANCE, (choice, error)
+
+
+@pytest.mark.parametrize("config, splits", [("32x32", 1), ("32x32", 8), ("64x64", 4), ("128x128", 2)])
+@pytest.mark.parametrize("network, batch", [(Network((33, 257, 7, 3), "relu", "softmax-ce"), 33),
+                                            (Network((64, 128, 12), "sigmoid", "softmax-ce"), 32)])
+def test_opt_epilogues_in_every_configuration(monkeypatch, config, splits, network, batch):
+    # Forces one configuration (the most slices up to `splits` that the shape allows) for every product.
+    from mlpbench import gpu
+    from mlpbench.backends import cuda
+
+    def forced(self, layout, M, N, K, vector):
+        allowed = [c for c in cuda.opt_candidates(M, N, K, gpu.info().sm_count) if c.config == config]
+        return max((c for c in allowed if c.splits <= splits), key=lambda c: c.splits)
+
+    monkeypatch.setattr(cuda._OptProducts, "choice", forced)
+    errors = compare_stages("cuda-opt", network, batch, seed=3)
+    assert max(errors.values()) <= FLOAT32_TOLERANCE, errors
+    X, y = random_batch(network, batch, np.random.default_rng(8))
+    stepped, staged = load("cuda-opt", network, seed=1), load("cuda-opt", network, seed=1)
+    stepped.train_step(stepped.prepare(X, y), 0.3, 1e-3)  # the SGD step fused into the weight gradient
+    batch_data = staged.prepare(X, y)
+    staged.forward(batch_data)
+    staged.backprop(batch_data)
+    staged.update(0.3, 1e-3)
+    for (w, b), (w2, b2) in zip(stepped.params(), staged.params(), strict=True):
+        np.testing.assert_allclose(w, w2, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(b, b2, rtol=1e-6, atol=1e-7)
+
+
+def test_opt_choices_are_listed():
+    from mlpbench.backends import cuda
+
+    net = Network((20, 36, 4), "tanh", "softmax-ce")
+    load("cuda-opt", net).step(*random_batch(net, 8, np.random.default_rng(9)), 0.1)
+    rows = {(r["layout"], r["M"], r["N"], r["K"]): r for r in cuda.opt_choices()}
+    assert ("nt", 8, 36, 20) in rows and ("tn", 36, 20, 8) in rows
+    assert all(r["config"] in cuda.OPT_CONFIGS and r["splits"] >= 1 for r in rows.values())

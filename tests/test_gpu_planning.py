@@ -1,19 +1,24 @@
 """The host side of the CUDA backends that needs no GPU: clear errors where no GPU can be used, the fused
 kernel's size limit, its phase plans and tile shapes, and the structs shared with the kernels."""
 
+import re
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
 from mlpbench import BackendUnavailable, Network, load
-from mlpbench.backends import cuda
+from mlpbench.backends import BACKENDS, CPU_BACKENDS, cuda, cuda_fused, torch_compile
 from mlpbench.network import PRESETS
 
 NO_GPU = not torch.cuda.is_available()
-CUDA_BACKENDS = ("cuda-naive", "cuda-tiled", "cuda-opt", "cuda-fused")
 
 
 @pytest.mark.skipif(not NO_GPU, reason="a GPU is present; tests/test_gpu_backends.py covers these backends")
-@pytest.mark.parametrize("backend", [*CUDA_BACKENDS, "torch-gpu-graph"])
+@pytest.mark.parametrize("backend", [backend for backend in BACKENDS if backend not in CPU_BACKENDS])
 def test_without_a_gpu_loading_says_why(backend):
     with pytest.raises(BackendUnavailable, match=f"{backend}: .*(GPU|PyCUDA)"):
         load(backend, "64-128-10")
@@ -47,15 +52,15 @@ def test_fused_rejects_networks_too_deep_before_touching_the_gpu():
 
 def test_structs_match_the_kernel():
     # kernels/fused.cu static_asserts the same sizes; tests/test_kernels_compile.py compiles it.
-    assert cuda._LAYER_DTYPE.itemsize == 72
-    assert cuda._PHASE_DTYPE.itemsize == 48
-    assert cuda._LAYER_DTYPE.fields["n_in"][1] == 64
+    assert cuda_fused._LAYER_DTYPE.itemsize == 72
+    assert cuda_fused._PHASE_DTYPE.itemsize == 48
+    assert cuda_fused._LAYER_DTYPE.fields["n_in"][1] == 64
 
 
 @pytest.mark.parametrize("M, N, K", [(1, 1, 1), (32, 300, 300), (300, 300, 32), (7, 513, 5), (1024, 64, 2048)])
 @pytest.mark.parametrize("blocks", [1, 132])
 def test_chosen_tiles_use_every_thread_once(M, N, K, blocks):
-    tile = cuda.choose_tile(M, N, K, blocks)
+    tile = cuda_fused.choose_tile(M, N, K, blocks)
     assert tile.micro in (1, 2)
     assert tile.gm * tile.gn * tile.ksplit == cuda.FUSED_THREADS
     assert tile.micro * max(tile.gm, tile.gn) <= 32  # the staging buffers hold 32 rows
@@ -64,58 +69,197 @@ def test_chosen_tiles_use_every_thread_once(M, N, K, blocks):
 
 def test_small_products_are_split_over_many_blocks():
     # 32 x 300 outputs with k = 300 on 132 blocks: one tile per block would leave most of the GPU idle.
-    tile = cuda.choose_tile(32, 300, 300, 132)
+    tile = cuda_fused.choose_tile(32, 300, 300, 132)
     assert tile.count(32, 300) > 38
 
 
 def test_training_step_plan_of_5h300():
     net = PRESETS["moons-5h300"]
-    plan = cuda.fused_plan(net, "step", 32, 132)
+    plan = cuda_fused.fused_plan(net, "step", 32, 132)
     kinds = [phase.kind for phase in plan]
     # six hidden forward phases, the output layer with its loss in one warp per sample, seven backward phases
-    assert kinds == [cuda.PHASE_FORWARD] * 6 + [cuda.PHASE_FORWARD_HEAD] + [cuda.PHASE_BACKWARD] * 7
+    assert kinds == [cuda_fused.PHASE_FORWARD] * 6 + [cuda_fused.PHASE_FORWARD_HEAD] + [cuda_fused.PHASE_BACKWARD] * 7
     assert [phase.layer for phase in plan[7:]] == list(range(6, -1, -1))
-    assert all(phase.flags & cuda.FLAG_SGD for phase in plan[7:])
-    assert plan[6].flags & cuda.FLAG_DELTA
+    assert all(phase.flags & cuda_fused.FLAG_SGD for phase in plan[7:])
+    assert plan[6].flags & cuda_fused.FLAG_DELTA
 
 
 def test_stage_plans_split_the_step():
     net = Network((5, 40, 40), "tanh", "softmax-ce")  # output wider than the single-warp head
-    forward = cuda.fused_plan(net, "forward", 9, 132)
-    assert [p.kind for p in forward] == [cuda.PHASE_FORWARD, cuda.PHASE_FORWARD, cuda.PHASE_HEAD]
+    forward = cuda_fused.fused_plan(net, "forward", 9, 132)
+    assert [p.kind for p in forward] == [cuda_fused.PHASE_FORWARD, cuda_fused.PHASE_FORWARD, cuda_fused.PHASE_HEAD]
     assert not any(p.flags for p in forward)
-    backprop = cuda.fused_plan(net, "backprop", 9, 132)
-    assert [p.kind for p in backprop] == [cuda.PHASE_OUTPUT_DELTA, cuda.PHASE_BACKWARD, cuda.PHASE_BACKWARD]
+    backprop = cuda_fused.fused_plan(net, "backprop", 9, 132)
+    assert [p.kind for p in backprop] == [cuda_fused.PHASE_OUTPUT_DELTA, *[cuda_fused.PHASE_BACKWARD] * 2]
     assert not any(p.flags for p in backprop)
-    assert [p.kind for p in cuda.fused_plan(net, "update", 9, 132)] == [cuda.PHASE_UPDATE]
+    assert [p.kind for p in cuda_fused.fused_plan(net, "update", 9, 132)] == [cuda_fused.PHASE_UPDATE]
     with pytest.raises(ValueError, match="stage"):
-        cuda.fused_plan(net, "sideways", 9, 132)
+        cuda_fused.fused_plan(net, "sideways", 9, 132)
 
 
 def test_phase_items_cover_the_work():
     net = Network((64, 128, 10), "sigmoid", "softmax-ce")
-    plan = cuda.fused_plan(net, "step", 32, 132)
+    plan = cuda_fused.fused_plan(net, "step", 32, 132)
     backward_1 = plan[2]
     n_out, n_in = net.layer_shapes[1]
     # the bias gradient is summed by the weight-gradient tiles: no items of its own
     expected = backward_1.main.count(32, n_in) + backward_1.weights.count(n_out, n_in)
     assert backward_1.items(net, 32) == expected
-    update = cuda.fused_plan(net, "update", 32, 132)[0]
+    update = cuda_fused.fused_plan(net, "update", 32, 132)[0]
     assert update.items(net, 32) == sum(-(-(o * i + o) // 4096) for o, i in net.layer_shapes)
 
 
 def test_gradient_tiles_are_chosen_together():
     # 5h300's hidden backward phase: the pair is no worse than each product's own best shape side by side
     first, second = (32, 300, 300), (300, 300, 32)
-    main, weights = cuda.choose_tiles(first, second, 132)
+    main, weights = cuda_fused.choose_tiles(first, second, 132)
     for tile in (main, weights):
         assert tile.gm * tile.gn * tile.ksplit == cuda.FUSED_THREADS
-    alone = [(cuda.choose_tile(*first, 132), *first), (cuda.choose_tile(*second, 132), *second)]
-    assert cuda._phase_cycles([(main, *first), (weights, *second)], 132) <= cuda._phase_cycles(alone, 132)
+    alone = [(cuda_fused.choose_tile(*first, 132), *first), (cuda_fused.choose_tile(*second, 132), *second)]
+    assert cuda_fused._phase_cycles([(main, *first), (weights, *second)], 132) <= cuda_fused._phase_cycles(alone, 132)
 
 
 def test_phase_cost_is_the_busiest_blocks():
-    tile = cuda.Tile(1, 16, 16, 1)
-    one = cuda.tile_cycles(tile, 64)
-    assert cuda._phase_cycles([(tile, 16, 16 * 10, 64)], 4) == 3 * one  # 10 tiles on 4 blocks: 3, 3, 2, 2
-    assert cuda._phase_cycles([(tile, 16, 16 * 10, 64)], 132) == one
+    tile = cuda_fused.Tile(1, 16, 16, 1)
+    one = cuda_fused.tile_cycles(tile, 64)
+    assert cuda_fused._phase_cycles([(tile, 16, 16 * 10, 64)], 4) == 3 * one  # 10 tiles on 4 blocks: 3, 3, 2, 2
+    assert cuda_fused._phase_cycles([(tile, 16, 16 * 10, 64)], 132) == one
+
+
+def test_compile_budget_returns_the_time_taken_or_gives_up_with_the_reason():
+    assert 0 <= torch_compile.run_within_budget(lambda: None, 5.0, "nothing") < 5.0
+    released = threading.Event()
+    start = time.perf_counter()
+    with pytest.raises(BackendUnavailable, match=r"compiling x did not finish within its budget of 0.2 s"):
+        torch_compile.run_within_budget(lambda: released.wait(30), 0.2, "compiling x")
+    assert time.perf_counter() - start < 5  # the caller is not held until the work ends
+    released.set()
+
+
+def test_compile_failures_are_reported_with_their_cause():
+    def broken():
+        raise RuntimeError("no C compiler")
+
+    with pytest.raises(BackendUnavailable, match="compiling y failed: RuntimeError: no C compiler") as caught:
+        torch_compile.run_within_budget(broken, 5.0, "compiling y")
+    assert isinstance(caught.value.__cause__, RuntimeError)
+
+
+@pytest.mark.parametrize("options, error, message", [
+    ({"compile_budget_s": 0}, ValueError, "compile_budget_s"),
+    ({"compile_budget_s": float("inf")}, ValueError, "compile_budget_s"),
+    ({"compile_budget_s": "300"}, TypeError, "compile_budget_s"),
+    ({"mode": "reduce-overhead"}, ValueError, "mode"),
+    ({"fullgraph": True}, TypeError, "fullgraph"),
+])
+def test_compile_options_are_checked_before_the_gpu(options, error, message):
+    with pytest.raises(error, match=message):
+        load("torch-gpu-compile", "64-128-10", **options)
+
+
+@pytest.mark.parametrize("M, N, K", [(1, 1, 1), (32, 300, 300), (32, 10, 1024), (256, 1024, 784), (7, 33, 257),
+                                     (4096, 4096, 4096), (1024, 1024, 4096)])
+@pytest.mark.parametrize("sm_count", [1, 132])
+def test_opt_candidates_are_valid_launches(M, N, K, sm_count):
+    candidates = cuda.opt_candidates(M, N, K, sm_count)
+    assert len(set(candidates)) == len(candidates)
+    assert {c.config for c in candidates if c.splits == 1} == set(cuda.OPT_CONFIGS)  # every tile shape as is
+    for choice in candidates:
+        if choice.splits == 1:
+            continue
+        tiles = cuda.opt_tiles(choice.config, M, N)
+        bk = dict(cuda.OPT_CONFIGS[choice.config].defines)["BK"]
+        k_span = -(-K // (choice.splits * bk)) * bk  # as kernels/opt.cu cuts k
+        assert (choice.splits - 1) * k_span < K, choice  # no empty slice
+        assert k_span >= 2 * bk, choice
+        assert tiles < sm_count and tiles * choice.splits <= 4 * sm_count, choice
+
+
+def test_small_products_may_split_and_large_ones_do_not():
+    small = cuda.opt_candidates(32, 300, 300, 132)  # a hidden layer of 5h300 at batch 32
+    assert cuda.OptChoice("32x32", 8) in small and cuda.OptChoice("128x128", 4) in small
+    assert all(c.splits == 1 for c in cuda.opt_candidates(4096, 4096, 4096, 132))
+
+
+def test_fastest_takes_the_least_time_and_breaks_ties_without_splitting():
+    a, b, c = cuda.OptChoice("128x128", 1), cuda.OptChoice("32x32", 4), cuda.OptChoice("32x32", 1)
+    assert cuda.fastest({a: 3.0, b: 1.0, c: 2.0}) == b
+    assert cuda.fastest({a: 1.0, b: 1.0, c: 1.0}) == a
+    assert cuda.fastest({b: 1.0, c: 1.0}) == c
+
+
+def test_tuning_is_kept_per_gpu_and_kernel_version(tmp_path, monkeypatch):
+    tuning = cuda.OptTuning(str(tmp_path), "sm_90", 132)
+    key = ("nt", 32, 300, 300, True)
+    tuning.record(key, cuda.OptChoice("32x32", 4))
+    again = cuda.OptTuning(str(tmp_path), "sm_90", 132)
+    assert again.choices == {key: cuda.OptChoice("32x32", 4)}
+    assert again.rows() == [{"layout": "nt", "M": 32, "N": 300, "K": 300, "vector": True, "config": "32x32",
+                             "splits": 4}]
+    assert cuda.OptTuning(str(tmp_path), "sm_90", 114).choices == {}  # another GPU
+    monkeypatch.setitem(cuda.OPT_CONFIGS, "16x16", cuda.OPT_CONFIGS["32x32"])
+    assert cuda.OptTuning(str(tmp_path), "sm_90", 132).choices == {}  # other kernels
+
+
+def test_no_choices_before_the_first_opt_product():
+    if "opt" not in cuda._product_cache:
+        assert cuda.opt_choices() == []
+
+
+def _defines(source: str, prefix: str) -> dict[str, int]:
+    text = (cuda.KERNEL_DIR / source).read_text()
+    return {name: int(value) for name, value in re.findall(rf"#define ({prefix}\w+) \(?(-?\d+)\)?", text)}
+
+
+def test_codes_in_the_kernels_match_the_c_header_and_python():
+    header = (Path(__file__).parents[1] / "native" / "include" / "mlp.h").read_text()
+
+    def enum(name: str) -> dict[str, int]:
+        body = re.search(rf"enum {name} \{{([^}}]*)\}}", header).group(1)
+        return {key: int(value) for key, value in re.findall(r"(\w+) = (\d+)", body)}
+
+    activations, losses = enum("mlp_activation"), enum("mlp_loss")
+    kernel_activations, kernel_losses = _defines("common.cuh", "ACT_"), _defines("common.cuh", "LOSS_")
+    assert set(cuda.ACTIVATION_CODES) == {key[4:].lower() for key in activations}
+    for name, code in cuda.ACTIVATION_CODES.items():
+        assert activations[f"MLP_{name.upper()}"] == kernel_activations[f"ACT_{name.upper()}"] == code
+    assert kernel_activations["ACT_IDENTITY"] == cuda.IDENTITY
+    assert set(cuda.LOSS_CODES) == {key[4:].lower().replace("_", "-") for key in losses}
+    for name, code in cuda.LOSS_CODES.items():
+        key = name.upper().replace("-", "_")
+        assert losses[f"MLP_{key}"] == kernel_losses[f"LOSS_{key}"] == code
+
+
+def test_phase_flag_and_epilogue_codes_match_the_kernels():
+    phases, flags = _defines("fused.cu", "PHASE_"), _defines("fused.cu", "FLAG_")
+    assert phases == {name: getattr(cuda_fused, name) for name in phases} and len(phases) == 6
+    assert flags == {name: getattr(cuda_fused, name) for name in flags} and len(flags) == 2
+    epilogues = _defines("opt.cu", "EPI_")
+    assert epilogues == {name: getattr(cuda, name) for name in epilogues} and len(epilogues) == 4
+
+
+@pytest.mark.parametrize("network", [Network((7, 33, 5), "sigmoid", "softmax-ce"),
+                                     Network((3, 9, 4, 1), "tanh", "sigmoid-bce"),
+                                     Network((6, 20, 3), "relu", "softmax-ce")], ids=lambda net: net.name)
+def test_the_compiled_function_is_the_reference_network(network):
+    # torch-gpu-compile compiles exactly this function; uncompiled on the CPU it must be the network.
+    from mlpbench.verify import FLOAT32_TOLERANCE, random_batch, random_params, relative_error
+
+    rng = np.random.default_rng(2)
+    params = random_params(network, rng)
+    X, y = random_batch(network, 11, rng)
+    reference = load("numpy", network, params)
+    batch = reference.prepare(X, y)
+    reference.forward(batch)
+    weights = [torch.from_numpy(w) for w, _ in params]
+    biases = [torch.from_numpy(b) for _, b in params]
+    hidden, logits, loss = torch_compile.network_loss(torch.from_numpy(X), torch.from_numpy(batch.T), weights,
+                                                      biases, network.activation, network.loss)
+    for ours, theirs in zip(hidden, reference.activations()[:-1], strict=True):
+        assert relative_error(ours.numpy(), theirs) < FLOAT32_TOLERANCE
+    probabilities = torch.softmax(logits, 1) if network.loss == "softmax-ce" else torch.sigmoid(logits)
+    assert relative_error(probabilities.numpy(), reference.output()) < FLOAT32_TOLERANCE
+    assert relative_error(np.array(loss.item()), np.array(reference.loss())) < FLOAT32_TOLERANCE
+    _, _, no_loss = torch_compile.network_loss(torch.from_numpy(X), None, weights, biases, network.activation,
+                                               network.loss)
+    assert no_loss is None

@@ -37,12 +37,17 @@ def test_the_fused_kernel_fits_one_block_per_sm(reports):
     """One resident block per SM is what makes the grid barrier safe: registers and shared memory must fit."""
     (row,) = reports["fused"]
     assert row["registers"] * cuda.FUSED_THREADS <= 65536
-    assert row["static_shared_bytes"] + cuda._FUSED_SHARED_BYTES <= 227 * 1024
+    assert row["static_shared_bytes"] + cuda.FUSED_SHARED_BYTES <= 227 * 1024
 
 
-def test_opt_kernels_keep_two_blocks_per_sm(reports):
-    for row in reports["opt"]:
-        assert row["registers"] * 256 * 2 <= 65536, row
+@pytest.mark.parametrize("config", cuda.OPT_CONFIGS)
+def test_opt_kernels_keep_their_blocks_per_sm(reports, config):
+    """Each cuda-opt configuration's registers allow the MIN_BLOCKS resident blocks it was compiled for."""
+    module = next(name for name, spec in cuda.MODULE_SPECS.items() if spec == cuda.OPT_CONFIGS[config])
+    defines = dict(cuda.OPT_CONFIGS[config].defines)
+    threads = 32 * (defines["BM"] // defines["WM"]) * (defines["BN"] // defines["WN"])
+    for row in reports[module]:
+        assert row["registers"] * threads * defines["MIN_BLOCKS"] <= 65536, row
 
 
 def test_a_broken_kernel_is_reported(tmp_path, monkeypatch):

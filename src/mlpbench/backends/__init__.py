@@ -25,9 +25,11 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "cuda-naive": ("mlpbench.backends.cuda", "NaiveCudaModel"),
     "cuda-tiled": ("mlpbench.backends.cuda", "TiledCudaModel"),
     "cuda-opt": ("mlpbench.backends.cuda", "OptimisedCudaModel"),
-    "cuda-fused": ("mlpbench.backends.cuda", "FusedCudaModel"),
+    "cuda-fused": ("mlpbench.backends.cuda_fused", "FusedCudaModel"),
+    "cuda-cublas": ("mlpbench.backends.cuda", "CublasCudaModel"),
     "torch-gpu": ("mlpbench.backends.torch_nn", "TorchGPUModel"),
     "torch-gpu-graph": ("mlpbench.backends.torch_nn", "TorchGPUGraphModel"),
+    "torch-gpu-compile": ("mlpbench.backends.torch_compile", "TorchGPUCompileModel"),
 }
 
 BACKENDS: tuple[str, ...] = tuple(REGISTRY)

@@ -1,17 +1,21 @@
 """CUDA backends: the GPU optimisation ladder, one rung per backend, all verified against the float64
 reference before they are timed.
 
-==============  =====================================================================================
-``cuda-naive``  rung 1: one thread per output element, global memory only; bias, activation, loss,
-                gradients and update in separate element-wise kernels (``kernels/naive.cu``)
-``cuda-tiled``  rung 2: shared-memory tiles loaded with coalesced accesses (``kernels/tiled.cu``)
-``cuda-opt``    rung 3: warp-tiled SGEMM with 2D register blocking, 128-bit loads and double buffering;
-                bias + activation fused into the forward product, the activation derivative into the
-                input-gradient product; ``train_step`` also fuses the SGD step into the weight-gradient
-                product and the bias update into the bias-gradient sums (``kernels/opt.cu``)
-``cuda-fused``  rung 4: the whole training step in one persistent kernel with grid-wide barriers, for
-                networks up to :data:`FUSED_MAX_WIDTH` wide (``kernels/fused.cu``)
-==============  =====================================================================================
+===============  =====================================================================================
+``cuda-naive``   rung 1: one thread per output element, global memory only; bias, activation, loss,
+                 gradients and update in separate element-wise kernels (``kernels/naive.cu``)
+``cuda-tiled``   rung 2: shared-memory tiles loaded with coalesced accesses (``kernels/tiled.cu``)
+``cuda-opt``     rung 3: warp-tiled SGEMM with 2D register blocking, 128-bit loads and double buffering;
+                 bias + activation fused into the forward product, the activation derivative into the
+                 input-gradient product; ``train_step`` also fuses the SGD step into the weight-gradient
+                 product and the bias update into the bias-gradient sums (``kernels/opt.cu``); tile shape
+                 and k slices per product shape from an autotuner at first use (:func:`opt_choices`)
+``cuda-fused``   rung 4: the whole training step in one persistent kernel with grid-wide barriers, for
+                 networks up to :data:`FUSED_MAX_WIDTH` wide (``kernels/fused.cu``; its planner and backend
+                 in :mod:`mlpbench.backends.cuda_fused`, on :class:`CudaModel` and this module's tables)
+``cuda-cublas``  the library rung: cuBLAS products (``torch.mm`` into this backend's buffers) with the
+                 element-wise kernels of rungs 1-2
+===============  =====================================================================================
 
 Every buffer (parameters, activations, gradients) is a PyTorch CUDA tensor that stays on the GPU across
 steps; kernels get the tensors' device pointers through PyCUDA's ``prepared_call`` in PyTorch's own CUDA
@@ -19,15 +23,18 @@ context (see :mod:`mlpbench.gpu`) on the default stream. Data crosses the bus on
 "transfer" stage: checks + host-to-device copy) and in the read-backs. The forward stage computes each
 sample's loss on the GPU; :meth:`loss` reads those ``B`` numbers back and averages them.
 
-:func:`matmul` exposes each rung's matrix product on its own (for the ladder study against cuBLAS) and
-:func:`kernel_report` the registers, shared memory and spills of every kernel.
+:func:`matmul` exposes each rung's matrix product on its own (for the ladder study against cuBLAS),
+:func:`kernel_report` the registers, shared memory and spills of every kernel, and :func:`opt_choices` the
+autotuner's choices (for the results' metadata).
 """
 
 from __future__ import annotations
 
-import ctypes
-import itertools
+import hashlib
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -43,8 +50,8 @@ from mlpbench.backends.base import (
     check_params,
     check_step_size,
 )
-from mlpbench.backends.torch_nn import tensor_batch
-from mlpbench.gpu import ModuleSpec
+from mlpbench.backends.torch_nn import pin_ieee_float32, tensor_batch
+from mlpbench.gpu import KERNEL_DIR, ModuleSpec
 from mlpbench.network import Network
 
 # Codes shared with kernels/common.cuh.
@@ -62,6 +69,8 @@ FUSED_MAX_LAYERS = 32
 FUSED_KCHUNK = 512
 FUSED_HEAD_MAX = 16
 FUSED_THREADS = 256
+#: Dynamic shared memory of one fused_step block: two staging buffers of KCHUNK x 33 floats and a float per thread.
+FUSED_SHARED_BYTES = (2 * FUSED_KCHUNK * (32 + 1) + FUSED_THREADS * 4) * 4
 
 # Every kernel source with the -D constants the backends compile it with (tests/test_kernels_compile.py
 # compiles exactly these for sm_90 on machines without a GPU).
@@ -70,16 +79,29 @@ NAIVE = ModuleSpec("naive.cu")
 TILED = ModuleSpec("tiled.cu", (("TILE", 32),), no_extern_c=True)
 OPT = ModuleSpec("opt.cu", (("BM", 128), ("BN", 128), ("BK", 8), ("WM", 64), ("WN", 32), ("MIN_BLOCKS", 2)),
                  no_extern_c=True)
+# cuda-opt's tile configurations, largest first: big tiles for products that fill the GPU, smaller ones
+# (more blocks, fewer outputs per thread) for the small products of small networks.
+OPT_CONFIGS: dict[str, ModuleSpec] = {
+    "128x128": OPT,
+    "64x64": ModuleSpec("opt.cu", (("BM", 64), ("BN", 64), ("BK", 8), ("WM", 32), ("WN", 32), ("MIN_BLOCKS", 4)),
+                        no_extern_c=True),
+    "32x32": ModuleSpec("opt.cu", (("BM", 32), ("BN", 32), ("BK", 8), ("WM", 32), ("WN", 16), ("MIN_BLOCKS", 8)),
+                        no_extern_c=True),
+}
 FUSED = ModuleSpec("fused.cu", (("KCHUNK", FUSED_KCHUNK), ("HEAD_MAX", FUSED_HEAD_MAX), ("UPDATE_CHUNK", 4096),
                                 ("SPIN_LIMIT", 1 << 26)), no_extern_c=True)
 MODULE_SPECS: dict[str, ModuleSpec] = {"elementwise": ELEMENTWISE, "naive": NAIVE, "tiled": TILED, "opt": OPT,
+                                       "opt-64x64": OPT_CONFIGS["64x64"], "opt-32x32": OPT_CONFIGS["32x32"],
                                        "fused": FUSED}
+OPT_KERNELS = ("opt_nt", "opt_nn", "opt_tn", "opt_nt_scalar", "opt_nn_scalar", "opt_tn_scalar", "opt_splitk_sum")
 MODULE_KERNELS: dict[str, tuple[str, ...]] = {
     "elementwise": ("bias_activation", "output_head", "output_delta", "activation_backward", "bias_gradient",
                     "sgd_update"),
     "naive": ("naive_nt", "naive_nn", "naive_tn"),
     "tiled": ("tiled_nt", "tiled_nn", "tiled_tn"),
-    "opt": ("opt_nt", "opt_nn", "opt_tn", "opt_nt_scalar", "opt_nn_scalar", "opt_tn_scalar", "opt_splitk_sum"),
+    "opt": OPT_KERNELS,
+    "opt-64x64": OPT_KERNELS,
+    "opt-32x32": OPT_KERNELS,
     "fused": ("fused_step",),
 }
 
@@ -90,7 +112,8 @@ VERSIONS = {1: "naive", 2: "tiled", 3: "opt", "naive": "naive", "tiled": "tiled"
             "cuda-naive": "naive", "cuda-tiled": "tiled", "cuda-opt": "opt"}
 
 
-def _blocks(n: int, per_block: int) -> int:
+def cdiv(n: int, per_block: int) -> int:
+    """Blocks of ``per_block`` needed for ``n`` items (at least one)."""
     return max(1, -(-n // per_block))
 
 
@@ -119,7 +142,7 @@ class _Products:
         self._kernels = {layout: kernels[f"{self.rung}_{layout}"].prepare("PPPiii") for layout in LAYOUTS}
 
     def grid(self, M: int, N: int) -> tuple[int, int, int]:
-        return (_blocks(N, self.block[0]), _blocks(M, self.block[1]), 1)
+        return (cdiv(N, self.block[0]), cdiv(M, self.block[1]), 1)
 
     def __call__(self, layout: str, C: int, A: int, B: int, M: int, N: int, K: int) -> None:
         self._kernels[layout].prepared_call(self.grid(M, N), self.block, C, A, B, M, N, K)
@@ -135,55 +158,164 @@ class _TiledProducts(_Products):
     block = (dict(TILED.defines)["TILE"], dict(TILED.defines)["TILE"], 1)
 
 
+@dataclass(frozen=True)
+class OptChoice:
+    """How cuda-opt runs one product shape: the tile configuration (a key of :data:`OPT_CONFIGS`) and the
+    number of k slices (``splits`` > 1: partial products, then ``opt_splitk_sum``)."""
+
+    config: str
+    splits: int
+
+
+def opt_tiles(config: str, M: int, N: int) -> int:
+    """Output tiles (blocks per k slice) of an M x N product in ``config``."""
+    defines = dict(OPT_CONFIGS[config].defines)
+    return cdiv(M, defines["BM"]) * cdiv(N, defines["BN"])
+
+
+def opt_candidates(M: int, N: int, K: int, sm_count: int) -> list[OptChoice]:
+    """Every (tile configuration, k slices) worth timing for an M x N x K product on ``sm_count`` SMs.
+
+    Each configuration without splitting; split k only while the output tiles leave SMs idle, the launch
+    stays within 4 blocks per SM, and every slice (cut as kernels/opt.cu cuts k: equal spans of whole
+    k-steps) holds at least two k-steps and no slice is empty."""
+    candidates = []
+    for config, spec in OPT_CONFIGS.items():
+        bk = dict(spec.defines)["BK"]
+        tiles = opt_tiles(config, M, N)
+        candidates.append(OptChoice(config, 1))
+        for splits in (2, 4, 8, 16):
+            span = cdiv(K, splits * bk) * bk
+            if tiles >= sm_count or tiles * splits > 4 * sm_count or span < 2 * bk or (splits - 1) * span >= K:
+                break
+            candidates.append(OptChoice(config, splits))
+    return candidates
+
+
+def fastest(timings: dict[OptChoice, float]) -> OptChoice:
+    """The candidate with the least time; among equal times the one with fewer launches and bigger tiles
+    (the order of :func:`opt_candidates`)."""
+    order = list(timings)
+    return min(order, key=lambda choice: (timings[choice], choice.splits > 1, order.index(choice)))
+
+
+class OptTuning:
+    """The autotuner's choices for one GPU and one version of the kernels, kept in a JSON file beside the
+    compiled kernels (:func:`mlpbench.gpu.cache_dir`): shapes are timed once per machine, not once per run.
+    The file name carries a digest of the kernel sources and configurations, so changed kernels are
+    tuned afresh."""
+
+    def __init__(self, directory: str, arch: str, sm_count: int) -> None:
+        sources = "".join((KERNEL_DIR / name).read_text() for name in ("opt.cu", "common.cuh"))
+        digest = hashlib.sha256((sources + repr(sorted(OPT_CONFIGS.items()))).encode()).hexdigest()[:16]
+        self.path = Path(directory) / f"opt-tuning-{arch}-{sm_count}sm-{digest}.json"
+        self.choices: dict[tuple[str, int, int, int, bool], OptChoice] = {}
+        if self.path.exists():
+            for row in json.loads(self.path.read_text()):
+                key = (row["layout"], row["M"], row["N"], row["K"], row["vector"])
+                self.choices[key] = OptChoice(row["config"], row["splits"])
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"layout": layout, "M": M, "N": N, "K": K, "vector": vector, "config": choice.config,
+                 "splits": choice.splits} for (layout, M, N, K, vector), choice in sorted(self.choices.items())]
+
+    def record(self, key: tuple[str, int, int, int, bool], choice: OptChoice) -> None:
+        self.choices[key] = choice
+        temporary = self.path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(self.rows(), indent=1))
+        os.replace(temporary, self.path)  # atomic: a concurrent reader sees the old file or the new one
+
+
 class _OptProducts:
     """cuda-opt's products with a fused epilogue (``mode``); see kernels/opt.cu. The float4 kernels run when
-    every row length is a multiple of 4 and every pointer 16-byte aligned, the scalar ones otherwise."""
+    every row length is a multiple of 4 and every pointer 16-byte aligned, the scalar ones otherwise.
 
-    BM = dict(OPT.defines)["BM"]
-    BN = dict(OPT.defines)["BN"]
-    THREADS = 32 * (BM // dict(OPT.defines)["WM"]) * (BN // dict(OPT.defines)["WN"])
+    The tile configuration and k slices of each product shape come from a small autotuner: at the first
+    product of a shape, every candidate of :func:`opt_candidates` is timed on scratch operands (CUDA events
+    around the launches, median of a few calls, host launch time included since that is what small products
+    cost) and the fastest is kept (:class:`OptTuning`; :func:`opt_choices` lists them)."""
 
-    #: Split k only for products this deep (shallower ones with few tiles are cheap anyway).
-    SPLIT_MIN_K = 1024
+    TUNING_REPEATS = 5
 
     def __init__(self) -> None:
-        kernels = _kernels("opt")
         fmt = "PPPiiiiPPiff"
-        self._vector = {layout: kernels[f"opt_{layout}"].prepare(fmt) for layout in LAYOUTS}
-        self._scalar = {layout: kernels[f"opt_{layout}_scalar"].prepare(fmt) for layout in LAYOUTS}
-        self._splitk_sum = kernels["opt_splitk_sum"].prepare("PPiiiiPPiff")
-        self._sm_count = gpu.info().sm_count
-
-    def splits(self, M: int, N: int, K: int) -> int:
-        """k slices for a product whose output tiles alone would leave SMs idle (two blocks fit per SM)."""
-        tiles = _blocks(N, self.BN) * _blocks(M, self.BM)
-        if K < self.SPLIT_MIN_K or tiles >= self._sm_count:
-            return 1
-        return min(8, _blocks(2 * self._sm_count, tiles), K // 256)
+        self._vector, self._scalar, self._splitk_sum, self._threads = {}, {}, {}, {}
+        for config, spec in OPT_CONFIGS.items():
+            compiled = gpu.load(spec)
+            self._vector[config] = {layout: compiled.get_function(f"opt_{layout}").prepare(fmt) for layout in LAYOUTS}
+            self._scalar[config] = {layout: compiled.get_function(f"opt_{layout}_scalar").prepare(fmt)
+                                    for layout in LAYOUTS}
+            self._splitk_sum[config] = compiled.get_function("opt_splitk_sum").prepare("PPiiiiPPiff")
+            defines = dict(spec.defines)
+            self._threads[config] = 32 * (defines["BM"] // defines["WM"]) * (defines["BN"] // defines["WN"])
+        info = gpu.info()
+        self._sm_count = info.sm_count
+        self.tuning = OptTuning(gpu.cache_dir(), info.arch, info.sm_count)
 
     @staticmethod
     def vector_ok(layout: str, M: int, N: int, K: int, *pointers: int) -> bool:
         rows = {"nt": (K, K, N), "nn": (K, N, N), "tn": (M, N, N)}[layout]
         return all(r % 4 == 0 for r in rows) and all(p % 16 == 0 for p in pointers)
 
+    def choice(self, layout: str, M: int, N: int, K: int, vector: bool) -> OptChoice:
+        key = (layout, M, N, K, vector)
+        choice = self.tuning.choices.get(key)
+        if choice is None:
+            choice = self._tune(layout, M, N, K, vector)
+            self.tuning.record(key, choice)
+        return choice
+
+    def _tune(self, layout: str, M: int, N: int, K: int, vector: bool) -> OptChoice:
+        shapes = {"nt": ((M, K), (N, K)), "nn": ((M, K), (K, N)), "tn": ((K, M), (K, N))}[layout]
+        A, B = (torch.randn(shape, device=gpu.device()) for shape in shapes)
+        C = torch.empty((M, N), device=gpu.device())
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        timings = {}
+        for candidate in opt_candidates(M, N, K, self._sm_count):
+            times = []
+            for _ in range(self.TUNING_REPEATS + 1):  # the first call of each candidate is not counted
+                torch.cuda.synchronize()
+                start.record()
+                self.run(candidate, vector, layout, C.data_ptr(), A.data_ptr(), B.data_ptr(), M, N, K)
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            timings[candidate] = float(np.median(times[1:]))
+        return fastest(timings)
+
+    def run(self, choice: OptChoice, vector: bool, layout: str, C: int, A: int, B: int, M: int, N: int, K: int,
+            mode: int = EPI_STORE, bias: int = 0, aux: int = 0, activation: int = IDENTITY, lr: float = 0.0,
+            weight_decay: float = 0.0) -> None:
+        """The product in the given configuration (the autotuner and the tests pick it; callers use
+        ``__call__``)."""
+        kernel = (self._vector if vector else self._scalar)[choice.config][layout]
+        defines = dict(OPT_CONFIGS[choice.config].defines)
+        grid = (cdiv(N, defines["BN"]), cdiv(M, defines["BM"]), choice.splits)
+        block = (self._threads[choice.config], 1, 1)
+        if choice.splits == 1:
+            kernel.prepared_call(grid, block, C, A, B, M, N, K, mode, bias, aux, activation, lr, weight_decay)
+            return
+        # Freed at return, but torch's allocator reuses memory in stream order, after these kernels.
+        partial = torch.empty(choice.splits * M * N, dtype=torch.float32, device=gpu.device())
+        kernel.prepared_call(grid, block, partial.data_ptr(), A, B, M, N, K, EPI_STORE, 0, 0, IDENTITY, 0.0, 0.0)
+        self._splitk_sum[choice.config].prepared_call(
+            (min(cdiv(M * N, 256), self._sm_count * 8), 1, 1), (256, 1, 1), C, partial.data_ptr(),
+            choice.splits, M, N, mode, bias, aux, activation, lr, weight_decay)
+
     def __call__(self, layout: str, C: int, A: int, B: int, M: int, N: int, K: int, mode: int = EPI_STORE,
                  bias: int = 0, aux: int = 0, activation: int = IDENTITY, lr: float = 0.0,
                  weight_decay: float = 0.0) -> None:
         vector = self.vector_ok(layout, M, N, K, C, A, B, bias, aux)
-        kernel = (self._vector if vector else self._scalar)[layout]
-        splits = self.splits(M, N, K)
-        grid = (_blocks(N, self.BN), _blocks(M, self.BM), splits)
-        if splits == 1:
-            kernel.prepared_call(grid, (self.THREADS, 1, 1), C, A, B, M, N, K, mode, bias, aux, activation,
-                                 lr, weight_decay)
-            return
-        # Freed at return, but torch's allocator reuses memory in stream order, after these kernels.
-        partial = torch.empty(splits * M * N, dtype=torch.float32, device=gpu.device())
-        kernel.prepared_call(grid, (self.THREADS, 1, 1), partial.data_ptr(), A, B, M, N, K, EPI_STORE, 0, 0,
-                             IDENTITY, 0.0, 0.0)
-        self._splitk_sum.prepared_call((min(_blocks(M * N, 256), self._sm_count * 8), 1, 1), (256, 1, 1), C,
-                                       partial.data_ptr(), splits, M, N, mode, bias, aux, activation, lr,
-                                       weight_decay)
+        self.run(self.choice(layout, M, N, K, vector), vector, layout, C, A, B, M, N, K, mode, bias, aux,
+                 activation, lr, weight_decay)
+
+
+def opt_choices() -> list[dict[str, Any]]:
+    """cuda-opt's tile configuration and k slices for every product shape tuned so far on this GPU (with
+    this version of the kernels): one dict per shape with ``layout``, ``M``, ``N``, ``K``, ``vector``,
+    ``config``, ``splits``. Empty before the first cuda-opt product."""
+    products = _product_cache.get("opt")
+    return [] if products is None else products.tuning.rows()
 
 
 _PRODUCT_CLASSES: dict[str, type] = {"naive": _NaiveProducts, "tiled": _TiledProducts, "opt": _OptProducts}
@@ -264,11 +396,13 @@ def kernel_report() -> list[dict[str, Any]]:
     """
     import pycuda.driver as drv
 
+    from mlpbench.backends.cuda_fused import fused_kernel  # imports this module
+
     # PyCUDA and the driver number these attributes alike (CUfunction_attribute).
     attribute = drv.function_attribute
     rows = []
     for module, spec in MODULE_SPECS.items():
-        functions = {"fused_step": _fused_kernel()} if module == "fused" else _kernels(module)
+        functions = {"fused_step": fused_kernel()} if module == "fused" else _kernels(module)
         for name, function in functions.items():
             rows.append({
                 "module": spec.source,
@@ -277,14 +411,14 @@ def kernel_report() -> list[dict[str, Any]]:
                 "arch": gpu.info().arch,
                 "registers": function.get_attribute(attribute.NUM_REGS),
                 "static_shared_bytes": function.get_attribute(attribute.SHARED_SIZE_BYTES),
-                "dynamic_shared_bytes": _FUSED_SHARED_BYTES if name == "fused_step" else 0,
+                "dynamic_shared_bytes": FUSED_SHARED_BYTES if name == "fused_step" else 0,
                 "local_bytes": function.get_attribute(attribute.LOCAL_SIZE_BYTES),
                 "max_threads_per_block": function.get_attribute(attribute.MAX_THREADS_PER_BLOCK),
             })
     return rows
 
 
-class _CudaModel(Model):
+class CudaModel(Model):
     """Parameters and buffers as CUDA tensors, the transfer stage and the read-backs; subclasses launch."""
 
     device = "cuda"
@@ -425,14 +559,12 @@ class _CudaModel(Model):
         self._W, self._b = [], []
 
 
-class _LayeredCudaModel(_CudaModel):
-    """Rungs 1-3: every layer's products and element-wise work as separate kernels, in stream order."""
-
-    rung: ClassVar[str]
+class _LayeredCudaModel(CudaModel):
+    """Rungs 1-3 and the cuBLAS rung: every layer's products and element-wise work as separate kernels, in
+    stream order. Subclasses provide the products (:meth:`_product`)."""
 
     def __init__(self, network: Network, params: Params) -> None:
         super().__init__(network, params)
-        self._products = _products(self.rung)
         formats = {"bias_activation": "PPiii", "output_head": "PPPPiii", "output_delta": "PPPii",
                    "activation_backward": "PPii", "bias_gradient": "PPPiif", "sgd_update": "PPiff"}
         self._elementwise = {name: function.prepare(formats[name])
@@ -440,28 +572,34 @@ class _LayeredCudaModel(_CudaModel):
         self._bias_block = (32, dict(ELEMENTWISE.defines)["ROWS_PER_BLOCK"], 1)
 
     def _launch_elementwise(self, name: str, n: int, *args: Any) -> None:
-        grid = (min(_blocks(n, 256), self._sm_count * 8), 1, 1)
+        grid = (min(cdiv(n, 256), self._sm_count * 8), 1, 1)
         self._elementwise[name].prepared_call(grid, (256, 1, 1), *args)
 
-    def _input(self, batch: Batch, layer: int) -> int:
-        return batch.X.data_ptr() if layer == 0 else self._A[layer - 1].data_ptr()
+    def _product(self, layout: str, C: torch.Tensor, A: torch.Tensor, B: torch.Tensor, M: int, N: int,
+                 K: int) -> None:
+        """C = op(A) op(B) in ``layout`` (see :class:`_Products`) on the leading rows of the buffers: an
+        activation buffer holds as many rows as the largest batch seen, the product uses the first M (or K)."""
+        raise NotImplementedError
+
+    def _input(self, batch: Batch, layer: int) -> torch.Tensor:
+        return batch.X if layer == 0 else self._A[layer - 1]
 
     def _head(self, batch: Batch, bias: int) -> None:
         n_out = self.network.n_outputs
         T = 0 if batch.T is None else batch.T.data_ptr()
         self._elementwise["output_head"].prepared_call(
-            (_blocks(batch.size, 8), 1, 1), (256, 1, 1), self._A[-1].data_ptr(), bias, T,
+            (cdiv(batch.size, 8), 1, 1), (256, 1, 1), self._A[-1].data_ptr(), bias, T,
             self._loss_rows.data_ptr(), batch.size, n_out, self._loss_kind)
 
     def forward(self, batch: Batch) -> None:
         self._start_forward(batch)
         B, last = batch.size, self.network.n_layers - 1
         for layer, (n_out, n_in) in enumerate(self.network.layer_shapes):
-            out = self._A[layer].data_ptr()
-            self._products("nt", out, self._input(batch, layer), self._W[layer].data_ptr(), B, n_out, n_in)
+            out = self._A[layer]
+            self._product("nt", out, self._input(batch, layer), self._W[layer], B, n_out, n_in)
             if layer < last:
-                self._launch_elementwise("bias_activation", B * n_out, out, self._b[layer].data_ptr(), B, n_out,
-                                         self._activation)
+                self._launch_elementwise("bias_activation", B * n_out, out.data_ptr(), self._b[layer].data_ptr(),
+                                         B, n_out, self._activation)
         self._head(batch, self._b[last].data_ptr())
         self._forward_done(batch)
 
@@ -473,16 +611,15 @@ class _LayeredCudaModel(_CudaModel):
     def _bias_gradient(self, batch: Batch, layer: int, bias: int = 0, lr: float = 0.0) -> None:
         n_out = self.network.sizes[layer + 1]
         self._elementwise["bias_gradient"].prepared_call(
-            (_blocks(n_out, 32), 1, 1), self._bias_block, self._dZ[layer].data_ptr(), self._db[layer].data_ptr(),
+            (cdiv(n_out, 32), 1, 1), self._bias_block, self._dZ[layer].data_ptr(), self._db[layer].data_ptr(),
             bias, batch.size, n_out, lr)
 
     def _input_gradient(self, batch: Batch, layer: int) -> None:
         """dZ_{l-1} = (dZ_l W_l) * f'(A_{l-1}): the product, then the derivative as its own pass."""
         n_out, n_in = self.network.layer_shapes[layer]
-        dZ_prev = self._dZ[layer - 1].data_ptr()
-        self._products("nn", dZ_prev, self._dZ[layer].data_ptr(), self._W[layer].data_ptr(), batch.size, n_in,
-                       n_out)
-        self._launch_elementwise("activation_backward", batch.size * n_in, dZ_prev,
+        dZ_prev = self._dZ[layer - 1]
+        self._product("nn", dZ_prev, self._dZ[layer], self._W[layer], batch.size, n_in, n_out)
+        self._launch_elementwise("activation_backward", batch.size * n_in, dZ_prev.data_ptr(),
                                  self._A[layer - 1].data_ptr(), batch.size * n_in, self._activation)
 
     def backprop(self, batch: Batch) -> None:
@@ -490,8 +627,7 @@ class _LayeredCudaModel(_CudaModel):
         self._output_delta(batch)
         for layer in range(self.network.n_layers - 1, -1, -1):
             n_out, n_in = self.network.layer_shapes[layer]
-            self._products("tn", self._dW[layer].data_ptr(), self._dZ[layer].data_ptr(), self._input(batch, layer),
-                           n_out, n_in, batch.size)
+            self._product("tn", self._dW[layer], self._dZ[layer], self._input(batch, layer), n_out, n_in, batch.size)
             self._bias_gradient(batch, layer)
             if layer > 0:
                 self._input_gradient(batch, layer)
@@ -507,7 +643,21 @@ class _LayeredCudaModel(_CudaModel):
                                      lr, 0.0)
 
 
-class NaiveCudaModel(_LayeredCudaModel):
+class _HandWrittenCudaModel(_LayeredCudaModel):
+    """Rungs 1-3: the project's own product kernels on raw device pointers."""
+
+    rung: ClassVar[str]
+
+    def __init__(self, network: Network, params: Params) -> None:
+        super().__init__(network, params)
+        self._products = _products(self.rung)
+
+    def _product(self, layout: str, C: torch.Tensor, A: torch.Tensor, B: torch.Tensor, M: int, N: int,
+                 K: int) -> None:
+        self._products(layout, C.data_ptr(), A.data_ptr(), B.data_ptr(), M, N, K)
+
+
+class NaiveCudaModel(_HandWrittenCudaModel):
     """``cuda-naive`` (rung 1): one thread per output element reading global memory only; every
     non-product step (bias + activation, output layer, derivative, bias gradient, update) is its own kernel."""
 
@@ -515,14 +665,14 @@ class NaiveCudaModel(_LayeredCudaModel):
     rung = "naive"
 
 
-class TiledCudaModel(_LayeredCudaModel):
+class TiledCudaModel(_HandWrittenCudaModel):
     """``cuda-tiled`` (rung 2): rung 1 with shared-memory tiled, coalesced matrix products."""
 
     name = "cuda-tiled"
     rung = "tiled"
 
 
-class OptimisedCudaModel(_LayeredCudaModel):
+class OptimisedCudaModel(_HandWrittenCudaModel):
     """``cuda-opt`` (rung 3): warp-tiled, register-blocked, vectorised, double-buffered products with fused
     epilogues. ``forward``: f(A W^T + b) in one kernel per layer. ``backprop``: (dZ W) * f'(A) in one kernel.
     ``train_step`` additionally applies the SGD step inside the weight-gradient product (after the
@@ -537,8 +687,9 @@ class OptimisedCudaModel(_LayeredCudaModel):
         B, last = batch.size, self.network.n_layers - 1
         for layer, (n_out, n_in) in enumerate(self.network.layer_shapes):
             activation = self._activation if layer < last else IDENTITY
-            self._products("nt", self._A[layer].data_ptr(), self._input(batch, layer), self._W[layer].data_ptr(),
-                           B, n_out, n_in, EPI_BIAS_ACT, self._b[layer].data_ptr(), 0, activation)
+            self._products("nt", self._A[layer].data_ptr(), self._input(batch, layer).data_ptr(),
+                           self._W[layer].data_ptr(), B, n_out, n_in, EPI_BIAS_ACT, self._b[layer].data_ptr(), 0,
+                           activation)
         self._head(batch, 0)
         self._forward_done(batch)
 
@@ -557,290 +708,33 @@ class OptimisedCudaModel(_LayeredCudaModel):
             if layer > 0:  # reads W_l before the fused update below changes it
                 self._input_gradient(batch, layer)
             W = self._W[layer].data_ptr()
-            self._products("tn", self._dW[layer].data_ptr(), self._dZ[layer].data_ptr(), self._input(batch, layer),
-                           n_out, n_in, batch.size, EPI_SGD, 0, W, IDENTITY, lr, weight_decay)
+            self._products("tn", self._dW[layer].data_ptr(), self._dZ[layer].data_ptr(),
+                           self._input(batch, layer).data_ptr(), n_out, n_in, batch.size, EPI_SGD, 0, W, IDENTITY,
+                           lr, weight_decay)
             self._bias_gradient(batch, layer, self._b[layer].data_ptr(), lr)
         self._pending = False
         self._has_grads = True
 
 
-# -- cuda-fused ----------------------------------------------------------------------------------------------
-# Mirrors of struct Layer and struct Phase in kernels/fused.cu.
-_LAYER_DTYPE = np.dtype([("W", np.uint64, 2), ("b", np.uint64, 2), ("dW", np.uint64), ("db", np.uint64),
-                         ("A", np.uint64), ("dZ", np.uint64), ("n_in", np.int32), ("n_out", np.int32)])
-_TILE_FIELDS = [("micro", np.int32), ("gm", np.int32), ("gn", np.int32), ("ksplit", np.int32)]
-_PHASE_DTYPE = np.dtype([("kind", np.int32), ("layer", np.int32), ("flags", np.int32), ("padding", np.int32),
-                         ("main", _TILE_FIELDS), ("weights", _TILE_FIELDS)])
-PHASE_FORWARD, PHASE_FORWARD_HEAD, PHASE_HEAD, PHASE_OUTPUT_DELTA, PHASE_BACKWARD, PHASE_UPDATE = range(6)
-FLAG_DELTA, FLAG_SGD = 1, 2
-_FUSED_SHARED_BYTES = (2 * FUSED_KCHUNK * (32 + 1) + FUSED_THREADS * 4) * 4
-_UPDATE_CHUNK = dict(FUSED.defines)["UPDATE_CHUNK"]
+class CublasCudaModel(_LayeredCudaModel):
+    """``cuda-cublas``: the optimised-library rung. The products are cuBLAS SGEMMs (``torch.mm`` with ``out=``
+    on this backend's own buffers, IEEE float32: no TF32), queued on the same default stream as the project's
+    element-wise kernels, which do everything else exactly as in rungs 1-2 (bias + activation, softmax or
+    sigmoid with the loss, output gradient, activation derivative, bias gradient, SGD update). The step
+    differs from ``cuda-naive`` and ``cuda-tiled`` only in who computes the products."""
 
-
-class _FusedArgs(ctypes.Structure):
-    """The parameters of fused_step (kernels/fused.cu), in order, for gpu.DriverKernel."""
-
-    _fields_ = [("layers", ctypes.c_uint64), ("phases", ctypes.c_uint64), ("n_phases", ctypes.c_int),
-                ("n_layers", ctypes.c_int), ("X", ctypes.c_uint64), ("T", ctypes.c_uint64),
-                ("loss_rows", ctypes.c_uint64), ("batch", ctypes.c_int), ("activation", ctypes.c_int),
-                ("loss_kind", ctypes.c_int), ("parity", ctypes.c_int), ("lr", ctypes.c_float),
-                ("weight_decay", ctypes.c_float), ("barrier", ctypes.c_uint64), ("profile", ctypes.c_uint64)]
-
-
-def _fused_kernel() -> gpu.DriverKernel:
-    """fused_step with its shared-memory limit raised (a new argument block each call; one module load)."""
-    kernel = gpu.DriverKernel(FUSED, "fused_step", _FusedArgs())
-    kernel.set_attribute(gpu.DriverKernel.MAX_DYNAMIC_SHARED_SIZE_BYTES, _FUSED_SHARED_BYTES)
-    return kernel
-
-
-@dataclass(frozen=True)
-class Tile:
-    """Shape of a cuda-fused product tile: (micro*gm) x (micro*gn) outputs, ksplit k slices per output."""
-
-    micro: int
-    gm: int
-    gn: int
-    ksplit: int
-
-    def count(self, M: int, N: int) -> int:
-        return _blocks(M, self.micro * self.gm) * _blocks(N, self.micro * self.gn)
-
-    def as_tuple(self) -> tuple[int, int, int, int]:
-        return (self.micro, self.gm, self.gn, self.ksplit)
-
-
-_TILES = [Tile(micro, gm, gn, FUSED_THREADS // (gm * gn))
-          for micro in (1, 2) for gm in (1, 2, 4, 8, 16) for gn in (1, 2, 4, 8, 16)
-          if 8 <= gm * gn <= FUSED_THREADS]
-
-
-def tile_cycles(tile: Tile, K: int) -> float:
-    """Estimated cycles of one tile of depth K on one block (a rough model; only its ordering matters).
-
-    Per k-chunk one round trip to L2 for the asynchronous staging copies (~800), the staging traffic at
-    ~64 bytes per cycle, the shared-memory loads of the products (one warp-wide load per cycle per SM:
-    8 warps x 2 * micro loads per k step, k / ksplit steps), the split-k sum and a fixed cost per tile."""
-    steps = _blocks(K, tile.ksplit)
-    outputs = tile.micro * tile.micro
-    return (_blocks(K, FUSED_KCHUNK) * 800 + (tile.micro * (tile.gm + tile.gn)) * K / 16
-            + 16 * tile.micro * steps + 4 * tile.ksplit * outputs + 150)
-
-
-def _phase_cycles(products: list[tuple[Tile, int, int, int]], blocks: int) -> float:
-    """Cycles of a phase whose blocks take the tiles of ``products`` ((tile, M, N, K), in order) round-robin:
-    the busiest block's sum."""
-    total, start = sum(tile.count(M, N) for tile, M, N, _ in products), 0
-    b = np.arange(min(blocks, total))
-    busy = np.zeros(len(b))
-    for tile, M, N, K in products:
-        end = start + tile.count(M, N)
-        busy += tile_cycles(tile, K) * ((end - 1 - b) // blocks - (start - 1 - b) // blocks)  # items of block b
-        start = end
-    return float(busy.max())
-
-
-def choose_tile(M: int, N: int, K: int, blocks: int) -> Tile:
-    """The tile shape with the least estimated time for an (M x N, depth K) product over ``blocks`` blocks
-    (ties: fewer tiles)."""
-    return min(_TILES, key=lambda tile: (_phase_cycles([(tile, M, N, K)], blocks), tile.count(M, N)))
-
-
-def choose_tiles(first: tuple[int, int, int], second: tuple[int, int, int], blocks: int) -> tuple[Tile, Tile]:
-    """Tile shapes for two products that share a phase (the input and weight gradients of a layer): their
-    tiles are one list of items, so the pair is chosen together (one round of items where that pays)."""
-    shortlist = [sorted(_TILES, key=lambda tile, p=p: (_phase_cycles([(tile, *p)], blocks), tile.count(*p[:2])))[:8]
-                 for p in (first, second)]
-    return min(itertools.product(*shortlist),
-               key=lambda pair: (_phase_cycles([(pair[0], *first), (pair[1], *second)], blocks),
-                                 pair[0].count(*first[:2]) + pair[1].count(*second[:2])))
-
-
-@dataclass(frozen=True)
-class Phase:
-    """One phase of a cuda-fused launch (struct Phase in kernels/fused.cu)."""
-
-    kind: int
-    layer: int
-    flags: int = 0
-    main: Tile = Tile(1, 16, 16, 1)     # FORWARD: the forward product; BACKWARD: the input-gradient product
-    weights: Tile = Tile(1, 16, 16, 1)  # BACKWARD: the weight-gradient product
-
-    def items(self, network: Network, batch: int) -> int:
-        """Work items of the phase as the kernel cuts them (sets the grid size, not the results)."""
-        n_out, n_in = network.layer_shapes[self.layer]
-        warps = FUSED_THREADS // 32
-        if self.kind == PHASE_FORWARD:
-            return self.main.count(batch, n_out)
-        if self.kind in (PHASE_FORWARD_HEAD, PHASE_HEAD):
-            return _blocks(batch, warps)
-        if self.kind == PHASE_OUTPUT_DELTA:
-            return _blocks(batch * n_out, FUSED_THREADS)
-        if self.kind == PHASE_BACKWARD:  # the bias gradient rides on the weight-gradient tiles
-            inputs = self.main.count(batch, n_in) if self.layer > 0 else 0
-            return inputs + self.weights.count(n_out, n_in)
-        return sum(_blocks(o * i + o, _UPDATE_CHUNK) for o, i in network.layer_shapes)
-
-
-def fused_plan(network: Network, stage: str, batch: int, blocks: int) -> list[Phase]:
-    """The phases cuda-fused runs for ``stage`` (``"step"``, ``"forward"``, ``"backprop"`` or ``"update"``)
-    on ``batch`` samples with ``blocks`` blocks; grid-wide barriers separate consecutive phases."""
-    if stage not in ("step", "forward", "backprop", "update"):
-        raise ValueError(f"stage: expected step, forward, backprop or update, got {stage!r}")
-    last = network.n_layers - 1
-    phases = []
-    if stage in ("forward", "step"):
-        delta = FLAG_DELTA if stage == "step" else 0
-        for layer, (n_out, n_in) in enumerate(network.layer_shapes):
-            if layer == last and n_out <= FUSED_HEAD_MAX:
-                phases.append(Phase(PHASE_FORWARD_HEAD, layer, delta))
-            else:
-                phases.append(Phase(PHASE_FORWARD, layer, main=choose_tile(batch, n_out, n_in, blocks)))
-        if network.n_outputs > FUSED_HEAD_MAX:
-            phases.append(Phase(PHASE_HEAD, last, delta))
-    if stage == "backprop":
-        phases.append(Phase(PHASE_OUTPUT_DELTA, last))
-    if stage in ("backprop", "step"):
-        flags = FLAG_SGD if stage == "step" else 0
-        for layer in range(last, -1, -1):
-            n_out, n_in = network.layer_shapes[layer]
-            if layer > 0:
-                main, weights = choose_tiles((batch, n_in, n_out), (n_out, n_in, batch), blocks)
-            else:
-                main, weights = Tile(1, 16, 16, 1), choose_tile(n_out, n_in, batch, blocks)
-            phases.append(Phase(PHASE_BACKWARD, layer, flags, main, weights))
-    if stage == "update":
-        phases.append(Phase(PHASE_UPDATE, 0))
-    return phases
-
-
-class FusedCudaModel(_CudaModel):
-    """``cuda-fused`` (rung 4): the training step of a small network (every width <= FUSED_MAX_WIDTH) as one
-    persistent kernel, phases separated by grid-wide barriers (kernels/fused.cu). ``train_step`` is that
-    single launch; ``forward``, ``backprop`` and ``update`` launch the same kernel on their own phases, for
-    per-stage timing. Weights are double-buffered: the step writes the updated copy while other blocks
-    still read the current one, and the two swap after each update."""
-
-    name = "cuda-fused"
-
-    def _check_network(self, network: Network) -> None:
-        widest = max(network.sizes)
-        if widest > FUSED_MAX_WIDTH:
-            raise ValueError(f"cuda-fused runs networks up to {FUSED_MAX_WIDTH} wide; {network.name} has a layer "
-                             f"of {widest}: use cuda-opt")
-        if network.n_layers > FUSED_MAX_LAYERS:
-            raise ValueError(f"cuda-fused runs networks of up to {FUSED_MAX_LAYERS} layers; {network.name} has "
-                             f"{network.n_layers}: use cuda-opt")
+    name = "cuda-cublas"
 
     def __init__(self, network: Network, params: Params) -> None:
         super().__init__(network, params)
-        info = gpu.info()
-        if _FUSED_SHARED_BYTES > info.max_shared_per_block_optin:
-            raise BackendUnavailable(f"cuda-fused needs {_FUSED_SHARED_BYTES} bytes of shared memory per block; "
-                                     f"{info.name} allows {info.max_shared_per_block_optin}")
-        self._kernel = _fused_kernel()
-        self._args = self._kernel.args
-        self._barrier = torch.zeros(1, dtype=torch.int32, device=self._dev)
-        self._args.barrier = self._barrier.data_ptr()
-        self._args.n_layers = self.network.n_layers
-        self._args.activation = self._activation
-        self._args.loss_kind = self._loss_kind
-        self._parity = 0
-        self._plans: dict[tuple[str, int], tuple[torch.Tensor, int, int]] = {}
-        self._layer_table = torch.empty(0, dtype=torch.uint8, device=self._dev)
-        self._step_args: tuple[float, float] | None = None
+        pin_ieee_float32()
 
-    def _store_params(self, params: Params) -> None:
-        # Two copies of every weight and bias; the current one is [parity].
-        self._W2 = [[torch.tensor(w, device=self._dev) for _ in range(2)] for w, _ in params]
-        self._b2 = [[torch.tensor(b, device=self._dev) for _ in range(2)] for _, b in params]
-        self._parity = 0
-
-    def _weight_tensors(self) -> list[torch.Tensor]:
-        return [pair[self._parity] for pair in self._W2]
-
-    def _bias_tensors(self) -> list[torch.Tensor]:
-        return [pair[self._parity] for pair in self._b2]
-
-    def _dead_buffers(self) -> list[torch.Tensor]:
-        return [pair[self._parity ^ 1] for pair in (*self._W2, *self._b2)]
-
-    def close(self) -> None:
-        super().close()
-        self._W2, self._b2, self._plans = [], [], {}
-
-    def _buffers_resized(self) -> None:
-        table = np.zeros(self.network.n_layers, dtype=_LAYER_DTYPE)
-        for layer, (n_out, n_in) in enumerate(self.network.layer_shapes):
-            table[layer] = ([t.data_ptr() for t in self._W2[layer]], [t.data_ptr() for t in self._b2[layer]],
-                            self._dW[layer].data_ptr(), self._db[layer].data_ptr(), self._A[layer].data_ptr(),
-                            self._dZ[layer].data_ptr(), n_in, n_out)
-        self._layer_table = torch.tensor(table.view(np.uint8), device=self._dev)
-        self._args.layers = self._layer_table.data_ptr()
-        self._args.loss_rows = self._loss_rows.data_ptr()
-        self._plans.clear()
-
-    def _plan(self, stage: str, batch: int) -> tuple[torch.Tensor, int, int]:
-        key = (stage, batch)
-        plan = self._plans.get(key)
-        if plan is None:
-            phases = fused_plan(self.network, stage, batch, self._sm_count)
-            table = np.zeros(len(phases), dtype=_PHASE_DTYPE)
-            for index, phase in enumerate(phases):
-                table[index] = (phase.kind, phase.layer, phase.flags, 0, phase.main.as_tuple(),
-                                phase.weights.as_tuple())
-            items = max(phase.items(self.network, batch) for phase in phases)
-            grid = min(self._sm_count, items)  # every block resident at once: the barrier needs it
-            plan = (torch.tensor(table.view(np.uint8), device=self._dev), len(phases), grid)
-            self._plans[key] = plan
-        return plan
-
-    def _launch(self, stage: str, batch: Batch | None, lr: float = 0.0, weight_decay: float = 0.0,
-                profile: int = 0) -> None:
-        """One launch of ``stage``'s phases; ``profile``: device pointer for the phase clock (0: none)."""
-        phases, n_phases, grid = self._plan(stage, 0 if batch is None else batch.size)
-        args = self._args
-        args.phases = phases.data_ptr()
-        args.n_phases = n_phases
-        if batch is None:
-            args.X = args.T = args.batch = 0
+    def _product(self, layout: str, C: torch.Tensor, A: torch.Tensor, B: torch.Tensor, M: int, N: int,
+                 K: int) -> None:
+        # Transposed operands are strided views: cuBLAS reads them in place (no copies).
+        if layout == "nt":
+            torch.mm(A[:M], B[:N].t(), out=C[:M])
+        elif layout == "nn":
+            torch.mm(A[:M], B[:K], out=C[:M])
         else:
-            args.X = batch.X.data_ptr()
-            args.T = 0 if batch.T is None else batch.T.data_ptr()
-            args.batch = batch.size
-        args.parity = self._parity
-        args.lr = lr
-        args.weight_decay = weight_decay
-        args.profile = profile
-        self._kernel.launch(grid, FUSED_THREADS, _FUSED_SHARED_BYTES)
-
-    # -- stages --------------------------------------------------------------------------------------------
-    def forward(self, batch: Batch) -> None:
-        self._start_forward(batch)
-        self._launch("forward", batch)
-        self._forward_done(batch)
-
-    def backprop(self, batch: Batch) -> None:
-        self._start_backprop(batch)
-        self._launch("backprop", batch)
-        self._pending = False
-        self._has_grads = True
-
-    def update(self, lr: float, weight_decay: float = 0.0) -> None:
-        lr, weight_decay = self._start_update(lr, weight_decay)
-        self._launch("update", None, lr, weight_decay)
-        self._parity ^= 1
-
-    def train_step(self, batch: Batch, lr: float, weight_decay: float = 0.0) -> None:
-        """Forward, loss, backprop and SGD step in one launch."""
-        if self._step_args != (lr, weight_decay):  # checked once per new setting: the step is launch-bound
-            check_step_size(lr, weight_decay)
-            self._step_args = (lr, weight_decay)
-        self._ensure_open()
-        self._check_batch(batch, need_targets=True)
-        self._launch("step", batch, lr, weight_decay)
-        self._parity ^= 1
-        self._forward_size = batch.size
-        self._labelled = True
-        self._pending = False
-        self._has_grads = True
+            torch.mm(A[:K].t(), B[:K], out=C[:M])

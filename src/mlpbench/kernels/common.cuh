@@ -1,6 +1,7 @@
 // Helpers shared by every kernel source: activations, losses, warp reductions.
 //
-// Codes below are mirrored in mlpbench/backends/cuda.py (ACTIVATION_CODES, LOSS_CODES); a hidden layer's
+// Codes below equal the C library's (native/include/mlp.h) and mlpbench/backends/cuda.py's (ACTIVATION_CODES,
+// LOSS_CODES); tests/test_gpu_planning.py checks all three agree. A hidden layer's
 // activation is a run-time argument, so one compiled module serves every network.
 #pragma once
 
@@ -25,7 +26,7 @@ __device__ __forceinline__ float activate(int activation, float z) {
     switch (activation) {
         case ACT_SIGMOID: return stable_sigmoid(z);
         case ACT_TANH: return tanhf(z);
-        case ACT_RELU: return fmaxf(z, 0.0f);
+        case ACT_RELU: return z < 0.0f ? 0.0f : z;  // not fmaxf, which turns NaN into 0
         default: return z;
     }
 }
@@ -40,7 +41,7 @@ __device__ __forceinline__ float activation_derivative(int activation, float a) 
     }
 }
 
-// log(1 + e^z) without overflow.
+// log(1 + e^z) without overflow; NaN stays NaN through the log1pf term.
 __device__ __forceinline__ float softplus(float z) {
     return fmaxf(z, 0.0f) + log1pf(expf(-fabsf(z)));
 }
@@ -53,6 +54,8 @@ __device__ __forceinline__ float warp_sum(float value) {
     return value;
 }
 
+// fmaxf returns the other operand when one is NaN, so a NaN logit does not become the row's maximum; it still
+// reaches every probability of its row through exp(z - max) and the row's sum, as in the float64 reference.
 __device__ __forceinline__ float warp_max(float value) {
 #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1)

@@ -1,0 +1,311 @@
+"""``cuda-fused`` (rung 4 of the GPU ladder): the whole training step of a small network as one persistent
+kernel (``kernels/fused.cu``), and its planner: which phases a launch runs, and the tile shape of each
+phase's products, chosen on the host from a cost model (tested without a GPU).
+
+Phases are separated by grid-wide barriers; every block of the grid is resident at once, so the grid is at
+most one block per SM. The launch goes through :class:`mlpbench.gpu.DriverKernel` (``cuLaunchKernel`` with
+arguments set in place), since a step of a few microseconds cannot hide PyCUDA's per-call packing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mlpbench import gpu
+from mlpbench.backends.base import BackendUnavailable, Batch, Params, check_step_size
+from mlpbench.backends.cuda import (
+    FUSED,
+    FUSED_HEAD_MAX,
+    FUSED_KCHUNK,
+    FUSED_MAX_LAYERS,
+    FUSED_MAX_WIDTH,
+    FUSED_SHARED_BYTES,
+    FUSED_THREADS,
+    CudaModel,
+    cdiv,
+)
+from mlpbench.network import Network
+
+# Mirrors of struct Layer and struct Phase in kernels/fused.cu.
+_LAYER_DTYPE = np.dtype([("W", np.uint64, 2), ("b", np.uint64, 2), ("dW", np.uint64), ("db", np.uint64),
+                         ("A", np.uint64), ("dZ", np.uint64), ("n_in", np.int32), ("n_out", np.int32)])
+_TILE_FIELDS = [("micro", np.int32), ("gm", np.int32), ("gn", np.int32), ("ksplit", np.int32)]
+_PHASE_DTYPE = np.dtype([("kind", np.int32), ("layer", np.int32), ("flags", np.int32), ("padding", np.int32),
+                         ("main", _TILE_FIELDS), ("weights", _TILE_FIELDS)])
+PHASE_FORWARD, PHASE_FORWARD_HEAD, PHASE_HEAD, PHASE_OUTPUT_DELTA, PHASE_BACKWARD, PHASE_UPDATE = range(6)
+FLAG_DELTA, FLAG_SGD = 1, 2
+_UPDATE_CHUNK = dict(FUSED.defines)["UPDATE_CHUNK"]
+
+
+class _FusedArgs(ctypes.Structure):
+    """The parameters of fused_step (kernels/fused.cu), in order, for gpu.DriverKernel."""
+
+    _fields_ = [("layers", ctypes.c_uint64), ("phases", ctypes.c_uint64), ("n_phases", ctypes.c_int),
+                ("n_layers", ctypes.c_int), ("X", ctypes.c_uint64), ("T", ctypes.c_uint64),
+                ("loss_rows", ctypes.c_uint64), ("batch", ctypes.c_int), ("activation", ctypes.c_int),
+                ("loss_kind", ctypes.c_int), ("parity", ctypes.c_int), ("lr", ctypes.c_float),
+                ("weight_decay", ctypes.c_float), ("barrier", ctypes.c_uint64), ("profile", ctypes.c_uint64)]
+
+
+def fused_kernel() -> gpu.DriverKernel:
+    """fused_step with its shared-memory limit raised (a new argument block each call; one module load)."""
+    kernel = gpu.DriverKernel(FUSED, "fused_step", _FusedArgs())
+    kernel.set_attribute(gpu.DriverKernel.MAX_DYNAMIC_SHARED_SIZE_BYTES, FUSED_SHARED_BYTES)
+    return kernel
+
+
+@dataclass(frozen=True)
+class Tile:
+    """Shape of a cuda-fused product tile: (micro*gm) x (micro*gn) outputs, ksplit k slices per output."""
+
+    micro: int
+    gm: int
+    gn: int
+    ksplit: int
+
+    def count(self, M: int, N: int) -> int:
+        return cdiv(M, self.micro * self.gm) * cdiv(N, self.micro * self.gn)
+
+    def as_tuple(self) -> tuple[int, int, int, int]:
+        return (self.micro, self.gm, self.gn, self.ksplit)
+
+
+_TILES = [Tile(micro, gm, gn, FUSED_THREADS // (gm * gn))
+          for micro in (1, 2) for gm in (1, 2, 4, 8, 16) for gn in (1, 2, 4, 8, 16)
+          if 8 <= gm * gn <= FUSED_THREADS]
+
+
+def tile_cycles(tile: Tile, K: int) -> float:
+    """Estimated cycles of one tile of depth K on one block (a rough model; only its ordering matters).
+
+    Per k-chunk one round trip to L2 for the asynchronous staging copies (~800), the staging traffic at
+    ~64 bytes per cycle, the shared-memory loads of the products (one warp-wide load per cycle per SM:
+    8 warps x 2 * micro loads per k step, k / ksplit steps), the split-k sum and a fixed cost per tile."""
+    steps = cdiv(K, tile.ksplit)
+    outputs = tile.micro * tile.micro
+    return (cdiv(K, FUSED_KCHUNK) * 800 + (tile.micro * (tile.gm + tile.gn)) * K / 16
+            + 16 * tile.micro * steps + 4 * tile.ksplit * outputs + 150)
+
+
+def _phase_cycles(products: list[tuple[Tile, int, int, int]], blocks: int) -> float:
+    """Cycles of a phase whose blocks take the tiles of ``products`` ((tile, M, N, K), in order) round-robin:
+    the busiest block's sum."""
+    total, start = sum(tile.count(M, N) for tile, M, N, _ in products), 0
+    b = np.arange(min(blocks, total))
+    busy = np.zeros(len(b))
+    for tile, M, N, K in products:
+        end = start + tile.count(M, N)
+        busy += tile_cycles(tile, K) * ((end - 1 - b) // blocks - (start - 1 - b) // blocks)  # items of block b
+        start = end
+    return float(busy.max())
+
+
+def choose_tile(M: int, N: int, K: int, blocks: int) -> Tile:
+    """The tile shape with the least estimated time for an (M x N, depth K) product over ``blocks`` blocks
+    (ties: fewer tiles)."""
+    return min(_TILES, key=lambda tile: (_phase_cycles([(tile, M, N, K)], blocks), tile.count(M, N)))
+
+
+def choose_tiles(first: tuple[int, int, int], second: tuple[int, int, int], blocks: int) -> tuple[Tile, Tile]:
+    """Tile shapes for two products that share a phase (the input and weight gradients of a layer): their
+    tiles are one list of items, so the pair is chosen together (one round of items where that pays)."""
+    shortlist = [sorted(_TILES, key=lambda tile, p=p: (_phase_cycles([(tile, *p)], blocks), tile.count(*p[:2])))[:8]
+                 for p in (first, second)]
+    return min(itertools.product(*shortlist),
+               key=lambda pair: (_phase_cycles([(pair[0], *first), (pair[1], *second)], blocks),
+                                 pair[0].count(*first[:2]) + pair[1].count(*second[:2])))
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of a cuda-fused launch (struct Phase in kernels/fused.cu)."""
+
+    kind: int
+    layer: int
+    flags: int = 0
+    main: Tile = Tile(1, 16, 16, 1)     # FORWARD: the forward product; BACKWARD: the input-gradient product
+    weights: Tile = Tile(1, 16, 16, 1)  # BACKWARD: the weight-gradient product
+
+    def items(self, network: Network, batch: int) -> int:
+        """Work items of the phase as the kernel cuts them (sets the grid size, not the results)."""
+        n_out, n_in = network.layer_shapes[self.layer]
+        warps = FUSED_THREADS // 32
+        if self.kind == PHASE_FORWARD:
+            return self.main.count(batch, n_out)
+        if self.kind in (PHASE_FORWARD_HEAD, PHASE_HEAD):
+            return cdiv(batch, warps)
+        if self.kind == PHASE_OUTPUT_DELTA:
+            return cdiv(batch * n_out, FUSED_THREADS)
+        if self.kind == PHASE_BACKWARD:  # the bias gradient rides on the weight-gradient tiles
+            inputs = self.main.count(batch, n_in) if self.layer > 0 else 0
+            return inputs + self.weights.count(n_out, n_in)
+        return sum(cdiv(o * i + o, _UPDATE_CHUNK) for o, i in network.layer_shapes)
+
+
+def fused_plan(network: Network, stage: str, batch: int, blocks: int) -> list[Phase]:
+    """The phases cuda-fused runs for ``stage`` (``"step"``, ``"forward"``, ``"backprop"`` or ``"update"``)
+    on ``batch`` samples with ``blocks`` blocks; grid-wide barriers separate consecutive phases."""
+    if stage not in ("step", "forward", "backprop", "update"):
+        raise ValueError(f"stage: expected step, forward, backprop or update, got {stage!r}")
+    last = network.n_layers - 1
+    phases = []
+    if stage in ("forward", "step"):
+        delta = FLAG_DELTA if stage == "step" else 0
+        for layer, (n_out, n_in) in enumerate(network.layer_shapes):
+            if layer == last and n_out <= FUSED_HEAD_MAX:
+                phases.append(Phase(PHASE_FORWARD_HEAD, layer, delta))
+            else:
+                phases.append(Phase(PHASE_FORWARD, layer, main=choose_tile(batch, n_out, n_in, blocks)))
+        if network.n_outputs > FUSED_HEAD_MAX:
+            phases.append(Phase(PHASE_HEAD, last, delta))
+    if stage == "backprop":
+        phases.append(Phase(PHASE_OUTPUT_DELTA, last))
+    if stage in ("backprop", "step"):
+        flags = FLAG_SGD if stage == "step" else 0
+        for layer in range(last, -1, -1):
+            n_out, n_in = network.layer_shapes[layer]
+            if layer > 0:
+                main, weights = choose_tiles((batch, n_in, n_out), (n_out, n_in, batch), blocks)
+            else:
+                main, weights = Tile(1, 16, 16, 1), choose_tile(n_out, n_in, batch, blocks)
+            phases.append(Phase(PHASE_BACKWARD, layer, flags, main, weights))
+    if stage == "update":
+        phases.append(Phase(PHASE_UPDATE, 0))
+    return phases
+
+
+class FusedCudaModel(CudaModel):
+    """``cuda-fused`` (rung 4): the training step of a small network (every width <= FUSED_MAX_WIDTH) as one
+    persistent kernel, phases separated by grid-wide barriers (kernels/fused.cu). ``train_step`` is that
+    single launch; ``forward``, ``backprop`` and ``update`` launch the same kernel on their own phases, for
+    per-stage timing. Weights are double-buffered: the step writes the updated copy while other blocks
+    still read the current one, and the two swap after each update."""
+
+    name = "cuda-fused"
+
+    def _check_network(self, network: Network) -> None:
+        widest = max(network.sizes)
+        if widest > FUSED_MAX_WIDTH:
+            raise ValueError(f"cuda-fused runs networks up to {FUSED_MAX_WIDTH} wide; {network.name} has a layer "
+                             f"of {widest}: use cuda-opt")
+        if network.n_layers > FUSED_MAX_LAYERS:
+            raise ValueError(f"cuda-fused runs networks of up to {FUSED_MAX_LAYERS} layers; {network.name} has "
+                             f"{network.n_layers}: use cuda-opt")
+
+    def __init__(self, network: Network, params: Params) -> None:
+        super().__init__(network, params)
+        info = gpu.info()
+        if FUSED_SHARED_BYTES > info.max_shared_per_block_optin:
+            raise BackendUnavailable(f"cuda-fused needs {FUSED_SHARED_BYTES} bytes of shared memory per block; "
+                                     f"{info.name} allows {info.max_shared_per_block_optin}")
+        self._kernel = fused_kernel()
+        self._args = self._kernel.args
+        self._barrier = torch.zeros(1, dtype=torch.int32, device=self._dev)
+        self._args.barrier = self._barrier.data_ptr()
+        self._args.n_layers = self.network.n_layers
+        self._args.activation = self._activation
+        self._args.loss_kind = self._loss_kind
+        self._parity = 0
+        self._plans: dict[tuple[str, int], tuple[torch.Tensor, int, int]] = {}
+        self._layer_table = torch.empty(0, dtype=torch.uint8, device=self._dev)
+        self._step_args: tuple[float, float] | None = None
+
+    def _store_params(self, params: Params) -> None:
+        # Two copies of every weight and bias; the current one is [parity].
+        self._W2 = [[torch.tensor(w, device=self._dev) for _ in range(2)] for w, _ in params]
+        self._b2 = [[torch.tensor(b, device=self._dev) for _ in range(2)] for _, b in params]
+        self._parity = 0
+
+    def _weight_tensors(self) -> list[torch.Tensor]:
+        return [pair[self._parity] for pair in self._W2]
+
+    def _bias_tensors(self) -> list[torch.Tensor]:
+        return [pair[self._parity] for pair in self._b2]
+
+    def _dead_buffers(self) -> list[torch.Tensor]:
+        return [pair[self._parity ^ 1] for pair in (*self._W2, *self._b2)]
+
+    def close(self) -> None:
+        super().close()
+        self._W2, self._b2, self._plans = [], [], {}
+
+    def _buffers_resized(self) -> None:
+        table = np.zeros(self.network.n_layers, dtype=_LAYER_DTYPE)
+        for layer, (n_out, n_in) in enumerate(self.network.layer_shapes):
+            table[layer] = ([t.data_ptr() for t in self._W2[layer]], [t.data_ptr() for t in self._b2[layer]],
+                            self._dW[layer].data_ptr(), self._db[layer].data_ptr(), self._A[layer].data_ptr(),
+                            self._dZ[layer].data_ptr(), n_in, n_out)
+        self._layer_table = torch.tensor(table.view(np.uint8), device=self._dev)
+        self._args.layers = self._layer_table.data_ptr()
+        self._args.loss_rows = self._loss_rows.data_ptr()
+        self._plans.clear()
+
+    def _plan(self, stage: str, batch: int) -> tuple[torch.Tensor, int, int]:
+        key = (stage, batch)
+        plan = self._plans.get(key)
+        if plan is None:
+            phases = fused_plan(self.network, stage, batch, self._sm_count)
+            table = np.zeros(len(phases), dtype=_PHASE_DTYPE)
+            for index, phase in enumerate(phases):
+                table[index] = (phase.kind, phase.layer, phase.flags, 0, phase.main.as_tuple(),
+                                phase.weights.as_tuple())
+            items = max(phase.items(self.network, batch) for phase in phases)
+            grid = min(self._sm_count, items)  # every block resident at once: the barrier needs it
+            plan = (torch.tensor(table.view(np.uint8), device=self._dev), len(phases), grid)
+            self._plans[key] = plan
+        return plan
+
+    def _launch(self, stage: str, batch: Batch | None, lr: float = 0.0, weight_decay: float = 0.0,
+                profile: int = 0) -> None:
+        """One launch of ``stage``'s phases; ``profile``: device pointer for the phase clock (0: none)."""
+        phases, n_phases, grid = self._plan(stage, 0 if batch is None else batch.size)
+        args = self._args
+        args.phases = phases.data_ptr()
+        args.n_phases = n_phases
+        if batch is None:
+            args.X = args.T = args.batch = 0
+        else:
+            args.X = batch.X.data_ptr()
+            args.T = 0 if batch.T is None else batch.T.data_ptr()
+            args.batch = batch.size
+        args.parity = self._parity
+        args.lr = lr
+        args.weight_decay = weight_decay
+        args.profile = profile
+        self._kernel.launch(grid, FUSED_THREADS, FUSED_SHARED_BYTES)
+
+    # -- stages --------------------------------------------------------------------------------------------
+    def forward(self, batch: Batch) -> None:
+        self._start_forward(batch)
+        self._launch("forward", batch)
+        self._forward_done(batch)
+
+    def backprop(self, batch: Batch) -> None:
+        self._start_backprop(batch)
+        self._launch("backprop", batch)
+        self._pending = False
+        self._has_grads = True
+
+    def update(self, lr: float, weight_decay: float = 0.0) -> None:
+        lr, weight_decay = self._start_update(lr, weight_decay)
+        self._launch("update", None, lr, weight_decay)
+        self._parity ^= 1
+
+    def train_step(self, batch: Batch, lr: float, weight_decay: float = 0.0) -> None:
+        """Forward, loss, backprop and SGD step in one launch."""
+        if self._step_args != (lr, weight_decay):  # checked once per new setting: the step is launch-bound
+            check_step_size(lr, weight_decay)
+            self._step_args = (lr, weight_decay)
+        self._ensure_open()
+        self._check_batch(batch, need_targets=True)
+        self._launch("step", batch, lr, weight_decay)
+        self._parity ^= 1
+        self._forward_size = batch.size
+        self._labelled = True
+        self._pending = False
+        self._has_grads = True
