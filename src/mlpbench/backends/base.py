@@ -129,6 +129,9 @@ class Model(ABC):
     #: where nothing is compiled per model (kernels compiled at run time are cached per process and paid in
     #: the warm-up).
     compile_seconds: float | None = None
+    #: Each new batch size costs a compilation of many seconds (``torch.compile``): a harness runs such a
+    #: backend only where few shapes occur, and gives it the option ``compile_budget_s``.
+    compiles_per_shape: ClassVar[bool] = False
     #: What :meth:`step` does when the loss of a step is NaN or infinite: ``"raise"``
     #: (``FloatingPointError``), ``"warn"`` (``RuntimeWarning``) or ``"ignore"``; ``load(on_nonfinite=...)``.
     on_nonfinite: str = "warn"

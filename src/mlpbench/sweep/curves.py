@@ -10,11 +10,8 @@ from mlpbench.backends import BackendUnavailable, load
 from mlpbench.network import PRESETS as NETWORKS
 from mlpbench.sweep.measuring import describe_error, release_memory
 from mlpbench.sweep.params import TRAINING_NETWORKS, SweepParams
-from mlpbench.sweep.planning import backend_threads
+from mlpbench.sweep.planning import backend_options, backend_threads
 from mlpbench.thread_policy import pinned_threads, usable_cores
-from mlpbench.timing import (
-    thread_option,
-)
 
 
 def training_curve(backend: str, params: SweepParams) -> list[dict[str, Any]]:
@@ -29,7 +26,7 @@ def training_curve(backend: str, params: SweepParams) -> list[dict[str, Any]]:
     try:
         dataset = data.load(params.dataset, seed=params.seed)
         with pinned_threads(threads or usable_cores()):
-            model = load(backend, network, seed=params.seed, **thread_option(backend, threads))
+            model = load(backend, network, seed=params.seed, **backend_options(backend, params, threads))
             try:
                 started = time.perf_counter()
                 history = train(model, dataset, params.epochs, params.train_batch, params.train_lr,

@@ -12,9 +12,8 @@ from mlpbench.backends import BackendUnavailable, load, model_class
 from mlpbench.data import load as load_dataset
 from mlpbench.sweep.measuring import describe_error, release_memory
 from mlpbench.sweep.params import SweepParams
-from mlpbench.sweep.planning import backend_threads
+from mlpbench.sweep.planning import backend_options, backend_threads
 from mlpbench.thread_policy import pinned_threads, usable_cores
-from mlpbench.timing import thread_option
 from mlpbench.training import TASKS, train_resident
 
 
@@ -37,7 +36,7 @@ def endtoend_rows(task_name: str, backend: str, params: SweepParams) -> list[dic
     try:
         base["device"] = model_class(backend).device
         dataset = load_dataset(task.dataset, seed=params.seed)
-        options = thread_option(backend, threads)
+        options = backend_options(backend, params, threads)
         with pinned_threads(threads or usable_cores()):
             run = train_resident(lambda: load(backend, task.network, seed=params.seed, **options), dataset,
                                      task, seed=params.seed)

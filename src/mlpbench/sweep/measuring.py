@@ -14,14 +14,13 @@ from mlpbench import machine
 from mlpbench.backends import BackendUnavailable, Model, load, model_class
 from mlpbench.network import Network, resolve
 from mlpbench.sweep.params import SweepParams
-from mlpbench.sweep.planning import Config
+from mlpbench.sweep.planning import Config, backend_options
 from mlpbench.sweep.tables import ERROR_QUANTITIES, one_line
 from mlpbench.thread_policy import pinned_threads, usable_cores
 from mlpbench.timing import (
     OverBudget,
     Stats,
     probe_step,
-    thread_option,
     time_stages,
 )
 from mlpbench.verify import compare_stages, random_batch
@@ -75,7 +74,7 @@ def measure(config: Config, params: SweepParams, unavailable: Unavailable) -> li
     known = unavailable.check(config.backend)
     if known:
         return not_timed("skipped", known)
-    options = thread_option(config.backend, config.threads)
+    options = backend_options(config.backend, params, config.threads)
     host_threads = config.threads or usable_cores()
     try:
         base["device"] = model_class(config.backend).device

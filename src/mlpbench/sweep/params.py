@@ -70,6 +70,8 @@ class SweepParams:
     profile_batch: int = 32
     profile_steps: int = 200
     tasks: tuple[str, ...] = tuple(TASKS)  # end-to-end training tasks (mlpbench.training.TASKS)
+    compiled_studies: tuple[str, ...] = ("stages", "endtoend")  # the only studies of compiling backends
+    compile_budget_s: float = 300.0  # the most seconds one compilation (one batch size) may take
     task_epochs: int = 0      # cap on each task's epochs; 0: the task's own (the original benchmark: 100)
     ranks: tuple[int, ...] = ()  # world sizes of the ranks study; empty: 1, 2, 4, ... what the machine holds
     scaling: tuple[str, ...] = ("strong", "weak")
@@ -82,7 +84,7 @@ class SweepParams:
 
     def __post_init__(self) -> None:
         for name in ("backends", "studies", "networks", "thread_networks", "threads", "batch_sizes", "widths",
-                     "tasks", "ranks", "scaling", "rank_networks", "rank_backends", "rank_rungs"):
+                     "tasks", "compiled_studies", "ranks", "scaling", "rank_networks", "rank_backends", "rank_rungs"):
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str | int) else tuple(value))
         for backend in (*self.backends, *self.rank_backends):
@@ -110,6 +112,14 @@ class SweepParams:
             raise ValueError(f"task_epochs must be >= 0 (0: each task's own), got {self.task_epochs}")
         if any(t < 1 for t in self.threads):
             raise ValueError(f"thread counts must be >= 1, got {self.threads}")
+
+    def backends_in(self, study: str) -> tuple[str, ...]:
+        """The run's backends that take part in ``study``: those compiling each batch size only in
+        :attr:`compiled_studies`."""
+        from mlpbench.backends import model_class
+
+        return tuple(b for b in self.backends
+                     if study in self.compiled_studies or not model_class(b).compiles_per_shape)
 
     @property
     def thread_counts(self) -> tuple[int, ...]:
@@ -154,6 +164,9 @@ HELP: dict[str, str] = {
     "profile_batch": "batch size of the line profile",
     "profile_steps": "training steps the line profile runs",
     "tasks": "end-to-end training tasks, from " + ", ".join(TASKS),
+    "compiled_studies": "the only studies in which backends that compile each batch size (torch-gpu-compile) "
+                        "take part: elsewhere every new size would cost minutes of compilation",
+    "compile_budget_s": "the most seconds one compilation of such a backend may take before it is skipped",
     "task_epochs": "cap on each end-to-end task's epochs; 0: the task's own (the original benchmark: 100)",
     "ranks": "world sizes of the ranks study (data-parallel under torchrun); empty: 1, 2, 4, ... up to the "
              "cores (CPU backends) or GPUs (GPU backends) of this machine",

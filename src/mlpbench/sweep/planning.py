@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from mlpbench.backends import model_class
 from mlpbench.network import PRESETS as NETWORKS
 from mlpbench.network import resolve
 from mlpbench.sweep.params import SweepParams, split_network
+from mlpbench.timing import thread_option
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,15 @@ def backend_threads(backend: str, params: SweepParams, threads: int | None = Non
     return params.max_threads
 
 
+def backend_options(backend: str, params: SweepParams, threads: int | None) -> dict[str, Any]:
+    """What ``load`` gets besides the network: the thread count where the backend takes one, and the compile
+    budget of backends that compile each batch size."""
+    options: dict[str, Any] = thread_option(backend, threads)
+    if model_class(backend).compiles_per_shape:
+        options["compile_budget_s"] = params.compile_budget_s
+    return options
+
+
 def width_network(width: int, layers: int) -> str:
     return "-".join([str(width)] * (layers + 1))
 
@@ -59,10 +70,10 @@ def plan(params: SweepParams) -> list[Config]:
     """Every timing configuration of the chosen studies, in run order (study by study)."""
     configs: list[Config] = []
 
-    def add(study: str, network: str, batch: int, backends: Sequence[str] = params.backends,
+    def add(study: str, network: str, batch: int, backends: Sequence[str] | None = None,
             threads: Sequence[int | None] = (None,)) -> None:
         label = network if network in NETWORKS else resolve(network).name  # preset names stay readable
-        for backend in backends:
+        for backend in params.backends_in(study) if backends is None else backends:
             for count in threads:
                 configs.append(Config(study, backend, label, batch, backend_threads(backend, params, count)))
 
@@ -71,7 +82,7 @@ def plan(params: SweepParams) -> list[Config]:
         for spec in params.networks:
             add("stages", *split_network(spec))
     if "threads" in studies:
-        threaded = [b for b in params.backends if model_class(b).threaded]
+        threaded = [b for b in params.backends_in("threads") if model_class(b).threaded]
         # The stages study's networks too: every backend compared there has its best thread count measured.
         for spec in dict.fromkeys((*params.thread_networks, *params.networks)):
             add("threads", *split_network(spec), backends=threaded, threads=params.thread_counts)

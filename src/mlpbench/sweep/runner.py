@@ -161,11 +161,11 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
                   Unit("ladder", "gpu", lambda: gpu_ladder(params), {"device": "gpu"})]
     if "training" in studies:
         units += [Unit("training", backend, lambda b=backend: training_curve(b, params), {"backend": backend})
-                  for backend in params.backends]
+                  for backend in params.backends_in("training")]
     if "endtoend" in studies:
         units += [Unit("endtoend", f"{task}/{backend}", lambda t=task, b=backend: endtoend_rows(t, b, params),
                        {"task": task, "backend": backend})
-                  for task in params.tasks for backend in params.backends]
+                  for task in params.tasks for backend in params.backends_in("endtoend")]
     if "ranks" in studies:
         units += [Unit("ranks", job.key, job.work, job.identity, records_itself=True)
                   for job in rank_jobs(params, run_dir)]
@@ -173,7 +173,7 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
         units += [Unit("lineprofile", backend, lambda b=backend: profiling.profile_backend(
                        b, params.profile_network, params.profile_batch, params.profile_steps, run_dir,
                        seed=params.seed, threads=backend_threads(b, params)), {"backend": backend})
-                  for backend in params.backends]
+                  for backend in params.backends_in("lineprofile")]
     attempts = Attempts(run_dir / "attempts.log")
     cores = os.cpu_count() or 1
 
