@@ -114,6 +114,9 @@ def _finish_meta(run_dir: Path, meta: dict[str, Any], status: str) -> None:
     meta["finished_at"] = meta["sessions"][-1]["finished_at"] = machine.now_utc()
     meta["sessions"][-1]["load_average_end"] = list(os.getloadavg())
     meta["status"] = status
+    cuda_ladder = sys.modules.get("mlpbench.backends.cuda")  # only if this run used the CUDA kernels
+    if cuda_ladder is not None:
+        meta["cuda_opt_choices"] = cuda_ladder.opt_choices()
     write_atomic(run_dir / "meta.json", json.dumps(meta, indent=1, default=str) + "\n")
 
 
