@@ -15,7 +15,7 @@ BCE_NET = Network((4, 6, 2), "sigmoid", "sigmoid-bce")
 
 def test_registry_names_match_the_study():
     assert BACKENDS == CPU_BACKENDS + GPU_BACKENDS
-    assert CPU_BACKENDS == ("numpy", "c-serial", "c-omp", "torch-cpu")
+    assert CPU_BACKENDS == ("numpy", "c-serial", "c-omp", "c-blas", "torch-cpu")
     with pytest.raises(ValueError, match="unknown backend 'cuda'"):
         model_class("cuda")
 
@@ -25,13 +25,16 @@ DECLARED = {  # name: (device, family, threaded, fixed_threads, fuses_step)
     "numpy": ("cpu", "reference", False, None, False),
     "c-serial": ("cpu", "c", False, 1, True),
     "c-omp": ("cpu", "c", True, None, True),
+    "c-blas": ("cpu", "c", True, None, True),
     "torch-cpu": ("cpu", "torch", True, None, False),
     "cuda-naive": ("cuda", "cuda", False, None, False),
     "cuda-tiled": ("cuda", "cuda", False, None, False),
     "cuda-opt": ("cuda", "cuda", False, None, True),
     "cuda-fused": ("cuda", "cuda", False, None, True),
     "torch-gpu": ("cuda", "torch", False, None, False),
+    "cuda-cublas": ("cuda", "cuda", False, None, False),
     "torch-gpu-graph": ("cuda", "torch", False, None, True),
+    "torch-gpu-compile": ("cuda", "torch", False, None, True),
 }
 
 

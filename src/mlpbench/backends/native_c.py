@@ -313,6 +313,7 @@ class BlasCModel(NativeCModel):
 
     name = "c-blas"
     variant = "blas"
+    threaded = True
 
     def __init__(self, network: Network, params: Params, *, threads: int | None = None,
                  max_batch: int = DEFAULT_MAX_BATCH, isa: str = "auto") -> None:
