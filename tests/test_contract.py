@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlpbench import BACKENDS, Network, load
+from mlpbench import BACKENDS, Batch, Network, load
 from mlpbench.backends import CPU_BACKENDS, model_class
 from mlpbench.backends.numpy_ref import NumpyModel
 from mlpbench.thread_policy import usable_cores
@@ -62,6 +62,15 @@ def test_backprop_takes_only_the_batch_of_the_last_forward(backend):
     model.forward(second)
     with pytest.raises(ValueError, match="different batch"):
         model.backprop(first)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_a_hand_built_batch_must_hold_as_many_rows_as_it_says(backend):
+    model = load(backend, NET)
+    good = load("numpy", NET).prepare(*batch_of(NET, 5))
+    for forged in (Batch(good.X, good.T, 3, NET), Batch(good.X, good.T[:4], 5, NET)):
+        with pytest.raises(ValueError, match="rows"):
+            model.forward(forged)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
