@@ -166,7 +166,7 @@ def test_reference_and_pytorch_are_checked_then_timed(quick_run: Path) -> None:
     rows = read_rows(quick_run)
     ok = rows[rows.status == "ok"]
     assert {"numpy", "torch-cpu"} <= set(ok.backend)
-    assert (ok.err_max <= ok.tolerance).all()
+    assert (ok.scaled_err_max <= ok.scaled_tolerance).all()
     assert (ok.repeats >= 2).all() and (ok.median_s > 0).all() and (ok.q1_s <= ok.median_s).all()
     assert (ok.median_s <= ok.q3_s).all() and (ok.iqr_s >= 0).all()
     for row in ok[~ok.stage.isin(("transfer", "checks"))].itertuples():
@@ -251,11 +251,11 @@ def test_meta_describes_the_run(quick_run: Path) -> None:
 def test_failed_verification_is_not_timed(tmp_path: Path) -> None:
     # Zero tolerance: any float32 rounding difference from the float64 reference fails.
     run_dir = run("quick", results_dir=tmp_path, run_id="strict", progress=False, studies=["stages"],
-                  networks=["digits:8"], backends=["numpy", "torch-cpu"], tolerance=0.0)
+                  networks=["digits:8"], backends=["numpy", "torch-cpu"], scaled_tolerance=0.0)
     rows = read_rows(run_dir).set_index("backend")
     assert rows.loc["torch-cpu", "status"] == "failed"
     assert "verification failed" in rows.loc["torch-cpu", "reason"]
-    assert pd.isna(rows.loc["torch-cpu", "median_s"]) and rows.loc["torch-cpu", "err_max"] > 0
+    assert pd.isna(rows.loc["torch-cpu", "median_s"]) and rows.loc["torch-cpu", "scaled_err_max"] > 0
     assert (rows.loc["numpy", "status"] == "ok").all()
 
 

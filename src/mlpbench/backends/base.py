@@ -203,6 +203,10 @@ class Model(ABC):
                              f"this model is {self.network.name}")
         if need_targets and batch.T is None:
             raise ValueError("batch has no labels: call prepare(X, y) with y to train")
+        # Arrays of the wrong kind are refused by the backend's own checks; here only the row count.
+        shapes = [tuple(getattr(array, "shape", ())) for array in (batch.X, batch.T) if array is not None]
+        if any(len(shape) != 2 or shape[0] != batch.size for shape in shapes if shape):
+            raise ValueError(f"batch says it has {batch.size} rows but holds arrays of shapes {shapes}")
 
     @abstractmethod
     def forward(self, batch: Batch) -> None:

@@ -23,7 +23,7 @@ from mlpbench.backends.base import (
     check_step_size,
     layer_views,
 )
-from mlpbench.backends.transfer import tensor_batch
+from mlpbench.backends.transfer import TensorBatch, tensor_batch
 from mlpbench.network import Network
 from mlpbench.thread_policy import check_threads, set_torch_threads, usable_cores
 
@@ -269,6 +269,9 @@ class TorchGPUGraphModel(TorchGPUModel):
     def train_step(self, batch: Batch, lr: float, weight_decay: float = 0.0) -> None:
         lr, weight_decay = check_step_size(lr, weight_decay)
         self._check_batch(batch, need_targets=True)
+        if not isinstance(batch, TensorBatch) or batch.X.device != self._dev:
+            raise ValueError("torch-gpu-graph: train_step needs a batch from prepare(X, y) of a model on this "
+                             "device, or rows of one")
         static = self._staged(batch)
         key = (batch.size, lr, weight_decay)
         captured = self._graphs.get(key)

@@ -3,6 +3,8 @@ a checked host batch copied to the device the backend computes on."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -10,9 +12,15 @@ from mlpbench.backends.base import Batch
 from mlpbench.network import Network
 
 
-def tensor_batch(network: Network, X: np.ndarray, T: np.ndarray | None, device: torch.device) -> Batch:
+@dataclass(frozen=True)
+class TensorBatch(Batch):
+    """A batch of tensors made by :func:`tensor_batch` from checked host data (or :meth:`Batch.rows` of one),
+    as opposed to one built by hand."""
+
+
+def tensor_batch(network: Network, X: np.ndarray, T: np.ndarray | None, device: torch.device) -> TensorBatch:
     """A checked host batch as tensors on ``device`` that the batch owns: a host-to-device copy on GPUs, a
     host copy on the CPU (so later changes to ``X`` or ``T`` do not reach it)."""
     X_t = torch.from_numpy(X).to(device, copy=True)
     T_t = None if T is None else torch.from_numpy(T).to(device, copy=True)
-    return Batch(X_t, T_t, X.shape[0], network)
+    return TensorBatch(X_t, T_t, X.shape[0], network)

@@ -15,11 +15,12 @@ Studies (each one a list of units of work, each unit recorded as soon as it fini
                  strong and weak scaling, all-reduce after backprop or overlapped with it;
 ``lineprofile``  line-by-line profile of the Python driver of a training step (:mod:`mlpbench.profiling`).
 
-Before a configuration is timed, :func:`mlpbench.verify.compare_stages` checks it against the float64
+Before a configuration is timed, :func:`mlpbench.verify.check_stages` checks it against the float64
 reference at the same network, on ``min(batch, verify_batch)`` samples (so huge networks are checked on a
-reduced batch). Its worst relative errors go into every row; above ``tolerance`` the configuration is recorded
-as ``failed`` and not timed. A backend that cannot run here (``BackendUnavailable``) is ``skipped``; any other
-exception is ``failed``; the reason is recorded and the sweep goes on.
+reduced batch). Its worst relative errors and its worst scaled error (error in units of float32 rounding of
+the magnitude each quantity is computed from) go into every row; a scaled error above ``scaled_tolerance``
+records the configuration as ``failed``, not timed. A backend that cannot run here (``BackendUnavailable``)
+is ``skipped``; any other exception is ``failed``; the reason is recorded and the sweep goes on.
 
 Thread counts are explicit and come from what each backend class declares: ``threaded`` backends (``c-omp``,
 ``torch-cpu``) get theirs as an option; around every configuration the shared OpenMP runtime (through PyTorch)

@@ -23,7 +23,7 @@ from mlpbench.timing import (
     probe_step,
     time_stages,
 )
-from mlpbench.verify import compare_stages, random_batch
+from mlpbench.verify import check_stages, passes, random_batch
 
 #: Largest batch of the step that estimates a configuration's cost before it is timed, and how many times
 #: an estimate over budget is taken again before the configuration is skipped.
@@ -65,7 +65,8 @@ def measure(config: Config, params: SweepParams, unavailable: Unavailable) -> li
     network = resolve(config.network)
     base: dict[str, Any] = {"study": config.study, "backend": config.backend, "network": config.network,
                             "sizes": network.name, "batch": config.batch, "threads": config.threads,
-                            "tolerance": params.tolerance, "warmup": params.warmup,
+                            "tolerance": params.tolerance,
+                            "scaled_tolerance": params.scaled_tolerance, "warmup": params.warmup,
                             "load_before": os.getloadavg()[0]}
 
     def not_timed(status: str, reason: str) -> list[dict[str, Any]]:
@@ -94,14 +95,16 @@ def _check_and_time(config: Config, network: Network, params: SweepParams, base:
                     options: dict[str, Any], not_timed: Callable[[str, str], list[dict[str, Any]]]
                     ) -> list[dict[str, Any]]:
     verify_batch = min(config.batch, params.verify_batch)
-    errors = compare_stages(config.backend, network, verify_batch, seed=params.seed, **options)
+    check = check_stages(config.backend, network, verify_batch, seed=params.seed, **options)
     base["verify_batch"] = verify_batch
-    base.update({f"err_{name}": errors[name] for name in ERROR_QUANTITIES})
-    worst = max(errors, key=lambda name: errors[name])
-    base["err_max"] = errors[worst]
-    if not errors[worst] <= params.tolerance:  # NaN fails too
-        return not_timed("failed", f"verification failed: {worst} relative error {errors[worst]:.3g} "
-                                   f"> tolerance {params.tolerance:.3g}")
+    base.update({f"err_{name}": check.relative[name] for name in ERROR_QUANTITIES})
+    base["err_max"] = max(check.relative.values())
+    worst = check.worst
+    base["scaled_err_max"] = check.scaled[worst]
+    if not passes(check.scaled, params.scaled_tolerance):  # NaN fails too
+        return not_timed("failed", f"verification failed: {worst} error {check.scaled[worst]:.3g} x float32 "
+                                   f"rounding of its magnitude > {params.scaled_tolerance:.3g} (relative error "
+                                   f"{check.relative[worst]:.3g})")
     rng = np.random.Generator(np.random.PCG64(params.seed))
     inputs = [random_batch(network, config.batch, rng) for _ in range(params.rotate)]
     model = load(config.backend, network, seed=params.seed, **options)

@@ -10,7 +10,7 @@ from mlpbench.backends import BACKENDS, check_backend
 from mlpbench.network import resolve
 from mlpbench.thread_policy import usable_cores
 from mlpbench.training import TASKS
-from mlpbench.verify import FLOAT32_TOLERANCE
+from mlpbench.verify import FLOAT32_TOLERANCE, SCALED_TOLERANCE
 
 SCHEMA_VERSION = 1
 STUDIES = ("stages", "threads", "batch", "width", "ladder", "training", "endtoend", "ranks", "lineprofile")
@@ -55,7 +55,8 @@ class SweepParams:
     budget_s: float = 30.0    # timing seconds per configuration: fewer repeats, or skipped beyond min_repeats
     rotate: int = 4           # input batches cycled through while timing
     verify_batch: int = 64    # largest batch of the correctness check
-    tolerance: float = FLOAT32_TOLERANCE
+    tolerance: float = FLOAT32_TOLERANCE  # relative error of the ladders' products
+    scaled_tolerance: float = SCALED_TOLERANCE  # scaled error of every checked quantity (mlpbench.verify)
     lr: float = 0.01          # learning rate while timing (small: the weights must stay finite)
     weight_decay: float = 1e-3
     seed: int = 0

@@ -9,14 +9,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ERROR_QUANTITIES = ("activations", "loss", "grad_weights", "grad_biases", "params")
+from mlpbench.verify import QUANTITIES as ERROR_QUANTITIES
 
 ROW_COLUMNS = (
     "key", "block_rows", "study", "backend", "device", "network", "sizes", "batch", "threads", "stage", "status",
     "reason", "repeats", "warmup", "median_s", "q1_s", "q3_s", "iqr_s", "min_s", "mean_s", "flops", "gflops",
     "samples_per_s", "bytes", "gb_per_s", "verify_batch", "tolerance",
-    *(f"err_{name}" for name in ERROR_QUANTITIES), "err_max", "loss_after", "loss_finite", "reused_from",
-    "finished_at", "load_1min", "load_before", "compile_s",
+    *(f"err_{name}" for name in ERROR_QUANTITIES), "err_max",
+    "scaled_err_max", "scaled_tolerance", "loss_after", "loss_finite", "reused_from", "finished_at",
+    "load_1min", "load_before", "compile_s",
 )
 LADDER_COLUMNS = (
     "key", "block_rows", "device", "impl", "version", "rung", "n", "threads", "status", "reason", "repeats",
