@@ -191,7 +191,7 @@ def test_a_diverging_float32_run_is_reported_as_asked(backend):
         model = load(backend, NET, on_nonfinite=on_nonfinite)
         return [model.step(X, y, lr=3e38) for _ in range(3)]  # float32 overflows by the third step
 
-    with pytest.raises(FloatingPointError, match="loss is (nan|inf)"):
+    with pytest.raises(FloatingPointError, match=r"loss is (nan|inf)"):
         diverge("raise")
     with pytest.warns(RuntimeWarning, match="diverged"):
         diverge("warn")

@@ -150,7 +150,9 @@ HELP: dict[str, str] = {
     "budget_s": "timing seconds per configuration: fewer repeats, or skipped beyond min_repeats",
     "rotate": "input batches cycled through while timing",
     "verify_batch": "largest batch of the correctness check against the float64 reference",
-    "tolerance": "relative error a float32 backend must stay under in that check",
+    "tolerance": "relative error a matrix-product ladder rung must stay under against the float64 product",
+    "scaled_tolerance": "scaled error (in float32 rounding of the magnitudes each quantity is computed from) "
+                        "every checked quantity of a configuration must stay under (mlpbench.verify)",
     "lr": "learning rate while timing (small: the weights must stay finite)",
     "weight_decay": "L2 weight decay while timing",
     "seed": "seed of the weights and of the input batches",
