@@ -109,17 +109,17 @@ def test_a_data_set_larger_than_max_batch_is_computed_on_in_rows(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_every_backend_takes_the_same_thread_option(backend):
     cls = model_class(backend)
-    assert cls.thread_option(None) is None
+    assert cls.check_thread_option(None) is None
     if cls.threaded:
-        assert cls.thread_option(1) == 1
+        assert cls.check_thread_option(1) == 1
         with pytest.raises(ValueError, match=f"at most {cls.max_threads()}"):
-            cls.thread_option(cls.max_threads() + 1)
+            cls.check_thread_option(cls.max_threads() + 1)
     else:
-        assert cls.thread_option(1) is None  # its own fixed count
+        assert cls.check_thread_option(1) is None  # its own fixed count
         with pytest.raises(ValueError, match="takes no thread count"):
-            cls.thread_option(2)
+            cls.check_thread_option(2)
     with pytest.raises(TypeError, match="threads"):
-        cls.thread_option(2.0)
+        cls.check_thread_option(2.0)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
