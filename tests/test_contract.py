@@ -174,6 +174,17 @@ def test_same_errors_for_matrices_huge_steps_and_missing_gradients(backend):
         model.train_step(batch, 0.1, weight_decay=1e39)
 
 
+def test_the_c_size_limit_is_the_one_the_c_library_enforces():
+    import re
+
+    from mlpbench import native
+    from mlpbench.backends.native_c import C_SIZE_LIMIT
+
+    source = (native.native_dir() / "src" / "model.c").read_text()
+    shift = re.search(r"SIZE_LIMIT\s*=\s*1\s*<<\s*(\d+)", source)
+    assert shift and C_SIZE_LIMIT == 1 << int(shift.group(1))
+
+
 @pytest.mark.parametrize("backend", ["c-serial", "c-omp"])
 def test_c_size_limits_are_checked_before_c(backend):
     wide = Network((2**24 + 1, 2))
