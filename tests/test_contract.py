@@ -109,17 +109,17 @@ def test_a_data_set_larger_than_max_batch_is_computed_on_in_rows(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_every_backend_takes_the_same_thread_option(backend):
     cls = model_class(backend)
-    assert cls.thread_option(None) is None
+    assert cls.check_thread_option(None) is None
     if cls.threaded:
-        assert cls.thread_option(1) == 1
+        assert cls.check_thread_option(1) == 1
         with pytest.raises(ValueError, match=f"at most {cls.max_threads()}"):
-            cls.thread_option(cls.max_threads() + 1)
+            cls.check_thread_option(cls.max_threads() + 1)
     else:
-        assert cls.thread_option(1) is None  # its own fixed count
+        assert cls.check_thread_option(1) is None  # its own fixed count
         with pytest.raises(ValueError, match="takes no thread count"):
-            cls.thread_option(2)
+            cls.check_thread_option(2)
     with pytest.raises(TypeError, match="threads"):
-        cls.thread_option(2.0)
+        cls.check_thread_option(2.0)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -172,6 +172,17 @@ def test_same_errors_for_matrices_huge_steps_and_missing_gradients(backend):
         model.update(1e39)
     with pytest.raises(ValueError, match="overflows float32"):
         model.train_step(batch, 0.1, weight_decay=1e39)
+
+
+def test_the_c_size_limit_is_the_one_the_c_library_enforces():
+    import re
+
+    from mlpbench import native
+    from mlpbench.backends.native_c import C_SIZE_LIMIT
+
+    source = (native.native_dir() / "src" / "model.c").read_text()
+    shift = re.search(r"SIZE_LIMIT\s*=\s*1\s*<<\s*(\d+)", source)
+    assert shift and C_SIZE_LIMIT == 1 << int(shift.group(1))
 
 
 @pytest.mark.parametrize("backend", ["c-serial", "c-omp"])

@@ -65,7 +65,7 @@ def load(backend: str, network: Network | str, params: Params | None = None, see
     """
     network = resolve(network)
     cls = model_class(backend)
-    threads = cls.thread_option(threads)
+    threads = cls.check_thread_option(threads)
     on_nonfinite = check_on_nonfinite(on_nonfinite)
     if threads is not None:
         options["threads"] = threads

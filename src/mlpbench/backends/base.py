@@ -148,7 +148,7 @@ class Model(ABC):
             cls.close = _closing(cls.__dict__["close"])
 
     @classmethod
-    def thread_option(cls, threads: Any) -> int | None:
+    def check_thread_option(cls, threads: Any) -> int | None:
         """A checked ``threads`` option: up to :meth:`max_threads` for a ``threaded`` backend; ``None`` or 1
         for the others, which run on their own fixed count (any other value is a ``ValueError``)."""
         if threads is None:
