@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -49,6 +50,7 @@ from mlpbench.backends.base import (
     check_inputs,
     check_params,
     check_step_size,
+    layer_views,
 )
 from mlpbench.backends.torch_nn import pin_ieee_float32, tensor_batch
 from mlpbench.gpu import KERNEL_DIR, ModuleSpec
@@ -440,8 +442,11 @@ class CudaModel(Model):
         self._A: list[torch.Tensor] = []
         self._dZ: list[torch.Tensor] = []
         self._loss_rows = torch.empty(0, device=self._dev)
-        self._dW = [torch.zeros_like(w) for w in self._weight_tensors()]
-        self._db = [torch.zeros_like(b) for b in self._bias_tensors()]
+        # Every gradient in one flat tensor (layer_views' layout): data-parallel training all-reduces it in one call.
+        self._grad_flat = torch.zeros(network.n_params, device=self._dev)
+        views = layer_views(network, self._grad_flat)
+        self._dW = [dW for dW, _ in views]
+        self._db = [db for _, db in views]
         self._forward_size = 0    # batch size of the last forward (0: none yet)
         self._labelled = False    # whether the last forward had targets (so a loss)
         self._pending = False     # a forward whose backprop has not run yet
@@ -498,10 +503,12 @@ class CudaModel(Model):
     def _start_forward(self, batch: Batch) -> None:
         self._ensure_open()
         self._check_batch(batch)
+        self._bind(batch)
 
     def _start_backprop(self, batch: Batch) -> None:
         self._ensure_open()
         self._check_batch(batch, need_targets=True)
+        self._check_bound(batch)
         if not self._pending or batch.size != self._forward_size:
             raise RuntimeError("backprop needs a forward pass on the same labelled batch first")
 
@@ -539,6 +546,9 @@ class CudaModel(Model):
             raise RuntimeError("no gradients yet: call backprop first")
         return [(dw.cpu().numpy().copy(), db.cpu().numpy().copy()) for dw, db in zip(self._dW, self._db,
                                                                                         strict=True)]
+
+    def gradient_buffer(self) -> torch.Tensor:
+        return self._grad_flat
 
     def synchronize(self) -> None:
         gpu.synchronize()
@@ -623,12 +633,20 @@ class _LayeredCudaModel(CudaModel):
                                  self._A[layer - 1].data_ptr(), batch.size * n_in, self._activation)
 
     def backprop(self, batch: Batch) -> None:
+        self.backprop_by_layer(batch, lambda layer: None)
+
+    #: Each layer's gradients are queued before the layer below is: an all-reduce queued on another stream
+    #: after ``on_layer`` runs while the GPU computes the layers below.
+    overlaps_backprop = True
+
+    def backprop_by_layer(self, batch: Batch, on_layer: Callable[[int], None]) -> None:
         self._start_backprop(batch)
         self._output_delta(batch)
         for layer in range(self.network.n_layers - 1, -1, -1):
             n_out, n_in = self.network.layer_shapes[layer]
             self._product("tn", self._dW[layer], self._dZ[layer], self._input(batch, layer), n_out, n_in, batch.size)
             self._bias_gradient(batch, layer)
+            on_layer(layer + 1)
             if layer > 0:
                 self._input_gradient(batch, layer)
         self._pending = False
