@@ -36,7 +36,7 @@ from mlpbench.backends import cuda, cuda_fused
 from mlpbench.backends.torch_nn import pin_ieee_float32
 from mlpbench.network import PRESETS, Network
 from mlpbench.timing import time_stages
-from mlpbench.verify import FLOAT32_TOLERANCE, compare_stages, random_batch
+from mlpbench.verify import FLOAT32_TOLERANCE, check_stages, random_batch
 
 TUNE_CONFIGS = [
     {"BM": 128, "BN": 128, "BK": 8, "WM": 64, "WN": 32, "MIN_BLOCKS": 2},
@@ -162,10 +162,10 @@ def steps(repeats: int, throughput_steps: int, cases: set[str] | None = None,
                     probe.forward(probe.prepare(*inputs[0]))
                     row["compile_s"] = probe.compile_seconds
                     probe.close()
-                errors = compare_stages(backend, net, batch, seed=1, **options)
-                row["max_rel_error"] = max(errors.values())
-                if not row["max_rel_error"] <= FLOAT32_TOLERANCE:
-                    row["status"] = f"verification failed: {errors}"
+                check = check_stages(backend, net, batch, seed=1, **options)
+                row["max_rel_error"] = max(check.relative.values())
+                if not check.passed:
+                    row["status"] = f"verification failed: scaled errors {check.scaled}"
                     rows.append(row)
                     print(row, flush=True)
                     continue

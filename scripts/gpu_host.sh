@@ -3,12 +3,15 @@
 # compile every kernel, run the GPU tests, compute-sanitizer and the benchmarks; logs and results under $OUT,
 # packed into $OUT/gpu-host.tar.gz; a short summary printed last.
 #
-#   scripts/gpu_host.sh [steps]    steps: comma-separated from  setup,test,sanitize,bench   (default: all)
+#   scripts/gpu_host.sh [steps]    steps: comma-separated from  setup,test,sanitize,bench,sweep
+#                                  (default: setup,test,sanitize,bench)
 #
-# Steps run in the order setup, bench, test, sanitize.
+# Steps run in the order setup, bench, test, sanitize, sweep. The sweep step runs (or resumes)
+# `python -m mlpbench.sweep` into results/$RUN_ID for at most SWEEP_TIMEOUT seconds (a run stopped there
+# resumes where it stopped when started again) and packs the run folder into $OUT/run.tar.gz.
 # Environment: OUT (default ./gpu-host-out), WHEELS (default .whl: pycuda, cffi, ... for the host's Python),
 # TEST_WHEELS (default .whl-test: pytest, where the host has none), PYTEST_ARGS, BENCH_ARGS, SANITIZE_TOOLS,
-# SANITIZE_TIMEOUT (seconds per tool).
+# SANITIZE_TIMEOUT (seconds per tool), RUN_ID (default gpu-host), SWEEP_ARGS, SWEEP_TIMEOUT (seconds).
 set -uo pipefail
 
 STEPS=${1:-setup,test,sanitize,bench}
@@ -67,6 +70,16 @@ if has sanitize; then
         status=$?
         note "compute-sanitizer $tool: exit $status ($((SECONDS - start)) s): $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$LOGS/sanitize-$tool.log" | tail -1)"
     done
+fi
+
+if has sweep; then
+    RUN_ID=${RUN_ID:-gpu-host}
+    start=$SECONDS
+    timeout -s INT "${SWEEP_TIMEOUT:-540}" python3 -m mlpbench.sweep --results results --run-id "$RUN_ID" \
+        --no-progress ${SWEEP_ARGS:-} >"$LOGS/sweep.log" 2>&1
+    note "sweep $RUN_ID: exit $? ($((SECONDS - start)) s): $(tail -1 "$LOGS/sweep.log")"
+    grep -i "warning" "$LOGS/sweep.log" | head -5 | tee -a "$SUMMARY"
+    tar czf "$OUT/run.tar.gz" -C results "$RUN_ID"
 fi
 
 tar czf "$OUT/gpu-host.tar.gz" -C "$OUT" logs $(test -d "$OUT/bench" && echo bench) 2>/dev/null
