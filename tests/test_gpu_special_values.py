@@ -38,11 +38,13 @@ def gpu_ready():
 
 
 def plant(model, batch, where: str, value: float) -> None:
-    """Write ``value`` past the input checks: into the prepared batch, or into the first weight matrix."""
-    if where == "X":
-        batch.X[1, 2] = value
-    elif where == "T":
-        batch.T[1, 0] = value
+    """Write ``value`` past the input checks: into the prepared batch (a host batch's read-only copy made
+    writable for this), or into the first weight matrix."""
+    if where in ("X", "T"):
+        array = batch.X if where == "X" else batch.T
+        if isinstance(array, np.ndarray):
+            array.flags.writeable = True
+        array[1, 2 if where == "X" else 0] = value
     elif hasattr(model, "_params"):  # numpy: float64 arrays
         model._params[0][0][1, 2] = value
     elif hasattr(model, "_weights"):  # the PyTorch backends: leaf tensors

@@ -177,6 +177,7 @@ class TorchGPUCompileModel(TorchGPUGraphModel):
         self._hidden, self._logits = [h.detach() for h in hidden], logits.detach()
         self._pending_loss = loss
         self._loss = None if loss is None else loss.detach()
+        self._bind(batch)
 
     def backprop(self, batch: Batch) -> None:
         if self._unusable is not None:

@@ -48,7 +48,9 @@ class TorchModel(Model):
     def __init__(self, network: Network, params: Params) -> None:
         super().__init__(network, params)
         pin_ieee_float32()
-        self._dev = torch.device(self.torch_device)
+        # With its index, so a batch's device (always indexed) compares equal to the model's.
+        self._dev = torch.device(self.torch_device, torch.cuda.current_device()) if self.torch_device == "cuda" \
+            else torch.device(self.torch_device)
         self._weights = []
         self._biases = []
         for weights, bias in check_params(network, params):
