@@ -194,7 +194,14 @@ def _train_rank(rank, world_size, port, out_dir):
 
     import torch.distributed as dist
 
-    from mlpbench.distributed.ranks import DataParallel, build_model, check_identical_params, global_batches, shard
+    from mlpbench.distributed.ranks import (
+        DataParallel,
+        build_model,
+        check_identical_params,
+        global_batches,
+        leave,
+        shard,
+    )
 
     os.environ.update(rank_env(rank, world_size, port))
     dist.init_process_group("gloo", timeout=dt.timedelta(seconds=60))
@@ -208,7 +215,9 @@ def _train_rank(rank, world_size, port, out_dir):
                 trainer.step(model.prepare(*shard(X, y, rank, world_size)), LR)
             if rank == 0:
                 np.savez(out_dir / f"{backend}-{rung}.npz", *[a for pair in model.params() for a in pair])
+    dist.barrier()  # no rank leaves while another still talks to it
     dist.destroy_process_group()
+    leave(0)  # as the rank program does: no interpreter teardown (see leave)
 
 
 def test_two_gloo_ranks_train_like_one_process_on_the_global_batch(tmp_path):

@@ -487,12 +487,10 @@ def fail(rank: int | str, error: BaseException, code: int) -> NoReturn:
     """Say which rank failed and why, then leave at once: a clean shutdown could wait on the other ranks."""
     traceback.print_exception(error, file=sys.stderr)
     print(f"mlpbench.distributed: rank {rank} failed: {type(error).__name__}: {error}", file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    leave(code)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = parser().parse_args(argv)
     rank: int | str = os.environ.get("RANK", "?")
     try:
@@ -505,4 +503,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(config, env, args.out, args.inject_fault)
     except BaseException as error:  # every failure must end this rank, named
         fail(rank, error, 1)
-    return 0
+    leave(0)
+
+
+def leave(code: int) -> NoReturn:
+    """End the process without the interpreter's teardown, where PyTorch occasionally aborts
+    (``terminate called without an active exception``) after a process group was used, when all work is done."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
