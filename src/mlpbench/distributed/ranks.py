@@ -322,9 +322,10 @@ def benchmark_allreduce(config: RankConfig, device: torch.device) -> list[dict[s
     clock = SplitClock(device)
     rows = []
     for nbytes in config.allreduce_sizes:
-        tensor = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+        tensor = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
         samples = []
         for index in range(2 + config.allreduce_repeats):
+            tensor.fill_(1.0)  # repeated sums would grow without bound
             barrier(device)
             ns, = clock.measure(lambda tensor=tensor: dist.all_reduce(tensor))
             if index >= 2:
