@@ -14,6 +14,9 @@ else
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 endif
+# The same interpreter for `make -C native` (which runs in native/, so a relative path is made absolute): it
+# finds the scipy-openblas32 wheel that the c-blas library is built against.
+NATIVE_PY := $(if $(findstring /,$(PY)),$(abspath $(PY)),$(PY))
 
 # The sweep: preset (quick, default, full), where runs go, and extra papermill arguments (-p name value).
 PRESET ?= default
@@ -44,15 +47,15 @@ endif
 install: $(INSTALLED) native
 
 native:
-	$(MAKE) -C native
+	$(MAKE) -C native PYTHON=$(NATIVE_PY)
 
 asan:
-	$(MAKE) -C native asan
+	$(MAKE) -C native asan PYTHON=$(NATIVE_PY)
 
 # The project's whole test suite: native tests under the sanitizers, then pytest. GPU tests skip with the
 # reason where no GPU is usable.
 test: install asan
-	$(MAKE) -C native test test-asan
+	$(MAKE) -C native test test-asan PYTHON=$(NATIVE_PY)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(INSTALLED)

@@ -9,6 +9,8 @@ from mlpbench.network import Network
 
 NETWORK = Network((7, 33, 17, 3), "tanh", "softmax-ce")
 BACKENDS = [("c-serial", {}), ("c-omp", {"threads": 2})]
+NEEDS_BLAS = pytest.mark.skipif(not native.library_path("blas").is_file(),
+                                reason="libmlp_blas.so not built (make -C native with scipy-openblas32 installed)")
 
 
 def prepared(model, rows=9):
@@ -21,7 +23,8 @@ def flat(params):
     return np.concatenate([np.concatenate([W.ravel(), b]) for W, b in params])
 
 
-@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b[0])
+@pytest.mark.parametrize("backend", [*BACKENDS, pytest.param(("c-blas", {"threads": 2}), marks=NEEDS_BLAS)],
+                         ids=lambda b: b[0])
 def test_block_is_the_gradients_and_update_reads_it(backend):
     name, options = backend
     model = load(name, NETWORK, seed=2, **options)

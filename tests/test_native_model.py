@@ -4,6 +4,7 @@ bit-identical results for any thread count; and every malformed input stopped in
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from mlpbench.backends.base import Batch
 from mlpbench.network import Network
 from mlpbench.verify import FLOAT32_TOLERANCE, compare_stages, random_batch, training_losses
 
-# Widths and batches that divide no tile (MR 6, NR 16, KC 256, MC 144); every activation and loss.
+# Widths and batches that divide no tile (6 x 16 and 8 x 32, KC 256, MC 144); every activation and loss.
 CASES = [
     (Network((33, 257, 7), "sigmoid", "softmax-ce"), 7),
     (Network((7, 33, 1), "tanh", "sigmoid-bce"), 257),
@@ -26,6 +27,9 @@ CASES = [
     (Network((2, 30, 30, 1), "sigmoid", "sigmoid-bce"), 32),
 ]
 BACKENDS = [("c-serial", {}), ("c-omp", {"threads": 1}), ("c-omp", {"threads": 2}), ("c-omp", {"threads": 3})]
+# c-blas exists where the scipy-openblas32 wheel was installed when the library was built (a dependency).
+NEEDS_BLAS = pytest.mark.skipif(not native.library_path("blas").is_file(),
+                                reason="libmlp_blas.so not built (make -C native with scipy-openblas32 installed)")
 
 
 def case_id(case):
@@ -48,8 +52,37 @@ def test_stages_match_reference(backend, kernel, case):
     assert max(errors.values()) <= FLOAT32_TOLERANCE, errors
 
 
+@NEEDS_BLAS
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_blas_stages_match_reference(threads, case):
+    network, batch = case
+    errors = compare_stages("c-blas", network, batch, seed=11, threads=threads)
+    assert max(errors.values()) <= FLOAT32_TOLERANCE, errors
+
+
+@NEEDS_BLAS
+def test_blas_library_runs_openblas_on_the_threads_asked():
+    import ctypes
+
+    import scipy_openblas32
+
+    lib = native.library("blas")
+    assert lib.mlp_has_blas() == 1 and lib.mlp_has_openmp() == 0
+    assert native.library("omp").mlp_has_blas() == 0
+    # The library opened by c-blas (by its rpath) is this one: dlopen hands back the same instance.
+    openblas = ctypes.CDLL(str(Path(scipy_openblas32.get_lib_dir()) / "libscipy_openblas.so"))
+    network = Network((7, 33, 3), "tanh", "softmax-ce")
+    X, y = random_batch(network, 9, np.random.default_rng(0))
+    for threads in (2, 1, 2):
+        model = load("c-blas", network, threads=threads)
+        model.step(X, y, 0.1)
+        assert openblas.scipy_openblas_get_num_threads() == threads
+    assert "scipy_openblas" in native.build_info()["blas"]
+
+
 @pytest.mark.parametrize("kernel", sorted(native.KERNELS))
-@pytest.mark.parametrize("isa", ["portable", "avx2"])
+@pytest.mark.parametrize("isa", [isa for isa in native.ISAS if isa != "auto"])
 def test_each_instruction_set_matches_reference(isa, kernel):
     if not native.library("omp").mlp_isa_supported(native.ISAS[isa]):
         pytest.skip(f"this CPU cannot run the {isa} kernels")
@@ -73,7 +106,8 @@ TRAINING = [
 
 @pytest.mark.parametrize("training", TRAINING, ids=lambda t: f"{t[0].name}-{t[0].activation}")
 @pytest.mark.parametrize("backend", [("c-serial", {}), ("c-omp", {"threads": 2}),
-                                     ("c-omp", {"threads": 2, "kernel": 1})], ids=backend_id)
+                                     ("c-omp", {"threads": 2, "kernel": 1}),
+                                     pytest.param(("c-blas", {"threads": 2}), marks=NEEDS_BLAS)], ids=backend_id)
 def test_fifty_training_steps_follow_reference(backend, training):
     name, options = backend
     network, get_data, batch, lr = training
@@ -127,7 +161,7 @@ def test_inference_predict_and_attributes():
     np.testing.assert_allclose(model.predict(X), reference.predict(X), rtol=1e-5, atol=1e-7)
     assert np.isnan(model.loss())
     assert (model.threads, model.kernel, model.max_batch) == (2, 3, 40)
-    assert model.isa in ("portable", "avx2")
+    assert model.isa == native.ISA_NAMES[native.library("omp").mlp_best_isa()]
     assert load("c-serial", network).threads == 1
 
 
@@ -264,6 +298,8 @@ def test_stage_order_and_step_sizes_checked(recorded):
     ("c-omp", {"max_batch": 2.5}, ValueError, "max_batch"),
     ("c-omp", {"isa": "sse9"}, ValueError, "instruction set"),
     ("c-serial", {"threads": 2}, TypeError, "threads"),
+    pytest.param("c-blas", {"kernel": 3}, TypeError, "kernel", marks=NEEDS_BLAS),
+    pytest.param("c-blas", {"threads": 0}, ValueError, "threads", marks=NEEDS_BLAS),
     ("c-omp", {"color": "red"}, TypeError, "color"),
 ])
 def test_bad_options_raise(backend, options, error, match):
@@ -311,6 +347,10 @@ def test_missing_library_is_reported(tmp_path):
                             check=True)
     assert "run `make -C native` first" in result.stdout
     assert model_class("c-omp").name == "c-omp"
+    code = code.replace("c-omp", "c-blas")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
+                            check=True)
+    assert "pip install scipy-openblas32" in result.stdout and "make -C native PYTHON=" in result.stdout
 
 
 # ------------------------------------------------------------------ random abuse of the model API

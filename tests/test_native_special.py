@@ -10,12 +10,14 @@ from mlpbench import load, native
 from mlpbench.network import Network
 
 NETWORK = Network((6, 9, 4), "tanh", "softmax-ce")
-BACKENDS = [("c-serial", {}), ("c-omp", {"threads": 2})]
+NEEDS_BLAS = pytest.mark.skipif(not native.library_path("blas").is_file(),
+                                reason="libmlp_blas.so not built (make -C native with scipy-openblas32 installed)")
+BACKENDS = [("c-serial", {}), ("c-omp", {"threads": 2}), pytest.param(("c-blas", {"threads": 2}), marks=NEEDS_BLAS)]
 INSTRUCTION_SETS = [name for name in native.ISAS if name != "auto"]
 
 
 def make_model(backend, isa, activation="tanh"):
-    if not native.library("omp").mlp_isa_supported(native.ISAS[isa]):
+    if not native.library("serial").mlp_isa_supported(native.ISAS[isa]):
         pytest.skip(f"this CPU cannot run the {isa} kernels")
     name, options = backend
     network = Network(NETWORK.sizes, activation, NETWORK.loss)
@@ -49,7 +51,7 @@ def test_nan_input_gives_nan_loss_and_output(backend, isa):
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b[0])
 def test_nan_weight_gives_nan_everywhere(backend, isa, activation):
     model = make_model(backend, isa, activation)
-    lib = native.library(model.variant)
+    lib = model._lib
     lib.mlp_model_buffer(model._model, lib.MLP_BUF_WEIGHTS, 1)[0] = math.nan
     batch = batch_of(model)
     model.forward(batch)

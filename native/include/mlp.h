@@ -1,7 +1,8 @@
 /* mlp.h: a fully connected network trained with mini-batch SGD, in float32, serial or OpenMP.
  *
- * The same sources build two libraries: libmlp_omp.so (OpenMP) and libmlp_serial.so (no OpenMP runtime;
- * thread counts are accepted and the work runs on the calling thread).
+ * The same sources build three libraries: libmlp_omp.so (OpenMP), libmlp_serial.so (no OpenMP runtime;
+ * thread counts are accepted and the work runs on the calling thread) and libmlp_blas.so (as serial, but
+ * every matrix product is OpenBLAS's cblas_sgemm on the given number of OpenBLAS threads).
  *
  * Conventions (shared with the Python package):
  *   - every matrix is a flat, contiguous, row-major float32 buffer;
@@ -16,7 +17,7 @@
  * workspace, sized for the max_batch and max_threads given to mlp_model_create.
  *
  * Determinism: OpenMP work is split over output elements only, never inside a sum, so results are
- * bit-identical for any thread count.
+ * bit-identical for any thread count (libmlp_blas: whatever OpenBLAS guarantees).
  *
  * Only the region between the CDEF markers is read by the Python loader (cffi): keep it free of
  * preprocessor lines.
@@ -57,7 +58,7 @@ enum mlp_kernel {
 };
 
 /* Micro-kernel instruction set, chosen at run time (never from the build machine). */
-enum mlp_isa { MLP_ISA_AUTO = 0, MLP_ISA_PORTABLE = 1, MLP_ISA_AVX2 = 2 };
+enum mlp_isa { MLP_ISA_AUTO = 0, MLP_ISA_PORTABLE = 1, MLP_ISA_AVX2 = 2, MLP_ISA_AVX512 = 3 };
 
 /* What mlp_model_buffer returns. */
 enum mlp_buffer {
@@ -74,8 +75,11 @@ typedef struct mlp_gemm_workspace mlp_gemm_workspace;
 
 const char *mlp_error_message(int status);
 
-/* 1 in libmlp_omp, 0 in libmlp_serial. */
+/* 1 in libmlp_omp, 0 in libmlp_serial and libmlp_blas. */
 int mlp_has_openmp(void);
+
+/* 1 in libmlp_blas (every matrix product by OpenBLAS's cblas_sgemm on its own threads), else 0. */
+int mlp_has_blas(void);
 
 /* The instruction set MLP_ISA_AUTO resolves to on this CPU. */
 int mlp_best_isa(void);

@@ -3,10 +3,11 @@
  *   1. naive:   one dot product per output element, straight from the strided operands;
  *   2. blocked: the loop order chosen so the innermost loop walks memory contiguously, and the output and
  *               k dimension cut into blocks that stay in cache; the compiler vectorises the inner loop;
- *   3. packed:  BLIS-style. op(A) is copied into MR-row slivers and op(B) into NR-column slivers (so a
+ *   3. packed:  BLIS-style. op(A) is copied into mr-row slivers and op(B) into nr-column slivers (so a
  *               transposition costs nothing but a different packing stride), and a register-blocked SIMD
- *               micro-kernel computes MR x NR tiles, applying bias + activation (forward) or the activation
- *               derivative (backprop) to the tile while it is still in registers.
+ *               micro-kernel computes mr x nr tiles (the tile of the instruction set's kernel set),
+ *               applying bias + activation (forward) or the activation derivative (backprop) to the tile
+ *               while it is still in registers.
  *
  * Rungs 1 and 2 run the epilogue as a separate pass over each finished output tile.
  *
@@ -40,6 +41,8 @@ float *alloc_floats(size_t count)
  * study's small networks; a 16 x 128 tile of C (8 KiB) stays in L1, a 256 x 128 block of B in L2. */
 enum { LOOP_TILE_M = 16, LOOP_TILE_N = 128, LOOP_BLOCK_K = 256 };
 
+/* The BLAS build replaces the ladder (gemm_team below): its loops are compiled only without it. */
+#ifndef MLP_BLAS
 static void naive_tile(const gemm_problem *p, int i0, int i1, int j0, int j1)
 {
     for (int i = i0; i < i1; ++i)
@@ -101,6 +104,8 @@ static void blocked_tile_axpy(const gemm_problem *p, int i0, int i1, int j0, int
     }
 }
 
+#endif
+
 /* The epilogue of rungs 1 and 2: a second pass over a finished tile of C. */
 static void epilogue_pass(const gemm_problem *p, const cpu_kernels *kernels, int i0, int i1, int j0, int j1)
 {
@@ -112,6 +117,7 @@ static void epilogue_pass(const gemm_problem *p, const cpu_kernels *kernels, int
                                        p->ep.ld_aux, p->ep.activation);
 }
 
+#ifndef MLP_BLAS
 static void gemm_loops(int kernel, const gemm_problem *p, const cpu_kernels *kernels)
 {
     const int tiles_m = (p->m + LOOP_TILE_M - 1) / LOOP_TILE_M;
@@ -132,12 +138,14 @@ static void gemm_loops(int kernel, const gemm_problem *p, const cpu_kernels *ker
     }
 }
 
+#endif
+
 /* ------------------------------------------------------------------ rung 3: packed panels */
 
 int pack_buffers_alloc(pack_buffers *buffers, int max_m, int max_n, int max_threads)
 {
-    buffers->a_floats = round_up(imin(MC, max_m), MR) * KC;
-    buffers->b_floats = (ptrdiff_t)KC * round_up(imin(NC, max_n), NR);
+    buffers->a_floats = round_up(imin(MC, max_m), MR_MAX) * KC;
+    buffers->b_floats = (ptrdiff_t)KC * round_up(imin(NC, max_n), NR_MAX);
     buffers->a_packed = alloc_floats((size_t)(buffers->a_floats * max_threads));
     buffers->b_packed = alloc_floats((size_t)(buffers->b_floats * max_threads));
     buffers->max_m = max_m;
@@ -156,71 +164,73 @@ void pack_buffers_free(pack_buffers *buffers)
     buffers->a_packed = buffers->b_packed = NULL;
 }
 
-/* Rows [i0, i0 + MR) and k range [q0, q0 + kc) of op(A) as sliver[q * MR + r]; rows past m are zero.
+#ifndef MLP_BLAS
+/* Rows [i0, i0 + mr) and k range [q0, q0 + kc) of op(A) as sliver[q * mr + r]; rows past m are zero.
  * A row-major A (the forward and input-gradient products) is a transposition, left to the kernel set; an
  * A^T (the weight gradient) has contiguous columns, which are plain copies. */
 static void pack_a_sliver(const gemm_problem *p, const cpu_kernels *kernels, int i0, int q0, int kc,
                           float *restrict sliver)
 {
-    const int rows = imin(MR, p->m - i0);
+    const int mr = kernels->mr, rows = imin(mr, p->m - i0);
     const float *src = p->a + i0 * p->a_rs + q0 * p->a_cs;
     if (p->a_cs == 1) {
         kernels->pack_a_rows(src, p->a_rs, rows, kc, sliver);
         return;
     }
-    if (p->a_rs == 1 && rows == MR) {
+    if (p->a_rs == 1 && rows == mr) {
         for (int q = 0; q < kc; ++q)
-            memcpy(sliver + q * MR, src + q * p->a_cs, MR * sizeof(float));
+            memcpy(sliver + q * mr, src + q * p->a_cs, (size_t)mr * sizeof(float));
         return;
     }
     for (int q = 0; q < kc; ++q)
         for (int r = 0; r < rows; ++r)
-            sliver[q * MR + r] = src[q * p->a_cs + r * p->a_rs];
+            sliver[q * mr + r] = src[q * p->a_cs + r * p->a_rs];
     for (int q = 0; q < kc; ++q)
-        for (int r = rows; r < MR; ++r)
-            sliver[q * MR + r] = 0.0f;
+        for (int r = rows; r < mr; ++r)
+            sliver[q * mr + r] = 0.0f;
 }
 
-/* k range [q0, q0 + kc) and columns [j0, j0 + NR) of op(B) as sliver[q * NR + c]; columns past n are zero.
+/* k range [q0, q0 + kc) and columns [j0, j0 + nr) of op(B) as sliver[q * nr + c]; columns past n are zero.
  * op(B) = W^T (the forward product) is a transposition, left to the kernel set; rows of op(B) that are
  * contiguous are plain copies. */
 static void pack_b_sliver(const gemm_problem *p, const cpu_kernels *kernels, int q0, int kc, int j0,
                           float *restrict sliver)
 {
-    const int cols = imin(NR, p->n - j0);
+    const int nr = kernels->nr, cols = imin(nr, p->n - j0);
     const float *src = p->b + q0 * p->b_rs + j0 * p->b_cs;
     if (p->b_rs == 1 && p->b_cs != 1) {
         kernels->pack_b_transposed(src, p->b_cs, cols, kc, sliver);
         return;
     }
-    if (p->b_cs == 1 && cols == NR) {
+    if (p->b_cs == 1 && cols == nr) {
         for (int q = 0; q < kc; ++q)
-            memcpy(sliver + q * NR, src + q * p->b_rs, NR * sizeof(float));
+            memcpy(sliver + q * nr, src + q * p->b_rs, (size_t)nr * sizeof(float));
         return;
     }
     for (int q = 0; q < kc; ++q)
         for (int c = 0; c < cols; ++c)
-            sliver[q * NR + c] = src[q * p->b_rs + c * p->b_cs];
+            sliver[q * nr + c] = src[q * p->b_rs + c * p->b_cs];
     for (int q = 0; q < kc; ++q)
-        for (int c = cols; c < NR; ++c)
-            sliver[q * NR + c] = 0.0f;
+        for (int c = cols; c < nr; ++c)
+            sliver[q * nr + c] = 0.0f;
 }
 
-/* Copies the rows x cols corner of a tile into an MR x NR stage, zeros elsewhere. */
-static void stage_tile(float *stage, const float *src, ptrdiff_t ld, int rows, int cols)
+/* Copies the rows x cols corner of a tile into an mr x nr stage (row stride nr), zeros elsewhere. */
+static void stage_tile(float *stage, int mr, int nr, const float *src, ptrdiff_t ld, int rows, int cols)
 {
-    memset(stage, 0, MR * NR * sizeof(float));
+    memset(stage, 0, (size_t)mr * nr * sizeof(float));
     for (int r = 0; r < rows; ++r)
-        memcpy(stage + r * NR, src + r * ld, (size_t)cols * sizeof(float));
+        memcpy(stage + r * nr, src + r * ld, (size_t)cols * sizeof(float));
 }
 
-/* One MR x NR tile. Edge tiles run the same micro-kernel on a staged copy, so every element of C is
+/* One mr x nr tile. Edge tiles run the same micro-kernel on a staged copy, so every element of C is
  * computed by the same instructions wherever the tile boundaries fall. The stage is filled only where the
  * kernel reads it (C when accumulating, aux for the derivative), zero-padded beyond the edge. */
 static void packed_tile(const gemm_problem *p, const cpu_kernels *kernels, const float *a_sliver,
                         const float *b_sliver, int kc, int row0, int col0, int accumulate, int finish)
 {
-    const int rows = imin(MR, p->m - row0), cols = imin(NR, p->n - col0);
+    const int mr = kernels->mr, nr = kernels->nr;
+    const int rows = imin(mr, p->m - row0), cols = imin(nr, p->n - col0);
     const int needs_aux = finish && p->ep.kind == EPI_ACTIVATION_DERIVATIVE;
     tile_output out = {
         .c = p->c + row0 * p->ldc + col0,
@@ -233,38 +243,38 @@ static void packed_tile(const gemm_problem *p, const cpu_kernels *kernels, const
         .aux = needs_aux ? p->ep.aux + row0 * p->ep.ld_aux + col0 : NULL,
         .ld_aux = p->ep.ld_aux,
     };
-    if (rows == MR && cols == NR) {
+    if (rows == mr && cols == nr) {
         kernels->microkernel(kc, a_sliver, b_sliver, &out);
         return;
     }
-    _Alignas(ALIGN_BYTES) float c_stage[MR * NR];
-    _Alignas(ALIGN_BYTES) float aux_stage[MR * NR];
+    _Alignas(ALIGN_BYTES) float c_stage[MR_MAX * NR_MAX];
+    _Alignas(ALIGN_BYTES) float aux_stage[MR_MAX * NR_MAX];
     if (accumulate)
-        stage_tile(c_stage, out.c, p->ldc, rows, cols);
+        stage_tile(c_stage, mr, nr, out.c, p->ldc, rows, cols);
     if (needs_aux)
-        stage_tile(aux_stage, out.aux, p->ep.ld_aux, rows, cols);
+        stage_tile(aux_stage, mr, nr, out.aux, p->ep.ld_aux, rows, cols);
     float *c_tile = out.c;
     out.c = c_stage;
-    out.ldc = NR;
+    out.ldc = nr;
     out.aux = needs_aux ? aux_stage : NULL;
-    out.ld_aux = NR;
+    out.ld_aux = nr;
     kernels->microkernel(kc, a_sliver, b_sliver, &out);
     for (int r = 0; r < rows; ++r)
-        memcpy(c_tile + r * p->ldc, c_stage + r * NR, (size_t)cols * sizeof(float));
+        memcpy(c_tile + r * p->ldc, c_stage + r * nr, (size_t)cols * sizeof(float));
 }
 
 /* The thread grid of one product: m_parts x n_parts threads, each owning a block of row slivers x column
  * slivers of C. It minimises a thread's work, estimated as its multiply-adds (16 per cycle) plus its
  * packing (about 2 elements per cycle, A and B panels of its block). Speed only: results never depend
  * on it. */
-static void thread_grid(int m_slivers, int n_slivers, int team, int *m_parts, int *n_parts)
+static void thread_grid(int m_slivers, int n_slivers, int mr, int nr, int team, int *m_parts, int *n_parts)
 {
     double best = 0.0;
     *m_parts = *n_parts = 1;
     for (int np = 1; np <= imin(team, n_slivers); ++np) {
         const int mp = imin(team / np, m_slivers);
-        const double rows = (double)((m_slivers + mp - 1) / mp * MR);
-        const double cols = (double)((n_slivers + np - 1) / np * NR);
+        const double rows = (double)((m_slivers + mp - 1) / mp * mr);
+        const double cols = (double)((n_slivers + np - 1) / np * nr);
         const double cost = rows * cols / 16.0 + (rows + cols) / 2.0;
         if (np == 1 || cost < best) {
             best = cost;
@@ -280,9 +290,10 @@ static void thread_grid(int m_slivers, int n_slivers, int team, int *m_parts, in
 static void gemm_packed(const gemm_problem *p, const pack_buffers *buffers, const cpu_kernels *kernels)
 {
     const int team = omp_get_num_threads(), tid = omp_get_thread_num();
-    const int m_slivers = (p->m + MR - 1) / MR, n_slivers = (p->n + NR - 1) / NR;
+    const int mr = kernels->mr, nr = kernels->nr;
+    const int m_slivers = (p->m + mr - 1) / mr, n_slivers = (p->n + nr - 1) / nr;
     int m_parts, n_parts;
-    thread_grid(m_slivers, n_slivers, team, &m_parts, &n_parts);
+    thread_grid(m_slivers, n_slivers, mr, nr, team, &m_parts, &n_parts);
     if (tid < m_parts * n_parts) {
         float *a_packed = buffers->a_packed + tid * buffers->a_floats;
         float *b_packed = buffers->b_packed + tid * buffers->b_floats;
@@ -290,8 +301,8 @@ static void gemm_packed(const gemm_problem *p, const pack_buffers *buffers, cons
         split_range(m_slivers, m_parts, tid / n_parts, &row_lo, &row_hi);
         split_range(n_slivers, n_parts, tid % n_parts, &col_lo, &col_hi);
         /* Cache blocks of at most NC columns and MC rows, of balanced sizes (in slivers). */
-        const ptrdiff_t n_blocks = (col_hi - col_lo + NC / NR - 1) / (NC / NR);
-        const ptrdiff_t m_blocks = (row_hi - row_lo + MC / MR - 1) / (MC / MR);
+        const ptrdiff_t n_blocks = (col_hi - col_lo + NC / nr - 1) / (NC / nr);
+        const ptrdiff_t m_blocks = (row_hi - row_lo + MC / mr - 1) / (MC / mr);
         const ptrdiff_t nc_slivers = n_blocks ? (col_hi - col_lo + n_blocks - 1) / n_blocks : 0;
         const ptrdiff_t mc_slivers = m_blocks ? (row_hi - row_lo + m_blocks - 1) / m_blocks : 0;
         /* The k blocks depend on k alone (never on the thread grid): they fix each sum's order. */
@@ -302,15 +313,15 @@ static void gemm_packed(const gemm_problem *p, const pack_buffers *buffers, cons
                 const int kc = imin(kc_block, p->k - pc);
                 const int accumulate = pc > 0, finish = pc + kc == p->k;
                 for (ptrdiff_t s = jc; s < jc_end; ++s)
-                    pack_b_sliver(p, kernels, pc, kc, (int)s * NR, b_packed + (s - jc) * NR * kc);
+                    pack_b_sliver(p, kernels, pc, kc, (int)s * nr, b_packed + (s - jc) * nr * kc);
                 for (ptrdiff_t ic = row_lo; ic < row_hi; ic += mc_slivers) {
                     const ptrdiff_t ic_end = ic + mc_slivers < row_hi ? ic + mc_slivers : row_hi;
                     for (ptrdiff_t s = ic; s < ic_end; ++s)
-                        pack_a_sliver(p, kernels, (int)s * MR, pc, kc, a_packed + (s - ic) * MR * kc);
+                        pack_a_sliver(p, kernels, (int)s * mr, pc, kc, a_packed + (s - ic) * mr * kc);
                     for (ptrdiff_t jr = jc; jr < jc_end; ++jr)
                         for (ptrdiff_t ir = ic; ir < ic_end; ++ir)
-                            packed_tile(p, kernels, a_packed + (ir - ic) * MR * kc,
-                                        b_packed + (jr - jc) * NR * kc, kc, (int)ir * MR, (int)jr * NR,
+                            packed_tile(p, kernels, a_packed + (ir - ic) * mr * kc,
+                                        b_packed + (jr - jc) * nr * kc, kc, (int)ir * mr, (int)jr * nr,
                                         accumulate, finish);
                 }
             }
@@ -318,13 +329,49 @@ static void gemm_packed(const gemm_problem *p, const pack_buffers *buffers, cons
     }
 }
 
+#endif
+
+#ifdef MLP_BLAS
+/* An operand op(X) (rows x cols, op(X)(i, j) = x[i * rs + j * cs]) as cblas sees it: X itself, row-major
+ * with leading dimension rs, or the transpose of a row-major matrix with leading dimension cs. */
+static void blas_operand(ptrdiff_t rs, ptrdiff_t cs, int cols, CBLAS_TRANSPOSE *trans, blasint *ld)
+{
+    if (cs == 1 && rs >= cols) {
+        *trans = CblasNoTrans;
+        *ld = (blasint)rs;
+    } else {
+        *trans = CblasTrans;
+        *ld = (blasint)cs;
+    }
+}
+
+/* The product by OpenBLAS (its threads, set by the caller), then the epilogue as one pass over C. */
+static void gemm_blas(const gemm_problem *p, const cpu_kernels *kernels)
+{
+    CBLAS_TRANSPOSE trans_a, trans_b;
+    blasint lda, ldb;
+    blas_operand(p->a_rs, p->a_cs, p->k, &trans_a, &lda);
+    blas_operand(p->b_rs, p->b_cs, p->n, &trans_b, &ldb);
+    scipy_cblas_sgemm(CblasRowMajor, trans_a, trans_b, p->m, p->n, p->k, 1.0f, p->a, lda, p->b, ldb, 0.0f,
+                      p->c, (blasint)p->ldc);
+    epilogue_pass(p, kernels, 0, p->m, 0, p->n);
+}
+#endif
+
 void gemm_team(int kernel, const gemm_problem *problem, const pack_buffers *buffers,
                const cpu_kernels *kernels)
 {
+#ifdef MLP_BLAS
+    /* Every ladder version is OpenBLAS here: this build is the optimised-library rung. */
+    (void)kernel;
+    (void)buffers;
+    gemm_blas(problem, kernels);
+#else
     if (kernel == MLP_KERNEL_PACKED)
         gemm_packed(problem, buffers, kernels);
     else
         gemm_loops(kernel, problem, kernels);
+#endif
 }
 
 /* ------------------------------------------------------------------ standalone product */
@@ -390,6 +437,7 @@ int mlp_gemm(mlp_gemm_workspace *workspace, int kernel, int threads, int transpo
         .c = c, .ldc = ldc,
         .ep = {.kind = EPI_STORE},
     };
+    blas_use_threads(threads);
     if (threads == 1) {
         gemm_team(kernel, &problem, &workspace->packs, workspace->kernels);
     } else {

@@ -14,10 +14,13 @@ static inline int omp_get_thread_num(void) { return 0; }
 static inline int omp_get_num_threads(void) { return 1; }
 #endif
 
-/* Register tile of the micro-kernel (rows x columns of C) and the cache blocks of the packed product:
- * a KC x NR sliver of B (16 KiB) stays in L1, an MC x KC block of A (144 KiB) in L2, a KC x NC panel of
- * B in L3. Every kernel set uses the same packing format, hence the same MR and NR. */
-enum { MR = 6, NR = 16, KC = 256, MC = 144, NC = 4080 };
+/* Register tiles of the micro-kernels (rows x columns of C): MR x NR for the portable and AVX2 sets (12
+ * ymm accumulators), MR_AVX512 x NR_AVX512 for the AVX-512 set (zmm accumulators); each set packs its
+ * operands for its own tile (cpu_kernels.mr, .nr), and buffers are sized for the largest.
+ * Cache blocks of the packed product: a KC x nr sliver of B (16-32 KiB) stays in L1, an MC x KC block of
+ * A (144 KiB) in L2, a KC x NC panel of B in L3. MC is a multiple of every mr. */
+enum { MR = 6, NR = 16, MR_AVX512 = 8, NR_AVX512 = 32, MR_MAX = 8, NR_MAX = 32 };
+enum { KC = 256, MC = 144, NC = 4080 };
 
 /* Buffers are aligned to cache lines (and to a full AVX-512 vector). */
 enum { ALIGN_BYTES = 64, ALIGN_FLOATS = ALIGN_BYTES / (int)sizeof(float) };
@@ -34,12 +37,12 @@ typedef enum {
 typedef struct {
     epilogue_kind kind;
     int activation;
-    const float *bias;        /* n values, readable (zero-padded) up to a multiple of NR */
+    const float *bias;        /* n values, readable (zero-padded) up to a multiple of NR_MAX */
     const float *aux;         /* same shape as C */
     ptrdiff_t ld_aux;
 } epilogue;
 
-/* One MR x NR tile of C as the micro-kernel writes it. */
+/* One mr x nr tile of C as the micro-kernel writes it. */
 typedef struct {
     float *c;
     ptrdiff_t ldc;
@@ -47,29 +50,31 @@ typedef struct {
     int finish;               /* last block of k: apply the epilogue */
     epilogue_kind kind;
     int activation;
-    const float *bias;        /* NR values: this tile's columns */
-    const float *aux;         /* MR x NR tile, row stride ld_aux */
+    const float *bias;        /* nr values: this tile's columns */
+    const float *aux;         /* mr x nr tile, row stride ld_aux */
     ptrdiff_t ld_aux;
 } tile_output;
 
 /* The routines that exist once per instruction set. Values differ between sets only by rounding. */
 typedef struct {
     int isa;
-    /* k steps of an MR x NR outer-product update from packed slivers, then the tile's epilogue. */
+    int mr, nr;               /* the micro-kernel's tile; packed slivers are mr rows / nr columns wide */
+    /* k steps of an mr x nr outer-product update from packed slivers, then the tile's epilogue. */
     void (*microkernel)(ptrdiff_t k, const float *a_packed, const float *b_packed, const tile_output *out);
     /* z[i][j] = act(z[i][j] + bias[j]) over a rows x cols block. */
     void (*bias_activation)(float *z, ptrdiff_t ldz, int rows, int cols, const float *bias, int activation);
     /* d[i][j] *= act'(a[i][j]) over a rows x cols block, act' written in terms of the output a. */
     void (*activation_derivative)(float *d, ptrdiff_t ldd, int rows, int cols, const float *a,
                                   ptrdiff_t lda, int activation);
-    /* Packs an A sliver of a row-major A: sliver[q * MR + r] = src[r * ld + q] for r < rows, zero above. */
+    /* Packs an A sliver of a row-major A: sliver[q * mr + r] = src[r * ld + q] for r < rows, zero above. */
     void (*pack_a_rows)(const float *src, ptrdiff_t ld, int rows, int kc, float *sliver);
-    /* Packs a B sliver of op(B) = W^T: sliver[q * NR + c] = src[c * ld + q] for c < cols, zero above. */
+    /* Packs a B sliver of op(B) = W^T: sliver[q * nr + c] = src[c * ld + q] for c < cols, zero above. */
     void (*pack_b_transposed)(const float *src, ptrdiff_t ld, int cols, int kc, float *sliver);
 } cpu_kernels;
 
 extern const cpu_kernels portable_kernels;
 extern const cpu_kernels avx2_kernels;
+extern const cpu_kernels avx512_kernels;
 
 /* NULL if the isa is unknown or this CPU cannot run it; MLP_ISA_AUTO picks the best. */
 const cpu_kernels *kernels_for_isa(int isa);
@@ -104,6 +109,16 @@ void pack_buffers_free(pack_buffers *buffers);
  * own packing buffers, so the caller synchronises only before C is read. */
 void gemm_team(int kernel, const gemm_problem *problem, const pack_buffers *buffers,
                const cpu_kernels *kernels);
+
+/* The BLAS build (libmlp_blas, -DMLP_BLAS) does every product with OpenBLAS's cblas_sgemm on OpenBLAS's own
+ * thread pool, set to the call's thread count before each stage; everything else runs on the calling thread
+ * (the build has no OpenMP), so the two never compete for cores. */
+#ifdef MLP_BLAS
+#include <cblas.h>
+static inline void blas_use_threads(int threads) { scipy_openblas_set_num_threads(threads); }
+#else
+static inline void blas_use_threads(int threads) { (void)threads; }
+#endif
 
 /* [lo, hi): part `index` of `count` items split into `parts` nearly equal contiguous ranges. */
 static inline void split_range(ptrdiff_t count, int parts, int index, ptrdiff_t *lo, ptrdiff_t *hi)

@@ -7,6 +7,7 @@
 #include <immintrin.h>
 
 #include "internal.h"
+#include "transpose8.h"
 
 /* exp(x) for x <= 0 or NaN. Inputs below -87.3 are clamped so that 2^n stays a normal float, and their
  * result is flushed to 0 (exp there is below 1.2e-38; exp(-inf) = 0 exactly). x86 max/min return their
@@ -139,26 +140,6 @@ static void activation_derivative_avx2(float *d, ptrdiff_t ldd, int rows, int co
     }
 }
 
-/* In-register transposition of an 8 x 8 block. */
-static inline void transpose8(__m256 r[8])
-{
-    __m256 t[8], u[8];
-    for (int i = 0; i < 8; i += 2) {
-        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 8; i += 4) {
-        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-    }
-    for (int i = 0; i < 4; ++i) {
-        r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
-        r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
-    }
-}
-
 /* The forward product's B = W^T sliver, 8 x 8 blocks at a time: W's rows are read contiguously and each
  * block is transposed in registers, instead of one strided store per element. Columns past `cols` enter
  * the block as zero rows, which is the padding. */
@@ -268,6 +249,8 @@ static void microkernel_avx2(ptrdiff_t k, const float *a, const float *b, const 
 
 const cpu_kernels avx2_kernels = {
     .isa = MLP_ISA_AVX2,
+    .mr = MR,
+    .nr = NR,
     .microkernel = microkernel_avx2,
     .bias_activation = bias_activation_avx2,
     .activation_derivative = activation_derivative_avx2,

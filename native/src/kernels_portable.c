@@ -108,6 +108,8 @@ static void microkernel_portable(ptrdiff_t k, const float *a, const float *b, co
 
 const cpu_kernels portable_kernels = {
     .isa = MLP_ISA_PORTABLE,
+    .mr = MR,
+    .nr = NR,
     .microkernel = microkernel_portable,
     .bias_activation = bias_activation_portable,
     .activation_derivative = activation_derivative_portable,

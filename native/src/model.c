@@ -20,7 +20,7 @@ typedef enum { STAGE_NONE, STAGE_FORWARD, STAGE_BACKPROP, STAGE_UPDATE } stage_k
 typedef struct {
     int n_in, n_out;
     float *weights;       /* (n_out, n_in) */
-    float *bias;          /* n_out, zero-padded to a multiple of NR for the micro-kernel epilogue */
+    float *bias;          /* n_out, zero-padded to a multiple of NR_MAX for the micro-kernel epilogue */
     float *grad_weights;  /* (n_out, n_in), inside the model's gradient block */
     float *grad_bias;     /* n_out, right after grad_weights in the block */
     float *output;        /* (max_batch, n_out): activation, or output probabilities for the last layer */
@@ -62,6 +62,15 @@ const char *mlp_error_message(int status)
 int mlp_has_openmp(void)
 {
 #ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int mlp_has_blas(void)
+{
+#ifdef MLP_BLAS
     return 1;
 #else
     return 0;
@@ -144,8 +153,10 @@ int mlp_model_create(mlp_model **out, int n_layers, const int *sizes, int activa
         return MLP_ERR_MEMORY;
     }
 
+    /* Each term is below 2^49 (sizes <= 2^24); stopping past 2^60 floats keeps the sum from overflowing, and
+     * the allocation of such a count fails. */
     long long gradient_count = 0;
-    for (int l = 0; l < n_layers; ++l)
+    for (int l = 0; l < n_layers && gradient_count < (1LL << 60); ++l)
         gradient_count += ((long long)sizes[l] + 1) * sizes[l + 1];
     model->gradients = alloc_floats((size_t)gradient_count);
     model->gradient_count = gradient_count;
@@ -158,7 +169,7 @@ int mlp_model_create(mlp_model **out, int n_layers, const int *sizes, int activa
         ly->n_out = sizes[l + 1];
         const size_t n_weights = (size_t)ly->n_in * (size_t)ly->n_out;
         ly->weights = alloc_floats(n_weights);
-        ly->bias = alloc_floats((size_t)round_up(ly->n_out, NR));
+        ly->bias = alloc_floats((size_t)round_up(ly->n_out, NR_MAX));
         if (gradient) {
             ly->grad_weights = gradient;
             ly->grad_bias = gradient + n_weights;
@@ -522,6 +533,7 @@ static void train_step_stage(const stage_args *s)
  * barriers are then no-ops). */
 static void run_team(int threads, void (*stage)(const stage_args *), const stage_args *args)
 {
+    blas_use_threads(threads);
     if (threads == 1) {
         stage(args);
         return;

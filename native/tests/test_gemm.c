@@ -1,6 +1,6 @@
-/* Every version of the standalone product, every transposition, on sizes that divide no tile (MR 6, NR 16,
- * KC 256, MC 144, NC 4080), against a double-precision product; bit-identical for 1, 2 and 3 threads;
- * and the error codes. */
+/* Every version of the standalone product, every transposition, on sizes that divide no tile (6 x 16 and
+ * 8 x 32 register tiles, KC 256, MC 144, NC 4080) and on whole tiles, against a double-precision product;
+ * bit-identical for 1, 2 and 3 threads; and the error codes. */
 #include <float.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,7 +12,7 @@ typedef struct { int m, n, k; } shape;
 
 static const shape SHAPES[] = {
     {1, 1, 1}, {7, 33, 257}, {33, 7, 1}, {257, 33, 7}, {6, 16, 256}, {13, 17, 300},
-    {150, 40, 5}, {3, 4100, 2}, {1, 257, 33}, {31, 1, 513},
+    {150, 40, 5}, {3, 4100, 2}, {1, 257, 33}, {31, 1, 513}, {8, 32, 256}, {16, 64, 300},
 };
 
 /* Stored operand element: op(X)(i, j) for X stored row-major with row stride ld, transposed or not. */
@@ -121,10 +121,12 @@ int main(void)
 {
     const int max_threads = mlp_has_openmp() ? 3 : 1;
     test_errors();
-    test_products(MLP_ISA_PORTABLE, max_threads);
-    if (mlp_isa_supported(MLP_ISA_AVX2))
-        test_products(MLP_ISA_AVX2, max_threads);
-    else
-        printf("test_gemm: this CPU has no AVX2+FMA; only the portable kernels were tested\n");
-    return check_report(mlp_has_openmp() ? "test_gemm (omp)" : "test_gemm (serial)");
+    for (int isa = MLP_ISA_PORTABLE; isa <= MLP_ISA_AVX512; ++isa) {
+        if (mlp_isa_supported(isa))
+            test_products(isa, max_threads);
+        else
+            printf("test_gemm: this CPU cannot run isa %d; skipped\n", isa);
+    }
+    return check_report(mlp_has_openmp() ? "test_gemm (omp)"
+                        : mlp_has_blas() ? "test_gemm (blas)" : "test_gemm (serial)");
 }

@@ -441,7 +441,7 @@ int main(void)
 {
     const int max_threads = mlp_has_openmp() ? 3 : 1;
     test_errors_and_order();
-    for (int isa = MLP_ISA_PORTABLE; isa <= MLP_ISA_AVX2; ++isa) {
+    for (int isa = MLP_ISA_PORTABLE; isa <= MLP_ISA_AVX512; ++isa) {
         if (!mlp_isa_supported(isa)) {
             printf("test_model: this CPU cannot run isa %d; skipped\n", isa);
             continue;
@@ -449,5 +449,6 @@ int main(void)
         test_stages(isa, max_threads);
         test_gradient_block_and_layerwise(isa, max_threads);
     }
-    return check_report(mlp_has_openmp() ? "test_model (omp)" : "test_model (serial)");
+    return check_report(mlp_has_openmp() ? "test_model (omp)"
+                        : mlp_has_blas() ? "test_model (blas)" : "test_model (serial)");
 }

@@ -160,7 +160,7 @@ static void check_loss_limits(const setting *s, const char *label)
 int main(void)
 {
     const int max_threads = mlp_has_openmp() ? 3 : 1;
-    for (int isa = MLP_ISA_PORTABLE; isa <= MLP_ISA_AVX2; ++isa) {
+    for (int isa = MLP_ISA_PORTABLE; isa <= MLP_ISA_AVX512; ++isa) {
         if (!mlp_isa_supported(isa)) {
             printf("test_special: this CPU cannot run isa %d; skipped\n", isa);
             continue;
@@ -180,5 +180,6 @@ int main(void)
                 check_loss_limits(&s, label);
             }
     }
-    return check_report(mlp_has_openmp() ? "test_special (omp)" : "test_special (serial)");
+    return check_report(mlp_has_openmp() ? "test_special (omp)"
+                        : mlp_has_blas() ? "test_special (blas)" : "test_special (serial)");
 }

@@ -1,6 +1,7 @@
 """The C library in ``native/`` through cffi (ABI mode), and its standalone matrix product.
 
-``make -C native`` builds ``native/build/libmlp_serial.so`` (no OpenMP) and ``libmlp_omp.so`` from the same
+``make -C native`` builds ``native/build/libmlp_serial.so`` (no OpenMP), ``libmlp_omp.so`` and, where the
+``scipy-openblas32`` wheel is installed, ``libmlp_blas.so`` (every product by OpenBLAS) from the same
 sources; :func:`library` loads one of them by absolute path and declares its API from the region of
 ``native/include/mlp.h`` between the CDEF markers. ``MLPBENCH_NATIVE_DIR`` points elsewhere than the
 repository's ``native/`` (a directory holding ``include/mlp.h`` and ``build/``).
@@ -11,6 +12,7 @@ its arrays first, so nothing malformed reaches C.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import weakref
@@ -23,13 +25,12 @@ import numpy as np
 from mlpbench.backends import base
 from mlpbench.backends.base import BackendUnavailable, check_threads
 
-#: The two builds of the library: ``serial`` (no OpenMP runtime) and ``omp``.
-VARIANTS = ("serial", "omp")
+#: The builds of the library: ``serial`` (no OpenMP runtime), ``omp``, and ``blas`` (products by OpenBLAS).
+VARIANTS = ("serial", "omp", "blas")
 #: The matrix-product ladder, numbered in the order it was built.
 KERNELS = {1: "naive", 2: "blocked", 3: "packed"}
-#: Micro-kernel instruction sets; ``auto`` asks the CPU at run time.
-ISAS = {"auto": 0, "portable": 1, "avx2": 2}
-ISA_NAMES = {code: name for name, code in ISAS.items()}
+# ``ISAS`` (micro-kernel instruction set name -> code; ``auto`` asks the CPU at run time) and ``ISA_NAMES``
+# (code -> name) are read from the header's ``enum mlp_isa`` on first use: see ``__getattr__`` below.
 
 _CDEF_BEGIN = "/* BEGIN CDEF */"
 _CDEF_END = "/* END CDEF */"
@@ -61,19 +62,49 @@ def _declarations(header: Path) -> str:
     return text[start + len(_CDEF_BEGIN):end]
 
 
+def _declare() -> None:
+    """Declare the header's API to cffi, once. Call with ``_load_lock`` held."""
+    global _declared
+    if _declared:
+        return
+    header = native_dir() / "include" / "mlp.h"
+    if not header.is_file():
+        raise BackendUnavailable(f"C library header {header} not found: run `make -C native` first")
+    ffi.cdef(_declarations(header))
+    _declared = True
+
+
+@functools.cache
+def _isa_codes() -> dict[str, int]:
+    """``enum mlp_isa`` of the header as {"auto": 0, "portable": 1, ...} (callers must not modify it)."""
+    with _load_lock:
+        _declare()
+    prefix = "MLP_ISA_"
+    return {name.removeprefix(prefix).lower(): code
+            for name, code in sorted(ffi.typeof("enum mlp_isa").relements.items(), key=lambda item: item[1])}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ISAS":
+        return dict(_isa_codes())
+    if name == "ISA_NAMES":
+        return {code: isa for isa, code in _isa_codes().items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def library(variant: str = "omp") -> Any:
     """The loaded library (cached); :class:`BackendUnavailable` if it has not been built."""
     path = library_path(variant)
     with _load_lock:
         if variant in _libraries:
             return _libraries[variant]
-        header = native_dir() / "include" / "mlp.h"
-        if not path.is_file() or not header.is_file():
+        if not path.is_file():
+            if variant == "blas":
+                raise BackendUnavailable(
+                    f"C library {path} not found: it is built only against the scipy-openblas32 wheel; "
+                    f"pip install scipy-openblas32, then run `make -C native PYTHON=<that environment's python>`")
             raise BackendUnavailable(f"C library {path} not found: run `make -C native` first")
-        global _declared
-        if not _declared:
-            ffi.cdef(_declarations(header))
-            _declared = True
+        _declare()
         try:
             lib = ffi.dlopen(str(path))
         except OSError as error:
@@ -94,8 +125,8 @@ def build_info() -> dict[str, Any]:
         info[key] = value.strip()
     omp = library("omp")
     info["openmp"] = bool(omp.mlp_has_openmp())
-    info["isa"] = ISA_NAMES[int(omp.mlp_best_isa())]
-    info["libraries"] = [str(library_path(variant)) for variant in VARIANTS]
+    info["isa"] = _isa_name(int(omp.mlp_best_isa()))
+    info["libraries"] = [str(library_path(variant)) for variant in VARIANTS if library_path(variant).is_file()]
     return info
 
 
@@ -120,9 +151,10 @@ def default_threads() -> int:
 
 
 def resolve_threads(lib: Any, variant: str, threads: Any) -> int:
-    """A validated thread count: ``None`` means all cores (``omp``) or 1 (``serial``, which has no threads)."""
+    """A validated thread count: ``None`` means all cores (``omp``; ``blas``: OpenBLAS's threads) or 1
+    (``serial``, which has no threads)."""
     if threads is None:
-        return default_threads() if variant == "omp" else 1
+        return 1 if variant == "serial" else default_threads()
     threads = check_threads(threads)
     if variant == "serial" and threads != 1:
         raise ValueError(f"threads: the serial library runs on one thread, got {threads}")
@@ -140,14 +172,19 @@ def resolve_kernel(kernel: Any) -> int:
     return int(kernel)
 
 
+def _isa_name(code: int) -> str:
+    return {value: name for name, value in _isa_codes().items()}[code]
+
+
 def resolve_isa(lib: Any, isa: Any) -> int:
+    codes = _isa_codes()
     if not isinstance(isa, str):
-        raise TypeError(f"isa: expected one of {tuple(ISAS)}, got {type(isa).__name__}")
-    if isa not in ISAS:
-        raise ValueError(f"isa: unknown instruction set {isa!r}; choose one of {tuple(ISAS)}")
-    if not lib.mlp_isa_supported(ISAS[isa]):
+        raise TypeError(f"isa: expected one of {tuple(codes)}, got {type(isa).__name__}")
+    if isa not in codes:
+        raise ValueError(f"isa: unknown instruction set {isa!r}; choose one of {tuple(codes)}")
+    if not lib.mlp_isa_supported(codes[isa]):
         raise BackendUnavailable(f"isa: this CPU cannot run the {isa!r} kernels")
-    return ISAS[isa]
+    return codes[isa]
 
 
 def check_float32_matrix(name: str, array: Any, writable: bool = False) -> np.ndarray:
@@ -226,7 +263,7 @@ class Gemm:
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
         self.max_m, self.max_n = int(max_m), int(max_n)
         isa_code = resolve_isa(lib, isa)
-        self.isa = ISA_NAMES[isa_code if isa_code else lib.mlp_best_isa()]
+        self.isa = _isa_name(isa_code if isa_code else lib.mlp_best_isa())
         handle = ffi.new("mlp_gemm_workspace **")
         raise_for_status(lib, lib.mlp_gemm_workspace_create(handle, self.max_m, self.max_n, self.max_threads,
                                                             isa_code), "mlp_gemm_workspace_create")

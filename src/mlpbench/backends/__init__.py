@@ -17,6 +17,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "numpy": ("mlpbench.backends.numpy_ref", "NumpyModel"),
     "c-serial": ("mlpbench.backends.native_c", "SerialCModel"),
     "c-omp": ("mlpbench.backends.native_c", "OpenMPCModel"),
+    "c-blas": ("mlpbench.backends.native_c", "BlasCModel"),
     "torch-cpu": ("mlpbench.backends.torch_nn", "TorchCPUModel"),
     "cuda-naive": ("mlpbench.backends.cuda", "NaiveCudaModel"),
     "cuda-tiled": ("mlpbench.backends.cuda", "TiledCudaModel"),
@@ -27,7 +28,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
 }
 
 BACKENDS: tuple[str, ...] = tuple(REGISTRY)
-CPU_BACKENDS = ("numpy", "c-serial", "c-omp", "torch-cpu")
+CPU_BACKENDS = ("numpy", "c-serial", "c-omp", "c-blas", "torch-cpu")
 GPU_BACKENDS = ("cuda-naive", "cuda-tiled", "cuda-opt", "cuda-fused", "torch-gpu", "torch-gpu-graph")
 
 

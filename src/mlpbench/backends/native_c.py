@@ -285,3 +285,16 @@ class OpenMPCModel(NativeCModel):
     def __init__(self, network: Network, params: Params, *, threads: int | None = None, kernel: int = 3,
                  max_batch: int = DEFAULT_MAX_BATCH, isa: str = "auto") -> None:
         super().__init__(network, params, threads=threads, kernel=kernel, max_batch=max_batch, isa=isa)
+
+
+class BlasCModel(NativeCModel):
+    """``c-blas``: the library built with every matrix product done by OpenBLAS's ``cblas_sgemm`` (the
+    ``scipy-openblas32`` wheel) and the project's own epilogues; the optimised-library rung of the CPU ladder.
+    ``threads`` is OpenBLAS's thread count, set on every call; the epilogues run on the calling thread."""
+
+    name = "c-blas"
+    variant = "blas"
+
+    def __init__(self, network: Network, params: Params, *, threads: int | None = None,
+                 max_batch: int = DEFAULT_MAX_BATCH, isa: str = "auto") -> None:
+        super().__init__(network, params, threads=threads, max_batch=max_batch, isa=isa)
