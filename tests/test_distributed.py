@@ -289,6 +289,7 @@ def test_launcher_writes_rows_and_records_a_failed_configuration(tmp_path):
     allreduce = rows[2]
     assert int(allreduce["bytes"]) == NET.n_params * 4
     assert float(allreduce["busbw_gbps"]) == pytest.approx(float(allreduce["algbw_gbps"]))  # 2 (n-1)/n = 1
+    assert "allreduce  median" in (tmp_path / "ranks.log").read_text()  # rank 0's summary
     columns, ceiling = read_table(tmp_path / "allreduce.csv")
     assert tuple(columns) == ALLREDUCE_COLUMNS
     assert [row["pg_backend"] for row in ceiling] == ["gloo", "memcpy"]
