@@ -196,7 +196,14 @@ def _train_rank(rank, world_size, port, out_dir):
 
     import torch.distributed as dist
 
-    from mlpbench.distributed.ranks import DataParallel, build_model, check_identical_params, global_batches, shard
+    from mlpbench.distributed.ranks import (
+        DataParallel,
+        build_model,
+        check_identical_params,
+        global_batches,
+        leave,
+        shard,
+    )
 
     os.environ.update(rank_env(rank, world_size, port))
     dist.init_process_group("gloo", timeout=dt.timedelta(seconds=60))
@@ -210,7 +217,9 @@ def _train_rank(rank, world_size, port, out_dir):
                 trainer.step(model.prepare(*shard(X, y, rank, world_size)), LR)
             if rank == 0:
                 np.savez(out_dir / f"{backend}-{rung}.npz", *[a for pair in model.params() for a in pair])
+    dist.barrier()  # no rank leaves while another still talks to it
     dist.destroy_process_group()
+    leave(0)  # as the rank program does: no interpreter teardown (see leave)
 
 
 def test_two_gloo_ranks_train_like_one_process_on_the_global_batch(tmp_path):
@@ -282,6 +291,7 @@ def test_launcher_writes_rows_and_records_a_failed_configuration(tmp_path):
     allreduce = rows[2]
     assert int(allreduce["bytes"]) == NET.n_params * 4
     assert float(allreduce["busbw_gbps"]) == pytest.approx(float(allreduce["algbw_gbps"]))  # 2 (n-1)/n = 1
+    assert "allreduce  median" in (tmp_path / "ranks.log").read_text()  # rank 0's summary
     columns, ceiling = read_table(tmp_path / "allreduce.csv")
     assert tuple(columns) == ALLREDUCE_COLUMNS
     assert [row["pg_backend"] for row in ceiling] == ["gloo", "memcpy"]

@@ -67,7 +67,7 @@ def failure_reason(output: str) -> str:
 def run_ranks(backend: str, network: str, world_size: int, *, global_batch: int, out_dir: str | Path,
               timeout_s: float = 600.0, extra_args: tuple[str, ...] = (), **options: Any) -> list[dict[str, str]]:
     """Train ``network`` data-parallel on ``world_size`` ranks of this machine under ``torchrun`` and return the
-    configuration's rows of ``out_dir/ranks.csv``.
+    configuration's rows of ``out_dir/ranks.csv``; what the ranks printed is appended to ``out_dir/ranks.log``.
 
     ``options`` are the other fields of :class:`RankConfig` (``threads``, ``steps``, ``rung``, ``scaling``,
     ``force``, ...); ``extra_args`` go to the rank program as they are (``--inject-fault``). Arguments are
@@ -114,6 +114,8 @@ def run_ranks(backend: str, network: str, world_size: int, *, global_batch: int,
         reason = f"timed out after {timeout_s:g} s"
         if _RANK_FAILED.search(output):
             reason += f"; {failure_reason(output)}"
+    with open(out_dir / "ranks.log", "a", encoding="utf-8") as log:
+        log.write(f"=== {config.key} ({machine.now_utc()})\n{output}\n")
     written = rows()
     if written:
         return written

@@ -322,9 +322,10 @@ def benchmark_allreduce(config: RankConfig, device: torch.device) -> list[dict[s
     clock = SplitClock(device)
     rows = []
     for nbytes in config.allreduce_sizes:
-        tensor = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+        tensor = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
         samples = []
         for index in range(2 + config.allreduce_repeats):
+            tensor.fill_(1.0)  # repeated sums would grow without bound
             barrier(device)
             ns, = clock.measure(lambda tensor=tensor: dist.all_reduce(tensor))
             if index >= 2:
@@ -487,12 +488,10 @@ def fail(rank: int | str, error: BaseException, code: int) -> NoReturn:
     """Say which rank failed and why, then leave at once: a clean shutdown could wait on the other ranks."""
     traceback.print_exception(error, file=sys.stderr)
     print(f"mlpbench.distributed: rank {rank} failed: {type(error).__name__}: {error}", file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    leave(code)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = parser().parse_args(argv)
     rank: int | str = os.environ.get("RANK", "?")
     try:
@@ -505,4 +504,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(config, env, args.out, args.inject_fault)
     except BaseException as error:  # every failure must end this rank, named
         fail(rank, error, 1)
-    return 0
+    leave(0)
+
+
+def leave(code: int) -> NoReturn:
+    """End the process without the interpreter's teardown, where PyTorch occasionally aborts
+    (``terminate called without an active exception``) after a process group was used, when all work is done."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
