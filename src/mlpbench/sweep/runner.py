@@ -94,8 +94,9 @@ def _start_meta(run_dir: Path, run_id: str, preset: str, params: SweepParams) ->
     return meta
 
 
-#: Runnable tasks beyond the machine's cores (a 1-minute load average over cores + this) mean other work
-#: competed for the cores while a unit ran: its timings are flagged in ``meta.json`` and a warning printed.
+#: Runnable tasks beyond the machine's cores (a 1-minute load average over cores + this) mean threads competed
+#: for the cores while a unit ran (other work, or thread pools spinning beside the ones timed): its timings are
+#: flagged in ``meta.json`` and a warning printed.
 BUSY_LOAD_MARGIN = 1.0
 
 
@@ -208,8 +209,8 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
                     meta.setdefault("busy", []).append(busy)
                     write_atomic(run_dir / "meta.json", json.dumps(meta, indent=1, default=str) + "\n")
                     bar.write(f"warning: the machine was busy while {busy['key']} ran (load average "
-                              f"{busy['load_before']} before, {busy['load_after']} after, on {cores} cores): "
-                              "its timings are suspect", file=sys.stderr)
+                              f"{busy['load_before']} before, {busy['load_after']} after, on {cores} cores: more runnable "
+                              "threads than cores): its timings are suspect", file=sys.stderr)
                 bar.update()
             status = "complete"
         finally:
