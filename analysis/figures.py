@@ -189,34 +189,40 @@ def plot_speedup(results: Results) -> Figure:
 
 
 def plot_baselines(results: Results) -> Figure:
-    """The CPU baselines at the matched thread count and at their best: median step time with quartile error
-    bars, per stages-study network, ``c-omp`` and ``torch-cpu`` side by side."""
+    """The CPU baselines at the matched thread count and at their best: median step time relative to ``c-omp``
+    at the matched count (log scale), with quartile error bars and each bar's thread count on top."""
     table = summary.thread_baselines(results)
     if table.empty:
         return _empty("Matched and best thread counts", "no c-omp or torch-cpu rows in these runs")
     runs = _runs(table)
-    fig, rows = _run_rows(runs, 1, height=1.9)
+    fig, rows = _run_rows(runs, 1, height=1.8)
     for (run_id, _), (ax,) in zip(runs, rows, strict=True):
         data = table[table.run_id == run_id]
         networks = list(dict.fromkeys(data.network))
+        unit = data[(data.backend == "c-omp") & (data.which == "matched")].set_index("network").step_s
+        unit = unit.reindex(networks).fillna(data.groupby("network").step_s.min().reindex(networks))
         bars = [(b, w) for b in ordered(data.backend) for w in ("matched", "best")]
         width = 0.8 / len(bars)
         for index, (backend, which) in enumerate(bars):
             found = data[(data.backend == backend) & (data.which == which)].set_index("network").reindex(networks)
             x = np.arange(len(networks)) + index * width
-            ax.bar(x, found.step_s, width, color=backend_color(backend), hatch="" if which == "matched" else "///",
-                   edgecolor="white", label=f"{backend}, {which} threads",
-                   yerr=_quartile_bars(found.step_s, found.step_q1_s, found.step_q3_s), error_kw={"lw": 0.8})
-            for xi, threads in zip(x, found.threads, strict=True):
+            value = found.step_s / unit
+            ax.bar(x, value, width, color=backend_color(backend), hatch="" if which == "matched" else "///",
+                   edgecolor="white", label=f"{backend}, {which} threads", error_kw={"lw": 0.8},
+                   yerr=_quartile_bars(value, found.step_q1_s / unit, found.step_q3_s / unit))
+            for xi, threads, top in zip(x, found.threads, found.step_q3_s / unit, strict=True):
                 if np.isfinite(threads):
-                    ax.text(xi, 1.02, f"{threads:.0f}", ha="center", va="bottom", fontsize=SMALL,
-                            transform=ax.get_xaxis_transform())
+                    ax.text(xi, top * 1.08, f"{threads:.0f}", ha="center", va="bottom", fontsize=SMALL)
         ax.set_yscale("log")
+        _plain_log_axis(ax.yaxis)
+        ax.margins(y=0.25)
         ax.set_xticks(np.arange(len(networks)) + 0.4 - width / 2, networks)
-        ax.set_ylabel("step median (s), quartiles")
-        ax.set_title("thread count above each bar", fontsize=SMALL, loc="right")
-    _legend(fig, rows, columns=4)
+        ax.set_ylabel("step time relative to\nc-omp, matched threads")
+    _legend(fig, rows, columns=2)
     return fig
+
+
+STAGE_ABBREVIATIONS = {"forward": "fwd", "backprop": "bprop", "update": "upd", "step": "step"}
 
 
 def plot_stage_speedup(results: Results) -> Figure:
@@ -252,8 +258,9 @@ def plot_stage_speedup(results: Results) -> Figure:
                                     rotation=90, ha="center", va="bottom", fontsize=SMALL)
             ax.axhline(1.0, color="black", linewidth=0.6)
             ax.set_yscale("log")
-            ax.margins(y=0.35)
-            ax.set_xticks(np.arange(len(stages)) + 0.4 - width / 2, [s[:4] if s != "step" else s for s in stages])
+            _plain_log_axis(ax.yaxis)
+            ax.set_ylim(min(0.5, data.speedup.min() / 1.5), data.speedup.max() * 60)  # room for the names
+            ax.set_xticks(np.arange(len(stages)) + 0.4 - width / 2, [STAGE_ABBREVIATIONS[s] for s in stages])
             ax.set_title(f"{networks[col]}, b{mine.batch.iloc[0]}")
         axes[0].set_ylabel("speed-up over serial C (×)")
     _legend(fig, rows)
@@ -524,7 +531,7 @@ def plot_ranks(results: Results) -> Figure:
                      ls="-" if rung == "overlapped" else "--", color=backend_color(backend), markersize=4, lw=1,
                      label=f"{backend} {mode} {pg} {rung}")
         eff.axhline(1.0, color="grey", ls=":", label="ideal")
-        eff.set(xlabel="ranks", ylabel="scaling efficiency", title="efficiency (1 = ideal)")
+        eff.set(xlabel="ranks", ylabel="scaling efficiency", title="efficiency (1 = ideal)", ylim=(0, 1.1))
         eff.set_xscale("log", base=2)
         _plain_log_axis(eff.xaxis)
         mine = shares[shares.run_id == run_id]
@@ -539,7 +546,8 @@ def plot_ranks(results: Results) -> Figure:
                               label=stage)
                     bottom += pivot[stage].to_numpy() * 100
             share.set(xlabel="ranks", ylabel="share of the step (%)",
-                      title=f"{first.backend.iloc[0]}, {first.scaling.iloc[0]}, {first.rung.iloc[0]}")
+                      title=f"{first.backend.iloc[0]}, {first.pg_backend.iloc[0]}\n{first.scaling.iloc[0]}, "
+                            f"{first.rung.iloc[0]}")
         else:
             share.set_axis_off()
         ceiling = allreduce[allreduce.run_id == run_id]
