@@ -31,6 +31,8 @@ FAMILIES = (
     Family("cuda", "gpu", "Greens", ("naive", "tiled", "opt", "fused", "cublas")),
     Family("torch-gpu", "gpu", "Purples", ("", "graph", "compile")),
 )
+#: The float64 reference every backend is checked against (not a contender in any comparison).
+REFERENCE = "numpy"
 #: The PyTorch backend of each device: the unit every other backend on that device is measured in.
 BASELINE_OF_DEVICE = {"cpu": "torch-cpu", "gpu": "torch-gpu"}
 MARKERS = "osD^v<>pPX"
