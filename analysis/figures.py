@@ -112,8 +112,8 @@ def plot_stages(results: Results) -> Figure:
     heights = [max(len(table[(table.run_id == p[0]) & (table.network == p[2])]) for p, at in
                    zip(panels, layout, strict=True) if at[0] == r) for r in range(row + 1)]
     fig, axes = plt.subplots(row + 1, per_row, squeeze=False, layout="constrained",
-                             figsize=(TEXT_WIDTH, sum(0.15 * h + 0.75 for h in heights) + 0.3),
-                             gridspec_kw={"height_ratios": [0.15 * h + 0.75 for h in heights]})
+                             figsize=(TEXT_WIDTH, sum(0.15 * h + 0.7 for h in heights) + 0.3),
+                             gridspec_kw={"height_ratios": [0.15 * h + 0.7 for h in heights]})
     used = set(layout)
     for ax_row, ax_col in np.ndindex(axes.shape):
         if (ax_row, ax_col) not in used:
@@ -136,8 +136,7 @@ def plot_stages(results: Results) -> Figure:
         ax.set_xticks([0, 25, 50, 75, 100])
         ax.invert_yaxis()
         ax.tick_params(axis="y", labelsize=SMALL)
-        ax.set_xlabel("share of the stages (%); step at right")
-        ax.set_title(f"{network}, batch {batch} · {_short_machine(machine)}")
+        ax.set_title(f"{network}, batch {batch}\n{_short_machine(machine)}")
     _legend(fig, axes)
     return fig
 
@@ -182,8 +181,9 @@ def plot_speedup(results: Results) -> Figure:
                    label=backend)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")
+        _plain_log_axis(ax.yaxis)
         ax.set_xticks(np.arange(len(networks)) + 0.4 - width / 2, networks)
-        ax.set_ylabel("step speed-up over PyTorch\\n(same device, ×)")
+        ax.set_ylabel("step speed-up over PyTorch\n(same device, ×)")
     _legend(fig, rows)
     return fig
 
@@ -259,7 +259,7 @@ def plot_stage_speedup(results: Results) -> Figure:
             ax.axhline(1.0, color="black", linewidth=0.6)
             ax.set_yscale("log")
             _plain_log_axis(ax.yaxis)
-            ax.set_ylim(min(0.5, data.speedup.min() / 1.5), data.speedup.max() * 60)  # room for the names
+            ax.set_ylim(min(0.5, data.speedup.min() / 1.5), data.speedup.max() * 400)  # room for the names
             ax.set_xticks(np.arange(len(stages)) + 0.4 - width / 2, [STAGE_ABBREVIATIONS[s] for s in stages])
             ax.set_title(f"{networks[col]}, b{mine.batch.iloc[0]}")
         axes[0].set_ylabel("speed-up over serial C (×)")

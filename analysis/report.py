@@ -22,7 +22,7 @@ import pandas as pd
 
 from analysis import draw_all, load_runs
 from analysis.load import Results, gpu_name, machine_label
-from analysis.palette import REFERENCE, is_gpu
+from analysis.palette import REFERENCE, is_gpu, ordered
 from analysis.summary import (
     AUTHORS_BATCH,
     AUTHORS_NETWORK,
@@ -317,6 +317,8 @@ def report_numbers(results: Results) -> dict[str, Any]:
         on_gpu = run.stages.backend.map(is_gpu)
         cpu_backends = tuple(sorted(set(run.stages.backend[~on_gpu]) - {REFERENCE}))
         gpu_backends = tuple(sorted(set(run.stages.backend[on_gpu])))
+        entry["transfer_s"] = {n: {r.backend: _finite(r.transfer_s) for r in run.stages[run.stages.network == n]
+                                   .itertuples()} for n in nets}
         entry["best_cpu"] = {n: run.best(n, cpu_backends) for n in nets}
         entry["best_gpu"] = {n: run.best(n, gpu_backends) for n in nets}
         gpu_best = entry["best_gpu"].get(AUTHORS_NETWORK)
@@ -355,6 +357,7 @@ def report_numbers(results: Results) -> dict[str, Any]:
         entry["profile"] = {row.backend: {"python_share": _python_share(row), "step_s": float(row.plain_step_s)}
                             for row in run.profile.itertuples()}
         out[role] = entry
+    out["backends"] = ordered(results.rows.backend.dropna().unique()) if "backend" in results.rows else []
     correct = tables["correct"]
     out["correctness_all"] = {"configurations": int(correct.checked.sum()), "passed": int(correct.passed.sum()),
                               "runs": correct.run_id.nunique()}
