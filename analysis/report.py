@@ -350,6 +350,7 @@ def report_numbers(results: Results) -> dict[str, Any]:
         entry["largest_stages"] = run.largest_stages()
         entry["batch_fastest"] = run.batch_fastest()
         entry["c_fastest_batches"] = [b["batch"] for b in entry["batch_fastest"] if b["c_library"]]
+        entry["batch_winners"] = _stretches(entry["batch_fastest"])
         entry["baselines"] = run.baselines()
         entry["stage_gains"] = run.stage_gains()
         entry["endtoend"] = run.endtoend()
@@ -371,6 +372,17 @@ def report_numbers(results: Results) -> dict[str, Any]:
         "batch_gain": float(AUTHORS_BATCH.relative_throughput.iloc[-1]),
     }
     return json_ready(out)
+
+
+def _stretches(fastest: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Consecutive batch sizes with the same fastest backend, as ``{"backend", "from", "to"}``."""
+    out: list[dict[str, Any]] = []
+    for entry in fastest:
+        if out and out[-1]["backend"] == entry["backend"]:
+            out[-1]["to"] = entry["batch"]
+        else:
+            out.append({"backend": entry["backend"], "from": entry["batch"], "to": entry["batch"]})
+    return out
 
 
 def _python_share(row: Any) -> float | None:
