@@ -259,7 +259,7 @@ def plot_stage_speedup(results: Results) -> Figure:
             ax.axhline(1.0, color="black", linewidth=0.6)
             ax.set_yscale("log")
             _plain_log_axis(ax.yaxis)
-            ax.set_ylim(min(0.5, data.speedup.min() / 1.5), data.speedup.max() * 400)  # room for the names
+            ax.set_ylim(min(0.5, data.speedup.min() / 1.5), data.speedup.max() * 50)  # room for the names
             ax.set_xticks(np.arange(len(stages)) + 0.4 - width / 2, [STAGE_ABBREVIATIONS[s] for s in stages])
             ax.set_title(f"{networks[col]}, b{mine.batch.iloc[0]}")
         axes[0].set_ylabel("speed-up over serial C (×)")
@@ -392,7 +392,8 @@ def plot_ladder(results: Results) -> Figure:
         ax.margins(y=0.15)
         ax.axhline(100, color="black", linewidth=0.8)
         ax.set_ylabel(f"% of {data.ceiling_impl.iloc[0]}")
-        ax.set_title(f"{device.upper()}, n = {int(data.n.iloc[0])} · {_short_machine(machine)}\n"
+        part = _short_machine(machine) if device == "gpu" else machine.split(" + ")[0]
+        ax.set_title(f"{device.upper()}, n = {int(data.n.iloc[0])} · {part}\n"
                      "GFLOP/s on the bars")
         ax.tick_params(axis="x", rotation=40)
         for label in ax.get_xticklabels():
