@@ -268,3 +268,45 @@ def test_committed_counts_include_every_run_configuration(committed):
     runs, _, numbers = committed
     assert numbers["gpu"]["correctness"]["configurations"] == checked_configurations(runs[1]) == 225
     assert numbers["correctness_all"]["configurations"] == checked_configurations(*runs)
+
+
+NEWER = ROOT / "tests" / "fixtures" / "results" / "gpu-fixture"
+
+
+@pytest.fixture(scope="module")
+def newer():
+    """The report of the development run beside a run of the GPU host's newer shape (end-to-end training,
+    data-parallel ranks, all-reduce, new backend names)."""
+    out = ROOT / "build" / "test-report-newer"
+    shutil.rmtree(out, ignore_errors=True)
+    pdf = build([RUNS[0], NEWER], out / "figures", out / "data", out / "report.pdf")
+    yield pdf_text(pdf), json.loads((out / "data" / "numbers.json").read_text())
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def test_endtoend_sentences_follow_the_data(newer):
+    text, numbers = newer
+    rows = pd.read_csv(NEWER / "endtoend.csv")
+    done = rows[rows.status == "ok"]
+    last = done.sort_values("epoch").groupby(["task", "backend"]).tail(1).set_index(["task", "backend"])
+    original = last.loc["moons-original"]
+    assert (original.test_accuracy < 0.75).all()  # two classes: chance 0.5, learned from 0.75 up
+    assert "does not learn on any backend" in text and "None of these runs measured end-to-end" not in text
+    assert "The same widths with tanh (learning rate 0.1) learn on every backend" in text
+    digits = done[done.task == "digits-target"]
+    reached = digits[digits.test_accuracy >= digits.target_accuracy].sort_values("epoch").groupby("backend").head(1)
+    seconds = reached.set_index("backend").seconds
+    gpu = seconds[seconds.index.str.startswith(("cuda", "torch-gpu"))]
+    cpu = seconds[~seconds.index.str.startswith(("cuda", "torch-gpu"))]
+    ratio = cpu.min() / gpu.min()
+    assert numbers["gpu"]["endtoend"]["digits-target"]["gpu_vs_best_cpu"] == pytest.approx(ratio)
+    assert f"the fastest GPU backend ({gpu.idxmin()}" in text and f"the fastest CPU backend ({cpu.idxmin()}" in text
+    for backend in ("cuda-cublas", "torch-gpu-compile", "c-omp"):
+        assert backend in text
+
+
+def test_several_processes_section_follows_the_data(newer):
+    text, _ = newer
+    assert "dev-2core (AMD EPYC (2 cores)) has no data-parallel measurements" in text
+    scaling = pd.read_csv(NEWER / "ranks.csv").query("stage == 'step'")
+    assert f"on up to {scaling.world_size.max()} ranks" in text
