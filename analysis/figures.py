@@ -222,6 +222,11 @@ def plot_baselines(results: Results) -> Figure:
     return fig
 
 
+def short_gpu_name(backend: str) -> str:
+    """``cuda-fused`` -> ``fused``, ``torch-gpu-graph`` -> ``graph``, ``torch-gpu`` -> ``torch``: bar labels."""
+    return "torch" if backend == "torch-gpu" else backend.removeprefix("torch-gpu-").removeprefix("cuda-")
+
+
 STAGE_ABBREVIATIONS = {"forward": "fwd", "backprop": "bprop", "update": "upd", "step": "step"}
 
 
@@ -254,7 +259,7 @@ def plot_stage_speedup(results: Results) -> Figure:
                 if level == "best GPU":
                     for xi, backend, value in zip(x, found.backend, found.speedup, strict=True):
                         if isinstance(backend, str):
-                            ax.text(xi, value * 1.1, backend.removeprefix("torch-gpu-").removeprefix("cuda-"),
+                            ax.text(xi, value * 1.1, short_gpu_name(backend),
                                     rotation=90, ha="center", va="bottom", fontsize=SMALL)
             ax.axhline(1.0, color="black", linewidth=0.6)
             ax.set_yscale("log")
