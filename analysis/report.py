@@ -22,7 +22,7 @@ import pandas as pd
 
 from analysis import draw_all, load_runs
 from analysis.load import Results, gpu_name, machine_label
-from analysis.palette import REFERENCE, is_gpu, ordered
+from analysis.palette import REFERENCE, ordered
 from analysis.summary import (
     AUTHORS_BATCH,
     AUTHORS_NETWORK,
@@ -32,6 +32,7 @@ from analysis.summary import (
     batch_effect,
     correctness_table,
     endtoend_table,
+    gpu_backends,
     json_ready,
     ladder_table,
     lineprofile_table,
@@ -57,7 +58,7 @@ TIMING_PARAMETERS = ("repeats", "warmup", "min_repeats", "budget_s", "rotate", "
 def _has_gpu_rows(results: Results, run_id: str) -> bool:
     rows = results.rows
     ok = rows[(rows.run_id == run_id) & (rows.status == "ok")]
-    return bool(ok.backend.map(is_gpu).any())
+    return bool(ok.backend.isin(gpu_backends(results)).any())
 
 
 def roles(results: Results) -> dict[str, str]:
@@ -80,6 +81,7 @@ class _Run:
     def __init__(self, results: Results, tables: dict[str, pd.DataFrame], run_id: str) -> None:
         self.run_id = run_id
         self.meta = results.meta[run_id]
+        self.gpu = gpu_backends(results)
         mine = {name: table[table.run_id == run_id] for name, table in tables.items()}
         self.stages, self.threads, self.batch = mine["stages"], mine["threads"], mine["batch"]
         self.width, self.ladder, self.training = mine["width"], mine["ladder"], mine["training"]
@@ -133,7 +135,7 @@ class _Run:
         """From which width on the fastest GPU step beats the fastest CPU step (the float64 reference left out)
         at every larger width measured, and the widths measured; None where the run timed no GPU backend."""
         table = self.width[self.width.backend != REFERENCE]
-        on_gpu = table.backend.map(is_gpu)
+        on_gpu = table.backend.isin(self.gpu)
         if not on_gpu.any() or on_gpu.all():
             return None
         cpu = table[~on_gpu].groupby("width").step_s.min()
@@ -152,7 +154,7 @@ class _Run:
         top = self.width[self.width.width == self.width.width.max()]
         out: dict[str, Any] = {"width": int(top.width.iloc[0])}
         for device, wanted in (("cpu", False), ("gpu", True)):
-            found = top[(top.backend.map(is_gpu) == wanted) & np.isfinite(top.gflops)]
+            found = top[(top.backend.isin(self.gpu) == wanted) & np.isfinite(top.gflops)]
             if len(found):
                 best = found.loc[found.gflops.idxmax()]
                 out[device] = {"backend": best.backend, "gflops": float(best.gflops),
@@ -233,7 +235,7 @@ class _Run:
                                    "max": _finite(done.final_accuracy.max())}}
             timed = done[done[measure].notna() & (done.backend != REFERENCE)]
             for side, wanted in (("cpu", False), ("gpu", True)):
-                mine = timed[timed.backend.map(is_gpu) == wanted]
+                mine = timed[timed.backend.isin(self.gpu) == wanted]
                 if len(mine):
                     row = mine.loc[mine[measure].idxmin()]
                     entry[f"best_{side}"] = {"backend": row.backend, "seconds": float(row[measure])}
@@ -314,7 +316,7 @@ def report_numbers(results: Results) -> dict[str, Any]:
         entry["fused_vs_torch_gpu"] = {n: run.speedup(n, "cuda-fused", "torch-gpu") for n in nets}
         entry["graph_vs_eager"] = {n: run.speedup(n, "torch-gpu-graph", "torch-gpu") for n in nets}
         entry["step_s"] = {n: {b: run.step(n, b) for b in run.stages[run.stages.network == n].backend} for n in nets}
-        on_gpu = run.stages.backend.map(is_gpu)
+        on_gpu = run.stages.backend.isin(run.gpu)
         cpu_backends = tuple(sorted(set(run.stages.backend[~on_gpu]) - {REFERENCE}))
         gpu_backends = tuple(sorted(set(run.stages.backend[on_gpu])))
         entry["transfer_s"] = {n: {r.backend: _finite(r.transfer_s) for r in run.stages[run.stages.network == n]

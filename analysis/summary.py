@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import Results, machine_label, usable_cores
-from analysis.palette import STAGE_ORDER, baseline, is_gpu, ladder_order, ordered
+from analysis.palette import BASELINE_OF_DEVICE, STAGE_ORDER, device, ladder_order, ordered
 
 #: The network of the original study's measurements, as the sweep names it: its anchors are drawn only there.
 AUTHORS_NETWORK = "moons-5h300"
@@ -31,6 +31,18 @@ COMPUTE_STAGES = ("forward", "backprop", "update")
 ERROR_COLUMNS = ("err_activations", "err_loss", "err_grad_weights", "err_grad_biases", "err_params")
 #: Interface checks every step runs (pure Python); nested checks are inside ``check_inputs``.
 CHECK_FUNCTIONS = ("base.check_inputs", "base.Model._check_batch", "base.check_step_size")
+
+
+def gpu_backends(results: Results) -> frozenset[str]:
+    """Backends that compute on the GPU: by family (:func:`analysis.palette.device`), and for a name of no
+    known family by the device its rows ran on."""
+    seen: dict[str, bool] = {}
+    for name in ("rows", "endtoend", "ranks"):
+        frame = results.table(name)
+        if {"backend", "device"} <= set(frame.columns):
+            for backend, group in frame.groupby("backend"):
+                seen[backend] = seen.get(backend, False) or bool((group.device == "cuda").any())
+    return frozenset(b for b, on_cuda in seen.items() if device(b, default="gpu" if on_cuda else "cpu") == "gpu")
 
 
 def _ok(frame: pd.DataFrame, **equal: Any) -> pd.DataFrame:
@@ -85,7 +97,8 @@ def stage_table(results: Results, study: str = "stages") -> pd.DataFrame:
         if f"{stage}_s" not in table:
             table[f"{stage}_s"] = np.nan
     table["stages_sum_s"] = table[[f"{s}_s" for s in COMPUTE_STAGES]].sum(axis=1, min_count=1)
-    table["baseline"] = table["backend"].map(baseline)
+    gpu = gpu_backends(results)
+    table["baseline"] = [BASELINE_OF_DEVICE["gpu" if b in gpu else "cpu"] for b in table["backend"]]
     base = table.set_index(["run_id", "network", "batch", "backend"])["step_s"]
     lookup = list(zip(table.run_id, table.network, table.batch, table.baseline, strict=True))
     table["speedup"] = [base.get(key, np.nan) for key in lookup] / table["step_s"]
@@ -140,11 +153,12 @@ def stage_speedups(results: Results) -> pd.DataFrame:
     if table.empty:
         return pd.DataFrame(columns=columns)
     out = []
+    on_gpu = gpu_backends(results)
     for (run_id, network), group in table.groupby(["run_id", "network"], sort=False):
         serial = group[group.backend == "c-serial"]
         for stage in (*COMPUTE_STAGES, "step"):
             column = f"{stage}_s"
-            gpu = group[group.backend.map(is_gpu) & group[column].notna()]
+            gpu = group[group.backend.isin(on_gpu) & group[column].notna()]
             picks = {"serial C": serial, "OpenMP C": group[group.backend == "c-omp"],
                      "best GPU": gpu.loc[[gpu[column].idxmin()]] if len(gpu) else gpu}
             reference = float(serial[column].iloc[0]) if len(serial) else np.nan
@@ -239,9 +253,9 @@ def width_table(results: Results) -> pd.DataFrame:
         columns={"median_s": "step_s"})
     table["width"] = table["network"].str.split("-").str[0].astype(int)
     ceilings = ceiling_table(results).set_index(["run_id", "device"])
-    device = np.where(table["backend"].map(is_gpu), "gpu", "cpu")
-    table["ceiling_impl"] = [ceilings["impl"].get(k) for k in zip(table.run_id, device, strict=True)]
-    table["ceiling_gflops"] = [ceilings["gflops"].get(k, np.nan) for k in zip(table.run_id, device, strict=True)]
+    devices = np.where(table["backend"].isin(gpu_backends(results)), "gpu", "cpu")
+    table["ceiling_impl"] = [ceilings["impl"].get(k) for k in zip(table.run_id, devices, strict=True)]
+    table["ceiling_gflops"] = [ceilings["gflops"].get(k, np.nan) for k in zip(table.run_id, devices, strict=True)]
     return _sorted(table[columns], "run_id", "backend", "width")
 
 

@@ -337,3 +337,19 @@ def test_every_figure_from_the_newer_run_shape_at_its_printed_width(gpu_run: sum
             assert len(fig.axes) == 3
         plt.close(fig)
     _check_files(written)
+
+
+def test_a_backend_name_never_seen_takes_its_device_from_its_rows(tmp_path: Path) -> None:
+    run = tmp_path / "unknown"
+    shutil.copytree(GPU_FIXTURE, run)
+    rows = read_table(GPU_FIXTURE / "rows.csv")
+    rows.loc[rows.backend == "cuda-fused", "key"] = rows.key.str.replace("cuda-fused", "zz-accel")
+    rows.loc[rows.backend == "cuda-fused", "backend"] = "zz-accel"
+    rows.to_csv(run / "rows.csv", index=False)
+    results = load_run(run)
+    assert "zz-accel" in summary.gpu_backends(results) and "c-omp" not in summary.gpu_backends(results)
+    stages = summary.stage_table(results)
+    assert (stages[stages.backend == "zz-accel"].baseline == "torch-gpu").all()
+    assert list(dict.fromkeys(stages.backend))[-1] == "zz-accel"  # no known family: last
+    picks = summary.stage_speedups(results)
+    assert "zz-accel" in set(picks[picks.level == "best GPU"].backend)  # the fastest GPU step, as cuda-fused was
