@@ -156,11 +156,6 @@ def duration(seconds: float) -> str:
     return ""
 
 
-def ratio(value: float) -> str:
-    """A speed-up with two or three significant digits: ``23.7×``, ``0.86×``, ``150×``."""
-    return f"{value:.3g}×" if value >= 1 else f"{value:.2g}×"
-
-
 def plot_speedup(results: Results) -> Figure:
     """Speed-up of every backend's whole step over PyTorch on the same kind of device (``torch-cpu`` for CPU
     backends, ``torch-gpu`` for GPU backends), per network, log scale."""

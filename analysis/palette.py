@@ -74,15 +74,6 @@ def device(name: str, default: str = "cpu") -> str:
     return found[1].device if found else default
 
 
-def is_gpu(name: str) -> bool:
-    return device(name) == "gpu"
-
-
-def baseline(name: str) -> str:
-    """PyTorch on the backend's device."""
-    return BASELINE_OF_DEVICE[device(name)]
-
-
 def backend_color(name: str) -> str:
     """The family's hue, darker for higher rungs; unknown names a fixed colour picked from their name."""
     found = _family(name)

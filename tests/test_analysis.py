@@ -65,7 +65,7 @@ def test_palette_places_every_backend_by_one_rule() -> None:
     assert order.index("c-blas") < order.index("torch-cpu") < order.index("cuda-naive")
     assert order.index("cuda-fused") < order.index("cuda-cublas") < order.index("torch-gpu")
     assert order.index("torch-gpu-graph") < order.index("torch-gpu-compile")
-    assert [palette.baseline(b) for b in ("c-blas", "cuda-cublas", "torch-gpu-compile")] == [
+    assert [palette.BASELINE_OF_DEVICE[palette.device(b)] for b in ("c-blas", "cuda-cublas", "torch-gpu-compile")] == [
         "torch-cpu", "torch-gpu", "torch-gpu"]
     # A name of no known family: last, a colour of its own, the device its rows say.
     assert palette.ordered(["torch-gpu", "zzz", "numpy", "c-omp"]) == ["numpy", "c-omp", "torch-gpu", "zzz"]
@@ -133,7 +133,7 @@ def test_speedup_and_scaling_tables(results: summary.Results) -> None:
     assert (smallest.relative_throughput == 1).all()
     width = summary.width_table(results)
     assert set(width.width) == {16, 64}
-    cpu = width[~width.backend.map(palette.is_gpu)]
+    cpu = width[~width.backend.isin(summary.gpu_backends(results))]
     assert (cpu.ceiling_impl == "numpy").all() and (cpu.ceiling_gflops > 0).all()
 
 
@@ -279,7 +279,7 @@ def test_stage_speedups_pick_the_fastest_gpu_backend_per_stage(gpu_run: summary.
     table = summary.stage_speedups(gpu_run)
     stages = summary.stage_table(gpu_run)
     for entry in table[table.level == "best GPU"].itertuples():
-        mine = stages[(stages.network == entry.network) & stages.backend.map(palette.is_gpu)]
+        mine = stages[(stages.network == entry.network) & stages.backend.isin(summary.gpu_backends(gpu_run))]
         assert entry.seconds == mine[f"{entry.stage}_s"].min()
     assert (table[table.level == "serial C"].speedup == 1).all()
     assert set(table.level) == set(summary.LEVELS)
