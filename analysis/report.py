@@ -349,6 +349,8 @@ def report_numbers(results: Results) -> dict[str, Any]:
                                           if entry["correctness"]["max_error"] else None)
         entry["test_accuracy"]["same"] = (entry["test_accuracy"]["min"] is not None and round(
             entry["test_accuracy"]["min"] * 100) == round(entry["test_accuracy"]["max"] * 100))
+        entry["nonfinite"] = sorted(f"{r.backend} on {r.network}" for r in run.stages.itertuples()
+                                    if r.nonfinite == 1)
         entry["largest_stages"] = run.largest_stages()
         entry["batch_fastest"] = run.batch_fastest()
         entry["c_fastest_batches"] = [b["batch"] for b in entry["batch_fastest"] if b["c_library"]]

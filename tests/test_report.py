@@ -313,6 +313,10 @@ def test_endtoend_sentences_follow_the_data(newer):
     assert f"the fastest GPU backend ({gpu.idxmin()}" in text and f"the fastest CPU backend ({cpu.idxmin()}" in text
     for backend in ("cuda-cublas", "torch-gpu-compile", "c-omp"):
         assert backend in text
+    rows = pd.read_csv(NEWER / "rows.csv").query("study == 'stages' and stage == 'step' and nonfinite == 1")
+    assert len(rows) == 1
+    for row in rows.itertuples():
+        assert says(text, f"the loss became non-finite while timing {row.backend} on {row.network}")
 
 
 def test_several_processes_section_follows_the_data(newer):
