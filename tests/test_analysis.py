@@ -257,7 +257,7 @@ def test_newer_columns_and_backend_names(gpu_run: summary.Results) -> None:
     assert (compiled.compile_s > 0).all() and stages[stages.backend != "torch-gpu-compile"].compile_s.isna().all()
     assert stages.load_before.notna().all()
     overflowed = stages[stages.nonfinite == 1]
-    assert list(zip(overflowed.backend, overflowed.network)) == [("cuda-naive", "2-32-32-1")]
+    assert list(zip(overflowed.backend, overflowed.network, strict=True)) == [("cuda-naive", "2-32-32-1")]
     assert (stages.step_q1_s <= stages.step_s).all() and (stages.step_s <= stages.step_q3_s).all()
     assert (stages[stages.backend == "cuda-cublas"].baseline == "torch-gpu").all()
 
