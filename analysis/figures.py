@@ -22,27 +22,40 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 from analysis import summary
 from analysis.load import Results
 from analysis.palette import (
-    BACKEND_MARKERS,
     STAGE_COLORS,
     STAGE_ORDER,
     backend_color,
+    backend_marker,
     ladder_color,
     ladder_order,
     ordered,
 )
 
-PANEL = (3.6, 2.7)  # inches per panel
-LEGEND_WIDTH = 1.9  # inches to the right of the panels
-# Sizes chosen for figures printed about 17 cm wide.
-plt.rcParams.update({"font.size": 8.5, "axes.titlesize": 8.5, "axes.labelsize": 8.5, "legend.fontsize": 8,
-                     "xtick.labelsize": 7.5, "ytick.labelsize": 7.5})
+#: Every figure is drawn at the width it is printed (the report's text width, 16.8 cm), so the sizes below are
+#: the printed sizes: no text under 7 pt.
+TEXT_WIDTH = 6.5  # inches
+ROW_HEIGHT = 2.3  # inches per row of panels
+plt.rcParams.update({"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7.5,
+                     "xtick.labelsize": 7.5, "ytick.labelsize": 7.5, "figure.titlesize": 8.5,
+                     "figure.constrained_layout.h_pad": 0.03, "figure.constrained_layout.w_pad": 0.03})
+SMALL = 7  # the smallest text on any figure (labels on bars), in points
 
 
-def _grid(n_rows: int, n_cols: int, **options: object) -> tuple[Figure, np.ndarray]:
+def _grid(n_rows: int, n_cols: int, height: float = ROW_HEIGHT, **options: object) -> tuple[Figure, np.ndarray]:
     fig, axes = plt.subplots(max(n_rows, 1), max(n_cols, 1), squeeze=False, layout="constrained",
-                             figsize=(PANEL[0] * max(n_cols, 1) + LEGEND_WIDTH, PANEL[1] * max(n_rows, 1)),
-                             **options)
+                             figsize=(TEXT_WIDTH, height * max(n_rows, 1)), **options)
     return fig, axes
+
+
+def _run_rows(runs: list[tuple[str, str]], n_cols: int, height: float = ROW_HEIGHT,
+              **options: object) -> tuple[Figure, list[np.ndarray]]:
+    """One row of ``n_cols`` panels per run, the machine named once above its row."""
+    fig = plt.figure(layout="constrained", figsize=(TEXT_WIDTH, height * len(runs) + 0.25))
+    rows = []
+    for subfig, (_, machine) in zip(np.atleast_1d(fig.subfigures(len(runs), 1)), runs, strict=True):
+        subfig.suptitle(machine, fontsize=8.5, fontweight="bold")
+        rows.append(subfig.subplots(1, n_cols, squeeze=False, **options)[0])
+    return fig, rows
 
 
 def _plain_log_axis(axis: Axis) -> None:
@@ -52,7 +65,7 @@ def _plain_log_axis(axis: Axis) -> None:
 
 
 def _empty(title: str, why: str) -> Figure:
-    fig, axes = _grid(1, 1)
+    fig, axes = _grid(1, 1, height=1.0)
     axes[0, 0].text(0.5, 0.5, why, ha="center", va="center", wrap=True, transform=axes[0, 0].transAxes)
     axes[0, 0].set_axis_off()
     fig.suptitle(title)
@@ -64,15 +77,20 @@ def _runs(table: pd.DataFrame) -> list[tuple[str, str]]:
     return list(dict.fromkeys(zip(table["run_id"], table["machine"], strict=True)))
 
 
-def _legend(fig: Figure, axes: np.ndarray) -> None:
-    handles, labels = {}, []
-    for ax in axes.flat:
+def _legend(fig: Figure, axes: object, columns: int = 5) -> None:
+    """One legend for the whole figure, below the panels, each label once."""
+    handles: dict[str, object] = {}
+    for ax in np.asarray(axes, dtype=object).flat:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            if label not in handles:
-                handles[label] = handle
-                labels.append(label)
+            handles.setdefault(label, handle)
     if handles:
-        fig.legend([handles[label] for label in labels], labels, loc="outside right upper", frameon=False)
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", frameon=False,
+                   ncols=min(columns, len(handles)))
+
+
+def _quartile_bars(median: pd.Series, q1: pd.Series, q3: pd.Series) -> np.ndarray:
+    """Asymmetric error bars (2 × n) from quartiles, for ``errorbar(yerr=...)``; NaN where not recorded."""
+    return np.vstack([(median - q1).clip(lower=0).to_numpy(float), (q3 - median).clip(lower=0).to_numpy(float)])
 
 
 def plot_stages(results: Results) -> Figure:
@@ -94,8 +112,8 @@ def plot_stages(results: Results) -> Figure:
     heights = [max(len(table[(table.run_id == p[0]) & (table.network == p[2])]) for p, at in
                    zip(panels, layout, strict=True) if at[0] == r) for r in range(row + 1)]
     fig, axes = plt.subplots(row + 1, per_row, squeeze=False, layout="constrained",
-                             figsize=(2 * PANEL[0] + LEGEND_WIDTH, sum(0.2 * h + 0.8 for h in heights)),
-                             gridspec_kw={"height_ratios": [0.2 * h + 0.8 for h in heights]})
+                             figsize=(TEXT_WIDTH, sum(0.15 * h + 0.7 for h in heights) + 0.3),
+                             gridspec_kw={"height_ratios": [0.15 * h + 0.7 for h in heights]})
     used = set(layout)
     for ax_row, ax_col in np.ndindex(axes.shape):
         if (ax_row, ax_col) not in used:
@@ -113,15 +131,19 @@ def plot_stages(results: Results) -> Figure:
                         linewidth=0.5)
                 left += values
         for y, seconds in enumerate(data["step_s"]):
-            ax.text(102, y, duration(seconds), va="center", fontsize=7)
-        ax.set_xlim(0, 130)
+            ax.text(102, y, duration(seconds), va="center", fontsize=SMALL)
+        ax.set_xlim(0, 135)
         ax.set_xticks([0, 25, 50, 75, 100])
         ax.invert_yaxis()
-        ax.tick_params(axis="y", labelsize=7.5)
-        ax.set_xlabel("share of the stages (%); whole step at right", fontsize=8)
-        ax.set_title(f"{network}, batch {batch} — {machine}", fontsize=8)
+        ax.tick_params(axis="y", labelsize=SMALL)
+        ax.set_title(f"{network}, batch {batch}\n{_short_machine(machine)}")
     _legend(fig, axes)
     return fig
+
+
+def _short_machine(machine: str) -> str:
+    """The GPU where there is one, else the CPU: enough to tell two runs apart in a panel title."""
+    return machine.split(" + ")[-1]
 
 
 def duration(seconds: float) -> str:
@@ -142,29 +164,112 @@ def plot_speedup(results: Results) -> Figure:
     if table.empty:
         return _empty("Speed-up over PyTorch", "no backend with a PyTorch baseline in the same run")
     runs = _runs(table)
-    fig, axes = _grid(1, len(runs))
-    for col, (run_id, machine) in enumerate(runs):
+    fig, rows = _run_rows(runs, 1, height=2.0)
+    for (run_id, _), (ax,) in zip(runs, rows, strict=True):
         data = table[table.run_id == run_id]
         networks = list(dict.fromkeys(data.network))
         backends = ordered(data.backend)
         width = 0.8 / len(backends)
-        ax = axes[0, col]
         for index, backend in enumerate(backends):
-            rows = data[data.backend == backend].set_index("network").reindex(networks)
-            ax.bar(np.arange(len(networks)) + index * width, rows["speedup"], width, color=backend_color(backend),
-                   label=f"{backend} (vs {rows['baseline'].dropna().iloc[0]})")
+            found = data[data.backend == backend].set_index("network").reindex(networks)
+            ax.bar(np.arange(len(networks)) + index * width, found["speedup"], width, color=backend_color(backend),
+                   label=backend)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")
-        ax.set_xticks(np.arange(len(networks)) + 0.4 - width / 2, networks, rotation=20)
-        ax.set_ylabel("speed-up of one step (x)")
-        ax.set_title(machine, fontsize=9)
-    _legend(fig, axes)
+        _plain_log_axis(ax.yaxis)
+        ax.set_xticks(np.arange(len(networks)) + 0.4 - width / 2, networks)
+        ax.set_ylabel("step speed-up over PyTorch\n(same device, ×)")
+    _legend(fig, rows)
+    return fig
+
+
+def plot_baselines(results: Results) -> Figure:
+    """The CPU baselines at the matched thread count and at their best: median step time relative to ``c-omp``
+    at the matched count (log scale), with quartile error bars and each bar's thread count on top."""
+    table = summary.thread_baselines(results)
+    if table.empty:
+        return _empty("Matched and best thread counts", "no c-omp or torch-cpu rows in these runs")
+    runs = _runs(table)
+    fig, rows = _run_rows(runs, 1, height=1.8)
+    for (run_id, _), (ax,) in zip(runs, rows, strict=True):
+        data = table[table.run_id == run_id]
+        networks = list(dict.fromkeys(data.network))
+        unit = data[(data.backend == "c-omp") & (data.which == "matched")].set_index("network").step_s
+        unit = unit.reindex(networks).fillna(data.groupby("network").step_s.min().reindex(networks))
+        bars = [(b, w) for b in ordered(data.backend) for w in ("matched", "best")]
+        width = 0.8 / len(bars)
+        for index, (backend, which) in enumerate(bars):
+            found = data[(data.backend == backend) & (data.which == which)].set_index("network").reindex(networks)
+            x = np.arange(len(networks)) + index * width
+            value = found.step_s / unit
+            ax.bar(x, value, width, color=backend_color(backend), hatch="" if which == "matched" else "///",
+                   edgecolor="white", label=f"{backend}, {which} threads", error_kw={"lw": 0.8},
+                   yerr=_quartile_bars(value, found.step_q1_s / unit, found.step_q3_s / unit))
+            for xi, threads, top in zip(x, found.threads, found.step_q3_s / unit, strict=True):
+                if np.isfinite(threads):
+                    ax.text(xi, top * 1.08, f"{threads:.0f}", ha="center", va="bottom", fontsize=SMALL)
+        ax.set_yscale("log")
+        _plain_log_axis(ax.yaxis)
+        ax.margins(y=0.25)
+        ax.set_xticks(np.arange(len(networks)) + 0.4 - width / 2, networks)
+        ax.set_ylabel("step time relative to\nc-omp, matched threads")
+    _legend(fig, rows, columns=2)
+    return fig
+
+
+def short_gpu_name(backend: str) -> str:
+    """``cuda-fused`` -> ``fused``, ``torch-gpu-graph`` -> ``graph``, ``torch-gpu`` -> ``torch``: bar labels."""
+    return "torch" if backend == "torch-gpu" else backend.removeprefix("torch-gpu-").removeprefix("cuda-")
+
+
+STAGE_ABBREVIATIONS = {"forward": "fwd", "backprop": "bprop", "update": "upd", "step": "step"}
+
+
+def plot_stage_speedup(results: Results) -> Figure:
+    """The study's question in one figure: per network and stage, the speed-up over serial C of OpenMP C and
+    of the fastest GPU backend at that stage (log scale; the backend named on its bar)."""
+    table = summary.stage_speedups(results)
+    if table.empty:
+        return _empty("Speed-up per stage", "no stages study in these runs")
+    runs = _runs(table)
+    n_cols = max(table[table.run_id == r].network.nunique() for r, _ in runs)
+    fig, rows = _run_rows(runs, n_cols, height=1.9, sharey=True)
+    colours = {"serial C": backend_color("c-serial"), "OpenMP C": backend_color("c-omp"),
+               "best GPU": backend_color("cuda-opt")}
+    stages = (*summary.COMPUTE_STAGES, "step")
+    for (run_id, _), axes in zip(runs, rows, strict=True):
+        data = table[table.run_id == run_id]
+        networks = list(dict.fromkeys(data.network))
+        for col, ax in enumerate(axes):
+            if col >= len(networks):
+                ax.set_axis_off()
+                continue
+            mine = data[data.network == networks[col]]
+            levels = [level for level in summary.LEVELS if level in set(mine.level)]
+            width = 0.8 / len(levels)
+            for index, level in enumerate(levels):
+                found = mine[mine.level == level].set_index("stage").reindex(stages)
+                x = np.arange(len(stages)) + index * width
+                ax.bar(x, found.speedup, width, color=colours[level], label=level)
+                if level == "best GPU":
+                    for xi, backend, value in zip(x, found.backend, found.speedup, strict=True):
+                        if isinstance(backend, str):
+                            ax.text(xi, value * 1.1, short_gpu_name(backend),
+                                    rotation=90, ha="center", va="bottom", fontsize=SMALL)
+            ax.axhline(1.0, color="black", linewidth=0.6)
+            ax.set_yscale("log")
+            _plain_log_axis(ax.yaxis)
+            ax.set_ylim(min(0.5, data.speedup.min() / 1.5), data.speedup.max() * 50)  # room for the names
+            ax.set_xticks(np.arange(len(stages)) + 0.4 - width / 2, [STAGE_ABBREVIATIONS[s] for s in stages])
+            ax.set_title(f"{networks[col]}, b{mine.batch.iloc[0]}")
+        axes[0].set_ylabel("speed-up over serial C (×)")
+    _legend(fig, rows)
     return fig
 
 
 def plot_threads(results: Results) -> Figure:
-    """Speed-up over 1 thread against thread count, with the ideal line and, on the original study's
-    network, its points (179.3 s on 1 thread, 40.1 s on 16: 4.47x)."""
+    """Speed-up over 1 thread against thread count (quartile error bars), with the ideal line and, on the
+    original study's network, its points (179.3 s on 1 thread, 40.1 s on 16: 4.47x)."""
     table = summary.thread_scaling(results)
     if table.empty:
         return _empty("Thread scaling", "no threads study in these runs")
@@ -172,64 +277,69 @@ def plot_threads(results: Results) -> Figure:
     panels = {run_id: list(dict.fromkeys(zip(table[table.run_id == run_id].network,
                                               table[table.run_id == run_id].batch, strict=True)))
               for run_id, _ in runs}
-    fig, axes = _grid(len(runs), max(len(p) for p in panels.values()))
+    n_cols = max(len(p) for p in panels.values())
+    fig, rows = _run_rows(runs, n_cols, height=2.1)
     authors = summary.AUTHORS_THREADS
-    for (row, (run_id, machine)), col in ((r, c) for r in enumerate(runs) for c in range(axes.shape[1])):
-        ax = axes[row, col]
-        if col >= len(panels[run_id]):
-            ax.set_axis_off()
-            continue
-        network, batch = panels[run_id][col]
-        data = table[(table.run_id == run_id) & (table.network == network) & (table.batch == batch)]
-        ours = network == summary.AUTHORS_NETWORK
-        most = max(int(data.threads.max()), int(authors.threads.max()) if ours else 1)
-        ax.plot([1, most], [1, most], ":", color="grey", label="ideal")
-        if ours:
-            ax.plot(authors.threads, authors.speedup, "k*--", markersize=9,
-                    label="original study (5h300, 2x Xeon)")
-        for backend in ordered(data.backend):
-            rows = data[data.backend == backend]
-            ax.plot(rows.threads, rows.speedup, marker=BACKEND_MARKERS.get(backend, "o"),
-                    color=backend_color(backend), label=backend)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log", base=2)
-        _plain_log_axis(ax.xaxis)
-        _plain_log_axis(ax.yaxis)
-        ax.set_xlabel("threads")
-        ax.set_ylabel("speed-up over 1 thread (x)")
-        ax.set_title(f"{network}, batch {batch}\n{machine}", fontsize=9)
-    _legend(fig, axes)
+    for (run_id, _), axes in zip(runs, rows, strict=True):
+        for col, ax in enumerate(axes):
+            if col >= len(panels[run_id]):
+                ax.set_axis_off()
+                continue
+            network, batch = panels[run_id][col]
+            data = table[(table.run_id == run_id) & (table.network == network) & (table.batch == batch)]
+            ours = network == summary.AUTHORS_NETWORK
+            most = max(int(data.threads.max()), int(authors.threads.max()) if ours else 1)
+            ax.plot([1, most], [1, most], ":", color="grey", label="ideal")
+            if ours:
+                ax.plot(authors.threads, authors.speedup, "k*--", markersize=8, label="original study (2× Xeon)")
+            for backend in ordered(data.backend):
+                found = data[data.backend == backend]
+                one = found.step_s * found.speedup  # the 1-thread median
+                ax.errorbar(found.threads, found.speedup, yerr=_quartile_bars(
+                    found.speedup, one / found.step_q3_s, one / found.step_q1_s), marker=backend_marker(backend),
+                    color=backend_color(backend), label=backend, markersize=4, capsize=2, lw=1)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log", base=2)
+            _plain_log_axis(ax.xaxis)
+            _plain_log_axis(ax.yaxis)
+            ax.set_xlabel("threads")
+            ax.set_ylabel("speed-up over 1 thread (×)")
+            ax.set_title(f"{network}, batch {batch}")
+    _legend(fig, rows)
     return fig
 
 
 def plot_batch(results: Results) -> Figure:
-    """Samples per second over batch size (left) and throughput relative to batch 1 (right, with the
-    original study's batch 1 and 512 runs when the study ran on its network)."""
+    """Samples per second over batch size with quartile error bars (left) and throughput relative to batch 1
+    (right, with the original study's batch 1 and 512 runs when the study ran on its network)."""
     table = summary.batch_effect(results)
     if table.empty:
         return _empty("Batch size", "no batch study in these runs")
     runs = _runs(table)
-    fig, axes = _grid(len(runs), 2)
+    fig, rows = _run_rows(runs, 2, height=2.1)
     authors = summary.AUTHORS_BATCH
-    for row, (run_id, machine) in enumerate(runs):
+    for (run_id, _), axes in zip(runs, rows, strict=True):
         data = table[table.run_id == run_id]
         for backend in ordered(data.backend):
-            rows = data[data.backend == backend]
-            style = {"marker": BACKEND_MARKERS.get(backend, "o"), "color": backend_color(backend), "label": backend}
-            axes[row, 0].plot(rows.batch, rows.samples_per_s, **style)
-            axes[row, 1].plot(rows.batch, rows.relative_throughput, **style)
+            found = data[data.backend == backend]
+            style = {"marker": backend_marker(backend), "color": backend_color(backend), "label": backend,
+                     "markersize": 4, "lw": 1}
+            rate = found.batch / found.step_s
+            axes[0].errorbar(found.batch, found.samples_per_s, yerr=_quartile_bars(
+                rate, found.batch / found.step_q3_s, found.batch / found.step_q1_s), capsize=2, **style)
+            axes[1].plot(found.batch, found.relative_throughput, **style)
         if data.network.iloc[0] == summary.AUTHORS_NETWORK:
-            axes[row, 1].plot(authors.batch, authors.relative_throughput, "k*--", markersize=9,
-                              label="original study (16 threads)")
-        axes[row, 0].set_ylabel("training samples per second")
-        axes[row, 1].set_ylabel("throughput relative to batch 1 (x)")
-        for ax in axes[row]:
+            axes[1].plot(authors.batch, authors.relative_throughput, "k*--", markersize=8,
+                         label="original study (16 threads)")
+        axes[0].set_ylabel("samples per second")
+        axes[1].set_ylabel("throughput vs batch 1 (×)")
+        for ax in axes:
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             _plain_log_axis(ax.xaxis)
             ax.set_xlabel("batch size")
-            ax.set_title(f"{data.network.iloc[0]}\n{machine}", fontsize=9)
-    _legend(fig, axes)
+            ax.set_title(data.network.iloc[0])
+    _legend(fig, rows)
     return fig
 
 
@@ -240,25 +350,24 @@ def plot_width(results: Results) -> Figure:
     if table.empty:
         return _empty("Throughput over width", "no width study in these runs")
     runs = _runs(table)
-    fig, axes = _grid(1, len(runs))
+    fig, axes = _grid(1, len(runs), height=2.6)
     for col, (run_id, machine) in enumerate(runs):
         ax = axes[0, col]
         data = table[table.run_id == run_id]
         for backend in ordered(data.backend):
-            rows = data[data.backend == backend]
-            ax.plot(rows.width, rows.gflops, marker=BACKEND_MARKERS.get(backend, "o"),
-                    color=backend_color(backend), label=backend)
+            found = data[data.backend == backend]
+            ax.plot(found.width, found.gflops, marker=backend_marker(backend), color=backend_color(backend),
+                    label=backend, markersize=4, lw=1)
         ceilings = data.dropna(subset=["ceiling_gflops"]).drop_duplicates("ceiling_impl")
         for ceiling in ceilings.itertuples():
             ax.axhline(ceiling.ceiling_gflops, linestyle="--", color=backend_color(ceiling.ceiling_impl),
-                       label=f"{ceiling.ceiling_impl} matrix product")
+                       label=f"{ceiling.ceiling_impl} product")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         _plain_log_axis(ax.xaxis)
         ax.set_xlabel("layer width")
-        ax.set_ylabel("GFLOP/s of one training step")
-        ax.set_title(f"{data.network.iloc[0].count('-')} square layers, batch {data.batch.iloc[0]}\n{machine}",
-                     fontsize=9)
+        ax.set_ylabel("GFLOP/s of one step")
+        ax.set_title(f"{data.network.iloc[0].count('-')} layers, batch {data.batch.iloc[0]}\n{machine}")
     _legend(fig, axes)
     return fig
 
@@ -270,19 +379,25 @@ def plot_ladder(results: Results) -> Figure:
     if table.empty:
         return _empty("Matrix-product ladder", "no ladder measured in these runs")
     panels = list(dict.fromkeys(zip(table.run_id, table.machine, table.device, strict=True)))
-    fig, axes = _grid(1, len(panels))
-    for col, (run_id, machine, device) in enumerate(panels):
-        ax = axes[0, col]
+    per_row = 2
+    fig, axes = _grid((len(panels) + per_row - 1) // per_row, per_row, height=2.3)
+    for ax in axes.flat[len(panels):]:
+        ax.set_axis_off()
+    for ax, (run_id, machine, device) in zip(axes.flat, panels, strict=False):
         data = table[(table.run_id == run_id) & (table.device == device)].set_index("impl")
         data = data.loc[ladder_order(data.index)]
         bars = ax.bar(data.index, data.pct_of_ceiling, color=[ladder_color(i) for i in data.index])
-        ax.bar_label(bars, labels=[f"{g:,.0f}" if g >= 100 else f"{g:.3g}" for g in data.gflops], fontsize=7,
-                     padding=2)
-        ax.margins(y=0.12)
+        ax.bar_label(bars, labels=[f"{g:,.0f}" if g >= 100 else f"{g:.2g}" for g in data.gflops], fontsize=SMALL,
+                     padding=1)
+        ax.margins(y=0.15)
         ax.axhline(100, color="black", linewidth=0.8)
-        ax.set_ylabel(f"% of {data.ceiling_impl.iloc[0]} (GFLOP/s on bars)")
-        ax.set_title(f"{device.upper()}, n = {int(data.n.iloc[0])}\n{machine}", fontsize=9)
-        ax.tick_params(axis="x", rotation=45)
+        ax.set_ylabel(f"% of {data.ceiling_impl.iloc[0]}")
+        part = _short_machine(machine) if device == "gpu" else machine.split(" + ")[0]
+        ax.set_title(f"{device.upper()}, n = {int(data.n.iloc[0])} · {part}\n"
+                     "GFLOP/s on the bars")
+        ax.tick_params(axis="x", rotation=40)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
     return fig
 
 
@@ -293,22 +408,20 @@ def plot_training(results: Results) -> Figure:
     if rows.empty:
         return _empty("Training curves", "no training curves in these runs")
     runs = _runs(rows)
-    fig, axes = _grid(len(runs), 2)
-    for row, (run_id, machine) in enumerate(runs):
+    fig, panel_rows = _run_rows(runs, 2, height=1.9)
+    for (run_id, _), axes in zip(runs, panel_rows, strict=True):
         data = rows[rows.run_id == run_id]
         for backend in ordered(data.backend):
             curve = data[data.backend == backend]
-            style = {"marker": BACKEND_MARKERS.get(backend, "o"), "color": backend_color(backend), "label": backend,
-                     "alpha": 0.8, "markersize": 4}
-            axes[row, 0].plot(curve.epoch, curve.train_loss, **style)
-            axes[row, 1].plot(curve.epoch, curve.test_accuracy, **style)
+            style = {"marker": backend_marker(backend), "color": backend_color(backend), "label": backend,
+                     "alpha": 0.8, "markersize": 3, "lw": 1}
+            axes[0].plot(curve.epoch, curve.train_loss, **style)
+            axes[1].plot(curve.epoch, curve.test_accuracy, **style)
         dataset, network = data.dataset.iloc[0], data.network.iloc[0]
-        title = f"{dataset}\n{machine}" if dataset == network else f"{dataset} ({network})\n{machine}"
-        axes[row, 0].set(xlabel="epoch", ylabel="mean training loss", yscale="log")
-        axes[row, 1].set(xlabel="epoch", ylabel="test accuracy")
-        for ax in axes[row]:
-            ax.set_title(title, fontsize=9)
-    _legend(fig, axes)
+        title = dataset if dataset == network else f"{dataset} ({network})"
+        axes[0].set(xlabel="epoch", ylabel="mean training loss", yscale="log", title=title)
+        axes[1].set(xlabel="epoch", ylabel="test accuracy", title=title)
+    _legend(fig, panel_rows)
     return fig
 
 
@@ -318,26 +431,24 @@ def plot_correctness(results: Results) -> Figure:
     if table.empty:
         return _empty("Correctness", "no correctness checks in these runs")
     runs = _runs(table)
-    heights = [table[table.run_id == run_id].backend.nunique() for run_id, _ in runs]
-    fig, axes = plt.subplots(len(runs), 1, squeeze=False, layout="constrained",
-                             figsize=(PANEL[0] * 2, 0.3 * sum(heights) + 0.9 * len(runs)),
-                             gridspec_kw={"height_ratios": heights})
+    fig, axes = _grid(1, len(runs), height=0.2 * table.backend.nunique() + 1.3)
     columns = list(summary.ERROR_COLUMNS)
     for col, (run_id, machine) in enumerate(runs):
-        data = table[table.run_id == run_id].groupby("backend")[columns].max()
-        data = data.loc[ordered(data.index)].rename(columns=lambda c: c.removeprefix("err_"))
+        mine = table[table.run_id == run_id]
+        data = mine.groupby("backend")[columns].max()
+        data = data.loc[ordered(data.index)].rename(columns=lambda c: c.removeprefix("err_").replace("grad_", "d"))
         # Exact agreement (the reference against itself) has no logarithm: coloured at the floor, labelled.
         values = data.astype(float)
         logs = np.log10(values.clip(lower=1e-12))
-        labels = np.where(values.to_numpy() == 0, "exact", logs.map("{:.1f}".format).to_numpy())
-        ax = axes[col, 0]
-        sns.heatmap(logs, ax=ax, annot=labels, fmt="", cmap="viridis", vmin=-12, vmax=-4,
-                    annot_kws={"fontsize": 8}, cbar_kws={"label": "log10 of the worst\nrelative error"})
-        ax.set_title(f"{machine}: worst error over every checked configuration "
-                     f"(tolerance {table.tolerance.iloc[0]:.0e})", fontsize=9)
+        labels = np.where(values.to_numpy() == 0, "0", logs.map("{:.1f}".format).to_numpy())
+        ax = axes[0, col]
+        sns.heatmap(logs, ax=ax, annot=labels, fmt="", cmap="viridis", vmin=-12, vmax=-4, cbar=col == len(runs) - 1,
+                    annot_kws={"fontsize": SMALL}, cbar_kws={"label": "log10 worst relative error"})
+        ax.set_title(f"{_short_machine(machine)}\n{int(mine.checked.sum())} configurations, tolerance "
+                     f"{mine.tolerance.iloc[0]:.0e}")
         ax.set_ylabel("")
-        ax.tick_params(axis="x", rotation=0, labelsize=8)
-        ax.tick_params(axis="y", rotation=0, labelsize=8)
+        ax.tick_params(axis="x", rotation=40, labelsize=SMALL)
+        ax.tick_params(axis="y", rotation=0, labelsize=SMALL)
     return fig
 
 
@@ -349,7 +460,7 @@ def plot_lineprofile(results: Results) -> Figure:
     if table.empty:
         return _empty("Python overhead", "no line profiles in these runs")
     runs = _runs(table)
-    fig, axes = _grid(1, len(runs))
+    fig, axes = _grid(1, len(runs), height=0.2 * table.backend.nunique() + 1.3)
     parts = {"checks_share": ("input checks", "#fdae6b"),
              "prepare_share": ("prepare (rest)", STAGE_COLORS["transfer"]),
              "forward_share": ("forward", STAGE_COLORS["forward"]),
@@ -367,18 +478,93 @@ def plot_lineprofile(results: Results) -> Figure:
             ax.barh(data.index, values, left=left, color=color, label=label, edgecolor="white")
             left += values
         for y, seconds in enumerate(data.plain_step_s):
-            ax.text(max(left.max(), 100) + 1, y, duration(seconds), va="center", fontsize=8)
-        ax.set_xlim(0, max(left.max(), 100) * 1.18)
+            ax.text(max(left.max(), 100) + 2, y, duration(seconds), va="center", fontsize=SMALL)
+        ax.set_xlim(0, max(left.max(), 100) * 1.35)
+        ax.set_xticks([0, 50, 100])
         ax.invert_yaxis()
-        ax.set_xlabel("share of the profiled step (%); unprofiled step time at right")
-        ax.set_title(f"{data.network.iloc[0]}, batch {data.batch.iloc[0]}\n{machine}", fontsize=9)
-    _legend(fig, axes)
+        ax.set_xlabel("share of the profiled step (%)")
+        ax.set_title(f"{data.network.iloc[0]}, b{data.batch.iloc[0]} · {_short_machine(machine)}\n"
+                     "unprofiled step at right")
+    _legend(fig, axes, columns=4)
+    return fig
+
+
+def plot_endtoend(results: Results) -> Figure:
+    """End-to-end training per task: test accuracy over cumulative training seconds, every backend, one
+    panel per task and run (log time): how long each backend takes to get where, and whether it gets there."""
+    frame = results.endtoend
+    frame = frame[(frame.status == "ok") & frame.epoch.notna()] if not frame.empty else frame
+    if frame.empty:
+        return _empty("End-to-end training", "no end-to-end training in these runs")
+    runs = _runs(frame)
+    tasks = list(dict.fromkeys(frame.task))
+    fig, rows = _run_rows(runs, len(tasks), height=2.0, sharey=True)
+    for (run_id, _), axes in zip(runs, rows, strict=True):
+        for ax, task in zip(axes, tasks, strict=True):
+            data = frame[(frame.run_id == run_id) & (frame.task == task)]
+            for backend in ordered(data.backend):
+                curve = data[data.backend == backend].sort_values("epoch")
+                ax.plot(curve.seconds, curve.test_accuracy, color=backend_color(backend), label=backend, lw=1)
+            if len(data) and data.target_accuracy.notna().any():
+                ax.axhline(data.target_accuracy.max(), color="grey", ls=":", lw=0.8)
+            ax.set_xscale("log")
+            ax.set_xlabel("training seconds")
+            ax.set_title(task)
+        axes[0].set_ylabel("test accuracy")
+    _legend(fig, rows)
+    return fig
+
+
+def plot_ranks(results: Results) -> Figure:
+    """Several processes: scaling efficiency over ranks with the ideal line (strong and weak), the stage
+    shares of a step at each world size (all-reduce among them), and all-reduce bus bandwidth over message
+    size (the ceiling), one row per run that has such data."""
+    scaling, shares, allreduce = (summary.rank_scaling(results), summary.rank_stage_shares(results),
+                                  summary.allreduce_table(results))
+    runs = list(dict.fromkeys(_runs(scaling) + _runs(shares) + _runs(allreduce)))
+    if not runs:
+        return _empty("Several processes", "no data-parallel runs in these results")
+    fig, rows = _run_rows(runs, 3, height=2.2)
+    for (run_id, _), (eff, share, bus) in zip(runs, rows, strict=True):
+        data = scaling[scaling.run_id == run_id]
+        for (backend, mode, pg, rung), curve in data.groupby(["backend", "scaling", "pg_backend", "rung"]):
+            eff.plot(curve.world_size, curve.efficiency, marker="o" if mode == "strong" else "s",
+                     ls="-" if rung == "overlapped" else "--", color=backend_color(backend), markersize=4, lw=1,
+                     label=f"{backend} {mode} {pg} {rung}")
+        eff.axhline(1.0, color="grey", ls=":", label="ideal")
+        eff.set(xlabel="ranks", ylabel="scaling efficiency", title="efficiency (1 = ideal)", ylim=(0, 1.1))
+        eff.set_xscale("log", base=2)
+        _plain_log_axis(eff.xaxis)
+        mine = shares[shares.run_id == run_id]
+        if len(mine):
+            first = mine[(mine.backend == mine.backend.iloc[0]) & (mine.scaling == mine.scaling.iloc[0])
+                         & (mine.rung == mine.rung.iloc[0]) & (mine.pg_backend == mine.pg_backend.iloc[0])]
+            pivot = first.pivot_table(index="world_size", columns="stage", values="share")
+            bottom = np.zeros(len(pivot))
+            for stage in summary.RANK_STAGES:
+                if stage in pivot:
+                    share.bar(pivot.index.astype(str), pivot[stage] * 100, bottom=bottom, color=STAGE_COLORS[stage],
+                              label=stage)
+                    bottom += pivot[stage].to_numpy() * 100
+            share.set(xlabel="ranks", ylabel="share of the step (%)",
+                      title=f"{first.backend.iloc[0]}, {first.pg_backend.iloc[0]}\n{first.scaling.iloc[0]}, "
+                            f"{first.rung.iloc[0]}")
+        else:
+            share.set_axis_off()
+        ceiling = allreduce[allreduce.run_id == run_id]
+        for (pg, world), curve in ceiling.groupby(["pg_backend", "world_size"]):
+            bus.plot(curve.bytes, curve.busbw_gbps, marker=".", lw=1, label=f"all-reduce {pg}, {world} ranks")
+        bus.set(xlabel="message bytes", ylabel="bus bandwidth (GB/s)", title="all-reduce ceiling",
+                xscale="log", yscale="log")
+    _legend(fig, rows, columns=3)
     return fig
 
 
 FIGURES: dict[str, Callable[[Results], Figure]] = {
     "stages": plot_stages,
     "speedup": plot_speedup,
+    "baselines": plot_baselines,
+    "stage_speedup": plot_stage_speedup,
     "threads": plot_threads,
     "batch": plot_batch,
     "width": plot_width,
@@ -386,6 +572,8 @@ FIGURES: dict[str, Callable[[Results], Figure]] = {
     "training": plot_training,
     "correctness": plot_correctness,
     "lineprofile": plot_lineprofile,
+    "endtoend": plot_endtoend,
+    "ranks": plot_ranks,
 }
 
 

@@ -1,8 +1,8 @@
 """Read sweep result directories (``results/<run-id>/``) into tidy pandas tables; never runs a backend.
 
-A run directory holds ``meta.json`` and up to four append-only CSV tables (``rows``, ``ladder``,
-``training``, ``lineprofile``), each row tagged with its unit's ``key`` and ``block_rows``. A table of a
-sweep that is still running or was killed may end in half a unit: only complete units are read.
+A run directory holds ``meta.json`` and append-only CSV tables (:data:`TABLES`; older runs have fewer of
+them, and a table a run lacks is read as empty), each row tagged with its unit's ``key`` and ``block_rows``.
+A table of a sweep that is still running or was killed may end in half a unit: only complete units are read.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-TABLES = ("rows", "ladder", "training", "lineprofile")
+TABLES = ("rows", "ladder", "training", "lineprofile", "endtoend", "ranks", "allreduce")
 
 
 @dataclass
@@ -26,6 +26,9 @@ class Results:
     ladder: pd.DataFrame
     training: pd.DataFrame
     lineprofile: pd.DataFrame
+    endtoend: pd.DataFrame
+    ranks: pd.DataFrame
+    allreduce: pd.DataFrame
     meta: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def table(self, name: str) -> pd.DataFrame:
@@ -49,8 +52,8 @@ def machine_label(meta: dict[str, Any]) -> str:
     described = meta.get("machine", {})
     cpu = described.get("cpu", {})
     label = f"{_short_cpu_name(str(cpu.get('model', '?')))} ({cpu.get('usable_cores', '?')} cores)"
-    gpu = described.get("gpu", {}).get("name", "")
-    if gpu and not str(gpu).startswith("unavailable"):
+    gpu = gpu_name(meta)
+    if gpu:
         label += f" + {gpu}"
     return label
 
@@ -104,3 +107,14 @@ def load_runs(*run_dirs: str | Path) -> Results:
     tables = {name: pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["run_id"])
               for name, parts in frames.items()}
     return Results(meta=metas, **tables)
+
+
+def gpu_name(meta: dict[str, Any]) -> str | None:
+    """The run's GPU as the driver names it, or None where no GPU was usable."""
+    gpu = meta.get("machine", {}).get("gpu", {}).get("name")
+    return None if not gpu or str(gpu).startswith("unavailable") else str(gpu)
+
+
+def usable_cores(meta: dict[str, Any]) -> int | None:
+    cores = meta.get("machine", {}).get("cpu", {}).get("usable_cores")
+    return int(cores) if cores else None

@@ -1,55 +1,94 @@
 """Names, order and colours shared by every figure and table, so a backend looks the same everywhere.
 
-The order is the backends registry's (reference, CPU, GPU); ``tests/test_analysis.py`` checks that it still
-matches, without this package importing any backend.
+Nothing here lists the backends: one rule places any name. A backend belongs to a family (its name, or the
+family's prefix and a rung word: ``c-omp``, ``cuda-fused``); families run reference, CPU, GPU, hand-written
+code before the framework; inside a family the rungs run in the order they climb. The family gives the hue and
+the device, the rung the shade, so ``cuda-cublas`` or ``torch-gpu-compile`` need no new line here. A name of
+no known family goes last, in grey, on the device its rows say.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 
-BACKEND_ORDER = ("numpy", "c-serial", "c-omp", "torch-cpu", "cuda-naive", "cuda-tiled", "cuda-opt",
-                 "cuda-fused", "torch-gpu", "torch-gpu-graph")
-CPU_BACKENDS = BACKEND_ORDER[:4]
-GPU_BACKENDS = BACKEND_ORDER[4:]
+import matplotlib as mpl
 
-# Families share a hue: grey reference, blue C, orange PyTorch CPU, greens CUDA, purples PyTorch GPU.
-BACKEND_COLORS = {
-    "numpy": "#7f7f7f",
-    "c-serial": "#9ecae1",
-    "c-omp": "#2171b5",
-    "torch-cpu": "#e6550d",
-    "cuda-naive": "#c7e9c0",
-    "cuda-tiled": "#74c476",
-    "cuda-opt": "#31a354",
-    "cuda-fused": "#00441b",
-    "torch-gpu": "#9e9ac8",
-    "torch-gpu-graph": "#54278f",
-}
-BACKEND_MARKERS = dict(zip(BACKEND_ORDER, "osD^v<>pPX", strict=True))
+
+@dataclass(frozen=True)
+class Family:
+    prefix: str
+    device: str  # "cpu" or "gpu"
+    colormap: str
+    rungs: tuple[str, ...]  # "" is the bare family name
+
+
+FAMILIES = (
+    Family("numpy", "cpu", "Greys", ("",)),
+    Family("c", "cpu", "Blues", ("serial", "omp", "blas")),
+    Family("torch-cpu", "cpu", "Oranges", ("",)),
+    Family("cuda", "gpu", "Greens", ("naive", "tiled", "opt", "fused", "cublas")),
+    Family("torch-gpu", "gpu", "Purples", ("", "graph", "compile")),
+)
+#: The float64 reference every backend is checked against (not a contender in any comparison).
+REFERENCE = "numpy"
+#: The PyTorch backend of each device: the unit every other backend on that device is measured in.
+BASELINE_OF_DEVICE = {"cpu": "torch-cpu", "gpu": "torch-gpu"}
+MARKERS = "osD^v<>pPX"
 
 STAGE_ORDER = ("transfer", "forward", "backprop", "update")
 STAGE_COLORS = {"transfer": "#bdbdbd", "forward": "#1b9e77", "backprop": "#d95f02", "update": "#7570b3",
-                "step": "#000000"}
+                "allreduce": "#e7298a", "step": "#000000"}
+_UNKNOWN_COLORS = ("#8c564b", "#e377c2", "#bcbd22", "#17becf", "#7f7f7f")
 
-#: Baseline each backend's speed-up is measured against: PyTorch on the same kind of device.
-BASELINES = {**dict.fromkeys(CPU_BACKENDS, "torch-cpu"), **dict.fromkeys(GPU_BACKENDS, "torch-gpu")}
-
-_LADDER_FIXED = {"numpy": BACKEND_COLORS["numpy"], "torch-cpu": BACKEND_COLORS["torch-cpu"],
-                 "torch-gpu": BACKEND_COLORS["torch-gpu"]}
+_LADDER_FIXED = {"numpy": "#7f7f7f", "torch-cpu": "#e6550d", "torch-gpu": "#9e9ac8"}
 _LADDER_SHADES = {"c": ("#c6dbef", "#6baed6", "#2171b5", "#08519c", "#08306b"),
                   "cuda": ("#c7e9c0", "#a1d99b", "#74c476", "#41ab5d", "#238b45", "#006d2c", "#00441b")}
 
 
-def backend_color(name: str) -> str:
-    return BACKEND_COLORS.get(name, "#000000")
+def _family(name: str) -> tuple[int, Family, str] | None:
+    """``(family index, family, rung word)``; the longest matching prefix wins (``torch-gpu`` over ``torch``)."""
+    found = [(i, f, name[len(f.prefix) + 1:] if name != f.prefix else "") for i, f in enumerate(FAMILIES)
+             if name == f.prefix or name.startswith(f.prefix + "-")]
+    return max(found, key=lambda item: len(item[1].prefix)) if found else None
+
+
+def rank(name: str) -> tuple[int, int, str]:
+    """Sort key of a backend: family, then rung (known rungs in order, unknown rungs after), then name."""
+    found = _family(name)
+    if found is None:
+        return len(FAMILIES), 0, name
+    index, family, rung = found
+    return index, family.rungs.index(rung) if rung in family.rungs else len(family.rungs), name
 
 
 def ordered(names: Iterable[str]) -> list[str]:
-    """Backends in :data:`BACKEND_ORDER`, unknown names last in alphabetical order."""
-    names = set(names)
-    known = [b for b in BACKEND_ORDER if b in names]
-    return known + sorted(names - set(known))
+    """Backends by :func:`rank`: reference, CPU, GPU; names of no known family last, alphabetically."""
+    return sorted(set(names), key=rank)
+
+
+def device(name: str, default: str = "cpu") -> str:
+    """``"cpu"`` or ``"gpu"`` by family; ``default`` (from the rows' ``device`` column) for unknown names."""
+    found = _family(name)
+    return found[1].device if found else default
+
+
+def backend_color(name: str) -> str:
+    """The family's hue, darker for higher rungs; unknown names a fixed colour picked from their name."""
+    found = _family(name)
+    if found is None:
+        return _UNKNOWN_COLORS[zlib.crc32(name.encode()) % len(_UNKNOWN_COLORS)]
+    _, family, rung = found
+    steps = len(family.rungs)
+    position = family.rungs.index(rung) if rung in family.rungs else steps
+    shade = 0.6 if steps == 1 and position == 0 else 0.3 + 0.65 * position / steps
+    return mpl.colors.to_hex(mpl.colormaps[family.colormap](shade))
+
+
+def backend_marker(name: str) -> str:
+    _, rung_rank, _ = rank(name)
+    return MARKERS[rung_rank % len(MARKERS)]
 
 
 def ladder_color(impl: str) -> str:
@@ -65,10 +104,10 @@ def ladder_color(impl: str) -> str:
 
 def ladder_order(impls: Iterable[str]) -> list[str]:
     """Rungs by family and number, each family's library ceiling after its rungs."""
-    def rank(impl: str) -> tuple[int, int, str]:
+    def key(impl: str) -> tuple[int, int, str]:
         family, _, version = impl.rpartition("-v")
         groups = {"c": 0, "numpy": 1, "torch-cpu": 2, "cuda": 3, "torch-gpu": 4}
         if version.isdigit():
             return groups.get(family, 5), int(version), impl
         return groups.get(impl, 5), 0, impl
-    return sorted(set(impls), key=rank)
+    return sorted(set(impls), key=key)

@@ -21,18 +21,27 @@ import numpy as np
 import pandas as pd
 
 from analysis import draw_all, load_runs
-from analysis.load import Results, machine_label
-from analysis.palette import CPU_BACKENDS, GPU_BACKENDS
+from analysis.load import Results, gpu_name, machine_label
+from analysis.palette import REFERENCE, ordered
 from analysis.summary import (
     AUTHORS_BATCH,
     AUTHORS_NETWORK,
     AUTHORS_THREADS,
+    COMPUTE_STAGES,
+    allreduce_table,
     batch_effect,
     correctness_table,
+    endtoend_table,
+    gpu_backends,
     json_ready,
     ladder_table,
     lineprofile_table,
+    load_table,
+    rank_scaling,
+    rank_stage_shares,
+    stage_speedups,
     stage_table,
+    thread_baselines,
     thread_scaling,
     training_table,
     width_table,
@@ -49,7 +58,7 @@ TIMING_PARAMETERS = ("repeats", "warmup", "min_repeats", "budget_s", "rotate", "
 def _has_gpu_rows(results: Results, run_id: str) -> bool:
     rows = results.rows
     ok = rows[(rows.run_id == run_id) & (rows.status == "ok")]
-    return bool(ok.backend.isin(GPU_BACKENDS).any())
+    return bool(ok.backend.isin(gpu_backends(results)).any())
 
 
 def roles(results: Results) -> dict[str, str]:
@@ -72,10 +81,15 @@ class _Run:
     def __init__(self, results: Results, tables: dict[str, pd.DataFrame], run_id: str) -> None:
         self.run_id = run_id
         self.meta = results.meta[run_id]
+        self.gpu = gpu_backends(results)
         mine = {name: table[table.run_id == run_id] for name, table in tables.items()}
         self.stages, self.threads, self.batch = mine["stages"], mine["threads"], mine["batch"]
         self.width, self.ladder, self.training = mine["width"], mine["ladder"], mine["training"]
         self.profile, self.correct = mine["profile"], mine["correct"]
+        self.baselines_table, self.stage_speedups = mine["baselines"], mine["stage_speedups"]
+        self.endtoend_table, self.load = mine["endtoend"], mine["load"]
+        self.rank_scaling, self.rank_shares, self.allreduce = mine["rank_scaling"], mine["rank_shares"], mine[
+            "allreduce"]
 
     def step(self, network: str, backend: str) -> float | None:
         found = self.stages[(self.stages.network == network) & (self.stages.backend == backend)]
@@ -117,16 +131,21 @@ class _Run:
         return {"from": int(found.batch.iloc[0]), "to": int(found.batch.iloc[-1]),
                 "gain": float(found.samples_per_s.iloc[-1] / found.samples_per_s.iloc[0])}
 
-    def width_crossover(self) -> int | None:
-        """Smallest width at which the fastest GPU backend beats the fastest CPU backend."""
-        table = self.width
-        for width in sorted(table.width.unique()):
-            at = table[table.width == width]
-            cpu = at[at.backend.isin(CPU_BACKENDS)].step_s.min()
-            gpu = at[at.backend.isin(GPU_BACKENDS)].step_s.min()
-            if np.isfinite(cpu) and np.isfinite(gpu) and gpu < cpu:
-                return int(width)
-        return None
+    def width_crossover(self) -> dict[str, Any] | None:
+        """From which width on the fastest GPU step beats the fastest CPU step (the float64 reference left out)
+        at every larger width measured, and the widths measured; None where the run timed no GPU backend."""
+        table = self.width[self.width.backend != REFERENCE]
+        on_gpu = table.backend.isin(self.gpu)
+        if not on_gpu.any() or on_gpu.all():
+            return None
+        cpu = table[~on_gpu].groupby("width").step_s.min()
+        gpu = table[on_gpu].groupby("width").step_s.min()
+        widths = sorted(set(cpu.index) & set(gpu.index))
+        leads = [w for w in widths if gpu[w] < cpu[w]]
+        start = next((w for i, w in enumerate(widths) if all(x in leads for x in widths[i:])), None)
+        return {"from": int(start) if start is not None else None, "smallest": int(widths[0]),
+                "largest": int(widths[-1]), "gpu_leads_at": [int(w) for w in leads],
+                "everywhere": start == widths[0]}
 
     def widest(self) -> dict[str, Any] | None:
         """At the largest width measured: the fastest CPU and GPU backends' step GFLOP/s as % of their ceiling."""
@@ -134,12 +153,120 @@ class _Run:
             return None
         top = self.width[self.width.width == self.width.width.max()]
         out: dict[str, Any] = {"width": int(top.width.iloc[0])}
-        for device, backends in (("cpu", CPU_BACKENDS), ("gpu", GPU_BACKENDS)):
-            found = top[top.backend.isin(backends) & np.isfinite(top.gflops)]
+        for device, wanted in (("cpu", False), ("gpu", True)):
+            found = top[(top.backend.isin(self.gpu) == wanted) & np.isfinite(top.gflops)]
             if len(found):
                 best = found.loc[found.gflops.idxmax()]
                 out[device] = {"backend": best.backend, "gflops": float(best.gflops),
                                "pct_of_ceiling": 100 * float(best.gflops / best.ceiling_gflops)}
+        return out
+
+    def largest_stages(self) -> dict[str, Any]:
+        """Which compute stage is the largest for each backend and network, and the exceptions to backprop."""
+        table = self.stages.dropna(subset=[f"{s}_s" for s in COMPUTE_STAGES])
+        largest = table[[f"{s}_s" for s in COMPUTE_STAGES]].idxmax(axis=1).str.removesuffix("_s")
+        exceptions = [{"network": r.network, "backend": r.backend, "largest": stage,
+                       "ratio": float(getattr(r, f"{stage}_s") / r.backprop_s)}
+                      for r, stage in zip(table.itertuples(), largest, strict=True) if stage != "backprop"]
+        return {"backprop": int((largest == "backprop").sum()), "total": len(table), "exceptions": exceptions}
+
+    def batch_fastest(self) -> list[dict[str, Any]]:
+        """At each batch size of the batch study: the fastest backend (the float64 reference left out)."""
+        table = self.batch[self.batch.backend != REFERENCE]
+        out = []
+        for batch, group in table.groupby("batch"):
+            row = group.loc[group.step_s.idxmin()]
+            out.append({"batch": int(batch), "backend": row.backend, "step_s": float(row.step_s),
+                        "c_library": row.backend.startswith("c-")})
+        return out
+
+    def baselines(self) -> dict[str, Any]:
+        """Per network: each threaded CPU backend at the matched count and at its best, and c-omp's speed-up
+        over torch-cpu both ways."""
+        out: dict[str, Any] = {}
+        for network, group in self.baselines_table.groupby("network"):
+            entry: dict[str, Any] = {}
+            for row in group.itertuples():
+                entry.setdefault(row.backend, {})[row.which] = {
+                    "threads": int(row.threads), "step_s": float(row.step_s), "tried": int(row.thread_counts_tried)}
+            omp, torch = entry.get("c-omp", {}), entry.get("torch-cpu", {})
+            for which in ("matched", "best"):
+                if which in omp and which in torch:
+                    entry[f"omp_vs_torch_{which}"] = torch[which]["step_s"] / omp[which]["step_s"]
+            out[network] = entry
+        return out
+
+    def stage_gains(self) -> dict[str, Any]:
+        """Per network and stage: OpenMP C's and the best GPU backend's speed-up over serial C, and which stage
+        gains most from each."""
+        out: dict[str, Any] = {}
+        for network, group in self.stage_speedups.groupby("network"):
+            entry: dict[str, Any] = {}
+            for level, key in (("OpenMP C", "omp"), ("best GPU", "gpu")):
+                mine = group[(group.level == level) & group.stage.isin(COMPUTE_STAGES)]
+                entry[key] = {r.stage: {"speedup": float(r.speedup), "backend": r.backend} for r in mine.itertuples()}
+                if len(mine):
+                    entry[f"{key}_most"] = str(mine.loc[mine.speedup.idxmax()].stage)
+                    entry[f"{key}_least"] = str(mine.loc[mine.speedup.idxmin()].stage)
+            out[network] = entry
+        return out
+
+    def endtoend(self) -> dict[str, Any]:
+        """Per task: every backend's time to train and to target, loss and accuracy, whether every / no
+        backend learned, and the fastest CPU and GPU backends with their ratio (what it includes is the
+        measure's: training steps with the data resident where the backend computes, evaluation excluded)."""
+        out: dict[str, Any] = {}
+        for task, group in self.endtoend_table.groupby("task", sort=False):
+            done = group[group.status == "ok"]
+            backends = {r.backend: {"train_s": _finite(r.train_s), "target_s": _finite(r.target_s),
+                                    "first_loss": _finite(r.first_loss), "final_loss": _finite(r.final_loss),
+                                    "final_accuracy": _finite(r.final_accuracy), "learned": bool(r.learned),
+                                    "epochs": int(r.epochs_run)} for r in done.itertuples()}
+            learned = [b["learned"] for b in backends.values()]
+            measure = "target_s" if done.target_s.notna().any() else "train_s"
+            entry: dict[str, Any] = {
+                "backends": backends, "measure": measure, "failed": int((group.status != "ok").sum()),
+                "learned": "all" if learned and all(learned) else "none" if not any(learned) else "some",
+                "chance": _finite(group.chance.iloc[0]), "target_accuracy": _finite(group.target_accuracy.iloc[0]),
+                "network": group.network.iloc[0], "activation": group.activation.iloc[0],
+                "batch": int(group.batch.iloc[0]), "lr": float(group.lr.iloc[0]),
+                "final_loss": {"min": _finite(done.final_loss.min()), "max": _finite(done.final_loss.max())},
+                "final_accuracy": {"min": _finite(done.final_accuracy.min()),
+                                   "max": _finite(done.final_accuracy.max())}}
+            timed = done[done[measure].notna() & (done.backend != REFERENCE)]
+            for side, wanted in (("cpu", False), ("gpu", True)):
+                mine = timed[timed.backend.isin(self.gpu) == wanted]
+                if len(mine):
+                    row = mine.loc[mine[measure].idxmin()]
+                    entry[f"best_{side}"] = {"backend": row.backend, "seconds": float(row[measure])}
+            serial = timed[timed.backend == "c-serial"]
+            if "best_gpu" in entry:
+                gpu_s = entry["best_gpu"]["seconds"]
+                if "best_cpu" in entry:
+                    entry["gpu_vs_best_cpu"] = entry["best_cpu"]["seconds"] / gpu_s
+                if len(serial):
+                    entry["gpu_vs_serial"] = float(serial[measure].iloc[0]) / gpu_s
+            out[task] = entry
+        return out
+
+    def ranks(self) -> dict[str, Any] | None:
+        """Data-parallel runs: largest world size, efficiency there per scaling mode and rung, the all-reduce
+        share of the step there, and the highest all-reduce bus bandwidth; None without such data."""
+        if self.rank_scaling.empty and self.allreduce.empty:
+            return None
+        out: dict[str, Any] = {"efficiency": {}, "allreduce_share": {}}
+        if len(self.rank_scaling):
+            most = int(self.rank_scaling.world_size.max())
+            out["max_world_size"] = most
+            for row in self.rank_scaling[self.rank_scaling.world_size == most].itertuples():
+                out["efficiency"][f"{row.backend} {row.scaling} {row.pg_backend} {row.rung}"] = float(row.efficiency)
+            shares = self.rank_shares[(self.rank_shares.world_size == most) & (self.rank_shares.stage == "allreduce")]
+            for row in shares.itertuples():
+                out["allreduce_share"][f"{row.backend} {row.scaling} {row.pg_backend} {row.rung}"] = float(row.share)
+        if len(self.allreduce):
+            best = self.allreduce.loc[self.allreduce.busbw_gbps.idxmax()]
+            out["max_busbw"] = {"gbps": float(best.busbw_gbps), "bytes": int(best.bytes),
+                                "world_size": int(best.world_size), "pg_backend": best.pg_backend}
         return out
 
     def machine(self) -> dict[str, Any]:
@@ -168,7 +295,11 @@ def report_numbers(results: Results) -> dict[str, Any]:
     # Each summary over all runs, once; every role reads its own rows.
     tables = {"stages": stage_table(results), "threads": thread_scaling(results), "batch": batch_effect(results),
               "width": width_table(results), "ladder": ladder_table(results), "training": training_table(results),
-              "profile": lineprofile_table(results), "correct": correctness_table(results)}
+              "profile": lineprofile_table(results), "correct": correctness_table(results),
+              "baselines": thread_baselines(results), "stage_speedups": stage_speedups(results),
+              "endtoend": endtoend_table(results), "load": load_table(results),
+              "rank_scaling": rank_scaling(results), "rank_shares": rank_stage_shares(results),
+              "allreduce": allreduce_table(results)}
     for role, run_id in chosen.items():
         run = _Run(results, tables, run_id)
         nets = sorted(run.stages.network.unique())
@@ -185,8 +316,13 @@ def report_numbers(results: Results) -> dict[str, Any]:
         entry["fused_vs_torch_gpu"] = {n: run.speedup(n, "cuda-fused", "torch-gpu") for n in nets}
         entry["graph_vs_eager"] = {n: run.speedup(n, "torch-gpu-graph", "torch-gpu") for n in nets}
         entry["step_s"] = {n: {b: run.step(n, b) for b in run.stages[run.stages.network == n].backend} for n in nets}
-        entry["best_cpu"] = {n: run.best(n, CPU_BACKENDS[1:]) for n in nets}
-        entry["best_gpu"] = {n: run.best(n, GPU_BACKENDS) for n in nets}
+        on_gpu = run.stages.backend.isin(run.gpu)
+        cpu_backends = tuple(sorted(set(run.stages.backend[~on_gpu]) - {REFERENCE}))
+        gpu_backends = tuple(sorted(set(run.stages.backend[on_gpu])))
+        entry["transfer_s"] = {n: {r.backend: _finite(r.transfer_s) for r in run.stages[run.stages.network == n]
+                                   .itertuples()} for n in nets}
+        entry["best_cpu"] = {n: run.best(n, cpu_backends) for n in nets}
+        entry["best_gpu"] = {n: run.best(n, gpu_backends) for n in nets}
         gpu_best = entry["best_gpu"].get(AUTHORS_NETWORK)
         serial = run.step(AUTHORS_NETWORK, "c-serial")
         entry["best_gpu_vs_serial_authors"] = serial / gpu_best["step_s"] if gpu_best and serial else None
@@ -209,9 +345,30 @@ def report_numbers(results: Results) -> dict[str, Any]:
                                 "passed": int(checked.passed.sum()),
                                 "max_error": _finite(checked.err_max.max()),
                                 "tolerance": _finite(checked.tolerance.max())}
+        entry["correctness"]["margin"] = (entry["correctness"]["tolerance"] / entry["correctness"]["max_error"]
+                                          if entry["correctness"]["max_error"] else None)
+        entry["test_accuracy"]["same"] = (entry["test_accuracy"]["min"] is not None and round(
+            entry["test_accuracy"]["min"] * 100) == round(entry["test_accuracy"]["max"] * 100))
+        entry["nonfinite"] = sorted(f"{r.backend} on {r.network}" for r in run.stages.itertuples()
+                                    if r.nonfinite == 1)
+        entry["largest_stages"] = run.largest_stages()
+        entry["batch_fastest"] = run.batch_fastest()
+        entry["c_fastest_batches"] = [b["batch"] for b in entry["batch_fastest"] if b["c_library"]]
+        entry["batch_winners"] = _stretches(entry["batch_fastest"])
+        entry["baselines"] = run.baselines()
+        entry["stage_gains"] = run.stage_gains()
+        entry["endtoend"] = run.endtoend()
+        entry["ranks"] = run.ranks()
         entry["profile"] = {row.backend: {"python_share": _python_share(row), "step_s": float(row.plain_step_s)}
                             for row in run.profile.itertuples()}
         out[role] = entry
+    out["backends"] = ordered(results.rows.backend.dropna().unique()) if "backend" in results.rows else []
+    correct = tables["correct"]
+    out["correctness_all"] = {"configurations": int(correct.checked.sum()), "passed": int(correct.passed.sum()),
+                              "runs": correct.run_id.nunique()}
+    out["load"] = [{**row._asdict(), "gpu": gpu_name(results.meta[row.run_id])}
+                   for row in tables["load"].itertuples(index=False)]
+    out["all_quiet"] = all(run["quiet"] for run in out["load"])
     out["authors"] = {
         "threads": AUTHORS_THREADS[["threads", "seconds"]].to_dict(orient="records"),
         "thread_speedup": float(AUTHORS_THREADS.speedup.iloc[-1]),
@@ -219,6 +376,17 @@ def report_numbers(results: Results) -> dict[str, Any]:
         "batch_gain": float(AUTHORS_BATCH.relative_throughput.iloc[-1]),
     }
     return json_ready(out)
+
+
+def _stretches(fastest: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Consecutive batch sizes with the same fastest backend, as ``{"backend", "from", "to"}``."""
+    out: list[dict[str, Any]] = []
+    for entry in fastest:
+        if out and out[-1]["backend"] == entry["backend"]:
+            out[-1]["to"] = entry["batch"]
+        else:
+            out.append({"backend": entry["backend"], "from": entry["batch"], "to": entry["batch"]})
+    return out
 
 
 def _python_share(row: Any) -> float | None:

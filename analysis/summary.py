@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.load import Results, machine_label
-from analysis.palette import BASELINES, STAGE_ORDER, ladder_order, ordered
+from analysis.load import Results, machine_label, usable_cores
+from analysis.palette import BASELINE_OF_DEVICE, STAGE_ORDER, device, ladder_order, ordered
 
 #: The network of the original study's measurements, as the sweep names it: its anchors are drawn only there.
 AUTHORS_NETWORK = "moons-5h300"
@@ -31,6 +31,18 @@ COMPUTE_STAGES = ("forward", "backprop", "update")
 ERROR_COLUMNS = ("err_activations", "err_loss", "err_grad_weights", "err_grad_biases", "err_params")
 #: Interface checks every step runs (pure Python); nested checks are inside ``check_inputs``.
 CHECK_FUNCTIONS = ("base.check_inputs", "base.Model._check_batch", "base.check_step_size")
+
+
+def gpu_backends(results: Results) -> frozenset[str]:
+    """Backends that compute on the GPU: by family (:func:`analysis.palette.device`), and for a name of no
+    known family by the device its rows ran on."""
+    seen: dict[str, bool] = {}
+    for name in ("rows", "endtoend", "ranks"):
+        frame = results.table(name)
+        if {"backend", "device"} <= set(frame.columns):
+            for backend, group in frame.groupby("backend"):
+                seen[backend] = seen.get(backend, False) or bool((group.device == "cuda").any())
+    return frozenset(b for b, on_cuda in seen.items() if device(b, default="gpu" if on_cuda else "cpu") == "gpu")
 
 
 def _ok(frame: pd.DataFrame, **equal: Any) -> pd.DataFrame:
@@ -57,32 +69,129 @@ def _sorted(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
 
 
 def stage_table(results: Results, study: str = "stages") -> pd.DataFrame:
-    """One row per run × network × backend: median seconds of each stage and of the whole step, the sum of
-    the separately timed forward, backprop and update (the work of one ``train_step``; ``transfer`` is not
-    part of it), step GFLOP/s and samples/s, and the speed-up of the step over PyTorch on the same kind of
-    device (``torch-cpu`` for CPU backends, ``torch-gpu`` for GPU backends). ``load_1min`` is the machine's
-    load average when the configuration finished: far above the core count, other work shared the cores."""
+    """One row per run × network × backend: median seconds of each stage and of the whole step with the
+    step's quartiles, the sum of the separately timed forward, backprop and update (the work of one
+    ``train_step``; ``transfer`` is not part of it), step GFLOP/s and samples/s, and the speed-up of the step
+    over PyTorch on the same kind of device (``torch-cpu`` for CPU backends, ``torch-gpu`` for GPU backends)
+    at the same thread count. ``load_before``/``load_1min`` are the machine's 1-min load average just before
+    and after the configuration (``load_before`` is empty in runs that did not record it); ``nonfinite`` is 1
+    where the loss became non-finite while timing; ``compile_s`` the compilation before timing, if any."""
     rows = _ok(results.rows, study=study)
+    optional = ("load_before", "load_1min", "nonfinite", "compile_s")
     columns = ["run_id", "machine", "network", "sizes", "batch", "backend", "threads", *[
-        f"{s}_s" for s in STAGE_ORDER], "step_s", "stages_sum_s", "step_gflops", "samples_per_s", "baseline",
-        "speedup", "load_1min"]
+        f"{s}_s" for s in STAGE_ORDER], "step_s", "step_q1_s", "step_q3_s", "stages_sum_s", "step_gflops",
+        "samples_per_s", "baseline", "speedup", *optional]
     if rows.empty:
         return pd.DataFrame(columns=columns)
     keys = ["run_id", "machine", "network", "sizes", "batch", "backend"]
     times = rows.pivot_table(index=keys, columns="stage", values="median_s", aggfunc="first")
     times = times.rename(columns=lambda stage: f"{stage}_s")
-    step = rows[rows.stage == "step"].set_index(keys)
-    table = times.join(step[["threads", "gflops", "samples_per_s", "load_1min"]]).reset_index()
-    table = table.rename(columns={"gflops": "step_gflops"})
+    step = rows[rows.stage == "step"].set_index(keys).rename(
+        columns={"q1_s": "step_q1_s", "q3_s": "step_q3_s", "gflops": "step_gflops"})
+    for column in optional:
+        if column not in step:
+            step[column] = np.nan
+    table = times.join(step[["threads", "step_q1_s", "step_q3_s", "step_gflops", "samples_per_s",
+                             *optional]]).reset_index()
     for stage in (*STAGE_ORDER, "step"):
         if f"{stage}_s" not in table:
             table[f"{stage}_s"] = np.nan
     table["stages_sum_s"] = table[[f"{s}_s" for s in COMPUTE_STAGES]].sum(axis=1, min_count=1)
-    table["baseline"] = table["backend"].map(BASELINES)
+    gpu = gpu_backends(results)
+    table["baseline"] = [BASELINE_OF_DEVICE["gpu" if b in gpu else "cpu"] for b in table["backend"]]
     base = table.set_index(["run_id", "network", "batch", "backend"])["step_s"]
     lookup = list(zip(table.run_id, table.network, table.batch, table.baseline, strict=True))
     table["speedup"] = [base.get(key, np.nan) for key in lookup] / table["step_s"]
     return _sorted(table[columns], "run_id", "network", "backend")
+
+
+#: Backends timed at several thread counts: shown at the thread count matched to the other side and at their best.
+THREADED_BACKENDS = ("c-omp", "torch-cpu")
+
+
+def thread_baselines(results: Results) -> pd.DataFrame:
+    """Per run × network × batch of the stages study, ``c-omp`` and ``torch-cpu`` twice: at the matched thread
+    count (``c-omp``'s in the stages study, which ``torch-cpu`` runs there too) and at their best (the minimum
+    median step over every row of that backend, network and batch at any thread count in the run), each with
+    its step quartiles and the number of thread counts the run tried."""
+    columns = ["run_id", "machine", "network", "batch", "backend", "which", "threads", "step_s", "step_q1_s",
+               "step_q3_s", "thread_counts_tried"]
+    rows = _ok(results.rows, stage="step")
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    rows = rows[rows.backend.isin(THREADED_BACKENDS) & rows.threads.notna()]
+    stages = rows[rows.study == "stages"]
+    matched = stages[stages.backend == "c-omp"].set_index(["run_id", "network", "batch"])["threads"]
+    out = []
+    for (run_id, network, batch), shown in stages.groupby(["run_id", "network", "batch"]):
+        count = matched.get((run_id, network, batch), shown.threads.max())
+        for backend in ordered(shown.backend):
+            mine = rows[(rows.run_id == run_id) & (rows.network == network) & (rows.batch == batch)
+                        & (rows.backend == backend)]
+            at_count = mine[mine.threads == count].sort_values("study", key=lambda s: s != "stages")
+            best = mine.loc[mine.median_s.idxmin()]
+            for which, row in (("matched", at_count.iloc[0] if len(at_count) else None), ("best", best)):
+                if row is None:
+                    continue
+                out.append({"run_id": run_id, "machine": row.machine, "network": network, "batch": batch,
+                            "backend": backend, "which": which, "threads": int(row.threads),
+                            "step_s": row.median_s, "step_q1_s": row.q1_s, "step_q3_s": row.q3_s,
+                            "thread_counts_tried": int(mine.threads.nunique())})
+    return _sorted(pd.DataFrame(out, columns=columns), "run_id", "network", "backend")
+
+
+#: The levels of parallelism the stage speed-up compares, each the fastest backend of its kind in the run.
+LEVELS = ("serial C", "OpenMP C", "best GPU")
+
+
+def stage_speedups(results: Results) -> pd.DataFrame:
+    """For each run, stages-study network and stage (forward, backprop, update and the whole step): the median
+    time of serial C, OpenMP C and the fastest GPU backend at that stage, and each one's speed-up over serial
+    C. The GPU's stage times exclude the ``transfer`` of the batch (timed as a stage of its own)."""
+    table = stage_table(results)
+    columns = ["run_id", "machine", "network", "batch", "stage", "level", "backend", "seconds", "speedup"]
+    if table.empty:
+        return pd.DataFrame(columns=columns)
+    out = []
+    on_gpu = gpu_backends(results)
+    for (run_id, network), group in table.groupby(["run_id", "network"], sort=False):
+        serial = group[group.backend == "c-serial"]
+        for stage in (*COMPUTE_STAGES, "step"):
+            column = f"{stage}_s"
+            gpu = group[group.backend.isin(on_gpu) & group[column].notna()]
+            picks = {"serial C": serial, "OpenMP C": group[group.backend == "c-omp"],
+                     "best GPU": gpu.loc[[gpu[column].idxmin()]] if len(gpu) else gpu}
+            reference = float(serial[column].iloc[0]) if len(serial) else np.nan
+            for level, pick in picks.items():
+                if pick.empty or not np.isfinite(pick[column].iloc[0]):
+                    continue
+                seconds = float(pick[column].iloc[0])
+                out.append({"run_id": run_id, "machine": group.machine.iloc[0], "network": network,
+                            "batch": group.batch.iloc[0], "stage": stage, "level": level,
+                            "backend": pick.backend.iloc[0], "seconds": seconds, "speedup": reference / seconds})
+    return pd.DataFrame(out, columns=columns)
+
+
+def load_table(results: Results) -> pd.DataFrame:
+    """Per run: how busy the machine was while it measured. ``max_load`` is the largest 1-min load average
+    recorded before or after any configuration; ``busy`` the configurations the sweep flagged in ``meta.json``
+    (load above the cores the configuration left free); ``busy_recorded`` whether the run kept such a record
+    (older runs did not). A run is ``quiet`` when it flagged nothing or, without a record, when the load never
+    exceeded the core count."""
+    columns = ["run_id", "machine", "cores", "configurations", "max_load", "busy", "busy_recorded", "quiet"]
+    out = []
+    for run_id, meta in results.meta.items():
+        rows = results.rows[results.rows.run_id == run_id] if "run_id" in results.rows else pd.DataFrame()
+        loads = [rows[c].max() for c in ("load_before", "load_1min") if c in rows and rows[c].notna().any()]
+        max_load = float(max(loads)) if loads else np.nan
+        cores = usable_cores(meta)
+        recorded = "busy" in meta
+        busy = len(meta.get("busy") or [])
+        quiet = busy == 0 if recorded else bool(cores and np.isfinite(max_load) and max_load <= cores)
+        out.append({"run_id": run_id, "machine": machine_label(meta), "cores": cores,
+                    "configurations": int(rows.key.nunique()) if len(rows) else 0, "max_load": max_load,
+                    "busy": busy, "busy_recorded": recorded, "quiet": quiet})
+    return pd.DataFrame(out, columns=columns)
 
 
 def speedup_table(results: Results, baseline: str, study: str = "stages", stage: str = "step") -> pd.DataFrame:
@@ -104,11 +213,12 @@ def speedup_table(results: Results, baseline: str, study: str = "stages", stage:
 def thread_scaling(results: Results) -> pd.DataFrame:
     """Step time over thread count, speed-up over the same backend on 1 thread and parallel efficiency."""
     rows = _ok(results.rows, study="threads", stage="step")
-    columns = ["run_id", "machine", "network", "batch", "backend", "threads", "step_s", "speedup", "efficiency"]
+    columns = ["run_id", "machine", "network", "batch", "backend", "threads", "step_s", "step_q1_s", "step_q3_s",
+               "speedup", "efficiency"]
     if rows.empty:
         return pd.DataFrame(columns=columns)
-    table = rows[["run_id", "machine", "network", "batch", "backend", "threads", "median_s"]].rename(
-        columns={"median_s": "step_s"})
+    table = rows[["run_id", "machine", "network", "batch", "backend", "threads", "median_s", "q1_s", "q3_s"]].rename(
+        columns={"median_s": "step_s", "q1_s": "step_q1_s", "q3_s": "step_q3_s"})
     table["threads"] = table["threads"].astype(int)
     one = table[table.threads == 1].set_index(["run_id", "network", "batch", "backend"])["step_s"]
     keys = zip(table.run_id, table.network, table.batch, table.backend, strict=True)
@@ -120,12 +230,12 @@ def thread_scaling(results: Results) -> pd.DataFrame:
 def batch_effect(results: Results) -> pd.DataFrame:
     """Step time, samples/s and throughput relative to batch 1 over batch size, per backend."""
     rows = _ok(results.rows, study="batch", stage="step")
-    columns = ["run_id", "machine", "network", "backend", "batch", "step_s", "samples_per_s",
-               "relative_throughput"]
+    columns = ["run_id", "machine", "network", "backend", "batch", "step_s", "step_q1_s", "step_q3_s",
+               "samples_per_s", "relative_throughput"]
     if rows.empty:
         return pd.DataFrame(columns=columns)
-    table = rows[["run_id", "machine", "network", "backend", "batch", "median_s", "samples_per_s"]].rename(
-        columns={"median_s": "step_s"})
+    table = rows[["run_id", "machine", "network", "backend", "batch", "median_s", "q1_s", "q3_s",
+                  "samples_per_s"]].rename(columns={"median_s": "step_s", "q1_s": "step_q1_s", "q3_s": "step_q3_s"})
     smallest = table.sort_values("batch").groupby(["run_id", "network", "backend"])["samples_per_s"].first()
     keys = zip(table.run_id, table.network, table.backend, strict=True)
     table["relative_throughput"] = table["samples_per_s"] / [smallest.get(k, np.nan) for k in keys]
@@ -143,9 +253,9 @@ def width_table(results: Results) -> pd.DataFrame:
         columns={"median_s": "step_s"})
     table["width"] = table["network"].str.split("-").str[0].astype(int)
     ceilings = ceiling_table(results).set_index(["run_id", "device"])
-    device = np.where(table["backend"].map(BASELINES) == "torch-gpu", "gpu", "cpu")
-    table["ceiling_impl"] = [ceilings["impl"].get(k) for k in zip(table.run_id, device, strict=True)]
-    table["ceiling_gflops"] = [ceilings["gflops"].get(k, np.nan) for k in zip(table.run_id, device, strict=True)]
+    devices = np.where(table["backend"].isin(gpu_backends(results)), "gpu", "cpu")
+    table["ceiling_impl"] = [ceilings["impl"].get(k) for k in zip(table.run_id, devices, strict=True)]
+    table["ceiling_gflops"] = [ceilings["gflops"].get(k, np.nan) for k in zip(table.run_id, devices, strict=True)]
     return _sorted(table[columns], "run_id", "backend", "width")
 
 
@@ -180,7 +290,8 @@ def correctness_table(results: Results) -> pd.DataFrame:
                "tolerance", "checked", "passed"]
     if rows.empty or "err_max" not in rows:
         return pd.DataFrame(columns=columns)
-    checked = rows[rows["err_max"].notna()].drop_duplicates("key")
+    # A key names a configuration within one run; the same key in another run is another configuration.
+    checked = rows[rows["err_max"].notna()].drop_duplicates(["run_id", "key"])
     if checked.empty:
         return pd.DataFrame(columns=columns)
     keys = ["run_id", "machine", "backend", "network", "sizes"]
@@ -200,7 +311,7 @@ def status_table(results: Results) -> pd.DataFrame:
     rows = results.rows
     if rows.empty:
         return pd.DataFrame(columns=["run_id", "backend", "status", "configurations", "reason"])
-    configs = rows.drop_duplicates("key")
+    configs = rows.drop_duplicates(["run_id", "key"])
     table = configs.groupby(["run_id", "backend", "status"]).agg(
         configurations=("key", "size"), reason=("reason", lambda r: next((x for x in r if isinstance(x, str)),
                                                                           ""))).reset_index()
@@ -273,6 +384,102 @@ def lineprofile_table(results: Results) -> pd.DataFrame:
     return _sorted(pd.DataFrame(out, columns=columns), "run_id", "backend")
 
 
+#: A task learned when its final test accuracy closed at least this share of the gap from chance to 100 %.
+LEARNED_SHARE_OF_GAP = 0.5
+
+
+def chance_accuracy(sizes: str) -> float:
+    """Accuracy of guessing from the network's output width: one output is a two-class problem."""
+    outputs = int(str(sizes).split("-")[-1])
+    return 1 / max(outputs, 2)
+
+
+def endtoend_table(results: Results) -> pd.DataFrame:
+    """Per run × task × backend of the end-to-end training study: epochs run, the time to train (cumulative
+    synchronised training seconds at the last epoch; evaluation excluded, data resident where the backend
+    computes), the first and last epoch's loss and test accuracy, the time to reach the task's target accuracy
+    (the first epoch at or above it; empty if never), the chance accuracy from the output width, and whether
+    the task learned (last test accuracy at least :data:`LEARNED_SHARE_OF_GAP` of the way from chance to 1).
+    Tasks that failed or were skipped keep one row with their reason."""
+    frame = results.endtoend
+    columns = ["run_id", "machine", "task", "backend", "device", "network", "sizes", "activation", "dataset",
+               "threads", "batch", "lr", "status", "reason", "epochs_run", "train_s", "first_loss", "final_loss",
+               "final_accuracy", "target_accuracy", "target_epoch", "target_s", "chance", "learned"]
+    if frame.empty or "task" not in frame:
+        return pd.DataFrame(columns=columns)
+    out = []
+    for (run_id, task, backend), group in frame.groupby(["run_id", "task", "backend"], sort=False):
+        first = group.iloc[0]
+        entry = {c: first.get(c) for c in ("machine", "device", "network", "sizes", "activation", "dataset",
+                                            "threads", "batch", "lr", "target_accuracy")}
+        entry.update(run_id=run_id, task=task, backend=backend, chance=chance_accuracy(first.sizes))
+        done = group[(group.status == "ok") & group.epoch.notna()].sort_values("epoch")
+        if done.empty:
+            out.append({**entry, "status": first.status, "reason": first.reason})
+            continue
+        last = done.iloc[-1]
+        target = first.target_accuracy
+        reached = done[done.test_accuracy >= target] if pd.notna(target) else done.iloc[:0]
+        out.append({**entry, "status": "ok", "reason": "", "epochs_run": int(last.epoch), "train_s": last.seconds,
+                    "first_loss": done.train_loss.iloc[0], "final_loss": last.train_loss,
+                    "final_accuracy": last.test_accuracy,
+                    "target_epoch": int(reached.epoch.iloc[0]) if len(reached) else np.nan,
+                    "target_s": reached.seconds.iloc[0] if len(reached) else np.nan,
+                    "learned": bool(last.test_accuracy >= entry["chance"] + LEARNED_SHARE_OF_GAP
+                                    * (1 - entry["chance"]))})
+    return _sorted(pd.DataFrame(out, columns=columns), "run_id", "task", "backend")
+
+
+def rank_scaling(results: Results) -> pd.DataFrame:
+    """Data-parallel training (``ranks.csv``): the whole step's median (slowest rank) per world size, and the
+    scaling efficiency against the smallest world size measured: strong scaling (fixed global batch)
+    ``T_1 · n_1 / (T_n · n)``, weak scaling (fixed batch per rank) ``T_1 / T_n``; 1 is ideal."""
+    frame = _ok(results.ranks, stage="step")
+    keys = ["run_id", "machine", "backend", "device", "network", "scaling", "pg_backend", "rung"]
+    columns = [*keys, "world_size", "global_batch", "step_s", "q1_s", "q3_s", "efficiency"]
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    out = []
+    for _, group in frame.groupby(keys, sort=False):
+        group = group.sort_values("world_size")
+        base = group.iloc[0]
+        ratio = base.median_s / group.median_s
+        if base.scaling == "strong":
+            ratio = ratio * base.world_size / group.world_size
+        out.append(group[[*keys, "world_size", "global_batch", "median_s", "q1_s", "q3_s"]].rename(
+            columns={"median_s": "step_s"}).assign(efficiency=ratio))
+    return _sorted(pd.concat(out, ignore_index=True)[columns], "run_id", "backend", "scaling", "world_size")
+
+
+def rank_stage_shares(results: Results) -> pd.DataFrame:
+    """Per data-parallel configuration and world size: each stage's median (slowest rank) and its share of
+    the sum of forward, backprop, allreduce and update."""
+    frame = _ok(results.ranks)
+    keys = ["run_id", "machine", "backend", "network", "scaling", "pg_backend", "rung", "world_size"]
+    columns = [*keys, "stage", "seconds", "share"]
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    parts = frame[frame.stage.isin(RANK_STAGES)]
+    table = parts[[*keys, "stage", "median_s"]].rename(columns={"median_s": "seconds"})
+    table["share"] = table.seconds / table.groupby(keys).seconds.transform("sum")
+    return _sorted(table[columns], "run_id", "backend", "scaling", "world_size")
+
+
+#: The stages of a data-parallel step, in the order they run.
+RANK_STAGES = ("forward", "backprop", "allreduce", "update")
+
+
+def allreduce_table(results: Results) -> pd.DataFrame:
+    """All-reduce of plain tensors (``allreduce.csv``), the ceiling of the data-parallel runs: per message
+    size, the median time and the algorithm and bus bandwidths (busbw = algbw · 2(n−1)/n)."""
+    frame = _ok(results.allreduce)
+    columns = ["run_id", "machine", "device", "pg_backend", "world_size", "bytes", "median_s", "algbw_gbps",
+               "busbw_gbps"]
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    return frame[columns].sort_values(["run_id", "pg_backend", "world_size", "bytes"]).reset_index(drop=True)
+
+
 def headline(results: Results) -> dict[str, Any]:
     """Key numbers per run for the report's text: machine, code version, best speed-ups, thread scaling at
     the most threads, ladder fractions, final accuracies; plus the original study's anchors."""
@@ -318,6 +525,13 @@ SUMMARIES = {
     "status": status_table,
     "training": training_table,
     "lineprofile": lineprofile_table,
+    "baselines": thread_baselines,
+    "stage_speedups": stage_speedups,
+    "load": load_table,
+    "endtoend": endtoend_table,
+    "rank_scaling": rank_scaling,
+    "rank_shares": rank_stage_shares,
+    "allreduce": allreduce_table,
 }
 
 

@@ -1,7 +1,9 @@
 """analysis/: loads result directories without running a backend, summarises them and draws every figure.
 
 The fixture ``tests/fixtures/results/quick-fixture`` is a real run of ``python -m mlpbench.sweep --preset quick
---results tests/fixtures/results --run-id quick-fixture`` on the 2-core development machine.
+--results tests/fixtures/results --run-id quick-fixture`` on the 2-core development machine;
+``tests/fixtures/results/gpu-fixture`` is made from it by ``tests/fixtures/make_gpu_fixture.py`` in the shape of
+the GPU host's newer runs (end-to-end, data-parallel and all-reduce tables, load columns, new backend names).
 """
 
 from __future__ import annotations
@@ -16,10 +18,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import FIGURES, SUMMARIES, draw_all, headline, load_run, load_runs, palette, summary, write_summaries
+from analysis import (
+    FIGURES,
+    SUMMARIES,
+    draw_all,
+    figures,
+    headline,
+    load_run,
+    load_runs,
+    palette,
+    summary,
+    write_summaries,
+)
 from analysis.load import read_table
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results" / "quick-fixture"
+GPU_FIXTURE = FIXTURE.parent / "gpu-fixture"
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +52,24 @@ def two_runs(tmp_path: Path) -> summary.Results:
     return load_runs(FIXTURE, copy)
 
 
-def test_palette_matches_the_registry() -> None:
-    from mlpbench.backends import BACKENDS, CPU_BACKENDS, GPU_BACKENDS
+def test_palette_places_every_backend_by_one_rule() -> None:
+    from mlpbench.backends import BACKENDS
 
-    assert palette.BACKEND_ORDER == BACKENDS
-    assert palette.CPU_BACKENDS == CPU_BACKENDS and palette.GPU_BACKENDS == GPU_BACKENDS
-    assert len(set(palette.BACKEND_COLORS.values())) == len(BACKENDS)
+    coming = ("c-blas", "cuda-cublas", "torch-gpu-compile")
+    names = [*BACKENDS, *coming]
+    assert len({palette.backend_color(b) for b in names}) == len(names)
+    order = palette.ordered(names)
+    assert order[0] == palette.REFERENCE
+    devices = [palette.device(b) for b in order]
+    assert devices == sorted(devices)  # every CPU backend before every GPU backend
+    assert order.index("c-blas") < order.index("torch-cpu") < order.index("cuda-naive")
+    assert order.index("cuda-fused") < order.index("cuda-cublas") < order.index("torch-gpu")
+    assert order.index("torch-gpu-graph") < order.index("torch-gpu-compile")
+    assert [palette.BASELINE_OF_DEVICE[palette.device(b)] for b in ("c-blas", "cuda-cublas", "torch-gpu-compile")] == [
+        "torch-cpu", "torch-gpu", "torch-gpu"]
+    # A name of no known family: last, a colour of its own, the device its rows say.
     assert palette.ordered(["torch-gpu", "zzz", "numpy", "c-omp"]) == ["numpy", "c-omp", "torch-gpu", "zzz"]
+    assert palette.device("zzz", default="gpu") == "gpu" and palette.backend_color("zzz").startswith("#")
     assert palette.ladder_order(["numpy", "c-v2", "torch-gpu", "c-v1", "cuda-v1"]) == [
         "c-v1", "c-v2", "numpy", "cuda-v1", "torch-gpu"]
 
@@ -57,6 +82,8 @@ def test_analysis_imports_no_backend() -> None:
 
 def test_load_tags_rows_with_run_and_machine(results: summary.Results) -> None:
     assert results.run_ids == ["quick-fixture"]
+    for name in ("endtoend", "ranks", "allreduce"):  # tables this older run does not have
+        assert results.table(name).empty
     for name in ("rows", "ladder", "training", "lineprofile"):
         table = results.table(name)
         assert len(table) and (table.run_id == "quick-fixture").all()
@@ -106,7 +133,7 @@ def test_speedup_and_scaling_tables(results: summary.Results) -> None:
     assert (smallest.relative_throughput == 1).all()
     width = summary.width_table(results)
     assert set(width.width) == {16, 64}
-    cpu = width[width.backend.isin(palette.CPU_BACKENDS)]
+    cpu = width[~width.backend.isin(summary.gpu_backends(results))]
     assert (cpu.ceiling_impl == "numpy").all() and (cpu.ceiling_gflops > 0).all()
 
 
@@ -206,3 +233,125 @@ def test_gpu_shaped_rows_take_the_gpu_paths(tmp_path: Path) -> None:
     ladder_table = summary.ladder_table(results)
     assert ladder_table[ladder_table.impl == "torch-gpu"].pct_of_ceiling.iloc[0] == pytest.approx(100)
     _check_files(draw_all(results, tmp_path / "figures"))
+
+
+@pytest.fixture(scope="module")
+def gpu_run() -> summary.Results:
+    return load_run(GPU_FIXTURE)
+
+
+def test_correctness_counts_every_configuration_of_every_run(two_runs: summary.Results) -> None:
+    """The same configuration key in two runs is two checked configurations, not one."""
+    one = summary.correctness_table(two_runs.subset("quick-fixture")).checked.sum()
+    both = summary.correctness_table(two_runs)
+    assert one > 0 and both.checked.sum() == 2 * one
+    assert summary.status_table(two_runs).configurations.sum() == 2 * two_runs.subset(
+        "quick-fixture").rows.key.nunique()
+
+
+def test_newer_columns_and_backend_names(gpu_run: summary.Results) -> None:
+    stages = summary.stage_table(gpu_run)
+    assert {"cuda-cublas", "torch-gpu-compile"} <= set(stages.backend)
+    assert list(dict.fromkeys(stages.backend)) == palette.ordered(stages.backend.unique())
+    compiled = stages[stages.backend == "torch-gpu-compile"]
+    assert (compiled.compile_s > 0).all() and stages[stages.backend != "torch-gpu-compile"].compile_s.isna().all()
+    assert stages.load_before.notna().all()
+    overflowed = stages[stages.nonfinite == 1]
+    assert list(zip(overflowed.backend, overflowed.network, strict=True)) == [("cuda-naive", "2-32-32-1")]
+    assert (stages.step_q1_s <= stages.step_s).all() and (stages.step_s <= stages.step_q3_s).all()
+    assert (stages[stages.backend == "cuda-cublas"].baseline == "torch-gpu").all()
+
+
+def test_matched_and_best_thread_counts(gpu_run: summary.Results) -> None:
+    table = summary.thread_baselines(gpu_run)
+    rows = gpu_run.rows[(gpu_run.rows.stage == "step") & (gpu_run.rows.status == "ok")]
+    for entry in table.itertuples():
+        mine = rows[(rows.backend == entry.backend) & (rows.network == entry.network) & (rows.batch == entry.batch)]
+        if entry.which == "best":
+            assert entry.step_s == mine.median_s.min()
+            assert entry.threads == mine.loc[mine.median_s.idxmin(), "threads"]
+        else:  # c-omp's thread count in the stages study
+            omp = rows[(rows.study == "stages") & (rows.backend == "c-omp") & (rows.network == entry.network)]
+            assert entry.threads == omp.threads.iloc[0]
+    tiny = table[(table.network == "2-32-32-1") & (table.which == "best")]
+    assert (tiny.threads == 1).all()  # one thread wins on this tiny network in the fixture
+
+
+def test_stage_speedups_pick_the_fastest_gpu_backend_per_stage(gpu_run: summary.Results) -> None:
+    table = summary.stage_speedups(gpu_run)
+    stages = summary.stage_table(gpu_run)
+    for entry in table[table.level == "best GPU"].itertuples():
+        mine = stages[(stages.network == entry.network) & stages.backend.isin(summary.gpu_backends(gpu_run))]
+        assert entry.seconds == mine[f"{entry.stage}_s"].min()
+    assert (table[table.level == "serial C"].speedup == 1).all()
+    assert set(table.level) == set(summary.LEVELS)
+
+
+def test_endtoend_learning_is_computed_from_the_data(gpu_run: summary.Results) -> None:
+    table = summary.endtoend_table(gpu_run).set_index(["task", "backend"])
+    assert not table.loc["moons-original"].learned.astype(bool).any()
+    ok = table[table.status == "ok"]
+    assert ok.loc["moons-tanh"].learned.astype(bool).all() and ok.loc["digits-target"].learned.astype(bool).all()
+    assert (table.loc["moons-original"].chance == 0.5).all() and (table.loc["digits-target"].chance == 0.1).all()
+    digits = table.loc["digits-target"]
+    assert (digits.target_s <= digits.train_s).all() and (digits.final_accuracy >= 0.95).all()
+    failed = table.loc[("moons-tanh", "cuda-cublas")]
+    assert failed.status == "failed" and "example failure" in failed.reason
+    raw = gpu_run.endtoend
+    last = raw[(raw.task == "moons-original") & (raw.backend == "c-omp")].sort_values("epoch").iloc[-1]
+    assert table.loc[("moons-original", "c-omp")].train_s == last.seconds
+
+
+def test_data_parallel_tables(gpu_run: summary.Results) -> None:
+    scaling = summary.rank_scaling(gpu_run)
+    assert (scaling[scaling.world_size == 1].efficiency == 1).all()
+    strong = scaling[(scaling.scaling == "strong") & (scaling.rung == "after-backprop")].set_index("world_size")
+    assert strong.loc[4, "efficiency"] == pytest.approx(strong.loc[1, "step_s"] / (4 * strong.loc[4, "step_s"]))
+    weak = scaling[(scaling.scaling == "weak") & (scaling.rung == "overlapped")].set_index("world_size")
+    assert weak.loc[2, "efficiency"] == pytest.approx(weak.loc[1, "step_s"] / weak.loc[2, "step_s"])
+    shares = summary.rank_stage_shares(gpu_run)
+    assert shares.groupby(["scaling", "rung", "world_size"]).share.sum().to_numpy() == pytest.approx(1)
+    allreduce = summary.allreduce_table(gpu_run)
+    n = allreduce.world_size
+    assert allreduce.busbw_gbps.to_numpy() == pytest.approx((allreduce.algbw_gbps * 2 * (n - 1) / n).to_numpy())
+
+
+def test_load_table_says_which_runs_were_quiet(gpu_run: summary.Results, results: summary.Results) -> None:
+    busy = summary.load_table(gpu_run).iloc[0]
+    assert busy.busy_recorded and busy.busy == 1 and not busy.quiet
+    older = summary.load_table(results).iloc[0]  # no busy record: judged by the load against the cores
+    assert not older.busy_recorded and older.quiet == (older.max_load <= older.cores)
+
+
+def test_every_figure_from_the_newer_run_shape_at_its_printed_width(gpu_run: summary.Results,
+                                                                       tmp_path: Path) -> None:
+    """Every figure is at most the report's text width, so its font sizes are its printed sizes (>= 7 pt)."""
+    import matplotlib.pyplot as plt
+
+    written = {}
+    for name, plot in FIGURES.items():
+        fig = plot(gpu_run)
+        assert fig.get_figwidth() <= figures.TEXT_WIDTH + 1e-9, name
+        written[name] = figures.save(fig, tmp_path, name)
+        sizes = [t.get_fontsize() for t in fig.findobj(plt.Text) if t.get_text().strip() and t.get_visible()]
+        assert min(sizes) >= figures.SMALL, (name, min(sizes))
+        if name == "ranks":
+            assert len(fig.axes) == 3
+        plt.close(fig)
+    _check_files(written)
+
+
+def test_a_backend_name_never_seen_takes_its_device_from_its_rows(tmp_path: Path) -> None:
+    run = tmp_path / "unknown"
+    shutil.copytree(GPU_FIXTURE, run)
+    rows = read_table(GPU_FIXTURE / "rows.csv")
+    rows.loc[rows.backend == "cuda-fused", "key"] = rows.key.str.replace("cuda-fused", "zz-accel")
+    rows.loc[rows.backend == "cuda-fused", "backend"] = "zz-accel"
+    rows.to_csv(run / "rows.csv", index=False)
+    results = load_run(run)
+    assert "zz-accel" in summary.gpu_backends(results) and "c-omp" not in summary.gpu_backends(results)
+    stages = summary.stage_table(results)
+    assert (stages[stages.backend == "zz-accel"].baseline == "torch-gpu").all()
+    assert list(dict.fromkeys(stages.backend))[-1] == "zz-accel"  # no known family: last
+    picks = summary.stage_speedups(results)
+    assert "zz-accel" in set(picks[picks.level == "best GPU"].backend)  # the fastest GPU step, as cuda-fused was
