@@ -209,8 +209,8 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
                     meta.setdefault("busy", []).append(busy)
                     write_atomic(run_dir / "meta.json", json.dumps(meta, indent=1, default=str) + "\n")
                     bar.write(f"warning: the machine was busy while {busy['key']} ran (load average "
-                              f"{busy['load_before']} before, {busy['load_after']} after, on {cores} cores: more runnable "
-                              "threads than cores): its timings are suspect", file=sys.stderr)
+                              f"{busy['load_before']} before, {busy['load_after']} after, on {cores} cores: "
+                              "more runnable threads than cores): its timings are suspect", file=sys.stderr)
                 bar.update()
             status = "complete"
         finally:
