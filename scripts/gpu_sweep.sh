@@ -3,6 +3,7 @@
 # call stopped, all within DEADLINE seconds from the start: the main studies without the compiling backend,
 # data-parallel CPU ranks, one-GPU NCCL ranks on the large network, then torch-gpu-compile on the small
 # networks (its compilation takes minutes per shape, so it comes last). Packs the run into $OUT/run.tar.gz.
+# Give the commit of the tree sent to the host in MLPBENCH_GIT_COMMIT: a copied .git may hold another HEAD.
 set -uo pipefail
 RUN_ID=${RUN_ID:-h200}
 DEADLINE=$((SECONDS + ${DEADLINE:-480}))

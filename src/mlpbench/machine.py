@@ -41,18 +41,18 @@ def _run(args: list[str], cwd: Path | None = None) -> str:
 
 
 def git_info(repo: Path = _REPO) -> dict[str, Any]:
-    """Commit of the source tree and whether it had uncommitted changes. A copy of the tree without its
-    ``.git`` (a tree shipped to another machine) reports the commit given in ``$MLPBENCH_GIT_COMMIT``."""
+    """Commit of the source tree and whether it had uncommitted changes. A copy of the tree shipped to another
+    machine reports the commit given in ``$MLPBENCH_GIT_COMMIT``: its own ``.git``, if it has one, may hold
+    another commit than the files it was sent with."""
     given = os.environ.get("MLPBENCH_GIT_COMMIT")
+    if given:
+        return {"commit": given, "dirty": None, "source": "MLPBENCH_GIT_COMMIT"}
     if shutil.which("git") is None:
-        reason = unavailable("git not installed")
-        return {"commit": given or reason, "dirty": None}
+        return {"commit": unavailable("git not installed"), "dirty": None}
     try:
         commit = _run(["git", "rev-parse", "HEAD"], cwd=repo)
         status = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as error:
-        if given:
-            return {"commit": given, "dirty": None, "source": "MLPBENCH_GIT_COMMIT"}
         return {"commit": unavailable(f"not a git checkout ({error})"), "dirty": None}
     return {"commit": commit, "dirty": bool(status)}
 
