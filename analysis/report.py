@@ -203,7 +203,8 @@ class _Run:
         for network, group in self.stage_speedups.groupby("network"):
             entry: dict[str, Any] = {}
             for level, key in (("OpenMP C", "omp"), ("best GPU", "gpu")):
-                mine = group[(group.level == level) & group.stage.isin(COMPUTE_STAGES)]
+                # Without a serial C time (skipped over budget) a stage has no speed-up to rank.
+                mine = group[(group.level == level) & group.stage.isin(COMPUTE_STAGES) & group.speedup.notna()]
                 entry[key] = {r.stage: {"speedup": float(r.speedup), "backend": r.backend} for r in mine.itertuples()}
                 if len(mine):
                     entry[f"{key}_most"] = str(mine.loc[mine.speedup.idxmax()].stage)

@@ -16,17 +16,29 @@ pypdf = pytest.importorskip("pypdf", reason="pypdf reads the built PDF (dev inst
 
 from analysis.report import ROOT, build  # noqa: E402 - after the skips
 
-RUNS = [ROOT / "results" / "dev-2core", ROOT / "results" / "h100"]
+RUNS = [ROOT / "results" / "dev-2core", ROOT / "results" / "h200"]
 
 
-def step_median(run: Path, network: str, backend: str) -> float:
-    """The stages study's whole-step median, read straight from rows.csv."""
+def step_median(run: Path, network: str, backend: str, required: bool = True) -> float | None:
+    """The stages study's whole-step median, read straight from rows.csv (``None`` where it was not measured
+    and not ``required``)."""
     with open(run / "rows.csv", newline="") as handle:
         values = [float(r["median_s"]) for r in csv.DictReader(handle)
                   if r["study"] == "stages" and r["network"] == network and r["backend"] == backend
                   and r["stage"] == "step" and r["status"] == "ok"]
+    if not values and not required:
+        return None
     assert len(values) == 1, (run, network, backend)
     return values[0]
+
+
+def comparison(ratio: float | None) -> str:
+    """How the report words a speed ratio (other / mine)."""
+    if ratio is None:
+        return "not measured against"
+    if abs(ratio - 1) < 0.05:
+        return "about as fast as"
+    return "faster than" if ratio >= 1 else "slower than"
 
 
 def duration(seconds: float) -> str:
@@ -87,7 +99,7 @@ def test_cited_speedups_are_ratios_of_the_measured_medians(built):
     out, _ = built
     numbers = json.loads((out / "data" / "numbers.json").read_text())
     cpu, gpu = RUNS
-    assert numbers["roles"] == {"cpu": "dev-2core", "gpu": "h100"}
+    assert numbers["roles"] == {"cpu": "dev-2core", "gpu": "h200"}
     assert numbers["cpu"]["omp_vs_torch"]["moons-5h300"] == pytest.approx(
         step_median(cpu, "moons-5h300", "torch-cpu") / step_median(cpu, "moons-5h300", "c-omp"))
     assert numbers["gpu"]["fused_vs_graph"]["digits"] == pytest.approx(
@@ -155,8 +167,9 @@ def flip(source: Path, target: Path) -> None:
     narrow = width & (rows.network == rows.loc[width].sort_values("flops").network.iloc[0])
     rows.loc[narrow & (rows.device == "cuda"), "median_s"] *= 1e6
     large = stages & (rows.network == "large") & (rows.stage == "step")
-    torch = rows.loc[large & (rows.backend == "torch-cpu"), "median_s"].iloc[0]
-    rows.loc[large & (rows.backend == "c-omp"), ["median_s", "q1_s", "q3_s"]] = torch / 2
+    torch = rows.loc[large & (rows.backend == "torch-cpu"), "median_s"]
+    if len(torch):  # a run whose torch-cpu step on the large network was skipped over budget has nothing to flip
+        rows.loc[large & (rows.backend == "c-omp"), ["median_s", "q1_s", "q3_s"]] = torch.iloc[0] / 2
     rows.to_csv(target / "rows.csv", index=False)
     training = pd.read_csv(target / "training.csv")
     training.loc[training.backend == "c-serial", "test_accuracy"] *= 0.5
@@ -242,10 +255,11 @@ def test_large_network_comparison_follows_the_data(report):
     runs, text, _ = report
     words = []
     for run in runs:
-        omp, torch = step_median(run, "large", "c-omp"), step_median(run, "large", "torch-cpu")
-        words.append("faster than" if torch / omp >= 1 else "slower than")
-    assert (f"On the large network OpenMP C is {{}} {words[0]} PyTorch on the development machine and {{}} "
-            f"{words[1]} it on the GPU host") .replace("{}", "") in re.sub(r"\d+(\.\d+)?×", "", text)
+        omp, torch = step_median(run, "large", "c-omp"), step_median(run, "large", "torch-cpu", required=False)
+        words.append(comparison(None if torch is None else torch / omp))
+    plain = re.sub(r"\d+(\.\d+)?× ", "", text)
+    assert re.search(rf"On the large network OpenMP C is {words[0]} PyTorch on the development machine (\([^)]*\) )?"
+                     rf"and {words[1]} it on the GPU host", plain), words
 
 
 def test_counts_and_ranges_follow_the_data(report):
@@ -267,8 +281,10 @@ def test_words_the_data_cannot_support(committed):
     abstract = text[text.index("Abstract"):text.index("1 The question")]
     assert "tiled" not in abstract  # cuda-opt is register-blocked; the tiled rung is another backend
     assert "trains more than an order of magnitude faster" not in text
-    assert "None of these runs measured end-to-end training" in text  # the committed runs predate it
-    assert "have no data-parallel measurements" in text
+    runs, numbers = committed[0], committed[2]
+    measured_e2e = any((run / "endtoend.csv").exists() for run in runs)
+    assert ("None of these runs measured end-to-end training" in text) == (not measured_e2e)
+    assert numbers["gpu"]["endtoend"] or not measured_e2e
     for lost in ("4.47× the matrix", "× PyTorch reaches", "configurations the worst"):
         assert lost not in text, lost
     assert not re.search(r"0\.0000\d", text)  # small numbers in scientific notation
@@ -276,7 +292,7 @@ def test_words_the_data_cannot_support(committed):
 
 def test_committed_counts_include_every_run_configuration(committed):
     runs, _, numbers = committed
-    assert numbers["gpu"]["correctness"]["configurations"] == checked_configurations(runs[1]) == 225
+    assert numbers["gpu"]["correctness"]["configurations"] == checked_configurations(runs[1])
     assert numbers["correctness_all"]["configurations"] == checked_configurations(*runs)
 
 
@@ -321,6 +337,7 @@ def test_endtoend_sentences_follow_the_data(newer):
 
 def test_several_processes_section_follows_the_data(newer):
     text, _ = newer
-    assert "dev-2core (AMD EPYC (2 cores)) has no data-parallel measurements" in text
+    has_ranks = (RUNS[0] / "ranks.csv").exists() and (pd.read_csv(RUNS[0] / "ranks.csv").status == "ok").any()
+    assert ("dev-2core (AMD EPYC (2 cores)) has no data-parallel measurements" in text) == (not has_ranks)
     scaling = pd.read_csv(NEWER / "ranks.csv").query("stage == 'step'")
     assert f"on up to {scaling.world_size.max()} ranks" in text
