@@ -89,6 +89,7 @@ def _start_meta(run_dir: Path, run_id: str, preset: str, params: SweepParams) ->
                 "sessions": []}
     meta.update(status="running", finished_at=None, preset=preset, parameters=session["parameters"],
                 thread_counts=list(params.thread_counts))
+    meta.setdefault("busy", [])  # configurations timed on a busy machine; empty: none was
     meta["sessions"].append(session)
     write_atomic(path, json.dumps(meta, indent=1, default=str) + "\n")
     return meta
