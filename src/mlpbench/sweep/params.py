@@ -191,7 +191,7 @@ PRESETS: dict[str, SweepParams] = {
                     rank_networks=("digits:32",), rank_backends=("c-serial",), rank_rungs=("overlapped",),
                     rank_steps=3,
                     ladder_cpu_n=128, ladder_gpu_n=256, ladder_repeats=3, profile_steps=20),
-    # About five minutes on the 2-core development machine.
+    # About ten minutes on the 2-core development machine (every study, the end-to-end and ranks ones included).
     "default": SweepParams(),
     # The GPU host: more samples, the original study's batch sizes, widths up to 4096.
     "full": SweepParams(networks=("moons-5h300:32", "digits:32", "mnist:256", "large:1024"),
