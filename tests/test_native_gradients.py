@@ -28,7 +28,7 @@ def flat(params):
 def test_block_is_the_gradients_and_update_reads_it(backend):
     name, options = backend
     model = load(name, NETWORK, seed=2, **options)
-    block = native.gradient_block(model)
+    block = model.gradient_block()
     assert block.dtype == np.float32 and block.shape == (sum((n_in + 1) * n_out for n_out, n_in in
                                                              NETWORK.layer_shapes),)
     batch = prepared(model)
@@ -53,14 +53,14 @@ def test_layerwise_backprop_equals_backprop(backend, kernel):
     whole.forward(batch_whole)
     whole.backprop(batch_whole)
     layered.forward(batch_layered)
-    block = native.gradient_block(layered)
+    block = layered.gradient_block()
     for layer in range(NETWORK.n_layers, 0, -1):
         with pytest.raises(RuntimeError, match="update before backprop"):
             layered.update(0.1)
-        native.backprop_layer(layered, batch_layered, layer)
+        layered.backprop_layer(batch_layered, layer)
         # The layer just done is final: it can be all-reduced now.
         start = sum((n_in + 1) * n_out for n_out, n_in in NETWORK.layer_shapes[:layer - 1])
-        np.testing.assert_array_equal(block[start:], native.gradient_block(whole)[start:])
+        np.testing.assert_array_equal(block[start:], whole.gradient_block()[start:])
     assert flat(layered.grads()).tobytes() == flat(whole.grads()).tobytes()
     layered.update(0.1)
     whole.update(0.1)
@@ -71,16 +71,14 @@ def test_layerwise_order_and_arguments_checked():
     model = load("c-serial", NETWORK, seed=2)
     batch = prepared(model)
     with pytest.raises(RuntimeError, match="forward pass"):
-        native.backprop_layer(model, batch, 3)
+        model.backprop_layer(batch, 3)
     model.forward(batch)
     with pytest.raises(RuntimeError, match="out of order"):
-        native.backprop_layer(model, batch, 2)
+        model.backprop_layer(batch, 2)
     with pytest.raises(ValueError, match="layer"):
-        native.backprop_layer(model, batch, 4)
+        model.backprop_layer(batch, 4)
     with pytest.raises(TypeError, match="layer"):
-        native.backprop_layer(model, batch, 2.0)
-    with pytest.raises(TypeError, match="C backend"):
-        native.gradient_block(load("numpy", NETWORK))
+        model.backprop_layer(batch, 2.0)
     model.close()
     with pytest.raises(RuntimeError, match="closed"):
-        native.gradient_block(model)
+        model.gradient_block()

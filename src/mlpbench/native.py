@@ -210,44 +210,6 @@ def buffer_view(pointer: Any, shape: tuple[int, ...]) -> np.ndarray:
     return np.frombuffer(ffi.buffer(pointer, count * 4), dtype=np.float32).reshape(shape)
 
 
-def gradient_block(model: Any) -> np.ndarray:
-    """A float32 view of a C model's gradients as one flat block ``[dW_1, db_1, ..., dW_L, db_L]`` (each
-    ``dW`` row-major, layers in order): what a data-parallel all-reduce averages in one call, in place.
-    Writing into it changes the gradients the next ``update`` applies. ``model``: a model of a C backend
-    (``c-serial``, ``c-omp``, ``c-blas``); the view is valid while the model is open."""
-    _require_c_model(model)
-    count = ffi.new("long long *")
-    pointer = model._lib.mlp_model_gradient_block(model._model, count)
-    return buffer_view(pointer, (int(count[0]),))
-
-
-def backprop_layer(model: Any, batch: Any, layer: int) -> None:
-    """Backprop of one layer of a C model, so its gradients can be all-reduced while the layers below are
-    computed: after ``model.forward(batch)``, call it for ``layer = n_layers, ..., 1`` in that order. The
-    gradients equal, bit for bit, those of ``model.backprop(batch)``; ``model.update`` is accepted once
-    layer 1 is done. Out of order raises ``RuntimeError``."""
-    _require_c_model(model)
-    if isinstance(layer, bool) or not isinstance(layer, int | np.integer):
-        raise TypeError(f"layer: expected an integer, got {type(layer).__name__}")
-    if not 1 <= layer <= model.network.n_layers:
-        raise ValueError(f"layer: expected 1..{model.network.n_layers}, got {layer}")
-    x_ptr, t_ptr = model._pointers(batch, need_targets=True)
-    if model._batch_size != batch.size:
-        raise RuntimeError("backprop needs a forward pass on this batch first")
-    status = model._lib.mlp_backprop_layer(model._model, model.threads, batch.size, x_ptr, t_ptr, int(layer))
-    raise_for_status(model._lib, status, f"backprop of layer {layer}")
-    if layer == 1:
-        model._has_grads = True
-
-
-def _require_c_model(model: Any) -> None:
-    from mlpbench.backends.native_c import NativeCModel  # the backend imports this module
-
-    if not isinstance(model, NativeCModel):
-        raise TypeError(f"expected a model of a C backend, got {type(model).__name__}")
-    model._require_open()
-
-
 class Gemm:
     """The C library's standalone product ``C = op(A) @ op(B)`` with its own packing workspace, so a call
     allocates nothing (pass ``out``). Sized at creation for ``m <= max_m``, ``n <= max_n``, ``threads``.

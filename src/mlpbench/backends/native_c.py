@@ -263,16 +263,44 @@ class NativeCModel(Model):
 
     overlaps_backprop = True
 
+    def gradient_block(self) -> np.ndarray:
+        """A float32 view of the gradients as one flat block ``[dW_1, db_1, ..., dW_L, db_L]`` (each ``dW``
+        row-major, layers in order): what a data-parallel all-reduce averages in one call, in place. Writing
+        into it changes the gradients the next ``update`` applies; valid while the model is open."""
+        self._require_open()
+        count = native.ffi.new("long long *")
+        pointer = self._lib.mlp_model_gradient_block(self._model, count)
+        return native.buffer_view(pointer, (int(count[0]),))
+
     def gradient_buffer(self) -> Any:
         """The C model's own gradient block, shared without a copy; valid until :meth:`close`."""
         import torch
 
-        return torch.from_numpy(native.gradient_block(self))
+        return torch.from_numpy(self.gradient_block())
+
+    def backprop_layer(self, batch: Batch, layer: int) -> None:
+        """Backprop of one layer, so its gradients can be all-reduced while the layers below are computed:
+        after ``forward(batch)``, call it for ``layer = n_layers, ..., 1`` in that order. The gradients equal,
+        bit for bit, those of ``backprop(batch)``; ``update`` is accepted once layer 1 is done. Out of order
+        raises ``RuntimeError``."""
+        if isinstance(layer, bool) or not isinstance(layer, int | np.integer):
+            raise TypeError(f"layer: expected an integer, got {type(layer).__name__}")
+        if not 1 <= layer <= self.network.n_layers:
+            raise ValueError(f"layer: expected 1..{self.network.n_layers}, got {layer}")
+        x_ptr, t_ptr = self._pointers(batch, need_targets=True)
+        if self._batch_size != batch.size:
+            raise RuntimeError("backprop needs a forward pass on this batch first")
+        self._check_bound(batch)
+        status = self._lib.mlp_backprop_layer(self._model, self.threads, batch.size, x_ptr, t_ptr, int(layer))
+        if status:
+            self._raise(status, f"backprop of layer {layer}")
+        if layer == 1:
+            self._has_grads = True
 
     def backprop_by_layer(self, batch: Batch, on_layer: Callable[[int], None]) -> None:
         self._check_bound(batch)
         for layer in range(self.network.n_layers, 0, -1):
-            native.backprop_layer(self, batch, layer)
+            self.backprop_layer(batch, layer)
             on_layer(layer)
 
 
