@@ -21,18 +21,7 @@ CUDA_BACKENDS = ("cuda-naive", "cuda-tiled", "cuda-opt", "cuda-fused", "cuda-cub
 OPTIONS = {"torch-gpu-compile": {"mode": "default"}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def gpu_ready():
-    drv = pytest.importorskip("pycuda.driver", exc_type=ImportError)
-    try:
-        drv.init()
-    except drv.Error as error:
-        pytest.skip(f"CUDA driver unusable: {error}")
-    if not torch.cuda.is_available():
-        pytest.skip("PyTorch sees no CUDA GPU")
-    from mlpbench import gpu
-
-    gpu.ensure_available()
+pytestmark = pytest.mark.usefixtures("cuda_ready")
 
 
 # Odd sizes (1, 7, 33, 257) among batches and widths, every activation and both losses; sizes that are

@@ -26,15 +26,7 @@ NETWORKS = [Network((6, 20, 9, 4), "sigmoid", "softmax-ce"), Network((5, 17, 3),
             Network((7, 33, 40), "relu", "softmax-ce")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def gpu_ready():
-    drv = pytest.importorskip("pycuda.driver", exc_type=ImportError)
-    try:
-        drv.init()
-    except drv.Error as error:
-        pytest.skip(f"CUDA driver unusable: {error}")
-    if not torch.cuda.is_available():
-        pytest.skip("PyTorch sees no CUDA GPU")
+pytestmark = pytest.mark.usefixtures("cuda_ready")
 
 
 def plant(model, batch, where: str, value: float) -> None:
