@@ -106,3 +106,23 @@ def test_every_sweep_parameter_is_an_option_with_its_help_and_default():
     args = cli.parser().parse_args(["--budget-s", "2.5", "--widths", "8,16", "--tasks", "moons-tanh"])
     assert (args.budget_s, args.widths, args.tasks) == (2.5, (8, 16), ("moons-tanh",))
     assert args.repeats is None  # left out: the preset's value
+
+
+def test_evaluation_runs_blas_on_one_thread(monkeypatch):
+    """A multi-threaded BLAS pool spins on after the evaluation and takes the cores from the steps timed next."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from mlpbench.backends.numpy_ref import NumpyModel
+
+    seen = []
+    forward = NumpyModel.forward
+
+    def watched(self, batch):
+        seen.extend(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas")
+        return forward(self, batch)
+
+    monkeypatch.setattr(NumpyModel, "forward", watched)
+    moons = data.moons()
+    with threadpool_limits(limits=2, user_api="blas"):
+        training.evaluate(SMALL, SMALL.init_params(0), moons.X_test, moons.y_test)
+    assert seen and set(seen) == {1}

@@ -114,12 +114,17 @@ class TimedEpoch:
 
 def evaluate(network: Network, params: Params, X: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Mean loss and accuracy of ``params`` on ``(X, y)``, computed by the float64 reference: the same
-    measurement for every backend, and no new batch shape for compiled or graph-captured backends."""
+    measurement for every backend, and no new batch shape for compiled or graph-captured backends. NumPy's
+    BLAS runs on one thread here: a multi-threaded pool keeps spinning after its last call and would take
+    the cores from the training steps timed next (it doubled c-omp's end-to-end time on 2 cores)."""
+    from threadpoolctl import threadpool_limits
+
     from mlpbench.backends import load
 
-    reference = load("numpy", network, params)
-    reference.forward(reference.prepare(X, y))
-    return reference.loss(), _correct(reference.output(), y) / len(X)
+    with threadpool_limits(limits=1, user_api="blas"):
+        reference = load("numpy", network, params)
+        reference.forward(reference.prepare(X, y))
+        return reference.loss(), _correct(reference.output(), y) / len(X)
 
 
 def _correct(probs: np.ndarray, labels: np.ndarray) -> int:
