@@ -20,7 +20,7 @@ from mlpbench.sweep.runner import BUSY_LOAD_MARGIN, busy_entry
 CPU = ("numpy", "c-serial", "c-omp", "torch-cpu")
 SMALL = Network((2, 12, 8, 1), "tanh", "sigmoid-bce")
 TASK = training.Task("small", "moons", SMALL, batch=32, lr=0.1, weight_decay=1e-3, epochs=2, target_accuracy=0.9,
-                     stop_at_target=False, description="a small network on two moons")
+                     stop_at_target=False)
 
 
 def options(backend):
