@@ -126,3 +126,9 @@ def test_evaluation_runs_blas_on_one_thread(monkeypatch):
     with threadpool_limits(limits=2, user_api="blas"):
         training.evaluate(SMALL, SMALL.init_params(0), moons.X_test, moons.y_test)
     assert seen and set(seen) == {1}
+
+
+def test_a_model_of_another_network_is_refused_before_any_step():
+    other = Network((3, 5, 1), "tanh", "sigmoid-bce")  # moons has 2 features: a step would fail otherwise
+    with pytest.raises(ValueError, match="trains network 2-12-8-1"):
+        training.train_resident(lambda: load("c-serial", other), data.moons(), TASK)

@@ -160,6 +160,9 @@ def train_resident(make_model: Callable[[], Model], dataset: Dataset, task: Task
         raise ValueError(f"task {task.name}: {len(dataset.X_train)} training samples, fewer than one batch of "
                          f"{task.batch}")
     with closing(make_model()) as model:
+        if model.network != task.network:
+            raise ValueError(f"task {task.name} trains network {task.network.name}, the model is "
+                             f"{model.network.name}")
         warm = model.prepare(dataset.X_train[:task.batch], dataset.y_train[:task.batch])
         for _ in range(warmup_steps):
             model.train_step(warm, task.lr, task.weight_decay)
@@ -167,9 +170,6 @@ def train_resident(make_model: Callable[[], Model], dataset: Dataset, task: Task
     rng = np.random.Generator(np.random.PCG64(seed))
     history: list[TimedEpoch] = []
     with closing(make_model()) as model:
-        if model.network != task.network:
-            raise ValueError(f"task {task.name} trains network {task.network.name}, the model is "
-                             f"{model.network.name}")
         train_data = model.prepare(dataset.X_train, dataset.y_train)
         elapsed = 0.0
         for epoch in range(1, task.epochs + 1):
