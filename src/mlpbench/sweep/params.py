@@ -6,7 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from mlpbench.backends import BACKENDS, check_backend
+from mlpbench.backends import BACKENDS, check_backend, model_class
+from mlpbench.distributed.config import RUNGS, SCALINGS
 from mlpbench.network import resolve
 from mlpbench.thread_policy import usable_cores
 from mlpbench.training import TASKS
@@ -102,8 +103,6 @@ class SweepParams:
         unknown = set(self.tasks) - set(TASKS)
         if unknown:
             raise ValueError(f"unknown end-to-end tasks {sorted(unknown)}; choose from {tuple(TASKS)}")
-        from mlpbench.distributed import RUNGS, SCALINGS
-
         for name, value, choices in (("scaling", self.scaling, SCALINGS), ("rank_rungs", self.rank_rungs, RUNGS)):
             if set(value) - set(choices):
                 raise ValueError(f"{name}: choose from {', '.join(choices)}, got {value}")
@@ -117,8 +116,6 @@ class SweepParams:
     def backends_in(self, study: str) -> tuple[str, ...]:
         """The run's backends that take part in ``study``: those compiling each batch size only in
         :attr:`compiled_studies`."""
-        from mlpbench.backends import model_class
-
         return tuple(b for b in self.backends
                      if study in self.compiled_studies or not model_class(b).compiles_per_shape)
 
