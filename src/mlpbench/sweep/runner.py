@@ -180,7 +180,7 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
                        seed=params.seed, threads=backend_threads(b, params)), {"backend": backend})
                   for backend in params.backends_in("lineprofile")]
     attempts = Attempts(run_dir / "attempts.log")
-    cores = os.cpu_count() or 1
+    cores = os.cpu_count() or 1  # the load average counts the whole machine, not this process's affinity
 
     todo = [unit for unit in units if unit.key not in finished[unit.table]]
     status = "interrupted"
