@@ -6,12 +6,13 @@ Sections (``--sections``, comma-separated):
   IEEE float32) at n^3, each verified against a float64 product first;
 * ``tune``: cuda-opt's product with other tile constants (-D), to pick the defaults;
 * ``steps``: per-stage times (the project's timing harness: events around each call, median) and the
-  back-to-back throughput of ``train_step`` for each network x backend, each verified against the float64
-  reference at the timed batch size first;
+  back-to-back throughput of ``train_step`` and the per-step time of an epoch through ``train_steps`` for
+  each network x backend, each verified against the float64 reference at the timed batch size first;
 * ``barrier``: cost of one grid-wide barrier of the fused kernel (chains of trivial phases);
 * ``host``: host microseconds of a fused ``train_step`` and of its parts;
 * ``profile``: where a fused training step spends its GPU time: block 0's clock (%globaltimer) at the start
-  and after each phase's barrier, next to the events around the launch.
+  and after each phase's barrier, next to the events around the launch, and per step of an epoch run in
+  one launch (``train_steps``).
 
 ``--cases`` and ``--backends`` restrict the ``steps`` section.
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,8 +35,8 @@ from mlpbench import gpu, load
 from mlpbench.backends import cuda, cuda_fused
 from mlpbench.backends.torch_nn import pin_ieee_float32
 from mlpbench.network import PRESETS, Network
-from mlpbench.timing import time_stages
-from mlpbench.verify import FLOAT32_TOLERANCE, check_stages, random_batch
+from mlpbench.timing import CudaEventClock, time_call, time_stages
+from mlpbench.verify import FLOAT32_TOLERANCE, check_stages, random_batch, relative_error
 
 TUNE_CONFIGS = [
     {"BM": 128, "BN": 128, "BK": 8, "WM": 64, "WN": 32, "MIN_BLOCKS": 2},
@@ -56,27 +56,19 @@ STEP_CASES = [
 ]
 
 
-def events_ms(fn, repeats: int, warmup: int = 2) -> list[float]:
-    """Device milliseconds of ``fn``, each call between two events after the device went idle."""
-    for _ in range(warmup):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return times
+#: Steps of the epoch the ``steps`` and ``profile`` sections run through ``train_steps`` (the original study's
+#: two-moons epoch: 1000 samples in batches of 32).
+EPOCH_STEPS = 32
+
+
+def device_ms(fn, repeats: int, warmup: int = 2) -> float:
+    """Median device milliseconds of ``fn`` (the package's event clock: each call between two events after
+    the device went idle)."""
+    return time_call(fn, repeats=repeats, warmup=warmup, clock=CudaEventClock()).median * 1e3
 
 
 def rel_error(value: torch.Tensor, reference: torch.Tensor) -> float:
-    value = value.double()
-    if not torch.isfinite(value).all():
-        return float("inf")
-    return ((value - reference).norm() / reference.norm()).item()
+    return relative_error(value.double().cpu().numpy(), reference.cpu().numpy())
 
 
 def products(n: int, repeats: int) -> list[dict]:
@@ -86,7 +78,7 @@ def products(n: int, repeats: int) -> list[dict]:
     flops = 2 * n**3
     references = {"nn": A.double() @ B.double(), "nt": A.double() @ B.double().T, "tn": A.double().T @ B.double()}
     rows = []
-    ms = statistics.median(events_ms(lambda: torch.mm(A, B), repeats))
+    ms = device_ms(lambda: torch.mm(A, B), repeats)
     rows.append({"impl": "torch.mm (cuBLAS)", "layout": "nn", "n": n, "ms": ms, "tflops": flops / ms / 1e9,
                  "rel_error": rel_error(torch.mm(A, B), references["nn"])})
     for version, rung in cuda.KERNELS.items():
@@ -96,8 +88,7 @@ def products(n: int, repeats: int) -> list[dict]:
             row = {"impl": f"cuda-{rung} (rung {version})", "layout": layout, "n": n, "rel_error": error}
             if error <= FLOAT32_TOLERANCE:
                 reps = repeats if rung == "opt" else 3
-                ms = statistics.median(events_ms(lambda v=version, lay=layout, o=out: cuda.matmul(A, B, v, lay, o),
-                                                 reps, warmup=1))
+                ms = device_ms(lambda v=version, lay=layout, o=out: cuda.matmul(A, B, v, lay, o), reps, warmup=1)
                 row.update(ms=ms, tflops=flops / ms / 1e9)
             rows.append(row)
     cublas = rows[0]["tflops"]
@@ -112,7 +103,7 @@ def tune(n: int, repeats: int) -> list[dict]:
     A = torch.randn(n, n, device="cuda", generator=g)
     B = torch.randn(n, n, device="cuda", generator=g)
     reference = A.double() @ B.double()
-    cublas_ms = statistics.median(events_ms(lambda: torch.mm(A, B), repeats))
+    cublas_ms = device_ms(lambda: torch.mm(A, B), repeats)
     specs = [gpu.ModuleSpec("opt.cu", tuple(config.items()), no_extern_c=True) for config in TUNE_CONFIGS]
     gpu.precompile(specs)
     rows = []
@@ -132,7 +123,7 @@ def tune(n: int, repeats: int) -> list[dict]:
 
             call()
             row[f"{layout}_rel_error"] = rel_error(C, reference)
-            ms = statistics.median(events_ms(call, repeats))
+            ms = device_ms(call, repeats)
             row[f"{layout}_tflops"] = 2 * n**3 / ms / 1e9
             row[f"{layout}_pct_cublas"] = 100 * cublas_ms / ms
         rows.append(row)
@@ -191,6 +182,10 @@ def steps(repeats: int, throughput_steps: int, cases: set[str] | None = None,
                     end.synchronize()
                     row["step_throughput_us"] = start.elapsed_time(end) * 1e3 / count
                     row["step_host_us"] = host * 1e6 / count
+                    if name != "large":  # an epoch of EPOCH_STEPS batches through train_steps, per step
+                        epoch = model.prepare(*random_batch(net, batch * EPOCH_STEPS, rng))
+                        row["step_epoch_us"] = device_ms(lambda m=model, e=epoch, b=batch: m.train_steps(e, b, 1e-4),
+                                                         max(3, repeats // 4), warmup=1) * 1e3 / EPOCH_STEPS
                 row["loss_after"] = times.loss_after
                 row["status"] = "ok"
                 model.close()
@@ -206,94 +201,57 @@ def steps(repeats: int, throughput_steps: int, cases: set[str] | None = None,
 
 
 def barrier(batch: int = 32) -> list[dict]:
-    """Fused-kernel launches of k trivial phases (the output gradient, 32 x 1 elements) for k = 1 and 33:
-    the difference over 32 is one grid barrier; measured for several grid sizes."""
+    """Fused-kernel launches of 1 and 33 trivial phases (the output gradient, 32 x 1 elements): the difference
+    over 32 is one grid barrier; measured for several grid sizes."""
     net = PRESETS["moons-5h300"]
     model = load("cuda-fused", net)
-    X, y = random_batch(net, batch, np.random.default_rng(0))
-    data = model.prepare(X, y)
+    profiler = cuda_fused.FusedProfiler(model)
+    data = model.prepare(*random_batch(net, batch, np.random.default_rng(0)))
     model.forward(data)
-    rows = []
-    for blocks in (1, 8, 32, 66, 132):
-        if blocks > gpu.info().sm_count:
-            continue
-        times = {}
-        for k in (1, 33):
-            table = np.zeros(k, dtype=cuda_fused._PHASE_DTYPE)
-            table["kind"] = cuda_fused.PHASE_OUTPUT_DELTA
-            table["layer"] = net.n_layers - 1
-            model._plans[("chain", batch)] = (torch.tensor(table.view(np.uint8), device="cuda"), k, blocks)
-            times[k] = statistics.median(events_ms(lambda: model._launch("chain", data), 50, warmup=5))
-        rows.append({"blocks": blocks, "one_phase_us": times[1] * 1e3,
-                     "barrier_us": (times[33] - times[1]) * 1e3 / 32})
+    rows = [{"blocks": blocks, **profiler.barrier(data, blocks)}
+            for blocks in (1, 8, 32, 66, 132) if blocks <= gpu.info().sm_count]
     model.close()
     return rows
 
 
-def host_costs(count: int = 300, rounds: int = 5) -> list[dict]:
-    """Host microseconds per call of what a fused train_step does in Python: ``count`` calls back to back
-    (few enough that the launch queue never fills and throttles the host to the GPU), best of ``rounds``."""
+def host_costs() -> list[dict]:
+    """Host microseconds per call of a fused ``train_step`` on digits and of its parts."""
     net = PRESETS["digits"]
     model = load("cuda-fused", net)
-    X, y = random_batch(net, 32, np.random.default_rng(0))
-    data = model.prepare(X, y)
-    model.train_step(data, 1e-4)
-    grid = model._plan("step", 32)[2]
-    candidates = {
-        "train_step": lambda: model.train_step(data, 1e-4),
-        "_launch (arguments set, one launch)": lambda: model._launch("step", data, 1e-4),
-        "DriverKernel.launch (cuLaunchKernel alone)": lambda: model._kernel.launch(grid, cuda.FUSED_THREADS,
-                                                                                   cuda.FUSED_SHARED_BYTES),
-        "_check_batch": lambda: model._check_batch(data, need_targets=True),
-        "2 data_ptr()": lambda: (data.X.data_ptr(), data.T.data_ptr()),
-    }
-    rows = []
-    for name, fn in candidates.items():
-        best = float("inf")
-        for _ in range(rounds):
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            for _ in range(count):
-                fn()
-            best = min(best, (time.perf_counter() - start) * 1e6 / count)
-        torch.cuda.synchronize()
-        rows.append({"call": name, "host_us": best})
+    data = model.prepare(*random_batch(net, 32, np.random.default_rng(0)))
+    costs = cuda_fused.FusedProfiler(model).host_costs(data, 1e-4)
     model.close()
-    return rows
+    return [{"call": call, "host_us": us} for call, us in costs.items()]
 
 
-PHASE_NAMES = {cuda_fused.PHASE_FORWARD: "forward", cuda_fused.PHASE_FORWARD_HEAD: "forward+head",
-               cuda_fused.PHASE_HEAD: "head", cuda_fused.PHASE_OUTPUT_DELTA: "output delta",
-               cuda_fused.PHASE_BACKWARD: "backward", cuda_fused.PHASE_UPDATE: "update"}
-
-
-def profile(repeats: int = 30) -> list[dict]:
+def profile(repeats: int = 30, epoch_steps: int = EPOCH_STEPS) -> list[dict]:
     """Median GPU time of each phase of a fused training step (block 0's clock after each barrier, so a
-    phase's time includes the barrier that ends it) and of the launch as the events see it."""
+    phase's time includes the barrier that ends it), next to the events around one step's launch; and per
+    step of ``epoch_steps`` steps run in one launch (``train_steps``)."""
     rows = []
     for name, batch in (("digits", 32), ("moons-5h300", 32)):
         net = PRESETS[name]
         model = load("cuda-fused", net)
+        profiler = cuda_fused.FusedProfiler(model)
+        plan = profiler.plan("step", batch)
         data = model.prepare(*random_batch(net, batch, np.random.default_rng(0)))
-        plan = cuda_fused.fused_plan(net, "step", batch, gpu.info().sm_count)
-        clock = torch.zeros(len(plan) + 1, dtype=torch.int64, device="cuda")
-        marks, events = [], []
+        epoch = model.prepare(*random_batch(net, batch * epoch_steps, np.random.default_rng(1)))
         for _ in range(3):
             model.train_step(data, 1e-4)
-        def launch(model=model, data=data, clock=clock):
-            model._launch("step", data, 1e-4, profile=clock.data_ptr())
-
-        for _ in range(repeats):
-            events.append(events_ms(launch, 1, warmup=0)[0] * 1e3)
-            marks.append(np.diff(clock.cpu().numpy()) / 1e3)
-        phases = np.median(np.array(marks), axis=0)
-        for index, (phase, us) in enumerate(zip(plan, phases, strict=True)):
-            rows.append({"network": name, "phase": index, "kind": PHASE_NAMES[phase.kind], "layer": phase.layer,
-                         "main": phase.main.as_tuple(), "weights": phase.weights.as_tuple(),
+        marks = np.median([profiler.phase_times(data, batch, 1e-4) for _ in range(repeats)], axis=0)
+        for index, (phase, us) in enumerate(zip(plan.phases, marks, strict=True)):
+            rows.append({"network": name, "phase": index, "kind": cuda_fused.PHASE_NAMES[phase.kind],
+                         "layer": phase.layer, "main": phase.main.as_tuple(), "weights": phase.weights.as_tuple(),
                          "items": phase.items(net, batch), "us": float(us)})
-        rows.append({"network": name, "phase": "all", "kind": "start to last barrier", "us": float(phases.sum())})
-        rows.append({"network": name, "phase": "events", "kind": "events around _launch",
-                     "us": float(statistics.median(events))})
+        rows.append({"network": name, "phase": "all", "kind": "start to last barrier", "us": float(marks.sum())})
+        rows.append({"network": name, "phase": "events", "kind": "events around train_step",
+                     "us": device_ms(lambda m=model, d=data: m.train_step(d, 1e-4), repeats) * 1e3})
+        per_step = np.median([profiler.phase_times(epoch, batch, 1e-4).sum() for _ in range(repeats)]) / epoch_steps
+        rows.append({"network": name, "phase": f"{epoch_steps} steps", "kind": "clock per step, one launch",
+                     "us": float(per_step)})
+        rows.append({"network": name, "phase": f"{epoch_steps} steps", "kind": "events per step, train_steps",
+                     "us": device_ms(lambda m=model, e=epoch, b=batch: m.train_steps(e, b, 1e-4), repeats) * 1e3
+                     / epoch_steps})
         model.close()
     return rows
 
@@ -369,8 +327,8 @@ def main() -> int:
                                 set(args.backends.split(",")) if args.backends else None)
         text.append("## training steps (us, median; throughput = back-to-back train_step)\n" + table(
             result["steps"], ["network", "batch", "backend", "transfer_us", "forward_us", "backprop_us", "update_us",
-                              "step_us", "step_throughput_us", "step_host_us", "step_tflops", "max_rel_error",
-                              "compile_s", "status"]))
+                              "step_us", "step_throughput_us", "step_epoch_us", "step_host_us", "step_tflops",
+                              "max_rel_error", "compile_s", "status"]))
         save()
     result["opt_choices"] = cuda.opt_choices()
     text.append("## cuda-opt autotuner choices\n" + table(result["opt_choices"], [

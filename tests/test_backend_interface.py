@@ -7,7 +7,7 @@ from mlpbench import BACKENDS, BackendUnavailable, Network, load
 from mlpbench.backends import CPU_BACKENDS, GPU_BACKENDS, REGISTRY, model_class
 from mlpbench.backends.numpy_ref import NumpyModel
 from mlpbench.thread_policy import usable_cores
-from mlpbench.verify import check_stages
+from mlpbench.verify import check_stages, random_batch
 
 NET = Network((5, 7, 3), "tanh", "softmax-ce")
 BCE_NET = Network((4, 6, 2), "sigmoid", "sigmoid-bce")
@@ -146,6 +146,36 @@ def test_stages_out_of_order_and_foreign_batches_are_rejected(backend):
     model.forward(unlabelled)
     with pytest.raises(ValueError, match="no labels"):
         model.backprop(unlabelled)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_train_steps_equals_one_train_step_per_block_of_rows(backend):
+    X, y = random_batch(NET, 4 * 9, np.random.default_rng(5))
+    together, apart = load(backend, NET, seed=2), load(backend, NET, seed=2)
+    together.train_steps(together.prepare(X, y), 9, 0.1, 1e-3)
+    for start in range(0, len(X), 9):
+        apart.train_step(apart.prepare(X[start:start + 9], y[start:start + 9]), 0.1, 1e-3)
+    # Not bit for bit everywhere: PyTorch's CPU kernels round differently on rows of a larger array.
+    for (w, b), (w2, b2) in zip(together.params(), apart.params(), strict=True):
+        np.testing.assert_allclose(w, w2, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(b, b2, rtol=1e-5, atol=1e-7)
+    assert together.loss() == pytest.approx(apart.loss(), rel=1e-5)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_train_steps_wants_whole_labelled_steps(backend):
+    model = load(backend, NET)
+    X, y = random_batch(NET, 12, np.random.default_rng(6))
+    for batch_size in (5, 0, -3, 13):
+        with pytest.raises(ValueError, match="divisor of the 12 rows"):
+            model.train_steps(model.prepare(X, y), batch_size, 0.1)
+    for batch_size in (4.0, True):
+        with pytest.raises(TypeError, match="batch_size"):
+            model.train_steps(model.prepare(X, y), batch_size, 0.1)
+    with pytest.raises(ValueError, match="no labels"):
+        model.train_steps(model.prepare(X), 4, 0.1)
+    with pytest.raises(ValueError, match="lr"):
+        model.train_steps(model.prepare(X, y), 4, float("nan"))
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

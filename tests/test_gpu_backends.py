@@ -338,3 +338,63 @@ def test_opt_choices_are_listed():
     rows = {(r["layout"], r["M"], r["N"], r["K"]): r for r in cuda.opt_choices()}
     assert ("nt", 8, 36, 20) in rows and ("tn", 36, 20, 8) in rows
     assert all(r["config"] in cuda.OPT_CONFIGS and r["splits"] >= 1 for r in rows.values())
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("network, batch, steps", [
+    (Network((2, 300, 300, 300, 300, 300, 300, 1), "sigmoid", "sigmoid-bce"), 32, 32),  # an epoch of the study
+    (Network((7, 33, 5), "tanh", "softmax-ce"), 7, 5),
+    (Network((5, 40), "relu", "softmax-ce"), 9, 2),  # wider than the one-warp head: FORWARD + HEAD phases
+    (Network((12, 24, 6), "sigmoid", "softmax-ce"), 600, 1),
+], ids=["5h300-32x32", "7-33-5-7x5", "5-40-9x2", "12-24-6-600x1"])
+def test_train_steps_equals_one_train_step_per_block_of_rows(backend, network, batch, steps):
+    if backend == "torch-gpu-compile":
+        pytest.skip("its train_steps is the base class's loop over train_step (tests/test_backend_interface.py)")
+    X, y = random_batch(network, batch * steps, np.random.default_rng(steps))
+    together, apart = load(backend, network, seed=4), load(backend, network, seed=4)
+    together.train_steps(together.prepare(X, y), batch, 0.3, 1e-3)
+    for start in range(0, len(X), batch):
+        apart.train_step(apart.prepare(X[start:start + batch], y[start:start + batch]), 0.3, 1e-3)
+    for (w, b), (w2, b2) in zip(together.params(), apart.params(), strict=True):
+        np.testing.assert_allclose(w, w2, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(b, b2, rtol=1e-5, atol=1e-7)
+    assert together.loss() == pytest.approx(apart.loss(), rel=1e-5)
+    # The steps go on from where one launch left them (the weight copies' parity after an odd count).
+    more = together.prepare(X[:batch], y[:batch])
+    together.train_step(more, 0.3)
+    apart.train_step(apart.prepare(X[:batch], y[:batch]), 0.3)
+    np.testing.assert_allclose(together.params()[0][0], apart.params()[0][0], rtol=1e-5, atol=1e-7)
+
+
+def test_fused_train_steps_refuses_a_strided_batch():
+    net = Network((7, 33, 5), "tanh", "softmax-ce")
+    model = load("cuda-fused", net)
+    data = model.prepare(*random_batch(net, 14, np.random.default_rng(0)))
+    strided = Batch(data.X[::2], data.T[::2], 7, net)
+    with pytest.raises(ValueError, match="contiguous"):
+        model.train_steps(strided, 7, 0.1)
+
+
+def test_fused_profiler_measures_phases_barriers_and_host_costs():
+    from mlpbench.backends.cuda_fused import FusedProfiler
+
+    net = Network((2, 300, 300, 300, 300, 300, 300, 1), "sigmoid", "sigmoid-bce")
+    model = load("cuda-fused", net)
+    profiler = FusedProfiler(model)
+    X, y = random_batch(net, 3 * 32, np.random.default_rng(1))
+    plan = profiler.plan("step", 32)
+    assert len(plan.phases) == 14 and 1 <= plan.blocks
+    times = profiler.phase_times(model.prepare(X, y), 32, 0.3)
+    assert times.shape == (3 * 14,) and (times > 0).all()
+    reference = load("cuda-fused", net)
+    reference.train_steps(reference.prepare(X, y), 32, 0.3)  # the clocked launch trained as train_steps does
+    np.testing.assert_array_equal(model.params()[0][0], reference.params()[0][0])
+    first = model.prepare(X[:32], y[:32])
+    model.forward(first)
+    cost = profiler.barrier(first, blocks=8, repeats=5)
+    assert cost["one_phase_us"] > 0 and cost["barrier_us"] > 0
+    with pytest.raises(RuntimeError, match="backprop needs a forward"):
+        model.backprop(first)
+    host = profiler.host_costs(first, 0.3, count=20, rounds=2)
+    assert set(host) == {"train_step", "batch check", "arguments + launch", "cuLaunchKernel alone"}
+    assert all(value > 0 for value in host.values())

@@ -1,6 +1,7 @@
 """The host side of the CUDA backends that needs no GPU: clear errors where no GPU can be used, the fused
 kernel's size limit, its phase plans and tile shapes, and the structs shared with the kernels."""
 
+import ctypes
 import re
 import threading
 import time
@@ -55,6 +56,21 @@ def test_structs_match_the_kernel():
     assert cuda_fused._LAYER_DTYPE.itemsize == 72
     assert cuda_fused._PHASE_DTYPE.itemsize == 48
     assert cuda_fused._LAYER_DTYPE.fields["n_in"][1] == 64
+
+
+def test_launch_arguments_match_the_kernel_signature():
+    # DriverKernel passes the ctypes structure's fields as the kernel's parameters, in order: a field out of
+    # place would shift every argument after it.
+    source = (Path(cuda.__file__).parent.parent / "kernels" / "fused.cu").read_text()
+    signature = re.search(r"fused_step\(([^)]*)\)", source).group(1)
+    parameters = []
+    for declaration in signature.split(","):
+        declaration = declaration.replace("const ", "").strip()
+        name = re.search(r"(\w+)$", declaration).group(1)
+        kind = ctypes.c_uint64 if "*" in declaration else {"int": ctypes.c_int, "float": ctypes.c_float}[
+            declaration.removesuffix(name).strip()]
+        parameters.append((name.removesuffix("_in"), kind))
+    assert list(cuda_fused._FusedArgs._fields_) == parameters
 
 
 @pytest.mark.parametrize("M, N, K", [(1, 1, 1), (32, 300, 300), (300, 300, 32), (7, 513, 5), (1024, 64, 2048)])

@@ -129,12 +129,6 @@ def _correct(probs: np.ndarray, labels: np.ndarray) -> int:
     return int((probs.argmax(axis=1) == labels).sum())
 
 
-def _epoch_batches(size: int, batch: int) -> range:
-    """Starts of one epoch's full batches: a remainder smaller than ``batch`` is dropped (a new batch size
-    would make compiled and graph-captured backends build a second program mid-training)."""
-    return range(0, size - batch + 1, batch)
-
-
 @dataclass(frozen=True)
 class TrainingRun:
     """What :func:`train_resident` measured, and the parameters it ended with."""
@@ -146,7 +140,8 @@ class TrainingRun:
 def train_resident(make_model: Callable[[], Model], dataset: Dataset, task: Task, seed: int = 0,
                    warmup_steps: int = 3) -> TrainingRun:
     """Train a model from ``make_model()`` on ``task`` with the data set prepared once where the model computes
-    (one upload on a GPU) and every epoch's shuffled batches taken from it there.
+    (one upload on a GPU) and every epoch's shuffled batches taken from it there, then stepped through by
+    :meth:`Model.train_steps` (one launch per epoch where the backend runs many steps per launch).
 
     First-call costs (kernel compilation, ``torch.compile``, library handles, thread pools) are paid by a
     throwaway model of the same backend, ``warmup_steps`` steps on the same data, before the timed model is
@@ -163,22 +158,23 @@ def train_resident(make_model: Callable[[], Model], dataset: Dataset, task: Task
         if model.network != task.network:
             raise ValueError(f"task {task.name} trains network {task.network.name}, the model is "
                              f"{model.network.name}")
-        warm = model.prepare(dataset.X_train[:task.batch], dataset.y_train[:task.batch])
-        for _ in range(warmup_steps):
-            model.train_step(warm, task.lr, task.weight_decay)
+        warm_rows = max(1, min(warmup_steps, len(dataset.X_train) // task.batch)) * task.batch
+        warm = model.prepare(dataset.X_train[:warm_rows], dataset.y_train[:warm_rows])
+        model.train_steps(warm, task.batch, task.lr, task.weight_decay)
         model.synchronize()
     rng = np.random.Generator(np.random.PCG64(seed))
     history: list[TimedEpoch] = []
     with closing(make_model()) as model:
         train_data = model.prepare(dataset.X_train, dataset.y_train)
+        full_batches = train_data.size // task.batch
         elapsed = 0.0
         for epoch in range(1, task.epochs + 1):
-            order = rng.permutation(train_data.size)
+            # Full batches only: a smaller last batch would make compiled and graph-captured backends build a
+            # second program mid-training.
+            order = rng.permutation(train_data.size)[:full_batches * task.batch]
             model.synchronize()
             started = time.perf_counter()
-            shuffled = train_data.take(order)
-            for start in _epoch_batches(shuffled.size, task.batch):
-                model.train_step(shuffled.rows(start, start + task.batch), task.lr, task.weight_decay)
+            model.train_steps(train_data.take(order), task.batch, task.lr, task.weight_decay)
             model.synchronize()
             elapsed += time.perf_counter() - started
             params = model.params()

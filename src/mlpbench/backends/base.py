@@ -125,6 +125,9 @@ class Model(ABC):
     #: ``train_step`` does the whole step in fewer calls than its three stages (one C call, a fused kernel,
     #: one CUDA graph). Unless a class says otherwise: whether it overrides ``train_step``.
     fuses_step: ClassVar[bool] = False
+    #: ``train_steps`` runs many consecutive steps in one call to the device (one kernel launch) instead of
+    #: one call per step. Unless a class says otherwise: whether it overrides ``train_steps``.
+    fuses_steps: ClassVar[bool] = False
     #: Seconds this model spent compiling its step (``torch.compile``), recorded beside its timings; ``None``
     #: where nothing is compiled per model (kernels compiled at run time are cached per process and paid in
     #: the warm-up).
@@ -142,6 +145,8 @@ class Model(ABC):
             return
         if "fuses_step" not in cls.__dict__:
             cls.fuses_step = cls.train_step is not Model.train_step
+        if "fuses_steps" not in cls.__dict__:
+            cls.fuses_steps = cls.train_steps is not Model.train_steps
         if not hasattr(cls, "family"):
             cls.family = cls.device
         if "close" in cls.__dict__:
@@ -261,6 +266,24 @@ class Model(ABC):
         self.backprop(batch)
         self.update(lr, weight_decay)
 
+    def train_steps(self, batches: Batch, batch_size: int, lr: float, weight_decay: float = 0.0) -> None:
+        """Consecutive training steps on rows ``[0, batch_size)``, ``[batch_size, 2 batch_size)``, ... of
+        ``batches`` (an epoch's shuffled batches, prepared once): the same as :meth:`train_step` on each slice
+        in turn. Backends that can run them all in one launch override this (:attr:`fuses_steps`); afterwards
+        :meth:`loss` is the last step's."""
+        for start in self._step_starts(batches, batch_size):
+            self.train_step(batches.rows(start, start + batch_size), lr, weight_decay)
+
+    def _step_starts(self, batches: Batch, batch_size: int) -> range:
+        """The first row of each step of :meth:`train_steps`, after checking the call."""
+        self._check_batch(batches, need_targets=True)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
+            raise TypeError(f"batch_size: expected an integer, got {type(batch_size).__name__}")
+        if batch_size < 1 or batches.size % batch_size:
+            raise ValueError(f"batch_size: need a positive divisor of the {batches.size} rows (whole steps only), "
+                             f"got {batch_size}")
+        return range(0, batches.size, int(batch_size))
+
     def step(self, X: np.ndarray, y: np.ndarray, lr: float, weight_decay: float = 0.0) -> float:
         """One training step on a host batch; returns the batch loss before the update. A loss that is NaN
         or infinite is reported as :attr:`on_nonfinite` says."""
@@ -338,9 +361,10 @@ def gradient_buffer_missing(backend: str) -> BackendUnavailable:
     return BackendUnavailable(f"{backend}: no gradient_buffer() (one flat gradient tensor the model updates "
                               f"from), which data-parallel training all-reduces")
 
-_PUBLIC_CALLS = ("prepare", "forward", "backprop", "update", "train_step", "step", "predict", "loss", "activations",
-                 "output", "params", "grads", "poison", "synchronize", "report_nonfinite", "gradient_buffer",
-                 "backprop_by_layer")
+
+_PUBLIC_CALLS = ("prepare", "forward", "backprop", "update", "train_step", "train_steps", "step", "predict", "loss",
+                 "activations", "output", "params", "grads", "poison", "synchronize", "report_nonfinite",
+                 "gradient_buffer", "backprop_by_layer")
 _closed_classes: dict[type, type] = {}
 
 

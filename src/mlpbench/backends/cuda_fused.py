@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,7 @@ from mlpbench.backends.cuda import (
     cdiv,
 )
 from mlpbench.network import Network
+from mlpbench.timing import CudaEventClock, time_call
 
 # Mirrors of struct Layer and struct Phase in kernels/fused.cu.
 _LAYER_DTYPE = np.dtype([("W", np.uint64, 2), ("b", np.uint64, 2), ("dW", np.uint64), ("db", np.uint64),
@@ -38,6 +40,8 @@ _TILE_FIELDS = [("micro", np.int32), ("gm", np.int32), ("gn", np.int32), ("kspli
 _PHASE_DTYPE = np.dtype([("kind", np.int32), ("layer", np.int32), ("flags", np.int32), ("padding", np.int32),
                          ("main", _TILE_FIELDS), ("weights", _TILE_FIELDS)])
 PHASE_FORWARD, PHASE_FORWARD_HEAD, PHASE_HEAD, PHASE_OUTPUT_DELTA, PHASE_BACKWARD, PHASE_UPDATE = range(6)
+PHASE_NAMES = {PHASE_FORWARD: "forward", PHASE_FORWARD_HEAD: "forward+head", PHASE_HEAD: "head",
+               PHASE_OUTPUT_DELTA: "output delta", PHASE_BACKWARD: "backward", PHASE_UPDATE: "update"}
 FLAG_DELTA, FLAG_SGD = 1, 2
 _UPDATE_CHUNK = dict(FUSED.defines)["UPDATE_CHUNK"]
 
@@ -47,7 +51,8 @@ class _FusedArgs(ctypes.Structure):
 
     _fields_ = [("layers", ctypes.c_uint64), ("phases", ctypes.c_uint64), ("n_phases", ctypes.c_int),
                 ("n_layers", ctypes.c_int), ("X", ctypes.c_uint64), ("T", ctypes.c_uint64),
-                ("loss_rows", ctypes.c_uint64), ("batch", ctypes.c_int), ("activation", ctypes.c_int),
+                ("loss_rows", ctypes.c_uint64), ("batch", ctypes.c_int), ("n_steps", ctypes.c_int),
+                ("activation", ctypes.c_int),
                 ("loss_kind", ctypes.c_int), ("parity", ctypes.c_int), ("lr", ctypes.c_float),
                 ("weight_decay", ctypes.c_float), ("barrier", ctypes.c_uint64), ("profile", ctypes.c_uint64)]
 
@@ -261,18 +266,21 @@ class FusedCudaModel(CudaModel):
         return plan
 
     def _launch(self, stage: str, batch: Batch | None, lr: float = 0.0, weight_decay: float = 0.0,
-                profile: int = 0) -> None:
-        """One launch of ``stage``'s phases; ``profile``: device pointer for the phase clock (0: none)."""
-        phases, n_phases, grid = self._plan(stage, 0 if batch is None else batch.size)
+                profile: int = 0, steps: int = 1) -> None:
+        """One launch of ``stage``'s phases, ``steps`` times over consecutive ``batch.size // steps``-row
+        blocks of ``batch``; ``profile``: device pointer for the phase clock (0: none)."""
+        rows = 0 if batch is None else batch.size // steps
+        phases, n_phases, grid = self._plan(stage, rows)
         args = self._args
         args.phases = phases.data_ptr()
         args.n_phases = n_phases
+        args.n_steps = steps
         if batch is None:
             args.X = args.T = args.batch = 0
         else:
             args.X = batch.X.data_ptr()
             args.T = 0 if batch.T is None else batch.T.data_ptr()
-            args.batch = batch.size
+            args.batch = rows
         args.parity = self._parity
         args.lr = lr
         args.weight_decay = weight_decay
@@ -296,16 +304,124 @@ class FusedCudaModel(CudaModel):
         self._launch("update", None, lr, weight_decay)
         self._parity ^= 1
 
-    def train_step(self, batch: Batch, lr: float, weight_decay: float = 0.0) -> None:
-        """Forward, loss, backprop and SGD step in one launch."""
+    def _start_steps(self, lr: float, weight_decay: float) -> None:
         if self._step_args != (lr, weight_decay):  # checked once per new setting: the step is launch-bound
             check_step_size(lr, weight_decay)
             self._step_args = (lr, weight_decay)
         self._ensure_open()
-        self._check_batch(batch, need_targets=True)
-        self._launch("step", batch, lr, weight_decay)
-        self._parity ^= 1
-        self._forward_size = batch.size
+
+    def _steps_done(self, steps: int, rows: int) -> None:
+        self._parity ^= steps & 1
+        self._forward_size = rows
         self._labelled = True
         self._pending = False
         self._has_grads = True
+
+    def train_step(self, batch: Batch, lr: float, weight_decay: float = 0.0) -> None:
+        """Forward, loss, backprop and SGD step in one launch."""
+        self._start_steps(lr, weight_decay)
+        self._check_batch(batch, need_targets=True)
+        self._launch("step", batch, lr, weight_decay)
+        self._steps_done(1, batch.size)
+
+    def train_steps(self, batches: Batch, batch_size: int, lr: float, weight_decay: float = 0.0) -> None:
+        """Every step of ``batches`` in one launch: the kernel runs the step's phases once per
+        ``batch_size``-row block, a grid barrier between steps, the weights never leaving the GPU's memory."""
+        self._start_steps(lr, weight_decay)
+        steps = len(self._step_starts(batches, batch_size))
+        if not (batches.X.is_contiguous() and batches.T.is_contiguous()):
+            raise ValueError("train_steps reads the steps' rows at fixed strides: the batch must be contiguous "
+                             "(take() and prepare() make contiguous batches)")
+        self._launch("step", batches, lr, weight_decay, steps=steps)
+        self._steps_done(steps, int(batch_size))
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What one cuda-fused launch runs: its phases in order and the blocks of its grid."""
+
+    phases: list[Phase]
+    blocks: int
+
+
+class FusedProfiler:
+    """Measurements of a :class:`FusedCudaModel`'s launches that the per-stage timers cannot see: the GPU time
+    of each phase (block 0's ``%globaltimer`` after each grid barrier), the cost of one grid barrier, and the
+    host time of the pieces of a ``train_step`` call. Each measurement trains the model as the calls it times
+    would (a phase clock is a real step); the barrier chain writes only the output gradient, so the model needs
+    a forward pass before its next backprop."""
+
+    def __init__(self, model: FusedCudaModel) -> None:
+        if not isinstance(model, FusedCudaModel):
+            raise TypeError(f"FusedProfiler measures a cuda-fused model, got {type(model).__name__}")
+        self.model = model
+
+    def plan(self, stage: str, batch_size: int) -> LaunchPlan:
+        """The phases and grid of ``stage`` at ``batch_size`` rows, as the model launches them."""
+        model = self.model
+        _, _, blocks = model._plan(stage, batch_size)
+        return LaunchPlan(fused_plan(model.network, stage, batch_size, model._sm_count), blocks)
+
+    def phase_times(self, batches: Batch, batch_size: int, lr: float, weight_decay: float = 0.0) -> np.ndarray:
+        """Microseconds of every phase of ``train_steps(batches, batch_size, ...)`` (one launch), in order:
+        ``steps x phases`` values, each from the end of the previous phase's barrier to the end of its own."""
+        model = self.model
+        model._start_steps(lr, weight_decay)
+        steps = len(model._step_starts(batches, batch_size))
+        n_phases = len(self.plan("step", batch_size).phases)
+        clock = torch.zeros(1 + steps * n_phases, dtype=torch.int64, device=model._dev)
+        model._launch("step", batches, lr, weight_decay, profile=clock.data_ptr(), steps=steps)
+        model._steps_done(steps, int(batch_size))
+        return np.diff(clock.cpu().numpy()).astype(np.float64) / 1e3
+
+    def barrier(self, batch: Batch, blocks: int, repeats: int = 50) -> dict[str, float]:
+        """GPU microseconds of a launch of one trivial phase (the output gradient of ``batch``) on ``blocks``
+        blocks, and of one grid barrier: the difference to 33 such phases, over 32. Needs a forward pass of
+        ``batch`` first (the phase reads its output)."""
+        model = self.model
+        model._check_batch(batch, need_targets=True)
+        if not 1 <= blocks <= model._sm_count:
+            raise ValueError(f"blocks: need 1..{model._sm_count} (every block resident), got {blocks}")
+        if model._forward_size != batch.size:
+            raise RuntimeError("barrier needs a forward pass of the batch first")
+        clock = CudaEventClock()
+        medians = {}
+        for count in (1, 33):
+            table = np.zeros(count, dtype=_PHASE_DTYPE)
+            table["kind"] = PHASE_OUTPUT_DELTA
+            table["layer"] = model.network.n_layers - 1
+            model._plans[("chain", batch.size)] = (torch.tensor(table.view(np.uint8), device=model._dev), count,
+                                                   blocks)
+            medians[count] = time_call(lambda: model._launch("chain", batch), repeats=repeats, warmup=5,
+                                       clock=clock).median / 1e3
+        del model._plans[("chain", batch.size)]
+        model._pending = model._has_grads = False  # the output gradient was overwritten, nothing else
+        return {"one_phase_us": medians[1], "barrier_us": (medians[33] - medians[1]) / 32}
+
+    def host_costs(self, batch: Batch, lr: float, count: int = 300, rounds: int = 5) -> dict[str, float]:
+        """Host microseconds per call of ``train_step`` and of what it does: the batch check, setting the
+        kernel's arguments and launching, the bare ``cuLaunchKernel``. ``count`` calls back to back (few enough
+        that the launch queue never fills and throttles the host to the GPU), best of ``rounds``."""
+        model = self.model
+        model.train_step(batch, lr)
+        _, _, grid = model._plan("step", batch.size)
+        candidates = {
+            "train_step": lambda: model.train_step(batch, lr),
+            "batch check": lambda: model._check_batch(batch, need_targets=True),
+            "arguments + launch": lambda: model._launch("step", batch, lr),
+            "cuLaunchKernel alone": lambda: model._kernel.launch(grid, FUSED_THREADS, FUSED_SHARED_BYTES),
+        }
+        costs = {}
+        for name, call in candidates.items():
+            best = float("inf")
+            for _ in range(rounds):
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                for _ in range(count):
+                    call()
+                best = min(best, (time.perf_counter() - start) * 1e6 / count)
+            costs[name] = best
+        torch.cuda.synchronize()
+        # A bare launch leaves the parity as it was: it recomputes the same next copy from the current one,
+        # so the model stands as the train_step calls left it.
+        return costs

@@ -35,7 +35,8 @@
 // __ldcg or cp.async.
 // Constants (-D): KCHUNK (k values staged at once), HEAD_MAX (widest output layer FORWARD_HEAD serves),
 // UPDATE_CHUNK (elements of one SGD item), SPIN_LIMIT (barrier polls before the kernel gives up and traps).
-// A non-null `profile` receives %globaltimer (ns) from block 0 at the start and after each phase's barrier.
+// A non-null `profile` receives %globaltimer (ns) from block 0 at the start and after each phase's barrier
+// (1 + n_steps * n_phases values).
 // Compiled with no_extern_c; the kernel is extern "C".
 #include "common.cuh"
 
@@ -477,8 +478,8 @@ __device__ void update_phase(const Layer* layers, int n_layers, const Step& s) {
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1)
     fused_step(const Layer* layers_in, const Phase* phases_in, int n_phases, int n_layers, const float* X,
-               const float* T, float* loss_rows, int batch, int activation, int loss_kind, int parity, float lr,
-               float weight_decay, unsigned int* barrier, unsigned long long* profile) {
+               const float* T, float* loss_rows, int batch, int n_steps, int activation, int loss_kind, int parity,
+               float lr, float weight_decay, unsigned int* barrier, unsigned long long* profile) {
     extern __shared__ __align__(16) float smem[];
     // Descriptors are read at every phase by every thread: one copy in shared memory saves two dependent
     // trips to L2 per phase.
@@ -490,45 +491,52 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         reinterpret_cast<int*>(phase_table)[i] = __ldg(reinterpret_cast<const int*>(phases_in) + i);
     __syncthreads();
     const Layer* layers = layer_table;
-    const Step s = {X, T, loss_rows, batch, activation, loss_kind, parity, lr, weight_decay};
+    Step s = {X, T, loss_rows, batch, activation, loss_kind, parity, lr, weight_decay};
+    const long x_stride = (long)batch * layers[0].n_in, t_stride = (long)batch * layers[n_layers - 1].n_out;
     // The counter's top bit as the launch begins (no block can pass the first barrier before all read it).
     unsigned int top_bit = threadIdx.x == 0 ? load_acquire(barrier) & 0x80000000u : 0u;
     const bool profiling = profile != nullptr && blockIdx.x == 0 && threadIdx.x == 0;
     if (profiling) profile[0] = global_time();
-    for (int p = 0; p < n_phases; ++p) {
-        const Phase& phase = phase_table[p];
-        const Layer& out_layer = layers[n_layers - 1];
-        switch (phase.kind) {
-            case PHASE_FORWARD:
-                forward_phase(layers, n_layers, phase, s, smem);
-                break;
-            case PHASE_FORWARD_HEAD:
-                for (int r = blockIdx.x * WARPS + threadIdx.x / 32; r < batch; r += gridDim.x * WARPS)
-                    forward_head_row(out_layer, layer_input(layers, n_layers - 1, s), r, s,
-                                     phase.flags & FLAG_DELTA);
-                break;
-            case PHASE_HEAD:
-                for (int r = blockIdx.x * WARPS + threadIdx.x / 32; r < batch; r += gridDim.x * WARPS) {
-                    const long at = (long)r * out_layer.n_out;
-                    output_row(out_layer.A + at, nullptr, T ? T + at : nullptr,
-                               (phase.flags & FLAG_DELTA) ? out_layer.dZ + at : nullptr, loss_rows + r,
-                               out_layer.n_out, loss_kind, (float)batch);
+    for (int step = 0; step < n_steps; ++step) {
+        // Step `step` trains on the batch-row block `step` of X and T, from the weights the previous step wrote.
+        s.X = X + step * x_stride;
+        s.T = T ? T + step * t_stride : nullptr;
+        s.parity = parity ^ (step & 1);
+        for (int p = 0; p < n_phases; ++p) {
+            const Phase& phase = phase_table[p];
+            const Layer& out_layer = layers[n_layers - 1];
+            switch (phase.kind) {
+                case PHASE_FORWARD:
+                    forward_phase(layers, n_layers, phase, s, smem);
+                    break;
+                case PHASE_FORWARD_HEAD:
+                    for (int r = blockIdx.x * WARPS + threadIdx.x / 32; r < batch; r += gridDim.x * WARPS)
+                        forward_head_row(out_layer, layer_input(layers, n_layers - 1, s), r, s,
+                                         phase.flags & FLAG_DELTA);
+                    break;
+                case PHASE_HEAD:
+                    for (int r = blockIdx.x * WARPS + threadIdx.x / 32; r < batch; r += gridDim.x * WARPS) {
+                        const long at = (long)r * out_layer.n_out;
+                        output_row(out_layer.A + at, nullptr, s.T ? s.T + at : nullptr,
+                                   (phase.flags & FLAG_DELTA) ? out_layer.dZ + at : nullptr, loss_rows + r,
+                                   out_layer.n_out, loss_kind, (float)batch);
+                    }
+                    break;
+                case PHASE_OUTPUT_DELTA: {
+                    const long total = (long)batch * out_layer.n_out;
+                    for (long e = blockIdx.x * (long)THREADS + threadIdx.x; e < total; e += (long)gridDim.x * THREADS)
+                        out_layer.dZ[e] = (__ldcg(out_layer.A + e) - s.T[e]) / (float)batch;
+                    break;
                 }
-                break;
-            case PHASE_OUTPUT_DELTA: {
-                const long total = (long)batch * out_layer.n_out;
-                for (long e = blockIdx.x * (long)THREADS + threadIdx.x; e < total; e += (long)gridDim.x * THREADS)
-                    out_layer.dZ[e] = (__ldcg(out_layer.A + e) - T[e]) / (float)batch;
-                break;
+                case PHASE_BACKWARD:
+                    backward_phase(layers, phase, s, smem);
+                    break;
+                case PHASE_UPDATE:
+                    update_phase(layers, n_layers, s);
+                    break;
             }
-            case PHASE_BACKWARD:
-                backward_phase(layers, phase, s, smem);
-                break;
-            case PHASE_UPDATE:
-                update_phase(layers, n_layers, s);
-                break;
+            if (p + 1 < n_phases || step + 1 < n_steps) grid_barrier(barrier, top_bit);
+            if (profiling) profile[1 + step * n_phases + p] = global_time();
         }
-        if (p + 1 < n_phases) grid_barrier(barrier, top_bit);
-        if (profiling) profile[p + 1] = global_time();
     }
 }
