@@ -4,8 +4,8 @@
     compute-sanitizer --tool racecheck --error-exitcode 9 python scripts/gpu_sanitize.py
 
 Covers each rung's forward, backprop, update and train_step (cuda-opt on both its float4 and its scalar
-kernels), the fused kernel's single-warp and separate output heads and its two k-chunk weight gradient, and
-matmul in every layout; then checks that the results still match the float64 reference
+kernels), the fused kernel's single-warp and separate output heads, its two k-chunk weight gradient and
+several steps in one launch, and matmul in every layout; then checks that the results still match the float64 reference
 (:func:`mlpbench.verify.check_stages`). Prints the kernels it launched.
 """
 
@@ -37,6 +37,9 @@ def main() -> int:
             model = load(backend, net)
             X, y = random_batch(net, batch, np.random.default_rng(batch))
             model.step(X, y, 0.1, 1e-3)
+            if backend == "cuda-fused":  # three steps in one launch: the barriers between steps
+                X3, y3 = random_batch(net, 3 * batch, np.random.default_rng(batch + 1))
+                model.train_steps(model.prepare(X3, y3), batch, 0.1, 1e-3)
             model.predict(X)
             model.synchronize()
             print(f"{backend:11s} {net.name:10s} b{batch:<4d} worst relative error "
