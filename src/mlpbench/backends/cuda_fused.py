@@ -10,6 +10,7 @@ arguments set in place), since a step of a few microseconds cannot hide PyCUDA's
 from __future__ import annotations
 
 import ctypes
+import functools
 import itertools
 import time
 from dataclasses import dataclass
@@ -152,9 +153,11 @@ class Phase:
         return sum(cdiv(o * i + o, _UPDATE_CHUNK) for o, i in network.layer_shapes)
 
 
-def fused_plan(network: Network, stage: str, batch: int, blocks: int) -> list[Phase]:
+@functools.lru_cache(maxsize=256)
+def fused_plan(network: Network, stage: str, batch: int, blocks: int) -> tuple[Phase, ...]:
     """The phases cuda-fused runs for ``stage`` (``"step"``, ``"forward"``, ``"backprop"`` or ``"update"``)
-    on ``batch`` samples with ``blocks`` blocks; grid-wide barriers separate consecutive phases."""
+    on ``batch`` samples with ``blocks`` blocks; grid-wide barriers separate consecutive phases. Cached per
+    process: the tile search takes milliseconds, which a new model of a shape already planned should not pay."""
     if stage not in ("step", "forward", "backprop", "update"):
         raise ValueError(f"stage: expected step, forward, backprop or update, got {stage!r}")
     last = network.n_layers - 1
@@ -181,7 +184,7 @@ def fused_plan(network: Network, stage: str, batch: int, blocks: int) -> list[Ph
             phases.append(Phase(PHASE_BACKWARD, layer, flags, main, weights))
     if stage == "update":
         phases.append(Phase(PHASE_UPDATE, 0))
-    return phases
+    return tuple(phases)
 
 
 class FusedCudaModel(CudaModel):
@@ -340,7 +343,7 @@ class FusedCudaModel(CudaModel):
 class LaunchPlan:
     """What one cuda-fused launch runs: its phases in order and the blocks of its grid."""
 
-    phases: list[Phase]
+    phases: tuple[Phase, ...]
     blocks: int
 
 
