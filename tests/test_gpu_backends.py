@@ -385,16 +385,17 @@ def test_fused_profiler_measures_phases_barriers_and_host_costs():
     plan = profiler.plan("step", 32)
     assert len(plan.phases) == 14 and 1 <= plan.blocks
     times = profiler.phase_times(model.prepare(X, y), 32, 0.3)
-    assert times.shape == (3 * 14,) and (times > 0).all()
+    assert times.shape == (3 * 14,) and (times > 0.1).all() and times.sum() < 10_000  # microseconds
     reference = load("cuda-fused", net)
     reference.train_steps(reference.prepare(X, y), 32, 0.3)  # the clocked launch trained as train_steps does
     np.testing.assert_array_equal(model.params()[0][0], reference.params()[0][0])
     first = model.prepare(X[:32], y[:32])
     model.forward(first)
     cost = profiler.barrier(first, blocks=8, repeats=5)
-    assert cost["one_phase_us"] > 0 and cost["barrier_us"] > 0
+    # Microseconds: a launch costs more than one and a barrier less than a launch on any GPU of today.
+    assert 1 < cost["one_phase_us"] < 1000 and 0 < cost["barrier_us"] < cost["one_phase_us"]
     with pytest.raises(RuntimeError, match="backprop needs a forward"):
         model.backprop(first)
     host = profiler.host_costs(first, 0.3, count=20, rounds=2)
     assert set(host) == {"train_step", "batch check", "arguments + launch", "cuLaunchKernel alone"}
-    assert all(value > 0 for value in host.values())
+    assert all(0.1 < value < 1000 for value in host.values())  # microseconds of host time per call

@@ -396,7 +396,7 @@ class FusedProfiler:
             model._plans[("chain", batch.size)] = (torch.tensor(table.view(np.uint8), device=model._dev), count,
                                                    blocks)
             medians[count] = time_call(lambda: model._launch("chain", batch), repeats=repeats, warmup=5,
-                                       clock=clock).median / 1e3
+                                       clock=clock).median * 1e6
         del model._plans[("chain", batch.size)]
         model._pending = model._has_grads = False  # the output gradient was overwritten, nothing else
         return {"one_phase_us": medians[1], "barrier_us": (medians[33] - medians[1]) / 32}
