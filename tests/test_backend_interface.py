@@ -43,6 +43,7 @@ def test_backend_classes_declare_what_the_harness_needs(backend):
     cls = model_class(backend)
     assert cls.name == backend
     assert (cls.device, cls.family, cls.threaded, cls.fixed_threads, cls.fuses_step) == DECLARED[backend]
+    assert cls.fuses_steps == (backend == "cuda-fused")  # many steps in one launch: the fused kernel alone
     if backend == "c-omp":  # the C library's own limit: it may oversubscribe the cores on purpose
         from mlpbench import native
 
