@@ -1,25 +1,38 @@
 #!/usr/bin/env bash
-# The sweep of a GPU host in parts that share one run folder (results/$RUN_ID), each resumed where an earlier
-# call stopped, all within DEADLINE seconds from the start: the main studies without the compiling backend,
-# data-parallel CPU ranks, one-GPU NCCL ranks on the large network, then torch-gpu-compile on the small
-# networks (its compilation takes minutes per shape, so it comes last). Packs the run into $OUT/run.tar.gz.
+# The sweep of a GPU host in named parts that share one run folder (results/$RUN_ID), each resumed where an
+# earlier call stopped, all within DEADLINE seconds from the start; packs the run into $OUT/run.tar.gz.
+#
+#   PARTS=main,endtoend,ranks,ranks-gpu,compile scripts/gpu_sweep.sh     (the default: every part, in order)
+#
+#   main       every study but end-to-end and ranks, for every backend but the compiling one
+#   endtoend   end-to-end training of the same backends
+#   ranks      data-parallel CPU ranks (the preset's networks, backends and world sizes)
+#   ranks-gpu  one-GPU NCCL ranks on the large network
+#   compile    torch-gpu-compile on the small networks and end to end (minutes of compilation per shape)
+#
+# A call that runs out of DEADLINE leaves the rest to a later call with the same RUN_ID (the folder carried).
 # Give the commit of the tree sent to the host in MLPBENCH_GIT_COMMIT: a copied .git may hold another HEAD.
 set -uo pipefail
 RUN_ID=${RUN_ID:-h200}
+PARTS=${PARTS:-main,endtoend,ranks,ranks-gpu,compile}
 DEADLINE=$((SECONDS + ${DEADLINE:-480}))
 LOG=${OUT:-.}/sweep.log
 part() {
+    [[ ",$PARTS," == *",$1,"* ]] || return 0
+    local name=$1
+    shift
     left=$((DEADLINE - SECONDS))
-    ((left > 10)) || { echo "no time left for: $*" | tee -a "$LOG"; return; }
+    ((left > 10)) || { echo "no time left for part $name" | tee -a "$LOG"; return; }
     timeout -s INT "$left" python3 -m mlpbench.sweep --preset gpu-host --results results --run-id "$RUN_ID" \
         --no-progress "$@" >>"$LOG" 2>&1
-    echo "part exit $? after $SECONDS s: $*" | tee -a "$LOG"
+    echo "part $name exit $? after $SECONDS s" | tee -a "$LOG"
 }
 main_backends=$(python3 -c "from mlpbench.backends import BACKENDS, model_class
 print(','.join(b for b in BACKENDS if not model_class(b).compiles_per_shape))")
-part --backends "$main_backends" --studies stages,threads,batch,width,ladder,training,endtoend,lineprofile
-part --studies ranks
-part --studies ranks --rank-backends torch-gpu,cuda-opt --rank-networks large:1024 --rank-steps 10
-part --backends torch-gpu-compile --studies stages --networks digits:32,moons-5h300:32
+part main --backends "$main_backends" --studies stages,threads,batch,width,ladder,training,lineprofile
+part endtoend --backends "$main_backends" --studies endtoend
+part ranks --studies ranks
+part ranks-gpu --studies ranks --rank-backends torch-gpu,cuda-opt --rank-networks large:1024 --rank-steps 10
+part compile --backends torch-gpu-compile --studies stages,endtoend --networks digits:32,moons-5h300:32
 tar czf "${OUT:-.}/run.tar.gz" -C results "$RUN_ID"
 grep -i "warning" "$LOG" | head -5
