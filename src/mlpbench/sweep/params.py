@@ -195,10 +195,11 @@ PRESETS: dict[str, SweepParams] = {
                         batch_sizes=tuple(1 << k for k in range(10)), widths=tuple(1 << k for k in range(6, 13)),
                         repeats=50, warmup=5, budget_s=60.0, ladder_cpu_n=2048, ladder_repeats=10,
                         profile_steps=500),
-    # A GPU host within a few minutes: every study, fewer sizes and samples (the committed H200 run).
+    # A GPU host within a few minutes: every study, fewer sizes and samples (the committed H200 run); a budget
+    # that times the 16-thread CPU backends on the large network, but not one thread there.
     "gpu-host": SweepParams(networks=("moons-5h300:32", "digits:32", "mnist:256", "large:1024"),
                             batch_sizes=(1, 16, 64, 256, 512), widths=(64, 256, 1024, 4096), repeats=20,
-                            warmup=3, budget_s=2.0, epochs=5, ladder_cpu_n=2048, ladder_repeats=5,
+                            warmup=3, budget_s=5.0, epochs=5, ladder_cpu_n=2048, ladder_repeats=5,
                             profile_steps=200, scaling=("weak",), rank_networks=("mnist:256",),
                             rank_backends=("c-omp",), rank_threads=2, rank_steps=20, compile_budget_s=100.0),
 }
