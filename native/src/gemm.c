@@ -118,8 +118,9 @@ static void epilogue_pass(const gemm_problem *p, const cpu_kernels *kernels, int
 }
 
 #ifndef MLP_BLAS
-static void gemm_loops(int kernel, const gemm_problem *p, const cpu_kernels *kernels)
+static long long gemm_loops(int kernel, const gemm_problem *p, const cpu_kernels *kernels)
 {
+    long long work = 0;
     const int tiles_m = (p->m + LOOP_TILE_M - 1) / LOOP_TILE_M;
     const int tiles_n = (p->n + LOOP_TILE_N - 1) / LOOP_TILE_N;
     const int dot_form = p->a_cs == 1 && p->b_rs == 1 && p->b_cs != 1;
@@ -135,7 +136,9 @@ static void gemm_loops(int kernel, const gemm_problem *p, const cpu_kernels *ker
         else
             blocked_tile_axpy(p, i0, i1, j0, j1);
         epilogue_pass(p, kernels, i0, i1, j0, j1);
+        work += (long long)(i1 - i0) * (j1 - j0) * p->k;
     }
+    return work;
 }
 
 #endif
@@ -287,8 +290,10 @@ static void thread_grid(int m_slivers, int n_slivers, int mr, int nr, int team, 
 /* The five BLIS loops, run by each thread on its own block of C with its own packing buffers, so threads
  * never wait for each other inside a product. Each element's k blocks are added in the same order whoever
  * computes it, so thread count never changes a result. */
-static void gemm_packed(const gemm_problem *p, const pack_buffers *buffers, const cpu_kernels *kernels)
+static long long gemm_packed(const gemm_problem *p, const pack_buffers *buffers, const cpu_kernels *kernels,
+                             timeline *tl)
 {
+    long long tiles = 0;
     const int team = omp_get_num_threads(), tid = omp_get_thread_num();
     const int mr = kernels->mr, nr = kernels->nr;
     const int m_slivers = (p->m + mr - 1) / mr, n_slivers = (p->n + nr - 1) / nr;
@@ -312,12 +317,20 @@ static void gemm_packed(const gemm_problem *p, const pack_buffers *buffers, cons
             for (int pc = 0; pc < p->k; pc += kc_block) {
                 const int kc = imin(kc_block, p->k - pc);
                 const int accumulate = pc > 0, finish = pc + kc == p->k;
+                long long t0 = tl ? now_ns() : 0;
                 for (ptrdiff_t s = jc; s < jc_end; ++s)
                     pack_b_sliver(p, kernels, pc, kc, (int)s * nr, b_packed + (s - jc) * nr * kc);
+                if (tl)
+                    timeline_add_pack(tl, now_ns() - t0);
                 for (ptrdiff_t ic = row_lo; ic < row_hi; ic += mc_slivers) {
                     const ptrdiff_t ic_end = ic + mc_slivers < row_hi ? ic + mc_slivers : row_hi;
+                    if (tl)
+                        t0 = now_ns();
                     for (ptrdiff_t s = ic; s < ic_end; ++s)
                         pack_a_sliver(p, kernels, (int)s * mr, pc, kc, a_packed + (s - ic) * mr * kc);
+                    if (tl)
+                        timeline_add_pack(tl, now_ns() - t0);
+                    tiles += (jc_end - jc) * (ic_end - ic);
                     for (ptrdiff_t jr = jc; jr < jc_end; ++jr)
                         for (ptrdiff_t ir = ic; ir < ic_end; ++ir)
                             packed_tile(p, kernels, a_packed + (ir - ic) * mr * kc,
@@ -327,6 +340,9 @@ static void gemm_packed(const gemm_problem *p, const pack_buffers *buffers, cons
             }
         }
     }
+    /* Tiles were counted once per k block: their sizes add up to k. */
+    const int k_blocks_all = (p->k + KC - 1) / KC;
+    return tiles * mr * nr * p->k / k_blocks_all;
 }
 
 #endif
@@ -358,19 +374,20 @@ static void gemm_blas(const gemm_problem *p, const cpu_kernels *kernels)
 }
 #endif
 
-void gemm_team(int kernel, const gemm_problem *problem, const pack_buffers *buffers,
-               const cpu_kernels *kernels)
+long long gemm_team(int kernel, const gemm_problem *problem, const pack_buffers *buffers,
+                    const cpu_kernels *kernels, timeline *tl)
 {
 #ifdef MLP_BLAS
     /* Every ladder version is OpenBLAS here: this build is the optimised-library rung. */
     (void)kernel;
     (void)buffers;
+    (void)tl;
     gemm_blas(problem, kernels);
+    return (long long)problem->m * problem->n * problem->k;
 #else
     if (kernel == MLP_KERNEL_PACKED)
-        gemm_packed(problem, buffers, kernels);
-    else
-        gemm_loops(kernel, problem, kernels);
+        return gemm_packed(problem, buffers, kernels, tl);
+    return gemm_loops(kernel, problem, kernels);
 #endif
 }
 
@@ -439,10 +456,10 @@ int mlp_gemm(mlp_gemm_workspace *workspace, int kernel, int threads, int transpo
     };
     blas_use_threads(threads);
     if (threads == 1) {
-        gemm_team(kernel, &problem, &workspace->packs, workspace->kernels);
+        gemm_team(kernel, &problem, &workspace->packs, workspace->kernels, NULL);
     } else {
 #pragma omp parallel num_threads(threads)
-        gemm_team(kernel, &problem, &workspace->packs, workspace->kernels);
+        gemm_team(kernel, &problem, &workspace->packs, workspace->kernels, NULL);
     }
     return MLP_OK;
 }

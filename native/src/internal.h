@@ -25,6 +25,9 @@ enum { KC = 256, MC = 144, NC = 4080 };
 /* Buffers are aligned to cache lines (and to a full AVX-512 vector). */
 enum { ALIGN_BYTES = 64, ALIGN_FLOATS = ALIGN_BYTES / (int)sizeof(float) };
 
+/* The per-thread timeline of a stage call (timeline.c); NULL when off. */
+typedef struct timeline timeline;
+
 /* Activation codes: the public ones plus "none" (the output layer's logits get the bias only). */
 enum { ACT_NONE = 3 };
 
@@ -106,9 +109,10 @@ void pack_buffers_free(pack_buffers *buffers);
 
 /* Runs one product with the given ladder version. Called by every thread of the current team (or outside
  * a parallel region). No barrier inside or at the end: each thread writes only its own block of C with its
- * own packing buffers, so the caller synchronises only before C is read. */
-void gemm_team(int kernel, const gemm_problem *problem, const pack_buffers *buffers,
-               const cpu_kernels *kernels);
+ * own packing buffers, so the caller synchronises only before C is read. Returns this thread's
+ * multiply-adds (tile padding included); with a timeline, adds its packing time to it. */
+long long gemm_team(int kernel, const gemm_problem *problem, const pack_buffers *buffers,
+                    const cpu_kernels *kernels, timeline *tl);
 
 /* The BLAS build (libmlp_blas, -DMLP_BLAS) does every product with OpenBLAS's cblas_sgemm on OpenBLAS's own
  * thread pool, set to the call's thread count before each stage; everything else runs on the calling thread
@@ -119,6 +123,23 @@ static inline void blas_use_threads(int threads) { scipy_openblas_set_num_thread
 #else
 static inline void blas_use_threads(int threads) { (void)threads; }
 #endif
+
+/* The timeline (timeline.c). */
+
+/* Monotonic clock in nanoseconds. */
+long long now_ns(void);
+/* A stage call begins / ends (calling thread, outside the team). */
+void timeline_begin(timeline *tl, int team);
+void timeline_end(timeline *tl);
+void timeline_fork(timeline *tl);
+/* Records [start, now) for the calling thread; returns now. */
+long long timeline_record(timeline *tl, int kind, int layer, long long start, long long pack_ns, long long work);
+/* Time spent packing by each thread since the last call of timeline_take_pack (gemm_packed adds to it). */
+void timeline_add_pack(timeline *tl, long long ns);
+long long timeline_take_pack(timeline *tl);
+timeline *timeline_create(int threads, int events_per_thread);
+void timeline_destroy(timeline *tl);
+int timeline_copy(const timeline *tl, mlp_event *events, int capacity, int *count, int *dropped);
 
 /* [lo, hi): part `index` of `count` items split into `parts` nearly equal contiguous ranges. */
 static inline void split_range(ptrdiff_t count, int parts, int index, ptrdiff_t *lo, ptrdiff_t *hi)

@@ -41,6 +41,7 @@ struct mlp_model {
     int grads_ready;
     int next_backprop_layer; /* the layer mlp_backprop_layer accepts next (n_layers..1); 0: none */
     stage_kind last_stage;
+    timeline *tl;         /* per-thread timeline of the last stage call; NULL when off */
 };
 
 const char *mlp_error_message(int status)
@@ -100,6 +101,7 @@ void mlp_model_destroy(mlp_model *model)
     free(model->delta[1]);
     free(model->row_loss);
     pack_buffers_free(&model->packs);
+    timeline_destroy(model->tl);
     free(model);
 }
 
@@ -290,6 +292,18 @@ typedef struct {
     int layer;            /* mlp_backprop_layer's layer (1..n_layers) */
 } stage_args;
 
+/* A barrier, timed when the timeline is on. `layer`: the layer (1-based) whose work it closes, 0 for none. */
+static void team_barrier(const mlp_model *model, int closes)
+{
+    if (!model->tl) {
+#pragma omp barrier
+        return;
+    }
+    const long long t0 = now_ns();
+#pragma omp barrier
+    timeline_record(model->tl, MLP_EV_BARRIER, closes, t0, 0, 0);
+}
+
 static void forward_layers(mlp_model *model, int batch, const float *x)
 {
     const float *input = x;
@@ -304,8 +318,11 @@ static void forward_layers(mlp_model *model, int batch, const float *x)
             .ep = {.kind = EPI_BIAS_ACTIVATION, .activation = last ? ACT_NONE : model->activation,
                    .bias = ly->bias},
         };
-        gemm_team(model->kernel, &z, &model->packs, model->kernels);
-#pragma omp barrier
+        const long long t0 = model->tl ? now_ns() : 0;
+        const long long work = gemm_team(model->kernel, &z, &model->packs, model->kernels, model->tl);
+        if (model->tl)
+            timeline_record(model->tl, MLP_EV_FORWARD, l + 1, t0, timeline_take_pack(model->tl), work);
+        team_barrier(model, l + 1);
         input = ly->output;
     }
 }
@@ -415,12 +432,15 @@ static void forward_team(const stage_args *s, int gradient)
     forward_layers(s->model, s->batch, s->x);
     ptrdiff_t lo, hi;
     split_range(s->batch, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
+    const long long t0 = s->model->tl ? now_ns() : 0;
     output_rows(s, lo, hi, gradient);
-#pragma omp barrier
+    if (s->model->tl)
+        timeline_record(s->model->tl, MLP_EV_OUTPUT_ROWS, s->model->n_layers, t0, 0, hi - lo);
+    team_barrier(s->model, s->model->n_layers);
 }
 
 /* db[j] = sum over the batch of dZ[i][j], columns split over the team; rows added in order. */
-static void bias_gradient(const float *dz, int batch, int n, float *grad_bias)
+static long long bias_gradient(const float *dz, int batch, int n, float *grad_bias)
 {
     ptrdiff_t lo, hi;
     split_range(n, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
@@ -431,6 +451,7 @@ static void bias_gradient(const float *dz, int batch, int n, float *grad_bias)
         for (ptrdiff_t j = lo; j < hi; ++j)
             grad_bias[j] += row[j];
     }
+    return hi - lo;
 }
 
 /* dZ of the output layer, (P - T) / batch, rows split over the team. */
@@ -440,9 +461,12 @@ static void output_layer_gradient(const stage_args *s)
     const layer *out = &model->layers[model->n_layers - 1];
     ptrdiff_t lo, hi;
     split_range(s->batch, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
+    const long long t0 = model->tl ? now_ns() : 0;
     for (ptrdiff_t i = lo; i < hi; ++i)
         output_gradient(s->batch, out->output + i * out->n_out, s->targets + i * out->n_out,
                         model->delta[0] + i * out->n_out, out->n_out);
+    if (model->tl)
+        timeline_record(model->tl, MLP_EV_OUTPUT_GRAD, model->n_layers, t0, 0, (hi - lo) * out->n_out);
 }
 
 /* Layer l's (0-based) dW and db, and dZ of the layer below, from this layer's dZ in delta[current]; ends
@@ -463,8 +487,14 @@ static void backprop_one_layer(const stage_args *s, int l)
     };
     /* The weight gradient, the bias gradient and the layer below's dZ all only read this layer's dZ:
      * threads go from one to the next without waiting, and meet once per layer. */
-    gemm_team(model->kernel, &grad_weights, &model->packs, model->kernels);
-    bias_gradient(dz, batch, ly->n_out, ly->grad_bias);
+    timeline *tl = model->tl;
+    long long t0 = tl ? now_ns() : 0;
+    const long long work = gemm_team(model->kernel, &grad_weights, &model->packs, model->kernels, tl);
+    if (tl)
+        t0 = timeline_record(tl, MLP_EV_WEIGHT_GRAD, l + 1, t0, timeline_take_pack(tl), work);
+    const long long columns = bias_gradient(dz, batch, ly->n_out, ly->grad_bias);
+    if (tl)
+        t0 = timeline_record(tl, MLP_EV_BIAS_GRAD, l + 1, t0, 0, columns * batch);
     if (l > 0) {
         /* dZ of the layer below = (dZ W) * act'(its output), the derivative fused into the product. */
         const gemm_problem grad_input = {
@@ -475,9 +505,11 @@ static void backprop_one_layer(const stage_args *s, int l)
             .ep = {.kind = EPI_ACTIVATION_DERIVATIVE, .activation = model->activation,
                    .aux = input, .ld_aux = ly->n_in},
         };
-        gemm_team(model->kernel, &grad_input, &model->packs, model->kernels);
+        const long long input_work = gemm_team(model->kernel, &grad_input, &model->packs, model->kernels, tl);
+        if (tl)
+            timeline_record(tl, MLP_EV_INPUT_GRAD, l + 1, t0, timeline_take_pack(tl), input_work);
     }
-#pragma omp barrier
+    team_barrier(model, l + 1);
 }
 
 /* `gradient_ready`: the forward pass already wrote dZ of the output layer. */
@@ -485,7 +517,7 @@ static void backprop_team(const stage_args *s, int gradient_ready)
 {
     if (!gradient_ready) {
         output_layer_gradient(s);
-#pragma omp barrier
+        team_barrier(s->model, s->model->n_layers);
     }
     for (int l = s->model->n_layers - 1; l >= 0; --l)
         backprop_one_layer(s, l);
@@ -496,7 +528,7 @@ static void backprop_layer_team(const stage_args *s)
 {
     if (s->layer == s->model->n_layers) {
         output_layer_gradient(s);
-#pragma omp barrier
+        team_barrier(s->model, s->model->n_layers);
     }
     backprop_one_layer(s, s->layer - 1);
 }
@@ -509,12 +541,17 @@ static void update_team(const stage_args *s)
     ptrdiff_t lo, hi;
     for (int l = 0; l < model->n_layers; ++l) {
         layer *ly = &model->layers[l];
+        const long long t0 = model->tl ? now_ns() : 0;
+        long long elements = 0;
         split_range((ptrdiff_t)ly->n_out * ly->n_in, team, tid, &lo, &hi);
+        elements += hi - lo;
         for (ptrdiff_t e = lo; e < hi; ++e)
             ly->weights[e] -= lr * (ly->grad_weights[e] + weight_decay * ly->weights[e]);
         split_range(ly->n_out, team, tid, &lo, &hi);
         for (ptrdiff_t e = lo; e < hi; ++e)
             ly->bias[e] -= lr * ly->grad_bias[e];
+        if (model->tl)
+            timeline_record(model->tl, MLP_EV_UPDATE, l + 1, t0, 0, elements + hi - lo);
     }
 }
 
@@ -533,13 +570,20 @@ static void train_step_stage(const stage_args *s)
  * barriers are then no-ops). */
 static void run_team(int threads, void (*stage)(const stage_args *), const stage_args *args)
 {
+    timeline *tl = args->model->tl;
     blas_use_threads(threads);
+    timeline_begin(tl, threads);
     if (threads == 1) {
         stage(args);
         return;
     }
 #pragma omp parallel num_threads(threads)
-    stage(args);
+    {
+        if (tl)
+            timeline_fork(tl);
+        stage(args);
+    }
+    timeline_end(tl);
 }
 
 /* ------------------------------------------------------------------ entry points */
@@ -662,4 +706,31 @@ int mlp_train_step(mlp_model *model, int threads, int batch, const float *x, con
     if (loss)
         *loss = mean_loss(model, batch);
     return MLP_OK;
+}
+
+/* ------------------------------------------------------------------ timeline */
+
+int mlp_timeline_enable(mlp_model *model, int events_per_thread)
+{
+    if (!model)
+        return MLP_ERR_NULL;
+    if (events_per_thread < 0 || events_per_thread > SIZE_LIMIT)
+        return MLP_ERR_SIZE;
+    timeline_destroy(model->tl);
+    model->tl = NULL;
+    if (events_per_thread == 0)
+        return MLP_OK;
+    model->tl = timeline_create(model->max_threads, events_per_thread);
+    return model->tl ? MLP_OK : MLP_ERR_MEMORY;
+}
+
+int mlp_timeline_read(const mlp_model *model, mlp_event *events, int capacity, int *count, int *dropped)
+{
+    if (!model || !count || (!events && capacity > 0))
+        return MLP_ERR_NULL;
+    if (capacity < 0)
+        return MLP_ERR_SIZE;
+    if (!model->tl)
+        return MLP_ERR_STATE;
+    return timeline_copy(model->tl, events, capacity, count, dropped);
 }
