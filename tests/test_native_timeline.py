@@ -21,14 +21,15 @@ TILES = {"portable": (6, 16), "avx2": (6, 16), "avx512": (8, 32)}
 
 NARROW = Network((2, 30, 300, 40, 1), "sigmoid", "sigmoid-bce")   # narrow and wide layers, one output
 SOFTMAX = Network((64, 128, 10), "tanh", "softmax-ce")
+WIDE_OUTPUT = Network((5, 40, 33), "relu", "softmax-ce")          # 33 outputs: more than one column sliver
 
 
 def random_batch(network, batch, seed):
     return reference_batch(network, batch, np.random.default_rng(seed))
 
 
-def stepped(network, batch, threads, *, timeline=False, steps=2, isa="auto", seed=3):
-    model = load("c-omp", network, seed=0, threads=threads, isa=isa)
+def stepped(network, batch, threads, *, timeline=False, steps=2, isa="auto", seed=3, kernel=3):
+    model = load("c-omp", network, seed=0, threads=threads, isa=isa, kernel=kernel)
     X, y = random_batch(network, batch, seed=seed)
     prepared = model.prepare(X, y)
     if timeline:
@@ -70,7 +71,8 @@ def test_events_that_do_not_fit_are_an_error():
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 16])
-@pytest.mark.parametrize("network,batch", [(NARROW, 32), (SOFTMAX, 32), (NARROW, 7), (SOFTMAX, 256)])
+@pytest.mark.parametrize("network,batch", [(NARROW, 32), (SOFTMAX, 32), (NARROW, 7), (SOFTMAX, 256),
+                                           (WIDE_OUTPUT, 20)])
 @pytest.mark.parametrize("isa", ["portable", "auto"])
 def test_every_tile_computed_once(network, batch, threads, isa):
     """The multiply-adds of each product, summed over threads, are the product's padded size: no tile is
@@ -92,10 +94,22 @@ def test_every_tile_computed_once(network, batch, threads, isa):
         assert layer[layer["kind"] == KINDS["bias_grad"]]["work"].sum() == n_out * batch
 
 
+def expected_barriers(network, kernel, tile):
+    """Barriers of one train_step inside its region (the closing one not counted). The packed rung: one
+    per forward layer, the last one's merged with the output rows when the outputs fit one column sliver,
+    one after the output rows, and one per backprop layer but the first (whose update needs none). The
+    loop rungs: one per forward layer, the output rows, and every backprop layer."""
+    layers = network.n_layers
+    if kernel != 3:
+        return 2 * layers + 1
+    return 2 * layers - (1 if network.n_outputs <= tile[1] else 0)
+
+
+@pytest.mark.parametrize("kernel", [3, 1])
 @pytest.mark.parametrize("threads", [1, 2, 5])
-@pytest.mark.parametrize("network", [NARROW, SOFTMAX])
-def test_events_per_thread_are_ordered_and_barriers_agree(network, threads):
-    model = stepped(network, 16, threads, timeline=True)
+@pytest.mark.parametrize("network", [NARROW, SOFTMAX, WIDE_OUTPUT])
+def test_events_per_thread_are_ordered_and_barriers_agree(network, threads, kernel):
+    model = stepped(network, 16, threads, timeline=True, kernel=kernel)
     events = model.timeline()
     assert set(events["thread"]) == set(range(threads))
     assert (events["team"] == threads).all()
@@ -107,13 +121,13 @@ def test_events_per_thread_are_ordered_and_barriers_agree(network, threads):
         assert (mine["pack_ns"] <= mine["end_ns"] - mine["start_ns"]).all()
         barriers.append(int((mine["kind"] == KINDS["barrier"]).sum()))
     assert len(set(barriers)) == 1
-    # Forward layers, the output rows, then each backprop layer: one barrier each.
-    assert barriers[0] == 2 * network.n_layers + 1
+    assert barriers[0] == expected_barriers(network, kernel, TILES[model.isa])
     assert ((events["kind"] == KINDS["fork"]).sum(), (events["kind"] == KINDS["join"]).sum()) == (
         (threads, 1) if threads > 1 else (0, 0))
 
 
-@pytest.mark.parametrize("network,batch", [(NARROW, 32), (SOFTMAX, 32), (NARROW, 3), (SOFTMAX, 200)])
+@pytest.mark.parametrize("network,batch", [(NARROW, 32), (SOFTMAX, 32), (NARROW, 3), (SOFTMAX, 200),
+                                           (WIDE_OUTPUT, 50)])
 def test_results_identical_for_any_thread_count_and_with_timeline(network, batch):
     """Parameters after three steps, bit for bit, for 1 to 16 threads and with the timeline on."""
     reference = stepped(network, batch, 1, steps=3).params()
@@ -147,6 +161,6 @@ def test_script_writes_json_and_table(tmp_path):
     assert [(r["case"], r["threads"]) for r in report["results"]] == [
         ("digits:8", 1), ("digits:8", 2), ("4-5-3:3", 1), ("4-5-3:3", 2)]
     first = report["results"][1]["timeline"]
-    assert first["barriers_per_step"] == 2 * 2 + 2
+    assert first["barriers_per_step"] == 2 * 2 - 1 + 1
     assert len(first["busy_us_per_thread"]) == 2
     assert "speedup" in (tmp_path / "timeline.txt").read_text()

@@ -290,21 +290,46 @@ static void thread_grid(int m_slivers, int n_slivers, int mr, int nr, int team, 
 /* The five BLIS loops, run by each thread on its own block of C with its own packing buffers, so threads
  * never wait for each other inside a product. Each element's k blocks are added in the same order whoever
  * computes it, so thread count never changes a result. */
+/* This thread's block of the grid, in slivers; 0 if it has none. */
+static int packed_block(const gemm_problem *p, const cpu_kernels *kernels, int team, int tid, ptrdiff_t *row_lo,
+                        ptrdiff_t *row_hi, ptrdiff_t *col_lo, ptrdiff_t *col_hi)
+{
+    const int mr = kernels->mr, nr = kernels->nr;
+    const int m_slivers = (p->m + mr - 1) / mr, n_slivers = (p->n + nr - 1) / nr;
+    int m_parts, n_parts;
+    thread_grid(m_slivers, n_slivers, mr, nr, team, &m_parts, &n_parts);
+    if (tid >= m_parts * n_parts)
+        return 0;
+    split_range(m_slivers, m_parts, tid / n_parts, row_lo, row_hi);
+    split_range(n_slivers, n_parts, tid % n_parts, col_lo, col_hi);
+    return 1;
+}
+
+gemm_share gemm_packed_share(const gemm_problem *p, const cpu_kernels *kernels, int team, int tid)
+{
+    ptrdiff_t row_lo, row_hi, col_lo, col_hi;
+    gemm_share share = {0, 0, 0, 0};
+    if (packed_block(p, kernels, team, tid, &row_lo, &row_hi, &col_lo, &col_hi)) {
+        share.i0 = (int)row_lo * kernels->mr;
+        share.i1 = imin((int)row_hi * kernels->mr, p->m);
+        share.j0 = (int)col_lo * kernels->nr;
+        share.j1 = imin((int)col_hi * kernels->nr, p->n);
+    }
+    return share;
+}
+
+int gemm_packed_whole_rows(const gemm_problem *p, const cpu_kernels *kernels) { return p->n <= kernels->nr; }
+
 static long long gemm_packed(const gemm_problem *p, const pack_buffers *buffers, const cpu_kernels *kernels,
                              timeline *tl)
 {
     long long tiles = 0;
     const int team = omp_get_num_threads(), tid = omp_get_thread_num();
     const int mr = kernels->mr, nr = kernels->nr;
-    const int m_slivers = (p->m + mr - 1) / mr, n_slivers = (p->n + nr - 1) / nr;
-    int m_parts, n_parts;
-    thread_grid(m_slivers, n_slivers, mr, nr, team, &m_parts, &n_parts);
-    if (tid < m_parts * n_parts) {
+    ptrdiff_t row_lo, row_hi, col_lo, col_hi;
+    if (packed_block(p, kernels, team, tid, &row_lo, &row_hi, &col_lo, &col_hi)) {
         float *a_packed = buffers->a_packed + tid * buffers->a_floats;
         float *b_packed = buffers->b_packed + tid * buffers->b_floats;
-        ptrdiff_t row_lo, row_hi, col_lo, col_hi;
-        split_range(m_slivers, m_parts, tid / n_parts, &row_lo, &row_hi);
-        split_range(n_slivers, n_parts, tid % n_parts, &col_lo, &col_hi);
         /* Cache blocks of at most NC columns and MC rows, of balanced sizes (in slivers). */
         const ptrdiff_t n_blocks = (col_hi - col_lo + NC / nr - 1) / (NC / nr);
         const ptrdiff_t m_blocks = (row_hi - row_lo + MC / mr - 1) / (MC / mr);
@@ -348,6 +373,21 @@ static long long gemm_packed(const gemm_problem *p, const pack_buffers *buffers,
 #endif
 
 #ifdef MLP_BLAS
+/* The BLAS build runs on the calling thread alone: its one thread owns all of C. */
+gemm_share gemm_packed_share(const gemm_problem *p, const cpu_kernels *kernels, int team, int tid)
+{
+    (void)kernels;
+    (void)team;
+    return tid == 0 ? (gemm_share){0, p->m, 0, p->n} : (gemm_share){0, 0, 0, 0};
+}
+
+int gemm_packed_whole_rows(const gemm_problem *p, const cpu_kernels *kernels)
+{
+    (void)p;
+    (void)kernels;
+    return 0;
+}
+
 /* An operand op(X) (rows x cols, op(X)(i, j) = x[i * rs + j * cs]) as cblas sees it: X itself, row-major
  * with leading dimension rs, or the transpose of a row-major matrix with leading dimension cs. */
 static void blas_operand(ptrdiff_t rs, ptrdiff_t cs, int cols, CBLAS_TRANSPOSE *trans, blasint *ld)

@@ -304,8 +304,20 @@ static void team_barrier(const mlp_model *model, int closes)
     timeline_record(model->tl, MLP_EV_BARRIER, closes, t0, 0, 0);
 }
 
-static void forward_layers(mlp_model *model, int batch, const float *x)
+/* The packed rung's step fuses work into the products' own partitions (the output rows into the last
+ * layer's rows, each thread's update into its block of the weight gradient), saving barriers and keeping
+ * that work on the thread whose cache holds the data. The other rungs keep the plain structure (their
+ * partitions are not rectangles), and so does the BLAS build (OpenBLAS owns the products' partition). */
+static int fused_step(const mlp_model *model)
 {
+    return model->kernel == MLP_KERNEL_PACKED && !mlp_has_blas();
+}
+
+/* The forward products of every layer, a barrier after each but, with `rows_fused`, the last: the
+ * caller then works on the rows this thread computed (returned), every one of them complete. */
+static gemm_share forward_layers(mlp_model *model, int batch, const float *x, int rows_fused)
+{
+    gemm_share share = {0, 0, 0, 0};
     const float *input = x;
     for (int l = 0; l < model->n_layers; ++l) {
         const layer *ly = &model->layers[l];
@@ -322,9 +334,13 @@ static void forward_layers(mlp_model *model, int batch, const float *x)
         const long long work = gemm_team(model->kernel, &z, &model->packs, model->kernels, model->tl);
         if (model->tl)
             timeline_record(model->tl, MLP_EV_FORWARD, l + 1, t0, timeline_take_pack(model->tl), work);
-        team_barrier(model, l + 1);
+        if (last && rows_fused)
+            share = gemm_packed_share(&z, model->kernels, omp_get_num_threads(), omp_get_thread_num());
+        else
+            team_barrier(model, l + 1);
         input = ly->output;
     }
+    return share;
 }
 
 /* One row of the output gradient (P - T) / batch: the mean loss's derivative for both losses. */
@@ -427,23 +443,34 @@ static void output_rows(const stage_args *s, ptrdiff_t lo, ptrdiff_t hi, int gra
     }
 }
 
+/* `gradient`: also the output gradient, and a barrier after it (backprop follows in the same region). */
 static void forward_team(const stage_args *s, int gradient)
 {
-    forward_layers(s->model, s->batch, s->x);
-    ptrdiff_t lo, hi;
-    split_range(s->batch, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
-    const long long t0 = s->model->tl ? now_ns() : 0;
+    mlp_model *model = s->model;
+    const layer *out = &model->layers[model->n_layers - 1];
+    /* When the output layer fits one column sliver, each thread's block of logits is whole rows: it goes on
+     * to their softmax and loss without waiting for the others. */
+    const gemm_problem logits = {.m = s->batch, .n = out->n_out, .k = out->n_in};
+    const int rows_fused = fused_step(model) && gemm_packed_whole_rows(&logits, model->kernels);
+    const gemm_share share = forward_layers(model, s->batch, s->x, rows_fused);
+    ptrdiff_t lo = share.i0, hi = share.i1;
+    if (!rows_fused)
+        split_range(s->batch, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
+    const long long t0 = model->tl ? now_ns() : 0;
     output_rows(s, lo, hi, gradient);
-    if (s->model->tl)
-        timeline_record(s->model->tl, MLP_EV_OUTPUT_ROWS, s->model->n_layers, t0, 0, hi - lo);
-    team_barrier(s->model, s->model->n_layers);
+    if (model->tl)
+        timeline_record(model->tl, MLP_EV_OUTPUT_ROWS, model->n_layers, t0, 0, hi - lo);
+    if (gradient)
+        team_barrier(model, model->n_layers);
 }
 
 /* db[j] = sum over the batch of dZ[i][j], columns split over the team; rows added in order. */
-static long long bias_gradient(const float *dz, int batch, int n, float *grad_bias)
+static void bias_gradient(const float *dz, int batch, int n, float *grad_bias, ptrdiff_t *lo_out, ptrdiff_t *hi_out)
 {
     ptrdiff_t lo, hi;
     split_range(n, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
+    *lo_out = lo;
+    *hi_out = hi;
     for (ptrdiff_t j = lo; j < hi; ++j)
         grad_bias[j] = 0.0f;
     for (ptrdiff_t i = 0; i < batch; ++i) {
@@ -451,7 +478,6 @@ static long long bias_gradient(const float *dz, int batch, int n, float *grad_bi
         for (ptrdiff_t j = lo; j < hi; ++j)
             grad_bias[j] += row[j];
     }
-    return hi - lo;
 }
 
 /* dZ of the output layer, (P - T) / batch, rows split over the team. */
@@ -469,9 +495,25 @@ static void output_layer_gradient(const stage_args *s)
         timeline_record(model->tl, MLP_EV_OUTPUT_GRAD, model->n_layers, t0, 0, (hi - lo) * out->n_out);
 }
 
+/* W -= lr * (dW + weight_decay * W) over rows [i0, i1) x columns [j0, j1) of layer l's (0-based) weights. */
+static long long update_block(const layer *ly, gemm_share b, float lr, float weight_decay)
+{
+    for (ptrdiff_t i = b.i0; i < b.i1; ++i) {
+        float *restrict w = ly->weights + i * ly->n_in;
+        const float *restrict g = ly->grad_weights + i * ly->n_in;
+        for (ptrdiff_t j = b.j0; j < b.j1; ++j)
+            w[j] -= lr * (g[j] + weight_decay * w[j]);
+    }
+    return (long long)(b.i1 - b.i0) * (b.j1 - b.j0);
+}
+
 /* Layer l's (0-based) dW and db, and dZ of the layer below, from this layer's dZ in delta[current]; ends
- * with a barrier. The output layer's dZ is in delta[0], and each layer below alternates. */
-static void backprop_one_layer(const stage_args *s, int l)
+ * with a barrier unless l == 0 and `last_barrier` is 0. The output layer's dZ is in delta[0], and each
+ * layer below alternates. With `fused`, the step's update comes with it: b at once (nothing reads it again
+ * in this step), and W of the block of dW this thread computed, which the input gradient of the layer
+ * still reads: at once for the first layer (it has none), else returned in *pending, for after the
+ * barrier. */
+static void backprop_one_layer(const stage_args *s, int l, int last_barrier, int fused, gemm_share *pending)
 {
     mlp_model *model = s->model;
     const int batch = s->batch, current = (model->n_layers - 1 - l) % 2;
@@ -492,9 +534,23 @@ static void backprop_one_layer(const stage_args *s, int l)
     const long long work = gemm_team(model->kernel, &grad_weights, &model->packs, model->kernels, tl);
     if (tl)
         t0 = timeline_record(tl, MLP_EV_WEIGHT_GRAD, l + 1, t0, timeline_take_pack(tl), work);
-    const long long columns = bias_gradient(dz, batch, ly->n_out, ly->grad_bias);
+    ptrdiff_t bias_lo, bias_hi;
+    bias_gradient(dz, batch, ly->n_out, ly->grad_bias, &bias_lo, &bias_hi);
     if (tl)
-        t0 = timeline_record(tl, MLP_EV_BIAS_GRAD, l + 1, t0, 0, columns * batch);
+        t0 = timeline_record(tl, MLP_EV_BIAS_GRAD, l + 1, t0, 0, (bias_hi - bias_lo) * batch);
+    if (fused) {
+        for (ptrdiff_t j = bias_lo; j < bias_hi; ++j)
+            ly->bias[j] -= s->lr * ly->grad_bias[j];
+        const gemm_share mine = gemm_packed_share(&grad_weights, model->kernels, omp_get_num_threads(),
+                                                  omp_get_thread_num());
+        long long updated = bias_hi - bias_lo;
+        if (l == 0)
+            updated += update_block(ly, mine, s->lr, s->weight_decay);
+        else
+            *pending = mine;
+        if (tl)
+            t0 = timeline_record(tl, MLP_EV_UPDATE, l + 1, t0, 0, updated);
+    }
     if (l > 0) {
         /* dZ of the layer below = (dZ W) * act'(its output), the derivative fused into the product. */
         const gemm_problem grad_input = {
@@ -509,18 +565,30 @@ static void backprop_one_layer(const stage_args *s, int l)
         if (tl)
             timeline_record(tl, MLP_EV_INPUT_GRAD, l + 1, t0, timeline_take_pack(tl), input_work);
     }
-    team_barrier(model, l + 1);
+    if (l > 0 || last_barrier)
+        team_barrier(model, l + 1);
 }
 
-/* `gradient_ready`: the forward pass already wrote dZ of the output layer. */
-static void backprop_team(const stage_args *s, int gradient_ready)
+/* `gradient_ready`: the forward pass already wrote dZ of the output layer. `last_barrier`: a barrier after
+ * the first layer too (a separate update follows in the region). `fused`: the update comes with it. */
+static void backprop_team(const stage_args *s, int gradient_ready, int last_barrier, int fused)
 {
+    mlp_model *model = s->model;
     if (!gradient_ready) {
         output_layer_gradient(s);
-        team_barrier(s->model, s->model->n_layers);
+        team_barrier(model, model->n_layers);
     }
-    for (int l = s->model->n_layers - 1; l >= 0; --l)
-        backprop_one_layer(s, l);
+    gemm_share pending = {0, 0, 0, 0};
+    for (int l = model->n_layers - 1; l >= 0; --l) {
+        if (fused && l < model->n_layers - 1) {
+            /* Layer l + 1's input gradient, the last reader of its W, is done: update this thread's block. */
+            const long long t0 = model->tl ? now_ns() : 0;
+            const long long updated = update_block(&model->layers[l + 1], pending, s->lr, s->weight_decay);
+            if (model->tl)
+                timeline_record(model->tl, MLP_EV_UPDATE, l + 2, t0, 0, updated);
+        }
+        backprop_one_layer(s, l, last_barrier, fused, &pending);
+    }
 }
 
 /* mlp_backprop_layer's work: the same operations as backprop_team's for this one layer. */
@@ -530,7 +598,7 @@ static void backprop_layer_team(const stage_args *s)
         output_layer_gradient(s);
         team_barrier(s->model, s->model->n_layers);
     }
-    backprop_one_layer(s, s->layer - 1);
+    backprop_one_layer(s, s->layer - 1, 0, 0, NULL);
 }
 
 static void update_team(const stage_args *s)
@@ -556,14 +624,17 @@ static void update_team(const stage_args *s)
 }
 
 static void forward_stage(const stage_args *s) { forward_team(s, 0); }
-static void backprop_stage(const stage_args *s) { backprop_team(s, 0); }
+static void backprop_stage(const stage_args *s) { backprop_team(s, 0, 0, 0); }
 
-/* The whole step in one region; the output gradient comes with the forward pass's last rows. */
+/* The whole step in one region; the output gradient comes with the forward pass's last rows, and on the
+ * packed rung the update with each layer's weight gradient. */
 static void train_step_stage(const stage_args *s)
 {
+    const int fused = fused_step(s->model);
     forward_team(s, 1);
-    backprop_team(s, 1);
-    update_team(s);
+    backprop_team(s, 1, !fused, fused);
+    if (!fused)
+        update_team(s);
 }
 
 /* One parallel region of `threads` threads running `stage`; a single thread needs no team at all (its
