@@ -509,11 +509,10 @@ static long long update_block(const layer *ly, gemm_share b, float lr, float wei
 
 /* Layer l's (0-based) dW and db, and dZ of the layer below, from this layer's dZ in delta[current]; ends
  * with a barrier unless l == 0 and `last_barrier` is 0. The output layer's dZ is in delta[0], and each
- * layer below alternates. With `fused`, the step's update comes with it: b at once (nothing reads it again
- * in this step), and W of the block of dW this thread computed, which the input gradient of the layer
- * still reads: at once for the first layer (it has none), else returned in *pending, for after the
- * barrier. */
-static void backprop_one_layer(const stage_args *s, int l, int last_barrier, int fused, gemm_share *pending)
+ * layer below alternates. With `fused`, the step's update of b comes with it (nothing reads b again in
+ * this step), and for the first layer, which has no input gradient to read W, the update of the block of
+ * W whose dW this thread computed: no barrier is needed before it. */
+static void backprop_one_layer(const stage_args *s, int l, int last_barrier, int fused)
 {
     mlp_model *model = s->model;
     const int batch = s->batch, current = (model->n_layers - 1 - l) % 2;
@@ -541,13 +540,11 @@ static void backprop_one_layer(const stage_args *s, int l, int last_barrier, int
     if (fused) {
         for (ptrdiff_t j = bias_lo; j < bias_hi; ++j)
             ly->bias[j] -= s->lr * ly->grad_bias[j];
-        const gemm_share mine = gemm_packed_share(&grad_weights, model->kernels, omp_get_num_threads(),
-                                                  omp_get_thread_num());
         long long updated = bias_hi - bias_lo;
         if (l == 0)
-            updated += update_block(ly, mine, s->lr, s->weight_decay);
-        else
-            *pending = mine;
+            updated += update_block(ly, gemm_packed_share(&grad_weights, model->kernels, omp_get_num_threads(),
+                                                          omp_get_thread_num()),
+                                    s->lr, s->weight_decay);
         if (tl)
             t0 = timeline_record(tl, MLP_EV_UPDATE, l + 1, t0, 0, updated);
     }
@@ -578,17 +575,8 @@ static void backprop_team(const stage_args *s, int gradient_ready, int last_barr
         output_layer_gradient(s);
         team_barrier(model, model->n_layers);
     }
-    gemm_share pending = {0, 0, 0, 0};
-    for (int l = model->n_layers - 1; l >= 0; --l) {
-        if (fused && l < model->n_layers - 1) {
-            /* Layer l + 1's input gradient, the last reader of its W, is done: update this thread's block. */
-            const long long t0 = model->tl ? now_ns() : 0;
-            const long long updated = update_block(&model->layers[l + 1], pending, s->lr, s->weight_decay);
-            if (model->tl)
-                timeline_record(model->tl, MLP_EV_UPDATE, l + 2, t0, 0, updated);
-        }
-        backprop_one_layer(s, l, last_barrier, fused, &pending);
-    }
+    for (int l = model->n_layers - 1; l >= 0; --l)
+        backprop_one_layer(s, l, last_barrier, fused);
 }
 
 /* mlp_backprop_layer's work: the same operations as backprop_team's for this one layer. */
@@ -598,16 +586,17 @@ static void backprop_layer_team(const stage_args *s)
         output_layer_gradient(s);
         team_barrier(s->model, s->model->n_layers);
     }
-    backprop_one_layer(s, s->layer - 1, 0, 0, NULL);
+    backprop_one_layer(s, s->layer - 1, 0, 0);
 }
 
-static void update_team(const stage_args *s)
+/* The update of layers [first, n_layers) (0-based), W and b, each thread a contiguous share. */
+static void update_layers(const stage_args *s, int first, int bias)
 {
     mlp_model *model = s->model;
     const float lr = s->lr, weight_decay = s->weight_decay;
     const int team = omp_get_num_threads(), tid = omp_get_thread_num();
     ptrdiff_t lo, hi;
-    for (int l = 0; l < model->n_layers; ++l) {
+    for (int l = first; l < model->n_layers; ++l) {
         layer *ly = &model->layers[l];
         const long long t0 = model->tl ? now_ns() : 0;
         long long elements = 0;
@@ -616,12 +605,16 @@ static void update_team(const stage_args *s)
         for (ptrdiff_t e = lo; e < hi; ++e)
             ly->weights[e] -= lr * (ly->grad_weights[e] + weight_decay * ly->weights[e]);
         split_range(ly->n_out, team, tid, &lo, &hi);
+        if (!bias)
+            hi = lo;
         for (ptrdiff_t e = lo; e < hi; ++e)
             ly->bias[e] -= lr * ly->grad_bias[e];
         if (model->tl)
             timeline_record(model->tl, MLP_EV_UPDATE, l + 1, t0, 0, elements + hi - lo);
     }
 }
+
+static void update_team(const stage_args *s) { update_layers(s, 0, 1); }
 
 static void forward_stage(const stage_args *s) { forward_team(s, 0); }
 static void backprop_stage(const stage_args *s) { backprop_team(s, 0, 0, 0); }
@@ -633,8 +626,9 @@ static void train_step_stage(const stage_args *s)
     const int fused = fused_step(s->model);
     forward_team(s, 1);
     backprop_team(s, 1, !fused, fused);
-    if (!fused)
-        update_team(s);
+    /* Fused: every dW above the first layer was complete at the last barrier, and their W have no reader
+     * left; the first layer's W and every b are already updated. */
+    update_layers(s, fused ? 1 : 0, !fused);
 }
 
 /* One parallel region of `threads` threads running `stage`; a single thread needs no team at all (its
