@@ -147,7 +147,8 @@ static long long gemm_loops(int kernel, const gemm_problem *p, const cpu_kernels
 
 int pack_buffers_alloc(pack_buffers *buffers, int max_m, int max_n, int max_threads)
 {
-    buffers->a_floats = round_up(imin(MC, max_m), MR_MAX) * KC;
+    /* Up to MC rows, and whole slivers of either tile height (24 is a multiple of both). */
+    buffers->a_floats = imin(MC, (int)round_up(max_m, 24)) * KC;
     buffers->b_floats = (ptrdiff_t)KC * round_up(imin(NC, max_n), NR_MAX);
     buffers->a_packed = alloc_floats((size_t)(buffers->a_floats * max_threads));
     buffers->b_packed = alloc_floats((size_t)(buffers->b_floats * max_threads));
@@ -268,9 +269,9 @@ static void packed_tile(const gemm_problem *p, const cpu_kernels *kernels, const
 
 /* The thread grid of one product: m_parts x n_parts threads, each owning a block of row slivers x column
  * slivers of C. It minimises a thread's work, estimated as its multiply-adds (16 per cycle) plus its
- * packing (about 2 elements per cycle, A and B panels of its block). Speed only: results never depend
- * on it. */
-static void thread_grid(int m_slivers, int n_slivers, int mr, int nr, int team, int *m_parts, int *n_parts)
+ * packing (about 2 elements per cycle, A and B panels of its block), per unit of k; returns that cost.
+ * Speed only: results never depend on it. */
+static double thread_grid(int m_slivers, int n_slivers, int mr, int nr, int team, int *m_parts, int *n_parts)
 {
     double best = 0.0;
     *m_parts = *n_parts = 1;
@@ -285,49 +286,142 @@ static void thread_grid(int m_slivers, int n_slivers, int mr, int nr, int team, 
             *n_parts = np;
         }
     }
+    return best;
 }
 
-/* The five BLIS loops, run by each thread on its own block of C with its own packing buffers, so threads
- * never wait for each other inside a product. Each element's k blocks are added in the same order whoever
- * computes it, so thread count never changes a result. */
-/* This thread's block of the grid, in slivers; 0 if it has none. */
-static int packed_block(const gemm_problem *p, const cpu_kernels *kernels, int team, int tid, ptrdiff_t *row_lo,
-                        ptrdiff_t *row_hi, ptrdiff_t *col_lo, ptrdiff_t *col_hi)
+/* How a product's tiles are split over a team: a grid of blocks, or, when C has few row slivers (a batch
+ * of a few dozen rows: a grid then leaves threads idle, e.g. 10 of 16 on 32 x 300 with 8 x 32 tiles), the
+ * tiles in column order (row sliver fastest) cut into contiguous ranges, so every thread gets some; each
+ * range packs the B slivers of its one to few columns and the A slivers of its rows. */
+typedef struct {
+    int m_slivers, n_slivers;
+    int list;                 /* 1: contiguous ranges of the tile list; 0: the grid */
+    int m_parts, n_parts;
+} tile_split;
+
+static tile_split plan_split(const gemm_problem *p, const cpu_kernels *kernels, int team)
 {
     const int mr = kernels->mr, nr = kernels->nr;
-    const int m_slivers = (p->m + mr - 1) / mr, n_slivers = (p->n + nr - 1) / nr;
-    int m_parts, n_parts;
-    thread_grid(m_slivers, n_slivers, mr, nr, team, &m_parts, &n_parts);
-    if (tid >= m_parts * n_parts)
+    tile_split split = {(p->m + mr - 1) / mr, (p->n + nr - 1) / nr, 0, 1, 1};
+    const double grid = thread_grid(split.m_slivers, split.n_slivers, mr, nr, team, &split.m_parts,
+                                    &split.n_parts);
+    /* The list packs every A sliver of a k block side by side: only where they fit one MC block. */
+    if (team > 1 && split.m_slivers * mr <= MC) {
+        const ptrdiff_t tiles = (ptrdiff_t)split.m_slivers * split.n_slivers;
+        const ptrdiff_t per_thread = (tiles + team - 1) / team;
+        const double rows = (double)(per_thread < split.m_slivers ? per_thread : split.m_slivers) * mr;
+        const ptrdiff_t columns = per_thread == 1 ? 1 : (per_thread + split.m_slivers - 1) / split.m_slivers + 1;
+        const double cols = (double)(columns < split.n_slivers ? columns : split.n_slivers) * nr;
+        const double cost = (double)per_thread * mr * nr / 16.0 + (rows + cols) / 2.0;
+        split.list = cost < grid;
+    }
+    return split;
+}
+
+/* This thread's grid block, in slivers; 0 if it has none. */
+static int grid_block(const tile_split *split, int tid, ptrdiff_t *row_lo, ptrdiff_t *row_hi, ptrdiff_t *col_lo,
+                      ptrdiff_t *col_hi)
+{
+    if (tid >= split->m_parts * split->n_parts)
         return 0;
-    split_range(m_slivers, m_parts, tid / n_parts, row_lo, row_hi);
-    split_range(n_slivers, n_parts, tid % n_parts, col_lo, col_hi);
+    split_range(split->m_slivers, split->m_parts, tid / split->n_parts, row_lo, row_hi);
+    split_range(split->n_slivers, split->n_parts, tid % split->n_parts, col_lo, col_hi);
     return 1;
+}
+
+static void add_part(gemm_share *share, const gemm_problem *p, const cpu_kernels *kernels, ptrdiff_t row_lo,
+                     ptrdiff_t row_hi, ptrdiff_t col_lo, ptrdiff_t col_hi)
+{
+    if (row_lo >= row_hi || col_lo >= col_hi)
+        return;
+    share->part[share->count++] = (gemm_rect){
+        (int)row_lo * kernels->mr, imin((int)row_hi * kernels->mr, p->m),
+        (int)col_lo * kernels->nr, imin((int)col_hi * kernels->nr, p->n),
+    };
 }
 
 gemm_share gemm_packed_share(const gemm_problem *p, const cpu_kernels *kernels, int team, int tid)
 {
-    ptrdiff_t row_lo, row_hi, col_lo, col_hi;
-    gemm_share share = {0, 0, 0, 0};
-    if (packed_block(p, kernels, team, tid, &row_lo, &row_hi, &col_lo, &col_hi)) {
-        share.i0 = (int)row_lo * kernels->mr;
-        share.i1 = imin((int)row_hi * kernels->mr, p->m);
-        share.j0 = (int)col_lo * kernels->nr;
-        share.j1 = imin((int)col_hi * kernels->nr, p->n);
+    const tile_split split = plan_split(p, kernels, team);
+    gemm_share share = {0};
+    if (!split.list) {
+        ptrdiff_t row_lo, row_hi, col_lo, col_hi;
+        if (grid_block(&split, tid, &row_lo, &row_hi, &col_lo, &col_hi))
+            add_part(&share, p, kernels, row_lo, row_hi, col_lo, col_hi);
+        return share;
     }
+    /* A range of the column-ordered list: the tail of one column, whole columns, the head of another. */
+    const ptrdiff_t ms = split.m_slivers;
+    ptrdiff_t lo, hi;
+    split_range(ms * split.n_slivers, team, tid, &lo, &hi);
+    if (lo == hi)
+        return share;
+    const ptrdiff_t first = lo / ms, last = (hi - 1) / ms;
+    if (first == last) {
+        add_part(&share, p, kernels, lo % ms, (hi - 1) % ms + 1, first, first + 1);
+        return share;
+    }
+    add_part(&share, p, kernels, lo % ms, ms, first, first + 1);
+    add_part(&share, p, kernels, 0, ms, first + 1, last);
+    add_part(&share, p, kernels, 0, (hi - 1) % ms + 1, last, last + 1);
     return share;
 }
 
 int gemm_packed_whole_rows(const gemm_problem *p, const cpu_kernels *kernels) { return p->n <= kernels->nr; }
 
+/* The tile-list split: per k block, each column's B sliver once, each needed A sliver once (kept side by
+ * side for the whole block). */
+static long long gemm_packed_list(const gemm_problem *p, const pack_buffers *buffers, const cpu_kernels *kernels,
+                                  const tile_split *split, timeline *tl)
+{
+    const int team = omp_get_num_threads(), tid = omp_get_thread_num();
+    const int mr = kernels->mr, nr = kernels->nr;
+    const ptrdiff_t ms = split->m_slivers;
+    ptrdiff_t lo, hi;
+    split_range(ms * split->n_slivers, team, tid, &lo, &hi);
+    if (lo == hi)
+        return 0;
+    float *a_packed = buffers->a_packed + tid * buffers->a_floats;
+    float *b_packed = buffers->b_packed + tid * buffers->b_floats;
+    const int k_blocks = (p->k + KC - 1) / KC, kc_block = (p->k + k_blocks - 1) / k_blocks;
+    unsigned char packed[MC / MR];  /* A slivers packed in this k block (MR is the smallest mr) */
+    for (int pc = 0; pc < p->k; pc += kc_block) {
+        const int kc = imin(kc_block, p->k - pc);
+        const int accumulate = pc > 0, finish = pc + kc == p->k;
+        memset(packed, 0, sizeof packed);
+        for (ptrdiff_t j = lo / ms; j <= (hi - 1) / ms; ++j) {
+            const ptrdiff_t i_lo = j == lo / ms ? lo % ms : 0, i_hi = j == (hi - 1) / ms ? (hi - 1) % ms + 1 : ms;
+            long long t0 = tl ? now_ns() : 0;
+            pack_b_sliver(p, kernels, pc, kc, (int)j * nr, b_packed);
+            for (ptrdiff_t i = i_lo; i < i_hi; ++i)
+                if (!packed[i]) {
+                    pack_a_sliver(p, kernels, (int)i * mr, pc, kc, a_packed + i * mr * kc);
+                    packed[i] = 1;
+                }
+            if (tl)
+                timeline_add_pack(tl, now_ns() - t0);
+            for (ptrdiff_t i = i_lo; i < i_hi; ++i)
+                packed_tile(p, kernels, a_packed + i * mr * kc, b_packed, kc, (int)i * mr, (int)j * nr,
+                            accumulate, finish);
+        }
+    }
+    return (long long)(hi - lo) * mr * nr * p->k;
+}
+
+/* The five BLIS loops, run by each thread on its own block of C with its own packing buffers, so threads
+ * never wait for each other inside a product. Each element's k blocks are added in the same order whoever
+ * computes it, so thread count never changes a result. */
 static long long gemm_packed(const gemm_problem *p, const pack_buffers *buffers, const cpu_kernels *kernels,
                              timeline *tl)
 {
     long long tiles = 0;
     const int team = omp_get_num_threads(), tid = omp_get_thread_num();
     const int mr = kernels->mr, nr = kernels->nr;
+    const tile_split split = plan_split(p, kernels, team);
+    if (split.list)
+        return gemm_packed_list(p, buffers, kernels, &split, tl);
     ptrdiff_t row_lo, row_hi, col_lo, col_hi;
-    if (packed_block(p, kernels, team, tid, &row_lo, &row_hi, &col_lo, &col_hi)) {
+    if (grid_block(&split, tid, &row_lo, &row_hi, &col_lo, &col_hi)) {
         float *a_packed = buffers->a_packed + tid * buffers->a_floats;
         float *b_packed = buffers->b_packed + tid * buffers->b_floats;
         /* Cache blocks of at most NC columns and MC rows, of balanced sizes (in slivers). */
@@ -378,7 +472,10 @@ gemm_share gemm_packed_share(const gemm_problem *p, const cpu_kernels *kernels, 
 {
     (void)kernels;
     (void)team;
-    return tid == 0 ? (gemm_share){0, p->m, 0, p->n} : (gemm_share){0, 0, 0, 0};
+    gemm_share share = {0};
+    if (tid == 0)
+        share.part[share.count++] = (gemm_rect){0, p->m, 0, p->n};
+    return share;
 }
 
 int gemm_packed_whole_rows(const gemm_problem *p, const cpu_kernels *kernels)

@@ -112,14 +112,21 @@ void pack_buffers_free(pack_buffers *buffers);
  * own packing buffers, so the caller synchronises only before C is read. Returns this thread's
  * multiply-adds (tile padding included); with a timeline, adds its packing time to it. */
 typedef struct {
-    int i0, i1, j0, j1;       /* rows [i0, i1) x columns [j0, j1) of C; i0 == i1: none */
+    int i0, i1, j0, j1;       /* rows [i0, i1) x columns [j0, j1) of C */
+} gemm_rect;
+
+/* The part of C one thread computes: up to three rectangles (a range of a column-ordered tile list is the
+ * tail of one column, whole columns and the head of another). */
+typedef struct {
+    int count;
+    gemm_rect part[3];
 } gemm_share;
 
 long long gemm_team(int kernel, const gemm_problem *problem, const pack_buffers *buffers,
                     const cpu_kernels *kernels, timeline *tl);
 
-/* The block of C that gemm_team gives the calling thread of a `team` on the packed rung: a rectangle
- * (the partition is a grid), known before the product runs, so a step can fuse per-block work after it. */
+/* The part of C that gemm_team gives the calling thread of a `team` on the packed rung, known before the
+ * product runs, so a step can fuse per-block work after it. */
 gemm_share gemm_packed_share(const gemm_problem *problem, const cpu_kernels *kernels, int team, int tid);
 
 /* 1 if on the packed rung every thread's block spans all of C's columns (n fits one column sliver). */

@@ -317,7 +317,7 @@ static int fused_step(const mlp_model *model)
  * caller then works on the rows this thread computed (returned), every one of them complete. */
 static gemm_share forward_layers(mlp_model *model, int batch, const float *x, int rows_fused)
 {
-    gemm_share share = {0, 0, 0, 0};
+    gemm_share share = {0};
     const float *input = x;
     for (int l = 0; l < model->n_layers; ++l) {
         const layer *ly = &model->layers[l];
@@ -453,7 +453,8 @@ static void forward_team(const stage_args *s, int gradient)
     const gemm_problem logits = {.m = s->batch, .n = out->n_out, .k = out->n_in};
     const int rows_fused = fused_step(model) && gemm_packed_whole_rows(&logits, model->kernels);
     const gemm_share share = forward_layers(model, s->batch, s->x, rows_fused);
-    ptrdiff_t lo = share.i0, hi = share.i1;
+    /* A thread's logits are one rectangle here: the last layer has one column sliver. */
+    ptrdiff_t lo = share.count ? share.part[0].i0 : 0, hi = share.count ? share.part[0].i1 : 0;
     if (!rows_fused)
         split_range(s->batch, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
     const long long t0 = model->tl ? now_ns() : 0;
@@ -495,16 +496,21 @@ static void output_layer_gradient(const stage_args *s)
         timeline_record(model->tl, MLP_EV_OUTPUT_GRAD, model->n_layers, t0, 0, (hi - lo) * out->n_out);
 }
 
-/* W -= lr * (dW + weight_decay * W) over rows [i0, i1) x columns [j0, j1) of layer l's (0-based) weights. */
-static long long update_block(const layer *ly, gemm_share b, float lr, float weight_decay)
+/* W -= lr * (dW + weight_decay * W) over the parts of a thread's share of a layer's weights. */
+static long long update_block(const layer *ly, gemm_share share, float lr, float weight_decay)
 {
-    for (ptrdiff_t i = b.i0; i < b.i1; ++i) {
-        float *restrict w = ly->weights + i * ly->n_in;
-        const float *restrict g = ly->grad_weights + i * ly->n_in;
-        for (ptrdiff_t j = b.j0; j < b.j1; ++j)
-            w[j] -= lr * (g[j] + weight_decay * w[j]);
+    long long elements = 0;
+    for (int part = 0; part < share.count; ++part) {
+        const gemm_rect b = share.part[part];
+        for (ptrdiff_t i = b.i0; i < b.i1; ++i) {
+            float *restrict w = ly->weights + i * ly->n_in;
+            const float *restrict g = ly->grad_weights + i * ly->n_in;
+            for (ptrdiff_t j = b.j0; j < b.j1; ++j)
+                w[j] -= lr * (g[j] + weight_decay * w[j]);
+        }
+        elements += (long long)(b.i1 - b.i0) * (b.j1 - b.j0);
     }
-    return (long long)(b.i1 - b.i0) * (b.j1 - b.j0);
+    return elements;
 }
 
 /* Layer l's (0-based) dW and db, and dZ of the layer below, from this layer's dZ in delta[current]; ends
