@@ -24,15 +24,27 @@
 
 static inline int imin(int a, int b) { return a < b ? a : b; }
 
-float *alloc_floats(size_t count)
+float *alloc_floats_untouched(size_t count)
 {
     if (count == 0 || count > (SIZE_MAX - ALIGN_BYTES) / sizeof(float))
         return NULL;
-    const size_t bytes = (size_t)round_up((ptrdiff_t)(count * sizeof(float)), ALIGN_BYTES);
-    float *p = aligned_alloc(ALIGN_BYTES, bytes);
+    return aligned_alloc(ALIGN_BYTES, (size_t)round_up((ptrdiff_t)(count * sizeof(float)), ALIGN_BYTES));
+}
+
+float *alloc_floats(size_t count)
+{
+    float *p = alloc_floats_untouched(count);
     if (p)
-        memset(p, 0, bytes);
+        memset(p, 0, count * sizeof(float));
     return p;
+}
+
+void zero_share(float *buffer, size_t count, int team, int tid)
+{
+    ptrdiff_t lo, hi;
+    split_range((ptrdiff_t)count, team, tid, &lo, &hi);
+    if (buffer && hi > lo)
+        memset(buffer + lo, 0, (size_t)(hi - lo) * sizeof(float));
 }
 
 /* ------------------------------------------------------------------ rungs 1 and 2: loops over tiles */
@@ -150,13 +162,20 @@ int pack_buffers_alloc(pack_buffers *buffers, int max_m, int max_n, int max_thre
     /* Up to MC rows, and whole slivers of either tile height (24 is a multiple of both). */
     buffers->a_floats = imin(MC, (int)round_up(max_m, 24)) * KC;
     buffers->b_floats = (ptrdiff_t)KC * round_up(imin(NC, max_n), NR_MAX);
-    buffers->a_packed = alloc_floats((size_t)(buffers->a_floats * max_threads));
-    buffers->b_packed = alloc_floats((size_t)(buffers->b_floats * max_threads));
+    buffers->a_packed = alloc_floats_untouched((size_t)(buffers->a_floats * max_threads));
+    buffers->b_packed = alloc_floats_untouched((size_t)(buffers->b_floats * max_threads));
     buffers->max_m = max_m;
     buffers->max_n = max_n;
     if (!buffers->a_packed || !buffers->b_packed) {
         pack_buffers_free(buffers);
         return MLP_ERR_MEMORY;
+    }
+    /* Each thread's slot first touched by that thread, so its pages lie on that thread's memory node (a
+     * smaller team than asked for, or the serial build's one thread, clears the rest in turn). */
+#pragma omp parallel num_threads(max_threads)
+    for (int t = omp_get_thread_num(); t < max_threads; t += omp_get_num_threads()) {
+        memset(buffers->a_packed + t * buffers->a_floats, 0, (size_t)buffers->a_floats * sizeof(float));
+        memset(buffers->b_packed + t * buffers->b_floats, 0, (size_t)buffers->b_floats * sizeof(float));
     }
     return MLP_OK;
 }

@@ -174,5 +174,9 @@ static inline ptrdiff_t round_up(ptrdiff_t value, ptrdiff_t multiple)
 
 /* 64-byte aligned, zero-filled; size in floats. NULL on overflow or failure. */
 float *alloc_floats(size_t count);
+/* The same, not written: the caller zeroes it where its pages should be placed (first touch). */
+float *alloc_floats_untouched(size_t count);
+/* Zeroes part `tid` of `team` contiguous parts of a buffer (NULL: nothing). */
+void zero_share(float *buffer, size_t count, int team, int tid);
 
 #endif /* MLP_INTERNAL_H */

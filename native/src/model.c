@@ -126,6 +126,27 @@ static int check_create_args(int n_layers, const int *sizes, int activation, int
     return MLP_OK;
 }
 
+/* Zeroes the large buffers in a team of max_threads, each thread the contiguous share the update and the
+ * row splits give it, so on a machine with several memory nodes their pages start near the threads that
+ * use them (the first write places a page). */
+static void first_touch(mlp_model *model, size_t delta_floats)
+{
+    const size_t batch = (size_t)model->max_batch;
+#pragma omp parallel num_threads(model->max_threads)
+    {
+        const int team = omp_get_num_threads(), tid = omp_get_thread_num();
+        for (int l = 0; l < model->n_layers; ++l) {
+            const layer *ly = &model->layers[l];
+            zero_share(ly->weights, (size_t)ly->n_in * (size_t)ly->n_out, team, tid);
+            zero_share(ly->output, batch * (size_t)ly->n_out, team, tid);
+        }
+        zero_share(model->gradients, (size_t)model->gradient_count, team, tid);
+        zero_share(model->logits, batch * (size_t)model->layers[model->n_layers - 1].n_out, team, tid);
+        zero_share(model->delta[0], delta_floats, team, tid);
+        zero_share(model->delta[1], delta_floats, team, tid);
+    }
+}
+
 int mlp_model_create(mlp_model **out, int n_layers, const int *sizes, int activation, int loss,
                      int max_batch, int max_threads, int kernel, int isa)
 {
@@ -160,7 +181,7 @@ int mlp_model_create(mlp_model **out, int n_layers, const int *sizes, int activa
     long long gradient_count = 0;
     for (int l = 0; l < n_layers && gradient_count < (1LL << 60); ++l)
         gradient_count += ((long long)sizes[l] + 1) * sizes[l + 1];
-    model->gradients = alloc_floats((size_t)gradient_count);
+    model->gradients = alloc_floats_untouched((size_t)gradient_count);
     model->gradient_count = gradient_count;
     int widest_output = 1, widest = sizes[0];
     int ok = model->gradients != NULL;
@@ -170,24 +191,26 @@ int mlp_model_create(mlp_model **out, int n_layers, const int *sizes, int activa
         ly->n_in = sizes[l];
         ly->n_out = sizes[l + 1];
         const size_t n_weights = (size_t)ly->n_in * (size_t)ly->n_out;
-        ly->weights = alloc_floats(n_weights);
+        ly->weights = alloc_floats_untouched(n_weights);
         ly->bias = alloc_floats((size_t)round_up(ly->n_out, NR_MAX));
         if (gradient) {
             ly->grad_weights = gradient;
             ly->grad_bias = gradient + n_weights;
             gradient += n_weights + (size_t)ly->n_out;
         }
-        ly->output = alloc_floats((size_t)max_batch * (size_t)ly->n_out);
+        ly->output = alloc_floats_untouched((size_t)max_batch * (size_t)ly->n_out);
         ok = ok && ly->weights && ly->bias && ly->output;
         widest_output = max_int(widest_output, ly->n_out);
         widest = max_int(widest, ly->n_out);
     }
     const size_t delta_floats = (size_t)max_batch * (size_t)widest_output;
-    model->logits = alloc_floats((size_t)max_batch * (size_t)sizes[n_layers]);
-    model->delta[0] = alloc_floats(delta_floats);
-    model->delta[1] = alloc_floats(delta_floats);
+    model->logits = alloc_floats_untouched((size_t)max_batch * (size_t)sizes[n_layers]);
+    model->delta[0] = alloc_floats_untouched(delta_floats);
+    model->delta[1] = alloc_floats_untouched(delta_floats);
     model->row_loss = calloc((size_t)max_batch, sizeof *model->row_loss);
     ok = ok && model->logits && model->delta[0] && model->delta[1] && model->row_loss;
+    if (ok)
+        first_touch(model, delta_floats);
     /* Products: forward (batch x n_out), weight gradient (n_out x n_in), input gradient (batch x n_in). */
     if (!ok || pack_buffers_alloc(&model->packs, max_int(max_batch, widest_output), widest, max_threads) != MLP_OK) {
         mlp_model_destroy(model);
@@ -465,19 +488,27 @@ static void forward_team(const stage_args *s, int gradient)
         team_barrier(model, model->n_layers);
 }
 
-/* db[j] = sum over the batch of dZ[i][j], columns split over the team; rows added in order. */
+/* db[j] = sum over the batch of dZ[i][j], columns split over the team; rows added in order. The sums build
+ * up in a local block and are stored once: two threads' columns can share a cache line of db, and storing
+ * on every row would pass that line between them batch times. */
 static void bias_gradient(const float *dz, int batch, int n, float *grad_bias, ptrdiff_t *lo_out, ptrdiff_t *hi_out)
 {
+    enum { BLOCK = 64 };
     ptrdiff_t lo, hi;
     split_range(n, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
     *lo_out = lo;
     *hi_out = hi;
-    for (ptrdiff_t j = lo; j < hi; ++j)
-        grad_bias[j] = 0.0f;
-    for (ptrdiff_t i = 0; i < batch; ++i) {
-        const float *row = dz + i * n;
-        for (ptrdiff_t j = lo; j < hi; ++j)
-            grad_bias[j] += row[j];
+    for (ptrdiff_t j0 = lo; j0 < hi; j0 += BLOCK) {
+        const ptrdiff_t width = hi - j0 < BLOCK ? hi - j0 : BLOCK;
+        float sum[BLOCK];
+        for (ptrdiff_t j = 0; j < width; ++j)
+            sum[j] = 0.0f;
+        for (ptrdiff_t i = 0; i < batch; ++i) {
+            const float *row = dz + i * n + j0;
+            for (ptrdiff_t j = 0; j < width; ++j)
+                sum[j] += row[j];
+        }
+        memcpy(grad_bias + j0, sum, (size_t)width * sizeof(float));
     }
 }
 
