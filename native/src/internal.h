@@ -25,6 +25,16 @@ enum { KC = 256, MC = 144, NC = 4080 };
 /* Buffers are aligned to cache lines (and to a full AVX-512 vector). */
 enum { ALIGN_BYTES = 64, ALIGN_FLOATS = ALIGN_BYTES / (int)sizeof(float) };
 
+/* Polynomials of the vectorised activations, one copy for the AVX2 and AVX-512 sets (they must agree to
+ * the bit up to their lane count). Highest degree first, for Horner's rule. */
+/* exp(r) ~ 1 + r + r^2 P(r) on the reduced argument |r| <= ln2 / 2 (Cephes expf). */
+#define EXP_POLY {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, \
+                  5.0000001201e-1f}
+/* tanh(z) ~ z + z^3 P(z^2) for |z| < TANH_POLY_LIMIT (Cephes tanhf). */
+#define TANH_POLY {-5.70498872745e-3f, 2.06390887954e-2f, -5.37397155531e-2f, 1.33314422036e-1f, \
+                   -3.33332819422e-1f}
+#define TANH_POLY_LIMIT 0.625f
+
 /* The per-thread timeline of a stage call (timeline.c); NULL when off. */
 typedef struct timeline timeline;
 
