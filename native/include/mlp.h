@@ -13,8 +13,9 @@
  *   - the update is W -= lr * (dW + weight_decay * W), b -= lr * db.
  *
  * Every function returning int returns MLP_OK (0) or an error code; mlp_error_message() explains a code.
- * Nothing is allocated after creation: the model owns parameters, gradients, activations, logits and all
- * workspace, sized for the max_batch and max_threads given to mlp_model_create.
+ * Nothing is allocated after creation (but the optional timeline, when switched on): the model owns
+ * parameters, gradients, activations, logits and all workspace, sized for the max_batch and max_threads
+ * given to mlp_model_create.
  *
  * Determinism: OpenMP work is split over output elements only, never inside a sum, so results are
  * bit-identical for any thread count (libmlp_blas: whatever OpenBLAS guarantees).

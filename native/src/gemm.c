@@ -12,7 +12,8 @@
  * Rungs 1 and 2 run the epilogue as a separate pass over each finished output tile.
  *
  * Parallelism: every rung splits the OUTPUT among threads (rungs 1 and 2: contiguous ranges of tiles;
- * rung 3: a grid of blocks, each thread packing its own panels); each element's sum over k is computed
+ * rung 3: a grid of blocks or, for short products, ranges of a column-ordered tile list, each thread packing
+ * its own panels); each element's sum over k is computed
  * whole by one thread in an order fixed by the code (never by the partition), so the result is
  * bit-identical for any number of threads.
  */
