@@ -18,7 +18,7 @@ many steps as fit (never fewer than ``--min-steps``). The load average is record
 Writes ``timeline.json`` (everything) and ``timeline.txt`` (the tables, also printed) under ``--out``.
 
     python scripts/cpu_timeline.py --cases moons-5h300:32,mnist:256,digits:32 --threads 1,2,4,8,16 \\
-        --steps 200 --out results/timeline-h200
+        --steps 200 --blas --budget-s 180 --out results/h200-timeline
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import numpy as np
 
 import mlpbench
 from mlpbench import native
+from mlpbench.backends import model_class
 from mlpbench.backends.native_c import timeline_kinds
 from mlpbench.network import Network, resolve
 from mlpbench.thread_policy import pinned_threads, usable_cores
@@ -191,11 +192,18 @@ def run_config(name: str, batch: int, threads: int, args: argparse.Namespace, bu
                 recorded.append(model.timeline())
             model.disable_timeline()
             result["timeline"] = summarise_timelines(recorded, threads, kinds)
-            if args.blas and native.library_path("blas").is_file():
+            if args.blas and not native.library_path("blas").is_file():
+                result["blas_skipped"] = "libmlp_blas.so not built"
+            elif args.blas and threads > model_class("c-blas").max_threads():
+                result["blas_skipped"] = f"c-blas takes at most {model_class('c-blas').max_threads()} threads here"
+            elif args.blas:
                 blas = mlpbench.load("c-blas", network, seed=0, threads=threads, max_batch=batch)
                 try:
                     blas_batches = [blas.prepare(X, y) for X, y in inputs]
-                    result["blas_step"] = time_steps(blas, blas_batches, steps, warmup=min(20, steps))
+                    blas_probe = time_call(lambda: blas.train_step(blas_batches[0], 1e-4), repeats=3,
+                                           warmup=2).median
+                    blas_steps = int(max(args.min_steps, min(args.steps, budget_s * 0.6 / max(blas_probe, 1e-7))))
+                    result["blas_step"] = time_steps(blas, blas_batches, blas_steps, warmup=min(20, blas_steps))
                 finally:
                     blas.close()
         finally:
@@ -259,13 +267,16 @@ def main(argv: list[str] | None = None) -> int:
             "usable_cores": usable_cores(), "os_cpu_count": os.cpu_count(), "budget_s": args.budget_s,
             "build_info": native.build_info(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     results = []
+    started = time.perf_counter()
     for name, batch, threads in configs:
         results.append(run_config(name, batch, threads, args, per_config, kinds))
         r = results[-1]
         print(f"{r['case']} threads {threads}: {r['step']['median_us']:.1f} us "
               f"({r['seconds']:.1f} s, load {r['load_before'][0]:.2f})", flush=True)
+    meta["seconds"] = round(time.perf_counter() - started, 1)
     text = table(results)
     print(text)
+    print(f"\n{len(configs)} configurations in {meta['seconds']} s")
     (args.out / "timeline.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     (args.out / "timeline.txt").write_text(
         f"{meta['processor']}, {meta['usable_cores']} usable cores, started {meta['started']}\n{text}\n")

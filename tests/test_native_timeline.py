@@ -164,3 +164,17 @@ def test_script_writes_json_and_table(tmp_path):
     assert first["barriers_per_step"] == 2 * 2 - 1 + 1
     assert len(first["busy_us_per_thread"]) == 2
     assert "speedup" in (tmp_path / "timeline.txt").read_text()
+
+
+def test_script_skips_blas_beyond_its_thread_limit(tmp_path):
+    from mlpbench.backends import model_class
+
+    spec = importlib.util.spec_from_file_location("cpu_timeline", ROOT / "scripts" / "cpu_timeline.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    threads = model_class("c-blas").max_threads() + 1
+    assert script.main(["--cases", "4-5-3:3", "--threads", str(threads), "--steps", "3", "--min-steps", "3",
+                        "--timeline-steps", "3", "--budget-s", "1", "--blas", "--out", str(tmp_path)]) == 0
+    (result,) = json.loads((tmp_path / "timeline.json").read_text())["results"]
+    assert "blas_step" not in result and "at most" in result["blas_skipped"]
+    assert result["timeline"]["barriers_per_step"] == 2 * 2 - 1 + 1
