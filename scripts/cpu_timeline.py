@@ -44,7 +44,8 @@ from mlpbench.thread_policy import pinned_threads, usable_cores
 from mlpbench.timing import CpuClock, time_call
 
 #: Phases whose per-thread busy time is reported, in table order.
-WORK_KINDS = ("forward", "output_rows", "output_grad", "weight_grad", "bias_grad", "input_grad", "update")
+WORK_KINDS = ("forward", "output_rows", "output_grad", "weight_grad", "bias_grad", "input_grad", "update",
+              "pack_weights")
 
 
 def parse_cases(text: str) -> list[tuple[str, int]]:

@@ -178,3 +178,21 @@ def test_script_skips_blas_beyond_its_thread_limit(tmp_path):
     (result,) = json.loads((tmp_path / "timeline.json").read_text())["results"]
     assert "blas_step" not in result and "at most" in result["blas_skipped"]
     assert result["timeline"]["barriers_per_step"] == 2 * 2 - 1 + 1
+
+
+@pytest.mark.parametrize("threads", [1, 2, 16])
+@pytest.mark.parametrize("network,batch", [(NARROW, 32), (SOFTMAX, 32), (WIDE_OUTPUT, 50), (NARROW, 200)])
+def test_fused_step_equals_the_three_stages(network, batch, threads):
+    """train_step (output rows, updates and the packing of weights fused into its stretches) computes, bit
+    for bit, what forward, backprop and update compute as separate calls."""
+    X, y = random_batch(network, batch, seed=9)
+    fused, staged = (load("c-omp", network, seed=0, threads=threads) for _ in range(2))
+    for _ in range(2):
+        fused.train_step(fused.prepare(X, y), 0.05, 1e-3)
+        batch_ = staged.prepare(X, y)
+        staged.forward(batch_)
+        staged.backprop(batch_)
+        staged.update(0.05, 1e-3)
+    for (w, b), (w_ref, b_ref) in zip(fused.params(), staged.params(), strict=True):
+        np.testing.assert_array_equal(w, w_ref)
+        np.testing.assert_array_equal(b, b_ref)

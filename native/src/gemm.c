@@ -389,6 +389,42 @@ gemm_share gemm_packed_share(const gemm_problem *p, const cpu_kernels *kernels, 
 
 int gemm_packed_whole_rows(const gemm_problem *p, const cpu_kernels *kernels) { return p->n <= kernels->nr; }
 
+int gemm_shares_b(const gemm_problem *p, const cpu_kernels *kernels, int team)
+{
+    const tile_split split = plan_split(p, kernels, team);
+    const int k_blocks = (p->k + KC - 1) / KC;
+    if ((ptrdiff_t)split.n_slivers * k_blocks < team)
+        return 0; /* too few slivers to spread over the team: one thread would pack most of them */
+    /* How many threads would pack each column sliver of B on their own. */
+    ptrdiff_t packers = 0;
+    if (!split.list) {
+        packers = (ptrdiff_t)split.m_parts * split.n_slivers;
+    } else {
+        const ptrdiff_t ms = split.m_slivers;
+        for (int t = 0; t < team; ++t) {
+            ptrdiff_t lo, hi;
+            split_range(ms * split.n_slivers, team, t, &lo, &hi);
+            if (hi > lo)
+                packers += (hi - 1) / ms - lo / ms + 1;
+        }
+    }
+    return packers >= 2 * (ptrdiff_t)split.n_slivers;
+}
+
+void gemm_pack_b_shared(const gemm_problem *p, const cpu_kernels *kernels, float *dst, int team, int tid)
+{
+    const int nr = kernels->nr, n_slivers = (p->n + nr - 1) / nr;
+    const int k_blocks = (p->k + KC - 1) / KC, kc_block = (p->k + k_blocks - 1) / k_blocks;
+    ptrdiff_t lo, hi;
+    split_range((ptrdiff_t)k_blocks * n_slivers, team, tid, &lo, &hi);
+    /* Column by column, so a thread packs about the columns it computes with (less moves between caches). */
+    for (ptrdiff_t s = lo; s < hi; ++s) {
+        const int pc = (int)(s % k_blocks) * kc_block, j = (int)(s / k_blocks);
+        const int kc = imin(kc_block, p->k - pc);
+        pack_b_sliver(p, kernels, pc, kc, j * nr, dst + (ptrdiff_t)pc * n_slivers * nr + (ptrdiff_t)j * nr * kc);
+    }
+}
+
 /* The tile-list split: per k block, each column's B sliver once, each needed A sliver once (kept side by
  * side for the whole block). */
 static long long gemm_packed_list(const gemm_problem *p, const pack_buffers *buffers, const cpu_kernels *kernels,
@@ -412,7 +448,10 @@ static long long gemm_packed_list(const gemm_problem *p, const pack_buffers *buf
         for (ptrdiff_t j = lo / ms; j <= (hi - 1) / ms; ++j) {
             const ptrdiff_t i_lo = j == lo / ms ? lo % ms : 0, i_hi = j == (hi - 1) / ms ? (hi - 1) % ms + 1 : ms;
             long long t0 = tl ? now_ns() : 0;
-            pack_b_sliver(p, kernels, pc, kc, (int)j * nr, b_packed);
+            const float *b_sliver =
+                p->b_shared ? p->b_shared + (ptrdiff_t)pc * split->n_slivers * nr + j * nr * kc : b_packed;
+            if (!p->b_shared)
+                pack_b_sliver(p, kernels, pc, kc, (int)j * nr, b_packed);
             for (ptrdiff_t i = i_lo; i < i_hi; ++i)
                 if (!packed[i]) {
                     pack_a_sliver(p, kernels, (int)i * mr, pc, kc, a_packed + i * mr * kc);
@@ -421,7 +460,7 @@ static long long gemm_packed_list(const gemm_problem *p, const pack_buffers *buf
             if (tl)
                 timeline_add_pack(tl, now_ns() - t0);
             for (ptrdiff_t i = i_lo; i < i_hi; ++i)
-                packed_tile(p, kernels, a_packed + i * mr * kc, b_packed, kc, (int)i * mr, (int)j * nr,
+                packed_tile(p, kernels, a_packed + i * mr * kc, b_sliver, kc, (int)i * mr, (int)j * nr,
                             accumulate, finish);
         }
     }
@@ -457,8 +496,12 @@ static long long gemm_packed(const gemm_problem *p, const pack_buffers *buffers,
                 const int kc = imin(kc_block, p->k - pc);
                 const int accumulate = pc > 0, finish = pc + kc == p->k;
                 long long t0 = tl ? now_ns() : 0;
-                for (ptrdiff_t s = jc; s < jc_end; ++s)
-                    pack_b_sliver(p, kernels, pc, kc, (int)s * nr, b_packed + (s - jc) * nr * kc);
+                /* This k block's slivers: this thread's own, or the team's shared ones from column jc on. */
+                const float *b_block = p->b_shared ? p->b_shared + (ptrdiff_t)pc * split.n_slivers * nr + jc * nr * kc
+                                                   : b_packed;
+                if (!p->b_shared)
+                    for (ptrdiff_t s = jc; s < jc_end; ++s)
+                        pack_b_sliver(p, kernels, pc, kc, (int)s * nr, b_packed + (s - jc) * nr * kc);
                 if (tl)
                     timeline_add_pack(tl, now_ns() - t0);
                 for (ptrdiff_t ic = row_lo; ic < row_hi; ic += mc_slivers) {
@@ -473,7 +516,7 @@ static long long gemm_packed(const gemm_problem *p, const pack_buffers *buffers,
                     for (ptrdiff_t jr = jc; jr < jc_end; ++jr)
                         for (ptrdiff_t ir = ic; ir < ic_end; ++ir)
                             packed_tile(p, kernels, a_packed + (ir - ic) * mr * kc,
-                                        b_packed + (jr - jc) * nr * kc, kc, (int)ir * mr, (int)jr * nr,
+                                        b_block + (jr - jc) * nr * kc, kc, (int)ir * mr, (int)jr * nr,
                                         accumulate, finish);
                 }
             }
@@ -503,6 +546,23 @@ int gemm_packed_whole_rows(const gemm_problem *p, const cpu_kernels *kernels)
     (void)p;
     (void)kernels;
     return 0;
+}
+
+int gemm_shares_b(const gemm_problem *p, const cpu_kernels *kernels, int team)
+{
+    (void)p;
+    (void)kernels;
+    (void)team;
+    return 0;
+}
+
+void gemm_pack_b_shared(const gemm_problem *p, const cpu_kernels *kernels, float *dst, int team, int tid)
+{
+    (void)p;
+    (void)kernels;
+    (void)dst;
+    (void)team;
+    (void)tid;
 }
 
 /* An operand op(X) (rows x cols, op(X)(i, j) = x[i * rs + j * cs]) as cblas sees it: X itself, row-major

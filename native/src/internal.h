@@ -103,6 +103,9 @@ typedef struct {
     float *c;
     ptrdiff_t ldc;
     epilogue ep;
+    /* Packed rung: op(B) already packed for the whole team (gemm_pack_b_shared), or NULL: each thread packs
+     * the slivers it needs. */
+    const float *b_shared;
 } gemm_problem;
 
 /* Packed operands, one slot per thread: an MC x KC block of A (a_floats) and a KC x NC panel of B
@@ -138,6 +141,16 @@ long long gemm_team(int kernel, const gemm_problem *problem, const pack_buffers 
 /* The part of C that gemm_team gives the calling thread of a `team` on the packed rung, known before the
  * product runs, so a step can fuse per-block work after it. */
 gemm_share gemm_packed_share(const gemm_problem *problem, const cpu_kernels *kernels, int team, int tid);
+
+/* Packs all of op(B) of a product in the layout gemm_team reads through b_shared (each k block's column
+ * slivers side by side, k blocks one after the other), the team's threads each a share of the slivers.
+ * Needs k * round_up(n, nr) floats. */
+void gemm_pack_b_shared(const gemm_problem *problem, const cpu_kernels *kernels, float *dst, int team, int tid);
+
+/* 1 if a team should pack op(B) once for all (gemm_pack_b_shared) rather than each thread its slivers: where
+ * on their own the threads would pack every column sliver twice or more on average, and there are enough
+ * slivers to give every thread some. The same answer on every thread. */
+int gemm_shares_b(const gemm_problem *problem, const cpu_kernels *kernels, int team);
 
 /* 1 if on the packed rung every thread's block spans all of C's columns (n fits one column sliver). */
 int gemm_packed_whole_rows(const gemm_problem *problem, const cpu_kernels *kernels);

@@ -15,6 +15,11 @@
 /* Far above any width or batch of the study; keeps every index product well inside ptrdiff_t. */
 enum { SIZE_LIMIT = 1 << 24 };
 
+/* The shared packed weights are kept only up to this size in all (the large network's would take 256 MiB)
+ * and used only for batches of at most MC rows: there each thread needs a few tiles per column sliver, so
+ * packing its own slivers of W costs as much as it computes with them. */
+enum { SHARED_PACK_BYTES = 32 << 20 };
+
 typedef enum { STAGE_NONE, STAGE_FORWARD, STAGE_BACKPROP, STAGE_UPDATE } stage_kind;
 
 typedef struct {
@@ -41,6 +46,10 @@ struct mlp_model {
     int grads_ready;
     int next_backprop_layer; /* the layer mlp_backprop_layer accepts next (n_layers..1); 0: none */
     stage_kind last_stage;
+    /* The weights of layers 2..L packed once per step for the whole team (NULL: not allocated, above
+     * SHARED_PACK_BYTES): [0], [1] for the forward products, [2], [3] for the input gradients, alternating
+     * by layer, each written in the stretch before the one that reads it. */
+    float *wpack[4];
     timeline *tl;         /* per-thread timeline of the last stage call; NULL when off */
 };
 
@@ -101,6 +110,8 @@ void mlp_model_destroy(mlp_model *model)
     free(model->delta[1]);
     free(model->row_loss);
     pack_buffers_free(&model->packs);
+    for (int i = 0; i < 4; ++i)
+        free(model->wpack[i]);
     timeline_destroy(model->tl);
     free(model);
 }
@@ -211,6 +222,22 @@ int mlp_model_create(mlp_model **out, int n_layers, const int *sizes, int activa
     ok = ok && model->logits && model->delta[0] && model->delta[1] && model->row_loss;
     if (ok)
         first_touch(model, delta_floats);
+    /* Shared packed weights: the widest layer above the first, in either layout (whole NR_MAX slivers). */
+    size_t forward_pack = 0, input_pack = 0;
+    for (int l = 1; l < n_layers; ++l) {
+        const size_t n_in = (size_t)sizes[l], n_out = (size_t)sizes[l + 1];
+        forward_pack = forward_pack > n_in * (size_t)round_up((ptrdiff_t)n_out, NR_MAX)
+                           ? forward_pack : n_in * (size_t)round_up((ptrdiff_t)n_out, NR_MAX);
+        input_pack = input_pack > n_out * (size_t)round_up((ptrdiff_t)n_in, NR_MAX)
+                         ? input_pack : n_out * (size_t)round_up((ptrdiff_t)n_in, NR_MAX);
+    }
+    if (ok && forward_pack && 2 * (forward_pack + input_pack) * sizeof(float) <= SHARED_PACK_BYTES) {
+        model->wpack[0] = alloc_floats(forward_pack);
+        model->wpack[1] = alloc_floats(forward_pack);
+        model->wpack[2] = alloc_floats(input_pack);
+        model->wpack[3] = alloc_floats(input_pack);
+        ok = model->wpack[0] && model->wpack[1] && model->wpack[2] && model->wpack[3];
+    }
     /* Products: forward (batch x n_out), weight gradient (n_out x n_in), input gradient (batch x n_in). */
     if (!ok || pack_buffers_alloc(&model->packs, max_int(max_batch, widest_output), widest, max_threads) != MLP_OK) {
         mlp_model_destroy(model);
@@ -313,6 +340,7 @@ typedef struct {
     const float *x, *targets;
     float lr, weight_decay;
     int layer;            /* mlp_backprop_layer's layer (1..n_layers) */
+    int shared_pack;      /* the step packs layers 2..L's weights once for the team (model->wpack) */
 } stage_args;
 
 /* A barrier, timed when the timeline is on. `layer`: the layer (1-based) whose work it closes, 0 for none. */
@@ -336,27 +364,68 @@ static int fused_step(const mlp_model *model)
     return model->kernel == MLP_KERNEL_PACKED && !mlp_has_blas();
 }
 
+/* Layer l's (0-based) forward product Z = A_prev W^T + b, activation fused. */
+static gemm_problem forward_problem(const mlp_model *model, int l, int batch, const float *input)
+{
+    const layer *ly = &model->layers[l];
+    const int last = l == model->n_layers - 1;
+    return (gemm_problem){
+        .m = batch, .n = ly->n_out, .k = ly->n_in,
+        .a = input, .a_rs = ly->n_in, .a_cs = 1,
+        .b = ly->weights, .b_rs = 1, .b_cs = ly->n_in, /* W^T */
+        .c = last ? model->logits : ly->output, .ldc = ly->n_out,
+        .ep = {.kind = EPI_BIAS_ACTIVATION, .activation = last ? ACT_NONE : model->activation, .bias = ly->bias},
+    };
+}
+
+/* Layer l's (0-based, l >= 1) input gradient: dZ of the layer below = (dZ W) * act'(its output). */
+static gemm_problem input_grad_problem(const mlp_model *model, int l, int batch, const float *dz, float *dz_below)
+{
+    const layer *ly = &model->layers[l];
+    const float *input = model->layers[l - 1].output;
+    return (gemm_problem){
+        .m = batch, .n = ly->n_in, .k = ly->n_out,
+        .a = dz, .a_rs = ly->n_out, .a_cs = 1,
+        .b = ly->weights, .b_rs = ly->n_in, .b_cs = 1,
+        .c = dz_below, .ldc = ly->n_in,
+        .ep = {.kind = EPI_ACTIVATION_DERIVATIVE, .activation = model->activation, .aux = input,
+               .ld_aux = ly->n_in},
+    };
+}
+
+/* This thread's share of packing a product's weights for the whole team (timed as MLP_EV_PACK_WEIGHTS). */
+static void pack_weights_share(const mlp_model *model, const gemm_problem *problem, float *dst, int layer_number)
+{
+    const long long t0 = model->tl ? now_ns() : 0;
+    gemm_pack_b_shared(problem, model->kernels, dst, omp_get_num_threads(), omp_get_thread_num());
+    if (model->tl)
+        timeline_record(model->tl, MLP_EV_PACK_WEIGHTS, layer_number, t0, 0,
+                        (long long)problem->k * problem->n / omp_get_num_threads());
+}
+
 /* The forward products of every layer, a barrier after each but, with `rows_fused`, the last: the
- * caller then works on the rows this thread computed (returned), every one of them complete. */
-static gemm_share forward_layers(mlp_model *model, int batch, const float *x, int rows_fused)
+ * caller then works on the rows this thread computed (returned), every one of them complete. With
+ * `shared_pack`, the team packs the next layer's weights once, in the stretch before it (nothing there
+ * writes them), instead of each thread packing the slivers it needs. */
+static gemm_share forward_layers(mlp_model *model, int batch, const float *x, int rows_fused, int shared_pack)
 {
     gemm_share share = {0};
     const float *input = x;
     for (int l = 0; l < model->n_layers; ++l) {
         const layer *ly = &model->layers[l];
         const int last = l == model->n_layers - 1;
-        const gemm_problem z = {
-            .m = batch, .n = ly->n_out, .k = ly->n_in,
-            .a = input, .a_rs = ly->n_in, .a_cs = 1,
-            .b = ly->weights, .b_rs = 1, .b_cs = ly->n_in, /* W^T */
-            .c = last ? model->logits : ly->output, .ldc = ly->n_out,
-            .ep = {.kind = EPI_BIAS_ACTIVATION, .activation = last ? ACT_NONE : model->activation,
-                   .bias = ly->bias},
-        };
+        gemm_problem z = forward_problem(model, l, batch, input);
+        if (shared_pack && l > 0 && gemm_shares_b(&z, model->kernels, omp_get_num_threads()))
+            z.b_shared = model->wpack[l % 2];
         const long long t0 = model->tl ? now_ns() : 0;
         const long long work = gemm_team(model->kernel, &z, &model->packs, model->kernels, model->tl);
         if (model->tl)
             timeline_record(model->tl, MLP_EV_FORWARD, l + 1, t0, timeline_take_pack(model->tl), work);
+        if (shared_pack && !last) {
+            const gemm_problem next = forward_problem(model, l + 1, batch, ly->output);
+            if (gemm_shares_b(&next, model->kernels, omp_get_num_threads()))
+                pack_weights_share(model, &next, model->wpack[(l + 1) % 2], l + 2);
+        }
         if (last && rows_fused)
             share = gemm_packed_share(&z, model->kernels, omp_get_num_threads(), omp_get_thread_num());
         else
@@ -475,7 +544,7 @@ static void forward_team(const stage_args *s, int gradient)
      * to their softmax and loss without waiting for the others. */
     const gemm_problem logits = {.m = s->batch, .n = out->n_out, .k = out->n_in};
     const int rows_fused = fused_step(model) && gemm_packed_whole_rows(&logits, model->kernels);
-    const gemm_share share = forward_layers(model, s->batch, s->x, rows_fused);
+    const gemm_share share = forward_layers(model, s->batch, s->x, rows_fused, s->shared_pack);
     /* A thread's logits are one rectangle here: the last layer has one column sliver. */
     ptrdiff_t lo = share.count ? share.part[0].i0 : 0, hi = share.count ? share.part[0].i1 : 0;
     if (!rows_fused)
@@ -484,6 +553,13 @@ static void forward_team(const stage_args *s, int gradient)
     output_rows(s, lo, hi, gradient);
     if (model->tl)
         timeline_record(model->tl, MLP_EV_OUTPUT_ROWS, model->n_layers, t0, 0, hi - lo);
+    if (s->shared_pack && model->n_layers > 1) {
+        /* The output layer's input gradient comes next in backprop: its weights, packed now. */
+        const int l = model->n_layers - 1;
+        const gemm_problem next = input_grad_problem(model, l, s->batch, model->delta[0], model->delta[1]);
+        if (gemm_shares_b(&next, model->kernels, omp_get_num_threads()))
+            pack_weights_share(model, &next, model->wpack[2 + l % 2], l + 1);
+    }
     if (gradient)
         team_barrier(model, model->n_layers);
 }
@@ -587,17 +663,19 @@ static void backprop_one_layer(const stage_args *s, int l, int last_barrier, int
     }
     if (l > 0) {
         /* dZ of the layer below = (dZ W) * act'(its output), the derivative fused into the product. */
-        const gemm_problem grad_input = {
-            .m = batch, .n = ly->n_in, .k = ly->n_out,
-            .a = dz, .a_rs = ly->n_out, .a_cs = 1,
-            .b = ly->weights, .b_rs = ly->n_in, .b_cs = 1,
-            .c = model->delta[1 - current], .ldc = ly->n_in,
-            .ep = {.kind = EPI_ACTIVATION_DERIVATIVE, .activation = model->activation,
-                   .aux = input, .ld_aux = ly->n_in},
-        };
+        gemm_problem grad_input = input_grad_problem(model, l, batch, dz, model->delta[1 - current]);
+        if (s->shared_pack && gemm_shares_b(&grad_input, model->kernels, omp_get_num_threads()))
+            grad_input.b_shared = model->wpack[2 + l % 2];
         const long long input_work = gemm_team(model->kernel, &grad_input, &model->packs, model->kernels, tl);
         if (tl)
             timeline_record(tl, MLP_EV_INPUT_GRAD, l + 1, t0, timeline_take_pack(tl), input_work);
+        if (s->shared_pack && l > 1) {
+            /* The next layer down's input gradient: its weights, packed in this stretch. */
+            const gemm_problem next = input_grad_problem(model, l - 1, batch, model->delta[1 - current],
+                                                         model->delta[current]);
+            if (gemm_shares_b(&next, model->kernels, omp_get_num_threads()))
+                pack_weights_share(model, &next, model->wpack[2 + (l - 1) % 2], l);
+        }
     }
     if (l > 0 || last_barrier)
         team_barrier(model, l + 1);
@@ -799,7 +877,8 @@ int mlp_train_step(mlp_model *model, int threads, int batch, const float *x, con
     if (check_step_size(lr, weight_decay) != MLP_OK)
         return MLP_ERR_ARG;
     const stage_args args = {.model = model, .batch = batch, .x = x, .targets = targets, .lr = lr,
-                             .weight_decay = weight_decay};
+                             .weight_decay = weight_decay,
+                             .shared_pack = fused_step(model) && batch <= MC && model->wpack[0] != NULL};
     run_team(threads, train_step_stage, &args);
     model->forward_batch = 0;
     model->next_backprop_layer = 0;
