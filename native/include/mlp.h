@@ -13,8 +13,9 @@
  *   - the update is W -= lr * (dW + weight_decay * W), b -= lr * db.
  *
  * Every function returning int returns MLP_OK (0) or an error code; mlp_error_message() explains a code.
- * Nothing is allocated after creation: the model owns parameters, gradients, activations, logits and all
- * workspace, sized for the max_batch and max_threads given to mlp_model_create.
+ * Nothing is allocated after creation (but the optional timeline, when switched on): the model owns
+ * parameters, gradients, activations, logits and all workspace, sized for the max_batch and max_threads
+ * given to mlp_model_create.
  *
  * Determinism: OpenMP work is split over output elements only, never inside a sum, so results are
  * bit-identical for any thread count (libmlp_blas: whatever OpenBLAS guarantees).
@@ -143,6 +144,42 @@ int mlp_gemm_workspace_create(mlp_gemm_workspace **out, int max_m, int max_n, in
 void mlp_gemm_workspace_destroy(mlp_gemm_workspace *workspace);
 int mlp_gemm(mlp_gemm_workspace *workspace, int kernel, int threads, int transpose_a, int transpose_b,
              int m, int n, int k, const float *a, int lda, const float *b, int ldb, float *c, int ldc);
+
+/* A per-thread timeline of the last stage call (forward, backprop, backprop_layer, update or train_step),
+ * for finding where a step's time goes on many cores. Off by default; when off it costs one branch per
+ * piece of work. Times are nanoseconds since the call began (read on the calling thread before the fork). */
+enum mlp_event_kind {
+    MLP_EV_FORK = 0,          /* from the call's start until this thread began work */
+    MLP_EV_FORWARD = 1,       /* this thread's share of a layer's forward product (bias + activation fused) */
+    MLP_EV_OUTPUT_ROWS = 2,   /* softmax / sigmoid and loss of rows (with the output gradient in a step) */
+    MLP_EV_OUTPUT_GRAD = 3,   /* the output gradient of rows (backprop called on its own) */
+    MLP_EV_WEIGHT_GRAD = 4,   /* share of a layer's dW = dZ^T A_prev */
+    MLP_EV_BIAS_GRAD = 5,     /* share of a layer's db (columns) */
+    MLP_EV_INPUT_GRAD = 6,    /* share of the layer below's dZ = (dZ W) * act' */
+    MLP_EV_UPDATE = 7,        /* share of a layer's SGD update */
+    MLP_EV_BARRIER = 8,       /* waiting at a barrier (layer: the layer whose work it closes) */
+    MLP_EV_JOIN = 9,          /* calling thread only: from its last work until the team had joined */
+    MLP_EV_PACK_WEIGHTS = 10  /* share of packing the next product's weights once for the whole team */
+};
+
+typedef struct {
+    long long start_ns, end_ns;
+    long long pack_ns;        /* of [start, end): time spent packing operands (products of rung 3) */
+    long long work;           /* multiply-adds incl. tile padding (products), elements (others), 0 */
+    int kind;                 /* an mlp_event_kind */
+    int layer;                /* 1..n_layers; 0 when none */
+    int thread;
+    int team;                 /* threads of the call */
+} mlp_event;
+
+/* events_per_thread > 0 switches the timeline on (allocating that many events per thread of max_threads;
+ * later events of a call are dropped and counted), 0 switches it off and frees it. */
+int mlp_timeline_enable(mlp_model *model, int events_per_thread);
+
+/* Copies the last call's events, ordered by thread then time, into events[0..capacity); *count gets how many
+ * there are (all of them, even past capacity), *dropped (if not NULL) how many did not fit per thread.
+ * MLP_ERR_STATE when the timeline is off; events may be NULL with capacity 0 to ask for the count. */
+int mlp_timeline_read(const mlp_model *model, mlp_event *events, int capacity, int *count, int *dropped);
 
 /* END CDEF */
 

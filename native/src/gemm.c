@@ -12,7 +12,8 @@
  * Rungs 1 and 2 run the epilogue as a separate pass over each finished output tile.
  *
  * Parallelism: every rung splits the OUTPUT among threads (rungs 1 and 2: contiguous ranges of tiles;
- * rung 3: a grid of blocks, each thread packing its own panels); each element's sum over k is computed
+ * rung 3: a grid of blocks or, for short products, ranges of a column-ordered tile list, each thread packing
+ * its own panels); each element's sum over k is computed
  * whole by one thread in an order fixed by the code (never by the partition), so the result is
  * bit-identical for any number of threads.
  */
@@ -24,15 +25,27 @@
 
 static inline int imin(int a, int b) { return a < b ? a : b; }
 
-float *alloc_floats(size_t count)
+float *alloc_floats_untouched(size_t count)
 {
     if (count == 0 || count > (SIZE_MAX - ALIGN_BYTES) / sizeof(float))
         return NULL;
-    const size_t bytes = (size_t)round_up((ptrdiff_t)(count * sizeof(float)), ALIGN_BYTES);
-    float *p = aligned_alloc(ALIGN_BYTES, bytes);
+    return aligned_alloc(ALIGN_BYTES, (size_t)round_up((ptrdiff_t)(count * sizeof(float)), ALIGN_BYTES));
+}
+
+float *alloc_floats(size_t count)
+{
+    float *p = alloc_floats_untouched(count);
     if (p)
-        memset(p, 0, bytes);
+        memset(p, 0, count * sizeof(float));
     return p;
+}
+
+void zero_share(float *buffer, size_t count, int team, int tid)
+{
+    ptrdiff_t lo, hi;
+    split_range((ptrdiff_t)count, team, tid, &lo, &hi);
+    if (buffer && hi > lo)
+        memset(buffer + lo, 0, (size_t)(hi - lo) * sizeof(float));
 }
 
 /* ------------------------------------------------------------------ rungs 1 and 2: loops over tiles */
@@ -118,8 +131,9 @@ static void epilogue_pass(const gemm_problem *p, const cpu_kernels *kernels, int
 }
 
 #ifndef MLP_BLAS
-static void gemm_loops(int kernel, const gemm_problem *p, const cpu_kernels *kernels)
+static long long gemm_loops(int kernel, const gemm_problem *p, const cpu_kernels *kernels)
 {
+    long long work = 0;
     const int tiles_m = (p->m + LOOP_TILE_M - 1) / LOOP_TILE_M;
     const int tiles_n = (p->n + LOOP_TILE_N - 1) / LOOP_TILE_N;
     const int dot_form = p->a_cs == 1 && p->b_rs == 1 && p->b_cs != 1;
@@ -135,7 +149,9 @@ static void gemm_loops(int kernel, const gemm_problem *p, const cpu_kernels *ker
         else
             blocked_tile_axpy(p, i0, i1, j0, j1);
         epilogue_pass(p, kernels, i0, i1, j0, j1);
+        work += (long long)(i1 - i0) * (j1 - j0) * p->k;
     }
+    return work;
 }
 
 #endif
@@ -144,15 +160,23 @@ static void gemm_loops(int kernel, const gemm_problem *p, const cpu_kernels *ker
 
 int pack_buffers_alloc(pack_buffers *buffers, int max_m, int max_n, int max_threads)
 {
-    buffers->a_floats = round_up(imin(MC, max_m), MR_MAX) * KC;
+    /* Up to MC rows, and whole slivers of either tile height (24 is a multiple of both). */
+    buffers->a_floats = imin(MC, (int)round_up(max_m, 24)) * KC;
     buffers->b_floats = (ptrdiff_t)KC * round_up(imin(NC, max_n), NR_MAX);
-    buffers->a_packed = alloc_floats((size_t)(buffers->a_floats * max_threads));
-    buffers->b_packed = alloc_floats((size_t)(buffers->b_floats * max_threads));
+    buffers->a_packed = alloc_floats_untouched((size_t)(buffers->a_floats * max_threads));
+    buffers->b_packed = alloc_floats_untouched((size_t)(buffers->b_floats * max_threads));
     buffers->max_m = max_m;
     buffers->max_n = max_n;
     if (!buffers->a_packed || !buffers->b_packed) {
         pack_buffers_free(buffers);
         return MLP_ERR_MEMORY;
+    }
+    /* Each thread's slot first touched by that thread, so its pages lie on that thread's memory node (a
+     * smaller team than asked for, or the serial build's one thread, clears the rest in turn). */
+#pragma omp parallel num_threads(max_threads)
+    for (int t = omp_get_thread_num(); t < max_threads; t += omp_get_num_threads()) {
+        memset(buffers->a_packed + t * buffers->a_floats, 0, (size_t)buffers->a_floats * sizeof(float));
+        memset(buffers->b_packed + t * buffers->b_floats, 0, (size_t)buffers->b_floats * sizeof(float));
     }
     return MLP_OK;
 }
@@ -265,9 +289,9 @@ static void packed_tile(const gemm_problem *p, const cpu_kernels *kernels, const
 
 /* The thread grid of one product: m_parts x n_parts threads, each owning a block of row slivers x column
  * slivers of C. It minimises a thread's work, estimated as its multiply-adds (16 per cycle) plus its
- * packing (about 2 elements per cycle, A and B panels of its block). Speed only: results never depend
- * on it. */
-static void thread_grid(int m_slivers, int n_slivers, int mr, int nr, int team, int *m_parts, int *n_parts)
+ * packing (about 2 elements per cycle, A and B panels of its block), per unit of k; returns that cost.
+ * Speed only: results never depend on it. */
+static double thread_grid(int m_slivers, int n_slivers, int mr, int nr, int team, int *m_parts, int *n_parts)
 {
     double best = 0.0;
     *m_parts = *n_parts = 1;
@@ -282,24 +306,183 @@ static void thread_grid(int m_slivers, int n_slivers, int mr, int nr, int team, 
             *n_parts = np;
         }
     }
+    return best;
+}
+
+/* How a product's tiles are split over a team: a grid of blocks, or, when C has few row slivers (a batch
+ * of a few dozen rows: a grid then leaves threads idle, e.g. 10 of 16 on 32 x 300 with 8 x 32 tiles), the
+ * tiles in column order (row sliver fastest) cut into contiguous ranges, so every thread gets some; each
+ * range packs the B slivers of its one to few columns and the A slivers of its rows. */
+typedef struct {
+    int m_slivers, n_slivers;
+    int list;                 /* 1: contiguous ranges of the tile list; 0: the grid */
+    int m_parts, n_parts;
+} tile_split;
+
+static tile_split plan_split(const gemm_problem *p, const cpu_kernels *kernels, int team)
+{
+    const int mr = kernels->mr, nr = kernels->nr;
+    tile_split split = {(p->m + mr - 1) / mr, (p->n + nr - 1) / nr, 0, 1, 1};
+    const double grid = thread_grid(split.m_slivers, split.n_slivers, mr, nr, team, &split.m_parts,
+                                    &split.n_parts);
+    /* The list packs every A sliver of a k block side by side: only where they fit one MC block. */
+    if (team > 1 && split.m_slivers * mr <= MC) {
+        const ptrdiff_t tiles = (ptrdiff_t)split.m_slivers * split.n_slivers;
+        const ptrdiff_t per_thread = (tiles + team - 1) / team;
+        const double rows = (double)(per_thread < split.m_slivers ? per_thread : split.m_slivers) * mr;
+        const ptrdiff_t columns = per_thread == 1 ? 1 : (per_thread + split.m_slivers - 1) / split.m_slivers + 1;
+        const double cols = (double)(columns < split.n_slivers ? columns : split.n_slivers) * nr;
+        const double cost = (double)per_thread * mr * nr / 16.0 + (rows + cols) / 2.0;
+        split.list = cost < grid;
+    }
+    return split;
+}
+
+/* This thread's grid block, in slivers; 0 if it has none. */
+static int grid_block(const tile_split *split, int tid, ptrdiff_t *row_lo, ptrdiff_t *row_hi, ptrdiff_t *col_lo,
+                      ptrdiff_t *col_hi)
+{
+    if (tid >= split->m_parts * split->n_parts)
+        return 0;
+    split_range(split->m_slivers, split->m_parts, tid / split->n_parts, row_lo, row_hi);
+    split_range(split->n_slivers, split->n_parts, tid % split->n_parts, col_lo, col_hi);
+    return 1;
+}
+
+static void add_part(gemm_share *share, const gemm_problem *p, const cpu_kernels *kernels, ptrdiff_t row_lo,
+                     ptrdiff_t row_hi, ptrdiff_t col_lo, ptrdiff_t col_hi)
+{
+    if (row_lo >= row_hi || col_lo >= col_hi)
+        return;
+    share->part[share->count++] = (gemm_rect){
+        (int)row_lo * kernels->mr, imin((int)row_hi * kernels->mr, p->m),
+        (int)col_lo * kernels->nr, imin((int)col_hi * kernels->nr, p->n),
+    };
+}
+
+gemm_share gemm_packed_share(const gemm_problem *p, const cpu_kernels *kernels, int team, int tid)
+{
+    const tile_split split = plan_split(p, kernels, team);
+    gemm_share share = {0};
+    if (!split.list) {
+        ptrdiff_t row_lo, row_hi, col_lo, col_hi;
+        if (grid_block(&split, tid, &row_lo, &row_hi, &col_lo, &col_hi))
+            add_part(&share, p, kernels, row_lo, row_hi, col_lo, col_hi);
+        return share;
+    }
+    /* A range of the column-ordered list: the tail of one column, whole columns, the head of another. */
+    const ptrdiff_t ms = split.m_slivers;
+    ptrdiff_t lo, hi;
+    split_range(ms * split.n_slivers, team, tid, &lo, &hi);
+    if (lo == hi)
+        return share;
+    const ptrdiff_t first = lo / ms, last = (hi - 1) / ms;
+    if (first == last) {
+        add_part(&share, p, kernels, lo % ms, (hi - 1) % ms + 1, first, first + 1);
+        return share;
+    }
+    add_part(&share, p, kernels, lo % ms, ms, first, first + 1);
+    add_part(&share, p, kernels, 0, ms, first + 1, last);
+    add_part(&share, p, kernels, 0, (hi - 1) % ms + 1, last, last + 1);
+    return share;
+}
+
+int gemm_packed_whole_rows(const gemm_problem *p, const cpu_kernels *kernels) { return p->n <= kernels->nr; }
+
+int gemm_shares_b(const gemm_problem *p, const cpu_kernels *kernels, int team)
+{
+    const tile_split split = plan_split(p, kernels, team);
+    const int k_blocks = (p->k + KC - 1) / KC;
+    if ((ptrdiff_t)split.n_slivers * k_blocks < team)
+        return 0; /* too few slivers to spread over the team: one thread would pack most of them */
+    /* How many threads would pack each column sliver of B on their own. */
+    ptrdiff_t packers = 0;
+    if (!split.list) {
+        packers = (ptrdiff_t)split.m_parts * split.n_slivers;
+    } else {
+        const ptrdiff_t ms = split.m_slivers;
+        for (int t = 0; t < team; ++t) {
+            ptrdiff_t lo, hi;
+            split_range(ms * split.n_slivers, team, t, &lo, &hi);
+            if (hi > lo)
+                packers += (hi - 1) / ms - lo / ms + 1;
+        }
+    }
+    return packers >= 2 * (ptrdiff_t)split.n_slivers;
+}
+
+void gemm_pack_b_shared(const gemm_problem *p, const cpu_kernels *kernels, float *dst, int team, int tid)
+{
+    const int nr = kernels->nr, n_slivers = (p->n + nr - 1) / nr;
+    const int k_blocks = (p->k + KC - 1) / KC, kc_block = (p->k + k_blocks - 1) / k_blocks;
+    ptrdiff_t lo, hi;
+    split_range((ptrdiff_t)k_blocks * n_slivers, team, tid, &lo, &hi);
+    /* Column by column, so a thread packs about the columns it computes with (less moves between caches). */
+    for (ptrdiff_t s = lo; s < hi; ++s) {
+        const int pc = (int)(s % k_blocks) * kc_block, j = (int)(s / k_blocks);
+        const int kc = imin(kc_block, p->k - pc);
+        pack_b_sliver(p, kernels, pc, kc, j * nr, dst + (ptrdiff_t)pc * n_slivers * nr + (ptrdiff_t)j * nr * kc);
+    }
+}
+
+/* The tile-list split: per k block, each column's B sliver once, each needed A sliver once (kept side by
+ * side for the whole block). */
+static long long gemm_packed_list(const gemm_problem *p, const pack_buffers *buffers, const cpu_kernels *kernels,
+                                  const tile_split *split, timeline *tl)
+{
+    const int team = omp_get_num_threads(), tid = omp_get_thread_num();
+    const int mr = kernels->mr, nr = kernels->nr;
+    const ptrdiff_t ms = split->m_slivers;
+    ptrdiff_t lo, hi;
+    split_range(ms * split->n_slivers, team, tid, &lo, &hi);
+    if (lo == hi)
+        return 0;
+    float *a_packed = buffers->a_packed + tid * buffers->a_floats;
+    float *b_packed = buffers->b_packed + tid * buffers->b_floats;
+    const int k_blocks = (p->k + KC - 1) / KC, kc_block = (p->k + k_blocks - 1) / k_blocks;
+    unsigned char packed[MC / MR];  /* A slivers packed in this k block (MR is the smallest mr) */
+    for (int pc = 0; pc < p->k; pc += kc_block) {
+        const int kc = imin(kc_block, p->k - pc);
+        const int accumulate = pc > 0, finish = pc + kc == p->k;
+        memset(packed, 0, sizeof packed);
+        for (ptrdiff_t j = lo / ms; j <= (hi - 1) / ms; ++j) {
+            const ptrdiff_t i_lo = j == lo / ms ? lo % ms : 0, i_hi = j == (hi - 1) / ms ? (hi - 1) % ms + 1 : ms;
+            long long t0 = tl ? now_ns() : 0;
+            const float *b_sliver =
+                p->b_shared ? p->b_shared + (ptrdiff_t)pc * split->n_slivers * nr + j * nr * kc : b_packed;
+            if (!p->b_shared)
+                pack_b_sliver(p, kernels, pc, kc, (int)j * nr, b_packed);
+            for (ptrdiff_t i = i_lo; i < i_hi; ++i)
+                if (!packed[i]) {
+                    pack_a_sliver(p, kernels, (int)i * mr, pc, kc, a_packed + i * mr * kc);
+                    packed[i] = 1;
+                }
+            if (tl)
+                timeline_add_pack(tl, now_ns() - t0);
+            for (ptrdiff_t i = i_lo; i < i_hi; ++i)
+                packed_tile(p, kernels, a_packed + i * mr * kc, b_sliver, kc, (int)i * mr, (int)j * nr,
+                            accumulate, finish);
+        }
+    }
+    return (long long)(hi - lo) * mr * nr * p->k;
 }
 
 /* The five BLIS loops, run by each thread on its own block of C with its own packing buffers, so threads
  * never wait for each other inside a product. Each element's k blocks are added in the same order whoever
  * computes it, so thread count never changes a result. */
-static void gemm_packed(const gemm_problem *p, const pack_buffers *buffers, const cpu_kernels *kernels)
+static long long gemm_packed(const gemm_problem *p, const pack_buffers *buffers, const cpu_kernels *kernels,
+                             timeline *tl)
 {
+    long long tiles = 0;
     const int team = omp_get_num_threads(), tid = omp_get_thread_num();
     const int mr = kernels->mr, nr = kernels->nr;
-    const int m_slivers = (p->m + mr - 1) / mr, n_slivers = (p->n + nr - 1) / nr;
-    int m_parts, n_parts;
-    thread_grid(m_slivers, n_slivers, mr, nr, team, &m_parts, &n_parts);
-    if (tid < m_parts * n_parts) {
+    const tile_split split = plan_split(p, kernels, team);
+    if (split.list)
+        return gemm_packed_list(p, buffers, kernels, &split, tl);
+    ptrdiff_t row_lo, row_hi, col_lo, col_hi;
+    if (grid_block(&split, tid, &row_lo, &row_hi, &col_lo, &col_hi)) {
         float *a_packed = buffers->a_packed + tid * buffers->a_floats;
         float *b_packed = buffers->b_packed + tid * buffers->b_floats;
-        ptrdiff_t row_lo, row_hi, col_lo, col_hi;
-        split_range(m_slivers, m_parts, tid / n_parts, &row_lo, &row_hi);
-        split_range(n_slivers, n_parts, tid % n_parts, &col_lo, &col_hi);
         /* Cache blocks of at most NC columns and MC rows, of balanced sizes (in slivers). */
         const ptrdiff_t n_blocks = (col_hi - col_lo + NC / nr - 1) / (NC / nr);
         const ptrdiff_t m_blocks = (row_hi - row_lo + MC / mr - 1) / (MC / mr);
@@ -312,26 +495,76 @@ static void gemm_packed(const gemm_problem *p, const pack_buffers *buffers, cons
             for (int pc = 0; pc < p->k; pc += kc_block) {
                 const int kc = imin(kc_block, p->k - pc);
                 const int accumulate = pc > 0, finish = pc + kc == p->k;
-                for (ptrdiff_t s = jc; s < jc_end; ++s)
-                    pack_b_sliver(p, kernels, pc, kc, (int)s * nr, b_packed + (s - jc) * nr * kc);
+                long long t0 = tl ? now_ns() : 0;
+                /* This k block's slivers: this thread's own, or the team's shared ones from column jc on. */
+                const float *b_block = p->b_shared ? p->b_shared + (ptrdiff_t)pc * split.n_slivers * nr + jc * nr * kc
+                                                   : b_packed;
+                if (!p->b_shared)
+                    for (ptrdiff_t s = jc; s < jc_end; ++s)
+                        pack_b_sliver(p, kernels, pc, kc, (int)s * nr, b_packed + (s - jc) * nr * kc);
+                if (tl)
+                    timeline_add_pack(tl, now_ns() - t0);
                 for (ptrdiff_t ic = row_lo; ic < row_hi; ic += mc_slivers) {
                     const ptrdiff_t ic_end = ic + mc_slivers < row_hi ? ic + mc_slivers : row_hi;
+                    if (tl)
+                        t0 = now_ns();
                     for (ptrdiff_t s = ic; s < ic_end; ++s)
                         pack_a_sliver(p, kernels, (int)s * mr, pc, kc, a_packed + (s - ic) * mr * kc);
+                    if (tl)
+                        timeline_add_pack(tl, now_ns() - t0);
+                    tiles += (jc_end - jc) * (ic_end - ic);
                     for (ptrdiff_t jr = jc; jr < jc_end; ++jr)
                         for (ptrdiff_t ir = ic; ir < ic_end; ++ir)
                             packed_tile(p, kernels, a_packed + (ir - ic) * mr * kc,
-                                        b_packed + (jr - jc) * nr * kc, kc, (int)ir * mr, (int)jr * nr,
+                                        b_block + (jr - jc) * nr * kc, kc, (int)ir * mr, (int)jr * nr,
                                         accumulate, finish);
                 }
             }
         }
     }
+    /* Tiles were counted once per k block: their sizes add up to k. */
+    const int k_blocks_all = (p->k + KC - 1) / KC;
+    return tiles * mr * nr * p->k / k_blocks_all;
 }
 
 #endif
 
 #ifdef MLP_BLAS
+/* The BLAS build runs on the calling thread alone: its one thread owns all of C. */
+gemm_share gemm_packed_share(const gemm_problem *p, const cpu_kernels *kernels, int team, int tid)
+{
+    (void)kernels;
+    (void)team;
+    gemm_share share = {0};
+    if (tid == 0)
+        share.part[share.count++] = (gemm_rect){0, p->m, 0, p->n};
+    return share;
+}
+
+int gemm_packed_whole_rows(const gemm_problem *p, const cpu_kernels *kernels)
+{
+    (void)p;
+    (void)kernels;
+    return 0;
+}
+
+int gemm_shares_b(const gemm_problem *p, const cpu_kernels *kernels, int team)
+{
+    (void)p;
+    (void)kernels;
+    (void)team;
+    return 0;
+}
+
+void gemm_pack_b_shared(const gemm_problem *p, const cpu_kernels *kernels, float *dst, int team, int tid)
+{
+    (void)p;
+    (void)kernels;
+    (void)dst;
+    (void)team;
+    (void)tid;
+}
+
 /* An operand op(X) (rows x cols, op(X)(i, j) = x[i * rs + j * cs]) as cblas sees it: X itself, row-major
  * with leading dimension rs, or the transpose of a row-major matrix with leading dimension cs. */
 static void blas_operand(ptrdiff_t rs, ptrdiff_t cs, int cols, CBLAS_TRANSPOSE *trans, blasint *ld)
@@ -358,19 +591,20 @@ static void gemm_blas(const gemm_problem *p, const cpu_kernels *kernels)
 }
 #endif
 
-void gemm_team(int kernel, const gemm_problem *problem, const pack_buffers *buffers,
-               const cpu_kernels *kernels)
+long long gemm_team(int kernel, const gemm_problem *problem, const pack_buffers *buffers,
+                    const cpu_kernels *kernels, timeline *tl)
 {
 #ifdef MLP_BLAS
     /* Every ladder version is OpenBLAS here: this build is the optimised-library rung. */
     (void)kernel;
     (void)buffers;
+    (void)tl;
     gemm_blas(problem, kernels);
+    return (long long)problem->m * problem->n * problem->k;
 #else
     if (kernel == MLP_KERNEL_PACKED)
-        gemm_packed(problem, buffers, kernels);
-    else
-        gemm_loops(kernel, problem, kernels);
+        return gemm_packed(problem, buffers, kernels, tl);
+    return gemm_loops(kernel, problem, kernels);
 #endif
 }
 
@@ -439,10 +673,10 @@ int mlp_gemm(mlp_gemm_workspace *workspace, int kernel, int threads, int transpo
     };
     blas_use_threads(threads);
     if (threads == 1) {
-        gemm_team(kernel, &problem, &workspace->packs, workspace->kernels);
+        gemm_team(kernel, &problem, &workspace->packs, workspace->kernels, NULL);
     } else {
 #pragma omp parallel num_threads(threads)
-        gemm_team(kernel, &problem, &workspace->packs, workspace->kernels);
+        gemm_team(kernel, &problem, &workspace->packs, workspace->kernels, NULL);
     }
     return MLP_OK;
 }

@@ -25,6 +25,19 @@ enum { KC = 256, MC = 144, NC = 4080 };
 /* Buffers are aligned to cache lines (and to a full AVX-512 vector). */
 enum { ALIGN_BYTES = 64, ALIGN_FLOATS = ALIGN_BYTES / (int)sizeof(float) };
 
+/* Polynomials of the vectorised activations, one copy for the AVX2 and AVX-512 sets (they must agree to
+ * the bit up to their lane count). Highest degree first, for Horner's rule. */
+/* exp(r) ~ 1 + r + r^2 P(r) on the reduced argument |r| <= ln2 / 2 (Cephes expf). */
+#define EXP_POLY {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, \
+                  5.0000001201e-1f}
+/* tanh(z) ~ z + z^3 P(z^2) for |z| < TANH_POLY_LIMIT (Cephes tanhf). */
+#define TANH_POLY {-5.70498872745e-3f, 2.06390887954e-2f, -5.37397155531e-2f, 1.33314422036e-1f, \
+                   -3.33332819422e-1f}
+#define TANH_POLY_LIMIT 0.625f
+
+/* The per-thread timeline of a stage call (timeline.c); NULL when off. */
+typedef struct timeline timeline;
+
 /* Activation codes: the public ones plus "none" (the output layer's logits get the bias only). */
 enum { ACT_NONE = 3 };
 
@@ -90,6 +103,9 @@ typedef struct {
     float *c;
     ptrdiff_t ldc;
     epilogue ep;
+    /* Packed rung: op(B) already packed for the whole team (gemm_pack_b_shared), or NULL: each thread packs
+     * the slivers it needs. */
+    const float *b_shared;
 } gemm_problem;
 
 /* Packed operands, one slot per thread: an MC x KC block of A (a_floats) and a KC x NC panel of B
@@ -106,9 +122,38 @@ void pack_buffers_free(pack_buffers *buffers);
 
 /* Runs one product with the given ladder version. Called by every thread of the current team (or outside
  * a parallel region). No barrier inside or at the end: each thread writes only its own block of C with its
- * own packing buffers, so the caller synchronises only before C is read. */
-void gemm_team(int kernel, const gemm_problem *problem, const pack_buffers *buffers,
-               const cpu_kernels *kernels);
+ * own packing buffers, so the caller synchronises only before C is read. Returns this thread's
+ * multiply-adds (tile padding included); with a timeline, adds its packing time to it. */
+typedef struct {
+    int i0, i1, j0, j1;       /* rows [i0, i1) x columns [j0, j1) of C */
+} gemm_rect;
+
+/* The part of C one thread computes: up to three rectangles (a range of a column-ordered tile list is the
+ * tail of one column, whole columns and the head of another). */
+typedef struct {
+    int count;
+    gemm_rect part[3];
+} gemm_share;
+
+long long gemm_team(int kernel, const gemm_problem *problem, const pack_buffers *buffers,
+                    const cpu_kernels *kernels, timeline *tl);
+
+/* The part of C that gemm_team gives the calling thread of a `team` on the packed rung, known before the
+ * product runs, so a step can fuse per-block work after it. */
+gemm_share gemm_packed_share(const gemm_problem *problem, const cpu_kernels *kernels, int team, int tid);
+
+/* Packs all of op(B) of a product in the layout gemm_team reads through b_shared (each k block's column
+ * slivers side by side, k blocks one after the other), the team's threads each a share of the slivers.
+ * Needs k * round_up(n, nr) floats. */
+void gemm_pack_b_shared(const gemm_problem *problem, const cpu_kernels *kernels, float *dst, int team, int tid);
+
+/* 1 if a team should pack op(B) once for all (gemm_pack_b_shared) rather than each thread its slivers: where
+ * on their own the threads would pack every column sliver twice or more on average, and there are enough
+ * slivers to give every thread some. The same answer on every thread. */
+int gemm_shares_b(const gemm_problem *problem, const cpu_kernels *kernels, int team);
+
+/* 1 if on the packed rung every thread's block spans all of C's columns (n fits one column sliver). */
+int gemm_packed_whole_rows(const gemm_problem *problem, const cpu_kernels *kernels);
 
 /* The BLAS build (libmlp_blas, -DMLP_BLAS) does every product with OpenBLAS's cblas_sgemm on OpenBLAS's own
  * thread pool, set to the call's thread count before each stage; everything else runs on the calling thread
@@ -119,6 +164,23 @@ static inline void blas_use_threads(int threads) { scipy_openblas_set_num_thread
 #else
 static inline void blas_use_threads(int threads) { (void)threads; }
 #endif
+
+/* The timeline (timeline.c). */
+
+/* Monotonic clock in nanoseconds. */
+long long now_ns(void);
+/* A stage call begins / ends (calling thread, outside the team). */
+void timeline_begin(timeline *tl, int team);
+void timeline_end(timeline *tl);
+void timeline_fork(timeline *tl);
+/* Records [start, now) for the calling thread; returns now. */
+long long timeline_record(timeline *tl, int kind, int layer, long long start, long long pack_ns, long long work);
+/* Time spent packing by each thread since the last call of timeline_take_pack (gemm_packed adds to it). */
+void timeline_add_pack(timeline *tl, long long ns);
+long long timeline_take_pack(timeline *tl);
+timeline *timeline_create(int threads, int events_per_thread);
+void timeline_destroy(timeline *tl);
+int timeline_copy(const timeline *tl, mlp_event *events, int capacity, int *count, int *dropped);
 
 /* [lo, hi): part `index` of `count` items split into `parts` nearly equal contiguous ranges. */
 static inline void split_range(ptrdiff_t count, int parts, int index, ptrdiff_t *lo, ptrdiff_t *hi)
@@ -135,5 +197,9 @@ static inline ptrdiff_t round_up(ptrdiff_t value, ptrdiff_t multiple)
 
 /* 64-byte aligned, zero-filled; size in floats. NULL on overflow or failure. */
 float *alloc_floats(size_t count);
+/* The same, not written: the caller zeroes it where its pages should be placed (first touch). */
+float *alloc_floats_untouched(size_t count);
+/* Zeroes part `tid` of `team` contiguous parts of a buffer (NULL: nothing). */
+void zero_share(float *buffer, size_t count, int team, int tid);
 
 #endif /* MLP_INTERNAL_H */

@@ -23,12 +23,10 @@ static inline __m256 exp_nonpositive(__m256 x)
                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, ln2_hi, x);  /* x - n ln2, ln2 split so n * ln2_hi is exact */
     r = _mm256_fnmadd_ps(n, ln2_lo, r);
-    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+    static const float poly[] = EXP_POLY;
+    __m256 y = _mm256_set1_ps(poly[0]);
+    for (int i = 1; i < (int)(sizeof poly / sizeof *poly); ++i)
+        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(poly[i]));
     y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
     const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_andnot_ps(underflow, _mm256_mul_ps(y, _mm256_castsi256_ps(bits)));
@@ -48,20 +46,19 @@ static inline __m256 sigmoid8(__m256 z)
 static inline __m256 tanh8(__m256 z)
 {
     const __m256 one = _mm256_set1_ps(1.0f), az = abs8(z);
-    /* |z| < 0.625: odd polynomial (Cephes tanhf), free of the cancellation in 1 - e near zero. */
+    /* |z| < TANH_POLY_LIMIT: odd polynomial (Cephes tanhf), free of the cancellation in 1 - e near zero. */
     const __m256 z2 = _mm256_mul_ps(z, z);
-    __m256 p = _mm256_set1_ps(-5.70498872745e-3f);
-    p = _mm256_fmadd_ps(p, z2, _mm256_set1_ps(2.06390887954e-2f));
-    p = _mm256_fmadd_ps(p, z2, _mm256_set1_ps(-5.37397155531e-2f));
-    p = _mm256_fmadd_ps(p, z2, _mm256_set1_ps(1.33314422036e-1f));
-    p = _mm256_fmadd_ps(p, z2, _mm256_set1_ps(-3.33332819422e-1f));
+    static const float poly[] = TANH_POLY;
+    __m256 p = _mm256_set1_ps(poly[0]);
+    for (int i = 1; i < (int)(sizeof poly / sizeof *poly); ++i)
+        p = _mm256_fmadd_ps(p, z2, _mm256_set1_ps(poly[i]));
     const __m256 small = _mm256_fmadd_ps(_mm256_mul_ps(p, z2), z, z);
     /* Otherwise sign(z) (1 - e) / (1 + e) with e = exp(-2|z|) <= 0.29 (0 for |z| = inf; NaN for NaN, and
      * the ordered compare below sends NaN to this side). */
     const __m256 e = exp_nonpositive(_mm256_mul_ps(_mm256_set1_ps(-2.0f), az));
     const __m256 large_abs = _mm256_div_ps(_mm256_sub_ps(one, e), _mm256_add_ps(one, e));
     const __m256 large = _mm256_or_ps(large_abs, _mm256_and_ps(_mm256_set1_ps(-0.0f), z));
-    return _mm256_blendv_ps(large, small, _mm256_cmp_ps(az, _mm256_set1_ps(0.625f), _CMP_LT_OQ));
+    return _mm256_blendv_ps(large, small, _mm256_cmp_ps(az, _mm256_set1_ps(TANH_POLY_LIMIT), _CMP_LT_OQ));
 }
 
 static inline __m256 activate8(__m256 z, int activation)

@@ -26,12 +26,10 @@ static inline __m512 exp_nonpositive16(__m512 x)
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, ln2_hi, x);
     r = _mm512_fnmadd_ps(n, ln2_lo, r);
-    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+    static const float poly[] = EXP_POLY;
+    __m512 y = _mm512_set1_ps(poly[0]);
+    for (int i = 1; i < (int)(sizeof poly / sizeof *poly); ++i)
+        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(poly[i]));
     y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
     const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
     return _mm512_maskz_mov_ps((__mmask16)~underflow, _mm512_mul_ps(y, _mm512_castsi512_ps(bits)));
@@ -48,20 +46,19 @@ static inline __m512 sigmoid16(__m512 z)
 static inline __m512 tanh16(__m512 z)
 {
     const __m512 one = _mm512_set1_ps(1.0f), az = _mm512_abs_ps(z);
-    /* |z| < 0.625: odd polynomial; otherwise sign(z) (1 - e) / (1 + e), e = exp(-2|z|) (0 at infinity,
+    /* |z| < TANH_POLY_LIMIT: odd polynomial; otherwise sign(z) (1 - e) / (1 + e), e = exp(-2|z|) (0 at infinity,
      * NaN for NaN, which the ordered compare sends to that side). */
     const __m512 z2 = _mm512_mul_ps(z, z);
-    __m512 p = _mm512_set1_ps(-5.70498872745e-3f);
-    p = _mm512_fmadd_ps(p, z2, _mm512_set1_ps(2.06390887954e-2f));
-    p = _mm512_fmadd_ps(p, z2, _mm512_set1_ps(-5.37397155531e-2f));
-    p = _mm512_fmadd_ps(p, z2, _mm512_set1_ps(1.33314422036e-1f));
-    p = _mm512_fmadd_ps(p, z2, _mm512_set1_ps(-3.33332819422e-1f));
+    static const float poly[] = TANH_POLY;
+    __m512 p = _mm512_set1_ps(poly[0]);
+    for (int i = 1; i < (int)(sizeof poly / sizeof *poly); ++i)
+        p = _mm512_fmadd_ps(p, z2, _mm512_set1_ps(poly[i]));
     const __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(p, z2), z, z);
     const __m512 e = exp_nonpositive16(_mm512_mul_ps(_mm512_set1_ps(-2.0f), az));
     const __m512 large_abs = _mm512_div_ps(_mm512_sub_ps(one, e), _mm512_add_ps(one, e));
     const __m512i sign = _mm512_and_epi32(_mm512_castps_si512(z), _mm512_set1_epi32((int)0x80000000u));
     const __m512 large = _mm512_castsi512_ps(_mm512_or_epi32(_mm512_castps_si512(large_abs), sign));
-    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(az, _mm512_set1_ps(0.625f), _CMP_LT_OQ), large, small);
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(az, _mm512_set1_ps(TANH_POLY_LIMIT), _CMP_LT_OQ), large, small);
 }
 
 static inline __m512 activate16(__m512 z, int activation)

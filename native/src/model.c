@@ -15,6 +15,11 @@
 /* Far above any width or batch of the study; keeps every index product well inside ptrdiff_t. */
 enum { SIZE_LIMIT = 1 << 24 };
 
+/* The shared packed weights are kept only up to this size in all (the large network's would take 256 MiB)
+ * and used only for batches of at most MC rows: there each thread needs a few tiles per column sliver, so
+ * packing its own slivers of W costs as much as it computes with them. */
+enum { SHARED_PACK_BYTES = 32 << 20 };
+
 typedef enum { STAGE_NONE, STAGE_FORWARD, STAGE_BACKPROP, STAGE_UPDATE } stage_kind;
 
 typedef struct {
@@ -41,6 +46,11 @@ struct mlp_model {
     int grads_ready;
     int next_backprop_layer; /* the layer mlp_backprop_layer accepts next (n_layers..1); 0: none */
     stage_kind last_stage;
+    /* The weights of layers 2..L packed once per step for the whole team (NULL: not allocated, above
+     * SHARED_PACK_BYTES): [0], [1] for the forward products, [2], [3] for the input gradients, alternating
+     * by layer, each written in the stretch before the one that reads it. */
+    float *wpack[4];
+    timeline *tl;         /* per-thread timeline of the last stage call; NULL when off */
 };
 
 const char *mlp_error_message(int status)
@@ -100,6 +110,9 @@ void mlp_model_destroy(mlp_model *model)
     free(model->delta[1]);
     free(model->row_loss);
     pack_buffers_free(&model->packs);
+    for (int i = 0; i < 4; ++i)
+        free(model->wpack[i]);
+    timeline_destroy(model->tl);
     free(model);
 }
 
@@ -122,6 +135,27 @@ static int check_create_args(int n_layers, const int *sizes, int activation, int
     if (kernel < MLP_KERNEL_NAIVE || kernel > MLP_KERNEL_PACKED)
         return MLP_ERR_KERNEL;
     return MLP_OK;
+}
+
+/* Zeroes the large buffers in a team of max_threads, each thread the contiguous share the update and the
+ * row splits give it, so on a machine with several memory nodes their pages start near the threads that
+ * use them (the first write places a page). */
+static void first_touch(mlp_model *model, size_t delta_floats)
+{
+    const size_t batch = (size_t)model->max_batch;
+#pragma omp parallel num_threads(model->max_threads)
+    {
+        const int team = omp_get_num_threads(), tid = omp_get_thread_num();
+        for (int l = 0; l < model->n_layers; ++l) {
+            const layer *ly = &model->layers[l];
+            zero_share(ly->weights, (size_t)ly->n_in * (size_t)ly->n_out, team, tid);
+            zero_share(ly->output, batch * (size_t)ly->n_out, team, tid);
+        }
+        zero_share(model->gradients, (size_t)model->gradient_count, team, tid);
+        zero_share(model->logits, batch * (size_t)model->layers[model->n_layers - 1].n_out, team, tid);
+        zero_share(model->delta[0], delta_floats, team, tid);
+        zero_share(model->delta[1], delta_floats, team, tid);
+    }
 }
 
 int mlp_model_create(mlp_model **out, int n_layers, const int *sizes, int activation, int loss,
@@ -158,7 +192,7 @@ int mlp_model_create(mlp_model **out, int n_layers, const int *sizes, int activa
     long long gradient_count = 0;
     for (int l = 0; l < n_layers && gradient_count < (1LL << 60); ++l)
         gradient_count += ((long long)sizes[l] + 1) * sizes[l + 1];
-    model->gradients = alloc_floats((size_t)gradient_count);
+    model->gradients = alloc_floats_untouched((size_t)gradient_count);
     model->gradient_count = gradient_count;
     int widest_output = 1, widest = sizes[0];
     int ok = model->gradients != NULL;
@@ -168,24 +202,42 @@ int mlp_model_create(mlp_model **out, int n_layers, const int *sizes, int activa
         ly->n_in = sizes[l];
         ly->n_out = sizes[l + 1];
         const size_t n_weights = (size_t)ly->n_in * (size_t)ly->n_out;
-        ly->weights = alloc_floats(n_weights);
+        ly->weights = alloc_floats_untouched(n_weights);
         ly->bias = alloc_floats((size_t)round_up(ly->n_out, NR_MAX));
         if (gradient) {
             ly->grad_weights = gradient;
             ly->grad_bias = gradient + n_weights;
             gradient += n_weights + (size_t)ly->n_out;
         }
-        ly->output = alloc_floats((size_t)max_batch * (size_t)ly->n_out);
+        ly->output = alloc_floats_untouched((size_t)max_batch * (size_t)ly->n_out);
         ok = ok && ly->weights && ly->bias && ly->output;
         widest_output = max_int(widest_output, ly->n_out);
         widest = max_int(widest, ly->n_out);
     }
     const size_t delta_floats = (size_t)max_batch * (size_t)widest_output;
-    model->logits = alloc_floats((size_t)max_batch * (size_t)sizes[n_layers]);
-    model->delta[0] = alloc_floats(delta_floats);
-    model->delta[1] = alloc_floats(delta_floats);
+    model->logits = alloc_floats_untouched((size_t)max_batch * (size_t)sizes[n_layers]);
+    model->delta[0] = alloc_floats_untouched(delta_floats);
+    model->delta[1] = alloc_floats_untouched(delta_floats);
     model->row_loss = calloc((size_t)max_batch, sizeof *model->row_loss);
     ok = ok && model->logits && model->delta[0] && model->delta[1] && model->row_loss;
+    if (ok)
+        first_touch(model, delta_floats);
+    /* Shared packed weights: the widest layer above the first, in either layout (whole NR_MAX slivers). */
+    size_t forward_pack = 0, input_pack = 0;
+    for (int l = 1; l < n_layers; ++l) {
+        const size_t n_in = (size_t)sizes[l], n_out = (size_t)sizes[l + 1];
+        forward_pack = forward_pack > n_in * (size_t)round_up((ptrdiff_t)n_out, NR_MAX)
+                           ? forward_pack : n_in * (size_t)round_up((ptrdiff_t)n_out, NR_MAX);
+        input_pack = input_pack > n_out * (size_t)round_up((ptrdiff_t)n_in, NR_MAX)
+                         ? input_pack : n_out * (size_t)round_up((ptrdiff_t)n_in, NR_MAX);
+    }
+    if (ok && forward_pack && 2 * (forward_pack + input_pack) * sizeof(float) <= SHARED_PACK_BYTES) {
+        model->wpack[0] = alloc_floats(forward_pack);
+        model->wpack[1] = alloc_floats(forward_pack);
+        model->wpack[2] = alloc_floats(input_pack);
+        model->wpack[3] = alloc_floats(input_pack);
+        ok = model->wpack[0] && model->wpack[1] && model->wpack[2] && model->wpack[3];
+    }
     /* Products: forward (batch x n_out), weight gradient (n_out x n_in), input gradient (batch x n_in). */
     if (!ok || pack_buffers_alloc(&model->packs, max_int(max_batch, widest_output), widest, max_threads) != MLP_OK) {
         mlp_model_destroy(model);
@@ -288,26 +340,99 @@ typedef struct {
     const float *x, *targets;
     float lr, weight_decay;
     int layer;            /* mlp_backprop_layer's layer (1..n_layers) */
+    int shared_pack;      /* the step packs layers 2..L's weights once for the team (model->wpack) */
 } stage_args;
 
-static void forward_layers(mlp_model *model, int batch, const float *x)
+/* A barrier, timed when the timeline is on. `layer`: the layer (1-based) whose work it closes, 0 for none. */
+static void team_barrier(const mlp_model *model, int closes)
 {
+    if (!model->tl) {
+#pragma omp barrier
+        return;
+    }
+    const long long t0 = now_ns();
+#pragma omp barrier
+    timeline_record(model->tl, MLP_EV_BARRIER, closes, t0, 0, 0);
+}
+
+/* The packed rung's step fuses work into the products' own partitions (the output rows into the last
+ * layer's rows, each thread's update into its block of the weight gradient), saving barriers and keeping
+ * that work on the thread whose cache holds the data. The other rungs keep the plain structure (their
+ * partitions are not rectangles), and so does the BLAS build (OpenBLAS owns the products' partition). */
+static int fused_step(const mlp_model *model)
+{
+    return model->kernel == MLP_KERNEL_PACKED && !mlp_has_blas();
+}
+
+/* Layer l's (0-based) forward product Z = A_prev W^T + b, activation fused. */
+static gemm_problem forward_problem(const mlp_model *model, int l, int batch, const float *input)
+{
+    const layer *ly = &model->layers[l];
+    const int last = l == model->n_layers - 1;
+    return (gemm_problem){
+        .m = batch, .n = ly->n_out, .k = ly->n_in,
+        .a = input, .a_rs = ly->n_in, .a_cs = 1,
+        .b = ly->weights, .b_rs = 1, .b_cs = ly->n_in, /* W^T */
+        .c = last ? model->logits : ly->output, .ldc = ly->n_out,
+        .ep = {.kind = EPI_BIAS_ACTIVATION, .activation = last ? ACT_NONE : model->activation, .bias = ly->bias},
+    };
+}
+
+/* Layer l's (0-based, l >= 1) input gradient: dZ of the layer below = (dZ W) * act'(its output). */
+static gemm_problem input_grad_problem(const mlp_model *model, int l, int batch, const float *dz, float *dz_below)
+{
+    const layer *ly = &model->layers[l];
+    const float *input = model->layers[l - 1].output;
+    return (gemm_problem){
+        .m = batch, .n = ly->n_in, .k = ly->n_out,
+        .a = dz, .a_rs = ly->n_out, .a_cs = 1,
+        .b = ly->weights, .b_rs = ly->n_in, .b_cs = 1,
+        .c = dz_below, .ldc = ly->n_in,
+        .ep = {.kind = EPI_ACTIVATION_DERIVATIVE, .activation = model->activation, .aux = input,
+               .ld_aux = ly->n_in},
+    };
+}
+
+/* This thread's share of packing a product's weights for the whole team (timed as MLP_EV_PACK_WEIGHTS). */
+static void pack_weights_share(const mlp_model *model, const gemm_problem *problem, float *dst, int layer_number)
+{
+    const long long t0 = model->tl ? now_ns() : 0;
+    gemm_pack_b_shared(problem, model->kernels, dst, omp_get_num_threads(), omp_get_thread_num());
+    if (model->tl)
+        timeline_record(model->tl, MLP_EV_PACK_WEIGHTS, layer_number, t0, 0,
+                        (long long)problem->k * problem->n / omp_get_num_threads());
+}
+
+/* The forward products of every layer, a barrier after each but, with `rows_fused`, the last: the
+ * caller then works on the rows this thread computed (returned), every one of them complete. With
+ * `shared_pack`, the team packs the next layer's weights once, in the stretch before it (nothing there
+ * writes them), instead of each thread packing the slivers it needs. */
+static gemm_share forward_layers(mlp_model *model, int batch, const float *x, int rows_fused, int shared_pack)
+{
+    gemm_share share = {0};
     const float *input = x;
     for (int l = 0; l < model->n_layers; ++l) {
         const layer *ly = &model->layers[l];
         const int last = l == model->n_layers - 1;
-        const gemm_problem z = {
-            .m = batch, .n = ly->n_out, .k = ly->n_in,
-            .a = input, .a_rs = ly->n_in, .a_cs = 1,
-            .b = ly->weights, .b_rs = 1, .b_cs = ly->n_in, /* W^T */
-            .c = last ? model->logits : ly->output, .ldc = ly->n_out,
-            .ep = {.kind = EPI_BIAS_ACTIVATION, .activation = last ? ACT_NONE : model->activation,
-                   .bias = ly->bias},
-        };
-        gemm_team(model->kernel, &z, &model->packs, model->kernels);
-#pragma omp barrier
+        gemm_problem z = forward_problem(model, l, batch, input);
+        if (shared_pack && l > 0 && gemm_shares_b(&z, model->kernels, omp_get_num_threads()))
+            z.b_shared = model->wpack[l % 2];
+        const long long t0 = model->tl ? now_ns() : 0;
+        const long long work = gemm_team(model->kernel, &z, &model->packs, model->kernels, model->tl);
+        if (model->tl)
+            timeline_record(model->tl, MLP_EV_FORWARD, l + 1, t0, timeline_take_pack(model->tl), work);
+        if (shared_pack && !last) {
+            const gemm_problem next = forward_problem(model, l + 1, batch, ly->output);
+            if (gemm_shares_b(&next, model->kernels, omp_get_num_threads()))
+                pack_weights_share(model, &next, model->wpack[(l + 1) % 2], l + 2);
+        }
+        if (last && rows_fused)
+            share = gemm_packed_share(&z, model->kernels, omp_get_num_threads(), omp_get_thread_num());
+        else
+            team_barrier(model, l + 1);
         input = ly->output;
     }
+    return share;
 }
 
 /* One row of the output gradient (P - T) / batch: the mean loss's derivative for both losses. */
@@ -410,26 +535,56 @@ static void output_rows(const stage_args *s, ptrdiff_t lo, ptrdiff_t hi, int gra
     }
 }
 
+/* `gradient`: also the output gradient, and a barrier after it (backprop follows in the same region). */
 static void forward_team(const stage_args *s, int gradient)
 {
-    forward_layers(s->model, s->batch, s->x);
-    ptrdiff_t lo, hi;
-    split_range(s->batch, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
+    mlp_model *model = s->model;
+    const layer *out = &model->layers[model->n_layers - 1];
+    /* When the output layer fits one column sliver, each thread's block of logits is whole rows: it goes on
+     * to their softmax and loss without waiting for the others. */
+    const gemm_problem logits = {.m = s->batch, .n = out->n_out, .k = out->n_in};
+    const int rows_fused = fused_step(model) && gemm_packed_whole_rows(&logits, model->kernels);
+    const gemm_share share = forward_layers(model, s->batch, s->x, rows_fused, s->shared_pack);
+    /* A thread's logits are one rectangle here: the last layer has one column sliver. */
+    ptrdiff_t lo = share.count ? share.part[0].i0 : 0, hi = share.count ? share.part[0].i1 : 0;
+    if (!rows_fused)
+        split_range(s->batch, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
+    const long long t0 = model->tl ? now_ns() : 0;
     output_rows(s, lo, hi, gradient);
-#pragma omp barrier
+    if (model->tl)
+        timeline_record(model->tl, MLP_EV_OUTPUT_ROWS, model->n_layers, t0, 0, hi - lo);
+    if (s->shared_pack && model->n_layers > 1) {
+        /* The output layer's input gradient comes next in backprop: its weights, packed now. */
+        const int l = model->n_layers - 1;
+        const gemm_problem next = input_grad_problem(model, l, s->batch, model->delta[0], model->delta[1]);
+        if (gemm_shares_b(&next, model->kernels, omp_get_num_threads()))
+            pack_weights_share(model, &next, model->wpack[2 + l % 2], l + 1);
+    }
+    if (gradient)
+        team_barrier(model, model->n_layers);
 }
 
-/* db[j] = sum over the batch of dZ[i][j], columns split over the team; rows added in order. */
-static void bias_gradient(const float *dz, int batch, int n, float *grad_bias)
+/* db[j] = sum over the batch of dZ[i][j], columns split over the team; rows added in order. The sums build
+ * up in a local block and are stored once: two threads' columns can share a cache line of db, and storing
+ * on every row would pass that line between them batch times. */
+static void bias_gradient(const float *dz, int batch, int n, float *grad_bias, ptrdiff_t *lo_out, ptrdiff_t *hi_out)
 {
+    enum { BLOCK = 64 };
     ptrdiff_t lo, hi;
     split_range(n, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
-    for (ptrdiff_t j = lo; j < hi; ++j)
-        grad_bias[j] = 0.0f;
-    for (ptrdiff_t i = 0; i < batch; ++i) {
-        const float *row = dz + i * n;
-        for (ptrdiff_t j = lo; j < hi; ++j)
-            grad_bias[j] += row[j];
+    *lo_out = lo;
+    *hi_out = hi;
+    for (ptrdiff_t j0 = lo; j0 < hi; j0 += BLOCK) {
+        const ptrdiff_t width = hi - j0 < BLOCK ? hi - j0 : BLOCK;
+        float sum[BLOCK];
+        for (ptrdiff_t j = 0; j < width; ++j)
+            sum[j] = 0.0f;
+        for (ptrdiff_t i = 0; i < batch; ++i) {
+            const float *row = dz + i * n + j0;
+            for (ptrdiff_t j = 0; j < width; ++j)
+                sum[j] += row[j];
+        }
+        memcpy(grad_bias + j0, sum, (size_t)width * sizeof(float));
     }
 }
 
@@ -440,14 +595,37 @@ static void output_layer_gradient(const stage_args *s)
     const layer *out = &model->layers[model->n_layers - 1];
     ptrdiff_t lo, hi;
     split_range(s->batch, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
+    const long long t0 = model->tl ? now_ns() : 0;
     for (ptrdiff_t i = lo; i < hi; ++i)
         output_gradient(s->batch, out->output + i * out->n_out, s->targets + i * out->n_out,
                         model->delta[0] + i * out->n_out, out->n_out);
+    if (model->tl)
+        timeline_record(model->tl, MLP_EV_OUTPUT_GRAD, model->n_layers, t0, 0, (hi - lo) * out->n_out);
+}
+
+/* W -= lr * (dW + weight_decay * W) over the parts of a thread's share of a layer's weights. */
+static long long update_block(const layer *ly, gemm_share share, float lr, float weight_decay)
+{
+    long long elements = 0;
+    for (int part = 0; part < share.count; ++part) {
+        const gemm_rect b = share.part[part];
+        for (ptrdiff_t i = b.i0; i < b.i1; ++i) {
+            float *restrict w = ly->weights + i * ly->n_in;
+            const float *restrict g = ly->grad_weights + i * ly->n_in;
+            for (ptrdiff_t j = b.j0; j < b.j1; ++j)
+                w[j] -= lr * (g[j] + weight_decay * w[j]);
+        }
+        elements += (long long)(b.i1 - b.i0) * (b.j1 - b.j0);
+    }
+    return elements;
 }
 
 /* Layer l's (0-based) dW and db, and dZ of the layer below, from this layer's dZ in delta[current]; ends
- * with a barrier. The output layer's dZ is in delta[0], and each layer below alternates. */
-static void backprop_one_layer(const stage_args *s, int l)
+ * with a barrier unless l == 0 and `last_barrier` is 0. The output layer's dZ is in delta[0], and each
+ * layer below alternates. With `fused`, the step's update of b comes with it (nothing reads b again in
+ * this step), and for the first layer, which has no input gradient to read W, the update of the block of
+ * W whose dW this thread computed: no barrier is needed before it. */
+static void backprop_one_layer(const stage_args *s, int l, int last_barrier, int fused)
 {
     mlp_model *model = s->model;
     const int batch = s->batch, current = (model->n_layers - 1 - l) % 2;
@@ -463,32 +641,57 @@ static void backprop_one_layer(const stage_args *s, int l)
     };
     /* The weight gradient, the bias gradient and the layer below's dZ all only read this layer's dZ:
      * threads go from one to the next without waiting, and meet once per layer. */
-    gemm_team(model->kernel, &grad_weights, &model->packs, model->kernels);
-    bias_gradient(dz, batch, ly->n_out, ly->grad_bias);
+    timeline *tl = model->tl;
+    long long t0 = tl ? now_ns() : 0;
+    const long long work = gemm_team(model->kernel, &grad_weights, &model->packs, model->kernels, tl);
+    if (tl)
+        t0 = timeline_record(tl, MLP_EV_WEIGHT_GRAD, l + 1, t0, timeline_take_pack(tl), work);
+    ptrdiff_t bias_lo, bias_hi;
+    bias_gradient(dz, batch, ly->n_out, ly->grad_bias, &bias_lo, &bias_hi);
+    if (tl)
+        t0 = timeline_record(tl, MLP_EV_BIAS_GRAD, l + 1, t0, 0, (bias_hi - bias_lo) * batch);
+    if (fused) {
+        for (ptrdiff_t j = bias_lo; j < bias_hi; ++j)
+            ly->bias[j] -= s->lr * ly->grad_bias[j];
+        long long updated = bias_hi - bias_lo;
+        if (l == 0)
+            updated += update_block(ly, gemm_packed_share(&grad_weights, model->kernels, omp_get_num_threads(),
+                                                          omp_get_thread_num()),
+                                    s->lr, s->weight_decay);
+        if (tl)
+            t0 = timeline_record(tl, MLP_EV_UPDATE, l + 1, t0, 0, updated);
+    }
     if (l > 0) {
         /* dZ of the layer below = (dZ W) * act'(its output), the derivative fused into the product. */
-        const gemm_problem grad_input = {
-            .m = batch, .n = ly->n_in, .k = ly->n_out,
-            .a = dz, .a_rs = ly->n_out, .a_cs = 1,
-            .b = ly->weights, .b_rs = ly->n_in, .b_cs = 1,
-            .c = model->delta[1 - current], .ldc = ly->n_in,
-            .ep = {.kind = EPI_ACTIVATION_DERIVATIVE, .activation = model->activation,
-                   .aux = input, .ld_aux = ly->n_in},
-        };
-        gemm_team(model->kernel, &grad_input, &model->packs, model->kernels);
+        gemm_problem grad_input = input_grad_problem(model, l, batch, dz, model->delta[1 - current]);
+        if (s->shared_pack && gemm_shares_b(&grad_input, model->kernels, omp_get_num_threads()))
+            grad_input.b_shared = model->wpack[2 + l % 2];
+        const long long input_work = gemm_team(model->kernel, &grad_input, &model->packs, model->kernels, tl);
+        if (tl)
+            timeline_record(tl, MLP_EV_INPUT_GRAD, l + 1, t0, timeline_take_pack(tl), input_work);
+        if (s->shared_pack && l > 1) {
+            /* The next layer down's input gradient: its weights, packed in this stretch. */
+            const gemm_problem next = input_grad_problem(model, l - 1, batch, model->delta[1 - current],
+                                                         model->delta[current]);
+            if (gemm_shares_b(&next, model->kernels, omp_get_num_threads()))
+                pack_weights_share(model, &next, model->wpack[2 + (l - 1) % 2], l);
+        }
     }
-#pragma omp barrier
+    if (l > 0 || last_barrier)
+        team_barrier(model, l + 1);
 }
 
-/* `gradient_ready`: the forward pass already wrote dZ of the output layer. */
-static void backprop_team(const stage_args *s, int gradient_ready)
+/* `gradient_ready`: the forward pass already wrote dZ of the output layer. `last_barrier`: a barrier after
+ * the first layer too (a separate update follows in the region). `fused`: the update comes with it. */
+static void backprop_team(const stage_args *s, int gradient_ready, int last_barrier, int fused)
 {
+    mlp_model *model = s->model;
     if (!gradient_ready) {
         output_layer_gradient(s);
-#pragma omp barrier
+        team_barrier(model, model->n_layers);
     }
-    for (int l = s->model->n_layers - 1; l >= 0; --l)
-        backprop_one_layer(s, l);
+    for (int l = model->n_layers - 1; l >= 0; --l)
+        backprop_one_layer(s, l, last_barrier, fused);
 }
 
 /* mlp_backprop_layer's work: the same operations as backprop_team's for this one layer. */
@@ -496,50 +699,71 @@ static void backprop_layer_team(const stage_args *s)
 {
     if (s->layer == s->model->n_layers) {
         output_layer_gradient(s);
-#pragma omp barrier
+        team_barrier(s->model, s->model->n_layers);
     }
-    backprop_one_layer(s, s->layer - 1);
+    backprop_one_layer(s, s->layer - 1, 0, 0);
 }
 
-static void update_team(const stage_args *s)
+/* The update of layers [first, n_layers) (0-based), W and b, each thread a contiguous share. */
+static void update_layers(const stage_args *s, int first, int bias)
 {
     mlp_model *model = s->model;
     const float lr = s->lr, weight_decay = s->weight_decay;
     const int team = omp_get_num_threads(), tid = omp_get_thread_num();
     ptrdiff_t lo, hi;
-    for (int l = 0; l < model->n_layers; ++l) {
+    for (int l = first; l < model->n_layers; ++l) {
         layer *ly = &model->layers[l];
+        const long long t0 = model->tl ? now_ns() : 0;
+        long long elements = 0;
         split_range((ptrdiff_t)ly->n_out * ly->n_in, team, tid, &lo, &hi);
+        elements += hi - lo;
         for (ptrdiff_t e = lo; e < hi; ++e)
             ly->weights[e] -= lr * (ly->grad_weights[e] + weight_decay * ly->weights[e]);
         split_range(ly->n_out, team, tid, &lo, &hi);
+        if (!bias)
+            hi = lo;
         for (ptrdiff_t e = lo; e < hi; ++e)
             ly->bias[e] -= lr * ly->grad_bias[e];
+        if (model->tl)
+            timeline_record(model->tl, MLP_EV_UPDATE, l + 1, t0, 0, elements + hi - lo);
     }
 }
 
-static void forward_stage(const stage_args *s) { forward_team(s, 0); }
-static void backprop_stage(const stage_args *s) { backprop_team(s, 0); }
+static void update_team(const stage_args *s) { update_layers(s, 0, 1); }
 
-/* The whole step in one region; the output gradient comes with the forward pass's last rows. */
+static void forward_stage(const stage_args *s) { forward_team(s, 0); }
+static void backprop_stage(const stage_args *s) { backprop_team(s, 0, 0, 0); }
+
+/* The whole step in one region; the output gradient comes with the forward pass's last rows, and on the
+ * packed rung the update with each layer's weight gradient. */
 static void train_step_stage(const stage_args *s)
 {
+    const int fused = fused_step(s->model);
     forward_team(s, 1);
-    backprop_team(s, 1);
-    update_team(s);
+    backprop_team(s, 1, !fused, fused);
+    /* Fused: every dW above the first layer was complete at the last barrier, and their W have no reader
+     * left; the first layer's W and every b are already updated. */
+    update_layers(s, fused ? 1 : 0, !fused);
 }
 
 /* One parallel region of `threads` threads running `stage`; a single thread needs no team at all (its
  * barriers are then no-ops). */
 static void run_team(int threads, void (*stage)(const stage_args *), const stage_args *args)
 {
+    timeline *tl = args->model->tl;
     blas_use_threads(threads);
+    timeline_begin(tl, threads);
     if (threads == 1) {
         stage(args);
         return;
     }
 #pragma omp parallel num_threads(threads)
-    stage(args);
+    {
+        if (tl)
+            timeline_fork(tl);
+        stage(args);
+    }
+    timeline_end(tl);
 }
 
 /* ------------------------------------------------------------------ entry points */
@@ -653,7 +877,8 @@ int mlp_train_step(mlp_model *model, int threads, int batch, const float *x, con
     if (check_step_size(lr, weight_decay) != MLP_OK)
         return MLP_ERR_ARG;
     const stage_args args = {.model = model, .batch = batch, .x = x, .targets = targets, .lr = lr,
-                             .weight_decay = weight_decay};
+                             .weight_decay = weight_decay,
+                             .shared_pack = fused_step(model) && batch <= MC && model->wpack[0] != NULL};
     run_team(threads, train_step_stage, &args);
     model->forward_batch = 0;
     model->next_backprop_layer = 0;
@@ -662,4 +887,31 @@ int mlp_train_step(mlp_model *model, int threads, int batch, const float *x, con
     if (loss)
         *loss = mean_loss(model, batch);
     return MLP_OK;
+}
+
+/* ------------------------------------------------------------------ timeline */
+
+int mlp_timeline_enable(mlp_model *model, int events_per_thread)
+{
+    if (!model)
+        return MLP_ERR_NULL;
+    if (events_per_thread < 0 || events_per_thread > SIZE_LIMIT)
+        return MLP_ERR_SIZE;
+    timeline_destroy(model->tl);
+    model->tl = NULL;
+    if (events_per_thread == 0)
+        return MLP_OK;
+    model->tl = timeline_create(model->max_threads, events_per_thread);
+    return model->tl ? MLP_OK : MLP_ERR_MEMORY;
+}
+
+int mlp_timeline_read(const mlp_model *model, mlp_event *events, int capacity, int *count, int *dropped)
+{
+    if (!model || !count || (!events && capacity > 0))
+        return MLP_ERR_NULL;
+    if (capacity < 0)
+        return MLP_ERR_SIZE;
+    if (!model->tl)
+        return MLP_ERR_STATE;
+    return timeline_copy(model->tl, events, capacity, count, dropped);
 }

@@ -36,6 +36,17 @@ DEFAULT_MAX_BATCH = 1024
 #: ``native/src/model.c``; a test reads it there), checked here so a ValueError comes before C.
 C_SIZE_LIMIT = 1 << 24
 
+#: One timeline event as :meth:`NativeCModel.timeline` returns it (``mlp_event`` of ``native/include/mlp.h``):
+#: times in nanoseconds since the stage call began; ``kind`` a code of :func:`timeline_kinds`.
+TIMELINE_DTYPE = np.dtype([("start_ns", "<i8"), ("end_ns", "<i8"), ("pack_ns", "<i8"), ("work", "<i8"),
+                           ("kind", "<i4"), ("layer", "<i4"), ("thread", "<i4"), ("team", "<i4")])
+
+
+def timeline_kinds() -> dict[int, str]:
+    """The header's ``enum mlp_event_kind`` as {code: name}: ``{0: "fork", 1: "forward", ...}``."""
+    native.library("omp")  # declares the header's API
+    return {code: name.removeprefix("MLP_EV_").lower()
+            for name, code in native.ffi.typeof("enum mlp_event_kind").relements.items()}
 
 
 def header_code(lib: Any, name: str) -> int:
@@ -252,6 +263,47 @@ class NativeCModel(Model):
         status = self._lib.mlp_poison(self._model)
         if status:
             self._raise(status, "poison")
+
+    # ------------------------------------------------------------------ timeline
+
+    def enable_timeline(self, events_per_thread: int = 4096) -> None:
+        """Record a per-thread timeline of every later stage call (see :meth:`timeline`), keeping up to
+        ``events_per_thread`` events of each thread per call. Off again with :meth:`disable_timeline`."""
+        self._require_open()
+        if isinstance(events_per_thread, bool) or not isinstance(events_per_thread, int | np.integer):
+            raise TypeError(f"events_per_thread: expected an integer, got {type(events_per_thread).__name__}")
+        if not 1 <= events_per_thread <= C_SIZE_LIMIT:
+            raise ValueError(f"events_per_thread: expected 1..{C_SIZE_LIMIT}, got {events_per_thread}")
+        status = self._lib.mlp_timeline_enable(self._model, int(events_per_thread))
+        if status:
+            self._raise(status, "enable_timeline")
+
+    def disable_timeline(self) -> None:
+        """Stop recording and free the timeline (no cost beyond a branch per piece of work when off)."""
+        self._require_open()
+        status = self._lib.mlp_timeline_enable(self._model, 0)
+        if status:
+            self._raise(status, "disable_timeline")
+
+    def timeline(self) -> np.ndarray:
+        """The last stage call's events (forward, backprop, backprop_layer, update or train_step) as a
+        structured array of :data:`TIMELINE_DTYPE`, ordered by thread then time: each thread's share of every
+        product (with its packing time), output rows, bias gradients, updates, and each barrier wait.
+        ``RuntimeError`` if the timeline is off or events were dropped (enable with more events)."""
+        self._require_open()
+        count, dropped = native.ffi.new("int *"), native.ffi.new("int *")
+        status = self._lib.mlp_timeline_read(self._model, native.ffi.NULL, 0, count, dropped)
+        if status == self._lib.MLP_ERR_STATE:
+            raise RuntimeError("timeline is off: call enable_timeline() first")
+        if status not in (self._lib.MLP_OK, self._lib.MLP_ERR_SIZE):
+            self._raise(status, "timeline")
+        if dropped[0]:
+            raise RuntimeError(f"timeline: {dropped[0]} events did not fit; enable_timeline with more events")
+        events = np.zeros(count[0], dtype=TIMELINE_DTYPE)
+        if count[0]:
+            pointer = native.ffi.cast("mlp_event *", native.ffi.from_buffer(events))
+            self._raise(self._lib.mlp_timeline_read(self._model, pointer, count[0], count, dropped), "timeline")
+        return events
 
     def close(self) -> None:
         """Free the C model (idempotent; also done when the object is collected)."""

@@ -1,0 +1,157 @@
+/* The many-thread partition (tile lists for short products, fused updates) and the timeline: two training
+ * steps bit-identical for 1, 2, 5 and 16 threads, with the timeline on or off, on every kernel set; the
+ * timeline's multiply-adds cover each product's tiles exactly once; its error codes. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "mlp.h"
+
+typedef struct {
+    int n_layers;
+    int sizes[5];
+    int activation, loss, batch;
+} config;
+
+static const config CONFIGS[] = {
+    {4, {2, 30, 300, 40, 1}, MLP_SIGMOID, MLP_SIGMOID_BCE, 32},  /* narrow and wide, one output */
+    {2, {64, 128, 10}, MLP_TANH, MLP_SOFTMAX_CE, 7},
+    {2, {5, 40, 33}, MLP_RELU, MLP_SOFTMAX_CE, 50},              /* outputs wider than one sliver */
+};
+
+/* Two steps from fixed parameters; returns the model (timeline on if asked). */
+static mlp_model *stepped(const config *c, int threads, int isa, int timeline)
+{
+    unsigned long long seed = 7;
+    mlp_model *model = NULL;
+    CHECK(mlp_model_create(&model, c->n_layers, c->sizes, c->activation, c->loss, c->batch, threads,
+                           MLP_KERNEL_PACKED, isa) == MLP_OK, "create");
+    if (!model)
+        return NULL;
+    for (int l = 1; l <= c->n_layers; ++l) {
+        const size_t n_w = (size_t)c->sizes[l] * c->sizes[l - 1];
+        float *w = malloc(n_w * sizeof(float)), *b = malloc((size_t)c->sizes[l] * sizeof(float));
+        fill_uniform(w, n_w, &seed, -0.3f, 0.3f);
+        fill_uniform(b, (size_t)c->sizes[l], &seed, -0.3f, 0.3f);
+        CHECK(mlp_model_set_layer(model, l, w, b) == MLP_OK, "set layer");
+        free(w);
+        free(b);
+    }
+    const int n_out = c->sizes[c->n_layers];
+    float *x = malloc((size_t)c->batch * c->sizes[0] * sizeof(float));
+    float *t = calloc((size_t)c->batch * n_out, sizeof(float));
+    fill_uniform(x, (size_t)c->batch * c->sizes[0], &seed, -2.0f, 2.0f);
+    for (int i = 0; i < c->batch; ++i)
+        t[i * n_out + i % n_out] = 1.0f;
+    if (timeline)
+        CHECK(mlp_timeline_enable(model, 256) == MLP_OK, "enable");
+    for (int step = 0; step < 2; ++step)
+        CHECK(mlp_train_step(model, threads, c->batch, x, t, 0.1f, 1e-3f, NULL) == MLP_OK, "step");
+    free(x);
+    free(t);
+    return model;
+}
+
+static int same_parameters(mlp_model *a, mlp_model *b, const config *c)
+{
+    for (int l = 1; l <= c->n_layers; ++l) {
+        const size_t n_w = (size_t)c->sizes[l] * c->sizes[l - 1];
+        if (memcmp(mlp_model_buffer(a, MLP_BUF_WEIGHTS, l), mlp_model_buffer(b, MLP_BUF_WEIGHTS, l),
+                   n_w * sizeof(float)) != 0 ||
+            memcmp(mlp_model_buffer(a, MLP_BUF_BIAS, l), mlp_model_buffer(b, MLP_BUF_BIAS, l),
+                   (size_t)c->sizes[l] * sizeof(float)) != 0)
+            return 0;
+    }
+    return 1;
+}
+
+/* Multiply-adds of a product as the timeline counts them: whole tiles, or, in the BLAS build, m n k. */
+static long long padded(int m, int n, int k, int mr, int nr)
+{
+    if (mlp_has_blas())
+        return (long long)m * n * k;
+    return (long long)((m + mr - 1) / mr * mr) * ((n + nr - 1) / nr * nr) * k;
+}
+
+static void check_timeline(mlp_model *model, const config *c, int threads)
+{
+    int count = -1, dropped = -1;
+    CHECK(mlp_timeline_read(model, NULL, 0, &count, &dropped) == MLP_ERR_SIZE && count > 0 && dropped == 0,
+          "count");
+    mlp_event *events = calloc((size_t)count, sizeof *events);
+    CHECK(mlp_timeline_read(model, events, count, &count, NULL) == MLP_OK, "read");
+    const int wide = mlp_model_isa(model) == MLP_ISA_AVX512, mr = wide ? 8 : 6, nr = wide ? 32 : 16;
+    for (int l = 1; l <= c->n_layers; ++l) {
+        long long forward = 0, weight = 0;
+        for (int e = 0; e < count; ++e) {
+            CHECK(events[e].thread >= 0 && events[e].thread < threads && events[e].team == threads, "thread");
+            CHECK(events[e].end_ns >= events[e].start_ns, "order");
+            if (events[e].layer == l && events[e].kind == MLP_EV_FORWARD)
+                forward += events[e].work;
+            if (events[e].layer == l && events[e].kind == MLP_EV_WEIGHT_GRAD)
+                weight += events[e].work;
+        }
+        CHECK(forward == padded(c->batch, c->sizes[l], c->sizes[l - 1], mr, nr), "layer %d forward tiles", l);
+        CHECK(weight == padded(c->sizes[l], c->sizes[l - 1], c->batch, mr, nr), "layer %d weight tiles", l);
+    }
+    free(events);
+}
+
+static void test_threads(int isa)
+{
+    const int counts[] = {2, 5, 16};
+    for (size_t ci = 0; ci < sizeof CONFIGS / sizeof *CONFIGS; ++ci) {
+        const config *c = &CONFIGS[ci];
+        mlp_model *one = stepped(c, 1, isa, 0);
+        for (size_t ti = 0; ti < sizeof counts / sizeof *counts; ++ti) {
+            const int threads = mlp_has_openmp() ? counts[ti] : 1;
+            for (int timeline = 0; timeline <= 1; ++timeline) {
+                mlp_model *many = stepped(c, threads, isa, timeline);
+                CHECK(one && many && same_parameters(one, many, c), "config %zu isa %d threads %d timeline %d",
+                      ci, isa, threads, timeline);
+                if (timeline && many)
+                    check_timeline(many, c, threads);
+                mlp_model_destroy(many);
+            }
+        }
+        mlp_model_destroy(one);
+    }
+}
+
+static void test_errors(void)
+{
+    const config *c = &CONFIGS[1];
+    mlp_model *model = stepped(c, 1, MLP_ISA_AUTO, 0);
+    int count = 0;
+    mlp_event event;
+    CHECK(mlp_timeline_read(model, &event, 1, &count, NULL) == MLP_ERR_STATE, "read while off");
+    CHECK(mlp_timeline_read(NULL, &event, 1, &count, NULL) == MLP_ERR_NULL, "NULL model");
+    CHECK(mlp_timeline_read(model, NULL, 1, &count, NULL) == MLP_ERR_NULL, "NULL events");
+    CHECK(mlp_timeline_enable(NULL, 8) == MLP_ERR_NULL, "enable NULL");
+    CHECK(mlp_timeline_enable(model, -1) == MLP_ERR_SIZE, "negative events");
+    CHECK(mlp_timeline_enable(model, 2) == MLP_OK, "enable small");
+    float x[7 * 64] = {0}, t[7 * 10] = {0};
+    for (int i = 0; i < 7; ++i)
+        t[i * 10] = 1.0f;
+    CHECK(mlp_train_step(model, 1, 7, x, t, 0.1f, 0.0f, NULL) == MLP_OK, "step");
+    int dropped = 0;
+    CHECK(mlp_timeline_read(model, &event, 1, &count, &dropped) == MLP_ERR_SIZE && count == 2 && dropped > 0,
+          "dropped events counted");
+    CHECK(mlp_timeline_enable(model, 0) == MLP_OK, "off");
+    CHECK(mlp_timeline_read(model, &event, 1, &count, NULL) == MLP_ERR_STATE, "read after off");
+    mlp_model_destroy(model);
+}
+
+int main(void)
+{
+    test_errors();
+    for (int isa = MLP_ISA_PORTABLE; isa <= MLP_ISA_AVX512; ++isa) {
+        if (!mlp_isa_supported(isa)) {
+            printf("test_timeline: this CPU cannot run isa %d; skipped\n", isa);
+            continue;
+        }
+        test_threads(isa);
+    }
+    return check_report(mlp_has_openmp() ? "test_timeline (omp)"
+                        : mlp_has_blas() ? "test_timeline (blas)" : "test_timeline (serial)");
+}

@@ -1,0 +1,198 @@
+"""The C library's per-thread timeline (``enable_timeline`` / ``timeline``), the partition it reveals (every
+tile of every product computed exactly once, barriers per step), results that do not depend on the timeline
+or the thread count, and ``scripts/cpu_timeline.py`` end to end on a tiny budget."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlpbench import load
+from mlpbench.backends.native_c import TIMELINE_DTYPE, timeline_kinds
+from mlpbench.network import Network
+from mlpbench.verify import random_batch as reference_batch
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = {name: code for code, name in timeline_kinds().items()}
+# The micro-kernel tile of each kernel set (rows x columns of C).
+TILES = {"portable": (6, 16), "avx2": (6, 16), "avx512": (8, 32)}
+
+NARROW = Network((2, 30, 300, 40, 1), "sigmoid", "sigmoid-bce")   # narrow and wide layers, one output
+SOFTMAX = Network((64, 128, 10), "tanh", "softmax-ce")
+WIDE_OUTPUT = Network((5, 40, 33), "relu", "softmax-ce")          # 33 outputs: more than one column sliver
+
+
+def random_batch(network, batch, seed):
+    return reference_batch(network, batch, np.random.default_rng(seed))
+
+
+def stepped(network, batch, threads, *, timeline=False, steps=2, isa="auto", seed=3, kernel=3):
+    model = load("c-omp", network, seed=0, threads=threads, isa=isa, kernel=kernel)
+    X, y = random_batch(network, batch, seed=seed)
+    prepared = model.prepare(X, y)
+    if timeline:
+        model.enable_timeline()
+    for _ in range(steps):
+        model.train_step(prepared, 0.05, 1e-3)
+    return model
+
+
+def padded(m, n, k, tile):
+    mr, nr = tile
+    return -(-m // mr) * mr * (-(-n // nr) * nr) * k
+
+
+def test_off_by_default_and_after_disable():
+    model = stepped(SOFTMAX, 8, 2)
+    with pytest.raises(RuntimeError, match="timeline is off"):
+        model.timeline()
+    model.enable_timeline()
+    model.train_step(model.prepare(*random_batch(SOFTMAX, 8, seed=1)), 0.1)
+    assert len(model.timeline()) > 0
+    model.disable_timeline()
+    with pytest.raises(RuntimeError, match="timeline is off"):
+        model.timeline()
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1 << 25])
+def test_bad_event_counts(bad):
+    with load("c-omp", SOFTMAX, threads=1) as model, pytest.raises(ValueError):
+        model.enable_timeline(bad)
+
+
+def test_events_that_do_not_fit_are_an_error():
+    model = stepped(SOFTMAX, 8, 2)
+    model.enable_timeline(3)
+    model.train_step(model.prepare(*random_batch(SOFTMAX, 8, seed=1)), 0.1)
+    with pytest.raises(RuntimeError, match="did not fit"):
+        model.timeline()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 16])
+@pytest.mark.parametrize("network,batch", [(NARROW, 32), (SOFTMAX, 32), (NARROW, 7), (SOFTMAX, 256),
+                                           (WIDE_OUTPUT, 20)])
+@pytest.mark.parametrize("isa", ["portable", "auto"])
+def test_every_tile_computed_once(network, batch, threads, isa):
+    """The multiply-adds of each product, summed over threads, are the product's padded size: no tile is
+    skipped or computed twice, whatever the thread count."""
+    model = stepped(network, batch, threads, timeline=True, isa=isa)
+    events = model.timeline()
+    assert events.dtype == TIMELINE_DTYPE
+    tile = TILES[model.isa]
+    for index, (n_out, n_in) in enumerate(network.layer_shapes, start=1):
+        layer = events[events["layer"] == index]
+        forward = layer[layer["kind"] == KINDS["forward"]]
+        weight = layer[layer["kind"] == KINDS["weight_grad"]]
+        assert forward["work"].sum() == padded(batch, n_out, n_in, tile)
+        assert weight["work"].sum() == padded(n_out, n_in, batch, tile)
+        inputs = layer[layer["kind"] == KINDS["input_grad"]]
+        assert inputs["work"].sum() == (padded(batch, n_in, n_out, tile) if index > 1 else 0)
+        # Every element of the layer's update and bias gradient belongs to one thread.
+        assert layer[layer["kind"] == KINDS["update"]]["work"].sum() == n_out * n_in + n_out
+        assert layer[layer["kind"] == KINDS["bias_grad"]]["work"].sum() == n_out * batch
+
+
+def expected_barriers(network, kernel, tile):
+    """Barriers of one train_step inside its region (the closing one not counted). The packed rung: one
+    per forward layer, the last one's merged with the output rows when the outputs fit one column sliver,
+    one after the output rows, and one per backprop layer but the first (whose update needs none). The
+    loop rungs: one per forward layer, the output rows, and every backprop layer."""
+    layers = network.n_layers
+    if kernel != 3:
+        return 2 * layers + 1
+    return 2 * layers - (1 if network.n_outputs <= tile[1] else 0)
+
+
+@pytest.mark.parametrize("kernel", [3, 1])
+@pytest.mark.parametrize("threads", [1, 2, 5])
+@pytest.mark.parametrize("network", [NARROW, SOFTMAX, WIDE_OUTPUT])
+def test_events_per_thread_are_ordered_and_barriers_agree(network, threads, kernel):
+    model = stepped(network, 16, threads, timeline=True, kernel=kernel)
+    events = model.timeline()
+    assert set(events["thread"]) == set(range(threads))
+    assert (events["team"] == threads).all()
+    barriers = []
+    for thread in range(threads):
+        mine = events[events["thread"] == thread]
+        assert (mine["end_ns"] >= mine["start_ns"]).all()
+        assert (mine["start_ns"][1:] >= mine["end_ns"][:-1]).all()
+        assert (mine["pack_ns"] <= mine["end_ns"] - mine["start_ns"]).all()
+        barriers.append(int((mine["kind"] == KINDS["barrier"]).sum()))
+    assert len(set(barriers)) == 1
+    assert barriers[0] == expected_barriers(network, kernel, TILES[model.isa])
+    assert ((events["kind"] == KINDS["fork"]).sum(), (events["kind"] == KINDS["join"]).sum()) == (
+        (threads, 1) if threads > 1 else (0, 0))
+
+
+@pytest.mark.parametrize("network,batch", [(NARROW, 32), (SOFTMAX, 32), (NARROW, 3), (SOFTMAX, 200),
+                                           (WIDE_OUTPUT, 50)])
+def test_results_identical_for_any_thread_count_and_with_timeline(network, batch):
+    """Parameters after three steps, bit for bit, for 1 to 16 threads and with the timeline on."""
+    reference = stepped(network, batch, 1, steps=3).params()
+    for threads, timeline in [(1, True), (2, False), (3, True), (4, False), (7, False), (16, True)]:
+        params = stepped(network, batch, threads, steps=3, timeline=timeline).params()
+        for (w, b), (w_ref, b_ref) in zip(params, reference, strict=True):
+            np.testing.assert_array_equal(w, w_ref, err_msg=f"threads={threads} timeline={timeline}")
+            np.testing.assert_array_equal(b, b_ref, err_msg=f"threads={threads} timeline={timeline}")
+
+
+def test_separate_stages_record_their_own_call():
+    model = stepped(SOFTMAX, 16, 2, timeline=True, steps=0)
+    batch = model.prepare(*random_batch(SOFTMAX, 16, seed=5))
+    model.forward(batch)
+    kinds = set(model.timeline()["kind"])
+    assert KINDS["forward"] in kinds and KINDS["weight_grad"] not in kinds
+    model.backprop(batch)
+    kinds = set(model.timeline()["kind"])
+    assert {KINDS["output_grad"], KINDS["weight_grad"]} <= kinds and KINDS["forward"] not in kinds
+    model.update(0.1)
+    assert set(model.timeline()["kind"]) >= {KINDS["update"]}
+
+
+def test_script_writes_json_and_table(tmp_path):
+    spec = importlib.util.spec_from_file_location("cpu_timeline", ROOT / "scripts" / "cpu_timeline.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--cases", "digits:8,4-5-3:3", "--threads", "1,2", "--steps", "5", "--min-steps", "3",
+                        "--timeline-steps", "3", "--budget-s", "2", "--blas", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "timeline.json").read_text())
+    assert [(r["case"], r["threads"]) for r in report["results"]] == [
+        ("digits:8", 1), ("digits:8", 2), ("4-5-3:3", 1), ("4-5-3:3", 2)]
+    first = report["results"][1]["timeline"]
+    assert first["barriers_per_step"] == 2 * 2 - 1 + 1
+    assert len(first["busy_us_per_thread"]) == 2
+    assert "speedup" in (tmp_path / "timeline.txt").read_text()
+
+
+def test_script_skips_blas_beyond_its_thread_limit(tmp_path):
+    from mlpbench.backends import model_class
+
+    spec = importlib.util.spec_from_file_location("cpu_timeline", ROOT / "scripts" / "cpu_timeline.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    threads = model_class("c-blas").max_threads() + 1
+    assert script.main(["--cases", "4-5-3:3", "--threads", str(threads), "--steps", "3", "--min-steps", "3",
+                        "--timeline-steps", "3", "--budget-s", "1", "--blas", "--out", str(tmp_path)]) == 0
+    (result,) = json.loads((tmp_path / "timeline.json").read_text())["results"]
+    assert "blas_step" not in result and "at most" in result["blas_skipped"]
+    assert result["timeline"]["barriers_per_step"] == 2 * 2 - 1 + 1
+
+
+@pytest.mark.parametrize("threads", [1, 2, 16])
+@pytest.mark.parametrize("network,batch", [(NARROW, 32), (SOFTMAX, 32), (WIDE_OUTPUT, 50), (NARROW, 200)])
+def test_fused_step_equals_the_three_stages(network, batch, threads):
+    """train_step (output rows, updates and the packing of weights fused into its stretches) computes, bit
+    for bit, what forward, backprop and update compute as separate calls."""
+    X, y = random_batch(network, batch, seed=9)
+    fused, staged = (load("c-omp", network, seed=0, threads=threads) for _ in range(2))
+    for _ in range(2):
+        fused.train_step(fused.prepare(X, y), 0.05, 1e-3)
+        batch_ = staged.prepare(X, y)
+        staged.forward(batch_)
+        staged.backprop(batch_)
+        staged.update(0.05, 1e-3)
+    for (w, b), (w_ref, b_ref) in zip(fused.params(), staged.params(), strict=True):
+        np.testing.assert_array_equal(w, w_ref)
+        np.testing.assert_array_equal(b, b_ref)
