@@ -80,6 +80,7 @@ figures: $(INSTALLED)
 # report/report.pdf from report/report.typ, the figures and the data tables (nothing typed by hand).
 report: $(INSTALLED)
 	$(PY) -m analysis.report $(REPORT_RUNS) --figures figures --data report/data --output report/report.pdf
+	$(PY) -m analysis.findings report/data/numbers.json README.md
 
 # JupyterLab rooted at the repository, so notebooks/, results/ and figures/ are all reachable.
 lab: install

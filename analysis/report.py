@@ -252,7 +252,8 @@ class _Run:
 
     def ranks(self) -> dict[str, Any] | None:
         """Data-parallel runs: largest world size, efficiency there per scaling mode and rung, the all-reduce
-        share of the step there, and the highest all-reduce bus bandwidth; None without such data."""
+        share of the step there (and at every world size), and the highest all-reduce bus bandwidth; None
+        without such data."""
         if self.rank_scaling.empty and self.allreduce.empty:
             return None
         out: dict[str, Any] = {"efficiency": {}, "allreduce_share": {}}
@@ -261,9 +262,13 @@ class _Run:
             out["max_world_size"] = most
             for row in self.rank_scaling[self.rank_scaling.world_size == most].itertuples():
                 out["efficiency"][f"{row.backend} {row.scaling} {row.pg_backend} {row.rung}"] = float(row.efficiency)
-            shares = self.rank_shares[(self.rank_shares.world_size == most) & (self.rank_shares.stage == "allreduce")]
+            shares = self.rank_shares[self.rank_shares.stage == "allreduce"]
+            out["allreduce_share_by_world"] = {}
             for row in shares.itertuples():
-                out["allreduce_share"][f"{row.backend} {row.scaling} {row.pg_backend} {row.rung}"] = float(row.share)
+                key = f"{row.backend} {row.scaling} {row.pg_backend} {row.rung}"
+                out["allreduce_share_by_world"].setdefault(key, {})[str(int(row.world_size))] = float(row.share)
+                if row.world_size == most:
+                    out["allreduce_share"][key] = float(row.share)
         if len(self.allreduce):
             best = self.allreduce.loc[self.allreduce.busbw_gbps.idxmax()]
             out["max_busbw"] = {"gbps": float(best.busbw_gbps), "bytes": int(best.bytes),

@@ -355,3 +355,30 @@ def test_a_backend_name_never_seen_takes_its_device_from_its_rows(tmp_path: Path
     assert list(dict.fromkeys(stages.backend))[-1] == "zz-accel"  # no known family: last
     picks = summary.stage_speedups(results)
     assert "zz-accel" in set(picks[picks.level == "best GPU"].backend)  # the fastest GPU step, as cuda-fused was
+
+
+# ------------------------------------------------------------------ the README's findings
+
+
+def test_readme_findings_are_the_committed_numbers():
+    from analysis.findings import BEGIN, END, findings_markdown
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    block = readme[readme.index(BEGIN) + len(BEGIN):readme.index(END)].strip()
+    numbers = json.loads((root / "report" / "data" / "numbers.json").read_text())
+    assert block == findings_markdown(numbers), "README findings out of date: run make report"
+
+
+def test_findings_follow_the_numbers():
+    from analysis.findings import findings_markdown, replace_block
+
+    numbers = json.loads((Path(__file__).resolve().parent.parent / "report" / "data" / "numbers.json").read_text())
+    task = numbers["gpu"]["endtoend"]["moons-original"]
+    task["best_gpu"]["seconds"], task["gpu_vs_best_cpu"] = 2.0, task["best_cpu"]["seconds"] / 2.0
+    text = findings_markdown(numbers)
+    assert f"{task['best_gpu']['backend']} 2.00 s" in text
+    task["learned"] = "all"
+    assert "does not learn" not in findings_markdown(numbers).split("moons-original")[1].split("\n")[0]
+    with pytest.raises(ValueError, match="markers"):
+        replace_block("no markers here", text)

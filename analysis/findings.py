@@ -1,0 +1,182 @@
+"""The README's table of findings, written from the report's ``numbers.json``, so the README says what the
+report's data says: ``python -m analysis.findings report/data/numbers.json README.md`` (``make report`` runs
+it) replaces the text between the two markers below; a test checks the committed README against the
+committed numbers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+BEGIN = "<!-- findings: written by `make report` from report/data/numbers.json -->"
+END = "<!-- end of findings -->"
+
+
+def _sig(value: float, digits: int = 3) -> str:
+    """``value`` to ``digits`` significant digits, without an exponent."""
+    if value == 0:
+        return "0"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    return f"{value:.{decimals}f}"
+
+
+def duration(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{_sig(seconds * 1e6)} µs"
+    if seconds < 1:
+        return f"{_sig(seconds * 1e3)} ms"
+    return f"{_sig(seconds)} s"
+
+
+def times(ratio: float) -> str:
+    return f"{_sig(ratio)}×"
+
+
+def percent(fraction: float) -> str:
+    text = _sig(fraction * 100)
+    return f"{text.rstrip('0').rstrip('.') if '.' in text else text} %"
+
+
+def _endtoend_rows(role: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = []
+    tasks = role.get("endtoend") or {}
+    for name, task in tasks.items():
+        backends = task["backends"]
+        serial = backends.get("c-serial", {}).get(task["measure"])
+        cpu, gpu = task.get("best_cpu"), task.get("best_gpu")
+        if cpu is None:
+            continue
+        if task["measure"] == "target_s":
+            what = (f"{name}: {task['network']} {task['activation']}, batch {task['batch']}, lr {task['lr']}, time to "
+                    f"{percent(task['target_accuracy'])} test accuracy, end to end")
+        else:
+            what = (f"{name}: {task['network']} {task['activation']}, batch {task['batch']}, lr {task['lr']}, every "
+                    f"epoch, end to end")
+        parts = []
+        if task["learned"] == "none":
+            loss, accuracy = task["final_loss"], task["final_accuracy"]
+            parts.append(f"does not learn on any backend (loss {_sig(loss['max'])}, ln 2 = 0.693; test accuracy "
+                         f"{percent(accuracy['max'])}, chance {percent(task['chance'])}): its times measure "
+                         f"arithmetic")
+        if gpu is not None:
+            parts.append(f"{gpu['backend']} {duration(gpu['seconds'])}, the fastest CPU backend ({cpu['backend']}) "
+                         f"{duration(cpu['seconds'])}: {times(task['gpu_vs_best_cpu'])}")
+        else:
+            parts.append(f"the fastest backend, {cpu['backend']}, {duration(cpu['seconds'])}")
+        if serial is not None:
+            parts.append(f"serial C {duration(serial)}")
+        rows.append((what, "; ".join(parts)))
+    return rows
+
+
+def _step_rows(cpu_role: dict[str, Any], gpu_role: dict[str, Any] | None, authors: dict[str, Any]
+               ) -> list[tuple[str, str, str]]:
+    """(what, machine, result) for one training step."""
+    rows = []
+    cpu_label = cpu_role["machine"]["label"]
+    for network in ("digits", "moons-5h300", "large"):
+        steps = cpu_role["step_s"].get(network) or {}
+        if "c-omp" in steps and "torch-cpu" in steps:
+            threads = cpu_role["machine"]["cores"]
+            result = (f"OpenMP C {duration(steps['c-omp'])} vs PyTorch CPU {duration(steps['torch-cpu'])}: "
+                      f"{times(steps['torch-cpu'] / steps['c-omp'])}")
+            if "c-serial" in steps:
+                result += f"; {times(steps['c-serial'] / steps['c-omp'])} serial C"
+            rows.append((f"one step of {network}, {threads} threads", cpu_label, result))
+    if gpu_role is None:
+        return rows
+    gpu_label = gpu_role["machine"]["label"]
+    steps = gpu_role["step_s"].get("moons-5h300") or {}
+    if {"cuda-fused", "torch-gpu-graph", "c-serial"} <= set(steps):
+        rows.append(("one step of moons-5h300, batch 32 (the batch already on the device)", gpu_label,
+                     f"fused CUDA kernel {duration(steps['cuda-fused'])}; PyTorch's whole step in a CUDA graph "
+                     f"{duration(steps['torch-gpu-graph'])} ({times(steps['torch-gpu-graph'] / steps['cuda-fused'])}); "
+                     f"serial C {duration(steps['c-serial'])} ({times(steps['c-serial'] / steps['cuda-fused'])})"))
+    scaling = []
+    for network in ("moons-5h300", "mnist"):
+        entry = (gpu_role["threads"].get(network) or {}).get("c-omp")
+        if entry and entry.get("speedup") is not None:
+            scaling.append(f"{network} {times(entry['speedup'])} ({entry['threads']} threads)")
+    if scaling:
+        rows.append(("OpenMP C, 1 thread to all cores", gpu_label,
+                     "; ".join(scaling) + f" (the original study: {times(authors['thread_speedup'])} on 16 cores)"))
+    steps = gpu_role["step_s"].get("large") or {}
+    if {"cuda-opt", "torch-gpu"} <= set(steps):
+        result = f"cuda-opt {duration(steps['cuda-opt'])}, eager PyTorch {duration(steps['torch-gpu'])}"
+        if "cuda-cublas" in steps:
+            result += f", the cuBLAS rung {duration(steps['cuda-cublas'])}"
+        if "c-omp" in steps and "torch-cpu" in steps:
+            result += (f"; on the host's cores OpenMP C {duration(steps['c-omp'])}, PyTorch CPU "
+                       f"{duration(steps['torch-cpu'])}")
+        rows.append(("one step of large (1024-4096-4096-1024, batch 1024)", gpu_label, result))
+    ladder, n = gpu_role.get("ladder_pct") or {}, gpu_role.get("ladder_n") or {}
+    if ladder.get("c-v3") is not None and ladder.get("cuda-v3") is not None:
+        rows.append(("hand-written matrix products against the libraries", gpu_label,
+                     f"C rung 3 at {_sig(ladder['c-v3'], 2)} % of OpenBLAS (n = {n['cpu']}); cuda-opt at "
+                     f"{_sig(ladder['cuda-v3'], 2)} % of cuBLAS (n = {n['gpu']})"))
+    return rows
+
+
+def _ranks_rows(role: dict[str, Any]) -> list[tuple[str, str, str]]:
+    ranks = role.get("ranks") or {}
+    rows = []
+    label = role["machine"]["label"]
+    for key, efficiency in (ranks.get("efficiency") or {}).items():
+        backend, scaling, group, rung = key.split(" ")
+        share = (ranks.get("allreduce_share") or {}).get(key)
+        result = f"{percent(efficiency)} efficiency at {ranks['max_world_size']} ranks"
+        if share is not None:
+            result += f", the all-reduce {percent(share)} of the step"
+        rows.append((f"data-parallel {backend}, {scaling} scaling, {group}, {rung}", label, result))
+    for key, by_world in (ranks.get("allreduce_share_by_world") or {}).items():
+        backend, scaling, group, rung = key.split(" ")
+        if group == "nccl" and "1" in by_world and rung == "after-backprop":
+            rows.append((f"all-reduce share of a {backend} step, one rank over NCCL", label,
+                         percent(by_world["1"])))
+    return rows
+
+
+def findings_markdown(numbers: dict[str, Any]) -> str:
+    """The README's findings table and the correctness sentence under it."""
+    cpu_role = numbers["cpu"]
+    gpu_role = numbers.get("gpu")
+    lines = ["| what | measured on | result |", "|---|---|---|"]
+    for role in (gpu_role, cpu_role):
+        if role is not None:
+            lines += [f"| {what} | {role['machine']['label']} | {result} |" for what, result in _endtoend_rows(role)]
+    lines += [f"| {what} | {machine} | {result} |"
+              for what, machine, result in _step_rows(cpu_role, gpu_role, numbers["authors"])]
+    if gpu_role is not None:
+        lines += [f"| {what} | {machine} | {result} |" for what, machine, result in _ranks_rows(gpu_role)]
+    counts = numbers["correctness_all"]
+    worst = max(role["correctness"]["max_error"] for role in (cpu_role, gpu_role) if role is not None)
+    lines += ["", f"Every backend passed the scale-aware check against the float64 reference on "
+                  f"{counts['passed']} of {counts['configurations']} checked configurations (worst plain relative "
+                  f"error {worst:.2g})."]
+    return "\n".join(lines)
+
+
+def replace_block(text: str, block: str) -> str:
+    """``text`` with everything between the markers replaced by ``block``."""
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"the markers {BEGIN!r} and {END!r} are missing")
+    return text[:start + len(BEGIN)] + "\n" + block + "\n" + text[end:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.findings", description=__doc__)
+    parser.add_argument("numbers", type=Path, help="report/data/numbers.json")
+    parser.add_argument("readme", type=Path, help="the README whose findings block is replaced")
+    args = parser.parse_args(argv)
+    block = findings_markdown(json.loads(args.numbers.read_text()))
+    args.readme.write_text(replace_block(args.readme.read_text(), block))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
