@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import sys
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,13 @@ END = "<!-- end of findings -->"
 
 
 def _sig(value: float, digits: int = 3) -> str:
-    """``value`` to ``digits`` significant digits, without an exponent."""
+    """``value`` to ``digits`` significant digits, halves rounded away from zero as the report rounds them,
+    without an exponent."""
     if value == 0:
         return "0"
     decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
-    return f"{value:.{decimals}f}"
+    rounded = Decimal(repr(value)).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP)
+    return f"{rounded:.{decimals}f}"
 
 
 def duration(seconds: float) -> str:
@@ -37,8 +40,7 @@ def times(ratio: float) -> str:
 
 
 def percent(fraction: float) -> str:
-    text = _sig(fraction * 100)
-    return f"{text.rstrip('0').rstrip('.') if '.' in text else text} %"
+    return f"{_sig(fraction * 100, 2)} %"
 
 
 def _endtoend_rows(role: dict[str, Any]) -> list[tuple[str, str]]:
