@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from mlpbench import machine, profiling
+from mlpbench.backends import BackendUnavailable, model_class
 from mlpbench.distributed import RANKS_COLUMNS
 from mlpbench.sweep.curves import training_curve
 from mlpbench.sweep.endtoend import endtoend_rows
 from mlpbench.sweep.ladders import cpu_ladder, gpu_ladder
 from mlpbench.sweep.measuring import Unavailable, measure
+from mlpbench.sweep.neighbours import NeighbourCheck, neighbour_entry, product_probe
 from mlpbench.sweep.params import SCHEMA_VERSION, SweepParams, make_params
 from mlpbench.sweep.planning import Config, backend_threads, plan
 from mlpbench.sweep.ranks import rank_jobs
@@ -76,6 +78,22 @@ class Attempts:
             handle.flush()
             os.fsync(handle.fileno())
         return None
+
+
+def cpu_threads(unit: Unit, params: SweepParams) -> int | None:
+    """The threads a unit times a CPU backend on (for the neighbour probe); ``None`` for other units."""
+    if unit.config is not None:
+        backend, threads = unit.config.backend, unit.config.threads
+    elif unit.table == "endtoend":
+        backend = unit.identity["backend"]
+        threads = backend_threads(backend, params)
+    else:
+        return None
+    try:
+        on_cpu = model_class(backend).device == "cpu"
+    except BackendUnavailable:
+        return None
+    return (threads or 1) if on_cpu else None
 
 
 def _start_meta(run_dir: Path, run_id: str, preset: str, params: SweepParams) -> dict[str, Any]:
@@ -181,6 +199,7 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
                   for backend in params.backends_in("lineprofile")]
     attempts = Attempts(run_dir / "attempts.log")
     cores = os.cpu_count() or 1  # the load average counts the whole machine, not this process's affinity
+    neighbours = NeighbourCheck(product_probe(), wait_s=params.neighbour_wait_s)
 
     todo = [unit for unit in units if unit.key not in finished[unit.table]]
     status = "interrupted"
@@ -197,7 +216,17 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
                 else:
                     crashed = attempts.begin(unit)
                     if crashed is None:
+                        threads = cpu_threads(unit, params)
+                        shared = neighbours.before(threads) if threads else None
                         rows, recorded = unit.work(), unit.records_itself
+                        if threads:
+                            shared = max(filter(None, (shared, neighbours.after(threads))), default=None)
+                        flagged = neighbour_entry(f"{unit.table}:{unit.key}", shared, threads or 0, cores)
+                        if flagged is not None:
+                            meta.setdefault("busy", []).append(flagged)
+                            write_atomic(run_dir / "meta.json", json.dumps(meta, indent=1, default=str) + "\n")
+                            bar.write(f"warning: {flagged['key']}: {flagged['reason']}: its timings are suspect",
+                                      file=sys.stderr)
                     else:
                         rows = [{**unit.identity, "status": "failed", "reason": crashed,
                                  "finished_at": machine.now_utc()}]

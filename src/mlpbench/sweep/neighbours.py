@@ -1,0 +1,116 @@
+"""A busy machine the load average cannot see: on a shared VM another tenant's work on the same physical cores
+slows this machine's threads without adding to its run queue (the development machine's second core went from
+0.62 to 1.3 ms per 2-thread step and back within seconds, the load average under 0.7; results/dev-2core/NOTES.md).
+
+Before each CPU measurement the sweep times a fixed product of the C library on the configuration's thread
+count and compares it with the fastest that product has run on as many threads, or on one thread, in this
+session. Slower than
+:data:`SLOWDOWN_LIMIT` times that, the cores are taken as shared at that moment: the sweep waits and probes
+again, a few times, then measures anyway and flags the configuration in ``meta.json``'s ``busy`` list.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from mlpbench.checks import BackendUnavailable
+from mlpbench.thread_policy import usable_cores
+
+#: A probe this much slower than the fastest seen on as many threads means other work shares the cores.
+SLOWDOWN_LIMIT = 1.3
+#: The probe: a square product of this size (about a millisecond on one core), best of PROBE_REPEATS.
+PROBE_SIZE = 192
+PROBE_REPEATS = 5
+#: After a measurement, a slow probe is taken again this many times, this far apart, before it counts.
+AFTER_PAUSES = 2
+AFTER_PAUSE_S = 0.25
+
+
+def product_probe() -> Callable[[int], float] | None:
+    """Seconds of the C library's packed product of PROBE_SIZE^3 on ``threads`` threads (the best of
+    PROBE_REPEATS); ``None`` where the OpenMP library is not built."""
+    from mlpbench import native
+
+    try:
+        gemm = native.Gemm(PROBE_SIZE, PROBE_SIZE, threads=usable_cores())
+    except BackendUnavailable:  # the library is not built: nothing to probe with
+        return None
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((PROBE_SIZE, PROBE_SIZE), dtype=np.float32)
+    B = rng.standard_normal((PROBE_SIZE, PROBE_SIZE), dtype=np.float32)
+    out = np.empty((PROBE_SIZE, PROBE_SIZE), dtype=np.float32)
+
+    def probe(threads: int) -> float:
+        best = float("inf")
+        for _ in range(PROBE_REPEATS):
+            start = time.perf_counter()
+            gemm(A, B, out, threads=threads)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    return probe
+
+
+class NeighbourCheck:
+    """Probes the cores around a CPU measurement: before it, waiting up to ``wait_s`` seconds (a probe every
+    ``pause_s``) while the probe on its thread count runs slower than SLOWDOWN_LIMIT times the fastest it has
+    run in this session; after it, once. ``probe(threads)`` returns seconds; ``sleep`` is :func:`time.sleep`
+    (tests pass fakes)."""
+
+    def __init__(self, probe: Callable[[int], float] | None, wait_s: float = 12.0, pause_s: float = 1.0,
+                 sleep: Callable[[float], Any] = time.sleep) -> None:
+        self.probe, self.wait_s, self.pause_s, self.sleep = probe, wait_s, pause_s, sleep
+        self.fastest: dict[int, float] = {}
+
+    def _fastest(self, threads: int) -> float:
+        seconds = self.probe(threads)
+        self.fastest[threads] = min(self.fastest.get(threads, seconds), seconds)
+        return seconds
+
+    def _slowdown(self, threads: int) -> float:
+        """The probe over the fastest it ran on as many threads, or on one thread if that was faster: several
+        threads slower than one mean some of them waited, even when this session never saw them quiet."""
+        if 1 not in self.fastest:
+            self._fastest(1)
+        seconds = self._fastest(threads)
+        return seconds / min(self.fastest[threads], self.fastest[1])
+
+    def before(self, threads: int) -> float | None:
+        """The probe's time over the fastest on ``threads`` threads so far (1.0: as fast as ever) once it is
+        within SLOWDOWN_LIMIT or the wait is over; ``None`` without a probe."""
+        if self.probe is None:
+            return None
+        ratio, waited = self._slowdown(threads), 0.0
+        while ratio > SLOWDOWN_LIMIT and waited + self.pause_s <= self.wait_s:
+            self.sleep(self.pause_s)
+            waited += self.pause_s
+            ratio = self._slowdown(threads)
+        return ratio
+
+    def after(self, threads: int) -> float | None:
+        """The probe right after the measurement, which the cores' sharing may have slowed too. Thread pools
+        the measurement woke may spin for a while yet (OpenBLAS's for about 0.1 s) and slow the first probe
+        themselves, so a slow probe is repeated AFTER_PAUSES times, AFTER_PAUSE_S apart, before it counts."""
+        if self.probe is None:
+            return None
+        ratio = self._slowdown(threads)
+        for _ in range(AFTER_PAUSES):
+            if ratio <= SLOWDOWN_LIMIT:
+                break
+            self.sleep(AFTER_PAUSE_S)
+            ratio = self._slowdown(threads)
+        return ratio
+
+
+def neighbour_entry(key: str, slowdown: float | None, threads: int, cores: int) -> dict[str, Any] | None:
+    """What ``meta.json`` records of a unit measured while the probe said the cores were shared; ``None`` if
+    they were not."""
+    if slowdown is None or slowdown <= SLOWDOWN_LIMIT:
+        return None
+    return {"key": key, "threads": threads, "cores": cores, "probe_slowdown": round(slowdown, 3),
+            "reason": f"the cores were shared with work outside this machine's load average: a fixed product "
+                      f"ran {slowdown:.2f}x slower than its fastest on {threads} threads, after waiting"}

@@ -1,0 +1,83 @@
+"""The probe that flags CPU measurements taken while other work shared the cores, which the load average of a
+VM cannot see: its waiting, its baseline, what the run records, and the real probe on the C library."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlpbench.sweep import neighbours, run
+from mlpbench.sweep.neighbours import SLOWDOWN_LIMIT, NeighbourCheck, neighbour_entry, product_probe
+
+
+class FakeProbe:
+    """Seconds per call from a script: ``times[threads]`` is consumed in order, the last value repeating."""
+
+    def __init__(self, times: dict[int, list[float]]) -> None:
+        self.times = {threads: list(values) for threads, values in times.items()}
+        self.calls: list[int] = []
+
+    def __call__(self, threads: int) -> float:
+        self.calls.append(threads)
+        values = self.times[threads]
+        return values.pop(0) if len(values) > 1 else values[0]
+
+
+def test_quiet_cores_are_measured_at_once():
+    slept = []
+    check = NeighbourCheck(FakeProbe({1: [1.0], 2: [0.5]}), wait_s=10, pause_s=1, sleep=slept.append)
+    assert check.before(2) == 1.0 and slept == []
+
+
+def test_shared_cores_are_waited_for_until_quiet():
+    slept = []
+    probe = FakeProbe({1: [1.0], 2: [0.5, 30.0, 30.0, 0.6]})
+    check = NeighbourCheck(probe, wait_s=10, pause_s=1, sleep=slept.append)
+    assert check.before(2) == 1.0   # the first probe sets the baseline
+    assert check.before(2) == pytest.approx(1.2)  # 30 s twice, then quiet
+    assert slept == [1, 1]
+
+
+def test_the_wait_is_bounded_and_a_slow_start_is_caught_by_the_one_thread_baseline():
+    slept = []
+    # The very first two-thread probe is already slow: never seen quiet, but slower than one thread.
+    check = NeighbourCheck(FakeProbe({1: [1.0], 2: [40.0]}), wait_s=3, pause_s=1, sleep=slept.append)
+    ratio = check.before(2)
+    assert ratio == 40.0 and slept == [1, 1, 1]
+    entry = neighbour_entry("rows:x", ratio, 2, cores=2)
+    assert entry["key"] == "rows:x" and entry["probe_slowdown"] == 40.0 and "shared" in entry["reason"]
+    assert neighbour_entry("rows:x", SLOWDOWN_LIMIT, 2, cores=2) is None
+    assert neighbour_entry("rows:x", None, 2, cores=2) is None
+
+
+def test_after_a_measurement_a_pool_still_spinning_is_not_a_neighbour():
+    slept = []
+    check = NeighbourCheck(FakeProbe({1: [1.0], 2: [0.5, 0.5, 20.0, 0.55]}), wait_s=0, sleep=slept.append)
+    check.before(2)
+    assert check.after(2) == 1.0            # quiet
+    assert check.after(2) == pytest.approx(1.1)  # slow once, quiet after a pause
+    assert slept == [neighbours.AFTER_PAUSE_S]
+
+
+def test_without_a_probe_nothing_is_checked():
+    check = NeighbourCheck(None)
+    assert check.before(2) is None and check.after(2) is None
+
+
+def test_the_real_probe_times_the_c_library():
+    probe = product_probe()
+    assert probe is not None
+    one, two = probe(1), probe(2)
+    assert 0 < one < 1 and 0 < two < 1
+
+
+def test_a_run_flags_units_measured_on_shared_cores(tmp_path, monkeypatch):
+    # Every probe on two threads is 50x slower than on one: every two-thread CPU unit is flagged, the
+    # one-thread ones are not, and the run does not wait (the quick preset's neighbour_wait_s is 0).
+    monkeypatch.setattr("mlpbench.sweep.runner.product_probe", lambda: FakeProbe({1: [1.0], 2: [50.0]}))
+    run_dir = run("quick", results_dir=tmp_path, run_id="r", progress=False, backends=("c-serial", "c-omp"),
+                  studies=("stages",), networks=("digits:32",), threads=(1, 2))
+    busy = json.loads((run_dir / "meta.json").read_text())["busy"]
+    flagged = {entry["key"] for entry in busy if "probe_slowdown" in entry}
+    assert flagged == {"rows:stages/c-omp/digits/b32/t2"}
