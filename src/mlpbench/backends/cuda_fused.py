@@ -330,13 +330,25 @@ class FusedCudaModel(CudaModel):
     def train_steps(self, batches: Batch, batch_size: int, lr: float, weight_decay: float = 0.0) -> None:
         """Every step of ``batches`` in one launch: the kernel runs the step's phases once per
         ``batch_size``-row block, a grid barrier between steps, the weights never leaving the GPU's memory."""
+        self._train_steps(batches, batch_size, lr, weight_decay)
+
+    def _train_steps(self, batches: Batch, batch_size: int, lr: float, weight_decay: float,
+                     phase_clock: bool = False) -> torch.Tensor | None:
+        """:meth:`train_steps`; with ``phase_clock``, also block 0's clock at the start and after each phase
+        (``1 + steps x phases`` nanosecond values), which it returns."""
         self._start_steps(lr, weight_decay)
         steps = len(self._step_starts(batches, batch_size))
         if not (batches.X.is_contiguous() and batches.T.is_contiguous()):
             raise ValueError("train_steps reads the steps' rows at fixed strides: the batch must be contiguous "
                              "(take() and prepare() make contiguous batches)")
-        self._launch("step", batches, lr, weight_decay, steps=steps)
+        clock = None
+        if phase_clock:
+            n_phases = self._plan("step", int(batch_size))[1]
+            clock = torch.zeros(1 + steps * n_phases, dtype=torch.int64, device=self._dev)
+        self._launch("step", batches, lr, weight_decay, profile=0 if clock is None else clock.data_ptr(),
+                     steps=steps)
         self._steps_done(steps, int(batch_size))
+        return clock
 
 
 @dataclass(frozen=True)
@@ -368,13 +380,7 @@ class FusedProfiler:
     def phase_times(self, batches: Batch, batch_size: int, lr: float, weight_decay: float = 0.0) -> np.ndarray:
         """Microseconds of every phase of ``train_steps(batches, batch_size, ...)`` (one launch), in order:
         ``steps x phases`` values, each from the end of the previous phase's barrier to the end of its own."""
-        model = self.model
-        model._start_steps(lr, weight_decay)
-        steps = len(model._step_starts(batches, batch_size))
-        n_phases = len(self.plan("step", batch_size).phases)
-        clock = torch.zeros(1 + steps * n_phases, dtype=torch.int64, device=model._dev)
-        model._launch("step", batches, lr, weight_decay, profile=clock.data_ptr(), steps=steps)
-        model._steps_done(steps, int(batch_size))
+        clock = self.model._train_steps(batches, batch_size, lr, weight_decay, phase_clock=True)
         return np.diff(clock.cpu().numpy()).astype(np.float64) / 1e3
 
     def barrier(self, batch: Batch, blocks: int, repeats: int = 50) -> dict[str, float]:
