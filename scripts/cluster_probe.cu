@@ -1,0 +1,191 @@
+// Probe of a cluster-resident layer (Hopper thread-block clusters), measured before any rung is built on it.
+//
+// One cluster of C blocks stands for the whole network: block `rank` owns R consecutive output rows of every
+// layer (R = padded 300 / C, a multiple of 4) with their weights and biases in its shared memory, and every
+// block holds the layer's whole input activation (BATCH x WPAD) in shared memory. A layer is: each block
+// computes its BATCH x R slice of tanh(A W^T + b), the slices are exchanged so every block holds the next
+// activation, one cluster barrier. What costs what is measured by modes that do parts of it:
+//   MODE_SYNC         the cluster barrier alone
+//   MODE_PUSH_SCALAR  every block stores its slice into every peer's next buffer, 4 bytes a store, + barrier
+//   MODE_PUSH_VEC     the same with 16-byte stores
+//   MODE_PULL_VEC     every block writes its slice locally, barrier, then loads every peer's slice (16 bytes)
+//   MODE_COMPUTE      the layer's product and tanh only, a block barrier between layers (no exchange)
+//   MODE_LAYER_PUSH   product + tanh + 16-byte push + barrier: one forward layer of the prototype
+//   MODE_LAYER_PULL   product + tanh + barrier + 16-byte pull
+// Activation buffers alternate between layers, so one barrier per layer suffices: a block overwrites a buffer
+// only after the barrier that ends every read of it.
+//
+// `variant` picks the product's thread tile (layer_slice): 0 = 4 x 1, 1 = 8 x 2, 2 = 16 x 2 (batch rows x output
+// rows), k split over the threads a small tile count leaves idle.
+// Thread 0 of rank 0 reads %globaltimer before the first and after the last layer; ns[0] gets the difference.
+// Layer i uses the weights of layer i % layers_held (as many layers as fit in shared memory); `out` receives the
+// last activation (BATCH x 300), checked on the host against a float64 chain of the same layers.
+#include <cooperative_groups.h>
+
+namespace cg = cooperative_groups;
+
+#define BATCH 32
+#define THREADS 256
+#define WIDTH 300
+#define STRIDE_PAD 4  // each smem row shifted by 16 bytes: 16-byte loads of 8 consecutive rows hit all banks
+
+#define MODE_SYNC 0
+#define MODE_PUSH_SCALAR 1
+#define MODE_PUSH_VEC 2
+#define MODE_PULL_VEC 3
+#define MODE_COMPUTE 4
+#define MODE_LAYER_PUSH 5
+#define MODE_LAYER_PULL 6
+
+__device__ __forceinline__ unsigned long long globaltimer() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
+    return t;
+}
+
+// This block's BATCH x R slice of tanh(in W^T + b). Thread tiles of TB batch rows x TJ output rows (the TJ rows
+// R / TJ apart, so neighbouring lanes read neighbouring weight rows); when there are fewer tiles than threads,
+// KS threads share a tile's k range and their partial sums are added in ks order (a fixed order, as everywhere).
+template <int TB, int TJ>
+__device__ __forceinline__ void layer_slice(const float* in, const float* w, const float* bias, float* mine,
+                                            float* partial, int R, int stride, int wpad, int rank) {
+    const int tiles_j = R / TJ, tiles = (BATCH / TB) * tiles_j;
+    const int ks_count = tiles >= THREADS ? 1 : THREADS / tiles;
+    const int k4_count = wpad / 4, k4_chunk = (k4_count + ks_count - 1) / ks_count;
+    for (int t = threadIdx.x; t < tiles * ks_count; t += THREADS) {
+        const int tile = t % tiles, ks = t / tiles;
+        const int jt = tile % tiles_j, r0 = (tile / tiles_j) * TB;
+        const int k4_begin = ks * k4_chunk, k4_end = min(k4_count, k4_begin + k4_chunk);
+        float acc[TB][TJ] = {};
+        for (int k4 = k4_begin; k4 < k4_end; ++k4) {
+            float4 wv[TJ];
+#pragma unroll
+            for (int q = 0; q < TJ; ++q) wv[q] = reinterpret_cast<const float4*>(w + (jt + q * tiles_j) * stride)[k4];
+#pragma unroll
+            for (int r = 0; r < TB; ++r) {
+                const float4 a = reinterpret_cast<const float4*>(in + (r0 + r) * stride)[k4];
+#pragma unroll
+                for (int q = 0; q < TJ; ++q)
+                    acc[r][q] = fmaf(a.x, wv[q].x, fmaf(a.y, wv[q].y, fmaf(a.z, wv[q].z, fmaf(a.w, wv[q].w, acc[r][q]))));
+            }
+        }
+        if (ks_count == 1) {
+#pragma unroll
+            for (int q = 0; q < TJ; ++q) {
+                const int j = jt + q * tiles_j;
+                const bool real = rank * R + j < WIDTH;
+#pragma unroll
+                for (int r = 0; r < TB; ++r) mine[(r0 + r) * R + j] = real ? tanhf(acc[r][q] + bias[j]) : 0.0f;
+            }
+        } else {
+#pragma unroll
+            for (int r = 0; r < TB; ++r)
+#pragma unroll
+                for (int q = 0; q < TJ; ++q) partial[(ks * BATCH + r0 + r) * R + jt + q * tiles_j] = acc[r][q];
+        }
+    }
+    if (ks_count > 1) {
+        __syncthreads();
+        for (int e = threadIdx.x; e < BATCH * R; e += THREADS) {
+            float sum = 0.0f;
+            for (int ks = 0; ks < ks_count; ++ks) sum += partial[ks * BATCH * R + e];
+            mine[e] = rank * R + e % R < WIDTH ? tanhf(sum + bias[e % R]) : 0.0f;
+        }
+    }
+}
+
+// Shared memory: act[2][BATCH][stride] | slice[2][BATCH][R] | weights[layers_held][R][stride] | bias[layers_held][R]
+//   | partial[partials][R] (k-split sums of the compute variant)
+extern "C" __global__ void __launch_bounds__(THREADS, 1)
+    cluster_probe(int mode, int variant, int reps, int R, int layers_held, const float* __restrict__ W,
+                  const float* __restrict__ b, const float* __restrict__ x, float* __restrict__ out,
+                  unsigned long long* __restrict__ ns) {
+    extern __shared__ __align__(16) float smem[];
+    cg::cluster_group cluster = cg::this_cluster();
+    const int C = cluster.num_blocks();
+    const int rank = cluster.block_rank();
+    const int wpad = C * R;
+    const int stride = wpad + STRIDE_PAD;
+    float* act = smem;
+    float* slice = act + 2 * BATCH * stride;
+    float* weights = slice + 2 * BATCH * R;
+    float* bias = weights + layers_held * R * stride;
+    float* partial = bias + layers_held * R;
+
+    // Load: the input activation (zero beyond WIDTH) and this block's rows of each held layer.
+    for (int i = threadIdx.x; i < BATCH * stride; i += THREADS) {
+        const int r = i / stride, k = i % stride;
+        act[i] = k < WIDTH ? x[r * WIDTH + k] : 0.0f;
+        act[BATCH * stride + i] = 0.0f;
+    }
+    for (int i = threadIdx.x; i < layers_held * R * stride; i += THREADS) {
+        const int l = i / (R * stride), j = (i / stride) % R, k = i % stride;
+        const int row = rank * R + j;
+        weights[i] = (row < WIDTH && k < WIDTH) ? W[(l * WIDTH + row) * WIDTH + k] : 0.0f;
+    }
+    for (int i = threadIdx.x; i < layers_held * R; i += THREADS) {
+        const int l = i / R, row = rank * R + i % R;
+        bias[i] = row < WIDTH ? b[l * WIDTH + row] : 0.0f;
+    }
+    cluster.sync();
+
+    unsigned long long start = 0;
+    if (rank == 0 && threadIdx.x == 0) start = globaltimer();
+    const int slice_vecs = BATCH * R / 4;
+    for (int it = 0; it < reps; ++it) {
+        const float* in = act + (it & 1) * BATCH * stride;
+        float* next = act + ((it + 1) & 1) * BATCH * stride;
+        float* mine = slice + (it & 1) * BATCH * R;
+        const bool computes = mode == MODE_COMPUTE || mode == MODE_LAYER_PUSH || mode == MODE_LAYER_PULL;
+        if (computes) {
+            const float* w_layer = weights + (it % layers_held) * R * stride;
+            const float* b_layer = bias + (it % layers_held) * R;
+            if (variant == 0)
+                layer_slice<4, 1>(in, w_layer, b_layer, mine, partial, R, stride, wpad, rank);
+            else if (variant == 1)
+                layer_slice<8, 2>(in, w_layer, b_layer, mine, partial, R, stride, wpad, rank);
+            else
+                layer_slice<16, 2>(in, w_layer, b_layer, mine, partial, R, stride, wpad, rank);
+        } else if (mode != MODE_SYNC) {
+            for (int i = threadIdx.x; i < BATCH * R; i += THREADS) mine[i] = in[(i / R) * stride + rank * R + i % R];
+        }
+        if (mode == MODE_COMPUTE) {
+            __syncthreads();
+            for (int i = threadIdx.x; i < BATCH * R; i += THREADS) next[(i / R) * stride + rank * R + i % R] = mine[i];
+            __syncthreads();
+            continue;
+        }
+        if (mode == MODE_PUSH_SCALAR) {
+            __syncthreads();
+            for (int i = threadIdx.x; i < C * BATCH * R; i += THREADS) {
+                const int peer = i / (BATCH * R), e = i % (BATCH * R);
+                float* remote = cluster.map_shared_rank(next, peer);
+                remote[(e / R) * stride + rank * R + e % R] = mine[e];
+            }
+        } else if (mode == MODE_PUSH_VEC || mode == MODE_LAYER_PUSH) {
+            __syncthreads();
+            for (int i = threadIdx.x; i < C * slice_vecs; i += THREADS) {
+                const int peer = i / slice_vecs, v = i % slice_vecs;
+                const int row = v / (R / 4), col = rank * R + (v % (R / 4)) * 4;
+                float* remote = cluster.map_shared_rank(next, peer);
+                *reinterpret_cast<float4*>(remote + row * stride + col) = reinterpret_cast<const float4*>(mine)[v];
+            }
+        }
+        cluster.sync();
+        if (mode == MODE_PULL_VEC || mode == MODE_LAYER_PULL) {
+            for (int i = threadIdx.x; i < C * slice_vecs; i += THREADS) {
+                const int peer = i / slice_vecs, v = i % slice_vecs;
+                const int row = v / (R / 4), col = peer * R + (v % (R / 4)) * 4;
+                const float* remote = cluster.map_shared_rank(mine, peer);
+                *reinterpret_cast<float4*>(next + row * stride + col) = reinterpret_cast<const float4*>(remote)[v];
+            }
+            __syncthreads();
+        }
+    }
+    if (rank == 0 && threadIdx.x == 0) ns[0] = globaltimer() - start;
+    // No block may leave while a peer can still read its shared memory.
+    cluster.sync();
+    const float* last = act + (reps & 1) * BATCH * stride;
+    if (rank == 0)
+        for (int i = threadIdx.x; i < BATCH * WIDTH; i += THREADS) out[i] = last[(i / WIDTH) * stride + i % WIDTH];
+}
