@@ -9,15 +9,19 @@
 //   MODE_PUSH_SCALAR  every block stores its slice into every peer's next buffer, 4 bytes a store, + barrier
 //   MODE_PUSH_VEC     the same with 16-byte stores
 //   MODE_PULL_VEC     every block writes its slice locally, barrier, then loads every peer's slice (16 bytes)
+//   MODE_PUSH_BULK    every block has the copy engine send its slice to every peer (cp.async.bulk), each
+//                     copy completing on the receiver's mbarrier; a block waits on its own mbarrier only
 //   MODE_COMPUTE      the layer's product and tanh only, a block barrier between layers (no exchange)
 //   MODE_LAYER_PUSH   product + tanh + 16-byte push + barrier: one forward layer of the prototype
 //   MODE_LAYER_PULL   product + tanh + barrier + 16-byte pull
+//   MODE_LAYER_BULK   product + tanh + bulk copies + mbarrier wait
 // Activation buffers alternate between layers, so one barrier per layer suffices: a block overwrites a buffer
 // only after the barrier that ends every read of it.
 //
 // `variant` picks the product's thread tile (layer_slice): 0 = 4 x 1, 1 = 8 x 2, 2 = 16 x 2 (batch rows x output
 // rows), k split over the threads a small tile count leaves idle.
-// Thread 0 of rank 0 reads %globaltimer before the first and after the last layer; ns[0] gets the difference.
+// Thread 0 of rank 0 reads %globaltimer and clock64 before the first and after the last layer; ns[0] and ns[1] get
+// the differences (their ratio is the SM clock the run had).
 // Layer i uses the weights of layer i % layers_held (as many layers as fit in shared memory); `out` receives the
 // last activation (BATCH x 300), checked on the host against a float64 chain of the same layers.
 #include <cooperative_groups.h>
@@ -33,14 +37,38 @@ namespace cg = cooperative_groups;
 #define MODE_PUSH_SCALAR 1
 #define MODE_PUSH_VEC 2
 #define MODE_PULL_VEC 3
-#define MODE_COMPUTE 4
-#define MODE_LAYER_PUSH 5
-#define MODE_LAYER_PULL 6
+#define MODE_PUSH_BULK 4
+#define MODE_COMPUTE 5
+#define MODE_LAYER_PUSH 6
+#define MODE_LAYER_PULL 7
+#define MODE_LAYER_BULK 8
 
 __device__ __forceinline__ unsigned long long globaltimer() {
     unsigned long long t;
     asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
     return t;
+}
+
+__device__ __forceinline__ unsigned shared_address(const void* p) {
+    return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+// The shared::cluster address of `p`'s counterpart in block `peer` of the cluster.
+__device__ __forceinline__ unsigned remote_address(const void* p, unsigned peer) {
+    unsigned address;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(address) : "r"(shared_address(p)), "r"(peer));
+    return address;
+}
+
+__device__ __forceinline__ void wait_parity(const unsigned long long* bar, unsigned parity) {
+    unsigned done;
+    do {
+        asm volatile(
+            "{ .reg .pred p; mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+            : "=r"(done)
+            : "r"(shared_address(bar)), "r"(parity)
+            : "memory");
+    } while (!done);
 }
 
 // This block's BATCH x R slice of tanh(in W^T + b). Thread tiles of TB batch rows x TJ output rows (the TJ rows
@@ -51,19 +79,22 @@ __device__ __forceinline__ void layer_slice(const float* in, const float* w, con
                                             float* partial, int R, int stride, int wpad, int rank) {
     const int tiles_j = R / TJ, tiles = (BATCH / TB) * tiles_j;
     const int ks_count = tiles >= THREADS ? 1 : THREADS / tiles;
-    const int k4_count = wpad / 4, k4_chunk = (k4_count + ks_count - 1) / ks_count;
+    const int R4 = R / 4, k4_count = wpad / 4, k4_chunk = (k4_count + ks_count - 1) / ks_count;
     for (int t = threadIdx.x; t < tiles * ks_count; t += THREADS) {
         const int tile = t % tiles, ks = t / tiles;
         const int jt = tile % tiles_j, r0 = (tile / tiles_j) * TB;
         const int k4_begin = ks * k4_chunk, k4_end = min(k4_count, k4_begin + k4_chunk);
         float acc[TB][TJ] = {};
+        int s = k4_begin / R4, kk = k4_begin % R4;  // slice and position in it of k4 (slice-major activations)
         for (int k4 = k4_begin; k4 < k4_end; ++k4) {
+            const float* a_k = in + s * BATCH * R + kk * 4;
+            if (++kk == R4) kk = 0, ++s;
             float4 wv[TJ];
 #pragma unroll
             for (int q = 0; q < TJ; ++q) wv[q] = reinterpret_cast<const float4*>(w + (jt + q * tiles_j) * stride)[k4];
 #pragma unroll
             for (int r = 0; r < TB; ++r) {
-                const float4 a = reinterpret_cast<const float4*>(in + (r0 + r) * stride)[k4];
+                const float4 a = *reinterpret_cast<const float4*>(a_k + (r0 + r) * R);
 #pragma unroll
                 for (int q = 0; q < TJ; ++q)
                     acc[r][q] = fmaf(a.x, wv[q].x, fmaf(a.y, wv[q].y, fmaf(a.z, wv[q].z, fmaf(a.w, wv[q].w, acc[r][q]))));
@@ -94,8 +125,9 @@ __device__ __forceinline__ void layer_slice(const float* in, const float* w, con
     }
 }
 
-// Shared memory: act[2][BATCH][stride] | slice[2][BATCH][R] | weights[layers_held][R][stride] | bias[layers_held][R]
-//   | partial[partials][R] (k-split sums of the compute variant)
+// Shared memory: act[2][C][BATCH][R] (slice-major: slice s holds columns s R .. s R + R - 1, so a block's output is
+// one contiguous run of BATCH R floats, written straight into its own slice of the next buffer) | the mbarriers of
+// the two buffers | weights[layers_held][R][stride] | bias[layers_held][R] | partial[partials][R] (k-split sums).
 extern "C" __global__ void __launch_bounds__(THREADS, 1)
     cluster_probe(int mode, int variant, int reps, int R, int layers_held, const float* __restrict__ W,
                   const float* __restrict__ b, const float* __restrict__ x, float* __restrict__ out,
@@ -104,19 +136,18 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     cg::cluster_group cluster = cg::this_cluster();
     const int C = cluster.num_blocks();
     const int rank = cluster.block_rank();
-    const int wpad = C * R;
-    const int stride = wpad + STRIDE_PAD;
+    const int wpad = C * R, stride = wpad + STRIDE_PAD, slice_floats = BATCH * R;
     float* act = smem;
-    float* slice = act + 2 * BATCH * stride;
-    float* weights = slice + 2 * BATCH * R;
+    unsigned long long* bars = reinterpret_cast<unsigned long long*>(act + 2 * BATCH * wpad);
+    float* weights = reinterpret_cast<float*>(bars + 2);
     float* bias = weights + layers_held * R * stride;
     float* partial = bias + layers_held * R;
 
     // Load: the input activation (zero beyond WIDTH) and this block's rows of each held layer.
-    for (int i = threadIdx.x; i < BATCH * stride; i += THREADS) {
-        const int r = i / stride, k = i % stride;
+    for (int i = threadIdx.x; i < BATCH * wpad; i += THREADS) {
+        const int s = i / slice_floats, r = (i / R) % BATCH, k = s * R + i % R;
         act[i] = k < WIDTH ? x[r * WIDTH + k] : 0.0f;
-        act[BATCH * stride + i] = 0.0f;
+        act[BATCH * wpad + i] = 0.0f;
     }
     for (int i = threadIdx.x; i < layers_held * R * stride; i += THREADS) {
         const int l = i / (R * stride), j = (i / stride) % R, k = i % stride;
@@ -127,16 +158,26 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         const int l = i / R, row = rank * R + i % R;
         bias[i] = row < WIDTH ? b[l * WIDTH + row] : 0.0f;
     }
+    if (threadIdx.x < 2) {
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(shared_address(bars + threadIdx.x)) : "memory");
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
     cluster.sync();
 
-    unsigned long long start = 0;
-    if (rank == 0 && threadIdx.x == 0) start = globaltimer();
-    const int slice_vecs = BATCH * R / 4;
+    const bool computes = mode == MODE_COMPUTE || mode == MODE_LAYER_PUSH || mode == MODE_LAYER_PULL ||
+                          mode == MODE_LAYER_BULK;
+    const bool bulk = mode == MODE_PUSH_BULK || mode == MODE_LAYER_BULK;
+    unsigned long long start = 0, start_cycles = 0;
+    if (rank == 0 && threadIdx.x == 0) start = globaltimer(), start_cycles = clock64();
     for (int it = 0; it < reps; ++it) {
-        const float* in = act + (it & 1) * BATCH * stride;
-        float* next = act + ((it + 1) & 1) * BATCH * stride;
-        float* mine = slice + (it & 1) * BATCH * R;
-        const bool computes = mode == MODE_COMPUTE || mode == MODE_LAYER_PUSH || mode == MODE_LAYER_PULL;
+        const float* in = act + (it & 1) * BATCH * wpad;
+        float* next = act + ((it + 1) & 1) * BATCH * wpad;
+        float* mine = next + rank * slice_floats;
+        unsigned long long* bar = bars + ((it + 1) & 1);
+        // Bulk mode: this block expects every block's slice of the next buffer (its own included) as tx bytes.
+        if (bulk && threadIdx.x == 0)
+            asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(shared_address(bar)),
+                         "r"(C * slice_floats * 4) : "memory");
         if (computes) {
             const float* w_layer = weights + (it % layers_held) * R * stride;
             const float* b_layer = bias + (it % layers_held) * R;
@@ -146,46 +187,58 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                 layer_slice<8, 2>(in, w_layer, b_layer, mine, partial, R, stride, wpad, rank);
             else
                 layer_slice<16, 2>(in, w_layer, b_layer, mine, partial, R, stride, wpad, rank);
-        } else if (mode != MODE_SYNC) {
-            for (int i = threadIdx.x; i < BATCH * R; i += THREADS) mine[i] = in[(i / R) * stride + rank * R + i % R];
         }
         if (mode == MODE_COMPUTE) {
             __syncthreads();
-            for (int i = threadIdx.x; i < BATCH * R; i += THREADS) next[(i / R) * stride + rank * R + i % R] = mine[i];
+            continue;
+        }
+        if (bulk) {
+            // Generic-proxy writes of the slice must be visible to the copy engine that reads it.
+            asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
             __syncthreads();
+            if (threadIdx.x < C) {
+                const unsigned peer = threadIdx.x;
+                const unsigned dst = remote_address(mine, peer), remote_bar = remote_address(bar, peer);
+                asm volatile(
+                    "cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::
+                        "r"(dst), "r"(shared_address(mine)), "r"(slice_floats * 4), "r"(remote_bar)
+                    : "memory");
+            }
+            // The buffer is complete when every block's copy into it has landed: no cluster barrier. A peer
+            // writes into a buffer again only two layers later, after this block has sent it the layer between.
+            wait_parity(bar, (it >> 1) & 1);
             continue;
         }
         if (mode == MODE_PUSH_SCALAR) {
             __syncthreads();
-            for (int i = threadIdx.x; i < C * BATCH * R; i += THREADS) {
-                const int peer = i / (BATCH * R), e = i % (BATCH * R);
-                float* remote = cluster.map_shared_rank(next, peer);
-                remote[(e / R) * stride + rank * R + e % R] = mine[e];
+            for (int i = threadIdx.x; i < C * slice_floats; i += THREADS) {
+                const int peer = i / slice_floats, e = i % slice_floats;
+                cluster.map_shared_rank(mine, peer)[e] = mine[e];
             }
         } else if (mode == MODE_PUSH_VEC || mode == MODE_LAYER_PUSH) {
             __syncthreads();
-            for (int i = threadIdx.x; i < C * slice_vecs; i += THREADS) {
-                const int peer = i / slice_vecs, v = i % slice_vecs;
-                const int row = v / (R / 4), col = rank * R + (v % (R / 4)) * 4;
-                float* remote = cluster.map_shared_rank(next, peer);
-                *reinterpret_cast<float4*>(remote + row * stride + col) = reinterpret_cast<const float4*>(mine)[v];
+            const int vecs = slice_floats / 4;
+            for (int i = threadIdx.x; i < C * vecs; i += THREADS) {
+                const int peer = i / vecs, v = i % vecs;
+                reinterpret_cast<float4*>(cluster.map_shared_rank(mine, peer))[v] = reinterpret_cast<const float4*>(mine)[v];
             }
         }
         cluster.sync();
         if (mode == MODE_PULL_VEC || mode == MODE_LAYER_PULL) {
-            for (int i = threadIdx.x; i < C * slice_vecs; i += THREADS) {
-                const int peer = i / slice_vecs, v = i % slice_vecs;
-                const int row = v / (R / 4), col = peer * R + (v % (R / 4)) * 4;
-                const float* remote = cluster.map_shared_rank(mine, peer);
-                *reinterpret_cast<float4*>(next + row * stride + col) = reinterpret_cast<const float4*>(remote)[v];
+            const int vecs = slice_floats / 4;
+            for (int i = threadIdx.x; i < C * vecs; i += THREADS) {
+                const int peer = i / vecs, v = i % vecs;
+                float* theirs = next + peer * slice_floats;
+                reinterpret_cast<float4*>(theirs)[v] = reinterpret_cast<const float4*>(cluster.map_shared_rank(theirs, peer))[v];
             }
             __syncthreads();
         }
     }
-    if (rank == 0 && threadIdx.x == 0) ns[0] = globaltimer() - start;
-    // No block may leave while a peer can still read its shared memory.
+    if (rank == 0 && threadIdx.x == 0) ns[0] = globaltimer() - start, ns[1] = clock64() - start_cycles;
+    // No block may leave while a peer can still read its shared memory or copy into it.
     cluster.sync();
-    const float* last = act + (reps & 1) * BATCH * stride;
+    const float* last = act + (reps & 1) * BATCH * wpad;
     if (rank == 0)
-        for (int i = threadIdx.x; i < BATCH * WIDTH; i += THREADS) out[i] = last[(i / WIDTH) * stride + i % WIDTH];
+        for (int i = threadIdx.x; i < BATCH * WIDTH; i += THREADS)
+            out[i] = last[(i % WIDTH / R) * slice_floats + i / WIDTH * R + i % WIDTH % R];
 }

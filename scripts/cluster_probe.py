@@ -2,8 +2,9 @@
 
 Runs ``cluster_probe.cu`` (its header says what each mode does) as one thread-block cluster of 2-16 blocks and
 reports, per cluster size, the GPU time of one layer in each mode (block 0's ``%globaltimer`` over many layers
-in one launch, median over launches): the cluster barrier, the activation exchange pushed or pulled with 4- or
-16-byte accesses, the product alone and a whole forward layer. Each compute mode's output after a few layers is
+in one launch, median over launches, with the SM clock the launch ran at): the cluster barrier, the activation
+exchange pushed or pulled with 4- or 16-byte accesses or sent by the copy engine, the product alone and a whole
+forward layer. Each compute mode's output after a few layers is
 first checked against a float64 chain of the same layers. Cluster launches need ``cuLaunchKernelEx``, which
 PyCUDA does not wrap, so the driver API is called through ctypes inside PyTorch's context.
 
@@ -21,6 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mlpbench.timing import Stats
@@ -28,8 +30,9 @@ from mlpbench.verify import FLOAT32_TOLERANCE
 
 SOURCE = Path(__file__).with_name("cluster_probe.cu")
 BATCH, WIDTH, THREADS, STRIDE_PAD, MAX_LAYERS = 32, 300, 256, 4, 5
-MODES = {"sync": 0, "push-scalar": 1, "push-vec": 2, "pull-vec": 3, "compute": 4, "layer-push": 5, "layer-pull": 6}
-COMPUTES = ("compute", "layer-push", "layer-pull")
+MODES = {"sync": 0, "push-scalar": 1, "push-vec": 2, "pull-vec": 3, "push-bulk": 4, "compute": 5, "layer-push": 6,
+         "layer-pull": 7, "layer-bulk": 8}
+COMPUTES = ("compute", "layer-push", "layer-pull", "layer-bulk")
 VARIANTS = {0: (4, 1), 1: (8, 2), 2: (16, 2)}  # thread tile: batch rows x output rows
 
 # Driver API values (cuda.h).
@@ -83,7 +86,7 @@ def layout(cluster: int, shared_limit: int) -> dict[str, int]:
     stride = cluster * rows + STRIDE_PAD
     tile_counts = [(BATCH // tb) * (rows // tj) for tb, tj in VARIANTS.values()]
     partial_rows = max((BATCH * (THREADS // tiles) for tiles in tile_counts if THREADS // tiles > 1), default=0)
-    fixed = 2 * BATCH * stride + 2 * BATCH * rows + partial_rows * rows
+    fixed = 2 * BATCH * cluster * rows + 4 + partial_rows * rows  # activations, two mbarriers, k-split sums
     per_layer = rows * stride + rows
     layers = min(MAX_LAYERS, (shared_limit // 4 - fixed) // per_layer)
     return {"rows": rows, "layers_held": max(layers, 0),
@@ -119,7 +122,7 @@ def main() -> int:
     b = (torch.rand(MAX_LAYERS, WIDTH, device="cuda", generator=gen) * 2 - 1) * 0.1
     x = torch.rand(BATCH, WIDTH, device="cuda", generator=gen) * 2 - 1
     out = torch.empty(BATCH, WIDTH, device="cuda")
-    ns = torch.zeros(1, dtype=torch.int64, device="cuda")
+    ns = torch.zeros(2, dtype=torch.int64, device="cuda")
 
     rows_out = []
     for cluster in (int(c) for c in args.clusters.split(",")):
@@ -127,14 +130,15 @@ def main() -> int:
         function = driver.function(binary, "cluster_probe", plan["shared_bytes"])
 
         def run(mode: str, variant: int, layers: int, held: int, function=function, cluster=cluster,
-                plan=plan) -> int:
+                plan=plan) -> tuple[int, int]:
+            """Nanoseconds and SM cycles of `layers` layers in one launch."""
             driver.launch(function, cluster, plan["shared_bytes"],
                           [ctypes.c_int(MODES[mode]), ctypes.c_int(variant), ctypes.c_int(layers),
                            ctypes.c_int(plan["rows"]), ctypes.c_int(held), ctypes.c_void_p(W.data_ptr()),
                            ctypes.c_void_p(b.data_ptr()), ctypes.c_void_p(x.data_ptr()),
                            ctypes.c_void_p(out.data_ptr()), ctypes.c_void_p(ns.data_ptr())])
             torch.cuda.synchronize()
-            return int(ns.item())
+            return tuple(ns.tolist())
 
         for mode in MODES:
             variants = VARIANTS if mode in COMPUTES else {0: None}
@@ -147,7 +151,7 @@ def main() -> int:
                     rows_out.append(row)
                     continue
                 held = plan["layers_held"]
-                if mode in ("layer-push", "layer-pull"):
+                if mode in COMPUTES and mode != "compute":
                     check_layers = 7
                     run(mode, variant, check_layers, held)
                     expected = reference(x, W, b, check_layers, held)
@@ -159,9 +163,11 @@ def main() -> int:
                         continue
                 layers = args.layers if mode in COMPUTES else 4 * args.layers
                 run(mode, variant, 10, held)
-                per_layer = [run(mode, variant, layers, held) / layers for _ in range(args.launches)]
-                stats = Stats.from_ns(per_layer)
-                row.update(layer_us=stats.median * 1e6, q1_us=stats.q1 * 1e6, q3_us=stats.q3 * 1e6)
+                samples = [run(mode, variant, layers, held) for _ in range(args.launches)]
+                stats = Stats.from_ns([elapsed / layers for elapsed, _ in samples])
+                row.update(layer_us=stats.median * 1e6, q1_us=stats.q1 * 1e6, q3_us=stats.q3 * 1e6,
+                           layer_cycles=float(np.median([cycles / layers for _, cycles in samples])),
+                           sm_ghz=float(np.median([cycles / elapsed for elapsed, cycles in samples])))
                 rows_out.append(row)
                 print(row, flush=True)
 
@@ -169,7 +175,7 @@ def main() -> int:
             "torch": torch.__version__, "launches": args.launches, "layers": args.layers}
     (args.out / "cluster.json").write_text(json.dumps({"meta": meta, "rows": rows_out}, indent=1))
     columns = ["cluster", "mode", "tile", "rows_per_block", "layers_held", "layer_us", "q1_us", "q3_us",
-               "rel_error", "skipped"]
+               "layer_cycles", "sm_ghz", "rel_error", "skipped"]
     lines = [" | ".join(columns)] + [" | ".join(
         (f"{r[c]:.3g}" if isinstance(r.get(c), float) else str(r.get(c, ""))) for c in columns) for r in rows_out]
     (args.out / "cluster.txt").write_text(json.dumps(meta) + "\n" + "\n".join(lines) + "\n")
