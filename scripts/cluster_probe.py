@@ -80,6 +80,11 @@ class Driver:
         self.check(self.lib.cuLaunchKernelEx(ctypes.byref(config), function, params, None), "cuLaunchKernelEx")
 
 
+def nvcc_command(cubin: Path, nvcc: str = "nvcc") -> list[str]:
+    """How the probe is built: plain sm_90 (clusters, mbarriers and bulk copies need nothing of sm_90a)."""
+    return [nvcc, "-cubin", "-arch=sm_90", "-O3", "-Xptxas", "-v", "-o", str(cubin), str(SOURCE)]
+
+
 def layout(cluster: int, shared_limit: int) -> dict[str, int]:
     """Rows per block, the shared-memory footprint and how many layers' weight slices fit beside it."""
     rows = math.ceil(WIDTH / cluster / 4) * 4
@@ -114,7 +119,7 @@ def main() -> int:
     shared_limit = props.shared_memory_per_block_optin
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "probe.cubin"
-        subprocess.run(["nvcc", "-cubin", "-arch=sm_90", "-O3", "-o", str(cubin), str(SOURCE)], check=True)
+        subprocess.run(nvcc_command(cubin), check=True, capture_output=True)
         binary = cubin.read_bytes()
     driver = Driver()
     gen = torch.Generator(device="cuda").manual_seed(0)

@@ -1,0 +1,35 @@
+"""The cluster probe (``scripts/cluster_probe.py``) builds for Hopper without spills, and its shared-memory plan
+fits one block of every cluster size it runs: its GPU measurements are in ``results/gpu-dev/10-cluster-probe``."""
+
+import importlib.util
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("cluster_probe", ROOT / "scripts" / "cluster_probe.py")
+probe = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(probe)
+
+H200_SHARED_OPTIN = 232448  # bytes a block may opt in to (cudaDevAttrMaxSharedMemoryPerBlockOptin)
+
+
+@pytest.mark.parametrize("cluster", [2, 4, 8, 16])
+def test_the_plan_fits_and_covers_the_layer(cluster):
+    plan = probe.layout(cluster, H200_SHARED_OPTIN)
+    assert plan["rows"] % 4 == 0  # 16-byte accesses along a slice
+    assert plan["rows"] * cluster >= probe.WIDTH
+    assert plan["shared_bytes"] <= H200_SHARED_OPTIN
+    assert plan["shared_bytes"] % 16 == 0
+    # a cluster of 4 or more holds at least one layer's weight slice; 2 blocks cannot
+    assert (plan["layers_held"] >= 1) == (cluster >= 4)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) not on PATH")
+def test_the_probe_compiles_for_sm90_without_spills(tmp_path):
+    result = subprocess.run(probe.nvcc_command(tmp_path / "probe.cubin"), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads", result.stderr), result.stderr
