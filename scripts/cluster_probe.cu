@@ -18,8 +18,8 @@
 // Activation buffers alternate between layers, so one barrier per layer suffices: a block overwrites a buffer
 // only after the barrier that ends every read of it.
 //
-// `variant` picks the product's thread tile (layer_slice): 0 = 4 x 1, 1 = 8 x 2, 2 = 16 x 2 (batch rows x output
-// rows), k split over the threads a small tile count leaves idle.
+// `variant` picks the product's thread mapping: layer_slice with thread tiles (batch rows x output rows) 0 = 4 x 1,
+// 1 = 8 x 2, 2 = 16 x 2, k split over the threads a small tile count leaves idle; 3 = layer_slice_lanes.
 // Thread 0 of rank 0 reads %globaltimer and clock64 before the first and after the last layer; ns[0] and ns[1] get
 // the differences (their ratio is the SM clock the run had).
 // Layer i uses the weights of layer i % layers_held (as many layers as fit in shared memory); `out` receives the
@@ -30,6 +30,7 @@ namespace cg = cooperative_groups;
 
 #define BATCH 32
 #define THREADS 256
+#define WARPS (THREADS / 32)
 #define WIDTH 300
 #define STRIDE_PAD 4  // each smem row shifted by 16 bytes: 16-byte loads of 8 consecutive rows hit all banks
 
@@ -125,6 +126,40 @@ __device__ __forceinline__ void layer_slice(const float* in, const float* w, con
     }
 }
 
+// The same slice with the batch's 32 rows as the lanes of a warp and the k range split over the warps: a weight
+// value is one broadcast load for the whole warp and an activation load is 16 bytes from each of 32 rows, so a
+// warp does RJ x 128 multiply-adds per RJ + 4 shared-memory wavefronts. RJ output rows per pass are held in
+// registers; the warps' partial sums (partial[warp][j][lane]) are added in warp order.
+template <int RJ>
+__device__ __forceinline__ void layer_slice_lanes(const float* in, const float* w, const float* bias, float* mine,
+                                                  float* partial, int R, int stride, int wpad, int rank) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int R4 = R / 4, k4_count = wpad / 4, k4_chunk = (k4_count + WARPS - 1) / WARPS;
+    const int k4_begin = warp * k4_chunk, k4_end = min(k4_count, k4_begin + k4_chunk);
+    for (int j0 = 0; j0 < R; j0 += RJ) {
+        float acc[RJ] = {};
+        int s = k4_begin / R4, kk = k4_begin % R4;
+        for (int k4 = k4_begin; k4 < k4_end; ++k4) {
+            const float4 a = *reinterpret_cast<const float4*>(in + s * BATCH * R + lane * R + kk * 4);
+            if (++kk == R4) kk = 0, ++s;
+#pragma unroll
+            for (int q = 0; q < RJ; ++q) {
+                const float4 wv = reinterpret_cast<const float4*>(w + (j0 + q) * stride)[k4];
+                acc[q] = fmaf(a.x, wv.x, fmaf(a.y, wv.y, fmaf(a.z, wv.z, fmaf(a.w, wv.w, acc[q]))));
+            }
+        }
+#pragma unroll
+        for (int q = 0; q < RJ; ++q) partial[(warp * R + j0 + q) * BATCH + lane] = acc[q];
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < BATCH * R; e += THREADS) {
+        const int j = e / BATCH, row = e % BATCH;
+        float sum = 0.0f;
+        for (int k = 0; k < WARPS; ++k) sum += partial[(k * R + j) * BATCH + row];
+        mine[row * R + j] = rank * R + j < WIDTH ? tanhf(sum + bias[j]) : 0.0f;
+    }
+}
+
 // Shared memory: act[2][C][BATCH][R] (slice-major: slice s holds columns s R .. s R + R - 1, so a block's output is
 // one contiguous run of BATCH R floats, written straight into its own slice of the next buffer) | the mbarriers of
 // the two buffers | weights[layers_held][R][stride] | bias[layers_held][R] | partial[partials][R] (k-split sums).
@@ -185,8 +220,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                 layer_slice<4, 1>(in, w_layer, b_layer, mine, partial, R, stride, wpad, rank);
             else if (variant == 1)
                 layer_slice<8, 2>(in, w_layer, b_layer, mine, partial, R, stride, wpad, rank);
-            else
+            else if (variant == 2)
                 layer_slice<16, 2>(in, w_layer, b_layer, mine, partial, R, stride, wpad, rank);
+            else if (R % 20 == 0)
+                layer_slice_lanes<20>(in, w_layer, b_layer, mine, partial, R, stride, wpad, rank);
+            else
+                layer_slice_lanes<4>(in, w_layer, b_layer, mine, partial, R, stride, wpad, rank);
         }
         if (mode == MODE_COMPUTE) {
             __syncthreads();

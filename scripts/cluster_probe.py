@@ -33,7 +33,9 @@ BATCH, WIDTH, THREADS, STRIDE_PAD, MAX_LAYERS = 32, 300, 256, 4, 5
 MODES = {"sync": 0, "push-scalar": 1, "push-vec": 2, "pull-vec": 3, "push-bulk": 4, "compute": 5, "layer-push": 6,
          "layer-pull": 7, "layer-bulk": 8}
 COMPUTES = ("compute", "layer-push", "layer-pull", "layer-bulk")
-VARIANTS = {0: (4, 1), 1: (8, 2), 2: (16, 2)}  # thread tile: batch rows x output rows
+# Product mappings: thread tiles (batch rows x output rows), or the batch's rows as a warp's lanes.
+VARIANTS = {0: (4, 1), 1: (8, 2), 2: (16, 2), 3: "lanes"}
+WARPS = THREADS // 32
 
 # Driver API values (cuda.h).
 FUNC_MAX_DYNAMIC_SHARED = 8
@@ -62,15 +64,15 @@ class Driver:
             self.lib.cuGetErrorName(result, ctypes.byref(name))
             raise RuntimeError(f"{what}: {name.value.decode() if name.value else result}")
 
-    def function(self, cubin: bytes, name: str, shared_bytes: int) -> ctypes.c_void_p:
+    def function(self, cubin: bytes, name: str) -> ctypes.c_void_p:
         module, function = ctypes.c_void_p(), ctypes.c_void_p()
         self.check(self.lib.cuModuleLoadData(ctypes.byref(module), cubin), "cuModuleLoadData")
         self.check(self.lib.cuModuleGetFunction(ctypes.byref(function), module, name.encode()), "cuModuleGetFunction")
-        self.check(self.lib.cuFuncSetAttribute(function, FUNC_MAX_DYNAMIC_SHARED, shared_bytes), "shared limit")
         self.check(self.lib.cuFuncSetAttribute(function, FUNC_NON_PORTABLE_CLUSTER_SIZE, 1), "cluster size 16")
         return function
 
     def launch(self, function: ctypes.c_void_p, cluster: int, shared_bytes: int, args: list) -> None:
+        self.check(self.lib.cuFuncSetAttribute(function, FUNC_MAX_DYNAMIC_SHARED, shared_bytes), "shared limit")
         attribute = LaunchAttribute(id=LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION)
         attribute.value[0], attribute.value[1], attribute.value[2] = cluster, 1, 1
         config = LaunchConfig(grid=(ctypes.c_uint * 3)(cluster, 1, 1), block=(ctypes.c_uint * 3)(THREADS, 1, 1),
@@ -85,13 +87,22 @@ def nvcc_command(cubin: Path, nvcc: str = "nvcc") -> list[str]:
     return [nvcc, "-cubin", "-arch=sm_90", "-O3", "-Xptxas", "-v", "-o", str(cubin), str(SOURCE)]
 
 
-def layout(cluster: int, shared_limit: int) -> dict[str, int]:
+def partial_rows(rows: int, variant: int | None) -> int:
+    """Rows of `rows` floats the k-split sums of a product mapping take (none for the exchange-only modes)."""
+    if variant is None:
+        return 0
+    if VARIANTS[variant] == "lanes":
+        return WARPS * BATCH
+    tb, tj = VARIANTS[variant]
+    tiles = (BATCH // tb) * (rows // tj)
+    return BATCH * (THREADS // tiles) if THREADS // tiles > 1 else 0
+
+
+def layout(cluster: int, shared_limit: int, variant: int | None = None) -> dict[str, int]:
     """Rows per block, the shared-memory footprint and how many layers' weight slices fit beside it."""
     rows = math.ceil(WIDTH / cluster / 4) * 4
     stride = cluster * rows + STRIDE_PAD
-    tile_counts = [(BATCH // tb) * (rows // tj) for tb, tj in VARIANTS.values()]
-    partial_rows = max((BATCH * (THREADS // tiles) for tiles in tile_counts if THREADS // tiles > 1), default=0)
-    fixed = 2 * BATCH * cluster * rows + 4 + partial_rows * rows  # activations, two mbarriers, k-split sums
+    fixed = 2 * BATCH * cluster * rows + 4 + partial_rows(rows, variant) * rows  # activations, 2 mbarriers, sums
     per_layer = rows * stride + rows
     layers = min(MAX_LAYERS, (shared_limit // 4 - fixed) // per_layer)
     return {"rows": rows, "layers_held": max(layers, 0),
@@ -129,37 +140,36 @@ def main() -> int:
     out = torch.empty(BATCH, WIDTH, device="cuda")
     ns = torch.zeros(2, dtype=torch.int64, device="cuda")
 
+    function = driver.function(binary, "cluster_probe")
+
+    def run(cluster: int, plan: dict[str, int], mode: str, variant: int, layers: int) -> tuple[int, int]:
+        """Nanoseconds and SM cycles of `layers` layers in one launch."""
+        driver.launch(function, cluster, plan["shared_bytes"],
+                      [ctypes.c_int(MODES[mode]), ctypes.c_int(variant), ctypes.c_int(layers),
+                       ctypes.c_int(plan["rows"]), ctypes.c_int(plan["layers_held"]), ctypes.c_void_p(W.data_ptr()),
+                       ctypes.c_void_p(b.data_ptr()), ctypes.c_void_p(x.data_ptr()),
+                       ctypes.c_void_p(out.data_ptr()), ctypes.c_void_p(ns.data_ptr())])
+        torch.cuda.synchronize()
+        return tuple(ns.tolist())
+
     rows_out = []
     for cluster in (int(c) for c in args.clusters.split(",")):
-        plan = layout(cluster, shared_limit)
-        function = driver.function(binary, "cluster_probe", plan["shared_bytes"])
-
-        def run(mode: str, variant: int, layers: int, held: int, function=function, cluster=cluster,
-                plan=plan) -> tuple[int, int]:
-            """Nanoseconds and SM cycles of `layers` layers in one launch."""
-            driver.launch(function, cluster, plan["shared_bytes"],
-                          [ctypes.c_int(MODES[mode]), ctypes.c_int(variant), ctypes.c_int(layers),
-                           ctypes.c_int(plan["rows"]), ctypes.c_int(held), ctypes.c_void_p(W.data_ptr()),
-                           ctypes.c_void_p(b.data_ptr()), ctypes.c_void_p(x.data_ptr()),
-                           ctypes.c_void_p(out.data_ptr()), ctypes.c_void_p(ns.data_ptr())])
-            torch.cuda.synchronize()
-            return tuple(ns.tolist())
-
         for mode in MODES:
-            variants = VARIANTS if mode in COMPUTES else {0: None}
-            for variant, tile in variants.items():
-                row = {"cluster": cluster, "mode": mode, "tile": "x".join(map(str, tile)) if tile else "",
+            for variant in (VARIANTS if mode in COMPUTES else [None]):
+                plan = layout(cluster, shared_limit, variant)
+                tile = VARIANTS.get(variant, "")
+                tile = tile if isinstance(tile, str) else f"{tile[0]}x{tile[1]}"
+                row = {"cluster": cluster, "mode": mode, "tile": tile,
                        "rows_per_block": plan["rows"], "layers_held": plan["layers_held"],
                        "shared_kb": plan["shared_bytes"] / 1024}
                 if mode in COMPUTES and plan["layers_held"] == 0:
                     row["skipped"] = "one layer's weight slice does not fit in shared memory"
                     rows_out.append(row)
                     continue
-                held = plan["layers_held"]
                 if mode in COMPUTES and mode != "compute":
                     check_layers = 7
-                    run(mode, variant, check_layers, held)
-                    expected = reference(x, W, b, check_layers, held)
+                    run(cluster, plan, mode, variant, check_layers)
+                    expected = reference(x, W, b, check_layers, plan["layers_held"])
                     error = float((out.double() - expected).abs().max() / expected.abs().max())
                     row["rel_error"] = error
                     if error > FLOAT32_TOLERANCE:
@@ -167,8 +177,8 @@ def main() -> int:
                         rows_out.append(row)
                         continue
                 layers = args.layers if mode in COMPUTES else 4 * args.layers
-                run(mode, variant, 10, held)
-                samples = [run(mode, variant, layers, held) for _ in range(args.launches)]
+                run(cluster, plan, mode, variant or 0, 10)
+                samples = [run(cluster, plan, mode, variant or 0, layers) for _ in range(args.launches)]
                 stats = Stats.from_ns([elapsed / layers for elapsed, _ in samples])
                 row.update(layer_us=stats.median * 1e6, q1_us=stats.q1 * 1e6, q3_us=stats.q3 * 1e6,
                            layer_cycles=float(np.median([cycles / layers for _, cycles in samples])),
