@@ -22,6 +22,15 @@ enum { SHARED_PACK_BYTES = 32 << 20 };
 
 typedef enum { STAGE_NONE, STAGE_FORWARD, STAGE_BACKPROP, STAGE_UPDATE } stage_kind;
 
+/* The plan of the fused step: the number of the last change of native/SCALING.md it includes (changes
+ * PLAN_OLDEST + 1 .. PLAN_LATEST can be left out, to compare them with what came before in one run).
+ * MLP_STEP_PLAN in the environment at creation picks one; unset, empty or not a plan number: the latest.
+ * Results never depend on it. */
+enum { PLAN_OLDEST = 8, PLAN_LATEST = 9 };
+enum {
+    PLAN_BALANCED_WEIGHT_PACKING = 9  /* shared weight packing cut into even groups of rows for every thread */
+};
+
 typedef struct {
     int n_in, n_out;
     float *weights;       /* (n_out, n_in) */
@@ -51,6 +60,7 @@ struct mlp_model {
      * by layer, each written in the stretch before the one that reads it. */
     float *wpack[4];
     timeline *tl;         /* per-thread timeline of the last stage call; NULL when off */
+    int plan;             /* see PLAN_LATEST */
 };
 
 const char *mlp_error_message(int status)
@@ -90,6 +100,18 @@ int mlp_has_blas(void)
 /* ------------------------------------------------------------------ creation */
 
 static int max_int(int a, int b) { return a > b ? a : b; }
+
+static int plan_from_environment(void)
+{
+    const char *text = getenv("MLP_STEP_PLAN");
+    if (!text || !*text)
+        return PLAN_LATEST;
+    char *end = NULL;
+    const long plan = strtol(text, &end, 10);
+    return *end == '\0' && plan >= PLAN_OLDEST && plan <= PLAN_LATEST ? (int)plan : PLAN_LATEST;
+}
+
+int mlp_model_plan(const mlp_model *model) { return model ? model->plan : 0; }
 
 void mlp_model_destroy(mlp_model *model)
 {
@@ -181,6 +203,7 @@ int mlp_model_create(mlp_model **out, int n_layers, const int *sizes, int activa
     model->max_threads = max_threads;
     model->kernel = kernel;
     model->kernels = kernels;
+    model->plan = plan_from_environment();
     model->layers = calloc((size_t)n_layers, sizeof *model->layers);
     if (!model->layers) {
         mlp_model_destroy(model);
@@ -397,10 +420,17 @@ static gemm_problem input_grad_problem(const mlp_model *model, int l, int batch,
 static void pack_weights_share(const mlp_model *model, const gemm_problem *problem, float *dst, int layer_number)
 {
     const long long t0 = model->tl ? now_ns() : 0;
-    gemm_pack_b_shared(problem, model->kernels, dst, omp_get_num_threads(), omp_get_thread_num());
+    const long long packed = gemm_pack_b_shared(problem, model->kernels, dst, omp_get_num_threads(),
+                                                omp_get_thread_num(), model->plan >= PLAN_BALANCED_WEIGHT_PACKING);
     if (model->tl)
-        timeline_record(model->tl, MLP_EV_PACK_WEIGHTS, layer_number, t0, 0,
-                        (long long)problem->k * problem->n / omp_get_num_threads());
+        timeline_record(model->tl, MLP_EV_PACK_WEIGHTS, layer_number, t0, 0, packed);
+}
+
+/* Whether the team packs this product's weights once for all (the same answer on every thread). */
+static int shares_weights(const mlp_model *model, const gemm_problem *problem)
+{
+    return gemm_shares_b(problem, model->kernels, omp_get_num_threads(),
+                         model->plan >= PLAN_BALANCED_WEIGHT_PACKING);
 }
 
 /* The forward products of every layer, a barrier after each but, with `rows_fused`, the last: the
@@ -415,7 +445,7 @@ static gemm_share forward_layers(mlp_model *model, int batch, const float *x, in
         const layer *ly = &model->layers[l];
         const int last = l == model->n_layers - 1;
         gemm_problem z = forward_problem(model, l, batch, input);
-        if (shared_pack && l > 0 && gemm_shares_b(&z, model->kernels, omp_get_num_threads()))
+        if (shared_pack && l > 0 && shares_weights(model, &z))
             z.b_shared = model->wpack[l % 2];
         const long long t0 = model->tl ? now_ns() : 0;
         const long long work = gemm_team(model->kernel, &z, &model->packs, model->kernels, model->tl);
@@ -423,7 +453,7 @@ static gemm_share forward_layers(mlp_model *model, int batch, const float *x, in
             timeline_record(model->tl, MLP_EV_FORWARD, l + 1, t0, timeline_take_pack(model->tl), work);
         if (shared_pack && !last) {
             const gemm_problem next = forward_problem(model, l + 1, batch, ly->output);
-            if (gemm_shares_b(&next, model->kernels, omp_get_num_threads()))
+            if (shares_weights(model, &next))
                 pack_weights_share(model, &next, model->wpack[(l + 1) % 2], l + 2);
         }
         if (last && rows_fused)
@@ -557,7 +587,7 @@ static void forward_team(const stage_args *s, int gradient)
         /* The output layer's input gradient comes next in backprop: its weights, packed now. */
         const int l = model->n_layers - 1;
         const gemm_problem next = input_grad_problem(model, l, s->batch, model->delta[0], model->delta[1]);
-        if (gemm_shares_b(&next, model->kernels, omp_get_num_threads()))
+        if (shares_weights(model, &next))
             pack_weights_share(model, &next, model->wpack[2 + l % 2], l + 1);
     }
     if (gradient)
@@ -664,7 +694,7 @@ static void backprop_one_layer(const stage_args *s, int l, int last_barrier, int
     if (l > 0) {
         /* dZ of the layer below = (dZ W) * act'(its output), the derivative fused into the product. */
         gemm_problem grad_input = input_grad_problem(model, l, batch, dz, model->delta[1 - current]);
-        if (s->shared_pack && gemm_shares_b(&grad_input, model->kernels, omp_get_num_threads()))
+        if (s->shared_pack && shares_weights(model, &grad_input))
             grad_input.b_shared = model->wpack[2 + l % 2];
         const long long input_work = gemm_team(model->kernel, &grad_input, &model->packs, model->kernels, tl);
         if (tl)
@@ -673,7 +703,7 @@ static void backprop_one_layer(const stage_args *s, int l, int last_barrier, int
             /* The next layer down's input gradient: its weights, packed in this stretch. */
             const gemm_problem next = input_grad_problem(model, l - 1, batch, model->delta[1 - current],
                                                          model->delta[current]);
-            if (gemm_shares_b(&next, model->kernels, omp_get_num_threads()))
+            if (shares_weights(model, &next))
                 pack_weights_share(model, &next, model->wpack[2 + (l - 1) % 2], l);
         }
     }
