@@ -258,3 +258,34 @@ def test_shared_weight_packing_covers_every_row_once(monkeypatch, threads, isa):
             assert work.sum() in (n_in * -(-n_out // nr) * nr, n_out * -(-n_in // nr) * nr)
             if plan > OLDEST_PLAN:
                 assert work.max() - work.min() <= 2 * 8 * nr, (plan, index, work)
+
+
+@pytest.mark.parametrize("isa", ["portable", "auto"])
+def test_update_comes_with_the_weight_gradient_where_the_input_gradient_reads_packed_weights(monkeypatch, isa):
+    """From plan 10, a layer whose input gradient reads the team's packed copy of W has its W updated by
+    each thread right after its block of the weight gradient (one update event per thread, with the bias,
+    before the layer's input gradient in the same stretch); under plan 9 only the first layer's, the
+    others' W after backprop (a second event)."""
+    threads, network = 16, WIDE_NARROW
+    latest = load("c-omp", SOFTMAX, threads=1).plan
+    for plan in (latest - 1, latest):
+        model = stepped_with_plan(monkeypatch, plan, network, 32, threads, timeline=True, isa=isa)
+        events = model.timeline()
+        with_gradient = set()
+        for layer in range(2, network.n_layers + 1):
+            counts = set()
+            for thread in range(threads):
+                kinds = list(events[(events["thread"] == thread) & (events["layer"] == layer)]["kind"])
+                assert kinds.index(KINDS["update"]) < kinds.index(KINDS["input_grad"])
+                counts.add(kinds.count(KINDS["update"]))
+            assert counts in ({1}, {2})
+            if counts == {1}:
+                with_gradient.add(layer)
+        if plan < 10:
+            assert with_gradient == set()
+        elif model.isa == "avx512":
+            # The 300 x 300 layers share their packed W at 16 threads; the 300 -> 1 layer's input gradient
+            # (k = 1) does not.
+            assert with_gradient == {2, 3}
+        else:
+            assert with_gradient <= {2, 3}

@@ -26,9 +26,10 @@ typedef enum { STAGE_NONE, STAGE_FORWARD, STAGE_BACKPROP, STAGE_UPDATE } stage_k
  * PLAN_OLDEST + 1 .. PLAN_LATEST can be left out, to compare them with what came before in one run).
  * MLP_STEP_PLAN in the environment at creation picks one; unset, empty or not a plan number: the latest.
  * Results never depend on it. */
-enum { PLAN_OLDEST = 8, PLAN_LATEST = 9 };
+enum { PLAN_OLDEST = 8, PLAN_LATEST = 10 };
 enum {
-    PLAN_BALANCED_WEIGHT_PACKING = 9  /* shared weight packing cut into even groups of rows for every thread */
+    PLAN_BALANCED_WEIGHT_PACKING = 9, /* shared weight packing cut into even groups of rows for every thread */
+    PLAN_UPDATE_WITH_GRADIENT = 10    /* W updated right after its weight gradient where nothing reads W later */
 };
 
 typedef struct {
@@ -633,13 +634,18 @@ static void output_layer_gradient(const stage_args *s)
         timeline_record(model->tl, MLP_EV_OUTPUT_GRAD, model->n_layers, t0, 0, (hi - lo) * out->n_out);
 }
 
-/* W -= lr * (dW + weight_decay * W) over the parts of a thread's share of a layer's weights. */
+/* W -= lr * (dW + weight_decay * W) over the parts of a thread's share of a layer's weights. A block that
+ * does not start at column 0 is walked from its last row up: the thread to its left, which shares a cache
+ * line of each row with it (rows need not start on a line), walks down, so the two meet on one row instead
+ * of passing every shared line back and forth as they go. */
 static long long update_block(const layer *ly, gemm_share share, float lr, float weight_decay)
 {
     long long elements = 0;
     for (int part = 0; part < share.count; ++part) {
         const gemm_rect b = share.part[part];
-        for (ptrdiff_t i = b.i0; i < b.i1; ++i) {
+        const int upward = b.j0 > 0;
+        for (ptrdiff_t r = b.i0; r < b.i1; ++r) {
+            const ptrdiff_t i = upward ? b.i1 - 1 - (r - b.i0) : r;
             float *restrict w = ly->weights + i * ly->n_in;
             const float *restrict g = ly->grad_weights + i * ly->n_in;
             for (ptrdiff_t j = b.j0; j < b.j1; ++j)
@@ -650,11 +656,28 @@ static long long update_block(const layer *ly, gemm_share share, float lr, float
     return elements;
 }
 
+/* Whether layer l's (0-based) W is updated in its own backprop stretch, right after its weight gradient, by
+ * the thread that computed each block of dW (in the fused step): the first layer's always (it has no input
+ * gradient, so nothing reads its W after the weight gradient); from plan 10, also every layer whose input
+ * gradient reads the team's packed copy of W (written in the stretch before) rather than W itself. The rest
+ * are updated after backprop, each thread a contiguous share. The same answer on every thread. */
+static int updates_with_gradient(const stage_args *s, int l)
+{
+    const mlp_model *model = s->model;
+    if (l == 0)
+        return 1;
+    if (model->plan < PLAN_UPDATE_WITH_GRADIENT || !s->shared_pack)
+        return 0;
+    const gemm_problem grad_input = input_grad_problem(model, l, s->batch, model->delta[0], model->delta[1]);
+    return shares_weights(model, &grad_input);
+}
+
 /* Layer l's (0-based) dW and db, and dZ of the layer below, from this layer's dZ in delta[current]; ends
  * with a barrier unless l == 0 and `last_barrier` is 0. The output layer's dZ is in delta[0], and each
  * layer below alternates. With `fused`, the step's update of b comes with it (nothing reads b again in
- * this step), and for the first layer, which has no input gradient to read W, the update of the block of
- * W whose dW this thread computed: no barrier is needed before it. */
+ * this step), and where nothing reads this layer's W after its weight gradient (updates_with_gradient), the
+ * update of the block of W whose dW this thread computed (still in its cache): no barrier is needed before
+ * it. */
 static void backprop_one_layer(const stage_args *s, int l, int last_barrier, int fused)
 {
     mlp_model *model = s->model;
@@ -684,7 +707,7 @@ static void backprop_one_layer(const stage_args *s, int l, int last_barrier, int
         for (ptrdiff_t j = bias_lo; j < bias_hi; ++j)
             ly->bias[j] -= s->lr * ly->grad_bias[j];
         long long updated = bias_hi - bias_lo;
-        if (l == 0)
+        if (updates_with_gradient(s, l))
             updated += update_block(ly, gemm_packed_share(&grad_weights, model->kernels, omp_get_num_threads(),
                                                           omp_get_thread_num()),
                                     s->lr, s->weight_decay);
@@ -734,14 +757,17 @@ static void backprop_layer_team(const stage_args *s)
     backprop_one_layer(s, s->layer - 1, 0, 0);
 }
 
-/* The update of layers [first, n_layers) (0-based), W and b, each thread a contiguous share. */
-static void update_layers(const stage_args *s, int first, int bias)
+/* The update of every layer's W and b, each thread a contiguous share; after a fused backprop, only the W
+ * that backprop did not update (every b did). */
+static void update_layers(const stage_args *s, int fused)
 {
     mlp_model *model = s->model;
     const float lr = s->lr, weight_decay = s->weight_decay;
-    const int team = omp_get_num_threads(), tid = omp_get_thread_num();
+    const int team = omp_get_num_threads(), tid = omp_get_thread_num(), bias = !fused;
     ptrdiff_t lo, hi;
-    for (int l = first; l < model->n_layers; ++l) {
+    for (int l = 0; l < model->n_layers; ++l) {
+        if (fused && updates_with_gradient(s, l))
+            continue;
         layer *ly = &model->layers[l];
         const long long t0 = model->tl ? now_ns() : 0;
         long long elements = 0;
@@ -759,7 +785,7 @@ static void update_layers(const stage_args *s, int first, int bias)
     }
 }
 
-static void update_team(const stage_args *s) { update_layers(s, 0, 1); }
+static void update_team(const stage_args *s) { update_layers(s, 0); }
 
 static void forward_stage(const stage_args *s) { forward_team(s, 0); }
 static void backprop_stage(const stage_args *s) { backprop_team(s, 0, 0, 0); }
@@ -771,9 +797,9 @@ static void train_step_stage(const stage_args *s)
     const int fused = fused_step(s->model);
     forward_team(s, 1);
     backprop_team(s, 1, !fused, fused);
-    /* Fused: every dW above the first layer was complete at the last barrier, and their W have no reader
-     * left; the first layer's W and every b are already updated. */
-    update_layers(s, fused ? 1 : 0, !fused);
+    /* Fused: every dW was complete at the last barrier, and every W has no reader left; the W updated in
+     * backprop and every b are done. */
+    update_layers(s, fused);
 }
 
 /* One parallel region of `threads` threads running `stage`; a single thread needs no team at all (its
