@@ -637,13 +637,13 @@ static void output_layer_gradient(const stage_args *s)
 /* W -= lr * (dW + weight_decay * W) over the parts of a thread's share of a layer's weights. A block that
  * does not start at column 0 is walked from its last row up: the thread to its left, which shares a cache
  * line of each row with it (rows need not start on a line), walks down, so the two meet on one row instead
- * of passing every shared line back and forth as they go. */
-static long long update_block(const layer *ly, gemm_share share, float lr, float weight_decay)
+ * of passing every shared line back and forth as they go (from plan 10; before, every block walked down). */
+static long long update_block(const layer *ly, gemm_share share, float lr, float weight_decay, int plan)
 {
     long long elements = 0;
     for (int part = 0; part < share.count; ++part) {
         const gemm_rect b = share.part[part];
-        const int upward = b.j0 > 0;
+        const int upward = b.j0 > 0 && plan >= PLAN_UPDATE_WITH_GRADIENT;
         for (ptrdiff_t r = b.i0; r < b.i1; ++r) {
             const ptrdiff_t i = upward ? b.i1 - 1 - (r - b.i0) : r;
             float *restrict w = ly->weights + i * ly->n_in;
@@ -710,7 +710,7 @@ static void backprop_one_layer(const stage_args *s, int l, int last_barrier, int
         if (updates_with_gradient(s, l))
             updated += update_block(ly, gemm_packed_share(&grad_weights, model->kernels, omp_get_num_threads(),
                                                           omp_get_thread_num()),
-                                    s->lr, s->weight_decay);
+                                    s->lr, s->weight_decay, model->plan);
         if (tl)
             t0 = timeline_record(tl, MLP_EV_UPDATE, l + 1, t0, 0, updated);
     }
