@@ -10,7 +10,11 @@ and thread count (``--threads``) it
   input gradients, update; packing apart), the barrier waits, the fork and join, the barriers per step, and the
   load imbalance (max / mean busy over threads) of each phase and of each stretch between two barriers,
   both in time and in multiply-adds (the latter is the partition's geometry, meaningful on any machine);
-* with ``--blas``, times ``c-blas`` at the same thread counts.
+* with ``--blas``, times ``c-blas`` at the same thread counts;
+* with ``--plans``, runs every case at 2 or more threads under each of the given plans of the library's fused
+  step (``MLP_STEP_PLAN``, see ``native/SCALING.md``: a plan is the number of the last change it includes), so
+  a change and the code before it are compared on the same machine in the same run; one thread runs once per
+  case (the plans differ only in how a team shares the work) and is every plan's baseline.
 
 The run bounds itself: ``--budget-s`` is split evenly over the configurations, and each one takes only as
 many steps as fit (never fewer than ``--min-steps``). The load average is recorded before and after each.
@@ -169,16 +173,39 @@ def _code(kinds: dict[int, str], name: str) -> int:
     return next(code for code, kind in kinds.items() if kind == name)
 
 
+def parse_plans(text: str) -> list[int | None]:
+    plans = [int(p) for p in text.split(",")]
+    if any(p < 1 for p in plans):
+        raise argparse.ArgumentTypeError(f"plans are positive change numbers, got {text}")
+    return list(dict.fromkeys(plans))
+
+
+def load_with_plan(network: Network, threads: int, batch: int, isa: str, plan: int | None) -> Any:
+    """A c-omp model created with ``MLP_STEP_PLAN`` set to ``plan`` (None: the library's default)."""
+    previous = os.environ.pop("MLP_STEP_PLAN", None)
+    try:
+        if plan is not None:
+            os.environ["MLP_STEP_PLAN"] = str(plan)
+        return mlpbench.load("c-omp", network, seed=0, threads=threads, max_batch=batch, isa=isa)
+    finally:
+        os.environ.pop("MLP_STEP_PLAN", None)
+        if previous is not None:
+            os.environ["MLP_STEP_PLAN"] = previous
+
+
 def run_config(name: str, batch: int, threads: int, args: argparse.Namespace, budget_s: float,
-               kinds: dict[int, str]) -> dict[str, Any]:
+               kinds: dict[int, str], plan: int | None = None, with_blas: bool = True) -> dict[str, Any]:
     network = resolve(name)
     started = time.perf_counter()
     result: dict[str, Any] = {"case": f"{name}:{batch}", "network": network.name, "batch": batch,
                               "threads": threads, "load_before": os.getloadavg()}
     inputs = random_inputs(network, batch, 4, seed=threads)
     with pinned_threads(threads):
-        model = mlpbench.load("c-omp", network, seed=0, threads=threads, max_batch=batch, isa=args.isa)
+        model = load_with_plan(network, threads, batch, args.isa, plan)
         try:
+            result["plan"] = model.plan
+            if plan is not None and model.plan != plan:
+                raise SystemExit(f"plan {plan} asked, the library ran plan {model.plan}: not a plan it knows")
             batches = [model.prepare(X, y) for X, y in inputs]
             probe = time_call(lambda: model.train_step(batches[0], 1e-4), repeats=3, warmup=2).median
             # Two thirds of the budget for timing, one third for the timeline (which runs slower).
@@ -193,11 +220,13 @@ def run_config(name: str, batch: int, threads: int, args: argparse.Namespace, bu
                 recorded.append(model.timeline())
             model.disable_timeline()
             result["timeline"] = summarise_timelines(recorded, threads, kinds)
-            if args.blas and not native.library_path("blas").is_file():
+            if not (args.blas and with_blas):
+                pass
+            elif not native.library_path("blas").is_file():
                 result["blas_skipped"] = "libmlp_blas.so not built"
-            elif args.blas and threads > model_class("c-blas").max_threads():
+            elif threads > model_class("c-blas").max_threads():
                 result["blas_skipped"] = f"c-blas takes at most {model_class('c-blas').max_threads()} threads here"
-            elif args.blas:
+            else:
                 blas = mlpbench.load("c-blas", network, seed=0, threads=threads, max_batch=batch)
                 try:
                     blas_batches = [blas.prepare(X, y) for X, y in inputs]
@@ -214,12 +243,15 @@ def run_config(name: str, batch: int, threads: int, args: argparse.Namespace, bu
     return result
 
 
-def table(results: list[dict[str, Any]]) -> str:
+def table(results: list[dict[str, Any]], compare_plans: bool = False) -> str:
     lines = []
-    for case in dict.fromkeys(r["case"] for r in results):
-        rows = [r for r in results if r["case"] == case]
+    groups = dict.fromkeys((r["case"], r.get("plan") if compare_plans else None) for r in results)
+    for case, plan in groups:
+        rows = [r for r in results if r["case"] == case
+                and (not compare_plans or r.get("plan") == plan or r["threads"] == 1)]
         one = next((r["step"]["median_us"] for r in rows if r["threads"] == 1), None)
-        lines.append(f"\n== {case} (isa {rows[0].get('isa')})")
+        plans = sorted({r["plan"] for r in rows if r["threads"] > 1 and "plan" in r})
+        lines.append(f"\n== {case} (isa {rows[0].get('isa')}, plan {','.join(map(str, plans)) or '-'})")
         lines.append(f"{'thr':>4} {'step us':>9} {'speedup':>7} {'blas us':>8} {'busy us':>8} {'busy max':>8} "
                      f"{'barr us':>7} {'#barr':>5} {'fork+join':>9} {'imb.loss':>8} {'load':>5}  "
                      "phases: mean us (max/mean)")
@@ -257,25 +289,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events-per-thread", type=int, default=4096)
     parser.add_argument("--isa", default="auto")
     parser.add_argument("--blas", action="store_true", help="also time c-blas at the same thread counts")
+    parser.add_argument("--plans", type=parse_plans, default=None,
+                        help="plans of the fused step to compare (MLP_STEP_PLAN values, e.g. 8,10); "
+                             "default: the library's own")
     parser.add_argument("--budget-s", type=float, default=180.0, help="the whole run's time budget")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     kinds = timeline_kinds()
-    configs = [(name, batch, t) for name, batch in args.cases for t in args.threads]
-    per_config = args.budget_s / len(configs) / (2.0 if args.blas else 1.0)
+    plans: list[int | None] = args.plans or [None]
+    # (name, batch, threads, plan, with c-blas): one thread and c-blas once per case and thread count.
+    configs = [(name, batch, t, plan, index == 0) for name, batch in args.cases for t in args.threads
+               for index, plan in enumerate(plans if t > 1 else plans[:1])]
+    blas_configs = sum(1 for config in configs if config[4]) if args.blas else 0
+    per_config = args.budget_s / (len(configs) + blas_configs)
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"argv": sys.argv, "machine": platform.machine(), "processor": _cpu_model(),
             "usable_cores": usable_cores(), "os_cpu_count": os.cpu_count(), "budget_s": args.budget_s,
             "build_info": native.build_info(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     results = []
     started = time.perf_counter()
-    for name, batch, threads in configs:
-        results.append(run_config(name, batch, threads, args, per_config, kinds))
+    for name, batch, threads, plan, with_blas in configs:
+        results.append(run_config(name, batch, threads, args, per_config, kinds, plan=plan, with_blas=with_blas))
         r = results[-1]
-        print(f"{r['case']} threads {threads}: {r['step']['median_us']:.1f} us "
+        print(f"{r['case']} threads {threads} plan {r['plan']}: {r['step']['median_us']:.1f} us "
               f"({r['seconds']:.1f} s, load {r['load_before'][0]:.2f})", flush=True)
     meta["seconds"] = round(time.perf_counter() - started, 1)
-    text = table(results)
+    text = table(results, compare_plans=len(plans) > 1)
     print(text)
     print(f"\n{len(configs)} configurations in {meta['seconds']} s")
     (args.out / "timeline.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))

@@ -22,6 +22,16 @@ enum { SHARED_PACK_BYTES = 32 << 20 };
 
 typedef enum { STAGE_NONE, STAGE_FORWARD, STAGE_BACKPROP, STAGE_UPDATE } stage_kind;
 
+/* The plan of the fused step: the number of the last change of native/SCALING.md it includes (changes
+ * PLAN_OLDEST + 1 .. PLAN_LATEST can be left out, to compare them with what came before in one run).
+ * MLP_STEP_PLAN in the environment at creation picks one; unset, empty or not a plan number: the latest.
+ * Results never depend on it. */
+enum { PLAN_OLDEST = 8, PLAN_LATEST = 10 };
+enum {
+    PLAN_BALANCED_WEIGHT_PACKING = 9, /* shared weight packing cut into even groups of rows for every thread */
+    PLAN_UPDATE_WITH_GRADIENT = 10    /* W updated right after its weight gradient where nothing reads W later */
+};
+
 typedef struct {
     int n_in, n_out;
     float *weights;       /* (n_out, n_in) */
@@ -51,6 +61,7 @@ struct mlp_model {
      * by layer, each written in the stretch before the one that reads it. */
     float *wpack[4];
     timeline *tl;         /* per-thread timeline of the last stage call; NULL when off */
+    int plan;             /* see PLAN_LATEST */
 };
 
 const char *mlp_error_message(int status)
@@ -90,6 +101,18 @@ int mlp_has_blas(void)
 /* ------------------------------------------------------------------ creation */
 
 static int max_int(int a, int b) { return a > b ? a : b; }
+
+static int plan_from_environment(void)
+{
+    const char *text = getenv("MLP_STEP_PLAN");
+    if (!text || !*text)
+        return PLAN_LATEST;
+    char *end = NULL;
+    const long plan = strtol(text, &end, 10);
+    return *end == '\0' && plan >= PLAN_OLDEST && plan <= PLAN_LATEST ? (int)plan : PLAN_LATEST;
+}
+
+int mlp_model_plan(const mlp_model *model) { return model ? model->plan : 0; }
 
 void mlp_model_destroy(mlp_model *model)
 {
@@ -181,6 +204,7 @@ int mlp_model_create(mlp_model **out, int n_layers, const int *sizes, int activa
     model->max_threads = max_threads;
     model->kernel = kernel;
     model->kernels = kernels;
+    model->plan = plan_from_environment();
     model->layers = calloc((size_t)n_layers, sizeof *model->layers);
     if (!model->layers) {
         mlp_model_destroy(model);
@@ -397,10 +421,17 @@ static gemm_problem input_grad_problem(const mlp_model *model, int l, int batch,
 static void pack_weights_share(const mlp_model *model, const gemm_problem *problem, float *dst, int layer_number)
 {
     const long long t0 = model->tl ? now_ns() : 0;
-    gemm_pack_b_shared(problem, model->kernels, dst, omp_get_num_threads(), omp_get_thread_num());
+    const long long packed = gemm_pack_b_shared(problem, model->kernels, dst, omp_get_num_threads(),
+                                                omp_get_thread_num(), model->plan >= PLAN_BALANCED_WEIGHT_PACKING);
     if (model->tl)
-        timeline_record(model->tl, MLP_EV_PACK_WEIGHTS, layer_number, t0, 0,
-                        (long long)problem->k * problem->n / omp_get_num_threads());
+        timeline_record(model->tl, MLP_EV_PACK_WEIGHTS, layer_number, t0, 0, packed);
+}
+
+/* Whether the team packs this product's weights once for all (the same answer on every thread). */
+static int shares_weights(const mlp_model *model, const gemm_problem *problem)
+{
+    return gemm_shares_b(problem, model->kernels, omp_get_num_threads(),
+                         model->plan >= PLAN_BALANCED_WEIGHT_PACKING);
 }
 
 /* The forward products of every layer, a barrier after each but, with `rows_fused`, the last: the
@@ -415,7 +446,7 @@ static gemm_share forward_layers(mlp_model *model, int batch, const float *x, in
         const layer *ly = &model->layers[l];
         const int last = l == model->n_layers - 1;
         gemm_problem z = forward_problem(model, l, batch, input);
-        if (shared_pack && l > 0 && gemm_shares_b(&z, model->kernels, omp_get_num_threads()))
+        if (shared_pack && l > 0 && shares_weights(model, &z))
             z.b_shared = model->wpack[l % 2];
         const long long t0 = model->tl ? now_ns() : 0;
         const long long work = gemm_team(model->kernel, &z, &model->packs, model->kernels, model->tl);
@@ -423,7 +454,7 @@ static gemm_share forward_layers(mlp_model *model, int batch, const float *x, in
             timeline_record(model->tl, MLP_EV_FORWARD, l + 1, t0, timeline_take_pack(model->tl), work);
         if (shared_pack && !last) {
             const gemm_problem next = forward_problem(model, l + 1, batch, ly->output);
-            if (gemm_shares_b(&next, model->kernels, omp_get_num_threads()))
+            if (shares_weights(model, &next))
                 pack_weights_share(model, &next, model->wpack[(l + 1) % 2], l + 2);
         }
         if (last && rows_fused)
@@ -557,7 +588,7 @@ static void forward_team(const stage_args *s, int gradient)
         /* The output layer's input gradient comes next in backprop: its weights, packed now. */
         const int l = model->n_layers - 1;
         const gemm_problem next = input_grad_problem(model, l, s->batch, model->delta[0], model->delta[1]);
-        if (gemm_shares_b(&next, model->kernels, omp_get_num_threads()))
+        if (shares_weights(model, &next))
             pack_weights_share(model, &next, model->wpack[2 + l % 2], l + 1);
     }
     if (gradient)
@@ -603,13 +634,18 @@ static void output_layer_gradient(const stage_args *s)
         timeline_record(model->tl, MLP_EV_OUTPUT_GRAD, model->n_layers, t0, 0, (hi - lo) * out->n_out);
 }
 
-/* W -= lr * (dW + weight_decay * W) over the parts of a thread's share of a layer's weights. */
-static long long update_block(const layer *ly, gemm_share share, float lr, float weight_decay)
+/* W -= lr * (dW + weight_decay * W) over the parts of a thread's share of a layer's weights. A block that
+ * does not start at column 0 is walked from its last row up: the thread to its left, which shares a cache
+ * line of each row with it (rows need not start on a line), walks down, so the two meet on one row instead
+ * of passing every shared line back and forth as they go (from plan 10; before, every block walked down). */
+static long long update_block(const layer *ly, gemm_share share, float lr, float weight_decay, int plan)
 {
     long long elements = 0;
     for (int part = 0; part < share.count; ++part) {
         const gemm_rect b = share.part[part];
-        for (ptrdiff_t i = b.i0; i < b.i1; ++i) {
+        const int upward = b.j0 > 0 && plan >= PLAN_UPDATE_WITH_GRADIENT;
+        for (ptrdiff_t r = b.i0; r < b.i1; ++r) {
+            const ptrdiff_t i = upward ? b.i1 - 1 - (r - b.i0) : r;
             float *restrict w = ly->weights + i * ly->n_in;
             const float *restrict g = ly->grad_weights + i * ly->n_in;
             for (ptrdiff_t j = b.j0; j < b.j1; ++j)
@@ -620,11 +656,28 @@ static long long update_block(const layer *ly, gemm_share share, float lr, float
     return elements;
 }
 
+/* Whether layer l's (0-based) W is updated in its own backprop stretch, right after its weight gradient, by
+ * the thread that computed each block of dW (in the fused step): the first layer's always (it has no input
+ * gradient, so nothing reads its W after the weight gradient); from plan 10, also every layer whose input
+ * gradient reads the team's packed copy of W (written in the stretch before) rather than W itself. The rest
+ * are updated after backprop, each thread a contiguous share. The same answer on every thread. */
+static int updates_with_gradient(const stage_args *s, int l)
+{
+    const mlp_model *model = s->model;
+    if (l == 0)
+        return 1;
+    if (model->plan < PLAN_UPDATE_WITH_GRADIENT || !s->shared_pack)
+        return 0;
+    const gemm_problem grad_input = input_grad_problem(model, l, s->batch, model->delta[0], model->delta[1]);
+    return shares_weights(model, &grad_input);
+}
+
 /* Layer l's (0-based) dW and db, and dZ of the layer below, from this layer's dZ in delta[current]; ends
  * with a barrier unless l == 0 and `last_barrier` is 0. The output layer's dZ is in delta[0], and each
  * layer below alternates. With `fused`, the step's update of b comes with it (nothing reads b again in
- * this step), and for the first layer, which has no input gradient to read W, the update of the block of
- * W whose dW this thread computed: no barrier is needed before it. */
+ * this step), and where nothing reads this layer's W after its weight gradient (updates_with_gradient), the
+ * update of the block of W whose dW this thread computed (still in its cache): no barrier is needed before
+ * it. */
 static void backprop_one_layer(const stage_args *s, int l, int last_barrier, int fused)
 {
     mlp_model *model = s->model;
@@ -654,17 +707,17 @@ static void backprop_one_layer(const stage_args *s, int l, int last_barrier, int
         for (ptrdiff_t j = bias_lo; j < bias_hi; ++j)
             ly->bias[j] -= s->lr * ly->grad_bias[j];
         long long updated = bias_hi - bias_lo;
-        if (l == 0)
+        if (updates_with_gradient(s, l))
             updated += update_block(ly, gemm_packed_share(&grad_weights, model->kernels, omp_get_num_threads(),
                                                           omp_get_thread_num()),
-                                    s->lr, s->weight_decay);
+                                    s->lr, s->weight_decay, model->plan);
         if (tl)
             t0 = timeline_record(tl, MLP_EV_UPDATE, l + 1, t0, 0, updated);
     }
     if (l > 0) {
         /* dZ of the layer below = (dZ W) * act'(its output), the derivative fused into the product. */
         gemm_problem grad_input = input_grad_problem(model, l, batch, dz, model->delta[1 - current]);
-        if (s->shared_pack && gemm_shares_b(&grad_input, model->kernels, omp_get_num_threads()))
+        if (s->shared_pack && shares_weights(model, &grad_input))
             grad_input.b_shared = model->wpack[2 + l % 2];
         const long long input_work = gemm_team(model->kernel, &grad_input, &model->packs, model->kernels, tl);
         if (tl)
@@ -673,7 +726,7 @@ static void backprop_one_layer(const stage_args *s, int l, int last_barrier, int
             /* The next layer down's input gradient: its weights, packed in this stretch. */
             const gemm_problem next = input_grad_problem(model, l - 1, batch, model->delta[1 - current],
                                                          model->delta[current]);
-            if (gemm_shares_b(&next, model->kernels, omp_get_num_threads()))
+            if (shares_weights(model, &next))
                 pack_weights_share(model, &next, model->wpack[2 + (l - 1) % 2], l);
         }
     }
@@ -704,14 +757,17 @@ static void backprop_layer_team(const stage_args *s)
     backprop_one_layer(s, s->layer - 1, 0, 0);
 }
 
-/* The update of layers [first, n_layers) (0-based), W and b, each thread a contiguous share. */
-static void update_layers(const stage_args *s, int first, int bias)
+/* The update of every layer's W and b, each thread a contiguous share; after a fused backprop, only the W
+ * that backprop did not update (every b did). */
+static void update_layers(const stage_args *s, int fused)
 {
     mlp_model *model = s->model;
     const float lr = s->lr, weight_decay = s->weight_decay;
-    const int team = omp_get_num_threads(), tid = omp_get_thread_num();
+    const int team = omp_get_num_threads(), tid = omp_get_thread_num(), bias = !fused;
     ptrdiff_t lo, hi;
-    for (int l = first; l < model->n_layers; ++l) {
+    for (int l = 0; l < model->n_layers; ++l) {
+        if (fused && updates_with_gradient(s, l))
+            continue;
         layer *ly = &model->layers[l];
         const long long t0 = model->tl ? now_ns() : 0;
         long long elements = 0;
@@ -729,7 +785,7 @@ static void update_layers(const stage_args *s, int first, int bias)
     }
 }
 
-static void update_team(const stage_args *s) { update_layers(s, 0, 1); }
+static void update_team(const stage_args *s) { update_layers(s, 0); }
 
 static void forward_stage(const stage_args *s) { forward_team(s, 0); }
 static void backprop_stage(const stage_args *s) { backprop_team(s, 0, 0, 0); }
@@ -741,9 +797,9 @@ static void train_step_stage(const stage_args *s)
     const int fused = fused_step(s->model);
     forward_team(s, 1);
     backprop_team(s, 1, !fused, fused);
-    /* Fused: every dW above the first layer was complete at the last barrier, and their W have no reader
-     * left; the first layer's W and every b are already updated. */
-    update_layers(s, fused ? 1 : 0, !fused);
+    /* Fused: every dW was complete at the last barrier, and every W has no reader left; the W updated in
+     * backprop and every b are done. */
+    update_layers(s, fused);
 }
 
 /* One parallel region of `threads` threads running `stage`; a single thread needs no team at all (its

@@ -1,6 +1,8 @@
 /* The many-thread partition (tile lists for short products, fused updates) and the timeline: two training
- * steps bit-identical for 1, 2, 5 and 16 threads, with the timeline on or off, on every kernel set; the
+ * steps bit-identical for 1, 2, 5 and 16 threads, with the timeline on or off, on every kernel set and under
+ * the oldest and the latest plan of the fused step (MLP_STEP_PLAN); the
  * timeline's multiply-adds cover each product's tiles exactly once; its error codes. */
+#define _POSIX_C_SOURCE 200112L
 #include <stdlib.h>
 #include <string.h>
 
@@ -97,23 +99,32 @@ static void check_timeline(mlp_model *model, const config *c, int threads)
     free(events);
 }
 
-static void test_threads(int isa)
+/* The oldest plan the library keeps (see MLP_STEP_PLAN in mlp.h). */
+enum { OLDEST_PLAN = 8 };
+
+static void test_threads(int isa, int plan)
 {
     const int counts[] = {2, 5, 16};
+    char text[16];
+    snprintf(text, sizeof text, "%d", plan);
     for (size_t ci = 0; ci < sizeof CONFIGS / sizeof *CONFIGS; ++ci) {
         const config *c = &CONFIGS[ci];
+        unsetenv("MLP_STEP_PLAN");
         mlp_model *one = stepped(c, 1, isa, 0);
+        setenv("MLP_STEP_PLAN", text, 1);
         for (size_t ti = 0; ti < sizeof counts / sizeof *counts; ++ti) {
             const int threads = mlp_has_openmp() ? counts[ti] : 1;
             for (int timeline = 0; timeline <= 1; ++timeline) {
                 mlp_model *many = stepped(c, threads, isa, timeline);
-                CHECK(one && many && same_parameters(one, many, c), "config %zu isa %d threads %d timeline %d",
-                      ci, isa, threads, timeline);
+                CHECK(many && mlp_model_plan(many) == plan, "plan %d", plan);
+                CHECK(one && many && same_parameters(one, many, c),
+                      "config %zu isa %d threads %d timeline %d plan %d", ci, isa, threads, timeline, plan);
                 if (timeline && many)
                     check_timeline(many, c, threads);
                 mlp_model_destroy(many);
             }
         }
+        unsetenv("MLP_STEP_PLAN");
         mlp_model_destroy(one);
     }
 }
@@ -150,7 +161,12 @@ int main(void)
             printf("test_timeline: this CPU cannot run isa %d; skipped\n", isa);
             continue;
         }
-        test_threads(isa);
+        mlp_model *model = stepped(&CONFIGS[1], 1, isa, 0);
+        const int latest = mlp_model_plan(model);
+        mlp_model_destroy(model);
+        CHECK(latest > OLDEST_PLAN, "latest plan %d", latest);
+        test_threads(isa, OLDEST_PLAN);
+        test_threads(isa, latest);
     }
     return check_report(mlp_has_openmp() ? "test_timeline (omp)"
                         : mlp_has_blas() ? "test_timeline (blas)" : "test_timeline (serial)");

@@ -23,7 +23,7 @@ from typing import Any
 from mlpbench.thread_policy import usable_cores
 
 #: Prefixes of environment variables that change threading or numerics of the libraries measured.
-THREAD_ENV_PREFIXES = ("OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "TORCH_", "CUDA_", "PYCUDA_")
+THREAD_ENV_PREFIXES = ("OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "TORCH_", "CUDA_", "PYCUDA_", "MLP_")
 
 _REPO = Path(__file__).resolve().parents[2]
 
