@@ -318,7 +318,7 @@ def _kernel_splits(config, K, most):
 
 # Spelled out so that the parametrised test ids name them; checked against cuda.OPT_CONFIGS below.
 LARGE_OPT_CONFIGS = ["128x128k16t128", "256x128k16s3t256", "128x256k16s3t256", "128x128k16s3t256", "128x128k16s3t128",
-                     "128x64k16s4t128"]
+                     "128x128k16s4t128", "128x64k16s4t128"]
 
 
 @pytest.mark.parametrize("config", LARGE_OPT_CONFIGS)

@@ -73,6 +73,21 @@ def test_launch_arguments_match_the_kernel_signature():
     assert list(cuda_fused._FusedArgs._fields_) == parameters
 
 
+def test_opt_launch_arguments_match_the_kernel_signature():
+    # The pipelined configurations launch through DriverKernel with cuda._OptArgs as the parameter list.
+    source = (Path(cuda.__file__).parent.parent / "kernels" / "opt.cu").read_text()
+    macro = source[source.index("#define OPT_KERNEL"):].replace("\\\n", " ")
+    signature = re.search(r"name\(([^)]*)\)", macro).group(1)
+    parameters = []
+    for declaration in signature.split(","):
+        declaration = declaration.replace("const ", "").strip()
+        name = re.search(r"(\w+)$", declaration).group(1)
+        kind = ctypes.c_uint64 if "*" in declaration else {"int": ctypes.c_int, "float": ctypes.c_float}[
+            declaration.removesuffix(name).strip()]
+        parameters.append((name, kind))
+    assert list(cuda._OptArgs._fields_) == parameters
+
+
 @pytest.mark.parametrize("M, N, K", [(1, 1, 1), (32, 300, 300), (300, 300, 32), (7, 513, 5), (1024, 64, 2048)])
 @pytest.mark.parametrize("blocks", [1, 132])
 def test_chosen_tiles_use_every_thread_once(M, N, K, blocks):

@@ -30,6 +30,7 @@ autotuner's choices (for the results' metadata).
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -106,6 +107,7 @@ OPT_CONFIGS: dict[str, ModuleSpec] = {
     "128x256k16s3t256": _opt_spec(128, 256, 16, 64, 64, 1, STAGES=3, FLOAT4_ONLY=1),
     "128x128k16s3t256": _opt_spec(128, 128, 16, 64, 32, 1, STAGES=3, FLOAT4_ONLY=1),
     "128x128k16s3t128": _opt_spec(128, 128, 16, 64, 64, 2, STAGES=3, FLOAT4_ONLY=1),
+    "128x128k16s4t128": _opt_spec(128, 128, 16, 64, 64, 2, STAGES=4, FLOAT4_ONLY=1),
     "128x64k16s4t128": _opt_spec(128, 64, 16, 64, 32, 2, STAGES=4, FLOAT4_ONLY=1),
 }
 #: Configurations every product shape may use; the others only products of at least OPT_LARGE_WORK
@@ -301,6 +303,15 @@ class OptTuning:
         os.replace(temporary, self.path)  # atomic: a concurrent reader sees the old file or the new one
 
 
+class _OptArgs(ctypes.Structure):
+    """The parameters of kernels/opt.cu's product kernels, in order, for gpu.DriverKernel."""
+
+    _fields_ = [("C", ctypes.c_uint64), ("A", ctypes.c_uint64), ("B", ctypes.c_uint64), ("M", ctypes.c_int),
+                ("N", ctypes.c_int), ("K", ctypes.c_int), ("mode", ctypes.c_int), ("bias", ctypes.c_uint64),
+                ("aux", ctypes.c_uint64), ("activation", ctypes.c_int), ("lr", ctypes.c_float),
+                ("weight_decay", ctypes.c_float)]
+
+
 class _OptProducts:
     """cuda-opt's products with a fused epilogue (``mode``); see kernels/opt.cu. The float4 kernels run when
     every row length is a multiple of 4 and every pointer 16-byte aligned, the scalar ones otherwise.
@@ -317,19 +328,22 @@ class _OptProducts:
         self._vector, self._scalar, self._splitk_sum, self._threads, self._shared = {}, {}, {}, {}, {}
         for config, spec in OPT_CONFIGS.items():
             compiled = gpu.load(spec)
-            self._vector[config] = {layout: compiled.get_function(f"opt_{layout}").prepare(fmt) for layout in LAYOUTS}
+            self._threads[config] = opt_threads(config)
+            self._shared[config] = opt_shared_bytes(config)
+            if opt_pipelined(config):
+                # Through the driver directly: dynamic shared memory beyond 48 KB needs the kernel's opt-in
+                # (cuFuncSetAttribute), which PyCUDA's Function does not offer.
+                self._vector[config] = {layout: gpu.DriverKernel(spec, f"opt_{layout}", _OptArgs())
+                                        for layout in LAYOUTS}
+                for kernel in self._vector[config].values():
+                    kernel.set_attribute(gpu.DriverKernel.MAX_DYNAMIC_SHARED_SIZE_BYTES, self._shared[config])
+            else:
+                self._vector[config] = {layout: compiled.get_function(f"opt_{layout}").prepare(fmt)
+                                        for layout in LAYOUTS}
             if not opt_float4_only(config):
                 self._scalar[config] = {layout: compiled.get_function(f"opt_{layout}_scalar").prepare(fmt)
                                         for layout in LAYOUTS}
             self._splitk_sum[config] = compiled.get_function("opt_splitk_sum").prepare("PPiiiiPPiff")
-            self._threads[config] = opt_threads(config)
-            self._shared[config] = opt_shared_bytes(config)
-            if self._shared[config] > 48 * 1024:  # beyond the default limit a kernel must opt in
-                import pycuda.driver as drv
-
-                for function in self._vector[config].values():
-                    function.set_attribute(drv.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                                           self._shared[config])
         info = gpu.info()
         self._sm_count = info.sm_count
         self.tuning = OptTuning(gpu.cache_dir(), info.arch, info.sm_count)
@@ -373,16 +387,22 @@ class _OptProducts:
         kernel = (self._vector if vector else self._scalar)[choice.config][layout]
         defines = opt_defines(choice.config)
         grid = (cdiv(N, defines["BN"]), cdiv(M, defines["BM"]), choice.splits)
-        block = (self._threads[choice.config], 1, 1)
-        shared = self._shared[choice.config]
+        threads, shared = self._threads[choice.config], self._shared[choice.config]
+
+        def launch(*args: Any) -> None:
+            if isinstance(kernel, gpu.DriverKernel):
+                for (name, _), value in zip(_OptArgs._fields_, args, strict=True):
+                    setattr(kernel.args, name, value)
+                kernel.launch(grid, threads, shared)
+            else:
+                kernel.prepared_call(grid, (threads, 1, 1), *args)
+
         if choice.splits == 1:
-            kernel.prepared_call(grid, block, C, A, B, M, N, K, mode, bias, aux, activation, lr, weight_decay,
-                                 shared_size=shared)
+            launch(C, A, B, M, N, K, mode, bias, aux, activation, lr, weight_decay)
             return
         # Freed at return, but torch's allocator reuses memory in stream order, after these kernels.
         partial = torch.empty(choice.splits * M * N, dtype=torch.float32, device=gpu.device())
-        kernel.prepared_call(grid, block, partial.data_ptr(), A, B, M, N, K, EPI_STORE, 0, 0, IDENTITY, 0.0, 0.0,
-                             shared_size=shared)
+        launch(partial.data_ptr(), A, B, M, N, K, EPI_STORE, 0, 0, IDENTITY, 0.0, 0.0)
         self._splitk_sum[choice.config].prepared_call(
             (min(cdiv(M * N, 256), self._sm_count * 8), 1, 1), (256, 1, 1), C, partial.data_ptr(),
             choice.splits, M, N, mode, bias, aux, activation, lr, weight_decay)
