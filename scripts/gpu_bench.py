@@ -4,7 +4,8 @@ Sections (``--sections``, comma-separated):
 
 * ``products``: the product ladder (rungs 1-3, cuda-opt in its three layouts) against ``torch.mm`` (cuBLAS,
   IEEE float32) at n^3, each verified against a float64 product first;
-* ``tune``: cuda-opt's product with other tile constants (-D), to pick the defaults;
+* ``tune``: every cuda-opt tile configuration (``cuda.OPT_CONFIGS``, unsplit) in each layout against
+  ``torch.mm`` in the same layout, each verified against a float64 product first;
 * ``steps``: per-stage times (the project's timing harness: events around each call, median) and the
   back-to-back throughput of ``train_step`` and the per-step time of an epoch through ``train_steps`` for
   each network x backend, each verified against the float64 reference at the timed batch size first;
@@ -37,12 +38,6 @@ from mlpbench.backends.torch_nn import pin_ieee_float32
 from mlpbench.network import PRESETS, Network
 from mlpbench.timing import CudaEventClock, time_call, time_stages
 from mlpbench.verify import FLOAT32_TOLERANCE, check_stages, random_batch, relative_error
-
-TUNE_CONFIGS = [
-    {"BM": 128, "BN": 128, "BK": 8, "WM": 64, "WN": 32, "MIN_BLOCKS": 2},
-    {"BM": 128, "BN": 128, "BK": 16, "WM": 64, "WN": 32, "MIN_BLOCKS": 2},
-    {"BM": 128, "BN": 128, "BK": 16, "WM": 64, "WN": 64, "MIN_BLOCKS": 2},
-]
 
 # (preset or sizes, batch, learning rate for the timed steps, backends)
 STEP_CASES = [
@@ -102,31 +97,31 @@ def tune(n: int, repeats: int) -> list[dict]:
     g = torch.Generator(device="cuda").manual_seed(1)
     A = torch.randn(n, n, device="cuda", generator=g)
     B = torch.randn(n, n, device="cuda", generator=g)
-    reference = A.double() @ B.double()
-    cublas_ms = device_ms(lambda: torch.mm(A, B), repeats)
-    specs = [gpu.ModuleSpec("opt.cu", tuple(config.items()), no_extern_c=True) for config in TUNE_CONFIGS]
-    gpu.precompile(specs)
+    operands = {"nn": (A, B), "nt": (A, B.T), "tn": (A.T, B)}  # cuBLAS reads the transposed views in place
+    products = cuda._products("opt")
+    C = torch.empty(n, n, device="cuda")
     rows = []
-    for config, spec in zip(TUNE_CONFIGS, specs, strict=True):
-        kernels = gpu.load(spec)
-        C = torch.empty(n, n, device="cuda")
-        row = {**config}
-        for layout in ("nn", "nt"):
-            kernel = kernels.get_function(f"opt_{layout}").prepare("PPPiiiiPPiff")
-            grid = (-(-n // config["BN"]), -(-n // config["BM"]), 1)
-            threads = 32 * (config["BM"] // config["WM"]) * (config["BN"] // config["WN"])
-            Bop = B if layout == "nn" else B.T.contiguous()
+    for layout, (a, b) in operands.items():
+        reference = a.double() @ b.double()
+        cublas_ms = device_ms(lambda a=a, b=b: torch.mm(a, b, out=C), repeats)
+        rows.append({"config": "torch.mm (cuBLAS)", "layout": layout, "ms": cublas_ms,
+                     "tflops": 2 * n**3 / cublas_ms / 1e9, "pct_cublas": 100.0})
+        for config in cuda.OPT_CONFIGS:
+            choice = cuda.OptChoice(config, 1)
 
-            def call(kernel=kernel, grid=grid, Bop=Bop, C=C, threads=threads):
-                kernel.prepared_call(grid, (threads, 1, 1), C.data_ptr(), A.data_ptr(), Bop.data_ptr(), n, n, n,
-                                     0, 0, 0, -1, 0.0, 0.0)
+            def call(choice=choice, layout=layout):
+                products.run(choice, True, layout, C.data_ptr(), A.data_ptr(), B.data_ptr(), n, n, n)
 
+            C.fill_(float("nan"))
             call()
-            row[f"{layout}_rel_error"] = rel_error(C, reference)
-            ms = device_ms(call, repeats)
-            row[f"{layout}_tflops"] = 2 * n**3 / ms / 1e9
-            row[f"{layout}_pct_cublas"] = 100 * cublas_ms / ms
-        rows.append(row)
+            row = {"config": config, "layout": layout, "threads": cuda.opt_threads(config),
+                   "shared_bytes": cuda.opt_shared_bytes(config), "rel_error": rel_error(C, reference)}
+            if row["rel_error"] <= FLOAT32_TOLERANCE:
+                ms = device_ms(call, repeats)
+                row.update(ms=ms, tflops=2 * n**3 / ms / 1e9, pct_cublas=100 * cublas_ms / ms)
+            rows.append(row)
+            print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+        del reference
     return rows
 
 
@@ -304,9 +299,9 @@ def main() -> int:
         save()
     if "tune" in sections:
         result["tune"] = tune(args.n, max(5, args.repeats // 2))
-        text.append("## cuda-opt tile constants\n" + table(result["tune"], [
-            "BM", "BN", "BK", "WM", "WN", "MIN_BLOCKS", "nn_tflops", "nn_pct_cublas", "nt_tflops", "nt_pct_cublas",
-            "nn_rel_error"]))
+        text.append(f"## cuda-opt tile configurations at n = {args.n} (unsplit; % of cuBLAS in the same layout)\n"
+                    + table(result["tune"], ["config", "layout", "threads", "shared_bytes", "ms", "tflops",
+                                             "pct_cublas", "rel_error"]))
         save()
     if "barrier" in sections:
         result["barrier"] = barrier()

@@ -5,8 +5,9 @@
 
 Covers each rung's forward, backprop, update and train_step (cuda-opt on both its float4 and its scalar
 kernels), the fused kernel's single-warp and separate output heads, its two k-chunk weight gradient and
-several steps in one launch, and matmul in every layout; then checks that the results still match the float64 reference
-(:func:`mlpbench.verify.check_stages`). Prints the kernels it launched.
+several steps in one launch, matmul in every layout, and each of cuda-opt's configurations for large products
+(forced onto a small float4 shape with edge tiles, unsplit and split); then checks that the results still match
+the float64 reference (:func:`mlpbench.verify.check_stages`). Prints the kernels it launched.
 """
 
 from __future__ import annotations
@@ -53,6 +54,23 @@ def main() -> int:
             if layout == "tn":
                 A = torch.randn(20, 33, device="cuda")
             cuda.matmul(A, B, version, layout)
+    products = cuda._products("opt")
+    M, N, K = 36, 68, 100
+    for config in cuda.OPT_CONFIGS:
+        if config in cuda.OPT_SMALL_CONFIGS:
+            continue
+        for layout in cuda.LAYOUTS:
+            A = torch.randn((K, M) if layout == "tn" else (M, K), device="cuda")
+            B = torch.randn((N, K) if layout == "nt" else (K, N), device="cuda")
+            C = torch.empty(M, N, device="cuda")
+            a, b = A.double(), B.double()
+            reference = (a.T if layout == "tn" else a) @ (b.T if layout == "nt" else b)
+            for splits in (1, 2):
+                products.run(cuda.OptChoice(config, splits), True, layout, C.data_ptr(), A.data_ptr(), B.data_ptr(),
+                             M, N, K)
+                error = ((C.double() - reference).norm() / reference.norm()).item()
+                if not error < 1e-5:
+                    failures.append((config, layout, splits, error))
     torch.cuda.synchronize()
     print("kernels:", ", ".join(f"{row['kernel']}" for row in cuda.kernel_report()))
     if failures:

@@ -296,24 +296,90 @@ def test_every_opt_configuration_and_split_matches_float64(layout, M, N, K):
     C = torch.empty(M, N, device="cuda")
     vector = products.vector_ok(layout, M, N, K, C.data_ptr(), A.data_ptr(), B.data_ptr())
     assert vector == (M % 4 == N % 4 == K % 4 == 0)
-    for choice in cuda.opt_candidates(M, N, K, gpu.info().sm_count):
+    for choice in cuda.opt_candidates(M, N, K, gpu.info().sm_count, vector):
         C.fill_(float("nan"))
         products.run(choice, vector, layout, C.data_ptr(), A.data_ptr(), B.data_ptr(), M, N, K)
         error = ((C.cpu().double() - reference).norm() / reference.norm()).item()
         assert error < FLOAT32_TOLERANCE, (choice, error)
 
 
-@pytest.mark.parametrize("config, splits", [("32x32", 1), ("32x32", 8), ("64x64", 4), ("128x128", 2)])
-@pytest.mark.parametrize("network, batch", [(Network((33, 257, 7, 3), "relu", "softmax-ce"), 33),
-                                            (Network((64, 128, 12), "sigmoid", "softmax-ce"), 32)])
-def test_opt_epilogues_in_every_configuration(monkeypatch, config, splits, network, batch):
-    # Forces one configuration (the most slices up to `splits` that the shape allows) for every product.
-    from mlpbench import gpu
+def _float64_product(layout, A, B):
+    a, b = A.double(), B.double()
+    return (a.T if layout == "tn" else a) @ (b.T if layout == "nt" else b)
+
+
+def _kernel_splits(config, K, most):
+    """The most k slices up to ``most`` that kernels/opt.cu can cut K into with none empty."""
     from mlpbench.backends import cuda
 
+    bk = cuda.opt_defines(config)["BK"]
+    return max(s for s in range(1, most + 1) if (s - 1) * (-(-K // (s * bk)) * bk) < K)
+
+
+# Spelled out so that the parametrised test ids name them; checked against cuda.OPT_CONFIGS below.
+LARGE_OPT_CONFIGS = ["128x128k16t128", "256x128k16s3t256", "128x256k16s3t256", "128x128k16s3t256", "128x128k16s3t128",
+                     "128x128k16s4t128", "128x64k16s4t128"]
+
+
+@pytest.mark.parametrize("config", LARGE_OPT_CONFIGS)
+@pytest.mark.parametrize("layout", ["nn", "nt", "tn"])
+def test_every_large_opt_configuration_matches_float64(config, layout):
+    # The configurations only large float4 products use, forced onto shapes (multiples of 4) that cut every
+    # tile edge, with and without split k, each output checked (C starts as NaN).
+    from mlpbench.backends import cuda
+
+    assert set(LARGE_OPT_CONFIGS) == set(cuda.OPT_CONFIGS) - set(cuda.OPT_SMALL_CONFIGS)
+    products = cuda._products("opt")
+    shapes = [(36, 260, 292), (260, 132, 1028), (4, 4, 4), (516, 268, 100), (1028, 1036, 1024)]
+    for M, N, K in shapes:
+        g = torch.Generator(device="cuda").manual_seed(M + N + K)
+        A = torch.randn((K, M) if layout == "tn" else (M, K), device="cuda", generator=g)
+        B = torch.randn((N, K) if layout == "nt" else (K, N), device="cuda", generator=g)
+        reference = _float64_product(layout, A, B)
+        C = torch.empty(M, N, device="cuda")
+        assert products.vector_ok(layout, M, N, K, C.data_ptr(), A.data_ptr(), B.data_ptr())
+        for splits in sorted({1, _kernel_splits(config, K, 3), _kernel_splits(config, K, 8)}):
+            C.fill_(float("nan"))
+            products.run(cuda.OptChoice(config, splits), True, layout, C.data_ptr(), A.data_ptr(), B.data_ptr(),
+                         M, N, K)
+            error = ((C.double() - reference).norm() / reference.norm()).item()
+            assert error < FLOAT32_TOLERANCE, ((M, N, K), splits, error)
+
+
+@pytest.mark.parametrize("layout", ["nn", "nt", "tn"])
+def test_large_products_through_the_autotuner_match_float64(layout):
+    # 1024^3 and the large network's widest product: the candidates include every configuration
+    from mlpbench.backends import cuda
+
+    for M, N, K in ((1024, 1024, 1024), (1024, 4096, 4096)):
+        g = torch.Generator(device="cuda").manual_seed(M + K)
+        A = torch.randn((K, M) if layout == "tn" else (M, K), device="cuda", generator=g)
+        B = torch.randn((N, K) if layout == "nt" else (K, N), device="cuda", generator=g)
+        C = cuda.matmul(A, B, "opt", layout)
+        reference = _float64_product(layout, A, B)
+        assert ((C.double() - reference).norm() / reference.norm()).item() < FLOAT32_TOLERANCE
+        assert any(r["config"] in cuda.OPT_CONFIGS for r in cuda.opt_choices()
+                   if (r["layout"], r["M"], r["N"], r["K"]) == (layout, M, N, K))
+
+
+OPT_EPILOGUE_CHOICES = [("32x32", 1), ("32x32", 8), ("64x64", 4), ("128x128", 2),
+                        *[(config, splits) for config in LARGE_OPT_CONFIGS for splits in (1, 3)]]
+
+
+@pytest.mark.parametrize("config, splits", OPT_EPILOGUE_CHOICES)
+@pytest.mark.parametrize("network, batch", [(Network((33, 257, 7, 3), "relu", "softmax-ce"), 33),
+                                            (Network((64, 128, 12), "sigmoid", "softmax-ce"), 32),
+                                            (Network((36, 260, 12, 4), "tanh", "softmax-ce"), 36)])
+def test_opt_epilogues_in_every_configuration(monkeypatch, config, splits, network, batch):
+    # Forces one configuration (the most k slices up to `splits` that each product's k allows) for every
+    # product: forward (bias + activation), input gradient (activation derivative), weight gradient (SGD step).
+    from mlpbench.backends import cuda
+
+    if cuda.opt_float4_only(config) and any(size % 4 for size in (*network.sizes, batch)):
+        pytest.skip("the configurations of large products run float4 shapes only")
+
     def forced(self, layout, M, N, K, vector):
-        allowed = [c for c in cuda.opt_candidates(M, N, K, gpu.info().sm_count) if c.config == config]
-        return max((c for c in allowed if c.splits <= splits), key=lambda c: c.splits)
+        return cuda.OptChoice(config, _kernel_splits(config, K, splits))
 
     monkeypatch.setattr(cuda._OptProducts, "choice", forced)
     errors = compare_stages("cuda-opt", network, batch, seed=3)

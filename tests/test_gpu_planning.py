@@ -73,6 +73,21 @@ def test_launch_arguments_match_the_kernel_signature():
     assert list(cuda_fused._FusedArgs._fields_) == parameters
 
 
+def test_opt_launch_arguments_match_the_kernel_signature():
+    # The pipelined configurations launch through DriverKernel with cuda._OptArgs as the parameter list.
+    source = (Path(cuda.__file__).parent.parent / "kernels" / "opt.cu").read_text()
+    macro = source[source.index("#define OPT_KERNEL"):].replace("\\\n", " ")
+    signature = re.search(r"name\(([^)]*)\)", macro).group(1)
+    parameters = []
+    for declaration in signature.split(","):
+        declaration = declaration.replace("const ", "").strip()
+        name = re.search(r"(\w+)$", declaration).group(1)
+        kind = ctypes.c_uint64 if "*" in declaration else {"int": ctypes.c_int, "float": ctypes.c_float}[
+            declaration.removesuffix(name).strip()]
+        parameters.append((name, kind))
+    assert list(cuda._OptArgs._fields_) == parameters
+
+
 @pytest.mark.parametrize("M, N, K", [(1, 1, 1), (32, 300, 300), (300, 300, 32), (7, 513, 5), (1024, 64, 2048)])
 @pytest.mark.parametrize("blocks", [1, 132])
 def test_chosen_tiles_use_every_thread_once(M, N, K, blocks):
@@ -174,13 +189,16 @@ def test_compile_options_are_checked_before_the_gpu(options, error, message):
 
 
 @pytest.mark.parametrize("M, N, K", [(1, 1, 1), (32, 300, 300), (32, 10, 1024), (256, 1024, 784), (7, 33, 257),
-                                     (4096, 4096, 4096), (1024, 1024, 4096)])
+                                     (4096, 4096, 4096), (1024, 1024, 4096), (1024, 4096, 1024)])
 @pytest.mark.parametrize("sm_count", [1, 132])
-def test_opt_candidates_are_valid_launches(M, N, K, sm_count):
-    candidates = cuda.opt_candidates(M, N, K, sm_count)
+@pytest.mark.parametrize("vector", [True, False])
+def test_opt_candidates_are_valid_launches(M, N, K, sm_count, vector):
+    candidates = cuda.opt_candidates(M, N, K, sm_count, vector)
     assert len(set(candidates)) == len(candidates)
-    assert {c.config for c in candidates if c.splits == 1} == set(cuda.OPT_CONFIGS)  # every tile shape as is
+    # every tile shape the product may use, as is
+    assert [c.config for c in candidates if c.splits == 1] == cuda.opt_configs_for(M, N, K, vector)
     for choice in candidates:
+        assert vector or not cuda.opt_float4_only(choice.config), choice  # no scalar kernels to run
         if choice.splits == 1:
             continue
         tiles = cuda.opt_tiles(choice.config, M, N)
@@ -195,6 +213,68 @@ def test_small_products_may_split_and_large_ones_do_not():
     small = cuda.opt_candidates(32, 300, 300, 132)  # a hidden layer of 5h300 at batch 32
     assert cuda.OptChoice("32x32", 8) in small and cuda.OptChoice("128x128", 4) in small
     assert all(c.splits == 1 for c in cuda.opt_candidates(4096, 4096, 4096, 132))
+
+
+# Every product of the small networks' steps (digits, 5h300, mnist at their sweep batches): forward (nt), input
+# gradient (nn) and weight gradient (tn).
+SMALL_NETWORK_PRODUCTS = [shape for net, batch in (("digits", 32), ("moons-5h300", 32), ("mnist", 256))
+                          for n_out, n_in in PRESETS[net].layer_shapes
+                          for shape in ((batch, n_out, n_in), (batch, n_in, n_out), (n_out, n_in, batch))]
+LARGE_NETWORK_PRODUCTS = [shape for n_out, n_in in PRESETS["large"].layer_shapes
+                          for shape in ((1024, n_out, n_in), (1024, n_in, n_out), (n_out, n_in, 1024))]
+
+
+@pytest.mark.parametrize("M, N, K", sorted(set(SMALL_NETWORK_PRODUCTS)))
+def test_small_networks_keep_the_register_staged_tiles(M, N, K):
+    for vector in (True, False):
+        assert cuda.opt_configs_for(M, N, K, vector) == list(cuda.OPT_SMALL_CONFIGS)
+
+
+@pytest.mark.parametrize("M, N, K", [(4096, 4096, 4096), *sorted(set(LARGE_NETWORK_PRODUCTS))])
+def test_large_products_try_every_configuration(M, N, K):
+    assert cuda.opt_configs_for(M, N, K, vector=True) == list(cuda.OPT_CONFIGS)
+    # without float4 alignment only those with scalar kernels
+    assert cuda.opt_configs_for(M, N, K, vector=False) == list(cuda.OPT_SMALL_CONFIGS)
+
+
+def test_pipelined_tiles_need_dimensions_their_offsets_can_address():
+    huge = cuda.OPT_PIPELINED_MAX_DIM
+    assert not any(cuda.opt_pipelined(c) for c in cuda.opt_configs_for(4, huge, 64))
+    assert any(cuda.opt_pipelined(c) for c in cuda.opt_configs_for(4096, huge - 4, 64))
+
+
+@pytest.mark.parametrize("config", cuda.OPT_CONFIGS)
+def test_opt_configurations_fit_the_gpu(config):
+    """Threads, shared memory and tiling of every configuration are launchable on sm_80/sm_90 with the
+    resident blocks it was compiled for (registers: tests/test_kernels_compile.py)."""
+    d = cuda.opt_defines(config)
+    threads = cuda.opt_threads(config)
+    assert threads % 32 == 0 and threads <= 1024
+    assert d["BM"] % d["WM"] == 0 and d["BN"] % d["WN"] == 0 and d["WM"] % 32 == 0 and d["WN"] % 16 == 0
+    assert d["BK"] % 4 == 0
+    for rows in (d["BM"], d["BN"]):  # every thread stages whole float4s of both operands
+        assert rows * d["BK"] % (4 * threads) == 0
+    static = 0 if d["STAGES"] else 2 * d["BK"] * (d["BM"] + 4 + d["BN"] + 4) * 4
+    per_block = static + cuda.opt_shared_bytes(config)
+    assert per_block <= (cuda.SHARED_PER_BLOCK_MAX if d["STAGES"] else 48 * 1024)
+    assert d["MIN_BLOCKS"] * (per_block + 1024) <= cuda.SHARED_PER_SM
+    assert d["STAGES"] == 0 or (d["STAGES"] >= 2 and d["FLOAT4_ONLY"])  # 16-byte copies need float4 shapes
+    assert (config in cuda.OPT_SMALL_CONFIGS) != cuda.opt_float4_only(config)  # small shapes may not be float4
+
+
+def test_pipelined_shared_memory_matches_the_kernel_formula():
+    # kernels/opt.cu: STAGES * (stage_floats(BM) + stage_floats(BN)) * 4, stage_floats = the larger of the
+    # k-major [rows][BK + 4] and the m-major [BK][rows + 4] tile
+    assert cuda.opt_shared_bytes("128x128k16s3t256") == 3 * (128 * 20 + 128 * 20) * 4
+    assert cuda.opt_shared_bytes("128x64k16s4t128") == 4 * (128 * 20 + 64 * 20) * 4
+    assert cuda.opt_shared_bytes("128x128") == 0
+
+
+def test_every_opt_configuration_has_its_module():
+    for config, module in cuda.OPT_MODULES.items():
+        assert cuda.MODULE_SPECS[module] == cuda.OPT_CONFIGS[config]
+        scalar = {"opt_nt_scalar", "opt_nn_scalar", "opt_tn_scalar"}
+        assert scalar.isdisjoint(cuda.MODULE_KERNELS[module]) == cuda.opt_float4_only(config)
 
 
 def test_fastest_takes_the_least_time_and_breaks_ties_without_splitting():

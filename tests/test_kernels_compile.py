@@ -42,12 +42,16 @@ def test_the_fused_kernel_fits_one_block_per_sm(reports):
 
 @pytest.mark.parametrize("config", cuda.OPT_CONFIGS)
 def test_opt_kernels_keep_their_blocks_per_sm(reports, config):
-    """Each cuda-opt configuration's registers allow the MIN_BLOCKS resident blocks it was compiled for."""
-    module = next(name for name, spec in cuda.MODULE_SPECS.items() if spec == cuda.OPT_CONFIGS[config])
-    defines = dict(cuda.OPT_CONFIGS[config].defines)
-    threads = 32 * (defines["BM"] // defines["WM"]) * (defines["BN"] // defines["WN"])
-    for row in reports[module]:
+    """Each cuda-opt configuration's registers and shared memory allow the MIN_BLOCKS resident blocks it was
+    compiled for."""
+    defines = cuda.opt_defines(config)
+    threads = cuda.opt_threads(config)
+    for row in reports[cuda.OPT_MODULES[config]]:
         assert row["registers"] * threads * defines["MIN_BLOCKS"] <= 65536, row
+        if row["kernel"] != "opt_splitk_sum":
+            shared = row["static_shared_bytes"] + cuda.opt_shared_bytes(config)
+            assert shared <= cuda.SHARED_PER_BLOCK_MAX, row
+            assert defines["MIN_BLOCKS"] * (shared + 1024) <= cuda.SHARED_PER_SM, row
 
 
 def test_a_broken_kernel_is_reported(tmp_path, monkeypatch):

@@ -283,9 +283,11 @@ class DriverKernel:
                f"reading an attribute of {self.name}")
         return value.value
 
-    def launch(self, grid: int, block: int, shared_bytes: int) -> None:
-        """One launch of ``grid`` x ``block`` threads (1-D) with ``shared_bytes`` of dynamic shared memory."""
-        result = self._launch(self.function, grid, 1, 1, block, 1, 1, shared_bytes, None, self._pointers, None)
+    def launch(self, grid: int | tuple[int, int, int], block: int, shared_bytes: int) -> None:
+        """One launch of ``grid`` blocks (a count, or x, y, z) of ``block`` threads with ``shared_bytes`` of
+        dynamic shared memory."""
+        x, y, z = (grid, 1, 1) if isinstance(grid, int) else grid
+        result = self._launch(self.function, x, y, z, block, 1, 1, shared_bytes, None, self._pointers, None)
         if result:
             _check(result, f"launching {self.name}")
 

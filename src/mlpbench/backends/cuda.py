@@ -30,6 +30,7 @@ autotuner's choices (for the results' metadata).
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -81,29 +82,93 @@ NAIVE = ModuleSpec("naive.cu")
 TILED = ModuleSpec("tiled.cu", (("TILE", 32),), no_extern_c=True)
 OPT = ModuleSpec("opt.cu", (("BM", 128), ("BN", 128), ("BK", 8), ("WM", 64), ("WN", 32), ("MIN_BLOCKS", 2)),
                  no_extern_c=True)
-# cuda-opt's tile configurations, largest first: big tiles for products that fill the GPU, smaller ones
-# (more blocks, fewer outputs per thread) for the small products of small networks.
+
+
+def _opt_spec(BM: int, BN: int, BK: int, WM: int, WN: int, MIN_BLOCKS: int, STAGES: int = 0,
+              FLOAT4_ONLY: int = 0) -> ModuleSpec:
+    defines = {"BM": BM, "BN": BN, "BK": BK, "WM": WM, "WN": WN, "MIN_BLOCKS": MIN_BLOCKS, "STAGES": STAGES,
+               "FLOAT4_ONLY": FLOAT4_ONLY}
+    return ModuleSpec("opt.cu", tuple((name, value) for name, value in defines.items() if value), no_extern_c=True)
+
+
+# cuda-opt's tile configurations (kernels/opt.cu), largest first within each group. The register-staged ones
+# of OPT_SMALL_CONFIGS serve every shape, small products of small networks included, where smaller tiles give
+# more blocks. The rest are tried only on large float4 products (:data:`OPT_LARGE_WORK`; FLOAT4_ONLY: no
+# scalar kernels): a cp.async ring of STAGES shared-memory stages (dynamic shared memory,
+# :func:`opt_shared_bytes`) with 8 x 8 or 8 x 16 outputs per thread and few resident warps, as library SIMT
+# kernels run; and the register-staged 128 x 128 tile with k-step 16 and 8 x 16 outputs per thread. Keys:
+# tile, then k-step, stages and threads where they differ.
 OPT_CONFIGS: dict[str, ModuleSpec] = {
     "128x128": OPT,
-    "64x64": ModuleSpec("opt.cu", (("BM", 64), ("BN", 64), ("BK", 8), ("WM", 32), ("WN", 32), ("MIN_BLOCKS", 4)),
-                        no_extern_c=True),
-    "32x32": ModuleSpec("opt.cu", (("BM", 32), ("BN", 32), ("BK", 8), ("WM", 32), ("WN", 16), ("MIN_BLOCKS", 8)),
-                        no_extern_c=True),
+    "64x64": _opt_spec(64, 64, 8, 32, 32, 4),
+    "32x32": _opt_spec(32, 32, 8, 32, 16, 8),
+    "128x128k16t128": _opt_spec(128, 128, 16, 64, 64, 2, FLOAT4_ONLY=1),
+    "256x128k16s3t256": _opt_spec(256, 128, 16, 64, 64, 1, STAGES=3, FLOAT4_ONLY=1),
+    "128x256k16s3t256": _opt_spec(128, 256, 16, 64, 64, 1, STAGES=3, FLOAT4_ONLY=1),
+    "128x128k16s3t256": _opt_spec(128, 128, 16, 64, 32, 1, STAGES=3, FLOAT4_ONLY=1),
+    "128x128k16s3t128": _opt_spec(128, 128, 16, 64, 64, 2, STAGES=3, FLOAT4_ONLY=1),
+    "128x128k16s4t128": _opt_spec(128, 128, 16, 64, 64, 2, STAGES=4, FLOAT4_ONLY=1),
+    "128x64k16s4t128": _opt_spec(128, 64, 16, 64, 32, 2, STAGES=4, FLOAT4_ONLY=1),
 }
+#: Configurations every product shape may use; the others only products of at least OPT_LARGE_WORK
+#: multiply-adds (a 1024^3 product: tens of microseconds on a large GPU, enough tiles of 128 x 128 with split k).
+OPT_SMALL_CONFIGS = ("128x128", "64x64", "32x32")
+OPT_LARGE_WORK = 1 << 30
+#: The pipelined kernels address within a tile with 32-bit offsets: every dimension must stay below this.
+OPT_PIPELINED_MAX_DIM = 1 << 23
+#: Shared memory one block may use on sm_80/sm_90 (opt-in), and one SM holds (per block, 1 KB is reserved).
+SHARED_PER_BLOCK_MAX = 227 * 1024
+SHARED_PER_SM = 228 * 1024
+
+
+def opt_defines(config: str) -> dict[str, int]:
+    """The -D constants of an OPT_CONFIGS entry, with the optional ones at their defaults (0)."""
+    return {"STAGES": 0, "FLOAT4_ONLY": 0, **dict(OPT_CONFIGS[config].defines)}
+
+
+def opt_threads(config: str) -> int:
+    d = opt_defines(config)
+    return 32 * (d["BM"] // d["WM"]) * (d["BN"] // d["WN"])
+
+
+def opt_float4_only(config: str) -> bool:
+    """Whether ``config`` has float4 kernels only (no scalar fallback for other shapes)."""
+    return bool(opt_defines(config)["FLOAT4_ONLY"])
+
+
+def opt_pipelined(config: str) -> bool:
+    """Whether ``config`` runs kernels/opt.cu's cp.async ring (STAGES >= 2)."""
+    return opt_defines(config)["STAGES"] > 0
+
+
+def opt_shared_bytes(config: str) -> int:
+    """Dynamic shared memory of one block of ``config`` (kernels/opt.cu's SHARED_BYTES; the kernel traps if
+    launched with less): each stage holds each operand's tile as [rows][BK + 4] or [BK][rows + 4], whichever
+    is larger. 0 for register-staged configurations (static shared memory)."""
+    d = opt_defines(config)
+    if not d["STAGES"]:
+        return 0
+    bk = d["BK"]
+    return d["STAGES"] * sum(max(rows * (bk + 4), bk * (rows + 4)) for rows in (d["BM"], d["BN"])) * 4
+
+
 FUSED = ModuleSpec("fused.cu", (("KCHUNK", FUSED_KCHUNK), ("HEAD_MAX", FUSED_HEAD_MAX), ("UPDATE_CHUNK", 4096),
                                 ("SPIN_LIMIT", 1 << 26)), no_extern_c=True)
-MODULE_SPECS: dict[str, ModuleSpec] = {"elementwise": ELEMENTWISE, "naive": NAIVE, "tiled": TILED, "opt": OPT,
-                                       "opt-64x64": OPT_CONFIGS["64x64"], "opt-32x32": OPT_CONFIGS["32x32"],
+#: Module name of each cuda-opt configuration ("opt" for the default tile).
+OPT_MODULES: dict[str, str] = {config: "opt" if spec == OPT else f"opt-{config}"
+                               for config, spec in OPT_CONFIGS.items()}
+MODULE_SPECS: dict[str, ModuleSpec] = {"elementwise": ELEMENTWISE, "naive": NAIVE, "tiled": TILED,
+                                       **{module: OPT_CONFIGS[config] for config, module in OPT_MODULES.items()},
                                        "fused": FUSED}
-OPT_KERNELS = ("opt_nt", "opt_nn", "opt_tn", "opt_nt_scalar", "opt_nn_scalar", "opt_tn_scalar", "opt_splitk_sum")
+OPT_VECTOR_KERNELS = ("opt_nt", "opt_nn", "opt_tn")
+OPT_KERNELS = (*OPT_VECTOR_KERNELS, "opt_nt_scalar", "opt_nn_scalar", "opt_tn_scalar", "opt_splitk_sum")
 MODULE_KERNELS: dict[str, tuple[str, ...]] = {
     "elementwise": ("bias_activation", "output_head", "output_delta", "activation_backward", "bias_gradient",
                     "sgd_update"),
     "naive": ("naive_nt", "naive_nn", "naive_tn"),
     "tiled": ("tiled_nt", "tiled_nn", "tiled_tn"),
-    "opt": OPT_KERNELS,
-    "opt-64x64": OPT_KERNELS,
-    "opt-32x32": OPT_KERNELS,
+    **{module: (*OPT_VECTOR_KERNELS, "opt_splitk_sum") if opt_float4_only(config) else OPT_KERNELS
+       for config, module in OPT_MODULES.items()},
     "fused": ("fused_step",),
 }
 
@@ -171,19 +236,29 @@ class OptChoice:
 
 def opt_tiles(config: str, M: int, N: int) -> int:
     """Output tiles (blocks per k slice) of an M x N product in ``config``."""
-    defines = dict(OPT_CONFIGS[config].defines)
+    defines = opt_defines(config)
     return cdiv(M, defines["BM"]) * cdiv(N, defines["BN"])
 
 
-def opt_candidates(M: int, N: int, K: int, sm_count: int) -> list[OptChoice]:
+def opt_configs_for(M: int, N: int, K: int, vector: bool = True) -> list[str]:
+    """The tile configurations worth timing for an M x N x K product: :data:`OPT_SMALL_CONFIGS` always; the
+    others when the product has at least :data:`OPT_LARGE_WORK` multiply-adds on the float4 path (``vector``),
+    the pipelined ones only with every dimension below :data:`OPT_PIPELINED_MAX_DIM`."""
+    large = vector and M * N * K >= OPT_LARGE_WORK
+    return [config for config in OPT_CONFIGS
+            if config in OPT_SMALL_CONFIGS
+            or (large and (not opt_pipelined(config) or max(M, N, K) < OPT_PIPELINED_MAX_DIM))]
+
+
+def opt_candidates(M: int, N: int, K: int, sm_count: int, vector: bool = True) -> list[OptChoice]:
     """Every (tile configuration, k slices) worth timing for an M x N x K product on ``sm_count`` SMs.
 
-    Each configuration without splitting; split k only while the output tiles leave SMs idle, the launch
-    stays within 4 blocks per SM, and every slice (cut as kernels/opt.cu cuts k: equal spans of whole
-    k-steps) holds at least two k-steps and no slice is empty."""
+    Each configuration of :func:`opt_configs_for` without splitting; split k only while the output tiles leave
+    SMs idle, the launch stays within 4 blocks per SM, and every slice (cut as kernels/opt.cu cuts k: equal
+    spans of whole k-steps) holds at least two k-steps and no slice is empty."""
     candidates = []
-    for config, spec in OPT_CONFIGS.items():
-        bk = dict(spec.defines)["BK"]
+    for config in opt_configs_for(M, N, K, vector):
+        bk = opt_defines(config)["BK"]
         tiles = opt_tiles(config, M, N)
         candidates.append(OptChoice(config, 1))
         for splits in (2, 4, 8, 16):
@@ -228,6 +303,15 @@ class OptTuning:
         os.replace(temporary, self.path)  # atomic: a concurrent reader sees the old file or the new one
 
 
+class _OptArgs(ctypes.Structure):
+    """The parameters of kernels/opt.cu's product kernels, in order, for gpu.DriverKernel."""
+
+    _fields_ = [("C", ctypes.c_uint64), ("A", ctypes.c_uint64), ("B", ctypes.c_uint64), ("M", ctypes.c_int),
+                ("N", ctypes.c_int), ("K", ctypes.c_int), ("mode", ctypes.c_int), ("bias", ctypes.c_uint64),
+                ("aux", ctypes.c_uint64), ("activation", ctypes.c_int), ("lr", ctypes.c_float),
+                ("weight_decay", ctypes.c_float)]
+
+
 class _OptProducts:
     """cuda-opt's products with a fused epilogue (``mode``); see kernels/opt.cu. The float4 kernels run when
     every row length is a multiple of 4 and every pointer 16-byte aligned, the scalar ones otherwise.
@@ -241,15 +325,25 @@ class _OptProducts:
 
     def __init__(self) -> None:
         fmt = "PPPiiiiPPiff"
-        self._vector, self._scalar, self._splitk_sum, self._threads = {}, {}, {}, {}
+        self._vector, self._scalar, self._splitk_sum, self._threads, self._shared = {}, {}, {}, {}, {}
         for config, spec in OPT_CONFIGS.items():
             compiled = gpu.load(spec)
-            self._vector[config] = {layout: compiled.get_function(f"opt_{layout}").prepare(fmt) for layout in LAYOUTS}
-            self._scalar[config] = {layout: compiled.get_function(f"opt_{layout}_scalar").prepare(fmt)
-                                    for layout in LAYOUTS}
+            self._threads[config] = opt_threads(config)
+            self._shared[config] = opt_shared_bytes(config)
+            if opt_pipelined(config):
+                # Through the driver directly: dynamic shared memory beyond 48 KB needs the kernel's opt-in
+                # (cuFuncSetAttribute), which PyCUDA's Function does not offer.
+                self._vector[config] = {layout: gpu.DriverKernel(spec, f"opt_{layout}", _OptArgs())
+                                        for layout in LAYOUTS}
+                for kernel in self._vector[config].values():
+                    kernel.set_attribute(gpu.DriverKernel.MAX_DYNAMIC_SHARED_SIZE_BYTES, self._shared[config])
+            else:
+                self._vector[config] = {layout: compiled.get_function(f"opt_{layout}").prepare(fmt)
+                                        for layout in LAYOUTS}
+            if not opt_float4_only(config):
+                self._scalar[config] = {layout: compiled.get_function(f"opt_{layout}_scalar").prepare(fmt)
+                                        for layout in LAYOUTS}
             self._splitk_sum[config] = compiled.get_function("opt_splitk_sum").prepare("PPiiiiPPiff")
-            defines = dict(spec.defines)
-            self._threads[config] = 32 * (defines["BM"] // defines["WM"]) * (defines["BN"] // defines["WN"])
         info = gpu.info()
         self._sm_count = info.sm_count
         self.tuning = OptTuning(gpu.cache_dir(), info.arch, info.sm_count)
@@ -273,7 +367,7 @@ class _OptProducts:
         C = torch.empty((M, N), device=gpu.device())
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         timings = {}
-        for candidate in opt_candidates(M, N, K, self._sm_count):
+        for candidate in opt_candidates(M, N, K, self._sm_count, vector):
             times = []
             for _ in range(self.TUNING_REPEATS + 1):  # the first call of each candidate is not counted
                 torch.cuda.synchronize()
@@ -291,15 +385,24 @@ class _OptProducts:
         """The product in the given configuration (the autotuner and the tests pick it; callers use
         ``__call__``)."""
         kernel = (self._vector if vector else self._scalar)[choice.config][layout]
-        defines = dict(OPT_CONFIGS[choice.config].defines)
+        defines = opt_defines(choice.config)
         grid = (cdiv(N, defines["BN"]), cdiv(M, defines["BM"]), choice.splits)
-        block = (self._threads[choice.config], 1, 1)
+        threads, shared = self._threads[choice.config], self._shared[choice.config]
+
+        def launch(*args: Any) -> None:
+            if isinstance(kernel, gpu.DriverKernel):
+                for (name, _), value in zip(_OptArgs._fields_, args, strict=True):
+                    setattr(kernel.args, name, value)
+                kernel.launch(grid, threads, shared)
+            else:
+                kernel.prepared_call(grid, (threads, 1, 1), *args)
+
         if choice.splits == 1:
-            kernel.prepared_call(grid, block, C, A, B, M, N, K, mode, bias, aux, activation, lr, weight_decay)
+            launch(C, A, B, M, N, K, mode, bias, aux, activation, lr, weight_decay)
             return
         # Freed at return, but torch's allocator reuses memory in stream order, after these kernels.
         partial = torch.empty(choice.splits * M * N, dtype=torch.float32, device=gpu.device())
-        kernel.prepared_call(grid, block, partial.data_ptr(), A, B, M, N, K, EPI_STORE, 0, 0, IDENTITY, 0.0, 0.0)
+        launch(partial.data_ptr(), A, B, M, N, K, EPI_STORE, 0, 0, IDENTITY, 0.0, 0.0)
         self._splitk_sum[choice.config].prepared_call(
             (min(cdiv(M * N, 256), self._sm_count * 8), 1, 1), (256, 1, 1), C, partial.data_ptr(),
             choice.splits, M, N, mode, bias, aux, activation, lr, weight_decay)
@@ -402,6 +505,7 @@ def kernel_report() -> list[dict[str, Any]]:
 
     # PyCUDA and the driver number these attributes alike (CUfunction_attribute).
     attribute = drv.function_attribute
+    opt_dynamic = {module: opt_shared_bytes(config) for config, module in OPT_MODULES.items()}
     rows = []
     for module, spec in MODULE_SPECS.items():
         functions = {"fused_step": fused_kernel()} if module == "fused" else _kernels(module)
@@ -413,7 +517,7 @@ def kernel_report() -> list[dict[str, Any]]:
                 "arch": gpu.info().arch,
                 "registers": function.get_attribute(attribute.NUM_REGS),
                 "static_shared_bytes": function.get_attribute(attribute.SHARED_SIZE_BYTES),
-                "dynamic_shared_bytes": FUSED_SHARED_BYTES if name == "fused_step" else 0,
+                "dynamic_shared_bytes": FUSED_SHARED_BYTES if name == "fused_step" else opt_dynamic.get(module, 0),
                 "local_bytes": function.get_attribute(attribute.LOCAL_SIZE_BYTES),
                 "max_threads_per_block": function.get_attribute(attribute.MAX_THREADS_PER_BLOCK),
             })

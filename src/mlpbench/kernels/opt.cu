@@ -1,17 +1,27 @@
-// Rung 3, cuda-opt: warp-tiled SGEMM with 2D register blocking, 128-bit loads, double buffering and fused
-// epilogues (siboehm's SGEMM_CUDA kernels 5-10 in one file).
+// Rung 3, cuda-opt: warp-tiled SGEMM with 2D register blocking, 128-bit loads, pipelined operand staging and
+// fused epilogues (after siboehm's SGEMM_CUDA kernels 5-10 and CUTLASS's SIMT sgemm).
 //
 // A block computes a BM x BN tile of C, stepping through k by BK, with one warp per WM x WN sub-tile
-// ((BM / WM) x (BN / WN) warps); its 32 lanes form an 8 x 4 grid and each lane computes (WM/32 x 4) x (WN/16 x 4)
-// outputs held in registers, reading its operands from shared memory four at a time. While the block
-// computes on one shared-memory stage, the next k-slice is already on its way from global memory into
-// registers (two stages, one barrier per k-step).
+// ((BM / WM) x (BN / WN) warps); its 32 lanes form an 8 x 4 grid and each lane keeps (WM / 8) x (WN / 4)
+// outputs in registers, so every operand value read from shared memory feeds WM / 8 or WN / 4 multiply-adds.
 //
-// Operands as in naive.cu (nt: A (M,K), B (N,K); nn: A (M,K), B (K,N); tn: A (K,M), B (K,N)). Each operand is
-// either k-contiguous ("k-major": loaded four k at a time and transposed into shared memory) or
-// m/n-contiguous (loaded and stored four rows at a time). VEC = true uses float4 global loads and stores; the
-// caller picks it only when every row length involved is a multiple of 4 and every pointer is 16-byte
-// aligned, and falls back to the scalar kernels otherwise (same tiling, one float per load).
+// Two ways of staging the operands (-D STAGES), both timed by the autotuner (backends/cuda.py):
+// * STAGES = 0: the next k-slice travels global -> registers while the block multiplies the current one, and
+//   is stored into a second shared-memory stage, transposed to [k][row] so every read is a float4 (static
+//   shared memory, two stages; every configuration small products use).
+// * STAGES >= 2: cp.async copies global -> shared memory directly, STAGES - 1 k-slices ahead: no registers
+//   held for the copies (room for 8 x 16 outputs per lane) and several loads in flight per block (dynamic
+//   shared memory). k-contiguous operands stay [row][k] (16-byte copies need contiguous k) and are read four
+//   k at a time per row; with A's rows 8 apart per lane and rows padded to BK + 4 floats, the eight rows a
+//   warp reads at once fall in distinct banks. Columns stay in fours for the float4 epilogue, so a k-major B
+//   is read with 2-way bank conflicts, which shared memory absorbs at one float4 read per 16 or more
+//   multiply-adds.
+//   m/n-contiguous operands are [k][row] as above.
+//
+// Operands as in naive.cu (nt: A (M,K), B (N,K); nn: A (M,K), B (K,N); tn: A (K,M), B (K,N)), "k-major" when
+// k-contiguous. VEC = true uses float4 loads, copies and stores; the caller picks it only when every row
+// length involved is a multiple of 4 and every pointer is 16-byte aligned, and falls back to the scalar
+// kernels otherwise (same tiling, one float per load), which only register-staged configurations have.
 //
 // Split k: a launch with gridDim.z = S > 1 cuts k into S consecutive ranges (multiples of BK); slice z stores
 // its partial product to C + z * M * N and opt_splitk_sum adds the slices in order and applies the epilogue.
@@ -23,15 +33,25 @@
 //   EPI_ACT_GRAD  C = (A B) * f'(aux[m, n])             input gradient times the activation derivative
 //   EPI_SGD       C = A B; aux -= lr * (C + wd * aux)   weight gradient with the SGD step fused (aux = W)
 //
-// Constants (-D): BM, BN, BK, WM, WN, MIN_BLOCKS (blocks per SM the register budget must allow).
+// Constants (-D): BM, BN, BK, WM, WN, MIN_BLOCKS (blocks per SM the register budget must allow); optional
+// STAGES (default 0) and FLOAT4_ONLY (default 0; 1 leaves out the scalar kernels, as STAGES >= 2 must).
 // Templates, so compiled with no_extern_c; the extern "C" kernels are at the end.
 #include "common.cuh"
 
+#ifndef STAGES
+#define STAGES 0
+#endif
+#ifndef FLOAT4_ONLY  // 1: no scalar kernels (configurations only float4 shapes use)
+#define FLOAT4_ONLY 0
+#endif
+
 #define THREADS (32 * (BM / WM) * (BN / WN))
-#define PAD 4  // keeps rows 16-byte aligned and spreads the transposed stores over more banks
+#define PAD 4  // keeps rows 16-byte aligned and spreads transposed stores and k-major reads over more banks
 #define WARPS_N (BN / WN)
 #define WM_ITER (WM / 32)
 #define WN_ITER (WN / 16)
+#define TM (WM / 8)  // outputs per lane along m
+#define TN (WN / 4)  // outputs per lane along n
 #define LOADS_A (BM * BK / (4 * THREADS))
 #define LOADS_B (BN * BK / (4 * THREADS))
 
@@ -42,8 +62,62 @@
 
 static_assert(BM % WM == 0 && BN % WN == 0, "warps must tile the block");
 static_assert(WM % 32 == 0 && WN % 16 == 0, "a warp covers 32 x 16 outputs per iteration");
+static_assert(BK % 4 == 0, "k is staged and read four values at a time");
 static_assert(LOADS_A >= 1 && LOADS_B >= 1 && BM * BK % (4 * THREADS) == 0 && BN * BK % (4 * THREADS) == 0,
               "every thread loads whole float4s of both operand tiles");
+static_assert(THREADS <= 1024, "at most 1024 threads per block");
+static_assert(STAGES == 0 || STAGES >= 2, "STAGES: 0 (register staging) or a ring of at least two stages");
+static_assert(STAGES == 0 || FLOAT4_ONLY, "16-byte copies need rows in multiples of 4: no scalar kernels");
+
+__device__ __forceinline__ float epilogue(int mode, float acc, const float* bias, float* aux, int activation,
+                                          float lr, float weight_decay) {
+    switch (mode) {
+        case EPI_BIAS_ACT: return activate(activation, acc + *bias);
+        case EPI_ACT_GRAD: return acc * activation_derivative(activation, *aux);
+        case EPI_SGD: *aux -= lr * (acc + weight_decay * *aux); return acc;
+        default: return acc;
+    }
+}
+
+// Four accumulators of row m, columns n..n+3, through the epilogue into C (the caller skips rows >= M).
+template <bool VEC>
+__device__ __forceinline__ void store_quad(float* C, int N, int m, int n, float v0, float v1, float v2, float v3,
+                                           int mode, const float* bias, float* aux, int activation, float lr,
+                                           float weight_decay) {
+    const long at = (long)m * N + n;
+    if (VEC) {
+        if (n >= N) return;  // N % 4 == 0: the four columns are all in or all out
+        float4 out = make_float4(v0, v1, v2, v3);
+        if (mode == EPI_BIAS_ACT) {
+            const float4 bv = *reinterpret_cast<const float4*>(bias + n);
+            out = make_float4(activate(activation, out.x + bv.x), activate(activation, out.y + bv.y),
+                              activate(activation, out.z + bv.z), activate(activation, out.w + bv.w));
+        } else if (mode == EPI_ACT_GRAD) {
+            const float4 av = *reinterpret_cast<const float4*>(aux + at);
+            out.x *= activation_derivative(activation, av.x);
+            out.y *= activation_derivative(activation, av.y);
+            out.z *= activation_derivative(activation, av.z);
+            out.w *= activation_derivative(activation, av.w);
+        } else if (mode == EPI_SGD) {
+            float4 w = *reinterpret_cast<const float4*>(aux + at);
+            w.x -= lr * (out.x + weight_decay * w.x);
+            w.y -= lr * (out.y + weight_decay * w.y);
+            w.z -= lr * (out.z + weight_decay * w.z);
+            w.w -= lr * (out.w + weight_decay * w.w);
+            *reinterpret_cast<float4*>(aux + at) = w;
+        }
+        *reinterpret_cast<float4*>(C + at) = out;
+    } else {
+        const float v[4] = {v0, v1, v2, v3};
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj)
+            if (n + jj < N)
+                C[at + jj] = epilogue(mode, v[jj], bias + n + jj, aux + at + jj, activation, lr, weight_decay);
+    }
+}
+
+#if STAGES == 0
+// ---- register-staged double buffering ---------------------------------------------------------------------
 
 // Load this thread's share of a ROWS x BK operand tile (rows r0.., k from k0) into registers.
 // K_MAJOR: element (r, k) at src[r * ld + k], each load takes 4 consecutive k of one row.
@@ -99,16 +173,6 @@ __device__ __forceinline__ void store_tile(float (*stage)[ROWS + PAD], const flo
             const int r = (index % (ROWS / 4)) * 4, k = index / (ROWS / 4);
             *reinterpret_cast<float4*>(&stage[k][r]) = regs[i];
         }
-    }
-}
-
-__device__ __forceinline__ float epilogue(int mode, float acc, const float* bias, float* aux, int activation,
-                                          float lr, float weight_decay) {
-    switch (mode) {
-        case EPI_BIAS_ACT: return activate(activation, acc + *bias);
-        case EPI_ACT_GRAD: return acc * activation_derivative(activation, *aux);
-        case EPI_SGD: *aux -= lr * (acc + weight_decay * *aux); return acc;
-        default: return acc;
     }
 }
 
@@ -178,41 +242,183 @@ __device__ __forceinline__ void opt_matmul(float* C, const float* A, const float
         const int m = m0 + warp_m + (i / 4) * 32 + lane_m + i % 4;
         if (m >= M) continue;
 #pragma unroll
-        for (int j = 0; j < WN_ITER; ++j) {
-            const int n = n0 + warp_n + j * 16 + lane_n;
-            const long at = (long)m * N + n;
-            if (VEC) {
-                if (n >= N) continue;  // N % 4 == 0: the four columns are all in or all out
-                float4 out = make_float4(acc[i][j * 4], acc[i][j * 4 + 1], acc[i][j * 4 + 2], acc[i][j * 4 + 3]);
-                if (mode == EPI_BIAS_ACT) {
-                    const float4 bv = *reinterpret_cast<const float4*>(bias + n);
-                    out = make_float4(activate(activation, out.x + bv.x), activate(activation, out.y + bv.y),
-                                      activate(activation, out.z + bv.z), activate(activation, out.w + bv.w));
-                } else if (mode == EPI_ACT_GRAD) {
-                    const float4 av = *reinterpret_cast<const float4*>(aux + at);
-                    out.x *= activation_derivative(activation, av.x);
-                    out.y *= activation_derivative(activation, av.y);
-                    out.z *= activation_derivative(activation, av.z);
-                    out.w *= activation_derivative(activation, av.w);
-                } else if (mode == EPI_SGD) {
-                    float4 w = *reinterpret_cast<const float4*>(aux + at);
-                    w.x -= lr * (out.x + weight_decay * w.x);
-                    w.y -= lr * (out.y + weight_decay * w.y);
-                    w.z -= lr * (out.z + weight_decay * w.z);
-                    w.w -= lr * (out.w + weight_decay * w.w);
-                    *reinterpret_cast<float4*>(aux + at) = w;
-                }
-                *reinterpret_cast<float4*>(C + at) = out;
-            } else {
-#pragma unroll
-                for (int jj = 0; jj < 4; ++jj)
-                    if (n + jj < N)
-                        C[at + jj] = epilogue(mode, acc[i][j * 4 + jj], bias + n + jj, aux + at + jj, activation,
-                                              lr, weight_decay);
-            }
-        }
+        for (int j = 0; j < WN_ITER; ++j)
+            store_quad<VEC>(C, N, m, n0 + warp_n + j * 16 + lane_n, acc[i][j * 4], acc[i][j * 4 + 1],
+                            acc[i][j * 4 + 2], acc[i][j * 4 + 3], mode, bias, aux, activation, lr, weight_decay);
     }
 }
+
+#else
+// ---- cp.async ring of STAGES shared-memory stages ----------------------------------------------------------
+
+// Floats of one operand's stage: [rows][BK + PAD] when k-major, [BK][rows + PAD] otherwise; the larger of the
+// two, so one dynamic shared-memory size serves every layout (backends/cuda.py: opt_shared_bytes).
+__host__ __device__ constexpr int stage_floats(int rows) {
+    return rows * (BK + PAD) > BK * (rows + PAD) ? rows * (BK + PAD) : BK * (rows + PAD);
+}
+#define SHARED_BYTES (STAGES * (stage_floats(BM) + stage_floats(BN)) * 4)
+
+// 16 bytes straight into shared memory; an invalid source copies nothing and zero-fills (src-size 0), and points
+// at the tile's first element so no address outside the operand is formed.
+__device__ __forceinline__ void copy16(float* dst, const float* src, bool valid) {
+    const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(to), "l"(src), "r"(valid ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void copies_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int PENDING>
+__device__ __forceinline__ void copies_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING) : "memory"); }
+
+// Start copying this thread's share of a ROWS x BK operand tile into a stage. `tile` points at the tile's first
+// element (row r0, k0), rows_left = rows - r0, depth_left = depth - k0. Offsets within the tile are 32-bit
+// (the host keeps every dimension below 2^23), which saves the registers of a 64-bit pointer per copy.
+template <bool K_MAJOR, int ROWS>
+__device__ __forceinline__ void fetch_tile(float* stage, const float* tile, int ld, int rows_left, int depth_left) {
+#pragma unroll
+    for (int i = 0; i < ROWS * BK / (4 * THREADS); ++i) {
+        const int index = threadIdx.x + i * THREADS;
+        // consecutive threads take consecutive addresses in global memory
+        const int r = K_MAJOR ? index / (BK / 4) : (index % (ROWS / 4)) * 4;
+        const int k = K_MAJOR ? (index % (BK / 4)) * 4 : index / (ROWS / 4);
+        const bool valid = r < rows_left && k < depth_left;  // float4 shapes: all four in or all four out
+        copy16(stage + (K_MAJOR ? r * (BK + PAD) + k : k * (ROWS + PAD) + r),
+               tile + (valid ? (K_MAJOR ? r * ld + k : k * ld + r) : 0), valid);
+    }
+}
+
+// Operand values of k-steps kq..kq+3 for this lane, v[kk][t] for t in t0..t0+COUNT-1 of its T rows of A (or
+// columns of B). A k-major stage gives one float4 per row (rows 8 apart when INTERLEAVED, else in groups of 4,
+// GROUP_STRIDE apart); otherwise each float4 holds 4 consecutive rows at one k (COUNT, t0 multiples of 4).
+template <bool K_MAJOR, bool INTERLEAVED, int ROWS, int T, int GROUP_STRIDE, int COUNT>
+__device__ __forceinline__ void read_fragment(float (&v)[4][T], const float* stage, int base, int kq, int t0) {
+    if (K_MAJOR) {
+#pragma unroll
+        for (int t = t0; t < t0 + COUNT; ++t) {
+            const int row = base + (INTERLEAVED ? t * 8 : (t / 4) * GROUP_STRIDE + t % 4);
+            const float4 q = *reinterpret_cast<const float4*>(stage + row * (BK + PAD) + kq);
+            v[0][t] = q.x; v[1][t] = q.y; v[2][t] = q.z; v[3][t] = q.w;
+        }
+    } else {
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+            for (int t = t0; t < t0 + COUNT; t += 4) {
+                const float4 q = *reinterpret_cast<const float4*>(stage + (kq + kk) * (ROWS + PAD) + base +
+                                                                  (t / 4) * GROUP_STRIDE);
+                v[kk][t] = q.x; v[kk][t + 1] = q.y; v[kk][t + 2] = q.z; v[kk][t + 3] = q.w;
+            }
+    }
+}
+
+template <bool A_K_MAJOR, bool B_K_MAJOR, bool VEC>
+__device__ __forceinline__ void opt_matmul(float* C, const float* A, const float* B, int M, int N, int K,
+                                          int mode, const float* bias, float* aux, int activation, float lr,
+                                          float weight_decay) {
+    static_assert(VEC, "16-byte copies: float4 shapes only");
+    extern __shared__ __align__(16) float shared[];
+    if (threadIdx.x == 0) {  // the host sizes the launch with the same formula; a mismatch must not go unseen
+        unsigned launched;
+        asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(launched));
+        if (launched < SHARED_BYTES) __trap();
+    }
+    float* const A_stages = shared;
+    float* const B_stages = shared + STAGES * stage_floats(BM);
+    const int lda = A_K_MAJOR ? K : M, ldb = B_K_MAJOR ? K : N;
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const int k_span = (K + gridDim.z * BK - 1) / (gridDim.z * BK) * BK;
+    const int k_begin = blockIdx.z * k_span, k_end = min(K, k_begin + k_span);  // the host keeps it non-empty
+    C += (long)blockIdx.z * M * N;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int warp_m = (warp / WARPS_N) * WM, warp_n = (warp % WARPS_N) * WN;
+    // Rows of a k-major A 8 apart (lane / 4 + 8 t): a warp's eight distinct rows per read are consecutive, so
+    // their float4s cover all 32 banks once. Otherwise (and always for columns, which the float4 epilogue
+    // needs in fours) groups of four consecutive rows, 32 (rows) or 16 (columns) apart.
+    const int a_base = warp_m + (A_K_MAJOR ? lane / 4 : (lane / 4) * 4);
+    const int b_base = warp_n + (lane % 4) * 4;
+
+    float acc[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
+
+    // Each operand's tile at k_begin, and how far one k-step moves it.
+    const float* const A_tile = A + (A_K_MAJOR ? (long)m0 * lda + k_begin : (long)k_begin * lda + m0);
+    const float* const B_tile = B + (B_K_MAJOR ? (long)n0 * ldb + k_begin : (long)k_begin * ldb + n0);
+    const long a_step = A_K_MAJOR ? BK : (long)BK * lda, b_step = B_K_MAJOR ? BK : (long)BK * ldb;
+
+    const int k_steps = (k_end - k_begin + BK - 1) / BK;
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < k_steps) {
+            fetch_tile<A_K_MAJOR, BM>(A_stages + s * stage_floats(BM), A_tile + s * a_step, lda, M - m0,
+                                           k_end - k_begin - s * BK);
+            fetch_tile<B_K_MAJOR, BN>(B_stages + s * stage_floats(BN), B_tile + s * b_step, ldb, N - n0,
+                                           k_end - k_begin - s * BK);
+        }
+        copies_commit();  // empty groups too: the wait below counts groups
+    }
+    int read = 0, write = STAGES - 1;  // stage indices of step and of step + STAGES - 1
+    for (int step = 0; step < k_steps; ++step) {
+        copies_wait<STAGES - 2>();  // this thread's copies of `step` have landed ...
+        __syncthreads();            // ... and everyone's; and every warp is done with the stage refilled next
+        const int ahead = step + STAGES - 1;
+        if (ahead < k_steps) {
+            fetch_tile<A_K_MAJOR, BM>(A_stages + write * stage_floats(BM), A_tile + ahead * a_step, lda, M - m0,
+                                           k_end - k_begin - ahead * BK);
+            fetch_tile<B_K_MAJOR, BN>(B_stages + write * stage_floats(BN), B_tile + ahead * b_step, ldb, N - n0,
+                                           k_end - k_begin - ahead * BK);
+        }
+        copies_commit();
+        const float* As = A_stages + read * stage_floats(BM);
+        const float* Bs = B_stages + read * stage_floats(BN);
+#pragma unroll
+        for (int kq = 0; kq < BK; kq += 4) {
+            // The smaller operand's values in full, the other's four rows (or columns) at a time: what is
+            // live stays within the register budget next to the TM x TN accumulators.
+            float a[4][TM], b[4][TN];
+            if (TM <= TN) {
+                read_fragment<A_K_MAJOR, true, BM, TM, 32, TM>(a, As, a_base, kq, 0);
+#pragma unroll
+                for (int j0 = 0; j0 < TN; j0 += 4) {
+                    read_fragment<B_K_MAJOR, false, BN, TN, 16, 4>(b, Bs, b_base, kq, j0);
+#pragma unroll
+                    for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+                        for (int i = 0; i < TM; ++i)
+#pragma unroll
+                            for (int j = j0; j < j0 + 4; ++j) acc[i][j] = fmaf(a[kk][i], b[kk][j], acc[i][j]);
+                }
+            } else {
+                read_fragment<B_K_MAJOR, false, BN, TN, 16, TN>(b, Bs, b_base, kq, 0);
+#pragma unroll
+                for (int i0 = 0; i0 < TM; i0 += 4) {
+                    read_fragment<A_K_MAJOR, true, BM, TM, 32, 4>(a, As, a_base, kq, i0);
+#pragma unroll
+                    for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+                        for (int i = i0; i < i0 + 4; ++i)
+#pragma unroll
+                            for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[kk][i], b[kk][j], acc[i][j]);
+                }
+            }
+        }
+        read = read + 1 == STAGES ? 0 : read + 1;
+        write = write + 1 == STAGES ? 0 : write + 1;
+    }
+    copies_wait<0>();  // only empty groups remain; nothing may be in flight when the block exits
+
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+        const int m = m0 + a_base + (A_K_MAJOR ? i * 8 : (i / 4) * 32 + i % 4);
+        if (m >= M) continue;
+#pragma unroll
+        for (int j = 0; j < TN / 4; ++j)
+            store_quad<VEC>(C, N, m, n0 + b_base + j * 16, acc[i][j * 4], acc[i][j * 4 + 1], acc[i][j * 4 + 2],
+                            acc[i][j * 4 + 3], mode, bias, aux, activation, lr, weight_decay);
+    }
+}
+#endif
 
 #define OPT_KERNEL(name, a_k_major, b_k_major, vec)                                                          \
     __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)                                                   \
@@ -236,7 +442,9 @@ __global__ void opt_splitk_sum(float* C, const float* partial, int splits, int M
 OPT_KERNEL(opt_nt, true, true, true)
 OPT_KERNEL(opt_nn, true, false, true)
 OPT_KERNEL(opt_tn, false, false, true)
+#if !FLOAT4_ONLY
 OPT_KERNEL(opt_nt_scalar, true, true, false)
 OPT_KERNEL(opt_nn_scalar, true, false, false)
 OPT_KERNEL(opt_tn_scalar, false, false, false)
+#endif
 }
