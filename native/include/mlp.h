@@ -98,10 +98,10 @@ void mlp_model_destroy(mlp_model *model);
 /* The instruction set the model's kernels run with (never MLP_ISA_AUTO). */
 int mlp_model_isa(const mlp_model *model);
 
-/* The plan of the packed rung's fused train_step on many threads: the number of the last change logged in
- * native/SCALING.md that it includes. The environment variable MLP_STEP_PLAN, read at creation, picks an
- * earlier one (for comparing a change with the code before it in one run); unset or not a known plan, the
- * latest. Results never depend on it. 0 for a NULL model. */
+/* The plan of the packed rung's fused train_step on many threads, named by the change logged in
+ * native/SCALING.md that introduced it: 8 (the default) or 11. The environment variable MLP_STEP_PLAN, read
+ * at creation, picks one (for comparing plans in one run); unset or not a kept plan, the default. Results
+ * never depend on it. 0 for a NULL model. */
 int mlp_model_plan(const mlp_model *model);
 
 /* Copies layer l's (1..n_layers) weights and bias in. */
