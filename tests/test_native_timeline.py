@@ -156,14 +156,18 @@ def test_script_writes_json_and_table(tmp_path):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     assert script.main(["--cases", "digits:8,4-5-3:3", "--threads", "1,2", "--steps", "5", "--min-steps", "3",
-                        "--timeline-steps", "3", "--budget-s", "2", "--blas", "--out", str(tmp_path)]) == 0
+                        "--timeline-steps", "3", "--budget-s", "2", "--blas", "--rounds", "2",
+                        "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "timeline.json").read_text())
+    assert all(len(r["rounds"]) == 2 and len(r["step"]["rounds_us"]) == 2 for r in report["results"])
+    assert all(len(r["blas_step"]["rounds_us"]) == 2 for r in report["results"])
     assert [(r["case"], r["threads"]) for r in report["results"]] == [
         ("digits:8", 1), ("digits:8", 2), ("4-5-3:3", 1), ("4-5-3:3", 2)]
     first = report["results"][1]["timeline"]
     assert first["barriers_per_step"] == 2 * 2 - 1 + 1
     assert len(first["busy_us_per_thread"]) == 2
-    assert "speedup" in (tmp_path / "timeline.txt").read_text()
+    text = (tmp_path / "timeline.txt").read_text()
+    assert "speedup" in text and "2 interleaved rounds" in text and "work inflation" in text
 
 
 def test_script_skips_blas_beyond_its_thread_limit(tmp_path):
@@ -298,3 +302,65 @@ def test_only_the_first_layers_weights_are_updated_during_backprop(monkeypatch, 
                 assert kinds.count(KINDS["update"]) == (1 if layer == 1 else 2), (plan, layer, thread)
                 if layer > 1:
                     assert kinds.index(KINDS["update"]) < kinds.index(KINDS["input_grad"])
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("cpu_timeline", ROOT / "scripts" / "cpu_timeline.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_script_interleaves_the_rounds():
+    """Per case, every round runs each thread count under each plan once before the next round starts
+    (A B C A B C ...): a configuration's runs are spread over the case's time, never back to back."""
+    script = _script()
+    cases, threads, plans = [("digits", 8), ("moons", 4)], [1, 2, 16], [8, 11]
+    order = script.schedule(cases, threads, plans, 3)
+    configs = sorted((t, p) for t in threads for p in plans)
+    assert len(order) == len(cases) * 3 * len(configs)
+    for name, _ in cases:
+        runs = [(r, t, p) for r, n, _, t, p in order if n == name]
+        assert [r for r, _, _ in runs] == sorted(r for r, _, _ in runs)
+        for index in range(3):
+            block = runs[index * len(configs):(index + 1) * len(configs)]
+            assert {r for r, _, _ in block} == {index}
+            assert sorted((t, p) for _, t, p in block) == configs
+    # Cases follow each other: all of one case's rounds, then the next case's.
+    assert [n for _, n, *_ in order] == ["digits"] * 3 * len(configs) + ["moons"] * 3 * len(configs)
+
+
+def test_script_takes_the_median_over_rounds_with_its_spread():
+    script = _script()
+    runs = [{"step": {"median_us": v}, "blas_step": {"median_us": b}, "timeline": {"round": i},
+             "load_before": (float(i), 0, 0), "load_after": (float(i) + 0.5, 0, 0), "seconds": 1.0}
+            for i, (v, b) in enumerate([(500.0, 30.0), (100.0, 10.0), (300.0, 20.0), (400.0, 40.0)])]
+    result = script.aggregate(runs[:3])
+    assert result["step"] == {"median_us": 300.0, "min_us": 100.0, "max_us": 500.0,
+                              "rounds_us": [500.0, 100.0, 300.0]}
+    assert result["blas_step"]["median_us"] == 20.0 and result["blas_step"]["max_us"] == 30.0
+    assert result["timeline"] == {"round": 2} and result["timeline_round"] == 2
+    assert result["load_before"][0] == 0.0 and result["load_after"][0] == 2.5 and result["seconds"] == 3.0
+    assert [r["step"]["median_us"] for r in result["rounds"]] == [500.0, 100.0, 300.0]
+    even = script.aggregate(runs)
+    assert even["step"]["median_us"] == 350.0 and even["timeline_round"] == 2  # the lower middle round
+
+
+def test_script_work_inflation_per_phase():
+    script = _script()
+
+    def result(threads, **means):
+        phases = {k: {"mean_us": v} for k, v in means.items()}
+        busy = sum(v for k, v in means.items() if k != "pack")
+        return {"threads": threads, "timeline": {"phases": phases, "busy_us_per_thread": [busy] * threads}}
+
+    one = result(1, forward=50.0, weight_grad=30.0, input_grad=20.0, pack=40.0, update=10.0, bias_grad=1.0)
+    many = result(4, forward=20.0, weight_grad=10.0, input_grad=10.0, pack=15.0, pack_weights=5.0, update=5.0,
+                  bias_grad=0.25)
+    ratios = script.inflation(many, one)
+    assert ratios["update"] == pytest.approx(2.0)
+    assert ratios["packing"] == pytest.approx(4 * 20.0 / 40.0)
+    assert ratios["arithmetic"] == pytest.approx(4 * (40.0 - 15.0) / (100.0 - 40.0))
+    assert ratios["bias_grad"] == pytest.approx(1.0)
+    assert ratios["output_rows"] is None
+    assert ratios["busy"] == pytest.approx(4 * 50.25 / 111.0)
