@@ -60,7 +60,7 @@ from mlpbench.timing import CpuClock, time_call
 
 #: Phases whose per-thread busy time is reported, in table order.
 WORK_KINDS = ("forward", "output_rows", "output_grad", "weight_grad", "bias_grad", "input_grad", "update",
-              "pack_weights")
+              "pack_weights", "activation_rows")
 
 
 def parse_cases(text: str) -> list[tuple[str, int]]:

@@ -165,7 +165,8 @@ enum mlp_event_kind {
     MLP_EV_UPDATE = 7,        /* share of a layer's SGD update */
     MLP_EV_BARRIER = 8,       /* waiting at a barrier (layer: the layer whose work it closes) */
     MLP_EV_JOIN = 9,          /* calling thread only: from its last work until the team had joined */
-    MLP_EV_PACK_WEIGHTS = 10  /* share of packing the next product's weights once for the whole team */
+    MLP_EV_PACK_WEIGHTS = 10, /* share of packing the next product's weights once for the whole team */
+    MLP_EV_ACTIVATION_ROWS = 11 /* plan 11: this thread's rows of a hidden activation stored batch-major */
 };
 
 typedef struct {

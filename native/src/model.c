@@ -888,6 +888,25 @@ static void update_layers(const stage_args *s, int fused)
     }
 }
 
+/* Plan 11, after backprop: each hidden activation also as the API has it, (batch, n_out), from its transpose,
+ * each thread its own rows (its columns here), so the step leaves the same buffers as the three stages. */
+static void owned_activation_rows(const stage_args *s)
+{
+    mlp_model *model = s->model;
+    const int batch = s->batch;
+    for (int l = 0; owned_layer(s, l); ++l) {
+        const layer *ly = &model->layers[l];
+        const long long t0 = model->tl ? now_ns() : 0;
+        ptrdiff_t lo, hi;
+        owned_rows(model, ly->n_out, &lo, &hi);
+        for (int i = 0; i < batch; ++i)
+            for (ptrdiff_t j = lo; j < hi; ++j)
+                ly->output[i * ly->n_out + j] = ly->output_t[j * batch + i];
+        if (model->tl)
+            timeline_record(model->tl, MLP_EV_ACTIVATION_ROWS, l + 1, t0, 0, (hi - lo) * batch);
+    }
+}
+
 static void update_team(const stage_args *s) { update_layers(s, 0); }
 
 static void forward_stage(const stage_args *s) { forward_team(s, 0); }
@@ -903,6 +922,8 @@ static void train_step_stage(const stage_args *s)
     /* Fused: every dW was complete at the last barrier, and every W has no reader left; the W updated in
      * backprop and every b are done. */
     update_layers(s, fused);
+    if (s->owned)
+        owned_activation_rows(s);
 }
 
 /* One parallel region of `threads` threads running `stage`; a single thread needs no team at all (its
