@@ -11,18 +11,28 @@ and thread count (``--threads``) it
   load imbalance (max / mean busy over threads) of each phase and of each stretch between two barriers,
   both in time and in multiply-adds (the latter is the partition's geometry, meaningful on any machine);
 * with ``--blas``, times ``c-blas`` at the same thread counts;
-* with ``--plans``, runs every case at 2 or more threads under each of the given plans of the library's fused
-  step (``MLP_STEP_PLAN``, see ``native/SCALING.md``: a plan is the number of the last change it includes), so
-  a change and the code before it are compared on the same machine in the same run; one thread runs once per
-  case (the plans differ only in how a team shares the work) and is every plan's baseline.
+* with ``--plans``, runs every case and thread count (one thread included: a plan may change it too) under
+  each of the given plans of the library's fused step (``MLP_STEP_PLAN``, see ``native/SCALING.md``), so a
+  change and the code before it are compared on the same machine in the same run;
+* prints, per thread count, each phase's busy time summed over the threads against the same phase on one
+  thread (the work inflation: what the threads do together beyond the one thread's work).
 
-The run bounds itself: ``--budget-s`` is split evenly over the configurations, and each one takes only as
-many steps as fit (never fewer than ``--min-steps``). The load average is recorded before and after each.
+Every configuration runs ``--rounds`` times (default 3), interleaved: per case, round after round, each round
+runs every thread count under every plan once (with c-blas), A B C A B C ..., so that a drift of the machine
+(another job, the clock, the load) reaches every plan alike instead of the one that happened to run then. A
+configuration's step time is the median over its rounds of the per-round medians, reported with the rounds'
+min-max; its timeline is the one recorded in its median round. A difference between plans smaller than their
+spreads is not one.
+
+The run bounds itself: ``--budget-s`` is split evenly over the runs (configurations x rounds), and each one
+takes only as many steps as fit (never fewer than ``--min-steps``). The load average is recorded before and
+after each.
 
 Writes ``timeline.json`` (everything) and ``timeline.txt`` (the tables, also printed) under ``--out``.
 
     python scripts/cpu_timeline.py --cases moons-5h300:32,mnist:256,digits:32 --threads 1,2,4,8,16 \\
         --steps 200 --blas --budget-s 180 --out results/h200-timeline
+    python scripts/cpu_timeline.py --plans 8,11 --rounds 5 --blas --budget-s 170 --out results/h200-plans
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import sys
 import time
 from itertools import cycle
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import numpy as np
@@ -49,7 +60,7 @@ from mlpbench.timing import CpuClock, time_call
 
 #: Phases whose per-thread busy time is reported, in table order.
 WORK_KINDS = ("forward", "output_rows", "output_grad", "weight_grad", "bias_grad", "input_grad", "update",
-              "pack_weights")
+              "pack_weights", "activation_rows")
 
 
 def parse_cases(text: str) -> list[tuple[str, int]]:
@@ -193,6 +204,71 @@ def load_with_plan(network: Network, threads: int, batch: int, isa: str, plan: i
             os.environ["MLP_STEP_PLAN"] = previous
 
 
+def schedule(cases: list[tuple[str, int]], threads: list[int], plans: list[int | None],
+             rounds: int) -> list[tuple[int, str, int, int, int | None]]:
+    """The order of the runs, ``(round, name, batch, threads, plan)``: per case, ``rounds`` rounds, each running
+    every thread count under every plan once, so that the runs of one configuration are spread over the case's
+    whole time and every other configuration of the case runs between two of them."""
+    return [(index, name, batch, t, plan) for name, batch in cases for index in range(rounds) for t in threads
+            for plan in plans]
+
+
+def _spread(values: list[float]) -> dict[str, Any]:
+    return {"median_us": float(median(values)), "min_us": float(min(values)), "max_us": float(max(values)),
+            "rounds_us": [round(v, 3) for v in values]}
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One configuration's runs (one per round, in round order) as one result: the step's median over the
+    rounds and its min-max (each round's own median, quartiles and steps under ``rounds``); the timeline and
+    everything else from the median round (the lower middle one of an even count)."""
+    steps = [r["step"]["median_us"] for r in runs]
+    middle = sorted(range(len(runs)), key=lambda i: steps[i])[(len(runs) - 1) // 2]
+    result = dict(runs[middle])
+    result["timeline_round"] = middle
+    result["rounds"] = [{"step": r["step"], "load_before": r["load_before"], **({"blas_step": r["blas_step"]}
+                                                                                  if "blas_step" in r else {})}
+                        for r in runs]
+    result["step"] = _spread(steps)
+    blas = [r["blas_step"]["median_us"] for r in runs if "blas_step" in r]
+    if blas:
+        result["blas_step"] = _spread(blas)
+    result["load_before"], result["load_after"] = runs[0]["load_before"], runs[-1]["load_after"]
+    result["seconds"] = sum(r["seconds"] for r in runs)
+    return result
+
+
+#: The phases of the work-inflation line: name -> (phases added, phases taken out).
+INFLATION_PHASES = {
+    "update": (("update",), ()),
+    "packing": (("pack", "pack_weights"), ()),
+    "arithmetic": (("forward", "weight_grad", "input_grad"), ("pack",)),
+    "bias_grad": (("bias_grad",), ()),
+    "output_rows": (("output_rows",), ()),
+}
+
+
+def phase_total(result: dict[str, Any], added: tuple[str, ...], removed: tuple[str, ...] = ()) -> float:
+    """Busy time of some phases summed over the threads (us per step); the products' packing (``pack``) is
+    part of their time, hence ``removed``."""
+    phases, team = result["timeline"]["phases"], result["threads"]
+    total = sum(phases[k]["mean_us"] for k in added if k in phases) - sum(
+        phases[k]["mean_us"] for k in removed if k in phases)
+    return total * team
+
+
+def inflation(result: dict[str, Any], one: dict[str, Any]) -> dict[str, float | None]:
+    """Each phase's busy time summed over ``result``'s threads over the same on one thread (``one``), and
+    the whole busy time's (``busy``): 1.0 when the threads together do the one thread's work."""
+    out: dict[str, float | None] = {}
+    for name, (added, removed) in INFLATION_PHASES.items():
+        base = phase_total(one, added, removed)
+        out[name] = phase_total(result, added, removed) / base if base > 0 else None
+    busy, busy_one = sum(result["timeline"]["busy_us_per_thread"]), sum(one["timeline"]["busy_us_per_thread"])
+    out["busy"] = busy / busy_one if busy_one > 0 else None
+    return out
+
+
 def run_config(name: str, batch: int, threads: int, args: argparse.Namespace, budget_s: float,
                kinds: dict[int, str], plan: int | None = None, with_blas: bool = True) -> dict[str, Any]:
     network = resolve(name)
@@ -247,12 +323,15 @@ def table(results: list[dict[str, Any]], compare_plans: bool = False) -> str:
     lines = []
     groups = dict.fromkeys((r["case"], r.get("plan") if compare_plans else None) for r in results)
     for case, plan in groups:
-        rows = [r for r in results if r["case"] == case
-                and (not compare_plans or r.get("plan") == plan or r["threads"] == 1)]
-        one = next((r["step"]["median_us"] for r in rows if r["threads"] == 1), None)
-        plans = sorted({r["plan"] for r in rows if r["threads"] > 1 and "plan" in r})
-        lines.append(f"\n== {case} (isa {rows[0].get('isa')}, plan {','.join(map(str, plans)) or '-'})")
-        lines.append(f"{'thr':>4} {'step us':>9} {'speedup':>7} {'blas us':>8} {'busy us':>8} {'busy max':>8} "
+        rows = [r for r in results if r["case"] == case and (not compare_plans or r.get("plan") == plan)]
+        one_result = next((r for r in rows if r["threads"] == 1), None)
+        one = one_result["step"]["median_us"] if one_result else None
+        plans = sorted({r["plan"] for r in rows if "plan" in r})
+        rounds = len(rows[0].get("rounds", [None]))
+        lines.append(f"\n== {case} (isa {rows[0].get('isa')}, plan {','.join(map(str, plans)) or '-'}; "
+                     f"step: median of {rounds} interleaved rounds [min-max])")
+        lines.append(f"{'thr':>4} {'step us':>9} {'[min-max]':>15} {'speedup':>7} {'blas us':>8} {'[min-max]':>15} "
+                     f"{'busy us':>8} {'busy max':>8} "
                      f"{'barr us':>7} {'#barr':>5} {'fork+join':>9} {'imb.loss':>8} {'load':>5}  "
                      "phases: mean us (max/mean)")
         for r in rows:
@@ -261,13 +340,23 @@ def table(results: list[dict[str, Any]], compare_plans: bool = False) -> str:
             phases = tl["phases"]
             speedup = f"{one / r['step']['median_us']:.2f}" if one else "-"
             blas = f"{r['blas_step']['median_us']:.1f}" if "blas_step" in r else "-"
+            spread = _range(r["step"])
+            blas_spread = _range(r["blas_step"]) if "blas_step" in r else "-"
             fj = phases.get("fork", {}).get("mean_us", 0.0) + phases.get("join", {}).get("max_us", 0.0)
             parts = "  ".join(f"{kind} {phases[kind]['mean_us']:.1f} ({phases[kind]['imbalance']:.2f})"
                               for kind in (*WORK_KINDS, "pack") if kind in phases)
-            lines.append(f"{r['threads']:>4} {r['step']['median_us']:>9.1f} {speedup:>7} {blas:>8} "
-                         f"{busy.mean():>8.1f} {busy.max():>8.1f} "
+            lines.append(f"{r['threads']:>4} {r['step']['median_us']:>9.1f} {spread:>15} {speedup:>7} {blas:>8} "
+                         f"{blas_spread:>15} {busy.mean():>8.1f} {busy.max():>8.1f} "
                          f"{phases.get('barrier', {}).get('mean_us', 0.0):>7.1f} {tl['barriers_per_step']:>5} "
                          f"{fj:>9.1f} {tl['imbalance_loss_us']:>8.1f} {r['load_before'][0]:>5.2f}  {parts}")
+        if one_result is not None:
+            lines.append("  work inflation (phase busy time summed over the threads / the same on one thread):")
+            for r in rows:
+                if r["threads"] == 1:
+                    continue
+                ratios = inflation(r, one_result)
+                lines.append(f"    {r['threads']:>3} threads: " + "  ".join(
+                    f"{k} {v:.2f}x" for k, v in ratios.items() if v is not None))
         worst = max(rows, key=lambda r: r["threads"])
         lines.append(f"  stretches between barriers at {worst['threads']} threads "
                      "(max us, max/mean time, threads with work, max/mean multiply-adds):")
@@ -276,6 +365,12 @@ def table(results: list[dict[str, Any]], compare_plans: bool = False) -> str:
             wimb = f"{s['work_imbalance']:.2f}" if s["work_imbalance"] else "-"
             lines.append(f"    {s['what']:<40} {s['max_us']:>8.1f} {imb:>6} {s['threads_with_work']:>4} {wimb:>6}")
     return "\n".join(lines)
+
+
+def _range(step: dict[str, Any]) -> str:
+    if "min_us" not in step:
+        return "-"
+    return f"[{step['min_us']:.1f}-{step['max_us']:.1f}]"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,31 +387,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plans", type=parse_plans, default=None,
                         help="plans of the fused step to compare (MLP_STEP_PLAN values, e.g. 8,10); "
                              "default: the library's own")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds: every configuration runs once per round (default 3)")
     parser.add_argument("--budget-s", type=float, default=180.0, help="the whole run's time budget")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     kinds = timeline_kinds()
     plans: list[int | None] = args.plans or [None]
-    # (name, batch, threads, plan, with c-blas): one thread and c-blas once per case and thread count.
-    configs = [(name, batch, t, plan, index == 0) for name, batch in args.cases for t in args.threads
-               for index, plan in enumerate(plans if t > 1 else plans[:1])]
-    blas_configs = sum(1 for config in configs if config[4]) if args.blas else 0
-    per_config = args.budget_s / (len(configs) + blas_configs)
+    # c-blas runs with the first plan's run of each case, thread count and round.
+    order = schedule(args.cases, args.threads, plans, args.rounds)
+    blas_runs = sum(1 for run in order if run[4] == plans[0]) if args.blas else 0
+    per_run = args.budget_s / (len(order) + blas_runs)
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"argv": sys.argv, "machine": platform.machine(), "processor": _cpu_model(),
             "usable_cores": usable_cores(), "os_cpu_count": os.cpu_count(), "budget_s": args.budget_s,
-            "build_info": native.build_info(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    results = []
+            "rounds": args.rounds, "build_info": native.build_info(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    runs: dict[tuple[str, int, int | None], list[dict[str, Any]]] = {}
     started = time.perf_counter()
-    for name, batch, threads, plan, with_blas in configs:
-        results.append(run_config(name, batch, threads, args, per_config, kinds, plan=plan, with_blas=with_blas))
-        r = results[-1]
-        print(f"{r['case']} threads {threads} plan {r['plan']}: {r['step']['median_us']:.1f} us "
+    for index, name, batch, threads, plan in order:
+        r = run_config(name, batch, threads, args, per_run, kinds, plan=plan, with_blas=plan == plans[0])
+        r["round"] = index
+        runs.setdefault((f"{name}:{batch}", threads, plan), []).append(r)
+        print(f"round {index} {r['case']} threads {threads} plan {r['plan']}: {r['step']['median_us']:.1f} us "
               f"({r['seconds']:.1f} s, load {r['load_before'][0]:.2f})", flush=True)
+    results = [aggregate(group) for group in runs.values()]
     meta["seconds"] = round(time.perf_counter() - started, 1)
     text = table(results, compare_plans=len(plans) > 1)
     print(text)
-    print(f"\n{len(configs)} configurations in {meta['seconds']} s")
+    print(f"\n{len(results)} configurations x {args.rounds} rounds in {meta['seconds']} s")
     (args.out / "timeline.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     (args.out / "timeline.txt").write_text(
         f"{meta['processor']}, {meta['usable_cores']} usable cores, started {meta['started']}\n{text}\n")

@@ -156,14 +156,18 @@ def test_script_writes_json_and_table(tmp_path):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     assert script.main(["--cases", "digits:8,4-5-3:3", "--threads", "1,2", "--steps", "5", "--min-steps", "3",
-                        "--timeline-steps", "3", "--budget-s", "2", "--blas", "--out", str(tmp_path)]) == 0
+                        "--timeline-steps", "3", "--budget-s", "2", "--blas", "--rounds", "2",
+                        "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "timeline.json").read_text())
+    assert all(len(r["rounds"]) == 2 and len(r["step"]["rounds_us"]) == 2 for r in report["results"])
+    assert all(len(r["blas_step"]["rounds_us"]) == 2 for r in report["results"])
     assert [(r["case"], r["threads"]) for r in report["results"]] == [
         ("digits:8", 1), ("digits:8", 2), ("4-5-3:3", 1), ("4-5-3:3", 2)]
     first = report["results"][1]["timeline"]
     assert first["barriers_per_step"] == 2 * 2 - 1 + 1
     assert len(first["busy_us_per_thread"]) == 2
-    assert "speedup" in (tmp_path / "timeline.txt").read_text()
+    text = (tmp_path / "timeline.txt").read_text()
+    assert "speedup" in text and "2 interleaved rounds" in text and "work inflation" in text
 
 
 def test_script_skips_blas_beyond_its_thread_limit(tmp_path):
@@ -198,8 +202,9 @@ def test_fused_step_equals_the_three_stages(network, batch, threads):
         np.testing.assert_array_equal(b, b_ref)
 
 
-#: Plans of the fused step (``MLP_STEP_PLAN``): the oldest one the library keeps, and its default.
-OLDEST_PLAN = 8
+#: Plans of the fused step (``MLP_STEP_PLAN``) the library keeps; the first is its default.
+PLANS = (8, 11)
+DEFAULT_PLAN = PLANS[0]
 
 
 def stepped_with_plan(monkeypatch, plan, *args, **kwargs):
@@ -210,10 +215,10 @@ def stepped_with_plan(monkeypatch, plan, *args, **kwargs):
 
 
 def test_plan_from_the_environment(monkeypatch):
-    latest = load("c-omp", SOFTMAX, threads=2).plan
-    assert latest > OLDEST_PLAN
-    for text, plan in [(str(OLDEST_PLAN), OLDEST_PLAN), ("", latest), ("7", latest), ("x", latest),
-                       (str(latest + 1), latest)]:
+    assert load("c-omp", SOFTMAX, threads=2).plan == DEFAULT_PLAN
+    # 9 and 10 were plans once, removed after the host measured them.
+    for text, plan in [("8", 8), ("11", 11), ("", DEFAULT_PLAN), ("7", DEFAULT_PLAN), ("9", DEFAULT_PLAN),
+                       ("10", DEFAULT_PLAN), ("12", DEFAULT_PLAN), ("x", DEFAULT_PLAN)]:
         monkeypatch.setenv("MLP_STEP_PLAN", text)
         assert load("c-omp", SOFTMAX, threads=2).plan == plan, text
 
@@ -222,8 +227,7 @@ def test_plan_from_the_environment(monkeypatch):
 @pytest.mark.parametrize("network,batch", [(NARROW, 32), (SOFTMAX, 32), (WIDE_OUTPUT, 50)])
 def test_results_identical_under_every_plan(monkeypatch, network, batch, threads):
     reference = stepped(network, batch, 1, steps=3).params()
-    latest = load("c-omp", SOFTMAX, threads=1).plan
-    for plan in range(OLDEST_PLAN, latest + 1):
+    for plan in PLANS:
         params = stepped_with_plan(monkeypatch, plan, network, batch, threads, steps=3).params()
         for (w, b), (w_ref, b_ref) in zip(params, reference, strict=True):
             np.testing.assert_array_equal(w, w_ref, err_msg=f"plan {plan}")
@@ -236,16 +240,17 @@ WIDE_NARROW = Network((2, 300, 300, 300, 1), "sigmoid", "sigmoid-bce")  # the 5h
 @pytest.mark.parametrize("threads", [5, 16])
 @pytest.mark.parametrize("isa", ["portable", "auto"])
 def test_shared_weight_packing_covers_every_row_once(monkeypatch, threads, isa):
-    """Each packing of a product's weights for the team (the i-th pack_weights event of every thread) packs
-    the product's k x round_up(n, nr) floats exactly; from plan 9 on, every thread an even share (to within
-    one group of 8 rows and the last, partial one), where plan 8 gave each thread whole slivers (20 slivers
-    of a 32 x 300 product's weights on 16 threads: two to 4 threads, one to the others)."""
-    latest = load("c-omp", SOFTMAX, threads=1).plan
-    for plan in (OLDEST_PLAN, latest):
+    """Under plan 8 each packing of a product's weights for the team (the i-th pack_weights event of every
+    thread) packs the product's k x round_up(n, nr) floats exactly, each thread whole slivers; plan 11 packs no
+    weights for others (each thread packs the rows of W it owns)."""
+    for plan in PLANS:
         model = stepped_with_plan(monkeypatch, plan, WIDE_NARROW, 32, threads, timeline=True, isa=isa)
         events = model.timeline()
         nr = TILES[model.isa][1]
         packs = [events[(events["thread"] == t) & (events["kind"] == KINDS["pack_weights"])] for t in range(threads)]
+        if plan == 11:
+            assert all(len(p) == 0 for p in packs)
+            continue
         assert len({len(p) for p in packs}) == 1
         assert len(packs[0]) > 0 or threads < 16
         shapes = dict(enumerate(WIDE_NARROW.layer_shapes, start=1))
@@ -254,38 +259,108 @@ def test_shared_weight_packing_covers_every_row_once(monkeypatch, threads, isa):
             assert len(layer) == 1
             n_out, n_in = shapes[layer.pop()]
             work = np.array([int(p["work"][index]) for p in packs])
-            # The forward product's W^T (k = n_in) or the input gradient's W (k = n_out).
+            # The forward product's W^T (k = n_in) or the input gradient's W (k = n_out), in whole slivers.
             assert work.sum() in (n_in * -(-n_out // nr) * nr, n_out * -(-n_in // nr) * nr)
-            if plan > OLDEST_PLAN:
-                assert work.max() - work.min() <= 2 * 8 * nr, (plan, index, work)
+            assert all(w % nr == 0 for w in work)
+
+
+@pytest.mark.parametrize("threads", [5, 16])
+def test_plan_11_keeps_each_threads_rows(monkeypatch, threads):
+    """Plan 11: in every hidden layer, each thread's forward product, weight gradient and the input gradient
+    of the layer above cover the same rows (the same multiply-adds per row), and every thread gets rows."""
+    model = stepped_with_plan(monkeypatch, 11, WIDE_NARROW, 32, threads, timeline=True)
+    events = model.timeline()
+    mr, nr = TILES[model.isa]
+    shapes = dict(enumerate(WIDE_NARROW.layer_shapes, start=1))
+    for layer in range(1, len(shapes)):
+        n_out, n_in = shapes[layer]
+        def per_thread(kind, at_layer):
+            return np.array([int(events[(events["thread"] == t) & (events["kind"] == KINDS[kind])
+                                        & (events["layer"] == at_layer)]["work"].sum()) for t in range(threads)])
+        forward = per_thread("forward", layer) // (n_in * -(-32 // nr) * nr)          # rows of the forward
+        weight = per_thread("weight_grad", layer) // (32 * -(-n_in // nr) * nr)       # rows of dW
+        below = per_thread("input_grad", layer + 1) // (shapes[layer + 1][0] * -(-32 // nr) * nr)
+        np.testing.assert_array_equal(forward, weight)
+        np.testing.assert_array_equal(forward, below)
+        assert forward.sum() == -(-n_out // mr) * mr
+        assert (forward > 0).all() or -(-n_out // mr) < threads
+
 
 
 @pytest.mark.parametrize("isa", ["portable", "auto"])
-def test_update_comes_with_the_weight_gradient_where_the_input_gradient_reads_packed_weights(monkeypatch, isa):
-    """From plan 10, a layer whose input gradient reads the team's packed copy of W has its W updated by
-    each thread right after its block of the weight gradient (one update event per thread, with the bias,
-    before the layer's input gradient in the same stretch); under plan 9 only the first layer's, the
-    others' W after backprop (a second event)."""
+def test_only_the_first_layers_weights_are_updated_during_backprop(monkeypatch, isa):
+    """Under every plan, each thread updates the first layer's W right after its block of the weight gradient
+    (one update event of that layer, with the bias); every other layer's b comes with its bias gradient, before
+    the layer's input gradient, and its W after backprop (a second update event)."""
     threads, network = 16, WIDE_NARROW
-    latest = load("c-omp", SOFTMAX, threads=1).plan
-    for plan in (latest - 1, latest):
+    for plan in PLANS:
         model = stepped_with_plan(monkeypatch, plan, network, 32, threads, timeline=True, isa=isa)
         events = model.timeline()
-        with_gradient = set()
-        for layer in range(2, network.n_layers + 1):
-            counts = set()
+        for layer in range(1, network.n_layers + 1):
             for thread in range(threads):
                 kinds = list(events[(events["thread"] == thread) & (events["layer"] == layer)]["kind"])
-                assert kinds.index(KINDS["update"]) < kinds.index(KINDS["input_grad"])
-                counts.add(kinds.count(KINDS["update"]))
-            assert counts in ({1}, {2})
-            if counts == {1}:
-                with_gradient.add(layer)
-        if plan < 10:
-            assert with_gradient == set()
-        elif model.isa == "avx512":
-            # The 300 x 300 layers share their packed W at 16 threads; the 300 -> 1 layer's input gradient
-            # (k = 1) does not.
-            assert with_gradient == {2, 3}
-        else:
-            assert with_gradient <= {2, 3}
+                assert kinds.count(KINDS["update"]) == (1 if layer == 1 else 2), (plan, layer, thread)
+                if layer > 1:
+                    assert kinds.index(KINDS["update"]) < kinds.index(KINDS["input_grad"])
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("cpu_timeline", ROOT / "scripts" / "cpu_timeline.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_script_interleaves_the_rounds():
+    """Per case, every round runs each thread count under each plan once before the next round starts
+    (A B C A B C ...): a configuration's runs are spread over the case's time, never back to back."""
+    script = _script()
+    cases, threads, plans = [("digits", 8), ("moons", 4)], [1, 2, 16], [8, 11]
+    order = script.schedule(cases, threads, plans, 3)
+    configs = sorted((t, p) for t in threads for p in plans)
+    assert len(order) == len(cases) * 3 * len(configs)
+    for name, _ in cases:
+        runs = [(r, t, p) for r, n, _, t, p in order if n == name]
+        assert [r for r, _, _ in runs] == sorted(r for r, _, _ in runs)
+        for index in range(3):
+            block = runs[index * len(configs):(index + 1) * len(configs)]
+            assert {r for r, _, _ in block} == {index}
+            assert sorted((t, p) for _, t, p in block) == configs
+    # Cases follow each other: all of one case's rounds, then the next case's.
+    assert [n for _, n, *_ in order] == ["digits"] * 3 * len(configs) + ["moons"] * 3 * len(configs)
+
+
+def test_script_takes_the_median_over_rounds_with_its_spread():
+    script = _script()
+    runs = [{"step": {"median_us": v}, "blas_step": {"median_us": b}, "timeline": {"round": i},
+             "load_before": (float(i), 0, 0), "load_after": (float(i) + 0.5, 0, 0), "seconds": 1.0}
+            for i, (v, b) in enumerate([(500.0, 30.0), (100.0, 10.0), (300.0, 20.0), (400.0, 40.0)])]
+    result = script.aggregate(runs[:3])
+    assert result["step"] == {"median_us": 300.0, "min_us": 100.0, "max_us": 500.0,
+                              "rounds_us": [500.0, 100.0, 300.0]}
+    assert result["blas_step"]["median_us"] == 20.0 and result["blas_step"]["max_us"] == 30.0
+    assert result["timeline"] == {"round": 2} and result["timeline_round"] == 2
+    assert result["load_before"][0] == 0.0 and result["load_after"][0] == 2.5 and result["seconds"] == 3.0
+    assert [r["step"]["median_us"] for r in result["rounds"]] == [500.0, 100.0, 300.0]
+    even = script.aggregate(runs)
+    assert even["step"]["median_us"] == 350.0 and even["timeline_round"] == 2  # the lower middle round
+
+
+def test_script_work_inflation_per_phase():
+    script = _script()
+
+    def result(threads, **means):
+        phases = {k: {"mean_us": v} for k, v in means.items()}
+        busy = sum(v for k, v in means.items() if k != "pack")
+        return {"threads": threads, "timeline": {"phases": phases, "busy_us_per_thread": [busy] * threads}}
+
+    one = result(1, forward=50.0, weight_grad=30.0, input_grad=20.0, pack=40.0, update=10.0, bias_grad=1.0)
+    many = result(4, forward=20.0, weight_grad=10.0, input_grad=10.0, pack=15.0, pack_weights=5.0, update=5.0,
+                  bias_grad=0.25)
+    ratios = script.inflation(many, one)
+    assert ratios["update"] == pytest.approx(2.0)
+    assert ratios["packing"] == pytest.approx(4 * 20.0 / 40.0)
+    assert ratios["arithmetic"] == pytest.approx(4 * (40.0 - 15.0) / (100.0 - 40.0))
+    assert ratios["bias_grad"] == pytest.approx(1.0)
+    assert ratios["output_rows"] is None
+    assert ratios["busy"] == pytest.approx(4 * 50.25 / 111.0)

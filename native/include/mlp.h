@@ -98,10 +98,10 @@ void mlp_model_destroy(mlp_model *model);
 /* The instruction set the model's kernels run with (never MLP_ISA_AUTO). */
 int mlp_model_isa(const mlp_model *model);
 
-/* The plan of the packed rung's fused train_step on many threads: the number of the last change logged in
- * native/SCALING.md that it includes. The environment variable MLP_STEP_PLAN, read at creation, picks an
- * earlier one (for comparing a change with the code before it in one run); unset or not a known plan, the
- * latest. Results never depend on it. 0 for a NULL model. */
+/* The plan of the packed rung's fused train_step on many threads, named by the change logged in
+ * native/SCALING.md that introduced it: 8 (the default) or 11. The environment variable MLP_STEP_PLAN, read
+ * at creation, picks one (for comparing plans in one run); unset or not a kept plan, the default. Results
+ * never depend on it. 0 for a NULL model. */
 int mlp_model_plan(const mlp_model *model);
 
 /* Copies layer l's (1..n_layers) weights and bias in. */
@@ -165,7 +165,8 @@ enum mlp_event_kind {
     MLP_EV_UPDATE = 7,        /* share of a layer's SGD update */
     MLP_EV_BARRIER = 8,       /* waiting at a barrier (layer: the layer whose work it closes) */
     MLP_EV_JOIN = 9,          /* calling thread only: from its last work until the team had joined */
-    MLP_EV_PACK_WEIGHTS = 10  /* share of packing the next product's weights once for the whole team */
+    MLP_EV_PACK_WEIGHTS = 10, /* share of packing the next product's weights once for the whole team */
+    MLP_EV_ACTIVATION_ROWS = 11 /* plan 11: this thread's rows of a hidden activation stored batch-major */
 };
 
 typedef struct {

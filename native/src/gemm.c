@@ -323,6 +323,12 @@ static tile_split plan_split(const gemm_problem *p, const cpu_kernels *kernels, 
 {
     const int mr = kernels->mr, nr = kernels->nr;
     tile_split split = {(p->m + mr - 1) / mr, (p->n + nr - 1) / nr, 0, 1, 1};
+    if (p->rows_split) {
+        /* Every thread a contiguous range of row slivers, all columns (the same rows in every product of
+         * the same m under the same team). */
+        split.m_parts = team;
+        return split;
+    }
     const double grid = thread_grid(split.m_slivers, split.n_slivers, mr, nr, team, &split.m_parts,
                                     &split.n_parts);
     /* The list packs every A sliver of a k block side by side: only where they fit one MC block. */
@@ -389,14 +395,12 @@ gemm_share gemm_packed_share(const gemm_problem *p, const cpu_kernels *kernels, 
 
 int gemm_packed_whole_rows(const gemm_problem *p, const cpu_kernels *kernels) { return p->n <= kernels->nr; }
 
-int gemm_shares_b(const gemm_problem *p, const cpu_kernels *kernels, int team, int balanced)
+int gemm_shares_b(const gemm_problem *p, const cpu_kernels *kernels, int team)
 {
     const tile_split split = plan_split(p, kernels, team);
     const int k_blocks = (p->k + KC - 1) / KC;
-    if (!balanced && (ptrdiff_t)split.n_slivers * k_blocks < team)
+    if ((ptrdiff_t)split.n_slivers * k_blocks < team)
         return 0; /* too few slivers to spread over the team: one thread would pack most of them */
-    if (balanced && (ptrdiff_t)split.n_slivers * p->k < (ptrdiff_t)SHARED_PACK_MIN_ROWS * team)
-        return 0; /* too little to pack: a thread's share would cost less than fetching the others' */
     /* How many threads would pack each column sliver of B on their own. */
     ptrdiff_t packers = 0;
     if (!split.list) {
@@ -413,42 +417,20 @@ int gemm_shares_b(const gemm_problem *p, const cpu_kernels *kernels, int team, i
     return packers >= 2 * (ptrdiff_t)split.n_slivers;
 }
 
-long long gemm_pack_b_shared(const gemm_problem *p, const cpu_kernels *kernels, float *dst, int team, int tid,
-                             int balanced)
+long long gemm_pack_b_shared(const gemm_problem *p, const cpu_kernels *kernels, float *dst, int team, int tid)
 {
     const int nr = kernels->nr, n_slivers = (p->n + nr - 1) / nr;
     const int k_blocks = (p->k + KC - 1) / KC, kc_block = (p->k + k_blocks - 1) / k_blocks;
     long long packed = 0;
     ptrdiff_t lo, hi;
-    if (!balanced) {
-        /* Items are whole slivers (one column sliver, one k block), column by column, so a thread packs
-         * about the columns it computes with (less moves between caches). */
-        split_range((ptrdiff_t)k_blocks * n_slivers, team, tid, &lo, &hi);
-        for (ptrdiff_t s = lo; s < hi; ++s) {
-            const int pc = (int)(s % k_blocks) * kc_block, j = (int)(s / k_blocks);
-            const int kc = imin(kc_block, p->k - pc);
-            pack_b_sliver(p, kernels, pc, kc, j * nr, dst + (ptrdiff_t)pc * n_slivers * nr + (ptrdiff_t)j * nr * kc);
-            packed += (long long)kc * nr;
-        }
-        return packed;
-    }
-    /* Items are groups of SHARED_PACK_ROWS rows in the slivers' rows taken in the same column-first order
-     * (column sliver j's k rows one after the other, j = 0, 1, ...), cut into even contiguous ranges: every
-     * thread packs the same amount to within one group (and the last, partial one), however few slivers
-     * there are. */
-    const ptrdiff_t rows = (ptrdiff_t)n_slivers * p->k;
-    split_range((rows + SHARED_PACK_ROWS - 1) / SHARED_PACK_ROWS, team, tid, &lo, &hi);
-    lo *= SHARED_PACK_ROWS;
-    hi = hi * SHARED_PACK_ROWS < rows ? hi * SHARED_PACK_ROWS : rows;
-    for (ptrdiff_t g = lo; g < hi;) {
-        /* Rows [g, end) of one k block of column sliver j, as one call. */
-        const int j = (int)(g / p->k), q = (int)(g % p->k);
-        const int pc = q / kc_block * kc_block, kc = imin(kc_block, p->k - pc);
-        const int q1 = (int)(pc + kc - q < hi - g ? pc + kc : q + (hi - g));
-        pack_b_sliver(p, kernels, q, q1 - q, j * nr,
-                      dst + (ptrdiff_t)pc * n_slivers * nr + (ptrdiff_t)j * nr * kc + (ptrdiff_t)(q - pc) * nr);
-        packed += (long long)(q1 - q) * nr;
-        g += q1 - q;
+    /* Items are whole slivers (one column sliver, one k block), column by column, so a thread packs about
+     * the columns it computes with (less moves between caches). */
+    split_range((ptrdiff_t)k_blocks * n_slivers, team, tid, &lo, &hi);
+    for (ptrdiff_t s = lo; s < hi; ++s) {
+        const int pc = (int)(s % k_blocks) * kc_block, j = (int)(s / k_blocks);
+        const int kc = imin(kc_block, p->k - pc);
+        pack_b_sliver(p, kernels, pc, kc, j * nr, dst + (ptrdiff_t)pc * n_slivers * nr + (ptrdiff_t)j * nr * kc);
+        packed += (long long)kc * nr;
     }
     return packed;
 }
@@ -576,24 +558,21 @@ int gemm_packed_whole_rows(const gemm_problem *p, const cpu_kernels *kernels)
     return 0;
 }
 
-int gemm_shares_b(const gemm_problem *p, const cpu_kernels *kernels, int team, int balanced)
+int gemm_shares_b(const gemm_problem *p, const cpu_kernels *kernels, int team)
 {
     (void)p;
     (void)kernels;
     (void)team;
-    (void)balanced;
     return 0;
 }
 
-long long gemm_pack_b_shared(const gemm_problem *p, const cpu_kernels *kernels, float *dst, int team, int tid,
-                             int balanced)
+long long gemm_pack_b_shared(const gemm_problem *p, const cpu_kernels *kernels, float *dst, int team, int tid)
 {
     (void)p;
     (void)kernels;
     (void)dst;
     (void)team;
     (void)tid;
-    (void)balanced;
     return 0;
 }
 

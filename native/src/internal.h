@@ -106,6 +106,9 @@ typedef struct {
     /* Packed rung: op(B) already packed for the whole team (gemm_pack_b_shared), or NULL: each thread packs
      * the slivers it needs. */
     const float *b_shared;
+    /* Packed rung: 1 splits C by rows only, each thread a contiguous range of row slivers (split_range of
+     * them over the team), whatever the product's shape; 0: the grid or tile list that suits the shape. */
+    int rows_split;
 } gemm_problem;
 
 /* Packed operands, one slot per thread: an MC x KC block of A (a_floats) and a KC x NC panel of B
@@ -143,20 +146,14 @@ long long gemm_team(int kernel, const gemm_problem *problem, const pack_buffers 
 gemm_share gemm_packed_share(const gemm_problem *problem, const cpu_kernels *kernels, int team, int tid);
 
 /* Packs all of op(B) of a product in the layout gemm_team reads through b_shared (each k block's column
- * slivers side by side, k blocks one after the other), the team's threads each a share; returns the floats
- * this thread packed. Needs k * round_up(n, nr) floats. `balanced` 0: a share is whole slivers (a column
- * sliver in one k block), so with fewer slivers than threads some threads pack none and some two; 1: a share
- * is an even range of groups of SHARED_PACK_ROWS rows of the slivers, the same for every thread to within one
- * group and the last, partial one. */
-enum { SHARED_PACK_ROWS = 8, SHARED_PACK_MIN_ROWS = 32 };
-long long gemm_pack_b_shared(const gemm_problem *problem, const cpu_kernels *kernels, float *dst, int team, int tid,
-                             int balanced);
+ * slivers side by side, k blocks one after the other), the team's threads each a share of whole slivers (a
+ * column sliver in one k block); returns the floats this thread packed. Needs k * round_up(n, nr) floats. */
+long long gemm_pack_b_shared(const gemm_problem *problem, const cpu_kernels *kernels, float *dst, int team, int tid);
 
 /* 1 if a team should pack op(B) once for all (gemm_pack_b_shared) rather than each thread its slivers: where
- * on their own the threads would pack every column sliver twice or more on average, and there is enough to
- * pack to give every thread some (`balanced` as for gemm_pack_b_shared: whole slivers, or every thread at
- * least SHARED_PACK_MIN_ROWS rows). The same answer on every thread. */
-int gemm_shares_b(const gemm_problem *problem, const cpu_kernels *kernels, int team, int balanced);
+ * on their own the threads would pack every column sliver twice or more on average, and there are at least as
+ * many slivers as threads. The same answer on every thread. */
+int gemm_shares_b(const gemm_problem *problem, const cpu_kernels *kernels, int team);
 
 /* 1 if on the packed rung every thread's block spans all of C's columns (n fits one column sliver). */
 int gemm_packed_whole_rows(const gemm_problem *problem, const cpu_kernels *kernels);

@@ -22,15 +22,12 @@ enum { SHARED_PACK_BYTES = 32 << 20 };
 
 typedef enum { STAGE_NONE, STAGE_FORWARD, STAGE_BACKPROP, STAGE_UPDATE } stage_kind;
 
-/* The plan of the fused step: the number of the last change of native/SCALING.md it includes (changes
- * PLAN_OLDEST + 1 .. PLAN_LATEST can be left out, to compare them with what came before in one run).
- * MLP_STEP_PLAN in the environment at creation picks one; unset, empty or not a plan number: the latest.
- * Results never depend on it. */
-enum { PLAN_OLDEST = 8, PLAN_LATEST = 10 };
-enum {
-    PLAN_BALANCED_WEIGHT_PACKING = 9, /* shared weight packing cut into even groups of rows for every thread */
-    PLAN_UPDATE_WITH_GRADIENT = 10    /* W updated right after its weight gradient where nothing reads W later */
-};
+/* The plan of the fused step: the number of the change of native/SCALING.md it stands for. Plan 8 is
+ * changes 1-8 (the default: measured on the 16-core host); plan 11 computes the hidden layers transposed,
+ * each thread the same rows (outputs) of every product of a layer, for batches of at most MC rows. Plans 9
+ * and 10 were measured, earned nothing and are gone. MLP_STEP_PLAN in the environment at creation picks
+ * one; unset, empty or not a kept plan: the default. Results never depend on it. */
+enum { PLAN_SHARED_PACKING = 8, PLAN_OWNED_ROWS = 11, PLAN_DEFAULT = PLAN_SHARED_PACKING };
 
 typedef struct {
     int n_in, n_out;
@@ -39,6 +36,7 @@ typedef struct {
     float *grad_weights;  /* (n_out, n_in), inside the model's gradient block */
     float *grad_bias;     /* n_out, right after grad_weights in the block */
     float *output;        /* (max_batch, n_out): activation, or output probabilities for the last layer */
+    float *output_t;      /* plan 11, hidden layers: the activation transposed, (n_out, batch); else NULL */
 } layer;
 
 struct mlp_model {
@@ -61,7 +59,7 @@ struct mlp_model {
      * by layer, each written in the stretch before the one that reads it. */
     float *wpack[4];
     timeline *tl;         /* per-thread timeline of the last stage call; NULL when off */
-    int plan;             /* see PLAN_LATEST */
+    int plan;             /* see PLAN_DEFAULT */
 };
 
 const char *mlp_error_message(int status)
@@ -106,10 +104,10 @@ static int plan_from_environment(void)
 {
     const char *text = getenv("MLP_STEP_PLAN");
     if (!text || !*text)
-        return PLAN_LATEST;
+        return PLAN_DEFAULT;
     char *end = NULL;
     const long plan = strtol(text, &end, 10);
-    return *end == '\0' && plan >= PLAN_OLDEST && plan <= PLAN_LATEST ? (int)plan : PLAN_LATEST;
+    return *end == '\0' && (plan == PLAN_SHARED_PACKING || plan == PLAN_OWNED_ROWS) ? (int)plan : PLAN_DEFAULT;
 }
 
 int mlp_model_plan(const mlp_model *model) { return model ? model->plan : 0; }
@@ -124,6 +122,7 @@ void mlp_model_destroy(mlp_model *model)
             free(ly->weights);
             free(ly->bias);
             free(ly->output);
+            free(ly->output_t);
         }
         free(model->layers);
     }
@@ -246,6 +245,12 @@ int mlp_model_create(mlp_model **out, int n_layers, const int *sizes, int activa
     ok = ok && model->logits && model->delta[0] && model->delta[1] && model->row_loss;
     if (ok)
         first_touch(model, delta_floats);
+    /* Plan 11's transposed activations (its batches are at most MC rows). */
+    for (int l = 0; ok && l + 1 < n_layers; ++l) {
+        layer *ly = &model->layers[l];
+        ly->output_t = alloc_floats((size_t)ly->n_out * (size_t)(max_batch < MC ? max_batch : MC));
+        ok = ly->output_t != NULL;
+    }
     /* Shared packed weights: the widest layer above the first, in either layout (whole NR_MAX slivers). */
     size_t forward_pack = 0, input_pack = 0;
     for (int l = 1; l < n_layers; ++l) {
@@ -263,7 +268,9 @@ int mlp_model_create(mlp_model **out, int n_layers, const int *sizes, int activa
         ok = model->wpack[0] && model->wpack[1] && model->wpack[2] && model->wpack[3];
     }
     /* Products: forward (batch x n_out), weight gradient (n_out x n_in), input gradient (batch x n_in). */
-    if (!ok || pack_buffers_alloc(&model->packs, max_int(max_batch, widest_output), widest, max_threads) != MLP_OK) {
+    /* Plan 11's forward products are (n_out, batch): their B panel is as wide as the batch. */
+    const int widest_n = max_int(widest, max_batch < MC ? max_batch : MC);
+    if (!ok || pack_buffers_alloc(&model->packs, max_int(max_batch, widest_output), widest_n, max_threads) != MLP_OK) {
         mlp_model_destroy(model);
         return MLP_ERR_MEMORY;
     }
@@ -365,6 +372,7 @@ typedef struct {
     float lr, weight_decay;
     int layer;            /* mlp_backprop_layer's layer (1..n_layers) */
     int shared_pack;      /* the step packs layers 2..L's weights once for the team (model->wpack) */
+    int owned;            /* plan 11: the hidden layers transposed, each thread its own rows (owned_rows) */
 } stage_args;
 
 /* A barrier, timed when the timeline is on. `layer`: the layer (1-based) whose work it closes, 0 for none. */
@@ -422,7 +430,7 @@ static void pack_weights_share(const mlp_model *model, const gemm_problem *probl
 {
     const long long t0 = model->tl ? now_ns() : 0;
     const long long packed = gemm_pack_b_shared(problem, model->kernels, dst, omp_get_num_threads(),
-                                                omp_get_thread_num(), model->plan >= PLAN_BALANCED_WEIGHT_PACKING);
+                                                omp_get_thread_num());
     if (model->tl)
         timeline_record(model->tl, MLP_EV_PACK_WEIGHTS, layer_number, t0, 0, packed);
 }
@@ -430,26 +438,92 @@ static void pack_weights_share(const mlp_model *model, const gemm_problem *probl
 /* Whether the team packs this product's weights once for all (the same answer on every thread). */
 static int shares_weights(const mlp_model *model, const gemm_problem *problem)
 {
-    return gemm_shares_b(problem, model->kernels, omp_get_num_threads(),
-                         model->plan >= PLAN_BALANCED_WEIGHT_PACKING);
+    return gemm_shares_b(problem, model->kernels, omp_get_num_threads());
+}
+
+/* ---- plan 11: the hidden layers transposed, each thread its own rows
+ *
+ * A hidden layer's products are computed as their transposes, (n_out, batch), so their rows are the layer's
+ * outputs. Every thread takes the same range of mr-row slivers of a layer in each product whose rows are that
+ * layer's outputs: its forward product (rows of W), its weight gradient (rows of dW) and the input gradient of
+ * the layer above (rows of dZ), and so also the bias gradient, the activation derivative and the update of
+ * those rows. Each thread thus reads and writes the same rows of W, dW, b, the activation and dZ in every
+ * step, and they stay in its cache; the activations are stored transposed (layer.output_t), which for a batch
+ * of nr columns is already the packed B operand of the next product. What crosses between cores: every
+ * thread reads the whole activation of the layer below (forward, weight gradient) and the whole dZ of the
+ * layer above and its columns of that layer's W (input gradient). Each element is the same sum in the same
+ * order as in plan 8 (a product and its transpose differ only in which operand is packed as which), so the
+ * results are the same bits. */
+
+/* Rows [lo, hi) of an n-row hidden layer that this thread owns: its contiguous range of mr-row slivers, the
+ * range gemm_team gives it in a product of m = n with rows_split. */
+static void owned_rows(const mlp_model *model, int n, ptrdiff_t *lo, ptrdiff_t *hi)
+{
+    const int mr = model->kernels->mr;
+    split_range((n + mr - 1) / mr, omp_get_num_threads(), omp_get_thread_num(), lo, hi);
+    *lo *= mr;
+    *hi = *hi * mr < n ? *hi * mr : n;
+}
+
+/* Hidden layer l's (0-based) forward product, transposed: Z^T = W A_prev^T into output_t, no epilogue (the
+ * bias is per row here: owned_bias_activation). A_prev^T: the input x transposed, or the layer below's
+ * output_t, which is the packed operand itself when the batch is one sliver wide. */
+static gemm_problem owned_forward_problem(const mlp_model *model, int l, int batch, const float *x)
+{
+    const layer *ly = &model->layers[l];
+    gemm_problem p = {
+        .m = ly->n_out, .n = batch, .k = ly->n_in,
+        .a = ly->weights, .a_rs = ly->n_in, .a_cs = 1,
+        .b = l == 0 ? x : model->layers[l - 1].output_t, .b_rs = l == 0 ? 1 : batch, .b_cs = l == 0 ? ly->n_in : 1,
+        .c = ly->output_t, .ldc = batch,
+        .ep = {.kind = EPI_STORE},
+        .rows_split = 1,
+    };
+    if (l > 0 && batch == model->kernels->nr)
+        p.b_shared = p.b;
+    return p;
+}
+
+/* act(z + b) over this thread's rows of a transposed forward product: the micro-kernel's epilogue, per row. */
+static void owned_bias_activation(const mlp_model *model, const layer *ly, int batch)
+{
+    _Alignas(ALIGN_BYTES) float bias[(MC + NR_MAX - 1) / NR_MAX * NR_MAX];
+    ptrdiff_t lo, hi;
+    owned_rows(model, ly->n_out, &lo, &hi);
+    memset(bias, 0, sizeof bias);
+    for (ptrdiff_t j = lo; j < hi; ++j) {
+        for (int b = 0; b < batch; ++b)
+            bias[b] = ly->bias[j];
+        model->kernels->bias_activation(ly->output_t + j * batch, batch, 1, batch, bias, model->activation);
+    }
 }
 
 /* The forward products of every layer, a barrier after each but, with `rows_fused`, the last: the
  * caller then works on the rows this thread computed (returned), every one of them complete. With
  * `shared_pack`, the team packs the next layer's weights once, in the stretch before it (nothing there
  * writes them), instead of each thread packing the slivers it needs. */
-static gemm_share forward_layers(mlp_model *model, int batch, const float *x, int rows_fused, int shared_pack)
+static gemm_share forward_layers(mlp_model *model, int batch, const float *x, int rows_fused, int shared_pack,
+                                 int owned)
 {
     gemm_share share = {0};
     const float *input = x;
     for (int l = 0; l < model->n_layers; ++l) {
         const layer *ly = &model->layers[l];
         const int last = l == model->n_layers - 1;
-        gemm_problem z = forward_problem(model, l, batch, input);
+        gemm_problem z = owned && !last ? owned_forward_problem(model, l, batch, x)
+                                        : forward_problem(model, l, batch, input);
+        if (owned && last && l > 0) {
+            /* The output layer as in plan 8, its A the transposed activation below. */
+            z.a = model->layers[l - 1].output_t;
+            z.a_rs = 1;
+            z.a_cs = batch;
+        }
         if (shared_pack && l > 0 && shares_weights(model, &z))
             z.b_shared = model->wpack[l % 2];
         const long long t0 = model->tl ? now_ns() : 0;
         const long long work = gemm_team(model->kernel, &z, &model->packs, model->kernels, model->tl);
+        if (owned && !last)
+            owned_bias_activation(model, ly, batch);
         if (model->tl)
             timeline_record(model->tl, MLP_EV_FORWARD, l + 1, t0, timeline_take_pack(model->tl), work);
         if (shared_pack && !last) {
@@ -575,7 +649,7 @@ static void forward_team(const stage_args *s, int gradient)
      * to their softmax and loss without waiting for the others. */
     const gemm_problem logits = {.m = s->batch, .n = out->n_out, .k = out->n_in};
     const int rows_fused = fused_step(model) && gemm_packed_whole_rows(&logits, model->kernels);
-    const gemm_share share = forward_layers(model, s->batch, s->x, rows_fused, s->shared_pack);
+    const gemm_share share = forward_layers(model, s->batch, s->x, rows_fused, s->shared_pack, s->owned);
     /* A thread's logits are one rectangle here: the last layer has one column sliver. */
     ptrdiff_t lo = share.count ? share.part[0].i0 : 0, hi = share.count ? share.part[0].i1 : 0;
     if (!rows_fused)
@@ -634,18 +708,13 @@ static void output_layer_gradient(const stage_args *s)
         timeline_record(model->tl, MLP_EV_OUTPUT_GRAD, model->n_layers, t0, 0, (hi - lo) * out->n_out);
 }
 
-/* W -= lr * (dW + weight_decay * W) over the parts of a thread's share of a layer's weights. A block that
- * does not start at column 0 is walked from its last row up: the thread to its left, which shares a cache
- * line of each row with it (rows need not start on a line), walks down, so the two meet on one row instead
- * of passing every shared line back and forth as they go (from plan 10; before, every block walked down). */
-static long long update_block(const layer *ly, gemm_share share, float lr, float weight_decay, int plan)
+/* W -= lr * (dW + weight_decay * W) over the parts of a thread's share of a layer's weights. */
+static long long update_block(const layer *ly, gemm_share share, float lr, float weight_decay)
 {
     long long elements = 0;
     for (int part = 0; part < share.count; ++part) {
         const gemm_rect b = share.part[part];
-        const int upward = b.j0 > 0 && plan >= PLAN_UPDATE_WITH_GRADIENT;
-        for (ptrdiff_t r = b.i0; r < b.i1; ++r) {
-            const ptrdiff_t i = upward ? b.i1 - 1 - (r - b.i0) : r;
+        for (ptrdiff_t i = b.i0; i < b.i1; ++i) {
             float *restrict w = ly->weights + i * ly->n_in;
             const float *restrict g = ly->grad_weights + i * ly->n_in;
             for (ptrdiff_t j = b.j0; j < b.j1; ++j)
@@ -656,42 +725,42 @@ static long long update_block(const layer *ly, gemm_share share, float lr, float
     return elements;
 }
 
-/* Whether layer l's (0-based) W is updated in its own backprop stretch, right after its weight gradient, by
- * the thread that computed each block of dW (in the fused step): the first layer's always (it has no input
- * gradient, so nothing reads its W after the weight gradient); from plan 10, also every layer whose input
- * gradient reads the team's packed copy of W (written in the stretch before) rather than W itself. The rest
- * are updated after backprop, each thread a contiguous share. The same answer on every thread. */
-static int updates_with_gradient(const stage_args *s, int l)
-{
-    const mlp_model *model = s->model;
-    if (l == 0)
-        return 1;
-    if (model->plan < PLAN_UPDATE_WITH_GRADIENT || !s->shared_pack)
-        return 0;
-    const gemm_problem grad_input = input_grad_problem(model, l, s->batch, model->delta[0], model->delta[1]);
-    return shares_weights(model, &grad_input);
-}
+/* Whether layer l (0-based) is one of plan 11's transposed hidden layers in this step. */
+static int owned_layer(const stage_args *s, int l) { return s->owned && l < s->model->n_layers - 1; }
 
 /* Layer l's (0-based) dW and db, and dZ of the layer below, from this layer's dZ in delta[current]; ends
  * with a barrier unless l == 0 and `last_barrier` is 0. The output layer's dZ is in delta[0], and each
- * layer below alternates. With `fused`, the step's update of b comes with it (nothing reads b again in
- * this step), and where nothing reads this layer's W after its weight gradient (updates_with_gradient), the
- * update of the block of W whose dW this thread computed (still in its cache): no barrier is needed before
- * it. */
+ * layer below alternates (plan 11: transposed, (n_out, batch), below the output layer). With `fused`, the
+ * step's update of b comes with it (nothing reads b again in this step), and for the first layer, whose W
+ * nothing reads after its weight gradient, the update of the block of W whose dW this thread computed (still
+ * in its cache): no barrier is needed before it. */
 static void backprop_one_layer(const stage_args *s, int l, int last_barrier, int fused)
 {
     mlp_model *model = s->model;
     const int batch = s->batch, current = (model->n_layers - 1 - l) % 2;
+    const int owned = owned_layer(s, l), input_owned = l > 0 && owned_layer(s, l - 1);
     const layer *ly = &model->layers[l];
     const float *input = l > 0 ? model->layers[l - 1].output : s->x;
     const float *dz = model->delta[current];
-    const gemm_problem grad_weights = {
+    gemm_problem grad_weights = {
         .m = ly->n_out, .n = ly->n_in, .k = batch,
         .a = dz, .a_rs = 1, .a_cs = ly->n_out, /* dZ^T */
         .b = input, .b_rs = ly->n_in, .b_cs = 1,
         .c = ly->grad_weights, .ldc = ly->n_in,
         .ep = {.kind = EPI_STORE},
     };
+    if (owned) {
+        /* dZ^T is stored as it is (n_out, batch); this thread's rows of dW, the rows it owns. */
+        grad_weights.a_rs = batch;
+        grad_weights.a_cs = 1;
+        grad_weights.rows_split = 1;
+    }
+    if (input_owned) {
+        /* A_prev from its transpose (n_in, batch). */
+        grad_weights.b = model->layers[l - 1].output_t;
+        grad_weights.b_rs = 1;
+        grad_weights.b_cs = batch;
+    }
     /* The weight gradient, the bias gradient and the layer below's dZ all only read this layer's dZ:
      * threads go from one to the next without waiting, and meet once per layer. */
     timeline *tl = model->tl;
@@ -700,23 +769,50 @@ static void backprop_one_layer(const stage_args *s, int l, int last_barrier, int
     if (tl)
         t0 = timeline_record(tl, MLP_EV_WEIGHT_GRAD, l + 1, t0, timeline_take_pack(tl), work);
     ptrdiff_t bias_lo, bias_hi;
-    bias_gradient(dz, batch, ly->n_out, ly->grad_bias, &bias_lo, &bias_hi);
+    if (owned) {
+        /* db of this thread's rows: each a contiguous row of dZ^T, added in batch order as in bias_gradient. */
+        owned_rows(model, ly->n_out, &bias_lo, &bias_hi);
+        for (ptrdiff_t j = bias_lo; j < bias_hi; ++j) {
+            float sum = 0.0f;
+            for (int i = 0; i < batch; ++i)
+                sum += dz[j * batch + i];
+            ly->grad_bias[j] = sum;
+        }
+    } else {
+        bias_gradient(dz, batch, ly->n_out, ly->grad_bias, &bias_lo, &bias_hi);
+    }
     if (tl)
         t0 = timeline_record(tl, MLP_EV_BIAS_GRAD, l + 1, t0, 0, (bias_hi - bias_lo) * batch);
     if (fused) {
         for (ptrdiff_t j = bias_lo; j < bias_hi; ++j)
             ly->bias[j] -= s->lr * ly->grad_bias[j];
         long long updated = bias_hi - bias_lo;
-        if (updates_with_gradient(s, l))
+        if (l == 0)
             updated += update_block(ly, gemm_packed_share(&grad_weights, model->kernels, omp_get_num_threads(),
                                                           omp_get_thread_num()),
-                                    s->lr, s->weight_decay, model->plan);
+                                    s->lr, s->weight_decay);
         if (tl)
             t0 = timeline_record(tl, MLP_EV_UPDATE, l + 1, t0, 0, updated);
     }
     if (l > 0) {
         /* dZ of the layer below = (dZ W) * act'(its output), the derivative fused into the product. */
         gemm_problem grad_input = input_grad_problem(model, l, batch, dz, model->delta[1 - current]);
+        if (input_owned) {
+            /* Transposed: dZ_below^T = W^T dZ^T, this thread's rows (the layer below's rows it owns), the
+             * derivative from the transposed activation. dZ^T: this layer's as stored, or the output layer's
+             * dZ read transposed. */
+            grad_input = (gemm_problem){
+                .m = ly->n_in, .n = batch, .k = ly->n_out,
+                .a = ly->weights, .a_rs = 1, .a_cs = ly->n_in,
+                .b = dz, .b_rs = owned ? batch : 1, .b_cs = owned ? 1 : ly->n_out,
+                .c = model->delta[1 - current], .ldc = batch,
+                .ep = {.kind = EPI_ACTIVATION_DERIVATIVE, .activation = model->activation,
+                       .aux = model->layers[l - 1].output_t, .ld_aux = batch},
+                .rows_split = 1,
+            };
+            if (owned && batch == model->kernels->nr)
+                grad_input.b_shared = dz;
+        }
         if (s->shared_pack && shares_weights(model, &grad_input))
             grad_input.b_shared = model->wpack[2 + l % 2];
         const long long input_work = gemm_team(model->kernel, &grad_input, &model->packs, model->kernels, tl);
@@ -766,12 +862,19 @@ static void update_layers(const stage_args *s, int fused)
     const int team = omp_get_num_threads(), tid = omp_get_thread_num(), bias = !fused;
     ptrdiff_t lo, hi;
     for (int l = 0; l < model->n_layers; ++l) {
-        if (fused && updates_with_gradient(s, l))
+        if (fused && l == 0)
             continue;
         layer *ly = &model->layers[l];
         const long long t0 = model->tl ? now_ns() : 0;
         long long elements = 0;
-        split_range((ptrdiff_t)ly->n_out * ly->n_in, team, tid, &lo, &hi);
+        if (fused && owned_layer(s, l)) {
+            /* Plan 11: the rows of W this thread owns, whose dW it computed (contiguous in memory). */
+            owned_rows(model, ly->n_out, &lo, &hi);
+            lo *= ly->n_in;
+            hi *= ly->n_in;
+        } else {
+            split_range((ptrdiff_t)ly->n_out * ly->n_in, team, tid, &lo, &hi);
+        }
         elements += hi - lo;
         for (ptrdiff_t e = lo; e < hi; ++e)
             ly->weights[e] -= lr * (ly->grad_weights[e] + weight_decay * ly->weights[e]);
@@ -782,6 +885,25 @@ static void update_layers(const stage_args *s, int fused)
             ly->bias[e] -= lr * ly->grad_bias[e];
         if (model->tl)
             timeline_record(model->tl, MLP_EV_UPDATE, l + 1, t0, 0, elements + hi - lo);
+    }
+}
+
+/* Plan 11, after backprop: each hidden activation also as the API has it, (batch, n_out), from its transpose,
+ * each thread its own rows (its columns here), so the step leaves the same buffers as the three stages. */
+static void owned_activation_rows(const stage_args *s)
+{
+    mlp_model *model = s->model;
+    const int batch = s->batch;
+    for (int l = 0; owned_layer(s, l); ++l) {
+        const layer *ly = &model->layers[l];
+        const long long t0 = model->tl ? now_ns() : 0;
+        ptrdiff_t lo, hi;
+        owned_rows(model, ly->n_out, &lo, &hi);
+        for (int i = 0; i < batch; ++i)
+            for (ptrdiff_t j = lo; j < hi; ++j)
+                ly->output[i * ly->n_out + j] = ly->output_t[j * batch + i];
+        if (model->tl)
+            timeline_record(model->tl, MLP_EV_ACTIVATION_ROWS, l + 1, t0, 0, (hi - lo) * batch);
     }
 }
 
@@ -800,6 +922,8 @@ static void train_step_stage(const stage_args *s)
     /* Fused: every dW was complete at the last barrier, and every W has no reader left; the W updated in
      * backprop and every b are done. */
     update_layers(s, fused);
+    if (s->owned)
+        owned_activation_rows(s);
 }
 
 /* One parallel region of `threads` threads running `stage`; a single thread needs no team at all (its
@@ -932,9 +1056,11 @@ int mlp_train_step(mlp_model *model, int threads, int batch, const float *x, con
         return MLP_ERR_NULL;
     if (check_step_size(lr, weight_decay) != MLP_OK)
         return MLP_ERR_ARG;
+    /* Plan 11 where it applies (small batches, a hidden layer); else plan 8's shared packing of the weights. */
+    const int owned = fused_step(model) && model->plan == PLAN_OWNED_ROWS && batch <= MC && model->n_layers > 1;
     const stage_args args = {.model = model, .batch = batch, .x = x, .targets = targets, .lr = lr,
-                             .weight_decay = weight_decay,
-                             .shared_pack = fused_step(model) && batch <= MC && model->wpack[0] != NULL};
+                             .weight_decay = weight_decay, .owned = owned,
+                             .shared_pack = !owned && fused_step(model) && batch <= MC && model->wpack[0] != NULL};
     run_team(threads, train_step_stage, &args);
     model->forward_batch = 0;
     model->next_backprop_layer = 0;

@@ -116,8 +116,8 @@ class NativeCModel(Model):
         # Frees the C model when this object is collected, or at close(); runs once either way.
         self._finalizer = weakref.finalize(self, lib.mlp_model_destroy, self._model)
         self.isa = native.ISA_NAMES[lib.mlp_model_isa(self._model)]
-        #: The fused step's plan on many threads (``mlp_model_plan``: the last change of native/SCALING.md it
-        #: includes; ``MLP_STEP_PLAN`` at creation picks an earlier one). Results do not depend on it.
+        #: The fused step's plan on many threads (``mlp_model_plan``: the change of native/SCALING.md that
+        #: introduced it, 8 by default; ``MLP_STEP_PLAN`` at creation picks another). Results do not depend on it.
         self.plan = int(lib.mlp_model_plan(self._model))
         for layer, (weights, bias) in enumerate(params, start=1):
             native.raise_for_status(lib, lib.mlp_model_set_layer(self._model, layer, native.float_pointer(weights),
