@@ -279,7 +279,7 @@ def run_config(name: str, batch: int, threads: int, args: argparse.Namespace, bu
     with pinned_threads(threads):
         model = load_with_plan(network, threads, batch, args.isa, plan)
         try:
-            result["plan"] = model.plan
+            result["plan"], result["step_plan"] = model.plan, model.step_plan(batch)
             if plan is not None and model.plan != plan:
                 raise SystemExit(f"plan {plan} asked, the library ran plan {model.plan}: not a plan it knows")
             batches = [model.prepare(X, y) for X, y in inputs]
@@ -410,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         r = run_config(name, batch, threads, args, per_run, kinds, plan=plan, with_blas=plan == plans[0])
         r["round"] = index
         runs.setdefault((f"{name}:{batch}", threads, plan), []).append(r)
-        print(f"round {index} {r['case']} threads {threads} plan {r['plan']}: {r['step']['median_us']:.1f} us "
+        print(f"round {index} {r['case']} threads {threads} plan {r['plan']} (runs {r['step_plan']}): "
+              f"{r['step']['median_us']:.1f} us "
               f"({r['seconds']:.1f} s, load {r['load_before'][0]:.2f})", flush=True)
     results = [aggregate(group) for group in runs.values()]
     meta["seconds"] = round(time.perf_counter() - started, 1)

@@ -81,14 +81,20 @@ def test_every_tile_computed_once(network, batch, threads, isa):
     events = model.timeline()
     assert events.dtype == TIMELINE_DTYPE
     tile = TILES[model.isa]
+    # Plan 11 (the default's choice on 8 threads or more here) computes the hidden layers' forward products
+    # and the input gradients into them transposed: (n_out, batch) and (n_in, batch).
+    transposed = model.step_plan(batch) == 11
+    hidden = len(network.layer_shapes) - 1
     for index, (n_out, n_in) in enumerate(network.layer_shapes, start=1):
         layer = events[events["layer"] == index]
         forward = layer[layer["kind"] == KINDS["forward"]]
         weight = layer[layer["kind"] == KINDS["weight_grad"]]
-        assert forward["work"].sum() == padded(batch, n_out, n_in, tile)
+        assert forward["work"].sum() == (padded(n_out, batch, n_in, tile) if transposed and index <= hidden
+                                         else padded(batch, n_out, n_in, tile))
         assert weight["work"].sum() == padded(n_out, n_in, batch, tile)
         inputs = layer[layer["kind"] == KINDS["input_grad"]]
-        assert inputs["work"].sum() == (padded(batch, n_in, n_out, tile) if index > 1 else 0)
+        assert inputs["work"].sum() == (0 if index == 1 else padded(n_in, batch, n_out, tile) if transposed
+                                        else padded(batch, n_in, n_out, tile))
         # Every element of the layer's update and bias gradient belongs to one thread.
         assert layer[layer["kind"] == KINDS["update"]]["work"].sum() == n_out * n_in + n_out
         assert layer[layer["kind"] == KINDS["bias_grad"]]["work"].sum() == n_out * batch
@@ -202,8 +208,8 @@ def test_fused_step_equals_the_three_stages(network, batch, threads):
         np.testing.assert_array_equal(b, b_ref)
 
 
-#: Plans of the fused step (``MLP_STEP_PLAN``) the library keeps; the first is its default.
-PLANS = (8, 11)
+#: Plans of the fused step (``MLP_STEP_PLAN``) the library keeps; the first is its default (change 12's rule).
+PLANS = (12, 8, 11)
 DEFAULT_PLAN = PLANS[0]
 
 
@@ -217,10 +223,27 @@ def stepped_with_plan(monkeypatch, plan, *args, **kwargs):
 def test_plan_from_the_environment(monkeypatch):
     assert load("c-omp", SOFTMAX, threads=2).plan == DEFAULT_PLAN
     # 9 and 10 were plans once, removed after the host measured them.
-    for text, plan in [("8", 8), ("11", 11), ("", DEFAULT_PLAN), ("7", DEFAULT_PLAN), ("9", DEFAULT_PLAN),
-                       ("10", DEFAULT_PLAN), ("12", DEFAULT_PLAN), ("x", DEFAULT_PLAN)]:
+    for text, plan in [("8", 8), ("11", 11), ("12", 12), ("", DEFAULT_PLAN), ("7", DEFAULT_PLAN),
+                       ("9", DEFAULT_PLAN), ("10", DEFAULT_PLAN), ("13", DEFAULT_PLAN), ("x", DEFAULT_PLAN)]:
         monkeypatch.setenv("MLP_STEP_PLAN", text)
         assert load("c-omp", SOFTMAX, threads=2).plan == plan, text
+
+
+@pytest.mark.parametrize("threads,batch,expected", [(1, 32, 8), (2, 32, 8), (4, 32, 8), (7, 32, 8), (8, 32, 11),
+                                                    (16, 32, 11), (16, 144, 11), (16, 145, 8), (16, 256, 8)])
+def test_rule_picks_the_plan_per_step(threads, batch, expected):
+    """The default (plan 12): plan 11 on at least 8 threads for batches of at most 144 rows on networks of
+    three layers or more, where the host measured it faster than plan 8; plan 8 elsewhere."""
+    model = load("c-omp", NARROW, threads=threads, max_batch=batch)
+    assert (model.plan, model.step_plan()) == (12, expected)
+    assert load("c-omp", SOFTMAX, threads=threads, max_batch=batch).step_plan() == 8  # two layers: no hidden pair
+
+
+def test_forced_plans_run_everywhere_they_apply(monkeypatch):
+    for plan, threads, batch, expected in [(8, 16, 32, 8), (11, 1, 32, 11), (11, 16, 256, 8), (12, 16, 32, 11)]:
+        monkeypatch.setenv("MLP_STEP_PLAN", str(plan))
+        model = load("c-omp", NARROW, threads=threads, max_batch=batch)
+        assert (model.plan, model.step_plan()) == (plan, expected), plan
 
 
 @pytest.mark.parametrize("threads", [3, 16])
@@ -248,7 +271,7 @@ def test_shared_weight_packing_covers_every_row_once(monkeypatch, threads, isa):
         events = model.timeline()
         nr = TILES[model.isa][1]
         packs = [events[(events["thread"] == t) & (events["kind"] == KINDS["pack_weights"])] for t in range(threads)]
-        if plan == 11:
+        if model.step_plan(32) == 11:
             assert all(len(p) == 0 for p in packs)
             continue
         assert len({len(p) for p in packs}) == 1

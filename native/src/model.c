@@ -23,11 +23,16 @@ enum { SHARED_PACK_BYTES = 32 << 20 };
 typedef enum { STAGE_NONE, STAGE_FORWARD, STAGE_BACKPROP, STAGE_UPDATE } stage_kind;
 
 /* The plan of the fused step: the number of the change of native/SCALING.md it stands for. Plan 8 is
- * changes 1-8 (the default: measured on the 16-core host); plan 11 computes the hidden layers transposed,
- * each thread the same rows (outputs) of every product of a layer, for batches of at most MC rows. Plans 9
- * and 10 were measured, earned nothing and are gone. MLP_STEP_PLAN in the environment at creation picks
- * one; unset, empty or not a kept plan: the default. Results never depend on it. */
-enum { PLAN_SHARED_PACKING = 8, PLAN_OWNED_ROWS = 11, PLAN_DEFAULT = PLAN_SHARED_PACKING };
+ * changes 1-8 (shared packing of the weights); plan 11 computes the hidden layers transposed, each thread the
+ * same rows (outputs) of every product of a layer, for batches of at most MC rows. Plan 12, the default, is a
+ * rule choosing one of the two per step from what the 16-core host measured (change 12, step_plan_rule).
+ * Plans 9 and 10 were measured, earned nothing and are gone. MLP_STEP_PLAN in the environment at creation
+ * picks one; unset, empty or not a kept plan: the default. Results never depend on it. */
+enum { PLAN_SHARED_PACKING = 8, PLAN_OWNED_ROWS = 11, PLAN_RULE = 12, PLAN_DEFAULT = PLAN_RULE };
+
+/* Plan 11 by the rule from this many threads on: on the host it was faster than plan 8 on moons-5h300:32 in
+ * every round at 8 and 16 threads, not beyond the rounds' spread at 4, slower at 1 and 2. */
+enum { OWNED_ROWS_MIN_THREADS = 8 };
 
 typedef struct {
     int n_in, n_out;
@@ -59,7 +64,7 @@ struct mlp_model {
      * by layer, each written in the stretch before the one that reads it. */
     float *wpack[4];
     timeline *tl;         /* per-thread timeline of the last stage call; NULL when off */
-    int plan;             /* see PLAN_DEFAULT */
+    int plan;             /* MLP_STEP_PLAN or PLAN_DEFAULT; step_plan says what a step runs */
 };
 
 const char *mlp_error_message(int status)
@@ -107,7 +112,8 @@ static int plan_from_environment(void)
         return PLAN_DEFAULT;
     char *end = NULL;
     const long plan = strtol(text, &end, 10);
-    return *end == '\0' && (plan == PLAN_SHARED_PACKING || plan == PLAN_OWNED_ROWS) ? (int)plan : PLAN_DEFAULT;
+    return *end == '\0' && (plan == PLAN_SHARED_PACKING || plan == PLAN_OWNED_ROWS || plan == PLAN_RULE) ? (int)plan
+                                                                                                   : PLAN_DEFAULT;
 }
 
 int mlp_model_plan(const mlp_model *model) { return model ? model->plan : 0; }
@@ -396,6 +402,33 @@ static int fused_step(const mlp_model *model)
     return model->kernel == MLP_KERNEL_PACKED && !mlp_has_blas();
 }
 
+/* Change 12's rule: plan 11 where the host measured it faster than plan 8, plan 8 elsewhere. Plan 11's gain
+ * was in the hidden-to-hidden layers (no shared packing of their weights, each thread updating its own rows of
+ * W), which a network needs at least three layers to have (digits, 64-128-10, has none: plan 11 was slower or
+ * equal there at every thread count), and on many threads (moons-5h300:32: faster in all five rounds at 8 and
+ * 16 threads, 0.78x the step; 1 and 2 threads: 1.07x and 1.18x slower). */
+static int step_plan_rule(const mlp_model *model, int threads, int batch)
+{
+    return model->n_layers >= 3 && batch <= MC && threads >= OWNED_ROWS_MIN_THREADS ? PLAN_OWNED_ROWS
+                                                                                   : PLAN_SHARED_PACKING;
+}
+
+/* The plan a train_step of `threads` threads on `batch` rows runs: 11 (the hidden layers transposed) or 8.
+ * Plan 11 needs the fused step, a batch of at most MC rows and a hidden layer; elsewhere it runs as plan 8. */
+static int step_plan(const mlp_model *model, int threads, int batch)
+{
+    const int plan = model->plan == PLAN_RULE ? step_plan_rule(model, threads, batch) : model->plan;
+    return plan == PLAN_OWNED_ROWS && fused_step(model) && batch <= MC && model->n_layers > 1 ? PLAN_OWNED_ROWS
+                                                                                              : PLAN_SHARED_PACKING;
+}
+
+int mlp_step_plan(const mlp_model *model, int threads, int batch)
+{
+    if (!model || threads < 1 || threads > model->max_threads || batch < 1 || batch > model->max_batch)
+        return 0;
+    return step_plan(model, threads, batch);
+}
+
 /* Layer l's (0-based) forward product Z = A_prev W^T + b, activation fused. */
 static gemm_problem forward_problem(const mlp_model *model, int l, int batch, const float *input)
 {
@@ -461,7 +494,8 @@ static void owned_rows(const mlp_model *model, int n, ptrdiff_t *lo, ptrdiff_t *
 {
     const int mr = model->kernels->mr;
     split_range((n + mr - 1) / mr, omp_get_num_threads(), omp_get_thread_num(), lo, hi);
-    *lo *= mr;
+    /* Both clipped to n: a thread past the last sliver gets the empty range [n, n). */
+    *lo = *lo * mr < n ? *lo * mr : n;
     *hi = *hi * mr < n ? *hi * mr : n;
 }
 
@@ -1056,8 +1090,8 @@ int mlp_train_step(mlp_model *model, int threads, int batch, const float *x, con
         return MLP_ERR_NULL;
     if (check_step_size(lr, weight_decay) != MLP_OK)
         return MLP_ERR_ARG;
-    /* Plan 11 where it applies (small batches, a hidden layer); else plan 8's shared packing of the weights. */
-    const int owned = fused_step(model) && model->plan == PLAN_OWNED_ROWS && batch <= MC && model->n_layers > 1;
+    /* Plan 11 where the model's plan picks it for this step; else plan 8's shared packing of the weights. */
+    const int owned = step_plan(model, threads, batch) == PLAN_OWNED_ROWS;
     const stage_args args = {.model = model, .batch = batch, .x = x, .targets = targets, .lr = lr,
                              .weight_decay = weight_decay, .owned = owned,
                              .shared_pack = !owned && fused_step(model) && batch <= MC && model->wpack[0] != NULL};

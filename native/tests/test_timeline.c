@@ -1,7 +1,8 @@
 /* The many-thread partition (tile lists for short products, fused updates) and the timeline: two training
- * steps bit-identical for 1, 2, 5 and 16 threads, with the timeline on or off, on every kernel set and under
- * every plan of the fused step (MLP_STEP_PLAN: 8, the default, and 11); the
- * timeline's multiply-adds cover each product's tiles exactly once; its error codes. */
+ * steps bit-identical for 1, 2, 5, 8 and 16 threads, with the timeline on or off, on every kernel set and
+ * under every plan of the fused step (MLP_STEP_PLAN: 12, the default rule, 8 and 11); the rule's choice per
+ * step (mlp_step_plan); the timeline's multiply-adds cover each product's tiles exactly once; its error
+ * codes. */
 #define _POSIX_C_SOURCE 200112L
 #include <stdlib.h>
 #include <string.h>
@@ -103,12 +104,12 @@ static void check_timeline(mlp_model *model, const config *c, int threads, int t
     free(events);
 }
 
-/* The plans the library keeps (see MLP_STEP_PLAN in mlp.h); the first is the default. */
-enum { DEFAULT_PLAN = 8, OWNED_ROWS_PLAN = 11 };
+/* The plans the library keeps (see MLP_STEP_PLAN in mlp.h). */
+enum { SHARED_PACKING_PLAN = 8, OWNED_ROWS_PLAN = 11, RULE_PLAN = 12, DEFAULT_PLAN = RULE_PLAN };
 
 static void test_threads(int isa, int plan)
 {
-    const int counts[] = {1, 2, 5, 16};
+    const int counts[] = {1, 2, 5, 8, 16};
     char text[16];
     snprintf(text, sizeof text, "%d", plan);
     for (size_t ci = 0; ci < sizeof CONFIGS / sizeof *CONFIGS; ++ci) {
@@ -124,13 +125,55 @@ static void test_threads(int isa, int plan)
                 CHECK(one && many && same_parameters(one, many, c),
                       "config %zu isa %d threads %d timeline %d plan %d", ci, isa, threads, timeline, plan);
                 if (timeline && many)
-                    check_timeline(many, c, threads, plan == OWNED_ROWS_PLAN && !mlp_has_blas());
+                    check_timeline(many, c, threads, mlp_step_plan(many, threads, c->batch) == OWNED_ROWS_PLAN);
                 mlp_model_destroy(many);
             }
         }
         unsetenv("MLP_STEP_PLAN");
         mlp_model_destroy(one);
     }
+}
+
+/* Change 12's rule (plan 12, the default): plan 11 on the packed rung without BLAS for networks of three
+ * layers or more, batches of at most 144 rows and at least 8 threads; plan 8 everywhere else. MLP_STEP_PLAN=8
+ * or 11 runs that plan for every step (11 only where it applies). */
+static void test_rule(void)
+{
+    static const int deep[] = {2, 300, 300, 1}, shallow[] = {64, 128, 10};
+    const int owned = !mlp_has_blas(); /* the BLAS build has no fused step: every plan runs as plan 8 */
+    const struct {
+        const char *plan;
+        const int *sizes;
+        int n_layers, threads, batch, expected;
+    } cases[] = {
+        {NULL, deep, 3, 1, 32, 8},   {NULL, deep, 3, 2, 32, 8},    {NULL, deep, 3, 4, 32, 8},
+        {NULL, deep, 3, 7, 32, 8},   {NULL, deep, 3, 8, 32, 11},   {NULL, deep, 3, 16, 32, 11},
+        {NULL, deep, 3, 16, 144, 11}, {NULL, deep, 3, 16, 145, 8}, {NULL, deep, 3, 16, 256, 8},
+        {NULL, shallow, 2, 16, 32, 8}, {NULL, shallow, 2, 8, 32, 8}, {"12", deep, 3, 8, 32, 11},
+        {"8", deep, 3, 16, 32, 8},   {"11", deep, 3, 1, 32, 11},   {"11", deep, 3, 16, 256, 8},
+        {"11", shallow, 2, 1, 32, 11},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; ++i) {
+        if (cases[i].plan)
+            setenv("MLP_STEP_PLAN", cases[i].plan, 1);
+        else
+            unsetenv("MLP_STEP_PLAN");
+        for (int kernel = MLP_KERNEL_NAIVE; kernel <= MLP_KERNEL_PACKED; ++kernel) {
+            mlp_model *model = NULL;
+            CHECK(mlp_model_create(&model, cases[i].n_layers, cases[i].sizes, MLP_TANH, MLP_SIGMOID_BCE, 256, 16,
+                                   kernel, MLP_ISA_AUTO) == MLP_OK, "create");
+            const int expected = kernel == MLP_KERNEL_PACKED && owned ? cases[i].expected : 8;
+            CHECK(mlp_step_plan(model, cases[i].threads, cases[i].batch) == expected,
+                  "case %zu kernel %d: plan %d, expected %d", i, kernel,
+                  mlp_step_plan(model, cases[i].threads, cases[i].batch), expected);
+            CHECK(mlp_model_plan(model) == (cases[i].plan ? atoi(cases[i].plan) : DEFAULT_PLAN), "model plan");
+            CHECK(mlp_step_plan(model, 0, 32) == 0 && mlp_step_plan(model, 17, 32) == 0 &&
+                  mlp_step_plan(model, 1, 0) == 0 && mlp_step_plan(model, 1, 257) == 0, "refused arguments");
+            mlp_model_destroy(model);
+        }
+    }
+    unsetenv("MLP_STEP_PLAN");
+    CHECK(mlp_step_plan(NULL, 1, 1) == 0, "NULL model");
 }
 
 static void test_errors(void)
@@ -160,6 +203,7 @@ static void test_errors(void)
 int main(void)
 {
     test_errors();
+    test_rule();
     for (int isa = MLP_ISA_PORTABLE; isa <= MLP_ISA_AVX512; ++isa) {
         if (!mlp_isa_supported(isa)) {
             printf("test_timeline: this CPU cannot run isa %d; skipped\n", isa);
@@ -168,7 +212,8 @@ int main(void)
         mlp_model *model = stepped(&CONFIGS[1], 1, isa, 0);
         CHECK(mlp_model_plan(model) == DEFAULT_PLAN, "default plan %d", mlp_model_plan(model));
         mlp_model_destroy(model);
-        test_threads(isa, DEFAULT_PLAN);
+        test_threads(isa, RULE_PLAN);
+        test_threads(isa, SHARED_PACKING_PLAN);
         test_threads(isa, OWNED_ROWS_PLAN);
     }
     return check_report(mlp_has_openmp() ? "test_timeline (omp)"

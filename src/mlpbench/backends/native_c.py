@@ -117,7 +117,8 @@ class NativeCModel(Model):
         self._finalizer = weakref.finalize(self, lib.mlp_model_destroy, self._model)
         self.isa = native.ISA_NAMES[lib.mlp_model_isa(self._model)]
         #: The fused step's plan on many threads (``mlp_model_plan``: the change of native/SCALING.md that
-        #: introduced it, 8 by default; ``MLP_STEP_PLAN`` at creation picks another). Results do not depend on it.
+        #: introduced it, 12 by default, a rule choosing 8 or 11 per step; ``MLP_STEP_PLAN`` at creation picks
+        #: another). Results do not depend on it.
         self.plan = int(lib.mlp_model_plan(self._model))
         for layer, (weights, bias) in enumerate(params, start=1):
             native.raise_for_status(lib, lib.mlp_model_set_layer(self._model, layer, native.float_pointer(weights),
@@ -146,8 +147,15 @@ class NativeCModel(Model):
             self._outputs.append(native.buffer_view(
                 lib.mlp_model_buffer(model, lib.MLP_BUF_ACTIVATION, layer), (self.max_batch, n_out)))
 
-    # ------------------------------------------------------------------ batches
+    def step_plan(self, batch_size: int | None = None) -> int:
+        """The plan a ``train_step`` on ``batch_size`` rows (default ``max_batch``) runs on this model's threads
+        (``mlp_step_plan``): 11 (the hidden layers transposed, each thread its own rows) or 8."""
+        self._require_open()
+        rows = self.max_batch if batch_size is None else int(batch_size)
+        self._check_batch_size(rows)
+        return int(self._lib.mlp_step_plan(self._model, self.threads, rows))
 
+    # ------------------------------------------------------------------ batches
     def max_rows(self) -> int:
         return self.max_batch
 
