@@ -317,8 +317,8 @@ def _kernel_splits(config, K, most):
 
 
 # Spelled out so that the parametrised test ids name them; checked against cuda.OPT_CONFIGS below.
-LARGE_OPT_CONFIGS = ["128x128k16t128", "256x128k16s3t256", "128x256k16s3t256", "128x128k16s3t256", "128x128k16s3t128",
-                     "128x128k16s4t128", "128x64k16s4t128"]
+LARGE_OPT_CONFIGS = ["128x256k16s3t256", "128x128k16s3t128", "128x128k16s4t128", "128x64k16s4t128",
+                     "128x128k8s4t256db", "128x128k16s3t256db"]
 
 
 @pytest.mark.parametrize("config", LARGE_OPT_CONFIGS)
@@ -339,6 +339,30 @@ def test_every_large_opt_configuration_matches_float64(config, layout):
         C = torch.empty(M, N, device="cuda")
         assert products.vector_ok(layout, M, N, K, C.data_ptr(), A.data_ptr(), B.data_ptr())
         for splits in sorted({1, _kernel_splits(config, K, 3), _kernel_splits(config, K, 8)}):
+            C.fill_(float("nan"))
+            products.run(cuda.OptChoice(config, splits), True, layout, C.data_ptr(), A.data_ptr(), B.data_ptr(),
+                         M, N, K)
+            error = ((C.double() - reference).norm() / reference.norm()).item()
+            assert error < FLOAT32_TOLERANCE, ((M, N, K), splits, error)
+
+
+@pytest.mark.parametrize("config", ["128x128k8s4t256db", "128x128k16s3t256db"])
+@pytest.mark.parametrize("layout", ["nn", "nt", "tn"])
+def test_opt_fragment_double_buffered_configurations_at_the_ring_edges(config, layout):
+    # Fewer k-steps than stages (one, two, three), k ending mid-step, rows and columns ending inside a
+    # thread's 4 x 4 sub-tile and inside a warp's rows, several blocks in both directions, and split k whose
+    # last slice is short: each output checked against float64 (C starts as NaN).
+    from mlpbench.backends import cuda
+
+    products = cuda._products("opt")
+    for M, N, K in ((132, 68, 8), (4, 260, 16), (36, 132, 20), (260, 4, 24), (196, 388, 4), (388, 196, 52),
+                    (132, 260, 1300)):
+        g = torch.Generator(device="cuda").manual_seed(M * 7 + N * 3 + K)
+        A = torch.randn((K, M) if layout == "tn" else (M, K), device="cuda", generator=g)
+        B = torch.randn((N, K) if layout == "nt" else (K, N), device="cuda", generator=g)
+        reference = _float64_product(layout, A, B)
+        C = torch.empty(M, N, device="cuda")
+        for splits in sorted({1, _kernel_splits(config, K, 2), _kernel_splits(config, K, 5)}):
             C.fill_(float("nan"))
             products.run(cuda.OptChoice(config, splits), True, layout, C.data_ptr(), A.data_ptr(), B.data_ptr(),
                          M, N, K)

@@ -259,15 +259,37 @@ def test_opt_configurations_fit_the_gpu(config):
     assert per_block <= (cuda.SHARED_PER_BLOCK_MAX if d["STAGES"] else 48 * 1024)
     assert d["MIN_BLOCKS"] * (per_block + 1024) <= cuda.SHARED_PER_SM
     assert d["STAGES"] == 0 or (d["STAGES"] >= 2 and d["FLOAT4_ONLY"])  # 16-byte copies need float4 shapes
+    if d["FRAGMENT_DB"]:  # a ring; k copied 8 at a time; rows 4 banks apart in a [BK][rows + 4] stage
+        assert d["STAGES"] >= 2 and d["BK"] % 8 == 0 and d["BM"] % 32 == 0 and d["BN"] % 32 == 0
     assert (config in cuda.OPT_SMALL_CONFIGS) != cuda.opt_float4_only(config)  # small shapes may not be float4
 
 
 def test_pipelined_shared_memory_matches_the_kernel_formula():
     # kernels/opt.cu: STAGES * (stage_floats(BM) + stage_floats(BN)) * 4, stage_floats = the larger of the
     # k-major [rows][BK + 4] and the m-major [BK][rows + 4] tile
-    assert cuda.opt_shared_bytes("128x128k16s3t256") == 3 * (128 * 20 + 128 * 20) * 4
+    assert cuda.opt_shared_bytes("128x128k16s3t128") == 3 * (128 * 20 + 128 * 20) * 4
     assert cuda.opt_shared_bytes("128x64k16s4t128") == 4 * (128 * 20 + 64 * 20) * 4
     assert cuda.opt_shared_bytes("128x128") == 0
+    # FRAGMENT_DB: every operand [BK][rows + 4]
+    assert cuda.opt_shared_bytes("128x128k8s4t256db") == 4 * (8 * 132 + 8 * 132) * 4
+    assert cuda.opt_shared_bytes("128x128k16s3t256db") == 3 * (16 * 132 + 16 * 132) * 4
+
+
+FRAGMENT_DB_CONFIGS = [config for config in cuda.OPT_CONFIGS if cuda.opt_defines(config)["FRAGMENT_DB"]]
+
+
+def test_fragment_double_buffered_configurations_keep_two_blocks_of_256_threads():
+    """8 x 8 outputs per thread as 2 x 2 sub-tiles of 4 x 4, 256 threads, two blocks per SM (so at most 128
+    registers: tests/test_kernels_compile.py), offered to the same large products as the other rings."""
+    assert len(FRAGMENT_DB_CONFIGS) == 2
+    for config in FRAGMENT_DB_CONFIGS:
+        d = cuda.opt_defines(config)
+        assert cuda.opt_threads(config) == 256 and d["MIN_BLOCKS"] == 2
+        assert (d["WM"] // 8, d["WN"] // 4) == (8, 8)
+        assert cuda.opt_pipelined(config) and cuda.opt_float4_only(config)
+        assert config not in cuda.opt_configs_for(1024, 1024, 1023, vector=False)
+        for M, N, K in ((4096, 4096, 4096), *LARGE_NETWORK_PRODUCTS):
+            assert cuda.OptChoice(config, 1) in cuda.opt_candidates(M, N, K, 132)
 
 
 def test_every_opt_configuration_has_its_module():

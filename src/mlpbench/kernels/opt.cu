@@ -17,6 +17,12 @@
 //   is read with 2-way bank conflicts, which shared memory absorbs at one float4 read per 16 or more
 //   multiply-adds.
 //   m/n-contiguous operands are [k][row] as above.
+// * STAGES >= 2 with FRAGMENT_DB = 1: the same ring, but every operand is staged [k][row]: a k-contiguous one
+//   through 4-byte copies that transpose on the way (a warp copies 8 consecutive k of 4 rows: whole 32-byte
+//   sectors from global memory, 32 distinct banks in shared memory). Each lane then reads its A and B values
+//   of one k as float4s (two per operand for 8 x 8 outputs: conflict-free in every layout), and reads k + 1's
+//   while it multiplies k's (two fragment buffers in registers), with one barrier per k-step; meant for
+//   8 x 8 outputs per lane within 128 registers, two blocks of 256 threads per SM.
 //
 // Operands as in naive.cu (nt: A (M,K), B (N,K); nn: A (M,K), B (K,N); tn: A (K,M), B (K,N)), "k-major" when
 // k-contiguous. VEC = true uses float4 loads, copies and stores; the caller picks it only when every row
@@ -34,7 +40,8 @@
 //   EPI_SGD       C = A B; aux -= lr * (C + wd * aux)   weight gradient with the SGD step fused (aux = W)
 //
 // Constants (-D): BM, BN, BK, WM, WN, MIN_BLOCKS (blocks per SM the register budget must allow); optional
-// STAGES (default 0) and FLOAT4_ONLY (default 0; 1 leaves out the scalar kernels, as STAGES >= 2 must).
+// STAGES (default 0), FRAGMENT_DB (default 0; 1 needs STAGES >= 2) and FLOAT4_ONLY (default 0; 1 leaves out
+// the scalar kernels, as STAGES >= 2 must).
 // Templates, so compiled with no_extern_c; the extern "C" kernels are at the end.
 #include "common.cuh"
 
@@ -43,6 +50,9 @@
 #endif
 #ifndef FLOAT4_ONLY  // 1: no scalar kernels (configurations only float4 shapes use)
 #define FLOAT4_ONLY 0
+#endif
+#ifndef FRAGMENT_DB  // 1: every operand staged [k][row], fragments double-buffered in registers
+#define FRAGMENT_DB 0
 #endif
 
 #define THREADS (32 * (BM / WM) * (BN / WN))
@@ -68,6 +78,7 @@ static_assert(LOADS_A >= 1 && LOADS_B >= 1 && BM * BK % (4 * THREADS) == 0 && BN
 static_assert(THREADS <= 1024, "at most 1024 threads per block");
 static_assert(STAGES == 0 || STAGES >= 2, "STAGES: 0 (register staging) or a ring of at least two stages");
 static_assert(STAGES == 0 || FLOAT4_ONLY, "16-byte copies need rows in multiples of 4: no scalar kernels");
+static_assert(!FRAGMENT_DB || (STAGES >= 2 && BK % 8 == 0), "FRAGMENT_DB: a cp.async ring; k copied 8 at a time");
 
 __device__ __forceinline__ float epilogue(int mode, float acc, const float* bias, float* aux, int activation,
                                           float lr, float weight_decay) {
@@ -251,10 +262,11 @@ __device__ __forceinline__ void opt_matmul(float* C, const float* A, const float
 #else
 // ---- cp.async ring of STAGES shared-memory stages ----------------------------------------------------------
 
-// Floats of one operand's stage: [rows][BK + PAD] when k-major, [BK][rows + PAD] otherwise; the larger of the
-// two, so one dynamic shared-memory size serves every layout (backends/cuda.py: opt_shared_bytes).
+// Floats of one operand's stage: [BK][rows + PAD] with FRAGMENT_DB; otherwise [rows][BK + PAD] when k-major,
+// [BK][rows + PAD] if not, the larger of the two, so one dynamic shared-memory size serves every layout
+// (backends/cuda.py: opt_shared_bytes).
 __host__ __device__ constexpr int stage_floats(int rows) {
-    return rows * (BK + PAD) > BK * (rows + PAD) ? rows * (BK + PAD) : BK * (rows + PAD);
+    return !FRAGMENT_DB && rows * (BK + PAD) > BK * (rows + PAD) ? rows * (BK + PAD) : BK * (rows + PAD);
 }
 #define SHARED_BYTES (STAGES * (stage_floats(BM) + stage_floats(BN)) * 4)
 
@@ -268,6 +280,18 @@ __device__ __forceinline__ void copy16(float* dst, const float* src, bool valid)
 __device__ __forceinline__ void copies_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int PENDING>
 __device__ __forceinline__ void copies_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING) : "memory"); }
+
+// Every thread checks that the launch has the dynamic shared memory the ring needs (thread 0 traps otherwise):
+// the host sizes it with the same formula, and a mismatch must not go unseen.
+__device__ __forceinline__ void check_shared_size() {
+    if (threadIdx.x == 0) {
+        unsigned launched;
+        asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(launched));
+        if (launched < SHARED_BYTES) __trap();
+    }
+}
+
+#if !FRAGMENT_DB
 
 // Start copying this thread's share of a ROWS x BK operand tile into a stage. `tile` points at the tile's first
 // element (row r0, k0), rows_left = rows - r0, depth_left = depth - k0. Offsets within the tile are 32-bit
@@ -316,11 +340,7 @@ __device__ __forceinline__ void opt_matmul(float* C, const float* A, const float
                                           float weight_decay) {
     static_assert(VEC, "16-byte copies: float4 shapes only");
     extern __shared__ __align__(16) float shared[];
-    if (threadIdx.x == 0) {  // the host sizes the launch with the same formula; a mismatch must not go unseen
-        unsigned launched;
-        asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(launched));
-        if (launched < SHARED_BYTES) __trap();
-    }
+    check_shared_size();
     float* const A_stages = shared;
     float* const B_stages = shared + STAGES * stage_floats(BM);
     const int lda = A_K_MAJOR ? K : M, ldb = B_K_MAJOR ? K : N;
@@ -418,6 +438,159 @@ __device__ __forceinline__ void opt_matmul(float* C, const float* A, const float
                             acc[i][j * 4 + 3], mode, bias, aux, activation, lr, weight_decay);
     }
 }
+#else
+// ---- FRAGMENT_DB: every operand [k][row], fragments double-buffered in registers ---------------------------
+
+__device__ __forceinline__ void copy4(float* dst, const float* src, bool valid) {
+    const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(to), "l"(src), "r"(valid ? 4 : 0)
+                 : "memory");
+}
+
+// Start copying this thread's share of a ROWS x BK operand tile into a [BK][ROWS + PAD] stage; `tile` points at
+// the tile's first element, rows_left and depth_left as in the ring above (32-bit offsets likewise).
+// K_MAJOR: one float per copy, four consecutive k of one row per thread (one address, four offsets); each copy
+// instruction of a warp takes k and k + 4 of 16 consecutive rows, then the next rows, then the next 8 k.
+// Stored at k * (ROWS + 4) + row, with ROWS a multiple of 32, the 32 floats fall in 32 distinct banks.
+// Otherwise: 16-byte copies of four consecutive rows at one k, as in the ring above.
+template <bool K_MAJOR, int ROWS>
+__device__ __forceinline__ void fetch_transposed(float* stage, const float* tile, int ld, int rows_left,
+                                                 int depth_left) {
+    static_assert(ROWS % 32 == 0, "rows (ROWS + 4) floats apart: 4 banks apart");
+    if (K_MAJOR) {
+#pragma unroll
+        for (int i = 0; i < ROWS * BK / (4 * THREADS); ++i) {
+            const int quad = threadIdx.x + i * THREADS;
+            const int r = (quad / 2) % ROWS, k = (quad % 2) * 4 + (quad / (2 * ROWS)) * 8;
+            const bool valid = r < rows_left && k < depth_left;  // float4 shapes: all four in or all four out
+            const float* const from = tile + (valid ? r * ld + k : 0);
+#pragma unroll
+            for (int c = 0; c < 4; ++c) copy4(stage + (k + c) * (ROWS + PAD) + r, from + (valid ? c : 0), valid);
+        }
+    } else {
+        // k advances by K_APART between a thread's copies: one pointer, moved K_APART rows of the operand
+        constexpr int K_APART = THREADS / (ROWS / 4);
+        const int r = (threadIdx.x % (ROWS / 4)) * 4, k = threadIdx.x / (ROWS / 4);
+        const float* from = tile + k * ld + r;
+#pragma unroll
+        for (int i = 0; i < ROWS * BK / (4 * THREADS); ++i, from += K_APART * ld) {
+            const bool valid = r < rows_left && k + i * K_APART < depth_left;  // float4 shapes: 4 in or 4 out
+            copy16(stage + (k + i * K_APART) * (ROWS + PAD) + r, valid ? from : tile, valid);
+        }
+    }
+}
+
+// This lane's operand values at one k: TM rows of A in groups of 4, 32 apart; TN columns of B in groups of 4,
+// 16 apart. A warp's float4s of one group cover 32 (A) or 16 (B) consecutive floats: no bank conflicts.
+__device__ __forceinline__ void read_fragments(float (&a)[TM], float (&b)[TN], const float* As, const float* Bs,
+                                               int a_base, int b_base, int k) {
+#pragma unroll
+    for (int i = 0; i < TM; i += 4) {
+        const float4 q = *reinterpret_cast<const float4*>(As + k * (BM + PAD) + a_base + (i / 4) * 32);
+        a[i] = q.x; a[i + 1] = q.y; a[i + 2] = q.z; a[i + 3] = q.w;
+    }
+#pragma unroll
+    for (int j = 0; j < TN; j += 4) {
+        const float4 q = *reinterpret_cast<const float4*>(Bs + k * (BN + PAD) + b_base + (j / 4) * 16);
+        b[j] = q.x; b[j + 1] = q.y; b[j + 2] = q.z; b[j + 3] = q.w;
+    }
+}
+
+template <bool A_K_MAJOR, bool B_K_MAJOR, bool VEC>
+__device__ __forceinline__ void opt_matmul(float* C, const float* A, const float* B, int M, int N, int K,
+                                          int mode, const float* bias, float* aux, int activation, float lr,
+                                          float weight_decay) {
+    static_assert(VEC, "16-byte copies: float4 shapes only");
+    extern __shared__ __align__(16) float shared[];
+    check_shared_size();
+    float* const A_stages = shared;
+    float* const B_stages = shared + STAGES * stage_floats(BM);
+    const int lda = A_K_MAJOR ? K : M, ldb = B_K_MAJOR ? K : N;
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const int k_span = (K + gridDim.z * BK - 1) / (gridDim.z * BK) * BK;
+    const int k_begin = blockIdx.z * k_span, k_end = min(K, k_begin + k_span);  // the host keeps it non-empty
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    // The lane's first row and column within the tile: lanes form an 8 x 4 grid of 4 x 4 sub-tiles.
+    const int a_base = (warp / WARPS_N) * WM + (lane / 4) * 4;
+    const int b_base = (warp % WARPS_N) * WN + (lane % 4) * 4;
+
+    float acc[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
+
+    // Each operand's tile at k_begin, and how far one k-step moves it (below 2^27 floats: dimensions < 2^23).
+    const float* a_next = A + (A_K_MAJOR ? (long)m0 * lda + k_begin : (long)k_begin * lda + m0);
+    const float* b_next = B + (B_K_MAJOR ? (long)n0 * ldb + k_begin : (long)k_begin * ldb + n0);
+    const int a_step = A_K_MAJOR ? BK : BK * lda, b_step = B_K_MAJOR ? BK : BK * ldb;
+    const int a_rows = M - m0, b_rows = N - n0;
+    int depth_left = k_end - k_begin;  // of the tiles a_next and b_next point at
+
+    int steps_left = (depth_left + BK - 1) / BK;  // counting the step being multiplied
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (depth_left > 0) {
+            fetch_transposed<A_K_MAJOR, BM>(A_stages + s * stage_floats(BM), a_next, lda, a_rows, depth_left);
+            fetch_transposed<B_K_MAJOR, BN>(B_stages + s * stage_floats(BN), b_next, ldb, b_rows, depth_left);
+        }
+        copies_commit();  // empty groups too: the waits count groups
+        a_next += a_step;
+        b_next += b_step;
+        depth_left -= BK;
+    }
+    copies_wait<STAGES - 2>();  // step 0 has landed, for everyone after the barrier
+    __syncthreads();
+
+    float a[2][TM], b[2][TN];  // k's values multiplied while k + 1's are read
+    read_fragments(a[0], b[0], A_stages, B_stages, a_base, b_base, 0);
+    int read = 0;  // the stage multiplied now
+    for (; steps_left > 0; --steps_left) {
+        // STAGES - 1 steps ahead, into the stage read in the previous step, whose last values every warp took
+        // before the barrier that ended it.
+        const int write = read == 0 ? STAGES - 1 : read - 1;
+        if (depth_left > 0) {
+            fetch_transposed<A_K_MAJOR, BM>(A_stages + write * stage_floats(BM), a_next, lda, a_rows, depth_left);
+            fetch_transposed<B_K_MAJOR, BN>(B_stages + write * stage_floats(BN), b_next, ldb, b_rows, depth_left);
+        }
+        copies_commit();
+        a_next += a_step;
+        b_next += b_step;
+        depth_left -= BK;
+        const float* const As = A_stages + read * stage_floats(BM);
+        const float* const Bs = B_stages + read * stage_floats(BN);
+#pragma unroll
+        for (int k = 0; k < BK; ++k) {
+            const int now = k & 1;
+            if (k + 1 < BK) {
+                read_fragments(a[now ^ 1], b[now ^ 1], As, Bs, a_base, b_base, k + 1);
+            } else if (steps_left > 1) {  // uniform over the block
+                copies_wait<STAGES - 2>();  // this thread's copies of step + 1 have landed ...
+                __syncthreads();            // ... and everyone's; no warp reads this step's stage any more
+                read = read + 1 == STAGES ? 0 : read + 1;
+                read_fragments(a[now ^ 1], b[now ^ 1], A_stages + read * stage_floats(BM),
+                               B_stages + read * stage_floats(BN), a_base, b_base, 0);
+            }
+#pragma unroll
+            for (int i = 0; i < TM; ++i)
+#pragma unroll
+                for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[now][i], b[now][j], acc[i][j]);
+        }
+    }
+    copies_wait<0>();  // only empty groups remain; nothing may be in flight when the block exits
+
+    C += (long)blockIdx.z * M * N;
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+        const int m = m0 + a_base + (i / 4) * 32 + i % 4;
+        if (m >= M) continue;
+#pragma unroll
+        for (int j = 0; j < TN / 4; ++j)
+            store_quad<VEC>(C, N, m, n0 + b_base + j * 16, acc[i][j * 4], acc[i][j * 4 + 1], acc[i][j * 4 + 2],
+                            acc[i][j * 4 + 3], mode, bias, aux, activation, lr, weight_decay);
+    }
+}
+#endif  // FRAGMENT_DB
 #endif
 
 #define OPT_KERNEL(name, a_k_major, b_k_major, vec)                                                          \
