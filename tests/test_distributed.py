@@ -338,6 +338,39 @@ Root Cause (first observed failure):
 """
 
 
+# Rank 1 raised; torchrun then ended rank 0 with SIGTERM before it could say anything.
+TORN_DOWN_OUTPUT = """\
+mlpbench.distributed: rank 1 failed: ValueError: X: contains NaN or Inf
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+mlpbench.distributed FAILED
+------------------------------------------------------------
+Failures:
+[0]:
+  time      : 2026-11-29_15:31:02
+  host      : localhost
+  rank      : 0 (local_rank: 0)
+  exitcode  : -15 (pid: 1416)
+  error_file: <N/A>
+  traceback : Signal 15 (SIGTERM) received by PID 1416
+------------------------------------------------------------
+Root Cause (first observed failure):
+[1]:
+  time      : 2026-11-29_15:31:02
+  host      : localhost
+  rank      : 1 (local_rank: 1)
+  exitcode  : 1 (pid: 1417)
+  error_file: <N/A>
+  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html
+============================================================
+"""
+
+
+def test_failure_reason_names_the_failed_rank_before_the_peers_torchrun_ended():
+    assert failure_reason(TORN_DOWN_OUTPUT) == (
+        "rank 1 failed: ValueError: X: contains NaN or Inf; rank 0 died: Signal 15 (SIGTERM) received by PID 1416")
+
+
 def test_failure_reason_names_a_killed_rank_before_the_peers_it_took_down():
     assert failure_reason(KILLED_OUTPUT) == (
         "rank 1 died: Signal 9 (SIGKILL) received by PID 17857; rank 0 failed: RuntimeError: "

@@ -43,11 +43,14 @@ def command(config: RankConfig) -> list[str]:
 
 def failure_reason(output: str) -> str:
     """Which ranks failed and why: first the ranks that died without a word (killed: torchrun's summary names
-    them and the signal), then every rank's own ``rank N failed: cause`` line, in the order they were written."""
+    them and the signal), then every rank's own ``rank N failed: cause`` line, in the order they were written,
+    and last the ranks ended by SIGTERM, which torchrun sends the survivors once one rank has failed: those
+    deaths are its consequence, never its cause."""
     said: dict[str, str] = {}
     for rank, cause in _RANK_FAILED.findall(output):
         said.setdefault(rank, f"rank {rank} failed: {cause.strip()}")
     silent: dict[str, str] = {}
+    torn_down: dict[str, str] = {}
     for block in _SUMMARY_BLOCK.split(output)[1:]:
         fields = {name: pattern.search(block) for name, pattern in _SUMMARY_FIELD.items()}
         if fields["rank"] is None or fields["exitcode"] is None:
@@ -56,8 +59,8 @@ def failure_reason(output: str) -> str:
         trace = fields["traceback"].group(1).strip() if fields["traceback"] else ""
         how = trace if trace.startswith("Signal") else f"exit code {fields['exitcode'].group(1).split()[0]}"
         if rank not in said:
-            silent.setdefault(rank, f"rank {rank} died: {how}")
-    reasons = [*silent.values(), *said.values()]
+            (torn_down if how.startswith("Signal 15") else silent).setdefault(rank, f"rank {rank} died: {how}")
+    reasons = [*silent.values(), *said.values(), *torn_down.values()]
     if reasons:
         return "; ".join(reasons)
     lines = [line for line in output.splitlines() if line.strip()]
