@@ -318,7 +318,7 @@ def _kernel_splits(config, K, most):
 
 # Spelled out so that the parametrised test ids name them; checked against cuda.OPT_CONFIGS below.
 LARGE_OPT_CONFIGS = ["128x256k16s3t256", "128x128k16s3t128", "128x128k16s4t128", "128x64k16s4t128",
-                     "128x128k8s4t256db", "128x128k16s3t256db"]
+                     "128x128k16s3t256db", "128x128k16s4t256dbt", "128x128k16s3t256dbt"]
 
 
 @pytest.mark.parametrize("config", LARGE_OPT_CONFIGS)
@@ -346,7 +346,7 @@ def test_every_large_opt_configuration_matches_float64(config, layout):
             assert error < FLOAT32_TOLERANCE, ((M, N, K), splits, error)
 
 
-@pytest.mark.parametrize("config", ["128x128k8s4t256db", "128x128k16s3t256db"])
+@pytest.mark.parametrize("config", ["128x128k16s3t256db", "128x128k16s4t256dbt", "128x128k16s3t256dbt"])
 @pytest.mark.parametrize("layout", ["nn", "nt", "tn"])
 def test_opt_fragment_double_buffered_configurations_at_the_ring_edges(config, layout):
     # Fewer k-steps than stages (one, two, three), k ending mid-step, rows and columns ending inside a
@@ -355,8 +355,9 @@ def test_opt_fragment_double_buffered_configurations_at_the_ring_edges(config, l
     from mlpbench.backends import cuda
 
     products = cuda._products("opt")
+    # dbt: transposed buffers filled one step ahead, so one to four k-steps and a short last one matter.
     for M, N, K in ((132, 68, 8), (4, 260, 16), (36, 132, 20), (260, 4, 24), (196, 388, 4), (388, 196, 52),
-                    (132, 260, 1300)):
+                    (132, 260, 1300), (132, 132, 48), (68, 260, 64), (260, 68, 36)):
         g = torch.Generator(device="cuda").manual_seed(M * 7 + N * 3 + K)
         A = torch.randn((K, M) if layout == "tn" else (M, K), device="cuda", generator=g)
         B = torch.randn((N, K) if layout == "nt" else (K, N), device="cuda", generator=g)

@@ -85,9 +85,9 @@ OPT = ModuleSpec("opt.cu", (("BM", 128), ("BN", 128), ("BK", 8), ("WM", 64), ("W
 
 
 def _opt_spec(BM: int, BN: int, BK: int, WM: int, WN: int, MIN_BLOCKS: int, STAGES: int = 0,
-              FLOAT4_ONLY: int = 0, FRAGMENT_DB: int = 0) -> ModuleSpec:
+              FLOAT4_ONLY: int = 0, FRAGMENT_DB: int = 0, SMEM_TRANSPOSE: int = 0) -> ModuleSpec:
     defines = {"BM": BM, "BN": BN, "BK": BK, "WM": WM, "WN": WN, "MIN_BLOCKS": MIN_BLOCKS, "STAGES": STAGES,
-               "FLOAT4_ONLY": FLOAT4_ONLY, "FRAGMENT_DB": FRAGMENT_DB}
+               "FLOAT4_ONLY": FLOAT4_ONLY, "FRAGMENT_DB": FRAGMENT_DB, "SMEM_TRANSPOSE": SMEM_TRANSPOSE}
     return ModuleSpec("opt.cu", tuple((name, value) for name, value in defines.items() if value), no_extern_c=True)
 
 
@@ -99,7 +99,10 @@ def _opt_spec(BM: int, BN: int, BK: int, WM: int, WN: int, MIN_BLOCKS: int, STAG
 # thread, as library SIMT kernels run (the four that the autotuner chose at 4096^3 or for the large network's
 # products on an H200; results/gpu-dev/11-opt-pipelined); and ("db") with every operand staged [k][row],
 # 8 x 8 outputs per thread as 2 x 2 sub-tiles of 4 x 4 and the lane's values double-buffered in registers,
-# within 128 registers for two blocks of 256 threads per SM. Keys: tile, then k-step, stages and threads.
+# within 128 registers for two blocks of 256 threads per SM; "dbt": the same, with k-contiguous operands copied
+# 16 bytes at a time into [row][k] and transposed inside shared memory once per k-step (tn runs as "db").
+# Keys: tile, then k-step, stages and threads. (Dropped after the H200 run 12-opt-fragment-db: 128x128k8s4t256db,
+# never the fastest in any layout nor an autotuned choice.)
 OPT_CONFIGS: dict[str, ModuleSpec] = {
     "128x128": OPT,
     "64x64": _opt_spec(64, 64, 8, 32, 32, 4),
@@ -108,8 +111,11 @@ OPT_CONFIGS: dict[str, ModuleSpec] = {
     "128x128k16s3t128": _opt_spec(128, 128, 16, 64, 64, 2, STAGES=3, FLOAT4_ONLY=1),
     "128x128k16s4t128": _opt_spec(128, 128, 16, 64, 64, 2, STAGES=4, FLOAT4_ONLY=1),
     "128x64k16s4t128": _opt_spec(128, 64, 16, 64, 32, 2, STAGES=4, FLOAT4_ONLY=1),
-    "128x128k8s4t256db": _opt_spec(128, 128, 8, 64, 32, 2, STAGES=4, FLOAT4_ONLY=1, FRAGMENT_DB=1),
     "128x128k16s3t256db": _opt_spec(128, 128, 16, 64, 32, 2, STAGES=3, FLOAT4_ONLY=1, FRAGMENT_DB=1),
+    "128x128k16s4t256dbt": _opt_spec(128, 128, 16, 64, 32, 2, STAGES=4, FLOAT4_ONLY=1, FRAGMENT_DB=1,
+                                     SMEM_TRANSPOSE=1),
+    "128x128k16s3t256dbt": _opt_spec(128, 128, 16, 64, 32, 2, STAGES=3, FLOAT4_ONLY=1, FRAGMENT_DB=1,
+                                     SMEM_TRANSPOSE=1),
 }
 #: Configurations every product shape may use; the others only products of at least OPT_LARGE_WORK
 #: multiply-adds (a 1024^3 product: tens of microseconds on a large GPU, enough tiles of 128 x 128 with split k).
@@ -124,7 +130,7 @@ SHARED_PER_SM = 228 * 1024
 
 def opt_defines(config: str) -> dict[str, int]:
     """The -D constants of an OPT_CONFIGS entry, with the optional ones at their defaults (0)."""
-    return {"STAGES": 0, "FLOAT4_ONLY": 0, "FRAGMENT_DB": 0, **dict(OPT_CONFIGS[config].defines)}
+    return {"STAGES": 0, "FLOAT4_ONLY": 0, "FRAGMENT_DB": 0, "SMEM_TRANSPOSE": 0, **dict(OPT_CONFIGS[config].defines)}
 
 
 def opt_threads(config: str) -> int:
@@ -144,15 +150,16 @@ def opt_pipelined(config: str) -> bool:
 
 def opt_shared_bytes(config: str) -> int:
     """Dynamic shared memory of one block of ``config`` (kernels/opt.cu's SHARED_BYTES; the kernel traps if
-    launched with less): each stage holds each operand's tile as [BK][rows + 4] with FRAGMENT_DB, otherwise as
-    [rows][BK + 4] or [BK][rows + 4], whichever is larger. 0 for register-staged configurations (static shared
-    memory)."""
+    launched with less): each stage holds each operand's tile as [BK][rows + 4] with FRAGMENT_DB (plus two such
+    transposed buffers per operand with SMEM_TRANSPOSE), otherwise as [rows][BK + 4] or [BK][rows + 4],
+    whichever is larger. 0 for register-staged configurations (static shared memory)."""
     d = opt_defines(config)
     if not d["STAGES"]:
         return 0
     bk = d["BK"]
     if d["FRAGMENT_DB"]:
-        return d["STAGES"] * sum(bk * (rows + 4) for rows in (d["BM"], d["BN"])) * 4
+        buffers = d["STAGES"] + 2 * d["SMEM_TRANSPOSE"]
+        return buffers * sum(bk * (rows + 4) for rows in (d["BM"], d["BN"])) * 4
     return d["STAGES"] * sum(max(rows * (bk + 4), bk * (rows + 4)) for rows in (d["BM"], d["BN"])) * 4
 
 

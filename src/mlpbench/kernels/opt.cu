@@ -23,6 +23,15 @@
 //   of one k as float4s (two per operand for 8 x 8 outputs: conflict-free in every layout), and reads k + 1's
 //   while it multiplies k's (two fragment buffers in registers), with one barrier per k-step; meant for
 //   8 x 8 outputs per lane within 128 registers, two blocks of 256 threads per SM.
+// * FRAGMENT_DB with SMEM_TRANSPOSE = 1: a k-contiguous operand instead travels by 16-byte copies into a
+//   [row][k] ring stage (unpadded: a warp's copies and reads cover 512 contiguous bytes) and, one step ahead of
+//   its use, each thread reads float4s along k there and writes them as scalars into one of two [k][row]
+//   buffers that the fragments are read from (rows XOR-swizzled by k & 8 in groups of four, so that the
+//   scalar writes of a warp fall in 32 distinct banks and the float4 fragment reads stay conflict-free). Per
+//   k-step and operand a thread spends 2 float4 reads and 8 scalar writes of shared memory on it, against
+//   4 copy instructions per 16 bytes (each touching 16 cache lines) on the FRAGMENT_DB path alone; the copies
+//   of a step must then land two steps ahead, so STAGES >= 3 ring stages. Nothing changes for an m/n-
+//   contiguous operand.
 //
 // Operands as in naive.cu (nt: A (M,K), B (N,K); nn: A (M,K), B (K,N); tn: A (K,M), B (K,N)), "k-major" when
 // k-contiguous. VEC = true uses float4 loads, copies and stores; the caller picks it only when every row
@@ -40,8 +49,9 @@
 //   EPI_SGD       C = A B; aux -= lr * (C + wd * aux)   weight gradient with the SGD step fused (aux = W)
 //
 // Constants (-D): BM, BN, BK, WM, WN, MIN_BLOCKS (blocks per SM the register budget must allow); optional
-// STAGES (default 0), FRAGMENT_DB (default 0; 1 needs STAGES >= 2) and FLOAT4_ONLY (default 0; 1 leaves out
-// the scalar kernels, as STAGES >= 2 must).
+// STAGES (default 0), FRAGMENT_DB (default 0; 1 needs STAGES >= 2), SMEM_TRANSPOSE (default 0; 1 needs
+// FRAGMENT_DB, STAGES >= 3 and BK of 8 or 16) and FLOAT4_ONLY (default 0; 1 leaves out the scalar kernels, as
+// STAGES >= 2 must).
 // Templates, so compiled with no_extern_c; the extern "C" kernels are at the end.
 #include "common.cuh"
 
@@ -53,6 +63,9 @@
 #endif
 #ifndef FRAGMENT_DB  // 1: every operand staged [k][row], fragments double-buffered in registers
 #define FRAGMENT_DB 0
+#endif
+#ifndef SMEM_TRANSPOSE  // 1: k-contiguous operands copied 16 bytes at a time, transposed in shared memory
+#define SMEM_TRANSPOSE 0
 #endif
 
 #define THREADS (32 * (BM / WM) * (BN / WN))
@@ -79,6 +92,8 @@ static_assert(THREADS <= 1024, "at most 1024 threads per block");
 static_assert(STAGES == 0 || STAGES >= 2, "STAGES: 0 (register staging) or a ring of at least two stages");
 static_assert(STAGES == 0 || FLOAT4_ONLY, "16-byte copies need rows in multiples of 4: no scalar kernels");
 static_assert(!FRAGMENT_DB || (STAGES >= 2 && BK % 8 == 0), "FRAGMENT_DB: a cp.async ring; k copied 8 at a time");
+static_assert(!SMEM_TRANSPOSE || (FRAGMENT_DB && STAGES >= 3 && (BK == 8 || BK == 16)),
+              "SMEM_TRANSPOSE: copies land two steps ahead; the swizzle spreads BK of 8 or 16 over the banks");
 
 __device__ __forceinline__ float epilogue(int mode, float acc, const float* bias, float* aux, int activation,
                                           float lr, float weight_decay) {
@@ -264,11 +279,12 @@ __device__ __forceinline__ void opt_matmul(float* C, const float* A, const float
 
 // Floats of one operand's stage: [BK][rows + PAD] with FRAGMENT_DB; otherwise [rows][BK + PAD] when k-major,
 // [BK][rows + PAD] if not, the larger of the two, so one dynamic shared-memory size serves every layout
-// (backends/cuda.py: opt_shared_bytes).
+// (backends/cuda.py: opt_shared_bytes). SMEM_TRANSPOSE adds two [BK][rows + PAD] buffers per operand after the
+// rings (a k-major ring stage, [rows][BK], fits in BK * (rows + PAD) floats).
 __host__ __device__ constexpr int stage_floats(int rows) {
     return !FRAGMENT_DB && rows * (BK + PAD) > BK * (rows + PAD) ? rows * (BK + PAD) : BK * (rows + PAD);
 }
-#define SHARED_BYTES (STAGES * (stage_floats(BM) + stage_floats(BN)) * 4)
+#define SHARED_BYTES ((STAGES + 2 * SMEM_TRANSPOSE) * (stage_floats(BM) + stage_floats(BN)) * 4)
 
 // 16 bytes straight into shared memory; an invalid source copies nothing and zero-fills (src-size 0), and points
 // at the tile's first element so no address outside the operand is formed.
@@ -453,11 +469,21 @@ __device__ __forceinline__ void copy4(float* dst, const float* src, bool valid) 
 // instruction of a warp takes k and k + 4 of 16 consecutive rows, then the next rows, then the next 8 k.
 // Stored at k * (ROWS + 4) + row, with ROWS a multiple of 32, the 32 floats fall in 32 distinct banks.
 // Otherwise: 16-byte copies of four consecutive rows at one k, as in the ring above.
+// With SMEM_TRANSPOSE, K_MAJOR: 16-byte copies of four consecutive k of one row into [ROWS][BK] (unpadded),
+// consecutive threads on consecutive addresses; transpose_stage turns the stage into fragment order.
 template <bool K_MAJOR, int ROWS>
 __device__ __forceinline__ void fetch_transposed(float* stage, const float* tile, int ld, int rows_left,
                                                  int depth_left) {
     static_assert(ROWS % 32 == 0, "rows (ROWS + 4) floats apart: 4 banks apart");
-    if (K_MAJOR) {
+    if (K_MAJOR && SMEM_TRANSPOSE) {
+#pragma unroll
+        for (int i = 0; i < ROWS * BK / (4 * THREADS); ++i) {
+            const int index = threadIdx.x + i * THREADS;
+            const int r = index / (BK / 4), k = (index % (BK / 4)) * 4;
+            const bool valid = r < rows_left && k < depth_left;  // float4 shapes: all four in or all four out
+            copy16(stage + r * BK + k, tile + (valid ? r * ld + k : 0), valid);
+        }
+    } else if (K_MAJOR) {
 #pragma unroll
         for (int i = 0; i < ROWS * BK / (4 * THREADS); ++i) {
             const int quad = threadIdx.x + i * THREADS;
@@ -480,18 +506,45 @@ __device__ __forceinline__ void fetch_transposed(float* stage, const float* tile
     }
 }
 
+// Where row r of k sits in a [BK][ROWS + PAD] buffer written by transpose_stage: r ^ (k & 8). Rows move in
+// groups of four (whole float4s) and stay within their group of 16, so the reads below keep their banks.
+__device__ __forceinline__ int swizzled(int r, int k) { return r ^ (k & 8); }
+
+// One k-major [ROWS][BK] ring stage (every copy landed) into a [BK][ROWS + PAD] buffer, rows swizzled. A warp
+// reads 512 contiguous bytes (8 rows of 16 k or 16 rows of 8 k) and writes, per k, rows 8 or 16 at a time:
+// bank (4 k + (r ^ (k & 8))) % 32, with the warp's rows r 8 (or 16) consecutive from a multiple of 8 (16) and
+// its four (two) k / 4: all 32 distinct.
+template <int ROWS>
+__device__ __forceinline__ void transpose_stage(float* to, const float* from) {
+#pragma unroll
+    for (int i = 0; i < ROWS * BK / (4 * THREADS); ++i) {
+        const int index = threadIdx.x + i * THREADS;
+        const int r = index / (BK / 4), k = (index % (BK / 4)) * 4;
+        const float4 q = *reinterpret_cast<const float4*>(from + r * BK + k);
+        float* const at = to + k * (ROWS + PAD) + swizzled(r, k);  // k .. k + 3 share k & 8
+        at[0] = q.x;
+        at[ROWS + PAD] = q.y;
+        at[2 * (ROWS + PAD)] = q.z;
+        at[3 * (ROWS + PAD)] = q.w;
+    }
+}
+
 // This lane's operand values at one k: TM rows of A in groups of 4, 32 apart; TN columns of B in groups of 4,
 // 16 apart. A warp's float4s of one group cover 32 (A) or 16 (B) consecutive floats: no bank conflicts.
+// A_SWZ / B_SWZ: the operand's buffer was written by transpose_stage.
+template <bool A_SWZ, bool B_SWZ>
 __device__ __forceinline__ void read_fragments(float (&a)[TM], float (&b)[TN], const float* As, const float* Bs,
                                                int a_base, int b_base, int k) {
 #pragma unroll
     for (int i = 0; i < TM; i += 4) {
-        const float4 q = *reinterpret_cast<const float4*>(As + k * (BM + PAD) + a_base + (i / 4) * 32);
+        const int row = (A_SWZ ? swizzled(a_base, k) : a_base) + (i / 4) * 32;
+        const float4 q = *reinterpret_cast<const float4*>(As + k * (BM + PAD) + row);
         a[i] = q.x; a[i + 1] = q.y; a[i + 2] = q.z; a[i + 3] = q.w;
     }
 #pragma unroll
     for (int j = 0; j < TN; j += 4) {
-        const float4 q = *reinterpret_cast<const float4*>(Bs + k * (BN + PAD) + b_base + (j / 4) * 16);
+        const int col = (B_SWZ ? swizzled(b_base, k) : b_base) + (j / 4) * 16;
+        const float4 q = *reinterpret_cast<const float4*>(Bs + k * (BN + PAD) + col);
         b[j] = q.x; b[j + 1] = q.y; b[j + 2] = q.z; b[j + 3] = q.w;
     }
 }
@@ -505,6 +558,11 @@ __device__ __forceinline__ void opt_matmul(float* C, const float* A, const float
     check_shared_size();
     float* const A_stages = shared;
     float* const B_stages = shared + STAGES * stage_floats(BM);
+    // SMEM_TRANSPOSE: each k-major operand's fragments come from two [BK][rows + PAD] buffers (flip: the one
+    // read now), filled from its ring one step ahead; an m/n-major operand's straight from its ring.
+    constexpr bool A_T = SMEM_TRANSPOSE && A_K_MAJOR, B_T = SMEM_TRANSPOSE && B_K_MAJOR;
+    float* const A_frag = B_stages + STAGES * stage_floats(BN);
+    float* const B_frag = A_frag + 2 * stage_floats(BM);
     const int lda = A_K_MAJOR ? K : M, ldb = B_K_MAJOR ? K : N;
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
     const int k_span = (K + gridDim.z * BK - 1) / (gridDim.z * BK) * BK;
@@ -539,15 +597,28 @@ __device__ __forceinline__ void opt_matmul(float* C, const float* A, const float
         b_next += b_step;
         depth_left -= BK;
     }
-    copies_wait<STAGES - 2>();  // step 0 has landed, for everyone after the barrier
+    // Landed before the barrier that starts a step: its own copies, and with SMEM_TRANSPOSE the next step's
+    // too (transposed during this step).
+    constexpr int PENDING = STAGES - 2 - SMEM_TRANSPOSE;
+    copies_wait<PENDING>();  // step 0 (and 1) has landed, for everyone after the barrier
     __syncthreads();
+    if (A_T) transpose_stage<BM>(A_frag, A_stages);
+    if (B_T) transpose_stage<BN>(B_frag, B_stages);
+    if (A_T || B_T) __syncthreads();
 
+    int read = 0, flip = 0;  // the ring stage and the transposed buffer multiplied now
+    // The stage a step's fragments come from.
+    auto a_source = [&]() {
+        return A_T ? A_frag + flip * stage_floats(BM) : A_stages + read * stage_floats(BM);
+    };
+    auto b_source = [&]() {
+        return B_T ? B_frag + flip * stage_floats(BN) : B_stages + read * stage_floats(BN);
+    };
     float a[2][TM], b[2][TN];  // k's values multiplied while k + 1's are read
-    read_fragments(a[0], b[0], A_stages, B_stages, a_base, b_base, 0);
-    int read = 0;  // the stage multiplied now
+    read_fragments<A_T, B_T>(a[0], b[0], a_source(), b_source(), a_base, b_base, 0);
     for (; steps_left > 0; --steps_left) {
-        // STAGES - 1 steps ahead, into the stage read in the previous step, whose last values every warp took
-        // before the barrier that ended it.
+        // STAGES - 1 steps ahead, into the stage read in the previous step (multiplied, or transposed two steps
+        // ago), whose last values every warp took before the barrier that ended it.
         const int write = read == 0 ? STAGES - 1 : read - 1;
         if (depth_left > 0) {
             fetch_transposed<A_K_MAJOR, BM>(A_stages + write * stage_floats(BM), a_next, lda, a_rows, depth_left);
@@ -557,19 +628,28 @@ __device__ __forceinline__ void opt_matmul(float* C, const float* A, const float
         a_next += a_step;
         b_next += b_step;
         depth_left -= BK;
-        const float* const As = A_stages + read * stage_floats(BM);
-        const float* const Bs = B_stages + read * stage_floats(BN);
+        if ((A_T || B_T) && steps_left > 1) {
+            // The next step's ring stage (landed before the last barrier) into the other buffer, last read in
+            // the previous step; the barrier ending this step publishes it.
+            const int next = read + 1 == STAGES ? 0 : read + 1;
+            if (A_T)
+                transpose_stage<BM>(A_frag + (flip ^ 1) * stage_floats(BM), A_stages + next * stage_floats(BM));
+            if (B_T)
+                transpose_stage<BN>(B_frag + (flip ^ 1) * stage_floats(BN), B_stages + next * stage_floats(BN));
+        }
+        const float* const As = a_source();
+        const float* const Bs = b_source();
 #pragma unroll
         for (int k = 0; k < BK; ++k) {
             const int now = k & 1;
             if (k + 1 < BK) {
-                read_fragments(a[now ^ 1], b[now ^ 1], As, Bs, a_base, b_base, k + 1);
+                read_fragments<A_T, B_T>(a[now ^ 1], b[now ^ 1], As, Bs, a_base, b_base, k + 1);
             } else if (steps_left > 1) {  // uniform over the block
-                copies_wait<STAGES - 2>();  // this thread's copies of step + 1 have landed ...
-                __syncthreads();            // ... and everyone's; no warp reads this step's stage any more
+                copies_wait<PENDING>();  // this thread's copies of step + 1 (and + 2) have landed ...
+                __syncthreads();         // ... and everyone's; no warp reads this step's stage any more
                 read = read + 1 == STAGES ? 0 : read + 1;
-                read_fragments(a[now ^ 1], b[now ^ 1], A_stages + read * stage_floats(BM),
-                               B_stages + read * stage_floats(BN), a_base, b_base, 0);
+                flip ^= 1;
+                read_fragments<A_T, B_T>(a[now ^ 1], b[now ^ 1], a_source(), b_source(), a_base, b_base, 0);
             }
 #pragma unroll
             for (int i = 0; i < TM; ++i)
