@@ -58,18 +58,24 @@ def test_structs_match_the_kernel():
     assert cuda_fused._LAYER_DTYPE.fields["n_in"][1] == 64
 
 
-def test_launch_arguments_match_the_kernel_signature():
-    # DriverKernel passes the ctypes structure's fields as the kernel's parameters, in order: a field out of
-    # place would shift every argument after it.
-    source = (Path(cuda.__file__).parent.parent / "kernels" / "fused.cu").read_text()
-    signature = re.search(r"fused_step\(([^)]*)\)", source).group(1)
+def kernel_parameters(signature: str) -> list[tuple[str, type]]:
+    """(name, ctypes type) of each parameter of a kernel's parameter list: pointers as 64-bit addresses."""
     parameters = []
     for declaration in signature.split(","):
         declaration = declaration.replace("const ", "").strip()
         name = re.search(r"(\w+)$", declaration).group(1)
         kind = ctypes.c_uint64 if "*" in declaration else {"int": ctypes.c_int, "float": ctypes.c_float}[
             declaration.removesuffix(name).strip()]
-        parameters.append((name.removesuffix("_in"), kind))
+        parameters.append((name, kind))
+    return parameters
+
+
+def test_launch_arguments_match_the_kernel_signature():
+    # DriverKernel passes the ctypes structure's fields as the kernel's parameters, in order: a field out of
+    # place would shift every argument after it.
+    source = (Path(cuda.__file__).parent.parent / "kernels" / "fused.cu").read_text()
+    signature = re.search(r"fused_step\(([^)]*)\)", source).group(1)
+    parameters = [(name.removesuffix("_in"), kind) for name, kind in kernel_parameters(signature)]
     assert list(cuda_fused._FusedArgs._fields_) == parameters
 
 
@@ -78,14 +84,7 @@ def test_opt_launch_arguments_match_the_kernel_signature():
     source = (Path(cuda.__file__).parent.parent / "kernels" / "opt.cu").read_text()
     macro = source[source.index("#define OPT_KERNEL"):].replace("\\\n", " ")
     signature = re.search(r"name\(([^)]*)\)", macro).group(1)
-    parameters = []
-    for declaration in signature.split(","):
-        declaration = declaration.replace("const ", "").strip()
-        name = re.search(r"(\w+)$", declaration).group(1)
-        kind = ctypes.c_uint64 if "*" in declaration else {"int": ctypes.c_int, "float": ctypes.c_float}[
-            declaration.removesuffix(name).strip()]
-        parameters.append((name, kind))
-    assert list(cuda._OptArgs._fields_) == parameters
+    assert list(cuda._OptArgs._fields_) == kernel_parameters(signature)
 
 
 @pytest.mark.parametrize("M, N, K", [(1, 1, 1), (32, 300, 300), (300, 300, 32), (7, 513, 5), (1024, 64, 2048)])
