@@ -83,7 +83,7 @@ def test_every_tile_computed_once(network, batch, threads, isa):
     tile = TILES[model.isa]
     # Plan 11 (the default's choice on 8 threads or more here) computes the hidden layers' forward products
     # and the input gradients into them transposed: (n_out, batch) and (n_in, batch).
-    transposed = model.step_plan(batch) in (11, 13)
+    transposed = model.step_plan(batch) == 11
     hidden = len(network.layer_shapes) - 1
     for index, (n_out, n_in) in enumerate(network.layer_shapes, start=1):
         layer = events[events["layer"] == index]
@@ -209,7 +209,7 @@ def test_fused_step_equals_the_three_stages(network, batch, threads):
 
 
 #: Plans of the fused step (``MLP_STEP_PLAN``) the library keeps; the first is its default (change 12's rule).
-PLANS = (12, 8, 11, 13)
+PLANS = (12, 8, 11)
 DEFAULT_PLAN = PLANS[0]
 
 
@@ -223,8 +223,8 @@ def stepped_with_plan(monkeypatch, plan, *args, **kwargs):
 def test_plan_from_the_environment(monkeypatch):
     assert load("c-omp", SOFTMAX, threads=2).plan == DEFAULT_PLAN
     # 9 and 10 were plans once, removed after the host measured them.
-    for text, plan in [("8", 8), ("11", 11), ("12", 12), ("13", 13), ("", DEFAULT_PLAN), ("7", DEFAULT_PLAN),
-                       ("9", DEFAULT_PLAN), ("10", DEFAULT_PLAN), ("14", DEFAULT_PLAN), ("x", DEFAULT_PLAN)]:
+    for text, plan in [("8", 8), ("11", 11), ("12", 12), ("", DEFAULT_PLAN), ("7", DEFAULT_PLAN),
+                       ("9", DEFAULT_PLAN), ("10", DEFAULT_PLAN), ("13", DEFAULT_PLAN), ("x", DEFAULT_PLAN)]:
         monkeypatch.setenv("MLP_STEP_PLAN", text)
         assert load("c-omp", SOFTMAX, threads=2).plan == plan, text
 
@@ -240,8 +240,7 @@ def test_rule_picks_the_plan_per_step(threads, batch, expected):
 
 
 def test_forced_plans_run_everywhere_they_apply(monkeypatch):
-    for plan, threads, batch, expected in [(8, 16, 32, 8), (11, 1, 32, 11), (11, 16, 256, 8), (12, 16, 32, 11),
-                                           (13, 1, 32, 13), (13, 16, 32, 13), (13, 16, 256, 8)]:
+    for plan, threads, batch, expected in [(8, 16, 32, 8), (11, 1, 32, 11), (11, 16, 256, 8), (12, 16, 32, 11)]:
         monkeypatch.setenv("MLP_STEP_PLAN", str(plan))
         model = load("c-omp", NARROW, threads=threads, max_batch=batch)
         assert (model.plan, model.step_plan()) == (plan, expected), plan
@@ -272,7 +271,7 @@ def test_shared_weight_packing_covers_every_row_once(monkeypatch, threads, isa):
         events = model.timeline()
         nr = TILES[model.isa][1]
         packs = [events[(events["thread"] == t) & (events["kind"] == KINDS["pack_weights"])] for t in range(threads)]
-        if model.step_plan(32) in (11, 13):
+        if model.step_plan(32) == 11:
             assert all(len(p) == 0 for p in packs)
             continue
         assert len({len(p) for p in packs}) == 1

@@ -9,9 +9,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__x86_64__) || defined(__i386__)
-#include <cpuid.h>
-#endif
 
 #include "internal.h"
 
@@ -29,19 +26,9 @@ typedef enum { STAGE_NONE, STAGE_FORWARD, STAGE_BACKPROP, STAGE_UPDATE } stage_k
  * changes 1-8 (shared packing of the weights); plan 11 computes the hidden layers transposed, each thread the
  * same rows (outputs) of every product of a layer, for batches of at most MC rows. Plan 12, the default, is a
  * rule choosing one of the two per step from what the 16-core host measured (change 12, step_plan_rule).
- * Plan 13 is plan 11 with each owner's rows of W taken for writing (prefetchw) a few cache lines ahead of its
- * update: a test of where plan 11's update time goes, not picked by the rule. Plans 9 and 10 were measured,
- * earned nothing and are gone. MLP_STEP_PLAN in the environment at creation picks one; unset, empty or not a
- * kept plan: the default. Results never depend on it. */
-enum {
-    PLAN_SHARED_PACKING = 8, PLAN_OWNED_ROWS = 11, PLAN_RULE = 12, PLAN_OWNED_ROWS_PREFETCHW = 13,
-    PLAN_DEFAULT = PLAN_RULE
-};
-
-/* Plan 13: how far ahead of the update, in cache lines of its own rows of W, each owner asks for the next
- * line for writing. An ownership transfer from another core takes about 45-50 ns, updating a line's 16 floats
- * a few ns on one thread: 16 lines ahead keeps about as many transfers in flight as a core's L1 can track. */
-enum { PREFETCHW_LINES_AHEAD = 16, LINE_FLOATS = 16 };
+ * Plans 9 and 10 were measured, earned nothing and are gone. MLP_STEP_PLAN in the environment at creation
+ * picks one; unset, empty or not a kept plan: the default. Results never depend on it. */
+enum { PLAN_SHARED_PACKING = 8, PLAN_OWNED_ROWS = 11, PLAN_RULE = 12, PLAN_DEFAULT = PLAN_RULE };
 
 /* Plan 11 by the rule from this many threads on: on the host it was faster than plan 8 on moons-5h300:32 in
  * every round at 8 and 16 threads, not beyond the rounds' spread at 4, slower at 1 and 2. */
@@ -78,7 +65,6 @@ struct mlp_model {
     float *wpack[4];
     timeline *tl;         /* per-thread timeline of the last stage call; NULL when off */
     int plan;             /* MLP_STEP_PLAN or PLAN_DEFAULT; step_plan says what a step runs */
-    int has_prefetchw;    /* the CPU has PREFETCHW (plan 13) */
 };
 
 const char *mlp_error_message(int status)
@@ -119,17 +105,6 @@ int mlp_has_blas(void)
 
 static int max_int(int a, int b) { return a > b ? a : b; }
 
-/* Asked once at creation (CPUID may trap to the hypervisor in a virtual machine). */
-static int cpu_has_prefetchw(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    unsigned a, b, c, d;
-    return __get_cpuid(0x80000001u, &a, &b, &c, &d) && (c & (1u << 8)); /* PRFCHW (3DNowPrefetch) */
-#else
-    return 1;
-#endif
-}
-
 static int plan_from_environment(void)
 {
     const char *text = getenv("MLP_STEP_PLAN");
@@ -137,9 +112,8 @@ static int plan_from_environment(void)
         return PLAN_DEFAULT;
     char *end = NULL;
     const long plan = strtol(text, &end, 10);
-    const int kept = plan == PLAN_SHARED_PACKING || plan == PLAN_OWNED_ROWS || plan == PLAN_RULE ||
-                     plan == PLAN_OWNED_ROWS_PREFETCHW;
-    return *end == '\0' && kept ? (int)plan : PLAN_DEFAULT;
+    return *end == '\0' && (plan == PLAN_SHARED_PACKING || plan == PLAN_OWNED_ROWS || plan == PLAN_RULE) ? (int)plan
+                                                                                                   : PLAN_DEFAULT;
 }
 
 int mlp_model_plan(const mlp_model *model) { return model ? model->plan : 0; }
@@ -236,7 +210,6 @@ int mlp_model_create(mlp_model **out, int n_layers, const int *sizes, int activa
     model->kernel = kernel;
     model->kernels = kernels;
     model->plan = plan_from_environment();
-    model->has_prefetchw = cpu_has_prefetchw();
     model->layers = calloc((size_t)n_layers, sizeof *model->layers);
     if (!model->layers) {
         mlp_model_destroy(model);
@@ -405,8 +378,7 @@ typedef struct {
     float lr, weight_decay;
     int layer;            /* mlp_backprop_layer's layer (1..n_layers) */
     int shared_pack;      /* the step packs layers 2..L's weights once for the team (model->wpack) */
-    int owned;            /* plan 11 or 13: the hidden layers transposed, each thread its own rows (owned_rows) */
-    int prefetch_w;       /* plan 13: the owned rows of W taken for writing ahead of their update */
+    int owned;            /* plan 11: the hidden layers transposed, each thread its own rows (owned_rows) */
 } stage_args;
 
 /* A barrier, timed when the timeline is on. `layer`: the layer (1-based) whose work it closes, 0 for none. */
@@ -441,14 +413,13 @@ static int step_plan_rule(const mlp_model *model, int threads, int batch)
                                                                                    : PLAN_SHARED_PACKING;
 }
 
-/* The plan a train_step of `threads` threads on `batch` rows runs: 11 or 13 (the hidden layers transposed;
- * 13 with the update's prefetchw) or 8. Plans 11 and 13 need the fused step, a batch of at most MC rows and a
- * hidden layer; elsewhere they run as plan 8. */
+/* The plan a train_step of `threads` threads on `batch` rows runs: 11 (the hidden layers transposed) or 8.
+ * Plan 11 needs the fused step, a batch of at most MC rows and a hidden layer; elsewhere it runs as plan 8. */
 static int step_plan(const mlp_model *model, int threads, int batch)
 {
     const int plan = model->plan == PLAN_RULE ? step_plan_rule(model, threads, batch) : model->plan;
-    const int owned = plan == PLAN_OWNED_ROWS || plan == PLAN_OWNED_ROWS_PREFETCHW;
-    return owned && fused_step(model) && batch <= MC && model->n_layers > 1 ? plan : PLAN_SHARED_PACKING;
+    return plan == PLAN_OWNED_ROWS && fused_step(model) && batch <= MC && model->n_layers > 1 ? PLAN_OWNED_ROWS
+                                                                                              : PLAN_SHARED_PACKING;
 }
 
 int mlp_step_plan(const mlp_model *model, int threads, int batch)
@@ -916,41 +887,6 @@ static void backprop_layer_team(const stage_args *s)
     backprop_one_layer(s, s->layer - 1, 0, 0);
 }
 
-/* Plan 13: W[lo, hi) -= lr (dW + weight_decay W), the same operations on each element as update_layers' loop
- * (so the same bits), with the line PREFETCHW_LINES_AHEAD lines further on in [lo, hi) asked for writing
- * before each line is updated: if each store of plan 11's update first waits for its line to come back from
- * the cores that read it (the input gradient of the layer above reads every row of W), those transfers now
- * overlap. The lines are the owner's rows only, so no other owner's line is taken. Where the CPU has no
- * PREFETCHW (x86 without PRFCHW) the prefetch is a read (prefetcht0), and the test means nothing there. */
-#if defined(__x86_64__) || defined(__i386__)
-__attribute__((target("prfchw")))
-#endif
-static void update_rows_write_ahead(float *w, const float *dw, ptrdiff_t lo, ptrdiff_t hi, float lr,
-                                    float weight_decay)
-{
-    const ptrdiff_t ahead = (ptrdiff_t)PREFETCHW_LINES_AHEAD * LINE_FLOATS;
-    for (ptrdiff_t e = lo; e < hi && e < lo + ahead; e += LINE_FLOATS)
-        __builtin_prefetch(&w[e], 1, 3);
-    for (ptrdiff_t line = lo; line < hi; line += LINE_FLOATS) {
-        if (line + ahead < hi)
-            __builtin_prefetch(&w[line + ahead], 1, 3);
-        const ptrdiff_t end = line + LINE_FLOATS < hi ? line + LINE_FLOATS : hi;
-        for (ptrdiff_t e = line; e < end; ++e)
-            w[e] -= lr * (dw[e] + weight_decay * w[e]);
-    }
-}
-
-static void update_rows_prefetching(const mlp_model *model, float *w, const float *dw, ptrdiff_t lo, ptrdiff_t hi,
-                                    float lr, float weight_decay)
-{
-    if (model->has_prefetchw) {
-        update_rows_write_ahead(w, dw, lo, hi, lr, weight_decay);
-        return;
-    }
-    for (ptrdiff_t e = lo; e < hi; ++e)
-        w[e] -= lr * (dw[e] + weight_decay * w[e]);
-}
-
 /* The update of every layer's W and b, each thread a contiguous share; after a fused backprop, only the W
  * that backprop did not update (every b did). */
 static void update_layers(const stage_args *s, int fused)
@@ -974,11 +910,8 @@ static void update_layers(const stage_args *s, int fused)
             split_range((ptrdiff_t)ly->n_out * ly->n_in, team, tid, &lo, &hi);
         }
         elements += hi - lo;
-        if (s->prefetch_w && owned_layer(s, l))
-            update_rows_prefetching(model, ly->weights, ly->grad_weights, lo, hi, lr, weight_decay);
-        else
-            for (ptrdiff_t e = lo; e < hi; ++e)
-                ly->weights[e] -= lr * (ly->grad_weights[e] + weight_decay * ly->weights[e]);
+        for (ptrdiff_t e = lo; e < hi; ++e)
+            ly->weights[e] -= lr * (ly->grad_weights[e] + weight_decay * ly->weights[e]);
         split_range(ly->n_out, team, tid, &lo, &hi);
         if (!bias)
             hi = lo;
@@ -1157,13 +1090,10 @@ int mlp_train_step(mlp_model *model, int threads, int batch, const float *x, con
         return MLP_ERR_NULL;
     if (check_step_size(lr, weight_decay) != MLP_OK)
         return MLP_ERR_ARG;
-    /* Plan 11 (or 13) where the model's plan picks it for this step; else plan 8's shared packing of the
-     * weights. */
-    const int plan = step_plan(model, threads, batch);
-    const int owned = plan == PLAN_OWNED_ROWS || plan == PLAN_OWNED_ROWS_PREFETCHW;
+    /* Plan 11 where the model's plan picks it for this step; else plan 8's shared packing of the weights. */
+    const int owned = step_plan(model, threads, batch) == PLAN_OWNED_ROWS;
     const stage_args args = {.model = model, .batch = batch, .x = x, .targets = targets, .lr = lr,
                              .weight_decay = weight_decay, .owned = owned,
-                             .prefetch_w = plan == PLAN_OWNED_ROWS_PREFETCHW,
                              .shared_pack = !owned && fused_step(model) && batch <= MC && model->wpack[0] != NULL};
     run_team(threads, train_step_stage, &args);
     model->forward_batch = 0;

@@ -149,8 +149,7 @@ class NativeCModel(Model):
 
     def step_plan(self, batch_size: int | None = None) -> int:
         """The plan a ``train_step`` on ``batch_size`` rows (default ``max_batch``) runs on this model's threads
-        (``mlp_step_plan``): 11 or 13 (the hidden layers transposed, each thread its own rows; 13 with the
-        update's rows of W taken for writing ahead) or 8."""
+        (``mlp_step_plan``): 11 (the hidden layers transposed, each thread its own rows) or 8."""
         self._require_open()
         rows = self.max_batch if batch_size is None else int(batch_size)
         self._check_batch_size(rows)
