@@ -142,6 +142,18 @@ __device__ __forceinline__ void store_quad(float* C, int N, int m, int n, float 
     }
 }
 
+// This block's output tile (rows m0.., columns n0..) and its slice [k_begin, k_end) of k: split k cuts K into
+// gridDim.z equal spans of whole k-steps, as the host's candidates assume (it keeps every slice non-empty).
+struct BlockSlice {
+    int m0, n0, k_begin, k_end;
+};
+__device__ __forceinline__ BlockSlice block_slice(int K) {
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const int k_span = (K + gridDim.z * BK - 1) / (gridDim.z * BK) * BK;
+    const int k_begin = blockIdx.z * k_span;
+    return {m0, n0, k_begin, min(K, k_begin + k_span)};
+}
+
 #if STAGES == 0
 // ---- register-staged double buffering ---------------------------------------------------------------------
 
@@ -209,9 +221,8 @@ __device__ __forceinline__ void opt_matmul(float* C, const float* A, const float
     __shared__ __align__(16) float A_stage[2][BK][BM + PAD];
     __shared__ __align__(16) float B_stage[2][BK][BN + PAD];
     const int lda = A_K_MAJOR ? K : M, ldb = B_K_MAJOR ? K : N;
-    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
-    const int k_span = (K + gridDim.z * BK - 1) / (gridDim.z * BK) * BK;
-    const int k_begin = blockIdx.z * k_span, k_end = min(K, k_begin + k_span);  // the host keeps it non-empty
+    const BlockSlice slice = block_slice(K);
+    const int m0 = slice.m0, n0 = slice.n0, k_begin = slice.k_begin, k_end = slice.k_end;
     C += (long)blockIdx.z * M * N;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int warp_m = (warp / WARPS_N) * WM, warp_n = (warp % WARPS_N) * WN;
@@ -360,9 +371,8 @@ __device__ __forceinline__ void opt_matmul(float* C, const float* A, const float
     float* const A_stages = shared;
     float* const B_stages = shared + STAGES * stage_floats(BM);
     const int lda = A_K_MAJOR ? K : M, ldb = B_K_MAJOR ? K : N;
-    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
-    const int k_span = (K + gridDim.z * BK - 1) / (gridDim.z * BK) * BK;
-    const int k_begin = blockIdx.z * k_span, k_end = min(K, k_begin + k_span);  // the host keeps it non-empty
+    const BlockSlice slice = block_slice(K);
+    const int m0 = slice.m0, n0 = slice.n0, k_begin = slice.k_begin, k_end = slice.k_end;
     C += (long)blockIdx.z * M * N;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int warp_m = (warp / WARPS_N) * WM, warp_n = (warp % WARPS_N) * WN;
@@ -564,9 +574,8 @@ __device__ __forceinline__ void opt_matmul(float* C, const float* A, const float
     float* const A_frag = B_stages + STAGES * stage_floats(BN);
     float* const B_frag = A_frag + 2 * stage_floats(BM);
     const int lda = A_K_MAJOR ? K : M, ldb = B_K_MAJOR ? K : N;
-    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
-    const int k_span = (K + gridDim.z * BK - 1) / (gridDim.z * BK) * BK;
-    const int k_begin = blockIdx.z * k_span, k_end = min(K, k_begin + k_span);  // the host keeps it non-empty
+    const BlockSlice slice = block_slice(K);
+    const int m0 = slice.m0, n0 = slice.n0, k_begin = slice.k_begin, k_end = slice.k_end;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     // The lane's first row and column within the tile: lanes form an 8 x 4 grid of 4 x 4 sub-tiles.
     const int a_base = (warp / WARPS_N) * WM + (lane / 4) * 4;
