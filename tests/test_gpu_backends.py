@@ -279,30 +279,6 @@ def test_compile_past_its_budget_says_so_and_stays_refused():
         model.forward(batch)
 
 
-@pytest.mark.parametrize("layout", ["nn", "nt", "tn"])
-@pytest.mark.parametrize("M, N, K", [(32, 300, 300), (33, 70, 257), (7, 12, 1030), (256, 1024, 784)])
-def test_every_opt_configuration_and_split_matches_float64(layout, M, N, K):
-    # The autotuner may pick any candidate: each one, on float4 (multiples of 4) and scalar shapes.
-    from mlpbench import gpu
-    from mlpbench.backends import cuda
-
-    products = cuda._products("opt")
-    g = torch.Generator().manual_seed(M + N + K)
-    A = torch.randn((K, M) if layout == "tn" else (M, K), generator=g)
-    B = torch.randn((N, K) if layout == "nt" else (K, N), generator=g)
-    a, b = A.double(), B.double()
-    reference = (a.T if layout == "tn" else a) @ (b.T if layout == "nt" else b)
-    A, B = A.cuda(), B.cuda()
-    C = torch.empty(M, N, device="cuda")
-    vector = products.vector_ok(layout, M, N, K, C.data_ptr(), A.data_ptr(), B.data_ptr())
-    assert vector == (M % 4 == N % 4 == K % 4 == 0)
-    for choice in cuda.opt_candidates(M, N, K, gpu.info().sm_count, vector):
-        C.fill_(float("nan"))
-        products.run(choice, vector, layout, C.data_ptr(), A.data_ptr(), B.data_ptr(), M, N, K)
-        error = ((C.cpu().double() - reference).norm() / reference.norm()).item()
-        assert error < FLOAT32_TOLERANCE, (choice, error)
-
-
 def _float64_product(layout, A, B):
     a, b = A.double(), B.double()
     return (a.T if layout == "tn" else a) @ (b.T if layout == "nt" else b)
@@ -314,6 +290,50 @@ def _kernel_splits(config, K, most):
 
     bk = cuda.opt_defines(config)["BK"]
     return max(s for s in range(1, most + 1) if (s - 1) * (-(-K // (s * bk)) * bk) < K)
+
+
+def _operands(layout, M, N, K, seed, device="cuda"):
+    """Random A and B of an M x N x K product in ``layout`` (nt: A (M, K), B (N, K); nn: B (K, N); tn: A (K, M))."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    A = torch.randn((K, M) if layout == "tn" else (M, K), device=device, generator=g)
+    B = torch.randn((N, K) if layout == "nt" else (K, N), device=device, generator=g)
+    return A, B
+
+
+def _assert_forced_config_matches_float64(products, config, layout, A, B, C, most_splits):
+    """``config``'s float4 kernel forced onto C = A B unsplit and with the most k slices up to each of
+    ``most_splits``; every output checked against float64 (C starts as NaN)."""
+    from mlpbench.backends import cuda
+
+    (M, N), K = C.shape, A.shape[0] if layout == "tn" else A.shape[1]
+    reference = _float64_product(layout, A, B)
+    for splits in sorted({1, *(_kernel_splits(config, K, most) for most in most_splits)}):
+        C.fill_(float("nan"))
+        products.run(cuda.OptChoice(config, splits), True, layout, C.data_ptr(), A.data_ptr(), B.data_ptr(),
+                     M, N, K)
+        error = ((C.double() - reference).norm() / reference.norm()).item()
+        assert error < FLOAT32_TOLERANCE, ((M, N, K), splits, error)
+
+
+@pytest.mark.parametrize("layout", ["nn", "nt", "tn"])
+@pytest.mark.parametrize("M, N, K", [(32, 300, 300), (33, 70, 257), (7, 12, 1030), (256, 1024, 784)])
+def test_every_opt_configuration_and_split_matches_float64(layout, M, N, K):
+    # The autotuner may pick any candidate: each one, on float4 (multiples of 4) and scalar shapes.
+    from mlpbench import gpu
+    from mlpbench.backends import cuda
+
+    products = cuda._products("opt")
+    A, B = _operands(layout, M, N, K, seed=M + N + K, device="cpu")
+    reference = _float64_product(layout, A, B)
+    A, B = A.cuda(), B.cuda()
+    C = torch.empty(M, N, device="cuda")
+    vector = products.vector_ok(layout, M, N, K, C.data_ptr(), A.data_ptr(), B.data_ptr())
+    assert vector == (M % 4 == N % 4 == K % 4 == 0)
+    for choice in cuda.opt_candidates(M, N, K, gpu.info().sm_count, vector):
+        C.fill_(float("nan"))
+        products.run(choice, vector, layout, C.data_ptr(), A.data_ptr(), B.data_ptr(), M, N, K)
+        error = ((C.cpu().double() - reference).norm() / reference.norm()).item()
+        assert error < FLOAT32_TOLERANCE, (choice, error)
 
 
 # Spelled out so that the parametrised test ids name them; checked against cuda.OPT_CONFIGS below.
@@ -332,18 +352,10 @@ def test_every_large_opt_configuration_matches_float64(config, layout):
     products = cuda._products("opt")
     shapes = [(36, 260, 292), (260, 132, 1028), (4, 4, 4), (516, 268, 100), (1028, 1036, 1024)]
     for M, N, K in shapes:
-        g = torch.Generator(device="cuda").manual_seed(M + N + K)
-        A = torch.randn((K, M) if layout == "tn" else (M, K), device="cuda", generator=g)
-        B = torch.randn((N, K) if layout == "nt" else (K, N), device="cuda", generator=g)
-        reference = _float64_product(layout, A, B)
+        A, B = _operands(layout, M, N, K, seed=M + N + K)
         C = torch.empty(M, N, device="cuda")
         assert products.vector_ok(layout, M, N, K, C.data_ptr(), A.data_ptr(), B.data_ptr())
-        for splits in sorted({1, _kernel_splits(config, K, 3), _kernel_splits(config, K, 8)}):
-            C.fill_(float("nan"))
-            products.run(cuda.OptChoice(config, splits), True, layout, C.data_ptr(), A.data_ptr(), B.data_ptr(),
-                         M, N, K)
-            error = ((C.double() - reference).norm() / reference.norm()).item()
-            assert error < FLOAT32_TOLERANCE, ((M, N, K), splits, error)
+        _assert_forced_config_matches_float64(products, config, layout, A, B, C, most_splits=(3, 8))
 
 
 @pytest.mark.parametrize("config", ["128x128k16s3t256db", "128x128k16s4t256dbt", "128x128k16s3t256dbt"])
@@ -358,17 +370,9 @@ def test_opt_fragment_double_buffered_configurations_at_the_ring_edges(config, l
     # dbt: transposed buffers filled one step ahead, so one to four k-steps and a short last one matter.
     for M, N, K in ((132, 68, 8), (4, 260, 16), (36, 132, 20), (260, 4, 24), (196, 388, 4), (388, 196, 52),
                     (132, 260, 1300), (132, 132, 48), (68, 260, 64), (260, 68, 36)):
-        g = torch.Generator(device="cuda").manual_seed(M * 7 + N * 3 + K)
-        A = torch.randn((K, M) if layout == "tn" else (M, K), device="cuda", generator=g)
-        B = torch.randn((N, K) if layout == "nt" else (K, N), device="cuda", generator=g)
-        reference = _float64_product(layout, A, B)
-        C = torch.empty(M, N, device="cuda")
-        for splits in sorted({1, _kernel_splits(config, K, 2), _kernel_splits(config, K, 5)}):
-            C.fill_(float("nan"))
-            products.run(cuda.OptChoice(config, splits), True, layout, C.data_ptr(), A.data_ptr(), B.data_ptr(),
-                         M, N, K)
-            error = ((C.double() - reference).norm() / reference.norm()).item()
-            assert error < FLOAT32_TOLERANCE, ((M, N, K), splits, error)
+        A, B = _operands(layout, M, N, K, seed=M * 7 + N * 3 + K)
+        _assert_forced_config_matches_float64(products, config, layout, A, B, torch.empty(M, N, device="cuda"),
+                                              most_splits=(2, 5))
 
 
 @pytest.mark.parametrize("layout", ["nn", "nt", "tn"])
@@ -377,9 +381,7 @@ def test_large_products_through_the_autotuner_match_float64(layout):
     from mlpbench.backends import cuda
 
     for M, N, K in ((1024, 1024, 1024), (1024, 4096, 4096)):
-        g = torch.Generator(device="cuda").manual_seed(M + K)
-        A = torch.randn((K, M) if layout == "tn" else (M, K), device="cuda", generator=g)
-        B = torch.randn((N, K) if layout == "nt" else (K, N), device="cuda", generator=g)
+        A, B = _operands(layout, M, N, K, seed=M + K)
         C = cuda.matmul(A, B, "opt", layout)
         reference = _float64_product(layout, A, B)
         assert ((C.double() - reference).norm() / reference.norm()).item() < FLOAT32_TOLERANCE
