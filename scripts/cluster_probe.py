@@ -5,8 +5,8 @@ reports, per cluster size, the GPU time of one layer in each mode (block 0's ``%
 in one launch, median over launches, with the SM clock the launch ran at): the cluster barrier, the activation
 exchange pushed or pulled with 4- or 16-byte accesses or sent by the copy engine, the product alone and a whole
 forward layer. Each compute mode's output after a few layers is
-first checked against a float64 chain of the same layers. Cluster launches need ``cuLaunchKernelEx``, which
-PyCUDA does not wrap, so the driver API is called through ctypes inside PyTorch's context.
+first checked against a float64 chain of the same layers. Cluster launches go through ``gpu.DriverKernel``
+(``cuLaunchKernelEx``, which PyCUDA does not wrap).
 
 Writes ``cluster.json`` and ``cluster.txt`` under ``--out``.
 """
@@ -17,14 +17,13 @@ import argparse
 import ctypes
 import json
 import math
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mlpbench import gpu
 from mlpbench.timing import Stats
 from mlpbench.verify import FLOAT32_TOLERANCE
 
@@ -37,54 +36,16 @@ COMPUTES = ("compute", "layer-push", "layer-pull", "layer-bulk")
 VARIANTS = {0: (4, 1), 1: (8, 2), 2: (16, 2), 3: "lanes"}
 WARPS = THREADS // 32
 
-# Driver API values (cuda.h).
-FUNC_MAX_DYNAMIC_SHARED = 8
-FUNC_NON_PORTABLE_CLUSTER_SIZE = 14
-LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION = 4
+# The probe's source, compiled as the package compiles its kernels (PyCUDA's nvcc, this GPU's arch, cached).
+SPEC = gpu.ModuleSpec(str(SOURCE), no_extern_c=True)
 
 
-class LaunchAttribute(ctypes.Structure):
-    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_uint * 16)]
+class ProbeArgs(ctypes.Structure):
+    """cluster_probe's parameters, in order, for gpu.DriverKernel."""
 
-
-class LaunchConfig(ctypes.Structure):
-    _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3), ("shared", ctypes.c_uint),
-                ("stream", ctypes.c_void_p), ("attrs", ctypes.POINTER(LaunchAttribute)), ("n_attrs", ctypes.c_uint)]
-
-
-class Driver:
-    """The few driver calls a cluster launch needs, in the current (PyTorch's primary) context."""
-
-    def __init__(self) -> None:
-        self.lib = ctypes.CDLL("libcuda.so.1")
-
-    def check(self, result: int, what: str) -> None:
-        if result != 0:
-            name = ctypes.c_char_p()
-            self.lib.cuGetErrorName(result, ctypes.byref(name))
-            raise RuntimeError(f"{what}: {name.value.decode() if name.value else result}")
-
-    def function(self, cubin: bytes, name: str) -> ctypes.c_void_p:
-        module, function = ctypes.c_void_p(), ctypes.c_void_p()
-        self.check(self.lib.cuModuleLoadData(ctypes.byref(module), cubin), "cuModuleLoadData")
-        self.check(self.lib.cuModuleGetFunction(ctypes.byref(function), module, name.encode()), "cuModuleGetFunction")
-        self.check(self.lib.cuFuncSetAttribute(function, FUNC_NON_PORTABLE_CLUSTER_SIZE, 1), "cluster size 16")
-        return function
-
-    def launch(self, function: ctypes.c_void_p, cluster: int, shared_bytes: int, args: list) -> None:
-        self.check(self.lib.cuFuncSetAttribute(function, FUNC_MAX_DYNAMIC_SHARED, shared_bytes), "shared limit")
-        attribute = LaunchAttribute(id=LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION)
-        attribute.value[0], attribute.value[1], attribute.value[2] = cluster, 1, 1
-        config = LaunchConfig(grid=(ctypes.c_uint * 3)(cluster, 1, 1), block=(ctypes.c_uint * 3)(THREADS, 1, 1),
-                              shared=shared_bytes, stream=torch.cuda.current_stream().cuda_stream,
-                              attrs=ctypes.pointer(attribute), n_attrs=1)
-        params = (ctypes.c_void_p * len(args))(*[ctypes.cast(ctypes.pointer(a), ctypes.c_void_p) for a in args])
-        self.check(self.lib.cuLaunchKernelEx(ctypes.byref(config), function, params, None), "cuLaunchKernelEx")
-
-
-def nvcc_command(cubin: Path, nvcc: str = "nvcc") -> list[str]:
-    """How the probe is built: plain sm_90 (clusters, mbarriers and bulk copies need nothing of sm_90a)."""
-    return [nvcc, "-cubin", "-arch=sm_90", "-O3", "-Xptxas", "-v", "-o", str(cubin), str(SOURCE)]
+    _fields_ = [("mode", ctypes.c_int), ("variant", ctypes.c_int), ("reps", ctypes.c_int), ("R", ctypes.c_int),
+                ("layers_held", ctypes.c_int), ("W", ctypes.c_uint64), ("b", ctypes.c_uint64), ("x", ctypes.c_uint64),
+                ("out", ctypes.c_uint64), ("ns", ctypes.c_uint64)]
 
 
 def partial_rows(rows: int, variant: int | None) -> int:
@@ -128,11 +89,8 @@ def main() -> int:
     torch.cuda.init()
     props = torch.cuda.get_device_properties(0)
     shared_limit = props.shared_memory_per_block_optin
-    with tempfile.TemporaryDirectory() as tmp:
-        cubin = Path(tmp) / "probe.cubin"
-        subprocess.run(nvcc_command(cubin), check=True, capture_output=True)
-        binary = cubin.read_bytes()
-    driver = Driver()
+    kernel = gpu.DriverKernel(SPEC, "cluster_probe", ProbeArgs())
+    kernel.set_attribute(gpu.DriverKernel.NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1)
     gen = torch.Generator(device="cuda").manual_seed(0)
     W = (torch.rand(MAX_LAYERS, WIDTH, WIDTH, device="cuda", generator=gen) * 2 - 1) * math.sqrt(3 / WIDTH)
     b = (torch.rand(MAX_LAYERS, WIDTH, device="cuda", generator=gen) * 2 - 1) * 0.1
@@ -140,15 +98,14 @@ def main() -> int:
     out = torch.empty(BATCH, WIDTH, device="cuda")
     ns = torch.zeros(2, dtype=torch.int64, device="cuda")
 
-    function = driver.function(binary, "cluster_probe")
-
     def run(cluster: int, plan: dict[str, int], mode: str, variant: int, layers: int) -> tuple[int, int]:
         """Nanoseconds and SM cycles of `layers` layers in one launch."""
-        driver.launch(function, cluster, plan["shared_bytes"],
-                      [ctypes.c_int(MODES[mode]), ctypes.c_int(variant), ctypes.c_int(layers),
-                       ctypes.c_int(plan["rows"]), ctypes.c_int(plan["layers_held"]), ctypes.c_void_p(W.data_ptr()),
-                       ctypes.c_void_p(b.data_ptr()), ctypes.c_void_p(x.data_ptr()),
-                       ctypes.c_void_p(out.data_ptr()), ctypes.c_void_p(ns.data_ptr())])
+        kernel.set_attribute(gpu.DriverKernel.MAX_DYNAMIC_SHARED_SIZE_BYTES, plan["shared_bytes"])
+        for name, value in (("mode", MODES[mode]), ("variant", variant), ("reps", layers), ("R", plan["rows"]),
+                            ("layers_held", plan["layers_held"]), ("W", W.data_ptr()), ("b", b.data_ptr()),
+                            ("x", x.data_ptr()), ("out", out.data_ptr()), ("ns", ns.data_ptr())):
+            setattr(kernel.args, name, value)
+        kernel.launch(cluster, THREADS, plan["shared_bytes"], cluster=cluster)
         torch.cuda.synchronize()
         return tuple(ns.tolist())
 

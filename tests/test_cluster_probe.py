@@ -4,10 +4,12 @@ fits one block of every cluster size it runs: its GPU measurements are in ``resu
 import importlib.util
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from test_gpu_planning import kernel_parameters
+
+from mlpbench import gpu
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("cluster_probe", ROOT / "scripts" / "cluster_probe.py")
@@ -34,8 +36,13 @@ def test_the_plan_fits_and_covers_the_layer(cluster, variant):
         assert plan["layers_held"] == 0
 
 
+def test_the_launch_arguments_match_the_kernel_signature():
+    signature = re.search(r"cluster_probe\(([^)]*)\)", probe.SOURCE.read_text()).group(1)
+    assert list(probe.ProbeArgs._fields_) == kernel_parameters(signature)
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) not on PATH")
-def test_the_probe_compiles_for_sm90_without_spills(tmp_path):
-    result = subprocess.run(probe.nvcc_command(tmp_path / "probe.cubin"), capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert re.search(r"0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads", result.stderr), result.stderr
+def test_the_probe_compiles_for_sm90_without_spills():
+    (row,) = gpu.compile_report(probe.SPEC, "sm_90", shutil.which("nvcc"))
+    assert row["kernel"] == "cluster_probe"
+    assert row["spill_store_bytes"] == row["spill_load_bytes"] == row["stack_bytes"] == 0, row

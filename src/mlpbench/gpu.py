@@ -39,8 +39,9 @@ KERNEL_DIR = Path(__file__).with_name("kernels")
 
 @dataclass(frozen=True)
 class ModuleSpec:
-    """One kernel source compiled with fixed ``-D`` constants; ``no_extern_c`` for template sources, which
-    declare their own ``extern "C"`` kernels (PyCUDA otherwise wraps the whole source in ``extern "C"``)."""
+    """One kernel source (a file of ``KERNEL_DIR``, or an absolute path) compiled with fixed ``-D`` constants;
+    ``no_extern_c`` for template sources, which declare their own ``extern "C"`` kernels (PyCUDA otherwise wraps
+    the whole source in ``extern "C"``)."""
 
     source: str
     defines: tuple[tuple[str, int], ...] = ()
@@ -216,6 +217,21 @@ def _compile(spec: ModuleSpec) -> bytes:
                         cache_dir=cache_dir(), include_dirs=[str(KERNEL_DIR)])
 
 
+class _LaunchAttribute(ctypes.Structure):
+    """CUlaunchAttribute (cuda.h): an attribute id, 4 bytes of padding, a 64-byte value."""
+
+    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_uint * 16)]
+
+
+class _LaunchConfig(ctypes.Structure):
+    """CUlaunchConfig (cuda.h), the launch description cuLaunchKernelEx takes."""
+
+    _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3), ("shared", ctypes.c_uint),
+                ("stream", ctypes.c_void_p), ("attrs", ctypes.POINTER(_LaunchAttribute)), ("n_attrs", ctypes.c_uint)]
+
+
+_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION = 4  # CUlaunchAttributeID (cuda.h)
+
 _DRIVER: ctypes.CDLL | None = None
 
 
@@ -231,9 +247,10 @@ def _driver() -> ctypes.CDLL:
         lib.cuFuncSetAttribute.argtypes = [p, i, i]
         lib.cuFuncGetAttribute.argtypes = [ctypes.POINTER(i), i, p]
         lib.cuLaunchKernel.argtypes = [p, u, u, u, u, u, u, u, p, p, p]
+        lib.cuLaunchKernelEx.argtypes = [ctypes.POINTER(_LaunchConfig), p, p, p]
         lib.cuGetErrorName.argtypes = [i, ctypes.POINTER(ctypes.c_char_p)]
         for name in ("cuModuleLoadData", "cuModuleGetFunction", "cuModuleUnload", "cuFuncSetAttribute",
-                     "cuFuncGetAttribute", "cuLaunchKernel", "cuGetErrorName"):
+                     "cuFuncGetAttribute", "cuLaunchKernel", "cuLaunchKernelEx", "cuGetErrorName"):
             getattr(lib, name).restype = i
         _DRIVER = lib
     return _DRIVER
@@ -247,14 +264,15 @@ def _check(result: int, what: str) -> None:
 
 
 class DriverKernel:
-    """Kernel ``name`` of ``spec``, launched with ``cuLaunchKernel`` on the default stream.
+    """Kernel ``name`` of ``spec``, launched with ``cuLaunchKernel`` on the default stream (``cuLaunchKernelEx``
+    when the launch asks for thread-block clusters).
 
     ``args`` is an instance of a ctypes structure whose fields are the kernel's parameters in order, with
     their C types; each launch passes the fields' current values (set them between launches)."""
 
     # CUfunction_attribute values (cuda.h)
     MAX_THREADS_PER_BLOCK, SHARED_SIZE_BYTES, LOCAL_SIZE_BYTES, NUM_REGS = 0, 1, 3, 4
-    MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
+    MAX_DYNAMIC_SHARED_SIZE_BYTES, NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 8, 14
 
     def __init__(self, spec: ModuleSpec, name: str, args: ctypes.Structure) -> None:
         ensure_available()
@@ -283,11 +301,19 @@ class DriverKernel:
                f"reading an attribute of {self.name}")
         return value.value
 
-    def launch(self, grid: int | tuple[int, int, int], block: int, shared_bytes: int) -> None:
+    def launch(self, grid: int | tuple[int, int, int], block: int, shared_bytes: int, cluster: int = 1) -> None:
         """One launch of ``grid`` blocks (a count, or x, y, z) of ``block`` threads with ``shared_bytes`` of
-        dynamic shared memory."""
+        dynamic shared memory; ``cluster`` > 1 groups the blocks along x into thread-block clusters of that
+        many (sm_90 and later; more than 8 needs NON_PORTABLE_CLUSTER_SIZE_ALLOWED set first)."""
         x, y, z = (grid, 1, 1) if isinstance(grid, int) else grid
-        result = self._launch(self.function, x, y, z, block, 1, 1, shared_bytes, None, self._pointers, None)
+        if cluster == 1:
+            result = self._launch(self.function, x, y, z, block, 1, 1, shared_bytes, None, self._pointers, None)
+        else:
+            attribute = _LaunchAttribute(id=_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION)
+            attribute.value[0], attribute.value[1], attribute.value[2] = cluster, 1, 1
+            config = _LaunchConfig(grid=(ctypes.c_uint * 3)(x, y, z), block=(ctypes.c_uint * 3)(block, 1, 1),
+                                   shared=shared_bytes, stream=None, attrs=ctypes.pointer(attribute), n_attrs=1)
+            result = _driver().cuLaunchKernelEx(ctypes.byref(config), self.function, self._pointers, None)
         if result:
             _check(result, f"launching {self.name}")
 
