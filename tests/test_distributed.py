@@ -294,7 +294,9 @@ def test_launcher_writes_rows_and_records_a_failed_configuration(tmp_path):
     assert "allreduce  median" in (tmp_path / "ranks.log").read_text()  # rank 0's summary
     columns, ceiling = read_table(tmp_path / "allreduce.csv")
     assert tuple(columns) == ALLREDUCE_COLUMNS
-    assert [row["pg_backend"] for row in ceiling] == ["gloo", "memcpy"]
+    # The size asked for and the gradient buffer's, each as an all-reduce and as a copy.
+    assert [(row["pg_backend"], int(row["bytes"])) for row in ceiling] == [
+        ("gloo", NET.n_params * 4), ("memcpy", NET.n_params * 4), ("gloo", 4096), ("memcpy", 4096)]
 
     failed = run_ranks("numpy", NET.name, 2, extra_args=("--inject-fault", "1:1:bad-input"), **common)
     assert [(row["status"], row["stage"]) for row in failed] == [("failed", "")]

@@ -119,8 +119,20 @@ _SMI_FIELDS = ("name", "driver_version", "clocks.sm", "clocks.max.sm", "clocks.m
                "power.limit", "temperature.gpu", "persistence_mode", "pstate")
 
 
+def nccl_version() -> str:
+    """The NCCL version PyTorch was built with (``major.minor.patch``), as the data-parallel GPU ranks use it."""
+    import torch
+
+    try:
+        version = torch.cuda.nccl.version()
+    except (AttributeError, RuntimeError) as error:  # CPU builds of PyTorch have no NCCL
+        return unavailable(error)
+    return ".".join(str(part) for part in version) if isinstance(version, tuple) else str(version)
+
+
 def gpu_info() -> dict[str, Any]:
-    """What PyTorch sees of the GPU; the driver version and clocks come from ``nvidia-smi`` when installed."""
+    """What PyTorch sees of the GPUs, and the NCCL it was built with; the driver version, clocks and how the GPUs
+    are linked (``nvidia-smi topo -m``) come from ``nvidia-smi`` when installed."""
     import torch
 
     info: dict[str, Any] = {"torch_cuda": torch.version.cuda or unavailable("CPU build of PyTorch")}
@@ -128,7 +140,8 @@ def gpu_info() -> dict[str, Any]:
         index = torch.cuda.current_device()
         props = torch.cuda.get_device_properties(index)
         info.update(name=props.name, capability=f"{props.major}.{props.minor}",
-                    multiprocessors=props.multi_processor_count, memory_bytes=props.total_memory)
+                    multiprocessors=props.multi_processor_count, memory_bytes=props.total_memory,
+                    count=torch.cuda.device_count(), nccl=nccl_version())
     else:
         info["name"] = unavailable("no CUDA GPU visible to PyTorch")
     if shutil.which("nvidia-smi") is None:
@@ -141,6 +154,10 @@ def gpu_info() -> dict[str, Any]:
         return info
     info["nvidia_smi"] = [dict(zip(_SMI_FIELDS, (v.strip() for v in line.split(",")), strict=False))
                           for line in out.splitlines() if line.strip()]
+    try:
+        info["topology"] = _run(["nvidia-smi", "topo", "-m"]).splitlines()
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as error:
+        info["topology"] = unavailable(error)
     return info
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from mlpbench import gpu
-from mlpbench.backends.base import BackendUnavailable, Batch, Params, check_step_size
+from mlpbench.backends.base import BackendUnavailable, Batch, Model, Params, check_step_size
 from mlpbench.backends.cuda import (
     FUSED,
     FUSED_HEAD_MAX,
@@ -306,6 +306,11 @@ class FusedCudaModel(CudaModel):
         lr, weight_decay = self._start_update(lr, weight_decay)
         self._launch("update", None, lr, weight_decay)
         self._parity ^= 1
+
+    # Backprop is one launch: every layer is reported after it, none while it runs (the ladder's per-layer
+    # products, which the parent class reports from, do not exist here).
+    overlaps_backprop = False
+    backprop_by_layer = Model.backprop_by_layer
 
     def _start_steps(self, lr: float, weight_decay: float) -> None:
         if self._step_args != (lr, weight_decay):  # checked once per new setting: the step is launch-bound

@@ -30,7 +30,7 @@ ALLREDUCE_COLUMNS = (
 #: NVLink multicast (NVLS) stays off in every process: set in the environment of every rank.
 NVLINK_MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
                         "NVSHMEM_DISABLE_NVLS": "1"}
-#: Message sizes (bytes) of the plain all-reduce benchmark, unless given.
+#: Message sizes (bytes) of the plain all-reduce benchmark, unless given; the gradient buffer's is added.
 DEFAULT_ALLREDUCE_SIZES = (4 << 10, 64 << 10, 1 << 20, 16 << 20)
 
 

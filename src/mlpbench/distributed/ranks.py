@@ -314,14 +314,14 @@ def time_passes(trainer: DataParallel, shards: Sequence[tuple[np.ndarray, Any]],
     return {stage: Stats.from_ns(ns) for stage, ns in samples.items()}
 
 
-def benchmark_allreduce(config: RankConfig, device: torch.device) -> list[dict[str, Any]]:
-    """The ceiling: a plain all-reduce of float32 tensors of each size (slowest rank's median), and on CPU the
-    memory-copy bandwidth of rank 0 at the same sizes (``pg_backend`` ``memcpy``; ``algbw`` = bytes copied /
-    time) while the other ranks wait."""
+def benchmark_allreduce(config: RankConfig, device: torch.device, sizes: Sequence[int]) -> list[dict[str, Any]]:
+    """The ceiling: a plain all-reduce of float32 tensors of each size in bytes (slowest rank's median), and on
+    CPU the memory-copy bandwidth of rank 0 at the same sizes (``pg_backend`` ``memcpy``; ``algbw`` = bytes
+    copied / time) while the other ranks wait."""
     world_size = dist.get_world_size()
     clock = SplitClock(device)
     rows = []
-    for nbytes in config.allreduce_sizes:
+    for nbytes in sizes:
         tensor = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
         samples = []
         for index in range(2 + config.allreduce_repeats):
@@ -381,7 +381,9 @@ def run(config: RankConfig, env: RankEnv, out_dir: Path | None, fault: Fault | N
         timed = [shard(X, y, env.rank, env.world_size)
                  for X, y in global_batches(network, config.global_batch, ROTATE_BATCHES, config.seed + 1)]
         times = slowest(time_passes(trainer, timed, config, device, steps), device)
-        ceiling = benchmark_allreduce(config, device)
+        # The gradient buffer's own size among them: its all-reduce against a plain one of the same bytes.
+        sizes = sorted({*config.allreduce_sizes, trainer.bytes}) if config.allreduce_sizes else ()
+        ceiling = benchmark_allreduce(config, device, sizes)
         barrier(device)
         dist.destroy_process_group()
         if env.rank != 0:
@@ -468,7 +470,8 @@ def parser() -> argparse.ArgumentParser:
                    help="process-group timeout: the longest any rank waits for the others")
     p.add_argument("--force", action="store_true", help="allow more threads x ranks than cores")
     p.add_argument("--allreduce-sizes", type=_sizes, default=defaults.allreduce_sizes,
-                   help="bytes of the plain all-reduce benchmark, comma-separated; empty: none")
+                   help="bytes of the plain all-reduce benchmark, comma-separated (the gradient buffer's "
+                        "size is added); empty: none")
     p.add_argument("--allreduce-repeats", type=int, default=defaults.allreduce_repeats)
     p.add_argument("--out", type=Path, help="results folder (rank 0 appends ranks.csv and allreduce.csv)")
     p.add_argument("--inject-fault", type=Fault.parse, metavar="RANK:STEP:KIND",
