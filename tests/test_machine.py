@@ -20,3 +20,15 @@ def test_the_commit_is_the_checkout_head_unless_one_is_given(monkeypatch):
     # A tree shipped elsewhere may carry a stale .git: the commit given with it wins.
     monkeypatch.setenv("MLPBENCH_GIT_COMMIT", "0123abc")
     assert machine.git_info() == {"commit": "0123abc", "dirty": None, "source": "MLPBENCH_GIT_COMMIT"}
+
+
+def test_topology_is_recorded_without_terminal_codes():
+    # The header line as nvidia-smi topo -m printed it on the two-GPU host (underlined).
+    printed = "\x1b[4mGPU0\tGPU1\tCPU Affinity\tNUMA Affinity\tGPU NUMA ID\x1b[0m\nGPU0\t X \tNV18\t0-31\t0\t\tN/A"
+    lines = machine.strip_terminal_codes(printed).splitlines()
+    assert lines == ["GPU0\tGPU1\tCPU Affinity\tNUMA Affinity\tGPU NUMA ID", "GPU0\t X \tNV18\t0-31\t0\t\tN/A"]
+
+
+def test_nccl_version_is_a_version_or_says_why_not():
+    version = machine.nccl_version()
+    assert version.startswith("unavailable: ") or all(part.isdigit() for part in version.split("."))

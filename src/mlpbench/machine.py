@@ -13,6 +13,7 @@ import importlib
 import importlib.metadata
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -119,6 +120,11 @@ _SMI_FIELDS = ("name", "driver_version", "clocks.sm", "clocks.max.sm", "clocks.m
                "power.limit", "temperature.gpu", "persistence_mode", "pstate")
 
 
+def strip_terminal_codes(text: str) -> str:
+    """``text`` without the terminal's colour and underline codes (``nvidia-smi topo -m`` underlines its header)."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
 def nccl_version() -> str:
     """The NCCL version PyTorch was built with (``major.minor.patch``), as the data-parallel GPU ranks use it."""
     import torch
@@ -155,7 +161,7 @@ def gpu_info() -> dict[str, Any]:
     info["nvidia_smi"] = [dict(zip(_SMI_FIELDS, (v.strip() for v in line.split(",")), strict=False))
                           for line in out.splitlines() if line.strip()]
     try:
-        info["topology"] = _run(["nvidia-smi", "topo", "-m"]).splitlines()
+        info["topology"] = strip_terminal_codes(_run(["nvidia-smi", "topo", "-m"])).splitlines()
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as error:
         info["topology"] = unavailable(error)
     return info
