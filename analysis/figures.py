@@ -527,18 +527,25 @@ def plot_ranks(results: Results) -> Figure:
     fig, rows = _run_rows(runs, 3, height=2.2)
     for (run_id, _), (eff, share, bus) in zip(runs, rows, strict=True):
         data = scaling[scaling.run_id == run_id]
-        for (backend, mode, pg, rung), curve in data.groupby(["backend", "scaling", "pg_backend", "rung"]):
+        groups = data.groupby(["backend", "network", "scaling", "pg_backend", "rung"])
+        for (backend, network, mode, pg, rung), curve in groups:
             eff.plot(curve.world_size, curve.efficiency, marker="o" if mode == "strong" else "s",
                      ls="-" if rung == "overlapped" else "--", color=backend_color(backend), markersize=4, lw=1,
-                     label=f"{backend} {mode} {pg} {rung}")
+                     label=f"{backend} {network} {mode} {pg} {rung}")
         eff.axhline(1.0, color="grey", ls=":", label="ideal")
         eff.set(xlabel="ranks", ylabel="scaling efficiency", title="efficiency (1 = ideal)", ylim=(0, 1.1))
         eff.set_xscale("log", base=2)
         _plain_log_axis(eff.xaxis)
         mine = shares[shares.run_id == run_id]
         if len(mine):
-            first = mine[(mine.backend == mine.backend.iloc[0]) & (mine.scaling == mine.scaling.iloc[0])
-                         & (mine.rung == mine.rung.iloc[0]) & (mine.pg_backend == mine.pg_backend.iloc[0])]
+            # The configuration reaching the most ranks, weak scaling and the all-reduce after backprop first.
+            reach = mine.groupby(["backend", "network", "scaling", "pg_backend", "rung"]).world_size.transform("max")
+            widest = mine[reach == reach.max()]
+            pick = widest.sort_values(["scaling", "rung"], key=lambda c: c.map(
+                {"weak": 0, "strong": 1, "after-backprop": 0, "overlapped": 1})).iloc[0]
+            first = mine[(mine.backend == pick.backend) & (mine.network == pick.network)
+                         & (mine.scaling == pick.scaling) & (mine.rung == pick.rung)
+                         & (mine.pg_backend == pick.pg_backend)]
             pivot = first.pivot_table(index="world_size", columns="stage", values="share")
             bottom = np.zeros(len(pivot))
             for stage in summary.RANK_STAGES:
@@ -547,8 +554,7 @@ def plot_ranks(results: Results) -> Figure:
                               label=stage)
                     bottom += pivot[stage].to_numpy() * 100
             share.set(xlabel="ranks", ylabel="share of the step (%)",
-                      title=f"{first.backend.iloc[0]}, {first.pg_backend.iloc[0]}\n{first.scaling.iloc[0]}, "
-                            f"{first.rung.iloc[0]}")
+                      title=f"{pick.backend} on {pick.network}, {pick.pg_backend}\n{pick.scaling}, {pick.rung}")
         else:
             share.set_axis_off()
         ceiling = allreduce[allreduce.run_id == run_id]

@@ -123,21 +123,30 @@ def _step_rows(cpu_role: dict[str, Any], gpu_role: dict[str, Any] | None, author
     return rows
 
 
-def _ranks_rows(role: dict[str, Any]) -> list[tuple[str, str, str]]:
-    ranks = role.get("ranks") or {}
-    rows = []
-    label = role["machine"]["label"]
+def _ranks_rows(ranks: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """One run's data-parallel rows, one per backend, network and scaling with its rungs: efficiency and
+    all-reduce share at the largest world size, the gradient all-reduce against a plain one of its size; and
+    the all-reduce share of configurations measured on one NCCL rank only."""
+    label, most = ranks["machine"], ranks.get("max_world_size")
+    shares = ranks.get("allreduce_share") or {}
+    grouped: dict[str, list[str]] = {}
     for key, efficiency in (ranks.get("efficiency") or {}).items():
-        backend, scaling, group, rung = key.split(" ")
-        share = (ranks.get("allreduce_share") or {}).get(key)
-        result = f"{percent(efficiency)} efficiency at {ranks['max_world_size']} ranks"
+        backend, network, scaling, group, rung = key.split(" ")
+        result = f"{rung}: {percent(efficiency)} efficiency"
+        share = shares.get(key, {}).get(str(most))
         if share is not None:
             result += f", the all-reduce {percent(share)} of the step"
-        rows.append((f"data-parallel {backend}, {scaling} scaling, {group}, {rung}", label, result))
-    for key, by_world in (ranks.get("allreduce_share_by_world") or {}).items():
-        backend, scaling, group, rung = key.split(" ")
-        if group == "nccl" and "1" in by_world and rung == "after-backprop":
-            rows.append((f"all-reduce share of a {backend} step, one rank over NCCL", label,
+        plain = (ranks.get("gradient_vs_plain") or {}).get(key)
+        if plain:
+            result += (f", {_sig(plain['busbw'], 3)} GB/s bus bandwidth ({percent(plain['ratio'])} of a plain "
+                       f"all-reduce of its {_sig(plain['bytes'] / 1e6, 3)} MB)")
+        what = f"data-parallel {backend} on {network}, {scaling} scaling, {most} ranks over {group}"
+        grouped.setdefault(what, []).append(result)
+    rows = [(what, label, "; ".join(results)) for what, results in grouped.items()]
+    for key, by_world in shares.items():
+        backend, network, scaling, group, rung = key.split(" ")
+        if group == "nccl" and rung == "after-backprop" and set(by_world) == {"1"} and by_world["1"] is not None:
+            rows.append((f"all-reduce share of a {backend} step on {network}, one rank over NCCL", label,
                          percent(by_world["1"])))
     return rows
 
@@ -152,8 +161,9 @@ def findings_markdown(numbers: dict[str, Any]) -> str:
             lines += [f"| {what} | {role['machine']['label']} | {result} |" for what, result in _endtoend_rows(role)]
     lines += [f"| {what} | {machine} | {result} |"
               for what, machine, result in _step_rows(cpu_role, gpu_role, numbers["authors"])]
-    if gpu_role is not None:
-        lines += [f"| {what} | {machine} | {result} |" for what, machine, result in _ranks_rows(gpu_role)]
+    for ranks in (numbers.get("ranks_runs") or {}).values():
+        if ranks["machine"] != cpu_role["machine"]["label"]:  # the development machine's ranks: the report
+            lines += [f"| {what} | {machine} | {result} |" for what, machine, result in _ranks_rows(ranks)]
     counts = numbers["correctness_all"]
     worst = max(role["correctness"]["max_error"] for role in (cpu_role, gpu_role) if role is not None)
     lines += ["", f"Every backend passed the scale-aware check against the float64 reference on "

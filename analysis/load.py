@@ -54,7 +54,8 @@ def machine_label(meta: dict[str, Any]) -> str:
     label = f"{_short_cpu_name(str(cpu.get('model', '?')))} ({cpu.get('usable_cores', '?')} cores)"
     gpu = gpu_name(meta)
     if gpu:
-        label += f" + {gpu}"
+        count = described.get("gpu", {}).get("count") or 1
+        label += f" + {count} × {gpu}" if count > 1 else f" + {gpu}"
     return label
 
 

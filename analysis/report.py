@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,13 +63,30 @@ def _has_gpu_rows(results: Results, run_id: str) -> bool:
 
 
 def roles(results: Results) -> dict[str, str]:
-    """``{"cpu": run_id, "gpu": run_id}``: the first run without GPU measurements and the first with them;
-    a role no run fills falls back to the other role's run."""
-    with_gpu = [r for r in results.run_ids if _has_gpu_rows(results, r)]
-    without = [r for r in results.run_ids if r not in with_gpu]
+    """``{"cpu": run_id, "gpu": run_id}``: the first run without GPU measurements and the first with them,
+    among the runs with per-stage measurements (a run of the data-parallel study alone fills no role); a role
+    no run fills falls back to the other role's run."""
+    studied = [r for r in results.run_ids if (results.rows.run_id == r).any()] or list(results.run_ids)
+    with_gpu = [r for r in studied if _has_gpu_rows(results, r)]
+    without = [r for r in studied if r not in with_gpu]
     cpu = (without or with_gpu)[0]
     gpu = (with_gpu or without)[0]
     return {"cpu": cpu, "gpu": gpu}
+
+
+#: nvidia-smi's names of a path between two GPUs (with one GPU the third column is the CPU affinity).
+_LINK = re.compile(r"NV\d+|SYS|NODE|PHB|PXB|PIX")
+
+
+def _gpu_link(topology: Any) -> str | None:
+    """How GPU 0 reaches GPU 1 in ``nvidia-smi topo -m`` (``NV18``: 18 bonded NVLinks); None with one GPU."""
+    if not isinstance(topology, list):
+        return None
+    for line in topology:
+        cells = [cell.strip() for cell in line.split("\t")]
+        if len(cells) > 2 and cells[0] == "GPU0" and cells[1] == "X" and _LINK.fullmatch(cells[2]):
+            return cells[2]
+    return None
 
 
 def _finite(value: Any) -> float | None:
@@ -251,29 +269,80 @@ class _Run:
         return out
 
     def ranks(self) -> dict[str, Any] | None:
-        """Data-parallel runs: largest world size, efficiency there per scaling mode and rung, the all-reduce
-        share of the step there (and at every world size), and the highest all-reduce bus bandwidth; None
-        without such data."""
+        """Data-parallel runs: the GPUs and how they are linked, the largest world size, efficiency there per
+        configuration (``backend network scaling pg_backend rung``), the all-reduce share of the step there
+        (and at every world size), the gradient all-reduce against a plain one of the same bytes, the
+        overlapped rung's gain over all-reduce after backprop, and the highest plain all-reduce bus
+        bandwidth; None without such data."""
         if self.rank_scaling.empty and self.allreduce.empty:
             return None
-        out: dict[str, Any] = {"efficiency": {}, "allreduce_share": {}}
-        if len(self.rank_scaling):
-            most = int(self.rank_scaling.world_size.max())
+        gpu = self.meta.get("machine", {}).get("gpu", {})
+        out: dict[str, Any] = {"machine": machine_label(self.meta), "gpus": gpu.get("count"),
+                               "nccl": gpu.get("nccl"), "link": _gpu_link(gpu.get("topology")),
+                               "efficiency": {}, "allreduce_share": {}, "gradient_vs_plain": {},
+                               "overlap_gain": {}}
+        scaling = self.rank_scaling
+        if len(scaling):
+            most = int(scaling.world_size.max())
             out["max_world_size"] = most
-            for row in self.rank_scaling[self.rank_scaling.world_size == most].itertuples():
-                out["efficiency"][f"{row.backend} {row.scaling} {row.pg_backend} {row.rung}"] = float(row.efficiency)
-            shares = self.rank_shares[self.rank_shares.stage == "allreduce"]
-            out["allreduce_share_by_world"] = {}
-            for row in shares.itertuples():
-                key = f"{row.backend} {row.scaling} {row.pg_backend} {row.rung}"
-                out["allreduce_share_by_world"].setdefault(key, {})[str(int(row.world_size))] = float(row.share)
-                if row.world_size == most:
-                    out["allreduce_share"][key] = float(row.share)
+            for row in scaling.itertuples():
+                key = f"{row.backend} {row.network} {row.scaling} {row.pg_backend} {row.rung}"
+                out["allreduce_share"].setdefault(key, {})[str(int(row.world_size))] = _finite(row.allreduce_share)
+                if row.world_size != most:
+                    continue
+                out["efficiency"][key] = float(row.efficiency)
+                # Only after backprop is the all-reduce timed alone (overlapped: the wait backprop left).
+                if row.rung == "after-backprop" and np.isfinite(row.busbw_of_plain):
+                    out["gradient_vs_plain"][key] = {"bytes": int(row.grad_bytes), "busbw": row.grad_busbw_gbps,
+                                                     "plain_busbw": row.plain_busbw_gbps,
+                                                     "ratio": row.busbw_of_plain}
+            by_rung = scaling.pivot_table(index=["backend", "network", "scaling", "pg_backend", "world_size"],
+                                          columns="rung", values="step_s")
+            if {"after-backprop", "overlapped"} <= set(by_rung.columns):
+                for (backend, network, mode, pg, world), row in by_rung.iterrows():
+                    gain = row["after-backprop"] / row["overlapped"]
+                    if world > 1 and np.isfinite(gain):
+                        out["overlap_gain"].setdefault(f"{backend} {network} {mode} {pg}", {})[
+                            str(int(world))] = float(gain)
         if len(self.allreduce):
             best = self.allreduce.loc[self.allreduce.busbw_gbps.idxmax()]
             out["max_busbw"] = {"gbps": float(best.busbw_gbps), "bytes": int(best.bytes),
                                 "world_size": int(best.world_size), "pg_backend": best.pg_backend}
-        return out
+        out["multi_gpu"] = self.multi_gpu()
+        return json_ready(out)
+
+    def multi_gpu(self) -> dict[str, Any] | None:
+        """Ranks on several GPUs (NCCL, world size > 1), at the largest world size: per weak-scaling
+        configuration both rungs' efficiency, the overlapped rung's gain and the gradient all-reduce against a
+        plain one of its size; per strong-scaling one the speed-up over one GPU, each at its faster rung.
+        None without such data."""
+        table = self.rank_scaling[self.rank_scaling.pg_backend == "nccl"]
+        if table.empty or table.world_size.max() < 2:
+            return None
+        most = int(table.world_size.max())
+        weak, strong = [], []
+        for (backend, network, mode), group in table.groupby(["backend", "network", "scaling"], sort=False):
+            at = group[group.world_size == most].set_index("rung")
+            one = group[group.world_size == group.world_size.min()]
+            if at.empty:
+                continue
+            entry: dict[str, Any] = {"backend": backend, "network": network,
+                                     "batch_per_rank": int(at.batch_per_rank.iloc[0]),
+                                     "global_batch": int(at.global_batch.iloc[0])}
+            if mode == "weak":
+                entry["efficiency"] = {rung: float(value) for rung, value in at.efficiency.items()}
+                if {"after-backprop", "overlapped"} <= set(at.index):
+                    entry["overlap_gain"] = float(at.step_s["after-backprop"] / at.step_s["overlapped"])
+                if "after-backprop" in at.index and np.isfinite(at.busbw_of_plain["after-backprop"]):
+                    row = at.loc["after-backprop"]
+                    entry["gradient"] = {"bytes": int(row.grad_bytes), "busbw": float(row.grad_busbw_gbps),
+                                         "plain_busbw": float(row.plain_busbw_gbps),
+                                         "ratio": float(row.busbw_of_plain)}
+                weak.append(entry)
+            else:
+                entry["speedup"] = float(one.step_s.min() / at.step_s.min())
+                strong.append(entry)
+        return {"world_size": most, "weak": weak, "strong": strong}
 
     def machine(self) -> dict[str, Any]:
         described = self.meta.get("machine", {})
@@ -364,10 +433,12 @@ def report_numbers(results: Results) -> dict[str, Any]:
         entry["baselines"] = run.baselines()
         entry["stage_gains"] = run.stage_gains()
         entry["endtoend"] = run.endtoend()
-        entry["ranks"] = run.ranks()
         entry["profile"] = {row.backend: {"python_share": _python_share(row), "step_s": float(row.plain_step_s)}
                             for row in run.profile.itertuples()}
         out[role] = entry
+    # Data-parallel measurements of every run, in the order given (a run of that study alone has no role).
+    out["ranks_runs"] = {run_id: ranks for run_id in results.run_ids
+                         if (ranks := _Run(results, tables, run_id).ranks()) is not None}
     out["backends"] = ordered(results.rows.backend.dropna().unique()) if "backend" in results.rows else []
     correct = tables["correct"]
     out["correctness_all"] = {"configurations": int(correct.checked.sum()), "passed": int(correct.passed.sum()),

@@ -174,7 +174,8 @@ def stage_speedups(results: Results) -> pd.DataFrame:
 
 def load_table(results: Results) -> pd.DataFrame:
     """Per run: how busy the machine was while it measured. ``max_load`` is the largest 1-min load average
-    recorded before or after any configuration; ``busy`` the configurations the sweep flagged in ``meta.json``
+    recorded before or after any configuration (data-parallel ones included); ``busy`` the configurations the
+    sweep flagged in ``meta.json``
     (load above the cores the configuration left free); ``busy_recorded`` whether the run kept such a record
     (older runs did not). A run is ``quiet`` when it flagged nothing or, without a record, when the load never
     exceeded the core count."""
@@ -182,7 +183,10 @@ def load_table(results: Results) -> pd.DataFrame:
     out = []
     for run_id, meta in results.meta.items():
         rows = results.rows[results.rows.run_id == run_id] if "run_id" in results.rows else pd.DataFrame()
-        loads = [rows[c].max() for c in ("load_before", "load_1min") if c in rows and rows[c].notna().any()]
+        ranks = results.ranks[results.ranks.run_id == run_id] if "run_id" in results.ranks else pd.DataFrame()
+        loads = [table[c].max() for table, columns in ((rows, ("load_before", "load_1min")),
+                                                       (ranks, ("load_before", "load_after")))
+                 for c in columns if c in table and table[c].notna().any()]
         max_load = float(max(loads)) if loads else np.nan
         cores = usable_cores(meta)
         recorded = "busy" in meta
@@ -433,10 +437,16 @@ def endtoend_table(results: Results) -> pd.DataFrame:
 def rank_scaling(results: Results) -> pd.DataFrame:
     """Data-parallel training (``ranks.csv``): the whole step's median (slowest rank) per world size, and the
     scaling efficiency against the smallest world size measured: strong scaling (fixed global batch)
-    ``T_1 · n_1 / (T_n · n)``, weak scaling (fixed batch per rank) ``T_1 / T_n``; 1 is ideal."""
+    ``T_1 · n_1 / (T_n · n)``, weak scaling (fixed batch per rank) ``T_1 / T_n``; 1 is ideal. Beside them the
+    gradient all-reduce: its time and share of the stages' sum, its bus bandwidth, and that of a plain
+    all-reduce of the same bytes timed in the same configuration (``allreduce.csv``), with their ratio. In the
+    overlapped rung the all-reduce time is only the wait backprop did not hide, so its bandwidth is not the
+    transfer's."""
     frame = _ok(results.ranks, stage="step")
     keys = ["run_id", "machine", "backend", "device", "network", "scaling", "pg_backend", "rung"]
-    columns = [*keys, "world_size", "global_batch", "step_s", "q1_s", "q3_s", "efficiency"]
+    columns = [*keys, "world_size", "global_batch", "batch_per_rank", "step_s", "q1_s", "q3_s", "efficiency",
+               "allreduce_s", "allreduce_share", "grad_bytes", "grad_busbw_gbps", "plain_busbw_gbps",
+               "busbw_of_plain"]
     if frame.empty:
         return pd.DataFrame(columns=columns)
     out = []
@@ -446,9 +456,27 @@ def rank_scaling(results: Results) -> pd.DataFrame:
         ratio = base.median_s / group.median_s
         if base.scaling == "strong":
             ratio = ratio * base.world_size / group.world_size
-        out.append(group[[*keys, "world_size", "global_batch", "median_s", "q1_s", "q3_s"]].rename(
-            columns={"median_s": "step_s"}).assign(efficiency=ratio))
-    return _sorted(pd.concat(out, ignore_index=True)[columns], "run_id", "backend", "scaling", "world_size")
+        out.append(group[[*keys, "key", "world_size", "global_batch", "batch_per_rank", "median_s", "q1_s",
+                          "q3_s"]].rename(columns={"median_s": "step_s"}).assign(efficiency=ratio))
+    table = pd.concat(out, ignore_index=True)
+    stages = _ok(results.ranks)
+    stages = stages[stages.stage.isin(RANK_STAGES)]
+    total = stages.groupby(["run_id", "key"]).median_s.sum().rename("stages_s")
+    allreduce = stages[stages.stage == "allreduce"].set_index(["run_id", "key"])[["median_s", "bytes",
+                                                                                  "busbw_gbps"]]
+    allreduce.columns = ["allreduce_s", "grad_bytes", "grad_busbw_gbps"]
+    table = table.join(allreduce, on=["run_id", "key"]).join(total, on=["run_id", "key"])
+    table["allreduce_share"] = table.allreduce_s / table.stages_s
+    plain = _ok(results.allreduce)
+    if len(plain):
+        plain = plain.assign(key=plain.key.str.removesuffix("|allreduce"))
+        plain = plain[plain.pg_backend != "memcpy"].set_index(["run_id", "key", "bytes"]).busbw_gbps
+        table = table.join(plain.rename("plain_busbw_gbps"), on=["run_id", "key", "grad_bytes"])
+    else:
+        table["plain_busbw_gbps"] = np.nan
+    # One rank moves nothing: no bandwidth to compare.
+    table["busbw_of_plain"] = (table.grad_busbw_gbps / table.plain_busbw_gbps).where(table.world_size > 1)
+    return _sorted(table[columns], "run_id", "backend", "scaling", "world_size")
 
 
 def rank_stage_shares(results: Results) -> pd.DataFrame:

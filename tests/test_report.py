@@ -17,6 +17,8 @@ pypdf = pytest.importorskip("pypdf", reason="pypdf reads the built PDF (dev inst
 from analysis.report import ROOT, build  # noqa: E402 - after the skips
 
 RUNS = [ROOT / "results" / "dev-2core", ROOT / "results" / "h200"]
+# The data-parallel study on two GPUs, a run of its own (no per-stage measurements).
+MULTI_GPU = ROOT / "results" / "h200x2"
 
 
 def step_median(run: Path, network: str, backend: str, required: bool = True) -> float | None:
@@ -61,7 +63,7 @@ def says(text: str, sentence: str, gap: int = 2000) -> bool:
 def built():
     out = ROOT / "build" / "test-report"
     shutil.rmtree(out, ignore_errors=True)
-    pdf = build(RUNS, out / "figures", out / "data", out / "report.pdf")
+    pdf = build([*RUNS, MULTI_GPU], out / "figures", out / "data", out / "report.pdf")
     yield out, pdf
     shutil.rmtree(out, ignore_errors=True)
 
@@ -176,6 +178,23 @@ def flip(source: Path, target: Path) -> None:
     training.to_csv(target / "training.csv", index=False)
 
 
+def flip_ranks(source: Path, target: Path) -> None:
+    """A copy of a data-parallel run whose orderings are the other way round: the most ranks faster than one
+    in strong scaling, and the two all-reduce rungs' steps swapped in weak scaling."""
+    shutil.copytree(source, target)
+    ranks = pd.read_csv(target / "ranks.csv")
+    step = (ranks.status == "ok") & (ranks.stage == "step")
+    most = step & (ranks.world_size == ranks.world_size.max())
+    ranks.loc[most & (ranks.scaling == "strong"), ["median_s", "q1_s", "q3_s"]] *= 0.2
+    weak = most & (ranks.scaling == "weak")
+    for _, group in ranks[weak].groupby(["backend", "network"]):
+        after, overlapped = (group[group.rung == rung].index for rung in ("after-backprop", "overlapped"))
+        times = ["median_s", "q1_s", "q3_s"]
+        ranks.loc[after, times], ranks.loc[overlapped, times] = (ranks.loc[overlapped, times].to_numpy() * 1.2,
+                                                                 ranks.loc[after, times].to_numpy())
+    ranks.to_csv(target / "ranks.csv", index=False)
+
+
 @pytest.fixture(scope="module")
 def flipped():
     out = ROOT / "build" / "test-report-flipped"
@@ -184,7 +203,8 @@ def flipped():
     for run in RUNS:
         flip(run, out / "runs" / run.name)
         runs.append(out / "runs" / run.name)
-    pdf = build(runs, out / "figures", out / "data", out / "report.pdf")
+    flip_ranks(MULTI_GPU, out / "runs" / MULTI_GPU.name)
+    pdf = build([*runs, out / "runs" / MULTI_GPU.name], out / "figures", out / "data", out / "report.pdf")
     yield runs, pdf_text(pdf), json.loads((out / "data" / "numbers.json").read_text())
     shutil.rmtree(out, ignore_errors=True)
 
@@ -341,3 +361,32 @@ def test_several_processes_section_follows_the_data(newer):
     assert ("dev-2core (AMD EPYC (2 cores)) has no data-parallel measurements" in text) == (not has_ranks)
     scaling = pd.read_csv(NEWER / "ranks.csv").query("stage == 'step'")
     assert f"on up to {scaling.world_size.max()} ranks" in text
+
+
+def percent(share: float) -> str:
+    """The report's formatting of a percentage: two significant digits."""
+    return f"{float(f'{share * 100:.2g}'):g} %"
+
+
+def test_multi_gpu_sentences_follow_the_data(report):
+    runs, text, numbers = report
+    ranks = pd.read_csv(runs[0].parent / MULTI_GPU.name / "ranks.csv").query("status == 'ok' and stage == 'step'")
+    most = ranks.world_size.max()
+    assert most >= 2 and numbers["ranks_runs"][MULTI_GPU.name]["gpus"] == most
+    plain = re.sub(r"\d+(\.\d+)?× ", "", text)
+    for (backend, network), group in ranks[ranks.scaling == "weak"].groupby(["backend", "network"]):
+        step = group.set_index(["rung", "world_size"]).median_s
+        after, overlapped = (step[rung, 1] / step[rung, most] for rung in ("after-backprop", "overlapped"))
+        per_gpu = int(group.batch_per_rank.iloc[0])
+        assert says(text, f"Weak scaling of {network} with {backend}, {per_gpu} rows per GPU, keeps {percent(after)} "
+                          f"of the ideal efficiency at {most} GPUs with the all-reduce after backprop and "
+                          f"{percent(overlapped)} with it overlapped"), (backend, network)
+        gain = step["after-backprop", most] / step["overlapped", most]
+        assert says(plain, f"{backend}, {per_gpu} rows per GPU, keeps {percent(after)} of the ideal efficiency at "
+                           f"{most} GPUs with the all-reduce after backprop and {percent(overlapped)} with it "
+                           f"overlapped (the overlapped step {comparison(gain)} the other)")
+    strong = ranks[ranks.scaling == "strong"]
+    best = strong.groupby(["backend", "network", "world_size"]).median_s.min().unstack()
+    gains = best[1] / best[most]
+    assert ("no configuration gains from more GPUs" in text) == bool((gains < 1).all())
+    assert (f"the speed-up of {most} GPUs over one" in text) == bool((gains >= 1).any())
