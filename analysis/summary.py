@@ -175,10 +175,9 @@ def stage_speedups(results: Results) -> pd.DataFrame:
 def load_table(results: Results) -> pd.DataFrame:
     """Per run: how busy the machine was while it measured. ``max_load`` is the largest 1-min load average
     recorded before or after any configuration (data-parallel ones included); ``busy`` the configurations the
-    sweep flagged in ``meta.json``
-    (load above the cores the configuration left free); ``busy_recorded`` whether the run kept such a record
-    (older runs did not). A run is ``quiet`` when it flagged nothing or, without a record, when the load never
-    exceeded the core count."""
+    sweep flagged in ``meta.json`` (load above the cores the configuration left free); ``busy_recorded`` whether
+    the run kept such a record (older runs did not). A run is ``quiet`` when it flagged nothing or, without a
+    record, when the load never exceeded the core count."""
     columns = ["run_id", "machine", "cores", "configurations", "max_load", "busy", "busy_recorded", "quiet"]
     out = []
     for run_id, meta in results.meta.items():
