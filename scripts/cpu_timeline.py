@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     blas_runs = sum(1 for run in order if run[4] == plans[0]) if args.blas else 0
     per_run = args.budget_s / (len(order) + blas_runs)
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"argv": sys.argv, "machine": platform.machine(), "processor": _cpu_model(),
+    meta = {"argv": sys.argv, "machine": platform.machine(), "processor": cpu_model(),
             "usable_cores": usable_cores(), "os_cpu_count": os.cpu_count(), "budget_s": args.budget_s,
             "rounds": args.rounds, "build_info": native.build_info(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     runs: dict[tuple[str, int, int | None], list[dict[str, Any]]] = {}
@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

@@ -1,0 +1,228 @@
+"""What N cores give the C library's step when nothing is shared between them: N copies of a one-thread step,
+each in its own process pinned to its own core, all stepping at once, against one copy alone.
+
+For every case (``--cases name:batch,...``) and copy count (``--copies``), in interleaved rounds (``--rounds``),
+``N`` worker processes, one per core, each with its own model and batches, wait on a barrier and time
+``train_step`` together; a copy that finishes its timed steps keeps stepping, untimed, until the last one has
+finished, so every timed step runs beside N - 1 busy cores. The ceiling of N cores is ``N · t_1 / t_N``
+(``t_N``: the median over copies of each copy's median step): the throughput N independent copies reach, with
+the clock the cores keep under load, the shared L3 and the memory bandwidth as the only limits. With
+``--omp`` each round also times ``c-omp`` on N threads (the run's own process, pinned to the same N cores)
+and its speed-up over one thread, so the two are read side by side: c-omp's speed-up over the ceiling is the
+share of the hardware's parallelism the threaded step keeps once its threads share data.
+
+Writes ``ceiling.json`` and ``ceiling.txt`` (the table, also printed) under ``--out``.
+
+    python scripts/cpu_ceiling.py --cases moons-5h300:32,mnist:256 --copies 1,2,4,8,16 --omp \\
+        --rounds 3 --budget-s 150 --out results/h200-ceiling
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+# cpu_timeline.py beside this file: its case parsing and random batches.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cpu_timeline import cpu_model, parse_cases, parse_threads, random_inputs
+
+import mlpbench
+from mlpbench import native
+from mlpbench.network import resolve
+from mlpbench.thread_policy import pinned_threads
+from mlpbench.timing import CpuClock, Stats
+
+LR = 1e-4
+WARMUP = 5
+
+
+def _models(backend: str, cases: list[tuple[str, int]], threads: int, isa: str, seed: int) -> dict[int, Any]:
+    """One model per case with its prepared batches: ``{case index: (model, batches)}``."""
+    models = {}
+    for index, (name, batch) in enumerate(cases):
+        network = resolve(name)
+        model = mlpbench.load(backend, network, seed=0, threads=threads, max_batch=batch, isa=isa)
+        models[index] = (model, [model.prepare(X, y) for X, y in random_inputs(network, batch, 4, seed)])
+    return models
+
+
+def _timed(model: Any, batches: list[Any], steps: int) -> list[int]:
+    clock = CpuClock(sync=model.synchronize)
+    samples = []
+    for index in range(steps):
+        batch = batches[index % len(batches)]
+        samples.append(clock.measure(lambda batch=batch: model.train_step(batch, LR)))
+    return samples
+
+
+def worker(core: int, cases: list[tuple[str, int]], isa: str, barriers: dict[int, Any], finished: Any,
+           conn: Any) -> None:
+    """One copy: pinned to ``core``, one thread; answers ``(case, steps, copies)`` with its step times (ns)."""
+    os.sched_setaffinity(0, {core})
+    with pinned_threads(1):
+        models = _models("c-omp", cases, 1, isa, seed=core)
+        conn.send("ready")
+        while (order := conn.recv()) is not None:
+            case, steps, copies = order
+            model, batches = models[case]
+            for index in range(WARMUP):
+                model.train_step(batches[index % len(batches)], LR)
+            barriers[copies].wait()
+            samples = _timed(model, batches, steps)
+            with finished.get_lock():
+                finished.value += 1
+            index = 0
+            while finished.value < copies:  # keep the core busy until the slowest copy is done
+                model.train_step(batches[index % len(batches)], LR)
+                index += 1
+            conn.send(samples)
+        for model, _ in models.values():
+            model.close()
+
+
+def run_copies(pipes: list[Any], finished: Any, case: int, steps: int, copies: int) -> list[Stats]:
+    with finished.get_lock():
+        finished.value = 0
+    for conn in pipes[:copies]:
+        conn.send((case, steps, copies))
+    return [Stats.from_ns(conn.recv()) for conn in pipes[:copies]]
+
+
+def run_omp(case: tuple[str, int], threads: int, cores: list[int], isa: str, steps: int) -> Stats:
+    """c-omp on ``threads`` threads of this process, pinned to the first ``threads`` cores of the copies."""
+    everything = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, set(cores[:threads]))
+    try:
+        with pinned_threads(threads):
+            (model, batches), = _models("c-omp", [case], threads, isa, seed=threads).values()
+            try:
+                for index in range(WARMUP):
+                    model.train_step(batches[index % len(batches)], LR)
+                return Stats.from_ns(_timed(model, batches, steps))
+            finally:
+                model.close()
+    finally:
+        os.sched_setaffinity(0, everything)
+
+
+def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over rounds, with the rounds' min-max, of one case and copy count."""
+    out: dict[str, Any] = {"case": rounds[0]["case"], "copies": rounds[0]["copies"], "rounds": len(rounds)}
+    for key in ("copy_us", "slowest_copy_us", "ceiling", "omp_us", "omp_speedup", "omp_of_ceiling"):
+        values = [r[key] for r in rounds if r.get(key) is not None]
+        if values:
+            out[key] = {"median": median(values), "min": min(values), "max": max(values)}
+    return out
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    def cell(entry: dict[str, Any] | None, digits: int = 1) -> str:
+        if entry is None:
+            return "-"
+        low, high = f"{entry['min']:.{digits}f}", f"{entry['max']:.{digits}f}"
+        return f"{entry['median']:.{digits}f} ({low}-{high})"
+
+    lines = ["| case | copies / threads | copy step us | slowest copy us | ceiling x | c-omp step us | "
+             "c-omp speed-up x | c-omp of ceiling |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['case']} | {r['copies']} | {cell(r.get('copy_us'))} | {cell(r.get('slowest_copy_us'))} "
+                     f"| {cell(r.get('ceiling'), 2)} | {cell(r.get('omp_us'))} | {cell(r.get('omp_speedup'), 2)} "
+                     f"| {cell(r.get('omp_of_ceiling'), 2)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", type=parse_cases, default=parse_cases("moons-5h300:32,mnist:256"))
+    parser.add_argument("--copies", type=parse_threads, default=[1, 2, 4, 8, 16],
+                        help="copy counts (and c-omp thread counts); those above the usable cores are left out")
+    parser.add_argument("--omp", action="store_true", help="also time c-omp on as many threads as copies")
+    parser.add_argument("--steps", type=int, default=400, help="timed steps per copy (at most)")
+    parser.add_argument("--min-steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--isa", default="auto")
+    parser.add_argument("--budget-s", type=float, default=150.0, help="the whole run's time budget")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    cores = sorted(os.sched_getaffinity(0))
+    copies = sorted({n for n in args.copies if n <= len(cores)} | {1})
+    context = mp.get_context("spawn")  # fresh processes: no OpenMP pool or PyTorch state inherited
+    barriers = {n: context.Barrier(n) for n in copies}
+    finished = context.Value("i", 0)
+    pipes, workers = [], []
+    for core in cores[:max(copies)]:
+        mine, theirs = context.Pipe()
+        process = context.Process(target=worker, args=(core, args.cases, args.isa, barriers, finished, theirs),
+                                  daemon=True)
+        process.start()
+        pipes.append(mine)
+        workers.append(process)
+    meta = {"argv": sys.argv, "processor": cpu_model(), "cores": cores, "copies": copies, "rounds": args.rounds,
+            "budget_s": args.budget_s, "build_info": native.build_info(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    started = time.perf_counter()
+    try:
+        for conn in pipes:
+            if conn.recv() != "ready":
+                raise RuntimeError("a copy did not start")
+        # Steps per run from one copy's step: the budget split over every run (copies, then c-omp).
+        runs = len(args.cases) * len(copies) * args.rounds * (2 if args.omp else 1)
+        steps = {}
+        for case in range(len(args.cases)):
+            probe = run_copies(pipes, finished, case, 3, 1)[0].median
+            steps[case] = int(max(args.min_steps, min(args.steps, args.budget_s / runs / max(probe, 1e-7))))
+        rows: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        for round_index in range(args.rounds):
+            for case, (name, batch) in enumerate(args.cases):
+                for n in copies:
+                    row: dict[str, Any] = {"case": f"{name}:{batch}", "copies": n, "round": round_index,
+                                           "load_before": os.getloadavg()[0]}
+                    stats = run_copies(pipes, finished, case, steps[case], n)
+                    row["copy_us"] = median(s.median for s in stats) * 1e6
+                    row["slowest_copy_us"] = max(s.median for s in stats) * 1e6
+                    if args.omp:
+                        row["omp_us"] = run_omp((name, batch), n, cores, args.isa, steps[case]).median * 1e6
+                    row["load_after"] = os.getloadavg()[0]
+                    rows.setdefault((case, n), []).append(row)
+                one = rows[(case, 1)][-1]
+                for n in copies:
+                    row = rows[(case, n)][-1]
+                    row["ceiling"] = n * one["copy_us"] / row["copy_us"]
+                    if args.omp:
+                        row["omp_speedup"] = one["omp_us"] / row["omp_us"]
+                        row["omp_of_ceiling"] = row["omp_speedup"] / row["ceiling"]
+                    print(f"round {round_index} {row['case']} x{n}: copy {row['copy_us']:.1f} us, ceiling "
+                          f"{row['ceiling']:.2f}x" + (f", c-omp {row['omp_us']:.1f} us ({row['omp_speedup']:.2f}x)"
+                                                      if args.omp else "") + f", load {row['load_before']:.2f}",
+                          flush=True)
+    finally:
+        for conn in pipes:
+            conn.send(None)
+        for process in workers:
+            process.join(timeout=30)
+    results = [summarise(group) for group in rows.values()]
+    meta["seconds"] = round(time.perf_counter() - started, 1)
+    meta["steps"] = {f"{name}:{batch}": steps[case] for case, (name, batch) in enumerate(args.cases)}
+    text = table(results)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ceiling.json").write_text(json.dumps({"meta": meta, "results": results,
+                                                       "rounds": [r for g in rows.values() for r in g]}, indent=1))
+    (args.out / "ceiling.txt").write_text(f"{meta['processor']}, cores {len(cores)}, started {meta['started']}, "
+                                          f"steps {meta['steps']}\n{text}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
