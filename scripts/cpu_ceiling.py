@@ -7,8 +7,9 @@ For every case (``--cases name:batch,...``) and copy count (``--copies``), in in
 finished, so every timed step runs beside N - 1 busy cores. The ceiling of N cores is ``N · t_1 / t_N``
 (``t_N``: the median over copies of each copy's median step): the throughput N independent copies reach, with
 the clock the cores keep under load, the shared L3 and the memory bandwidth as the only limits. With
-``--omp`` each round also times ``c-omp`` on N threads (the run's own process, pinned to the same N cores)
-and its speed-up over one thread, so the two are read side by side: c-omp's speed-up over the ceiling is the
+``--omp`` each round also times ``c-omp`` on N threads (a process of its own per N, pinned to the copies'
+first N cores before its threads exist: a thread keeps the core mask it was created with) and its speed-up
+over one thread, so the two are read side by side: c-omp's speed-up over the ceiling is the
 share of the hardware's parallelism the threaded step keeps once its threads share data.
 
 Writes ``ceiling.json`` and ``ceiling.txt`` (the table, also printed) under ``--out``.
@@ -42,6 +43,8 @@ from mlpbench.timing import CpuClock, Stats
 
 LR = 1e-4
 WARMUP = 5
+#: Seconds a worker waits before its warm-up, so the threads of the run before have gone to sleep.
+IDLE_S = 0.05
 
 
 def _models(backend: str, cases: list[tuple[str, int]], threads: int, isa: str, seed: int) -> dict[int, Any]:
@@ -63,26 +66,32 @@ def _timed(model: Any, batches: list[Any], steps: int) -> list[int]:
     return samples
 
 
-def worker(core: int, cases: list[tuple[str, int]], isa: str, barriers: dict[int, Any], finished: Any,
-           conn: Any) -> None:
-    """One copy: pinned to ``core``, one thread; answers ``(case, steps, copies)`` with its step times (ns)."""
-    os.sched_setaffinity(0, {core})
-    with pinned_threads(1):
-        models = _models("c-omp", cases, 1, isa, seed=core)
+def worker(cores: list[int], threads: int, cases: list[tuple[str, int]], isa: str, barriers: dict[int, Any],
+           finished: Any, conn: Any) -> None:
+    """One process pinned to ``cores`` before any thread of it exists (threads inherit the mask they are
+    created with), a c-omp model per case on ``threads`` threads; answers ``(case, steps, copies)`` with its
+    step times in ns. ``copies`` > 0: one of that many copies, started together on a barrier and kept busy
+    until the last one has finished; 0: alone."""
+    os.sched_setaffinity(0, set(cores))
+    with pinned_threads(threads):
+        models = _models("c-omp", cases, threads, isa, seed=cores[0] if threads == 1 else threads)
         conn.send("ready")
         while (order := conn.recv()) is not None:
             case, steps, copies = order
             model, batches = models[case]
+            time.sleep(IDLE_S)  # the threads of the run before (another process's) back to sleep
             for index in range(WARMUP):
                 model.train_step(batches[index % len(batches)], LR)
-            barriers[copies].wait()
+            if copies:
+                barriers[copies].wait()
             samples = _timed(model, batches, steps)
-            with finished.get_lock():
-                finished.value += 1
-            index = 0
-            while finished.value < copies:  # keep the core busy until the slowest copy is done
-                model.train_step(batches[index % len(batches)], LR)
-                index += 1
+            if copies:
+                with finished.get_lock():
+                    finished.value += 1
+                index = 0
+                while finished.value < copies:  # keep the core busy until the slowest copy is done
+                    model.train_step(batches[index % len(batches)], LR)
+                    index += 1
             conn.send(samples)
         for model, _ in models.values():
             model.close()
@@ -96,21 +105,9 @@ def run_copies(pipes: list[Any], finished: Any, case: int, steps: int, copies: i
     return [Stats.from_ns(conn.recv()) for conn in pipes[:copies]]
 
 
-def run_omp(case: tuple[str, int], threads: int, cores: list[int], isa: str, steps: int) -> Stats:
-    """c-omp on ``threads`` threads of this process, pinned to the first ``threads`` cores of the copies."""
-    everything = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, set(cores[:threads]))
-    try:
-        with pinned_threads(threads):
-            (model, batches), = _models("c-omp", [case], threads, isa, seed=threads).values()
-            try:
-                for index in range(WARMUP):
-                    model.train_step(batches[index % len(batches)], LR)
-                return Stats.from_ns(_timed(model, batches, steps))
-            finally:
-                model.close()
-    finally:
-        os.sched_setaffinity(0, everything)
+def run_alone(conn: Any, case: int, steps: int) -> Stats:
+    conn.send((case, steps, 0))
+    return Stats.from_ns(conn.recv())
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -160,22 +157,27 @@ def main(argv: list[str] | None = None) -> int:
     context = mp.get_context("spawn")  # fresh processes: no OpenMP pool or PyTorch state inherited
     barriers = {n: context.Barrier(n) for n in copies}
     finished = context.Value("i", 0)
-    pipes, workers = [], []
-    for core in cores[:max(copies)]:
+    workers = []
+
+    def start(cores_: list[int], threads: int) -> Any:
         mine, theirs = context.Pipe()
-        process = context.Process(target=worker, args=(core, args.cases, args.isa, barriers, finished, theirs),
-                                  daemon=True)
+        process = context.Process(target=worker, daemon=True, args=(cores_, threads, args.cases, args.isa,
+                                                                    barriers, finished, theirs))
         process.start()
-        pipes.append(mine)
-        workers.append(process)
+        workers.append((process, mine))
+        return mine
+
+    pipes = [start([core], 1) for core in cores[:max(copies)]]
+    # c-omp on N threads: one process per N, pinned to the copies' first N cores.
+    omp = {n: start(cores[:n], n) for n in copies} if args.omp else {}
     meta = {"argv": sys.argv, "processor": cpu_model(), "cores": cores, "copies": copies, "rounds": args.rounds,
             "budget_s": args.budget_s, "build_info": native.build_info(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     started = time.perf_counter()
     try:
-        for conn in pipes:
+        for _, conn in workers:
             if conn.recv() != "ready":
-                raise RuntimeError("a copy did not start")
+                raise RuntimeError("a worker process did not start")
         # Steps per run from one copy's step: the budget split over every run (copies, then c-omp).
         runs = len(args.cases) * len(copies) * args.rounds * (2 if args.omp else 1)
         steps = {}
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                     row["copy_us"] = median(s.median for s in stats) * 1e6
                     row["slowest_copy_us"] = max(s.median for s in stats) * 1e6
                     if args.omp:
-                        row["omp_us"] = run_omp((name, batch), n, cores, args.isa, steps[case]).median * 1e6
+                        row["omp_us"] = run_alone(omp[n], case, steps[case]).median * 1e6
                     row["load_after"] = os.getloadavg()[0]
                     rows.setdefault((case, n), []).append(row)
                 one = rows[(case, 1)][-1]
@@ -207,9 +209,9 @@ def main(argv: list[str] | None = None) -> int:
                                                       if args.omp else "") + f", load {row['load_before']:.2f}",
                           flush=True)
     finally:
-        for conn in pipes:
+        for _, conn in workers:
             conn.send(None)
-        for process in workers:
+        for process, _ in workers:
             process.join(timeout=30)
     results = [summarise(group) for group in rows.values()]
     meta["seconds"] = round(time.perf_counter() - started, 1)
