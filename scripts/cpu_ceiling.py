@@ -6,7 +6,9 @@ For every case (``--cases name:batch,...``) and copy count (``--copies``), in in
 ``train_step`` together; a copy that finishes its timed steps keeps stepping, untimed, until the last one has
 finished, so every timed step runs beside N - 1 busy cores. The ceiling of N cores is ``N · t_1 / t_N``
 (``t_N``: the median over copies of each copy's median step): the throughput N independent copies reach, with
-the clock the cores keep under load, the shared L3 and the memory bandwidth as the only limits. With
+the clock the cores keep under load, the shared L3 and the memory bandwidth as the only limits. A team whose
+threads meet at barriers goes at its slowest core's pace: its ceiling is ``N · t_1 / t_slowest`` (the slowest
+copy's median), the team ceiling. With
 ``--omp`` each round also times ``c-omp`` on N threads (a process of its own per N, pinned to the copies'
 first N cores before its threads exist: a thread keeps the core mask it was created with) and its speed-up
 over one thread, so the two are read side by side: c-omp's speed-up over the ceiling is the
@@ -113,7 +115,8 @@ def run_alone(conn: Any, case: int, steps: int) -> Stats:
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over rounds, with the rounds' min-max, of one case and copy count."""
     out: dict[str, Any] = {"case": rounds[0]["case"], "copies": rounds[0]["copies"], "rounds": len(rounds)}
-    for key in ("copy_us", "slowest_copy_us", "ceiling", "omp_us", "omp_speedup", "omp_of_ceiling"):
+    for key in ("copy_us", "slowest_copy_us", "ceiling", "team_ceiling", "omp_us", "omp_speedup",
+                "omp_of_ceiling"):
         values = [r[key] for r in rounds if r.get(key) is not None]
         if values:
             out[key] = {"median": median(values), "min": min(values), "max": max(values)}
@@ -127,12 +130,13 @@ def table(results: list[dict[str, Any]]) -> str:
         low, high = f"{entry['min']:.{digits}f}", f"{entry['max']:.{digits}f}"
         return f"{entry['median']:.{digits}f} ({low}-{high})"
 
-    lines = ["| case | copies / threads | copy step us | slowest copy us | ceiling x | c-omp step us | "
-             "c-omp speed-up x | c-omp of ceiling |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| case | copies / threads | copy step us | slowest copy us | ceiling x | team ceiling x | "
+             "c-omp step us | c-omp speed-up x | c-omp of ceiling |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['case']} | {r['copies']} | {cell(r.get('copy_us'))} | {cell(r.get('slowest_copy_us'))} "
-                     f"| {cell(r.get('ceiling'), 2)} | {cell(r.get('omp_us'))} | {cell(r.get('omp_speedup'), 2)} "
-                     f"| {cell(r.get('omp_of_ceiling'), 2)} |")
+        cells = [cell(r.get("copy_us")), cell(r.get("slowest_copy_us")), cell(r.get("ceiling"), 2),
+                 cell(r.get("team_ceiling"), 2), cell(r.get("omp_us")), cell(r.get("omp_speedup"), 2),
+                 cell(r.get("omp_of_ceiling"), 2)]
+        lines.append(f"| {r['case']} | {r['copies']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -201,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                 for n in copies:
                     row = rows[(case, n)][-1]
                     row["ceiling"] = n * one["copy_us"] / row["copy_us"]
+                    row["team_ceiling"] = n * one["copy_us"] / row["slowest_copy_us"]
                     if args.omp:
                         row["omp_speedup"] = one["omp_us"] / row["omp_us"]
                         row["omp_of_ceiling"] = row["omp_speedup"] / row["ceiling"]

@@ -33,6 +33,7 @@ def test_ceiling_is_the_copies_throughput_over_one_copy(tmp_path, monkeypatch):
     for row in rounds:
         one = next(r for r in rounds if r["case"] == row["case"] and r["round"] == row["round"] and r["copies"] == 1)
         assert row["ceiling"] == pytest.approx(row["copies"] * one["copy_us"] / row["copy_us"])
+        assert row["team_ceiling"] == pytest.approx(row["copies"] * one["copy_us"] / row["slowest_copy_us"])
         assert row["omp_speedup"] == pytest.approx(one["omp_us"] / row["omp_us"])
         assert row["slowest_copy_us"] >= row["copy_us"] > 0
     for result in report["results"]:
