@@ -197,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                     stats = run_copies(pipes, finished, case, steps[case], n)
                     row["copy_us"] = median(s.median for s in stats) * 1e6
                     row["slowest_copy_us"] = max(s.median for s in stats) * 1e6
+                    row["per_copy_us"] = [s.median * 1e6 for s in stats]  # in the order of meta's cores
                     if args.omp:
                         row["omp_us"] = run_alone(omp[n], case, steps[case]).median * 1e6
                     row["load_after"] = os.getloadavg()[0]

@@ -35,6 +35,7 @@ def test_ceiling_is_the_copies_throughput_over_one_copy(tmp_path, monkeypatch):
         assert row["ceiling"] == pytest.approx(row["copies"] * one["copy_us"] / row["copy_us"])
         assert row["team_ceiling"] == pytest.approx(row["copies"] * one["copy_us"] / row["slowest_copy_us"])
         assert row["omp_speedup"] == pytest.approx(one["omp_us"] / row["omp_us"])
+        assert row["slowest_copy_us"] == max(row["per_copy_us"]) and len(row["per_copy_us"]) == row["copies"]
         assert row["slowest_copy_us"] >= row["copy_us"] > 0
     for result in report["results"]:
         assert result["rounds"] == 2 and result["ceiling"]["min"] <= result["ceiling"]["median"]
