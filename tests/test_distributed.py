@@ -151,6 +151,21 @@ def test_launcher_rejects_bad_arguments_before_starting_anything(tmp_path):
     assert not (tmp_path / "ranks.csv").read_text().strip().count("\n")  # the header only
 
 
+@pytest.mark.parametrize(("backend", "network", "world_size", "batch", "message"), [
+    ("numpy", "digits", 2, 7, "ValueError: global batch 7 is not divisible by the world size 2"),
+    ("numpy", "digits", 0, 8, "ValueError: world_size: must be >= 1, got 0"),
+    ("numpy", "no-such-net", 2, 8, "ValueError: "),
+    # The fused kernel's width limit, from its class: no process starts (no GPU needed to know it).
+    ("cuda-fused", "mnist", 1, 8, "ValueError: cuda-fused runs networks up to 512 wide"),
+])
+def test_a_sweep_records_a_configuration_that_cannot_run_and_goes_on(tmp_path, backend, network, world_size,
+                                                                      batch, message):
+    rows = run_ranks(backend, network, world_size, global_batch=batch, out_dir=tmp_path, record_invalid=True)
+    assert [(row["status"], row["stage"]) for row in rows] == [("failed", "")]
+    assert rows[0]["reason"].startswith(message), rows[0]["reason"]
+    assert not (tmp_path / "ranks.log").exists()  # no torchrun was started
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -98,6 +98,13 @@ def test_rank_counts_follow_the_machine_unless_given():
         make_params("quick", rank_backends=("no-such-backend",))
 
 
+def test_a_rank_configuration_that_cannot_run_is_recorded_not_raised(tmp_path):
+    # 32 rows do not split over 3 ranks: the study records why and the sweep goes on to the next job.
+    (job,) = rank_jobs(make_params("quick", ranks=(3,)), run_dir=tmp_path)
+    (row,) = job.work()
+    assert row["status"] == "failed" and "not divisible by the world size 3" in row["reason"]
+
+
 def test_every_sweep_parameter_is_an_option_with_its_help_and_default():
     text = cli.parser().format_help()
     for field in dataclasses.fields(SweepParams):

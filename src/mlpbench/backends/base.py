@@ -172,6 +172,12 @@ class Model(ABC):
         return None
 
     @classmethod
+    def check_network(cls, network: Network) -> None:
+        """Raise ``ValueError`` for a network this backend cannot run (a limit of its kernels); called before
+        anything is allocated, and by callers that plan runs without building a model (the data-parallel
+        launcher). Every network passes by default."""
+
+    @classmethod
     def max_threads(cls) -> int:
         """Most threads the ``threads`` option takes here: the cores this process may use if the backend is
         ``threaded`` (more would only oversubscribe them), 1 otherwise."""

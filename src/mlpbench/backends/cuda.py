@@ -542,7 +542,7 @@ class CudaModel(Model):
 
     def __init__(self, network: Network, params: Params) -> None:
         super().__init__(network, params)
-        self._check_network(network)
+        self.check_network(network)
         checked = check_params(network, params)
         try:
             gpu.ensure_available()
@@ -569,9 +569,6 @@ class CudaModel(Model):
         self._closed = False
 
     # -- hooks -------------------------------------------------------------------------------------------
-    def _check_network(self, network: Network) -> None:
-        """Raise ValueError for networks this backend cannot run (before any GPU work)."""
-
     def _store_params(self, params: Params) -> None:
         self._W = [torch.tensor(w, device=self._dev) for w, _ in params]
         self._b = [torch.tensor(b, device=self._dev) for _, b in params]

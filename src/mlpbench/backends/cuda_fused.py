@@ -196,7 +196,8 @@ class FusedCudaModel(CudaModel):
 
     name = "cuda-fused"
 
-    def _check_network(self, network: Network) -> None:
+    @classmethod
+    def check_network(cls, network: Network) -> None:
         widest = max(network.sizes)
         if widest > FUSED_MAX_WIDTH:
             raise ValueError(f"cuda-fused runs networks up to {FUSED_MAX_WIDTH} wide; {network.name} has a layer "

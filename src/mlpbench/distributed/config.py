@@ -109,8 +109,9 @@ def validate(config: RankConfig, local_ranks: int | None = None) -> RankConfig:
         raise ValueError(f"timeout_s: must be > 0, got {config.timeout_s}")
     if any(isinstance(size, bool) or not isinstance(size, int) or size < 4 for size in config.allreduce_sizes):
         raise ValueError(f"allreduce_sizes: expected byte counts >= 4, got {config.allreduce_sizes}")
-    config.resolved_network()
+    network = config.resolved_network()
     cls = config.model_class()  # ValueError for unknown names, BackendUnavailable when it cannot import
+    cls.check_network(network)  # ValueError for a network beyond the backend's kernels
     if cls.gradient_buffer is Model.gradient_buffer:
         raise gradient_buffer_missing(config.backend)
     if cls.device == "cuda":

@@ -68,13 +68,15 @@ def failure_reason(output: str) -> str:
 
 
 def run_ranks(backend: str, network: str, world_size: int, *, global_batch: int, out_dir: str | Path,
-              timeout_s: float = 600.0, extra_args: tuple[str, ...] = (), **options: Any) -> list[dict[str, str]]:
+              timeout_s: float = 600.0, extra_args: tuple[str, ...] = (), record_invalid: bool = False,
+              **options: Any) -> list[dict[str, str]]:
     """Train ``network`` data-parallel on ``world_size`` ranks of this machine under ``torchrun`` and return the
     configuration's rows of ``out_dir/ranks.csv``; what the ranks printed is appended to ``out_dir/ranks.log``.
 
     ``options`` are the other fields of :class:`RankConfig` (``threads``, ``steps``, ``rung``, ``scaling``,
     ``force``, ...); ``extra_args`` go to the rank program as they are (``--inject-fault``). Arguments are
-    checked before any process starts (``TypeError``/``ValueError``); a backend that cannot run here is
+    checked before any process starts (``TypeError``/``ValueError``, or with ``record_invalid`` one ``failed``
+    row with the reason, as a sweep records a configuration that cannot run); a backend that cannot run here is
     recorded as ``skipped``. Ranks that fail, or run past ``timeout_s`` (then they are killed), are recorded
     as one ``failed`` row naming the rank and the cause. A configuration already in the table is not run again.
     """
@@ -98,6 +100,11 @@ def run_ranks(backend: str, network: str, world_size: int, *, global_batch: int,
         validate(config)
     except BackendUnavailable as error:
         _record(table, config, "skipped", str(error))
+        return rows()
+    except (TypeError, ValueError) as error:
+        if not record_invalid:
+            raise
+        _record(table, config, "failed", f"{type(error).__name__}: {error}")
         return rows()
     env = {**os.environ, **NVLINK_MULTICAST_OFF, "OMP_NUM_THREADS": str(config.threads)}
     process = subprocess.Popen([*command(config), "--out", str(out_dir), *extra_args], env=env,
@@ -129,15 +136,21 @@ def run_ranks(backend: str, network: str, world_size: int, *, global_batch: int,
 
 
 def _record(table: Any, config: RankConfig, status: str, reason: str) -> None:
-    """One row for a configuration that was not timed (empty ``stage``)."""
+    """One row for a configuration that was not timed (empty ``stage``); what its arguments cannot say (an
+    unknown backend's device, an unknown network's sizes) is left empty."""
     try:
         device, pg_backend = ("cuda" if config.pg_backend == "nccl" else "cpu"), config.pg_backend
     except (ValueError, BackendUnavailable):
         device = pg_backend = ""
+    try:
+        sizes = config.resolved_network().name
+    except ValueError:
+        sizes = ""
+    per_rank = config.batch_per_rank if isinstance(config.world_size, int) and config.world_size > 0 else ""
     table.append(config.key, [{
         "backend": config.backend, "device": device, "network": config.network,
-        "sizes": config.resolved_network().name, "scaling": config.scaling, "world_size": config.world_size,
+        "sizes": sizes, "scaling": config.scaling, "world_size": config.world_size,
         "pg_backend": pg_backend, "rung": config.rung, "threads_per_rank": config.threads,
-        "batch_per_rank": config.batch_per_rank, "global_batch": config.global_batch,
+        "batch_per_rank": per_rank, "global_batch": config.global_batch,
         "stage": "", "status": status, "reason": reason, "load_before": "", "load_after": os.getloadavg()[0],
         "finished_at": machine.now_utc()}])

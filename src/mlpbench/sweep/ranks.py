@@ -57,5 +57,6 @@ def rank_jobs(params: SweepParams, run_dir: Path) -> list[RankJob]:
                                                   "world_size": world_size, "rung": rung},
                                             lambda b=backend, n=network, w=world_size, g=global_batch, o=options:
                                             run_ranks(b, n, w, global_batch=g, out_dir=run_dir,
-                                                      timeout_s=params.rank_timeout_s, **o)))
+                                                      timeout_s=params.rank_timeout_s, record_invalid=True,
+                                                      **o)))
     return jobs
