@@ -390,3 +390,4 @@ def test_multi_gpu_sentences_follow_the_data(report):
     gains = best[1] / best[most]
     assert ("no configuration gains from more GPUs" in text) == bool((gains < 1).all())
     assert (f"the speed-up of {most} GPUs over one" in text) == bool((gains >= 1).any())
+    assert says(text, f"Data-parallel training on GPUs was measured on at most {most} GPUs of one host")
