@@ -391,3 +391,7 @@ def test_multi_gpu_sentences_follow_the_data(report):
     assert ("no configuration gains from more GPUs" in text) == bool((gains < 1).all())
     assert (f"the speed-up of {most} GPUs over one" in text) == bool((gains >= 1).any())
     assert says(text, f"Data-parallel training on GPUs was measured on at most {most} GPUs of one host")
+    abstract = text[text.index("Abstract"):text.index("1 The question")]
+    assert f"On {most} GPUs, data-parallel weak scaling of" in abstract
+    assert ("while a fixed small batch split over the GPUs runs slower than on one GPU" in abstract) == bool(
+        (gains < 1).all())
