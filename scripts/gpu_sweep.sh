@@ -10,6 +10,13 @@
 #   ranks-gpu  one-GPU NCCL ranks on the large network
 #   compile    torch-gpu-compile on the small networks and end to end (minutes of compilation per shape)
 #
+# Not in the default, for a host of several GPUs (one rank per GPU, 1, 2, 4, ... up to the GPUs it has; the
+# committed results/h200x2 was taken with these two on two GPUs):
+#
+#   gpus-weak    large, 1024 rows per GPU: torch-gpu and cuda-opt, both all-reduce rungs
+#   gpus-strong  mnist (256 rows) and moons-5h300 (32 rows) split over the GPUs: torch-gpu, cuda-opt and
+#                cuda-fused (recorded as failed, with the reason, on networks wider than it takes)
+#
 # A call that runs out of DEADLINE leaves the rest to a later call with the same RUN_ID (the folder carried).
 # Give the commit of the tree sent to the host in MLPBENCH_GIT_COMMIT: a copied .git may hold another HEAD.
 set -uo pipefail
@@ -34,5 +41,8 @@ part endtoend --backends "$main_backends" --studies endtoend
 part ranks --studies ranks
 part ranks-gpu --studies ranks --rank-backends torch-gpu,cuda-opt --rank-networks large:1024 --rank-steps 10
 part compile --backends torch-gpu-compile --studies stages,endtoend --networks digits:32,moons-5h300:32
+part gpus-weak --studies ranks --rank-backends torch-gpu,cuda-opt --rank-networks large:1024 --scaling weak
+part gpus-strong --studies ranks --rank-backends torch-gpu,cuda-opt,cuda-fused \
+    --rank-networks mnist:256,moons-5h300:32 --scaling strong
 tar czf "${OUT:-.}/run.tar.gz" -C results "$RUN_ID"
 grep -i "warning" "$LOG" | head -5
