@@ -52,9 +52,10 @@ def duration(seconds: float) -> str:
     raise AssertionError
 
 
-def says(text: str, sentence: str, gap: int = 2000) -> bool:
+def says(text: str, sentence: str, gap: int = 4000) -> bool:
     """Whether ``text`` has ``sentence``, allowing a float (a figure's labels, a caption) of up to ``gap``
-    characters between two of its words, as the PDF's text order puts a page-top figure mid-sentence."""
+    characters between two of its words, as the PDF's text order puts a page-top figure mid-sentence (the
+    end-to-end figure, tick labels and caption, is about 2400 characters)."""
     words = [re.escape(word) for word in sentence.split()]
     return re.search(rf"\s(?:.{{0,{gap}}}?\s)??".join(words), text) is not None
 
