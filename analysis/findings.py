@@ -162,7 +162,7 @@ def findings_markdown(numbers: dict[str, Any]) -> str:
     lines += [f"| {what} | {machine} | {result} |"
               for what, machine, result in _step_rows(cpu_role, gpu_role, numbers["authors"])]
     for ranks in (numbers.get("ranks_runs") or {}).values():
-        if ranks["machine"] != cpu_role["machine"]["label"]:  # the development machine's ranks: the report
+        if ranks["machine"] != cpu_role["machine"]["label"]:  # the hosts' runs; the development machine's: report
             lines += [f"| {what} | {machine} | {result} |" for what, machine, result in _ranks_rows(ranks)]
     counts = numbers["correctness_all"]
     worst = max(role["correctness"]["max_error"] for role in (cpu_role, gpu_role) if role is not None)

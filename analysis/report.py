@@ -39,7 +39,6 @@ from analysis.summary import (
     lineprofile_table,
     load_table,
     rank_scaling,
-    rank_stage_shares,
     stage_speedups,
     stage_table,
     thread_baselines,
@@ -106,8 +105,7 @@ class _Run:
         self.profile, self.correct = mine["profile"], mine["correct"]
         self.baselines_table, self.stage_speedups = mine["baselines"], mine["stage_speedups"]
         self.endtoend_table, self.load = mine["endtoend"], mine["load"]
-        self.rank_scaling, self.rank_shares, self.allreduce = mine["rank_scaling"], mine["rank_shares"], mine[
-            "allreduce"]
+        self.rank_scaling, self.allreduce = mine["rank_scaling"], mine["allreduce"]
 
     def step(self, network: str, backend: str) -> float | None:
         found = self.stages[(self.stages.network == network) & (self.stages.backend == backend)]
@@ -270,17 +268,15 @@ class _Run:
 
     def ranks(self) -> dict[str, Any] | None:
         """Data-parallel runs: the GPUs and how they are linked, the largest world size, efficiency there per
-        configuration (``backend network scaling pg_backend rung``), the all-reduce share of the step there
-        (and at every world size), the gradient all-reduce against a plain one of the same bytes, the
-        overlapped rung's gain over all-reduce after backprop, and the highest plain all-reduce bus
-        bandwidth; None without such data."""
+        configuration (``backend network scaling pg_backend rung``), the all-reduce share of the step at
+        every world size, the gradient all-reduce against a plain one of the same bytes, the highest plain
+        all-reduce bus bandwidth, and on several GPUs :meth:`multi_gpu`; None without such data."""
         if self.rank_scaling.empty and self.allreduce.empty:
             return None
         gpu = self.meta.get("machine", {}).get("gpu", {})
         out: dict[str, Any] = {"machine": machine_label(self.meta), "gpus": gpu.get("count"),
                                "nccl": gpu.get("nccl"), "link": _gpu_link(gpu.get("topology")),
-                               "efficiency": {}, "allreduce_share": {}, "gradient_vs_plain": {},
-                               "overlap_gain": {}}
+                               "efficiency": {}, "allreduce_share": {}, "gradient_vs_plain": {}}
         scaling = self.rank_scaling
         if len(scaling):
             most = int(scaling.world_size.max())
@@ -296,14 +292,6 @@ class _Run:
                     out["gradient_vs_plain"][key] = {"bytes": int(row.grad_bytes), "busbw": row.grad_busbw_gbps,
                                                      "plain_busbw": row.plain_busbw_gbps,
                                                      "ratio": row.busbw_of_plain}
-            by_rung = scaling.pivot_table(index=["backend", "network", "scaling", "pg_backend", "world_size"],
-                                          columns="rung", values="step_s")
-            if {"after-backprop", "overlapped"} <= set(by_rung.columns):
-                for (backend, network, mode, pg, world), row in by_rung.iterrows():
-                    gain = row["after-backprop"] / row["overlapped"]
-                    if world > 1 and np.isfinite(gain):
-                        out["overlap_gain"].setdefault(f"{backend} {network} {mode} {pg}", {})[
-                            str(int(world))] = float(gain)
         if len(self.allreduce):
             best = self.allreduce.loc[self.allreduce.busbw_gbps.idxmax()]
             out["max_busbw"] = {"gbps": float(best.busbw_gbps), "bytes": int(best.bytes),
@@ -373,8 +361,7 @@ def report_numbers(results: Results) -> dict[str, Any]:
               "profile": lineprofile_table(results), "correct": correctness_table(results),
               "baselines": thread_baselines(results), "stage_speedups": stage_speedups(results),
               "endtoend": endtoend_table(results), "load": load_table(results),
-              "rank_scaling": rank_scaling(results), "rank_shares": rank_stage_shares(results),
-              "allreduce": allreduce_table(results)}
+              "rank_scaling": rank_scaling(results), "allreduce": allreduce_table(results)}
     for role, run_id in chosen.items():
         run = _Run(results, tables, run_id)
         nets = sorted(run.stages.network.unique())
