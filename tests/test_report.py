@@ -396,3 +396,14 @@ def test_multi_gpu_sentences_follow_the_data(report):
     assert f"On {most} GPUs, data-parallel weak scaling of" in abstract
     assert ("while a fixed small batch split over the GPUs runs slower than on one GPU" in abstract) == bool(
         (gains < 1).all())
+
+
+def test_multi_gpu_table_prints_the_measured_steps(report):
+    runs, text, _ = report
+    ranks = pd.read_csv(runs[0].parent / MULTI_GPU.name / "ranks.csv").query("status == 'ok' and stage == 'step'")
+    most = ranks.world_size.max()
+    step = ranks.set_index(["backend", "network", "scaling", "rung", "world_size"]).median_s
+    for row in ranks[ranks.world_size == most].itertuples():
+        one = step[row.backend, row.network, row.scaling, row.rung, 1]
+        assert (f"{row.backend} {row.network} ({row.global_batch}) {row.scaling} {row.rung} {duration(one)} "
+                f"{duration(row.median_s)}") in text, row
