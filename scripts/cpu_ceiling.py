@@ -28,6 +28,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from itertools import cycle
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -41,7 +42,7 @@ import mlpbench
 from mlpbench import native
 from mlpbench.network import resolve
 from mlpbench.thread_policy import pinned_threads
-from mlpbench.timing import CpuClock, Stats
+from mlpbench.timing import CpuClock, Stats, time_call
 
 LR = 1e-4
 WARMUP = 5
@@ -49,53 +50,43 @@ WARMUP = 5
 IDLE_S = 0.05
 
 
-def _models(backend: str, cases: list[tuple[str, int]], threads: int, isa: str, seed: int) -> dict[int, Any]:
-    """One model per case with its prepared batches: ``{case index: (model, batches)}``."""
-    models = {}
+def _steppers(cases: list[tuple[str, int]], threads: int, isa: str, seed: int) -> dict[int, Any]:
+    """Per case index, a c-omp model and a call that trains it one step on the next of its batches in turn."""
+    steppers = {}
     for index, (name, batch) in enumerate(cases):
         network = resolve(name)
-        model = mlpbench.load(backend, network, seed=0, threads=threads, max_batch=batch, isa=isa)
-        models[index] = (model, [model.prepare(X, y) for X, y in random_inputs(network, batch, 4, seed)])
-    return models
-
-
-def _timed(model: Any, batches: list[Any], steps: int) -> list[int]:
-    clock = CpuClock(sync=model.synchronize)
-    samples = []
-    for index in range(steps):
-        batch = batches[index % len(batches)]
-        samples.append(clock.measure(lambda batch=batch: model.train_step(batch, LR)))
-    return samples
+        model = mlpbench.load("c-omp", network, seed=0, threads=threads, max_batch=batch, isa=isa)
+        rotation = cycle([model.prepare(X, y) for X, y in random_inputs(network, batch, 4, seed)])
+        steppers[index] = (model, lambda model=model, rotation=rotation: model.train_step(next(rotation), LR))
+    return steppers
 
 
 def worker(cores: list[int], threads: int, cases: list[tuple[str, int]], isa: str, barriers: dict[int, Any],
            finished: Any, conn: Any) -> None:
     """One process pinned to ``cores`` before any thread of it exists (threads inherit the mask they are
-    created with), a c-omp model per case on ``threads`` threads; answers ``(case, steps, copies)`` with its
-    step times in ns. ``copies`` > 0: one of that many copies, started together on a barrier and kept busy
-    until the last one has finished; 0: alone."""
+    created with), a c-omp model per case on ``threads`` threads; answers ``(case, steps, copies)`` with the
+    :class:`Stats` of its steps. ``copies`` > 0: one of that many copies, started together on a barrier and
+    kept busy until the last one has finished; 0: alone."""
     os.sched_setaffinity(0, set(cores))
     with pinned_threads(threads):
-        models = _models("c-omp", cases, threads, isa, seed=cores[0] if threads == 1 else threads)
+        steppers = _steppers(cases, threads, isa, seed=cores[0] if threads == 1 else threads)
         conn.send("ready")
         while (order := conn.recv()) is not None:
             case, steps, copies = order
-            model, batches = models[case]
+            model, step = steppers[case]
             time.sleep(IDLE_S)  # the threads of the run before (another process's) back to sleep
-            for index in range(WARMUP):
-                model.train_step(batches[index % len(batches)], LR)
+            for _ in range(WARMUP):
+                step()
             if copies:
                 barriers[copies].wait()
-            samples = _timed(model, batches, steps)
+            stats = time_call(step, repeats=steps, warmup=0, clock=CpuClock(sync=model.synchronize))
             if copies:
                 with finished.get_lock():
                     finished.value += 1
-                index = 0
                 while finished.value < copies:  # keep the core busy until the slowest copy is done
-                    model.train_step(batches[index % len(batches)], LR)
-                    index += 1
-            conn.send(samples)
-        for model, _ in models.values():
+                    step()
+            conn.send(stats)
+        for model, _ in steppers.values():
             model.close()
 
 
@@ -104,12 +95,12 @@ def run_copies(pipes: list[Any], finished: Any, case: int, steps: int, copies: i
         finished.value = 0
     for conn in pipes[:copies]:
         conn.send((case, steps, copies))
-    return [Stats.from_ns(conn.recv()) for conn in pipes[:copies]]
+    return [conn.recv() for conn in pipes[:copies]]
 
 
 def run_alone(conn: Any, case: int, steps: int) -> Stats:
     conn.send((case, steps, 0))
-    return Stats.from_ns(conn.recv())
+    return conn.recv()
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
