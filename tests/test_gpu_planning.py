@@ -276,19 +276,28 @@ def test_pipelined_shared_memory_matches_the_kernel_formula():
     # SMEM_TRANSPOSE: the same ring plus two transposed [BK][rows + 4] buffers per operand
     assert cuda.opt_shared_bytes("128x128k16s4t256dbt") == (4 + 2) * (16 * 132 + 16 * 132) * 4 == 101376
     assert cuda.opt_shared_bytes("128x128k16s3t256dbt") == (3 + 2) * (16 * 132 + 16 * 132) * 4
+    assert cuda.opt_shared_bytes("256x128k16s3t256dbt") == (3 + 2) * (16 * 260 + 16 * 132) * 4
 
 
 FRAGMENT_DB_CONFIGS = [config for config in cuda.OPT_CONFIGS if cuda.opt_defines(config)["FRAGMENT_DB"]]
+# 8 x 16 outputs per thread: up to 255 registers, so 256 threads have an SM to themselves (or two blocks of 128).
+WIDE_FRAGMENT_CONFIGS = ["256x128k16s3t256dbt", "128x256k16s3t256dbt", "128x128k16s3t128dbt"]
 
 
-def test_fragment_double_buffered_configurations_keep_two_blocks_of_256_threads():
+def test_fragment_double_buffered_configurations_keep_their_blocks_per_sm():
     """8 x 8 outputs per thread as 2 x 2 sub-tiles of 4 x 4, 256 threads, two blocks per SM (so at most 128
-    registers: tests/test_kernels_compile.py), offered to the same large products as the other rings."""
-    assert len(FRAGMENT_DB_CONFIGS) == 3
+    registers: tests/test_kernels_compile.py); or 8 x 16 outputs per thread with 65536 registers per SM for
+    256 threads; offered to the same large products as the other rings."""
+    assert len(FRAGMENT_DB_CONFIGS) == 6
     for config in FRAGMENT_DB_CONFIGS:
         d = cuda.opt_defines(config)
-        assert cuda.opt_threads(config) == 256 and d["MIN_BLOCKS"] == 2
-        assert (d["WM"] // 8, d["WN"] // 4) == (8, 8)
+        threads = cuda.opt_threads(config)
+        if config in WIDE_FRAGMENT_CONFIGS:
+            assert (d["WM"] // 8, d["WN"] // 4) == (8, 16)
+            assert threads * d["MIN_BLOCKS"] == 256
+        else:
+            assert threads == 256 and d["MIN_BLOCKS"] == 2
+            assert (d["WM"] // 8, d["WN"] // 4) == (8, 8)
         assert cuda.opt_pipelined(config) and cuda.opt_float4_only(config)
         assert config not in cuda.opt_configs_for(1024, 1024, 1023, vector=False)
         for M, N, K in ((4096, 4096, 4096), *LARGE_NETWORK_PRODUCTS):
@@ -300,14 +309,13 @@ SMEM_TRANSPOSE_CONFIGS = [config for config in cuda.OPT_CONFIGS if cuda.opt_defi
 
 def test_shared_memory_transposing_configurations():
     """The fragment double-buffered kernel with 16-byte copies of k-contiguous operands, transposed in shared
-    memory: two blocks of 256 threads per SM still fit (about 100 KB each), offered to the same products as
-    the other rings."""
-    assert SMEM_TRANSPOSE_CONFIGS == ["128x128k16s4t256dbt", "128x128k16s3t256dbt"]
+    memory: its blocks per SM still fit their shared memory, offered to the same products as the other
+    rings."""
+    assert SMEM_TRANSPOSE_CONFIGS == ["128x128k16s4t256dbt", "128x128k16s3t256dbt", *WIDE_FRAGMENT_CONFIGS]
     for config in SMEM_TRANSPOSE_CONFIGS:
         d = cuda.opt_defines(config)
         assert config.endswith("dbt") and d["FRAGMENT_DB"] == 1
-        assert cuda.opt_threads(config) == 256 and d["MIN_BLOCKS"] == 2
-        assert 2 * (cuda.opt_shared_bytes(config) + 1024) <= cuda.SHARED_PER_SM
+        assert d["MIN_BLOCKS"] * (cuda.opt_shared_bytes(config) + 1024) <= cuda.SHARED_PER_SM
         assert config not in cuda.opt_configs_for(1024, 1024, 1023, vector=False)
         assert config not in cuda.opt_configs_for(256, 256, 256)  # below OPT_LARGE_WORK
         for M, N, K in ((4096, 4096, 4096), *LARGE_NETWORK_PRODUCTS):
