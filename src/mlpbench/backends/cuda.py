@@ -101,10 +101,11 @@ def _opt_spec(BM: int, BN: int, BK: int, WM: int, WN: int, MIN_BLOCKS: int, STAG
 # 8 x 8 outputs per thread as 2 x 2 sub-tiles of 4 x 4 and the lane's values double-buffered in registers,
 # within 128 registers for two blocks of 256 threads per SM; "dbt": the same, with k-contiguous operands copied
 # 16 bytes at a time into [row][k] and transposed inside shared memory once per k-step (tn runs as "db"); the
-# last three "dbt" with 8 x 16 outputs per thread (a third fewer fragment reads per multiply-add, up to 255
-# registers: one block of 256 threads or two of 128 per SM).
-# Keys: tile, then k-step, stages and threads. (Dropped after the H200 run 12-opt-fragment-db: 128x128k8s4t256db,
-# never the fastest in any layout nor an autotuned choice.)
+# last "dbt" with 8 x 16 outputs per thread (a third fewer fragment reads per multiply-add, up to 255
+# registers: one block of 256 threads per SM), the fastest in nn (results/gpu-dev/17-opt-wide-fragments).
+# Keys: tile, then k-step, stages and threads. (Dropped after H200 runs, never the fastest in any layout nor an
+# autotuned choice: 128x128k8s4t256db after 12-opt-fragment-db; 256x128k16s3t256dbt and 128x128k16s3t128dbt,
+# the other 8 x 16 ones, after 17.)
 OPT_CONFIGS: dict[str, ModuleSpec] = {
     "128x128": OPT,
     "64x64": _opt_spec(64, 64, 8, 32, 32, 4),
@@ -118,11 +119,7 @@ OPT_CONFIGS: dict[str, ModuleSpec] = {
                                      SMEM_TRANSPOSE=1),
     "128x128k16s3t256dbt": _opt_spec(128, 128, 16, 64, 32, 2, STAGES=3, FLOAT4_ONLY=1, FRAGMENT_DB=1,
                                      SMEM_TRANSPOSE=1),
-    "256x128k16s3t256dbt": _opt_spec(256, 128, 16, 64, 64, 1, STAGES=3, FLOAT4_ONLY=1, FRAGMENT_DB=1,
-                                     SMEM_TRANSPOSE=1),
     "128x256k16s3t256dbt": _opt_spec(128, 256, 16, 64, 64, 1, STAGES=3, FLOAT4_ONLY=1, FRAGMENT_DB=1,
-                                     SMEM_TRANSPOSE=1),
-    "128x128k16s3t128dbt": _opt_spec(128, 128, 16, 64, 64, 2, STAGES=3, FLOAT4_ONLY=1, FRAGMENT_DB=1,
                                      SMEM_TRANSPOSE=1),
 }
 #: Configurations every product shape may use; the others only products of at least OPT_LARGE_WORK
