@@ -22,13 +22,14 @@ class Family:
     device: str  # "cpu" or "gpu"
     colormap: str
     rungs: tuple[str, ...]  # "" is the bare family name
+    library: str = ""  # the rung whose products are a library's, not the project's own code
 
 
 FAMILIES = (
     Family("numpy", "cpu", "Greys", ("",)),
-    Family("c", "cpu", "Blues", ("serial", "omp", "blas")),
+    Family("c", "cpu", "Blues", ("serial", "omp", "blas"), library="blas"),
     Family("torch-cpu", "cpu", "Oranges", ("",)),
-    Family("cuda", "gpu", "Greens", ("naive", "tiled", "opt", "fused", "cublas")),
+    Family("cuda", "gpu", "Greens", ("naive", "tiled", "opt", "fused", "cublas"), library="cublas"),
     Family("torch-gpu", "gpu", "Purples", ("", "graph", "compile")),
 )
 #: The float64 reference every backend is checked against (not a contender in any comparison).
@@ -66,6 +67,13 @@ def rank(name: str) -> tuple[int, int, str]:
 def ordered(names: Iterable[str]) -> list[str]:
     """Backends by :func:`rank`: reference, CPU, GPU; names of no known family last, alphabetically."""
     return sorted(set(names), key=rank)
+
+
+def hand_written_ladder(prefix: str) -> list[str]:
+    """The family's own rungs in the order they climb, its library rung left out (``cuda``: naive, tiled, opt,
+    fused): each is meant to be at least as fast as every rung before it."""
+    (family,) = [f for f in FAMILIES if f.prefix == prefix]
+    return [f"{prefix}-{rung}" for rung in family.rungs if rung and rung != family.library]
 
 
 def device(name: str, default: str = "cpu") -> str:

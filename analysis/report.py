@@ -23,7 +23,7 @@ import pandas as pd
 
 from analysis import draw_all, load_runs
 from analysis.load import Results, gpu_name, machine_label
-from analysis.palette import REFERENCE, ordered
+from analysis.palette import REFERENCE, hand_written_ladder, ordered
 from analysis.summary import (
     AUTHORS_BATCH,
     AUTHORS_NETWORK,
@@ -131,6 +131,37 @@ class _Run:
     def ladder_gflops(self, impl: str) -> float | None:
         found = self.ladder[(self.ladder.impl == impl) & (self.ladder.status == "ok")]
         return _finite(found.gflops.iloc[0]) if len(found) else None
+
+    def rung_order(self) -> dict[str, Any]:
+        """The hand-written CUDA rungs' steps per network in ladder order, and every rung slower than a rung
+        below it (``overlap``: their interquartile ranges meet), with cuda-fused's step of the same network
+        where it runs: the whole step's arithmetic in one launch, so what a layered rung takes beyond it
+        (``beyond_fused``, a share of its step) is the host's Python and kernel launches; ``products_climb``:
+        whether the ladder study's CUDA products gain GFLOP/s with every rung."""
+        ladder = hand_written_ladder("cuda")
+        networks: dict[str, dict[str, float]] = {}
+        slower = []
+        for network in sorted(self.stages.network.unique()):
+            found = self.stages[(self.stages.network == network) & self.stages.backend.isin(ladder)
+                                & np.isfinite(self.stages.step_s)].set_index("backend")
+            rungs = [b for b in ladder if b in found.index]
+            if len(rungs) < 2:
+                continue
+            networks[network] = {b: float(found.step_s[b]) for b in rungs}
+            fused = networks[network].get("cuda-fused")
+            for i, upper in enumerate(rungs):
+                for lower in rungs[:i]:
+                    if found.step_s[upper] > found.step_s[lower]:
+                        slower.append({"network": network, "rung": upper, "below": lower,
+                                       "step_s": float(found.step_s[upper]), "below_s": float(found.step_s[lower]),
+                                       "overlap": bool(found.step_q1_s[upper] <= found.step_q3_s[lower]),
+                                       "fused_s": fused if upper != "cuda-fused" else None,
+                                       "beyond_fused": 1 - fused / float(found.step_s[upper])
+                                       if fused and upper != "cuda-fused" else None})
+        products = self.ladder[(self.ladder.device == "gpu") & self.ladder.impl.str.startswith("cuda-v")
+                               & (self.ladder.status == "ok")].sort_values("version")
+        climbing = bool(len(products) > 1 and products.gflops.is_monotonic_increasing)
+        return {"networks": networks, "slower": slower, "products_climb": climbing}
 
     def most_threads(self, network: str, backend: str) -> dict[str, Any] | None:
         found = self.threads[(self.threads.network == network) & (self.threads.backend == backend)]
@@ -394,6 +425,7 @@ def report_numbers(results: Results) -> dict[str, Any]:
         entry["batch_gain"] = {b: run.batch_gain(b) for b in sorted(run.batch.backend.unique())}
         entry["width_crossover"] = run.width_crossover()
         entry["widest"] = run.widest()
+        entry["rung_order"] = run.rung_order()
         entry["best_per_operation_gpu"] = {n: run.best(n, ("cuda-naive", "cuda-tiled", "cuda-opt")) for n in nets}
         entry["ladder_pct"] = {impl: run.ladder_pct(impl) for impl in run.ladder.impl}
         entry["ladder_gflops"] = {impl: run.ladder_gflops(impl) for impl in run.ladder.impl}

@@ -72,6 +72,9 @@ def test_palette_places_every_backend_by_one_rule() -> None:
     assert palette.device("zzz", default="gpu") == "gpu" and palette.backend_color("zzz").startswith("#")
     assert palette.ladder_order(["numpy", "c-v2", "torch-gpu", "c-v1", "cuda-v1"]) == [
         "c-v1", "c-v2", "numpy", "cuda-v1", "torch-gpu"]
+    # The hand-written rungs a faster rung must not lose to: the library rung is not one of them.
+    assert palette.hand_written_ladder("cuda") == ["cuda-naive", "cuda-tiled", "cuda-opt", "cuda-fused"]
+    assert palette.hand_written_ladder("c") == ["c-serial", "c-omp"]
 
 
 def test_analysis_imports_no_backend() -> None:

@@ -19,6 +19,8 @@ from analysis.report import ROOT, build  # noqa: E402 - after the skips
 RUNS = [ROOT / "results" / "dev-2core", ROOT / "results" / "h200"]
 # The data-parallel study on two GPUs, a run of its own (no per-stage measurements).
 MULTI_GPU = ROOT / "results" / "h200x2"
+# The hand-written CUDA rungs in the order they climb (the report's "rung below").
+CUDA_LADDER = ["cuda-naive", "cuda-tiled", "cuda-opt", "cuda-fused"]
 
 
 def step_median(run: Path, network: str, backend: str, required: bool = True) -> float | None:
@@ -154,7 +156,7 @@ def batch_winners(run: Path) -> list[str]:
 def flip(source: Path, target: Path) -> None:
     """A copy of a committed run whose orderings are the other way round: backprop the largest stage of every
     backend, a CPU backend fastest at the smallest batch, the GPU behind at the smallest width, c-omp ahead of
-    PyTorch on the large network, and the digits accuracies apart."""
+    PyTorch on the large network, the digits accuracies apart, and the CUDA rungs' steps in or out of order."""
     shutil.copytree(source, target)
     rows = pd.read_csv(target / "rows.csv")
     ok = rows.status == "ok"
@@ -173,6 +175,20 @@ def flip(source: Path, target: Path) -> None:
     torch = rows.loc[large & (rows.backend == "torch-cpu"), "median_s"]
     if len(torch):  # a run whose torch-cpu step on the large network was skipped over budget has nothing to flip
         rows.loc[large & (rows.backend == "c-omp"), ["median_s", "q1_s", "q3_s"]] = torch.iloc[0] / 2
+    # The hand-written CUDA rungs' steps put in ladder order on every network if some rung was slower than one
+    # below it, else the first network's turned round (whole median-and-quartile triples move).
+    times = ["median_s", "q1_s", "q3_s"]
+    ladder_rows = rows[stages & (rows.stage == "step") & rows.backend.isin(CUDA_LADDER)]
+    networks = {network: group.set_index("backend").loc[[b for b in CUDA_LADDER if b in set(group.backend)]]
+                for network, group in ladder_rows.groupby("network")}
+    networks = {network: steps for network, steps in networks.items() if len(steps) >= 2}
+    in_order = all(steps.median_s.is_monotonic_decreasing for steps in networks.values())
+    for network, steps in networks.items():
+        climbing = steps.sort_values("median_s", ascending=in_order)
+        if in_order and network != min(networks):
+            continue
+        for key, values in zip(steps.key, climbing[times].to_numpy(), strict=True):
+            rows.loc[(rows.key == key) & (rows.stage == "step"), times] = values
     rows.to_csv(target / "rows.csv", index=False)
     training = pd.read_csv(target / "training.csv")
     training.loc[training.backend == "c-serial", "test_accuracy"] *= 0.5
@@ -281,6 +297,28 @@ def test_large_network_comparison_follows_the_data(report):
     plain = re.sub(r"\d+(\.\d+)?× ", "", text)
     assert re.search(rf"On the large network OpenMP C is {words[0]} PyTorch on the development machine (\([^)]*\) )?"
                      rf"and {words[1]} it on the GPU host", plain), words
+
+
+def test_cuda_rung_order_follows_the_data(report):
+    runs, text, numbers = report
+    rows = pd.read_csv(runs[1] / "rows.csv")
+    networks = sorted(rows[(rows.study == "stages") & rows.backend.isin(CUDA_LADDER)].network.unique())
+    slower = []
+    for network in networks:
+        steps = {b: step_median(runs[1], network, b, required=False) for b in CUDA_LADDER}
+        rungs = [b for b in CUDA_LADDER if steps[b] is not None]
+        slower += [(network, upper, steps[upper], lower, steps[lower]) for i, upper in enumerate(rungs)
+                   for lower in rungs[:i] if steps[upper] > steps[lower]]
+    if not slower:
+        assert says(text, "each hand-written CUDA rung steps at least as fast as every rung below it")
+        assert "do not climb the same ladder" not in text
+    else:
+        assert "do not climb the same ladder on every network" in text
+        assert "at least as fast as every rung below it" not in text
+        for network, upper, upper_s, lower, lower_s in slower:
+            assert says(text, f"on {network} {upper} ({duration(upper_s)}) is slower than {lower} "
+                              f"({duration(lower_s)}"), (network, upper, lower)
+    assert len(numbers["gpu"]["rung_order"]["slower"]) == len(slower)
 
 
 def test_counts_and_ranges_follow_the_data(report):
