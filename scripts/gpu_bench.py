@@ -68,7 +68,7 @@ def rel_error(value: torch.Tensor, reference: torch.Tensor) -> float:
 
 def products(n: int, repeats: int) -> list[dict]:
     """Each rung's product at n^3 against cuBLAS in the same layout, timed just before it (cuBLAS reads the
-    transposed views in place), so the percentage compares two products of one layout minutes apart at most."""
+    transposed views in place), so the percentage compares two products of one layout timed one after the other."""
     g = torch.Generator(device="cuda").manual_seed(0)
     A = torch.randn(n, n, device="cuda", generator=g)
     B = torch.randn(n, n, device="cuda", generator=g)

@@ -101,7 +101,7 @@ def _opt_spec(BM: int, BN: int, BK: int, WM: int, WN: int, MIN_BLOCKS: int, STAG
 # 8 x 8 outputs per thread as 2 x 2 sub-tiles of 4 x 4 and the lane's values double-buffered in registers,
 # within 128 registers for two blocks of 256 threads per SM; "dbt": the same, with k-contiguous operands copied
 # 16 bytes at a time into [row][k] and transposed inside shared memory once per k-step (tn runs as "db"); the
-# last "dbt" with 8 x 16 outputs per thread (a third fewer fragment reads per multiply-add, up to 255
+# last "dbt" with 8 x 16 outputs per thread (a quarter fewer fragment reads per multiply-add, up to 255
 # registers: one block of 256 threads per SM), the fastest in nn (results/gpu-dev/17-opt-wide-fragments).
 # Keys: tile, then k-step, stages and threads. (Dropped after H200 runs, never the fastest in any layout nor an
 # autotuned choice: 128x128k8s4t256db after 12-opt-fragment-db; 256x128k16s3t256dbt and 128x128k16s3t128dbt,
