@@ -78,14 +78,22 @@ def _runs(table: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def _legend(fig: Figure, axes: object, columns: int = 5) -> None:
-    """One legend for the whole figure, below the panels, each label once."""
+    """One legend for the whole figure, below the panels, each label once, in at most ``columns`` columns and
+    fewer where long labels would run past the figure's edges; the figure grows by the legend's height, so the
+    panels keep theirs."""
     handles: dict[str, object] = {}
     for ax in np.asarray(axes, dtype=object).flat:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, handle)
-    if handles:
-        fig.legend(list(handles.values()), list(handles), loc="outside lower center", frameon=False,
-                   ncols=min(columns, len(handles)))
+    renderer = fig.canvas.get_renderer()
+    for ncols in range(min(columns, len(handles)), 0, -1):
+        legend = fig.legend(list(handles.values()), list(handles), loc="outside lower center", frameon=False,
+                            ncols=ncols)
+        extent = legend.get_window_extent(renderer)
+        if ncols == 1 or extent.width <= fig.bbox.width:
+            fig.set_figheight(fig.get_figheight() + extent.height / fig.dpi)
+            return
+        legend.remove()
 
 
 def _quartile_bars(median: pd.Series, q1: pd.Series, q3: pd.Series) -> np.ndarray:
@@ -524,7 +532,7 @@ def plot_ranks(results: Results) -> Figure:
     runs = list(dict.fromkeys(_runs(scaling) + _runs(shares) + _runs(allreduce)))
     if not runs:
         return _empty("Several processes", "no data-parallel runs in these results")
-    fig, rows = _run_rows(runs, 3, height=2.2)
+    fig, rows = _run_rows(runs, 3, height=1.9)
     for (run_id, _), (eff, share, bus) in zip(runs, rows, strict=True):
         data = scaling[scaling.run_id == run_id]
         groups = data.groupby(["backend", "network", "scaling", "pg_backend", "rung"])

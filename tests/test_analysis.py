@@ -344,6 +344,23 @@ def test_every_figure_from_the_newer_run_shape_at_its_printed_width(gpu_run: sum
     _check_files(written)
 
 
+def test_a_long_legend_stays_within_the_figure_and_adds_its_height() -> None:
+    """Labels too long for the asked columns take fewer, and the figure grows by the legend, so no label runs
+    past the printed page and the panels keep their height."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, layout="constrained", figsize=(figures.TEXT_WIDTH, 2.0))
+    for i in range(12):
+        axes[i % 2].plot([0, 1], [i, i], label=f"configuration {i:2d} of a study with a long descriptive name")
+    figures._legend(fig, axes, columns=5)
+    (legend,) = fig.legends
+    renderer = fig.canvas.get_renderer()
+    assert legend.get_window_extent(renderer).width <= fig.bbox.width
+    assert legend._ncols < 5
+    assert fig.get_figheight() == pytest.approx(2.0 + legend.get_window_extent(renderer).height / fig.dpi)
+    plt.close(fig)
+
+
 def test_a_backend_name_never_seen_takes_its_device_from_its_rows(tmp_path: Path) -> None:
     run = tmp_path / "unknown"
     shutil.copytree(GPU_FIXTURE, run)
