@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from mlpbench.sweep import neighbours, run
+from mlpbench.sweep import make_params, neighbours, run
 from mlpbench.sweep.neighbours import SLOWDOWN_LIMIT, NeighbourCheck, neighbour_entry, product_probe
 
 
@@ -81,3 +81,19 @@ def test_a_run_flags_units_measured_on_shared_cores(tmp_path, monkeypatch):
     busy = json.loads((run_dir / "meta.json").read_text())["busy"]
     flagged = {entry["key"] for entry in busy if "probe_slowdown" in entry}
     assert flagged == {"rows:stages/c-omp/digits/b32/t2"}
+
+
+def test_the_cpu_ladder_is_probed_as_a_cpu_unit(tmp_path, monkeypatch):
+    # The CPU's products run on every usable core: a probe slower there than on one core flags the CPU ladder,
+    # and the GPU ladder, which no CPU backend times, is never probed.
+    monkeypatch.setattr("mlpbench.sweep.runner.product_probe",
+                        lambda: FakeProbe({1: [1.0], **{t: [50.0] for t in range(2, 257)}}))
+    run_dir = run("quick", results_dir=tmp_path, run_id="r", progress=False, backends=("c-serial",),
+                  studies=("ladder",), networks=("digits:32",))
+    busy = json.loads((run_dir / "meta.json").read_text())["busy"]
+    flagged = {entry["key"] for entry in busy if "probe_slowdown" in entry}
+    if make_params("quick").max_threads > 1:
+        assert flagged == {"ladder:cpu"}
+    else:  # one core: nothing to compare a shared core with
+        assert flagged == set()
+

@@ -216,6 +216,34 @@ def test_shared_configurations_are_measured_once(quick_run: Path) -> None:
         assert Config.from_key(row.key).measurement == Config.from_key(row.reused_from).measurement
 
 
+def test_a_ladder_rung_that_is_wrong_or_fails_while_timed_is_recorded_and_the_others_timed() -> None:
+    # Both ladders check each product, then time those that passed in turn; a wrong product is not timed, one
+    # that raises while timed is recorded failed with the reason, and the rest keep their numbers.
+    import numpy as np
+
+    from mlpbench.sweep.ladders import _checked, _timed
+
+    params = make_params("quick")
+    reference = np.eye(4)
+    right, wrong = (lambda: np.eye(4, dtype=np.float32)), (lambda: 2 * np.eye(4, dtype=np.float32))
+    spent = {"library": 0}
+
+    def unstable() -> None:
+        spent["library"] += 1
+        if spent["library"] > 3:
+            raise MemoryError("no room for the product")
+
+    checked = [(_checked("cpu", "numpy", None, 4, 1, right, reference, params), right),
+               (_checked("cpu", "c-v1", 1, 4, 1, wrong, reference, params), right),
+               (_checked("cpu", "c-v2", 2, 4, 1, right, reference, params), unstable)]
+    rows = {row["impl"]: row for row in _timed(checked, params)}
+    assert rows["numpy"]["status"] == "ok" and rows["numpy"]["repeats"] == params.ladder_repeats
+    assert rows["numpy"]["gflops"] > 0
+    assert rows["c-v1"]["status"] == "failed" and rows["c-v1"]["reason"].startswith("verification failed")
+    assert "repeats" not in rows["c-v1"]
+    assert rows["c-v2"]["status"] == "failed" and "no room for the product" in rows["c-v2"]["reason"]
+
+
 def test_ladder_training_and_profiles(quick_run: Path) -> None:
     ladder = pd.read_csv(quick_run / "ladder.csv")
     numpy = ladder[ladder.impl == "numpy"].iloc[0]

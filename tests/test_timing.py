@@ -20,6 +20,7 @@ from mlpbench.timing import (
     probe_step,
     stages_for,
     time_call,
+    time_in_turn,
     time_stages,
 )
 from mlpbench.verify import random_batch
@@ -201,6 +202,29 @@ def test_time_call_on_a_fake_clock() -> None:
 
     stats = time_call(call, repeats=3, warmup=1, clock=CpuClock(now=clock.now))
     assert stats == Stats.from_ns([5, 15, 10])
+
+
+def test_time_in_turn_takes_one_sample_of_each_callable_per_round() -> None:
+    # A slow spell of the machine during the second round reaches every callable alike; one that fails on its
+    # second timed call is reported with its exception and the others keep their five samples.
+    clock = FakeClock()
+    order: list[str] = []
+    spell = iter([1] * 6 + [9] * 3 + [1] * 20)  # warm-ups, round 1, round 2 nine times slower, the rest
+    calls = {"a": 0, "b": 0, "c": 0}
+
+    def product(name: str, ns: int) -> None:
+        calls[name] += 1
+        order.append(name)
+        clock.t += ns * next(spell)
+        if name == "c" and calls[name] == 3:  # one warm-up, then its second timed call
+            raise FloatingPointError("the product went wrong")
+
+    result = time_in_turn({"a": lambda: product("a", 10), "b": lambda: product("b", 20),
+                           "c": lambda: product("c", 30)}, repeats=5, warmup=1, clock=CpuClock(now=clock.now))
+    assert order == ["a", "b", "c"] * 3 + ["a", "b"] * 3
+    assert result["a"] == Stats.from_ns([10, 90, 10, 10, 10])
+    assert result["b"] == Stats.from_ns([20, 180, 20, 20, 20])
+    assert isinstance(result["c"], FloatingPointError)
 
 
 def test_pinned_threads_sets_and_restores() -> None:

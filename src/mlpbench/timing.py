@@ -24,8 +24,9 @@ Each stage's samples are summarised by :class:`Stats` (median, quartiles, IQR, n
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -34,8 +35,10 @@ from mlpbench.backends.base import Model
 from mlpbench.checks import check_inputs
 from mlpbench.thread_policy import pinned_threads
 
+K = TypeVar("K")
+
 __all__ = ["STAGES", "CpuClock", "CudaEventClock", "OverBudget", "StageTimes", "Stats", "clock_for",
-           "pinned_threads", "probe_step", "stages_for", "thread_option", "time_call", "time_stages"]
+           "pinned_threads", "probe_step", "stages_for", "thread_option", "time_call", "time_in_turn", "time_stages"]
 
 #: The study's stages, in the order of tables and figures. ``transfer`` exists on CUDA models only.
 STAGES = ("checks", "transfer", "forward", "backprop", "update", "step")
@@ -217,6 +220,33 @@ def time_call(fn: Callable[[], object], *, repeats: int, warmup: int = 1,
     for _ in range(warmup):
         fn()
     return Stats.from_ns([clock.measure(fn) for _ in range(repeats)])
+
+
+def time_in_turn(calls: Mapping[K, Callable[[], object]], *, repeats: int, warmup: int = 1,
+                 clock: CpuClock | CudaEventClock | None = None) -> dict[K, Stats | Exception]:
+    """Time several callables against each other: ``warmup`` untimed calls of each, then ``repeats`` rounds
+    that take one sample of each in turn (A B C A B C ...), so whatever else the machine runs meanwhile reaches
+    every callable alike instead of the one that happened to run then. A callable that raises gets its
+    exception in place of its :class:`Stats` and is not called again; the others go on."""
+    clock = CpuClock() if clock is None else clock
+    samples: dict[K, list[int]] = {key: [] for key in calls}
+    failed: dict[K, Exception] = {}
+
+    def attempt(key: K, action: Callable[[], object]) -> None:
+        try:
+            action()
+        except Exception as error:  # recorded for that callable; the rest are still timed
+            failed[key] = error
+
+    for key, fn in calls.items():
+        for _ in range(warmup):
+            if key not in failed:
+                attempt(key, fn)
+    for _ in range(repeats):
+        for key, fn in calls.items():
+            if key not in failed:
+                attempt(key, lambda key=key, fn=fn: samples[key].append(clock.measure(fn)))
+    return {key: failed[key] if key in failed else Stats.from_ns(samples[key]) for key in calls}
 
 
 def thread_option(backend: str, threads: int | None) -> dict[str, int]:

@@ -13,9 +13,7 @@ from mlpbench.backends import BackendUnavailable
 from mlpbench.sweep.measuring import describe_error
 from mlpbench.sweep.params import SweepParams
 from mlpbench.thread_policy import pinned_threads
-from mlpbench.timing import (
-    time_call,
-)
+from mlpbench.timing import time_in_turn
 from mlpbench.verify import relative_error
 
 
@@ -49,23 +47,39 @@ def cuda_matmul_hook() -> tuple[Callable[..., Any], dict[int, str]]:
         raise LadderUnavailable(describe_error(error)) from error
 
 
-def _ladder_row(device: str, impl: str, rung: int | None, n: int, threads: int | None,
-                fn: Callable[[], Any], result: Callable[[], np.ndarray], reference: np.ndarray,
-                params: SweepParams, clock: Any = None) -> dict[str, Any]:
-    """Check one product against the float64 reference, then time it."""
+def _checked(device: str, impl: str, rung: int | None, n: int, threads: int | None,
+             result: Callable[[], np.ndarray], reference: np.ndarray, params: SweepParams) -> dict[str, Any]:
+    """One product's row after checking its result against the float64 reference: ``status`` ok (to be
+    timed) or failed with the reason."""
     # The table's ``version`` column holds the rung number, ``rung`` its name.
     row: dict[str, Any] = {"device": device, "impl": impl, "version": rung, "n": n, "threads": threads}
     try:
         error = relative_error(result(), reference)
-        row["rel_error"] = error
-        if not error <= params.tolerance:
-            return {**row, "status": "failed",
-                    "reason": f"verification failed: relative error {error:.3g} > {params.tolerance:.3g}"}
-        stats = time_call(fn, repeats=params.ladder_repeats, warmup=2, clock=clock)
     except Exception as error:  # a rung that crashes is recorded, the ladder goes on
         return {**row, "status": "failed", "reason": describe_error(error)}
-    return {**row, "status": "ok", "reason": "", "repeats": stats.n, "median_s": stats.median,
-            "iqr_s": stats.iqr, "gflops": 2 * n**3 / stats.median / 1e9}
+    row["rel_error"] = error
+    if not error <= params.tolerance:
+        return {**row, "status": "failed",
+                "reason": f"verification failed: relative error {error:.3g} > {params.tolerance:.3g}"}
+    return {**row, "status": "ok", "reason": ""}
+
+
+def _timed(checked: list[tuple[dict[str, Any], Callable[[], Any]]], params: SweepParams,
+           clock: Any = None) -> list[dict[str, Any]]:
+    """The rows of the checked products, those that passed timed against each other sample by sample
+    (:func:`mlpbench.timing.time_in_turn`), so a ratio to the library's product compares the same minutes."""
+    calls = {index: fn for index, (row, fn) in enumerate(checked) if row["status"] == "ok"}
+    timings = time_in_turn(calls, repeats=params.ladder_repeats, warmup=2, clock=clock)
+    rows = []
+    for index, (row, _) in enumerate(checked):
+        stats = timings.get(index)
+        if isinstance(stats, Exception):
+            row = {**row, "status": "failed", "reason": describe_error(stats)}
+        elif stats is not None:
+            row = {**row, "repeats": stats.n, "median_s": stats.median, "iqr_s": stats.iqr,
+                   "gflops": 2 * row["n"] ** 3 / stats.median / 1e9}
+        rows.append(row)
+    return rows
 
 
 def _with_ceiling(rows: list[dict[str, Any]], ceiling_impl: str) -> list[dict[str, Any]]:
@@ -93,23 +107,26 @@ def cpu_ladder(params: SweepParams) -> list[dict[str, Any]]:
     out = np.empty((n, n), dtype=np.float32)
     out_t = torch.from_numpy(out)
     with pinned_threads(threads):
-        rows = [
-            _ladder_row("cpu", "numpy", None, n, threads, lambda: np.matmul(A, B, out=out),
-                        lambda: np.matmul(A, B, out=out), reference, params),
-            _ladder_row("cpu", "torch-cpu", None, n, threads, lambda: torch.matmul(At, Bt, out=out_t),
-                        lambda: torch.matmul(At, Bt, out=out_t).numpy(), reference, params),
+        checked = [
+            (_checked("cpu", "numpy", None, n, threads, lambda: np.matmul(A, B, out=out), reference, params),
+             lambda: np.matmul(A, B, out=out)),
+            (_checked("cpu", "torch-cpu", None, n, threads, lambda: torch.matmul(At, Bt, out=out_t).numpy(),
+                      reference, params), lambda: torch.matmul(At, Bt, out=out_t)),
         ]
+        skipped = []
         try:
             gemm, rungs = native_gemm_hook(n, threads)
         except LadderUnavailable as error:
-            rows.append({"device": "cpu", "impl": "c", "n": n, "threads": threads, "status": "skipped",
-                         "reason": str(error)})
+            skipped.append({"device": "cpu", "impl": "c", "n": n, "threads": threads, "status": "skipped",
+                            "reason": str(error)})
         else:
             for rung, name in rungs.items():
                 def call(rung: int = rung) -> np.ndarray:
                     return gemm(A, B, out, version=rung)
-                rows.append({**_ladder_row("cpu", f"c-v{rung}", rung, n, threads, call, call, reference,
-                                           params), "rung": name})
+                checked.append(({**_checked("cpu", f"c-v{rung}", rung, n, threads, call, reference, params),
+                                 "rung": name}, call))
+        rows = _timed(checked, params) + skipped
+        if not skipped:
             gemm.close()
     return _with_ceiling(rows, "numpy")
 
@@ -132,18 +149,18 @@ def gpu_ladder(params: SweepParams) -> list[dict[str, Any]]:
     reference = A.astype(np.float64) @ B.astype(np.float64)
     Ad, Bd = torch.from_numpy(A).cuda(), torch.from_numpy(B).cuda()
     Cd = torch.empty_like(Ad)  # one result buffer for every product, as on the CPU
-    clock = CudaEventClock()
-    rows = [_ladder_row("gpu", "torch-gpu", None, n, None, lambda: torch.matmul(Ad, Bd, out=Cd),
-                        lambda: torch.matmul(Ad, Bd, out=Cd).cpu().numpy(), reference, params, clock)]
+    checked = [(_checked("gpu", "torch-gpu", None, n, None, lambda: torch.matmul(Ad, Bd, out=Cd).cpu().numpy(),
+                         reference, params), lambda: torch.matmul(Ad, Bd, out=Cd))]
+    skipped = []
     try:
         matmul, rungs = cuda_matmul_hook()
     except LadderUnavailable as error:
-        rows.append({"device": "gpu", "impl": "cuda", "n": n, "status": "skipped", "reason": str(error)})
+        skipped.append({"device": "gpu", "impl": "cuda", "n": n, "status": "skipped", "reason": str(error)})
     else:
         for rung, name in rungs.items():
             def call(rung: int = rung) -> Any:
                 return matmul(Ad, Bd, version=rung, out=Cd)
-            rows.append({**_ladder_row("gpu", f"cuda-v{rung}", rung, n, None, call,
-                                       lambda call=call: call().cpu().numpy(), reference, params, clock),
-                         "rung": name})
+            checked.append(({**_checked("gpu", f"cuda-v{rung}", rung, n, None, lambda call=call: call().cpu().numpy(),
+                                        reference, params), "rung": name}, call))
+    rows = _timed(checked, params, CudaEventClock()) + skipped
     return _with_ceiling(rows, "torch-gpu")

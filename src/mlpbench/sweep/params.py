@@ -162,7 +162,7 @@ HELP: dict[str, str] = {
     "train_lr": "learning rate of the training curves",
     "ladder_cpu_n": "n of the CPU matrix-product ladder (n x n x n)",
     "ladder_gpu_n": "n of the GPU matrix-product ladder",
-    "ladder_repeats": "timed samples per ladder rung",
+    "ladder_repeats": "timed samples per ladder rung, taken in turn with the other rungs",
     "profile_network": "network of the line profile",
     "profile_batch": "batch size of the line profile",
     "profile_steps": "training steps the line profile runs",

@@ -81,9 +81,12 @@ class Attempts:
 
 
 def cpu_threads(unit: Unit, params: SweepParams) -> int | None:
-    """The threads a unit times a CPU backend on (for the neighbour probe); ``None`` for other units."""
+    """The threads a unit times a CPU backend or the CPU's products on (for the neighbour probe); ``None``
+    for other units."""
     if unit.config is not None:
         backend, threads = unit.config.backend, unit.config.threads
+    elif unit.table == "ladder":
+        return params.max_threads if unit.identity["device"] == "cpu" else None
     elif unit.table == "endtoend":
         backend = unit.identity["backend"]
         threads = backend_threads(backend, params)
