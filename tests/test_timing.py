@@ -204,27 +204,37 @@ def test_time_call_on_a_fake_clock() -> None:
     assert stats == Stats.from_ns([5, 15, 10])
 
 
-def test_time_in_turn_takes_one_sample_of_each_callable_per_round() -> None:
-    # A slow spell of the machine during the second round reaches every callable alike; one that fails on its
-    # second timed call is reported with its exception and the others keep their five samples.
+def test_time_in_turn_gives_each_callable_a_turn_per_round() -> None:
+    # Each turn is one untimed call, then one sample. A slow spell of the machine during the second round
+    # reaches every callable alike; one that fails in its second turn is reported with its exception and the
+    # others keep their five samples.
     clock = FakeClock()
     order: list[str] = []
-    spell = iter([1] * 6 + [9] * 3 + [1] * 20)  # warm-ups, round 1, round 2 nine times slower, the rest
+    spell = iter([1] * 6 + [9] * 6 + [1] * 40)  # round 1 (a warm-up and a sample each), round 2 slow, ...
     calls = {"a": 0, "b": 0, "c": 0}
 
     def product(name: str, ns: int) -> None:
         calls[name] += 1
         order.append(name)
         clock.t += ns * next(spell)
-        if name == "c" and calls[name] == 3:  # one warm-up, then its second timed call
+        if name == "c" and calls[name] == 4:  # the sample of its second turn
             raise FloatingPointError("the product went wrong")
 
     result = time_in_turn({"a": lambda: product("a", 10), "b": lambda: product("b", 20),
                            "c": lambda: product("c", 30)}, repeats=5, warmup=1, clock=CpuClock(now=clock.now))
-    assert order == ["a", "b", "c"] * 3 + ["a", "b"] * 3
+    assert order == ["a", "a", "b", "b", "c", "c"] * 2 + ["a", "a", "b", "b"] * 3
     assert result["a"] == Stats.from_ns([10, 90, 10, 10, 10])
     assert result["b"] == Stats.from_ns([20, 180, 20, 20, 20])
     assert isinstance(result["c"], FloatingPointError)
+
+
+def test_time_in_turn_pauses_before_every_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The pause lets another runtime's spinning threads sleep before the next callable's turn.
+    events: list[object] = []
+    monkeypatch.setattr("mlpbench.timing.time.sleep", lambda seconds: events.append(seconds))
+    time_in_turn({"a": lambda: events.append("a"), "b": lambda: events.append("b")}, repeats=2, warmup=0,
+                 settle_s=0.2)
+    assert events == [0.2, "a", 0.2, "b"] * 2
 
 
 def test_pinned_threads_sets_and_restores() -> None:

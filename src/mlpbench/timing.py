@@ -222,30 +222,30 @@ def time_call(fn: Callable[[], object], *, repeats: int, warmup: int = 1,
     return Stats.from_ns([clock.measure(fn) for _ in range(repeats)])
 
 
-def time_in_turn(calls: Mapping[K, Callable[[], object]], *, repeats: int, warmup: int = 1,
+def time_in_turn(calls: Mapping[K, Callable[[], object]], *, repeats: int, warmup: int = 1, settle_s: float = 0.0,
                  clock: CpuClock | CudaEventClock | None = None) -> dict[K, Stats | Exception]:
-    """Time several callables against each other: ``warmup`` untimed calls of each, then ``repeats`` rounds
-    that take one sample of each in turn (A B C A B C ...), so whatever else the machine runs meanwhile reaches
-    every callable alike instead of the one that happened to run then. A callable that raises gets its
-    exception in place of its :class:`Stats` and is not called again; the others go on."""
+    """Time several callables against each other in ``repeats`` rounds; each round gives every callable a
+    turn (A B C A B C ...): a pause of ``settle_s``, ``warmup`` untimed calls, then one sample. Whatever else
+    the machine runs meanwhile reaches every callable alike instead of the one that happened to run then. The
+    pause is for thread pools of different runtimes: the one the previous callable used spins on for a while
+    after it returns (OpenBLAS's about 0.1 s) and would take the cores from the next callable's threads. A
+    callable that raises gets its exception in place of its :class:`Stats` and is not called again; the
+    others go on."""
     clock = CpuClock() if clock is None else clock
     samples: dict[K, list[int]] = {key: [] for key in calls}
     failed: dict[K, Exception] = {}
-
-    def attempt(key: K, action: Callable[[], object]) -> None:
-        try:
-            action()
-        except Exception as error:  # recorded for that callable; the rest are still timed
-            failed[key] = error
-
-    for key, fn in calls.items():
-        for _ in range(warmup):
-            if key not in failed:
-                attempt(key, fn)
     for _ in range(repeats):
         for key, fn in calls.items():
-            if key not in failed:
-                attempt(key, lambda key=key, fn=fn: samples[key].append(clock.measure(fn)))
+            if key in failed:
+                continue
+            if settle_s:
+                time.sleep(settle_s)
+            try:
+                for _ in range(warmup):
+                    fn()
+                samples[key].append(clock.measure(fn))
+            except Exception as error:  # recorded for that callable; the rest are still timed
+                failed[key] = error
     return {key: failed[key] if key in failed else Stats.from_ns(samples[key]) for key in calls}
 
 

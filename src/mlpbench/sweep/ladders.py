@@ -64,12 +64,18 @@ def _checked(device: str, impl: str, rung: int | None, n: int, threads: int | No
     return {**row, "status": "ok", "reason": ""}
 
 
+#: The pause before each CPU product's turn: longer than the thread pools of OpenBLAS (NumPy), PyTorch and
+#: the C library spin after a call (with none, PyTorch's product right after NumPy's ran at half its speed on
+#: two cores; after 0.1 s at its own).
+CPU_SETTLE_S = 0.2
+
+
 def _timed(checked: list[tuple[dict[str, Any], Callable[[], Any]]], params: SweepParams,
-           clock: Any = None) -> list[dict[str, Any]]:
+           clock: Any = None, settle_s: float = 0.0) -> list[dict[str, Any]]:
     """The rows of the checked products, those that passed timed against each other sample by sample
     (:func:`mlpbench.timing.time_in_turn`), so a ratio to the library's product compares the same minutes."""
     calls = {index: fn for index, (row, fn) in enumerate(checked) if row["status"] == "ok"}
-    timings = time_in_turn(calls, repeats=params.ladder_repeats, warmup=2, clock=clock)
+    timings = time_in_turn(calls, repeats=params.ladder_repeats, warmup=1, settle_s=settle_s, clock=clock)
     rows = []
     for index, (row, _) in enumerate(checked):
         stats = timings.get(index)
@@ -125,7 +131,7 @@ def cpu_ladder(params: SweepParams) -> list[dict[str, Any]]:
                     return gemm(A, B, out, version=rung)
                 checked.append(({**_checked("cpu", f"c-v{rung}", rung, n, threads, call, reference, params),
                                  "rung": name}, call))
-        rows = _timed(checked, params) + skipped
+        rows = _timed(checked, params, settle_s=CPU_SETTLE_S) + skipped
         if not skipped:
             gemm.close()
     return _with_ceiling(rows, "numpy")
