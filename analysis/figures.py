@@ -516,6 +516,8 @@ def plot_endtoend(results: Results) -> Figure:
             if len(data) and data.target_accuracy.notna().any():
                 ax.axhline(data.target_accuracy.max(), color="grey", ls=":", lw=0.8)
             ax.set_xscale("log")
+            # Decades only: a panel under a decade wide labelled its minor ticks on top of each other.
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel("training seconds")
             ax.set_title(task)
         axes[0].set_ylabel("test accuracy")

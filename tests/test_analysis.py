@@ -361,6 +361,24 @@ def test_a_long_legend_stays_within_the_figure_and_adds_its_height() -> None:
     plt.close(fig)
 
 
+def test_no_tick_labels_overlap_in_the_committed_report_figures() -> None:
+    """On every axis of every figure drawn from the report's runs, the x tick labels shown stand apart (a log
+    axis under a decade wide once printed its minor labels over each other)."""
+    import matplotlib.pyplot as plt
+
+    root = Path(__file__).parents[1] / "results"
+    runs = load_runs(*(root / name for name in ("dev-2core", "h200", "h200x2")))
+    for name, plot in FIGURES.items():
+        fig = plot(runs)
+        fig.canvas.draw()
+        for ax in fig.axes:
+            boxes = sorted((label.get_window_extent() for label in ax.get_xticklabels(which="both")
+                            if label.get_visible() and label.get_text().strip()), key=lambda box: box.x0)
+            for left, right in zip(boxes, boxes[1:]):
+                assert left.x1 <= right.x0 + 0.5, (name, ax.get_title(), left, right)
+        plt.close(fig)
+
+
 def test_a_backend_name_never_seen_takes_its_device_from_its_rows(tmp_path: Path) -> None:
     run = tmp_path / "unknown"
     shutil.copytree(GPU_FIXTURE, run)
