@@ -8,6 +8,7 @@ the GPU host's newer runs (end-to-end, data-parallel and all-reduce tables, load
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import subprocess
@@ -374,7 +375,7 @@ def test_no_tick_labels_overlap_in_the_committed_report_figures() -> None:
         for ax in fig.axes:
             boxes = sorted((label.get_window_extent() for label in ax.get_xticklabels(which="both")
                             if label.get_visible() and label.get_text().strip()), key=lambda box: box.x0)
-            for left, right in zip(boxes, boxes[1:]):
+            for left, right in itertools.pairwise(boxes):
                 assert left.x1 <= right.x0 + 0.5, (name, ax.get_title(), left, right)
         plt.close(fig)
 
