@@ -65,8 +65,9 @@ def _endtoend_rows(role: dict[str, Any]) -> list[tuple[str, str]]:
                          f"{percent(accuracy['max'])}, chance {percent(task['chance'])}): its times measure "
                          f"arithmetic")
         if gpu is not None:
+            shared = " (timed while its cores were shared)" if cpu.get("flagged") else ""
             parts.append(f"{gpu['backend']} {duration(gpu['seconds'])}, the fastest CPU backend ({cpu['backend']}) "
-                         f"{duration(cpu['seconds'])}: {times(task['gpu_vs_best_cpu'])}")
+                         f"{duration(cpu['seconds'])}{shared}: {times(task['gpu_vs_best_cpu'])}")
         else:
             parts.append(f"the fastest backend, {cpu['backend']}, {duration(cpu['seconds'])}")
         if serial is not None:

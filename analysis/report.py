@@ -262,8 +262,11 @@ class _Run:
     def endtoend(self) -> dict[str, Any]:
         """Per task: every backend's time to train and to target, loss and accuracy, whether every / no
         backend learned, and the fastest CPU and GPU backends with their ratio (what it includes is the
-        measure's: training steps with the data resident where the backend computes, evaluation excluded)."""
+        measure's: training steps with the data resident where the backend computes, evaluation excluded), each
+        ``flagged`` where the run's ``meta.json`` lists it as timed while the cores were shared."""
         out: dict[str, Any] = {}
+        # Units the sweep's neighbour probe or load check flagged as timed on shared cores (meta.json "busy").
+        flagged = {entry.get("key") for entry in self.meta.get("busy") or []}
         for task, group in self.endtoend_table.groupby("task", sort=False):
             done = group[group.status == "ok"]
             backends = {r.backend: {"train_s": _finite(r.train_s), "target_s": _finite(r.target_s),
@@ -286,7 +289,8 @@ class _Run:
                 mine = timed[timed.backend.isin(self.gpu) == wanted]
                 if len(mine):
                     row = mine.loc[mine[measure].idxmin()]
-                    entry[f"best_{side}"] = {"backend": row.backend, "seconds": float(row[measure])}
+                    entry[f"best_{side}"] = {"backend": row.backend, "seconds": float(row[measure]),
+                                             "flagged": f"endtoend:{task}/{row.backend}" in flagged}
             serial = timed[timed.backend == "c-serial"]
             if "best_gpu" in entry:
                 gpu_s = entry["best_gpu"]["seconds"]

@@ -190,6 +190,18 @@ def flip(source: Path, target: Path) -> None:
         for key, values in zip(steps.key, climbing[times].to_numpy(), strict=True):
             rows.loc[(rows.key == key) & (rows.stage == "step"), times] = values
     rows.to_csv(target / "rows.csv", index=False)
+    # End-to-end units flagged as timed on shared cores lose their flag; a run with none flags every CPU one.
+    meta = json.loads((target / "meta.json").read_text())
+    busy = meta.get("busy") or []
+    if any(entry["key"].startswith("endtoend:") for entry in busy):
+        busy = [entry for entry in busy if not entry["key"].startswith("endtoend:")]
+    elif (target / "endtoend.csv").exists():
+        ends = pd.read_csv(target / "endtoend.csv")
+        ends = ends[ends.backend.isin(["c-serial", "c-omp", "c-blas", "torch-cpu"])]
+        busy += [{"key": f"endtoend:{task}/{backend}", "reason": "flipped"}
+                 for task, backend in sorted(set(zip(ends.task, ends.backend, strict=True)))]
+    meta["busy"] = busy
+    (target / "meta.json").write_text(json.dumps(meta))
     training = pd.read_csv(target / "training.csv")
     training.loc[training.backend == "c-serial", "test_accuracy"] *= 0.5
     training.to_csv(target / "training.csv", index=False)
@@ -319,6 +331,30 @@ def test_cuda_rung_order_follows_the_data(report):
             assert says(text, f"on {network} {upper} ({duration(upper_s)}) is slower than {lower} "
                               f"({duration(lower_s)}"), (network, upper, lower)
     assert len(numbers["gpu"]["rung_order"]["slower"]) == len(slower)
+
+
+SHARED = "timed while its cores were shared"
+
+
+def test_a_flagged_cpu_time_is_said_where_an_end_to_end_ratio_uses_it(report):
+    runs, text, numbers = report
+    ends = numbers["gpu"]["endtoend"]
+    head = next(ends[t] for t in ("digits-target", "moons-tanh", "moons-original")
+                if t in ends and ends[t].get("gpu_vs_best_cpu") is not None)
+    digits = ends.get("digits-target")
+    used = [head["best_cpu"]] + ([digits["best_cpu"]] if digits and "gpu_vs_best_cpu" in digits else [])
+    meta = json.loads((runs[1] / "meta.json").read_text())
+    keys = {entry["key"] for entry in meta.get("busy") or []}
+    for task, entry in ends.items():
+        if "best_cpu" in entry:
+            assert entry["best_cpu"]["flagged"] == (f"endtoend:{task}/{entry['best_cpu']['backend']}" in keys)
+    if any(cpu["flagged"] for cpu in used):
+        assert text.count(SHARED) == sum(cpu["flagged"] for cpu in used)
+        if digits["best_cpu"]["flagged"]:
+            cpu = digits["best_cpu"]
+            assert says(text, f"({cpu['backend']}, {duration(cpu['seconds'])}, {SHARED}")
+    else:
+        assert SHARED not in text
 
 
 def test_counts_and_ranges_follow_the_data(report):
