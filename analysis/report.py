@@ -228,14 +228,15 @@ class _Run:
         return out
 
     def baselines(self) -> dict[str, Any]:
-        """Per network: each threaded CPU backend at the matched count and at its best, and c-omp's speed-up
-        over torch-cpu both ways."""
+        """Per network: each threaded CPU backend at the matched count and at its best (``flagged``: timed
+        while the cores were shared), and c-omp's speed-up over torch-cpu both ways."""
         out: dict[str, Any] = {}
         for network, group in self.baselines_table.groupby("network"):
             entry: dict[str, Any] = {}
             for row in group.itertuples():
                 entry.setdefault(row.backend, {})[row.which] = {
-                    "threads": int(row.threads), "step_s": float(row.step_s), "tried": int(row.thread_counts_tried)}
+                    "threads": int(row.threads), "step_s": float(row.step_s), "tried": int(row.thread_counts_tried),
+                    "flagged": bool(row.flagged)}
             omp, torch = entry.get("c-omp", {}), entry.get("torch-cpu", {})
             for which in ("matched", "best"):
                 if which in omp and which in torch:

@@ -113,9 +113,10 @@ def thread_baselines(results: Results) -> pd.DataFrame:
     """Per run × network × batch of the stages study, ``c-omp`` and ``torch-cpu`` twice: at the matched thread
     count (``c-omp``'s in the stages study, which ``torch-cpu`` runs there too) and at their best (the minimum
     median step over every row of that backend, network and batch at any thread count in the run), each with
-    its step quartiles and the number of thread counts the run tried."""
+    its step quartiles, the number of thread counts the run tried, and ``flagged``: whether the run's
+    ``meta.json`` lists that row's configuration as timed while the cores were shared."""
     columns = ["run_id", "machine", "network", "batch", "backend", "which", "threads", "step_s", "step_q1_s",
-               "step_q3_s", "thread_counts_tried"]
+               "step_q3_s", "thread_counts_tried", "flagged"]
     rows = _ok(results.rows, stage="step")
     if rows.empty:
         return pd.DataFrame(columns=columns)
@@ -124,6 +125,7 @@ def thread_baselines(results: Results) -> pd.DataFrame:
     matched = stages[stages.backend == "c-omp"].set_index(["run_id", "network", "batch"])["threads"]
     out = []
     for (run_id, network, batch), shown in stages.groupby(["run_id", "network", "batch"]):
+        flagged = {entry.get("key") for entry in results.meta[run_id].get("busy") or []}
         count = matched.get((run_id, network, batch), shown.threads.max())
         for backend in ordered(shown.backend):
             mine = rows[(rows.run_id == run_id) & (rows.network == network) & (rows.batch == batch)
@@ -136,7 +138,8 @@ def thread_baselines(results: Results) -> pd.DataFrame:
                 out.append({"run_id": run_id, "machine": row.machine, "network": network, "batch": batch,
                             "backend": backend, "which": which, "threads": int(row.threads),
                             "step_s": row.median_s, "step_q1_s": row.q1_s, "step_q3_s": row.q3_s,
-                            "thread_counts_tried": int(mine.threads.nunique())})
+                            "thread_counts_tried": int(mine.threads.nunique()),
+                            "flagged": f"rows:{row.key}" in flagged})
     return _sorted(pd.DataFrame(out, columns=columns), "run_id", "network", "backend")
 
 

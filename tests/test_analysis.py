@@ -380,6 +380,19 @@ def test_no_tick_labels_overlap_in_the_committed_report_figures() -> None:
         plt.close(fig)
 
 
+def test_a_baseline_timed_on_shared_cores_is_flagged(tmp_path: Path) -> None:
+    # The sweep lists a configuration timed while its cores were shared in meta.json's busy list by its unit
+    # key ("rows:" and the row's key); the baseline that row gives is flagged, no other.
+    run = tmp_path / "shared"
+    shutil.copytree(FIXTURE, run)
+    meta = json.loads((run / "meta.json").read_text())
+    meta["busy"] = [{"key": "rows:threads/torch-cpu/digits/b32/t1", "reason": "a neighbour"}]
+    (run / "meta.json").write_text(json.dumps(meta))
+    table = summary.thread_baselines(load_run(run)).set_index(["network", "backend", "which"])
+    assert table.flagged.sum() == 1 and table.flagged["digits", "torch-cpu", "best"]
+    assert table.threads["digits", "torch-cpu", "best"] == 1
+
+
 def test_a_backend_name_never_seen_takes_its_device_from_its_rows(tmp_path: Path) -> None:
     run = tmp_path / "unknown"
     shutil.copytree(GPU_FIXTURE, run)

@@ -357,6 +357,21 @@ def test_a_flagged_cpu_time_is_said_where_an_end_to_end_ratio_uses_it(report):
         assert SHARED not in text
 
 
+def test_a_flagged_baseline_is_marked_where_the_report_compares_it(committed):
+    _, text, numbers = committed
+    for role in ("cpu", "gpu"):
+        for network, entry in numbers[role]["baselines"].items():
+            torch, omp = entry.get("torch-cpu", {}), entry.get("c-omp", {})
+            best = torch.get("best")
+            if best is None or best["tried"] < 2:
+                continue
+            shared = any(x and x["flagged"] for x in (best, torch.get("matched"), omp.get("best")))
+            said = says(text, f"On {network} ({numbers[role]['machine']['label']}) PyTorch is at its best")
+            assert said, network
+            sentence = text[text.index(f"On {network} ({numbers[role]['machine']['label']}) PyTorch"):][:600]
+            assert ("taken while the cores were shared" in sentence.split(". On ")[0]) == shared, (role, network)
+
+
 def test_counts_and_ranges_follow_the_data(report):
     runs, text, numbers = report
     total = checked_configurations(*runs)
