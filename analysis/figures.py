@@ -253,6 +253,12 @@ def plot_stage_speedup(results: Results) -> Figure:
                 ax.set_axis_off()
                 continue
             mine = data[data.network == networks[col]]
+            if not np.isfinite(mine.speedup).any():  # e.g. serial C over the timing budget on the large network
+                ax.text(0.5, 0.5, "no serial C step\nin this run", ha="center", va="center", fontsize=SMALL,
+                        transform=ax.transAxes)
+                ax.set_xticks([])
+                ax.set_title(f"{networks[col]}, b{mine.batch.iloc[0]}")
+                continue
             levels = [level for level in summary.LEVELS if level in set(mine.level)]
             width = 0.8 / len(levels)
             for index, level in enumerate(levels):

@@ -393,6 +393,22 @@ def test_a_baseline_timed_on_shared_cores_is_flagged(tmp_path: Path) -> None:
     assert table.threads["digits", "torch-cpu", "best"] == 1
 
 
+def test_a_stage_speedup_panel_without_serial_c_says_so(tmp_path: Path) -> None:
+    # Without a serial C step on a network (over the timing budget, say) its panel says why it is empty.
+    import matplotlib.pyplot as plt
+
+    run = tmp_path / "no-serial"
+    shutil.copytree(FIXTURE, run)
+    rows = read_table(FIXTURE / "rows.csv")
+    rows = rows[~((rows.backend == "c-serial") & (rows.network == "digits"))]
+    rows.to_csv(run / "rows.csv", index=False)
+    for source, missing in ((FIXTURE, False), (run, True)):
+        fig = figures.plot_stage_speedup(load_run(source))
+        notes = [t for t in fig.findobj(plt.Text) if t.get_text().startswith("no serial C step")]
+        assert len(notes) == int(missing)
+        plt.close(fig)
+
+
 def test_a_backend_name_never_seen_takes_its_device_from_its_rows(tmp_path: Path) -> None:
     run = tmp_path / "unknown"
     shutil.copytree(GPU_FIXTURE, run)
