@@ -12,8 +12,9 @@ import time
 import numpy as np
 import pytest
 import torch
+from layered_backprop import NET, backprop_pair, batch_for, flat
 
-from mlpbench import BackendUnavailable, Network, load
+from mlpbench import BackendUnavailable, load
 from mlpbench.backends import Model
 from mlpbench.backends.base import layer_spans
 from mlpbench.backends.torch_nn import TorchCPUModel
@@ -24,25 +25,13 @@ from mlpbench.verify import relative_error
 
 CPU_DATA_PARALLEL = ("numpy", "c-serial", "torch-cpu")
 BUFFER_BACKENDS = ("numpy", "c-serial", "c-omp", "torch-cpu")
-# Ranks get the network by name ("6-16-12-3"): sigmoid hidden layers, as its name resolves.
-NET = Network((6, 16, 12, 3), "sigmoid", "softmax-ce")
 TOLERANCE = 1e-5
 # Rank processes import torch and run a few tiny steps: well under this on 2 shared cores.
 RANK_TIMEOUT_S = 90
 
 
-def batch_for(model, size=8, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((size, model.network.n_inputs)).astype(np.float32)
-    return model.prepare(X, rng.integers(0, model.network.n_outputs, size))
-
-
 def options(backend):
     return {"threads": 1} if backend in ("c-omp", "torch-cpu") else {}
-
-
-def flat(pairs):
-    return np.concatenate([np.asarray(a, dtype=np.float64).ravel() for pair in pairs for a in pair])
 
 
 # --- the backends' support ------------------------------------------------------------------------------------
@@ -67,16 +56,9 @@ def test_gradient_buffer_is_the_gradient_storage(backend):
 
 @pytest.mark.parametrize("backend", BUFFER_BACKENDS)
 def test_backprop_by_layer_reports_each_layer_once_final_and_before_the_next(backend):
-    plain = load(backend, NET, seed=2, **options(backend))
-    layered = load(backend, NET, seed=2, **options(backend))
-    batches = {id(model): batch_for(model) for model in (plain, layered)}
-    for model in (plain, layered):
-        model.forward(batches[id(model)])
-    plain.backprop(batches[id(plain)])
-    buffer = layered.gradient_buffer()
-    buffer.fill_(float("nan"))
+    plain, layered, batch, buffer = backprop_pair(backend, **options(backend))
     seen = {}
-    layered.backprop_by_layer(batches[id(layered)], lambda layer: seen.setdefault(layer, buffer.clone()))
+    layered.backprop_by_layer(batch, lambda layer: seen.setdefault(layer, buffer.clone()))
     assert type(layered).overlaps_backprop
     assert list(seen) == list(range(NET.n_layers, 0, -1))
     spans = layer_spans(NET)

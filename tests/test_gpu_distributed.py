@@ -5,27 +5,19 @@ ranks (one GPU each) against one process on the global batch. Needs an NVIDIA GP
 import numpy as np
 import pytest
 import torch
+from layered_backprop import NET, backprop_pair, batch_for, flat
 
 from mlpbench import load
 from mlpbench.backends import BACKENDS, CPU_BACKENDS, model_class
 from mlpbench.backends.base import layer_spans
 from mlpbench.distributed import run_ranks
-from mlpbench.network import Network
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("cuda_ready")]
 # Compiling backends trace one graph per shape: their buffer is tested through torch-gpu, which they extend.
 BUFFER_BACKENDS = [b for b in BACKENDS if b not in CPU_BACKENDS and not model_class(b).compiles_per_shape]
 RANK_BACKENDS = ("torch-gpu", "cuda-opt", "cuda-fused")
-# Ranks get the network by name ("6-16-12-3": sigmoid hidden layers, as the name resolves).
-NET = Network((6, 16, 12, 3), "sigmoid", "softmax-ce")
 # float32 sums in another order (two shards added by NCCL against one batch) over two steps.
 TOLERANCE = 1e-5
-
-
-def batch_for(model, size=8, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((size, NET.n_inputs)).astype(np.float32)
-    return model.prepare(X, rng.integers(0, NET.n_outputs, size))
 
 
 def host(tensor):
@@ -42,8 +34,7 @@ def test_gradient_buffer_is_the_storage_backprop_writes(backend):
         model.forward(batch)
         model.backprop(batch)
         assert model.gradient_buffer().data_ptr() == buffer.data_ptr()
-        expected = np.concatenate([np.asarray(a, np.float64).ravel() for pair in model.grads() for a in pair])
-        np.testing.assert_array_equal(host(buffer), expected)
+        np.testing.assert_array_equal(host(buffer), flat(model.grads()))
     before = model.params()
     buffer.zero_()  # what update uses: here nothing is left to apply
     model.update(0.5)
@@ -54,20 +45,14 @@ def test_gradient_buffer_is_the_storage_backprop_writes(backend):
 
 @pytest.mark.parametrize("backend", BUFFER_BACKENDS)
 def test_backprop_by_layer_reports_each_layer_final_and_equals_backprop(backend):
-    plain, layered = load(backend, NET, seed=2), load(backend, NET, seed=2)
-    batches = {id(m): batch_for(m) for m in (plain, layered)}
-    for m in (plain, layered):
-        m.forward(batches[id(m)])
-    plain.backprop(batches[id(plain)])
-    buffer = layered.gradient_buffer()
-    buffer.fill_(float("nan"))
+    plain, layered, batch, buffer = backprop_pair(backend)
     seen = {}
 
     def report(layer):
         torch.cuda.synchronize()  # the snapshot sees what the layer's queued kernels wrote
         seen[layer] = buffer.clone()
 
-    layered.backprop_by_layer(batches[id(layered)], report)
+    layered.backprop_by_layer(batch, report)
     torch.cuda.synchronize()
     assert list(seen) == list(range(NET.n_layers, 0, -1))
     for layer, snapshot in seen.items():

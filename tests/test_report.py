@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("typst", reason="the report is compiled with the typst package (dev install)")
 pypdf = pytest.importorskip("pypdf", reason="pypdf reads the built PDF (dev install)")
 
+from analysis.palette import device  # noqa: E402 - after the skips
 from analysis.report import ROOT, build  # noqa: E402 - after the skips
 
 RUNS = [ROOT / "results" / "dev-2core", ROOT / "results" / "h200"]
@@ -197,7 +198,7 @@ def flip(source: Path, target: Path) -> None:
         busy = [entry for entry in busy if not entry["key"].startswith("endtoend:")]
     elif (target / "endtoend.csv").exists():
         ends = pd.read_csv(target / "endtoend.csv")
-        ends = ends[ends.backend.isin(["c-serial", "c-omp", "c-blas", "torch-cpu"])]
+        ends = ends[ends.backend.map(device) == "cpu"]
         busy += [{"key": f"endtoend:{task}/{backend}", "reason": "flipped"}
                  for task, backend in sorted(set(zip(ends.task, ends.backend, strict=True)))]
     meta["busy"] = busy

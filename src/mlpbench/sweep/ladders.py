@@ -119,7 +119,7 @@ def cpu_ladder(params: SweepParams) -> list[dict[str, Any]]:
             (_checked("cpu", "torch-cpu", None, n, threads, lambda: torch.matmul(At, Bt, out=out_t).numpy(),
                       reference, params), lambda: torch.matmul(At, Bt, out=out_t)),
         ]
-        skipped = []
+        skipped, gemm = [], None
         try:
             gemm, rungs = native_gemm_hook(n, threads)
         except LadderUnavailable as error:
@@ -132,7 +132,7 @@ def cpu_ladder(params: SweepParams) -> list[dict[str, Any]]:
                 checked.append(({**_checked("cpu", f"c-v{rung}", rung, n, threads, call, reference, params),
                                  "rung": name}, call))
         rows = _timed(checked, params, settle_s=CPU_SETTLE_S) + skipped
-        if not skipped:
+        if gemm is not None:
             gemm.close()
     return _with_ceiling(rows, "numpy")
 
