@@ -65,8 +65,8 @@ def _checked(device: str, impl: str, rung: int | None, n: int, threads: int | No
 
 
 #: The pause before each CPU product's turn: longer than the thread pools of OpenBLAS (NumPy), PyTorch and
-#: the C library spin after a call (with none, PyTorch's product right after NumPy's ran at half its speed on
-#: two cores; after 0.1 s at its own).
+#: the C library spin after a call (with none, PyTorch's product right after NumPy's ran at about half its
+#: speed on two cores; after 0.1-0.2 s mostly at its own: results/dev-pool-spin).
 CPU_SETTLE_S = 0.2
 
 
