@@ -71,16 +71,18 @@ def _sorted(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
 def stage_table(results: Results, study: str = "stages") -> pd.DataFrame:
     """One row per run × network × backend: median seconds of each stage and of the whole step with the
     step's quartiles, the sum of the separately timed forward, backprop and update (the work of one
-    ``train_step``; ``transfer`` is not part of it), step GFLOP/s and samples/s, and the speed-up of the step
-    over PyTorch on the same kind of device (``torch-cpu`` for CPU backends, ``torch-gpu`` for GPU backends)
-    at the same thread count. ``load_before``/``load_1min`` are the machine's 1-min load average just before
-    and after the configuration (``load_before`` is empty in runs that did not record it); ``nonfinite`` is 1
-    where the loss became non-finite while timing; ``compile_s`` the compilation before timing, if any."""
+    ``train_step``; ``transfer`` is not part of it), ``epoch_step_s`` (per step of an epoch in one
+    ``train_steps`` call, on backends that run many steps per launch; else empty), step GFLOP/s and
+    samples/s, and the speed-up of the step over PyTorch on the same kind of device (``torch-cpu`` for CPU
+    backends, ``torch-gpu`` for GPU backends) at the same thread count. ``load_before``/``load_1min`` are the
+    machine's 1-min load average just before and after the configuration (``load_before`` is empty in runs that did
+    not record it); ``nonfinite`` is 1 where the loss became non-finite while timing; ``compile_s`` the compilation
+    before timing, if any."""
     rows = _ok(results.rows, study=study)
     optional = ("load_before", "load_1min", "nonfinite", "compile_s")
     columns = ["run_id", "machine", "network", "sizes", "batch", "backend", "threads", *[
-        f"{s}_s" for s in STAGE_ORDER], "step_s", "step_q1_s", "step_q3_s", "stages_sum_s", "step_gflops",
-        "samples_per_s", "baseline", "speedup", *optional]
+        f"{s}_s" for s in STAGE_ORDER], "step_s", "step_q1_s", "step_q3_s", "epoch_step_s", "stages_sum_s",
+        "step_gflops", "samples_per_s", "baseline", "speedup", *optional]
     if rows.empty:
         return pd.DataFrame(columns=columns)
     keys = ["run_id", "machine", "network", "sizes", "batch", "backend"]
@@ -93,7 +95,7 @@ def stage_table(results: Results, study: str = "stages") -> pd.DataFrame:
             step[column] = np.nan
     table = times.join(step[["threads", "step_q1_s", "step_q3_s", "step_gflops", "samples_per_s",
                              *optional]]).reset_index()
-    for stage in (*STAGE_ORDER, "step"):
+    for stage in (*STAGE_ORDER, "step", "epoch_step"):
         if f"{stage}_s" not in table:
             table[f"{stage}_s"] = np.nan
     table["stages_sum_s"] = table[[f"{s}_s" for s in COMPUTE_STAGES]].sum(axis=1, min_count=1)

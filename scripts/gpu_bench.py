@@ -36,7 +36,7 @@ from mlpbench import gpu, load
 from mlpbench.backends import cuda, cuda_fused
 from mlpbench.backends.torch_nn import pin_ieee_float32
 from mlpbench.network import PRESETS, Network
-from mlpbench.timing import CudaEventClock, time_call, time_stages
+from mlpbench.timing import EPOCH_STEPS, CudaEventClock, time_call, time_stages
 from mlpbench.verify import FLOAT32_TOLERANCE, check_stages, random_batch, relative_error
 
 # (preset or sizes, batch, learning rate for the timed steps, backends)
@@ -50,10 +50,6 @@ STEP_CASES = [
     ("large", 1024, ["torch-gpu", "torch-gpu-graph", "cuda-naive", "cuda-tiled", "cuda-opt", "cuda-cublas"]),
 ]
 
-
-#: Steps of the epoch the ``steps`` and ``profile`` sections run through ``train_steps`` (the original study's
-#: two-moons epoch: 1000 samples in batches of 32).
-EPOCH_STEPS = 32
 
 
 def device_ms(fn, repeats: int, warmup: int = 2) -> float:

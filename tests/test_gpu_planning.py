@@ -107,7 +107,7 @@ def test_training_step_plan_of_5h300():
     net = PRESETS["moons-5h300"]
     plan = cuda_fused.fused_plan(net, "step", 32, 132)
     kinds = [phase.kind for phase in plan]
-    # six hidden forward phases, the output layer with its loss in one warp per sample, seven backward phases
+    # six hidden forward phases, the output layer with its loss in one block per sample, seven backward phases
     assert kinds == [cuda_fused.PHASE_FORWARD] * 6 + [cuda_fused.PHASE_FORWARD_HEAD] + [cuda_fused.PHASE_BACKWARD] * 7
     assert [phase.layer for phase in plan[7:]] == list(range(6, -1, -1))
     assert all(phase.flags & cuda_fused.FLAG_SGD for phase in plan[7:])
@@ -154,6 +154,15 @@ def test_phase_cost_is_the_busiest_blocks():
     one = cuda_fused.tile_cycles(tile, 64)
     assert cuda_fused._phase_cycles([(tile, 16, 16 * 10, 64)], 4) == 3 * one  # 10 tiles on 4 blocks: 3, 3, 2, 2
     assert cuda_fused._phase_cycles([(tile, 16, 16 * 10, 64)], 132) == one
+
+
+def test_second_round_items_go_to_the_blocks_whose_first_item_came_last():
+    assert cuda_fused.blocks_of_items(np.arange(10), 4).tolist() == [0, 1, 2, 3, 3, 2, 1, 0, 0, 1]
+    # three dear tiles, then two cheap ones, on four blocks: the cheap pair shares a block, no dear tile does
+    dear, cheap = cuda_fused.Tile(2, 16, 16, 1), cuda_fused.Tile(1, 4, 4, 16)
+    products = [(dear, 32 * 3, 32, 512), (cheap, 4, 4 * 2, 16)]
+    expected = max(cuda_fused.tile_cycles(dear, 512), 2 * cuda_fused.tile_cycles(cheap, 16))
+    assert cuda_fused._phase_cycles(products, 4) == expected
 
 
 def test_compile_budget_returns_the_time_taken_or_gives_up_with_the_reason():

@@ -12,6 +12,7 @@ from mlpbench import PRESETS, load
 from mlpbench.backends.base import Batch, Model, Params
 from mlpbench.network import Network
 from mlpbench.timing import (
+    EPOCH_STEPS,
     STAGES,
     CpuClock,
     OverBudget,
@@ -167,6 +168,35 @@ def test_transfer_is_a_stage_of_gpu_models_only() -> None:
     model = load("numpy", NET)
     assert stages_for(model) == ("checks", "forward", "backprop", "update", "step")
     assert "transfer" in STAGES
+
+
+class ScriptedStepsModel(ScriptedModel):
+    """A scripted model that runs many steps per call (``fuses_steps``): a ``train_steps`` call advances the
+    clock by its script's next duration and records the batch and step size it was given."""
+
+    name = "scripted-steps"
+
+    def __init__(self, clock: FakeClock, scripts: dict[str, list[int]]) -> None:
+        super().__init__(clock, scripts)
+        self.epochs_seen: list[tuple[np.ndarray, int]] = []
+
+    def train_steps(self, batches: Batch, batch_size: int, lr: float, weight_decay: float = 0.0) -> None:
+        self.epochs_seen.append((batches.X, batch_size))
+        self._advance("steps")
+
+
+def test_epoch_step_is_timed_per_step_on_models_that_fuse_steps() -> None:
+    clock = FakeClock()
+    inputs = batches(3)
+    model = ScriptedStepsModel(clock, {"forward": [1], "backprop": [1], "update": [1], "step": [10],
+                                       "steps": [EPOCH_STEPS * 4, EPOCH_STEPS * 2]})
+    assert stages_for(model)[-1] == "epoch_step"
+    result = time_stages(model, inputs, lr=0.1, repeats=4, warmup=1, clock=CpuClock(now=clock.now))
+    assert result.stats["epoch_step"] == Stats.from_ns([2, 4, 2, 4])  # per step: the call over EPOCH_STEPS
+    rows, batch_size = model.epochs_seen[0]
+    assert batch_size == 5  # the stages' batch size, EPOCH_STEPS of them in one call over the inputs in turn
+    np.testing.assert_array_equal(rows, np.concatenate([inputs[i % 3][0] for i in range(EPOCH_STEPS)]))
+    assert "epoch_step" not in stages_for(load("numpy", NET))  # one call per step: nothing to add
 
 
 class SleepingModel(ScriptedModel):

@@ -37,11 +37,15 @@ from mlpbench.thread_policy import pinned_threads
 
 K = TypeVar("K")
 
-__all__ = ["STAGES", "CpuClock", "CudaEventClock", "OverBudget", "StageTimes", "Stats", "clock_for",
+__all__ = ["EPOCH_STEPS", "STAGES", "CpuClock", "CudaEventClock", "OverBudget", "StageTimes", "Stats", "clock_for",
            "pinned_threads", "probe_step", "stages_for", "thread_option", "time_call", "time_in_turn", "time_stages"]
 
-#: The study's stages, in the order of tables and figures. ``transfer`` exists on CUDA models only.
-STAGES = ("checks", "transfer", "forward", "backprop", "update", "step")
+#: The study's stages, in the order of tables and figures. ``transfer`` exists on CUDA models only;
+#: ``epoch_step`` (seconds per step of :data:`EPOCH_STEPS` steps in one ``train_steps`` call, over batches already
+#: where the model computes) on models that run many steps per launch (``fuses_steps``) only.
+STAGES = ("checks", "transfer", "forward", "backprop", "update", "step", "epoch_step")
+#: Steps of one ``epoch_step`` sample: an epoch of the original benchmark (1000 samples at batch 32).
+EPOCH_STEPS = 32
 
 
 @dataclass(frozen=True)
@@ -143,8 +147,10 @@ def _device_copy(model: Model) -> Callable[[np.ndarray, np.ndarray | None], obje
 
 
 def stages_for(model: Model) -> tuple[str, ...]:
-    """The stages timed on ``model``: all of :data:`STAGES` on CUDA models, all but ``transfer`` otherwise."""
-    return STAGES if model.device == "cuda" else tuple(stage for stage in STAGES if stage != "transfer")
+    """The stages timed on ``model``: :data:`STAGES`, without ``transfer`` on CPU models and without
+    ``epoch_step`` on models whose ``train_steps`` is one call per step."""
+    return tuple(stage for stage in STAGES if (stage != "transfer" or model.device == "cuda")
+                 and (stage != "epoch_step" or model.fuses_steps))
 
 
 def time_stages(model: Model, inputs: Sequence[tuple[np.ndarray, np.ndarray]], *, lr: float,
@@ -169,6 +175,10 @@ def time_stages(model: Model, inputs: Sequence[tuple[np.ndarray, np.ndarray]], *
     batches = [model.prepare(X, y) for X, y in inputs]
     checked = [check_inputs(model.network, X, y) for X, y in inputs]
     copy_to_device = _device_copy(model) if "transfer" in stages else None
+    epoch = None
+    if "epoch_step" in stages:  # the batches cycled to EPOCH_STEPS steps, copied where the model computes once
+        rows = [inputs[index % len(inputs)] for index in range(EPOCH_STEPS)]
+        epoch = model.prepare(np.concatenate([X for X, _ in rows]), np.concatenate([y for _, y in rows]))
 
     def one_pass(index: int) -> dict[str, int]:
         """One sample of every stage, on the batch that ``index`` selects."""
@@ -182,6 +192,8 @@ def time_stages(model: Model, inputs: Sequence[tuple[np.ndarray, np.ndarray]], *
         sample["backprop"] = clock.measure(lambda: model.backprop(batch))
         sample["update"] = clock.measure(lambda: model.update(lr, weight_decay))
         sample["step"] = clock.measure(lambda: model.train_step(batch, lr, weight_decay))
+        if epoch is not None:  # the whole call: divided by its steps once the samples are summarised
+            sample["epoch_step"] = clock.measure(lambda: model.train_steps(epoch, batch.size, lr, weight_decay))
         return sample
 
     last = None
@@ -194,10 +206,12 @@ def time_stages(model: Model, inputs: Sequence[tuple[np.ndarray, np.ndarray]], *
                              f"{per_pass:.3g} s; {min_repeats} repeats exceed budget_s {budget_s:g} s")
         if per_pass > 0:
             repeats = min(repeats, int(budget_s / per_pass))
-    samples: dict[str, list[int]] = {stage: [] for stage in stages}
+    samples: dict[str, list[float]] = {stage: [] for stage in stages}
     for index in range(repeats):
         for stage, ns in one_pass(warmup + index).items():
             samples[stage].append(ns)
+    if "epoch_step" in samples:
+        samples["epoch_step"] = [ns / EPOCH_STEPS for ns in samples["epoch_step"]]
     model.synchronize()
     return StageTimes({stage: Stats.from_ns(samples[stage]) for stage in stages}, model.loss(), repeats)
 

@@ -98,15 +98,20 @@ def tile_cycles(tile: Tile, K: int) -> float:
             + 16 * tile.micro * steps + 4 * tile.ksplit * outputs + 150)
 
 
+def blocks_of_items(items: np.ndarray, blocks: int) -> np.ndarray:
+    """The block that takes each item of a phase (item_of_round in kernels/fused.cu): round-robin, every
+    other round backwards."""
+    rounds, position = np.divmod(items, blocks)
+    return np.where(rounds % 2 == 0, position, blocks - 1 - position)
+
+
 def _phase_cycles(products: list[tuple[Tile, int, int, int]], blocks: int) -> float:
-    """Cycles of a phase whose blocks take the tiles of ``products`` ((tile, M, N, K), in order) round-robin:
-    the busiest block's sum."""
-    total, start = sum(tile.count(M, N) for tile, M, N, _ in products), 0
-    b = np.arange(min(blocks, total))
-    busy = np.zeros(len(b))
+    """Cycles of a phase whose blocks take the tiles of ``products`` ((tile, M, N, K), in order) as the kernel
+    shares them out: the busiest block's sum."""
+    busy, start = np.zeros(blocks), 0
     for tile, M, N, K in products:
         end = start + tile.count(M, N)
-        busy += tile_cycles(tile, K) * ((end - 1 - b) // blocks - (start - 1 - b) // blocks)  # items of block b
+        busy += tile_cycles(tile, K) * np.bincount(blocks_of_items(np.arange(start, end), blocks), minlength=blocks)
         start = end
     return float(busy.max())
 
@@ -143,7 +148,9 @@ class Phase:
         warps = FUSED_THREADS // 32
         if self.kind == PHASE_FORWARD:
             return self.main.count(batch, n_out)
-        if self.kind in (PHASE_FORWARD_HEAD, PHASE_HEAD):
+        if self.kind == PHASE_FORWARD_HEAD:  # a block per sample
+            return batch
+        if self.kind == PHASE_HEAD:  # a warp per sample
             return cdiv(batch, warps)
         if self.kind == PHASE_OUTPUT_DELTA:
             return cdiv(batch * n_out, FUSED_THREADS)

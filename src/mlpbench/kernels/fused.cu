@@ -3,13 +3,13 @@
 // A persistent kernel: one block per SM (at most as many blocks as SMs, so every block is resident at once)
 // walks through a list of phases prepared on the host; a grid-wide barrier separates phases. Within a phase
 // the work is cut into items (output tiles of a matrix product, rows of the output layer, chunks of the SGD
-// step) that the blocks share out in a fixed round-robin. Every sum runs in a fixed order (split-k partial
+// step) that the blocks share out in a fixed order (item_of_round). Every sum runs in a fixed order (split-k partial
 // sums are added in slice order, a bias gradient over the batch in sample order): no atomics take part in
 // any result, so a step repeats bit for bit.
 //
 // Training step of L layers (l = 0 .. L-1), one launch:
 //   FORWARD(0) .. FORWARD(L-2)     A_l = f(A_{l-1} W_l^T + b_l)
-//   FORWARD_HEAD(L-1)              output layer, one warp per sample: logits, P, the sample's loss, dZ_{L-1}
+//   FORWARD_HEAD(L-1)              output layer, one block per sample: logits, P, the sample's loss, dZ_{L-1}
 //                                  (or FORWARD(L-1) + HEAD when the output layer is wider than HEAD_MAX)
 //   BACKWARD(L-1) .. BACKWARD(0)   dZ_{l-1} = (dZ_l W_l) * f'(A_{l-1});  dW_l = dZ_l^T A_{l-1};  db_l
 //                                  (db_l by the weight-gradient tiles of the first column: they hold dZ_l)
@@ -338,17 +338,29 @@ struct WeightGradientEpilogue {
     }
 };
 
+// The item this block takes in round `round` of a phase whose items are shared out over the grid: in even
+// rounds block b takes item round * blocks + b, in odd rounds the order runs backwards. When a phase has more
+// items than blocks, the second round then lands on the blocks whose first item came last in the list (a
+// backward phase lists its dear input-gradient tiles before its cheap weight-gradient ones), not on those
+// that already hold the dearest. The planner's cost model (_phase_cycles) assumes this order.
+__device__ __forceinline__ int item_of_round(int round) {
+    const int position = (round & 1) ? (int)gridDim.x - 1 - (int)blockIdx.x : (int)blockIdx.x;
+    return round * (int)gridDim.x + position;
+}
+
 __device__ __forceinline__ const float* layer_input(const Layer* layers, int l, const Step& s) {
     return l == 0 ? s.X : layers[l - 1].A;
 }
 
-// Output layer for one sample when it is at most HEAD_MAX wide: each lane sums every 32nd input for all
-// outputs at once, a shuffle tree finishes each logit, lane j keeps logit j; softmax or sigmoid, the loss and
-// dZ then run on those registers (the bias and the target were loaded with the inputs), one trip to memory.
+// Output layer for one sample when it is at most HEAD_MAX wide, on one block: thread t sums inputs t, t + THREADS
+// .. for every output at once (all its loads independent: one round trip to L2), a shuffle tree and a pass
+// through shared memory finish each logit in warp 0 (warp after warp, in order), whose lane j keeps logit j;
+// softmax or sigmoid, the loss and dZ then run on those registers (the bias and the target were loaded with
+// the inputs). `sums` holds WARPS x HEAD_MAX floats.
 __device__ __forceinline__ void forward_head_row(const Layer& layer, const float* input, int r, const Step& s,
-                                                 bool delta) {
-    const int lane = threadIdx.x % 32, n_in = layer.n_in, n_out = layer.n_out;
-    const bool valid = lane < n_out;
+                                                 bool delta, float* sums) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_in = layer.n_in, n_out = layer.n_out;
+    const bool valid = warp == 0 && lane < n_out;
     const long at = (long)r * n_out + lane;
     const float bias = valid ? __ldcg(layer.b[s.parity] + lane) : 0.0f;
     const float target = (valid && s.T) ? __ldcg(s.T + at) : 0.0f;
@@ -357,20 +369,27 @@ __device__ __forceinline__ void forward_head_row(const Layer& layer, const float
     float part[HEAD_MAX];
 #pragma unroll
     for (int j = 0; j < HEAD_MAX; ++j) part[j] = 0.0f;
-#pragma unroll 4
-    for (int k = lane; k < n_in; k += 32) {
+#pragma unroll 2
+    for (int k = threadIdx.x; k < n_in; k += THREADS) {
         const float xk = __ldcg(x + k);
 #pragma unroll
         for (int j = 0; j < HEAD_MAX; ++j)
             if (j < n_out) part[j] = fmaf(xk, __ldcg(W + (long)j * n_in + k), part[j]);
     }
-    float z = 0.0f;
+    __syncthreads();  // the previous row's logits have been read
 #pragma unroll
     for (int j = 0; j < HEAD_MAX; ++j)
         if (j < n_out) {
             const float sum = warp_sum(part[j]);
-            if (lane == j) z = sum + bias;
+            if (lane == 0) sums[warp * HEAD_MAX + j] = sum;
         }
+    __syncthreads();
+    if (warp != 0) return;
+    float z = 0.0f;
+    if (valid) {
+        for (int w = 0; w < WARPS; ++w) z += sums[w * HEAD_MAX + lane];
+        z += bias;
+    }
     float p, loss = 0.0f;
     if (s.loss_kind == LOSS_SOFTMAX_CE) {  // as output_row: exp of the max-shifted logits, P = e / sum
         const float shifted = z - warp_max(valid ? z : LOWEST_FLOAT);
@@ -405,8 +424,11 @@ __device__ void forward_phase(const Layer* layers, int n_layers, const Phase& ph
     epilogue.n_out = n_out;
     epilogue.activation = hidden ? s.activation : ACT_IDENTITY;
     const int tiles = tiles_of(phase.main, s.batch, n_out);
-    for (int t = blockIdx.x; t < tiles; t += gridDim.x)
+    for (int round = 0; round * (int)gridDim.x < tiles; ++round) {
+        const int t = item_of_round(round);
+        if (t >= tiles) break;  // only in the last round; block-uniform, as product's barriers need
         product(t, phase.main, s.batch, n_out, n_in, a, w, smem, epilogue);
+    }
 }
 
 // Items: the input-gradient tiles (none for layer 0), then the weight-gradient tiles (with the bias sums).
@@ -418,7 +440,9 @@ __device__ void backward_phase(const Layer* layers, const Phase& phase, const St
     const float* input = layer_input(layers, l, s);
     const int input_tiles = l > 0 ? tiles_of(phase.main, batch, n_in) : 0;
     const int items = input_tiles + tiles_of(phase.weights, n_out, n_in);
-    for (int item = blockIdx.x; item < items; item += gridDim.x) {
+    for (int round = 0; round * (int)gridDim.x < items; ++round) {
+        const int item = item_of_round(round);
+        if (item >= items) break;  // only in the last round; block-uniform, as product's barriers need
         if (item < input_tiles) {
             InputGradientEpilogue epilogue;
             epilogue.dZ_prev = layers[l - 1].dZ;
@@ -510,9 +534,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                     forward_phase(layers, n_layers, phase, s, smem);
                     break;
                 case PHASE_FORWARD_HEAD:
-                    for (int r = blockIdx.x * WARPS + threadIdx.x / 32; r < batch; r += gridDim.x * WARPS)
+                    for (int r = blockIdx.x; r < batch; r += gridDim.x)
                         forward_head_row(out_layer, layer_input(layers, n_layers - 1, s), r, s,
-                                         phase.flags & FLAG_DELTA);
+                                         phase.flags & FLAG_DELTA, smem);
                     break;
                 case PHASE_HEAD:
                     for (int r = blockIdx.x * WARPS + threadIdx.x / 32; r < batch; r += gridDim.x * WARPS) {

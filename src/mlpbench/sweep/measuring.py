@@ -140,6 +140,7 @@ def _check_and_time(config: Config, network: Network, params: SweepParams, base:
     # What prepare() copies: the inputs and the float32 targets made from the labels.
     transfer_bytes = 4 * config.batch * (network.n_inputs + network.n_outputs)
     finished = finish_stamp()
+    flops["epoch_step"] = flops["step"]  # its samples are per step
     return [{**base, **stage_columns(stage, stats, flops.get(stage), transfer_bytes, config.batch),
              "stage": stage, "status": "ok", "reason": "", "loss_after": result.loss_after, **finished}
             for stage, stats in result.stats.items()]
