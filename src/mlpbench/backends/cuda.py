@@ -70,12 +70,11 @@ FUSED_MAX_WIDTH = 512
 #: Most layers cuda-fused accepts (its layer and phase tables live in shared memory: MAX_LAYERS in fused.cu).
 FUSED_MAX_LAYERS = 32
 FUSED_KCHUNK = 512
-FUSED_STAGE_ROWS = 32
 FUSED_HEAD_MAX = 16
 FUSED_THREADS = 256
-#: Dynamic shared memory of one fused_step block: two staging buffers of KCHUNK x (STAGE_ROWS + 1) floats and
-#: the split-k sums, four floats per thread.
-FUSED_SHARED_BYTES = (2 * FUSED_KCHUNK * (FUSED_STAGE_ROWS + 1) + FUSED_THREADS * 4) * 4
+#: Dynamic shared memory of one fused_step block: two staging buffers of KCHUNK x 33 floats and the split-k
+#: sums, four floats per thread.
+FUSED_SHARED_BYTES = (2 * FUSED_KCHUNK * (32 + 1) + FUSED_THREADS * 4) * 4
 
 # Every kernel source with the -D constants the backends compile it with (tests/test_kernels_compile.py
 # compiles exactly these for sm_90 on machines without a GPU).
@@ -170,9 +169,8 @@ def opt_shared_bytes(config: str) -> int:
     return d["STAGES"] * sum(max(rows * (bk + 4), bk * (rows + 4)) for rows in (d["BM"], d["BN"])) * 4
 
 
-FUSED = ModuleSpec("fused.cu", (("KCHUNK", FUSED_KCHUNK), ("STAGE_ROWS", FUSED_STAGE_ROWS),
-                                ("HEAD_MAX", FUSED_HEAD_MAX), ("UPDATE_CHUNK", 4096), ("SPIN_LIMIT", 1 << 26)),
-                   no_extern_c=True)
+FUSED = ModuleSpec("fused.cu", (("KCHUNK", FUSED_KCHUNK), ("HEAD_MAX", FUSED_HEAD_MAX), ("UPDATE_CHUNK", 4096),
+                                ("SPIN_LIMIT", 1 << 26)), no_extern_c=True)
 #: Module name of each cuda-opt configuration ("opt" for the default tile).
 OPT_MODULES: dict[str, str] = {config: "opt" if spec == OPT else f"opt-{config}"
                                for config, spec in OPT_CONFIGS.items()}

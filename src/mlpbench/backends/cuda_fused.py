@@ -27,7 +27,6 @@ from mlpbench.backends.cuda import (
     FUSED_MAX_LAYERS,
     FUSED_MAX_WIDTH,
     FUSED_SHARED_BYTES,
-    FUSED_STAGE_ROWS,
     FUSED_THREADS,
     CudaModel,
     cdiv,
@@ -68,28 +67,15 @@ def fused_kernel() -> gpu.DriverKernel:
 
 @dataclass(frozen=True)
 class Tile:
-    """Shape of a cuda-fused product tile: (micro*gm) x (micro*gn) outputs, ksplit k slices per output.
-    micro 4 (64-row tiles) takes no k split: the kernel's split-k buffer holds four sums per thread."""
+    """Shape of a cuda-fused product tile: (micro*gm) x (micro*gn) outputs, ksplit k slices per output."""
 
     micro: int
     gm: int
     gn: int
     ksplit: int
 
-    def __post_init__(self) -> None:
-        if self.micro not in (1, 2, 4) or self.gm * self.gn * self.ksplit != FUSED_THREADS:
-            raise ValueError(f"tile {self}: need micro 1, 2 or 4 and gm * gn * ksplit == {FUSED_THREADS}")
-        if self.micro * max(self.gm, self.gn) > 2 * FUSED_STAGE_ROWS or (self.micro == 4 and self.ksplit > 1):
-            raise ValueError(f"tile {self}: at most {2 * FUSED_STAGE_ROWS} rows per operand, and micro 4 only "
-                             "without a k split")
-
     def count(self, M: int, N: int) -> int:
         return cdiv(M, self.micro * self.gm) * cdiv(N, self.micro * self.gn)
-
-    def chunk(self) -> int:
-        """k values staged at once (``chunk`` in kernels/fused.cu): FUSED_KCHUNK, fewer for 64-row tiles."""
-        rows = self.micro * max(self.gm, self.gn)
-        return min(FUSED_KCHUNK, FUSED_KCHUNK * (FUSED_STAGE_ROWS + 1) // (rows + 1))
 
     def as_tuple(self) -> tuple[int, int, int, int]:
         return (self.micro, self.gm, self.gn, self.ksplit)
@@ -97,7 +83,7 @@ class Tile:
 
 _TILES = [Tile(micro, gm, gn, FUSED_THREADS // (gm * gn))
           for micro in (1, 2) for gm in (1, 2, 4, 8, 16) for gn in (1, 2, 4, 8, 16)
-          if 8 <= gm * gn <= FUSED_THREADS] + [Tile(4, 16, 16, 1)]
+          if 8 <= gm * gn <= FUSED_THREADS]
 
 
 def tile_cycles(tile: Tile, K: int) -> float:
@@ -108,7 +94,7 @@ def tile_cycles(tile: Tile, K: int) -> float:
     8 warps x 2 * micro loads per k step, k / ksplit steps), the split-k sum and a fixed cost per tile."""
     steps = cdiv(K, tile.ksplit)
     outputs = tile.micro * tile.micro
-    return (cdiv(K, tile.chunk()) * 800 + (tile.micro * (tile.gm + tile.gn)) * K / 16
+    return (cdiv(K, FUSED_KCHUNK) * 800 + (tile.micro * (tile.gm + tile.gn)) * K / 16
             + 16 * tile.micro * steps + 4 * tile.ksplit * outputs + 150)
 
 

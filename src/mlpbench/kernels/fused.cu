@@ -21,9 +21,8 @@
 //
 // Products share one tile routine: C(m, n) = sum_k a(m, k) b(n, k) with a(m, k) = a.data[m * a.row + k * a.col]
 // (likewise b), so one code path serves the forward (nt), input-gradient (nn) and weight-gradient (tn)
-// layouts. A tile of (micro * gm) x (micro * gn) outputs is staged in shared memory one k-chunk at a time
-// (KCHUNK k values of up to 32 rows per operand, fewer k for the 64-row tiles of micro 4, which take no
-// k split); 256 threads = gm x gn x ksplit, each computing micro x micro outputs over every ksplit-th k. The host picks
+// layouts. A tile of (micro * gm) x (micro * gn) outputs is staged in shared memory one k-chunk at a time;
+// 256 threads = gm x gn x ksplit, each computing micro x micro outputs over every ksplit-th k. The host picks
 // the shape per product (mlpbench.backends.cuda).
 //
 // Latency, not arithmetic, bounds these small products, so each phase waits on as few round trips to L2 as
@@ -34,8 +33,7 @@
 // Data written earlier in the same launch by other blocks is read after the grid barrier's acquire (which,
 // with the block barrier behind it, orders every later read of the block's threads, cp.async included), with
 // __ldcg or cp.async.
-// Constants (-D): KCHUNK (k values staged at once), STAGE_ROWS (rows of a KCHUNK-deep stage; a 64-row tile
-// stages fewer k at once), HEAD_MAX (widest output layer FORWARD_HEAD serves),
+// Constants (-D): KCHUNK (k values staged at once), HEAD_MAX (widest output layer FORWARD_HEAD serves),
 // UPDATE_CHUNK (elements of one SGD item), SPIN_LIMIT (barrier polls before the kernel gives up and traps).
 // A non-null `profile` receives %globaltimer (ns) from block 0 at the start and after each phase's barrier
 // (1 + n_steps * n_phases values).
@@ -44,6 +42,7 @@
 
 #define THREADS 256
 #define WARPS (THREADS / 32)
+#define MAX_TILE_ROWS 32  // micro (<= 2) x gm (<= 16)
 #define MAX_LAYERS 32     // the layer and phase tables are copied to shared memory at the start
 #define MAX_PHASES (2 * MAX_LAYERS + 2)
 
@@ -70,7 +69,7 @@ struct Layer {
 };
 
 struct Tile {
-    int micro;  // each thread computes micro x micro outputs (1, 2, or 4 with ksplit 1)
+    int micro;  // each thread computes micro x micro outputs (1 or 2)
     int gm;     // thread rows (power of two)
     int gn;     // thread columns (power of two)
     int ksplit; // k slices per output; gm * gn * ksplit == THREADS
@@ -175,12 +174,15 @@ __device__ __forceinline__ void stage_operand(float* stage, const Operand& op, i
                     stage[k * pitch + r] = 0.0f;
             }
         }
-    } else {  // rows contiguous (op.row == 1): consecutive threads along rows (a power of two), then along k
+    } else {  // rows contiguous (op.row == 1): lanes along rows (a power of two <= 32), then along k
         const int shift = log2_of(rows);
-        for (int at = threadIdx.x; at < (kc << shift); at += THREADS) {
-            const int k = at >> shift, r = at & (rows - 1);
-            if (r0 + r < R)
-                copy_async(stage + k * pitch + r, op.data + r0 + r + (long)(k0 + k) * op.col);
+        const int r = lane & (rows - 1);
+        const int k_lanes = 32 >> shift, k_step = WARPS * k_lanes;
+        const bool inside = r0 + r < R;
+        const float* src = op.data + r0 + r + (long)k0 * op.col;
+        for (int k = warp * k_lanes + (lane >> shift); k < kc; k += k_step) {
+            if (inside)
+                copy_async(stage + k * pitch + r, src + (long)k * op.col);
             else
                 stage[k * pitch + r] = 0.0f;
         }
@@ -201,12 +203,10 @@ __device__ __forceinline__ void product_tile(int tile_index, const Tile& tile, i
     const int m0 = (tile_index / tiles_n) * tm, n0 = (tile_index % tiles_n) * tn;
     const int groups = gm * gn;
     const int slice = threadIdx.x / groups, group = threadIdx.x % groups;
-    // k values per stage: KCHUNK, or as many as fit the stage's KCHUNK x (STAGE_ROWS + 1) floats
-    const int chunk = min(KCHUNK, KCHUNK * (STAGE_ROWS + 1) / (max(tm, tn) + 1));
     const int gi = group >> log2_of(gn), gj = group & (gn - 1);
     float* a_stage = smem;
-    float* b_stage = smem + KCHUNK * (STAGE_ROWS + 1);
-    float* partial = smem + 2 * KCHUNK * (STAGE_ROWS + 1);
+    float* b_stage = smem + KCHUNK * (MAX_TILE_ROWS + 1);
+    float* partial = smem + 2 * KCHUNK * (MAX_TILE_ROWS + 1);
 
     float acc[MICRO][MICRO], pre[MICRO][MICRO];
 #pragma unroll
@@ -222,8 +222,8 @@ __device__ __forceinline__ void product_tile(int tile_index, const Tile& tile, i
     float row_sum = 0.0f;
     const float row_pre = sums_row ? epilogue.row_prefetch(m0 + row) : 0.0f;
 
-    for (int k0 = 0; k0 < K; k0 += chunk) {
-        const int kc = min(chunk, K - k0);
+    for (int k0 = 0; k0 < K; k0 += KCHUNK) {
+        const int kc = min(KCHUNK, K - k0);
         __syncthreads();  // the previous item (or chunk) is done with shared memory
         stage_operand(a_stage, a, m0, tm, M, k0, kc);
         stage_operand(b_stage, b, n0, tn, N, k0, kc);
@@ -274,9 +274,7 @@ __device__ __forceinline__ void product_tile(int tile_index, const Tile& tile, i
 template <typename Epilogue>
 __device__ __forceinline__ void product(int tile_index, const Tile& tile, int M, int N, int K, const Operand& a,
                                         const Operand& b, float* smem, const Epilogue& epilogue) {
-    if (tile.micro == 4)
-        product_tile<4>(tile_index, tile, M, N, K, a, b, smem, epilogue);
-    else if (tile.micro == 2)
+    if (tile.micro == 2)
         product_tile<2>(tile_index, tile, M, N, K, a, b, smem, epilogue);
     else
         product_tile<1>(tile_index, tile, M, N, K, a, b, smem, epilogue);
