@@ -66,6 +66,10 @@ def _endtoend_rows(role: dict[str, Any]) -> list[tuple[str, str]]:
                          f"arithmetic")
         if gpu is not None:
             shared = " (timed while its cores were shared)" if cpu.get("flagged") else ""
+            slower = task.get("flagged_slower_cpu") or []
+            if slower:
+                shared += (f" ({', '.join(slower)} {'was' if len(slower) == 1 else 'were'} timed on shared cores "
+                           f"and may be faster than measured)")
             parts.append(f"{gpu['backend']} {duration(gpu['seconds'])}, the fastest CPU backend ({cpu['backend']}) "
                          f"{duration(cpu['seconds'])}{shared}: {times(task['gpu_vs_best_cpu'])}")
         else:

@@ -92,6 +92,11 @@ def _finite(value: Any) -> float | None:
     return float(value) if value is not None and np.isfinite(value) else None
 
 
+def _ratio(slower: float | None, faster: float | None) -> float | None:
+    """How many times ``faster`` beats ``slower`` (two times in seconds); None if either is missing."""
+    return slower / faster if slower and faster else None
+
+
 class _Run:
     """Lookups into one run's summary tables."""
 
@@ -113,8 +118,7 @@ class _Run:
 
     def speedup(self, network: str, faster: str, slower: str) -> float | None:
         """How many times ``faster``'s step beats ``slower``'s on ``network`` (None if either is missing)."""
-        a, b = self.step(network, faster), self.step(network, slower)
-        return b / a if a and b else None
+        return _ratio(self.step(network, slower), self.step(network, faster))
 
     def best(self, network: str, backends: tuple[str, ...]) -> dict[str, Any] | None:
         found = self.stages[(self.stages.network == network) & self.stages.backend.isin(backends)]
@@ -215,7 +219,12 @@ class _Run:
         exceptions = [{"network": r.network, "backend": r.backend, "largest": stage,
                        "ratio": float(getattr(r, f"{stage}_s") / r.backprop_s)}
                       for r, stage in zip(table.itertuples(), largest, strict=True) if stage != "backprop"]
-        return {"backprop": int((largest == "backprop").sum()), "total": len(table), "exceptions": exceptions}
+        groups: dict[tuple[str, str], list[str]] = {}  # the exceptions by stage and network, as the report lists them
+        for e in exceptions:
+            groups.setdefault((e["largest"], e["network"]), []).append(e["backend"])
+        return {"backprop": int((largest == "backprop").sum()), "total": len(table), "exceptions": exceptions,
+                "exception_groups": [{"largest": stage, "network": network, "backends": backends}
+                                     for (stage, network), backends in sorted(groups.items())]}
 
     def batch_fastest(self) -> list[dict[str, Any]]:
         """At each batch size of the batch study: the fastest backend (the float64 reference left out)."""
@@ -264,7 +273,8 @@ class _Run:
         """Per task: every backend's time to train and to target, loss and accuracy, whether every / no
         backend learned, and the fastest CPU and GPU backends with their ratio (what it includes is the
         measure's: training steps with the data resident where the backend computes, evaluation excluded), each
-        ``flagged`` where the run's ``meta.json`` lists it as timed while the cores were shared."""
+        ``flagged`` where the run's ``meta.json`` lists it as timed while the cores were shared, and the slower
+        CPU backends so listed (``flagged_slower_cpu``)."""
         out: dict[str, Any] = {}
         # Units the sweep's neighbour probe or load check flagged as timed on shared cores (meta.json "busy").
         flagged = {entry.get("key") for entry in self.meta.get("busy") or []}
@@ -292,6 +302,10 @@ class _Run:
                     row = mine.loc[mine[measure].idxmin()]
                     entry[f"best_{side}"] = {"backend": row.backend, "seconds": float(row[measure]),
                                              "flagged": f"endtoend:{task}/{row.backend}" in flagged}
+            # slower CPU backends timed on shared cores: one of them may be the fastest on quiet cores
+            entry["flagged_slower_cpu"] = [b for b in timed[~timed.backend.isin(self.gpu)].backend
+                                           if f"endtoend:{task}/{b}" in flagged
+                                           and b != entry.get("best_cpu", {}).get("backend")]
             serial = timed[timed.backend == "c-serial"]
             if "best_gpu" in entry:
                 gpu_s = entry["best_gpu"]["seconds"]
@@ -419,6 +433,11 @@ def report_numbers(results: Results) -> dict[str, Any]:
         gpu_backends = tuple(sorted(set(run.stages.backend[on_gpu])))
         entry["transfer_s"] = {n: {r.backend: _finite(r.transfer_s) for r in run.stages[run.stages.network == n]
                                    .itertuples()} for n in nets}
+        # per step of an epoch in one train_steps call, where a backend runs many steps per launch
+        entry["epoch_step_s"] = {n: {r.backend: _finite(r.epoch_step_s) for r in run.stages[run.stages.network == n]
+                                     .itertuples() if _finite(r.epoch_step_s)} for n in nets}
+        entry["fused_epoch_vs_graph"] = {n: _ratio(run.step(n, "torch-gpu-graph"),
+                                                   entry["epoch_step_s"][n].get("cuda-fused")) for n in nets}
         entry["best_cpu"] = {n: run.best(n, cpu_backends) for n in nets}
         entry["best_gpu"] = {n: run.best(n, gpu_backends) for n in nets}
         gpu_best = entry["best_gpu"].get(AUTHORS_NETWORK)

@@ -450,3 +450,14 @@ def test_findings_follow_the_numbers():
     assert "does not learn" not in findings_markdown(numbers).split("moons-original")[1].split("\n")[0]
     with pytest.raises(ValueError, match="markers"):
         replace_block("no markers here", text)
+
+
+def test_stage_table_carries_the_epoch_step_of_backends_that_run_many_steps_per_launch() -> None:
+    # the H200 run times cuda-fused an epoch per launch (stage epoch_step); no other backend does
+    runs = load_runs(Path(__file__).parents[1] / "results" / "h200")
+    table = summary.stage_table(runs).set_index(["network", "backend"])
+    rows = runs.rows[(runs.rows.study == "stages") & (runs.rows.stage == "epoch_step")]
+    assert set(rows.backend) == {"cuda-fused"}
+    for row in rows.itertuples():
+        assert table.loc[(row.network, "cuda-fused"), "epoch_step_s"] == row.median_s
+    assert table.drop(index="cuda-fused", level="backend").epoch_step_s.isna().all()
