@@ -103,6 +103,11 @@ def _step_rows(cpu_role: dict[str, Any], gpu_role: dict[str, Any] | None, author
                      f"fused CUDA kernel {duration(steps['cuda-fused'])}; PyTorch's whole step in a CUDA graph "
                      f"{duration(steps['torch-gpu-graph'])} ({times(steps['torch-gpu-graph'] / steps['cuda-fused'])}); "
                      f"serial C {duration(steps['c-serial'])} ({times(steps['c-serial'] / steps['cuda-fused'])})"))
+    epoch = (gpu_role.get("epoch_step_s", {}).get("moons-5h300") or {}).get("cuda-fused")
+    if epoch is not None and "torch-gpu-graph" in steps:
+        rows.append(("moons-5h300 an epoch per launch: 32 steps in one `train_steps` call, per step", gpu_label,
+                     f"fused CUDA kernel {duration(epoch)} (one step alone {duration(steps['cuda-fused'])}); "
+                     f"{times(steps['torch-gpu-graph'] / epoch)} PyTorch's single graph step"))
     scaling = []
     for network in ("moons-5h300", "mnist"):
         entry = (gpu_role["threads"].get(network) or {}).get("c-omp")
