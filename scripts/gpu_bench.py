@@ -51,7 +51,6 @@ STEP_CASES = [
 ]
 
 
-
 def device_ms(fn, repeats: int, warmup: int = 2) -> float:
     """Median device milliseconds of ``fn`` (the package's event clock: each call between two events after
     the device went idle)."""

@@ -3,9 +3,9 @@
 // A persistent kernel: one block per SM (at most as many blocks as SMs, so every block is resident at once)
 // walks through a list of phases prepared on the host; a grid-wide barrier separates phases. Within a phase
 // the work is cut into items (output tiles of a matrix product, rows of the output layer, chunks of the SGD
-// step) that the blocks share out in a fixed order (item_of_round). Every sum runs in a fixed order (split-k partial
-// sums are added in slice order, a bias gradient over the batch in sample order): no atomics take part in
-// any result, so a step repeats bit for bit.
+// step) that the blocks share out in a fixed order (item_of_round). Every sum runs in a fixed order (split-k
+// partial sums are added in slice order, a bias gradient over the batch in sample order): no atomics take part
+// in any result, so a step repeats bit for bit.
 //
 // Training step of L layers (l = 0 .. L-1), one launch:
 //   FORWARD(0) .. FORWARD(L-2)     A_l = f(A_{l-1} W_l^T + b_l)
@@ -352,9 +352,9 @@ __device__ __forceinline__ const float* layer_input(const Layer* layers, int l, 
     return l == 0 ? s.X : layers[l - 1].A;
 }
 
-// Output layer for one sample when it is at most HEAD_MAX wide, on one block: thread t sums inputs t, t + THREADS
-// .. for every output at once (all its loads independent: one round trip to L2), a shuffle tree and a pass
-// through shared memory finish each logit in warp 0 (warp after warp, in order), whose lane j keeps logit j;
+// Output layer for one sample when it is at most HEAD_MAX wide, on one block: thread t sums inputs t,
+// t + THREADS, .. for every output at once (all its loads independent: one round trip to L2), a shuffle tree
+// and a pass through shared memory finish each logit in warp 0 (warp after warp, in order), whose lane j keeps logit j;
 // softmax or sigmoid, the loss and dZ then run on those registers (the bias and the target were loaded with
 // the inputs). `sums` holds WARPS x HEAD_MAX floats.
 __device__ __forceinline__ void forward_head_row(const Layer& layer, const float* input, int r, const Step& s,
