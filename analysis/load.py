@@ -119,3 +119,9 @@ def gpu_name(meta: dict[str, Any]) -> str | None:
 def usable_cores(meta: dict[str, Any]) -> int | None:
     cores = meta.get("machine", {}).get("cpu", {}).get("usable_cores")
     return int(cores) if cores else None
+
+
+def busy_keys(meta: dict[str, Any]) -> set[str]:
+    """The unit keys (``rows:<row key>``, ``endtoend:<task>/<backend>``, ``ladder:cpu``) the sweep's neighbour
+    probe or load check flagged as timed while the cores were shared (meta.json ``busy``)."""
+    return {entry.get("key") for entry in meta.get("busy") or []}

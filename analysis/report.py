@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import draw_all, load_runs
-from analysis.load import Results, gpu_name, machine_label
+from analysis.load import Results, busy_keys, gpu_name, machine_label
 from analysis.palette import REFERENCE, hand_written_ladder, ordered
 from analysis.summary import (
     AUTHORS_BATCH,
@@ -276,8 +276,7 @@ class _Run:
         ``flagged`` where the run's ``meta.json`` lists it as timed while the cores were shared, and the slower
         CPU backends so listed (``flagged_slower_cpu``)."""
         out: dict[str, Any] = {}
-        # Units the sweep's neighbour probe or load check flagged as timed on shared cores (meta.json "busy").
-        flagged = {entry.get("key") for entry in self.meta.get("busy") or []}
+        flagged = busy_keys(self.meta)
         for task, group in self.endtoend_table.groupby("task", sort=False):
             done = group[group.status == "ok"]
             backends = {r.backend: {"train_s": _finite(r.train_s), "target_s": _finite(r.target_s),

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.load import Results, machine_label, usable_cores
+from analysis.load import Results, busy_keys, machine_label, usable_cores
 from analysis.palette import BASELINE_OF_DEVICE, STAGE_ORDER, device, ladder_order, ordered
 
 #: The network of the original study's measurements, as the sweep names it: its anchors are drawn only there.
@@ -127,7 +127,7 @@ def thread_baselines(results: Results) -> pd.DataFrame:
     matched = stages[stages.backend == "c-omp"].set_index(["run_id", "network", "batch"])["threads"]
     out = []
     for (run_id, network, batch), shown in stages.groupby(["run_id", "network", "batch"]):
-        flagged = {entry.get("key") for entry in results.meta[run_id].get("busy") or []}
+        flagged = busy_keys(results.meta[run_id])
         count = matched.get((run_id, network, batch), shown.threads.max())
         for backend in ordered(shown.backend):
             mine = rows[(rows.run_id == run_id) & (rows.network == network) & (rows.batch == batch)

@@ -24,13 +24,13 @@ MULTI_GPU = ROOT / "results" / "h200x2"
 CUDA_LADDER = ["cuda-naive", "cuda-tiled", "cuda-opt", "cuda-fused"]
 
 
-def step_median(run: Path, network: str, backend: str, required: bool = True) -> float | None:
-    """The stages study's whole-step median, read straight from rows.csv (``None`` where it was not measured
-    and not ``required``)."""
+def step_median(run: Path, network: str, backend: str, required: bool = True, stage: str = "step") -> float | None:
+    """The stages study's median of ``stage`` (the whole step unless told), read straight from rows.csv
+    (``None`` where it was not measured and not ``required``)."""
     with open(run / "rows.csv", newline="") as handle:
         values = [float(r["median_s"]) for r in csv.DictReader(handle)
                   if r["study"] == "stages" and r["network"] == network and r["backend"] == backend
-                  and r["stage"] == "step" and r["status"] == "ok"]
+                  and r["stage"] == stage and r["status"] == "ok"]
     if not values and not required:
         return None
     assert len(values) == 1, (run, network, backend)
@@ -532,10 +532,8 @@ def test_multi_gpu_table_prints_the_measured_steps(report):
 
 def test_an_epoch_per_launch_follows_the_data(committed):
     runs, text, numbers = committed
-    rows = pd.read_csv(runs[1] / "rows.csv")
-    rows = rows[(rows.study == "stages") & (rows.network == "moons-5h300") & (rows.status == "ok")]
-    epoch = rows[(rows.backend == "cuda-fused") & (rows.stage == "epoch_step")].median_s.iloc[0]
-    graph = rows[(rows.backend == "torch-gpu-graph") & (rows.stage == "step")].median_s.iloc[0]
+    epoch = step_median(runs[1], "moons-5h300", "cuda-fused", stage="epoch_step")
+    graph = step_median(runs[1], "moons-5h300", "torch-gpu-graph")
     assert numbers["gpu"]["fused_epoch_vs_graph"]["moons-5h300"] == pytest.approx(graph / epoch)
     assert says(text, f"the fused kernel takes {duration(epoch)} per step on 5h300")
     assert says(text, f"That is {graph / epoch:.3g}× faster than the graph")
