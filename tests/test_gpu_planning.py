@@ -289,21 +289,25 @@ def test_pipelined_shared_memory_matches_the_kernel_formula():
 
 
 FRAGMENT_DB_CONFIGS = [config for config in cuda.OPT_CONFIGS if cuda.opt_defines(config)["FRAGMENT_DB"]]
-# 8 x 16 outputs per thread: up to 255 registers, so 256 threads have an SM to themselves.
+# 8 x 16 outputs per thread: up to 255 registers, so 256 threads have an SM to themselves, or two blocks of 128.
 WIDE_FRAGMENT_CONFIGS = ["128x256k16s3t256dbt"]
+WIDE_FRAGMENT_CONFIGS_128 = ["128x128k8s4t128db", "128x128k16s3t128db"]
 
 
 def test_fragment_double_buffered_configurations_keep_their_blocks_per_sm():
     """8 x 8 outputs per thread as 2 x 2 sub-tiles of 4 x 4, 256 threads, two blocks per SM (so at most 128
-    registers: tests/test_kernels_compile.py); or 8 x 16 outputs per thread, one block of 256 threads per SM;
-    offered to the same large products as the other rings."""
-    assert len(FRAGMENT_DB_CONFIGS) == 4
+    registers: tests/test_kernels_compile.py); or 8 x 16 outputs per thread, one block of 256 threads or two of
+    128 per SM; offered to the same large products as the other rings."""
+    assert len(FRAGMENT_DB_CONFIGS) == 7
     for config in FRAGMENT_DB_CONFIGS:
         d = cuda.opt_defines(config)
         threads = cuda.opt_threads(config)
         if config in WIDE_FRAGMENT_CONFIGS:
             assert (d["WM"] // 8, d["WN"] // 4) == (8, 16)
             assert threads == 256 and d["MIN_BLOCKS"] == 1
+        elif config in WIDE_FRAGMENT_CONFIGS_128:
+            assert (d["WM"] // 8, d["WN"] // 4) == (8, 16)
+            assert threads == 128 and d["MIN_BLOCKS"] == 2
         else:
             assert threads == 256 and d["MIN_BLOCKS"] == 2
             assert (d["WM"] // 8, d["WN"] // 4) == (8, 8)

@@ -475,9 +475,10 @@ __device__ __forceinline__ void copy4(float* dst, const float* src, bool valid) 
 
 // Start copying this thread's share of a ROWS x BK operand tile into a [BK][ROWS + PAD] stage; `tile` points at
 // the tile's first element, rows_left and depth_left as in the ring above (32-bit offsets likewise).
-// K_MAJOR: one float per copy, four consecutive k of one row per thread (one address, four offsets); each copy
-// instruction of a warp takes k and k + 4 of 16 consecutive rows, then the next rows, then the next 8 k.
-// Stored at k * (ROWS + 4) + row, with ROWS a multiple of 32, the 32 floats fall in 32 distinct banks.
+// K_MAJOR: one float per copy; each copy instruction of a warp takes 8 consecutive k of 4 consecutive rows
+// (lane l: row l / 8, k l % 8), so it reads 4 sectors of global memory, one per row, as cuBLAS's k-major SIMT
+// kernels do (results/gpu-dev/21-opt-ncu: 4 L1 wavefronts per copy against 16 when a warp's copy took two k
+// of 16 rows); stored at k * (ROWS + 4) + row, with ROWS a multiple of 32, bank 4 k + row: 32 distinct.
 // Otherwise: 16-byte copies of four consecutive rows at one k, as in the ring above.
 // With SMEM_TRANSPOSE, K_MAJOR: 16-byte copies of four consecutive k of one row into [ROWS][BK] (unpadded),
 // consecutive threads on consecutive addresses; transpose_stage turns the stage into fragment order.
@@ -494,14 +495,16 @@ __device__ __forceinline__ void fetch_transposed(float* stage, const float* tile
             copy16(stage + r * BK + k, tile + (valid ? r * ld + k : 0), valid);
         }
     } else if (K_MAJOR) {
+        // A block's copy instruction covers PASS_ROWS rows, 8 consecutive k each; the next ones move down the
+        // rows, then 8 k on.
+        constexpr int PASS_ROWS = THREADS / 8;
+        static_assert(ROWS % PASS_ROWS == 0, "whole passes of rows");
+        const int r = threadIdx.x / 8, k = threadIdx.x % 8;
 #pragma unroll
-        for (int i = 0; i < ROWS * BK / (4 * THREADS); ++i) {
-            const int quad = threadIdx.x + i * THREADS;
-            const int r = (quad / 2) % ROWS, k = (quad % 2) * 4 + (quad / (2 * ROWS)) * 8;
-            const bool valid = r < rows_left && k < depth_left;  // float4 shapes: all four in or all four out
-            const float* const from = tile + (valid ? r * ld + k : 0);
-#pragma unroll
-            for (int c = 0; c < 4; ++c) copy4(stage + (k + c) * (ROWS + PAD) + r, from + (valid ? c : 0), valid);
+        for (int i = 0; i < ROWS * BK / THREADS; ++i) {
+            const int row = r + (i % (ROWS / PASS_ROWS)) * PASS_ROWS, at = k + (i / (ROWS / PASS_ROWS)) * 8;
+            const bool valid = row < rows_left && at < depth_left;
+            copy4(stage + at * (ROWS + PAD) + row, tile + (valid ? row * ld + at : 0), valid);
         }
     } else {
         // k advances by K_APART between a thread's copies: one pointer, moved K_APART rows of the operand
