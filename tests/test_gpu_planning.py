@@ -289,25 +289,21 @@ def test_pipelined_shared_memory_matches_the_kernel_formula():
 
 
 FRAGMENT_DB_CONFIGS = [config for config in cuda.OPT_CONFIGS if cuda.opt_defines(config)["FRAGMENT_DB"]]
-# 8 x 16 outputs per thread: up to 255 registers, so 256 threads have an SM to themselves, or two blocks of 128.
+# 8 x 16 outputs per thread: up to 255 registers, so 256 threads have an SM to themselves.
 WIDE_FRAGMENT_CONFIGS = ["128x256k16s3t256dbt"]
-WIDE_FRAGMENT_CONFIGS_128 = ["128x128k8s4t128db", "128x128k16s3t128db"]
 
 
 def test_fragment_double_buffered_configurations_keep_their_blocks_per_sm():
     """8 x 8 outputs per thread as 2 x 2 sub-tiles of 4 x 4, 256 threads, two blocks per SM (so at most 128
-    registers: tests/test_kernels_compile.py); or 8 x 16 outputs per thread, one block of 256 threads or two of
-    128 per SM; offered to the same large products as the other rings."""
-    assert len(FRAGMENT_DB_CONFIGS) == 7
+    registers: tests/test_kernels_compile.py); or 8 x 16 outputs per thread, one block of 256 threads per SM;
+    offered to the same large products as the other rings."""
+    assert len(FRAGMENT_DB_CONFIGS) == 5
     for config in FRAGMENT_DB_CONFIGS:
         d = cuda.opt_defines(config)
         threads = cuda.opt_threads(config)
         if config in WIDE_FRAGMENT_CONFIGS:
             assert (d["WM"] // 8, d["WN"] // 4) == (8, 16)
             assert threads == 256 and d["MIN_BLOCKS"] == 1
-        elif config in WIDE_FRAGMENT_CONFIGS_128:
-            assert (d["WM"] // 8, d["WN"] // 4) == (8, 16)
-            assert threads == 128 and d["MIN_BLOCKS"] == 2
         else:
             assert threads == 256 and d["MIN_BLOCKS"] == 2
             assert (d["WM"] // 8, d["WN"] // 4) == (8, 8)
@@ -339,10 +335,12 @@ def test_configurations_that_never_won_are_gone():
     # results/gpu-dev/12-opt-fragment-db: k8s4 db was never the fastest in a layout nor an autotuned choice;
     # those that were stay.
     # 17-opt-wide-fragments: of the three 8 x 16 transposing ones only 128x256 won (nn).
-    for dropped in ("128x128k8s4t256db", "256x128k16s3t256dbt", "128x128k16s3t128dbt"):
+    # 22-opt-db-copies: cuBLAS's nt shape (4 warps of 8 x 16 outputs per lane) won no layout.
+    for dropped in ("128x128k8s4t256db", "256x128k16s3t256dbt", "128x128k16s3t128dbt", "128x128k8s4t128db",
+                    "128x128k16s3t128db"):
         assert dropped not in cuda.OPT_CONFIGS
     for kept in ("128x64k16s4t128", "128x256k16s3t256", "128x128k16s3t128", "128x128k16s4t128",
-                 "128x128k16s3t256db", "128x256k16s3t256dbt"):
+                 "128x128k16s3t256db", "128x128k16s4t256db", "128x256k16s3t256dbt"):
         assert kept in cuda.OPT_CONFIGS
 
 

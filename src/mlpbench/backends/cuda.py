@@ -100,13 +100,15 @@ def _opt_spec(BM: int, BN: int, BK: int, WM: int, WN: int, MIN_BLOCKS: int, STAG
 # thread, as library SIMT kernels run (the four that the autotuner chose at 4096^3 or for the large network's
 # products on an H200; results/gpu-dev/11-opt-pipelined); and ("db") with every operand staged [k][row],
 # 8 x 8 outputs per thread as 2 x 2 sub-tiles of 4 x 4 and the lane's values double-buffered in registers,
-# within 128 registers for two blocks of 256 threads per SM; "dbt": the same, with k-contiguous operands copied
+# within 128 registers for two blocks of 256 threads per SM (with three or four stages; the fourth won tn in
+# results/gpu-dev/22-opt-db-copies); "dbt": the same, with k-contiguous operands copied
 # 16 bytes at a time into [row][k] and transposed inside shared memory once per k-step (tn runs as "db"); the
 # last "dbt" with 8 x 16 outputs per thread (a quarter fewer fragment reads per multiply-add, up to 255
 # registers: one block of 256 threads per SM), the fastest in nn (results/gpu-dev/17-opt-wide-fragments).
 # Keys: tile, then k-step, stages and threads. (Dropped after H200 runs, never the fastest in any layout nor an
 # autotuned choice: 128x128k8s4t256db after 12-opt-fragment-db; 256x128k16s3t256dbt and 128x128k16s3t128dbt,
-# the other 8 x 16 ones, after 17.)
+# the other 8 x 16 ones, after 17; 128x128k8s4t128db and 128x128k16s3t128db, cuBLAS's nt shape of 4 warps of
+# 8 x 16 outputs per lane, after 22.)
 OPT_CONFIGS: dict[str, ModuleSpec] = {
     "128x128": OPT,
     "64x64": _opt_spec(64, 64, 8, 32, 32, 4),
@@ -117,8 +119,6 @@ OPT_CONFIGS: dict[str, ModuleSpec] = {
     "128x64k16s4t128": _opt_spec(128, 64, 16, 64, 32, 2, STAGES=4, FLOAT4_ONLY=1),
     "128x128k16s3t256db": _opt_spec(128, 128, 16, 64, 32, 2, STAGES=3, FLOAT4_ONLY=1, FRAGMENT_DB=1),
     "128x128k16s4t256db": _opt_spec(128, 128, 16, 64, 32, 2, STAGES=4, FLOAT4_ONLY=1, FRAGMENT_DB=1),
-    "128x128k8s4t128db": _opt_spec(128, 128, 8, 64, 64, 2, STAGES=4, FLOAT4_ONLY=1, FRAGMENT_DB=1),
-    "128x128k16s3t128db": _opt_spec(128, 128, 16, 64, 64, 2, STAGES=3, FLOAT4_ONLY=1, FRAGMENT_DB=1),
     "128x128k16s4t256dbt": _opt_spec(128, 128, 16, 64, 32, 2, STAGES=4, FLOAT4_ONLY=1, FRAGMENT_DB=1,
                                      SMEM_TRANSPOSE=1),
     "128x128k16s3t256dbt": _opt_spec(128, 128, 16, 64, 32, 2, STAGES=3, FLOAT4_ONLY=1, FRAGMENT_DB=1,
