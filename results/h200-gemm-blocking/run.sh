@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# C library variants with other cache blocks (internal.h's KC, MC, NC), each timed by time_gemm.py against
-# OpenBLAS in its own process, in interleaved rounds; logs into $OUT.
+# C library variants with other cache blocks (internal.h's KC, MC, NC), each timed by $SCRIPT (time_gemm.py:
+# against OpenBLAS without pauses; time_settled.py: as the sweep's ladder, and c-omp's steps) in its own process,
+# in interleaved rounds; logs into $OUT.
 set -uo pipefail
 HERE=results/h200-gemm-blocking
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD/src PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
 uptime >"$OUT/uptime.txt"
-variants="kc256-mc144-nc4080 kc384-mc144-nc4080 kc512-mc144-nc4080 kc256-mc144-nc512 kc256-mc288-nc4080"
+variants=${VARIANTS:-"kc256-mc144-nc4080 kc384-mc144-nc4080 kc512-mc144-nc4080 kc256-mc144-nc512 kc256-mc288-nc4080"}
+SCRIPT=${SCRIPT:-time_gemm.py}
+LOG=${LOG:-timing.txt}
 for v in $variants; do
     IFS=- read -r kc mc nc <<<"$v"
     rm -rf "/tmp/nv-$v" && cp -r native "/tmp/nv-$v" && rm -rf "/tmp/nv-$v/build"
@@ -17,7 +20,7 @@ for v in $variants; do
 done
 for round in 1 2 3; do
     for v in $variants; do
-        MLPBENCH_NATIVE_DIR=/tmp/nv-$v python3 "$HERE/time_gemm.py" "$v" 2>&1 | sed "s/^/round $round /"
+        MLPBENCH_NATIVE_DIR=/tmp/nv-$v python3 "$HERE/$SCRIPT" "$v" 2>&1 | sed "s/^/round $round /"
     done
-done | tee "$OUT/timing.txt"
+done | tee "$OUT/$LOG"
 uptime >>"$OUT/uptime.txt"
