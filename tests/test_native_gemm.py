@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from mlpbench import native
 
 VERSIONS = sorted(native.KERNELS)
-# Sizes that divide no tile of the packed product (6 x 16 and 8 x 32, KC 256, MC 144), plus k > KC and n > NC.
-SHAPES = [(1, 1, 1), (7, 33, 257), (257, 7, 33), (33, 257, 7), (150, 17, 300), (3, 4100, 2)]
+# Sizes that divide no tile of the packed product (6 x 16 and 8 x 32, KC 512, MC 144), plus k > KC and n > NC.
+SHAPES = [(1, 1, 1), (7, 33, 257), (257, 7, 33), (33, 257, 7), (150, 17, 300), (3, 4100, 2), (7, 33, 1031)]
 
 
 def operands(m, n, k, transpose_a, transpose_b, seed=0):

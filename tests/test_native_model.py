@@ -18,7 +18,8 @@ from mlpbench.backends.base import Batch
 from mlpbench.network import Network
 from mlpbench.verify import FLOAT32_TOLERANCE, compare_stages, random_batch, training_losses
 
-# Widths and batches that divide no tile (6 x 16 and 8 x 32, KC 256, MC 144); every activation and loss.
+# Widths and batches that divide no tile (6 x 16 and 8 x 32, KC 512, MC 144), one width and one batch over KC;
+# every activation and loss.
 CASES = [
     (Network((33, 257, 7), "sigmoid", "softmax-ce"), 7),
     (Network((7, 33, 1), "tanh", "sigmoid-bce"), 257),
@@ -26,6 +27,7 @@ CASES = [
     (Network((257, 33, 7), "relu", "sigmoid-bce"), 33),
     (Network((300, 20, 5), "tanh", "softmax-ce"), 13),
     (Network((2, 30, 30, 1), "sigmoid", "sigmoid-bce"), 32),
+    (Network((515, 9, 3), "relu", "softmax-ce"), 517),
 ]
 BACKENDS = [("c-serial", {}), ("c-omp", {"threads": 1}), ("c-omp", {"threads": 2}), ("c-omp", {"threads": 3})]
 # c-blas exists where the scipy-openblas32 wheel was installed when the library was built (a dependency).

@@ -1,5 +1,5 @@
 /* Every version of the standalone product, every transposition, on sizes that divide no tile (6 x 16 and
- * 8 x 32 register tiles, KC 256, MC 144, NC 4080) and on whole tiles, against a double-precision product;
+ * 8 x 32 register tiles, KC 512, MC 144, NC 4080) and on whole tiles, against a double-precision product;
  * bit-identical for 1, 2 and 3 threads; and the error codes. */
 #include <float.h>
 #include <stdlib.h>
@@ -13,6 +13,7 @@ typedef struct { int m, n, k; } shape;
 static const shape SHAPES[] = {
     {1, 1, 1}, {7, 33, 257}, {33, 7, 1}, {257, 33, 7}, {6, 16, 256}, {13, 17, 300},
     {150, 40, 5}, {3, 4100, 2}, {1, 257, 33}, {31, 1, 513}, {8, 32, 256}, {16, 64, 300},
+    {7, 33, 1031}, {8, 32, 1024},
 };
 
 /* Stored operand element: op(X)(i, j) for X stored row-major with row stride ld, transposed or not. */
