@@ -105,7 +105,8 @@ def _step_rows(cpu_role: dict[str, Any], gpu_role: dict[str, Any] | None, author
                      f"serial C {duration(steps['c-serial'])} ({times(steps['c-serial'] / steps['cuda-fused'])})"))
     epoch = (gpu_role.get("epoch_step_s", {}).get("moons-5h300") or {}).get("cuda-fused")
     if epoch is not None and "torch-gpu-graph" in steps:
-        rows.append(("moons-5h300 an epoch per launch: 32 steps in one `train_steps` call, per step", gpu_label,
+        rows.append((f"moons-5h300 an epoch per launch: {gpu_role['epoch_steps']} steps in one `train_steps` call, "
+                     "per step", gpu_label,
                      f"fused CUDA kernel {duration(epoch)} (one step alone {duration(steps['cuda-fused'])}); "
                      f"{times(steps['torch-gpu-graph'] / epoch)} PyTorch's single graph step"))
     scaling = []

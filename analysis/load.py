@@ -121,6 +121,17 @@ def usable_cores(meta: dict[str, Any]) -> int | None:
     return int(cores) if cores else None
 
 
+def epoch_steps(meta: dict[str, Any]) -> int | None:
+    """Steps of one ``epoch_step`` sample (the sweep's ``epoch_steps`` parameter) in the sessions of a run that
+    ran the stages study; ``None`` where none recorded it. Sessions that disagree are an error: the run's
+    ``epoch_step`` rows would not be one measure."""
+    counts = {session.get("parameters", {}).get("epoch_steps") for session in meta.get("sessions") or []
+              if "stages" in session.get("parameters", {}).get("studies", ())} - {None}
+    if len(counts) > 1:
+        raise ValueError(f"run {meta.get('run_id')}: its sessions timed epochs of {sorted(counts)} steps")
+    return counts.pop() if counts else None
+
+
 def busy_keys(meta: dict[str, Any]) -> set[str]:
     """The unit keys (``rows:<row key>``, ``endtoend:<task>/<backend>``, ``ladder:cpu``) the sweep's neighbour
     probe or load check flagged as timed while the cores were shared (meta.json ``busy``)."""

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import draw_all, load_runs
-from analysis.load import Results, busy_keys, gpu_name, machine_label
+from analysis.load import Results, busy_keys, epoch_steps, gpu_name, machine_label
 from analysis.palette import REFERENCE, hand_written_ladder, ordered
 from analysis.summary import (
     AUTHORS_BATCH,
@@ -435,6 +435,9 @@ def report_numbers(results: Results) -> dict[str, Any]:
         # per step of an epoch in one train_steps call, where a backend runs many steps per launch
         entry["epoch_step_s"] = {n: {r.backend: _finite(r.epoch_step_s) for r in run.stages[run.stages.network == n]
                                      .itertuples() if _finite(r.epoch_step_s)} for n in nets}
+        entry["epoch_steps"] = epoch_steps(run.meta)
+        if entry["epoch_steps"] is None and any(entry["epoch_step_s"].values()):
+            raise ValueError(f"run {run_id}: epoch_step timings, but meta.json records no epoch_steps")
         entry["fused_epoch_vs_graph"] = {n: _ratio(run.step(n, "torch-gpu-graph"),
                                                    entry["epoch_step_s"][n].get("cuda-fused")) for n in nets}
         entry["best_cpu"] = {n: run.best(n, cpu_backends) for n in nets}

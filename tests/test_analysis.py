@@ -461,3 +461,28 @@ def test_stage_table_carries_the_epoch_step_of_backends_that_run_many_steps_per_
     for row in rows.itertuples():
         assert table.loc[(row.network, "cuda-fused"), "epoch_step_s"] == row.median_s
     assert table.drop(index="cuda-fused", level="backend").epoch_step_s.isna().all()
+
+
+def test_the_epoch_step_count_is_read_from_the_run(tmp_path: Path) -> None:
+    # The steps per epoch_step sample come from the sessions that ran the stages study; a run with epoch_step
+    # rows that does not record them cannot be reported.
+    from analysis.load import epoch_steps
+    from analysis.report import report_numbers
+
+    run = tmp_path / "h200"
+    shutil.copytree(Path(__file__).parents[1] / "results" / "h200", run)
+    meta = json.loads((run / "meta.json").read_text())
+    assert epoch_steps(meta) == 32
+    assert report_numbers(load_runs(run))["gpu"]["epoch_steps"] == 32
+    for session in meta["sessions"]:
+        session["parameters"]["epoch_steps"] = 8 if "stages" in session["parameters"]["studies"] else 99
+    assert epoch_steps(meta) == 8  # sessions without the stages study do not count
+    meta["sessions"][0]["parameters"]["epoch_steps"] = 16
+    with pytest.raises(ValueError, match=r"epochs of \[8, 16\] steps"):
+        epoch_steps(meta)
+    for session in meta["sessions"]:
+        del session["parameters"]["epoch_steps"]
+    assert epoch_steps(meta) is None
+    (run / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="no epoch_steps"):
+        report_numbers(load_runs(run))

@@ -192,6 +192,28 @@ def test_a_run_that_diverges_while_timing_is_flagged(tmp_path: Path) -> None:
     assert not rows.loss_finite.iloc[0] and "loss became nan" in rows.reason.iloc[0]
 
 
+def test_the_epoch_step_count_reaches_the_timing_and_the_run_records_it(tmp_path: Path, monkeypatch) -> None:
+    # Only GPU backends run many steps per launch, so on the CPU the count is seen on its way into the real
+    # time_stages (called through) and in meta.json, which the report reads it from.
+    from mlpbench.sweep import measuring
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["epoch_steps"])
+        return measuring_time_stages(*args, **kwargs)
+
+    measuring_time_stages = measuring.time_stages
+    monkeypatch.setattr(measuring, "time_stages", spy)
+    run_dir = run("quick", results_dir=tmp_path, run_id="epoch", progress=False, backends=("numpy",),
+                  studies=("stages",), networks=("digits:8",), epoch_steps=5)
+    assert seen == [5]
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert [session["parameters"]["epoch_steps"] for session in meta["sessions"]] == [5]
+    with pytest.raises(ValueError, match="epoch_steps must be >= 1"):
+        make_params("quick", epoch_steps=0)
+
+
 def test_unknown_backends_are_parameter_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown backend 'no-such-backend'"):
         make_params("quick", backends=("numpy", "no-such-backend"))

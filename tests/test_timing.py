@@ -199,6 +199,19 @@ def test_epoch_step_is_timed_per_step_on_models_that_fuse_steps() -> None:
     assert "epoch_step" not in stages_for(load("numpy", NET))  # one call per step: nothing to add
 
 
+def test_the_epoch_step_count_is_an_argument() -> None:
+    clock = FakeClock()
+    inputs = batches(2)
+    model = ScriptedStepsModel(clock, {"forward": [1], "backprop": [1], "update": [1], "step": [10],
+                                       "steps": [30, 60]})
+    result = time_stages(model, inputs, lr=0.1, repeats=2, warmup=1, epoch_steps=6, clock=CpuClock(now=clock.now))
+    assert result.stats["epoch_step"] == Stats.from_ns([10, 5])  # each call over its 6 steps
+    rows, _ = model.epochs_seen[0]
+    np.testing.assert_array_equal(rows, np.concatenate([inputs[i % 2][0] for i in range(6)]))
+    with pytest.raises(ValueError, match="epoch_steps >= 1"):
+        time_stages(model, inputs, lr=0.1, epoch_steps=0)
+
+
 class SleepingModel(ScriptedModel):
     """A real clock and real sleeps: forward sleeps 2 ms."""
 

@@ -41,8 +41,9 @@ __all__ = ["EPOCH_STEPS", "STAGES", "CpuClock", "CudaEventClock", "OverBudget", 
            "pinned_threads", "probe_step", "stages_for", "thread_option", "time_call", "time_in_turn", "time_stages"]
 
 #: The study's stages, in the order of tables and figures. ``transfer`` exists on CUDA models only;
-#: ``epoch_step`` (seconds per step of :data:`EPOCH_STEPS` steps in one ``train_steps`` call, over batches already
-#: where the model computes) on models that run many steps per launch (``fuses_steps``) only.
+#: ``epoch_step`` (seconds per step of ``epoch_steps`` steps, by default :data:`EPOCH_STEPS`, in one
+#: ``train_steps`` call over batches already where the model computes) on models that run many steps per launch
+#: (``fuses_steps``) only.
 STAGES = ("checks", "transfer", "forward", "backprop", "update", "step", "epoch_step")
 #: Steps of one ``epoch_step`` sample: an epoch of the original benchmark (1000 samples at batch 32).
 EPOCH_STEPS = 32
@@ -155,18 +156,19 @@ def stages_for(model: Model) -> tuple[str, ...]:
 
 def time_stages(model: Model, inputs: Sequence[tuple[np.ndarray, np.ndarray]], *, lr: float,
                 weight_decay: float = 0.0, repeats: int = 20, warmup: int = 3, min_repeats: int = 3,
-                budget_s: float | None = None,
+                budget_s: float | None = None, epoch_steps: int = EPOCH_STEPS,
                 clock: CpuClock | CudaEventClock | None = None) -> StageTimes:
-    """Time every stage of ``model`` on host batches ``inputs`` (cycled in order, one per repeat).
+    """Time every stage of ``model`` on host batches ``inputs`` (cycled in order, one per repeat); the
+    ``epoch_step`` stage as one ``train_steps`` call of ``epoch_steps`` steps over the batches cycled.
 
     ``repeats`` samples are taken per stage, fewer when ``budget_s`` is set and the warm-up shows that
     ``repeats`` would not fit in it; if not even ``min_repeats`` fit, :class:`OverBudget` is raised before
     any is taken. The weights keep training during the run, so pass a small ``lr``; the returned
     ``loss_after`` tells whether they stayed finite.
     """
-    if repeats < 1 or warmup < 0 or min_repeats < 1:
-        raise ValueError(f"need repeats >= 1, warmup >= 0, min_repeats >= 1; got {repeats}, {warmup}, "
-                         f"{min_repeats}")
+    if repeats < 1 or warmup < 0 or min_repeats < 1 or epoch_steps < 1:
+        raise ValueError(f"need repeats >= 1, warmup >= 0, min_repeats >= 1, epoch_steps >= 1; got {repeats}, "
+                         f"{warmup}, {min_repeats}, {epoch_steps}")
     if not inputs:
         raise ValueError("need at least one input batch")
     clock = clock_for(model) if clock is None else clock
@@ -176,8 +178,8 @@ def time_stages(model: Model, inputs: Sequence[tuple[np.ndarray, np.ndarray]], *
     checked = [check_inputs(model.network, X, y) for X, y in inputs]
     copy_to_device = _device_copy(model) if "transfer" in stages else None
     epoch = None
-    if "epoch_step" in stages:  # the batches cycled to EPOCH_STEPS steps, copied where the model computes once
-        rows = [inputs[index % len(inputs)] for index in range(EPOCH_STEPS)]
+    if "epoch_step" in stages:  # the batches cycled to epoch_steps steps, copied where the model computes once
+        rows = [inputs[index % len(inputs)] for index in range(epoch_steps)]
         epoch = model.prepare(np.concatenate([X for X, _ in rows]), np.concatenate([y for _, y in rows]))
 
     def one_pass(index: int) -> dict[str, int]:
@@ -211,7 +213,7 @@ def time_stages(model: Model, inputs: Sequence[tuple[np.ndarray, np.ndarray]], *
         for stage, ns in one_pass(warmup + index).items():
             samples[stage].append(ns)
     if "epoch_step" in samples:
-        samples["epoch_step"] = [ns / EPOCH_STEPS for ns in samples["epoch_step"]]
+        samples["epoch_step"] = [ns / epoch_steps for ns in samples["epoch_step"]]
     model.synchronize()
     return StageTimes({stage: Stats.from_ns(samples[stage]) for stage in stages}, model.loss(), repeats)
 

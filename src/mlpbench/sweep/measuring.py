@@ -128,7 +128,7 @@ def _check_and_time(config: Config, network: Network, params: SweepParams, base:
         base["warmup"] = params.warmup if cheap else min(1, params.warmup)
         result = time_stages(model, inputs, lr=params.lr, weight_decay=params.weight_decay,
                              repeats=params.repeats, warmup=base["warmup"], min_repeats=params.min_repeats,
-                             budget_s=params.budget_s)
+                             budget_s=params.budget_s, epoch_steps=params.epoch_steps)
         base["compile_s"] = model.compile_seconds
     finally:
         model.close()

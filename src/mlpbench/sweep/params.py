@@ -10,6 +10,7 @@ from mlpbench.backends import BACKENDS, check_backend, model_class
 from mlpbench.distributed.config import RUNGS, SCALINGS
 from mlpbench.network import resolve
 from mlpbench.thread_policy import usable_cores
+from mlpbench.timing import EPOCH_STEPS
 from mlpbench.training import TASKS
 from mlpbench.verify import FLOAT32_TOLERANCE, SCALED_TOLERANCE
 
@@ -71,6 +72,7 @@ class SweepParams:
     profile_network: str = "digits"
     profile_batch: int = 32
     profile_steps: int = 200
+    epoch_steps: int = EPOCH_STEPS  # steps of one epoch_step sample (backends that run many steps per launch)
     tasks: tuple[str, ...] = tuple(TASKS)  # end-to-end training tasks (mlpbench.training.TASKS)
     compiled_studies: tuple[str, ...] = ("stages", "endtoend")  # the only studies of compiling backends
     compile_budget_s: float = 300.0  # the most seconds one compilation (one batch size) may take
@@ -99,8 +101,8 @@ class SweepParams:
             split_network(spec)
         if self.dataset not in TRAINING_NETWORKS:
             raise ValueError(f"unknown training data set {self.dataset!r}; choose from {sorted(TRAINING_NETWORKS)}")
-        if self.repeats < 1 or self.min_repeats < 1 or self.warmup < 0 or self.rotate < 1:
-            raise ValueError("repeats, min_repeats and rotate must be >= 1, warmup >= 0")
+        if self.repeats < 1 or self.min_repeats < 1 or self.warmup < 0 or self.rotate < 1 or self.epoch_steps < 1:
+            raise ValueError("repeats, min_repeats, rotate and epoch_steps must be >= 1, warmup >= 0")
         unknown = set(self.tasks) - set(TASKS)
         if unknown:
             raise ValueError(f"unknown end-to-end tasks {sorted(unknown)}; choose from {tuple(TASKS)}")
@@ -166,6 +168,8 @@ HELP: dict[str, str] = {
     "profile_network": "network of the line profile",
     "profile_batch": "batch size of the line profile",
     "profile_steps": "training steps the line profile runs",
+    "epoch_steps": "stages study: steps of one train_steps call timed as the epoch_step stage (backends that "
+                   "run many steps per launch)",
     "tasks": "end-to-end training tasks, from " + ", ".join(TASKS),
     "compiled_studies": "the only studies in which backends that compile each batch size (torch-gpu-compile) "
                         "take part: elsewhere every new size would cost minutes of compilation",
