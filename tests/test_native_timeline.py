@@ -260,23 +260,31 @@ def test_results_identical_under_every_plan(monkeypatch, network, batch, threads
 WIDE_NARROW = Network((2, 300, 300, 300, 1), "sigmoid", "sigmoid-bce")  # the 5h300 network's shapes, shorter
 
 
+# Wide and deep enough (600 x 600 weights, batch 96) that plan 8 shares its weight packing among 16 threads
+# under either tile width: each product's k blocks times column slivers outnumber the team, and its split puts
+# every column sliver in several threads' blocks (gemm_shares_b). The 5h300 shapes no longer do with 8 x 32
+# tiles: k of 300 is one k block of 10 slivers.
+SHARED_PACKING, SHARED_PACKING_BATCH = Network((2, 600, 600, 600, 1), "sigmoid", "sigmoid-bce"), 96
+
+
 @pytest.mark.parametrize("threads", [5, 16])
 @pytest.mark.parametrize("isa", ["portable", "auto"])
 def test_shared_weight_packing_covers_every_row_once(monkeypatch, threads, isa):
     """Under plan 8 each packing of a product's weights for the team (the i-th pack_weights event of every
     thread) packs the product's k x round_up(n, nr) floats exactly, each thread whole slivers; plan 11 packs no
     weights for others (each thread packs the rows of W it owns)."""
+    network, batch = SHARED_PACKING, SHARED_PACKING_BATCH
     for plan in PLANS:
-        model = stepped_with_plan(monkeypatch, plan, WIDE_NARROW, 32, threads, timeline=True, isa=isa)
+        model = stepped_with_plan(monkeypatch, plan, network, batch, threads, timeline=True, isa=isa)
         events = model.timeline()
         nr = TILES[model.isa][1]
         packs = [events[(events["thread"] == t) & (events["kind"] == KINDS["pack_weights"])] for t in range(threads)]
-        if model.step_plan(32) == 11:
+        if model.step_plan(batch) == 11:
             assert all(len(p) == 0 for p in packs)
             continue
         assert len({len(p) for p in packs}) == 1
         assert len(packs[0]) > 0 or threads < 16
-        shapes = dict(enumerate(WIDE_NARROW.layer_shapes, start=1))
+        shapes = dict(enumerate(network.layer_shapes, start=1))
         for index in range(len(packs[0])):
             layer = {int(p["layer"][index]) for p in packs}
             assert len(layer) == 1
