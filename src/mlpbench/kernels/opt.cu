@@ -482,8 +482,7 @@ __device__ __forceinline__ void copy4(float* dst, const float* src, bool valid) 
 // Otherwise: 16-byte copies of four consecutive rows at one k, as in the ring above.
 // With SMEM_TRANSPOSE, K_MAJOR: 16-byte copies of four consecutive k of one row into [ROWS][BK] (unpadded),
 // consecutive threads on consecutive addresses; transpose_stage turns the stage into fragment order.
-// IN_RANGE: the caller knows the whole tile lies inside the operand, so no copy is checked.
-template <bool K_MAJOR, int ROWS, bool IN_RANGE>
+template <bool K_MAJOR, int ROWS>
 __device__ __forceinline__ void fetch_transposed(float* stage, const float* tile, int ld, int rows_left,
                                                  int depth_left) {
     static_assert(ROWS % 32 == 0, "rows (ROWS + 4) floats apart: 4 banks apart");
@@ -492,8 +491,7 @@ __device__ __forceinline__ void fetch_transposed(float* stage, const float* tile
         for (int i = 0; i < ROWS * BK / (4 * THREADS); ++i) {
             const int index = threadIdx.x + i * THREADS;
             const int r = index / (BK / 4), k = (index % (BK / 4)) * 4;
-            // float4 shapes: all four in or all four out
-            const bool valid = IN_RANGE || (r < rows_left && k < depth_left);
+            const bool valid = r < rows_left && k < depth_left;  // float4 shapes: all four in or all four out
             copy16(stage + r * BK + k, tile + (valid ? r * ld + k : 0), valid);
         }
     } else if (K_MAJOR) {
@@ -505,7 +503,7 @@ __device__ __forceinline__ void fetch_transposed(float* stage, const float* tile
 #pragma unroll
         for (int i = 0; i < ROWS * BK / THREADS; ++i) {
             const int row = r + (i % (ROWS / PASS_ROWS)) * PASS_ROWS, at = k + (i / (ROWS / PASS_ROWS)) * 8;
-            const bool valid = IN_RANGE || (row < rows_left && at < depth_left);
+            const bool valid = row < rows_left && at < depth_left;
             copy4(stage + at * (ROWS + PAD) + row, tile + (valid ? row * ld + at : 0), valid);
         }
     } else {
@@ -515,8 +513,7 @@ __device__ __forceinline__ void fetch_transposed(float* stage, const float* tile
         const float* from = tile + k * ld + r;
 #pragma unroll
         for (int i = 0; i < ROWS * BK / (4 * THREADS); ++i, from += K_APART * ld) {
-            // float4 shapes: 4 in or 4 out
-            const bool valid = IN_RANGE || (r < rows_left && k + i * K_APART < depth_left);
+            const bool valid = r < rows_left && k + i * K_APART < depth_left;  // float4 shapes: 4 in or 4 out
             copy16(stage + (k + i * K_APART) * (ROWS + PAD) + r, valid ? from : tile, valid);
         }
     }
@@ -599,24 +596,14 @@ __device__ __forceinline__ void opt_matmul(float* C, const float* A, const float
     const int a_step = A_K_MAJOR ? BK : BK * lda, b_step = B_K_MAJOR ? BK : BK * ldb;
     const int a_rows = M - m0, b_rows = N - n0;
     int depth_left = k_end - k_begin;  // of the tiles a_next and b_next point at
-    // Both tiles' rows inside the operands (uniform over the block): then every step but a partial last one
-    // copies without checks.
-    const bool rows_in = a_rows >= BM && b_rows >= BN;
-    // Start copying the tiles a_next and b_next point at into these stages.
-    auto fetch_step = [&](float* a_stage, float* b_stage) {
-        if (rows_in && depth_left >= BK) {
-            fetch_transposed<A_K_MAJOR, BM, true>(a_stage, a_next, lda, a_rows, depth_left);
-            fetch_transposed<B_K_MAJOR, BN, true>(b_stage, b_next, ldb, b_rows, depth_left);
-        } else if (depth_left > 0) {
-            fetch_transposed<A_K_MAJOR, BM, false>(a_stage, a_next, lda, a_rows, depth_left);
-            fetch_transposed<B_K_MAJOR, BN, false>(b_stage, b_next, ldb, b_rows, depth_left);
-        }
-    };
 
     int steps_left = (depth_left + BK - 1) / BK;  // counting the step being multiplied
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
-        fetch_step(A_stages + s * stage_floats(BM), B_stages + s * stage_floats(BN));
+        if (depth_left > 0) {
+            fetch_transposed<A_K_MAJOR, BM>(A_stages + s * stage_floats(BM), a_next, lda, a_rows, depth_left);
+            fetch_transposed<B_K_MAJOR, BN>(B_stages + s * stage_floats(BN), b_next, ldb, b_rows, depth_left);
+        }
         copies_commit();  // empty groups too: the waits count groups
         a_next += a_step;
         b_next += b_step;
@@ -645,7 +632,10 @@ __device__ __forceinline__ void opt_matmul(float* C, const float* A, const float
         // STAGES - 1 steps ahead, into the stage read in the previous step (multiplied, or transposed two steps
         // ago), whose last values every warp took before the barrier that ended it.
         const int write = read == 0 ? STAGES - 1 : read - 1;
-        fetch_step(A_stages + write * stage_floats(BM), B_stages + write * stage_floats(BN));
+        if (depth_left > 0) {
+            fetch_transposed<A_K_MAJOR, BM>(A_stages + write * stage_floats(BM), a_next, lda, a_rows, depth_left);
+            fetch_transposed<B_K_MAJOR, BN>(B_stages + write * stage_floats(BN), b_next, ldb, b_rows, depth_left);
+        }
         copies_commit();
         a_next += a_step;
         b_next += b_step;
