@@ -6,9 +6,10 @@ Sections (``--sections``, comma-separated):
   (cuBLAS, IEEE float32) in the same layout at n^3, each verified against a float64 product first;
 * ``tune``: every cuda-opt tile configuration (``cuda.OPT_CONFIGS``, unsplit) in each layout against
   ``torch.mm`` in the same layout, each verified against a float64 product first;
-* ``steps``: per-stage times (the project's timing harness: events around each call, median) and the
-  back-to-back throughput of ``train_step`` and the per-step time of an epoch through ``train_steps`` for
-  each network x backend, each verified against the float64 reference at the timed batch size first;
+* ``steps``: per-stage times (the project's timing harness: events around each call, median; on backends
+  that run many steps per launch also ``epoch_step``, per step of one ``train_steps`` call over an epoch) and
+  the back-to-back throughput of ``train_step`` for each network x backend, each verified against the
+  float64 reference at the timed batch size first;
 * ``barrier``: cost of one grid-wide barrier of the fused kernel (chains of trivial phases);
 * ``host``: host microseconds of a fused ``train_step`` and of its parts;
 * ``profile``: where a fused training step spends its GPU time: block 0's clock (%globaltimer) at the start
@@ -175,10 +176,6 @@ def steps(repeats: int, throughput_steps: int, cases: set[str] | None = None,
                     end.synchronize()
                     row["step_throughput_us"] = start.elapsed_time(end) * 1e3 / count
                     row["step_host_us"] = host * 1e6 / count
-                    if name != "large":  # an epoch of EPOCH_STEPS batches through train_steps, per step
-                        epoch = model.prepare(*random_batch(net, batch * EPOCH_STEPS, rng))
-                        row["step_epoch_us"] = device_ms(lambda m=model, e=epoch, b=batch: m.train_steps(e, b, 1e-4),
-                                                         max(3, repeats // 4), warmup=1) * 1e3 / EPOCH_STEPS
                 row["loss_after"] = times.loss_after
                 row["status"] = "ok"
                 model.close()
@@ -320,7 +317,7 @@ def main() -> int:
                                 set(args.backends.split(",")) if args.backends else None)
         text.append("## training steps (us, median; throughput = back-to-back train_step)\n" + table(
             result["steps"], ["network", "batch", "backend", "transfer_us", "forward_us", "backprop_us", "update_us",
-                              "step_us", "step_throughput_us", "step_epoch_us", "step_host_us", "step_tflops",
+                              "step_us", "step_throughput_us", "epoch_step_us", "step_host_us", "step_tflops",
                               "max_rel_error", "compile_s", "status"]))
         save()
     result["opt_choices"] = cuda.opt_choices()
