@@ -5,7 +5,8 @@ Sections (``--sections``, comma-separated):
 * ``products``: the product ladder (rungs 1-3 in nn, cuda-opt in all three layouts) against ``torch.mm``
   (cuBLAS, IEEE float32) in the same layout at n^3, each verified against a float64 product first;
 * ``tune``: every cuda-opt tile configuration (``cuda.OPT_CONFIGS``, unsplit) in each layout against
-  ``torch.mm`` in the same layout, each verified against a float64 product first;
+  ``torch.mm`` in the same layout, nt and nn also with their k-contiguous operands transposed first (the
+  transposes timed with the product), each verified against a float64 product first;
 * ``steps``: per-stage times (the project's timing harness: events around each call, median; on backends
   that run many steps per launch also ``epoch_step``, per step of one ``train_steps`` call over an epoch) and
   the back-to-back throughput of ``train_step`` for each network x backend, each verified against the
@@ -105,16 +106,19 @@ def tune(n: int, repeats: int) -> list[dict]:
         cublas_ms = device_ms(lambda a=a, b=b: torch.mm(a, b, out=C), repeats)
         rows.append({"config": "torch.mm (cuBLAS)", "layout": layout, "ms": cublas_ms,
                      "tflops": 2 * n**3 / cublas_ms / 1e9, "pct_cublas": 100.0})
-        for config in cuda.OPT_CONFIGS:
-            choice = cuda.OptChoice(config, 1)
+        transposable = cuda.opt_transposable(layout, n, n, n, vector=True)
+        choices = [cuda.OptChoice(config, 1, transposed) for transposed in (False, True)[:1 + transposable]
+                   for config in cuda.OPT_CONFIGS]
+        for choice in choices:
 
             def call(choice=choice, layout=layout):
                 products.run(choice, True, layout, C.data_ptr(), A.data_ptr(), B.data_ptr(), n, n, n)
 
             C.fill_(float("nan"))
             call()
-            row = {"config": config, "layout": layout, "threads": cuda.opt_threads(config),
-                   "shared_bytes": cuda.opt_shared_bytes(config), "rel_error": rel_error(C, reference)}
+            row = {"config": choice.config, "transposed": choice.transposed, "layout": layout,
+                   "threads": cuda.opt_threads(choice.config), "shared_bytes": cuda.opt_shared_bytes(choice.config),
+                   "rel_error": rel_error(C, reference)}
             if row["rel_error"] <= FLOAT32_TOLERANCE:
                 ms = device_ms(call, repeats)
                 row.update(ms=ms, tflops=2 * n**3 / ms / 1e9, pct_cublas=100 * cublas_ms / ms)
@@ -295,8 +299,8 @@ def main() -> int:
     if "tune" in sections:
         result["tune"] = tune(args.n, max(5, args.repeats // 2))
         text.append(f"## cuda-opt tile configurations at n = {args.n} (unsplit; % of cuBLAS in the same layout)\n"
-                    + table(result["tune"], ["config", "layout", "threads", "shared_bytes", "ms", "tflops",
-                                             "pct_cublas", "rel_error"]))
+                    + table(result["tune"], ["config", "transposed", "layout", "threads", "shared_bytes", "ms",
+                                             "tflops", "pct_cublas", "rel_error"]))
         save()
     if "barrier" in sections:
         result["barrier"] = barrier()
@@ -322,7 +326,7 @@ def main() -> int:
         save()
     result["opt_choices"] = cuda.opt_choices()
     text.append("## cuda-opt autotuner choices\n" + table(result["opt_choices"], [
-        "layout", "M", "N", "K", "vector", "config", "splits"]))
+        "layout", "M", "N", "K", "vector", "config", "splits", "transposed"]))
     save()
     print("\n\n".join(text))
     return 0

@@ -6,7 +6,8 @@
 Covers each rung's forward, backprop, update and train_step (cuda-opt on both its float4 and its scalar
 kernels), the fused kernel's single-warp and separate output heads, its two k-chunk weight gradient and
 several steps in one launch, matmul in every layout, and each of cuda-opt's configurations for large products
-(forced onto a small float4 shape with edge tiles, unsplit and split); then checks that the results still match
+(forced onto a small float4 shape with edge tiles, unsplit and split, nt and nn also with their
+k-contiguous operands transposed first); then checks that the results still match
 the float64 reference (:func:`mlpbench.verify.check_stages`). Prints the kernels it launched.
 """
 
@@ -66,11 +67,12 @@ def main() -> int:
             a, b = A.double(), B.double()
             reference = (a.T if layout == "tn" else a) @ (b.T if layout == "nt" else b)
             for splits in (1, 2):
-                products.run(cuda.OptChoice(config, splits), True, layout, C.data_ptr(), A.data_ptr(), B.data_ptr(),
-                             M, N, K)
-                error = ((C.double() - reference).norm() / reference.norm()).item()
-                if not error < 1e-5:
-                    failures.append((config, layout, splits, error))
+                for transposed in (False, True) if layout != "tn" else (False,):
+                    products.run(cuda.OptChoice(config, splits, transposed), True, layout, C.data_ptr(),
+                                 A.data_ptr(), B.data_ptr(), M, N, K)
+                    error = ((C.double() - reference).norm() / reference.norm()).item()
+                    if not error < 1e-5:
+                        failures.append((config, layout, splits, transposed, error))
     torch.cuda.synchronize()
     print("kernels:", ", ".join(f"{row['kernel']}" for row in cuda.kernel_report()))
     if failures:

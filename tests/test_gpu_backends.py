@@ -329,7 +329,7 @@ def test_every_opt_configuration_and_split_matches_float64(layout, M, N, K):
     C = torch.empty(M, N, device="cuda")
     vector = products.vector_ok(layout, M, N, K, C.data_ptr(), A.data_ptr(), B.data_ptr())
     assert vector == (M % 4 == N % 4 == K % 4 == 0)
-    for choice in cuda.opt_candidates(M, N, K, gpu.info().sm_count, vector):
+    for choice in cuda.opt_candidates(layout, M, N, K, gpu.info().sm_count, vector):
         C.fill_(float("nan"))
         products.run(choice, vector, layout, C.data_ptr(), A.data_ptr(), B.data_ptr(), M, N, K)
         error = ((C.cpu().double() - reference).norm() / reference.norm()).item()
@@ -375,6 +375,39 @@ def test_opt_fragment_double_buffered_configurations_at_the_ring_edges(config, l
         A, B = _operands(layout, M, N, K, seed=M * 7 + N * 3 + K)
         _assert_forced_config_matches_float64(products, config, layout, A, B, torch.empty(M, N, device="cuda"),
                                               most_splits=(2, 5))
+
+
+@pytest.mark.parametrize("config", ["128x128", "128x128k16s4t256db", "128x256k16s3t256dbt"])
+@pytest.mark.parametrize("layout", ["nn", "nt"])
+def test_transposed_choices_match_float64(config, layout):
+    # nt and nn with their k-contiguous operands transposed first and run by the tn kernel, on shapes whose
+    # edges cut the transpose's 32 x 32 tiles and the product's tiles, unsplit and split; C starts as NaN.
+    from mlpbench.backends import cuda
+
+    products = cuda._products("opt")
+    for M, N, K in ((36, 260, 292), (260, 132, 1028), (4, 4, 4), (1028, 1036, 1024)):
+        A, B = _operands(layout, M, N, K, seed=M + 2 * N + K)
+        C = torch.empty(M, N, device="cuda")
+        reference = _float64_product(layout, A, B)
+        for splits in sorted({1, _kernel_splits(config, K, 3)}):
+            C.fill_(float("nan"))
+            products.run(cuda.OptChoice(config, splits, transposed=True), True, layout, C.data_ptr(),
+                         A.data_ptr(), B.data_ptr(), M, N, K)
+            error = ((C.double() - reference).norm() / reference.norm()).item()
+            assert error < FLOAT32_TOLERANCE, ((M, N, K), splits, error)
+        with pytest.raises(ValueError, match="transposed choice"):
+            products.run(cuda.OptChoice(config, 1, transposed=True), False, layout, C.data_ptr(), A.data_ptr(),
+                         B.data_ptr(), M, N, K)
+
+
+def test_transpose_beyond_the_grid_limit_of_row_tiles():
+    # More row tiles than grid y allows (65535): the kernel strides over the rest.
+    from mlpbench.backends import cuda
+
+    products = cuda._products("opt")
+    rows, cols = 65535 * 32 + 37, 5
+    matrix = torch.randn(rows, cols, device="cuda")
+    assert torch.equal(products._transposed(matrix.data_ptr(), rows, cols), matrix.T)
 
 
 @pytest.mark.parametrize("layout", ["nn", "nt", "tn"])
@@ -425,6 +458,28 @@ def test_opt_epilogues_in_every_configuration(monkeypatch, config, splits, netwo
         np.testing.assert_allclose(b, b2, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("config", ["128x128", "128x128k16s4t256db"])
+def test_opt_epilogues_with_transposed_operands(monkeypatch, config):
+    # Every nt and nn product of a step transposed first (forward with bias and activation, input gradient
+    # with the activation derivative); tn as it is (weight gradient with the SGD step).
+    from mlpbench.backends import cuda
+
+    network, batch = Network((36, 260, 12, 4), "tanh", "softmax-ce"), 36
+    runs = []
+    original = cuda._OptProducts.run
+
+    def forced_run(self, choice, vector, layout, *args, **kwargs):
+        runs.append((choice.transposed, layout))
+        return original(self, choice, vector, layout, *args, **kwargs)
+
+    monkeypatch.setattr(cuda._OptProducts, "choice",
+                        lambda self, layout, M, N, K, vector: cuda.OptChoice(config, 1, transposed=layout != "tn"))
+    monkeypatch.setattr(cuda._OptProducts, "run", forced_run)
+    errors = compare_stages("cuda-opt", network, batch, seed=5)
+    assert max(errors.values()) <= FLOAT32_TOLERANCE, errors
+    assert (True, "nt") in runs and (True, "nn") in runs
+
+
 def test_opt_choices_are_listed():
     from mlpbench.backends import cuda
 
@@ -433,6 +488,7 @@ def test_opt_choices_are_listed():
     rows = {(r["layout"], r["M"], r["N"], r["K"]): r for r in cuda.opt_choices()}
     assert ("nt", 8, 36, 20) in rows and ("tn", 36, 20, 8) in rows
     assert all(r["config"] in cuda.OPT_CONFIGS and r["splits"] >= 1 for r in rows.values())
+    assert not any(r["transposed"] for r in rows.values())  # products this small are never transposed
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)

@@ -200,11 +200,18 @@ def test_compile_options_are_checked_before_the_gpu(options, error, message):
                                      (4096, 4096, 4096), (1024, 1024, 4096), (1024, 4096, 1024)])
 @pytest.mark.parametrize("sm_count", [1, 132])
 @pytest.mark.parametrize("vector", [True, False])
-def test_opt_candidates_are_valid_launches(M, N, K, sm_count, vector):
-    candidates = cuda.opt_candidates(M, N, K, sm_count, vector)
+@pytest.mark.parametrize("layout", ["nt", "nn", "tn"])
+def test_opt_candidates_are_valid_launches(layout, M, N, K, sm_count, vector):
+    candidates = cuda.opt_candidates(layout, M, N, K, sm_count, vector)
     assert len(set(candidates)) == len(candidates)
     # every tile shape the product may use, as is
-    assert [c.config for c in candidates if c.splits == 1] == cuda.opt_configs_for(M, N, K, vector)
+    as_is = [c for c in candidates if not c.transposed]
+    assert [c.config for c in as_is if c.splits == 1] == cuda.opt_configs_for(M, N, K, vector)
+    # transposed: each of those again, only for large float4 products with a k-contiguous operand
+    transposed = [c for c in candidates if c.transposed]
+    large = vector and M * N * K >= cuda.OPT_LARGE_WORK and M % 4 == N % 4 == K % 4 == 0
+    expected = as_is if layout != "tn" and large else []
+    assert [(c.config, c.splits) for c in transposed] == [(c.config, c.splits) for c in expected]
     for choice in candidates:
         assert vector or not cuda.opt_float4_only(choice.config), choice  # no scalar kernels to run
         if choice.splits == 1:
@@ -218,9 +225,24 @@ def test_opt_candidates_are_valid_launches(M, N, K, sm_count, vector):
 
 
 def test_small_products_may_split_and_large_ones_do_not():
-    small = cuda.opt_candidates(32, 300, 300, 132)  # a hidden layer of 5h300 at batch 32
+    small = cuda.opt_candidates("nt", 32, 300, 300, 132)  # a hidden layer of 5h300 at batch 32
     assert cuda.OptChoice("32x32", 8) in small and cuda.OptChoice("128x128", 4) in small
-    assert all(c.splits == 1 for c in cuda.opt_candidates(4096, 4096, 4096, 132))
+    assert not any(c.transposed for c in small)
+    for layout in cuda.LAYOUTS:
+        assert all(c.splits == 1 for c in cuda.opt_candidates(layout, 4096, 4096, 4096, 132))
+
+
+def test_transposed_choices_are_offered_where_the_transposes_are_cheap():
+    # nt and nn at 4096^3 run either as they are or with their k-contiguous operands transposed for the tn
+    # kernel; tn has none to transpose, and a product below OPT_LARGE_WORK or off the float4 path never is.
+    for layout in ("nt", "nn"):
+        candidates = cuda.opt_candidates(layout, 4096, 4096, 4096, 132)
+        assert cuda.OptChoice("128x128k16s4t256db", 1, transposed=True) in candidates
+        assert cuda.OptChoice("128x128k16s4t256db", 1) in candidates
+        assert not cuda.opt_transposable(layout, 4096, 4096, 4096, vector=False)
+        assert not cuda.opt_transposable(layout, 512, 512, 512, vector=True)
+        assert not cuda.opt_transposable(layout, 1026, 1024, 1024, vector=True)  # M is not a multiple of 4
+    assert not any(c.transposed for c in cuda.opt_candidates("tn", 4096, 4096, 4096, 132))
 
 
 # Every product of the small networks' steps (digits, 5h300, mnist at their sweep batches): forward (nt), input
@@ -310,7 +332,7 @@ def test_fragment_double_buffered_configurations_keep_their_blocks_per_sm():
         assert cuda.opt_pipelined(config) and cuda.opt_float4_only(config)
         assert config not in cuda.opt_configs_for(1024, 1024, 1023, vector=False)
         for M, N, K in ((4096, 4096, 4096), *LARGE_NETWORK_PRODUCTS):
-            assert cuda.OptChoice(config, 1) in cuda.opt_candidates(M, N, K, 132)
+            assert cuda.OptChoice(config, 1) in cuda.opt_candidates("nt", M, N, K, 132)
 
 
 SMEM_TRANSPOSE_CONFIGS = [config for config in cuda.OPT_CONFIGS if cuda.opt_defines(config)["SMEM_TRANSPOSE"]]
@@ -328,7 +350,7 @@ def test_shared_memory_transposing_configurations():
         assert config not in cuda.opt_configs_for(1024, 1024, 1023, vector=False)
         assert config not in cuda.opt_configs_for(256, 256, 256)  # below OPT_LARGE_WORK
         for M, N, K in ((4096, 4096, 4096), *LARGE_NETWORK_PRODUCTS):
-            assert cuda.OptChoice(config, 1) in cuda.opt_candidates(M, N, K, 132)
+            assert cuda.OptChoice(config, 1) in cuda.opt_candidates("nt", M, N, K, 132)
 
 
 def test_configurations_that_never_won_are_gone():
@@ -356,16 +378,25 @@ def test_fastest_takes_the_least_time_and_breaks_ties_without_splitting():
     assert cuda.fastest({a: 3.0, b: 1.0, c: 2.0}) == b
     assert cuda.fastest({a: 1.0, b: 1.0, c: 1.0}) == a
     assert cuda.fastest({b: 1.0, c: 1.0}) == c
+    t = cuda.OptChoice("32x32", 1, transposed=True)
+    assert cuda.fastest({t: 1.0, c: 1.0}) == c  # no transposes for nothing
+    assert cuda.fastest({t: 0.9, c: 1.0}) == t
 
 
 def test_tuning_is_kept_per_gpu_and_kernel_version(tmp_path, monkeypatch):
     tuning = cuda.OptTuning(str(tmp_path), "sm_90", 132)
     key = ("nt", 32, 300, 300, True)
     tuning.record(key, cuda.OptChoice("32x32", 4))
+    large = ("nn", 4096, 4096, 4096, True)
+    tuning.record(large, cuda.OptChoice("128x128k16s4t256db", 1, transposed=True))
     again = cuda.OptTuning(str(tmp_path), "sm_90", 132)
-    assert again.choices == {key: cuda.OptChoice("32x32", 4)}
-    assert again.rows() == [{"layout": "nt", "M": 32, "N": 300, "K": 300, "vector": True, "config": "32x32",
-                             "splits": 4}]
+    assert again.choices == {key: cuda.OptChoice("32x32", 4),
+                             large: cuda.OptChoice("128x128k16s4t256db", 1, transposed=True)}
+    assert again.rows() == [
+        {"layout": "nn", "M": 4096, "N": 4096, "K": 4096, "vector": True, "config": "128x128k16s4t256db",
+         "splits": 1, "transposed": True},
+        {"layout": "nt", "M": 32, "N": 300, "K": 300, "vector": True, "config": "32x32", "splits": 4,
+         "transposed": False}]
     assert cuda.OptTuning(str(tmp_path), "sm_90", 114).choices == {}  # another GPU
     monkeypatch.setitem(cuda.OPT_CONFIGS, "16x16", cuda.OPT_CONFIGS["32x32"])
     assert cuda.OptTuning(str(tmp_path), "sm_90", 132).choices == {}  # other kernels

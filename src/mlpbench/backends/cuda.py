@@ -184,7 +184,7 @@ OPT_VECTOR_KERNELS = ("opt_nt", "opt_nn", "opt_tn")
 OPT_KERNELS = (*OPT_VECTOR_KERNELS, "opt_nt_scalar", "opt_nn_scalar", "opt_tn_scalar", "opt_splitk_sum")
 MODULE_KERNELS: dict[str, tuple[str, ...]] = {
     "elementwise": ("bias_activation", "output_head", "output_delta", "activation_backward", "bias_gradient",
-                    "sgd_update"),
+                    "sgd_update", "transpose"),
     "naive": ("naive_nt", "naive_nn", "naive_tn"),
     "tiled": ("tiled_nt", "tiled_nn", "tiled_tn"),
     **{module: (*OPT_VECTOR_KERNELS, "opt_splitk_sum") if opt_float4_only(config) else OPT_KERNELS
@@ -247,11 +247,14 @@ class _TiledProducts(_Products):
 
 @dataclass(frozen=True)
 class OptChoice:
-    """How cuda-opt runs one product shape: the tile configuration (a key of :data:`OPT_CONFIGS`) and the
-    number of k slices (``splits`` > 1: partial products, then ``opt_splitk_sum``)."""
+    """How cuda-opt runs one product shape: the tile configuration (a key of :data:`OPT_CONFIGS`), the
+    number of k slices (``splits`` > 1: partial products, then ``opt_splitk_sum``) and whether the product's
+    k-contiguous operands are first transposed into scratch buffers so that the tn kernel runs it
+    (``transposed``: A of nn; A and B of nt)."""
 
     config: str
     splits: int
+    transposed: bool = False
 
 
 def opt_tiles(config: str, M: int, N: int) -> int:
@@ -270,12 +273,22 @@ def opt_configs_for(M: int, N: int, K: int, vector: bool = True) -> list[str]:
             or (large and (not opt_pipelined(config) or max(M, N, K) < OPT_PIPELINED_MAX_DIM))]
 
 
-def opt_candidates(M: int, N: int, K: int, sm_count: int, vector: bool = True) -> list[OptChoice]:
-    """Every (tile configuration, k slices) worth timing for an M x N x K product on ``sm_count`` SMs.
+def opt_transposable(layout: str, M: int, N: int, K: int, vector: bool) -> bool:
+    """Whether a ``layout`` product may run transposed (:class:`OptChoice`): it has a k-contiguous operand
+    (nt, nn), takes the float4 kernels as it is and as tn (every row length a multiple of 4), and has at least
+    :data:`OPT_LARGE_WORK` multiply-adds, where the transposes' extra pass over the operands is a few percent
+    of the product's time."""
+    return layout in ("nt", "nn") and vector and M % 4 == N % 4 == K % 4 == 0 and M * N * K >= OPT_LARGE_WORK
+
+
+def opt_candidates(layout: str, M: int, N: int, K: int, sm_count: int, vector: bool = True) -> list[OptChoice]:
+    """Every (tile configuration, k slices, transposed) worth timing for an M x N x K ``layout`` product on
+    ``sm_count`` SMs.
 
     Each configuration of :func:`opt_configs_for` without splitting; split k only while the output tiles leave
     SMs idle, the launch stays within 4 blocks per SM, and every slice (cut as kernels/opt.cu cuts k: equal
-    spans of whole k-steps) holds at least two k-steps and no slice is empty."""
+    spans of whole k-steps) holds at least two k-steps and no slice is empty. Where
+    :func:`opt_transposable`, each of those again with the operands transposed first."""
     candidates = []
     for config in opt_configs_for(M, N, K, vector):
         bk = opt_defines(config)["BK"]
@@ -286,14 +299,17 @@ def opt_candidates(M: int, N: int, K: int, sm_count: int, vector: bool = True) -
             if tiles >= sm_count or tiles * splits > 4 * sm_count or span < 2 * bk or (splits - 1) * span >= K:
                 break
             candidates.append(OptChoice(config, splits))
+    if opt_transposable(layout, M, N, K, vector):
+        candidates += [OptChoice(choice.config, choice.splits, transposed=True) for choice in candidates]
     return candidates
 
 
 def fastest(timings: dict[OptChoice, float]) -> OptChoice:
-    """The candidate with the least time; among equal times the one with fewer launches and bigger tiles
-    (the order of :func:`opt_candidates`)."""
+    """The candidate with the least time; among equal times the one with fewer launches (no split k, no
+    transposes) and bigger tiles (the order of :func:`opt_candidates`)."""
     order = list(timings)
-    return min(order, key=lambda choice: (timings[choice], choice.splits > 1, order.index(choice)))
+    return min(order, key=lambda choice: (timings[choice], choice.splits > 1 or choice.transposed,
+                                          order.index(choice)))
 
 
 class OptTuning:
@@ -303,18 +319,19 @@ class OptTuning:
     tuned afresh."""
 
     def __init__(self, directory: str, arch: str, sm_count: int) -> None:
-        sources = "".join((KERNEL_DIR / name).read_text() for name in ("opt.cu", "common.cuh"))
+        sources = "".join((KERNEL_DIR / name).read_text() for name in ("opt.cu", "elementwise.cu", "common.cuh"))
         digest = hashlib.sha256((sources + repr(sorted(OPT_CONFIGS.items()))).encode()).hexdigest()[:16]
         self.path = Path(directory) / f"opt-tuning-{arch}-{sm_count}sm-{digest}.json"
         self.choices: dict[tuple[str, int, int, int, bool], OptChoice] = {}
         if self.path.exists():
             for row in json.loads(self.path.read_text()):
                 key = (row["layout"], row["M"], row["N"], row["K"], row["vector"])
-                self.choices[key] = OptChoice(row["config"], row["splits"])
+                self.choices[key] = OptChoice(row["config"], row["splits"], row["transposed"])
 
     def rows(self) -> list[dict[str, Any]]:
         return [{"layout": layout, "M": M, "N": N, "K": K, "vector": vector, "config": choice.config,
-                 "splits": choice.splits} for (layout, M, N, K, vector), choice in sorted(self.choices.items())]
+                 "splits": choice.splits, "transposed": choice.transposed}
+                for (layout, M, N, K, vector), choice in sorted(self.choices.items())]
 
     def record(self, key: tuple[str, int, int, int, bool], choice: OptChoice) -> None:
         self.choices[key] = choice
@@ -339,7 +356,8 @@ class _OptProducts:
     The tile configuration and k slices of each product shape come from a small autotuner: at the first
     product of a shape, every candidate of :func:`opt_candidates` is timed on scratch operands (CUDA events
     around the launches, median of a few calls, host launch time included since that is what small products
-    cost) and the fastest is kept (:class:`OptTuning`; :func:`opt_choices` lists them)."""
+    cost, transposes included for the transposed choices) and the fastest is kept (:class:`OptTuning`;
+    :func:`opt_choices` lists them)."""
 
     TUNING_REPEATS = 5
 
@@ -364,6 +382,7 @@ class _OptProducts:
                 self._scalar[config] = {layout: compiled.get_function(f"opt_{layout}_scalar").prepare(fmt)
                                         for layout in LAYOUTS}
             self._splitk_sum[config] = compiled.get_function("opt_splitk_sum").prepare("PPiiiiPPiff")
+        self._transpose = _kernels("elementwise")["transpose"].prepare("PPii")
         info = gpu.info()
         self._sm_count = info.sm_count
         self.tuning = OptTuning(gpu.cache_dir(), info.arch, info.sm_count)
@@ -387,7 +406,7 @@ class _OptProducts:
         C = torch.empty((M, N), device=gpu.device())
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         timings = {}
-        for candidate in opt_candidates(M, N, K, self._sm_count, vector):
+        for candidate in opt_candidates(layout, M, N, K, self._sm_count, vector):
             times = []
             for _ in range(self.TUNING_REPEATS + 1):  # the first call of each candidate is not counted
                 torch.cuda.synchronize()
@@ -404,6 +423,17 @@ class _OptProducts:
             weight_decay: float = 0.0) -> None:
         """The product in the given configuration (the autotuner and the tests pick it; callers use
         ``__call__``)."""
+        if choice.transposed:
+            # Scratch copies, freed at return: torch's allocator reuses memory in stream order, after the
+            # product has read them.
+            if layout not in ("nt", "nn") or not vector:
+                raise ValueError(f"a transposed choice needs an nt or nn product on the float4 path, not "
+                                 f"{layout} (vector={vector})")
+            A_t = self._transposed(A, M, K)
+            B_t = self._transposed(B, N, K) if layout == "nt" else None
+            self.run(OptChoice(choice.config, choice.splits), True, "tn", C, A_t.data_ptr(),
+                     B if B_t is None else B_t.data_ptr(), M, N, K, mode, bias, aux, activation, lr, weight_decay)
+            return
         kernel = (self._vector if vector else self._scalar)[choice.config][layout]
         defines = opt_defines(choice.config)
         grid = (cdiv(N, defines["BN"]), cdiv(M, defines["BM"]), choice.splits)
@@ -427,6 +457,13 @@ class _OptProducts:
             (min(cdiv(M * N, 256), self._sm_count * 8), 1, 1), (256, 1, 1), C, partial.data_ptr(),
             choice.splits, M, N, mode, bias, aux, activation, lr, weight_decay)
 
+    def _transposed(self, matrix: int, rows: int, cols: int) -> torch.Tensor:
+        """A new (cols, rows) buffer holding the transpose of the row-major (rows, cols) matrix at ``matrix``."""
+        out = torch.empty((cols, rows), dtype=torch.float32, device=gpu.device())
+        self._transpose.prepared_call((cdiv(cols, 32), min(cdiv(rows, 32), 65535), 1), (32, 8, 1),
+                                      out.data_ptr(), matrix, rows, cols)
+        return out
+
     def __call__(self, layout: str, C: int, A: int, B: int, M: int, N: int, K: int, mode: int = EPI_STORE,
                  bias: int = 0, aux: int = 0, activation: int = IDENTITY, lr: float = 0.0,
                  weight_decay: float = 0.0) -> None:
@@ -438,7 +475,7 @@ class _OptProducts:
 def opt_choices() -> list[dict[str, Any]]:
     """cuda-opt's tile configuration and k slices for every product shape tuned so far on this GPU (with
     this version of the kernels): one dict per shape with ``layout``, ``M``, ``N``, ``K``, ``vector``,
-    ``config``, ``splits``. Empty before the first cuda-opt product."""
+    ``config``, ``splits``, ``transposed``. Empty before the first cuda-opt product."""
     products = _product_cache.get("opt")
     return [] if products is None else products.tuning.rows()
 
@@ -698,8 +735,8 @@ class _LayeredCudaModel(CudaModel):
         super().__init__(network, params)
         formats = {"bias_activation": "PPiii", "output_head": "PPPPiii", "output_delta": "PPPii",
                    "activation_backward": "PPii", "bias_gradient": "PPPiif", "sgd_update": "PPiff"}
-        self._elementwise = {name: function.prepare(formats[name])
-                             for name, function in _kernels("elementwise").items()}
+        kernels = _kernels("elementwise")
+        self._elementwise = {name: kernels[name].prepare(fmt) for name, fmt in formats.items()}
         self._bias_block = (32, dict(ELEMENTWISE.defines)["ROWS_PER_BLOCK"], 1)
 
     def _launch_elementwise(self, name: str, n: int, *args: Any) -> None:

@@ -1,5 +1,6 @@
 // Element-wise and reduction kernels shared by the layer-by-layer rungs (cuda-naive, cuda-tiled, cuda-opt):
-// everything in a training step that is not a matrix product. Compiled with extern "C" names.
+// everything in a training step that is not a matrix product, and the transpose that cuda-opt's "transposed"
+// choices run before a product. Compiled with extern "C" names.
 // Constants (-D): ROWS_PER_BLOCK, the rows one block of the bias-gradient kernel reduces at once.
 #include "common.cuh"
 
@@ -57,4 +58,26 @@ __global__ void bias_gradient(const float* dZ, float* db, float* bias, int rows,
 __global__ void sgd_update(float* W, const float* dW, int n, float lr, float weight_decay) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
         W[i] -= lr * (dW[i] + weight_decay * W[i]);
+}
+
+// out (cols x rows) = in (rows x cols)^T, row-major both: cuda-opt's products whose k-contiguous operands are
+// made m- or n-contiguous first, so that the tn kernel (no k-major operand) runs them. Blocks of 32 x 8
+// threads move 32 x 32 tiles through shared memory (a padded row: the column reads hit 32 distinct banks), so
+// both the loads and the stores of a warp are 128 contiguous bytes. Grid y strides over the row tiles (its
+// limit is 65535 blocks).
+__global__ void transpose(float* out, const float* in, int rows, int cols) {
+    __shared__ float tile[32][33];
+    const int c0 = blockIdx.x * 32;
+    for (int r0 = blockIdx.y * 32; r0 < rows; r0 += gridDim.y * 32) {
+        for (int i = threadIdx.y; i < 32; i += blockDim.y) {
+            const int r = r0 + i, c = c0 + threadIdx.x;
+            if (r < rows && c < cols) tile[i][threadIdx.x] = in[(long)r * cols + c];
+        }
+        __syncthreads();
+        for (int i = threadIdx.y; i < 32; i += blockDim.y) {
+            const int c = c0 + i, r = r0 + threadIdx.x;
+            if (c < cols && r < rows) out[(long)c * rows + r] = tile[threadIdx.x][i];
+        }
+        __syncthreads();  // the tile is read before the next row tile overwrites it
+    }
 }
