@@ -400,7 +400,7 @@ def test_transposed_choices_match_float64(config, layout):
                          B.data_ptr(), M, N, K)
 
 
-def test_transpose_beyond_the_grid_limit_of_row_tiles():
+def test_opt_transpose_beyond_the_grid_limit_of_row_tiles():
     # More row tiles than grid y allows (65535): the kernel strides over the rest.
     from mlpbench.backends import cuda
 
