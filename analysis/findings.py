@@ -27,6 +27,15 @@ def _sig(value: float, digits: int = 3) -> str:
     return f"{rounded:.{decimals}f}"
 
 
+def _spread_caveat(library: str, role: dict[str, Any], device: str) -> str:
+    """A caveat when the library product a ladder is measured against varied too much between repeats."""
+    if not (role.get("ladder_ceiling_noisy") or {}).get(device):
+        return ""
+    spread = role["ladder_ceiling_spread"][device]
+    return (f" ({library}'s own time varied by {_sig(100 * spread, 2)} % of its median between repeats "
+            f"(interquartile range), so this percentage is uncertain)")
+
+
 def duration(seconds: float) -> str:
     if seconds < 1e-3:
         return f"{_sig(seconds * 1e6)} µs"
@@ -129,8 +138,10 @@ def _step_rows(cpu_role: dict[str, Any], gpu_role: dict[str, Any] | None, author
     ladder, n = gpu_role.get("ladder_pct") or {}, gpu_role.get("ladder_n") or {}
     if ladder.get("c-v3") is not None and ladder.get("cuda-v3") is not None:
         rows.append(("hand-written matrix products against the libraries", gpu_label,
-                     f"C rung 3 at {_sig(ladder['c-v3'], 2)} % of OpenBLAS (n = {n['cpu']}); cuda-opt at "
-                     f"{_sig(ladder['cuda-v3'], 2)} % of cuBLAS (n = {n['gpu']})"))
+                     f"C rung 3 at {_sig(ladder['c-v3'], 2)} % of OpenBLAS (n = {n['cpu']})"
+                     f"{_spread_caveat('OpenBLAS', gpu_role, 'cpu')}; cuda-opt at "
+                     f"{_sig(ladder['cuda-v3'], 2)} % of cuBLAS (n = {n['gpu']})"
+                     f"{_spread_caveat('cuBLAS', gpu_role, 'gpu')}"))
     return rows
 
 

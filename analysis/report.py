@@ -49,6 +49,9 @@ from analysis.summary import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+#: A ladder's library product whose interquartile range exceeds this share of its median makes every
+#: percentage of that ladder uncertain, and the report and the README say so beside it.
+LADDER_SPREAD_LIMIT = 0.10
 #: Sweep parameters the report's method section states.
 TIMING_PARAMETERS = ("repeats", "warmup", "min_repeats", "budget_s", "rotate", "verify_batch", "tolerance", "lr",
                      "weight_decay", "epochs", "train_batch", "train_lr", "profile_steps", "width_layers",
@@ -135,6 +138,13 @@ class _Run:
     def ladder_gflops(self, impl: str) -> float | None:
         found = self.ladder[(self.ladder.impl == impl) & (self.ladder.status == "ok")]
         return _finite(found.gflops.iloc[0]) if len(found) else None
+
+    def ladder_ceiling_spread(self, device: str) -> float | None:
+        """The interquartile range of the library product that ``device``'s ladder is measured against, over
+        its median: how far every percentage of that ladder can be trusted."""
+        rows = self.ladder[(self.ladder.device == device) & (self.ladder.status == "ok")]
+        found = rows[rows.impl == rows.ceiling_impl]
+        return _finite(found.iqr_s.iloc[0] / found.median_s.iloc[0]) if len(found) else None
 
     def rung_order(self) -> dict[str, Any]:
         """The hand-written CUDA rungs' steps per network in ladder order, and every rung slower than a rung
@@ -456,6 +466,9 @@ def report_numbers(results: Results) -> dict[str, Any]:
         entry["ladder_pct"] = {impl: run.ladder_pct(impl) for impl in run.ladder.impl}
         entry["ladder_gflops"] = {impl: run.ladder_gflops(impl) for impl in run.ladder.impl}
         entry["ladder_n"] = {device: int(group.n.iloc[0]) for device, group in run.ladder.groupby("device")}
+        entry["ladder_ceiling_spread"] = {device: run.ladder_ceiling_spread(device) for device in entry["ladder_n"]}
+        entry["ladder_ceiling_noisy"] = {device: spread is not None and spread > LADDER_SPREAD_LIMIT
+                                         for device, spread in entry["ladder_ceiling_spread"].items()}
         accuracy = run.training.test_accuracy
         entry["test_accuracy"] = {"min": _finite(accuracy.min()), "max": _finite(accuracy.max()),
                                   "backends": len(accuracy),

@@ -281,7 +281,7 @@ def ladder_table(results: Results) -> pd.DataFrame:
     rows for rungs that were skipped or failed (with the reason)."""
     ladder = results.ladder
     columns = ["run_id", "machine", "device", "impl", "version", "rung", "n", "threads", "status", "reason", "median_s",
-               "gflops", "pct_of_ceiling", "ceiling_impl", "rel_error"]
+               "iqr_s", "gflops", "pct_of_ceiling", "ceiling_impl", "rel_error"]
     if ladder.empty:
         return pd.DataFrame(columns=columns)
     table = ladder[[c for c in columns if c in ladder]].copy()

@@ -304,6 +304,27 @@ def test_meta_describes_the_run(quick_run: Path) -> None:
     assert isinstance(described["thread_env"], dict)
 
 
+def test_every_session_keeps_its_autotuner_choices(tmp_path: Path, monkeypatch) -> None:
+    # A run resumed in several sessions: a later session without cuda-opt products (here, none tuned) keeps
+    # what an earlier one recorded, and a later choice for the same shape replaces the earlier one.
+    from mlpbench.backends import cuda
+    from mlpbench.sweep import runner
+
+    def choice(M: int, config: str) -> dict:
+        return {"layout": "nt", "M": M, "N": 300, "K": 300, "vector": True, "config": config, "splits": 1,
+                "transposed": False}
+
+    meta: dict = {"sessions": []}
+    for tuned in ([choice(32, "32x32"), choice(64, "64x64")], [], [choice(32, "128x128")]):
+        meta["sessions"].append({"started_at": "then"})
+        monkeypatch.setattr(cuda, "opt_choices", lambda tuned=tuned: tuned)
+        runner._finish_meta(tmp_path, meta, "complete")
+    saved = json.loads((tmp_path / "meta.json").read_text())
+    assert [session["cuda_opt_choices"] for session in saved["sessions"]] == [
+        [choice(32, "32x32"), choice(64, "64x64")], [], [choice(32, "128x128")]]
+    assert saved["cuda_opt_choices"] == [choice(32, "128x128"), choice(64, "64x64")]
+
+
 def test_failed_verification_is_not_timed(tmp_path: Path) -> None:
     # Zero tolerance: any float32 rounding difference from the float64 reference fails.
     run_dir = run("quick", results_dir=tmp_path, run_id="strict", progress=False, studies=["stages"],

@@ -137,9 +137,14 @@ def _finish_meta(run_dir: Path, meta: dict[str, Any], status: str) -> None:
     meta["finished_at"] = meta["sessions"][-1]["finished_at"] = machine.now_utc()
     meta["sessions"][-1]["load_average_end"] = list(os.getloadavg())
     meta["status"] = status
-    cuda_ladder = sys.modules.get("mlpbench.backends.cuda")  # only if this run used the CUDA kernels
+    cuda_ladder = sys.modules.get("mlpbench.backends.cuda")  # only if this session used the CUDA kernels
     if cuda_ladder is not None:
-        meta["cuda_opt_choices"] = cuda_ladder.opt_choices()
+        meta["sessions"][-1]["cuda_opt_choices"] = cuda_ladder.opt_choices()
+    # The run's choices: every session's, a later session's choice for a shape replacing an earlier one (a
+    # session without cuda-opt products must not erase what an earlier one tuned).
+    choices = {(row["layout"], row["M"], row["N"], row["K"], row["vector"]): row
+               for session in meta["sessions"] for row in session.get("cuda_opt_choices") or []}
+    meta["cuda_opt_choices"] = list(choices.values())
     write_atomic(run_dir / "meta.json", json.dumps(meta, indent=1, default=str) + "\n")
 
 
