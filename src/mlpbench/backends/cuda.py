@@ -424,11 +424,11 @@ class _OptProducts:
         """The product in the given configuration (the autotuner and the tests pick it; callers use
         ``__call__``)."""
         if choice.transposed:
-            # Scratch copies, freed at return: torch's allocator reuses memory in stream order, after the
-            # product has read them.
             if layout not in ("nt", "nn") or not vector:
                 raise ValueError(f"a transposed choice needs an nt or nn product on the float4 path, not "
                                  f"{layout} (vector={vector})")
+            # Scratch copies, freed at return: torch's allocator reuses memory in stream order, after the
+            # product has read them.
             A_t = self._transposed(A, M, K)
             B_t = self._transposed(B, N, K) if layout == "nt" else None
             self.run(OptChoice(choice.config, choice.splits), True, "tn", C, A_t.data_ptr(),
