@@ -49,7 +49,9 @@ def main() -> int:
     for number in range(args.rounds):
         for setting, extra in SETTINGS.items():
             env = {k: v for k, v in os.environ.items() if k not in ("OMP_PROC_BIND", "OMP_PLACES")}
-            env.update(extra)
+            # NumPy's OpenBLAS (the float64 check) on one thread: a pool of 16 spinning after the check would
+            # share the cores with the timed steps.
+            env.update(extra, OPENBLAS_NUM_THREADS="1")
             load_before = os.getloadavg()[0]
             done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(CASES)], env=env, check=True,
                                   capture_output=True, text=True)
