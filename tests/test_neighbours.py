@@ -83,6 +83,32 @@ def test_a_run_flags_units_measured_on_shared_cores(tmp_path, monkeypatch):
     assert flagged == {"rows:stages/c-omp/digits/b32/t2"}
 
 
+def test_the_session_baseline_judges_every_unit_again_at_its_end():
+    # A session that starts on shared cores: the two-thread probe runs 0.8 s (faster than one thread, so
+    # nothing flags then), later 0.5 s; judged against the session's fastest, 0.8 is 1.6x.
+    check = NeighbourCheck(FakeProbe({1: [1.0], 2: [0.8, 0.8, 0.5]}), wait_s=0, sleep=lambda s: None)
+    assert check.before(2) == 1.0 and check.last_seconds == 0.8
+    assert check.after(2) == 1.0
+    assert check.before(2) == 1.0 and check.last_seconds == 0.5
+    assert check.slowdown_against_session(0.8, 2) == pytest.approx(1.6)
+    entry = neighbour_entry("rows:x", 1.6, 2, cores=2, at_session_end=True)
+    assert "judged at the end of the session" in entry["reason"]
+
+
+def test_a_run_that_starts_on_shared_cores_flags_its_first_units_at_the_end(tmp_path, monkeypatch):
+    # The first network's two-thread unit is probed at 0.8 s before and after it, the second's at 0.8 s before
+    # and 0.5 s after (the neighbour left during it), the third's at 0.5 s: at the end of the session only the
+    # first is flagged against the later baseline.
+    monkeypatch.setattr("mlpbench.sweep.runner.product_probe",
+                        lambda: FakeProbe({1: [1.0], 2: [0.8, 0.8, 0.8, 0.5]}))
+    run_dir = run("quick", results_dir=tmp_path, run_id="r", progress=False, backends=("c-serial", "c-omp"),
+                  studies=("stages",), networks=("digits:32", "2-8-1:4", "2-16-1:8"), threads=(1, 2))
+    busy = json.loads((run_dir / "meta.json").read_text())["busy"]
+    late = {entry["key"]: entry for entry in busy if "judged at the end" in entry.get("reason", "")}
+    assert set(late) == {"rows:stages/c-omp/digits/b32/t2"}
+    assert all(entry["probe_slowdown"] == pytest.approx(1.6) for entry in late.values())
+
+
 def test_the_cpu_ladder_is_probed_as_a_cpu_unit(tmp_path, monkeypatch):
     # The CPU's products run on every usable core: a probe slower there than on one core flags the CPU ladder,
     # and the GPU ladder, which no CPU backend times, is never probed.

@@ -7,6 +7,12 @@ count and compares it with the fastest that product has run on as many threads, 
 session. Slower than
 :data:`SLOWDOWN_LIMIT` times that, the cores are taken as shared at that moment: the sweep waits and probes
 again, a few times, then measures anyway and flags the configuration in ``meta.json``'s ``busy`` list.
+
+A session that starts on shared cores sets its baseline from slow probes and flags nothing at first (the
+development machine's first 2-thread steps ran 2-3x slow for every backend in both takes of
+results/dev-2core-3f65291, unflagged). So at the end of a session every CPU measurement is judged again
+against the fastest probes of the whole session (:meth:`NeighbourCheck.slowdown_against_session`), and those
+whose probes, before and after them, were both slower than the limit are flagged then.
 """
 
 from __future__ import annotations
@@ -65,10 +71,12 @@ class NeighbourCheck:
                  sleep: Callable[[float], Any] = time.sleep) -> None:
         self.probe, self.wait_s, self.pause_s, self.sleep = probe, wait_s, pause_s, sleep
         self.fastest: dict[int, float] = {}
+        self.last_seconds: float | None = None  # the latest probe's time, as before() or after() left it
 
     def _fastest(self, threads: int) -> float:
         seconds = self.probe(threads)
         self.fastest[threads] = min(self.fastest.get(threads, seconds), seconds)
+        self.last_seconds = seconds
         return seconds
 
     def _slowdown(self, threads: int) -> float:
@@ -77,6 +85,11 @@ class NeighbourCheck:
         if 1 not in self.fastest:
             self._fastest(1)
         seconds = self._fastest(threads)
+        return seconds / min(self.fastest[threads], self.fastest[1])
+
+    def slowdown_against_session(self, seconds: float, threads: int) -> float:
+        """A probe of ``seconds`` on ``threads`` threads over the fastest this session has probed since, on as
+        many threads or on one (the end-of-session judgement)."""
         return seconds / min(self.fastest[threads], self.fastest[1])
 
     def before(self, threads: int) -> float | None:
@@ -106,11 +119,14 @@ class NeighbourCheck:
         return ratio
 
 
-def neighbour_entry(key: str, slowdown: float | None, threads: int, cores: int) -> dict[str, Any] | None:
+def neighbour_entry(key: str, slowdown: float | None, threads: int, cores: int,
+                    at_session_end: bool = False) -> dict[str, Any] | None:
     """What ``meta.json`` records of a unit measured while the probe said the cores were shared; ``None`` if
-    they were not."""
+    they were not. ``at_session_end``: judged against the whole session's fastest probes, after it."""
     if slowdown is None or slowdown <= SLOWDOWN_LIMIT:
         return None
+    when = ("before and after it, judged at the end of the session against the fastest it ran later"
+            if at_session_end else "after waiting")
     return {"key": key, "threads": threads, "cores": cores, "probe_slowdown": round(slowdown, 3),
             "reason": f"the cores were shared with work outside this machine's load average: a fixed product "
-                      f"ran {slowdown:.2f}x slower than its fastest on {threads} threads, after waiting"}
+                      f"ran {slowdown:.2f}x slower than its fastest on {threads} threads, {when}"}

@@ -208,6 +208,7 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
     attempts = Attempts(run_dir / "attempts.log")
     cores = os.cpu_count() or 1  # the load average counts the whole machine, not this process's affinity
     neighbours = NeighbourCheck(product_probe(), wait_s=params.neighbour_wait_s)
+    passed: list[tuple[str, int, float]] = []  # (unit, threads, its slower probe) for the end of the session
 
     todo = [unit for unit in units if unit.key not in finished[unit.table]]
     status = "interrupted"
@@ -226,6 +227,7 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
                     if crashed is None:
                         threads = cpu_threads(unit, params)
                         shared = neighbours.before(threads) if threads else None
+                        probed_before = neighbours.last_seconds if shared is not None else None
                         rows, recorded = unit.work(), unit.records_itself
                         if threads:
                             shared = max(filter(None, (shared, neighbours.after(threads))), default=None)
@@ -235,6 +237,9 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
                             write_atomic(run_dir / "meta.json", json.dumps(meta, indent=1, default=str) + "\n")
                             bar.write(f"warning: {flagged['key']}: {flagged['reason']}: its timings are suspect",
                                       file=sys.stderr)
+                        elif probed_before is not None:
+                            passed.append((f"{unit.table}:{unit.key}", threads,
+                                           min(probed_before, neighbours.last_seconds)))
                     else:
                         rows = [{**unit.identity, "status": "failed", "reason": crashed,
                                  "finished_at": machine.now_utc()}]
@@ -252,5 +257,20 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
                 bar.update()
             status = "complete"
         finally:
+            _flag_at_session_end(neighbours, passed, meta, cores, bar)
             _finish_meta(run_dir, meta, status)
     return run_dir
+
+
+def _flag_at_session_end(neighbours: NeighbourCheck, passed: list[tuple[str, int, float]], meta: dict[str, Any],
+                         cores: int, bar: Any) -> None:
+    """Flags the CPU units the probe let pass whose probes before and after them were both slower than
+    SLOWDOWN_LIMIT times the fastest of the whole session: a session that began on shared cores judged its
+    first units against a slow baseline."""
+    known = {entry["key"] for entry in meta.get("busy") or []}
+    for key, threads, seconds in passed:
+        entry = neighbour_entry(key, neighbours.slowdown_against_session(seconds, threads), threads, cores,
+                                at_session_end=True)
+        if entry is not None and key not in known:
+            meta.setdefault("busy", []).append(entry)
+            bar.write(f"warning: {key}: {entry['reason']}: its timings are suspect", file=sys.stderr)
