@@ -8,11 +8,12 @@ session. Slower than
 :data:`SLOWDOWN_LIMIT` times that, the cores are taken as shared at that moment: the sweep waits and probes
 again, a few times, then measures anyway and flags the configuration in ``meta.json``'s ``busy`` list.
 
-A session that starts on shared cores sets its baseline from slow probes and flags nothing at first (the
-development machine's first 2-thread steps ran 2-3x slow for every backend in both takes of
-results/dev-2core-3f65291, unflagged). So at the end of a session every CPU measurement is judged again
-against the fastest probes of the whole session (:meth:`NeighbourCheck.slowdown_against_session`), and those
-whose probes, before and after them, were both slower than the limit are flagged then.
+A session that starts on shared cores sets its baseline from slow probes and flags nothing at first. So at the
+end of a session every CPU measurement is judged again against the fastest probes of the whole session
+(:meth:`NeighbourCheck.slowdown_against_session`), and those whose probes, before and after them, were both
+slower than the limit are flagged then. What the probe cannot see it cannot flag, then or later: the
+development machine's first 2-thread steps ran 2-3x slow in three takes of results/dev-2core-3f65291 while
+the probe's compute-bound product did not slow down (its notes).
 """
 
 from __future__ import annotations
