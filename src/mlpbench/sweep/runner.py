@@ -266,11 +266,10 @@ def _flag_at_session_end(neighbours: NeighbourCheck, passed: list[tuple[str, int
                          cores: int, bar: Any) -> None:
     """Flags the CPU units the probe let pass whose probes before and after them were both slower than
     SLOWDOWN_LIMIT times the fastest of the whole session: a session that began on shared cores judged its
-    first units against a slow baseline."""
-    known = {entry["key"] for entry in meta.get("busy") or []}
+    first units against a slow baseline. (A unit the load average flagged keeps that entry beside this one.)"""
     for key, threads, seconds in passed:
         entry = neighbour_entry(key, neighbours.slowdown_against_session(seconds, threads), threads, cores,
                                 at_session_end=True)
-        if entry is not None and key not in known:
+        if entry is not None:
             meta.setdefault("busy", []).append(entry)
             bar.write(f"warning: {key}: {entry['reason']}: its timings are suspect", file=sys.stderr)
