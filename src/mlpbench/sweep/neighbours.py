@@ -85,12 +85,11 @@ class NeighbourCheck:
         threads slower than one mean some of them waited, even when this session never saw them quiet."""
         if 1 not in self.fastest:
             self._fastest(1)
-        seconds = self._fastest(threads)
-        return seconds / min(self.fastest[threads], self.fastest[1])
+        return self.slowdown_against_session(self._fastest(threads), threads)
 
     def slowdown_against_session(self, seconds: float, threads: int) -> float:
-        """A probe of ``seconds`` on ``threads`` threads over the fastest this session has probed since, on as
-        many threads or on one (the end-of-session judgement)."""
+        """A probe of ``seconds`` on ``threads`` threads over the fastest this session has probed so far, on
+        as many threads or on one (called at the end of a session: against the whole session's fastest)."""
         return seconds / min(self.fastest[threads], self.fastest[1])
 
     def before(self, threads: int) -> float | None:
