@@ -508,9 +508,13 @@ def plot_lineprofile(results: Results) -> Figure:
 
 def plot_endtoend(results: Results) -> Figure:
     """End-to-end training per task: test accuracy over cumulative training seconds, every backend, one
-    panel per task and run (log time): how long each backend takes to get where, and whether it gets there."""
+    panel per task and run (log time): how long each backend takes to get where, and whether it gets there.
+    The curve is the run evaluated after every epoch (``repeat`` 0); the others are timed, not evaluated, until
+    their last epoch."""
     frame = results.endtoend
-    frame = frame[(frame.status == "ok") & frame.epoch.notna()] if not frame.empty else frame
+    if not frame.empty:
+        frame = frame[(frame.status == "ok") & frame.epoch.notna()
+                      & (frame.get("repeat", pd.Series(0, index=frame.index)).fillna(0) == 0)]
     if frame.empty:
         return _empty("End-to-end training", "no end-to-end training in these runs")
     runs = _runs(frame)

@@ -52,6 +52,9 @@ ROOT = Path(__file__).resolve().parents[1]
 #: A ladder's library product whose interquartile range exceeds this share of its median makes every
 #: percentage of that ladder uncertain, and the report and the README say so beside it.
 LADDER_SPREAD_LIMIT = 0.10
+#: Timed runs of an end-to-end task whose range (greatest less least) exceeds this share of their median are
+#: named beside the end-to-end figures: their median is a median of runs that disagreed.
+ENDTOEND_SPREAD_LIMIT = 0.25
 #: Sweep parameters the report's method section states.
 TIMING_PARAMETERS = ("repeats", "warmup", "min_repeats", "budget_s", "rotate", "verify_batch", "tolerance", "lr",
                      "weight_decay", "epochs", "train_batch", "train_lr", "profile_steps", "width_layers",
@@ -294,6 +297,8 @@ class _Run:
                                     "final_accuracy": _finite(r.final_accuracy), "learned": bool(r.learned),
                                     "epochs": int(r.epochs_run)} for r in done.itertuples()}
             learned = [b["learned"] for b in backends.values()]
+            timed_runs = done[done.repeats.notna()]
+            spread = (timed_runs.train_max_s - timed_runs.train_min_s) / timed_runs.train_s
             measure = "target_s" if done.target_s.notna().any() else "train_s"
             entry: dict[str, Any] = {
                 "backends": backends, "measure": measure, "failed": int((group.status != "ok").sum()),
@@ -303,7 +308,14 @@ class _Run:
                 "batch": int(group.batch.iloc[0]), "lr": float(group.lr.iloc[0]),
                 "final_loss": {"min": _finite(done.final_loss.min()), "max": _finite(done.final_loss.max())},
                 "final_accuracy": {"min": _finite(done.final_accuracy.min()),
-                                   "max": _finite(done.final_accuracy.max())}}
+                                   "max": _finite(done.final_accuracy.max())},
+                # the timed runs behind each median: how many, how far apart, and whether they computed alike
+                "repeats": int(timed_runs.repeats.min()) if len(timed_runs) else 0,
+                "spread_max": _finite(spread.max()) if len(spread) else None,
+                "spread_over": [{"backend": r.backend, "spread": float(x)}
+                                for r, x in zip(timed_runs.itertuples(), spread, strict=True)
+                                if x > ENDTOEND_SPREAD_LIMIT],
+                "loss_gap_max": _finite(timed_runs.repeat_loss_gap.max()) if len(timed_runs) else None}
             timed = done[done[measure].notna() & (done.backend != REFERENCE)]
             for side, wanted in (("cpu", False), ("gpu", True)):
                 mine = timed[timed.backend.isin(self.gpu) == wanted]
@@ -504,6 +516,7 @@ def report_numbers(results: Results) -> dict[str, Any]:
     out["load"] = [{**row._asdict(), "gpu": gpu_name(results.meta[row.run_id])}
                    for row in tables["load"].itertuples(index=False)]
     out["all_quiet"] = all(run["quiet"] for run in out["load"])
+    out["endtoend_spread_limit"] = ENDTOEND_SPREAD_LIMIT
     out["authors"] = {
         "threads": AUTHORS_THREADS[["threads", "seconds"]].to_dict(orient="records"),
         "thread_speedup": float(AUTHORS_THREADS.speedup.iloc[-1]),

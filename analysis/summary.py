@@ -408,31 +408,51 @@ def endtoend_table(results: Results) -> pd.DataFrame:
     computes), the first and last epoch's loss and test accuracy, the time to reach the task's target accuracy
     (the first epoch at or above it; empty if never), the chance accuracy from the output width, and whether
     the task learned (last test accuracy at least :data:`LEARNED_SHARE_OF_GAP` of the way from chance to 1).
-    Tasks that failed or were skipped keep one row with their reason."""
+
+    Times are the median over the timed runs (``repeats``; runs before the sweep repeated them have one) with
+    their least and greatest (``*_min_s``, ``*_max_s``); every run's time to target is its time at the first
+    run's target epoch (the runs train the same batches from the same start). Losses and accuracies are the
+    first run's, evaluated after every epoch; ``repeat_loss_gap`` is the largest relative difference of another
+    run's last loss from it (0: the runs computed the same). Tasks that failed or were skipped keep one row with
+    their reason."""
     frame = results.endtoend
     columns = ["run_id", "machine", "task", "backend", "device", "network", "sizes", "activation", "dataset",
-               "threads", "batch", "lr", "status", "reason", "epochs_run", "train_s", "first_loss", "final_loss",
-               "final_accuracy", "target_accuracy", "target_epoch", "target_s", "chance", "learned"]
+               "threads", "batch", "lr", "status", "reason", "epochs_run", "repeats", "train_s", "train_min_s",
+               "train_max_s", "first_loss", "final_loss", "final_accuracy", "target_accuracy", "target_epoch",
+               "target_s", "target_min_s", "target_max_s", "repeat_loss_gap", "chance", "learned"]
     if frame.empty or "task" not in frame:
         return pd.DataFrame(columns=columns)
+    if "repeat" not in frame:
+        frame = frame.assign(repeat=0)
     out = []
     for (run_id, task, backend), group in frame.groupby(["run_id", "task", "backend"], sort=False):
         first = group.iloc[0]
         entry = {c: first.get(c) for c in ("machine", "device", "network", "sizes", "activation", "dataset",
                                             "threads", "batch", "lr", "target_accuracy")}
         entry.update(run_id=run_id, task=task, backend=backend, chance=chance_accuracy(first.sizes))
-        done = group[(group.status == "ok") & group.epoch.notna()].sort_values("epoch")
-        if done.empty:
+        done = group[(group.status == "ok") & group.epoch.notna()]
+        evaluated = done[done.repeat.fillna(0) == 0].sort_values("epoch")
+        if evaluated.empty:
             out.append({**entry, "status": first.status, "reason": first.reason})
             continue
-        last = done.iloc[-1]
+        last = evaluated.iloc[-1]
         target = first.target_accuracy
-        reached = done[done.test_accuracy >= target] if pd.notna(target) else done.iloc[:0]
-        out.append({**entry, "status": "ok", "reason": "", "epochs_run": int(last.epoch), "train_s": last.seconds,
-                    "first_loss": done.train_loss.iloc[0], "final_loss": last.train_loss,
+        reached = evaluated[evaluated.test_accuracy >= target] if pd.notna(target) else evaluated.iloc[:0]
+        # One row per timed run and epoch: each run's seconds at the last epoch and at the target epoch.
+        seconds = done.pivot_table(index="epoch", columns="repeat", values="seconds", aggfunc="first")
+        train = seconds.loc[last.epoch].dropna()
+        at_target = seconds.loc[reached.epoch.iloc[0]].dropna() if len(reached) else pd.Series(dtype=float)
+        last_losses = done[done.epoch == last.epoch].train_loss.dropna()
+        out.append({**entry, "status": "ok", "reason": "", "epochs_run": int(last.epoch),
+                    "repeats": len(train), "train_s": train.median(), "train_min_s": train.min(),
+                    "train_max_s": train.max(),
+                    "first_loss": evaluated.train_loss.iloc[0], "final_loss": last.train_loss,
                     "final_accuracy": last.test_accuracy,
                     "target_epoch": int(reached.epoch.iloc[0]) if len(reached) else np.nan,
-                    "target_s": reached.seconds.iloc[0] if len(reached) else np.nan,
+                    "target_s": at_target.median() if len(reached) else np.nan,
+                    "target_min_s": at_target.min() if len(reached) else np.nan,
+                    "target_max_s": at_target.max() if len(reached) else np.nan,
+                    "repeat_loss_gap": float((last_losses / last.train_loss - 1).abs().max()),
                     "learned": bool(last.test_accuracy >= entry["chance"] + LEARNED_SHARE_OF_GAP
                                     * (1 - entry["chance"]))})
     return _sorted(pd.DataFrame(out, columns=columns), "run_id", "task", "backend")

@@ -8,6 +8,7 @@ the GPU host's newer runs (end-to-end, data-parallel and all-reduce tables, load
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import shutil
@@ -304,6 +305,38 @@ def test_endtoend_learning_is_computed_from_the_data(gpu_run: summary.Results) -
     raw = gpu_run.endtoend
     last = raw[(raw.task == "moons-original") & (raw.backend == "c-omp")].sort_values("epoch").iloc[-1]
     assert table.loc[("moons-original", "c-omp")].train_s == last.seconds
+
+
+def with_repeats(run: summary.Results, factors: tuple[float, ...], loss_factor: float = 1.0) -> summary.Results:
+    """``run`` with its end-to-end runs timed again, once per factor: every epoch's seconds that many times the
+    first run's, the loss and accuracy left out before the last epoch (as the sweep writes them)."""
+    first = run.endtoend.assign(repeat=0)
+    ok = first[first.status == "ok"]
+    again = []
+    for repeat, factor in enumerate(factors, start=1):
+        copy = ok.assign(repeat=repeat, seconds=ok.seconds * factor)
+        last = copy.groupby(["task", "backend"]).epoch.transform("max")
+        copy.loc[copy.epoch < last, ["train_loss", "test_accuracy"]] = np.nan
+        copy.loc[copy.epoch == last, "train_loss"] *= loss_factor
+        again.append(copy)
+    return dataclasses.replace(run, endtoend=pd.concat([first, *again], ignore_index=True))
+
+
+def test_endtoend_times_are_medians_of_the_timed_runs(gpu_run: summary.Results) -> None:
+    single = summary.endtoend_table(gpu_run).set_index(["task", "backend"])
+    table = summary.endtoend_table(with_repeats(gpu_run, (3.0, 0.5), loss_factor=1.01)).set_index(["task", "backend"])
+    ok = single.status == "ok"
+    assert (single[ok].repeats == 1).all() and (table[ok].repeats == 3).all()
+    # the first run's time, thrice and half of it: the median is the first run's, the range half to thrice
+    for column in ("train", "target"):
+        np.testing.assert_allclose(table[ok][f"{column}_s"], single[ok][f"{column}_s"])
+        np.testing.assert_allclose(table[ok][f"{column}_min_s"], single[ok][f"{column}_s"] * 0.5)
+        np.testing.assert_allclose(table[ok][f"{column}_max_s"], single[ok][f"{column}_s"] * 3.0)
+    # losses and accuracies stay the first run's, and how far the others' last losses were from it is kept
+    np.testing.assert_array_equal(table[ok].final_loss, single[ok].final_loss)
+    np.testing.assert_array_equal(table[ok].target_epoch, single[ok].target_epoch)
+    np.testing.assert_allclose(table[ok].repeat_loss_gap, 0.01)
+    assert (single[ok].repeat_loss_gap == 0).all()
 
 
 def test_data_parallel_tables(gpu_run: summary.Results) -> None:

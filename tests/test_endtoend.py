@@ -12,7 +12,8 @@ import pytest
 from mlpbench import data, training
 from mlpbench.backends import load
 from mlpbench.network import Network
-from mlpbench.sweep import cli, make_params
+from mlpbench.sweep import ENDTOEND_COLUMNS, cli, make_params
+from mlpbench.sweep.endtoend import endtoend_rows
 from mlpbench.sweep.params import HELP, SweepParams
 from mlpbench.sweep.ranks import rank_counts, rank_jobs
 from mlpbench.sweep.runner import BUSY_LOAD_MARGIN, busy_entry
@@ -53,6 +54,33 @@ def test_training_stops_at_the_target_when_asked():
     run = training.train_resident(lambda: load("c-serial", SMALL, seed=4), data.moons(), task)
     accuracies = [epoch.test_accuracy for epoch in run.epochs]
     assert accuracies[-1] >= 0.8 and all(a < 0.8 for a in accuracies[:-1])
+
+
+def test_repeated_runs_time_the_same_epochs_and_end_where_the_first_did():
+    task = dataclasses.replace(TASK, epochs=30, target_accuracy=0.8, stop_at_target=True)
+    run = training.train_resident(lambda: load("c-serial", SMALL, seed=4), data.moons(), task, repeats=3)
+    assert len(run.repeats) == 2
+    for again in run.repeats:
+        # as many epochs as the first run took to reach the target, each timed, evaluated after the last only
+        assert [e.epoch for e in again] == [e.epoch for e in run.epochs]
+        assert all(0 < a.seconds < b.seconds for a, b in itertools.pairwise(again))
+        assert all(np.isnan(e.train_loss) and np.isnan(e.test_accuracy) for e in again[:-1])
+        # the same batches from the same start on a deterministic backend: the same loss and accuracy
+        assert again[-1].train_loss == run.epochs[-1].train_loss
+        assert again[-1].test_accuracy == run.epochs[-1].test_accuracy
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="repeats"):
+            training.train_resident(lambda: load("c-serial", SMALL, seed=4), data.moons(), task, repeats=bad)
+
+
+def test_the_end_to_end_study_writes_every_timed_run():
+    params = make_params("quick", task_repeats=2, task_epochs=2)
+    rows = endtoend_rows("moons-tanh", "c-serial", params)
+    assert {row["status"] for row in rows} == {"ok"}
+    assert [(row["repeat"], row["epoch"]) for row in rows] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert set(rows[0]) <= set(ENDTOEND_COLUMNS)
+    with pytest.raises(ValueError, match="task_repeats"):
+        make_params("quick", task_repeats=0)
 
 
 def test_the_original_benchmark_is_specified_as_the_study_ran_it():

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import closing
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -131,14 +131,19 @@ def _correct(probs: np.ndarray, labels: np.ndarray) -> int:
 
 @dataclass(frozen=True)
 class TrainingRun:
-    """What :func:`train_resident` measured, and the parameters it ended with."""
+    """What :func:`train_resident` measured, and the parameters it ended with.
+
+    ``epochs``: the first run, evaluated after every epoch. ``repeats``: each further run of the same epochs
+    from the same initialisation, its training time after every epoch and its loss and accuracy after the
+    last only (NaN before: evaluating is not what they repeat)."""
 
     epochs: list[TimedEpoch]
     params: Params
+    repeats: list[list[TimedEpoch]] = field(default_factory=list)
 
 
 def train_resident(make_model: Callable[[], Model], dataset: Dataset, task: Task, seed: int = 0,
-                   warmup_steps: int = 3) -> TrainingRun:
+                   warmup_steps: int = 3, repeats: int = 1) -> TrainingRun:
     """Train a model from ``make_model()`` on ``task`` with the data set prepared once where the model computes
     (one upload on a GPU) and every epoch's shuffled batches taken from it there, then stepped through by
     :meth:`Model.train_steps` (one launch per epoch where the backend runs many steps per launch).
@@ -150,10 +155,17 @@ def train_resident(make_model: Callable[[], Model], dataset: Dataset, task: Task
     included), and stops while the epoch is evaluated (:func:`evaluate`: loss over the training set, accuracy
     over the test set, by the float64 reference from the model's parameters), so ``seconds`` is the training
     time a user waits for, with nothing of the measurement in it.
+
+    ``repeats`` runs in all, back to back, each from a new model of the seeded initialisation: the first
+    decides the epochs (all of the task's, or up to the target), the others train as many epochs on the same
+    shuffled batches and are evaluated once, at their end, so that one slow moment of the machine is one
+    sample of several, not the measure.
     """
     if len(dataset.X_train) < task.batch:
         raise ValueError(f"task {task.name}: {len(dataset.X_train)} training samples, fewer than one batch of "
                          f"{task.batch}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
     with closing(make_model()) as model:
         if model.network != task.network:
             raise ValueError(f"task {task.name} trains network {task.network.name}, the model is "
@@ -162,13 +174,23 @@ def train_resident(make_model: Callable[[], Model], dataset: Dataset, task: Task
         warm = model.prepare(dataset.X_train[:warm_rows], dataset.y_train[:warm_rows])
         model.train_steps(warm, task.batch, task.lr, task.weight_decay)
         model.synchronize()
+    first, params = _timed_run(make_model, dataset, task, seed, task.epochs, evaluate_every_epoch=True)
+    again = [_timed_run(make_model, dataset, task, seed, len(first), evaluate_every_epoch=False)[0]
+             for _ in range(repeats - 1)]
+    return TrainingRun(first, params, again)
+
+
+def _timed_run(make_model: Callable[[], Model], dataset: Dataset, task: Task, seed: int, epochs: int,
+               evaluate_every_epoch: bool) -> tuple[list[TimedEpoch], Params]:
+    """One timed run of :func:`train_resident` of at most ``epochs`` epochs: evaluated after each (stopping at
+    the target where the task asks) or after the last only."""
     rng = np.random.Generator(np.random.PCG64(seed))
     history: list[TimedEpoch] = []
     with closing(make_model()) as model:
         train_data = model.prepare(dataset.X_train, dataset.y_train)
         full_batches = train_data.size // task.batch
         elapsed = 0.0
-        for epoch in range(1, task.epochs + 1):
+        for epoch in range(1, epochs + 1):
             # Full batches only: a smaller last batch would make compiled and graph-captured backends build a
             # second program mid-training.
             order = rng.permutation(train_data.size)[:full_batches * task.batch]
@@ -177,10 +199,13 @@ def train_resident(make_model: Callable[[], Model], dataset: Dataset, task: Task
             model.train_steps(train_data.take(order), task.batch, task.lr, task.weight_decay)
             model.synchronize()
             elapsed += time.perf_counter() - started
+            if not evaluate_every_epoch and epoch < epochs:
+                history.append(TimedEpoch(epoch, float("nan"), float("nan"), elapsed))
+                continue
             params = model.params()
             train_loss, _ = evaluate(task.network, params, dataset.X_train, dataset.y_train)
             _, test_accuracy = evaluate(task.network, params, dataset.X_test, dataset.y_test)
             history.append(TimedEpoch(epoch, train_loss, test_accuracy, elapsed))
-            if task.stop_at_target and test_accuracy >= task.target_accuracy:
+            if evaluate_every_epoch and task.stop_at_target and test_accuracy >= task.target_accuracy:
                 break
-    return TrainingRun(history, params)
+    return history, params

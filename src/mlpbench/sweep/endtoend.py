@@ -1,5 +1,6 @@
 """End-to-end training: each backend trains each task of :data:`mlpbench.training.TASKS` with the data set
-resident where it computes; one row per epoch with the training time so far."""
+resident where it computes, ``task_repeats`` times; one row per timed run and epoch with its training time so
+far."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from mlpbench.training import TASKS, train_resident
 
 
 def endtoend_rows(task_name: str, backend: str, params: SweepParams) -> list[dict[str, Any]]:
-    """Train ``backend`` on one task from the seeded initialisation; one row per epoch (or one row saying
-    why it did not run)."""
+    """Train ``backend`` on one task from the seeded initialisation, ``params.task_repeats`` times; one row per
+    run and epoch (or one row saying why it did not run)."""
     task = TASKS[task_name]
     if params.task_epochs:
         task = dataclasses.replace(task, epochs=min(task.epochs, params.task_epochs))
@@ -39,7 +40,7 @@ def endtoend_rows(task_name: str, backend: str, params: SweepParams) -> list[dic
         options = backend_options(backend, params, threads)
         with pinned_threads(threads or usable_cores()):
             run = train_resident(lambda: load(backend, task.network, seed=params.seed, **options), dataset,
-                                     task, seed=params.seed)
+                                 task, seed=params.seed, repeats=params.task_repeats)
     except BackendUnavailable as error:
         return not_run("skipped", describe_error(error))
     except Exception as error:  # recorded with its reason; the other backends still train
@@ -47,5 +48,6 @@ def endtoend_rows(task_name: str, backend: str, params: SweepParams) -> list[dic
     finally:
         release_memory()
     after, finished = os.getloadavg()[0], machine.now_utc()
-    return [{**base, **epoch.as_dict(), "status": "ok", "reason": "", "load_after": after, "finished_at": finished}
-            for epoch in run.epochs]
+    return [{**base, **epoch.as_dict(), "repeat": repeat, "status": "ok", "reason": "", "load_after": after,
+             "finished_at": finished}
+            for repeat, epochs in enumerate([run.epochs, *run.repeats]) for epoch in epochs]

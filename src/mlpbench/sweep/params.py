@@ -77,6 +77,7 @@ class SweepParams:
     compiled_studies: tuple[str, ...] = ("stages", "endtoend")  # the only studies of compiling backends
     compile_budget_s: float = 300.0  # the most seconds one compilation (one batch size) may take
     task_epochs: int = 0      # cap on each task's epochs; 0: the task's own (the original benchmark: 100)
+    task_repeats: int = 3     # timed runs of each end-to-end task and backend (the median is the measure)
     neighbour_wait_s: float = 12.0  # the most seconds to wait for cores a neighbour shares (sweep.neighbours)
     ranks: tuple[int, ...] = ()  # world sizes of the ranks study; empty: 1, 2, 4, ... what the machine holds
     scaling: tuple[str, ...] = ("strong", "weak")
@@ -111,6 +112,8 @@ class SweepParams:
                 raise ValueError(f"{name}: choose from {', '.join(choices)}, got {value}")
         if any(n < 1 for n in self.ranks) or self.rank_threads < 1 or self.rank_steps < 1:
             raise ValueError("ranks, rank_threads and rank_steps must be >= 1")
+        if self.task_repeats < 1:
+            raise ValueError(f"task_repeats must be >= 1, got {self.task_repeats}")
         if self.task_epochs < 0:
             raise ValueError(f"task_epochs must be >= 0 (0: each task's own), got {self.task_epochs}")
         if not self.neighbour_wait_s >= 0:
@@ -175,6 +178,8 @@ HELP: dict[str, str] = {
                         "take part: elsewhere every new size would cost minutes of compilation",
     "compile_budget_s": "the most seconds one compilation of such a backend may take before it is skipped",
     "task_epochs": "cap on each end-to-end task's epochs; 0: the task's own (the original benchmark: 100)",
+    "task_repeats": "timed runs of each end-to-end task and backend, back to back from the same initialisation "
+                    "(the first evaluated after every epoch, the others after their last)",
     "neighbour_wait_s": "the most seconds to wait before a CPU measurement while a fixed probe says other work "
                         "shares the cores (invisible to the load average); 0: measure at once, only flag it",
     "ranks": "world sizes of the ranks study (data-parallel under torchrun); empty: 1, 2, 4, ... up to the "
@@ -193,8 +198,9 @@ PRESETS: dict[str, SweepParams] = {
     "quick": SweepParams(networks=("digits:32", "2-32-32-1:8"), thread_networks=("digits:32",), threads=(1, 2),
                     batch_network="digits", batch_sizes=(1, 8, 32), widths=(16, 64), width_layers=2,
                     width_batch=32, repeats=5, warmup=1, min_repeats=2, budget_s=2.0, epochs=2,
-                    tasks=("moons-tanh", "digits-target"), task_epochs=2, ranks=(2,), scaling=("strong",),
-                    rank_networks=("digits:32",), rank_backends=("c-serial",), rank_rungs=("overlapped",),
+                    tasks=("moons-tanh", "digits-target"), task_epochs=2, task_repeats=2, ranks=(2,),
+                    scaling=("strong",), rank_networks=("digits:32",), rank_backends=("c-serial",),
+                    rank_rungs=("overlapped",),
                     rank_steps=3, neighbour_wait_s=0.0,
                     ladder_cpu_n=128, ladder_gpu_n=256, ladder_repeats=3, profile_steps=20),
     # About ten minutes on the 2-core development machine (every study, the end-to-end and ranks ones included).

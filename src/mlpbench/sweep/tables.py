@@ -28,12 +28,13 @@ TRAINING_COLUMNS = (
     "key", "block_rows", "backend", "network", "dataset", "threads", "epochs", "batch", "lr", "status",
     "reason", "epoch", "train_loss", "train_accuracy", "test_accuracy", "seconds", "finished_at",
 )
-#: End-to-end training (:mod:`mlpbench.sweep.endtoend`): one row per task x backend x epoch; ``seconds`` is the
-#: training time from the first step to the end of that epoch.
+#: End-to-end training (:mod:`mlpbench.sweep.endtoend`): one row per task x backend x timed run x epoch;
+#: ``seconds`` is the run's training time from the first step to the end of that epoch; ``repeat`` 0 is the run
+#: evaluated after every epoch, the others are evaluated after their last epoch only.
 ENDTOEND_COLUMNS = (
     "key", "block_rows", "task", "backend", "device", "network", "sizes", "activation", "dataset", "threads",
-    "batch", "lr", "weight_decay", "epochs", "target_accuracy", "status", "reason", "epoch", "train_loss",
-    "test_accuracy", "seconds", "load_before", "load_after", "finished_at",
+    "batch", "lr", "weight_decay", "epochs", "target_accuracy", "status", "reason", "repeat", "epoch",
+    "train_loss", "test_accuracy", "seconds", "load_before", "load_after", "finished_at",
 )
 
 
