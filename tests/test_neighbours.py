@@ -8,7 +8,7 @@ import json
 import pytest
 
 from mlpbench.sweep import make_params, neighbours, run
-from mlpbench.sweep.neighbours import SLOWDOWN_LIMIT, NeighbourCheck, neighbour_entry, product_probe
+from mlpbench.sweep.neighbours import SLOWDOWN_LIMIT, NeighbourCheck, neighbour_entry, step_probe
 
 
 class FakeProbe:
@@ -65,17 +65,26 @@ def test_without_a_probe_nothing_is_checked():
     assert check.before(2) is None and check.after(2) is None
 
 
-def test_the_real_probe_times_the_c_library():
-    probe = product_probe()
+def test_the_real_probe_times_a_step_of_the_c_library(monkeypatch):
+    from mlpbench.backends.native_c import OpenMPCModel
+
+    steps = []
+    step = OpenMPCModel.train_step
+    monkeypatch.setattr(OpenMPCModel, "train_step",
+                        lambda self, *a, **k: steps.append(self.threads) or step(self, *a, **k))
+    probe = step_probe()
     assert probe is not None
     one, two = probe(1), probe(2)
     assert 0 < one < 1 and 0 < two < 1
+    # each probe: its warm-up and timed steps on its own thread count, the models kept for the next probe
+    per_probe = neighbours.PROBE_WARMUP + neighbours.PROBE_STEPS
+    assert steps[-2 * per_probe:] == [1] * per_probe + [2] * per_probe
 
 
 def test_a_run_flags_units_measured_on_shared_cores(tmp_path, monkeypatch):
     # Every probe on two threads is 50x slower than on one: every two-thread CPU unit is flagged, the
     # one-thread ones are not, and the run does not wait (the quick preset's neighbour_wait_s is 0).
-    monkeypatch.setattr("mlpbench.sweep.runner.product_probe", lambda: FakeProbe({1: [1.0], 2: [50.0]}))
+    monkeypatch.setattr("mlpbench.sweep.runner.step_probe", lambda: FakeProbe({1: [1.0], 2: [50.0]}))
     run_dir = run("quick", results_dir=tmp_path, run_id="r", progress=False, backends=("c-serial", "c-omp"),
                   studies=("stages",), networks=("digits:32",), threads=(1, 2))
     busy = json.loads((run_dir / "meta.json").read_text())["busy"]
@@ -99,7 +108,7 @@ def test_a_run_that_starts_on_shared_cores_flags_its_first_units_at_the_end(tmp_
     # The first network's two-thread unit is probed at 0.8 s before and after it, the second's at 0.8 s before
     # and 0.5 s after (the neighbour left during it), the third's at 0.5 s: at the end of the session only the
     # first is flagged against the later baseline.
-    monkeypatch.setattr("mlpbench.sweep.runner.product_probe",
+    monkeypatch.setattr("mlpbench.sweep.runner.step_probe",
                         lambda: FakeProbe({1: [1.0], 2: [0.8, 0.8, 0.8, 0.5]}))
     run_dir = run("quick", results_dir=tmp_path, run_id="r", progress=False, backends=("c-serial", "c-omp"),
                   studies=("stages",), networks=("digits:32", "2-8-1:4", "2-16-1:8"), threads=(1, 2))
@@ -112,7 +121,7 @@ def test_a_run_that_starts_on_shared_cores_flags_its_first_units_at_the_end(tmp_
 def test_the_cpu_ladder_is_probed_as_a_cpu_unit(tmp_path, monkeypatch):
     # The CPU's products run on every usable core: a probe slower there than on one core flags the CPU ladder,
     # and the GPU ladder, which no CPU backend times, is never probed.
-    monkeypatch.setattr("mlpbench.sweep.runner.product_probe",
+    monkeypatch.setattr("mlpbench.sweep.runner.step_probe",
                         lambda: FakeProbe({1: [1.0], **{t: [50.0] for t in range(2, 257)}}))
     run_dir = run("quick", results_dir=tmp_path, run_id="r", progress=False, backends=("c-serial",),
                   studies=("ladder",), networks=("digits:32",))

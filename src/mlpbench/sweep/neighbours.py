@@ -2,18 +2,22 @@
 slows this machine's threads without adding to its run queue (the development machine's second core went from
 0.62 to 1.3 ms per 2-thread step and back within seconds, the load average under 0.7; results/dev-2core/NOTES.md).
 
-Before each CPU measurement the sweep times a fixed product of the C library on the configuration's thread
-count and compares it with the fastest that product has run on as many threads, or on one thread, in this
-session. Slower than
-:data:`SLOWDOWN_LIMIT` times that, the cores are taken as shared at that moment: the sweep waits and probes
-again, a few times, then measures anyway and flags the configuration in ``meta.json``'s ``busy`` list.
+Before each CPU measurement the sweep times a fixed training step of the C library on the configuration's
+thread count and compares it with the fastest that step has run on as many threads, or on one thread, in this
+session. Slower than :data:`SLOWDOWN_LIMIT` times that, the cores are taken as shared at that moment: the sweep
+waits and probes again, a few times, then measures anyway and flags the configuration in ``meta.json``'s
+``busy`` list.
+
+The probe is a step, not a product: a neighbour on the second core doubled the development machine's 2-thread
+steps for seconds at a time, which wait at a barrier a few dozen times each, while a 192^3 product on the same
+threads, best of five, ran within 1.2x of its fastest (results/dev-2core-63ab435/probes.txt: the step over 1.3x
+its fastest in 245 of 2571 probes, the product in 21 of those); a product was the probe before, and took the
+slow starts of that machine's sweeps for quiet cores.
 
 A session that starts on shared cores sets its baseline from slow probes and flags nothing at first. So at the
 end of a session every CPU measurement is judged again against the fastest probes of the whole session
 (:meth:`NeighbourCheck.slowdown_against_session`), and those whose probes, before and after them, were both
-slower than the limit are flagged then. What the probe cannot see it cannot flag, then or later: the
-development machine's first 2-thread steps ran 2-3x slow in three takes of results/dev-2core-3f65291 while
-the probe's compute-bound product did not slow down (its notes).
+slower than the limit are flagged then.
 """
 
 from __future__ import annotations
@@ -25,39 +29,48 @@ from typing import Any
 import numpy as np
 
 from mlpbench.checks import BackendUnavailable
-from mlpbench.thread_policy import usable_cores
+from mlpbench.timing import time_call
 
 #: A probe this much slower than the fastest seen on as many threads means other work shares the cores.
 SLOWDOWN_LIMIT = 1.3
-#: The probe: a square product of this size (about a millisecond on one core), best of PROBE_REPEATS.
-PROBE_SIZE = 192
-PROBE_REPEATS = 5
+#: The probe: the median of PROBE_STEPS training steps of the C library's OpenMP backend on this network and
+#: batch (about a millisecond on one core: long enough to be compute, with a barrier per product), after
+#: PROBE_WARMUP untimed steps.
+PROBE_NETWORK = "moons-5h300"
+PROBE_BATCH = 32
+PROBE_STEPS = 20
+PROBE_WARMUP = 3
 #: After a measurement, a slow probe is taken again this many times, this far apart, before it counts.
 AFTER_PAUSES = 2
 AFTER_PAUSE_S = 0.25
 
 
-def product_probe() -> Callable[[int], float] | None:
-    """Seconds of the C library's packed product of PROBE_SIZE^3 on ``threads`` threads (the best of
-    PROBE_REPEATS); ``None`` where the OpenMP library is not built."""
-    from mlpbench import native
+def step_probe() -> Callable[[int], float] | None:
+    """Seconds of one ``c-omp`` training step of PROBE_NETWORK at PROBE_BATCH on ``threads`` threads (the
+    median of PROBE_STEPS); ``None`` where the OpenMP library is not built."""
+    from mlpbench.backends import load
+    from mlpbench.network import PRESETS
+    from mlpbench.verify import random_batch
+
+    network = PRESETS[PROBE_NETWORK]
+    X, y = random_batch(network, PROBE_BATCH, np.random.default_rng(0))
+    models: dict[int, Any] = {}
+
+    def model_on(threads: int) -> Any:
+        if threads not in models:
+            model = load("c-omp", network, seed=0, threads=threads)
+            models[threads] = (model, model.prepare(X, y))
+        return models[threads]
 
     try:
-        gemm = native.Gemm(PROBE_SIZE, PROBE_SIZE, threads=usable_cores())
+        model_on(1)
     except BackendUnavailable:  # the library is not built: nothing to probe with
         return None
-    rng = np.random.default_rng(0)
-    A = rng.standard_normal((PROBE_SIZE, PROBE_SIZE), dtype=np.float32)
-    B = rng.standard_normal((PROBE_SIZE, PROBE_SIZE), dtype=np.float32)
-    out = np.empty((PROBE_SIZE, PROBE_SIZE), dtype=np.float32)
 
     def probe(threads: int) -> float:
-        best = float("inf")
-        for _ in range(PROBE_REPEATS):
-            start = time.perf_counter()
-            gemm(A, B, out, threads=threads)
-            best = min(best, time.perf_counter() - start)
-        return best
+        model, batch = model_on(threads)
+        # A learning rate of zero: every probe steps the same weights.
+        return time_call(lambda: model.train_step(batch, 0.0), repeats=PROBE_STEPS, warmup=PROBE_WARMUP).median
 
     return probe
 
@@ -128,5 +141,5 @@ def neighbour_entry(key: str, slowdown: float | None, threads: int, cores: int,
     when = ("before and after it, judged at the end of the session against the fastest it ran later"
             if at_session_end else "after waiting")
     return {"key": key, "threads": threads, "cores": cores, "probe_slowdown": round(slowdown, 3),
-            "reason": f"the cores were shared with work outside this machine's load average: a fixed product "
-                      f"ran {slowdown:.2f}x slower than its fastest on {threads} threads, {when}"}
+            "reason": f"the cores were shared with work outside this machine's load average: a fixed training "
+                      f"step ran {slowdown:.2f}x slower than its fastest on {threads} threads, {when}"}

@@ -20,7 +20,7 @@ from mlpbench.sweep.curves import training_curve
 from mlpbench.sweep.endtoend import endtoend_rows
 from mlpbench.sweep.ladders import cpu_ladder, gpu_ladder
 from mlpbench.sweep.measuring import Unavailable, measure
-from mlpbench.sweep.neighbours import NeighbourCheck, neighbour_entry, product_probe
+from mlpbench.sweep.neighbours import NeighbourCheck, neighbour_entry, step_probe
 from mlpbench.sweep.params import SCHEMA_VERSION, SweepParams, make_params
 from mlpbench.sweep.planning import Config, backend_threads, plan
 from mlpbench.sweep.ranks import rank_jobs
@@ -207,7 +207,7 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
                   for backend in params.backends_in("lineprofile")]
     attempts = Attempts(run_dir / "attempts.log")
     cores = os.cpu_count() or 1  # the load average counts the whole machine, not this process's affinity
-    neighbours = NeighbourCheck(product_probe(), wait_s=params.neighbour_wait_s)
+    neighbours = NeighbourCheck(step_probe(), wait_s=params.neighbour_wait_s)
     passed: list[tuple[str, int, float]] = []  # (unit, threads, its slower probe) for the end of the session
 
     todo = [unit for unit in units if unit.key not in finished[unit.table]]
