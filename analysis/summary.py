@@ -422,8 +422,8 @@ def endtoend_table(results: Results) -> pd.DataFrame:
                "target_s", "target_min_s", "target_max_s", "repeat_loss_gap", "chance", "learned"]
     if frame.empty or "task" not in frame:
         return pd.DataFrame(columns=columns)
-    if "repeat" not in frame:
-        frame = frame.assign(repeat=0)
+    # Runs from before the study repeated its runs have no ``repeat`` column (NaN beside a later run's rows).
+    frame = frame.assign(repeat=frame["repeat"].fillna(0) if "repeat" in frame else 0)
     out = []
     for (run_id, task, backend), group in frame.groupby(["run_id", "task", "backend"], sort=False):
         first = group.iloc[0]
@@ -431,7 +431,7 @@ def endtoend_table(results: Results) -> pd.DataFrame:
                                             "threads", "batch", "lr", "target_accuracy")}
         entry.update(run_id=run_id, task=task, backend=backend, chance=chance_accuracy(first.sizes))
         done = group[(group.status == "ok") & group.epoch.notna()]
-        evaluated = done[done.repeat.fillna(0) == 0].sort_values("epoch")
+        evaluated = done[done.repeat == 0].sort_values("epoch")
         if evaluated.empty:
             out.append({**entry, "status": first.status, "reason": first.reason})
             continue
