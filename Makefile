@@ -29,8 +29,9 @@ SWEEP_ARGS ?=
 LAB_ARGS ?=
 # JupyterLab refuses to start as root unless told that is intended (containers, CI machines).
 LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
-# The committed runs that figures/ and the report are drawn from.
-REPORT_RUNS ?= results/dev-2core results/h200 results/h200x2
+# The committed runs that figures/ and the report are drawn from (report/runs.txt: the development machine's,
+# the GPU host's, the several-GPU one).
+REPORT_RUNS ?= $(shell cat report/runs.txt)
 PYTEST_ARGS ?=
 # GPU host: where scripts/gpu_host.sh writes, and which of its steps run.
 GPU_OUT ?= gpu-host-out

@@ -49,6 +49,9 @@ from analysis.summary import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The committed runs the report is drawn from, one path a line: the development machine's run, the GPU host's
+#: run and the several-GPU data-parallel run (``make report`` reads the same file).
+REPORT_RUNS_FILE = ROOT / "report" / "runs.txt"
 #: A ladder's library product whose interquartile range exceeds this share of its median makes every
 #: percentage of that ladder uncertain, and the report and the README say so beside it.
 LADDER_SPREAD_LIMIT = 0.10
@@ -92,6 +95,11 @@ def _gpu_link(topology: Any) -> str | None:
         if len(cells) > 2 and cells[0] == "GPU0" and cells[1] == "X" and _LINK.fullmatch(cells[2]):
             return cells[2]
     return None
+
+
+def report_runs() -> list[Path]:
+    """The run folders of :data:`REPORT_RUNS_FILE`, in its order."""
+    return [ROOT / line for line in REPORT_RUNS_FILE.read_text().split()]
 
 
 def _finite(value: Any) -> float | None:

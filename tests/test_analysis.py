@@ -33,6 +33,7 @@ from analysis import (
     write_summaries,
 )
 from analysis.load import read_table
+from analysis.report import report_runs
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results" / "quick-fixture"
 GPU_FIXTURE = FIXTURE.parent / "gpu-fixture"
@@ -339,6 +340,16 @@ def test_endtoend_times_are_medians_of_the_timed_runs(gpu_run: summary.Results) 
     assert (single[ok].repeat_loss_gap == 0).all()
 
 
+def test_endtoend_runs_with_and_without_repeats_read_together(gpu_run: summary.Results) -> None:
+    # a run from before the repeats beside one with them: the older rows carry no repeat number (NaN)
+    older = dataclasses.replace(gpu_run, endtoend=gpu_run.endtoend.assign(run_id="older"))
+    newer = with_repeats(gpu_run, (2.0, 0.5))
+    both = dataclasses.replace(gpu_run, endtoend=pd.concat([older.endtoend, newer.endtoend], ignore_index=True))
+    table = summary.endtoend_table(both)
+    ok = table[table.status == "ok"]
+    assert set(ok[ok.run_id == "older"].repeats) == {1} and set(ok[ok.run_id != "older"].repeats) == {3}
+
+
 def test_data_parallel_tables(gpu_run: summary.Results) -> None:
     scaling = summary.rank_scaling(gpu_run)
     assert (scaling[scaling.world_size == 1].efficiency == 1).all()
@@ -400,8 +411,7 @@ def test_no_tick_labels_overlap_in_the_committed_report_figures() -> None:
     axis under a decade wide once printed its minor labels over each other)."""
     import matplotlib.pyplot as plt
 
-    root = Path(__file__).parents[1] / "results"
-    runs = load_runs(*(root / name for name in ("dev-2core", "h200", "h200x2")))
+    runs = load_runs(*report_runs())
     for name, plot in FIGURES.items():
         fig = plot(runs)
         fig.canvas.draw()
@@ -487,7 +497,7 @@ def test_findings_follow_the_numbers():
 
 def test_stage_table_carries_the_epoch_step_of_backends_that_run_many_steps_per_launch() -> None:
     # the H200 run times cuda-fused an epoch per launch (stage epoch_step); no other backend does
-    runs = load_runs(Path(__file__).parents[1] / "results" / "h200")
+    runs = load_runs(report_runs()[1])
     table = summary.stage_table(runs).set_index(["network", "backend"])
     rows = runs.rows[(runs.rows.study == "stages") & (runs.rows.stage == "epoch_step")]
     assert set(rows.backend) == {"cuda-fused"}
@@ -503,7 +513,7 @@ def test_the_epoch_step_count_is_read_from_the_run(tmp_path: Path) -> None:
     from analysis.report import report_numbers
 
     run = tmp_path / "h200"
-    shutil.copytree(Path(__file__).parents[1] / "results" / "h200", run)
+    shutil.copytree(report_runs()[1], run)
     meta = json.loads((run / "meta.json").read_text())
     assert epoch_steps(meta) == 32
     assert report_numbers(load_runs(run))["gpu"]["epoch_steps"] == 32

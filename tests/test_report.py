@@ -15,11 +15,17 @@ pytest.importorskip("typst", reason="the report is compiled with the typst packa
 pypdf = pytest.importorskip("pypdf", reason="pypdf reads the built PDF (dev install)")
 
 from analysis.palette import device  # noqa: E402 - after the skips
-from analysis.report import ENDTOEND_SPREAD_LIMIT, LADDER_SPREAD_LIMIT, ROOT, build  # noqa: E402 - after the skips
+from analysis.report import (  # noqa: E402 - after the skips
+    ENDTOEND_SPREAD_LIMIT,
+    LADDER_SPREAD_LIMIT,
+    ROOT,
+    build,
+    report_runs,
+)
 
-RUNS = [ROOT / "results" / "dev-2core", ROOT / "results" / "h200"]
-# The data-parallel study on two GPUs, a run of its own (no per-stage measurements).
-MULTI_GPU = ROOT / "results" / "h200x2"
+# The report's runs: the development machine's and the GPU host's, then the data-parallel study on two GPUs, a
+# run of its own (no per-stage measurements).
+*RUNS, MULTI_GPU = report_runs()
 # The hand-written CUDA rungs in the order they climb (the report's "rung below").
 CUDA_LADDER = ["cuda-naive", "cuda-tiled", "cuda-opt", "cuda-fused"]
 
@@ -105,7 +111,7 @@ def test_cited_speedups_are_ratios_of_the_measured_medians(built):
     out, _ = built
     numbers = json.loads((out / "data" / "numbers.json").read_text())
     cpu, gpu = RUNS
-    assert numbers["roles"] == {"cpu": "dev-2core", "gpu": "h200"}
+    assert numbers["roles"] == {"cpu": RUNS[0].name, "gpu": RUNS[1].name}
     assert numbers["cpu"]["omp_vs_torch"]["moons-5h300"] == pytest.approx(
         step_median(cpu, "moons-5h300", "torch-cpu") / step_median(cpu, "moons-5h300", "c-omp"))
     assert numbers["gpu"]["fused_vs_graph"]["digits"] == pytest.approx(
@@ -225,9 +231,10 @@ WIDE_ENDTOEND = "c-serial"
 
 
 def repeated_endtoend(ends: pd.DataFrame, wide: str) -> pd.DataFrame:
-    """``ends`` with two more runs of every unit that trained, as the sweep writes them (loss and accuracy at
-    the last epoch only): 1.1 and 0.95 times the first run's seconds, and 2 and 0.95 times for ``wide``."""
-    first = ends.assign(repeat=0)
+    """``ends`` with its first run of every unit followed by two more, in place of any it had, as the sweep
+    writes them (loss and accuracy at the last epoch only): 1.1 and 0.95 times the first run's seconds, and 2
+    and 0.95 times for ``wide``."""
+    first = ends[ends["repeat"] == 0] if "repeat" in ends else ends.assign(repeat=0)
     ok = first[first.status == "ok"]
     runs = [first]
     for repeat, (factor, wide_factor) in enumerate(((1.1, 2.0), (0.95, 0.95)), start=1):
@@ -549,7 +556,7 @@ def test_endtoend_sentences_follow_the_data(newer):
 def test_several_processes_section_follows_the_data(newer):
     text, _ = newer
     has_ranks = (RUNS[0] / "ranks.csv").exists() and (pd.read_csv(RUNS[0] / "ranks.csv").status == "ok").any()
-    assert ("dev-2core (AMD EPYC (2 cores)) has no data-parallel measurements" in text) == (not has_ranks)
+    assert (f"{RUNS[0].name} (AMD EPYC (2 cores)) has no data-parallel measurements" in text) == (not has_ranks)
     scaling = pd.read_csv(NEWER / "ranks.csv").query("stage == 'step'")
     assert f"on up to {scaling.world_size.max()} ranks" in text
 
