@@ -265,7 +265,7 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
 def _flag_at_session_end(neighbours: NeighbourCheck, passed: list[tuple[str, int, float]], meta: dict[str, Any],
                          cores: int, bar: Any) -> None:
     """Flags the CPU units the probe let pass whose probes before and after them were both slower than
-    SLOWDOWN_LIMIT times the fastest of the whole session: a session that began on shared cores judged its
+    SLOWDOWN_LIMIT times their baseline over the whole session: a session that began on shared cores judged its
     first units against a slow baseline. (A unit the load average flagged keeps that entry beside this one.)"""
     for key, threads, seconds in passed:
         entry = neighbour_entry(key, neighbours.slowdown_against_session(seconds, threads), threads, cores,
