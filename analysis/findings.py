@@ -73,16 +73,16 @@ def _endtoend_rows(role: dict[str, Any]) -> list[tuple[str, str]]:
             parts.append(f"does not learn on any backend (loss {_sig(loss['max'])}, ln 2 = 0.693; test accuracy "
                          f"{percent(accuracy['max'])}, chance {percent(task['chance'])}): its times measure "
                          f"arithmetic")
+        shared = " (timed while its cores were shared)" if cpu.get("flagged") else ""
+        slower = task.get("flagged_slower_cpu") or []
+        if slower:
+            shared += (f" ({', '.join(slower)} {'was' if len(slower) == 1 else 'were'} timed on shared cores "
+                       f"and may be faster than measured)")
         if gpu is not None:
-            shared = " (timed while its cores were shared)" if cpu.get("flagged") else ""
-            slower = task.get("flagged_slower_cpu") or []
-            if slower:
-                shared += (f" ({', '.join(slower)} {'was' if len(slower) == 1 else 'were'} timed on shared cores "
-                           f"and may be faster than measured)")
             parts.append(f"{gpu['backend']} {duration(gpu['seconds'])}, the fastest CPU backend ({cpu['backend']}) "
                          f"{duration(cpu['seconds'])}{shared}: {times(task['gpu_vs_best_cpu'])}")
         else:
-            parts.append(f"the fastest backend, {cpu['backend']}, {duration(cpu['seconds'])}")
+            parts.append(f"the fastest backend, {cpu['backend']}, {duration(cpu['seconds'])}{shared}")
         if serial is not None:
             parts.append(f"serial C {duration(serial)}")
         rows.append((what, "; ".join(parts)))

@@ -409,6 +409,8 @@ def endtoend_table(results: Results) -> pd.DataFrame:
     (the first epoch at or above it; empty if never), the chance accuracy from the output width, and whether
     the task learned (last test accuracy at least :data:`LEARNED_SHARE_OF_GAP` of the way from chance to 1).
 
+    ``flagged``: whether the run's ``meta.json`` lists the unit as timed while the cores were shared.
+
     Times are the median over the timed runs (``repeats``; runs before the sweep repeated them have one) with
     their least and greatest (``*_min_s``, ``*_max_s``); every run's time to target is its time at the first
     run's target epoch (the runs train the same batches from the same start). Losses and accuracies are the
@@ -419,7 +421,7 @@ def endtoend_table(results: Results) -> pd.DataFrame:
     columns = ["run_id", "machine", "task", "backend", "device", "network", "sizes", "activation", "dataset",
                "threads", "batch", "lr", "status", "reason", "epochs_run", "repeats", "train_s", "train_min_s",
                "train_max_s", "first_loss", "final_loss", "final_accuracy", "target_accuracy", "target_epoch",
-               "target_s", "target_min_s", "target_max_s", "repeat_loss_gap", "chance", "learned"]
+               "target_s", "target_min_s", "target_max_s", "repeat_loss_gap", "chance", "learned", "flagged"]
     if frame.empty or "task" not in frame:
         return pd.DataFrame(columns=columns)
     # Runs from before the study repeated its runs have no ``repeat`` column (NaN beside a later run's rows).
@@ -429,7 +431,8 @@ def endtoend_table(results: Results) -> pd.DataFrame:
         first = group.iloc[0]
         entry = {c: first.get(c) for c in ("machine", "device", "network", "sizes", "activation", "dataset",
                                             "threads", "batch", "lr", "target_accuracy")}
-        entry.update(run_id=run_id, task=task, backend=backend, chance=chance_accuracy(first.sizes))
+        entry.update(run_id=run_id, task=task, backend=backend, chance=chance_accuracy(first.sizes),
+                     flagged=f"endtoend:{task}/{backend}" in busy_keys(results.meta.get(run_id, {})))
         done = group[(group.status == "ok") & group.epoch.notna()]
         evaluated = done[done.repeat == 0].sort_values("epoch")
         if evaluated.empty:

@@ -465,6 +465,20 @@ def test_the_timed_runs_behind_each_end_to_end_time_are_said(report):
         assert named == {(backend, task) for task, backend in wide.index}, sentence
 
 
+def test_end_to_end_times_taken_on_shared_cores_are_marked_in_their_table(report):
+    runs, text, _ = report
+    flagged = 0
+    for run in runs:
+        keys = {entry["key"] for entry in json.loads((run / "meta.json").read_text()).get("busy") or []}
+        ends = pd.read_csv(run / "endtoend.csv")
+        ok = ends[ends.status == "ok"]
+        reached = set(ok[ok.test_accuracy >= ok.target_accuracy].task)  # digits-target's cell: the time to target
+        shown = {(t, b) for t, b in zip(ok.task, ok.backend, strict=True) if t != "digits-target" or t in reached}
+        flagged += sum(f"endtoend:{task}/{backend}" in keys for task, backend in shown)
+    table = text[text.index("to target (epoch)"):text.index("Table 6:")]
+    assert table.count("*\ufe0e") == flagged
+
+
 def test_a_flagged_baseline_is_marked_where_the_report_compares_it(committed):
     _, text, numbers = committed
     for role in ("cpu", "gpu"):
