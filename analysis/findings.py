@@ -122,7 +122,8 @@ def _step_rows(cpu_role: dict[str, Any], gpu_role: dict[str, Any] | None, author
     for network in ("moons-5h300", "mnist"):
         entry = (gpu_role["threads"].get(network) or {}).get("c-omp")
         if entry and entry.get("speedup") is not None:
-            scaling.append(f"{network} {times(entry['speedup'])} ({entry['threads']} threads)")
+            shared = ", a time taken on shared cores" if entry.get("flagged") else ""
+            scaling.append(f"{network} {times(entry['speedup'])} ({entry['threads']} threads{shared})")
     if scaling:
         rows.append(("OpenMP C, 1 thread to all cores", gpu_label,
                      "; ".join(scaling) + f" (the original study: {times(authors['thread_speedup'])} on 16 cores)"))

@@ -141,7 +141,7 @@ def thread_baselines(results: Results) -> pd.DataFrame:
                             "backend": backend, "which": which, "threads": int(row.threads),
                             "step_s": row.median_s, "step_q1_s": row.q1_s, "step_q3_s": row.q3_s,
                             "thread_counts_tried": int(mine.threads.nunique()),
-                            "flagged": f"rows:{row.key}" in flagged})
+                            "flagged": timed_while_shared(row.key, row.get("reused_from"), flagged)})
     return _sorted(pd.DataFrame(out, columns=columns), "run_id", "network", "backend")
 
 
@@ -218,15 +218,25 @@ def speedup_table(results: Results, baseline: str, study: str = "stages", stage:
     return _sorted(table[columns], "run_id", "network", "backend")
 
 
+def timed_while_shared(key: str, reused_from: Any, flagged: set[str]) -> bool:
+    """Whether a ``rows.csv`` row's measurement was flagged in ``meta.json`` (``flagged``: its busy keys): its
+    own unit, or the unit it reuses the measurement of (the threads study's row at the stages study's count)."""
+    return f"rows:{key}" in flagged or (isinstance(reused_from, str) and f"rows:{reused_from}" in flagged)
+
+
 def thread_scaling(results: Results) -> pd.DataFrame:
-    """Step time over thread count, speed-up over the same backend on 1 thread and parallel efficiency."""
+    """Step time over thread count, speed-up over the same backend on 1 thread and parallel efficiency;
+    ``flagged``: whether the run's ``meta.json`` lists the configuration as timed while the cores were shared."""
     rows = _ok(results.rows, study="threads", stage="step")
     columns = ["run_id", "machine", "network", "batch", "backend", "threads", "step_s", "step_q1_s", "step_q3_s",
-               "speedup", "efficiency"]
+               "speedup", "efficiency", "flagged"]
     if rows.empty:
         return pd.DataFrame(columns=columns)
     table = rows[["run_id", "machine", "network", "batch", "backend", "threads", "median_s", "q1_s", "q3_s"]].rename(
         columns={"median_s": "step_s", "q1_s": "step_q1_s", "q3_s": "step_q3_s"})
+    reused = rows["reused_from"] if "reused_from" in rows else pd.Series(np.nan, index=rows.index)
+    table["flagged"] = [timed_while_shared(key, source, busy_keys(results.meta.get(run_id, {})))
+                        for run_id, key, source in zip(rows.run_id, rows.key, reused, strict=True)]
     table["threads"] = table["threads"].astype(int)
     one = table[table.threads == 1].set_index(["run_id", "network", "batch", "backend"])["step_s"]
     keys = zip(table.run_id, table.network, table.batch, table.backend, strict=True)

@@ -465,6 +465,22 @@ def test_the_timed_runs_behind_each_end_to_end_time_are_said(report):
         assert named == {(backend, task) for task, backend in wide.index}, sentence
 
 
+def test_a_thread_scaling_from_a_time_on_shared_cores_says_so(report):
+    # The abstract's 1-to-16-thread speed-up of c-omp on 5h300 divides two times; either may be flagged.
+    runs, text, numbers = report
+    rows = pd.read_csv(runs[1] / "rows.csv")
+    steps = rows[(rows.study == "threads") & (rows.stage == "step") & (rows.status == "ok")
+                 & (rows.backend == "c-omp") & (rows.network == "moons-5h300")]
+    compared = steps[steps.threads.isin((1, steps.threads.max()))]
+    keys = {entry["key"] for entry in json.loads((runs[1] / "meta.json").read_text()).get("busy") or []}
+    # a row at the stages study's thread count reuses that unit's measurement, and its flag
+    flagged = any(f"rows:{key}" in keys or f"rows:{source}" in keys
+                  for key, source in zip(compared.key, compared.reused_from, strict=True))
+    assert numbers["gpu"]["threads"]["moons-5h300"]["c-omp"]["flagged"] == flagged
+    sentence = text[text.index("Scaling OpenMP from 1 to"):].split(" on 16 cores")[0]
+    assert ("taken while the cores were shared" in sentence) == flagged, sentence
+
+
 def test_end_to_end_times_taken_on_shared_cores_are_marked_in_their_table(report):
     runs, text, _ = report
     flagged = 0
