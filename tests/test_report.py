@@ -481,6 +481,16 @@ def test_a_thread_scaling_from_a_time_on_shared_cores_says_so(report):
     assert ("taken while the cores were shared" in sentence) == flagged, sentence
 
 
+def test_the_abstracts_openmp_against_pytorch_says_when_a_time_was_shared(report):
+    _, text, numbers = report
+    sentence = text[text.index("one OpenMP C step on"):].split("Scaling OpenMP")[0]
+    on_cpu, on_gpu = sentence.split(", and on ")
+    for part, role in ((on_cpu, "cpu"), (on_gpu, "gpu")):
+        entry = numbers[role]["baselines"]["moons-5h300"]
+        shared = any(entry[b]["matched"]["flagged"] for b in ("c-omp", "torch-cpu"))
+        assert ("a time it compares was taken while the cores were shared" in part) == shared, (role, part)
+
+
 def test_end_to_end_times_taken_on_shared_cores_are_marked_in_their_table(report):
     runs, text, _ = report
     flagged = 0
