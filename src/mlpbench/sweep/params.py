@@ -203,14 +203,14 @@ PRESETS: dict[str, SweepParams] = {
                     rank_rungs=("overlapped",),
                     rank_steps=3, neighbour_wait_s=0.0,
                     ladder_cpu_n=128, ladder_gpu_n=256, ladder_repeats=3, profile_steps=20),
-    # About ten minutes on the 2-core development machine (every study, the end-to-end and ranks ones included).
+    # About twelve minutes on the 2-core development machine (every study, the end-to-end and ranks ones included).
     "default": SweepParams(),
     # The GPU host: more samples, the original study's batch sizes, widths up to 4096.
     "full": SweepParams(networks=("moons-5h300:32", "digits:32", "mnist:256", "large:1024"),
                         batch_sizes=tuple(1 << k for k in range(10)), widths=tuple(1 << k for k in range(6, 13)),
                         repeats=50, warmup=5, budget_s=60.0, ladder_cpu_n=2048, ladder_repeats=10,
                         profile_steps=500),
-    # A GPU host within a few minutes: every study, fewer sizes and samples (the committed H200 run); a budget
+    # A GPU host in about 25 minutes: every study, fewer sizes and samples (the committed H200 run); a budget
     # that times the 16-thread CPU backends on the large network, but not one thread there.
     "gpu-host": SweepParams(networks=("moons-5h300:32", "digits:32", "mnist:256", "large:1024"),
                             batch_sizes=(1, 16, 64, 256, 512), widths=(64, 256, 1024, 4096), repeats=20,
