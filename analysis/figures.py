@@ -513,8 +513,7 @@ def plot_endtoend(results: Results) -> Figure:
     their last epoch."""
     frame = results.endtoend
     if not frame.empty:
-        frame = frame[(frame.status == "ok") & frame.epoch.notna()
-                      & (frame.get("repeat", pd.Series(0, index=frame.index)).fillna(0) == 0)]
+        frame = frame[(frame.status == "ok") & frame.epoch.notna() & (frame.repeat == 0)]
     if frame.empty:
         return _empty("End-to-end training", "no end-to-end training in these runs")
     runs = _runs(frame)

@@ -81,6 +81,11 @@ def read_table(path: Path) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+#: Columns later sweeps added to a table, with the value its rows from earlier runs stand for: an end-to-end run
+#: from before the study repeated its runs (and a row saying why a unit did not train) is its first run.
+ADDED_COLUMNS: dict[str, dict[str, Any]] = {"endtoend": {"repeat": 0}}
+
+
 def load_run(run_dir: str | Path) -> Results:
     """One run directory."""
     return load_runs(run_dir)
@@ -103,8 +108,11 @@ def load_runs(*run_dirs: str | Path) -> Results:
         metas[run_id] = meta
         for name in TABLES:
             frame = read_table(run_dir / f"{name}.csv")
-            if not frame.empty:
-                frames[name].append(frame.assign(run_id=run_id, machine=machine_label(meta)))
+            if frame.empty:
+                continue
+            for column, value in ADDED_COLUMNS.get(name, {}).items():
+                frame[column] = frame[column].fillna(value) if column in frame else value
+            frames[name].append(frame.assign(run_id=run_id, machine=machine_label(meta)))
     tables = {name: pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["run_id"])
               for name, parts in frames.items()}
     return Results(meta=metas, **tables)

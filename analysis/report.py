@@ -309,8 +309,7 @@ class _Run:
                                     "final_accuracy": _finite(r.final_accuracy), "learned": bool(r.learned),
                                     "epochs": int(r.epochs_run)} for r in done.itertuples()}
             learned = [b["learned"] for b in backends.values()]
-            timed_runs = done[done.repeats.notna()]
-            spread = (timed_runs.train_max_s - timed_runs.train_min_s) / timed_runs.train_s
+            spread = (done.train_max_s - done.train_min_s) / done.train_s
             measure = "target_s" if done.target_s.notna().any() else "train_s"
             entry: dict[str, Any] = {
                 "backends": backends, "measure": measure, "failed": int((group.status != "ok").sum()),
@@ -322,12 +321,11 @@ class _Run:
                 "final_accuracy": {"min": _finite(done.final_accuracy.min()),
                                    "max": _finite(done.final_accuracy.max())},
                 # the timed runs behind each median: how many, how far apart, and whether they computed alike
-                "repeats": int(timed_runs.repeats.min()) if len(timed_runs) else 0,
-                "spread_max": _finite(spread.max()) if len(spread) else None,
+                "repeats": int(done.repeats.min()) if len(done) else 0,
+                "spread_max": _finite(spread.max()) if len(done) else None,
                 "spread_over": [{"backend": r.backend, "spread": float(x)}
-                                for r, x in zip(timed_runs.itertuples(), spread, strict=True)
-                                if x > ENDTOEND_SPREAD_LIMIT],
-                "loss_gap_max": _finite(timed_runs.repeat_loss_gap.max()) if len(timed_runs) else None}
+                                for r, x in zip(done.itertuples(), spread, strict=True) if x > ENDTOEND_SPREAD_LIMIT],
+                "loss_gap_max": _finite(done.repeat_loss_gap.max()) if len(done) else None}
             timed = done[done[measure].notna() & (done.backend != REFERENCE)]
             for side, wanted in (("cpu", False), ("gpu", True)):
                 mine = timed[timed.backend.isin(self.gpu) == wanted]

@@ -235,7 +235,8 @@ def thread_scaling(results: Results) -> pd.DataFrame:
     table = rows[["run_id", "machine", "network", "batch", "backend", "threads", "median_s", "q1_s", "q3_s"]].rename(
         columns={"median_s": "step_s", "q1_s": "step_q1_s", "q3_s": "step_q3_s"})
     reused = rows["reused_from"] if "reused_from" in rows else pd.Series(np.nan, index=rows.index)
-    table["flagged"] = [timed_while_shared(key, source, busy_keys(results.meta.get(run_id, {})))
+    flagged = {run_id: busy_keys(meta) for run_id, meta in results.meta.items()}
+    table["flagged"] = [timed_while_shared(key, source, flagged.get(run_id, set()))
                         for run_id, key, source in zip(rows.run_id, rows.key, reused, strict=True)]
     table["threads"] = table["threads"].astype(int)
     one = table[table.threads == 1].set_index(["run_id", "network", "batch", "backend"])["step_s"]
@@ -434,15 +435,14 @@ def endtoend_table(results: Results) -> pd.DataFrame:
                "target_s", "target_min_s", "target_max_s", "repeat_loss_gap", "chance", "learned", "flagged"]
     if frame.empty or "task" not in frame:
         return pd.DataFrame(columns=columns)
-    # Runs from before the study repeated its runs have no ``repeat`` column (NaN beside a later run's rows).
-    frame = frame.assign(repeat=frame["repeat"].fillna(0) if "repeat" in frame else 0)
+    flagged = {run_id: busy_keys(meta) for run_id, meta in results.meta.items()}
     out = []
     for (run_id, task, backend), group in frame.groupby(["run_id", "task", "backend"], sort=False):
         first = group.iloc[0]
         entry = {c: first.get(c) for c in ("machine", "device", "network", "sizes", "activation", "dataset",
                                             "threads", "batch", "lr", "target_accuracy")}
         entry.update(run_id=run_id, task=task, backend=backend, chance=chance_accuracy(first.sizes),
-                     flagged=f"endtoend:{task}/{backend}" in busy_keys(results.meta.get(run_id, {})))
+                     flagged=f"endtoend:{task}/{backend}" in flagged.get(run_id, set()))
         done = group[(group.status == "ok") & group.epoch.notna()]
         evaluated = done[done.repeat == 0].sort_values("epoch")
         if evaluated.empty:

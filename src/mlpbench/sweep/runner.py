@@ -233,10 +233,8 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
                             shared = max(filter(None, (shared, neighbours.after(threads))), default=None)
                         flagged = neighbour_entry(f"{unit.table}:{unit.key}", shared, threads or 0, cores)
                         if flagged is not None:
-                            meta.setdefault("busy", []).append(flagged)
+                            _record_busy(meta, flagged, f"{flagged['key']}: {flagged['reason']}", bar)
                             write_atomic(run_dir / "meta.json", json.dumps(meta, indent=1, default=str) + "\n")
-                            bar.write(f"warning: {flagged['key']}: {flagged['reason']}: its timings are suspect",
-                                      file=sys.stderr)
                         elif probed_before is not None:
                             passed.append((f"{unit.table}:{unit.key}", threads,
                                            min(probed_before, neighbours.last_seconds)))
@@ -249,11 +247,10 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
                     tables[unit.table].append(unit.key, rows)
                 busy = busy_entry(f"{unit.table}:{unit.key}", rows, cores)
                 if busy is not None:
-                    meta.setdefault("busy", []).append(busy)
+                    _record_busy(meta, busy, f"the machine was busy while {busy['key']} ran (load average "
+                                 f"{busy['load_before']} before, {busy['load_after']} after, on {cores} cores: "
+                                 "more runnable threads than cores)", bar)
                     write_atomic(run_dir / "meta.json", json.dumps(meta, indent=1, default=str) + "\n")
-                    bar.write(f"warning: the machine was busy while {busy['key']} ran (load average "
-                              f"{busy['load_before']} before, {busy['load_after']} after, on {cores} cores: "
-                              "more runnable threads than cores): its timings are suspect", file=sys.stderr)
                 bar.update()
             status = "complete"
         finally:
@@ -271,5 +268,10 @@ def _flag_at_session_end(neighbours: NeighbourCheck, passed: list[tuple[str, int
         entry = neighbour_entry(key, neighbours.slowdown_against_session(seconds, threads), threads, cores,
                                 at_session_end=True)
         if entry is not None:
-            meta.setdefault("busy", []).append(entry)
-            bar.write(f"warning: {key}: {entry['reason']}: its timings are suspect", file=sys.stderr)
+            _record_busy(meta, entry, f"{key}: {entry['reason']}", bar)
+
+
+def _record_busy(meta: dict[str, Any], entry: dict[str, Any], why: str, bar: Any) -> None:
+    """Adds ``entry`` to ``meta.json``'s list of units timed on a busy machine and warns on the terminal."""
+    meta.setdefault("busy", []).append(entry)
+    bar.write(f"warning: {why}: its timings are suspect", file=sys.stderr)
