@@ -123,7 +123,9 @@ def _step_rows(cpu_role: dict[str, Any], gpu_role: dict[str, Any] | None, author
         entry = (gpu_role["threads"].get(network) or {}).get("c-omp")
         if entry and entry.get("speedup") is not None:
             shared = ", a time taken on shared cores" if entry.get("flagged") else ""
-            scaling.append(f"{network} {times(entry['speedup'])} ({entry['threads']} threads{shared})")
+            rounds = (f", median of {entry['rounds']} rounds, {times(entry['speedup_min'])}-"
+                      f"{times(entry['speedup_max'])}" if (entry.get("rounds") or 1) > 1 else "")
+            scaling.append(f"{network} {times(entry['speedup'])} ({entry['threads']} threads{rounds}{shared})")
     if scaling:
         rows.append(("OpenMP C, 1 thread to all cores", gpu_label,
                      "; ".join(scaling) + f" (the original study: {times(authors['thread_speedup'])} on 16 cores)"))

@@ -113,10 +113,11 @@ THREADED_BACKENDS = ("c-omp", "torch-cpu")
 
 def thread_baselines(results: Results) -> pd.DataFrame:
     """Per run × network × batch of the stages study, ``c-omp`` and ``torch-cpu`` twice: at the matched thread
-    count (``c-omp``'s in the stages study, which ``torch-cpu`` runs there too) and at their best (the minimum
-    median step over every row of that backend, network and batch at any thread count in the run), each with
-    its step quartiles, the number of thread counts the run tried, and ``flagged``: whether the run's
-    ``meta.json`` lists that row's configuration as timed while the cores were shared."""
+    count (``c-omp``'s in the stages study, which ``torch-cpu`` runs there too) and at their best (the thread
+    count with the least median step of that backend, network and batch in the run, a count the threads study
+    timed in several rounds taken as the median over them: :func:`over_rounds`), each with its step quartiles,
+    the number of thread counts the run tried, and ``flagged``: whether the run's ``meta.json`` lists that
+    row's configuration (at its best, a round its median is taken from) as timed while the cores were shared."""
     columns = ["run_id", "machine", "network", "batch", "backend", "which", "threads", "step_s", "step_q1_s",
                "step_q3_s", "thread_counts_tried", "flagged"]
     rows = _ok(results.rows, stage="step")
@@ -125,23 +126,29 @@ def thread_baselines(results: Results) -> pd.DataFrame:
     rows = rows[rows.backend.isin(THREADED_BACKENDS) & rows.threads.notna()]
     stages = rows[rows.study == "stages"]
     matched = stages[stages.backend == "c-omp"].set_index(["run_id", "network", "batch"])["threads"]
+    # Each measurement once: a threads-study row that reuses the stages study's is the same time.
+    reused = rows["reused_from"] if "reused_from" in rows else pd.Series(np.nan, index=rows.index)
+    steps = _step_rows(rows, results).assign(study=rows.study, measured_here=[
+        not (isinstance(source, str) and source) for source in reused])
+    keys = ["run_id", "machine", "network", "batch", "backend", "threads"]
+    at_counts = over_rounds(steps[steps.measured_here], keys)
     out = []
     for (run_id, network, batch), shown in stages.groupby(["run_id", "network", "batch"]):
-        flagged = busy_keys(results.meta[run_id])
         count = matched.get((run_id, network, batch), shown.threads.max())
         for backend in ordered(shown.backend):
-            mine = rows[(rows.run_id == run_id) & (rows.network == network) & (rows.batch == batch)
-                        & (rows.backend == backend)]
+            mine = steps[(steps.run_id == run_id) & (steps.network == network) & (steps.batch == batch)
+                         & (steps.backend == backend)]
             at_count = mine[mine.threads == count].sort_values("study", key=lambda s: s != "stages")
-            best = mine.loc[mine.median_s.idxmin()]
+            counts = at_counts[(at_counts.run_id == run_id) & (at_counts.network == network)
+                               & (at_counts.batch == batch) & (at_counts.backend == backend)]
+            best = counts.loc[counts.step_s.idxmin()]
             for which, row in (("matched", at_count.iloc[0] if len(at_count) else None), ("best", best)):
                 if row is None:
                     continue
                 out.append({"run_id": run_id, "machine": row.machine, "network": network, "batch": batch,
                             "backend": backend, "which": which, "threads": int(row.threads),
-                            "step_s": row.median_s, "step_q1_s": row.q1_s, "step_q3_s": row.q3_s,
-                            "thread_counts_tried": int(mine.threads.nunique()),
-                            "flagged": timed_while_shared(row.key, row.get("reused_from"), flagged)})
+                            "step_s": row.step_s, "step_q1_s": row.step_q1_s, "step_q3_s": row.step_q3_s,
+                            "thread_counts_tried": int(mine.threads.nunique()), "flagged": bool(row.flagged)})
     return _sorted(pd.DataFrame(out, columns=columns), "run_id", "network", "backend")
 
 
@@ -224,24 +231,55 @@ def timed_while_shared(key: str, reused_from: Any, flagged: set[str]) -> bool:
     return f"rows:{key}" in flagged or (isinstance(reused_from, str) and f"rows:{reused_from}" in flagged)
 
 
-def thread_scaling(results: Results) -> pd.DataFrame:
-    """Step time over thread count, speed-up over the same backend on 1 thread and parallel efficiency;
-    ``flagged``: whether the run's ``meta.json`` lists the configuration as timed while the cores were shared."""
-    rows = _ok(results.rows, study="threads", stage="step")
-    columns = ["run_id", "machine", "network", "batch", "backend", "threads", "step_s", "step_q1_s", "step_q3_s",
-               "speedup", "efficiency", "flagged"]
-    if rows.empty:
-        return pd.DataFrame(columns=columns)
-    table = rows[["run_id", "machine", "network", "batch", "backend", "threads", "median_s", "q1_s", "q3_s"]].rename(
-        columns={"median_s": "step_s", "q1_s": "step_q1_s", "q3_s": "step_q3_s"})
+def over_rounds(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The measurements of one configuration in the threads study's rounds as one row per ``keys``: the median
+    of the rounds' step medians (``step_s``) and of their quartiles, the fastest and slowest round
+    (``round_min_s``, ``round_max_s``), ``rounds``, and ``flagged`` where a round the median is taken from (the
+    middle one, or either of the middle two) was timed while the cores were shared. One round: that round."""
+    out = []
+    for values, group in table.groupby(keys, sort=False):
+        by_time = group.sort_values("step_s", kind="stable")
+        middle = by_time.iloc[sorted({(len(group) - 1) // 2, len(group) // 2})]
+        out.append({**dict(zip(keys, values, strict=True)), "step_s": group.step_s.median(),
+                    "step_q1_s": group.step_q1_s.median(), "step_q3_s": group.step_q3_s.median(),
+                    "round_min_s": group.step_s.min(), "round_max_s": group.step_s.max(), "rounds": len(group),
+                    "flagged": bool(middle.flagged.any())})
+    return pd.DataFrame(out, columns=[*keys, "step_s", "step_q1_s", "step_q3_s", "round_min_s", "round_max_s",
+                                      "rounds", "flagged"])
+
+
+def _step_rows(rows: pd.DataFrame, results: Results) -> pd.DataFrame:
+    """``rows.csv``'s step rows as ``step_s``/``step_q1_s``/``step_q3_s``, with ``round`` and ``flagged``."""
+    table = rows[["run_id", "machine", "network", "batch", "backend", "threads", "round", "median_s", "q1_s",
+                  "q3_s"]].rename(columns={"median_s": "step_s", "q1_s": "step_q1_s", "q3_s": "step_q3_s"})
     reused = rows["reused_from"] if "reused_from" in rows else pd.Series(np.nan, index=rows.index)
     flagged = {run_id: busy_keys(meta) for run_id, meta in results.meta.items()}
     table["flagged"] = [timed_while_shared(key, source, flagged.get(run_id, set()))
                         for run_id, key, source in zip(rows.run_id, rows.key, reused, strict=True)]
     table["threads"] = table["threads"].astype(int)
-    one = table[table.threads == 1].set_index(["run_id", "network", "batch", "backend"])["step_s"]
-    keys = zip(table.run_id, table.network, table.batch, table.backend, strict=True)
-    table["speedup"] = [one.get(k, np.nan) for k in keys] / table["step_s"]
+    table["round"] = table["round"].astype(int)
+    return table
+
+
+def thread_scaling(results: Results) -> pd.DataFrame:
+    """Step time over thread count, speed-up over the same backend on 1 thread and parallel efficiency. The
+    threads study times its scaling networks in rounds, every thread count once a round: ``step_s`` and its
+    quartiles are the median over rounds (:func:`over_rounds`), and ``speedup`` the median of the rounds' own
+    ratios, one thread's step over this one's in the same round, with the least and greatest of them
+    (``speedup_min``, ``speedup_max``); ``flagged``: the run's ``meta.json`` lists a round the median is taken
+    from as timed while the cores were shared."""
+    rows = _ok(results.rows, study="threads", stage="step")
+    keys = ["run_id", "machine", "network", "batch", "backend", "threads"]
+    columns = [*keys, "step_s", "step_q1_s", "step_q3_s", "round_min_s", "round_max_s", "rounds", "speedup",
+               "speedup_min", "speedup_max", "efficiency", "flagged"]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    steps = _step_rows(rows, results)
+    one = steps[steps.threads == 1].set_index(["run_id", "network", "batch", "backend", "round"])["step_s"]
+    in_round = zip(steps.run_id, steps.network, steps.batch, steps.backend, steps["round"], strict=True)
+    steps["ratio"] = [one.get(k, np.nan) for k in in_round] / steps["step_s"]
+    ratios = steps.groupby(keys, sort=False)["ratio"].agg(speedup="median", speedup_min="min", speedup_max="max")
+    table = over_rounds(steps, keys).join(ratios, on=keys)
     table["efficiency"] = table["speedup"] / table["threads"]
     return _sorted(table[columns], "run_id", "network", "backend", "threads")
 

@@ -535,3 +535,55 @@ def test_the_epoch_step_count_is_read_from_the_run(tmp_path: Path) -> None:
     (run / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="no epoch_steps"):
         report_numbers(load_runs(run))
+
+
+def _with_rounds(tmp_path: Path, scales: dict[tuple[int, int], float], busy: tuple[str, ...] = ()) -> Path:
+    """The fixture with c-omp's digits thread rows timed in two more rounds: each round's block of the first
+    round's rows under its own key, its times scaled by ``scales[(round, threads)]``; ``busy`` keys flagged."""
+    run = tmp_path / "rounds"
+    shutil.copytree(FIXTURE, run)
+    rows = read_table(FIXTURE / "rows.csv")
+    first = rows[(rows.study == "threads") & (rows.backend == "c-omp") & (rows.network == "digits")]
+    added = []
+    for (round_, threads), scale in scales.items():
+        block = first[first.threads == threads].copy()
+        block["key"] = block["key"] + f"/r{round_}"
+        block["round"] = round_
+        block["reused_from"] = np.nan
+        block[["median_s", "q1_s", "q3_s"]] *= scale
+        added.append(block)
+    pd.concat([rows.assign(round=0), *added]).to_csv(run / "rows.csv", index=False)
+    meta = json.loads((run / "meta.json").read_text())
+    meta["busy"] = [{"key": f"rows:{key}", "reason": "a neighbour"} for key in busy]
+    (run / "meta.json").write_text(json.dumps(meta))
+    return run
+
+
+def test_a_speedup_is_the_median_of_the_rounds_own(tmp_path: Path) -> None:
+    # One thread's step moves between minutes on some hosts, so each round's ratio divides times of one round;
+    # here the ratio of the medians over rounds (0.84x) would differ from the rounds' own ratios' median.
+    scales = {(1, 1): 2.0, (1, 2): 1.6, (2, 1): 1.2, (2, 2): 1.7}
+    steps = read_table(FIXTURE / "rows.csv").query("stage == 'step'").set_index("key").median_s
+    one, two = steps["threads/c-omp/digits/b32/t1"], steps["stages/c-omp/digits/b32/t2"]
+    run = _with_rounds(tmp_path, scales, busy=("threads/c-omp/digits/b32/t2/r2",))
+    table = summary.thread_scaling(load_run(run)).set_index(["network", "backend", "threads"])
+    at_two = table.loc[("digits", "c-omp", 2)]
+    ratios = [one / two, 2.0 * one / (1.6 * two), 1.2 * one / (1.7 * two)]
+    assert at_two.rounds == 3
+    assert at_two.speedup == pytest.approx(np.median(ratios))
+    assert (at_two.speedup_min, at_two.speedup_max) == pytest.approx((min(ratios), max(ratios)))
+    assert at_two.step_s == pytest.approx(1.6 * two)
+    assert at_two.speedup != pytest.approx(np.median([one, 2 * one, 1.2 * one]) / at_two.step_s)
+    # The slowest round was flagged, not the one the median is: the median stands.
+    assert not at_two.flagged
+    assert table.loc[("digits", "torch-cpu", 2)].rounds == 1
+    flagged = summary.thread_scaling(load_run(_with_rounds(tmp_path / "b", scales, busy=(
+        "threads/c-omp/digits/b32/t2/r1",)))).set_index(["network", "backend", "threads"])
+    assert flagged.loc[("digits", "c-omp", 2)].flagged
+    # The best thread count compares medians over rounds, not the fastest round (two threads' stages-study
+    # time is the fastest single time, but its median over rounds is slower than one thread's).
+    best = summary.thread_baselines(load_run(run)).set_index(["network", "backend", "which"])
+    assert best.threads["digits", "c-omp", "best"] == 1
+    assert best.step_s["digits", "c-omp", "best"] == pytest.approx(1.2 * one)
+    assert best.threads["digits", "c-omp", "matched"] == 2
+    assert best.step_s["digits", "c-omp", "matched"] == pytest.approx(two)

@@ -90,7 +90,12 @@ def test_plan_threads_only_where_they_apply() -> None:
     # The threads study covers its own networks and the stages study's (moons-5h300:32 is in both).
     thread_networks = set(params.thread_networks) | set(params.networks)
     assert len(thread_networks) < len(params.thread_networks) + len(params.networks)
-    assert len(by_study["threads"]) == 3 * 3 * len(thread_networks)
+    rounds = [c for c in by_study["threads"] if c.round > 0]
+    assert len(by_study["threads"]) - len(rounds) == 3 * 3 * len(thread_networks)
+    # Later rounds time the scaling networks only, every thread count once a round, rounds one after another.
+    assert len(rounds) == 3 * 3 * len(params.thread_networks) * (params.thread_rounds - 1)
+    assert {f"{c.network}:{c.batch}" for c in rounds} == set(params.thread_networks)
+    assert [c.round for c in by_study["threads"]] == sorted(c.round for c in by_study["threads"])
     # A backend that compiles every batch size takes part in the stages study only.
     once = [b for b in BACKENDS if b == "torch-gpu-compile"]
     assert once and all(c.backend not in once for c in by_study["batch"] + by_study["width"])
@@ -108,8 +113,16 @@ def test_plan_threads_only_where_they_apply() -> None:
 
 
 def test_config_key_round_trips() -> None:
-    for config in plan(make_params("quick")):
+    configs = plan(make_params("quick"))
+    assert {c.round for c in configs} == {0, 1}
+    for config in configs:
         assert Config.from_key(config.key) == config
+    # The first round's keys are those of runs from before the rounds; a later round is its own measurement.
+    first = next(c for c in configs if c.study == "threads" and c.round == 0)
+    assert first.key == f"threads/{first.backend}/{first.network}/b{first.batch}/t{first.threads}"
+    later = next(c for c in configs if c.round == 1)
+    assert later.key.endswith("/r1")
+    assert Config.from_key(later.key).measurement != Config.from_key(later.key.removesuffix("/r1")).measurement
 
 
 # --- crash-safe tables -------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def measure(config: Config, params: SweepParams, unavailable: Unavailable) -> li
     network = resolve(config.network)
     base: dict[str, Any] = {"study": config.study, "backend": config.backend, "network": config.network,
                             "sizes": network.name, "batch": config.batch, "threads": config.threads,
-                            "tolerance": params.tolerance,
+                            "round": config.round, "tolerance": params.tolerance,
                             "scaled_tolerance": params.scaled_tolerance, "warmup": params.warmup,
                             "load_before": os.getloadavg()[0]}
 

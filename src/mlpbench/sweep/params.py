@@ -46,6 +46,7 @@ class SweepParams:
     networks: tuple[str, ...] = ("moons-5h300:32", "digits:32", "large:1024")  # stages study: name:batch
     thread_networks: tuple[str, ...] = ("moons-5h300:32", "mnist:256")
     threads: tuple[int, ...] = ()
+    thread_rounds: int = 3    # rounds of the threads study on thread_networks (every thread count once a round)
     batch_network: str = "moons-5h300"
     batch_sizes: tuple[int, ...] = (1, 4, 16, 64, 256, 512)
     widths: tuple[int, ...] = (64, 128, 256, 512, 1024)
@@ -112,6 +113,8 @@ class SweepParams:
                 raise ValueError(f"{name}: choose from {', '.join(choices)}, got {value}")
         if any(n < 1 for n in self.ranks) or self.rank_threads < 1 or self.rank_steps < 1:
             raise ValueError("ranks, rank_threads and rank_steps must be >= 1")
+        if self.thread_rounds < 1:
+            raise ValueError(f"thread_rounds must be >= 1, got {self.thread_rounds}")
         if self.task_repeats < 1:
             raise ValueError(f"task_repeats must be >= 1, got {self.task_repeats}")
         if self.task_epochs < 0:
@@ -144,6 +147,8 @@ HELP: dict[str, str] = {
     "thread_networks": "threads study: network:batch, besides the stages study's networks (threaded backends "
                        "at every thread count)",
     "threads": "thread counts of the threads study; empty: 1, 2, 4, ... and every usable core",
+    "thread_rounds": "rounds of the threads study on thread_networks, one after another, every thread count "
+                     "timed once a round: a speed-up over one thread is the median of the rounds' own",
     "batch_network": "network of the batch-size study",
     "batch_sizes": "batch sizes of the batch-size study",
     "widths": "widths of the square networks of the width study",
@@ -196,6 +201,7 @@ HELP: dict[str, str] = {
 PRESETS: dict[str, SweepParams] = {
     # CI: every study on tiny networks, in seconds.
     "quick": SweepParams(networks=("digits:32", "2-32-32-1:8"), thread_networks=("digits:32",), threads=(1, 2),
+                    thread_rounds=2,
                     batch_network="digits", batch_sizes=(1, 8, 32), widths=(16, 64), width_layers=2,
                     width_batch=32, repeats=5, warmup=1, min_repeats=2, budget_s=2.0, epochs=2,
                     tasks=("moons-tanh", "digits-target"), task_epochs=2, task_repeats=2, ranks=(2,),

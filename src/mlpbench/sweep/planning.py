@@ -22,21 +22,27 @@ class Config:
     network: str
     batch: int
     threads: int | None  # None: not a CPU-threaded backend (GPU)
+    #: The threads study's round (0 first): every thread count is timed once a round, so a speed-up over one
+    #: thread is read within a round, from minutes when the cores ran alike.
+    round: int = 0
 
     @property
     def key(self) -> str:
-        return f"{self.study}/{self.backend}/{self.network}/b{self.batch}/t{self.threads or '-'}"
+        key = f"{self.study}/{self.backend}/{self.network}/b{self.batch}/t{self.threads or '-'}"
+        return f"{key}/r{self.round}" if self.round else key  # the first round's keys are those of older runs
 
     @property
-    def measurement(self) -> tuple[str, str, int, int | None]:
-        """What is measured, whatever the study: configurations of two studies that agree here share rows."""
-        return self.backend, self.network, self.batch, self.threads
+    def measurement(self) -> tuple[str, str, int, int | None, int]:
+        """What is measured, whatever the study: configurations of two studies that agree here share rows (a
+        later round measures again)."""
+        return self.backend, self.network, self.batch, self.threads, self.round
 
     @classmethod
     def from_key(cls, key: str) -> Config:
         """The configuration a ``rows.csv`` key was made from (inverse of :attr:`key`)."""
-        study, backend, network, batch, threads = key.split("/")
-        return cls(study, backend, network, int(batch[1:]), None if threads == "t-" else int(threads[1:]))
+        study, backend, network, batch, threads, *rest = key.split("/")
+        return cls(study, backend, network, int(batch[1:]), None if threads == "t-" else int(threads[1:]),
+                   int(rest[0][1:]) if rest else 0)
 
 
 def backend_threads(backend: str, params: SweepParams, threads: int | None = None) -> int | None:
@@ -71,11 +77,12 @@ def plan(params: SweepParams) -> list[Config]:
     configs: list[Config] = []
 
     def add(study: str, network: str, batch: int, backends: Sequence[str] | None = None,
-            threads: Sequence[int | None] = (None,)) -> None:
+            threads: Sequence[int | None] = (None,), in_round: int = 0) -> None:
         label = network if network in NETWORKS else resolve(network).name  # preset names stay readable
         for backend in params.backends_in(study) if backends is None else backends:
             for count in threads:
-                configs.append(Config(study, backend, label, batch, backend_threads(backend, params, count)))
+                configs.append(Config(study, backend, label, batch, backend_threads(backend, params, count),
+                                      in_round))
 
     studies = set(params.studies)
     if "stages" in studies:
@@ -86,6 +93,10 @@ def plan(params: SweepParams) -> list[Config]:
         # The stages study's networks too: every backend compared there has its best thread count measured.
         for spec in dict.fromkeys((*params.thread_networks, *params.networks)):
             add("threads", *split_network(spec), backends=threaded, threads=params.thread_counts)
+        # The scaling networks again, round after round: one thread's step moves between minutes on some hosts.
+        for later in range(1, params.thread_rounds):
+            for spec in params.thread_networks:
+                add("threads", *split_network(spec), backends=threaded, threads=params.thread_counts, in_round=later)
     if "batch" in studies:
         for batch in params.batch_sizes:
             add("batch", params.batch_network, batch)

@@ -185,7 +185,7 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
     unavailable = Unavailable()
     units = [Unit("rows", c.key, lambda c=c: measure(c, params, unavailable),
                   {"study": c.study, "backend": c.backend, "network": c.network, "batch": c.batch,
-                   "threads": c.threads, "stage": ""}, c) for c in plan(params)]
+                   "threads": c.threads, "round": c.round, "stage": ""}, c) for c in plan(params)]
     studies = set(params.studies)
     if "ladder" in studies:
         units += [Unit("ladder", "cpu", lambda: cpu_ladder(params), {"device": "cpu"}),

@@ -12,8 +12,8 @@ from typing import Any
 from mlpbench.verify import QUANTITIES as ERROR_QUANTITIES
 
 ROW_COLUMNS = (
-    "key", "block_rows", "study", "backend", "device", "network", "sizes", "batch", "threads", "stage", "status",
-    "reason", "repeats", "warmup", "median_s", "q1_s", "q3_s", "iqr_s", "min_s", "mean_s", "flops", "gflops",
+    "key", "block_rows", "study", "backend", "device", "network", "sizes", "batch", "threads", "round", "stage",
+    "status", "reason", "repeats", "warmup", "median_s", "q1_s", "q3_s", "iqr_s", "min_s", "mean_s", "flops", "gflops",
     "samples_per_s", "bytes", "gb_per_s", "verify_batch", "tolerance",
     *(f"err_{name}" for name in ERROR_QUANTITIES), "err_max",
     "scaled_err_max", "scaled_tolerance", "loss_after", "loss_finite", "reused_from", "finished_at",
