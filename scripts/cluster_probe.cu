@@ -1,6 +1,7 @@
 // Probe of a cluster-resident layer (Hopper thread-block clusters), measured before any rung is built on it.
 //
-// One cluster of C blocks stands for the whole network: block `rank` owns R consecutive output rows of every
+// One cluster of C blocks stands for the whole network on BATCH rows of the batch (the whole batch of 32, or
+// the share of one of several clusters that split it): block `rank` owns R consecutive output rows of every
 // layer (R = padded 300 / C, a multiple of 4) with their weights and biases in its shared memory, and every
 // block holds the layer's whole input activation (BATCH x WPAD) in shared memory. A layer is: each block
 // computes its BATCH x R slice of tanh(A W^T + b), the slices are exchanged so every block holds the next
@@ -28,7 +29,9 @@
 
 namespace cg = cooperative_groups;
 
-#define BATCH 32
+#ifndef BATCH
+#define BATCH 32  // rows of the batch one cluster holds (4, 8, 16 or 32: several clusters may share a batch)
+#endif
 #define THREADS 256
 #define WARPS (THREADS / 32)
 #define WIDTH 300
@@ -216,16 +219,23 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         if (computes) {
             const float* w_layer = weights + (it % layers_held) * R * stride;
             const float* b_layer = bias + (it % layers_held) * R;
+            // A mapping needs at least its tile's batch rows (the lanes: 32); the host launches no other.
             if (variant == 0)
                 layer_slice<4, 1>(in, w_layer, b_layer, mine, partial, R, stride, wpad, rank);
+#if BATCH >= 8
             else if (variant == 1)
                 layer_slice<8, 2>(in, w_layer, b_layer, mine, partial, R, stride, wpad, rank);
+#endif
+#if BATCH >= 16
             else if (variant == 2)
                 layer_slice<16, 2>(in, w_layer, b_layer, mine, partial, R, stride, wpad, rank);
+#endif
+#if BATCH == 32
             else if (R % 20 == 0)
                 layer_slice_lanes<20>(in, w_layer, b_layer, mine, partial, R, stride, wpad, rank);
             else
                 layer_slice_lanes<4>(in, w_layer, b_layer, mine, partial, R, stride, wpad, rank);
+#endif
         }
         if (mode == MODE_COMPUTE) {
             __syncthreads();

@@ -8,7 +8,9 @@ forward layer. Each compute mode's output after a few layers is
 first checked against a float64 chain of the same layers. Cluster launches go through ``gpu.DriverKernel``
 (``cuLaunchKernelEx``, which PyCUDA does not wrap).
 
-Writes ``cluster.json`` and ``cluster.txt`` under ``--out``.
+``--batch`` gives the rows of the batch one cluster holds: 32, the whole batch, or the share of one of several
+clusters that would split it (8 clusters of 4 rows, 4 of 8), each on SMs of its own. Writes ``cluster.json`` and
+``cluster.txt`` under ``--out``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from mlpbench.timing import Stats
 from mlpbench.verify import FLOAT32_TOLERANCE
 
 SOURCE = Path(__file__).with_name("cluster_probe.cu")
-BATCH, WIDTH, THREADS, STRIDE_PAD, MAX_LAYERS = 32, 300, 256, 4, 5
+BATCH, WIDTH, THREADS, STRIDE_PAD, MAX_LAYERS = 32, 300, 256, 4, 5  # BATCH: the whole batch, the default
+BATCHES = (4, 8, 16, 32)  # rows a cluster may hold: multiples of the smallest thread tile's 4
 MODES = {"sync": 0, "push-scalar": 1, "push-vec": 2, "pull-vec": 3, "push-bulk": 4, "compute": 5, "layer-push": 6,
          "layer-pull": 7, "layer-bulk": 8}
 COMPUTES = ("compute", "layer-push", "layer-pull", "layer-bulk")
@@ -36,8 +39,19 @@ COMPUTES = ("compute", "layer-push", "layer-pull", "layer-bulk")
 VARIANTS = {0: (4, 1), 1: (8, 2), 2: (16, 2), 3: "lanes"}
 WARPS = THREADS // 32
 
-# The probe's source, compiled as the package compiles its kernels (PyCUDA's nvcc, this GPU's arch, cached).
-SPEC = gpu.ModuleSpec(str(SOURCE), no_extern_c=True)
+
+
+def spec(batch: int = BATCH) -> gpu.ModuleSpec:
+    """The probe's source for ``batch`` rows, compiled as the package compiles its kernels (PyCUDA's nvcc, this
+    GPU's arch, cached)."""
+    if batch not in BATCHES:
+        raise ValueError(f"a cluster holds one of {BATCHES} rows of the batch, not {batch}")
+    return gpu.ModuleSpec(str(SOURCE), defines=(("BATCH", batch),), no_extern_c=True)
+
+
+def variants(batch: int) -> list[int]:
+    """The product mappings that fit ``batch`` rows: a thread tile's rows at most, the lanes only at 32."""
+    return [v for v, tile in VARIANTS.items() if (batch == 32 if tile == "lanes" else tile[0] <= batch)]
 
 
 class ProbeArgs(ctypes.Structure):
@@ -48,22 +62,23 @@ class ProbeArgs(ctypes.Structure):
                 ("out", ctypes.c_uint64), ("ns", ctypes.c_uint64)]
 
 
-def partial_rows(rows: int, variant: int | None) -> int:
+def partial_rows(rows: int, variant: int | None, batch: int = BATCH) -> int:
     """Rows of `rows` floats the k-split sums of a product mapping take (none for the exchange-only modes)."""
     if variant is None:
         return 0
     if VARIANTS[variant] == "lanes":
-        return WARPS * BATCH
+        return WARPS * batch
     tb, tj = VARIANTS[variant]
-    tiles = (BATCH // tb) * (rows // tj)
-    return BATCH * (THREADS // tiles) if THREADS // tiles > 1 else 0
+    tiles = (batch // tb) * (rows // tj)
+    return batch * (THREADS // tiles) if THREADS // tiles > 1 else 0
 
 
-def layout(cluster: int, shared_limit: int, variant: int | None = None) -> dict[str, int]:
+def layout(cluster: int, shared_limit: int, variant: int | None = None, batch: int = BATCH) -> dict[str, int]:
     """Rows per block, the shared-memory footprint and how many layers' weight slices fit beside it."""
     rows = math.ceil(WIDTH / cluster / 4) * 4
     stride = cluster * rows + STRIDE_PAD
-    fixed = 2 * BATCH * cluster * rows + 4 + partial_rows(rows, variant) * rows  # activations, 2 mbarriers, sums
+    # activations, 2 mbarriers, sums
+    fixed = 2 * batch * cluster * rows + 4 + partial_rows(rows, variant, batch) * rows
     per_layer = rows * stride + rows
     layers = min(MAX_LAYERS, (shared_limit // 4 - fixed) // per_layer)
     return {"rows": rows, "layers_held": max(layers, 0),
@@ -83,19 +98,20 @@ def main() -> int:
     parser.add_argument("--clusters", default="2,4,8,16")
     parser.add_argument("--launches", type=int, default=7)
     parser.add_argument("--layers", type=int, default=1000, help="layers per launch (exchange-only modes: 4x)")
+    parser.add_argument("--batch", type=int, default=BATCH, choices=BATCHES, help="rows of the batch a cluster holds")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
     torch.cuda.init()
     props = torch.cuda.get_device_properties(0)
     shared_limit = props.shared_memory_per_block_optin
-    kernel = gpu.DriverKernel(SPEC, "cluster_probe", ProbeArgs())
+    kernel = gpu.DriverKernel(spec(args.batch), "cluster_probe", ProbeArgs())
     kernel.set_attribute(gpu.DriverKernel.NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1)
     gen = torch.Generator(device="cuda").manual_seed(0)
     W = (torch.rand(MAX_LAYERS, WIDTH, WIDTH, device="cuda", generator=gen) * 2 - 1) * math.sqrt(3 / WIDTH)
     b = (torch.rand(MAX_LAYERS, WIDTH, device="cuda", generator=gen) * 2 - 1) * 0.1
-    x = torch.rand(BATCH, WIDTH, device="cuda", generator=gen) * 2 - 1
-    out = torch.empty(BATCH, WIDTH, device="cuda")
+    x = torch.rand(args.batch, WIDTH, device="cuda", generator=gen) * 2 - 1
+    out = torch.empty(args.batch, WIDTH, device="cuda")
     ns = torch.zeros(2, dtype=torch.int64, device="cuda")
 
     def run(cluster: int, plan: dict[str, int], mode: str, variant: int, layers: int) -> tuple[int, int]:
@@ -112,11 +128,11 @@ def main() -> int:
     rows_out = []
     for cluster in (int(c) for c in args.clusters.split(",")):
         for mode in MODES:
-            for variant in (VARIANTS if mode in COMPUTES else [None]):
-                plan = layout(cluster, shared_limit, variant)
+            for variant in (variants(args.batch) if mode in COMPUTES else [None]):
+                plan = layout(cluster, shared_limit, variant, args.batch)
                 tile = VARIANTS.get(variant, "")
                 tile = tile if isinstance(tile, str) else f"{tile[0]}x{tile[1]}"
-                row = {"cluster": cluster, "mode": mode, "tile": tile,
+                row = {"batch": args.batch, "cluster": cluster, "mode": mode, "tile": tile,
                        "rows_per_block": plan["rows"], "layers_held": plan["layers_held"],
                        "shared_kb": plan["shared_bytes"] / 1024}
                 if mode in COMPUTES and plan["layers_held"] == 0:
@@ -146,7 +162,7 @@ def main() -> int:
     meta = {"gpu": props.name, "sm_count": props.multi_processor_count, "shared_optin": shared_limit,
             "torch": torch.__version__, "launches": args.launches, "layers": args.layers}
     (args.out / "cluster.json").write_text(json.dumps({"meta": meta, "rows": rows_out}, indent=1))
-    columns = ["cluster", "mode", "tile", "rows_per_block", "layers_held", "layer_us", "q1_us", "q3_us",
+    columns = ["batch", "cluster", "mode", "tile", "rows_per_block", "layers_held", "layer_us", "q1_us", "q3_us",
                "layer_cycles", "sm_ghz", "rel_error", "skipped"]
     lines = [" | ".join(columns)] + [" | ".join(
         (f"{r[c]:.3g}" if isinstance(r.get(c), float) else str(r.get(c, ""))) for c in columns) for r in rows_out]

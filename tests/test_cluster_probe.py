@@ -19,10 +19,13 @@ spec.loader.exec_module(probe)
 H200_SHARED_OPTIN = 232448  # bytes a block may opt in to (cudaDevAttrMaxSharedMemoryPerBlockOptin)
 
 
+@pytest.mark.parametrize("batch", probe.BATCHES)
 @pytest.mark.parametrize("variant", [None, *probe.VARIANTS])
 @pytest.mark.parametrize("cluster", [2, 4, 8, 16])
-def test_the_plan_fits_and_covers_the_layer(cluster, variant):
-    plan = probe.layout(cluster, H200_SHARED_OPTIN, variant)
+def test_the_plan_fits_and_covers_the_layer(cluster, variant, batch):
+    if variant is not None and variant not in probe.variants(batch):
+        pytest.skip(f"mapping {probe.VARIANTS[variant]} needs more than {batch} rows")
+    plan = probe.layout(cluster, H200_SHARED_OPTIN, variant, batch)
     assert plan["rows"] % 4 == 0  # 16-byte accesses along a slice
     assert plan["rows"] * cluster >= probe.WIDTH
     if variant is None or plan["layers_held"] > 0:  # what is launched fits
@@ -41,8 +44,17 @@ def test_the_launch_arguments_match_the_kernel_signature():
     assert list(probe.ProbeArgs._fields_) == kernel_parameters(signature)
 
 
+def test_each_batch_share_runs_only_the_mappings_it_fills():
+    assert probe.variants(32) == list(probe.VARIANTS)
+    assert [probe.VARIANTS[v] for v in probe.variants(4)] == [(4, 1)]
+    assert [probe.VARIANTS[v] for v in probe.variants(8)] == [(4, 1), (8, 2)]
+    with pytest.raises(ValueError, match="rows of the batch"):
+        probe.spec(6)
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) not on PATH")
-def test_the_probe_compiles_for_sm90_without_spills():
-    (row,) = gpu.compile_report(probe.SPEC, "sm_90", shutil.which("nvcc"))
+@pytest.mark.parametrize("batch", [4, 32])
+def test_the_probe_compiles_for_sm90_without_spills(batch):
+    (row,) = gpu.compile_report(probe.spec(batch), "sm_90", shutil.which("nvcc"))
     assert row["kernel"] == "cluster_probe"
     assert row["spill_store_bytes"] == row["spill_load_bytes"] == row["stack_bytes"] == 0, row
