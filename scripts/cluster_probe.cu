@@ -20,7 +20,8 @@
 // only after the barrier that ends every read of it.
 //
 // `variant` picks the product's thread mapping: layer_slice with thread tiles (batch rows x output rows) 0 = 4 x 1,
-// 1 = 8 x 2, 2 = 16 x 2, k split over the threads a small tile count leaves idle; 3 = layer_slice_lanes.
+// 1 = 8 x 2, 2 = 16 x 2, k split over the threads a small tile count leaves idle; 3 = layer_slice_lanes;
+// 4 = layer_slice_rows.
 // Thread 0 of rank 0 reads %globaltimer and clock64 before the first and after the last layer; ns[0] and ns[1] get
 // the differences (their ratio is the SM clock the run had).
 // Layer i uses the weights of layer i % layers_held (as many layers as fit in shared memory); `out` receives the
@@ -163,6 +164,36 @@ __device__ __forceinline__ void layer_slice_lanes(const float* in, const float* 
     }
 }
 
+// The same slice with a warp per output row: the lanes split the row's k range (16 bytes at a time, lane-strided)
+// and hold one sum per batch row, added across the lanes by shuffles in a fixed tree; no shared-memory partial
+// sums and no block barrier, so for a few batch rows the product's latency is its loads and one shuffle tree.
+__device__ __forceinline__ void layer_slice_rows(const float* in, const float* w, const float* bias, float* mine,
+                                                 int R, int stride, int wpad, int rank) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int R4 = R / 4, k4_count = wpad / 4;
+    for (int j = warp; j < R; j += WARPS) {
+        float acc[BATCH] = {};
+        for (int k4 = lane; k4 < k4_count; k4 += 32) {
+            const float4 wv = reinterpret_cast<const float4*>(w + j * stride)[k4];
+            const float* a_k = in + (k4 / R4) * BATCH * R + (k4 % R4) * 4;
+#pragma unroll
+            for (int r = 0; r < BATCH; ++r) {
+                const float4 a = *reinterpret_cast<const float4*>(a_k + r * R);
+                acc[r] = fmaf(a.x, wv.x, fmaf(a.y, wv.y, fmaf(a.z, wv.z, fmaf(a.w, wv.w, acc[r]))));
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < BATCH; ++r)
+#pragma unroll
+            for (int offset = 16; offset > 0; offset /= 2) acc[r] += __shfl_down_sync(0xffffffffu, acc[r], offset);
+        if (lane == 0) {
+            const bool real = rank * R + j < WIDTH;
+#pragma unroll
+            for (int r = 0; r < BATCH; ++r) mine[r * R + j] = real ? tanhf(acc[r] + bias[j]) : 0.0f;
+        }
+    }
+}
+
 // Shared memory: act[2][C][BATCH][R] (slice-major: slice s holds columns s R .. s R + R - 1, so a block's output is
 // one contiguous run of BATCH R floats, written straight into its own slice of the next buffer) | the mbarriers of
 // the two buffers | weights[layers_held][R][stride] | bias[layers_held][R] | partial[partials][R] (k-split sums).
@@ -220,7 +251,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
             const float* w_layer = weights + (it % layers_held) * R * stride;
             const float* b_layer = bias + (it % layers_held) * R;
             // A mapping needs at least its tile's batch rows (the lanes: 32); the host launches no other.
-            if (variant == 0)
+            if (variant == 4)
+                layer_slice_rows(in, w_layer, b_layer, mine, R, stride, wpad, rank);
+            else if (variant == 0)
                 layer_slice<4, 1>(in, w_layer, b_layer, mine, partial, R, stride, wpad, rank);
 #if BATCH >= 8
             else if (variant == 1)
