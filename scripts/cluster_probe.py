@@ -41,7 +41,6 @@ VARIANTS = {0: (4, 1), 1: (8, 2), 2: (16, 2), 3: "lanes", 4: "rows"}
 WARPS = THREADS // 32
 
 
-
 def spec(batch: int = BATCH) -> gpu.ModuleSpec:
     """The probe's source for ``batch`` rows, compiled as the package compiles its kernels (PyCUDA's nvcc, this
     GPU's arch, cached)."""

@@ -69,6 +69,8 @@ def test_make_params_overrides_and_refuses_unknowns() -> None:
         make_params("quick", networks=["digits"])
     with pytest.raises(ValueError, match="data set"):
         make_params("quick", dataset="mnist")
+    with pytest.raises(ValueError, match="thread_rounds"):
+        make_params("quick", thread_rounds=0)
 
 
 def test_split_network() -> None:
