@@ -21,7 +21,7 @@
 //
 // `variant` picks the product's thread mapping: layer_slice with thread tiles (batch rows x output rows) 0 = 4 x 1,
 // 1 = 8 x 2, 2 = 16 x 2, k split over the threads a small tile count leaves idle; 3 = layer_slice_lanes;
-// 4 = layer_slice_rows.
+// 4 = layer_slice_rows<32> (a warp per output row), 5 = layer_slice_rows<8> (four output rows a warp).
 // Thread 0 of rank 0 reads %globaltimer and clock64 before the first and after the last layer; ns[0] and ns[1] get
 // the differences (their ratio is the SM clock the run had).
 // Layer i uses the weights of layer i % layers_held (as many layers as fit in shared memory); `out` receives the
@@ -164,16 +164,21 @@ __device__ __forceinline__ void layer_slice_lanes(const float* in, const float* 
     }
 }
 
-// The same slice with a warp per output row: the lanes split the row's k range (16 bytes at a time, lane-strided)
-// and hold one sum per batch row, added across the lanes by shuffles in a fixed tree; no shared-memory partial
-// sums and no block barrier, so for a few batch rows the product's latency is its loads and one shuffle tree.
+// The same slice with LANES lanes per output row (32: a warp per row; 8: four rows a warp): the lanes of a row
+// split its k range (16 bytes at a time, lane-strided) and hold one sum per batch row, added across them by a
+// fixed shuffle tree of log2(LANES) steps, the tanh by the row's first lane; no shared-memory partial sums and no
+// block barrier, so for a few batch rows the product's latency is its loads and one short shuffle tree.
+template <int LANES>
 __device__ __forceinline__ void layer_slice_rows(const float* in, const float* w, const float* bias, float* mine,
                                                  int R, int stride, int wpad, int rank) {
+    constexpr int ROWS_PER_WARP = 32 / LANES;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int R4 = R / 4, k4_count = wpad / 4;
-    for (int j = warp; j < R; j += WARPS) {
+    const int part = lane % LANES, R4 = R / 4, k4_count = wpad / 4;
+    for (int j0 = warp * ROWS_PER_WARP; j0 < R; j0 += WARPS * ROWS_PER_WARP) {
+        const int j = j0 + lane / LANES;
+        const bool here = j < R;  // every lane takes part in the shuffles; rows past R add nothing
         float acc[BATCH] = {};
-        for (int k4 = lane; k4 < k4_count; k4 += 32) {
+        for (int k4 = part; here && k4 < k4_count; k4 += LANES) {
             const float4 wv = reinterpret_cast<const float4*>(w + j * stride)[k4];
             const float* a_k = in + (k4 / R4) * BATCH * R + (k4 % R4) * 4;
 #pragma unroll
@@ -183,10 +188,10 @@ __device__ __forceinline__ void layer_slice_rows(const float* in, const float* w
             }
         }
 #pragma unroll
-        for (int r = 0; r < BATCH; ++r)
+        for (int offset = LANES / 2; offset > 0; offset /= 2)
 #pragma unroll
-            for (int offset = 16; offset > 0; offset /= 2) acc[r] += __shfl_down_sync(0xffffffffu, acc[r], offset);
-        if (lane == 0) {
+            for (int r = 0; r < BATCH; ++r) acc[r] += __shfl_down_sync(0xffffffffu, acc[r], offset, LANES);
+        if (here && part == 0) {
             const bool real = rank * R + j < WIDTH;
 #pragma unroll
             for (int r = 0; r < BATCH; ++r) mine[r * R + j] = real ? tanhf(acc[r] + bias[j]) : 0.0f;
@@ -252,7 +257,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
             const float* b_layer = bias + (it % layers_held) * R;
             // A mapping needs at least its tile's batch rows (the lanes: 32); the host launches no other.
             if (variant == 4)
-                layer_slice_rows(in, w_layer, b_layer, mine, R, stride, wpad, rank);
+                layer_slice_rows<32>(in, w_layer, b_layer, mine, R, stride, wpad, rank);
+            else if (variant == 5)
+                layer_slice_rows<8>(in, w_layer, b_layer, mine, R, stride, wpad, rank);
             else if (variant == 0)
                 layer_slice<4, 1>(in, w_layer, b_layer, mine, partial, R, stride, wpad, rank);
 #if BATCH >= 8

@@ -35,9 +35,10 @@ BATCHES = (4, 8, 16, 32)  # rows a cluster may hold: multiples of the smallest t
 MODES = {"sync": 0, "push-scalar": 1, "push-vec": 2, "pull-vec": 3, "push-bulk": 4, "compute": 5, "layer-push": 6,
          "layer-pull": 7, "layer-bulk": 8}
 COMPUTES = ("compute", "layer-push", "layer-pull", "layer-bulk")
-# Product mappings: thread tiles (batch rows x output rows), the batch's rows as a warp's lanes, or a warp per
-# output row (its lanes splitting k, summed by shuffles).
-VARIANTS = {0: (4, 1), 1: (8, 2), 2: (16, 2), 3: "lanes", 4: "rows"}
+# Product mappings: thread tiles (batch rows x output rows), the batch's rows as a warp's lanes, or 32 or 8 lanes
+# per output row (splitting its k, summed by shuffles).
+VARIANTS = {0: (4, 1), 1: (8, 2), 2: (16, 2), 3: "lanes", 4: "rows", 5: "rows8"}
+SHUFFLED = ("rows", "rows8")  # mappings without shared-memory partial sums
 WARPS = THREADS // 32
 
 
@@ -52,7 +53,7 @@ def spec(batch: int = BATCH) -> gpu.ModuleSpec:
 def variants(batch: int) -> list[int]:
     """The product mappings that fit ``batch`` rows: a thread tile's rows at most, the lanes only at 32."""
     return [v for v, tile in VARIANTS.items()
-            if tile == "rows" or (batch == 32 if tile == "lanes" else tile[0] <= batch)]
+            if tile in SHUFFLED or (batch == 32 if tile == "lanes" else tile[0] <= batch)]
 
 
 class ProbeArgs(ctypes.Structure):
@@ -65,7 +66,7 @@ class ProbeArgs(ctypes.Structure):
 
 def partial_rows(rows: int, variant: int | None, batch: int = BATCH) -> int:
     """Rows of `rows` floats the k-split sums of a product mapping take (none for the exchange-only modes)."""
-    if variant is None or VARIANTS[variant] == "rows":
+    if variant is None or VARIANTS[variant] in SHUFFLED:
         return 0
     if VARIANTS[variant] == "lanes":
         return WARPS * batch
