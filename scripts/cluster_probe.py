@@ -56,6 +56,12 @@ def variants(batch: int) -> list[int]:
             if tile in SHUFFLED or (batch == 32 if tile == "lanes" else tile[0] <= batch)]
 
 
+def tile_name(variant: int | None) -> str:
+    """A product mapping as the probe's tables name it: ``4x1``, ``lanes``, ``rows8``; empty for none."""
+    tile = VARIANTS.get(variant, "")
+    return tile if isinstance(tile, str) else f"{tile[0]}x{tile[1]}"
+
+
 class ProbeArgs(ctypes.Structure):
     """cluster_probe's parameters, in order, for gpu.DriverKernel."""
 
@@ -101,7 +107,13 @@ def main() -> int:
     parser.add_argument("--launches", type=int, default=7)
     parser.add_argument("--layers", type=int, default=1000, help="layers per launch (exchange-only modes: 4x)")
     parser.add_argument("--batch", type=int, default=BATCH, choices=BATCHES, help="rows of the batch a cluster holds")
+    parser.add_argument("--modes", default=",".join(MODES), help="modes to run, in this order (a profiler's subset)")
+    parser.add_argument("--tiles", default="", help="product mappings to run (4x1, lanes, rows8, ...); empty: all")
     args = parser.parse_args()
+    modes = args.modes.split(",")
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        parser.error(f"unknown modes {sorted(unknown)}; choose from {', '.join(MODES)}")
     args.out.mkdir(parents=True, exist_ok=True)
 
     torch.cuda.init()
@@ -129,11 +141,12 @@ def main() -> int:
 
     rows_out = []
     for cluster in (int(c) for c in args.clusters.split(",")):
-        for mode in MODES:
+        for mode in modes:
             for variant in (variants(args.batch) if mode in COMPUTES else [None]):
                 plan = layout(cluster, shared_limit, variant, args.batch)
-                tile = VARIANTS.get(variant, "")
-                tile = tile if isinstance(tile, str) else f"{tile[0]}x{tile[1]}"
+                tile = tile_name(variant)
+                if args.tiles and variant is not None and tile not in args.tiles.split(","):
+                    continue
                 row = {"batch": args.batch, "cluster": cluster, "mode": mode, "tile": tile,
                        "rows_per_block": plan["rows"], "layers_held": plan["layers_held"],
                        "shared_kb": plan["shared_bytes"] / 1024}

@@ -52,6 +52,8 @@ def test_each_batch_share_runs_only_the_mappings_it_fills():
         assert probe.partial_rows(20, shuffled, 4) == 0
     with pytest.raises(ValueError, match="rows of the batch"):
         probe.spec(6)
+    assert [probe.tile_name(v) for v in probe.variants(4)] == ["4x1", "rows", "rows8"]
+    assert probe.tile_name(None) == ""
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) not on PATH")
