@@ -126,11 +126,9 @@ def thread_baselines(results: Results) -> pd.DataFrame:
     rows = rows[rows.backend.isin(THREADED_BACKENDS) & rows.threads.notna()]
     stages = rows[rows.study == "stages"]
     matched = stages[stages.backend == "c-omp"].set_index(["run_id", "network", "batch"])["threads"]
-    # Each measurement once: a threads-study row that reuses the stages study's is the same time.
-    reused = rows["reused_from"] if "reused_from" in rows else pd.Series(np.nan, index=rows.index)
-    steps = _step_rows(rows, results).assign(study=rows.study, measured_here=[
-        not (isinstance(source, str) and source) for source in reused])
+    steps = _step_rows(rows, results)
     keys = ["run_id", "machine", "network", "batch", "backend", "threads"]
+    # Each measurement once: a threads-study row that reuses the stages study's is the same time.
     at_counts = over_rounds(steps[steps.measured_here], keys)
     out = []
     for (run_id, network, batch), shown in stages.groupby(["run_id", "network", "batch"]):
@@ -249,13 +247,15 @@ def over_rounds(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def _step_rows(rows: pd.DataFrame, results: Results) -> pd.DataFrame:
-    """``rows.csv``'s step rows as ``step_s``/``step_q1_s``/``step_q3_s``, with ``round`` and ``flagged``."""
-    table = rows[["run_id", "machine", "network", "batch", "backend", "threads", "round", "median_s", "q1_s",
-                  "q3_s"]].rename(columns={"median_s": "step_s", "q1_s": "step_q1_s", "q3_s": "step_q3_s"})
+    """``rows.csv``'s step rows as ``step_s``/``step_q1_s``/``step_q3_s``, with ``study``, ``round``,
+    ``flagged`` and ``measured_here`` (false for a row that reuses another study's measurement)."""
+    table = rows[["run_id", "machine", "study", "network", "batch", "backend", "threads", "round", "median_s",
+                  "q1_s", "q3_s"]].rename(columns={"median_s": "step_s", "q1_s": "step_q1_s", "q3_s": "step_q3_s"})
     reused = rows["reused_from"] if "reused_from" in rows else pd.Series(np.nan, index=rows.index)
     flagged = {run_id: busy_keys(meta) for run_id, meta in results.meta.items()}
     table["flagged"] = [timed_while_shared(key, source, flagged.get(run_id, set()))
                         for run_id, key, source in zip(rows.run_id, rows.key, reused, strict=True)]
+    table["measured_here"] = [not (isinstance(source, str) and source) for source in reused]
     table["threads"] = table["threads"].astype(int)
     table["round"] = table["round"].astype(int)
     return table
