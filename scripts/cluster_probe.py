@@ -114,6 +114,13 @@ def main() -> int:
     unknown = set(modes) - set(MODES)
     if unknown:
         parser.error(f"unknown modes {sorted(unknown)}; choose from {', '.join(MODES)}")
+    fitting = [tile_name(v) for v in variants(args.batch)]
+    unknown = set(args.tiles.split(",")) - set(fitting) if args.tiles else set()
+    if unknown:
+        parser.error(f"product mappings {sorted(unknown)} do not run at batch {args.batch}; choose from "
+                     f"{', '.join(fitting)}")
+    if not torch.cuda.is_available():
+        parser.error("needs an NVIDIA GPU with thread-block clusters (Hopper); none is usable here")
     args.out.mkdir(parents=True, exist_ok=True)
 
     torch.cuda.init()

@@ -62,3 +62,10 @@ def test_the_probe_compiles_for_sm90_without_spills(batch):
     (row,) = gpu.compile_report(probe.spec(batch), "sm_90", shutil.which("nvcc"))
     assert row["kernel"] == "cluster_probe"
     assert row["spill_store_bytes"] == row["spill_load_bytes"] == row["stack_bytes"] == 0, row
+
+
+def test_a_mapping_that_does_not_fit_the_batch_is_refused(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr("sys.argv", ["cluster_probe.py", "--out", str(tmp_path), "--batch", "4", "--tiles", "lanes"])
+    with pytest.raises(SystemExit):
+        probe.main()
+    assert "do not run at batch 4" in capsys.readouterr().err
