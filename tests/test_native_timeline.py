@@ -209,7 +209,7 @@ def test_fused_step_equals_the_three_stages(network, batch, threads):
 
 
 #: Plans of the fused step (``MLP_STEP_PLAN``) the library keeps; the first is its default (change 12's rule).
-PLANS = (12, 8, 11)
+PLANS = (12, 8, 11, 16)
 DEFAULT_PLAN = PLANS[0]
 
 
@@ -223,7 +223,7 @@ def stepped_with_plan(monkeypatch, plan, *args, **kwargs):
 def test_plan_from_the_environment(monkeypatch):
     assert load("c-omp", SOFTMAX, threads=2).plan == DEFAULT_PLAN
     # 9 and 10 were plans once, removed after the host measured them.
-    for text, plan in [("8", 8), ("11", 11), ("12", 12), ("", DEFAULT_PLAN), ("7", DEFAULT_PLAN),
+    for text, plan in [("8", 8), ("11", 11), ("12", 12), ("16", 16), ("", DEFAULT_PLAN), ("7", DEFAULT_PLAN),
                        ("9", DEFAULT_PLAN), ("10", DEFAULT_PLAN), ("13", DEFAULT_PLAN), ("x", DEFAULT_PLAN)]:
         monkeypatch.setenv("MLP_STEP_PLAN", text)
         assert load("c-omp", SOFTMAX, threads=2).plan == plan, text
@@ -240,10 +240,13 @@ def test_rule_picks_the_plan_per_step(threads, batch, expected):
 
 
 def test_forced_plans_run_everywhere_they_apply(monkeypatch):
-    for plan, threads, batch, expected in [(8, 16, 32, 8), (11, 1, 32, 11), (11, 16, 256, 8), (12, 16, 32, 11)]:
+    for plan, threads, batch, expected in [(8, 16, 32, 8), (11, 1, 32, 11), (11, 16, 256, 8), (12, 16, 32, 11),
+                                           (16, 1, 32, 16), (16, 16, 144, 16), (16, 16, 256, 8)]:
         monkeypatch.setenv("MLP_STEP_PLAN", str(plan))
         model = load("c-omp", NARROW, threads=threads, max_batch=batch)
         assert (model.plan, model.step_plan()) == (plan, expected), plan
+    # Two layers: no hidden layer above the first, so no copy of W^T to pack; plan 16 runs as plan 11.
+    assert load("c-omp", SOFTMAX, threads=16, max_batch=32).step_plan() == 11
 
 
 @pytest.mark.parametrize("threads", [3, 16])
@@ -282,6 +285,8 @@ def test_shared_weight_packing_covers_every_row_once(monkeypatch, threads, isa):
         if model.step_plan(batch) == 11:
             assert all(len(p) == 0 for p in packs)
             continue
+        if model.step_plan(batch) == 16:
+            continue  # its owners' copies: test_plan_16_packs_each_copy_once_by_the_owners
         assert len({len(p) for p in packs}) == 1
         assert len(packs[0]) > 0 or threads < 16
         shapes = dict(enumerate(network.layer_shapes, start=1))
@@ -295,26 +300,55 @@ def test_shared_weight_packing_covers_every_row_once(monkeypatch, threads, isa):
             assert all(w % nr == 0 for w in work)
 
 
+def _per_thread(events, threads, kind, layer):
+    """Each thread's work in one kind of event of one layer, summed."""
+    return np.array([int(events[(events["thread"] == t) & (events["kind"] == KINDS[kind])
+                                & (events["layer"] == layer)]["work"].sum()) for t in range(threads)])
+
+
+@pytest.mark.parametrize("plan", [11, 16])
 @pytest.mark.parametrize("threads", [5, 16])
-def test_plan_11_keeps_each_threads_rows(monkeypatch, threads):
-    """Plan 11: in every hidden layer, each thread's forward product, weight gradient and the input gradient
-    of the layer above cover the same rows (the same multiply-adds per row), and every thread gets rows."""
-    model = stepped_with_plan(monkeypatch, 11, WIDE_NARROW, 32, threads, timeline=True)
+def test_plan_11_keeps_each_threads_rows(monkeypatch, threads, plan):
+    """Plans 11 and 16: in every hidden layer, each thread's forward product, weight gradient and the input
+    gradient of the layer above cover the same rows (the same multiply-adds per row), and every thread gets
+    rows."""
+    model = stepped_with_plan(monkeypatch, plan, WIDE_NARROW, 32, threads, timeline=True)
+    assert model.step_plan(32) == plan
     events = model.timeline()
     mr, nr = TILES[model.isa]
     shapes = dict(enumerate(WIDE_NARROW.layer_shapes, start=1))
     for layer in range(1, len(shapes)):
         n_out, n_in = shapes[layer]
-        def per_thread(kind, at_layer):
-            return np.array([int(events[(events["thread"] == t) & (events["kind"] == KINDS[kind])
-                                        & (events["layer"] == at_layer)]["work"].sum()) for t in range(threads)])
-        forward = per_thread("forward", layer) // (n_in * -(-32 // nr) * nr)          # rows of the forward
-        weight = per_thread("weight_grad", layer) // (32 * -(-n_in // nr) * nr)       # rows of dW
-        below = per_thread("input_grad", layer + 1) // (shapes[layer + 1][0] * -(-32 // nr) * nr)
+        forward = _per_thread(events, threads, "forward", layer) // (n_in * -(-32 // nr) * nr)  # rows
+        weight = _per_thread(events, threads, "weight_grad", layer) // (32 * -(-n_in // nr) * nr)  # rows of dW
+        below = _per_thread(events, threads, "input_grad", layer + 1) // (shapes[layer + 1][0] * -(-32 // nr) * nr)
         np.testing.assert_array_equal(forward, weight)
         np.testing.assert_array_equal(forward, below)
         assert forward.sum() == -(-n_out // mr) * mr
         assert (forward > 0).all() or -(-n_out // mr) < threads
+
+
+@pytest.mark.parametrize("threads", [5, 16])
+@pytest.mark.parametrize("isa", ["portable", "auto"])
+def test_plan_16_packs_each_copy_once_by_the_owners(monkeypatch, threads, isa):
+    """Plan 16: each hidden layer above the first has its W^T packed once per step for the team, each thread
+    the rows of W it owns (those of its forward product, round_up(n_in, mr) floats each, the last thread's
+    rows short of the tile padding); the first layer and the output layer are not packed for the team."""
+    model = stepped_with_plan(monkeypatch, 16, WIDE_NARROW, 32, threads, timeline=True, isa=isa)
+    assert model.step_plan(32) == 16
+    events = model.timeline()
+    mr, nr = TILES[model.isa]
+    shapes = dict(enumerate(WIDE_NARROW.layer_shapes, start=1))
+    for layer, (n_out, n_in) in shapes.items():
+        packed = _per_thread(events, threads, "pack_weights", layer)
+        if not 1 < layer < len(shapes):
+            assert packed.sum() == 0, layer
+            continue
+        row = -(-n_in // mr) * mr
+        assert packed.sum() == n_out * row, layer
+        assert (packed % row == 0).all()
+        forward_rows = _per_thread(events, threads, "forward", layer) // (n_in * -(-32 // nr) * nr)
+        assert ((forward_rows - packed // row >= 0) & (forward_rows - packed // row < mr)).all(), layer
 
 
 

@@ -435,6 +435,23 @@ long long gemm_pack_b_shared(const gemm_problem *p, const cpu_kernels *kernels, 
     return packed;
 }
 
+long long gemm_pack_a_shared(const gemm_problem *p, const cpu_kernels *kernels, float *dst, int q_lo, int q_hi)
+{
+    const int mr = kernels->mr, m_slivers = (p->m + mr - 1) / mr;
+    const int k_blocks = (p->k + KC - 1) / KC, kc_block = (p->k + k_blocks - 1) / k_blocks;
+    long long packed = 0;
+    /* Each k block's part of [q_lo, q_hi) is one contiguous run of every row sliver of that block. */
+    for (int q = q_lo; q < q_hi;) {
+        const int pc = q / kc_block * kc_block, kc = imin(kc_block, p->k - pc), q_end = imin(q_hi, pc + kc);
+        for (int s = 0; s < m_slivers; ++s)
+            pack_a_sliver(p, kernels, s * mr, q, q_end - q,
+                          dst + (ptrdiff_t)pc * m_slivers * mr + (ptrdiff_t)s * mr * kc + (ptrdiff_t)(q - pc) * mr);
+        packed += (long long)(q_end - q) * m_slivers * mr;
+        q = q_end;
+    }
+    return packed;
+}
+
 /* The tile-list split: per k block, each column's B sliver once, each needed A sliver once (kept side by
  * side for the whole block). */
 static long long gemm_packed_list(const gemm_problem *p, const pack_buffers *buffers, const cpu_kernels *kernels,
@@ -462,15 +479,16 @@ static long long gemm_packed_list(const gemm_problem *p, const pack_buffers *buf
                 p->b_shared ? p->b_shared + (ptrdiff_t)pc * split->n_slivers * nr + j * nr * kc : b_packed;
             if (!p->b_shared)
                 pack_b_sliver(p, kernels, pc, kc, (int)j * nr, b_packed);
+            const float *a_block = p->a_shared ? p->a_shared + (ptrdiff_t)pc * ms * mr : a_packed;
             for (ptrdiff_t i = i_lo; i < i_hi; ++i)
-                if (!packed[i]) {
+                if (!p->a_shared && !packed[i]) {
                     pack_a_sliver(p, kernels, (int)i * mr, pc, kc, a_packed + i * mr * kc);
                     packed[i] = 1;
                 }
             if (tl)
                 timeline_add_pack(tl, now_ns() - t0);
             for (ptrdiff_t i = i_lo; i < i_hi; ++i)
-                packed_tile(p, kernels, a_packed + i * mr * kc, b_sliver, kc, (int)i * mr, (int)j * nr,
+                packed_tile(p, kernels, a_block + i * mr * kc, b_sliver, kc, (int)i * mr, (int)j * nr,
                             accumulate, finish);
         }
     }
@@ -518,14 +536,18 @@ static long long gemm_packed(const gemm_problem *p, const pack_buffers *buffers,
                     const ptrdiff_t ic_end = ic + mc_slivers < row_hi ? ic + mc_slivers : row_hi;
                     if (tl)
                         t0 = now_ns();
-                    for (ptrdiff_t s = ic; s < ic_end; ++s)
-                        pack_a_sliver(p, kernels, (int)s * mr, pc, kc, a_packed + (s - ic) * mr * kc);
+                    /* This block's row slivers: this thread's own, or the shared ones from row ic on. */
+                    const float *a_block =
+                        p->a_shared ? p->a_shared + (ptrdiff_t)pc * split.m_slivers * mr + ic * mr * kc : a_packed;
+                    if (!p->a_shared)
+                        for (ptrdiff_t s = ic; s < ic_end; ++s)
+                            pack_a_sliver(p, kernels, (int)s * mr, pc, kc, a_packed + (s - ic) * mr * kc);
                     if (tl)
                         timeline_add_pack(tl, now_ns() - t0);
                     tiles += (jc_end - jc) * (ic_end - ic);
                     for (ptrdiff_t jr = jc; jr < jc_end; ++jr)
                         for (ptrdiff_t ir = ic; ir < ic_end; ++ir)
-                            packed_tile(p, kernels, a_packed + (ir - ic) * mr * kc,
+                            packed_tile(p, kernels, a_block + (ir - ic) * mr * kc,
                                         b_block + (jr - jc) * nr * kc, kc, (int)ir * mr, (int)jr * nr,
                                         accumulate, finish);
                 }
@@ -573,6 +595,16 @@ long long gemm_pack_b_shared(const gemm_problem *p, const cpu_kernels *kernels, 
     (void)dst;
     (void)team;
     (void)tid;
+    return 0;
+}
+
+long long gemm_pack_a_shared(const gemm_problem *p, const cpu_kernels *kernels, float *dst, int q_lo, int q_hi)
+{
+    (void)p;
+    (void)kernels;
+    (void)dst;
+    (void)q_lo;
+    (void)q_hi;
     return 0;
 }
 

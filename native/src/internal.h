@@ -109,6 +109,9 @@ typedef struct {
     /* Packed rung: op(B) already packed for the whole team (gemm_pack_b_shared), or NULL: each thread packs
      * the slivers it needs. */
     const float *b_shared;
+    /* Packed rung: op(A) already packed (gemm_pack_a_shared: each k block's row slivers side by side, k
+     * blocks one after the other), or NULL: each thread packs the slivers it needs. */
+    const float *a_shared;
     /* Packed rung: 1 splits C by rows only, each thread a contiguous range of row slivers (split_range of
      * them over the team), whatever the product's shape; 0: the grid or tile list that suits the shape. */
     int rows_split;
@@ -152,6 +155,12 @@ gemm_share gemm_packed_share(const gemm_problem *problem, const cpu_kernels *ker
  * slivers side by side, k blocks one after the other), the team's threads each a share of whole slivers (a
  * column sliver in one k block); returns the floats this thread packed. Needs k * round_up(n, nr) floats. */
 long long gemm_pack_b_shared(const gemm_problem *problem, const cpu_kernels *kernels, float *dst, int team, int tid);
+
+/* Packs rows [q_lo, q_hi) of op(A)'s k range, every row sliver of them, where gemm_team reads them through
+ * a_shared: so threads that own ranges of k can pack op(A) together. Needs k * round_up(m, mr) floats; returns
+ * the floats written (padding included). */
+long long gemm_pack_a_shared(const gemm_problem *problem, const cpu_kernels *kernels, float *dst, int q_lo,
+                             int q_hi);
 
 /* 1 if a team should pack op(B) once for all (gemm_pack_b_shared) rather than each thread its slivers: where
  * on their own the threads would pack every column sliver twice or more on average, and there are at least as

@@ -20,15 +20,22 @@ enum { SIZE_LIMIT = 1 << 24 };
  * packing its own slivers of W costs as much as it computes with them. */
 enum { SHARED_PACK_BYTES = 32 << 20 };
 
+/* Plan 16's packed copies of W^T, every hidden layer above the first together, are allocated at creation up to
+ * this size (32 MiB: moons-5h300 needs 1.4 MiB); above it plan 16 runs as plan 11. */
+enum { OWNED_COPY_BYTES = 32 << 20 };
+
 typedef enum { STAGE_NONE, STAGE_FORWARD, STAGE_BACKPROP, STAGE_UPDATE } stage_kind;
 
 /* The plan of the fused step: the number of the change of native/SCALING.md it stands for. Plan 8 is
  * changes 1-8 (shared packing of the weights); plan 11 computes the hidden layers transposed, each thread the
  * same rows (outputs) of every product of a layer, for batches of at most MC rows. Plan 12, the default, is a
  * rule choosing one of the two per step from what the 16-core host measured (change 12, step_plan_rule).
- * Plans 9 and 10 were measured, earned nothing and are gone. MLP_STEP_PLAN in the environment at creation
+ * Plan 16 is plan 11 with each hidden layer's W^T packed by the owners of W's rows in the forward pass, so the
+ * input gradient reads that copy and W's own lines never leave their owner (change 16; never picked by the
+ * rule). Plans 9 and 10 were measured, earned nothing and are gone. MLP_STEP_PLAN in the environment at creation
  * picks one; unset, empty or not a kept plan: the default. Results never depend on it. */
-enum { PLAN_SHARED_PACKING = 8, PLAN_OWNED_ROWS = 11, PLAN_RULE = 12, PLAN_DEFAULT = PLAN_RULE };
+enum { PLAN_SHARED_PACKING = 8, PLAN_OWNED_ROWS = 11, PLAN_RULE = 12, PLAN_OWNED_COPY = 16,
+       PLAN_DEFAULT = PLAN_RULE };
 
 /* Plan 11 by the rule from this many threads on: on the host it was faster than plan 8 on moons-5h300:32 in
  * every round at 8 and 16 threads, not beyond the rounds' spread at 4, slower at 1 and 2. */
@@ -42,6 +49,8 @@ typedef struct {
     float *grad_bias;     /* n_out, right after grad_weights in the block */
     float *output;        /* (max_batch, n_out): activation, or output probabilities for the last layer */
     float *output_t;      /* plan 11, hidden layers: the activation transposed, (n_out, batch); else NULL */
+    float *weights_t;     /* plan 16, hidden layers but the first: W^T packed as the input gradient reads it
+                           * (gemm_pack_a_shared), n_out x round_up(n_in, mr) floats; else NULL */
 } layer;
 
 struct mlp_model {
@@ -112,8 +121,9 @@ static int plan_from_environment(void)
         return PLAN_DEFAULT;
     char *end = NULL;
     const long plan = strtol(text, &end, 10);
-    return *end == '\0' && (plan == PLAN_SHARED_PACKING || plan == PLAN_OWNED_ROWS || plan == PLAN_RULE) ? (int)plan
-                                                                                                   : PLAN_DEFAULT;
+    const int kept = plan == PLAN_SHARED_PACKING || plan == PLAN_OWNED_ROWS || plan == PLAN_RULE ||
+                     plan == PLAN_OWNED_COPY;
+    return *end == '\0' && kept ? (int)plan : PLAN_DEFAULT;
 }
 
 int mlp_model_plan(const mlp_model *model) { return model ? model->plan : 0; }
@@ -129,6 +139,7 @@ void mlp_model_destroy(mlp_model *model)
             free(ly->bias);
             free(ly->output);
             free(ly->output_t);
+            free(ly->weights_t);
         }
         free(model->layers);
     }
@@ -257,6 +268,15 @@ int mlp_model_create(mlp_model **out, int n_layers, const int *sizes, int activa
         ly->output_t = alloc_floats((size_t)ly->n_out * (size_t)(max_batch < MC ? max_batch : MC));
         ok = ly->output_t != NULL;
     }
+    /* Plan 16's copies of W^T: the hidden layers whose input gradient is transposed (all but the first). */
+    size_t copy_floats = 0;
+    for (int l = 1; l + 1 < n_layers; ++l)
+        copy_floats += (size_t)sizes[l + 1] * (size_t)round_up(sizes[l], kernels->mr);
+    for (int l = 1; ok && l + 1 < n_layers && copy_floats * sizeof(float) <= OWNED_COPY_BYTES; ++l) {
+        layer *ly = &model->layers[l];
+        ly->weights_t = alloc_floats((size_t)ly->n_out * (size_t)round_up(ly->n_in, kernels->mr));
+        ok = ly->weights_t != NULL;
+    }
     /* Shared packed weights: the widest layer above the first, in either layout (whole NR_MAX slivers). */
     size_t forward_pack = 0, input_pack = 0;
     for (int l = 1; l < n_layers; ++l) {
@@ -379,6 +399,7 @@ typedef struct {
     int layer;            /* mlp_backprop_layer's layer (1..n_layers) */
     int shared_pack;      /* the step packs layers 2..L's weights once for the team (model->wpack) */
     int owned;            /* plan 11: the hidden layers transposed, each thread its own rows (owned_rows) */
+    int owned_copy;       /* plan 16: besides, the owners pack W^T for the input gradients (layer.weights_t) */
 } stage_args;
 
 /* A barrier, timed when the timeline is on. `layer`: the layer (1-based) whose work it closes, 0 for none. */
@@ -413,13 +434,18 @@ static int step_plan_rule(const mlp_model *model, int threads, int batch)
                                                                                    : PLAN_SHARED_PACKING;
 }
 
-/* The plan a train_step of `threads` threads on `batch` rows runs: 11 (the hidden layers transposed) or 8.
- * Plan 11 needs the fused step, a batch of at most MC rows and a hidden layer; elsewhere it runs as plan 8. */
+/* The plan a train_step of `threads` threads on `batch` rows runs: 16, 11 (the hidden layers transposed) or 8.
+ * Plans 11 and 16 need the fused step, a batch of at most MC rows and a hidden layer; elsewhere they run as
+ * plan 8. Plan 16 runs as plan 11 where it has no copy to write: no hidden layer above the first, or its
+ * copies were above OWNED_COPY_BYTES. */
 static int step_plan(const mlp_model *model, int threads, int batch)
 {
     const int plan = model->plan == PLAN_RULE ? step_plan_rule(model, threads, batch) : model->plan;
-    return plan == PLAN_OWNED_ROWS && fused_step(model) && batch <= MC && model->n_layers > 1 ? PLAN_OWNED_ROWS
-                                                                                              : PLAN_SHARED_PACKING;
+    if ((plan != PLAN_OWNED_ROWS && plan != PLAN_OWNED_COPY) || !fused_step(model) || batch > MC ||
+        model->n_layers < 2)
+        return PLAN_SHARED_PACKING;
+    return plan == PLAN_OWNED_COPY && model->n_layers >= 3 && model->layers[1].weights_t ? PLAN_OWNED_COPY
+                                                                                         : PLAN_OWNED_ROWS;
 }
 
 int mlp_step_plan(const mlp_model *model, int threads, int batch)
@@ -532,13 +558,48 @@ static void owned_bias_activation(const mlp_model *model, const layer *ly, int b
     }
 }
 
+/* Layer l's (0-based, l >= 1) input gradient when the layer below is transposed: dZ_below^T = W^T dZ^T, this
+ * thread's rows (the layer below's rows it owns), the derivative from the transposed activation. dZ^T: this
+ * layer's as stored (`dz_transposed`: a hidden layer), or the output layer's dZ read transposed. */
+static gemm_problem owned_input_grad_problem(const mlp_model *model, int l, int batch, const float *dz,
+                                             float *dz_below, int dz_transposed)
+{
+    const layer *ly = &model->layers[l];
+    return (gemm_problem){
+        .m = ly->n_in, .n = batch, .k = ly->n_out,
+        .a = ly->weights, .a_rs = 1, .a_cs = ly->n_in,
+        .b = dz, .b_rs = dz_transposed ? batch : 1, .b_cs = dz_transposed ? 1 : ly->n_out,
+        .c = dz_below, .ldc = batch,
+        .ep = {.kind = EPI_ACTIVATION_DERIVATIVE, .activation = model->activation,
+               .aux = model->layers[l - 1].output_t, .ld_aux = batch},
+        .rows_split = 1,
+    };
+}
+
+/* Plan 16: this thread's rows of hidden layer l's W (0-based, l >= 1), which its forward product has just
+ * read, packed into weights_t where the layer's input gradient reads W^T (W's rows are that product's k): the
+ * input gradient then reads this copy, not W, and W's lines stay in their owner's cache. */
+static void pack_owned_copy(const mlp_model *model, int l, int batch)
+{
+    const layer *ly = &model->layers[l];
+    const long long t0 = model->tl ? now_ns() : 0;
+    const gemm_problem input_grad = owned_input_grad_problem(model, l, batch, NULL, NULL, 1);
+    ptrdiff_t lo, hi;
+    owned_rows(model, ly->n_out, &lo, &hi);
+    const long long packed = gemm_pack_a_shared(&input_grad, model->kernels, ly->weights_t, (int)lo, (int)hi);
+    if (model->tl)
+        timeline_record(model->tl, MLP_EV_PACK_WEIGHTS, l + 1, t0, 0, packed);
+}
+
 /* The forward products of every layer, a barrier after each but, with `rows_fused`, the last: the
  * caller then works on the rows this thread computed (returned), every one of them complete. With
  * `shared_pack`, the team packs the next layer's weights once, in the stretch before it (nothing there
  * writes them), instead of each thread packing the slivers it needs. */
-static gemm_share forward_layers(mlp_model *model, int batch, const float *x, int rows_fused, int shared_pack,
-                                 int owned)
+static gemm_share forward_layers(const stage_args *s, int rows_fused)
 {
+    mlp_model *model = s->model;
+    const int batch = s->batch, shared_pack = s->shared_pack, owned = s->owned;
+    const float *x = s->x;
     gemm_share share = {0};
     const float *input = x;
     for (int l = 0; l < model->n_layers; ++l) {
@@ -558,6 +619,8 @@ static gemm_share forward_layers(mlp_model *model, int batch, const float *x, in
         const long long work = gemm_team(model->kernel, &z, &model->packs, model->kernels, model->tl);
         if (owned && !last)
             owned_bias_activation(model, ly, batch);
+        if (s->owned_copy && l > 0 && !last)
+            pack_owned_copy(model, l, batch);
         if (model->tl)
             timeline_record(model->tl, MLP_EV_FORWARD, l + 1, t0, timeline_take_pack(model->tl), work);
         if (shared_pack && !last) {
@@ -683,7 +746,7 @@ static void forward_team(const stage_args *s, int gradient)
      * to their softmax and loss without waiting for the others. */
     const gemm_problem logits = {.m = s->batch, .n = out->n_out, .k = out->n_in};
     const int rows_fused = fused_step(model) && gemm_packed_whole_rows(&logits, model->kernels);
-    const gemm_share share = forward_layers(model, s->batch, s->x, rows_fused, s->shared_pack, s->owned);
+    const gemm_share share = forward_layers(s, rows_fused);
     /* A thread's logits are one rectangle here: the last layer has one column sliver. */
     ptrdiff_t lo = share.count ? share.part[0].i0 : 0, hi = share.count ? share.part[0].i1 : 0;
     if (!rows_fused)
@@ -832,20 +895,11 @@ static void backprop_one_layer(const stage_args *s, int l, int last_barrier, int
         /* dZ of the layer below = (dZ W) * act'(its output), the derivative fused into the product. */
         gemm_problem grad_input = input_grad_problem(model, l, batch, dz, model->delta[1 - current]);
         if (input_owned) {
-            /* Transposed: dZ_below^T = W^T dZ^T, this thread's rows (the layer below's rows it owns), the
-             * derivative from the transposed activation. dZ^T: this layer's as stored, or the output layer's
-             * dZ read transposed. */
-            grad_input = (gemm_problem){
-                .m = ly->n_in, .n = batch, .k = ly->n_out,
-                .a = ly->weights, .a_rs = 1, .a_cs = ly->n_in,
-                .b = dz, .b_rs = owned ? batch : 1, .b_cs = owned ? 1 : ly->n_out,
-                .c = model->delta[1 - current], .ldc = batch,
-                .ep = {.kind = EPI_ACTIVATION_DERIVATIVE, .activation = model->activation,
-                       .aux = model->layers[l - 1].output_t, .ld_aux = batch},
-                .rows_split = 1,
-            };
+            grad_input = owned_input_grad_problem(model, l, batch, dz, model->delta[1 - current], owned);
             if (owned && batch == model->kernels->nr)
                 grad_input.b_shared = dz;
+            if (owned && s->owned_copy)
+                grad_input.a_shared = ly->weights_t; /* packed by W's owners in the forward pass */
         }
         if (s->shared_pack && shares_weights(model, &grad_input))
             grad_input.b_shared = model->wpack[2 + l % 2];
@@ -1090,10 +1144,10 @@ int mlp_train_step(mlp_model *model, int threads, int batch, const float *x, con
         return MLP_ERR_NULL;
     if (check_step_size(lr, weight_decay) != MLP_OK)
         return MLP_ERR_ARG;
-    /* Plan 11 where the model's plan picks it for this step; else plan 8's shared packing of the weights. */
-    const int owned = step_plan(model, threads, batch) == PLAN_OWNED_ROWS;
+    /* Plan 11 or 16 where the model's plan picks it for this step; else plan 8's shared packing of the weights. */
+    const int plan = step_plan(model, threads, batch), owned = plan == PLAN_OWNED_ROWS || plan == PLAN_OWNED_COPY;
     const stage_args args = {.model = model, .batch = batch, .x = x, .targets = targets, .lr = lr,
-                             .weight_decay = weight_decay, .owned = owned,
+                             .weight_decay = weight_decay, .owned = owned, .owned_copy = plan == PLAN_OWNED_COPY,
                              .shared_pack = !owned && fused_step(model) && batch <= MC && model->wpack[0] != NULL};
     run_team(threads, train_step_stage, &args);
     model->forward_batch = 0;
