@@ -452,15 +452,6 @@ long long gemm_pack_a_shared(const gemm_problem *p, const cpu_kernels *kernels, 
     return packed;
 }
 
-enum { CACHE_LINE_FLOATS = 64 / (int)sizeof(float) };
-
-/* Requests every cache line of floats [p, p + floats) for reading into this core's L2. */
-static void prefetch_lines(const float *p, ptrdiff_t floats)
-{
-    for (ptrdiff_t i = 0; i < floats; i += CACHE_LINE_FLOATS)
-        __builtin_prefetch(p + i, 0, 2);
-}
-
 /* The tile-list split: per k block, each column's B sliver once, each needed A sliver once (kept side by
  * side for the whole block). */
 static long long gemm_packed_list(const gemm_problem *p, const pack_buffers *buffers, const cpu_kernels *kernels,
@@ -536,8 +527,6 @@ static long long gemm_packed(const gemm_problem *p, const pack_buffers *buffers,
                 /* This k block's slivers: this thread's own, or the team's shared ones from column jc on. */
                 const float *b_block = p->b_shared ? p->b_shared + (ptrdiff_t)pc * split.n_slivers * nr + jc * nr * kc
                                                    : b_packed;
-                if (p->b_shared && p->prefetch_shared)
-                    prefetch_lines(b_block, (jc_end - jc) * nr * kc);
                 if (!p->b_shared)
                     for (ptrdiff_t s = jc; s < jc_end; ++s)
                         pack_b_sliver(p, kernels, pc, kc, (int)s * nr, b_packed + (s - jc) * nr * kc);
@@ -550,8 +539,6 @@ static long long gemm_packed(const gemm_problem *p, const pack_buffers *buffers,
                     /* This block's row slivers: this thread's own, or the shared ones from row ic on. */
                     const float *a_block =
                         p->a_shared ? p->a_shared + (ptrdiff_t)pc * split.m_slivers * mr + ic * mr * kc : a_packed;
-                    if (p->a_shared && p->prefetch_shared)
-                        prefetch_lines(a_block, (ic_end - ic) * mr * kc);
                     if (!p->a_shared)
                         for (ptrdiff_t s = ic; s < ic_end; ++s)
                             pack_a_sliver(p, kernels, (int)s * mr, pc, kc, a_packed + (s - ic) * mr * kc);

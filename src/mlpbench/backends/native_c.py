@@ -117,7 +117,7 @@ class NativeCModel(Model):
         self._finalizer = weakref.finalize(self, lib.mlp_model_destroy, self._model)
         self.isa = native.ISA_NAMES[lib.mlp_model_isa(self._model)]
         #: The fused step's plan on many threads (``mlp_model_plan``: the change of native/SCALING.md that
-        #: introduced it, 12 by default, a rule choosing 8 or 11 per step; ``MLP_STEP_PLAN`` at creation picks
+        #: introduced it, 12 by default, a rule choosing 8 or 16 per step; ``MLP_STEP_PLAN`` at creation picks
         #: another: 8, 11 or 16). Results do not depend on it.
         self.plan = int(lib.mlp_model_plan(self._model))
         for layer, (weights, bias) in enumerate(params, start=1):
