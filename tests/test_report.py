@@ -64,9 +64,11 @@ def duration(seconds: float) -> str:
 def find(text: str, sentence: str, gap: int = 4000) -> re.Match[str] | None:
     """Where ``text`` has ``sentence``, allowing a float (a figure's labels, a caption) of up to ``gap``
     characters between two of its words, as the PDF's text order puts a page-top figure mid-sentence (the
-    end-to-end figure, tick labels and caption, is about 2400 characters)."""
-    words = [re.escape(word) for word in sentence.split()]
-    return re.search(rf"\s(?:.{{0,{gap}}}?\s)??".join(words), text)
+    end-to-end figure, tick labels and caption, is about 2400 characters); also after a hyphen inside a word
+    (``cuda-`` at the foot of a page, ``naive`` after the next page's figure)."""
+    float_after = rf"(?:.{{0,{gap}}}?\s)??"
+    words = [re.escape(word).replace(r"\-", r"\-" + float_after) for word in sentence.split()]
+    return re.search(rf"\s{float_after}".join(words), text)
 
 
 def opening_end(text: str, opening: str, gap: int = 4000) -> int:
