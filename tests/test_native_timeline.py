@@ -312,7 +312,7 @@ def _per_thread(events, threads, kind, layer):
 
 @pytest.mark.parametrize("plan", [11, 16])
 @pytest.mark.parametrize("threads", [5, 16])
-def test_plan_11_keeps_each_threads_rows(monkeypatch, threads, plan):
+def test_owned_rows_plans_keep_each_threads_rows(monkeypatch, threads, plan):
     """Plans 11 and 16: in every hidden layer, each thread's forward product, weight gradient and the input
     gradient of the layer above cover the same rows (the same multiply-adds per row), and every thread gets
     rows."""
@@ -353,7 +353,6 @@ def test_plan_16_packs_each_copy_once_by_the_owners(monkeypatch, threads, isa):
         assert (packed % row == 0).all()
         forward_rows = _per_thread(events, threads, "forward", layer) // (n_in * -(-32 // nr) * nr)
         assert ((forward_rows - packed // row >= 0) & (forward_rows - packed // row < mr)).all(), layer
-
 
 
 @pytest.mark.parametrize("isa", ["portable", "auto"])

@@ -100,16 +100,15 @@ int mlp_model_isa(const mlp_model *model);
 
 /* The plan of the packed rung's fused train_step on many threads, named by the change logged in
  * native/SCALING.md that introduced it: 12 (the default: a rule picking 16 or 8 per step, see mlp_step_plan),
- * or 8, 11 or 16 (11 with W^T packed by the owners of W's rows) for every step. The environment variable MLP_STEP_PLAN, read at creation, picks one (for
- * comparing plans in one run); unset or not a kept plan, the default. Results never depend on it. 0 for a
- * NULL model. */
+ * or 8, 11 or 16 (11 with W^T packed by the owners of W's rows) for every step. The environment variable
+ * MLP_STEP_PLAN, read at creation, picks one (for comparing plans in one run); unset or not a kept plan, the
+ * default. Results never depend on it. 0 for a NULL model. */
 int mlp_model_plan(const mlp_model *model);
 
 /* The plan a train_step with these threads and batch runs: 16 (plan 16, or plan 12's rule on at least 8
  * threads, a batch of at most 144 rows and three layers or more, on the packed rung without BLAS), 11 (the
  * hidden layers transposed, each thread its own rows: plan 11, or plan 16 where it has no copy of W^T to write)
- * or 8 (everything else). 0 for a NULL model or arguments that
- * mlp_train_step would refuse. */
+ * or 8 (everything else). 0 for a NULL model or arguments that mlp_train_step would refuse. */
 int mlp_step_plan(const mlp_model *model, int threads, int batch);
 
 /* Copies layer l's (1..n_layers) weights and bias in. */
@@ -173,8 +172,9 @@ enum mlp_event_kind {
     MLP_EV_UPDATE = 7,        /* share of a layer's SGD update */
     MLP_EV_BARRIER = 8,       /* waiting at a barrier (layer: the layer whose work it closes) */
     MLP_EV_JOIN = 9,          /* calling thread only: from its last work until the team had joined */
-    MLP_EV_PACK_WEIGHTS = 10, /* share of packing the next product's weights once for the whole team */
-    MLP_EV_ACTIVATION_ROWS = 11 /* plan 11: this thread's rows of a hidden activation stored batch-major */
+    MLP_EV_PACK_WEIGHTS = 10, /* share of packing a product's weights once for the whole team (plan 16: this
+                               * thread's rows of W, packed as the layer's input gradient reads W^T) */
+    MLP_EV_ACTIVATION_ROWS = 11 /* plans 11 and 16: this thread's rows of a hidden activation stored batch-major */
 };
 
 typedef struct {

@@ -429,7 +429,7 @@ static int fused_step(const mlp_model *model)
  * rows of W), which a network needs at least three layers to have (digits, 64-128-10, has none: plan 11 was
  * slower or equal there at every thread count), and on many threads (moons-5h300:32: faster in all five rounds
  * at 8 and 16 threads, 0.78x the step; 1 and 2 threads: 1.07x and 1.18x slower). Since change 16 the owned rows
- * run as plan 16 (faster than plan 11 in all ten rounds of two host runs at 8 and 16 threads, 0.84-0.98x the
+ * run as plan 16 (faster than plan 11 in all ten rounds of two host runs at 8 and 16 threads, 0.79-0.98x the
  * step), which step_plan turns into plan 11 where there is no copy to write. */
 static int step_plan_rule(const mlp_model *model, int threads, int batch)
 {
