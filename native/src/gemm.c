@@ -189,6 +189,20 @@ void pack_buffers_free(pack_buffers *buffers)
 }
 
 #ifndef MLP_BLAS
+/* n floats from src to dst, for the sliver widths of the kernel sets (6, 8, 16, 32) as copies of a size known
+ * here, which the compiler turns into a few vector moves instead of a call to memcpy: packing a small
+ * product's operands is a few hundred such copies. */
+static inline void copy_sliver_row(float *restrict dst, const float *restrict src, int n)
+{
+    switch (n) {
+    case 6: memcpy(dst, src, 6 * sizeof(float)); return;
+    case 8: memcpy(dst, src, 8 * sizeof(float)); return;
+    case 16: memcpy(dst, src, 16 * sizeof(float)); return;
+    case 32: memcpy(dst, src, 32 * sizeof(float)); return;
+    default: memcpy(dst, src, (size_t)n * sizeof(float)); return;
+    }
+}
+
 /* Rows [i0, i0 + mr) and k range [q0, q0 + kc) of op(A) as sliver[q * mr + r]; rows past m are zero.
  * A row-major A (the forward and input-gradient products) is a transposition, left to the kernel set; an
  * A^T (the weight gradient) has contiguous columns, which are plain copies. */
@@ -203,7 +217,7 @@ static void pack_a_sliver(const gemm_problem *p, const cpu_kernels *kernels, int
     }
     if (p->a_rs == 1 && rows == mr) {
         for (int q = 0; q < kc; ++q)
-            memcpy(sliver + q * mr, src + q * p->a_cs, (size_t)mr * sizeof(float));
+            copy_sliver_row(sliver + q * mr, src + q * p->a_cs, mr);
         return;
     }
     for (int q = 0; q < kc; ++q)
@@ -228,7 +242,7 @@ static void pack_b_sliver(const gemm_problem *p, const cpu_kernels *kernels, int
     }
     if (p->b_cs == 1 && cols == nr) {
         for (int q = 0; q < kc; ++q)
-            memcpy(sliver + q * nr, src + q * p->b_rs, (size_t)nr * sizeof(float));
+            copy_sliver_row(sliver + q * nr, src + q * p->b_rs, nr);
         return;
     }
     for (int q = 0; q < kc; ++q)
