@@ -261,9 +261,10 @@ static void stage_tile(float *stage, int mr, int nr, const float *src, ptrdiff_t
         memcpy(stage + r * nr, src + r * ld, (size_t)cols * sizeof(float));
 }
 
-/* One mr x nr tile. Edge tiles run the same micro-kernel on a staged copy, so every element of C is
- * computed by the same instructions wherever the tile boundaries fall. The stage is filled only where the
- * kernel reads it (C when accumulating, aux for the derivative), zero-padded beyond the edge. */
+/* One mr x nr tile. A tile of at most nr / 2 columns runs the half-width micro-kernel, which gives each
+ * element the same operations as the full one. Edge tiles run the micro-kernel on a staged copy, so every
+ * element of C is computed by the same instructions wherever the tile boundaries fall. The stage is filled only
+ * where the kernel reads it (C when accumulating, aux for the derivative), zero-padded beyond the edge. */
 static void packed_tile(const gemm_problem *p, const cpu_kernels *kernels, const float *a_sliver,
                         const float *b_sliver, int kc, int row0, int col0, int accumulate, int finish)
 {
@@ -281,8 +282,11 @@ static void packed_tile(const gemm_problem *p, const cpu_kernels *kernels, const
         .aux = needs_aux ? p->ep.aux + row0 * p->ep.ld_aux + col0 : NULL,
         .ld_aux = p->ep.ld_aux,
     };
-    if (rows == mr && cols == nr) {
-        kernels->microkernel(kc, a_sliver, b_sliver, &out);
+    const int half = cols <= nr / 2;
+    void (*const microkernel)(ptrdiff_t, const float *, const float *, const tile_output *) =
+        half ? kernels->microkernel_half : kernels->microkernel;
+    if (rows == mr && cols == (half ? nr / 2 : nr)) {
+        microkernel(kc, a_sliver, b_sliver, &out);
         return;
     }
     _Alignas(ALIGN_BYTES) float c_stage[MR_MAX * NR_MAX];
@@ -296,7 +300,7 @@ static void packed_tile(const gemm_problem *p, const cpu_kernels *kernels, const
     out.ldc = nr;
     out.aux = needs_aux ? aux_stage : NULL;
     out.ld_aux = nr;
-    kernels->microkernel(kc, a_sliver, b_sliver, &out);
+    microkernel(kc, a_sliver, b_sliver, &out);
     for (int r = 0; r < rows; ++r)
         memcpy(c_tile + r * p->ldc, c_stage + r * nr, (size_t)cols * sizeof(float));
 }

@@ -178,26 +178,26 @@ static void pack_a_rows_avx2(const float *src, ptrdiff_t ld, int rows, int kc, f
             sliver[q * MR + r] = r < rows ? src[r * ld + q] : 0.0f;
 }
 
-/* One row (two vectors) of the tile: accumulate into C if asked, apply the epilogue on the last k block. */
+/* One vector of a tile's row (columns 8h to 8h + 7): accumulate into C if asked, apply the epilogue on the last
+ * k block. */
+static inline void finish_vector(const tile_output *out, int r, int h, __m256 v)
+{
+    float *dst = out->c + r * out->ldc + 8 * h;
+    if (out->accumulate)
+        v = _mm256_add_ps(v, _mm256_loadu_ps(dst));
+    if (out->finish) {
+        if (out->kind == EPI_BIAS_ACTIVATION)
+            v = activate8(_mm256_add_ps(v, _mm256_loadu_ps(out->bias + 8 * h)), out->activation);
+        else if (out->kind == EPI_ACTIVATION_DERIVATIVE)
+            v = _mm256_mul_ps(v, derivative8(_mm256_loadu_ps(out->aux + r * out->ld_aux + 8 * h), out->activation));
+    }
+    _mm256_storeu_ps(dst, v);
+}
+
 static inline void finish_row(const tile_output *out, int r, __m256 v0, __m256 v1)
 {
-    float *dst = out->c + r * out->ldc;
-    if (out->accumulate) {
-        v0 = _mm256_add_ps(v0, _mm256_loadu_ps(dst));
-        v1 = _mm256_add_ps(v1, _mm256_loadu_ps(dst + 8));
-    }
-    if (out->finish) {
-        if (out->kind == EPI_BIAS_ACTIVATION) {
-            v0 = activate8(_mm256_add_ps(v0, _mm256_loadu_ps(out->bias)), out->activation);
-            v1 = activate8(_mm256_add_ps(v1, _mm256_loadu_ps(out->bias + 8)), out->activation);
-        } else if (out->kind == EPI_ACTIVATION_DERIVATIVE) {
-            const float *aux = out->aux + r * out->ld_aux;
-            v0 = _mm256_mul_ps(v0, derivative8(_mm256_loadu_ps(aux), out->activation));
-            v1 = _mm256_mul_ps(v1, derivative8(_mm256_loadu_ps(aux + 8), out->activation));
-        }
-    }
-    _mm256_storeu_ps(dst, v0);
-    _mm256_storeu_ps(dst + 8, v1);
+    finish_vector(out, r, 0, v0);
+    finish_vector(out, r, 1, v1);
 }
 
 /* 6 x 16 tile in 12 accumulators; per k step 2 aligned loads of B, 6 broadcasts of A, 12 FMAs. */
@@ -244,11 +244,40 @@ static void microkernel_avx2(ptrdiff_t k, const float *a, const float *b, const 
     finish_row(out, 5, c50, c51);
 }
 
+/* The first 8 columns of the 6 x 16 tile in 6 accumulators: the loop above with the second vector of B left
+ * out (its sliver rows stay 16 wide), so each element gets the same FMAs. */
+static void microkernel_half_avx2(ptrdiff_t k, const float *a, const float *b, const tile_output *out)
+{
+    __m256 c0 = _mm256_setzero_ps(), c1 = _mm256_setzero_ps(), c2 = _mm256_setzero_ps();
+    __m256 c3 = _mm256_setzero_ps(), c4 = _mm256_setzero_ps(), c5 = _mm256_setzero_ps();
+    for (int r = 0; r < MR; ++r)
+        _mm_prefetch((const char *)(out->c + r * out->ldc), _MM_HINT_T0);
+#pragma GCC unroll 4
+    for (ptrdiff_t p = 0; p < k; ++p) {
+        const __m256 b0 = _mm256_load_ps(b);
+        c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 0), b0, c0);
+        c1 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 1), b0, c1);
+        c2 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 2), b0, c2);
+        c3 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 3), b0, c3);
+        c4 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 4), b0, c4);
+        c5 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 5), b0, c5);
+        a += MR;
+        b += NR;
+    }
+    finish_vector(out, 0, 0, c0);
+    finish_vector(out, 1, 0, c1);
+    finish_vector(out, 2, 0, c2);
+    finish_vector(out, 3, 0, c3);
+    finish_vector(out, 4, 0, c4);
+    finish_vector(out, 5, 0, c5);
+}
+
 const cpu_kernels avx2_kernels = {
     .isa = MLP_ISA_AVX2,
     .mr = MR,
     .nr = NR,
     .microkernel = microkernel_avx2,
+    .microkernel_half = microkernel_half_avx2,
     .bias_activation = bias_activation_avx2,
     .activation_derivative = activation_derivative_avx2,
     .pack_a_rows = pack_a_rows_avx2,

@@ -157,11 +157,12 @@ static void pack_b_transposed_avx512(const float *src, ptrdiff_t ld, int cols, i
             sliver[q * NR_AVX512 + c] = c < cols ? src[c * ld + q] : 0.0f;
 }
 
-/* One finished row of the tile: accumulate into C if asked, apply the epilogue on the last k block. */
-static inline void finish_row(const tile_output *out, int r, __m512 v[VECTORS_PER_ROW])
+/* One finished row of the tile (its first `vectors` vectors): accumulate into C if asked, apply the epilogue on
+ * the last k block. */
+static inline void finish_row(const tile_output *out, int r, const __m512 *v, int vectors)
 {
     float *dst = out->c + r * out->ldc;
-    for (int h = 0; h < VECTORS_PER_ROW; ++h) {
+    for (int h = 0; h < vectors; ++h) {
         __m512 x = v[h];
         if (out->accumulate)
             x = _mm512_add_ps(x, _mm512_loadu_ps(dst + h * LANES));
@@ -176,34 +177,37 @@ static inline void finish_row(const tile_output *out, int r, __m512 v[VECTORS_PE
     }
 }
 
-/* MR_AVX512 x NR_AVX512 tile in MR_AVX512 x 2 zmm accumulators; per k step 2 aligned loads of B and one
- * broadcast FMA per accumulator. The loops are fully unrolled, so the accumulators live in registers. */
-static void microkernel_avx512(ptrdiff_t k, const float *a, const float *b, const tile_output *out)
+/* The first `vectors` x 16 columns of an MR_AVX512 x NR_AVX512 tile in MR_AVX512 x `vectors` zmm accumulators;
+ * per k step `vectors` aligned loads of B (whose sliver rows stay NR_AVX512 wide) and one broadcast FMA per
+ * accumulator. `vectors` is a constant at each call, so the loops unroll and the accumulators live in
+ * registers. */
+static inline __attribute__((always_inline)) void tile_product(ptrdiff_t k, const float *a, const float *b,
+                                                               const tile_output *out, const int vectors)
 {
     __m512 acc[MR_AVX512][VECTORS_PER_ROW];
 #pragma GCC unroll 16
     for (int r = 0; r < MR_AVX512; ++r)
 #pragma GCC unroll 4
-        for (int h = 0; h < VECTORS_PER_ROW; ++h)
+        for (int h = 0; h < vectors; ++h)
             acc[r][h] = _mm512_setzero_ps();
     /* The C tile is only touched after the k loop: fetch its lines (a row may straddle three) meanwhile. */
     for (int r = 0; r < MR_AVX512; ++r) {
         const char *row = (const char *)(out->c + r * out->ldc);
-        _mm_prefetch(row, _MM_HINT_T0);
-        _mm_prefetch(row + 64, _MM_HINT_T0);
-        _mm_prefetch(row + NR_AVX512 * sizeof(float) - 1, _MM_HINT_T0);
+        for (int offset = 0; offset < vectors * LANES * (int)sizeof(float); offset += 64)
+            _mm_prefetch(row + offset, _MM_HINT_T0);
+        _mm_prefetch(row + vectors * LANES * sizeof(float) - 1, _MM_HINT_T0);
     }
 #pragma GCC unroll 2
     for (ptrdiff_t p = 0; p < k; ++p) {
         __m512 bv[VECTORS_PER_ROW];
 #pragma GCC unroll 4
-        for (int h = 0; h < VECTORS_PER_ROW; ++h)
+        for (int h = 0; h < vectors; ++h)
             bv[h] = _mm512_load_ps(b + h * LANES);
 #pragma GCC unroll 16
         for (int r = 0; r < MR_AVX512; ++r) {
             const __m512 ar = _mm512_set1_ps(a[r]);
 #pragma GCC unroll 4
-            for (int h = 0; h < VECTORS_PER_ROW; ++h)
+            for (int h = 0; h < vectors; ++h)
                 acc[r][h] = _mm512_fmadd_ps(ar, bv[h], acc[r][h]);
         }
         a += MR_AVX512;
@@ -211,7 +215,17 @@ static void microkernel_avx512(ptrdiff_t k, const float *a, const float *b, cons
     }
 #pragma GCC unroll 16
     for (int r = 0; r < MR_AVX512; ++r)
-        finish_row(out, r, acc[r]);
+        finish_row(out, r, acc[r], vectors);
+}
+
+static void microkernel_avx512(ptrdiff_t k, const float *a, const float *b, const tile_output *out)
+{
+    tile_product(k, a, b, out, VECTORS_PER_ROW);
+}
+
+static void microkernel_half_avx512(ptrdiff_t k, const float *a, const float *b, const tile_output *out)
+{
+    tile_product(k, a, b, out, VECTORS_PER_ROW / 2);
 }
 
 const cpu_kernels avx512_kernels = {
@@ -219,6 +233,7 @@ const cpu_kernels avx512_kernels = {
     .mr = MR_AVX512,
     .nr = NR_AVX512,
     .microkernel = microkernel_avx512,
+    .microkernel_half = microkernel_half_avx512,
     .bias_activation = bias_activation_avx512,
     .activation_derivative = activation_derivative_avx512,
     .pack_a_rows = pack_a_rows_avx512,

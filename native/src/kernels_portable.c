@@ -73,24 +73,25 @@ static void pack_b_transposed_portable(const float *src, ptrdiff_t ld, int cols,
             sliver[q * NR + c] = 0.0f;
 }
 
-/* The MR x NR tile, two rows at a time: 2 x NR accumulators fit the 16 vector registers of baseline x86-64
- * (the whole tile would spill to memory on every step), and the compiler vectorises the inner loop with
- * whatever the baseline flags allow. Each element still sums its k terms in order. */
-static void microkernel_portable(ptrdiff_t k, const float *a, const float *b, const tile_output *out)
+/* The first `cols` columns of the MR x NR tile, two rows at a time: 2 x NR accumulators fit the 16 vector
+ * registers of baseline x86-64 (the whole tile would spill to memory on every step), and the compiler vectorises
+ * the inner loop with whatever the baseline flags allow. Each element still sums its k terms in order. `cols` is
+ * a constant at each call. */
+static inline void tile_product(ptrdiff_t k, const float *a, const float *b, const tile_output *out, const int cols)
 {
     for (int r0 = 0; r0 < MR; r0 += 2) {
         float acc[2][NR] = {{0.0f}};
         for (ptrdiff_t p = 0; p < k; ++p) {
             const float a0 = a[p * MR + r0], a1 = a[p * MR + r0 + 1];
             const float *b_p = b + p * NR;
-            for (int c = 0; c < NR; ++c) {
+            for (int c = 0; c < cols; ++c) {
                 acc[0][c] += a0 * b_p[c];
                 acc[1][c] += a1 * b_p[c];
             }
         }
         for (int r = r0; r < r0 + 2; ++r) {
             float *dst = out->c + r * out->ldc;
-            for (int c = 0; c < NR; ++c) {
+            for (int c = 0; c < cols; ++c) {
                 float v = acc[r - r0][c];
                 if (out->accumulate)
                     v += dst[c];
@@ -106,11 +107,22 @@ static void microkernel_portable(ptrdiff_t k, const float *a, const float *b, co
     }
 }
 
+static void microkernel_portable(ptrdiff_t k, const float *a, const float *b, const tile_output *out)
+{
+    tile_product(k, a, b, out, NR);
+}
+
+static void microkernel_half_portable(ptrdiff_t k, const float *a, const float *b, const tile_output *out)
+{
+    tile_product(k, a, b, out, NR / 2);
+}
+
 const cpu_kernels portable_kernels = {
     .isa = MLP_ISA_PORTABLE,
     .mr = MR,
     .nr = NR,
     .microkernel = microkernel_portable,
+    .microkernel_half = microkernel_half_portable,
     .bias_activation = bias_activation_portable,
     .activation_derivative = activation_derivative_portable,
     .pack_a_rows = pack_a_rows_portable,
