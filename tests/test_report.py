@@ -61,14 +61,14 @@ def duration(seconds: float) -> str:
     raise AssertionError
 
 
-def find(text: str, sentence: str, gap: int = 4000) -> re.Match[str] | None:
-    """Where ``text`` has ``sentence``, allowing a float (a figure's labels, a caption) of up to ``gap``
+def says(text: str, sentence: str, gap: int = 4000) -> bool:
+    """Whether ``text`` has ``sentence``, allowing a float (a figure's labels, a caption) of up to ``gap``
     characters between two of its words, as the PDF's text order puts a page-top figure mid-sentence (the
     end-to-end figure, tick labels and caption, is about 2400 characters); also after a hyphen inside a word
     (``cuda-`` at the foot of a page, ``naive`` after the next page's figure)."""
     float_after = rf"(?:.{{0,{gap}}}?\s)??"
     words = [re.escape(word).replace(r"\-", r"\-" + float_after) for word in sentence.split()]
-    return re.search(rf"\s{float_after}".join(words), text)
+    return re.search(rf"\s{float_after}".join(words), text) is not None
 
 
 def opening_end(text: str, opening: str, gap: int = 4000) -> int:
@@ -86,11 +86,6 @@ def opening_end(text: str, opening: str, gap: int = 4000) -> int:
                 ends.append(after + 1 + len(tail))
     assert len(ends) == 1, (opening, len(ends))
     return ends[0]
-
-
-def says(text: str, sentence: str, gap: int = 4000) -> bool:
-    """Whether ``text`` has ``sentence``, a float allowed between two of its words (:func:`find`)."""
-    return find(text, sentence, gap) is not None
 
 
 @pytest.fixture(scope="module")

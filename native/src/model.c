@@ -115,6 +115,15 @@ int mlp_has_blas(void)
 
 static int max_int(int a, int b) { return a > b ? a : b; }
 
+/* The packed rung's step fuses work into the products' own partitions (the output rows into the last
+ * layer's rows, each thread's update into its block of the weight gradient), saving barriers and keeping
+ * that work on the thread whose cache holds the data. The other rungs keep the plain structure (their
+ * partitions are not rectangles), and so does the BLAS build (OpenBLAS owns the products' partition). */
+static int fused_step(const mlp_model *model)
+{
+    return model->kernel == MLP_KERNEL_PACKED && !mlp_has_blas();
+}
+
 static int plan_from_environment(void)
 {
     const char *text = getenv("MLP_STEP_PLAN");
@@ -269,13 +278,16 @@ int mlp_model_create(mlp_model **out, int n_layers, const int *sizes, int activa
         ly->output_t = alloc_floats((size_t)ly->n_out * (size_t)(max_batch < MC ? max_batch : MC));
         ok = ly->output_t != NULL;
     }
-    /* Plan 16's copies of W^T: the hidden layers whose input gradient is transposed (all but the first). */
+    /* Plan 16's copies of W^T: the hidden layers whose input gradient is transposed (all but the first), where
+     * the fused step runs. Every float of them is packed in a step's forward pass before its backprop reads it,
+     * so they are left unwritten here: the owners' first copies place their pages. */
     size_t copy_floats = 0;
     for (int l = 1; l + 1 < n_layers; ++l)
         copy_floats += (size_t)sizes[l + 1] * (size_t)round_up(sizes[l], kernels->mr);
-    for (int l = 1; ok && l + 1 < n_layers && copy_floats * sizeof(float) <= OWNED_COPY_BYTES; ++l) {
+    const int copies = fused_step(model) && copy_floats * sizeof(float) <= OWNED_COPY_BYTES;
+    for (int l = 1; ok && copies && l + 1 < n_layers; ++l) {
         layer *ly = &model->layers[l];
-        ly->weights_t = alloc_floats((size_t)ly->n_out * (size_t)round_up(ly->n_in, kernels->mr));
+        ly->weights_t = alloc_floats_untouched((size_t)ly->n_out * (size_t)round_up(ly->n_in, kernels->mr));
         ok = ly->weights_t != NULL;
     }
     /* Shared packed weights: the widest layer above the first, in either layout (whole NR_MAX slivers). */
@@ -415,15 +427,6 @@ static void team_barrier(const mlp_model *model, int closes)
     timeline_record(model->tl, MLP_EV_BARRIER, closes, t0, 0, 0);
 }
 
-/* The packed rung's step fuses work into the products' own partitions (the output rows into the last
- * layer's rows, each thread's update into its block of the weight gradient), saving barriers and keeping
- * that work on the thread whose cache holds the data. The other rungs keep the plain structure (their
- * partitions are not rectangles), and so does the BLAS build (OpenBLAS owns the products' partition). */
-static int fused_step(const mlp_model *model)
-{
-    return model->kernel == MLP_KERNEL_PACKED && !mlp_has_blas();
-}
-
 /* Change 12's rule: the owned rows where the host measured them faster than plan 8, plan 8 elsewhere. Plan
  * 11's gain was in the hidden-to-hidden layers (no shared packing of their weights, each thread updating its own
  * rows of W), which a network needs at least three layers to have (digits, 64-128-10, has none: plan 11 was
@@ -447,8 +450,8 @@ static int step_plan(const mlp_model *model, int threads, int batch)
     if ((plan != PLAN_OWNED_ROWS && plan != PLAN_OWNED_COPY) || !fused_step(model) || batch > MC ||
         model->n_layers < 2)
         return PLAN_SHARED_PACKING;
-    const int copies = model->n_layers >= 3 && model->layers[1].weights_t;
-    return plan == PLAN_OWNED_COPY && copies ? PLAN_OWNED_COPY : PLAN_OWNED_ROWS;
+    /* Layer 2 has a copy exactly when the model has any (a hidden layer above the first, within the bound). */
+    return plan == PLAN_OWNED_COPY && model->layers[1].weights_t ? PLAN_OWNED_COPY : PLAN_OWNED_ROWS;
 }
 
 int mlp_step_plan(const mlp_model *model, int threads, int batch)
