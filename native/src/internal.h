@@ -75,11 +75,15 @@ typedef struct {
 typedef struct {
     int isa;
     int mr, nr;               /* the micro-kernel's tile; packed slivers are mr rows / nr columns wide */
-    /* k steps of an mr x nr outer-product update from packed slivers, then the tile's epilogue. */
-    void (*microkernel)(ptrdiff_t k, const float *a_packed, const float *b_packed, const tile_output *out);
-    /* The same for the tile's first nr / 2 columns only (B's sliver as packed, nr wide), with the same
+    /* k steps of an mr x nr outer-product update, then the tile's epilogue. Step q reads A's mr values at
+     * a + q * a_step and B's nr values at b + q * b_step: packed slivers (a_step = mr, b_step = nr), or an
+     * operand read where it lies when its rows for one q are contiguous (the steps its strides). */
+    void (*microkernel)(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b, ptrdiff_t b_step,
+                        const tile_output *out);
+    /* The same for the tile's first nr / 2 columns only (B's first nr / 2 values of each step), with the same
      * operations on each of them: half the work for tiles of at most nr / 2 columns. */
-    void (*microkernel_half)(ptrdiff_t k, const float *a_packed, const float *b_packed, const tile_output *out);
+    void (*microkernel_half)(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b, ptrdiff_t b_step,
+                             const tile_output *out);
     /* z[i][j] = act(z[i][j] + bias[j]) over a rows x cols block. */
     void (*bias_activation)(float *z, ptrdiff_t ldz, int rows, int cols, const float *bias, int activation);
     /* d[i][j] *= act'(a[i][j]) over a rows x cols block, act' written in terms of the output a. */

@@ -200,8 +200,9 @@ static inline void finish_row(const tile_output *out, int r, __m256 v0, __m256 v
     finish_vector(out, r, 1, v1);
 }
 
-/* 6 x 16 tile in 12 accumulators; per k step 2 aligned loads of B, 6 broadcasts of A, 12 FMAs. */
-static void microkernel_avx2(ptrdiff_t k, const float *a, const float *b, const tile_output *out)
+/* 6 x 16 tile in 12 accumulators; per k step 2 loads of B, 6 broadcasts of A, 12 FMAs. */
+static void microkernel_avx2(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b, ptrdiff_t b_step,
+                             const tile_output *out)
 {
     __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps();
     __m256 c11 = _mm256_setzero_ps(), c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
@@ -214,7 +215,7 @@ static void microkernel_avx2(ptrdiff_t k, const float *a, const float *b, const 
     }
 #pragma GCC unroll 4
     for (ptrdiff_t p = 0; p < k; ++p) {
-        const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+        const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
         __m256 ar = _mm256_broadcast_ss(a + 0);
         c00 = _mm256_fmadd_ps(ar, b0, c00);
         c01 = _mm256_fmadd_ps(ar, b1, c01);
@@ -233,8 +234,8 @@ static void microkernel_avx2(ptrdiff_t k, const float *a, const float *b, const 
         ar = _mm256_broadcast_ss(a + 5);
         c50 = _mm256_fmadd_ps(ar, b0, c50);
         c51 = _mm256_fmadd_ps(ar, b1, c51);
-        a += MR;
-        b += NR;
+        a += a_step;
+        b += b_step;
     }
     finish_row(out, 0, c00, c01);
     finish_row(out, 1, c10, c11);
@@ -245,8 +246,9 @@ static void microkernel_avx2(ptrdiff_t k, const float *a, const float *b, const 
 }
 
 /* The first 8 columns of the 6 x 16 tile in 6 accumulators: the loop above with the second vector of B left
- * out (its sliver rows stay 16 wide), so each element gets the same FMAs. */
-static void microkernel_half_avx2(ptrdiff_t k, const float *a, const float *b, const tile_output *out)
+ * out, so each element gets the same FMAs. */
+static void microkernel_half_avx2(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b, ptrdiff_t b_step,
+                                  const tile_output *out)
 {
     __m256 c0 = _mm256_setzero_ps(), c1 = _mm256_setzero_ps(), c2 = _mm256_setzero_ps();
     __m256 c3 = _mm256_setzero_ps(), c4 = _mm256_setzero_ps(), c5 = _mm256_setzero_ps();
@@ -254,15 +256,15 @@ static void microkernel_half_avx2(ptrdiff_t k, const float *a, const float *b, c
         _mm_prefetch((const char *)(out->c + r * out->ldc), _MM_HINT_T0);
 #pragma GCC unroll 4
     for (ptrdiff_t p = 0; p < k; ++p) {
-        const __m256 b0 = _mm256_load_ps(b);
+        const __m256 b0 = _mm256_loadu_ps(b);
         c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 0), b0, c0);
         c1 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 1), b0, c1);
         c2 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 2), b0, c2);
         c3 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 3), b0, c3);
         c4 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 4), b0, c4);
         c5 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 5), b0, c5);
-        a += MR;
-        b += NR;
+        a += a_step;
+        b += b_step;
     }
     finish_vector(out, 0, 0, c0);
     finish_vector(out, 1, 0, c1);

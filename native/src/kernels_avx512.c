@@ -178,10 +178,10 @@ static inline void finish_row(const tile_output *out, int r, const __m512 *v, in
 }
 
 /* The first `vectors` x 16 columns of an MR_AVX512 x NR_AVX512 tile in MR_AVX512 x `vectors` zmm accumulators;
- * per k step `vectors` aligned loads of B (whose sliver rows stay NR_AVX512 wide) and one broadcast FMA per
- * accumulator. `vectors` is a constant at each call, so the loops unroll and the accumulators live in
- * registers. */
-static inline __attribute__((always_inline)) void tile_product(ptrdiff_t k, const float *a, const float *b,
+ * per k step `vectors` loads of B and one broadcast FMA per accumulator. `vectors` is a constant at each call,
+ * so the loops unroll and the accumulators live in registers. */
+static inline __attribute__((always_inline)) void tile_product(ptrdiff_t k, const float *a, ptrdiff_t a_step,
+                                                               const float *b, ptrdiff_t b_step,
                                                                const tile_output *out, const int vectors)
 {
     __m512 acc[MR_AVX512][VECTORS_PER_ROW];
@@ -202,7 +202,7 @@ static inline __attribute__((always_inline)) void tile_product(ptrdiff_t k, cons
         __m512 bv[VECTORS_PER_ROW];
 #pragma GCC unroll 4
         for (int h = 0; h < vectors; ++h)
-            bv[h] = _mm512_load_ps(b + h * LANES);
+            bv[h] = _mm512_loadu_ps(b + h * LANES);
 #pragma GCC unroll 16
         for (int r = 0; r < MR_AVX512; ++r) {
             const __m512 ar = _mm512_set1_ps(a[r]);
@@ -210,22 +210,24 @@ static inline __attribute__((always_inline)) void tile_product(ptrdiff_t k, cons
             for (int h = 0; h < vectors; ++h)
                 acc[r][h] = _mm512_fmadd_ps(ar, bv[h], acc[r][h]);
         }
-        a += MR_AVX512;
-        b += NR_AVX512;
+        a += a_step;
+        b += b_step;
     }
 #pragma GCC unroll 16
     for (int r = 0; r < MR_AVX512; ++r)
         finish_row(out, r, acc[r], vectors);
 }
 
-static void microkernel_avx512(ptrdiff_t k, const float *a, const float *b, const tile_output *out)
+static void microkernel_avx512(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b, ptrdiff_t b_step,
+                               const tile_output *out)
 {
-    tile_product(k, a, b, out, VECTORS_PER_ROW);
+    tile_product(k, a, a_step, b, b_step, out, VECTORS_PER_ROW);
 }
 
-static void microkernel_half_avx512(ptrdiff_t k, const float *a, const float *b, const tile_output *out)
+static void microkernel_half_avx512(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b, ptrdiff_t b_step,
+                                    const tile_output *out)
 {
-    tile_product(k, a, b, out, VECTORS_PER_ROW / 2);
+    tile_product(k, a, a_step, b, b_step, out, VECTORS_PER_ROW / 2);
 }
 
 const cpu_kernels avx512_kernels = {

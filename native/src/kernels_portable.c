@@ -77,13 +77,14 @@ static void pack_b_transposed_portable(const float *src, ptrdiff_t ld, int cols,
  * registers of baseline x86-64 (the whole tile would spill to memory on every step), and the compiler vectorises
  * the inner loop with whatever the baseline flags allow. Each element still sums its k terms in order. `cols` is
  * a constant at each call. */
-static inline void tile_product(ptrdiff_t k, const float *a, const float *b, const tile_output *out, const int cols)
+static inline void tile_product(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b, ptrdiff_t b_step,
+                                const tile_output *out, const int cols)
 {
     for (int r0 = 0; r0 < MR; r0 += 2) {
         float acc[2][NR] = {{0.0f}};
         for (ptrdiff_t p = 0; p < k; ++p) {
-            const float a0 = a[p * MR + r0], a1 = a[p * MR + r0 + 1];
-            const float *b_p = b + p * NR;
+            const float a0 = a[p * a_step + r0], a1 = a[p * a_step + r0 + 1];
+            const float *b_p = b + p * b_step;
             for (int c = 0; c < cols; ++c) {
                 acc[0][c] += a0 * b_p[c];
                 acc[1][c] += a1 * b_p[c];
@@ -107,14 +108,16 @@ static inline void tile_product(ptrdiff_t k, const float *a, const float *b, con
     }
 }
 
-static void microkernel_portable(ptrdiff_t k, const float *a, const float *b, const tile_output *out)
+static void microkernel_portable(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b, ptrdiff_t b_step,
+                                 const tile_output *out)
 {
-    tile_product(k, a, b, out, NR);
+    tile_product(k, a, a_step, b, b_step, out, NR);
 }
 
-static void microkernel_half_portable(ptrdiff_t k, const float *a, const float *b, const tile_output *out)
+static void microkernel_half_portable(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b,
+                                      ptrdiff_t b_step, const tile_output *out)
 {
-    tile_product(k, a, b, out, NR / 2);
+    tile_product(k, a, a_step, b, b_step, out, NR / 2);
 }
 
 const cpu_kernels portable_kernels = {

@@ -1,6 +1,7 @@
 /* Every version of the standalone product, every transposition, on sizes that divide no tile (6 x 16 and
  * 8 x 32 register tiles, KC 512, MC 144, NC 4080) and on whole tiles, against a double-precision product;
- * bit-identical for 1, 2 and 3 threads; and the error codes. */
+ * bit-identical for 1, 2 and 3 threads and, on the packed rung, whichever way the operands are stored (packed
+ * or read in place); and the error codes. */
 #include <float.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,7 +14,7 @@ typedef struct { int m, n, k; } shape;
 static const shape SHAPES[] = {
     {1, 1, 1}, {7, 33, 257}, {33, 7, 1}, {257, 33, 7}, {6, 16, 256}, {13, 17, 300},
     {150, 40, 5}, {3, 4100, 2}, {1, 257, 33}, {31, 1, 513}, {8, 32, 256}, {16, 64, 300},
-    {7, 33, 1031}, {8, 32, 1024},
+    {7, 33, 1031}, {8, 32, 1024}, {10, 128, 32},
 };
 
 /* Stored operand element: op(X)(i, j) for X stored row-major with row stride ld, transposed or not. */
@@ -89,6 +90,57 @@ static void test_products(int isa, int max_threads)
     mlp_gemm_workspace_destroy(ws);
 }
 
+/* x (rows x cols, row stride ld) stored transposed, with row stride ld_t. */
+static float *transposed_copy(const float *x, int rows, int cols, int ld, int ld_t)
+{
+    float *t = malloc((size_t)cols * ld_t * sizeof *t);
+    fill_nan(t, (size_t)cols * ld_t);
+    for (int i = 0; i < rows; ++i)
+        for (int j = 0; j < cols; ++j)
+            t[(size_t)j * ld_t + i] = x[(size_t)i * ld + j];
+    return t;
+}
+
+/* The packed rung packs an operand or reads it where it lies depending on how it is stored (and on k): each
+ * element gets the same operations either way, so the four storages of the same operands give the same bits. */
+static void test_layouts_agree(int isa, int max_threads)
+{
+    mlp_gemm_workspace *ws = NULL;
+    CHECK(mlp_gemm_workspace_create(&ws, 300, 4200, max_threads, isa) == MLP_OK, "isa %d", isa);
+    if (!ws)
+        return;
+    unsigned long long seed = 7;
+    for (size_t si = 0; si < sizeof SHAPES / sizeof SHAPES[0]; ++si) {
+        const shape s = SHAPES[si];
+        const int lda = s.k + 3, ldb = s.n + 5, lda_t = s.m + 1, ldb_t = s.k + 2, ldc = s.n;
+        float *a = malloc((size_t)s.m * lda * sizeof *a), *b = malloc((size_t)s.k * ldb * sizeof *b);
+        fill_uniform(a, (size_t)s.m * lda, &seed, -1.0f, 1.0f);
+        fill_uniform(b, (size_t)s.k * ldb, &seed, -1.0f, 1.0f);
+        float *a_t = transposed_copy(a, s.m, s.k, lda, lda_t), *b_t = transposed_copy(b, s.k, s.n, ldb, ldb_t);
+        float *c = malloc((size_t)s.m * ldc * sizeof *c), *first = malloc((size_t)s.m * ldc * sizeof *first);
+        for (int threads = 1; threads <= max_threads; threads += 2)
+            for (int layout = 0; layout < 4; ++layout) {
+                const int ta = layout & 1, tb = layout >> 1;
+                const int status = mlp_gemm(ws, MLP_KERNEL_PACKED, threads, ta, tb, s.m, s.n, s.k, ta ? a_t : a,
+                                            ta ? lda_t : lda, tb ? b_t : b, tb ? ldb_t : ldb, c, ldc);
+                CHECK(status == MLP_OK, "status %d", status);
+                if (threads == 1 && layout == 0)
+                    memcpy(first, c, (size_t)s.m * ldc * sizeof *c);
+                else
+                    CHECK(memcmp(first, c, (size_t)s.m * ldc * sizeof *c) == 0,
+                          "isa %d threads %d trans %d%d shape %dx%dx%d: bits differ from the untransposed product",
+                          isa, threads, ta, tb, s.m, s.n, s.k);
+            }
+        free(a);
+        free(b);
+        free(a_t);
+        free(b_t);
+        free(c);
+        free(first);
+    }
+    mlp_gemm_workspace_destroy(ws);
+}
+
 static void test_errors(void)
 {
     mlp_gemm_workspace *ws = NULL;
@@ -123,9 +175,12 @@ int main(void)
     const int max_threads = mlp_has_openmp() ? 3 : 1;
     test_errors();
     for (int isa = MLP_ISA_PORTABLE; isa <= MLP_ISA_AVX512; ++isa) {
-        if (mlp_isa_supported(isa))
+        if (mlp_isa_supported(isa)) {
             test_products(isa, max_threads);
-        else
+            /* OpenBLAS promises no such thing: the BLAS build's products are checked against float64 only. */
+            if (!mlp_has_blas())
+                test_layouts_agree(isa, max_threads);
+        } else
             printf("test_gemm: this CPU cannot run isa %d; skipped\n", isa);
     }
     return check_report(mlp_has_openmp() ? "test_gemm (omp)"
