@@ -302,8 +302,8 @@ static void stage_tile(float *stage, int mr, int nr, const float *src, ptrdiff_t
         memcpy(stage + r * nr, src + r * ld, (size_t)cols * sizeof(float));
 }
 
-/* One mr x nr tile. A tile of at most nr / 2 columns runs the half-width micro-kernel, which gives each
- * element the same operations as the full one. Edge tiles run the micro-kernel on a staged copy, so every
+/* One mr x nr tile. A tile of at most mr / 2 rows or nr / 2 columns runs the kernel set's micro-kernel of that
+ * part of a tile, which gives each element the same operations as the whole tile's. Edge tiles run the micro-kernel on a staged copy, so every
  * element of C is computed by the same instructions wherever the tile boundaries fall. The stage is filled only
  * where the kernel reads it (C when accumulating, aux for the derivative), zero-padded beyond the edge. */
 static void packed_tile(const gemm_problem *p, const cpu_kernels *kernels, operand_sliver a, operand_sliver b,
@@ -323,10 +323,9 @@ static void packed_tile(const gemm_problem *p, const cpu_kernels *kernels, opera
         .aux = needs_aux ? p->ep.aux + row0 * p->ep.ld_aux + col0 : NULL,
         .ld_aux = p->ep.ld_aux,
     };
-    const int half = cols <= nr / 2;
-    void (*const microkernel)(ptrdiff_t, const float *, ptrdiff_t, const float *, ptrdiff_t, const tile_output *) =
-        half ? kernels->microkernel_half : kernels->microkernel;
-    if (rows == mr && cols == (half ? nr / 2 : nr)) {
+    const int short_tile = rows <= mr / 2, narrow = cols <= nr / 2;
+    const microkernel_fn microkernel = kernels->microkernel[short_tile][narrow];
+    if (rows == (short_tile ? mr / 2 : mr) && cols == (narrow ? nr / 2 : nr)) {
         microkernel(kc, a.at, a.step, b.at, b.step, &out);
         return;
     }

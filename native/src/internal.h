@@ -71,19 +71,20 @@ typedef struct {
     ptrdiff_t ld_aux;
 } tile_output;
 
+/* A micro-kernel: k steps of an outer-product update of its part of a tile, then the tile's epilogue. Step q
+ * reads A's values at a + q * a_step and B's at b + q * b_step: packed slivers (a_step = mr, b_step = nr), or an
+ * operand read where it lies when its values for one q are contiguous (the steps its strides). */
+typedef void (*microkernel_fn)(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b, ptrdiff_t b_step,
+                               const tile_output *out);
+
 /* The routines that exist once per instruction set. Values differ between sets only by rounding. */
 typedef struct {
     int isa;
     int mr, nr;               /* the micro-kernel's tile; packed slivers are mr rows / nr columns wide */
-    /* k steps of an mr x nr outer-product update, then the tile's epilogue. Step q reads A's mr values at
-     * a + q * a_step and B's nr values at b + q * b_step: packed slivers (a_step = mr, b_step = nr), or an
-     * operand read where it lies when its rows for one q are contiguous (the steps its strides). */
-    void (*microkernel)(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b, ptrdiff_t b_step,
-                        const tile_output *out);
-    /* The same for the tile's first nr / 2 columns only (B's first nr / 2 values of each step), with the same
-     * operations on each of them: half the work for tiles of at most nr / 2 columns. */
-    void (*microkernel_half)(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b, ptrdiff_t b_step,
-                             const tile_output *out);
+    /* [short][narrow]: the kernel of the whole mr x nr tile ([0][0]) and those of its first mr / 2 rows
+     * (short) and first nr / 2 columns (narrow), which give each element they compute the same operations as
+     * the whole tile's: less work for tiles of at most half the rows or columns, the same bits. */
+    microkernel_fn microkernel[2][2];
     /* z[i][j] = act(z[i][j] + bias[j]) over a rows x cols block. */
     void (*bias_activation)(float *z, ptrdiff_t ldz, int rows, int cols, const float *bias, int activation);
     /* d[i][j] *= act'(a[i][j]) over a rows x cols block, act' written in terms of the output a. */

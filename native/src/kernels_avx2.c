@@ -194,92 +194,79 @@ static inline void finish_vector(const tile_output *out, int r, int h, __m256 v)
     _mm256_storeu_ps(dst, v);
 }
 
-static inline void finish_row(const tile_output *out, int r, __m256 v0, __m256 v1)
+/* The first `rows` rows and `vectors` x 8 columns of the 6 x 16 tile in `rows` x `vectors` accumulators (12 for
+ * the whole tile); per k step `vectors` loads of B, `rows` broadcasts of A and one FMA per accumulator. `rows`
+ * and `vectors` are constants at each call, so the loops unroll and the accumulators live in registers. */
+static inline __attribute__((always_inline)) void tile_product(ptrdiff_t k, const float *a, ptrdiff_t a_step,
+                                                               const float *b, ptrdiff_t b_step,
+                                                               const tile_output *out, const int rows,
+                                                               const int vectors)
 {
-    finish_vector(out, r, 0, v0);
-    finish_vector(out, r, 1, v1);
+    __m256 acc[MR][NR / 8];
+#pragma GCC unroll 8
+    for (int r = 0; r < rows; ++r)
+#pragma GCC unroll 2
+        for (int h = 0; h < vectors; ++h)
+            acc[r][h] = _mm256_setzero_ps();
+    /* The C tile is only touched after the k loop: fetch its lines (a row may straddle two) meanwhile. */
+    for (int r = 0; r < rows; ++r) {
+        _mm_prefetch((const char *)(out->c + r * out->ldc), _MM_HINT_T0);
+        if (vectors == 2)
+            _mm_prefetch((const char *)(out->c + r * out->ldc + NR - 1), _MM_HINT_T0);
+    }
+#pragma GCC unroll 4
+    for (ptrdiff_t p = 0; p < k; ++p) {
+        __m256 bv[NR / 8];
+#pragma GCC unroll 2
+        for (int h = 0; h < vectors; ++h)
+            bv[h] = _mm256_loadu_ps(b + 8 * h);
+#pragma GCC unroll 8
+        for (int r = 0; r < rows; ++r) {
+            const __m256 ar = _mm256_broadcast_ss(a + r);
+#pragma GCC unroll 2
+            for (int h = 0; h < vectors; ++h)
+                acc[r][h] = _mm256_fmadd_ps(ar, bv[h], acc[r][h]);
+        }
+        a += a_step;
+        b += b_step;
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < rows; ++r)
+#pragma GCC unroll 2
+        for (int h = 0; h < vectors; ++h)
+            finish_vector(out, r, h, acc[r][h]);
 }
 
-/* 6 x 16 tile in 12 accumulators; per k step 2 loads of B, 6 broadcasts of A, 12 FMAs. */
 static void microkernel_avx2(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b, ptrdiff_t b_step,
                              const tile_output *out)
 {
-    __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps();
-    __m256 c11 = _mm256_setzero_ps(), c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
-    __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps(), c40 = _mm256_setzero_ps();
-    __m256 c41 = _mm256_setzero_ps(), c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
-    /* The C tile is only touched after the k loop: fetch its lines (a row may straddle two) meanwhile. */
-    for (int r = 0; r < MR; ++r) {
-        _mm_prefetch((const char *)(out->c + r * out->ldc), _MM_HINT_T0);
-        _mm_prefetch((const char *)(out->c + r * out->ldc + NR - 1), _MM_HINT_T0);
-    }
-#pragma GCC unroll 4
-    for (ptrdiff_t p = 0; p < k; ++p) {
-        const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
-        __m256 ar = _mm256_broadcast_ss(a + 0);
-        c00 = _mm256_fmadd_ps(ar, b0, c00);
-        c01 = _mm256_fmadd_ps(ar, b1, c01);
-        ar = _mm256_broadcast_ss(a + 1);
-        c10 = _mm256_fmadd_ps(ar, b0, c10);
-        c11 = _mm256_fmadd_ps(ar, b1, c11);
-        ar = _mm256_broadcast_ss(a + 2);
-        c20 = _mm256_fmadd_ps(ar, b0, c20);
-        c21 = _mm256_fmadd_ps(ar, b1, c21);
-        ar = _mm256_broadcast_ss(a + 3);
-        c30 = _mm256_fmadd_ps(ar, b0, c30);
-        c31 = _mm256_fmadd_ps(ar, b1, c31);
-        ar = _mm256_broadcast_ss(a + 4);
-        c40 = _mm256_fmadd_ps(ar, b0, c40);
-        c41 = _mm256_fmadd_ps(ar, b1, c41);
-        ar = _mm256_broadcast_ss(a + 5);
-        c50 = _mm256_fmadd_ps(ar, b0, c50);
-        c51 = _mm256_fmadd_ps(ar, b1, c51);
-        a += a_step;
-        b += b_step;
-    }
-    finish_row(out, 0, c00, c01);
-    finish_row(out, 1, c10, c11);
-    finish_row(out, 2, c20, c21);
-    finish_row(out, 3, c30, c31);
-    finish_row(out, 4, c40, c41);
-    finish_row(out, 5, c50, c51);
+    tile_product(k, a, a_step, b, b_step, out, MR, NR / 8);
 }
 
-/* The first 8 columns of the 6 x 16 tile in 6 accumulators: the loop above with the second vector of B left
- * out, so each element gets the same FMAs. */
-static void microkernel_half_avx2(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b, ptrdiff_t b_step,
-                                  const tile_output *out)
+static void microkernel_narrow_avx2(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b, ptrdiff_t b_step,
+                                    const tile_output *out)
 {
-    __m256 c0 = _mm256_setzero_ps(), c1 = _mm256_setzero_ps(), c2 = _mm256_setzero_ps();
-    __m256 c3 = _mm256_setzero_ps(), c4 = _mm256_setzero_ps(), c5 = _mm256_setzero_ps();
-    for (int r = 0; r < MR; ++r)
-        _mm_prefetch((const char *)(out->c + r * out->ldc), _MM_HINT_T0);
-#pragma GCC unroll 4
-    for (ptrdiff_t p = 0; p < k; ++p) {
-        const __m256 b0 = _mm256_loadu_ps(b);
-        c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 0), b0, c0);
-        c1 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 1), b0, c1);
-        c2 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 2), b0, c2);
-        c3 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 3), b0, c3);
-        c4 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 4), b0, c4);
-        c5 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 5), b0, c5);
-        a += a_step;
-        b += b_step;
-    }
-    finish_vector(out, 0, 0, c0);
-    finish_vector(out, 1, 0, c1);
-    finish_vector(out, 2, 0, c2);
-    finish_vector(out, 3, 0, c3);
-    finish_vector(out, 4, 0, c4);
-    finish_vector(out, 5, 0, c5);
+    tile_product(k, a, a_step, b, b_step, out, MR, NR / 16);
+}
+
+static void microkernel_short_avx2(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b, ptrdiff_t b_step,
+                                   const tile_output *out)
+{
+    tile_product(k, a, a_step, b, b_step, out, MR / 2, NR / 8);
+}
+
+static void microkernel_short_narrow_avx2(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b,
+                                          ptrdiff_t b_step, const tile_output *out)
+{
+    tile_product(k, a, a_step, b, b_step, out, MR / 2, NR / 16);
 }
 
 const cpu_kernels avx2_kernels = {
     .isa = MLP_ISA_AVX2,
     .mr = MR,
     .nr = NR,
-    .microkernel = microkernel_avx2,
-    .microkernel_half = microkernel_half_avx2,
+    .microkernel = {{microkernel_avx2, microkernel_narrow_avx2},
+                    {microkernel_short_avx2, microkernel_short_narrow_avx2}},
     .bias_activation = bias_activation_avx2,
     .activation_derivative = activation_derivative_avx2,
     .pack_a_rows = pack_a_rows_avx2,

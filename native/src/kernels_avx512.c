@@ -177,21 +177,22 @@ static inline void finish_row(const tile_output *out, int r, const __m512 *v, in
     }
 }
 
-/* The first `vectors` x 16 columns of an MR_AVX512 x NR_AVX512 tile in MR_AVX512 x `vectors` zmm accumulators;
- * per k step `vectors` loads of B and one broadcast FMA per accumulator. `vectors` is a constant at each call,
- * so the loops unroll and the accumulators live in registers. */
+/* The first `rows` rows and `vectors` x 16 columns of an MR_AVX512 x NR_AVX512 tile in `rows` x `vectors` zmm
+ * accumulators; per k step `vectors` loads of B and one broadcast FMA per accumulator. `rows` and `vectors` are
+ * constants at each call, so the loops unroll and the accumulators live in registers. */
 static inline __attribute__((always_inline)) void tile_product(ptrdiff_t k, const float *a, ptrdiff_t a_step,
                                                                const float *b, ptrdiff_t b_step,
-                                                               const tile_output *out, const int vectors)
+                                                               const tile_output *out, const int rows,
+                                                               const int vectors)
 {
     __m512 acc[MR_AVX512][VECTORS_PER_ROW];
 #pragma GCC unroll 16
-    for (int r = 0; r < MR_AVX512; ++r)
+    for (int r = 0; r < rows; ++r)
 #pragma GCC unroll 4
         for (int h = 0; h < vectors; ++h)
             acc[r][h] = _mm512_setzero_ps();
     /* The C tile is only touched after the k loop: fetch its lines (a row may straddle three) meanwhile. */
-    for (int r = 0; r < MR_AVX512; ++r) {
+    for (int r = 0; r < rows; ++r) {
         const char *row = (const char *)(out->c + r * out->ldc);
         for (int offset = 0; offset < vectors * LANES * (int)sizeof(float); offset += 64)
             _mm_prefetch(row + offset, _MM_HINT_T0);
@@ -204,7 +205,7 @@ static inline __attribute__((always_inline)) void tile_product(ptrdiff_t k, cons
         for (int h = 0; h < vectors; ++h)
             bv[h] = _mm512_loadu_ps(b + h * LANES);
 #pragma GCC unroll 16
-        for (int r = 0; r < MR_AVX512; ++r) {
+        for (int r = 0; r < rows; ++r) {
             const __m512 ar = _mm512_set1_ps(a[r]);
 #pragma GCC unroll 4
             for (int h = 0; h < vectors; ++h)
@@ -214,28 +215,40 @@ static inline __attribute__((always_inline)) void tile_product(ptrdiff_t k, cons
         b += b_step;
     }
 #pragma GCC unroll 16
-    for (int r = 0; r < MR_AVX512; ++r)
+    for (int r = 0; r < rows; ++r)
         finish_row(out, r, acc[r], vectors);
 }
 
 static void microkernel_avx512(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b, ptrdiff_t b_step,
                                const tile_output *out)
 {
-    tile_product(k, a, a_step, b, b_step, out, VECTORS_PER_ROW);
+    tile_product(k, a, a_step, b, b_step, out, MR_AVX512, VECTORS_PER_ROW);
 }
 
-static void microkernel_half_avx512(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b, ptrdiff_t b_step,
-                                    const tile_output *out)
+static void microkernel_narrow_avx512(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b,
+                                      ptrdiff_t b_step, const tile_output *out)
 {
-    tile_product(k, a, a_step, b, b_step, out, VECTORS_PER_ROW / 2);
+    tile_product(k, a, a_step, b, b_step, out, MR_AVX512, VECTORS_PER_ROW / 2);
+}
+
+static void microkernel_short_avx512(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b,
+                                     ptrdiff_t b_step, const tile_output *out)
+{
+    tile_product(k, a, a_step, b, b_step, out, MR_AVX512 / 2, VECTORS_PER_ROW);
+}
+
+static void microkernel_short_narrow_avx512(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b,
+                                            ptrdiff_t b_step, const tile_output *out)
+{
+    tile_product(k, a, a_step, b, b_step, out, MR_AVX512 / 2, VECTORS_PER_ROW / 2);
 }
 
 const cpu_kernels avx512_kernels = {
     .isa = MLP_ISA_AVX512,
     .mr = MR_AVX512,
     .nr = NR_AVX512,
-    .microkernel = microkernel_avx512,
-    .microkernel_half = microkernel_half_avx512,
+    .microkernel = {{microkernel_avx512, microkernel_narrow_avx512},
+                    {microkernel_short_avx512, microkernel_short_narrow_avx512}},
     .bias_activation = bias_activation_avx512,
     .activation_derivative = activation_derivative_avx512,
     .pack_a_rows = pack_a_rows_avx512,

@@ -73,24 +73,25 @@ static void pack_b_transposed_portable(const float *src, ptrdiff_t ld, int cols,
             sliver[q * NR + c] = 0.0f;
 }
 
-/* The first `cols` columns of the MR x NR tile, two rows at a time: 2 x NR accumulators fit the 16 vector
- * registers of baseline x86-64 (the whole tile would spill to memory on every step), and the compiler vectorises
- * the inner loop with whatever the baseline flags allow. Each element still sums its k terms in order. `cols` is
- * a constant at each call. */
+/* The first `rows` rows and `cols` columns of the MR x NR tile, two rows at a time: 2 x NR accumulators fit the
+ * 16 vector registers of baseline x86-64 (the whole tile would spill to memory on every step), and the compiler
+ * vectorises the inner loop with whatever the baseline flags allow. Each element still sums its k terms in
+ * order. `rows` and `cols` are constants at each call. */
 static inline void tile_product(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b, ptrdiff_t b_step,
-                                const tile_output *out, const int cols)
+                                const tile_output *out, const int rows, const int cols)
 {
-    for (int r0 = 0; r0 < MR; r0 += 2) {
+    for (int r0 = 0; r0 < rows; r0 += 2) {
+        const int pair = r0 + 1 < rows; /* an odd row count ends with one row */
         float acc[2][NR] = {{0.0f}};
         for (ptrdiff_t p = 0; p < k; ++p) {
-            const float a0 = a[p * a_step + r0], a1 = a[p * a_step + r0 + 1];
+            const float a0 = a[p * a_step + r0], a1 = pair ? a[p * a_step + r0 + 1] : 0.0f;
             const float *b_p = b + p * b_step;
             for (int c = 0; c < cols; ++c) {
                 acc[0][c] += a0 * b_p[c];
                 acc[1][c] += a1 * b_p[c];
             }
         }
-        for (int r = r0; r < r0 + 2; ++r) {
+        for (int r = r0; r < r0 + 1 + pair; ++r) {
             float *dst = out->c + r * out->ldc;
             for (int c = 0; c < cols; ++c) {
                 float v = acc[r - r0][c];
@@ -111,21 +112,33 @@ static inline void tile_product(ptrdiff_t k, const float *a, ptrdiff_t a_step, c
 static void microkernel_portable(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b, ptrdiff_t b_step,
                                  const tile_output *out)
 {
-    tile_product(k, a, a_step, b, b_step, out, NR);
+    tile_product(k, a, a_step, b, b_step, out, MR, NR);
 }
 
-static void microkernel_half_portable(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b,
-                                      ptrdiff_t b_step, const tile_output *out)
+static void microkernel_narrow_portable(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b,
+                                        ptrdiff_t b_step, const tile_output *out)
 {
-    tile_product(k, a, a_step, b, b_step, out, NR / 2);
+    tile_product(k, a, a_step, b, b_step, out, MR, NR / 2);
+}
+
+static void microkernel_short_portable(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b,
+                                       ptrdiff_t b_step, const tile_output *out)
+{
+    tile_product(k, a, a_step, b, b_step, out, MR / 2, NR);
+}
+
+static void microkernel_short_narrow_portable(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b,
+                                              ptrdiff_t b_step, const tile_output *out)
+{
+    tile_product(k, a, a_step, b, b_step, out, MR / 2, NR / 2);
 }
 
 const cpu_kernels portable_kernels = {
     .isa = MLP_ISA_PORTABLE,
     .mr = MR,
     .nr = NR,
-    .microkernel = microkernel_portable,
-    .microkernel_half = microkernel_half_portable,
+    .microkernel = {{microkernel_portable, microkernel_narrow_portable},
+                    {microkernel_short_portable, microkernel_short_narrow_portable}},
     .bias_activation = bias_activation_portable,
     .activation_derivative = activation_derivative_portable,
     .pack_a_rows = pack_a_rows_portable,

@@ -1,7 +1,7 @@
 /* Every version of the standalone product, every transposition, on sizes that divide no tile (6 x 16 and
  * 8 x 32 register tiles, KC 512, MC 144, NC 4080) and on whole tiles, against a double-precision product;
  * bit-identical for 1, 2 and 3 threads and, on the packed rung, whichever way the operands are stored (packed
- * or read in place); and the error codes. */
+ * or read in place) and between the AVX2 and AVX-512 kernel sets; and the error codes. */
 #include <float.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,7 +14,7 @@ typedef struct { int m, n, k; } shape;
 static const shape SHAPES[] = {
     {1, 1, 1}, {7, 33, 257}, {33, 7, 1}, {257, 33, 7}, {6, 16, 256}, {13, 17, 300},
     {150, 40, 5}, {3, 4100, 2}, {1, 257, 33}, {31, 1, 513}, {8, 32, 256}, {16, 64, 300},
-    {7, 33, 1031}, {8, 32, 1024}, {10, 128, 32},
+    {7, 33, 1031}, {8, 32, 1024}, {10, 128, 32}, {12, 40, 9}, {9, 48, 20},
 };
 
 /* Stored operand element: op(X)(i, j) for X stored row-major with row stride ld, transposed or not. */
@@ -141,6 +141,41 @@ static void test_layouts_agree(int isa, int max_threads)
     mlp_gemm_workspace_destroy(ws);
 }
 
+/* The AVX2 and AVX-512 sets compute each element with the same fused multiply-adds in the same order, in tiles
+ * of different shapes (6 x 16 and 8 x 32, and the short and narrow parts of each): their products agree to the
+ * bit, so a part-tile kernel that computed differently from its whole tile would show here. */
+static void test_instruction_sets_agree(void)
+{
+    mlp_gemm_workspace *avx2 = NULL, *avx512 = NULL;
+    CHECK(mlp_gemm_workspace_create(&avx2, 300, 4200, 1, MLP_ISA_AVX2) == MLP_OK, "avx2 workspace");
+    CHECK(mlp_gemm_workspace_create(&avx512, 300, 4200, 1, MLP_ISA_AVX512) == MLP_OK, "avx512 workspace");
+    unsigned long long seed = 11;
+    for (size_t si = 0; avx2 && avx512 && si < sizeof SHAPES / sizeof SHAPES[0]; ++si) {
+        const shape s = SHAPES[si];
+        for (int layout = 0; layout < 4; ++layout) {
+            const int ta = layout & 1, tb = layout >> 1;
+            const int lda = ta ? s.m : s.k, ldb = tb ? s.k : s.n;
+            const size_t a_size = (size_t)s.m * s.k, b_size = (size_t)s.k * s.n, c_size = (size_t)s.m * s.n;
+            float *a = malloc(a_size * sizeof *a), *b = malloc(b_size * sizeof *b);
+            float *c2 = malloc(c_size * sizeof *c2), *c512 = malloc(c_size * sizeof *c512);
+            fill_uniform(a, a_size, &seed, -1.0f, 1.0f);
+            fill_uniform(b, b_size, &seed, -1.0f, 1.0f);
+            CHECK(mlp_gemm(avx2, MLP_KERNEL_PACKED, 1, ta, tb, s.m, s.n, s.k, a, lda, b, ldb, c2, s.n) == MLP_OK,
+                  "avx2 product");
+            CHECK(mlp_gemm(avx512, MLP_KERNEL_PACKED, 1, ta, tb, s.m, s.n, s.k, a, lda, b, ldb, c512, s.n) == MLP_OK,
+                  "avx512 product");
+            CHECK(memcmp(c2, c512, c_size * sizeof *c2) == 0, "trans %d%d shape %dx%dx%d: avx2 and avx512 differ",
+                  ta, tb, s.m, s.n, s.k);
+            free(a);
+            free(b);
+            free(c2);
+            free(c512);
+        }
+    }
+    mlp_gemm_workspace_destroy(avx2);
+    mlp_gemm_workspace_destroy(avx512);
+}
+
 static void test_errors(void)
 {
     mlp_gemm_workspace *ws = NULL;
@@ -183,6 +218,10 @@ int main(void)
         } else
             printf("test_gemm: this CPU cannot run isa %d; skipped\n", isa);
     }
+    if (!mlp_has_blas() && mlp_isa_supported(MLP_ISA_AVX2) && mlp_isa_supported(MLP_ISA_AVX512))
+        test_instruction_sets_agree();
+    else if (!mlp_has_blas())
+        printf("test_gemm: this CPU cannot run both the avx2 and avx512 kernels; their agreement not checked\n");
     return check_report(mlp_has_openmp() ? "test_gemm (omp)"
                         : mlp_has_blas() ? "test_gemm (blas)" : "test_gemm (serial)");
 }
