@@ -303,9 +303,10 @@ static void stage_tile(float *stage, int mr, int nr, const float *src, ptrdiff_t
 }
 
 /* One mr x nr tile. A tile of at most mr / 2 rows or nr / 2 columns runs the kernel set's micro-kernel of that
- * part of a tile, which gives each element the same operations as the whole tile's. Edge tiles run the micro-kernel on a staged copy, so every
- * element of C is computed by the same instructions wherever the tile boundaries fall. The stage is filled only
- * where the kernel reads it (C when accumulating, aux for the derivative), zero-padded beyond the edge. */
+ * part of a tile, which gives each element the same operations as the whole tile's. Edge tiles run the
+ * micro-kernel on a staged copy, so every element of C is computed by the same instructions wherever the tile
+ * boundaries fall. The stage is filled only where the kernel reads it (C when accumulating, aux for the
+ * derivative), zero-padded beyond the edge. */
 static void packed_tile(const gemm_problem *p, const cpu_kernels *kernels, operand_sliver a, operand_sliver b,
                         int kc, int row0, int col0, int accumulate, int finish)
 {
@@ -533,8 +534,9 @@ static long long gemm_packed_list(const gemm_problem *p, const pack_buffers *buf
         for (ptrdiff_t j = lo / ms; j <= (hi - 1) / ms; ++j) {
             const ptrdiff_t i_lo = j == lo / ms ? lo % ms : 0, i_hi = j == (hi - 1) / ms ? (hi - 1) % ms + 1 : ms;
             long long t0 = tl ? now_ns() : 0;
-            const operand_sliver b_sliver = b_sliver_at(
-                p, kernels, j, pc, p->b_shared ? p->b_shared + (ptrdiff_t)pc * split->n_slivers * nr + j * nr * kc : b_packed);
+            const float *b_block =
+                p->b_shared ? p->b_shared + (ptrdiff_t)pc * split->n_slivers * nr + j * nr * kc : b_packed;
+            const operand_sliver b_sliver = b_sliver_at(p, kernels, j, pc, b_block);
             if (!p->b_shared && !direct_b(p, kernels, j))
                 pack_b_sliver(p, kernels, pc, kc, (int)j * nr, b_packed);
             const float *a_block = p->a_shared ? p->a_shared + (ptrdiff_t)pc * ms * mr : a_packed;
@@ -607,7 +609,8 @@ static long long gemm_packed(const gemm_problem *p, const pack_buffers *buffers,
                     tiles += (jc_end - jc) * (ic_end - ic);
                     for (ptrdiff_t jr = jc; jr < jc_end; ++jr)
                         for (ptrdiff_t ir = ic; ir < ic_end; ++ir)
-                            packed_tile(p, kernels, a_sliver_at(p, kernels, ir, pc, a_block + (ir - ic) * mr * kc),
+                            packed_tile(p, kernels,
+                                        a_sliver_at(p, kernels, ir, pc, a_block + (ir - ic) * mr * kc),
                                         b_sliver_at(p, kernels, jr, pc, b_block + (jr - jc) * nr * kc), kc,
                                         (int)ir * mr, (int)jr * nr, accumulate, finish);
                 }
