@@ -77,6 +77,23 @@ typedef struct {
 typedef void (*microkernel_fn)(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b, ptrdiff_t b_step,
                                const tile_output *out);
 
+/* A kernel set's four micro-kernels, each its own inline tile_product(k, a, a_step, b, b_step, out, rows, cols)
+ * with the part of the tile as constants: `mr` or mr / 2 rows, `cols` or cols / 2 columns (in the set's own
+ * unit: floats or vectors), and the table of them in the order cpu_kernels.microkernel holds them. */
+#define DEFINE_MICROKERNEL(name, rows, cols)                                                                   \
+    static void name(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b, ptrdiff_t b_step,          \
+                     const tile_output *out)                                                                   \
+    {                                                                                                          \
+        tile_product(k, a, a_step, b, b_step, out, rows, cols);                                                \
+    }
+#define DEFINE_MICROKERNELS(set, mr, cols)                                                                     \
+    DEFINE_MICROKERNEL(microkernel_##set, (mr), (cols))                                                        \
+    DEFINE_MICROKERNEL(microkernel_narrow_##set, (mr), (cols) / 2)                                             \
+    DEFINE_MICROKERNEL(microkernel_short_##set, (mr) / 2, (cols))                                              \
+    DEFINE_MICROKERNEL(microkernel_short_narrow_##set, (mr) / 2, (cols) / 2)
+#define MICROKERNEL_TABLE(set)                                                                                 \
+    {{microkernel_##set, microkernel_narrow_##set}, {microkernel_short_##set, microkernel_short_narrow_##set}}
+
 /* The routines that exist once per instruction set. Values differ between sets only by rounding. */
 typedef struct {
     int isa;

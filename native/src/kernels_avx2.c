@@ -237,36 +237,13 @@ static inline __attribute__((always_inline)) void tile_product(ptrdiff_t k, cons
             finish_vector(out, r, h, acc[r][h]);
 }
 
-static void microkernel_avx2(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b, ptrdiff_t b_step,
-                             const tile_output *out)
-{
-    tile_product(k, a, a_step, b, b_step, out, MR, NR / 8);
-}
-
-static void microkernel_narrow_avx2(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b, ptrdiff_t b_step,
-                                    const tile_output *out)
-{
-    tile_product(k, a, a_step, b, b_step, out, MR, NR / 16);
-}
-
-static void microkernel_short_avx2(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b, ptrdiff_t b_step,
-                                   const tile_output *out)
-{
-    tile_product(k, a, a_step, b, b_step, out, MR / 2, NR / 8);
-}
-
-static void microkernel_short_narrow_avx2(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b,
-                                          ptrdiff_t b_step, const tile_output *out)
-{
-    tile_product(k, a, a_step, b, b_step, out, MR / 2, NR / 16);
-}
+DEFINE_MICROKERNELS(avx2, MR, NR / 8)
 
 const cpu_kernels avx2_kernels = {
     .isa = MLP_ISA_AVX2,
     .mr = MR,
     .nr = NR,
-    .microkernel = {{microkernel_avx2, microkernel_narrow_avx2},
-                    {microkernel_short_avx2, microkernel_short_narrow_avx2}},
+    .microkernel = MICROKERNEL_TABLE(avx2),
     .bias_activation = bias_activation_avx2,
     .activation_derivative = activation_derivative_avx2,
     .pack_a_rows = pack_a_rows_avx2,

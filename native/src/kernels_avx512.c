@@ -219,36 +219,13 @@ static inline __attribute__((always_inline)) void tile_product(ptrdiff_t k, cons
         finish_row(out, r, acc[r], vectors);
 }
 
-static void microkernel_avx512(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b, ptrdiff_t b_step,
-                               const tile_output *out)
-{
-    tile_product(k, a, a_step, b, b_step, out, MR_AVX512, VECTORS_PER_ROW);
-}
-
-static void microkernel_narrow_avx512(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b,
-                                      ptrdiff_t b_step, const tile_output *out)
-{
-    tile_product(k, a, a_step, b, b_step, out, MR_AVX512, VECTORS_PER_ROW / 2);
-}
-
-static void microkernel_short_avx512(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b,
-                                     ptrdiff_t b_step, const tile_output *out)
-{
-    tile_product(k, a, a_step, b, b_step, out, MR_AVX512 / 2, VECTORS_PER_ROW);
-}
-
-static void microkernel_short_narrow_avx512(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b,
-                                            ptrdiff_t b_step, const tile_output *out)
-{
-    tile_product(k, a, a_step, b, b_step, out, MR_AVX512 / 2, VECTORS_PER_ROW / 2);
-}
+DEFINE_MICROKERNELS(avx512, MR_AVX512, VECTORS_PER_ROW)
 
 const cpu_kernels avx512_kernels = {
     .isa = MLP_ISA_AVX512,
     .mr = MR_AVX512,
     .nr = NR_AVX512,
-    .microkernel = {{microkernel_avx512, microkernel_narrow_avx512},
-                    {microkernel_short_avx512, microkernel_short_narrow_avx512}},
+    .microkernel = MICROKERNEL_TABLE(avx512),
     .bias_activation = bias_activation_avx512,
     .activation_derivative = activation_derivative_avx512,
     .pack_a_rows = pack_a_rows_avx512,

@@ -109,36 +109,13 @@ static inline void tile_product(ptrdiff_t k, const float *a, ptrdiff_t a_step, c
     }
 }
 
-static void microkernel_portable(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b, ptrdiff_t b_step,
-                                 const tile_output *out)
-{
-    tile_product(k, a, a_step, b, b_step, out, MR, NR);
-}
-
-static void microkernel_narrow_portable(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b,
-                                        ptrdiff_t b_step, const tile_output *out)
-{
-    tile_product(k, a, a_step, b, b_step, out, MR, NR / 2);
-}
-
-static void microkernel_short_portable(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b,
-                                       ptrdiff_t b_step, const tile_output *out)
-{
-    tile_product(k, a, a_step, b, b_step, out, MR / 2, NR);
-}
-
-static void microkernel_short_narrow_portable(ptrdiff_t k, const float *a, ptrdiff_t a_step, const float *b,
-                                              ptrdiff_t b_step, const tile_output *out)
-{
-    tile_product(k, a, a_step, b, b_step, out, MR / 2, NR / 2);
-}
+DEFINE_MICROKERNELS(portable, MR, NR)
 
 const cpu_kernels portable_kernels = {
     .isa = MLP_ISA_PORTABLE,
     .mr = MR,
     .nr = NR,
-    .microkernel = {{microkernel_portable, microkernel_narrow_portable},
-                    {microkernel_short_portable, microkernel_short_narrow_portable}},
+    .microkernel = MICROKERNEL_TABLE(portable),
     .bias_activation = bias_activation_portable,
     .activation_derivative = activation_derivative_portable,
     .pack_a_rows = pack_a_rows_portable,
