@@ -454,7 +454,7 @@ def test_the_compiled_function_is_the_reference_network(network):
     reference.forward(batch)
     weights = [torch.from_numpy(w) for w, _ in params]
     biases = [torch.from_numpy(b) for _, b in params]
-    hidden, logits, loss = torch_compile.network_loss(torch.from_numpy(X), torch.from_numpy(batch.T), weights,
+    hidden, logits, loss = torch_compile.network_loss(torch.from_numpy(X), torch.from_numpy(batch.T.copy()), weights,
                                                       biases, network.activation, network.loss)
     for ours, theirs in zip(hidden, reference.activations()[:-1], strict=True):
         assert relative_error(ours.numpy(), theirs) < FLOAT32_TOLERANCE

@@ -168,7 +168,7 @@ int main(void)
         for (int kernel = MLP_KERNEL_NAIVE; kernel <= MLP_KERNEL_PACKED; ++kernel)
             for (int threads = 1; threads <= max_threads; threads += 2) {
                 const setting s = {isa, kernel, threads};
-                char label[64];
+                char label[96];
                 for (int activation = MLP_SIGMOID; activation <= MLP_RELU; ++activation) {
                     snprintf(label, sizeof label, "isa %d kernel %d threads %d act %d", isa, kernel, threads,
                              activation);
