@@ -35,10 +35,11 @@ BATCHES = (4, 8, 16, 32)  # rows a cluster may hold: multiples of the smallest t
 MODES = {"sync": 0, "push-scalar": 1, "push-vec": 2, "pull-vec": 3, "push-bulk": 4, "compute": 5, "layer-push": 6,
          "layer-pull": 7, "layer-bulk": 8}
 COMPUTES = ("compute", "layer-push", "layer-pull", "layer-bulk")
-# Product mappings: thread tiles (batch rows x output rows), the batch's rows as a warp's lanes, or 32 or 8 lanes
-# per output row (splitting its k, summed by shuffles).
-VARIANTS = {0: (4, 1), 1: (8, 2), 2: (16, 2), 3: "lanes", 4: "rows", 5: "rows8"}
-SHUFFLED = ("rows", "rows8")  # mappings without shared-memory partial sums
+# Product mappings: thread tiles (batch rows x output rows), the batch's rows as a warp's lanes, 32 or 8 lanes
+# per output row (splitting its k, summed by shuffles), or one output per thread (its whole k range).
+VARIANTS = {0: (4, 1), 1: (8, 2), 2: (16, 2), 3: "lanes", 4: "rows", 5: "rows8", 6: "outputs"}
+UNSPLIT = ("rows", "rows8", "outputs")  # mappings without shared-memory partial sums
+OUTPUTS_ROWS = (20, 40)  # rows a block holds that the one-output-per-thread mapping is compiled for (C = 16, 8)
 WARPS = THREADS // 32
 
 
@@ -53,7 +54,7 @@ def spec(batch: int = BATCH) -> gpu.ModuleSpec:
 def variants(batch: int) -> list[int]:
     """The product mappings that fit ``batch`` rows: a thread tile's rows at most, the lanes only at 32."""
     return [v for v, tile in VARIANTS.items()
-            if tile in SHUFFLED or (batch == 32 if tile == "lanes" else tile[0] <= batch)]
+            if tile in UNSPLIT or (batch == 32 if tile == "lanes" else tile[0] <= batch)]
 
 
 def tile_name(variant: int | None) -> str:
@@ -72,7 +73,7 @@ class ProbeArgs(ctypes.Structure):
 
 def partial_rows(rows: int, variant: int | None, batch: int = BATCH) -> int:
     """Rows of `rows` floats the k-split sums of a product mapping take (none for the exchange-only modes)."""
-    if variant is None or VARIANTS[variant] in SHUFFLED:
+    if variant is None or VARIANTS[variant] in UNSPLIT:
         return 0
     if VARIANTS[variant] == "lanes":
         return WARPS * batch
@@ -157,6 +158,10 @@ def main() -> int:
                 row = {"batch": args.batch, "cluster": cluster, "mode": mode, "tile": tile,
                        "rows_per_block": plan["rows"], "layers_held": plan["layers_held"],
                        "shared_kb": plan["shared_bytes"] / 1024}
+                if variant is not None and tile == "outputs" and plan["rows"] not in OUTPUTS_ROWS:
+                    row["skipped"] = f"one output per thread is compiled for {OUTPUTS_ROWS} rows a block"
+                    rows_out.append(row)
+                    continue
                 if mode in COMPUTES and plan["layers_held"] == 0:
                     row["skipped"] = "one layer's weight slice does not fit in shared memory"
                     rows_out.append(row)
