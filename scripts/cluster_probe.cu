@@ -22,7 +22,8 @@
 // `variant` picks the product's thread mapping: layer_slice with thread tiles (batch rows x output rows) 0 = 4 x 1,
 // 1 = 8 x 2, 2 = 16 x 2, k split over the threads a small tile count leaves idle; 3 = layer_slice_lanes;
 // 4 = layer_slice_rows<32> (a warp per output row), 5 = layer_slice_rows<8> (four output rows a warp),
-// 6 = layer_slice_outputs (one output per thread, its whole k range; the rows a block holds fixed at compile time).
+// 6 = layer_slice_outputs (one output per thread, its whole k range; the rows a block holds fixed at compile time),
+// 7 = the same with its k loop unrolled 20 steps at a time.
 // Thread 0 of rank 0 reads %globaltimer and clock64 before the first and after the last layer; ns[0] and ns[1] get
 // the differences (their ratio is the SM clock the run had).
 // Layer i uses the weights of layer i % layers_held (as many layers as fit in shared memory); `out` receives the
@@ -201,28 +202,27 @@ __device__ __forceinline__ void layer_slice_rows(const float* in, const float* w
 }
 
 // One output of the slice per thread (batch row r, output row j), its whole k range: no k split, so no partial
-// sums in shared memory and no block barrier. R_ (the rows a block holds) is a compile-time constant, so every k
-// step's slice and offset is too; the four lanes of a 16-byte step each add into their own sum (four independent
-// chains of multiply-adds), the four added at the end in a fixed order.
-template <int R_>
+// sums in shared memory and no block barrier. R_ (the rows a block holds) is a compile-time constant and the
+// cluster's R_ C = K_ columns with it (320 at C = 16 and 8), so every k step's slice and offset is too; the loop
+// over k is unrolled UNROLL steps at a time so that many steps' loads are in flight at once; the four lanes of a
+// 16-byte step each add into their own sum (four independent chains), added at the end in a fixed order.
+template <int R_, int K_, int UNROLL>
 __device__ __forceinline__ void layer_slice_outputs(const float* in, const float* w, const float* bias, float* mine,
-                                                    int C, int stride, int rank) {
-    constexpr int R4 = R_ / 4;
+                                                    int stride, int rank) {
+    constexpr int R4 = R_ / 4, K4 = K_ / 4;
     for (int t = threadIdx.x; t < BATCH * R_; t += THREADS) {
         const int j = t % R_, r = t / R_;
         const float4* w_row = reinterpret_cast<const float4*>(w + j * stride);
         const float* a_row = in + r * R_;
         float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-        for (int s = 0; s < C; ++s) {
-            const float4* a_slice = reinterpret_cast<const float4*>(a_row + s * BATCH * R_);
-#pragma unroll
-            for (int kk = 0; kk < R4; ++kk) {
-                const float4 a = a_slice[kk], wv = w_row[s * R4 + kk];
-                s0 = fmaf(a.x, wv.x, s0);
-                s1 = fmaf(a.y, wv.y, s1);
-                s2 = fmaf(a.z, wv.z, s2);
-                s3 = fmaf(a.w, wv.w, s3);
-            }
+#pragma unroll UNROLL
+        for (int q = 0; q < K4; ++q) {
+            const float4 a = reinterpret_cast<const float4*>(a_row + (q / R4) * BATCH * R_)[q % R4];
+            const float4 wv = w_row[q];
+            s0 = fmaf(a.x, wv.x, s0);
+            s1 = fmaf(a.y, wv.y, s1);
+            s2 = fmaf(a.z, wv.z, s2);
+            s3 = fmaf(a.w, wv.w, s3);
         }
         mine[r * R_ + j] = rank * R_ + j < WIDTH ? tanhf((s0 + s1) + (s2 + s3) + bias[j]) : 0.0f;
     }
@@ -285,10 +285,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
             const float* w_layer = weights + (it % layers_held) * R * stride;
             const float* b_layer = bias + (it % layers_held) * R;
             // A mapping needs at least its tile's batch rows (the lanes: 32); the host launches no other.
-            if (variant == 6 && R == 20)
-                layer_slice_outputs<20>(in, w_layer, b_layer, mine, C, stride, rank);
-            else if (variant == 6 && R == 40)
-                layer_slice_outputs<40>(in, w_layer, b_layer, mine, C, stride, rank);
+            if (variant == 6 && R == 20 && wpad == 320)
+                layer_slice_outputs<20, 320, 1>(in, w_layer, b_layer, mine, stride, rank);
+            else if (variant == 6 && R == 40 && wpad == 320)
+                layer_slice_outputs<40, 320, 1>(in, w_layer, b_layer, mine, stride, rank);
+            else if (variant == 7 && R == 20 && wpad == 320)
+                layer_slice_outputs<20, 320, 20>(in, w_layer, b_layer, mine, stride, rank);
+            else if (variant == 7 && R == 40 && wpad == 320)
+                layer_slice_outputs<40, 320, 20>(in, w_layer, b_layer, mine, stride, rank);
             else if (variant == 4)
                 layer_slice_rows<32>(in, w_layer, b_layer, mine, R, stride, wpad, rank);
             else if (variant == 5)

@@ -46,13 +46,13 @@ def test_the_launch_arguments_match_the_kernel_signature():
 
 def test_each_batch_share_runs_only_the_mappings_it_fills():
     assert probe.variants(32) == list(probe.VARIANTS)
-    assert [probe.VARIANTS[v] for v in probe.variants(4)] == [(4, 1), "rows", "rows8", "outputs"]
-    assert [probe.VARIANTS[v] for v in probe.variants(8)] == [(4, 1), (8, 2), "rows", "rows8", "outputs"]
-    for unsplit in (4, 5, 6):  # lanes per row sum by shuffles, one output per thread sums alone
+    assert [probe.VARIANTS[v] for v in probe.variants(4)] == [(4, 1), "rows", "rows8", "outputs", "outputs-u20"]
+    assert [probe.VARIANTS[v] for v in probe.variants(8)] == [(4, 1), (8, 2), "rows", "rows8", "outputs", "outputs-u20"]
+    for unsplit in (4, 5, 6, 7):  # lanes per row sum by shuffles, one output per thread sums alone
         assert probe.partial_rows(20, unsplit, 4) == 0
     with pytest.raises(ValueError, match="rows of the batch"):
         probe.spec(6)
-    assert [probe.tile_name(v) for v in probe.variants(4)] == ["4x1", "rows", "rows8", "outputs"]
+    assert [probe.tile_name(v) for v in probe.variants(4)] == ["4x1", "rows", "rows8", "outputs", "outputs-u20"]
     assert probe.tile_name(None) == ""
 
 
