@@ -22,8 +22,9 @@
 // `variant` picks the product's thread mapping: layer_slice with thread tiles (batch rows x output rows) 0 = 4 x 1,
 // 1 = 8 x 2, 2 = 16 x 2, k split over the threads a small tile count leaves idle; 3 = layer_slice_lanes;
 // 4 = layer_slice_rows<32> (a warp per output row), 5 = layer_slice_rows<8> (four output rows a warp),
-// 6 = layer_slice_outputs (one output per thread, its whole k range; the rows a block holds fixed at compile time),
-// 7 = the same with its k loop unrolled 20 steps at a time.
+// 6 = layer_slice_outputs (one output per thread, its whole k range; the rows a block holds fixed at compile time)
+// with its k loop rolled (results/gpu-dev 30 ran it with each slice's five steps unrolled), 7 = the same with its
+// k loop unrolled 20 steps at a time.
 // Thread 0 of rank 0 reads %globaltimer and clock64 before the first and after the last layer; ns[0] and ns[1] get
 // the differences (their ratio is the SM clock the run had).
 // Layer i uses the weights of layer i % layers_held (as many layers as fit in shared memory); `out` receives the
