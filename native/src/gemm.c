@@ -189,6 +189,17 @@ void pack_buffers_free(pack_buffers *buffers)
 }
 
 #ifndef MLP_BLAS
+/* The k blocks of every packed product: ceil(k / KC) of them, of balanced sizes. They depend on k alone (never
+ * on the thread grid), so they fix each sum's order, and every packing of an operand, a thread's or the team's,
+ * cuts k where the product does. */
+static int k_block_count(int k) { return (k + KC - 1) / KC; }
+
+static int k_block_size(int k)
+{
+    const int blocks = k_block_count(k);
+    return (k + blocks - 1) / blocks;
+}
+
 /* n floats from src to dst, for the sliver widths of the kernel sets (6, 8, 16, 32) as copies of a size known
  * here, which the compiler turns into a few vector moves instead of a call to memcpy: packing a small
  * product's operands is a few hundred such copies. */
@@ -457,7 +468,7 @@ int gemm_packed_whole_rows(const gemm_problem *p, const cpu_kernels *kernels) { 
 int gemm_shares_b(const gemm_problem *p, const cpu_kernels *kernels, int team)
 {
     const tile_split split = plan_split(p, kernels, team);
-    const int k_blocks = (p->k + KC - 1) / KC;
+    const int k_blocks = k_block_count(p->k);
     if ((ptrdiff_t)split.n_slivers * k_blocks < team)
         return 0; /* too few slivers to spread over the team: one thread would pack most of them */
     /* How many threads would pack each column sliver of B on their own. */
@@ -479,7 +490,7 @@ int gemm_shares_b(const gemm_problem *p, const cpu_kernels *kernels, int team)
 long long gemm_pack_b_shared(const gemm_problem *p, const cpu_kernels *kernels, float *dst, int team, int tid)
 {
     const int nr = kernels->nr, n_slivers = (p->n + nr - 1) / nr;
-    const int k_blocks = (p->k + KC - 1) / KC, kc_block = (p->k + k_blocks - 1) / k_blocks;
+    const int k_blocks = k_block_count(p->k), kc_block = k_block_size(p->k);
     long long packed = 0;
     ptrdiff_t lo, hi;
     /* Items are whole slivers (one column sliver, one k block), column by column, so a thread packs about
@@ -497,7 +508,7 @@ long long gemm_pack_b_shared(const gemm_problem *p, const cpu_kernels *kernels, 
 long long gemm_pack_a_shared(const gemm_problem *p, const cpu_kernels *kernels, float *dst, int q_lo, int q_hi)
 {
     const int mr = kernels->mr, m_slivers = (p->m + mr - 1) / mr;
-    const int k_blocks = (p->k + KC - 1) / KC, kc_block = (p->k + k_blocks - 1) / k_blocks;
+    const int kc_block = k_block_size(p->k);
     long long packed = 0;
     /* Each k block's part of [q_lo, q_hi) is one contiguous run of every row sliver of that block. */
     for (int q = q_lo; q < q_hi;) {
@@ -525,7 +536,7 @@ static long long gemm_packed_list(const gemm_problem *p, const pack_buffers *buf
         return 0;
     float *a_packed = buffers->a_packed + tid * buffers->a_floats;
     float *b_packed = buffers->b_packed + tid * buffers->b_floats;
-    const int k_blocks = (p->k + KC - 1) / KC, kc_block = (p->k + k_blocks - 1) / k_blocks;
+    const int kc_block = k_block_size(p->k);
     unsigned char packed[MC / MR];  /* A slivers packed in this k block (MR is the smallest mr) */
     for (int pc = 0; pc < p->k; pc += kc_block) {
         const int kc = imin(kc_block, p->k - pc);
@@ -576,8 +587,7 @@ static long long gemm_packed(const gemm_problem *p, const pack_buffers *buffers,
         const ptrdiff_t m_blocks = (row_hi - row_lo + MC / mr - 1) / (MC / mr);
         const ptrdiff_t nc_slivers = n_blocks ? (col_hi - col_lo + n_blocks - 1) / n_blocks : 0;
         const ptrdiff_t mc_slivers = m_blocks ? (row_hi - row_lo + m_blocks - 1) / m_blocks : 0;
-        /* The k blocks depend on k alone (never on the thread grid): they fix each sum's order. */
-        const int k_blocks = (p->k + KC - 1) / KC, kc_block = (p->k + k_blocks - 1) / k_blocks;
+        const int kc_block = k_block_size(p->k);
         for (ptrdiff_t jc = col_lo; jc < col_hi; jc += nc_slivers) {
             const ptrdiff_t jc_end = jc + nc_slivers < col_hi ? jc + nc_slivers : col_hi;
             for (int pc = 0; pc < p->k; pc += kc_block) {
@@ -618,8 +628,7 @@ static long long gemm_packed(const gemm_problem *p, const pack_buffers *buffers,
         }
     }
     /* Tiles were counted once per k block: their sizes add up to k. */
-    const int k_blocks_all = (p->k + KC - 1) / KC;
-    return tiles * mr * nr * p->k / k_blocks_all;
+    return tiles * mr * nr * p->k / k_block_count(p->k);
 }
 
 #endif
