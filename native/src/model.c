@@ -37,6 +37,9 @@ typedef enum { STAGE_NONE, STAGE_FORWARD, STAGE_BACKPROP, STAGE_UPDATE } stage_k
 enum { PLAN_SHARED_PACKING = 8, PLAN_OWNED_ROWS = 11, PLAN_RULE = 12, PLAN_OWNED_COPY = 16,
        PLAN_DEFAULT = PLAN_RULE };
 
+/* Plans 11 and 16: the hidden layers transposed, each thread its own rows. */
+static int owns_rows(int plan) { return plan == PLAN_OWNED_ROWS || plan == PLAN_OWNED_COPY; }
+
 /* The owned rows (plan 16) by the rule from this many threads on: on the host plan 11 was faster than plan 8
  * on moons-5h300:32 in every round at 8 and 16 threads, not beyond the rounds' spread at 4, slower at 1 and 2,
  * and plan 16 faster than plan 11 in every round at 8 and 16. */
@@ -122,6 +125,13 @@ static int max_int(int a, int b) { return a > b ? a : b; }
 static int fused_step(const mlp_model *model)
 {
     return model->kernel == MLP_KERNEL_PACKED && !mlp_has_blas();
+}
+
+/* Floats of plan 16's copy of a layer's W^T: its n_out k steps of round_up(n_in, mr), the packed A of the
+ * layer's input gradient. */
+static size_t owned_copy_floats(const layer *ly, const cpu_kernels *kernels)
+{
+    return (size_t)ly->n_out * (size_t)round_up(ly->n_in, kernels->mr);
 }
 
 static int plan_from_environment(void)
@@ -283,11 +293,11 @@ int mlp_model_create(mlp_model **out, int n_layers, const int *sizes, int activa
      * so they are left unwritten here: the owners' first copies place their pages. */
     size_t copy_floats = 0;
     for (int l = 1; l + 1 < n_layers; ++l)
-        copy_floats += (size_t)sizes[l + 1] * (size_t)round_up(sizes[l], kernels->mr);
+        copy_floats += owned_copy_floats(&model->layers[l], kernels);
     const int copies = fused_step(model) && copy_floats * sizeof(float) <= OWNED_COPY_BYTES;
     for (int l = 1; ok && copies && l + 1 < n_layers; ++l) {
         layer *ly = &model->layers[l];
-        ly->weights_t = alloc_floats_untouched((size_t)ly->n_out * (size_t)round_up(ly->n_in, kernels->mr));
+        ly->weights_t = alloc_floats_untouched(owned_copy_floats(ly, kernels));
         ok = ly->weights_t != NULL;
     }
     /* Shared packed weights: the widest layer above the first, in either layout (whole NR_MAX slivers). */
@@ -447,8 +457,7 @@ static int step_plan_rule(const mlp_model *model, int threads, int batch)
 static int step_plan(const mlp_model *model, int threads, int batch)
 {
     const int plan = model->plan == PLAN_RULE ? step_plan_rule(model, threads, batch) : model->plan;
-    if ((plan != PLAN_OWNED_ROWS && plan != PLAN_OWNED_COPY) || !fused_step(model) || batch > MC ||
-        model->n_layers < 2)
+    if (!owns_rows(plan) || !fused_step(model) || batch > MC || model->n_layers < 2)
         return PLAN_SHARED_PACKING;
     /* Layer 2 has a copy exactly when the model has any (a hidden layer above the first, within the bound). */
     return plan == PLAN_OWNED_COPY && model->layers[1].weights_t ? PLAN_OWNED_COPY : PLAN_OWNED_ROWS;
@@ -1152,7 +1161,7 @@ int mlp_train_step(mlp_model *model, int threads, int batch, const float *x, con
         return MLP_ERR_ARG;
     /* Plan 11 or 16 where the model's plan picks it for this step; else plan 8's shared packing of the
      * weights. */
-    const int plan = step_plan(model, threads, batch), owned = plan == PLAN_OWNED_ROWS || plan == PLAN_OWNED_COPY;
+    const int plan = step_plan(model, threads, batch), owned = owns_rows(plan);
     const stage_args args = {.model = model, .batch = batch, .x = x, .targets = targets, .lr = lr,
                              .weight_decay = weight_decay, .owned = owned, .owned_copy = plan == PLAN_OWNED_COPY,
                              .shared_pack = !owned && fused_step(model) && batch <= MC && model->wpack[0] != NULL};
