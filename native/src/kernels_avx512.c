@@ -120,19 +120,29 @@ static void activation_derivative_avx512(float *d, ptrdiff_t ldd, int rows, int 
     }
 }
 
-/* An A sliver of eight rows of a row-major A, 8 columns at a time: the rows (zero past `rows`) make an
- * 8 x 8 block, transposed in registers, whose rows are the sliver's next 8 columns of MR_AVX512 = 8 floats. */
+/* An A sliver of MR_AVX512 rows of a row-major A, 8 columns at a time: each group of up to 8 rows (zero past
+ * `rows`) makes an 8 x 8 block, transposed in registers, whose rows give the sliver's next 8 columns their
+ * values for that group. */
 static void pack_a_rows_avx512(const float *src, ptrdiff_t ld, int rows, int kc, float *restrict sliver)
 {
     int q = 0;
-    for (; q + 8 <= kc; q += 8) {
-        __m256 r[8];
-        for (int i = 0; i < 8; ++i)
-            r[i] = i < rows ? _mm256_loadu_ps(src + i * ld + q) : _mm256_setzero_ps();
-        transpose8(r);
-        for (int i = 0; i < 8; ++i)
-            _mm256_store_ps(sliver + (q + i) * MR_AVX512, r[i]);
-    }
+    for (; q + 8 <= kc; q += 8)
+        for (int group = 0; group < MR_AVX512; group += 8) {
+            const int height = MR_AVX512 - group < 8 ? MR_AVX512 - group : 8;
+            __m256 r[8];
+            for (int i = 0; i < 8; ++i)
+                r[i] = group + i < rows ? _mm256_loadu_ps(src + (group + i) * ld + q) : _mm256_setzero_ps();
+            transpose8(r);
+            for (int i = 0; i < 8; ++i) {
+                float *dst = sliver + (q + i) * MR_AVX512 + group;
+                if (height == 8)
+                    _mm256_storeu_ps(dst, r[i]);
+                else
+                    _mm256_maskstore_ps(dst, _mm256_cmpgt_epi32(_mm256_set1_epi32(height),
+                                                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
+                                        r[i]);
+            }
+        }
     for (; q < kc; ++q)
         for (int r = 0; r < MR_AVX512; ++r)
             sliver[q * MR_AVX512 + r] = r < rows ? src[r * ld + q] : 0.0f;
