@@ -522,6 +522,17 @@ long long gemm_pack_a_shared(const gemm_problem *p, const cpu_kernels *kernels, 
     return packed;
 }
 
+enum { CACHE_LINE_FLOATS = 64 / (int)sizeof(float) };
+
+/* Requests every cache line of floats [p, p + floats) for reading into this core's L2, starting at the line
+ * where this thread's share of them (tid of team) begins and wrapping round. */
+static void prefetch_lines_spread(const float *p, ptrdiff_t floats, int tid, int team)
+{
+    const ptrdiff_t lines = (floats + CACHE_LINE_FLOATS - 1) / CACHE_LINE_FLOATS, first = lines * tid / team;
+    for (ptrdiff_t i = 0; i < lines; ++i)
+        __builtin_prefetch(p + (first + i) % lines * CACHE_LINE_FLOATS, 0, 2);
+}
+
 /* The tile-list split: per k block, each column's B sliver once, each needed A sliver once (kept side by
  * side for the whole block). */
 static long long gemm_packed_list(const gemm_problem *p, const pack_buffers *buffers, const cpu_kernels *kernels,
@@ -597,6 +608,8 @@ static long long gemm_packed(const gemm_problem *p, const pack_buffers *buffers,
                 /* This k block's slivers: this thread's own, or the team's shared ones from column jc on. */
                 const float *b_block = p->b_shared ? p->b_shared + (ptrdiff_t)pc * split.n_slivers * nr + jc * nr * kc
                                                    : b_packed;
+                if (p->b_shared && p->prefetch_shared)
+                    prefetch_lines_spread(b_block, (jc_end - jc) * nr * kc, tid, team);
                 if (!p->b_shared)
                     for (ptrdiff_t s = jc; s < jc_end; ++s)
                         if (!direct_b(p, kernels, s))
@@ -610,6 +623,8 @@ static long long gemm_packed(const gemm_problem *p, const pack_buffers *buffers,
                     /* This block's row slivers: this thread's own, or the shared ones from row ic on. */
                     const float *a_block =
                         p->a_shared ? p->a_shared + (ptrdiff_t)pc * split.m_slivers * mr + ic * mr * kc : a_packed;
+                    if (p->a_shared && p->prefetch_shared)
+                        prefetch_lines_spread(a_block, (ic_end - ic) * mr * kc, tid, team);
                     if (!p->a_shared)
                         for (ptrdiff_t s = ic; s < ic_end; ++s)
                             if (!direct_a(p, kernels, s))
