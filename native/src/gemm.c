@@ -608,7 +608,7 @@ static long long gemm_packed(const gemm_problem *p, const pack_buffers *buffers,
                 /* This k block's slivers: this thread's own, or the team's shared ones from column jc on. */
                 const float *b_block = p->b_shared ? p->b_shared + (ptrdiff_t)pc * split.n_slivers * nr + jc * nr * kc
                                                    : b_packed;
-                if (p->b_shared && p->prefetch_shared)
+                if (p->b_shared && p->prefetch_shared_b)
                     prefetch_lines_spread(b_block, (jc_end - jc) * nr * kc, tid, team);
                 if (!p->b_shared)
                     for (ptrdiff_t s = jc; s < jc_end; ++s)
@@ -623,8 +623,6 @@ static long long gemm_packed(const gemm_problem *p, const pack_buffers *buffers,
                     /* This block's row slivers: this thread's own, or the shared ones from row ic on. */
                     const float *a_block =
                         p->a_shared ? p->a_shared + (ptrdiff_t)pc * split.m_slivers * mr + ic * mr * kc : a_packed;
-                    if (p->a_shared && p->prefetch_shared)
-                        prefetch_lines_spread(a_block, (ic_end - ic) * mr * kc, tid, team);
                     if (!p->a_shared)
                         for (ptrdiff_t s = ic; s < ic_end; ++s)
                             if (!direct_a(p, kernels, s))

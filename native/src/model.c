@@ -30,18 +30,20 @@ typedef enum { STAGE_NONE, STAGE_FORWARD, STAGE_BACKPROP, STAGE_UPDATE } stage_k
  * changes 1-8 (shared packing of the weights); plan 11 computes the hidden layers transposed, each thread the
  * same rows (outputs) of every product of a layer, for batches of at most MC rows; plan 16 is plan 11 with each
  * hidden layer's W^T packed by the owners of W's rows in the forward pass, so the input gradient reads that copy
- * and W's own lines never leave their owner; plan 22 is plan 16 with the lines of the operands other cores wrote
- * requested before each product's first tile, each thread starting at its own place in them (change 22; never
- * picked by the rule). Plan 12, the default, is a rule choosing per step from what the 16-core host measured
- * (changes 12 and 16, step_plan_rule). Plans 9, 10, 13 and 17 were measured, earned nothing and are gone. MLP_STEP_PLAN in the environment at creation picks one; unset, empty or not a kept plan:
- * the default. Results never depend on it. */
+ * and W's own lines never leave their owner; plan 23 is plan 16 with the lines of the B operand that every
+ * thread reads whole (the activation below in the forward, dZ^T above in the input gradient) requested before
+ * each product's first tile, each thread starting at its own place in them (change 23; never picked by the
+ * rule). Plan 12, the default, is a rule choosing per step from what the 16-core host measured (changes 12 and
+ * 16, step_plan_rule). Plans 9, 10, 13, 17 and 22 were measured, earned nothing and are gone. MLP_STEP_PLAN in
+ * the environment at creation picks one; unset, empty or not a kept plan: the default. Results never depend on
+ * it. */
 enum { PLAN_SHARED_PACKING = 8, PLAN_OWNED_ROWS = 11, PLAN_RULE = 12, PLAN_OWNED_COPY = 16,
-       PLAN_OWNED_COPY_SPREAD = 22, PLAN_DEFAULT = PLAN_RULE };
+       PLAN_OWNED_COPY_SPREAD = 23, PLAN_DEFAULT = PLAN_RULE };
 
-/* Plans 16 and 22: the owners pack W^T for the input gradients. */
+/* Plans 16 and 23: the owners pack W^T for the input gradients. */
 static int owned_copy(int plan) { return plan == PLAN_OWNED_COPY || plan == PLAN_OWNED_COPY_SPREAD; }
 
-/* Plans 11, 16 and 22: the hidden layers transposed, each thread its own rows. */
+/* Plans 11, 16 and 23: the hidden layers transposed, each thread its own rows. */
 static int owns_rows(int plan) { return plan == PLAN_OWNED_ROWS || owned_copy(plan); }
 
 /* The owned rows (plan 16) by the rule from this many threads on: on the host plan 11 was faster than plan 8
@@ -427,7 +429,7 @@ typedef struct {
     int shared_pack;      /* the step packs layers 2..L's weights once for the team (model->wpack) */
     int owned;            /* plan 11: the hidden layers transposed, each thread its own rows (owned_rows) */
     int owned_copy;       /* plan 16: besides, the owners pack W^T for the input gradients (layer.weights_t) */
-    int spread;           /* plan 22: besides, the operands other cores wrote requested ahead, from spread places */
+    int spread;           /* plan 23: besides, the B operand other cores wrote requested ahead, from spread places */
 } stage_args;
 
 /* A barrier, timed when the timeline is on. `layer`: the layer (1-based) whose work it closes, 0 for none. */
@@ -455,9 +457,9 @@ static int step_plan_rule(const mlp_model *model, int threads, int batch)
                                                                                    : PLAN_SHARED_PACKING;
 }
 
-/* The plan a train_step of `threads` threads on `batch` rows runs: 22, 16, 11 (the hidden layers transposed) or
- * 8. Plans 11, 16 and 22 need the fused step, a batch of at most MC rows and a hidden layer; elsewhere they run
- * as plan 8. Plans 16 and 22 run as plan 11 where they have no copy to write: no hidden layer above the first,
+/* The plan a train_step of `threads` threads on `batch` rows runs: 23, 16, 11 (the hidden layers transposed) or
+ * 8. Plans 11, 16 and 23 need the fused step, a batch of at most MC rows and a hidden layer; elsewhere they run
+ * as plan 8. Plans 16 and 23 run as plan 11 where they have no copy to write: no hidden layer above the first,
  * or its copies were above OWNED_COPY_BYTES. */
 static int step_plan(const mlp_model *model, int threads, int batch)
 {
@@ -627,7 +629,7 @@ static gemm_share forward_layers(const stage_args *s, int rows_fused)
         const int last = l == model->n_layers - 1;
         gemm_problem z = owned && !last ? owned_forward_problem(model, l, batch, x)
                                         : forward_problem(model, l, batch, input);
-        z.prefetch_shared = s->spread;
+        z.prefetch_shared_b = s->spread;
         if (owned && last && l > 0) {
             /* The output layer as in plan 8, its A the transposed activation below. */
             z.a = model->layers[l - 1].output_t;
@@ -921,7 +923,7 @@ static void backprop_one_layer(const stage_args *s, int l, int last_barrier, int
                 grad_input.b_shared = dz;
             if (owned && s->owned_copy)
                 grad_input.a_shared = ly->weights_t; /* packed by W's owners in the forward pass */
-            grad_input.prefetch_shared = s->spread;
+            grad_input.prefetch_shared_b = s->spread;
         }
         if (s->shared_pack && shares_weights(model, &grad_input))
             grad_input.b_shared = model->wpack[2 + l % 2];
@@ -1166,7 +1168,7 @@ int mlp_train_step(mlp_model *model, int threads, int batch, const float *x, con
         return MLP_ERR_NULL;
     if (check_step_size(lr, weight_decay) != MLP_OK)
         return MLP_ERR_ARG;
-    /* Plan 11, 16 or 22 where the model's plan picks it for this step; else plan 8's shared packing of the
+    /* Plan 11, 16 or 23 where the model's plan picks it for this step; else plan 8's shared packing of the
      * weights. */
     const int plan = step_plan(model, threads, batch), owned = owns_rows(plan);
     const stage_args args = {.model = model, .batch = batch, .x = x, .targets = targets, .lr = lr,
