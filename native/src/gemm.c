@@ -522,17 +522,6 @@ long long gemm_pack_a_shared(const gemm_problem *p, const cpu_kernels *kernels, 
     return packed;
 }
 
-enum { CACHE_LINE_FLOATS = 64 / (int)sizeof(float) };
-
-/* Requests every cache line of floats [p, p + floats) for reading into this core's L2, starting at the line
- * where this thread's share of them (tid of team) begins and wrapping round. */
-static void prefetch_lines_spread(const float *p, ptrdiff_t floats, int tid, int team)
-{
-    const ptrdiff_t lines = (floats + CACHE_LINE_FLOATS - 1) / CACHE_LINE_FLOATS, first = lines * tid / team;
-    for (ptrdiff_t i = 0; i < lines; ++i)
-        __builtin_prefetch(p + (first + i) % lines * CACHE_LINE_FLOATS, 0, 2);
-}
-
 /* The tile-list split: per k block, each column's B sliver once, each needed A sliver once (kept side by
  * side for the whole block). */
 static long long gemm_packed_list(const gemm_problem *p, const pack_buffers *buffers, const cpu_kernels *kernels,
@@ -608,8 +597,6 @@ static long long gemm_packed(const gemm_problem *p, const pack_buffers *buffers,
                 /* This k block's slivers: this thread's own, or the team's shared ones from column jc on. */
                 const float *b_block = p->b_shared ? p->b_shared + (ptrdiff_t)pc * split.n_slivers * nr + jc * nr * kc
                                                    : b_packed;
-                if (p->b_shared && p->prefetch_shared_b)
-                    prefetch_lines_spread(b_block, (jc_end - jc) * nr * kc, tid, team);
                 if (!p->b_shared)
                     for (ptrdiff_t s = jc; s < jc_end; ++s)
                         if (!direct_b(p, kernels, s))

@@ -137,11 +137,6 @@ typedef struct {
     /* Packed rung: op(A) already packed (gemm_pack_a_shared: each k block's row slivers side by side, k
      * blocks one after the other), or NULL: each thread packs the slivers it needs. */
     const float *a_shared;
-    /* Packed rung: 1 asks for the lines of b_shared (which other cores wrote, and every thread reads whole)
-     * before the first tile that reads them, each thread starting at its own place in them (its share of the
-     * block, in thread order), so the team's requests go to different lines, written by different cores, at
-     * the same time. */
-    int prefetch_shared_b;
     /* Packed rung: 1 splits C by rows only, each thread a contiguous range of row slivers (split_range of
      * them over the team), whatever the product's shape; 0: the grid or tile list that suits the shape. */
     int rows_split;

@@ -30,21 +30,15 @@ typedef enum { STAGE_NONE, STAGE_FORWARD, STAGE_BACKPROP, STAGE_UPDATE } stage_k
  * changes 1-8 (shared packing of the weights); plan 11 computes the hidden layers transposed, each thread the
  * same rows (outputs) of every product of a layer, for batches of at most MC rows; plan 16 is plan 11 with each
  * hidden layer's W^T packed by the owners of W's rows in the forward pass, so the input gradient reads that copy
- * and W's own lines never leave their owner; plan 23 is plan 16 with the lines of the B operand that every
- * thread reads whole (the activation below in the forward, dZ^T above in the input gradient) requested before
- * each product's first tile, each thread starting at its own place in them (change 23; never picked by the
- * rule). Plan 12, the default, is a rule choosing per step from what the 16-core host measured (changes 12 and
- * 16, step_plan_rule). Plans 9, 10, 13, 17 and 22 were measured, earned nothing and are gone. MLP_STEP_PLAN in
- * the environment at creation picks one; unset, empty or not a kept plan: the default. Results never depend on
- * it. */
+ * and W's own lines never leave their owner. Plan 12, the default, is a rule choosing per step from what the
+ * 16-core host measured (changes 12 and 16, step_plan_rule). Plans 9, 10, 13, 17, 22 and 23 were measured,
+ * earned nothing and are gone. MLP_STEP_PLAN in the environment at creation picks one; unset, empty or not a
+ * kept plan: the default. Results never depend on it. */
 enum { PLAN_SHARED_PACKING = 8, PLAN_OWNED_ROWS = 11, PLAN_RULE = 12, PLAN_OWNED_COPY = 16,
-       PLAN_OWNED_COPY_SPREAD = 23, PLAN_DEFAULT = PLAN_RULE };
+       PLAN_DEFAULT = PLAN_RULE };
 
-/* Plans 16 and 23: the owners pack W^T for the input gradients. */
-static int owned_copy(int plan) { return plan == PLAN_OWNED_COPY || plan == PLAN_OWNED_COPY_SPREAD; }
-
-/* Plans 11, 16 and 23: the hidden layers transposed, each thread its own rows. */
-static int owns_rows(int plan) { return plan == PLAN_OWNED_ROWS || owned_copy(plan); }
+/* Plans 11 and 16: the hidden layers transposed, each thread its own rows. */
+static int owns_rows(int plan) { return plan == PLAN_OWNED_ROWS || plan == PLAN_OWNED_COPY; }
 
 /* The owned rows (plan 16) by the rule from this many threads on: on the host plan 11 was faster than plan 8
  * on moons-5h300:32 in every round at 8 and 16 threads, not beyond the rounds' spread at 4, slower at 1 and 2,
@@ -148,7 +142,7 @@ static int plan_from_environment(void)
     char *end = NULL;
     const long plan = strtol(text, &end, 10);
     const int kept = plan == PLAN_SHARED_PACKING || plan == PLAN_OWNED_ROWS || plan == PLAN_RULE ||
-                     plan == PLAN_OWNED_COPY || plan == PLAN_OWNED_COPY_SPREAD;
+                     plan == PLAN_OWNED_COPY;
     return *end == '\0' && kept ? (int)plan : PLAN_DEFAULT;
 }
 
@@ -429,7 +423,6 @@ typedef struct {
     int shared_pack;      /* the step packs layers 2..L's weights once for the team (model->wpack) */
     int owned;            /* plan 11: the hidden layers transposed, each thread its own rows (owned_rows) */
     int owned_copy;       /* plan 16: besides, the owners pack W^T for the input gradients (layer.weights_t) */
-    int spread;           /* plan 23: besides, the B operand other cores wrote requested ahead, from spread places */
 } stage_args;
 
 /* A barrier, timed when the timeline is on. `layer`: the layer (1-based) whose work it closes, 0 for none. */
@@ -457,17 +450,17 @@ static int step_plan_rule(const mlp_model *model, int threads, int batch)
                                                                                    : PLAN_SHARED_PACKING;
 }
 
-/* The plan a train_step of `threads` threads on `batch` rows runs: 23, 16, 11 (the hidden layers transposed) or
- * 8. Plans 11, 16 and 23 need the fused step, a batch of at most MC rows and a hidden layer; elsewhere they run
- * as plan 8. Plans 16 and 23 run as plan 11 where they have no copy to write: no hidden layer above the first,
- * or its copies were above OWNED_COPY_BYTES. */
+/* The plan a train_step of `threads` threads on `batch` rows runs: 16, 11 (the hidden layers transposed) or 8.
+ * Plans 11 and 16 need the fused step, a batch of at most MC rows and a hidden layer; elsewhere they run as
+ * plan 8. Plan 16 runs as plan 11 where it has no copy to write: no hidden layer above the first, or its
+ * copies were above OWNED_COPY_BYTES. */
 static int step_plan(const mlp_model *model, int threads, int batch)
 {
     const int plan = model->plan == PLAN_RULE ? step_plan_rule(model, threads, batch) : model->plan;
     if (!owns_rows(plan) || !fused_step(model) || batch > MC || model->n_layers < 2)
         return PLAN_SHARED_PACKING;
     /* Layer 2 has a copy exactly when the model has any (a hidden layer above the first, within the bound). */
-    return owned_copy(plan) && model->layers[1].weights_t ? plan : PLAN_OWNED_ROWS;
+    return plan == PLAN_OWNED_COPY && model->layers[1].weights_t ? PLAN_OWNED_COPY : PLAN_OWNED_ROWS;
 }
 
 int mlp_step_plan(const mlp_model *model, int threads, int batch)
@@ -629,7 +622,6 @@ static gemm_share forward_layers(const stage_args *s, int rows_fused)
         const int last = l == model->n_layers - 1;
         gemm_problem z = owned && !last ? owned_forward_problem(model, l, batch, x)
                                         : forward_problem(model, l, batch, input);
-        z.prefetch_shared_b = s->spread;
         if (owned && last && l > 0) {
             /* The output layer as in plan 8, its A the transposed activation below. */
             z.a = model->layers[l - 1].output_t;
@@ -923,7 +915,6 @@ static void backprop_one_layer(const stage_args *s, int l, int last_barrier, int
                 grad_input.b_shared = dz;
             if (owned && s->owned_copy)
                 grad_input.a_shared = ly->weights_t; /* packed by W's owners in the forward pass */
-            grad_input.prefetch_shared_b = s->spread;
         }
         if (s->shared_pack && shares_weights(model, &grad_input))
             grad_input.b_shared = model->wpack[2 + l % 2];
@@ -1168,12 +1159,11 @@ int mlp_train_step(mlp_model *model, int threads, int batch, const float *x, con
         return MLP_ERR_NULL;
     if (check_step_size(lr, weight_decay) != MLP_OK)
         return MLP_ERR_ARG;
-    /* Plan 11, 16 or 23 where the model's plan picks it for this step; else plan 8's shared packing of the
+    /* Plan 11 or 16 where the model's plan picks it for this step; else plan 8's shared packing of the
      * weights. */
     const int plan = step_plan(model, threads, batch), owned = owns_rows(plan);
     const stage_args args = {.model = model, .batch = batch, .x = x, .targets = targets, .lr = lr,
-                             .weight_decay = weight_decay, .owned = owned, .owned_copy = owned_copy(plan),
-                             .spread = plan == PLAN_OWNED_COPY_SPREAD,
+                             .weight_decay = weight_decay, .owned = owned, .owned_copy = plan == PLAN_OWNED_COPY,
                              .shared_pack = !owned && fused_step(model) && batch <= MC && model->wpack[0] != NULL};
     run_team(threads, train_step_stage, &args);
     model->forward_batch = 0;
