@@ -15,8 +15,9 @@ static inline int omp_get_num_threads(void) { return 1; }
 #endif
 
 /* Register tiles of the micro-kernels (rows x columns of C): MR x NR for the portable and AVX2 sets (12
- * ymm accumulators), MR_AVX512 x NR_AVX512 for the AVX-512 set (zmm accumulators); each set packs its
- * operands for its own tile (cpu_kernels.mr, .nr), and buffers are sized for the largest.
+ * ymm accumulators), MR_AVX512 x NR_AVX512 for the AVX-512 set (16 zmm accumulators: 12 x 32 and 6 x 64 ran
+ * no faster on the GPU host's 16 cores and slowed batches of 32 rows, results/h200-gemm-tile); each set packs
+ * its operands for its own tile (cpu_kernels.mr, .nr), and buffers are sized for the largest.
  * Cache blocks of the packed product: a KC x nr sliver of B (32-64 KiB: in L1, or streamed from L2 beside
  * the accumulators' FMAs), an MC x KC block of A (288 KiB) in L2, a KC x NC panel of B in L3; each thread
  * updates its block of C once per KC of k, so KC 512 halves those passes against 256 (on the GPU host's 16
