@@ -188,14 +188,6 @@ void pack_buffers_free(pack_buffers *buffers)
     buffers->a_packed = buffers->b_packed = NULL;
 }
 
-void gemm_split_rows(int m, int mr, int split, int team, int tid, ptrdiff_t *lo, ptrdiff_t *hi)
-{
-    const int unit = split == ROWS_BY_HALF_SLIVERS ? mr / 2 : mr;
-    split_range((m + unit - 1) / unit, team, tid, lo, hi);
-    *lo = *lo * unit < m ? *lo * unit : m;
-    *hi = *hi * unit < m ? *hi * unit : m;
-}
-
 #ifndef MLP_BLAS
 /* The k blocks of every packed product: ceil(k / KC) of them, of balanced sizes. They depend on k alone (never
  * on the thread grid), so they fix each sum's order, and every packing of an operand, a thread's or the team's,
@@ -222,13 +214,13 @@ static inline void copy_sliver_row(float *restrict dst, const float *restrict sr
     }
 }
 
-/* Rows [i0, i0 + rows) (rows <= mr) and k range [q0, q0 + kc) of op(A) as sliver[q * mr + r]; the rows
- * above are zero. A row-major A (the forward and input-gradient products) is a transposition, left to the
- * kernel set; an A^T (the weight gradient) has contiguous columns, which are plain copies. */
-static void pack_a_rows_of(const gemm_problem *p, const cpu_kernels *kernels, int i0, int rows, int q0, int kc,
-                           float *restrict sliver)
+/* Rows [i0, i0 + mr) and k range [q0, q0 + kc) of op(A) as sliver[q * mr + r]; rows past m are zero.
+ * A row-major A (the forward and input-gradient products) is a transposition, left to the kernel set; an
+ * A^T (the weight gradient) has contiguous columns, which are plain copies. */
+static void pack_a_sliver(const gemm_problem *p, const cpu_kernels *kernels, int i0, int q0, int kc,
+                          float *restrict sliver)
 {
-    const int mr = kernels->mr;
+    const int mr = kernels->mr, rows = imin(mr, p->m - i0);
     const float *src = p->a + i0 * p->a_rs + q0 * p->a_cs;
     if (p->a_cs == 1) {
         kernels->pack_a_rows(src, p->a_rs, rows, kc, sliver);
@@ -245,13 +237,6 @@ static void pack_a_rows_of(const gemm_problem *p, const cpu_kernels *kernels, in
     for (int q = 0; q < kc; ++q)
         for (int r = rows; r < mr; ++r)
             sliver[q * mr + r] = 0.0f;
-}
-
-/* Row sliver [i0, i0 + mr) of op(A) (rows past m zero), as pack_a_rows_of packs it. */
-static void pack_a_sliver(const gemm_problem *p, const cpu_kernels *kernels, int i0, int q0, int kc,
-                          float *restrict sliver)
-{
-    pack_a_rows_of(p, kernels, i0, imin(kernels->mr, p->m - i0), q0, kc, sliver);
 }
 
 /* k range [q0, q0 + kc) and columns [j0, j0 + nr) of op(B) as sliver[q * nr + c]; columns past n are zero.
@@ -298,14 +283,6 @@ static int direct_a(const gemm_problem *p, const cpu_kernels *kernels, ptrdiff_t
     return !p->a_shared && p->a_rs == 1 && p->k <= DIRECT_MAX_K && (sliver + 1) * kernels->mr <= p->m;
 }
 
-/* The same for the part of a row sliver a rows split gives a thread: rows [first, first + rows), which the
- * micro-kernel reads as mr / 2 rows when rows <= mr / 2 (the short kernel) and as mr otherwise. */
-static int direct_a_rows(const gemm_problem *p, const cpu_kernels *kernels, int first, int rows)
-{
-    const int read = rows <= kernels->mr / 2 ? kernels->mr / 2 : kernels->mr;
-    return !p->a_shared && p->a_rs == 1 && p->k <= DIRECT_MAX_K && first + read <= p->m;
-}
-
 static int direct_b(const gemm_problem *p, const cpu_kernels *kernels, ptrdiff_t sliver)
 {
     return !p->b_shared && p->b_cs == 1 && p->k <= DIRECT_MAX_K && (sliver + 1) * kernels->nr <= p->n;
@@ -342,10 +319,10 @@ static void stage_tile(float *stage, int mr, int nr, const float *src, ptrdiff_t
  * boundaries fall. The stage is filled only where the kernel reads it (C when accumulating, aux for the
  * derivative), zero-padded beyond the edge. */
 static void packed_tile(const gemm_problem *p, const cpu_kernels *kernels, operand_sliver a, operand_sliver b,
-                        int kc, int row0, int rows, int col0, int accumulate, int finish)
+                        int kc, int row0, int col0, int accumulate, int finish)
 {
     const int mr = kernels->mr, nr = kernels->nr;
-    const int cols = imin(nr, p->n - col0);
+    const int rows = imin(mr, p->m - row0), cols = imin(nr, p->n - col0);
     const int needs_aux = finish && p->ep.kind == EPI_ACTIVATION_DERIVATIVE;
     tile_output out = {
         .c = p->c + row0 * p->ldc + col0,
@@ -416,6 +393,12 @@ static tile_split plan_split(const gemm_problem *p, const cpu_kernels *kernels, 
 {
     const int mr = kernels->mr, nr = kernels->nr;
     tile_split split = {(p->m + mr - 1) / mr, (p->n + nr - 1) / nr, 0, 1, 1};
+    if (p->rows_split) {
+        /* Every thread a contiguous range of row slivers, all columns (the same rows in every product of
+         * the same m under the same team). */
+        split.m_parts = team;
+        return split;
+    }
     const double grid = thread_grid(split.m_slivers, split.n_slivers, mr, nr, team, &split.m_parts,
                                     &split.n_parts);
     /* The list packs every A sliver of a k block side by side: only where they fit one MC block. */
@@ -455,15 +438,8 @@ static void add_part(gemm_share *share, const gemm_problem *p, const cpu_kernels
 
 gemm_share gemm_packed_share(const gemm_problem *p, const cpu_kernels *kernels, int team, int tid)
 {
-    gemm_share share = {0};
-    if (p->rows_split) {
-        ptrdiff_t lo, hi;
-        gemm_split_rows(p->m, kernels->mr, p->rows_split, team, tid, &lo, &hi);
-        if (lo < hi)
-            share.part[share.count++] = (gemm_rect){(int)lo, (int)hi, 0, p->n};
-        return share;
-    }
     const tile_split split = plan_split(p, kernels, team);
+    gemm_share share = {0};
     if (!split.list) {
         ptrdiff_t row_lo, row_hi, col_lo, col_hi;
         if (grid_block(&split, tid, &row_lo, &row_hi, &col_lo, &col_hi))
@@ -584,79 +560,10 @@ static long long gemm_packed_list(const gemm_problem *p, const pack_buffers *buf
                 timeline_add_pack(tl, now_ns() - t0);
             for (ptrdiff_t i = i_lo; i < i_hi; ++i)
                 packed_tile(p, kernels, a_sliver_at(p, kernels, i, pc, a_block + i * mr * kc), b_sliver, kc,
-                            (int)i * mr, imin(mr, p->m - (int)i * mr), (int)j * nr, accumulate, finish);
+                            (int)i * mr, (int)j * nr, accumulate, finish);
         }
     }
     return (long long)(hi - lo) * mr * nr * p->k;
-}
-
-/* A rows split: this thread's rows [row_lo, row_hi) of C (gemm_split_rows), all columns, in tiles cut where
- * the row slivers of the whole product are (multiples of mr), so a tile is a whole sliver or, at either end of
- * the range, the part of one this thread owns: half a sliver under ROWS_BY_HALF_SLIVERS, which the short
- * micro-kernel computes. The thread packs its A slivers from its own rows only (a part's other rows are zero),
- * so it never reads rows of A that another thread owns; a team's packed A (a_shared, whole slivers) is read at
- * the part's offset in its sliver. Otherwise the loops are the grid's below. Counts the multiply-adds of its
- * rows (not the tiles' padding). */
-static long long gemm_packed_rows(const gemm_problem *p, const pack_buffers *buffers, const cpu_kernels *kernels,
-                                  timeline *tl)
-{
-    const int team = omp_get_num_threads(), tid = omp_get_thread_num();
-    const int mr = kernels->mr, nr = kernels->nr;
-    ptrdiff_t row_lo, row_hi;
-    gemm_split_rows(p->m, mr, p->rows_split, team, tid, &row_lo, &row_hi);
-    if (row_lo >= row_hi)
-        return 0;
-    float *a_packed = buffers->a_packed + tid * buffers->a_floats;
-    float *b_packed = buffers->b_packed + tid * buffers->b_floats;
-    const ptrdiff_t m_slivers = (p->m + mr - 1) / mr, n_slivers = (p->n + nr - 1) / nr;
-    const ptrdiff_t s_lo = row_lo / mr, s_hi = (row_hi + mr - 1) / mr;
-    const ptrdiff_t n_blocks = (n_slivers + NC / nr - 1) / (NC / nr);
-    const ptrdiff_t m_blocks = (s_hi - s_lo + MC / mr - 1) / (MC / mr);
-    const ptrdiff_t nc_slivers = (n_slivers + n_blocks - 1) / n_blocks;
-    const ptrdiff_t mc_slivers = (s_hi - s_lo + m_blocks - 1) / m_blocks;
-    const int kc_block = k_block_size(p->k);
-    for (ptrdiff_t jc = 0; jc < n_slivers; jc += nc_slivers) {
-        const ptrdiff_t jc_end = jc + nc_slivers < n_slivers ? jc + nc_slivers : n_slivers;
-        for (int pc = 0; pc < p->k; pc += kc_block) {
-            const int kc = imin(kc_block, p->k - pc);
-            const int accumulate = pc > 0, finish = pc + kc == p->k;
-            long long t0 = tl ? now_ns() : 0;
-            const float *b_block = p->b_shared ? p->b_shared + (ptrdiff_t)pc * n_slivers * nr + jc * nr * kc
-                                               : b_packed;
-            if (!p->b_shared)
-                for (ptrdiff_t s = jc; s < jc_end; ++s)
-                    if (!direct_b(p, kernels, s))
-                        pack_b_sliver(p, kernels, pc, kc, (int)s * nr, b_packed + (s - jc) * nr * kc);
-            if (tl)
-                timeline_add_pack(tl, now_ns() - t0);
-            for (ptrdiff_t ic = s_lo; ic < s_hi; ic += mc_slivers) {
-                const ptrdiff_t ic_end = ic + mc_slivers < s_hi ? ic + mc_slivers : s_hi;
-                if (tl)
-                    t0 = now_ns();
-                for (ptrdiff_t s = ic; s < ic_end; ++s) {
-                    const int first = (int)(s * mr > row_lo ? s * mr : row_lo);
-                    const int last = (int)((s + 1) * mr < row_hi ? (s + 1) * mr : row_hi);
-                    if (!p->a_shared && !direct_a_rows(p, kernels, first, last - first))
-                        pack_a_rows_of(p, kernels, first, last - first, pc, kc, a_packed + (s - ic) * mr * kc);
-                }
-                if (tl)
-                    timeline_add_pack(tl, now_ns() - t0);
-                for (ptrdiff_t jr = jc; jr < jc_end; ++jr)
-                    for (ptrdiff_t s = ic; s < ic_end; ++s) {
-                        const int first = (int)(s * mr > row_lo ? s * mr : row_lo);
-                        const int last = (int)((s + 1) * mr < row_hi ? (s + 1) * mr : row_hi);
-                        operand_sliver a = {a_packed + (s - ic) * mr * kc, mr};
-                        if (p->a_shared)
-                            a.at = p->a_shared + (ptrdiff_t)pc * m_slivers * mr + s * mr * kc + (first - s * mr);
-                        else if (direct_a_rows(p, kernels, first, last - first))
-                            a = (operand_sliver){p->a + first + pc * p->a_cs, p->a_cs};
-                        packed_tile(p, kernels, a, b_sliver_at(p, kernels, jr, pc, b_block + (jr - jc) * nr * kc),
-                                    kc, first, last - first, (int)jr * nr, accumulate, finish);
-                    }
-            }
-        }
-    }
-    return (long long)(row_hi - row_lo) * n_slivers * nr * p->k;
 }
 
 /* The five BLIS loops, run by each thread on its own block of C with its own packing buffers, so threads
@@ -668,8 +575,6 @@ static long long gemm_packed(const gemm_problem *p, const pack_buffers *buffers,
     long long tiles = 0;
     const int team = omp_get_num_threads(), tid = omp_get_thread_num();
     const int mr = kernels->mr, nr = kernels->nr;
-    if (p->rows_split)
-        return gemm_packed_rows(p, buffers, kernels, tl);
     const tile_split split = plan_split(p, kernels, team);
     if (split.list)
         return gemm_packed_list(p, buffers, kernels, &split, tl);
@@ -717,8 +622,7 @@ static long long gemm_packed(const gemm_problem *p, const pack_buffers *buffers,
                             packed_tile(p, kernels,
                                         a_sliver_at(p, kernels, ir, pc, a_block + (ir - ic) * mr * kc),
                                         b_sliver_at(p, kernels, jr, pc, b_block + (jr - jc) * nr * kc), kc,
-                                        (int)ir * mr, imin(mr, p->m - (int)ir * mr), (int)jr * nr, accumulate,
-                                        finish);
+                                        (int)ir * mr, (int)jr * nr, accumulate, finish);
                 }
             }
         }

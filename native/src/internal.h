@@ -138,19 +138,10 @@ typedef struct {
     /* Packed rung: op(A) already packed (gemm_pack_a_shared: each k block's row slivers side by side, k
      * blocks one after the other), or NULL: each thread packs the slivers it needs. */
     const float *a_shared;
-    /* Packed rung: split C by rows only, each thread a contiguous range of rows and all columns, whatever the
-     * product's shape (gemm_split_rows): ROWS_BY_SLIVERS or ROWS_BY_HALF_SLIVERS; 0: the grid or tile list
-     * that suits the shape. */
+    /* Packed rung: 1 splits C by rows only, each thread a contiguous range of row slivers (split_range of
+     * them over the team), whatever the product's shape; 0: the grid or tile list that suits the shape. */
     int rows_split;
 } gemm_problem;
-
-/* The units of a rows split: whole row slivers (mr rows), or half slivers (mr / 2 rows: on 16 threads the
- * 300 rows of a 5h300 layer are 38 slivers, 3 to some threads and 2 to others, but 75 half slivers, 5 or 4). */
-enum { ROWS_BY_SLIVERS = 1, ROWS_BY_HALF_SLIVERS = 2 };
-
-/* Rows [lo, hi) of an m-row product that thread tid of a team computes under a rows split of these units
- * (split_range of the units over the team, clipped to m; a thread past the last unit gets [m, m)). */
-void gemm_split_rows(int m, int mr, int split, int team, int tid, ptrdiff_t *lo, ptrdiff_t *hi);
 
 /* Packed operands, one slot per thread: an MC x KC block of A (a_floats) and a KC x NC panel of B
  * (b_floats), both cut down to the largest product the owner will run. */

@@ -30,19 +30,15 @@ typedef enum { STAGE_NONE, STAGE_FORWARD, STAGE_BACKPROP, STAGE_UPDATE } stage_k
  * changes 1-8 (shared packing of the weights); plan 11 computes the hidden layers transposed, each thread the
  * same rows (outputs) of every product of a layer, for batches of at most MC rows; plan 16 is plan 11 with each
  * hidden layer's W^T packed by the owners of W's rows in the forward pass, so the input gradient reads that copy
- * and W's own lines never leave their owner; plan 24 is plan 16 with each thread's rows counted in half slivers
- * (ROWS_BY_HALF_SLIVERS: change 24; never picked by the rule). Plan 12, the default, is a rule choosing per step
- * from what the 16-core host measured (changes 12 and 16, step_plan_rule). Plans 9, 10, 13, 17, 22 and 23 were
- * measured, earned nothing and are gone. MLP_STEP_PLAN in the environment at creation picks one; unset, empty or
- * not a kept plan: the default. Results never depend on it. */
+ * and W's own lines never leave their owner. Plan 12, the default, is a rule choosing per step from what the
+ * 16-core host measured (changes 12 and 16, step_plan_rule). Plans 9, 10, 13, 17, 22, 23 and 24 were
+ * measured, earned nothing and are gone. MLP_STEP_PLAN in the environment at creation picks one; unset, empty
+ * or not a kept plan: the default. Results never depend on it. */
 enum { PLAN_SHARED_PACKING = 8, PLAN_OWNED_ROWS = 11, PLAN_RULE = 12, PLAN_OWNED_COPY = 16,
-       PLAN_OWNED_HALVES = 24, PLAN_DEFAULT = PLAN_RULE };
+       PLAN_DEFAULT = PLAN_RULE };
 
-/* Plans 16 and 24: the owners pack W^T for the input gradients. */
-static int owned_copy(int plan) { return plan == PLAN_OWNED_COPY || plan == PLAN_OWNED_HALVES; }
-
-/* Plans 11, 16 and 24: the hidden layers transposed, each thread its own rows. */
-static int owns_rows(int plan) { return plan == PLAN_OWNED_ROWS || owned_copy(plan); }
+/* Plans 11 and 16: the hidden layers transposed, each thread its own rows. */
+static int owns_rows(int plan) { return plan == PLAN_OWNED_ROWS || plan == PLAN_OWNED_COPY; }
 
 /* The owned rows (plan 16) by the rule from this many threads on: on the host plan 11 was faster than plan 8
  * on moons-5h300:32 in every round at 8 and 16 threads, not beyond the rounds' spread at 4, slower at 1 and 2,
@@ -82,8 +78,6 @@ struct mlp_model {
     float *wpack[4];
     timeline *tl;         /* per-thread timeline of the last stage call; NULL when off */
     int plan;             /* MLP_STEP_PLAN or PLAN_DEFAULT; step_plan says what a step runs */
-    int owned_split;      /* the rows split of the owned plans in the step running (mlp_train_step sets it):
-                           * ROWS_BY_HALF_SLIVERS under plan 24, ROWS_BY_SLIVERS otherwise */
 };
 
 const char *mlp_error_message(int status)
@@ -148,7 +142,7 @@ static int plan_from_environment(void)
     char *end = NULL;
     const long plan = strtol(text, &end, 10);
     const int kept = plan == PLAN_SHARED_PACKING || plan == PLAN_OWNED_ROWS || plan == PLAN_RULE ||
-                     plan == PLAN_OWNED_COPY || plan == PLAN_OWNED_HALVES;
+                     plan == PLAN_OWNED_COPY;
     return *end == '\0' && kept ? (int)plan : PLAN_DEFAULT;
 }
 
@@ -247,7 +241,6 @@ int mlp_model_create(mlp_model **out, int n_layers, const int *sizes, int activa
     model->kernel = kernel;
     model->kernels = kernels;
     model->plan = plan_from_environment();
-    model->owned_split = ROWS_BY_SLIVERS;
     model->layers = calloc((size_t)n_layers, sizeof *model->layers);
     if (!model->layers) {
         mlp_model_destroy(model);
@@ -457,17 +450,17 @@ static int step_plan_rule(const mlp_model *model, int threads, int batch)
                                                                                    : PLAN_SHARED_PACKING;
 }
 
-/* The plan a train_step of `threads` threads on `batch` rows runs: 24, 16, 11 (the hidden layers transposed) or
- * 8. Plans 11, 16 and 24 need the fused step, a batch of at most MC rows and a hidden layer; elsewhere they run
- * as plan 8. Plans 16 and 24 run as plan 11 where they have no copy to write: no hidden layer above the first,
- * or its copies were above OWNED_COPY_BYTES. */
+/* The plan a train_step of `threads` threads on `batch` rows runs: 16, 11 (the hidden layers transposed) or 8.
+ * Plans 11 and 16 need the fused step, a batch of at most MC rows and a hidden layer; elsewhere they run as
+ * plan 8. Plan 16 runs as plan 11 where it has no copy to write: no hidden layer above the first, or its
+ * copies were above OWNED_COPY_BYTES. */
 static int step_plan(const mlp_model *model, int threads, int batch)
 {
     const int plan = model->plan == PLAN_RULE ? step_plan_rule(model, threads, batch) : model->plan;
     if (!owns_rows(plan) || !fused_step(model) || batch > MC || model->n_layers < 2)
         return PLAN_SHARED_PACKING;
     /* Layer 2 has a copy exactly when the model has any (a hidden layer above the first, within the bound). */
-    return owned_copy(plan) && model->layers[1].weights_t ? plan : PLAN_OWNED_ROWS;
+    return plan == PLAN_OWNED_COPY && model->layers[1].weights_t ? PLAN_OWNED_COPY : PLAN_OWNED_ROWS;
 }
 
 int mlp_step_plan(const mlp_model *model, int threads, int batch)
@@ -536,12 +529,15 @@ static int shares_weights(const mlp_model *model, const gemm_problem *problem)
  * order as in plan 8 (a product and its transpose differ only in which operand is packed as which), so the
  * results are the same bits. */
 
-/* Rows [lo, hi) of an n-row hidden layer that this thread owns: the range gemm_team gives it in a product of
- * m = n under the step's rows split. */
+/* Rows [lo, hi) of an n-row hidden layer that this thread owns: its contiguous range of mr-row slivers, the
+ * range gemm_team gives it in a product of m = n with rows_split. */
 static void owned_rows(const mlp_model *model, int n, ptrdiff_t *lo, ptrdiff_t *hi)
 {
-    gemm_split_rows(n, model->kernels->mr, model->owned_split, omp_get_num_threads(), omp_get_thread_num(), lo,
-                    hi);
+    const int mr = model->kernels->mr;
+    split_range((n + mr - 1) / mr, omp_get_num_threads(), omp_get_thread_num(), lo, hi);
+    /* Both clipped to n: a thread past the last sliver gets the empty range [n, n). */
+    *lo = *lo * mr < n ? *lo * mr : n;
+    *hi = *hi * mr < n ? *hi * mr : n;
 }
 
 /* Hidden layer l's (0-based) forward product, transposed: Z^T = W A_prev^T into output_t, no epilogue (the
@@ -556,7 +552,7 @@ static gemm_problem owned_forward_problem(const mlp_model *model, int l, int bat
         .b = l == 0 ? x : model->layers[l - 1].output_t, .b_rs = l == 0 ? 1 : batch, .b_cs = l == 0 ? ly->n_in : 1,
         .c = ly->output_t, .ldc = batch,
         .ep = {.kind = EPI_STORE},
-        .rows_split = model->owned_split,
+        .rows_split = 1,
     };
     if (l > 0 && batch == model->kernels->nr)
         p.b_shared = p.b;
@@ -591,7 +587,7 @@ static gemm_problem owned_input_grad_problem(const mlp_model *model, int l, int 
         .c = dz_below, .ldc = batch,
         .ep = {.kind = EPI_ACTIVATION_DERIVATIVE, .activation = model->activation,
                .aux = model->layers[l - 1].output_t, .ld_aux = batch},
-        .rows_split = model->owned_split,
+        .rows_split = 1,
     };
 }
 
@@ -869,7 +865,7 @@ static void backprop_one_layer(const stage_args *s, int l, int last_barrier, int
         /* dZ^T is stored as it is (n_out, batch); this thread's rows of dW, the rows it owns. */
         grad_weights.a_rs = batch;
         grad_weights.a_cs = 1;
-        grad_weights.rows_split = model->owned_split;
+        grad_weights.rows_split = 1;
     }
     if (input_owned) {
         /* A_prev from its transpose (n_in, batch). */
@@ -1163,13 +1159,12 @@ int mlp_train_step(mlp_model *model, int threads, int batch, const float *x, con
         return MLP_ERR_NULL;
     if (check_step_size(lr, weight_decay) != MLP_OK)
         return MLP_ERR_ARG;
-    /* Plan 11, 16 or 24 where the model's plan picks it for this step; else plan 8's shared packing of the
+    /* Plan 11 or 16 where the model's plan picks it for this step; else plan 8's shared packing of the
      * weights. */
     const int plan = step_plan(model, threads, batch), owned = owns_rows(plan);
     const stage_args args = {.model = model, .batch = batch, .x = x, .targets = targets, .lr = lr,
-                             .weight_decay = weight_decay, .owned = owned, .owned_copy = owned_copy(plan),
+                             .weight_decay = weight_decay, .owned = owned, .owned_copy = plan == PLAN_OWNED_COPY,
                              .shared_pack = !owned && fused_step(model) && batch <= MC && model->wpack[0] != NULL};
-    model->owned_split = plan == PLAN_OWNED_HALVES ? ROWS_BY_HALF_SLIVERS : ROWS_BY_SLIVERS;
     run_team(threads, train_step_stage, &args);
     model->forward_batch = 0;
     model->next_backprop_layer = 0;
