@@ -425,6 +425,30 @@ def test_large_network_comparison_follows_the_data(report):
                      rf"and {words[1]} it on the GPU host", plain), words
 
 
+def ladder_rate(run: Path, impl: str) -> float:
+    """A CPU implementation's GFLOP/s in the run's product ladder, read straight from ladder.csv."""
+    ladder = pd.read_csv(run / "ladder.csv")
+    return float(ladder[(ladder.device == "cpu") & (ladder.impl == impl) & (ladder.status == "ok")].gflops.iloc[0])
+
+
+def test_what_limits_the_large_network_follows_the_data(report):
+    """The product's rate is said to bound the large network only where, on both machines, the ladder's packed C
+    product and OpenMP C's large step are on the same side of PyTorch; otherwise both ratios are given."""
+    runs, text, _ = report
+    products = [ladder_rate(run, "c-v3") / ladder_rate(run, "torch-cpu") for run in runs]
+    steps = [step_median(run, "large", "torch-cpu") / step_median(run, "large", "c-omp") for run in runs]
+    plain = re.sub(r"\d+(\.\d+)?× ", "", text)
+    assert says(plain, f"the packed C product of the ladder is {comparison(products[0])} PyTorch’s on the development "
+                       f"machine and {comparison(products[1])} it on the GPU host’s Xeon")
+    if all((p > 1) == (s > 1) for p, s in zip(products, steps, strict=True)):
+        assert says(plain, "and the product’s rate bounds the large network:")
+        assert says(plain, "on the same side of PyTorch as OpenMP C’s large step on each machine")
+    else:
+        assert "the product’s rate bounds the large network" not in plain
+        assert says(plain, f"while OpenMP C’s large step is {comparison(steps[0])} PyTorch’s on the first and "
+                           f"{comparison(steps[1])} it on the second")
+
+
 def test_cuda_rung_order_follows_the_data(report):
     runs, text, numbers = report
     rows = pd.read_csv(runs[1] / "rows.csv")
