@@ -40,7 +40,7 @@ def stepped(network, batch, threads, *, timeline=False, steps=2, isa="auto", see
 
 
 #: Plans of the fused step (``MLP_STEP_PLAN``) the library keeps; the first is its default (change 12's rule).
-PLANS = (12, 8, 11, 16, 25)
+PLANS = (12, 8, 11, 16)
 DEFAULT_PLAN = PLANS[0]
 
 
@@ -95,7 +95,7 @@ def test_every_tile_computed_once(network, batch, threads, isa):
     tile = TILES[model.isa]
     # Plans 11 and 16 (the default's choice on 8 threads or more here) compute the hidden layers' forward
     # products and the input gradients into them transposed: (n_out, batch) and (n_in, batch).
-    transposed = model.step_plan(batch) in (11, 16, 25)
+    transposed = model.step_plan(batch) in (11, 16)
     hidden = len(network.layer_shapes) - 1
     for index, (n_out, n_in) in enumerate(network.layer_shapes, start=1):
         layer = events[events["layer"] == index]
@@ -225,11 +225,11 @@ def test_fused_step_equals_the_three_stages(network, batch, threads):
 
 def test_plan_from_the_environment(monkeypatch):
     assert load("c-omp", SOFTMAX, threads=2).plan == DEFAULT_PLAN
-    # 9, 10, 13, 17, 22, 23 and 24 were plans once, removed after the host measured them.
-    for text, plan in [("8", 8), ("11", 11), ("12", 12), ("16", 16), ("25", 25), ("", DEFAULT_PLAN),
+    # 9, 10, 13, 17, 22, 23, 24 and 25 were plans once, removed after the host measured them.
+    for text, plan in [("8", 8), ("11", 11), ("12", 12), ("16", 16), ("", DEFAULT_PLAN),
                        ("7", DEFAULT_PLAN), ("9", DEFAULT_PLAN), ("10", DEFAULT_PLAN), ("13", DEFAULT_PLAN),
                        ("17", DEFAULT_PLAN), ("22", DEFAULT_PLAN), ("23", DEFAULT_PLAN), ("24", DEFAULT_PLAN),
-                       ("x", DEFAULT_PLAN)]:
+                       ("25", DEFAULT_PLAN), ("x", DEFAULT_PLAN)]:
         monkeypatch.setenv("MLP_STEP_PLAN", text)
         assert load("c-omp", SOFTMAX, threads=2).plan == plan, text
 
@@ -246,15 +246,12 @@ def test_rule_picks_the_plan_per_step(threads, batch, expected):
 
 def test_forced_plans_run_everywhere_they_apply(monkeypatch):
     for plan, threads, batch, expected in [(8, 16, 32, 8), (11, 1, 32, 11), (11, 16, 256, 8), (12, 16, 32, 16),
-                                           (16, 1, 32, 16), (16, 16, 144, 16), (16, 16, 256, 8), (25, 1, 32, 25),
-                                           (25, 16, 144, 25), (25, 16, 256, 8)]:
+                                           (16, 1, 32, 16), (16, 16, 144, 16), (16, 16, 256, 8)]:
         monkeypatch.setenv("MLP_STEP_PLAN", str(plan))
         model = load("c-omp", NARROW, threads=threads, max_batch=batch)
         assert (model.plan, model.step_plan()) == (plan, expected), plan
-    # Two layers: no hidden layer above the first, so no copy of W^T to pack; plans 16 and 25 run as plan 11.
-    for plan in (16, 25):
-        monkeypatch.setenv("MLP_STEP_PLAN", str(plan))
-        assert load("c-omp", SOFTMAX, threads=16, max_batch=32).step_plan() == 11
+    # Two layers: no hidden layer above the first, so no copy of W^T to pack; plan 16 runs as plan 11.
+    assert load("c-omp", SOFTMAX, threads=16, max_batch=32).step_plan() == 11
 
 
 @pytest.mark.parametrize("threads", [3, 16])
@@ -293,8 +290,8 @@ def test_shared_weight_packing_covers_every_row_once(monkeypatch, threads, isa):
         if model.step_plan(batch) == 11:
             assert all(len(p) == 0 for p in packs)
             continue
-        if model.step_plan(batch) in (16, 25):
-            continue  # their owners' copies: test_plans_16_and_25_pack_each_copy_once_by_the_owners
+        if model.step_plan(batch) == 16:
+            continue  # its owners' copies: test_plan_16_packs_each_copy_once_by_the_owners
         assert len({len(p) for p in packs}) == 1
         assert len(packs[0]) > 0 or threads < 16
         shapes = dict(enumerate(network.layer_shapes, start=1))
@@ -314,10 +311,10 @@ def _per_thread(events, threads, kind, layer):
                                 & (events["layer"] == layer)]["work"].sum()) for t in range(threads)])
 
 
-@pytest.mark.parametrize("plan", [11, 16, 25])
+@pytest.mark.parametrize("plan", [11, 16])
 @pytest.mark.parametrize("threads", [5, 16])
 def test_owned_rows_plans_keep_each_threads_rows(monkeypatch, threads, plan):
-    """Plans 11, 16 and 25: in every hidden layer, each thread's forward product, weight gradient and the input
+    """Plans 11 and 16: in every hidden layer, each thread's forward product, weight gradient and the input
     gradient of the layer above cover the same rows (the same multiply-adds per row), and every thread gets
     rows."""
     model = stepped_with_plan(monkeypatch, plan, WIDE_NARROW, 32, threads, timeline=True)
@@ -336,16 +333,14 @@ def test_owned_rows_plans_keep_each_threads_rows(monkeypatch, threads, plan):
         assert (forward > 0).all() or -(-n_out // mr) < threads
 
 
-@pytest.mark.parametrize("plan", [16, 25])
 @pytest.mark.parametrize("threads", [5, 16])
 @pytest.mark.parametrize("isa", ["portable", "auto"])
-def test_plans_16_and_25_pack_each_copy_once_by_the_owners(monkeypatch, threads, isa, plan):
-    """Plans 16 and 25: each hidden layer above the first has its W^T packed once per step for the team, each
-    thread the rows of W it owns (those of its forward product, round_up(n_in, mr) floats each, the last
-    thread's rows short of the tile padding); the first layer and the output layer are not packed for the
-    team."""
-    model = stepped_with_plan(monkeypatch, plan, WIDE_NARROW, 32, threads, timeline=True, isa=isa)
-    assert model.step_plan(32) == plan
+def test_plan_16_packs_each_copy_once_by_the_owners(monkeypatch, threads, isa):
+    """Plan 16: each hidden layer above the first has its W^T packed once per step for the team, each thread
+    the rows of W it owns (those of its forward product, round_up(n_in, mr) floats each, the last thread's
+    rows short of the tile padding); the first layer and the output layer are not packed for the team."""
+    model = stepped_with_plan(monkeypatch, 16, WIDE_NARROW, 32, threads, timeline=True, isa=isa)
+    assert model.step_plan(32) == 16
     events = model.timeline()
     mr, nr = TILES[model.isa]
     shapes = dict(enumerate(WIDE_NARROW.layer_shapes, start=1))

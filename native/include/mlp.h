@@ -100,17 +100,15 @@ int mlp_model_isa(const mlp_model *model);
 
 /* The plan of the packed rung's fused train_step on many threads, named by the change logged in
  * native/SCALING.md that introduced it: 12 (the default: a rule picking 16 or 8 per step, see mlp_step_plan),
- * or 8, 11, 16 (11 with W^T packed by the owners of W's rows) or 25 (16 with what each thread writes for the
- * others demoted to the shared L3 cache) for every step. The environment variable MLP_STEP_PLAN, read at
- * creation, picks one (for comparing plans in one run); unset or not a kept plan, the default. Results never
- * depend on it. 0 for a NULL model. */
+ * or 8, 11 or 16 (11 with W^T packed by the owners of W's rows) for every step. The environment variable
+ * MLP_STEP_PLAN, read at creation, picks one (for comparing plans in one run); unset or not a kept plan, the
+ * default. Results never depend on it. 0 for a NULL model. */
 int mlp_model_plan(const mlp_model *model);
 
 /* The plan a train_step with these threads and batch runs: 16 (plan 16, or plan 12's rule on at least 8
- * threads, a batch of at most 144 rows and three layers or more, on the packed rung without BLAS), 25 (plan 25
- * where plan 16 would run), 11 (the hidden layers transposed, each thread its own rows: plan 11, or plans 16
- * and 25 where they have no copy of W^T to write) or 8 (everything else). 0 for a NULL model or arguments that
- * mlp_train_step would refuse. */
+ * threads, a batch of at most 144 rows and three layers or more, on the packed rung without BLAS), 11 (the
+ * hidden layers transposed, each thread its own rows: plan 11, or plan 16 where it has no copy of W^T to write)
+ * or 8 (everything else). 0 for a NULL model or arguments that mlp_train_step would refuse. */
 int mlp_step_plan(const mlp_model *model, int threads, int batch);
 
 /* Copies layer l's (1..n_layers) weights and bias in. */

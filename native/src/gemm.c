@@ -505,8 +505,7 @@ long long gemm_pack_b_shared(const gemm_problem *p, const cpu_kernels *kernels, 
     return packed;
 }
 
-long long gemm_pack_a_shared(const gemm_problem *p, const cpu_kernels *kernels, float *dst, int q_lo, int q_hi,
-                             int demote)
+long long gemm_pack_a_shared(const gemm_problem *p, const cpu_kernels *kernels, float *dst, int q_lo, int q_hi)
 {
     const int mr = kernels->mr, m_slivers = (p->m + mr - 1) / mr;
     const int kc_block = k_block_size(p->k);
@@ -514,12 +513,9 @@ long long gemm_pack_a_shared(const gemm_problem *p, const cpu_kernels *kernels, 
     /* Each k block's part of [q_lo, q_hi) is one contiguous run of every row sliver of that block. */
     for (int q = q_lo; q < q_hi;) {
         const int pc = q / kc_block * kc_block, kc = imin(kc_block, p->k - pc), q_end = imin(q_hi, pc + kc);
-        for (int s = 0; s < m_slivers; ++s) {
-            float *run = dst + (ptrdiff_t)pc * m_slivers * mr + (ptrdiff_t)s * mr * kc + (ptrdiff_t)(q - pc) * mr;
-            pack_a_sliver(p, kernels, s * mr, q, q_end - q, run);
-            if (demote)
-                demote_lines(run, (size_t)(q_end - q) * (size_t)mr * sizeof(float));
-        }
+        for (int s = 0; s < m_slivers; ++s)
+            pack_a_sliver(p, kernels, s * mr, q, q_end - q,
+                          dst + (ptrdiff_t)pc * m_slivers * mr + (ptrdiff_t)s * mr * kc + (ptrdiff_t)(q - pc) * mr);
         packed += (long long)(q_end - q) * m_slivers * mr;
         q = q_end;
     }
@@ -674,15 +670,13 @@ long long gemm_pack_b_shared(const gemm_problem *p, const cpu_kernels *kernels, 
     return 0;
 }
 
-long long gemm_pack_a_shared(const gemm_problem *p, const cpu_kernels *kernels, float *dst, int q_lo, int q_hi,
-                             int demote)
+long long gemm_pack_a_shared(const gemm_problem *p, const cpu_kernels *kernels, float *dst, int q_lo, int q_hi)
 {
     (void)p;
     (void)kernels;
     (void)dst;
     (void)q_lo;
     (void)q_hi;
-    (void)demote;
     return 0;
 }
 

@@ -29,21 +29,6 @@ enum { KC = 512, MC = 144, NC = 4080 };
 /* Buffers are aligned to cache lines (and to a full AVX-512 vector). */
 enum { ALIGN_BYTES = 64, ALIGN_FLOATS = ALIGN_BYTES / (int)sizeof(float) };
 
-/* Plan 25: the cache lines of [start, start + bytes), just written by this core for others to read, moved
- * from its own caches to the shared L3 (CLDEMOTE), so their readers find them there instead of snooping this
- * core's L2. A hint: cores without the instruction run it as a no-op (its encoding is a reserved NOP). */
-static inline void demote_lines(const void *start, size_t bytes)
-{
-#if defined(__x86_64__) && defined(__GNUC__)
-    const char *line = (const char *)((size_t)start / ALIGN_BYTES * ALIGN_BYTES);
-    for (const char *end = (const char *)start + bytes; line < end; line += ALIGN_BYTES)
-        __asm__ volatile("cldemote %0" : : "m"(*line));
-#else
-    (void)start;
-    (void)bytes;
-#endif
-}
-
 /* Polynomials of the vectorised activations, one copy for the AVX2 and AVX-512 sets (they must agree to
  * the bit up to their lane count). Highest degree first, for Horner's rule. */
 /* exp(r) ~ 1 + r + r^2 P(r) on the reduced argument |r| <= ln2 / 2 (Cephes expf). */
@@ -199,9 +184,9 @@ long long gemm_pack_b_shared(const gemm_problem *problem, const cpu_kernels *ker
 
 /* Packs rows [q_lo, q_hi) of op(A)'s k range, every row sliver of them, where gemm_team reads them through
  * a_shared: so threads that own ranges of k can pack op(A) together. Needs k * round_up(m, mr) floats; returns
- * the floats written (padding included). `demote`: each run written is demoted to L3 (demote_lines). */
+ * the floats written (padding included). */
 long long gemm_pack_a_shared(const gemm_problem *problem, const cpu_kernels *kernels, float *dst, int q_lo,
-                             int q_hi, int demote);
+                             int q_hi);
 
 /* 1 if a team should pack op(B) once for all (gemm_pack_b_shared) rather than each thread its slivers: where
  * on their own the threads would pack every column sliver twice or more on average, and there are at least as

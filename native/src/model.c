@@ -30,20 +30,15 @@ typedef enum { STAGE_NONE, STAGE_FORWARD, STAGE_BACKPROP, STAGE_UPDATE } stage_k
  * changes 1-8 (shared packing of the weights); plan 11 computes the hidden layers transposed, each thread the
  * same rows (outputs) of every product of a layer, for batches of at most MC rows; plan 16 is plan 11 with each
  * hidden layer's W^T packed by the owners of W's rows in the forward pass, so the input gradient reads that copy
- * and W's own lines never leave their owner; plan 25 is plan 16 with every line a thread writes for the others
- * (its rows of the activations and of dZ, its part of the W^T copies) demoted to the shared L3 once written
- * (change 25; never picked by the rule). Plan 12, the default, is a rule choosing per step from what the
- * 16-core host measured (changes 12 and 16, step_plan_rule). Plans 9, 10, 13, 17, 22, 23 and 24 were
+ * and W's own lines never leave their owner. Plan 12, the default, is a rule choosing per step from what the
+ * 16-core host measured (changes 12 and 16, step_plan_rule). Plans 9, 10, 13, 17, 22, 23, 24 and 25 were
  * measured, earned nothing and are gone. MLP_STEP_PLAN in the environment at creation picks one; unset, empty
  * or not a kept plan: the default. Results never depend on it. */
 enum { PLAN_SHARED_PACKING = 8, PLAN_OWNED_ROWS = 11, PLAN_RULE = 12, PLAN_OWNED_COPY = 16,
-       PLAN_OWNED_COPY_DEMOTE = 25, PLAN_DEFAULT = PLAN_RULE };
+       PLAN_DEFAULT = PLAN_RULE };
 
-/* Plans 16 and 25: the owners pack W^T for the input gradients. */
-static int owned_copy(int plan) { return plan == PLAN_OWNED_COPY || plan == PLAN_OWNED_COPY_DEMOTE; }
-
-/* Plans 11, 16 and 25: the hidden layers transposed, each thread its own rows. */
-static int owns_rows(int plan) { return plan == PLAN_OWNED_ROWS || owned_copy(plan); }
+/* Plans 11 and 16: the hidden layers transposed, each thread its own rows. */
+static int owns_rows(int plan) { return plan == PLAN_OWNED_ROWS || plan == PLAN_OWNED_COPY; }
 
 /* The owned rows (plan 16) by the rule from this many threads on: on the host plan 11 was faster than plan 8
  * on moons-5h300:32 in every round at 8 and 16 threads, not beyond the rounds' spread at 4, slower at 1 and 2,
@@ -147,7 +142,7 @@ static int plan_from_environment(void)
     char *end = NULL;
     const long plan = strtol(text, &end, 10);
     const int kept = plan == PLAN_SHARED_PACKING || plan == PLAN_OWNED_ROWS || plan == PLAN_RULE ||
-                     owned_copy((int)plan);
+                     plan == PLAN_OWNED_COPY;
     return *end == '\0' && kept ? (int)plan : PLAN_DEFAULT;
 }
 
@@ -428,7 +423,6 @@ typedef struct {
     int shared_pack;      /* the step packs layers 2..L's weights once for the team (model->wpack) */
     int owned;            /* plan 11: the hidden layers transposed, each thread its own rows (owned_rows) */
     int owned_copy;       /* plan 16: besides, the owners pack W^T for the input gradients (layer.weights_t) */
-    int demote;           /* plan 25: besides, what a thread writes for the others demoted to L3 (demote_lines) */
 } stage_args;
 
 /* A barrier, timed when the timeline is on. `layer`: the layer (1-based) whose work it closes, 0 for none. */
@@ -456,17 +450,17 @@ static int step_plan_rule(const mlp_model *model, int threads, int batch)
                                                                                    : PLAN_SHARED_PACKING;
 }
 
-/* The plan a train_step of `threads` threads on `batch` rows runs: 25, 16, 11 (the hidden layers transposed) or
- * 8. Plans 11, 16 and 25 need the fused step, a batch of at most MC rows and a hidden layer; elsewhere they run
- * as plan 8. Plans 16 and 25 run as plan 11 where they have no copy to write: no hidden layer above the first,
- * or its copies were above OWNED_COPY_BYTES. */
+/* The plan a train_step of `threads` threads on `batch` rows runs: 16, 11 (the hidden layers transposed) or 8.
+ * Plans 11 and 16 need the fused step, a batch of at most MC rows and a hidden layer; elsewhere they run as
+ * plan 8. Plan 16 runs as plan 11 where it has no copy to write: no hidden layer above the first, or its
+ * copies were above OWNED_COPY_BYTES. */
 static int step_plan(const mlp_model *model, int threads, int batch)
 {
     const int plan = model->plan == PLAN_RULE ? step_plan_rule(model, threads, batch) : model->plan;
     if (!owns_rows(plan) || !fused_step(model) || batch > MC || model->n_layers < 2)
         return PLAN_SHARED_PACKING;
     /* Layer 2 has a copy exactly when the model has any (a hidden layer above the first, within the bound). */
-    return owned_copy(plan) && model->layers[1].weights_t ? plan : PLAN_OWNED_ROWS;
+    return plan == PLAN_OWNED_COPY && model->layers[1].weights_t ? PLAN_OWNED_COPY : PLAN_OWNED_ROWS;
 }
 
 int mlp_step_plan(const mlp_model *model, int threads, int batch)
@@ -546,14 +540,6 @@ static void owned_rows(const mlp_model *model, int n, ptrdiff_t *lo, ptrdiff_t *
     *hi = *hi * mr < n ? *hi * mr : n;
 }
 
-/* Plan 25: this thread's rows of a transposed (n, batch) activation or dZ, demoted to L3 once written. */
-static void demote_owned_rows(const mlp_model *model, const float *rows, int n, int batch)
-{
-    ptrdiff_t lo, hi;
-    owned_rows(model, n, &lo, &hi);
-    demote_lines(rows + lo * batch, (size_t)(hi - lo) * (size_t)batch * sizeof(float));
-}
-
 /* Hidden layer l's (0-based) forward product, transposed: Z^T = W A_prev^T into output_t, no epilogue (the
  * bias is per row here: owned_bias_activation). A_prev^T: the input x transposed, or the layer below's
  * output_t, which is the packed operand itself when the batch is one sliver wide. */
@@ -607,16 +593,15 @@ static gemm_problem owned_input_grad_problem(const mlp_model *model, int l, int 
 
 /* Plan 16: this thread's rows of hidden layer l's W (0-based, l >= 1), which its forward product has just
  * read, packed into weights_t where the layer's input gradient reads W^T (W's rows are that product's k): the
- * input gradient then reads this copy, not W, and W's lines stay in their owner's cache. `demote`: plan 25. */
-static void pack_owned_copy(const mlp_model *model, int l, int batch, int demote)
+ * input gradient then reads this copy, not W, and W's lines stay in their owner's cache. */
+static void pack_owned_copy(const mlp_model *model, int l, int batch)
 {
     const layer *ly = &model->layers[l];
     const long long t0 = model->tl ? now_ns() : 0;
     const gemm_problem input_grad = owned_input_grad_problem(model, l, batch, NULL, NULL, 1);
     ptrdiff_t lo, hi;
     owned_rows(model, ly->n_out, &lo, &hi);
-    const long long packed =
-        gemm_pack_a_shared(&input_grad, model->kernels, ly->weights_t, (int)lo, (int)hi, demote);
+    const long long packed = gemm_pack_a_shared(&input_grad, model->kernels, ly->weights_t, (int)lo, (int)hi);
     if (model->tl)
         timeline_record(model->tl, MLP_EV_PACK_WEIGHTS, l + 1, t0, 0, packed);
 }
@@ -647,15 +632,12 @@ static gemm_share forward_layers(const stage_args *s, int rows_fused)
             z.b_shared = model->wpack[l % 2];
         const long long t0 = model->tl ? now_ns() : 0;
         const long long work = gemm_team(model->kernel, &z, &model->packs, model->kernels, model->tl);
-        if (owned && !last) {
+        if (owned && !last)
             owned_bias_activation(model, ly, batch);
-            if (s->demote)
-                demote_owned_rows(model, ly->output_t, ly->n_out, batch);
-        }
         if (model->tl)
             timeline_record(model->tl, MLP_EV_FORWARD, l + 1, t0, timeline_take_pack(model->tl), work);
         if (s->owned_copy && l > 0 && !last)
-            pack_owned_copy(model, l, batch, s->demote);
+            pack_owned_copy(model, l, batch);
         if (shared_pack && !last) {
             const gemm_problem next = forward_problem(model, l + 1, batch, ly->output);
             if (shares_weights(model, &next))
@@ -768,8 +750,6 @@ static void output_rows(const stage_args *s, ptrdiff_t lo, ptrdiff_t hi, int gra
         if (gradient)
             output_gradient(s->batch, p, t, model->delta[0] + i * n, n);
     }
-    if (gradient && s->demote && hi > lo)
-        demote_lines(model->delta[0] + lo * n, (size_t)(hi - lo) * (size_t)n * sizeof(float));
 }
 
 /* `gradient`: also the output gradient, and a barrier after it (backprop follows in the same region). */
@@ -939,8 +919,6 @@ static void backprop_one_layer(const stage_args *s, int l, int last_barrier, int
         if (s->shared_pack && shares_weights(model, &grad_input))
             grad_input.b_shared = model->wpack[2 + l % 2];
         const long long input_work = gemm_team(model->kernel, &grad_input, &model->packs, model->kernels, tl);
-        if (input_owned && s->demote)
-            demote_owned_rows(model, model->delta[1 - current], ly->n_in, batch);
         if (tl)
             timeline_record(tl, MLP_EV_INPUT_GRAD, l + 1, t0, timeline_take_pack(tl), input_work);
         if (s->shared_pack && l > 1) {
@@ -1181,12 +1159,11 @@ int mlp_train_step(mlp_model *model, int threads, int batch, const float *x, con
         return MLP_ERR_NULL;
     if (check_step_size(lr, weight_decay) != MLP_OK)
         return MLP_ERR_ARG;
-    /* Plan 11, 16 or 25 where the model's plan picks it for this step; else plan 8's shared packing of the
+    /* Plan 11 or 16 where the model's plan picks it for this step; else plan 8's shared packing of the
      * weights. */
     const int plan = step_plan(model, threads, batch), owned = owns_rows(plan);
     const stage_args args = {.model = model, .batch = batch, .x = x, .targets = targets, .lr = lr,
-                             .weight_decay = weight_decay, .owned = owned, .owned_copy = owned_copy(plan),
-                             .demote = plan == PLAN_OWNED_COPY_DEMOTE,
+                             .weight_decay = weight_decay, .owned = owned, .owned_copy = plan == PLAN_OWNED_COPY,
                              .shared_pack = !owned && fused_step(model) && batch <= MC && model->wpack[0] != NULL};
     run_team(threads, train_step_stage, &args);
     model->forward_batch = 0;

@@ -1,6 +1,6 @@
 /* The many-thread partition (tile lists for short products, fused updates) and the timeline: two training
  * steps bit-identical for 1, 2, 5, 8 and 16 threads, with the timeline on or off, on every kernel set and
- * under every plan of the fused step (MLP_STEP_PLAN: 12, the default rule, 8, 11, 16 and 25); the rule's choice per
+ * under every plan of the fused step (MLP_STEP_PLAN: 12, the default rule, 8, 11 and 16); the rule's choice per
  * step (mlp_step_plan); the timeline's multiply-adds cover each product's tiles exactly once; its error
  * codes. */
 #define _POSIX_C_SOURCE 200112L
@@ -106,7 +106,7 @@ static void check_timeline(mlp_model *model, const config *c, int threads, int t
 
 /* The plans the library keeps (see MLP_STEP_PLAN in mlp.h). */
 enum { SHARED_PACKING_PLAN = 8, OWNED_ROWS_PLAN = 11, RULE_PLAN = 12, OWNED_COPY_PLAN = 16,
-       OWNED_COPY_DEMOTE_PLAN = 25, DEFAULT_PLAN = RULE_PLAN };
+       DEFAULT_PLAN = RULE_PLAN };
 
 static void test_threads(int isa, int plan)
 {
@@ -127,8 +127,7 @@ static void test_threads(int isa, int plan)
                       "config %zu isa %d threads %d timeline %d plan %d", ci, isa, threads, timeline, plan);
                 const int step_plan = many ? mlp_step_plan(many, threads, c->batch) : 0;
                 if (timeline && many)
-                    check_timeline(many, c, threads, step_plan == OWNED_ROWS_PLAN || step_plan == OWNED_COPY_PLAN ||
-                                                         step_plan == OWNED_COPY_DEMOTE_PLAN);
+                    check_timeline(many, c, threads, step_plan == OWNED_ROWS_PLAN || step_plan == OWNED_COPY_PLAN);
                 mlp_model_destroy(many);
             }
         }
@@ -139,8 +138,8 @@ static void test_threads(int isa, int plan)
 
 /* Change 12's rule (plan 12, the default): plan 16 on the packed rung without BLAS for networks of three
  * layers or more, batches of at most 144 rows and at least 8 threads; plan 8 everywhere else. MLP_STEP_PLAN=8,
- * 11, 16 or 25 runs that plan for every step (11 only where it applies, 16 and 25 where 11 does and a hidden
- * layer lies above the first: plan 11 otherwise). */
+ * 11 or 16 runs that plan for every step (11 only where it applies, 16 where 11 does and a hidden layer lies
+ * above the first: plan 11 otherwise). */
 static void test_rule(void)
 {
     static const int deep[] = {2, 300, 300, 1}, shallow[] = {64, 128, 10};
@@ -156,8 +155,7 @@ static void test_rule(void)
         {NULL, shallow, 2, 16, 32, 8}, {NULL, shallow, 2, 8, 32, 8}, {"12", deep, 3, 8, 32, 16},
         {"8", deep, 3, 16, 32, 8},   {"11", deep, 3, 1, 32, 11},   {"11", deep, 3, 16, 256, 8},
         {"11", shallow, 2, 1, 32, 11}, {"16", deep, 3, 1, 32, 16}, {"16", deep, 3, 16, 144, 16},
-        {"16", deep, 3, 16, 145, 8}, {"16", shallow, 2, 16, 32, 11}, {"25", deep, 3, 1, 32, 25},
-        {"25", deep, 3, 16, 144, 25}, {"25", deep, 3, 16, 145, 8}, {"25", shallow, 2, 16, 32, 11},
+        {"16", deep, 3, 16, 145, 8}, {"16", shallow, 2, 16, 32, 11},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; ++i) {
         if (cases[i].plan)
@@ -222,7 +220,6 @@ int main(void)
         test_threads(isa, SHARED_PACKING_PLAN);
         test_threads(isa, OWNED_ROWS_PLAN);
         test_threads(isa, OWNED_COPY_PLAN);
-        test_threads(isa, OWNED_COPY_DEMOTE_PLAN);
     }
     return check_report(mlp_has_openmp() ? "test_timeline (omp)"
                         : mlp_has_blas() ? "test_timeline (blas)" : "test_timeline (serial)");

@@ -118,7 +118,7 @@ class NativeCModel(Model):
         self.isa = native.ISA_NAMES[lib.mlp_model_isa(self._model)]
         #: The fused step's plan on many threads (``mlp_model_plan``: the change of native/SCALING.md that
         #: introduced it, 12 by default, a rule choosing 8 or 16 per step; ``MLP_STEP_PLAN`` at creation picks
-        #: another: 8, 11, 16 or 25). Results do not depend on it.
+        #: another: 8, 11 or 16). Results do not depend on it.
         self.plan = int(lib.mlp_model_plan(self._model))
         for layer, (weights, bias) in enumerate(params, start=1):
             native.raise_for_status(lib, lib.mlp_model_set_layer(self._model, layer, native.float_pointer(weights),
@@ -150,8 +150,7 @@ class NativeCModel(Model):
     def step_plan(self, batch_size: int | None = None) -> int:
         """The plan a ``train_step`` on ``batch_size`` rows (default ``max_batch``) runs on this model's threads
         (``mlp_step_plan``): 11 (the hidden layers transposed, each thread its own rows), 16 (11 with W^T
-        packed by the owners of W's rows), 25 (16 with what each thread writes for the others demoted to L3)
-        or 8."""
+        packed by the owners of W's rows) or 8."""
         self._require_open()
         rows = self.max_batch if batch_size is None else int(batch_size)
         self._check_batch_size(rows)
