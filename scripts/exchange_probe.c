@@ -1,0 +1,194 @@
+/* The exchange of the C library's step under plan 16, with no arithmetic: what a stretch between two barriers
+ * costs when each of T threads reads a whole (rows x batch) activation that all T wrote a stretch before.
+ *
+ * Per step, for each of `layers` float buffers of rows x batch (the transposed activations of plan 16, each
+ * 64-byte aligned and first touched by its writers), stretch l: every thread reads a whole buffer (mode
+ * `shared`: buffer l - 1, whose rows the team wrote in the stretch before; mode `private`: a buffer of the same
+ * size that only it reads and nobody writes after the start, the same loads served by its own caches), then
+ * writes its own rows of buffer l (contiguous ranges of 8-row slivers, as plan 16 splits a layer on AVX-512),
+ * then waits at a barrier. Modes alternate step by step in one process, so both see the same machine minutes.
+ *
+ * Every value is an integer below 1024, so every sum is exact in float: each read's sum is checked against the
+ * value the writers stored, and a mismatch is counted (the reads cannot be skipped or served stale unseen).
+ *
+ * Usage: exchange_probe THREADS ROWS BATCH LAYERS STEPS WARMUP
+ * Prints one JSON object: per mode, per step and thread, the read, the write and the whole stretch (from the
+ * barrier before to the barrier after, thread 0's clock) in nanoseconds, and the mismatches. */
+#define _POSIX_C_SOURCE 200112L
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum { SLIVER_ROWS = 8, LINE_BYTES = 64, VALUE_PERIOD = 4, MODES = 2 };
+static const char *const MODE_NAMES[MODES] = {"shared", "private"};
+
+static long long now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+/* The value of element (j, b) of buffer l in step s: depends on the step (mod VALUE_PERIOD), so a read of a
+ * line left over from an earlier step shows in the sum. */
+static float value_at(int s, int l, int j, int b) { return (float)((s % VALUE_PERIOD * 131 + l * 17 + j * 3 + b) & 1023); }
+
+/* Rows [lo, hi) of `rows` that thread t of T owns: its contiguous range of 8-row slivers. */
+static void owned_rows(int rows, int threads, int t, int *lo, int *hi)
+{
+    const int slivers = (rows + SLIVER_ROWS - 1) / SLIVER_ROWS, base = slivers / threads, extra = slivers % threads;
+    const int first = t * base + (t < extra ? t : extra), count = base + (t < extra);
+    *lo = first * SLIVER_ROWS < rows ? first * SLIVER_ROWS : rows;
+    *hi = (first + count) * SLIVER_ROWS < rows ? (first + count) * SLIVER_ROWS : rows;
+}
+
+/* The sum of x[0..n), in LANES independent sums (vector registers, several of them so the adds do not wait on
+ * each other): the loads, not the adds, bound it. */
+static float sum_floats(const float *restrict x, size_t n)
+{
+    enum { LANES = 64 };
+    float lanes[LANES] = {0.0f};
+    size_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int k = 0; k < LANES; ++k)
+            lanes[k] += x[i + k];
+    float sum = 0.0f;
+    for (; i < n; ++i)
+        sum += x[i];
+    for (int k = 0; k < LANES; ++k)
+        sum += lanes[k];
+    return sum;
+}
+
+static float *alloc_floats(size_t n)
+{
+    const size_t bytes = (n * sizeof(float) + LINE_BYTES - 1) / LINE_BYTES * LINE_BYTES;
+    return aligned_alloc(LINE_BYTES, bytes);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 7) {
+        fprintf(stderr, "usage: %s THREADS ROWS BATCH LAYERS STEPS WARMUP\n", argv[0]);
+        return 2;
+    }
+    const int threads = atoi(argv[1]), rows = atoi(argv[2]), batch = atoi(argv[3]), layers = atoi(argv[4]);
+    const int steps = atoi(argv[5]), warmup = atoi(argv[6]);
+    if (threads < 1 || rows < 1 || batch < 1 || layers < 2 || steps < MODES || warmup < 0) {
+        fprintf(stderr, "THREADS, ROWS, BATCH >= 1, LAYERS >= 2, STEPS >= 2, WARMUP >= 0\n");
+        return 2;
+    }
+    const size_t floats = (size_t)rows * (size_t)batch;
+    float **buffers = malloc((size_t)layers * sizeof *buffers);
+    /* The sum of a whole buffer l in step s, per s % VALUE_PERIOD. */
+    float *expected = malloc((size_t)VALUE_PERIOD * (size_t)layers * sizeof *expected);
+    const size_t samples = (size_t)steps * (size_t)layers * (size_t)threads;
+    long long *read_ns = malloc(samples * sizeof *read_ns), *write_ns = malloc(samples * sizeof *write_ns);
+    long long *stretch_ns = malloc((size_t)steps * (size_t)layers * sizeof *stretch_ns);
+    long long mismatches[MODES] = {0, 0};
+    if (!buffers || !expected || !read_ns || !write_ns || !stretch_ns) {
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
+    for (int l = 0; l < layers; ++l)
+        if (!(buffers[l] = alloc_floats(floats)))
+            return 1;
+    for (int s = 0; s < VALUE_PERIOD; ++s)
+        for (int l = 0; l < layers; ++l) {
+            double sum = 0.0;
+            for (int j = 0; j < rows; ++j)
+                for (int b = 0; b < batch; ++b)
+                    sum += value_at(s, l, j, b);
+            expected[s * layers + l] = (float)sum;
+        }
+
+#pragma omp parallel num_threads(threads) reduction(+ : mismatches[:MODES])
+    {
+        const int t = omp_get_thread_num();
+        int lo, hi;
+        owned_rows(rows, threads, t, &lo, &hi);
+        if (omp_get_num_threads() != threads) {
+#pragma omp single
+            fprintf(stderr, "asked for %d threads, got %d\n", threads, omp_get_num_threads());
+            exit(1);
+        }
+        /* First touch by the writers: each thread its rows of every buffer, and its own private copy. */
+        for (int l = 0; l < layers; ++l)
+            for (int j = lo; j < hi; ++j)
+                for (int b = 0; b < batch; ++b)
+                    buffers[l][(size_t)j * batch + b] = value_at(VALUE_PERIOD - 1, l, j, b);
+        float *mine = alloc_floats(floats);
+        if (!mine)
+            exit(1);
+        for (int j = 0; j < rows; ++j)
+            for (int b = 0; b < batch; ++b)
+                mine[(size_t)j * batch + b] = value_at(0, 0, j, b);
+#pragma omp barrier
+        for (int step = -warmup; step < steps; ++step) {
+            const int s = step + warmup, mode = (step % MODES + MODES) % MODES;
+            for (int l = 0; l < layers; ++l) {
+                const int below = (l + layers - 1) % layers;
+                /* Buffer `below` was last written in the stretch before: this step's for l >= 1, the step
+                 * before's for l = 0. */
+                const int written_in = l > 0 ? s : s - 1;
+                const long long t0 = now_ns();
+                const float *source = mode == 0 ? buffers[below] : mine;
+                const float sum = sum_floats(source, floats);
+                const float want = mode == 0 ? (written_in < 0 ? expected[(VALUE_PERIOD - 1) * layers + below]
+                                                               : expected[written_in % VALUE_PERIOD * layers + below])
+                                             : expected[0];
+                const long long t1 = now_ns();
+                for (int j = lo; j < hi; ++j)
+                    for (int b = 0; b < batch; ++b)
+                        buffers[l][(size_t)j * batch + b] = value_at(s, l, j, b);
+                const long long t2 = now_ns();
+#pragma omp barrier
+                if (step >= 0) {
+                    mismatches[mode] += sum != want;
+                    const size_t at = ((size_t)step * layers + l) * threads + t;
+                    read_ns[at] = t1 - t0;
+                    write_ns[at] = t2 - t1;
+                    if (t == 0)
+                        stretch_ns[(size_t)step * layers + l] = now_ns() - t0;
+                }
+            }
+        }
+#pragma omp barrier
+        free(mine);
+    }
+
+    printf("{\"threads\": %d, \"rows\": %d, \"batch\": %d, \"layers\": %d, \"steps\": %d, \"modes\": {", threads,
+           rows, batch, layers, steps);
+    for (int mode = 0; mode < MODES; ++mode) {
+        printf("%s\"%s\": {\"mismatches\": %lld", mode ? ", " : "", MODE_NAMES[mode], mismatches[mode]);
+        const char *const names[3] = {"read_ns", "write_ns", "stretch_ns"};
+        for (int k = 0; k < 3; ++k) {
+            printf(", \"%s\": [", names[k]);
+            int first = 1;
+            for (int step = mode; step < steps; step += MODES)
+                for (int l = 0; l < layers; ++l) {
+                    const int per_thread = k < 2;
+                    for (int t = 0; t < (per_thread ? threads : 1); ++t) {
+                        const size_t at = ((size_t)step * layers + l) * threads + t;
+                        const long long v = k == 0 ? read_ns[at] : k == 1 ? write_ns[at]
+                                                                          : stretch_ns[(size_t)step * layers + l];
+                        printf("%s%lld", first ? "" : ",", v);
+                        first = 0;
+                    }
+                }
+            printf("]");
+        }
+        printf("}");
+    }
+    printf("}}\n");
+    for (int l = 0; l < layers; ++l)
+        free(buffers[l]);
+    free(buffers);
+    free(expected);
+    free(read_ns);
+    free(write_ns);
+    free(stretch_ns);
+    return 0;
+}

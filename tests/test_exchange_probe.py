@@ -1,0 +1,53 @@
+"""``scripts/exchange_probe.py`` end to end on a tiny budget: the C probe built and run per thread count, every
+read checked against what the writers stored, and its samples summarised per mode."""
+
+import importlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="the probe is C: no cc on this machine")
+
+
+def script(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    return importlib.import_module("exchange_probe")
+
+
+def test_probe_runs_every_thread_count_and_checks_its_reads(tmp_path, monkeypatch):
+    threads = [1, 2] if len(os.sched_getaffinity(0)) >= 2 else [1]
+    # Rows that fill no whole sliver of 8, an odd batch: the owned ranges and sums at uneven sizes.
+    assert script(monkeypatch).main(["--threads", ",".join(map(str, [*threads, 4096])), "--rows", "37",
+                                     "--batch", "5", "--layers", "3", "--steps", "6", "--warmup", "1",
+                                     "--rounds", "2", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "exchange.json").read_text())
+    assert report["meta"]["threads"] == threads  # 4096 threads exceed the cores: left out
+    assert [r["threads"] for r in report["results"]] == threads
+    for result in report["results"]:
+        assert [r["round"] for r in result["rounds"]] == [0, 1]
+        for row in result["rounds"]:
+            assert row["stretches"] == 6 // 2 * 3  # modes alternate step by step
+            for mode in ("shared", "private"):
+                times = row["modes"][mode]
+                assert times["read"]["n"] == row["stretches"] * result["threads"]
+                assert times["slowest_read"]["n"] == times["stretch"]["n"] == row["stretches"]
+                assert times["slowest_read"]["median"] >= times["read"]["min"] > 0
+    assert (tmp_path / "exchange.txt").read_text().startswith("exchange of a 37 x 5 float activation")
+
+
+def test_slowest_read_is_the_maximum_over_threads_per_stretch(monkeypatch):
+    reads = [[100, 300], [200, 50], [400, 10]]  # three stretches of two threads
+    report = {"threads": 2, "modes": {mode: {"mismatches": 0, "read_ns": list(np.ravel(reads)),
+                                             "write_ns": [1] * 6, "stretch_ns": [5, 6, 7]}
+                                      for mode in ("shared", "private")}}
+    summary = script(monkeypatch).summarise(report)
+    assert summary["stretches"] == 3
+    assert summary["modes"]["shared"]["slowest_read"]["median"] == pytest.approx(300e-9)
+    assert summary["modes"]["shared"]["read"]["median"] == pytest.approx(150e-9)
+    assert summary["modes"]["private"]["stretch"]["median"] == pytest.approx(6e-9)
