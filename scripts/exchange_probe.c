@@ -6,14 +6,17 @@
  * `shared`: buffer l - 1, whose rows the team wrote in the stretch before; mode `private`: a buffer of the same
  * size that only it reads and nobody writes after the start, the same loads served by its own caches), then
  * writes its own rows of buffer l (contiguous ranges of 8-row slivers, as plan 16 splits a layer on AVX-512),
- * then waits at a barrier. Modes alternate step by step in one process, so both see the same machine minutes.
+ * then waits at a barrier. In mode `shared` those rows' lines were read by the whole team a step before, as an
+ * activation's are in the step, so the writes wait for the other copies to be invalidated; in mode `private`
+ * nobody reads the buffers, and neither the reads nor the writes touch another core's lines.
  *
  * Every value is an integer below 1024, so every sum is exact in float: each read's sum is checked against the
  * value the writers stored, and a mismatch is counted (the reads cannot be skipped or served stale unseen).
  *
- * Usage: exchange_probe THREADS ROWS BATCH LAYERS STEPS WARMUP
- * Prints one JSON object: per mode, per step and thread, the read, the write and the whole stretch (from the
- * barrier before to the barrier after, thread 0's clock) in nanoseconds, and the mismatches. */
+ * Usage: exchange_probe MODE THREADS ROWS BATCH LAYERS STEPS WARMUP   (MODE: shared or private)
+ * Prints one JSON object: per step and thread, the read, the write (the stores' issue; their completion shows
+ * in the stretch) and the whole stretch (from its start to the barrier's end, thread 0's clock) in
+ * nanoseconds, and the mismatches. */
 #define _POSIX_C_SOURCE 200112L
 #include <omp.h>
 #include <stdio.h>
@@ -21,8 +24,7 @@
 #include <string.h>
 #include <time.h>
 
-enum { SLIVER_ROWS = 8, LINE_BYTES = 64, VALUE_PERIOD = 4, MODES = 2 };
-static const char *const MODE_NAMES[MODES] = {"shared", "private"};
+enum { SLIVER_ROWS = 8, LINE_BYTES = 64, VALUE_PERIOD = 4 };
 
 static long long now_ns(void)
 {
@@ -70,14 +72,15 @@ static float *alloc_floats(size_t n)
 
 int main(int argc, char **argv)
 {
-    if (argc != 7) {
-        fprintf(stderr, "usage: %s THREADS ROWS BATCH LAYERS STEPS WARMUP\n", argv[0]);
+    if (argc != 8 || (strcmp(argv[1], "shared") != 0 && strcmp(argv[1], "private") != 0)) {
+        fprintf(stderr, "usage: %s shared|private THREADS ROWS BATCH LAYERS STEPS WARMUP\n", argv[0]);
         return 2;
     }
-    const int threads = atoi(argv[1]), rows = atoi(argv[2]), batch = atoi(argv[3]), layers = atoi(argv[4]);
-    const int steps = atoi(argv[5]), warmup = atoi(argv[6]);
-    if (threads < 1 || rows < 1 || batch < 1 || layers < 2 || steps < MODES || warmup < 0) {
-        fprintf(stderr, "THREADS, ROWS, BATCH >= 1, LAYERS >= 2, STEPS >= 2, WARMUP >= 0\n");
+    const int shared = strcmp(argv[1], "shared") == 0;
+    const int threads = atoi(argv[2]), rows = atoi(argv[3]), batch = atoi(argv[4]), layers = atoi(argv[5]);
+    const int steps = atoi(argv[6]), warmup = atoi(argv[7]);
+    if (threads < 1 || rows < 1 || batch < 1 || layers < 2 || steps < 1 || warmup < 0) {
+        fprintf(stderr, "THREADS, ROWS, BATCH, STEPS >= 1, LAYERS >= 2, WARMUP >= 0\n");
         return 2;
     }
     const size_t floats = (size_t)rows * (size_t)batch;
@@ -87,7 +90,7 @@ int main(int argc, char **argv)
     const size_t samples = (size_t)steps * (size_t)layers * (size_t)threads;
     long long *read_ns = malloc(samples * sizeof *read_ns), *write_ns = malloc(samples * sizeof *write_ns);
     long long *stretch_ns = malloc((size_t)steps * (size_t)layers * sizeof *stretch_ns);
-    long long mismatches[MODES] = {0, 0};
+    long long mismatches = 0;
     if (!buffers || !expected || !read_ns || !write_ns || !stretch_ns) {
         fprintf(stderr, "out of memory\n");
         return 1;
@@ -104,7 +107,7 @@ int main(int argc, char **argv)
             expected[s * layers + l] = (float)sum;
         }
 
-#pragma omp parallel num_threads(threads) reduction(+ : mismatches[:MODES])
+#pragma omp parallel num_threads(threads) reduction(+ : mismatches)
     {
         const int t = omp_get_thread_num();
         int lo, hi;
@@ -127,18 +130,17 @@ int main(int argc, char **argv)
                 mine[(size_t)j * batch + b] = value_at(0, 0, j, b);
 #pragma omp barrier
         for (int step = -warmup; step < steps; ++step) {
-            const int s = step + warmup, mode = (step % MODES + MODES) % MODES;
+            const int s = step + warmup;
             for (int l = 0; l < layers; ++l) {
                 const int below = (l + layers - 1) % layers;
                 /* Buffer `below` was last written in the stretch before: this step's for l >= 1, the step
                  * before's for l = 0. */
                 const int written_in = l > 0 ? s : s - 1;
                 const long long t0 = now_ns();
-                const float *source = mode == 0 ? buffers[below] : mine;
-                const float sum = sum_floats(source, floats);
-                const float want = mode == 0 ? (written_in < 0 ? expected[(VALUE_PERIOD - 1) * layers + below]
-                                                               : expected[written_in % VALUE_PERIOD * layers + below])
-                                             : expected[0];
+                const float sum = sum_floats(shared ? buffers[below] : mine, floats);
+                const float want = !shared          ? expected[0]
+                                   : written_in < 0 ? expected[(VALUE_PERIOD - 1) * layers + below]
+                                                    : expected[written_in % VALUE_PERIOD * layers + below];
                 const long long t1 = now_ns();
                 for (int j = lo; j < hi; ++j)
                     for (int b = 0; b < batch; ++b)
@@ -146,7 +148,7 @@ int main(int argc, char **argv)
                 const long long t2 = now_ns();
 #pragma omp barrier
                 if (step >= 0) {
-                    mismatches[mode] += sum != want;
+                    mismatches += sum != want;
                     const size_t at = ((size_t)step * layers + l) * threads + t;
                     read_ns[at] = t1 - t0;
                     write_ns[at] = t2 - t1;
@@ -159,30 +161,18 @@ int main(int argc, char **argv)
         free(mine);
     }
 
-    printf("{\"threads\": %d, \"rows\": %d, \"batch\": %d, \"layers\": %d, \"steps\": %d, \"modes\": {", threads,
-           rows, batch, layers, steps);
-    for (int mode = 0; mode < MODES; ++mode) {
-        printf("%s\"%s\": {\"mismatches\": %lld", mode ? ", " : "", MODE_NAMES[mode], mismatches[mode]);
-        const char *const names[3] = {"read_ns", "write_ns", "stretch_ns"};
-        for (int k = 0; k < 3; ++k) {
-            printf(", \"%s\": [", names[k]);
-            int first = 1;
-            for (int step = mode; step < steps; step += MODES)
-                for (int l = 0; l < layers; ++l) {
-                    const int per_thread = k < 2;
-                    for (int t = 0; t < (per_thread ? threads : 1); ++t) {
-                        const size_t at = ((size_t)step * layers + l) * threads + t;
-                        const long long v = k == 0 ? read_ns[at] : k == 1 ? write_ns[at]
-                                                                          : stretch_ns[(size_t)step * layers + l];
-                        printf("%s%lld", first ? "" : ",", v);
-                        first = 0;
-                    }
-                }
-            printf("]");
-        }
-        printf("}");
+    printf("{\"mode\": \"%s\", \"threads\": %d, \"rows\": %d, \"batch\": %d, \"layers\": %d, \"steps\": %d, "
+           "\"mismatches\": %lld", argv[1], threads, rows, batch, layers, steps, mismatches);
+    const char *const names[3] = {"read_ns", "write_ns", "stretch_ns"};
+    for (int k = 0; k < 3; ++k) {
+        const long long *values = k == 0 ? read_ns : k == 1 ? write_ns : stretch_ns;
+        const size_t count = k < 2 ? samples : (size_t)steps * (size_t)layers;
+        printf(", \"%s\": [", names[k]);
+        for (size_t i = 0; i < count; ++i)
+            printf("%s%lld", i ? "," : "", values[i]);
+        printf("]");
     }
-    printf("}}\n");
+    printf("}\n");
     for (int l = 0; l < layers; ++l)
         free(buffers[l]);
     free(buffers);

@@ -4,9 +4,10 @@ Under plan 16 (``native/SCALING.md``) every hidden stretch of the step on T thre
 below (rows x batch floats, transposed), which the T threads wrote a stretch before, and writes the thread's
 own rows of the next. ``exchange_probe.c`` (its header says what it does) runs exactly that exchange on
 ``--rows`` x ``--batch`` buffers with nothing else in the stretch, and beside it the same reads from a buffer
-each thread alone reads (``private``): the difference is what reading lines other cores wrote costs. It is
-compiled here as the native library is (``cc -O3 -fopenmp``), with ``-march=native`` for the loads' width;
-each thread count runs in a process of its own, in interleaved rounds.
+each thread alone reads, into rows nobody else reads (``private``): the difference is what reading lines other
+cores wrote, and writing lines other cores read, cost. It is compiled here as the native library is (``cc -O3
+-fopenmp``), with ``-march=native`` for the loads' width; each mode and thread count runs in a process of its
+own, in interleaved rounds.
 
 Writes ``exchange.json`` and ``exchange.txt`` (the table, also printed) under ``--out``.
 
@@ -47,33 +48,30 @@ def build(directory: Path) -> Path:
     return binary
 
 
-def run_once(binary: Path, threads: int, rows: int, batch: int, layers: int, steps: int, warmup: int) -> dict[str, Any]:
+def run_once(binary: Path, mode: str, threads: int, rows: int, batch: int, layers: int, steps: int,
+             warmup: int) -> dict[str, Any]:
     """One process of the probe; raises if any read's sum differed from what the writers stored."""
     load_before = os.getloadavg()[0]
-    out = subprocess.run([str(binary), str(threads), str(rows), str(batch), str(layers), str(steps), str(warmup)],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run([str(binary), mode, str(threads), str(rows), str(batch), str(layers), str(steps),
+                          str(warmup)], check=True, capture_output=True, text=True).stdout
     report = json.loads(out)
-    bad = {mode: report["modes"][mode]["mismatches"] for mode in MODES if report["modes"][mode]["mismatches"]}
-    if bad:
-        raise RuntimeError(f"{threads} threads: reads whose sum was not what the writers stored: {bad}")
-    return {"threads": threads, "load_before": load_before, "load_after": os.getloadavg()[0], **summarise(report)}
+    if report["mismatches"]:
+        raise RuntimeError(f"{mode}, {threads} threads: {report['mismatches']} reads whose sum was not what the "
+                           "writers stored")
+    return {"load_before": load_before, "load_after": os.getloadavg()[0], **summarise(report)}
 
 
 def summarise(report: dict[str, Any]) -> dict[str, Any]:
-    """Per mode: the read, write and stretch times (median and quartiles over every stretch, and for reads and
-    writes every thread), and the slowest thread's read per stretch (what the barrier waits for)."""
-    threads = report["threads"]
-    modes = {}
-    for mode in MODES:
-        samples = report["modes"][mode]
-        reads = np.asarray(samples["read_ns"]).reshape(-1, threads)
-        modes[mode] = {
-            "read": Stats.from_ns(reads.ravel()).as_dict(),
-            "slowest_read": Stats.from_ns(reads.max(axis=1)).as_dict(),
-            "write": Stats.from_ns(samples["write_ns"]).as_dict(),
-            "stretch": Stats.from_ns(samples["stretch_ns"]).as_dict(),
-        }
-    return {"stretches": len(report["modes"][MODES[0]]["stretch_ns"]), "modes": modes}
+    """The read, write and stretch times (median and quartiles over every stretch, and for reads and writes
+    every thread), and the slowest thread's read per stretch (what the barrier waits for)."""
+    reads = np.asarray(report["read_ns"]).reshape(-1, report["threads"])
+    return {
+        "stretches": len(report["stretch_ns"]),
+        "read": Stats.from_ns(reads.ravel()).as_dict(),
+        "slowest_read": Stats.from_ns(reads.max(axis=1)).as_dict(),
+        "write": Stats.from_ns(report["write_ns"]).as_dict(),
+        "stretch": Stats.from_ns(report["stretch_ns"]).as_dict(),
+    }
 
 
 def table(results: list[dict[str, Any]], rows: int, batch: int) -> str:
@@ -84,7 +82,7 @@ def table(results: list[dict[str, Any]], rows: int, batch: int) -> str:
         for mode in MODES:
             cells = []
             for key in ("read", "slowest_read", "write", "stretch"):
-                values = [r["modes"][mode][key]["median"] * 1e6 for r in result["rounds"]]
+                values = [r[mode][key]["median"] * 1e6 for r in result["rounds"]]
                 cells.append(f"{median(values):6.2f} [{min(values):5.2f}-{max(values):5.2f}]")
             lines.append(f"{result['threads']:>4} {mode:>8} " + " ".join(f"{c:>18}" for c in cells))
     return "\n".join(lines)
@@ -96,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=300, help="rows of each activation (a 300-wide layer)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--layers", type=int, default=5, help="activations passed round (moons-5h300: 5)")
-    parser.add_argument("--steps", type=int, default=2000, help="timed steps per process, modes alternating")
+    parser.add_argument("--steps", type=int, default=1000, help="timed steps per process")
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, required=True)
@@ -112,11 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         binary = build(Path(directory))
         for index in range(args.rounds):
             for t in threads:
-                result = run_once(binary, t, args.rows, args.batch, args.layers, args.steps, args.warmup)
-                rounds[t].append({"round": index, **result})
-                read = result["modes"]["shared"]["slowest_read"]["median"] * 1e6
-                print(f"round {index} threads {t}: slowest shared read {read:.2f} us "
-                      f"(load {result['load_before']:.2f})", flush=True)
+                row: dict[str, Any] = {"round": index}
+                for mode in MODES:
+                    row[mode] = run_once(binary, mode, t, args.rows, args.batch, args.layers, args.steps, args.warmup)
+                rounds[t].append(row)
+                print(f"round {index} threads {t}: stretch {row['shared']['stretch']['median'] * 1e6:.2f} us shared, "
+                      f"{row['private']['stretch']['median'] * 1e6:.2f} private (load "
+                      f"{row['shared']['load_before']:.2f})", flush=True)
     results = [{"threads": t, "rounds": rounds[t]} for t in threads]
     text = table(results, args.rows, args.batch)
     print(text)
