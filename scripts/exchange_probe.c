@@ -8,12 +8,14 @@
  * writes its own rows of buffer l (contiguous ranges of 8-row slivers, as plan 16 splits a layer on AVX-512),
  * then waits at a barrier. In mode `shared` those rows' lines were read by the whole team a step before, as an
  * activation's are in the step, so the writes wait for the other copies to be invalidated; in mode `private`
- * nobody reads the buffers, and neither the reads nor the writes touch another core's lines.
+ * nobody reads the buffers, and neither the reads nor the writes touch another core's lines. Mode `streamed` is
+ * `shared` with the rows written by non-temporal stores (whole lines to memory, no read for ownership; then a
+ * store fence), where a row is whole lines (batch a multiple of 16) and on x86-64; plain stores elsewhere.
  *
  * Every value is an integer below 1024, so every sum is exact in float: each read's sum is checked against the
  * value the writers stored, and a mismatch is counted (the reads cannot be skipped or served stale unseen).
  *
- * Usage: exchange_probe MODE THREADS ROWS BATCH LAYERS STEPS WARMUP   (MODE: shared or private)
+ * Usage: exchange_probe MODE THREADS ROWS BATCH LAYERS STEPS WARMUP   (MODE: shared, private or streamed)
  * Prints one JSON object: per step and thread, the read, the write (the stores' issue; their completion shows
  * in the stretch) and the whole stretch (from its start to the barrier's end, thread 0's clock) in
  * nanoseconds, and the mismatches. */
@@ -23,6 +25,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 enum { SLIVER_ROWS = 8, LINE_BYTES = 64, VALUE_PERIOD = 4 };
 
@@ -64,6 +69,26 @@ static float sum_floats(const float *restrict x, size_t n)
     return sum;
 }
 
+/* Rows [lo, hi) of buffer l in step s; with `streamed`, by non-temporal stores where rows are whole lines. */
+static void write_rows(float *buffer, int s, int l, int lo, int hi, int batch, int streamed)
+{
+#if defined(__x86_64__)
+    if (streamed && batch % (LINE_BYTES / (int)sizeof(float)) == 0) {
+        for (int j = lo; j < hi; ++j)
+            for (int b = 0; b < batch; b += 4)
+                _mm_stream_ps(buffer + (size_t)j * batch + b, _mm_setr_ps(value_at(s, l, j, b), value_at(s, l, j, b + 1),
+                                                                       value_at(s, l, j, b + 2), value_at(s, l, j, b + 3)));
+        _mm_sfence();
+        return;
+    }
+#else
+    (void)streamed;
+#endif
+    for (int j = lo; j < hi; ++j)
+        for (int b = 0; b < batch; ++b)
+            buffer[(size_t)j * batch + b] = value_at(s, l, j, b);
+}
+
 static float *alloc_floats(size_t n)
 {
     const size_t bytes = (n * sizeof(float) + LINE_BYTES - 1) / LINE_BYTES * LINE_BYTES;
@@ -72,11 +97,12 @@ static float *alloc_floats(size_t n)
 
 int main(int argc, char **argv)
 {
-    if (argc != 8 || (strcmp(argv[1], "shared") != 0 && strcmp(argv[1], "private") != 0)) {
-        fprintf(stderr, "usage: %s shared|private THREADS ROWS BATCH LAYERS STEPS WARMUP\n", argv[0]);
+    const int streamed = argc == 8 && strcmp(argv[1], "streamed") == 0;
+    const int shared = streamed || (argc == 8 && strcmp(argv[1], "shared") == 0);
+    if (argc != 8 || (!shared && strcmp(argv[1], "private") != 0)) {
+        fprintf(stderr, "usage: %s shared|private|streamed THREADS ROWS BATCH LAYERS STEPS WARMUP\n", argv[0]);
         return 2;
     }
-    const int shared = strcmp(argv[1], "shared") == 0;
     const int threads = atoi(argv[2]), rows = atoi(argv[3]), batch = atoi(argv[4]), layers = atoi(argv[5]);
     const int steps = atoi(argv[6]), warmup = atoi(argv[7]);
     if (threads < 1 || rows < 1 || batch < 1 || layers < 2 || steps < 1 || warmup < 0) {
@@ -142,9 +168,7 @@ int main(int argc, char **argv)
                                    : written_in < 0 ? expected[(VALUE_PERIOD - 1) * layers + below]
                                                     : expected[written_in % VALUE_PERIOD * layers + below];
                 const long long t1 = now_ns();
-                for (int j = lo; j < hi; ++j)
-                    for (int b = 0; b < batch; ++b)
-                        buffers[l][(size_t)j * batch + b] = value_at(s, l, j, b);
+                write_rows(buffers[l], s, l, lo, hi, batch, streamed);
                 const long long t2 = now_ns();
 #pragma omp barrier
                 if (step >= 0) {

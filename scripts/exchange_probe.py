@@ -5,7 +5,8 @@ below (rows x batch floats, transposed), which the T threads wrote a stretch bef
 own rows of the next. ``exchange_probe.c`` (its header says what it does) runs exactly that exchange on
 ``--rows`` x ``--batch`` buffers with nothing else in the stretch, and beside it the same reads from a buffer
 each thread alone reads, into rows nobody else reads (``private``): the difference is what reading lines other
-cores wrote, and writing lines other cores read, cost. It is compiled here as the native library is (``cc -O3
+cores wrote, and writing lines other cores read, cost; ``streamed`` is ``shared`` with the rows written by
+non-temporal stores. It is compiled here as the native library is (``cc -O3
 -fopenmp``), with ``-march=native`` for the loads' width; each mode and thread count runs in a process of its
 own, in interleaved rounds.
 
@@ -37,7 +38,7 @@ from mlpbench.machine import now_utc
 from mlpbench.timing import Stats
 
 SOURCE = Path(__file__).with_name("exchange_probe.c")
-MODES = ("shared", "private")
+MODES = ("shared", "private", "streamed")
 #: As native/Makefile compiles the library, plus the host's widest loads.
 COMPILE = ["cc", "-O3", "-std=c11", "-fopenmp", "-march=native", "-Wall", "-Wextra", "-Wshadow", "-Werror"]
 
@@ -114,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
                 for mode in MODES:
                     row[mode] = run_once(binary, mode, t, args.rows, args.batch, args.layers, args.steps, args.warmup)
                 rounds[t].append(row)
-                print(f"round {index} threads {t}: stretch {row['shared']['stretch']['median'] * 1e6:.2f} us shared, "
-                      f"{row['private']['stretch']['median'] * 1e6:.2f} private (load "
-                      f"{row['shared']['load_before']:.2f})", flush=True)
+                stretches = ", ".join(f"{row[mode]['stretch']['median'] * 1e6:.2f} {mode}" for mode in MODES)
+                print(f"round {index} threads {t}: stretch us {stretches} (load {row[MODES[0]]['load_before']:.2f})",
+                      flush=True)
     results = [{"threads": t, "rounds": rounds[t]} for t in threads]
     text = table(results, args.rows, args.batch)
     print(text)

@@ -20,26 +20,28 @@ def script(monkeypatch):
     return importlib.import_module("exchange_probe")
 
 
-def test_probe_runs_every_thread_count_and_checks_its_reads(tmp_path, monkeypatch):
+@pytest.mark.parametrize("batch", [5, 16])
+def test_probe_runs_every_thread_count_and_checks_its_reads(tmp_path, monkeypatch, batch):
     threads = [1, 2] if len(os.sched_getaffinity(0)) >= 2 else [1]
-    # Rows that fill no whole sliver of 8, an odd batch: the owned ranges and sums at uneven sizes.
-    assert script(monkeypatch).main(["--threads", ",".join(map(str, [*threads, 4096])), "--rows", "37",
-                                     "--batch", "5", "--layers", "3", "--steps", "6", "--warmup", "1",
-                                     "--rounds", "2", "--out", str(tmp_path)]) == 0
+    # Rows that fill no whole sliver of 8, an odd batch (plain stores in every mode) and one of whole lines
+    # (streamed rows by non-temporal stores): the owned ranges and sums at uneven sizes.
+    probe = script(monkeypatch)
+    assert probe.main(["--threads", ",".join(map(str, [*threads, 4096])), "--rows", "37", "--batch", str(batch),
+                       "--layers", "3", "--steps", "6", "--warmup", "1", "--rounds", "2", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "exchange.json").read_text())
     assert report["meta"]["threads"] == threads  # 4096 threads exceed the cores: left out
     assert [r["threads"] for r in report["results"]] == threads
     for result in report["results"]:
         assert [r["round"] for r in result["rounds"]] == [0, 1]
         for row in result["rounds"]:
-            for mode in ("shared", "private"):
+            for mode in probe.MODES:
                 times = row[mode]
                 assert times["stretches"] == 6 * 3
                 assert times["read"]["n"] == times["stretches"] * result["threads"]
                 assert times["slowest_read"]["n"] == times["stretch"]["n"] == times["stretches"]
                 assert times["slowest_read"]["median"] >= times["read"]["min"] > 0
                 assert times["load_after"] >= 0
-    assert (tmp_path / "exchange.txt").read_text().startswith("exchange of a 37 x 5 float activation")
+    assert (tmp_path / "exchange.txt").read_text().startswith(f"exchange of a 37 x {batch} float activation")
 
 
 def test_slowest_read_is_the_maximum_over_threads_per_stretch(monkeypatch):
