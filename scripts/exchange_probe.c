@@ -12,8 +12,9 @@
  * `shared` with the rows written by non-temporal stores (whole lines to memory, no read for ownership; then a
  * store fence), where a row is whole lines (batch a multiple of 16) and on x86-64; plain stores elsewhere.
  *
- * Every value is an integer below 1024, so every sum is exact in float: each read's sum is checked against the
- * value the writers stored, and a mismatch is counted (the reads cannot be skipped or served stale unseen).
+ * Every value is an integer below 1024 and a buffer at most 16400 floats, so every sum is exact in float: each
+ * read's sum is checked against the value the writers stored, and a mismatch is counted (the reads cannot be
+ * skipped or served stale unseen).
  *
  * Usage: exchange_probe MODE THREADS ROWS BATCH LAYERS STEPS WARMUP   (MODE: shared, private or streamed)
  * Prints one JSON object: per step and thread, the read, the write (the stores' issue; their completion shows
@@ -29,7 +30,9 @@
 #include <immintrin.h>
 #endif
 
-enum { SLIVER_ROWS = 8, LINE_BYTES = 64, VALUE_PERIOD = 4 };
+enum { SLIVER_ROWS = 8, LINE_BYTES = 64, VALUE_PERIOD = 4, VALUE_MASK = 1023 };
+/* Floats represent every integer up to 2^24 exactly: the most a buffer's sum may reach. */
+#define EXACT_SUM_LIMIT 16777216.0
 
 static long long now_ns(void)
 {
@@ -40,7 +43,10 @@ static long long now_ns(void)
 
 /* The value of element (j, b) of buffer l in step s: depends on the step (mod VALUE_PERIOD), so a read of a
  * line left over from an earlier step shows in the sum. */
-static float value_at(int s, int l, int j, int b) { return (float)((s % VALUE_PERIOD * 131 + l * 17 + j * 3 + b) & 1023); }
+static float value_at(int s, int l, int j, int b)
+{
+    return (float)((s % VALUE_PERIOD * 131 + l * 17 + j * 3 + b) & VALUE_MASK);
+}
 
 /* Rows [lo, hi) of `rows` that thread t of T owns: its contiguous range of 8-row slivers. */
 static void owned_rows(int rows, int threads, int t, int *lo, int *hi)
@@ -75,9 +81,11 @@ static void write_rows(float *buffer, int s, int l, int lo, int hi, int batch, i
 #if defined(__x86_64__)
     if (streamed && batch % (LINE_BYTES / (int)sizeof(float)) == 0) {
         for (int j = lo; j < hi; ++j)
-            for (int b = 0; b < batch; b += 4)
-                _mm_stream_ps(buffer + (size_t)j * batch + b, _mm_setr_ps(value_at(s, l, j, b), value_at(s, l, j, b + 1),
-                                                                       value_at(s, l, j, b + 2), value_at(s, l, j, b + 3)));
+            for (int b = 0; b < batch; b += 4) {
+                const __m128 values = _mm_setr_ps(value_at(s, l, j, b), value_at(s, l, j, b + 1),
+                                                  value_at(s, l, j, b + 2), value_at(s, l, j, b + 3));
+                _mm_stream_ps(buffer + (size_t)j * batch + b, values);
+            }
         _mm_sfence();
         return;
     }
@@ -105,8 +113,9 @@ int main(int argc, char **argv)
     }
     const int threads = atoi(argv[2]), rows = atoi(argv[3]), batch = atoi(argv[4]), layers = atoi(argv[5]);
     const int steps = atoi(argv[6]), warmup = atoi(argv[7]);
-    if (threads < 1 || rows < 1 || batch < 1 || layers < 2 || steps < 1 || warmup < 0) {
-        fprintf(stderr, "THREADS, ROWS, BATCH, STEPS >= 1, LAYERS >= 2, WARMUP >= 0\n");
+    if (threads < 1 || rows < 1 || batch < 1 || layers < 2 || steps < 1 || warmup < 0 ||
+        (double)rows * batch * VALUE_MASK >= EXACT_SUM_LIMIT) {
+        fprintf(stderr, "THREADS, ROWS, BATCH, STEPS >= 1, LAYERS >= 2, WARMUP >= 0, ROWS x BATCH <= 16400\n");
         return 2;
     }
     const size_t floats = (size_t)rows * (size_t)batch;

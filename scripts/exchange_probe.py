@@ -39,6 +39,8 @@ from mlpbench.timing import Stats
 
 SOURCE = Path(__file__).with_name("exchange_probe.c")
 MODES = ("shared", "private", "streamed")
+#: The largest buffer (floats) whose sum of values below 1024 stays exact in float (exchange_probe.c).
+MAX_FLOATS = 2**24 // 1023
 #: As native/Makefile compiles the library, plus the host's widest loads.
 COMPILE = ["cc", "-O3", "-std=c11", "-fopenmp", "-march=native", "-Wall", "-Wextra", "-Wshadow", "-Werror"]
 
@@ -100,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    if min(args.rows, args.batch, args.steps, args.rounds) < 1 or args.layers < 2 or args.warmup < 0:
+        parser.error("--rows, --batch, --steps and --rounds must be >= 1, --layers >= 2, --warmup >= 0")
+    if args.rows * args.batch > MAX_FLOATS:
+        parser.error(f"--rows x --batch must be at most {MAX_FLOATS}: the probe's sums are exact only up to there")
     cores = len(os.sched_getaffinity(0))
     threads = [t for t in args.threads if t <= cores]
     if not threads:

@@ -53,3 +53,10 @@ def test_slowest_read_is_the_maximum_over_threads_per_stretch(monkeypatch):
     assert summary["slowest_read"]["median"] == pytest.approx(300e-9)
     assert summary["read"]["median"] == pytest.approx(150e-9)
     assert summary["stretch"]["median"] == pytest.approx(6e-9)
+
+
+@pytest.mark.parametrize("args", [["--rows", "0"], ["--layers", "1"], ["--rows", "1000", "--batch", "17"]])
+def test_bad_sizes_are_refused_before_the_probe_runs(tmp_path, monkeypatch, args):
+    with pytest.raises(SystemExit):
+        script(monkeypatch).main([*args, "--out", str(tmp_path)])
+    assert not (tmp_path / "exchange.json").exists()
