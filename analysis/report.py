@@ -5,7 +5,8 @@
 The Typst source types no number: it reads the summary tables (:func:`analysis.summary.write_summaries`) and
 ``numbers.json``, the named quantities its text cites (:func:`report_numbers`). Two roles are filled from the
 runs given: ``cpu`` (a run without a usable GPU, e.g. the development machine) and ``gpu`` (a run that timed
-GPU backends); with a single run both roles are that run.
+GPU backends); with a single run both roles are that run. ``numbers.json`` also carries the host probes that
+stand beside the sweep (``studies``: :mod:`analysis.studies`, the folders ``report/studies.txt`` names).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pandas as pd
 from analysis import draw_all, load_runs
 from analysis.load import Results, busy_keys, epoch_steps, gpu_name, machine_label
 from analysis.palette import REFERENCE, hand_written_ladder, ordered
+from analysis.studies import load_studies
 from analysis.summary import (
     AUTHORS_BATCH,
     AUTHORS_NETWORK,
@@ -52,6 +54,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: The committed runs the report is drawn from, one path a line: the development machine's run, the GPU host's
 #: run and the several-GPU data-parallel run (``make report`` reads the same file).
 REPORT_RUNS_FILE = ROOT / "report" / "runs.txt"
+#: The host probes beside the sweep that the report cites (``analysis.studies``), one folder a line.
+REPORT_STUDIES_FILE = ROOT / "report" / "studies.txt"
 #: A ladder's library product whose interquartile range exceeds this share of its median makes every
 #: percentage of that ladder uncertain, and the report and the README say so beside it.
 LADDER_SPREAD_LIMIT = 0.10
@@ -556,9 +560,15 @@ def _python_share(row: Any) -> float | None:
     return float(np.nansum(parts)) if any(np.isfinite(p) for p in parts) else None
 
 
+def committed_studies() -> list[Path]:
+    """The study folders ``report/studies.txt`` names, relative to the project."""
+    return [ROOT / line.strip() for line in REPORT_STUDIES_FILE.read_text().splitlines() if line.strip()]
+
+
 def build(run_dirs: list[str | Path], figures_dir: str | Path, data_dir: str | Path, output: str | Path,
-          source: str | Path = ROOT / "report" / "report.typ") -> Path:
-    """Draw every figure, write the data tables and ``numbers.json``, and compile the report."""
+          source: str | Path = ROOT / "report" / "report.typ", studies: list[str | Path] | None = None) -> Path:
+    """Draw every figure, write the data tables and ``numbers.json``, and compile the report. ``studies``: the
+    host probes it cites (default: those ``report/studies.txt`` names; ``[]`` for none)."""
     import typst
 
     figures_dir, data_dir, output = Path(figures_dir), Path(data_dir), Path(output)
@@ -569,6 +579,7 @@ def build(run_dirs: list[str | Path], figures_dir: str | Path, data_dir: str | P
     draw_all(results, figures_dir)
     write_summaries(results, data_dir)
     numbers = report_numbers(results)
+    numbers["studies"] = load_studies(committed_studies() if studies is None else list(studies), root=ROOT)
     numbers["figures"] = figures_path
     (data_dir / "numbers.json").write_text(json.dumps(numbers, indent=1, allow_nan=False) + "\n")
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -600,8 +611,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--figures", default="figures", help="where PNG and PDF figures go")
     parser.add_argument("--data", default="report/data", help="where the report's data tables go")
     parser.add_argument("--output", default="report/report.pdf")
+    parser.add_argument("--studies", nargs="*", default=None,
+                        help="host probe folders the report cites (default: those report/studies.txt names)")
     args = parser.parse_args(argv)
-    print(build(args.runs, args.figures, args.data, args.output))
+    print(build(args.runs, args.figures, args.data, args.output, studies=args.studies))
     return 0
 
 

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from statistics import median
 
 import pandas as pd
 import pytest
@@ -753,3 +754,56 @@ def test_an_epoch_per_launch_follows_the_data(committed):
     assert numbers["gpu"]["fused_epoch_vs_graph"]["moons-5h300"] == pytest.approx(graph / epoch)
     assert says(text, f"the fused kernel takes {duration(epoch)} per step on 5h300")
     assert says(text, f"That is {graph / epoch:.3g}× faster than the graph")
+
+
+def test_host_probes_are_said_from_their_folders(committed):
+    """The threads section's probes paragraph: the ceiling and exchange numbers as their JSON holds them (median
+    of the rounds' medians), and the exchange's share of the report's own 16-thread 5h300 step."""
+    _, text, numbers = committed
+    ceiling = next(r for r in json.loads((ROOT / "results/h200-ceiling/take3/ceiling.json").read_text())["results"]
+                   if r["case"] == "moons-5h300:32" and r["copies"] == 16)
+    assert says(text, f"together ran {ceiling['ceiling']['median']:.3g}× the throughput of one")
+    assert says(text, f"reached {ceiling['omp_speedup']['median']:.3g}× in the same rounds")
+    exchange = next(r for r in json.loads((ROOT / "results/h200-exchange/take2/exchange.json").read_text())["results"]
+                    if r["threads"] == 16)
+    shared = median(r["shared"]["stretch"]["median"] for r in exchange["rounds"])
+    private = median(r["private"]["stretch"]["median"] for r in exchange["rounds"])
+    assert says(text, f"took {duration(shared)}")
+    assert says(text, f"against {duration(private)} when each thread's data is its own".replace("'", "’"))
+    step = numbers["gpu"]["threads"]["moons-5h300"]["c-omp"]["step_s"]  # test_thread_scaling_matches_the_rows
+    extra = 10 * (shared - private)
+    assert says(text, f"what the threads share costs it {duration(extra)} more than private data would, "
+                      f"{percent(extra / step)} of the {duration(step)} step on 16 threads above")
+
+
+@pytest.fixture(scope="module")
+def flipped_probes():
+    """The report with copies of the cited probes whose comparisons are turned round: c-omp above the copies'
+    ceiling, and the shared stretch shorter than the private one."""
+    out = ROOT / "build" / "test-report-probes"
+    shutil.rmtree(out, ignore_errors=True)
+    ceiling, exchange = out / "ceiling", out / "exchange"
+    shutil.copytree(ROOT / "results/h200-ceiling/take3", ceiling)
+    shutil.copytree(ROOT / "results/h200-exchange/take2", exchange)
+    report = json.loads((ceiling / "ceiling.json").read_text())
+    for row in report["results"]:
+        row["omp_speedup"] = {key: value * 10 for key, value in row["omp_speedup"].items()}
+    (ceiling / "ceiling.json").write_text(json.dumps(report))
+    report = json.loads((exchange / "exchange.json").read_text())
+    for result in report["results"]:
+        for row in result["rounds"]:
+            row["shared"], row["private"] = row["private"], row["shared"]
+    (exchange / "exchange.json").write_text(json.dumps(report))
+    pdf = build([*RUNS, MULTI_GPU], out / "figures", out / "data", out / "report.pdf", studies=[ceiling, exchange])
+    yield pdf_text(pdf)
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def test_host_probe_sentences_follow_their_data(committed, flipped_probes):
+    _, text, _ = committed
+    assert says(text, "the cores leave room that the threads do not use")
+    assert says(text, "what the threads share costs it")
+    assert not says(flipped_probes, "the cores leave room")
+    assert says(flipped_probes, "in the same rounds (build/test-report-probes/ceiling), as much as the copies")
+    assert not says(flipped_probes, "what the threads share costs it")
+    assert says(flipped_probes, "and sharing the activations cost them nothing over private data")
