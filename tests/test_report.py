@@ -773,7 +773,8 @@ def test_host_probes_are_said_from_their_folders(committed):
     step = numbers["gpu"]["threads"]["moons-5h300"]["c-omp"]["step_s"]  # test_thread_scaling_matches_the_rows
     extra = 10 * (shared - private)
     assert says(text, f"what the threads share costs it {duration(extra)} more than private data would, "
-                      f"{percent(extra / step)} of the {duration(step)} step on 16 threads above")
+                      f"{percent(extra / step)} of the {duration(step)} that OpenMP C’s 16-thread step took in the "
+                      "threads study above")
 
 
 @pytest.fixture(scope="module")
