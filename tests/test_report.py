@@ -808,3 +808,12 @@ def test_host_probe_sentences_follow_their_data(committed, flipped_probes):
     assert says(flipped_probes, "in the same rounds (build/test-report-probes/ceiling), as much as the copies")
     assert not says(flipped_probes, "what the threads share costs it")
     assert says(flipped_probes, "and sharing the activations cost them nothing over private data")
+
+
+def test_host_probes_are_left_out_without_a_threads_study_to_compare(newer):
+    """The newer-shaped GPU run has no 16-thread c-omp step on 5h300: the probes have nothing in the report to be
+    set against, and their paragraph is left out (the studies are still in numbers.json)."""
+    text, numbers = newer
+    assert numbers["gpu"]["threads"].get("moons-5h300", {}).get("c-omp") is None
+    assert set(numbers["studies"]) == {"ceiling", "exchange"}
+    assert "Two probes" not in text
