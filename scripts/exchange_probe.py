@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=parse_threads, default=[1, 2, 4, 8, 16])
     parser.add_argument("--rows", type=int, default=300, help="rows of each activation (a 300-wide layer)")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--layers", type=int, default=5, help="buffers passed round (moons-5h300's hidden-to-hidden layers: 5)")
+    parser.add_argument("--layers", type=int, default=5,
+                        help="buffers passed round (moons-5h300's hidden-to-hidden layers: 5)")
     parser.add_argument("--steps", type=int, default=1000, help="timed steps per process")
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
