@@ -3,12 +3,12 @@
 Under plan 16 (``native/SCALING.md``) every hidden stretch of the step on T threads reads the whole activation
 below (rows x batch floats, transposed), which the T threads wrote a stretch before, and writes the thread's
 own rows of the next. ``exchange_probe.c`` (its header says what it does) runs exactly that exchange on
-``--rows`` x ``--batch`` buffers with nothing else in the stretch, and beside it the same reads from a buffer
-each thread alone reads, into rows nobody else reads (``private``): the difference is what reading lines other
-cores wrote, and writing lines other cores read, cost; ``streamed`` is ``shared`` with the rows written by
-non-temporal stores. It is compiled here as the native library is (``cc -O3
--fopenmp``), with ``-march=native`` for the loads' width; each mode and thread count runs in a process of its
-own, in interleaved rounds.
+``--rows`` x ``--batch`` buffers with nothing else in the stretch (``shared``), and beside it the same stretches
+reading a buffer each thread alone reads and writing rows nobody else reads (``private``): the difference is
+what reading lines other cores wrote, and writing lines other cores read, cost; ``streamed`` is ``shared`` with
+the rows written by non-temporal stores. It is compiled here as the native library is (``cc -O3 -fopenmp``),
+with ``-march=native`` for the loads' width; each mode and thread count runs in a process of its own, in
+interleaved rounds.
 
 Writes ``exchange.json`` and ``exchange.txt`` (the table, also printed) under ``--out``.
 
@@ -41,6 +41,8 @@ SOURCE = Path(__file__).with_name("exchange_probe.c")
 MODES = ("shared", "private", "streamed")
 #: The largest buffer (floats) whose sum of values below 1024 stays exact in float (exchange_probe.c).
 MAX_FLOATS = 2**24 // 1023
+#: A process of the probe takes well under a second at the default sizes; past this it has hung.
+PROCESS_TIMEOUT_S = 300
 #: As native/Makefile compiles the library, plus the host's widest loads.
 COMPILE = ["cc", "-O3", "-std=c11", "-fopenmp", "-march=native", "-Wall", "-Wextra", "-Wshadow", "-Werror"]
 
@@ -56,7 +58,7 @@ def run_once(binary: Path, mode: str, threads: int, rows: int, batch: int, layer
     """One process of the probe; raises if any read's sum differed from what the writers stored."""
     load_before = os.getloadavg()[0]
     out = subprocess.run([str(binary), mode, str(threads), str(rows), str(batch), str(layers), str(steps),
-                          str(warmup)], check=True, capture_output=True, text=True).stdout
+                          str(warmup)], check=True, capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S).stdout
     report = json.loads(out)
     if report["mismatches"]:
         raise RuntimeError(f"{mode}, {threads} threads: {report['mismatches']} reads whose sum was not what the "
