@@ -5,7 +5,7 @@
  * 64-byte aligned and first touched by its writers), stretch l: every thread reads a whole buffer (mode
  * `shared`: buffer l - 1, whose rows the team wrote in the stretch before; mode `private`: a buffer of the same
  * size that only it reads and nobody writes after the start, the same loads served by its own caches), then
- * writes its own rows of buffer l (contiguous ranges of 8-row slivers, as plan 16 splits a layer on AVX-512),
+ * writes its own rows of buffer l (contiguous ranges of slivers, as plan 16 splits a layer on AVX-512),
  * then waits at a barrier. In mode `shared` those rows' lines were read by the whole team a step before, as an
  * activation's are in the step, so the writes wait for the other copies to be invalidated; in mode `private`
  * nobody reads the buffers, and neither the reads nor the writes touch another core's lines. Mode `streamed` is
@@ -30,11 +30,14 @@
 #include <immintrin.h>
 #endif
 
-enum { SLIVER_ROWS = 8, LINE_BYTES = 64, VALUE_PERIOD = 4, VALUE_MASK = 1023 };
+/* The library's own partition (split_range), sliver height (MR_AVX512) and line size (ALIGN_BYTES). */
+#include "internal.h"
+
+enum { VALUE_PERIOD = 4, VALUE_MASK = 1023 };
 /* Floats represent every integer up to 2^24 exactly: the most a buffer's sum may reach. */
 #define EXACT_SUM_LIMIT 16777216.0
 
-static long long now_ns(void)
+static long long clock_ns(void)
 {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -48,13 +51,14 @@ static float value_at(int s, int l, int j, int b)
     return (float)((s % VALUE_PERIOD * 131 + l * 17 + j * 3 + b) & VALUE_MASK);
 }
 
-/* Rows [lo, hi) of `rows` that thread t of T owns: its contiguous range of 8-row slivers. */
+/* Rows [lo, hi) of `rows` that thread t of T owns: its contiguous range of slivers, as the library's plan 16
+ * gives them on AVX-512 (model.c, owned_rows). */
 static void owned_rows(int rows, int threads, int t, int *lo, int *hi)
 {
-    const int slivers = (rows + SLIVER_ROWS - 1) / SLIVER_ROWS, base = slivers / threads, extra = slivers % threads;
-    const int first = t * base + (t < extra ? t : extra), count = base + (t < extra);
-    *lo = first * SLIVER_ROWS < rows ? first * SLIVER_ROWS : rows;
-    *hi = (first + count) * SLIVER_ROWS < rows ? (first + count) * SLIVER_ROWS : rows;
+    ptrdiff_t first, last;
+    split_range((rows + MR_AVX512 - 1) / MR_AVX512, threads, t, &first, &last);
+    *lo = first * MR_AVX512 < rows ? (int)first * MR_AVX512 : rows;
+    *hi = last * MR_AVX512 < rows ? (int)last * MR_AVX512 : rows;
 }
 
 /* The sum of x[0..n), in LANES independent sums (vector registers, several of them so the adds do not wait on
@@ -79,7 +83,7 @@ static float sum_floats(const float *restrict x, size_t n)
 static void write_rows(float *buffer, int s, int l, int lo, int hi, int batch, int streamed)
 {
 #if defined(__x86_64__)
-    if (streamed && batch % (LINE_BYTES / (int)sizeof(float)) == 0) {
+    if (streamed && batch % ALIGN_FLOATS == 0) {
         for (int j = lo; j < hi; ++j)
             for (int b = 0; b < batch; b += 4) {
                 const __m128 values = _mm_setr_ps(value_at(s, l, j, b), value_at(s, l, j, b + 1),
@@ -97,10 +101,9 @@ static void write_rows(float *buffer, int s, int l, int lo, int hi, int batch, i
             buffer[(size_t)j * batch + b] = value_at(s, l, j, b);
 }
 
-static float *alloc_floats(size_t n)
+static float *aligned_floats(size_t n)
 {
-    const size_t bytes = (n * sizeof(float) + LINE_BYTES - 1) / LINE_BYTES * LINE_BYTES;
-    return aligned_alloc(LINE_BYTES, bytes);
+    return aligned_alloc(ALIGN_BYTES, (size_t)round_up((ptrdiff_t)(n * sizeof(float)), ALIGN_BYTES));
 }
 
 int main(int argc, char **argv)
@@ -131,7 +134,7 @@ int main(int argc, char **argv)
         return 1;
     }
     for (int l = 0; l < layers; ++l)
-        if (!(buffers[l] = alloc_floats(floats)))
+        if (!(buffers[l] = aligned_floats(floats)))
             return 1;
     for (int s = 0; s < VALUE_PERIOD; ++s)
         for (int l = 0; l < layers; ++l) {
@@ -157,7 +160,7 @@ int main(int argc, char **argv)
             for (int j = lo; j < hi; ++j)
                 for (int b = 0; b < batch; ++b)
                     buffers[l][(size_t)j * batch + b] = value_at(VALUE_PERIOD - 1, l, j, b);
-        float *mine = alloc_floats(floats);
+        float *mine = aligned_floats(floats);
         if (!mine)
             exit(1);
         for (int j = 0; j < rows; ++j)
@@ -171,14 +174,14 @@ int main(int argc, char **argv)
                 /* Buffer `below` was last written in the stretch before: this step's for l >= 1, the step
                  * before's for l = 0. */
                 const int written_in = l > 0 ? s : s - 1;
-                const long long t0 = now_ns();
+                const long long t0 = clock_ns();
                 const float sum = sum_floats(shared ? buffers[below] : mine, floats);
                 const float want = !shared          ? expected[0]
                                    : written_in < 0 ? expected[(VALUE_PERIOD - 1) * layers + below]
                                                     : expected[written_in % VALUE_PERIOD * layers + below];
-                const long long t1 = now_ns();
+                const long long t1 = clock_ns();
                 write_rows(buffers[l], s, l, lo, hi, batch, streamed);
-                const long long t2 = now_ns();
+                const long long t2 = clock_ns();
 #pragma omp barrier
                 if (step >= 0) {
                     mismatches += sum != want;
@@ -186,7 +189,7 @@ int main(int argc, char **argv)
                     read_ns[at] = t1 - t0;
                     write_ns[at] = t2 - t1;
                     if (t == 0)
-                        stretch_ns[(size_t)step * layers + l] = now_ns() - t0;
+                        stretch_ns[(size_t)step * layers + l] = clock_ns() - t0;
                 }
             }
         }

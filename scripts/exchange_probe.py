@@ -43,8 +43,11 @@ MODES = ("shared", "private", "streamed")
 MAX_FLOATS = 2**24 // 1023
 #: A process of the probe takes well under a second at the default sizes; past this it has hung.
 PROCESS_TIMEOUT_S = 300
-#: As native/Makefile compiles the library, plus the host's widest loads.
-COMPILE = ["cc", "-O3", "-std=c11", "-fopenmp", "-march=native", "-Wall", "-Wextra", "-Wshadow", "-Werror"]
+NATIVE = Path(__file__).resolve().parents[1] / "native"
+#: As native/Makefile compiles the library, plus the host's widest loads; the library's internal header gives
+#: the probe its partition and sizes.
+COMPILE = ["cc", "-O3", "-std=c11", "-fopenmp", "-march=native", "-Wall", "-Wextra", "-Wshadow", "-Werror",
+           f"-I{NATIVE / 'src'}", f"-I{NATIVE / 'include'}"]
 
 
 def build(directory: Path) -> Path:
