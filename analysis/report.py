@@ -101,9 +101,14 @@ def _gpu_link(topology: Any) -> str | None:
     return None
 
 
+def _listed_folders(listing: Path) -> list[Path]:
+    """The folders a listing file names, one a line, relative to the project, in its order."""
+    return [ROOT / line for line in listing.read_text().split()]
+
+
 def report_runs() -> list[Path]:
     """The run folders of :data:`REPORT_RUNS_FILE`, in its order."""
-    return [ROOT / line for line in REPORT_RUNS_FILE.read_text().split()]
+    return _listed_folders(REPORT_RUNS_FILE)
 
 
 def _finite(value: Any) -> float | None:
@@ -561,8 +566,8 @@ def _python_share(row: Any) -> float | None:
 
 
 def committed_studies() -> list[Path]:
-    """The study folders ``report/studies.txt`` names, relative to the project."""
-    return [ROOT / line.strip() for line in REPORT_STUDIES_FILE.read_text().splitlines() if line.strip()]
+    """The study folders of :data:`REPORT_STUDIES_FILE`, in its order."""
+    return _listed_folders(REPORT_STUDIES_FILE)
 
 
 def build(run_dirs: list[str | Path], figures_dir: str | Path, data_dir: str | Path, output: str | Path,
