@@ -13,9 +13,9 @@ Sections (``--sections``, comma-separated):
   float64 reference at the timed batch size first;
 * ``barrier``: cost of one grid-wide barrier of the fused kernel (chains of trivial phases);
 * ``host``: host microseconds of a fused ``train_step`` and of its parts;
-* ``profile``: where a fused training step spends its GPU time: block 0's clock (%globaltimer) at the start
-  and after each phase's barrier, next to the events around the launch, and per step of an epoch run in
-  one launch (``train_steps``).
+* ``profile``: where a fused training step spends its GPU time, on each of cuda-fused's kernels: block 0's
+  clock (%globaltimer) at the start and after each phase's barrier (grid kernel) or each step (cluster
+  kernel), next to the events around the launch, and per step of an epoch run in one launch (``train_steps``).
 
 ``--cases`` and ``--backends`` restrict the ``steps`` section.
 
@@ -41,10 +41,11 @@ from mlpbench.network import PRESETS, Network
 from mlpbench.timing import EPOCH_STEPS, CudaEventClock, time_call, time_stages
 from mlpbench.verify import FLOAT32_TOLERANCE, check_stages, random_batch, relative_error
 
-# (preset or sizes, batch, learning rate for the timed steps, backends)
+# (preset, batch, backends); "cuda-fused:grid" is cuda-fused made to run its grid kernel where it would
+# choose the cluster kernel
 STEP_CASES = [
     ("digits", 32, ["torch-cpu", "c-serial", "torch-gpu", "torch-gpu-graph", "torch-gpu-compile", "cuda-naive",
-                    "cuda-tiled", "cuda-opt", "cuda-fused", "cuda-cublas"]),
+                    "cuda-tiled", "cuda-opt", "cuda-fused", "cuda-fused:grid", "cuda-cublas"]),
     ("moons-5h300", 32, ["torch-cpu", "c-serial", "torch-gpu", "torch-gpu-graph", "torch-gpu-compile", "cuda-naive",
                          "cuda-tiled", "cuda-opt", "cuda-fused", "cuda-cublas"]),
     ("mnist", 256, ["torch-gpu", "torch-gpu-graph", "torch-gpu-compile", "cuda-naive", "cuda-tiled", "cuda-opt",
@@ -142,9 +143,10 @@ def steps(repeats: int, throughput_steps: int, cases: set[str] | None = None,
         net = network_of(name)
         rng = np.random.default_rng(0)
         inputs = [random_batch(net, batch, rng) for _ in range(3)]
-        for backend in backends:
-            row = {"network": name, "sizes": net.name, "batch": batch, "backend": backend}
-            options = {"threads": 1} if backend == "torch-cpu" else {}
+        for entry in backends:
+            backend, _, kernel = entry.partition(":")
+            row = {"network": name, "sizes": net.name, "batch": batch, "backend": entry}
+            options = {"threads": 1} if backend == "torch-cpu" else {"kernel": kernel} if kernel else {}
             try:
                 if backend == "torch-gpu-compile":  # the first model of this shape pays the compilation
                     probe = load(backend, net)
@@ -159,6 +161,8 @@ def steps(repeats: int, throughput_steps: int, cases: set[str] | None = None,
                     print(row, flush=True)
                     continue
                 model = load(backend, net, **options)
+                if backend == "cuda-fused":
+                    row["kernel"], row["kernel_reason"] = model.kernel_choice(batch)
                 cpu = model.device == "cpu"
                 reps = max(3, repeats // 4) if cpu or (backend == "cuda-naive" and name == "large") else repeats
                 times = time_stages(model, inputs, lr=1e-4, repeats=reps, warmup=3)
@@ -209,41 +213,51 @@ def barrier(batch: int = 32) -> list[dict]:
 
 
 def host_costs() -> list[dict]:
-    """Host microseconds per call of a fused ``train_step`` on digits and of its parts."""
+    """Host microseconds per call of a fused ``train_step`` on digits and of its parts, on each kernel."""
     net = PRESETS["digits"]
-    model = load("cuda-fused", net)
-    data = model.prepare(*random_batch(net, 32, np.random.default_rng(0)))
-    costs = cuda_fused.FusedProfiler(model).host_costs(data, 1e-4)
-    model.close()
-    return [{"call": call, "host_us": us} for call, us in costs.items()]
+    rows = []
+    for kernel in ("cluster", "grid"):
+        model = load("cuda-fused", net, kernel=kernel)
+        data = model.prepare(*random_batch(net, 32, np.random.default_rng(0)))
+        costs = cuda_fused.FusedProfiler(model).host_costs(data, 1e-4)
+        model.close()
+        rows += [{"kernel": kernel, "call": call, "host_us": us} for call, us in costs.items()]
+    return rows
 
 
 def profile(repeats: int = 30, epoch_steps: int = EPOCH_STEPS) -> list[dict]:
-    """Median GPU time of each phase of a fused training step (block 0's clock after each barrier, so a
-    phase's time includes the barrier that ends it), next to the events around one step's launch; and per
-    step of ``epoch_steps`` steps run in one launch (``train_steps``)."""
+    """Where a fused training step spends its GPU time, for each kernel cuda-fused runs: the grid kernel's
+    block 0's clock after each phase's barrier, the cluster kernel's after each step; next to the events around
+    one step's launch, and per step of ``epoch_steps`` steps run in one launch (``train_steps``)."""
     rows = []
-    for name, batch in (("digits", 32), ("moons-5h300", 32)):
+    for name, batch, kernel in (("digits", 32, "cluster"), ("digits", 32, "grid"), ("moons-5h300", 32, "auto")):
         net = PRESETS[name]
-        model = load("cuda-fused", net)
+        model = load("cuda-fused", net, kernel=kernel)
         profiler = cuda_fused.FusedProfiler(model)
         plan = profiler.plan("step", batch)
+        label = f"{name} ({plan.kernel})"
         data = model.prepare(*random_batch(net, batch, np.random.default_rng(0)))
         epoch = model.prepare(*random_batch(net, batch * epoch_steps, np.random.default_rng(1)))
         for _ in range(3):
             model.train_step(data, 1e-4)
-        marks = np.median([profiler.phase_times(data, batch, 1e-4) for _ in range(repeats)], axis=0)
-        for index, (phase, us) in enumerate(zip(plan.phases, marks, strict=True)):
-            rows.append({"network": name, "phase": index, "kind": cuda_fused.PHASE_NAMES[phase.kind],
-                         "layer": phase.layer, "main": phase.main.as_tuple(), "weights": phase.weights.as_tuple(),
-                         "items": phase.items(net, batch), "us": float(us)})
-        rows.append({"network": name, "phase": "all", "kind": "start to last barrier", "us": float(marks.sum())})
-        rows.append({"network": name, "phase": "events", "kind": "events around train_step",
+        if plan.kernel == "grid":
+            marks = np.median([profiler.phase_times(data, batch, 1e-4) for _ in range(repeats)], axis=0)
+            for index, (phase, us) in enumerate(zip(plan.phases, marks, strict=True)):
+                rows.append({"network": label, "phase": index, "kind": cuda_fused.PHASE_NAMES[phase.kind],
+                             "layer": phase.layer, "main": phase.main.as_tuple(),
+                             "weights": phase.weights.as_tuple(), "items": phase.items(net, batch),
+                             "us": float(us)})
+            whole = float(marks.sum())
+        else:
+            whole = float(np.median([profiler.step_times(data, batch, 1e-4).sum() for _ in range(repeats)]))
+        rows.append({"network": label, "phase": "all", "kind": f"start to the step's end ({plan.blocks} blocks)",
+                     "us": whole})
+        rows.append({"network": label, "phase": "events", "kind": "events around train_step",
                      "us": device_ms(lambda m=model, d=data: m.train_step(d, 1e-4), repeats) * 1e3})
-        per_step = np.median([profiler.phase_times(epoch, batch, 1e-4).sum() for _ in range(repeats)]) / epoch_steps
-        rows.append({"network": name, "phase": f"{epoch_steps} steps", "kind": "clock per step, one launch",
+        per_step = np.median([profiler.step_times(epoch, batch, 1e-4).sum() for _ in range(repeats)]) / epoch_steps
+        rows.append({"network": label, "phase": f"{epoch_steps} steps", "kind": "clock per step, one launch",
                      "us": float(per_step)})
-        rows.append({"network": name, "phase": f"{epoch_steps} steps", "kind": "events per step, train_steps",
+        rows.append({"network": label, "phase": f"{epoch_steps} steps", "kind": "events per step, train_steps",
                      "us": device_ms(lambda m=model, e=epoch, b=batch: m.train_steps(e, b, 1e-4), repeats) * 1e3
                      / epoch_steps})
         model.close()
@@ -308,7 +322,7 @@ def main() -> int:
         save()
     if "host" in sections:
         result["host"] = host_costs()
-        text.append("## host cost of a fused step\n" + table(result["host"], ["call", "host_us"]))
+        text.append("## host cost of a fused step\n" + table(result["host"], ["kernel", "call", "host_us"]))
         save()
     if "profile" in sections:
         result["profile"] = profile()
@@ -322,7 +336,7 @@ def main() -> int:
         text.append("## training steps (us, median; throughput = back-to-back train_step)\n" + table(
             result["steps"], ["network", "batch", "backend", "transfer_us", "forward_us", "backprop_us", "update_us",
                               "step_us", "step_throughput_us", "epoch_step_us", "step_host_us", "step_tflops",
-                              "max_rel_error", "compile_s", "status"]))
+                              "max_rel_error", "compile_s", "kernel", "status"]))
         save()
     result["opt_choices"] = cuda.opt_choices()
     text.append("## cuda-opt autotuner choices\n" + table(result["opt_choices"], [

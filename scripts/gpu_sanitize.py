@@ -4,9 +4,10 @@
     compute-sanitizer --tool racecheck --error-exitcode 9 python scripts/gpu_sanitize.py
 
 Covers each rung's forward, backprop, update and train_step (cuda-opt on both its float4 and its scalar
-kernels), the fused kernel's single-warp and separate output heads, its two k-chunk weight gradient and
-several steps in one launch, matmul in every layout, and each of cuda-opt's configurations for large products
-(forced onto a small float4 shape with edge tiles, unsplit and split, nt and nn also with their
+kernels), cuda-fused's grid kernel (its single-warp and separate output heads, its two k-chunk weight
+gradient) and its cluster kernel (one block and several, the partial input gradients of two hidden layers),
+each also with several steps in one launch, matmul in every layout, and each of cuda-opt's configurations for
+large products (forced onto a small float4 shape with edge tiles, unsplit and split, nt and nn also with their
 k-contiguous operands transposed first); then checks that the results still match
 the float64 reference (:func:`mlpbench.verify.check_stages`). Prints the kernels it launched.
 """
@@ -26,6 +27,7 @@ CASES = [
     (Network((8, 16, 12), "tanh", "softmax-ce"), 8),     # float4 paths
     (Network((5, 40), "relu", "softmax-ce"), 9),          # fused: separate output head phase
     (Network((3, 6, 1), "sigmoid", "sigmoid-bce"), 520),  # fused: weight gradient over two k-chunks
+    (Network((6, 20, 9, 4), "relu", "softmax-ce"), 13),   # cluster: partial input gradients across blocks
 ]
 
 
@@ -33,10 +35,12 @@ def main() -> int:
     import torch
 
     failures = []
-    for backend in ("cuda-naive", "cuda-tiled", "cuda-opt", "cuda-fused", "cuda-cublas"):
+    variants = [("cuda-naive", {}), ("cuda-tiled", {}), ("cuda-opt", {}), ("cuda-fused", {"kernel": "grid"}),
+                ("cuda-fused", {"kernel": "cluster"}), ("cuda-cublas", {})]
+    for backend, options in variants:
         for net, batch in CASES:
-            check = check_stages(backend, net, batch, seed=batch)
-            model = load(backend, net)
+            check = check_stages(backend, net, batch, seed=batch, **options)
+            model = load(backend, net, **options)
             X, y = random_batch(net, batch, np.random.default_rng(batch))
             model.step(X, y, 0.1, 1e-3)
             if backend == "cuda-fused":  # three steps in one launch: the barriers between steps
@@ -44,10 +48,11 @@ def main() -> int:
                 model.train_steps(model.prepare(X3, y3), batch, 0.1, 1e-3)
             model.predict(X)
             model.synchronize()
-            print(f"{backend:11s} {net.name:10s} b{batch:<4d} worst relative error "
+            name = backend + "".join(f"-{value}" for value in options.values())
+            print(f"{name:18s} {net.name:10s} b{batch:<4d} worst relative error "
                   f"{max(check.relative.values()):.2e}, scaled {max(check.scaled.values()):.2f}", flush=True)
             if not check.passed:
-                failures.append((backend, net.name, check.scaled))
+                failures.append((name, net.name, check.scaled))
     for version in cuda.KERNELS:
         for layout in cuda.LAYOUTS:
             A = torch.randn(33, 20, device="cuda")

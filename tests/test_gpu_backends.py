@@ -2,6 +2,7 @@
 product of each rung, bad input, determinism. Needs an NVIDIA GPU, PyTorch with CUDA and PyCUDA; skipped
 with the reason elsewhere."""
 
+import re
 import threading
 
 import numpy as np
@@ -52,6 +53,29 @@ def test_every_stage_matches_the_reference(backend, network, batch):
     assert max(errors.values()) <= FLOAT32_TOLERANCE, errors
 
 
+def fused_options(kernel, network, batch):
+    """load() options that run cuda-fused on ``kernel`` for ``batch`` rows; skips where the cluster kernel
+    cannot hold the case (the planner's reason)."""
+    if kernel == "cluster":
+        chosen, reason = load("cuda-fused", network).kernel_choice(batch)
+        if chosen != "cluster":
+            pytest.skip(reason)
+    return {"kernel": kernel}
+
+
+FUSED_VARIANTS = [("cuda-fused", kernel) for kernel in ("grid", "cluster")]
+CUDA_VARIANTS = [(backend, None) for backend in CUDA_BACKENDS if backend != "cuda-fused"] + FUSED_VARIANTS
+
+
+@pytest.mark.parametrize("kernel", ["grid", "cluster"])
+@pytest.mark.parametrize("network, batch", CASES, ids=[f"{n.name}-{n.activation}-b{b}" for n, b in CASES])
+def test_each_fused_kernel_matches_the_reference(kernel, network, batch):
+    if max(network.sizes) > 512:
+        pytest.skip("wider than cuda-fused accepts (test_fused_rejects_a_network_too_wide)")
+    errors = compare_stages("cuda-fused", network, batch, seed=batch, **fused_options(kernel, network, batch))
+    assert max(errors.values()) <= FLOAT32_TOLERANCE, errors
+
+
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("network, batch, lr, decay", [
     (Network((64, 128, 10), "sigmoid", "softmax-ce"), 32, 0.5, 0.0),
@@ -84,13 +108,14 @@ def test_poison_fills_what_the_next_stage_writes(backend):
     assert all(np.isfinite(dw).all() and np.isfinite(db).all() for dw, db in model.grads())
 
 
-@pytest.mark.parametrize("backend", CUDA_BACKENDS)
-def test_train_step_equals_the_stages_bit_for_bit_and_repeats(backend):
+@pytest.mark.parametrize("backend, kernel", CUDA_VARIANTS, ids=[b + (f"-{k}" if k else "") for b, k in CUDA_VARIANTS])
+def test_train_step_equals_the_stages_bit_for_bit_and_repeats(backend, kernel):
     net = Network((6, 20, 9, 4), "relu", "softmax-ce")
     X, y = random_batch(net, 13, np.random.default_rng(1))
+    options = fused_options(kernel, net, 13) if kernel else {}
 
     def run(fused_step):
-        model = load(backend, net, seed=5)
+        model = load(backend, net, seed=5, **options)
         batch = model.prepare(X, y)
         for _ in range(3):
             if fused_step:
@@ -491,7 +516,8 @@ def test_opt_choices_are_listed():
     assert not rows["nt", 8, 36, 20]["transposed"] and not rows["nn", 8, 36, 4]["transposed"]  # too small
 
 
-@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("backend", [b for b in GPU_BACKENDS if b != "cuda-fused"] + ["cuda-fused-grid",
+                                                                                    "cuda-fused-cluster"])
 @pytest.mark.parametrize("network, batch, steps", [
     (Network((2, 300, 300, 300, 300, 300, 300, 1), "sigmoid", "sigmoid-bce"), 32, 32),  # an epoch of the study
     (Network((7, 33, 5), "tanh", "softmax-ce"), 7, 5),
@@ -501,8 +527,12 @@ def test_opt_choices_are_listed():
 def test_train_steps_equals_one_train_step_per_block_of_rows(backend, network, batch, steps):
     if backend == "torch-gpu-compile":
         pytest.skip("its train_steps is the base class's loop over train_step (tests/test_backend_interface.py)")
+    options = {}
+    if backend.startswith("cuda-fused-"):
+        backend, kernel = "cuda-fused", backend.removeprefix("cuda-fused-")
+        options = fused_options(kernel, network, batch)
     X, y = random_batch(network, batch * steps, np.random.default_rng(steps))
-    together, apart = load(backend, network, seed=4), load(backend, network, seed=4)
+    together, apart = load(backend, network, seed=4, **options), load(backend, network, seed=4, **options)
     together.train_steps(together.prepare(X, y), batch, 0.3, 1e-3)
     for start in range(0, len(X), batch):
         apart.train_step(apart.prepare(X[start:start + batch], y[start:start + batch]), 0.3, 1e-3)
@@ -561,3 +591,26 @@ def test_fused_profiler_measures_phases_barriers_and_host_costs():
     host = profiler.host_costs(first, 0.3, count=20, rounds=2)
     assert set(host) == {"train_step", "batch check", "arguments + launch", "cuLaunchKernel alone"}
     assert all(0.1 < value < 1000 for value in host.values())  # microseconds of host time per call
+
+
+def test_fused_chooses_the_cluster_kernel_where_the_step_fits_and_says_why():
+    from mlpbench.backends.cuda_fused import FusedProfiler
+    from mlpbench.network import PRESETS
+
+    digits = load("cuda-fused", PRESETS["digits"])
+    kernel, reason = digits.kernel_choice(32)
+    assert kernel == "cluster" and re.fullmatch(r"fits in one cluster: 8 blocks, \d+ KiB of shared memory each", reason)
+    kernel, reason = digits.kernel_choice(256)
+    assert kernel == "grid" and "KiB of shared memory per block for 64-128-10 at batch 256" in reason
+    assert load("cuda-fused", PRESETS["digits"], kernel="grid").kernel_choice(32)[0] == "grid"
+    plan = FusedProfiler(digits).plan("step", 32)
+    assert plan.kernel == "cluster" and plan.phases == () and plan.blocks == 8
+    X, y = random_batch(PRESETS["digits"], 4 * 32, np.random.default_rng(3))
+    data = digits.prepare(X, y)
+    times = FusedProfiler(digits).step_times(data, 32, 0.1)
+    assert times.shape == (4,) and (times > 0).all() and times.sum() < 10_000  # microseconds
+    with pytest.raises(ValueError, match="runs no phases"):
+        FusedProfiler(digits).phase_times(data, 32, 0.1)
+    deep = load("cuda-fused", PRESETS["moons-5h300"], kernel="cluster")
+    with pytest.raises(ValueError, match=r"needs \d+ KiB.*use kernel='grid' or 'auto'"):
+        deep.step(*random_batch(PRESETS["moons-5h300"], 32, np.random.default_rng(0)), 0.1)

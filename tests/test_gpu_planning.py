@@ -2,6 +2,7 @@
 kernel's size limit, its phase plans and tile shapes, and the structs shared with the kernels."""
 
 import ctypes
+import itertools
 import re
 import threading
 import time
@@ -464,3 +465,56 @@ def test_the_compiled_function_is_the_reference_network(network):
     _, _, no_loss = torch_compile.network_loss(torch.from_numpy(X), None, weights, biases, network.activation,
                                                network.loss)
     assert no_loss is None
+
+
+def test_cluster_plan_matches_the_kernel_struct():
+    # struct ClusterPlan in kernels/fused_cluster.cu: eight ints, then eight per layer (static_assert there).
+    layout = cuda_fused.cluster_layout(PRESETS["digits"], 32, 227 * 1024)
+    assert layout.table.dtype == np.int32 and layout.table.nbytes == 32 + 32 * cuda.FUSED_MAX_LAYERS
+    assert "MAX_LAYERS" in dict(cuda.FUSED_CLUSTER.defines) and "MAX_LAYERS" in dict(cuda.FUSED.defines)
+
+
+@pytest.mark.parametrize("sizes, batch", [((64, 128, 10), 32), ((33, 257, 7, 3), 33), ((5, 40), 9),
+                                          ((1, 7, 1), 1), ((12, 24, 6), 600), ((6, 20, 9, 9, 4), 13)])
+def test_cluster_layout_gives_every_buffer_its_own_aligned_region(sizes, batch):
+    net = Network(sizes, loss="softmax-ce" if sizes[-1] > 1 else "sigmoid-bce")
+    layout = cuda_fused.cluster_layout(net, batch, 227 * 1024)
+    ranks, head = layout.ranks, net.n_layers - 1
+    assert ranks == (min(8, *sizes[1:-1]) if len(sizes) > 2 else 1)
+    regions = [(layout.header("x"), batch * layout.header("x_stride")), (layout.header("loss"), batch)]
+    assert layout.header("n_layers") == net.n_layers and layout.header("x_stride") >= sizes[0]
+    for layer, (n_out, n_in) in enumerate(net.layer_shapes):
+        rows = n_out if layer == head else -(-n_out // ranks)  # no block's slice is wider (slice_begin)
+        assert max(n_out * (r + 1) // ranks - n_out * r // ranks for r in range(ranks)) <= rows
+        slot = {field: layout.slot(layer, field) for field in cuda_fused._SLOT_FIELDS}
+        assert slot["w_stride"] >= n_in and slot["a_stride"] >= n_out
+        if layer < head:  # odd strides: rows at consecutive indices in different banks
+            assert slot["w_stride"] % 2 == slot["a_stride"] % 2 == slot["dz_stride"] % 2 == 1
+        else:  # output_row reads whole rows of the logits and the output gradient
+            assert slot["a_stride"] == slot["dz_stride"] == n_out
+        regions += [(slot["w"], rows * slot["w_stride"]), (slot["b"], rows), (slot["a"], batch * slot["a_stride"]),
+                    (slot["dz"], batch * slot["dz_stride"])]
+    if net.n_layers > 2:  # partial input gradients of every hidden layer above the first
+        stride = layout.header("partial_stride")
+        assert stride % 2 == 1 and stride >= max(n_in for _, n_in in net.layer_shapes[1:head])
+        regions += [(layout.header("partial0"), batch * stride), (layout.header("partial1"), batch * stride)]
+    regions.sort()
+    assert all(start % 4 == 0 for start, _ in regions)  # 16-byte aligned
+    assert all(start + size <= after for (start, size), (after, _) in itertools.pairwise(regions))
+    assert regions[-1][0] + regions[-1][1] <= layout.shared_bytes // 4 <= 227 * 1024 // 4
+
+
+def test_cluster_layout_says_why_a_network_does_not_fit():
+    assert isinstance(cuda_fused.cluster_layout(PRESETS["digits"], 32, 227 * 1024), cuda_fused.ClusterLayout)
+    reason = cuda_fused.cluster_layout(PRESETS["digits"], 256, 227 * 1024)
+    assert re.fullmatch(r"the cluster kernel needs 241 KiB of shared memory per block for 64-128-10 at batch 256 "
+                        r"\(8 blocks\); the GPU allows 227 KiB", reason)
+    assert "5h300" in cuda_fused.cluster_layout(PRESETS["moons-5h300"], 32, 227 * 1024).replace(
+        PRESETS["moons-5h300"].name, "5h300")
+    small = cuda_fused.cluster_layout(PRESETS["digits"], 32, 227 * 1024).shared_bytes
+    assert isinstance(cuda_fused.cluster_layout(PRESETS["digits"], 32, small - 1), str)
+
+
+def test_fused_kernel_option_is_checked_before_the_gpu():
+    with pytest.raises(ValueError, match="kernel: expected one of auto, grid, cluster"):
+        load("cuda-fused", "64-128-10", kernel="warp")

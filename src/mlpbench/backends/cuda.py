@@ -67,7 +67,7 @@ EPI_STORE, EPI_BIAS_ACT, EPI_ACT_GRAD, EPI_SGD = 0, 1, 2, 3
 
 #: Widest layer cuda-fused accepts: its tiles stage up to FUSED_KCHUNK k values of 32 rows at once.
 FUSED_MAX_WIDTH = 512
-#: Most layers cuda-fused accepts (its layer and phase tables live in shared memory: MAX_LAYERS in fused.cu).
+#: Most layers cuda-fused accepts (its kernels copy their layer tables to shared memory: MAX_LAYERS).
 FUSED_MAX_LAYERS = 32
 FUSED_KCHUNK = 512
 FUSED_HEAD_MAX = 16
@@ -75,6 +75,10 @@ FUSED_THREADS = 256
 #: Dynamic shared memory of one fused_step block: two staging buffers of KCHUNK x 33 floats and the split-k
 #: sums, four floats per thread.
 FUSED_SHARED_BYTES = (2 * FUSED_KCHUNK * (32 + 1) + FUSED_THREADS * 4) * 4
+#: Threads per block of cuda-fused's cluster kernel (kernels/fused_cluster.cu), and its largest cluster: the
+#: portable cluster size, so no launch depends on the non-portable attribute.
+CLUSTER_THREADS = 512
+CLUSTER_MAX_RANKS = 8
 
 # Every kernel source with the -D constants the backends compile it with (tests/test_kernels_compile.py
 # compiles exactly these for sm_90 on machines without a GPU).
@@ -173,13 +177,15 @@ def opt_shared_bytes(config: str) -> int:
 
 
 FUSED = ModuleSpec("fused.cu", (("KCHUNK", FUSED_KCHUNK), ("HEAD_MAX", FUSED_HEAD_MAX), ("UPDATE_CHUNK", 4096),
-                                ("SPIN_LIMIT", 1 << 26)), no_extern_c=True)
+                                ("SPIN_LIMIT", 1 << 26), ("MAX_LAYERS", FUSED_MAX_LAYERS)), no_extern_c=True)
+FUSED_CLUSTER = ModuleSpec("fused_cluster.cu", (("THREADS", CLUSTER_THREADS), ("MAX_LAYERS", FUSED_MAX_LAYERS)),
+                           no_extern_c=True)
 #: Module name of each cuda-opt configuration ("opt" for the default tile).
 OPT_MODULES: dict[str, str] = {config: "opt" if spec == OPT else f"opt-{config}"
                                for config, spec in OPT_CONFIGS.items()}
 MODULE_SPECS: dict[str, ModuleSpec] = {"elementwise": ELEMENTWISE, "naive": NAIVE, "tiled": TILED,
                                        **{module: OPT_CONFIGS[config] for config, module in OPT_MODULES.items()},
-                                       "fused": FUSED}
+                                       "fused": FUSED, "fused-cluster": FUSED_CLUSTER}
 OPT_VECTOR_KERNELS = ("opt_nt", "opt_nn", "opt_tn")
 OPT_KERNELS = (*OPT_VECTOR_KERNELS, "opt_nt_scalar", "opt_nn_scalar", "opt_tn_scalar", "opt_splitk_sum")
 MODULE_KERNELS: dict[str, tuple[str, ...]] = {
@@ -190,6 +196,7 @@ MODULE_KERNELS: dict[str, tuple[str, ...]] = {
     **{module: (*OPT_VECTOR_KERNELS, "opt_splitk_sum") if opt_float4_only(config) else OPT_KERNELS
        for config, module in OPT_MODULES.items()},
     "fused": ("fused_step",),
+    "fused-cluster": ("fused_cluster",),
 }
 
 #: The product ladder for :func:`matmul`: rung number -> name.

@@ -1,10 +1,15 @@
-"""``cuda-fused`` (rung 4 of the GPU ladder): the whole training step of a small network as one persistent
-kernel (``kernels/fused.cu``), and its planner: which phases a launch runs, and the tile shape of each
-phase's products, chosen on the host from a cost model (tested without a GPU).
+"""``cuda-fused`` (rung 4 of the GPU ladder): the whole training step of a small network in one launch, with
+two kernels and the planner that chooses between them (tested without a GPU):
 
-Phases are separated by grid-wide barriers; every block of the grid is resident at once, so the grid is at
-most one block per SM. The launch goes through :class:`mlpbench.gpu.DriverKernel` (``cuLaunchKernel`` with
-arguments set in place), since a step of a few microseconds cannot hide PyCUDA's per-call packing.
+- the cluster kernel (``kernels/fused_cluster.cu``) when the weights and the batch's activations fit in the
+  shared memory of one thread-block cluster: nothing leaves the chip between layers, and blocks meet at
+  cluster barriers (:func:`cluster_layout` plans its shared memory, or says why it does not fit);
+- the grid kernel (``kernels/fused.cu``) otherwise: a persistent kernel whose phases are separated by
+  grid-wide barriers, every block resident at once (at most one block per SM); :func:`fused_plan` chooses
+  which phases a launch runs and the tile shape of each phase's products from a cost model.
+
+Launches go through :class:`mlpbench.gpu.DriverKernel` (``cuLaunchKernel`` with arguments set in place), since
+a step of a few microseconds cannot hide PyCUDA's per-call packing.
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ import torch
 from mlpbench import gpu
 from mlpbench.backends.base import BackendUnavailable, Batch, Model, Params, check_step_size
 from mlpbench.backends.cuda import (
+    CLUSTER_MAX_RANKS,
+    CLUSTER_THREADS,
     FUSED,
+    FUSED_CLUSTER,
     FUSED_HEAD_MAX,
     FUSED_KCHUNK,
     FUSED_MAX_LAYERS,
@@ -58,11 +66,113 @@ class _FusedArgs(ctypes.Structure):
                 ("weight_decay", ctypes.c_float), ("barrier", ctypes.c_uint64), ("profile", ctypes.c_uint64)]
 
 
+class _ClusterArgs(ctypes.Structure):
+    """The parameters of fused_cluster (kernels/fused_cluster.cu), in order, for gpu.DriverKernel."""
+
+    _fields_ = [("layers", ctypes.c_uint64), ("plan", ctypes.c_uint64), ("mode", ctypes.c_int),
+                ("X", ctypes.c_uint64), ("T", ctypes.c_uint64), ("loss_rows", ctypes.c_uint64),
+                ("batch", ctypes.c_int), ("n_steps", ctypes.c_int), ("activation", ctypes.c_int),
+                ("loss_kind", ctypes.c_int), ("parity", ctypes.c_int), ("lr", ctypes.c_float),
+                ("weight_decay", ctypes.c_float), ("profile", ctypes.c_uint64)]
+
+
+# Modes of fused_cluster, by the stage names of fused_plan.
+CLUSTER_MODES = {"step": 0, "forward": 1, "backprop": 2, "update": 3}
+# Mirror of struct ClusterPlan in kernels/fused_cluster.cu: eight header ints, then eight per layer.
+_SLOT_FIELDS = ("w", "w_stride", "b", "a", "a_stride", "dz", "dz_stride", "unused")
+_CLUSTER_HEADER = ("x", "x_stride", "partial0", "partial1", "partial_stride", "loss", "n_layers", "unused")
+
+
 def fused_kernel() -> gpu.DriverKernel:
     """fused_step with its shared-memory limit raised (a new argument block each call; one module load)."""
     kernel = gpu.DriverKernel(FUSED, "fused_step", _FusedArgs())
     kernel.set_attribute(gpu.DriverKernel.MAX_DYNAMIC_SHARED_SIZE_BYTES, FUSED_SHARED_BYTES)
     return kernel
+
+
+def cluster_kernel(shared_bytes: int) -> gpu.DriverKernel:
+    """fused_cluster allowed ``shared_bytes`` of dynamic shared memory per block."""
+    kernel = gpu.DriverKernel(FUSED_CLUSTER, "fused_cluster", _ClusterArgs())
+    kernel.set_attribute(gpu.DriverKernel.MAX_DYNAMIC_SHARED_SIZE_BYTES, shared_bytes)
+    return kernel
+
+
+@dataclass(frozen=True)
+class ClusterLayout:
+    """Where the cluster kernel keeps a network's step for ``batch`` rows: ``ranks`` blocks of one cluster,
+    ``shared_bytes`` of dynamic shared memory each, laid out as ``table`` (struct ClusterPlan) says."""
+
+    ranks: int
+    batch: int
+    shared_bytes: int
+    table: np.ndarray
+
+    def slot(self, layer: int, field: str) -> int:
+        return int(self.table[8 + 8 * layer + _SLOT_FIELDS.index(field)])
+
+    def header(self, field: str) -> int:
+        return int(self.table[_CLUSTER_HEADER.index(field)])
+
+
+def cluster_ranks(network: Network) -> int:
+    """Blocks of the cluster: the portable maximum, fewer when a hidden layer is narrower (every block owns
+    at least one column of each), one for a network without hidden layers."""
+    hidden = network.sizes[1:-1]
+    return min(CLUSTER_MAX_RANKS, *hidden) if hidden else 1
+
+
+def cluster_layout(network: Network, batch: int, shared_limit: int) -> ClusterLayout | str:
+    """The cluster kernel's shared-memory plan for ``network`` on ``batch`` rows, or, when a block would need
+    more than ``shared_limit`` bytes, the reason it does not fit (the grid kernel then runs it).
+
+    Per block (floats; every row stride odd, every region 16-byte aligned): the batch's inputs; per hidden
+    layer its rows of W and b (a ``ranks``-th of its outputs, rounded up), the whole activation and the
+    block's columns of dZ; the whole output layer with its logits and output gradient; two buffers of partial
+    input gradients (networks of two or more hidden layers); the per-row losses."""
+    ranks = cluster_ranks(network)
+    head = network.n_layers - 1
+    used = 0
+
+    def region(floats: int) -> int:
+        nonlocal used
+        start = used
+        used += cdiv(floats, 4) * 4
+        return start
+
+    def odd(n: int) -> int:
+        return n | 1
+
+    header = dict.fromkeys(_CLUSTER_HEADER, 0)
+    header["n_layers"] = network.n_layers
+    header["x_stride"] = odd(network.sizes[0])
+    header["x"] = region(batch * header["x_stride"])
+    slots = []
+    for layer, (n_out, n_in) in enumerate(network.layer_shapes):
+        rows = n_out if layer == head else cdiv(n_out, ranks)
+        slot = dict.fromkeys(_SLOT_FIELDS, 0)
+        slot["w_stride"] = odd(n_in)
+        slot["w"] = region(rows * slot["w_stride"])
+        slot["b"] = region(rows)
+        slot["a_stride"] = n_out if layer == head else odd(n_out)
+        slot["a"] = region(batch * slot["a_stride"])
+        slot["dz_stride"] = n_out if layer == head else odd(rows)
+        slot["dz"] = region(batch * slot["dz_stride"])
+        slots.append(slot)
+    partial_inputs = [n_in for layer, (_, n_in) in enumerate(network.layer_shapes) if 0 < layer < head]
+    if partial_inputs:
+        header["partial_stride"] = odd(max(partial_inputs))
+        header["partial0"] = region(batch * header["partial_stride"])
+        header["partial1"] = region(batch * header["partial_stride"])
+    header["loss"] = region(batch)
+    needed = used * 4
+    if needed > shared_limit:
+        return (f"the cluster kernel needs {needed // 1024} KiB of shared memory per block for {network.name} at "
+                f"batch {batch} ({ranks} blocks); the GPU allows {shared_limit // 1024} KiB")
+    table = np.zeros(8 + 8 * FUSED_MAX_LAYERS, dtype=np.int32)
+    table[:8] = [header[field] for field in _CLUSTER_HEADER]
+    for layer, slot in enumerate(slots):
+        table[8 + 8 * layer: 16 + 8 * layer] = [slot[field] for field in _SLOT_FIELDS]
+    return ClusterLayout(ranks, batch, needed, table)
 
 
 @dataclass(frozen=True)
@@ -195,13 +305,19 @@ def fused_plan(network: Network, stage: str, batch: int, blocks: int) -> tuple[P
 
 
 class FusedCudaModel(CudaModel):
-    """``cuda-fused`` (rung 4): the training step of a small network (every width <= FUSED_MAX_WIDTH) as one
-    persistent kernel, phases separated by grid-wide barriers (kernels/fused.cu). ``train_step`` is that
-    single launch; ``forward``, ``backprop`` and ``update`` launch the same kernel on their own phases, for
-    per-stage timing. Weights are double-buffered: the step writes the updated copy while other blocks
-    still read the current one, and the two swap after each update."""
+    """``cuda-fused`` (rung 4): the training step of a small network (every width <= FUSED_MAX_WIDTH) in one
+    launch. ``train_step`` is that launch; ``forward``, ``backprop`` and ``update`` launch the same kernel on
+    their own part of the step, for per-stage timing, and compute exactly what the step computes.
+
+    ``kernel`` picks the kernel: ``"cluster"`` (kernels/fused_cluster.cu: the step in one thread-block cluster,
+    for networks and batches that fit in its shared memory; others raise ``ValueError`` with the reason),
+    ``"grid"`` (kernels/fused.cu: phases separated by grid-wide barriers), or ``"auto"`` (the default: the
+    cluster kernel where it fits, the grid kernel elsewhere; :meth:`kernel_choice` says which and why, per
+    batch size). Weights are double-buffered: a step writes the updated copy while other blocks may still read
+    the current one, and the two swap after each update."""
 
     name = "cuda-fused"
+    KERNELS = ("auto", "grid", "cluster")
 
     @classmethod
     def check_network(cls, network: Network) -> None:
@@ -213,12 +329,35 @@ class FusedCudaModel(CudaModel):
             raise ValueError(f"cuda-fused runs networks of up to {FUSED_MAX_LAYERS} layers; {network.name} has "
                              f"{network.n_layers}: use cuda-opt")
 
-    def __init__(self, network: Network, params: Params) -> None:
+    def __init__(self, network: Network, params: Params, kernel: str = "auto") -> None:
+        if kernel not in self.KERNELS:
+            raise ValueError(f"kernel: expected one of {', '.join(self.KERNELS)}, got {kernel!r}")
         super().__init__(network, params)
         info = gpu.info()
         if FUSED_SHARED_BYTES > info.max_shared_per_block_optin:
             raise BackendUnavailable(f"cuda-fused needs {FUSED_SHARED_BYTES} bytes of shared memory per block; "
                                      f"{info.name} allows {info.max_shared_per_block_optin}")
+        self._kernel_option = kernel
+        self._cluster: gpu.DriverKernel | None = None
+        self._no_cluster = ""  # why this GPU runs no cluster kernel ("" if it can)
+        if kernel != "grid":
+            if info.compute_capability < (9, 0):
+                self._no_cluster = f"{info.name} has no thread-block clusters (compute capability 9.0 or later)"
+                if kernel == "cluster":
+                    raise BackendUnavailable(f"cuda-fused's cluster kernel: {self._no_cluster}")
+            else:
+                self._cluster = gpu.DriverKernel(FUSED_CLUSTER, "fused_cluster", _ClusterArgs())
+                static = self._cluster.get_attribute(gpu.DriverKernel.SHARED_SIZE_BYTES)
+                self._cluster_limit = info.max_shared_per_block_optin - static
+                self._cluster.set_attribute(gpu.DriverKernel.MAX_DYNAMIC_SHARED_SIZE_BYTES, self._cluster_limit)
+                self._cluster_args = self._cluster.args
+                self._cluster_args.activation = self._activation
+                self._cluster_args.loss_kind = self._loss_kind
+                update = np.zeros(8 + 8 * FUSED_MAX_LAYERS, dtype=np.int32)
+                update[_CLUSTER_HEADER.index("n_layers")] = network.n_layers
+                self._cluster_update_table = torch.tensor(update, device=self._dev)
+        self._cluster_plans: dict[int, tuple[ClusterLayout | str, torch.Tensor | None]] = {}
+        self._update_kernel = "grid"  # the kernel of the last backprop, whose update arithmetic the update repeats
         self._kernel = fused_kernel()
         self._args = self._kernel.args
         self._barrier = torch.zeros(1, dtype=torch.int32, device=self._dev)
@@ -259,7 +398,32 @@ class FusedCudaModel(CudaModel):
         self._layer_table = torch.tensor(table.view(np.uint8), device=self._dev)
         self._args.layers = self._layer_table.data_ptr()
         self._args.loss_rows = self._loss_rows.data_ptr()
+        if self._cluster is not None:
+            self._cluster_args.layers = self._layer_table.data_ptr()
+            self._cluster_args.loss_rows = self._loss_rows.data_ptr()
         self._plans.clear()
+
+    def _cluster_plan(self, rows: int) -> tuple[ClusterLayout | str, torch.Tensor | None]:
+        plan = self._cluster_plans.get(rows)
+        if plan is None:
+            layout = cluster_layout(self.network, rows, self._cluster_limit)
+            table = None if isinstance(layout, str) else torch.tensor(layout.table, device=self._dev)
+            plan = self._cluster_plans[rows] = (layout, table)
+        return plan
+
+    def kernel_choice(self, batch_size: int) -> tuple[str, str]:
+        """The kernel a step of ``batch_size`` rows runs (``"cluster"`` or ``"grid"``) and why."""
+        if self._kernel_option == "grid":
+            return "grid", "the grid kernel was asked for"
+        if self._cluster is None:
+            return "grid", self._no_cluster
+        layout, _ = self._cluster_plan(batch_size)
+        if isinstance(layout, str):
+            if self._kernel_option == "cluster":
+                raise ValueError(f"{layout}: use kernel='grid' or 'auto'")
+            return "grid", layout
+        return "cluster", (f"fits in one cluster: {layout.ranks} blocks, {layout.shared_bytes // 1024} KiB of "
+                           f"shared memory each")
 
     def _plan(self, stage: str, batch: int) -> tuple[torch.Tensor, int, int]:
         key = (stage, batch)
@@ -281,6 +445,12 @@ class FusedCudaModel(CudaModel):
         """One launch of ``stage``'s phases, ``steps`` times over consecutive ``batch.size // steps``-row
         blocks of ``batch``; ``profile``: device pointer for the phase clock (0: none)."""
         rows = 0 if batch is None else batch.size // steps
+        kernel = self._update_kernel if stage == "update" else self.kernel_choice(rows)[0]
+        if stage in ("backprop", "step"):
+            self._update_kernel = kernel
+        if kernel == "cluster":
+            self._launch_cluster(stage, batch, rows, lr, weight_decay, profile, steps)
+            return
         phases, n_phases, grid = self._plan(stage, rows)
         args = self._args
         args.phases = phases.data_ptr()
@@ -297,6 +467,28 @@ class FusedCudaModel(CudaModel):
         args.weight_decay = weight_decay
         args.profile = profile
         self._kernel.launch(grid, FUSED_THREADS, FUSED_SHARED_BYTES)
+
+    def _launch_cluster(self, stage: str, batch: Batch | None, rows: int, lr: float, weight_decay: float,
+                        profile: int, steps: int) -> None:
+        """:meth:`_launch` on the cluster kernel (``profile``: rank 0's clock at the start and after each
+        step)."""
+        args = self._cluster_args
+        if batch is None:  # the update: elementwise over the blocks' rows, no shared-memory plan
+            ranks, shared, args.plan = cluster_ranks(self.network), 0, self._cluster_update_table.data_ptr()
+            args.X = args.T = args.batch = 0
+        else:
+            layout, table = self._cluster_plan(rows)
+            ranks, shared, args.plan = layout.ranks, layout.shared_bytes, table.data_ptr()
+            args.X = batch.X.data_ptr()
+            args.T = 0 if batch.T is None else batch.T.data_ptr()
+            args.batch = rows
+        args.mode = CLUSTER_MODES[stage]
+        args.n_steps = steps
+        args.parity = self._parity
+        args.lr = lr
+        args.weight_decay = weight_decay
+        args.profile = profile
+        self._cluster.launch(ranks, CLUSTER_THREADS, shared, cluster=ranks)
 
     # -- stages --------------------------------------------------------------------------------------------
     def forward(self, batch: Batch) -> None:
@@ -348,16 +540,17 @@ class FusedCudaModel(CudaModel):
     def _train_steps(self, batches: Batch, batch_size: int, lr: float, weight_decay: float,
                      phase_clock: bool = False) -> torch.Tensor | None:
         """:meth:`train_steps`; with ``phase_clock``, also block 0's clock at the start and after each phase
-        (``1 + steps x phases`` nanosecond values), which it returns."""
+        (``1 + steps x phases`` nanosecond values; the cluster kernel: after each step), which it returns."""
         self._start_steps(lr, weight_decay)
         steps = len(self._step_starts(batches, batch_size))
         if not (batches.X.is_contiguous() and batches.T.is_contiguous()):
             raise ValueError("train_steps reads the steps' rows at fixed strides: the batch must be contiguous "
                              "(take() and prepare() make contiguous batches)")
         clock = None
-        if phase_clock:
-            n_phases = self._plan("step", int(batch_size))[1]
-            clock = torch.zeros(1 + steps * n_phases, dtype=torch.int64, device=self._dev)
+        if phase_clock:  # the grid kernel's clock ticks after each phase, the cluster kernel's after each step
+            grid = self.kernel_choice(int(batch_size))[0] == "grid"
+            marks = self._plan("step", int(batch_size))[1] if grid else 1
+            clock = torch.zeros(1 + steps * marks, dtype=torch.int64, device=self._dev)
         self._launch("step", batches, lr, weight_decay, profile=0 if clock is None else clock.data_ptr(),
                      steps=steps)
         self._steps_done(steps, int(batch_size))
@@ -366,8 +559,11 @@ class FusedCudaModel(CudaModel):
 
 @dataclass(frozen=True)
 class LaunchPlan:
-    """What one cuda-fused launch runs: its phases in order and the blocks of its grid."""
+    """What one cuda-fused launch runs: its kernel (and why), its phases in order (the grid kernel's; the
+    cluster kernel has none) and the blocks of its grid."""
 
+    kernel: str
+    reason: str
     phases: tuple[Phase, ...]
     blocks: int
 
@@ -385,16 +581,31 @@ class FusedProfiler:
         self.model = model
 
     def plan(self, stage: str, batch_size: int) -> LaunchPlan:
-        """The phases and grid of ``stage`` at ``batch_size`` rows, as the model launches them."""
+        """The kernel, phases and grid of ``stage`` at ``batch_size`` rows, as the model launches them."""
         model = self.model
+        kernel, reason = model.kernel_choice(batch_size)
+        if kernel == "cluster":
+            layout, _ = model._cluster_plan(batch_size)
+            return LaunchPlan(kernel, reason, (), layout.ranks)
         _, _, blocks = model._plan(stage, batch_size)
-        return LaunchPlan(fused_plan(model.network, stage, batch_size, model._sm_count), blocks)
+        return LaunchPlan(kernel, reason, fused_plan(model.network, stage, batch_size, model._sm_count), blocks)
 
     def phase_times(self, batches: Batch, batch_size: int, lr: float, weight_decay: float = 0.0) -> np.ndarray:
-        """Microseconds of every phase of ``train_steps(batches, batch_size, ...)`` (one launch), in order:
-        ``steps x phases`` values, each from the end of the previous phase's barrier to the end of its own."""
+        """Microseconds of every phase of ``train_steps(batches, batch_size, ...)`` (one launch of the grid
+        kernel), in order: ``steps x phases`` values, each from the end of the previous phase's barrier to the
+        end of its own."""
+        if self.model.kernel_choice(batch_size)[0] != "grid":
+            raise ValueError("the cluster kernel runs no phases: step_times measures its steps")
         clock = self.model._train_steps(batches, batch_size, lr, weight_decay, phase_clock=True)
         return np.diff(clock.cpu().numpy()).astype(np.float64) / 1e3
+
+    def step_times(self, batches: Batch, batch_size: int, lr: float, weight_decay: float = 0.0) -> np.ndarray:
+        """Microseconds of every step of ``train_steps(batches, batch_size, ...)`` (one launch, either kernel)
+        by block 0's clock: the first from the kernel's start, each later one from the end of the step before."""
+        clock = self.model._train_steps(batches, batch_size, lr, weight_decay, phase_clock=True)
+        steps = batches.size // batch_size
+        marks = clock.cpu().numpy()[np.arange(steps + 1) * ((len(clock) - 1) // steps)]
+        return np.diff(marks).astype(np.float64) / 1e3
 
     def barrier(self, batch: Batch, blocks: int, repeats: int = 50) -> dict[str, float]:
         """GPU microseconds of a launch of one trivial phase (the output gradient of ``batch``) on ``blocks``
@@ -422,16 +633,23 @@ class FusedProfiler:
 
     def host_costs(self, batch: Batch, lr: float, count: int = 300, rounds: int = 5) -> dict[str, float]:
         """Host microseconds per call of ``train_step`` and of what it does: the batch check, setting the
-        kernel's arguments and launching, the bare ``cuLaunchKernel``. ``count`` calls back to back (few enough
-        that the launch queue never fills and throttles the host to the GPU), best of ``rounds``."""
+        kernel's arguments and launching, the bare ``cuLaunchKernel`` (``cuLaunchKernelEx`` for a cluster).
+        ``count`` calls back to back (few enough that the launch queue never fills and throttles the host to
+        the GPU), best of ``rounds``."""
         model = self.model
         model.train_step(batch, lr)
-        _, _, grid = model._plan("step", batch.size)
+        if model.kernel_choice(batch.size)[0] == "cluster":
+            layout, _ = model._cluster_plan(batch.size)
+            bare = "cuLaunchKernelEx alone", lambda: model._cluster.launch(layout.ranks, CLUSTER_THREADS,
+                                                                           layout.shared_bytes, cluster=layout.ranks)
+        else:
+            _, _, grid = model._plan("step", batch.size)
+            bare = "cuLaunchKernel alone", lambda: model._kernel.launch(grid, FUSED_THREADS, FUSED_SHARED_BYTES)
         candidates = {
             "train_step": lambda: model.train_step(batch, lr),
             "batch check": lambda: model._check_batch(batch, need_targets=True),
             "arguments + launch": lambda: model._launch("step", batch, lr),
-            "cuLaunchKernel alone": lambda: model._kernel.launch(grid, FUSED_THREADS, FUSED_SHARED_BYTES),
+            bare[0]: bare[1],
         }
         costs = {}
         for name, call in candidates.items():

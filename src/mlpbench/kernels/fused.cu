@@ -34,16 +34,17 @@
 // with the block barrier behind it, orders every later read of the block's threads, cp.async included), with
 // __ldcg or cp.async.
 // Constants (-D): KCHUNK (k values staged at once), HEAD_MAX (widest output layer FORWARD_HEAD serves),
-// UPDATE_CHUNK (elements of one SGD item), SPIN_LIMIT (barrier polls before the kernel gives up and traps).
+// UPDATE_CHUNK (elements of one SGD item), SPIN_LIMIT (barrier polls before the kernel gives up and traps),
+// MAX_LAYERS (entries of the layer table, fused_layers.cuh).
 // A non-null `profile` receives %globaltimer (ns) from block 0 at the start and after each phase's barrier
 // (1 + n_steps * n_phases values).
 // Compiled with no_extern_c; the kernel is extern "C".
 #include "common.cuh"
+#include "fused_layers.cuh"
 
 #define THREADS 256
 #define WARPS (THREADS / 32)
 #define MAX_TILE_ROWS 32  // micro (<= 2) x gm (<= 16)
-#define MAX_LAYERS 32     // the layer and phase tables are copied to shared memory at the start
 #define MAX_PHASES (2 * MAX_LAYERS + 2)
 
 #define PHASE_FORWARD 0
@@ -55,18 +56,6 @@
 
 #define FLAG_DELTA 1  // the output layer also writes dZ = (P - T) / batch
 #define FLAG_SGD 2    // backward phases also write the updated weights and biases
-
-// Mirrored by numpy dtypes in mlpbench/backends/cuda.py: keep the field order and sizes in step.
-struct Layer {
-    float* W[2];  // weights (n_out, n_in), current copy W[parity]
-    float* b[2];
-    float* dW;
-    float* db;
-    float* A;   // this layer's output (batch, n_out); the probabilities P for the output layer
-    float* dZ;  // gradient of the loss with respect to this layer's pre-activation (batch, n_out)
-    int n_in;
-    int n_out;
-};
 
 struct Tile {
     int micro;  // each thread computes micro x micro outputs (1 or 2)
@@ -85,7 +74,6 @@ struct Phase {
 };
 
 // Sizes the host's numpy dtypes are built to (tests check the Python side).
-static_assert(sizeof(Layer) == 72, "struct Layer changed: update _LAYER_DTYPE in backends/cuda.py");
 static_assert(sizeof(Phase) == 48, "struct Phase changed: update _PHASE_DTYPE in backends/cuda.py");
 
 struct Operand {

@@ -1,0 +1,329 @@
+// Rung 4, cuda-fused, for networks that fit on chip: the whole training step in one thread-block cluster.
+//
+// The grid kernel (fused.cu) pays a grid-wide barrier and a round trip to L2 for every phase. When the
+// network's weights and the batch's activations fit in the shared memory of one cluster (up to 8 blocks on
+// 8 SMs), this kernel keeps them there: block `rank` of the cluster owns the output columns
+// [n * rank / ranks, n * (rank + 1) / ranks) of every hidden layer (the rows of W and b that make them), and
+// every block holds the whole output layer, which it computes redundantly (the same bits in every block).
+// What crosses between blocks goes through distributed shared memory, ordered by cluster barriers:
+//   forward, hidden layer l   each block computes its columns of A_l and stores them into every block's
+//                             copy of A_l, then one cluster barrier: every block holds all of A_l.
+//   output layer              every block: logits, P, the loss and dZ (output_row), the weight gradient.
+//   backward, hidden layer l  dZ_l of the block's columns (from the layer above), its rows of dW_l and db_l
+//                             (A_{l-1} is whole in every block), and for l > 0 the block's partial input
+//                             gradient dZ_l[:, own] W_l[own, :]; after a cluster barrier each block adds the
+//                             partials of its columns of layer l - 1 from every block, in rank order.
+// A step of a network with one hidden layer therefore has one cluster barrier; each further hidden layer
+// adds two. Every sum runs in a fixed order (k in order, partials in rank order), so results repeat bit for
+// bit, and the stages (MODE_FORWARD, MODE_BACKPROP, MODE_UPDATE) compute exactly what MODE_STEP computes.
+//
+// MODE_STEP runs n_steps SGD steps on consecutive batch-row blocks of X and T with the weights kept in shared
+// memory, updated in place; global memory receives the last step's activations, losses and gradients and the
+// final weights (into copy W[parity ^ (n_steps & 1)], the copy the host makes current after the launch). The
+// stage modes read and write the same buffers as the grid kernel's stages: the backprop reads the forward's
+// activations, the update writes W[parity ^ 1] from W[parity] and the gradients.
+//
+// The shared-memory layout (every offset and row stride, in floats) is planned on the host
+// (mlpbench.backends.cuda_fused.cluster_layout) and passed as `plan`; row strides are odd so that rows at
+// consecutive indices fall in different banks.
+// Constants (-D): THREADS (threads per block), MAX_LAYERS (entries of the layer table).
+// A non-null `profile` receives %globaltimer (ns) from rank 0 at the start and after each step.
+// Compiled with no_extern_c; the kernel is extern "C".
+#include <cooperative_groups.h>
+
+#include "common.cuh"
+#include "fused_layers.cuh"
+
+namespace cg = cooperative_groups;
+
+#define WARPS (THREADS / 32)
+
+#define MODE_STEP 0
+#define MODE_FORWARD 1
+#define MODE_BACKPROP 2
+#define MODE_UPDATE 3
+
+// Where one layer lives in shared memory (floats). Hidden layers: w holds the block's rows of W (row stride
+// w_stride), b its bias entries, a the whole activation A_l (batch rows, stride a_stride), dz the block's
+// columns of dZ_l. The output layer: w, b whole, a the logits and then P, dz its output gradient.
+struct Slots {
+    int w, w_stride, b, a, a_stride, dz, dz_stride, unused;
+};
+
+// Mirrored by mlpbench.backends.cuda_fused (_CLUSTER_PLAN_DTYPE): keep the field order and sizes in step.
+struct ClusterPlan {
+    int x, x_stride;             // the batch's inputs
+    int partial[2], partial_stride;  // partial input gradients, alternating between layers
+    int loss;                    // per-row losses of the ranks that do not write them out
+    int n_layers, unused;
+    Slots layer[MAX_LAYERS];
+};
+
+static_assert(sizeof(ClusterPlan) == 32 + 32 * MAX_LAYERS, "struct ClusterPlan changed: update the host's dtype");
+
+__device__ __forceinline__ unsigned long long global_time() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
+    return t;
+}
+
+__device__ __forceinline__ int slice_begin(int n, int rank, int ranks) { return (int)((long)n * rank / ranks); }
+
+// The SGD step of one weight and one bias, the same expressions in the fused step and the update stage.
+__device__ __forceinline__ float sgd_weight(float w, float g, float lr, float decay) {
+    return w - lr * (g + decay * w);
+}
+__device__ __forceinline__ float sgd_bias(float b, float g, float lr) { return b - lr * g; }
+
+// C(m, n) = sum over k in order of a[m * a_row + k * a_col] * b[n * b_row + k * b_col] for m < M, n < N (both
+// operands in shared memory); the block's threads take consecutive outputs, n fastest; epilogue(m, n, sum).
+template <class Epilogue>
+__device__ __forceinline__ void block_product(int M, int N, int K, const float* a, int a_row, int a_col,
+                                              const float* b, int b_row, int b_col, Epilogue epilogue) {
+    for (int o = threadIdx.x; o < M * N; o += THREADS) {
+        const int m = o / N, n = o - m * N;
+        const float* pa = a + m * a_row;
+        const float* pb = b + n * b_row;
+        float sum = 0.0f;
+#pragma unroll 8
+        for (int k = 0; k < K; ++k) sum = fmaf(pa[k * a_col], pb[k * b_col], sum);
+        epilogue(m, n, sum);
+    }
+}
+
+// rows x cols floats from global (row stride src_stride) into shared memory (row stride dst_stride).
+__device__ __forceinline__ void load_rows(float* dst, int dst_stride, const float* src, int src_stride, int rows,
+                                          int cols) {
+    for (int e = threadIdx.x; e < rows * cols; e += THREADS) {
+        const int r = e / cols, c = e - r * cols;
+        dst[r * dst_stride + c] = __ldcg(src + (long)r * src_stride + c);
+    }
+}
+
+struct Context {
+    const Layer* layers;
+    const ClusterPlan* plan;
+    float* smem;
+    int rank, ranks, batch, activation, loss_kind;
+    float lr, decay;
+
+    __device__ int n_layers() const { return plan->n_layers; }
+    __device__ int begin(int l) const { return slice_begin(layers[l].n_out, rank, ranks); }
+    __device__ int width(int l) const { return slice_begin(layers[l].n_out, rank + 1, ranks) - begin(l); }
+    __device__ float* at(int offset) const { return smem + offset; }
+    // The input of layer l in shared memory, and its row stride.
+    __device__ const float* input(int l) const { return l == 0 ? at(plan->x) : at(plan->layer[l - 1].a); }
+    __device__ int input_stride(int l) const { return l == 0 ? plan->x_stride : plan->layer[l - 1].a_stride; }
+};
+
+// The block's rows of every hidden layer's W and b, and the whole output layer, from copy `parity`.
+__device__ void load_weights(const Context& c, int parity) {
+    const int head = c.n_layers() - 1;
+    for (int l = 0; l <= head; ++l) {
+        const Layer& layer = c.layers[l];
+        const Slots& q = c.plan->layer[l];
+        const int first = l < head ? c.begin(l) : 0, rows = l < head ? c.width(l) : layer.n_out;
+        load_rows(c.at(q.w), q.w_stride, layer.W[parity] + (long)first * layer.n_in, layer.n_in, rows, layer.n_in);
+        load_rows(c.at(q.b), rows, layer.b[parity] + first, rows, 1, rows);
+    }
+}
+
+// The block's rows of every hidden layer's W and b, and (rank 0) the output layer's, into copy `parity`.
+__device__ void store_weights(const Context& c, int parity) {
+    const int head = c.n_layers() - 1;
+    for (int l = 0; l <= head; ++l) {
+        if (l == head && c.rank != 0) break;
+        const Layer& layer = c.layers[l];
+        const Slots& q = c.plan->layer[l];
+        const int first = l < head ? c.begin(l) : 0, rows = l < head ? c.width(l) : layer.n_out;
+        float* W = layer.W[parity] + (long)first * layer.n_in;
+        for (int e = threadIdx.x; e < rows * layer.n_in; e += THREADS) {
+            const int r = e / layer.n_in, k = e - r * layer.n_in;
+            W[e] = c.at(q.w)[r * q.w_stride + k];
+        }
+        for (int j = threadIdx.x; j < rows; j += THREADS) layer.b[parity][first + j] = c.at(q.b)[j];
+    }
+}
+
+// Forward pass of the batch already in shared memory; `delta`: also the output gradient; `out`: write the
+// activations, P and the losses to global memory.
+__device__ void forward(const Context& c, cg::cluster_group& cluster, const float* T, float* loss_rows, bool delta,
+                        bool out) {
+    const int head = c.n_layers() - 1, B = c.batch;
+    for (int l = 0; l < head; ++l) {
+        const Layer& layer = c.layers[l];
+        const Slots& q = c.plan->layer[l];
+        const int first = c.begin(l), n_out = layer.n_out;
+        const float* bias = c.at(q.b);
+        float* a = c.at(q.a);
+        block_product(B, c.width(l), layer.n_in, c.input(l), c.input_stride(l), 1, c.at(q.w), q.w_stride, 1,
+                      [&](int m, int n, float z) {
+                          const float v = activate(c.activation, z + bias[n]);
+                          const int at = m * q.a_stride + first + n;
+                          for (int p = 0; p < c.ranks; ++p) cluster.map_shared_rank(a, p)[at] = v;
+                          if (out) layer.A[(long)m * n_out + first + n] = v;
+                      });
+        cluster.sync();  // every block's columns of A_l are in every block
+    }
+    const Layer& layer = c.layers[head];
+    const Slots& q = c.plan->layer[head];
+    const int n_out = layer.n_out;
+    float* z = c.at(q.a);
+    block_product(B, n_out, layer.n_in, c.input(head), c.input_stride(head), 1, c.at(q.w), q.w_stride, 1,
+                  [&](int m, int n, float v) { z[m * n_out + n] = v; });
+    __syncthreads();
+    const bool loss_out = out && c.rank == 0;
+    for (int r = threadIdx.x / 32; r < B; r += WARPS) {
+        const long row = (long)r * n_out;
+        output_row(z + row, c.at(q.b), T ? T + row : nullptr, delta ? c.at(q.dz) + row : nullptr,
+                   loss_out ? loss_rows + r : c.at(c.plan->loss) + r, n_out, c.loss_kind, (float)B);
+    }
+    __syncthreads();
+    if (loss_out)
+        for (int e = threadIdx.x; e < B * n_out; e += THREADS) layer.A[e] = z[e];
+}
+
+// Backward pass from the output gradient in shared memory; `sgd`: update the weights in shared memory in
+// place; `out`: write the gradients to global memory.
+__device__ void backward(const Context& c, cg::cluster_group& cluster, bool sgd, bool out) {
+    const int head = c.n_layers() - 1, B = c.batch;
+    {
+        const Layer& layer = c.layers[head];
+        const Slots& q = c.plan->layer[head];
+        const int n_out = layer.n_out, n_in = layer.n_in;
+        const float* dz = c.at(q.dz);
+        float* w = c.at(q.w);
+        if (head > 0) {  // dZ of the last hidden layer's own columns, from the whole output layer
+            const Slots& below = c.plan->layer[head - 1];
+            const int first = c.begin(head - 1);
+            const float* a = c.at(below.a);
+            float* dz_below = c.at(below.dz);
+            block_product(B, c.width(head - 1), n_out, dz, n_out, 1, w + first, 1, q.w_stride,
+                          [&](int m, int n, float v) {
+                              dz_below[m * below.dz_stride + n] =
+                                  v * activation_derivative(c.activation, a[m * below.a_stride + first + n]);
+                          });
+            __syncthreads();  // the old weights have been read
+        }
+        const bool write = out && c.rank == 0;
+        block_product(n_out, n_in, B, dz, 1, n_out, c.input(head), 1, c.input_stride(head),
+                      [&](int m, int n, float g) {
+                          if (write) layer.dW[(long)m * n_in + n] = g;
+                          if (sgd) w[m * q.w_stride + n] = sgd_weight(w[m * q.w_stride + n], g, c.lr, c.decay);
+                      });
+        for (int j = threadIdx.x; j < n_out; j += THREADS) {
+            float g = 0.0f;
+            for (int r = 0; r < B; ++r) g += dz[r * n_out + j];
+            if (write) layer.db[j] = g;
+            if (sgd) c.at(q.b)[j] = sgd_bias(c.at(q.b)[j], g, c.lr);
+        }
+    }
+    for (int l = head - 1; l >= 0; --l) {
+        const Layer& layer = c.layers[l];
+        const Slots& q = c.plan->layer[l];
+        const int n_in = layer.n_in, first = c.begin(l), rows = c.width(l);
+        const float* dz = c.at(q.dz);
+        float* w = c.at(q.w);
+        float* partial = c.at(c.plan->partial[l & 1]);
+        const int ps = c.plan->partial_stride;
+        if (l > 0) {
+            block_product(B, n_in, rows, dz, q.dz_stride, 1, w, 1, q.w_stride,
+                          [&](int m, int n, float v) { partial[m * ps + n] = v; });
+            __syncthreads();  // the old weights have been read
+        }
+        block_product(rows, n_in, B, dz, 1, q.dz_stride, c.input(l), 1, c.input_stride(l),
+                      [&](int m, int n, float g) {
+                          if (out) layer.dW[(long)(first + m) * n_in + n] = g;
+                          if (sgd) w[m * q.w_stride + n] = sgd_weight(w[m * q.w_stride + n], g, c.lr, c.decay);
+                      });
+        for (int j = threadIdx.x; j < rows; j += THREADS) {
+            float g = 0.0f;
+            for (int r = 0; r < B; ++r) g += dz[r * q.dz_stride + j];
+            if (out) layer.db[first + j] = g;
+            if (sgd) c.at(q.b)[j] = sgd_bias(c.at(q.b)[j], g, c.lr);
+        }
+        if (l == 0) break;
+        cluster.sync();  // every block's partial is complete
+        const Slots& below = c.plan->layer[l - 1];
+        const int below_first = c.begin(l - 1), below_rows = c.width(l - 1);
+        const float* a = c.at(below.a);
+        float* dz_below = c.at(below.dz);
+        for (int e = threadIdx.x; e < B * below_rows; e += THREADS) {
+            const int m = e / below_rows, n = e - m * below_rows;
+            const int at = m * ps + below_first + n;
+            float v = 0.0f;
+            for (int p = 0; p < c.ranks; ++p) v += cluster.map_shared_rank(partial, p)[at];
+            dz_below[m * below.dz_stride + n] =
+                v * activation_derivative(c.activation, a[m * below.a_stride + below_first + n]);
+        }
+        __syncthreads();
+    }
+}
+
+// The update stage: W[parity ^ 1] = W[parity] - lr (dW + wd W[parity]), b likewise, over the block's rows of
+// the hidden layers and (rank 0) the output layer.
+__device__ void update(const Context& c, int parity) {
+    const int head = c.n_layers() - 1;
+    for (int l = 0; l <= head; ++l) {
+        if (l == head && c.rank != 0) break;
+        const Layer& layer = c.layers[l];
+        const int first = l < head ? c.begin(l) : 0, rows = l < head ? c.width(l) : layer.n_out;
+        const long begin = (long)first * layer.n_in, end = begin + (long)rows * layer.n_in;
+        for (long e = begin + threadIdx.x; e < end; e += THREADS)
+            layer.W[parity ^ 1][e] = sgd_weight(layer.W[parity][e], __ldcg(layer.dW + e), c.lr, c.decay);
+        for (int j = first + threadIdx.x; j < first + rows; j += THREADS)
+            layer.b[parity ^ 1][j] = sgd_bias(layer.b[parity][j], __ldcg(layer.db + j), c.lr);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS, 1)
+    fused_cluster(const Layer* layers_in, const ClusterPlan* plan_in, int mode, const float* X, const float* T,
+                  float* loss_rows, int batch, int n_steps, int activation, int loss_kind, int parity, float lr,
+                  float weight_decay, unsigned long long* profile) {
+    extern __shared__ __align__(16) float smem[];
+    __shared__ Layer layer_table[MAX_LAYERS];
+    __shared__ ClusterPlan plan;
+    cg::cluster_group cluster = cg::this_cluster();
+    for (int i = threadIdx.x; i < (int)(sizeof(ClusterPlan) / 4); i += THREADS)
+        reinterpret_cast<int*>(&plan)[i] = __ldg(reinterpret_cast<const int*>(plan_in) + i);
+    __syncthreads();
+    const int n_layers = plan.n_layers, head = n_layers - 1;
+    for (int i = threadIdx.x; i < n_layers * (int)(sizeof(Layer) / 4); i += THREADS)
+        reinterpret_cast<int*>(layer_table)[i] = __ldg(reinterpret_cast<const int*>(layers_in) + i);
+    __syncthreads();
+    const Context c = {layer_table, &plan, smem, (int)cluster.block_rank(), (int)cluster.num_blocks(), batch,
+                       activation, loss_kind, lr, weight_decay};
+    const int n_in = layer_table[0].n_in, n_out = layer_table[head].n_out;
+    const bool clock = profile != nullptr && c.rank == 0 && threadIdx.x == 0;
+    if (clock) profile[0] = global_time();
+    if (mode == MODE_UPDATE) {
+        update(c, parity);
+        return;
+    }
+    load_weights(c, parity);
+    if (mode == MODE_BACKPROP) {  // the forward's activations and P, whole, from global memory
+        load_rows(c.at(plan.x), plan.x_stride, X, n_in, batch, n_in);
+        for (int l = 0; l < head; ++l)
+            load_rows(c.at(plan.layer[l].a), plan.layer[l].a_stride, layer_table[l].A, layer_table[l].n_out, batch,
+                      layer_table[l].n_out);
+        float* dz = c.at(plan.layer[head].dz);
+        for (int e = threadIdx.x; e < batch * n_out; e += THREADS)
+            dz[e] = (__ldcg(layer_table[head].A + e) - T[e]) / (float)batch;  // as output_row's dZ
+        __syncthreads();
+        backward(c, cluster, false, true);
+        return;
+    }
+    for (int step = 0; step < n_steps; ++step) {
+        const bool last = step == n_steps - 1;
+        load_rows(c.at(plan.x), plan.x_stride, X + (long)step * batch * n_in, n_in, batch, n_in);
+        __syncthreads();
+        const float* targets = T ? T + (long)step * batch * n_out : nullptr;
+        forward(c, cluster, targets, loss_rows, mode == MODE_STEP, last);
+        if (mode == MODE_FORWARD) break;
+        backward(c, cluster, true, last);
+        // The next step's stores into other blocks' activations wait until every block is done with these.
+        cluster.sync();
+        if (clock) profile[1 + step] = global_time();
+    }
+    if (mode == MODE_STEP) store_weights(c, parity ^ (n_steps & 1));
+}
