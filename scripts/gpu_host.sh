@@ -11,6 +11,7 @@
 # resumes where it stopped when started again) and packs the run folder into $OUT/run.tar.gz.
 # Environment: OUT (default ./gpu-host-out), WHEELS (default .whl: pycuda, cffi, ... for the host's Python),
 # TEST_WHEELS (default .whl-test: pytest, where the host has none), PYTEST_ARGS, BENCH_ARGS, SANITIZE_TOOLS,
+# SANITIZE_ARGS (options of scripts/gpu_sanitize.py),
 # SANITIZE_TIMEOUT (seconds per tool), RUN_ID (default gpu-host), SWEEP_ARGS, SWEEP_TIMEOUT (seconds).
 set -uo pipefail
 
@@ -66,7 +67,7 @@ if has sanitize; then
     for tool in ${SANITIZE_TOOLS:-memcheck racecheck synccheck}; do
         start=$SECONDS
         timeout "$SANITIZE_TIMEOUT" compute-sanitizer --tool "$tool" --error-exitcode 9 \
-            python3 scripts/gpu_sanitize.py >"$LOGS/sanitize-$tool.log" 2>&1
+            python3 scripts/gpu_sanitize.py ${SANITIZE_ARGS:-} >"$LOGS/sanitize-$tool.log" 2>&1
         status=$?
         note "compute-sanitizer $tool: exit $status ($((SECONDS - start)) s): $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$LOGS/sanitize-$tool.log" | tail -1)"
     done

@@ -1,7 +1,7 @@
 """Run every CUDA kernel of the project once on small inputs, for compute-sanitizer:
 
     compute-sanitizer --tool memcheck  --error-exitcode 9 python scripts/gpu_sanitize.py
-    compute-sanitizer --tool racecheck --error-exitcode 9 python scripts/gpu_sanitize.py
+    compute-sanitizer --tool racecheck --error-exitcode 9 python scripts/gpu_sanitize.py [--fused-only]
 
 Covers each rung's forward, backprop, update and train_step (cuda-opt on both its float4 and its scalar
 kernels), cuda-fused's grid kernel (its single-warp and separate output heads, its two k-chunk weight
@@ -14,6 +14,7 @@ the float64 reference (:func:`mlpbench.verify.check_stages`). Prints the kernels
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import numpy as np
@@ -34,9 +35,14 @@ CASES = [
 def main() -> int:
     import torch
 
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fused-only", action="store_true", help="cuda-fused's two kernels only")
+    args = parser.parse_args()
     failures = []
     variants = [("cuda-naive", {}), ("cuda-tiled", {}), ("cuda-opt", {}), ("cuda-fused", {"kernel": "grid"}),
                 ("cuda-fused", {"kernel": "cluster"}), ("cuda-cublas", {})]
+    if args.fused_only:
+        variants = [(backend, options) for backend, options in variants if backend == "cuda-fused"]
     for backend, options in variants:
         for net, batch in CASES:
             check = check_stages(backend, net, batch, seed=batch, **options)
@@ -53,7 +59,7 @@ def main() -> int:
                   f"{max(check.relative.values()):.2e}, scaled {max(check.scaled.values()):.2f}", flush=True)
             if not check.passed:
                 failures.append((name, net.name, check.scaled))
-    for version in cuda.KERNELS:
+    for version in () if args.fused_only else cuda.KERNELS:
         for layout in cuda.LAYOUTS:
             A = torch.randn(33, 20, device="cuda")
             B = torch.randn(20 if layout != "nt" else 17, 17 if layout != "nt" else 20, device="cuda")
@@ -62,7 +68,7 @@ def main() -> int:
             cuda.matmul(A, B, version, layout)
     products = cuda._products("opt")
     M, N, K = 36, 68, 100
-    for config in cuda.OPT_CONFIGS:
+    for config in () if args.fused_only else cuda.OPT_CONFIGS:
         if config in cuda.OPT_SMALL_CONFIGS:
             continue
         for layout in cuda.LAYOUTS:
