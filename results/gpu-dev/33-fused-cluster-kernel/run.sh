@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Run 33 on the GPU host: a smoke check of cuda-fused's cluster kernel, then the bench (host, profile and
+# steps of digits and moons-5h300 on both fused kernels and torch-gpu-graph) and the fused GPU tests; with
+# "sanitize", compute-sanitizer's three tools on the fused kernels instead.
+set -u
+OUT=${OUT:?}
+mkdir -p "$OUT/logs"
+{ date -u; uptime; nproc; nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv; } \
+    >"$OUT/machine.txt" 2>&1
+git rev-parse HEAD >"$OUT/commit.txt" 2>/dev/null || true
+if [[ "${1:-}" == sanitize ]]; then
+    SANITIZE_ARGS=--fused-only SANITIZE_TIMEOUT=170 bash scripts/gpu_host.sh setup,sanitize
+    exit
+fi
+OUT=$OUT bash scripts/gpu_host.sh setup
+export PYTHONPATH=/tmp/site:$PWD/src:$PWD/tests PATH=/tmp/site/bin:$PATH MLPBENCH_KERNEL_CACHE=/tmp/mlpbench-kernels
+timeout 120 python3 - >"$OUT/logs/smoke.log" 2>&1 <<'PY'
+from mlpbench import Network
+from mlpbench.network import PRESETS
+from mlpbench.verify import check_stages
+for net, batch in [(PRESETS["digits"], 32), (Network((6, 20, 9, 4), "relu", "softmax-ce"), 13),
+                   (Network((5, 40), "tanh", "softmax-ce"), 9)]:
+    check = check_stages("cuda-fused", net, batch, seed=1, kernel="cluster")
+    print(net.name, batch, "passed" if check.passed else "FAILED", check.scaled, flush=True)
+PY
+echo "smoke: exit $?" | tee -a "$OUT/logs/summary.txt"
+cat "$OUT/logs/smoke.log"
+grep -q FAILED "$OUT/logs/smoke.log" && exit 1
+grep -c passed "$OUT/logs/smoke.log" | grep -q 3 || exit 1
+BENCH_ARGS="--sections host,profile,steps --cases digits,moons-5h300 --backends cuda-fused,cuda-fused:grid,torch-gpu-graph" \
+    PYTEST_ARGS="-p no:randomly tests/test_gpu_planning.py tests/test_kernels_compile.py tests/test_gpu_backends.py -k fused" \
+    timeout 420 bash scripts/gpu_host.sh bench,test
+uptime >>"$OUT/machine.txt"
