@@ -290,6 +290,8 @@ class DriverKernel:
         fields = [field[0] for field in args._fields_]
         self._pointers = (ctypes.c_void_p * len(fields))(*[base + getattr(type(args), f).offset for f in fields])
         self._launch = _driver().cuLaunchKernel
+        self._launch_ex = _driver().cuLaunchKernelEx
+        self._configs: dict[tuple[int, ...], tuple[Any, _LaunchConfig, _LaunchAttribute]] = {}
         self.name = name
 
     def set_attribute(self, attribute: int, value: int) -> None:
@@ -309,11 +311,15 @@ class DriverKernel:
         if cluster == 1:
             result = self._launch(self.function, x, y, z, block, 1, 1, shared_bytes, None, self._pointers, None)
         else:
-            attribute = _LaunchAttribute(id=_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION)
-            attribute.value[0], attribute.value[1], attribute.value[2] = cluster, 1, 1
-            config = _LaunchConfig(grid=(ctypes.c_uint * 3)(x, y, z), block=(ctypes.c_uint * 3)(block, 1, 1),
-                                   shared=shared_bytes, stream=None, attrs=ctypes.pointer(attribute), n_attrs=1)
-            result = _driver().cuLaunchKernelEx(ctypes.byref(config), self.function, self._pointers, None)
+            key = (x, y, z, block, shared_bytes, cluster)
+            config = self._configs.get(key)
+            if config is None:  # built once per shape: the structs cost microseconds of host time per launch
+                attribute = _LaunchAttribute(id=_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION)
+                attribute.value[0], attribute.value[1], attribute.value[2] = cluster, 1, 1
+                launch = _LaunchConfig(grid=(ctypes.c_uint * 3)(x, y, z), block=(ctypes.c_uint * 3)(block, 1, 1),
+                                       shared=shared_bytes, stream=None, attrs=ctypes.pointer(attribute), n_attrs=1)
+                config = self._configs[key] = (ctypes.byref(launch), launch, attribute)
+            result = self._launch_ex(config[0], self.function, self._pointers, None)
         if result:
             _check(result, f"launching {self.name}")
 

@@ -80,7 +80,7 @@ class _ClusterArgs(ctypes.Structure):
 CLUSTER_MODES = {"step": 0, "forward": 1, "backprop": 2, "update": 3}
 # Mirror of struct ClusterPlan in kernels/fused_cluster.cu: eight header ints, then eight per layer.
 _SLOT_FIELDS = ("w", "w_stride", "b", "a", "a_stride", "dz", "dz_stride", "unused")
-_CLUSTER_HEADER = ("x", "x_stride", "partial0", "partial1", "partial_stride", "loss", "n_layers", "unused")
+_CLUSTER_HEADER = ("x", "x_stride", "partial0", "partial1", "partial_stride", "loss", "n_layers", "t")
 
 
 def fused_kernel() -> gpu.DriverKernel:
@@ -125,10 +125,10 @@ def cluster_layout(network: Network, batch: int, shared_limit: int) -> ClusterLa
     """The cluster kernel's shared-memory plan for ``network`` on ``batch`` rows, or, when a block would need
     more than ``shared_limit`` bytes, the reason it does not fit (the grid kernel then runs it).
 
-    Per block (floats; every row stride odd, every region 16-byte aligned): the batch's inputs; per hidden
-    layer its rows of W and b (a ``ranks``-th of its outputs, rounded up), the whole activation and the
-    block's columns of dZ; the whole output layer with its logits and output gradient; two buffers of partial
-    input gradients (networks of two or more hidden layers); the per-row losses."""
+    Per block (floats; every row stride odd, every region 16-byte aligned): the batch's inputs and targets;
+    per hidden layer its rows of W and b (a ``ranks``-th of its outputs, rounded up), the whole activation
+    and the block's columns of dZ; the whole output layer with its logits and output gradient; two buffers of
+    partial input gradients (networks of two or more hidden layers); the per-row losses."""
     ranks = cluster_ranks(network)
     head = network.n_layers - 1
     used = 0
@@ -146,6 +146,7 @@ def cluster_layout(network: Network, batch: int, shared_limit: int) -> ClusterLa
     header["n_layers"] = network.n_layers
     header["x_stride"] = odd(network.sizes[0])
     header["x"] = region(batch * header["x_stride"])
+    header["t"] = region(batch * network.n_outputs)
     slots = []
     for layer, (n_out, n_in) in enumerate(network.layer_shapes):
         rows = n_out if layer == head else cdiv(n_out, ranks)

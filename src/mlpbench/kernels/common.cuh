@@ -107,3 +107,11 @@ __device__ __forceinline__ void output_row(float* Z, const float* bias, const fl
         if (lane == 0) *loss_row = loss;
     }
 }
+
+// 4-byte asynchronous copy global -> shared (cp.async.ca: 16-byte copies would need 16-byte aligned rows).
+__device__ __forceinline__ void copy_async(float* dst, const float* src) {
+    const unsigned int to = static_cast<unsigned int>(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(to), "l"(src) : "memory");
+}
+
+__device__ __forceinline__ void copy_async_wait() { asm volatile("cp.async.wait_all;" ::: "memory"); }

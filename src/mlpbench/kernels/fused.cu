@@ -136,14 +136,6 @@ __device__ __forceinline__ void grid_barrier(unsigned int* counter, unsigned int
     __syncthreads();
 }
 
-// 4-byte asynchronous copy global -> shared (cp.async.ca: 16-byte copies would need 16-byte aligned rows).
-__device__ __forceinline__ void copy_async(float* dst, const float* src) {
-    const unsigned int to = static_cast<unsigned int>(__cvta_generic_to_shared(dst));
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(to), "l"(src) : "memory");
-}
-
-__device__ __forceinline__ void copy_async_wait() { asm volatile("cp.async.wait_all;" ::: "memory"); }
-
 // Queue copies of rows r0 .. r0 + rows - 1, k = k0 .. k0 + kc - 1 of an operand into stage[k * (rows + 1) + r];
 // rows past the matrix's end are stored as 0. Warps and lanes run along whichever index is contiguous in
 // memory. Complete with copy_async_wait() and a block barrier.

@@ -50,16 +50,18 @@ struct Slots {
     int w, w_stride, b, a, a_stride, dz, dz_stride, unused;
 };
 
-// Mirrored by mlpbench.backends.cuda_fused (_CLUSTER_PLAN_DTYPE): keep the field order and sizes in step.
+// Mirrored by mlpbench.backends.cuda_fused (_CLUSTER_HEADER, _SLOT_FIELDS): keep the field order in step.
 struct ClusterPlan {
     int x, x_stride;             // the batch's inputs
     int partial[2], partial_stride;  // partial input gradients, alternating between layers
     int loss;                    // per-row losses of the ranks that do not write them out
-    int n_layers, unused;
+    int n_layers;
+    int t;                       // the batch's targets
     Slots layer[MAX_LAYERS];
 };
 
-static_assert(sizeof(ClusterPlan) == 32 + 32 * MAX_LAYERS, "struct ClusterPlan changed: update the host's dtype");
+static_assert(sizeof(ClusterPlan) == 32 + 32 * MAX_LAYERS,
+              "struct ClusterPlan changed: update _CLUSTER_HEADER and _SLOT_FIELDS in backends/cuda_fused.py");
 
 __device__ __forceinline__ unsigned long long global_time() {
     unsigned long long t;
@@ -75,8 +77,11 @@ __device__ __forceinline__ float sgd_weight(float w, float g, float lr, float de
 }
 __device__ __forceinline__ float sgd_bias(float b, float g, float lr) { return b - lr * g; }
 
-// C(m, n) = sum over k in order of a[m * a_row + k * a_col] * b[n * b_row + k * b_col] for m < M, n < N (both
-// operands in shared memory); the block's threads take consecutive outputs, n fastest; epilogue(m, n, sum).
+// C(m, n) = sum over k of a[m * a_row + k * a_col] * b[n * b_row + k * b_col] for m < M, n < N (both operands in
+// shared memory); the block's threads take consecutive outputs, n fastest; epilogue(m, n, sum). Four partial
+// sums (k mod 4 over the whole groups of four, each in k order, the last K mod 4 terms onto the first; added as
+// (s0 + s1) + (s2 + s3)) shorten the chain of dependent multiply-adds that bounds these short products; the
+// order is fixed, so every call repeats bit for bit.
 template <class Epilogue>
 __device__ __forceinline__ void block_product(int M, int N, int K, const float* a, int a_row, int a_col,
                                               const float* b, int b_row, int b_col, Epilogue epilogue) {
@@ -84,19 +89,39 @@ __device__ __forceinline__ void block_product(int M, int N, int K, const float* 
         const int m = o / N, n = o - m * N;
         const float* pa = a + m * a_row;
         const float* pb = b + n * b_row;
-        float sum = 0.0f;
-#pragma unroll 8
-        for (int k = 0; k < K; ++k) sum = fmaf(pa[k * a_col], pb[k * b_col], sum);
-        epilogue(m, n, sum);
+        float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        int k = 0;
+#pragma unroll 2
+        for (; k + 4 <= K; k += 4) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) s[j] = fmaf(pa[(k + j) * a_col], pb[(k + j) * b_col], s[j]);
+        }
+        for (; k < K; ++k) s[0] = fmaf(pa[k * a_col], pb[k * b_col], s[0]);
+        epilogue(m, n, (s[0] + s[1]) + (s[2] + s[3]));
     }
 }
 
-// rows x cols floats from global (row stride src_stride) into shared memory (row stride dst_stride).
+// Sum of rows 0 .. rows - 1 of column j (row stride `stride`): a bias gradient over the batch, four partial
+// sums as in block_product.
+__device__ __forceinline__ float column_sum(const float* data, int stride, int rows, int j) {
+    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    int r = 0;
+    for (; r + 4 <= rows; r += 4) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) s[i] += data[(r + i) * stride + j];
+    }
+    for (; r < rows; ++r) s[0] += data[r * stride + j];
+    return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+// Queue asynchronous copies of rows x cols floats from global (row stride src_stride) into shared memory (row
+// stride dst_stride): every copy of a launch's start in flight at once. Complete with copy_async_wait() and a
+// block barrier.
 __device__ __forceinline__ void load_rows(float* dst, int dst_stride, const float* src, int src_stride, int rows,
                                           int cols) {
     for (int e = threadIdx.x; e < rows * cols; e += THREADS) {
         const int r = e / cols, c = e - r * cols;
-        dst[r * dst_stride + c] = __ldcg(src + (long)r * src_stride + c);
+        copy_async(dst + r * dst_stride + c, src + (long)r * src_stride + c);
     }
 }
 
@@ -116,7 +141,7 @@ struct Context {
     __device__ int input_stride(int l) const { return l == 0 ? plan->x_stride : plan->layer[l - 1].a_stride; }
 };
 
-// The block's rows of every hidden layer's W and b, and the whole output layer, from copy `parity`.
+// Queue the block's rows of every hidden layer's W and b, and the whole output layer, from copy `parity`.
 __device__ void load_weights(const Context& c, int parity) {
     const int head = c.n_layers() - 1;
     for (int l = 0; l <= head; ++l) {
@@ -145,9 +170,9 @@ __device__ void store_weights(const Context& c, int parity) {
     }
 }
 
-// Forward pass of the batch already in shared memory; `delta`: also the output gradient; `out`: write the
-// activations, P and the losses to global memory.
-__device__ void forward(const Context& c, cg::cluster_group& cluster, const float* T, float* loss_rows, bool delta,
+// Forward pass of the batch already in shared memory (its targets too, if `labelled`); `delta`: also the output
+// gradient; `out`: write the activations, P and the losses to global memory.
+__device__ void forward(const Context& c, cg::cluster_group& cluster, bool labelled, float* loss_rows, bool delta,
                         bool out) {
     const int head = c.n_layers() - 1, B = c.batch;
     for (int l = 0; l < head; ++l) {
@@ -175,7 +200,7 @@ __device__ void forward(const Context& c, cg::cluster_group& cluster, const floa
     const bool loss_out = out && c.rank == 0;
     for (int r = threadIdx.x / 32; r < B; r += WARPS) {
         const long row = (long)r * n_out;
-        output_row(z + row, c.at(q.b), T ? T + row : nullptr, delta ? c.at(q.dz) + row : nullptr,
+        output_row(z + row, c.at(q.b), labelled ? c.at(c.plan->t) + row : nullptr, delta ? c.at(q.dz) + row : nullptr,
                    loss_out ? loss_rows + r : c.at(c.plan->loss) + r, n_out, c.loss_kind, (float)B);
     }
     __syncthreads();
@@ -212,8 +237,7 @@ __device__ void backward(const Context& c, cg::cluster_group& cluster, bool sgd,
                           if (sgd) w[m * q.w_stride + n] = sgd_weight(w[m * q.w_stride + n], g, c.lr, c.decay);
                       });
         for (int j = threadIdx.x; j < n_out; j += THREADS) {
-            float g = 0.0f;
-            for (int r = 0; r < B; ++r) g += dz[r * n_out + j];
+            const float g = column_sum(dz, n_out, B, j);
             if (write) layer.db[j] = g;
             if (sgd) c.at(q.b)[j] = sgd_bias(c.at(q.b)[j], g, c.lr);
         }
@@ -237,8 +261,7 @@ __device__ void backward(const Context& c, cg::cluster_group& cluster, bool sgd,
                           if (sgd) w[m * q.w_stride + n] = sgd_weight(w[m * q.w_stride + n], g, c.lr, c.decay);
                       });
         for (int j = threadIdx.x; j < rows; j += THREADS) {
-            float g = 0.0f;
-            for (int r = 0; r < B; ++r) g += dz[r * q.dz_stride + j];
+            const float g = column_sum(dz, q.dz_stride, B, j);
             if (out) layer.db[first + j] = g;
             if (sgd) c.at(q.b)[j] = sgd_bias(c.at(q.b)[j], g, c.lr);
         }
@@ -306,6 +329,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         for (int l = 0; l < head; ++l)
             load_rows(c.at(plan.layer[l].a), plan.layer[l].a_stride, layer_table[l].A, layer_table[l].n_out, batch,
                       layer_table[l].n_out);
+        copy_async_wait();
         float* dz = c.at(plan.layer[head].dz);
         for (int e = threadIdx.x; e < batch * n_out; e += THREADS)
             dz[e] = (__ldcg(layer_table[head].A + e) - T[e]) / (float)batch;  // as output_row's dZ
@@ -316,9 +340,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     for (int step = 0; step < n_steps; ++step) {
         const bool last = step == n_steps - 1;
         load_rows(c.at(plan.x), plan.x_stride, X + (long)step * batch * n_in, n_in, batch, n_in);
+        if (T) load_rows(c.at(plan.t), n_out, T + (long)step * batch * n_out, n_out, batch, n_out);
+        copy_async_wait();  // this step's batch, and at the first step the weights
         __syncthreads();
-        const float* targets = T ? T + (long)step * batch * n_out : nullptr;
-        forward(c, cluster, targets, loss_rows, mode == MODE_STEP, last);
+        forward(c, cluster, T != nullptr, loss_rows, mode == MODE_STEP, last);
         if (mode == MODE_FORWARD) break;
         backward(c, cluster, true, last);
         // The next step's stores into other blocks' activations wait until every block is done with these.
