@@ -79,7 +79,7 @@ class _ClusterArgs(ctypes.Structure):
 # Modes of fused_cluster, by the stage names of fused_plan.
 CLUSTER_MODES = {"step": 0, "forward": 1, "backprop": 2, "update": 3}
 # Mirror of struct ClusterPlan in kernels/fused_cluster.cu: eight header ints, then eight per layer.
-_SLOT_FIELDS = ("w", "w_stride", "b", "a", "a_stride", "dz", "dz_stride", "unused")
+_SLOT_FIELDS = ("w", "w_stride", "b", "a", "a_stride", "dz", "dz_stride", "parts")
 _CLUSTER_HEADER = ("x", "x_stride", "partial0", "partial1", "partial_stride", "loss", "n_layers", "t")
 
 
@@ -127,7 +127,8 @@ def cluster_layout(network: Network, batch: int, shared_limit: int) -> ClusterLa
 
     Per block (floats; every row stride odd, every region 16-byte aligned): the batch's inputs and targets;
     per hidden layer its rows of W and b (a ``ranks``-th of its outputs, rounded up), the whole activation
-    and the block's columns of dZ; the whole output layer with its logits and output gradient; two buffers of
+    and the block's columns of dZ; the output layer's columns of W that read the block's columns of the last
+    hidden layer, its whole b, logits and output gradient, and every block's partial logits; two buffers of
     partial input gradients (networks of two or more hidden layers); the per-row losses."""
     ranks = cluster_ranks(network)
     head = network.n_layers - 1
@@ -149,15 +150,18 @@ def cluster_layout(network: Network, batch: int, shared_limit: int) -> ClusterLa
     header["t"] = region(batch * network.n_outputs)
     slots = []
     for layer, (n_out, n_in) in enumerate(network.layer_shapes):
-        rows = n_out if layer == head else cdiv(n_out, ranks)
+        # A hidden layer's rows of W; the output layer's columns of it (every row)
+        rows, cols = (n_out, cdiv(n_in, ranks)) if layer == head else (cdiv(n_out, ranks), n_in)
         slot = dict.fromkeys(_SLOT_FIELDS, 0)
-        slot["w_stride"] = odd(n_in)
+        slot["w_stride"] = odd(cols)
         slot["w"] = region(rows * slot["w_stride"])
         slot["b"] = region(rows)
         slot["a_stride"] = n_out if layer == head else odd(n_out)
         slot["a"] = region(batch * slot["a_stride"])
         slot["dz_stride"] = n_out if layer == head else odd(rows)
         slot["dz"] = region(batch * slot["dz_stride"])
+        if layer == head:
+            slot["parts"] = region(ranks * batch * n_out)
         slots.append(slot)
     partial_inputs = [n_in for layer, (_, n_in) in enumerate(network.layer_shapes) if 0 < layer < head]
     if partial_inputs:

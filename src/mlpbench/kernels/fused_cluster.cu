@@ -2,20 +2,26 @@
 //
 // The grid kernel (fused.cu) pays a grid-wide barrier and a round trip to L2 for every phase. When the
 // network's weights and the batch's activations fit in the shared memory of one cluster (up to 8 blocks on
-// 8 SMs), this kernel keeps them there: block `rank` of the cluster owns the output columns
-// [n * rank / ranks, n * (rank + 1) / ranks) of every hidden layer (the rows of W and b that make them), and
-// every block holds the whole output layer, which it computes redundantly (the same bits in every block).
-// What crosses between blocks goes through distributed shared memory, ordered by cluster barriers:
-//   forward, hidden layer l   each block computes its columns of A_l and stores them into every block's
-//                             copy of A_l, then one cluster barrier: every block holds all of A_l.
-//   output layer              every block: logits, P, the loss and dZ (output_row), the weight gradient.
-//   backward, hidden layer l  dZ_l of the block's columns (from the layer above), its rows of dW_l and db_l
-//                             (A_{l-1} is whole in every block), and for l > 0 the block's partial input
-//                             gradient dZ_l[:, own] W_l[own, :]; after a cluster barrier each block adds the
-//                             partials of its columns of layer l - 1 from every block, in rank order.
-// A step of a network with one hidden layer therefore has one cluster barrier; each further hidden layer
-// adds two. Every sum runs in a fixed order (k in order, partials in rank order), so results repeat bit for
-// bit, and the stages (MODE_FORWARD, MODE_BACKPROP, MODE_UPDATE) compute exactly what MODE_STEP computes.
+// 8 SMs), this kernel keeps them there. Block `rank` of the cluster owns the columns
+// [n * rank / ranks, n * (rank + 1) / ranks) of every hidden layer's output: the rows of W_l and b_l that make
+// them, and the columns of the next layer's W that read them. What crosses between blocks goes through
+// distributed shared memory, ordered by cluster barriers:
+//   forward, hidden layer l   each block computes its columns of A_l; but for the last hidden layer it stores
+//                             them into every block's copy of A_l, then a cluster barrier: every block holds
+//                             all of A_l, the next layer's input.
+//   output layer              each block's partial logits from its columns of the last hidden layer, stored
+//                             into every block; after a cluster barrier every block adds them in rank order
+//                             and computes P, the loss and dZ (output_row) itself, the same bits everywhere.
+//   backward                  the output layer's weight gradient for the block's columns and the last hidden
+//                             layer's dZ of its columns need nothing from other blocks; a hidden layer's rows
+//                             of dW_l and db_l neither (A_{l-1} is whole in every block). For l > 0 the block
+//                             computes its partial input gradient dZ_l[:, own] W_l[own, :]; after a cluster
+//                             barrier each block adds the partials of its columns of layer l - 1 from every
+//                             block, in rank order.
+// A step of a network with one hidden layer therefore has one cluster barrier (and one at the end of a step
+// that another follows); each further hidden layer adds two. Every sum runs in a fixed order, so results
+// repeat bit for bit, and the stages (MODE_FORWARD, MODE_BACKPROP, MODE_UPDATE) compute exactly what
+// MODE_STEP computes.
 //
 // MODE_STEP runs n_steps SGD steps on consecutive batch-row blocks of X and T with the weights kept in shared
 // memory, updated in place; global memory receives the last step's activations, losses and gradients and the
@@ -45,9 +51,10 @@ namespace cg = cooperative_groups;
 
 // Where one layer lives in shared memory (floats). Hidden layers: w holds the block's rows of W (row stride
 // w_stride), b its bias entries, a the whole activation A_l (batch rows, stride a_stride), dz the block's
-// columns of dZ_l. The output layer: w, b whole, a the logits and then P, dz its output gradient.
+// columns of dZ_l. The output layer: w the block's columns of W (every row, stride w_stride), b whole, a the
+// logits and then P, dz its output gradient, parts every block's partial logits (ranks x batch x n_out).
 struct Slots {
-    int w, w_stride, b, a, a_stride, dz, dz_stride, unused;
+    int w, w_stride, b, a, a_stride, dz, dz_stride, parts;
 };
 
 // Mirrored by mlpbench.backends.cuda_fused (_CLUSTER_HEADER, _SLOT_FIELDS): keep the field order in step.
@@ -133,40 +140,54 @@ struct Context {
     float lr, decay;
 
     __device__ int n_layers() const { return plan->n_layers; }
-    __device__ int begin(int l) const { return slice_begin(layers[l].n_out, rank, ranks); }
-    __device__ int width(int l) const { return slice_begin(layers[l].n_out, rank + 1, ranks) - begin(l); }
+    // The block's share [begin, begin + width) of n columns.
+    __device__ int begin(int n) const { return slice_begin(n, rank, ranks); }
+    __device__ int width(int n) const { return slice_begin(n, rank + 1, ranks) - begin(n); }
     __device__ float* at(int offset) const { return smem + offset; }
     // The input of layer l in shared memory, and its row stride.
     __device__ const float* input(int l) const { return l == 0 ? at(plan->x) : at(plan->layer[l - 1].a); }
     __device__ int input_stride(int l) const { return l == 0 ? plan->x_stride : plan->layer[l - 1].a_stride; }
 };
 
-// Queue the block's rows of every hidden layer's W and b, and the whole output layer, from copy `parity`.
+// The block's part of layer l's W in global memory: rows [row0, row0 + rows), columns [col0, col0 + cols).
+struct Part {
+    int row0, rows, col0, cols;
+};
+
+__device__ __forceinline__ Part part_of(const Context& c, int l) {
+    const Layer& layer = c.layers[l];
+    if (l < c.n_layers() - 1) return {c.begin(layer.n_out), c.width(layer.n_out), 0, layer.n_in};
+    return {0, layer.n_out, c.begin(layer.n_in), c.width(layer.n_in)};  // the output layer: by columns
+}
+
+// Queue the block's parts of every layer's W (and its entries of the hidden layers' b; the output layer's b
+// whole) from copy `parity`.
 __device__ void load_weights(const Context& c, int parity) {
     const int head = c.n_layers() - 1;
     for (int l = 0; l <= head; ++l) {
         const Layer& layer = c.layers[l];
         const Slots& q = c.plan->layer[l];
-        const int first = l < head ? c.begin(l) : 0, rows = l < head ? c.width(l) : layer.n_out;
-        load_rows(c.at(q.w), q.w_stride, layer.W[parity] + (long)first * layer.n_in, layer.n_in, rows, layer.n_in);
-        load_rows(c.at(q.b), rows, layer.b[parity] + first, rows, 1, rows);
+        const Part p = part_of(c, l);
+        load_rows(c.at(q.w), q.w_stride, layer.W[parity] + (long)p.row0 * layer.n_in + p.col0, layer.n_in, p.rows,
+                  p.cols);
+        load_rows(c.at(q.b), p.rows, layer.b[parity] + p.row0, p.rows, 1, p.rows);
     }
 }
 
-// The block's rows of every hidden layer's W and b, and (rank 0) the output layer's, into copy `parity`.
+// The block's parts of every layer's W and b into copy `parity` (the output layer's b by rank 0).
 __device__ void store_weights(const Context& c, int parity) {
     const int head = c.n_layers() - 1;
     for (int l = 0; l <= head; ++l) {
-        if (l == head && c.rank != 0) break;
         const Layer& layer = c.layers[l];
         const Slots& q = c.plan->layer[l];
-        const int first = l < head ? c.begin(l) : 0, rows = l < head ? c.width(l) : layer.n_out;
-        float* W = layer.W[parity] + (long)first * layer.n_in;
-        for (int e = threadIdx.x; e < rows * layer.n_in; e += THREADS) {
-            const int r = e / layer.n_in, k = e - r * layer.n_in;
-            W[e] = c.at(q.w)[r * q.w_stride + k];
+        const Part p = part_of(c, l);
+        float* W = layer.W[parity] + (long)p.row0 * layer.n_in + p.col0;
+        for (int e = threadIdx.x; e < p.rows * p.cols; e += THREADS) {
+            const int r = e / p.cols, k = e - r * p.cols;
+            W[(long)r * layer.n_in + k] = c.at(q.w)[r * q.w_stride + k];
         }
-        for (int j = threadIdx.x; j < rows; j += THREADS) layer.b[parity][first + j] = c.at(q.b)[j];
+        if (l < head || c.rank == 0)
+            for (int j = threadIdx.x; j < p.rows; j += THREADS) layer.b[parity][p.row0 + j] = c.at(q.b)[j];
     }
 }
 
@@ -178,34 +199,49 @@ __device__ void forward(const Context& c, cg::cluster_group& cluster, bool label
     for (int l = 0; l < head; ++l) {
         const Layer& layer = c.layers[l];
         const Slots& q = c.plan->layer[l];
-        const int first = c.begin(l), n_out = layer.n_out;
+        const int n_out = layer.n_out, first = c.begin(n_out);
+        const bool gather = l + 1 < head;  // the last hidden layer's columns stay with their owner
         const float* bias = c.at(q.b);
         float* a = c.at(q.a);
-        block_product(B, c.width(l), layer.n_in, c.input(l), c.input_stride(l), 1, c.at(q.w), q.w_stride, 1,
+        block_product(B, c.width(n_out), layer.n_in, c.input(l), c.input_stride(l), 1, c.at(q.w), q.w_stride, 1,
                       [&](int m, int n, float z) {
                           const float v = activate(c.activation, z + bias[n]);
                           const int at = m * q.a_stride + first + n;
-                          for (int p = 0; p < c.ranks; ++p) cluster.map_shared_rank(a, p)[at] = v;
+                          if (gather)
+                              for (int p = 0; p < c.ranks; ++p) cluster.map_shared_rank(a, p)[at] = v;
+                          else
+                              a[at] = v;
                           if (out) layer.A[(long)m * n_out + first + n] = v;
                       });
-        cluster.sync();  // every block's columns of A_l are in every block
+        if (gather) cluster.sync();  // every block's columns of A_l are in every block
     }
     const Layer& layer = c.layers[head];
     const Slots& q = c.plan->layer[head];
-    const int n_out = layer.n_out;
+    const int n_out = layer.n_out, first = c.begin(layer.n_in), rows = B * n_out;
+    float* parts = c.at(q.parts);
+    block_product(B, n_out, c.width(layer.n_in), c.input(head) + first, c.input_stride(head), 1, c.at(q.w),
+                  q.w_stride, 1, [&](int m, int n, float v) {
+                      const int at = c.rank * rows + m * n_out + n;
+                      for (int p = 0; p < c.ranks; ++p) cluster.map_shared_rank(parts, p)[at] = v;
+                  });
+    cluster.sync();  // every block's partial logits are in every block
     float* z = c.at(q.a);
-    block_product(B, n_out, layer.n_in, c.input(head), c.input_stride(head), 1, c.at(q.w), q.w_stride, 1,
-                  [&](int m, int n, float v) { z[m * n_out + n] = v; });
+    for (int e = threadIdx.x; e < rows; e += THREADS) {
+        float v = 0.0f;
+        for (int p = 0; p < c.ranks; ++p) v += parts[p * rows + e];
+        z[e] = v;
+    }
     __syncthreads();
     const bool loss_out = out && c.rank == 0;
     for (int r = threadIdx.x / 32; r < B; r += WARPS) {
         const long row = (long)r * n_out;
-        output_row(z + row, c.at(q.b), labelled ? c.at(c.plan->t) + row : nullptr, delta ? c.at(q.dz) + row : nullptr,
-                   loss_out ? loss_rows + r : c.at(c.plan->loss) + r, n_out, c.loss_kind, (float)B);
+        output_row(z + row, c.at(q.b), labelled ? c.at(c.plan->t) + row : nullptr,
+                   delta ? c.at(q.dz) + row : nullptr, loss_out ? loss_rows + r : c.at(c.plan->loss) + r, n_out,
+                   c.loss_kind, (float)B);
     }
     __syncthreads();
     if (loss_out)
-        for (int e = threadIdx.x; e < B * n_out; e += THREADS) layer.A[e] = z[e];
+        for (int e = threadIdx.x; e < rows; e += THREADS) layer.A[e] = z[e];
 }
 
 // Backward pass from the output gradient in shared memory; `sgd`: update the weights in shared memory in
@@ -215,37 +251,34 @@ __device__ void backward(const Context& c, cg::cluster_group& cluster, bool sgd,
     {
         const Layer& layer = c.layers[head];
         const Slots& q = c.plan->layer[head];
-        const int n_out = layer.n_out, n_in = layer.n_in;
+        const int n_out = layer.n_out, n_in = layer.n_in, first = c.begin(n_in), cols = c.width(n_in);
         const float* dz = c.at(q.dz);
+        const float* input = c.input(head) + first;
         float* w = c.at(q.w);
-        if (head > 0) {  // dZ of the last hidden layer's own columns, from the whole output layer
+        if (head > 0) {  // dZ of the last hidden layer's columns of this block, from its columns of W
             const Slots& below = c.plan->layer[head - 1];
-            const int first = c.begin(head - 1);
             const float* a = c.at(below.a);
             float* dz_below = c.at(below.dz);
-            block_product(B, c.width(head - 1), n_out, dz, n_out, 1, w + first, 1, q.w_stride,
-                          [&](int m, int n, float v) {
-                              dz_below[m * below.dz_stride + n] =
-                                  v * activation_derivative(c.activation, a[m * below.a_stride + first + n]);
-                          });
+            block_product(B, cols, n_out, dz, n_out, 1, w, 1, q.w_stride, [&](int m, int n, float v) {
+                dz_below[m * below.dz_stride + n] =
+                    v * activation_derivative(c.activation, a[m * below.a_stride + first + n]);
+            });
             __syncthreads();  // the old weights have been read
         }
-        const bool write = out && c.rank == 0;
-        block_product(n_out, n_in, B, dz, 1, n_out, c.input(head), 1, c.input_stride(head),
-                      [&](int m, int n, float g) {
-                          if (write) layer.dW[(long)m * n_in + n] = g;
-                          if (sgd) w[m * q.w_stride + n] = sgd_weight(w[m * q.w_stride + n], g, c.lr, c.decay);
-                      });
+        block_product(n_out, cols, B, dz, 1, n_out, input, 1, c.input_stride(head), [&](int m, int n, float g) {
+            if (out) layer.dW[(long)m * n_in + first + n] = g;
+            if (sgd) w[m * q.w_stride + n] = sgd_weight(w[m * q.w_stride + n], g, c.lr, c.decay);
+        });
         for (int j = threadIdx.x; j < n_out; j += THREADS) {
             const float g = column_sum(dz, n_out, B, j);
-            if (write) layer.db[j] = g;
+            if (out && c.rank == 0) layer.db[j] = g;
             if (sgd) c.at(q.b)[j] = sgd_bias(c.at(q.b)[j], g, c.lr);
         }
     }
     for (int l = head - 1; l >= 0; --l) {
         const Layer& layer = c.layers[l];
         const Slots& q = c.plan->layer[l];
-        const int n_in = layer.n_in, first = c.begin(l), rows = c.width(l);
+        const int n_in = layer.n_in, first = c.begin(layer.n_out), rows = c.width(layer.n_out);
         const float* dz = c.at(q.dz);
         float* w = c.at(q.w);
         float* partial = c.at(c.plan->partial[l & 1]);
@@ -268,7 +301,7 @@ __device__ void backward(const Context& c, cg::cluster_group& cluster, bool sgd,
         if (l == 0) break;
         cluster.sync();  // every block's partial is complete
         const Slots& below = c.plan->layer[l - 1];
-        const int below_first = c.begin(l - 1), below_rows = c.width(l - 1);
+        const int below_first = c.begin(n_in), below_rows = c.width(n_in);
         const float* a = c.at(below.a);
         float* dz_below = c.at(below.dz);
         for (int e = threadIdx.x; e < B * below_rows; e += THREADS) {
@@ -283,18 +316,16 @@ __device__ void backward(const Context& c, cg::cluster_group& cluster, bool sgd,
     }
 }
 
-// The update stage: W[parity ^ 1] = W[parity] - lr (dW + wd W[parity]), b likewise, over the block's rows of
-// the hidden layers and (rank 0) the output layer.
+// The update stage: W[parity ^ 1] = W[parity] - lr (dW + wd W[parity]), b likewise, every layer's elements
+// shared evenly over the blocks.
 __device__ void update(const Context& c, int parity) {
-    const int head = c.n_layers() - 1;
-    for (int l = 0; l <= head; ++l) {
-        if (l == head && c.rank != 0) break;
+    for (int l = 0; l < c.n_layers(); ++l) {
         const Layer& layer = c.layers[l];
-        const int first = l < head ? c.begin(l) : 0, rows = l < head ? c.width(l) : layer.n_out;
-        const long begin = (long)first * layer.n_in, end = begin + (long)rows * layer.n_in;
-        for (long e = begin + threadIdx.x; e < end; e += THREADS)
+        const int weights = layer.n_out * layer.n_in, begin = c.begin(weights), stop = begin + c.width(weights);
+        for (int e = begin + threadIdx.x; e < stop; e += THREADS)
             layer.W[parity ^ 1][e] = sgd_weight(layer.W[parity][e], __ldcg(layer.dW + e), c.lr, c.decay);
-        for (int j = first + threadIdx.x; j < first + rows; j += THREADS)
+        const int first = c.begin(layer.n_out), end = first + c.width(layer.n_out);
+        for (int j = first + threadIdx.x; j < end; j += THREADS)
             layer.b[parity ^ 1][j] = sgd_bias(layer.b[parity][j], __ldcg(layer.db + j), c.lr);
     }
 }
@@ -335,6 +366,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
             dz[e] = (__ldcg(layer_table[head].A + e) - T[e]) / (float)batch;  // as output_row's dZ
         __syncthreads();
         backward(c, cluster, false, true);
+        cluster.sync();  // no block leaves while another may still read its partial input gradients
         return;
     }
     for (int step = 0; step < n_steps; ++step) {
