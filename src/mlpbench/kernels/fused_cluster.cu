@@ -213,7 +213,10 @@ __device__ void forward(const Context& c, cg::cluster_group& cluster, bool label
                               a[at] = v;
                           if (out) layer.A[(long)m * n_out + first + n] = v;
                       });
-        if (gather) cluster.sync();  // every block's columns of A_l are in every block
+        if (gather)
+            cluster.sync();  // every block's columns of A_l are in every block
+        else
+            __syncthreads();
     }
     const Layer& layer = c.layers[head];
     const Slots& q = c.plan->layer[head];
