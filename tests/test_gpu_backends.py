@@ -39,6 +39,7 @@ CASES = [
     (Network((12, 24, 6), "relu", "softmax-ce"), 600),
     (Network((300, 260, 130), "sigmoid", "softmax-ce"), 200),
     (Network((1030, 20, 3), "tanh", "softmax-ce"), 8),  # cuda-opt splits k of the first product
+    (Network((5, 12), "relu", "softmax-ce"), 9),  # cuda-fused's cluster kernel without a hidden layer: one block
 ]
 
 

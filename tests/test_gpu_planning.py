@@ -470,19 +470,21 @@ def test_the_compiled_function_is_the_reference_network(network):
 def test_cluster_plan_matches_the_kernel_struct():
     # struct ClusterPlan in kernels/fused_cluster.cu: eight ints, then eight per layer (static_assert there).
     layout = cuda_fused.cluster_layout(PRESETS["digits"], 32, 227 * 1024)
-    assert layout.table.dtype == np.int32 and layout.table.nbytes == 32 + 32 * cuda.FUSED_MAX_LAYERS
+    assert layout.table.dtype == np.int32 and layout.table.nbytes == 40 + 32 * cuda.FUSED_MAX_LAYERS
     assert "MAX_LAYERS" in dict(cuda.FUSED_CLUSTER.defines) and "MAX_LAYERS" in dict(cuda.FUSED.defines)
 
 
-@pytest.mark.parametrize("sizes, batch", [((64, 128, 10), 32), ((33, 257, 7, 3), 33), ((5, 40), 9),
+@pytest.mark.parametrize("sizes, batch", [((64, 128, 10), 32), ((33, 257, 7, 3), 33), ((5, 12), 9),
                                           ((1, 7, 1), 1), ((12, 24, 6), 300), ((6, 20, 9, 9, 4), 13)])
 def test_cluster_layout_gives_every_buffer_its_own_aligned_region(sizes, batch):
     net = Network(sizes, loss="softmax-ce" if sizes[-1] > 1 else "sigmoid-bce")
     layout = cuda_fused.cluster_layout(net, batch, 227 * 1024)
     ranks, head = layout.ranks, net.n_layers - 1
     assert ranks == (min(8, *sizes[1:-1]) if len(sizes) > 2 else 1)
-    regions = [(layout.header("x"), batch * layout.header("x_stride")), (layout.header("loss"), batch),
-               (layout.header("t"), batch * net.n_outputs)]
+    regions = [(layout.header("loss"), batch)]
+    for buffer in "01":
+        regions += [(layout.header("x" + buffer), batch * layout.header("x_stride")),
+                    (layout.header("t" + buffer), batch * net.n_outputs)]
     assert layout.header("n_layers") == net.n_layers and layout.header("x_stride") >= sizes[0]
     def widest(n):  # the widest share slice_begin gives a block
         return max(n * (r + 1) // ranks - n * r // ranks for r in range(ranks))
@@ -512,12 +514,14 @@ def test_cluster_layout_gives_every_buffer_its_own_aligned_region(sizes, batch):
 def test_cluster_layout_says_why_a_network_does_not_fit():
     assert isinstance(cuda_fused.cluster_layout(PRESETS["digits"], 32, 227 * 1024), cuda_fused.ClusterLayout)
     reason = cuda_fused.cluster_layout(PRESETS["digits"], 256, 227 * 1024)
-    assert re.fullmatch(r"the cluster kernel needs 326 KiB of shared memory per block for 64-128-10 at batch 256 "
+    assert re.fullmatch(r"the cluster kernel needs 401 KiB of shared memory per block for 64-128-10 at batch 256 "
                         r"\(8 blocks\); the GPU allows 227 KiB", reason)
     assert "5h300" in cuda_fused.cluster_layout(PRESETS["moons-5h300"], 32, 227 * 1024).replace(
         PRESETS["moons-5h300"].name, "5h300")
     small = cuda_fused.cluster_layout(PRESETS["digits"], 32, 227 * 1024).shared_bytes
     assert isinstance(cuda_fused.cluster_layout(PRESETS["digits"], 32, small - 1), str)
+    wide = cuda_fused.cluster_layout(Network((4, 8, 17), loss="softmax-ce"), 2, 227 * 1024)
+    assert wide == "the cluster kernel computes output layers up to 16 wide (a half-warp a row); 4-8-17 has 17"
 
 
 def test_fused_kernel_option_is_checked_before_the_gpu():

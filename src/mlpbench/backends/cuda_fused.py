@@ -78,9 +78,10 @@ class _ClusterArgs(ctypes.Structure):
 
 # Modes of fused_cluster, by the stage names of fused_plan.
 CLUSTER_MODES = {"step": 0, "forward": 1, "backprop": 2, "update": 3}
-# Mirror of struct ClusterPlan in kernels/fused_cluster.cu: eight header ints, then eight per layer.
+# Mirror of struct ClusterPlan in kernels/fused_cluster.cu: the header's ints, then eight per layer.
 _SLOT_FIELDS = ("w", "w_stride", "b", "a", "a_stride", "dz", "dz_stride", "parts")
-_CLUSTER_HEADER = ("x", "x_stride", "partial0", "partial1", "partial_stride", "loss", "n_layers", "t")
+_CLUSTER_HEADER = ("x0", "x1", "x_stride", "t0", "t1", "partial0", "partial1", "partial_stride", "loss", "n_layers")
+_CLUSTER_TABLE_INTS = len(_CLUSTER_HEADER) + len(_SLOT_FIELDS) * FUSED_MAX_LAYERS
 
 
 def fused_kernel() -> gpu.DriverKernel:
@@ -108,7 +109,7 @@ class ClusterLayout:
     table: np.ndarray
 
     def slot(self, layer: int, field: str) -> int:
-        return int(self.table[8 + 8 * layer + _SLOT_FIELDS.index(field)])
+        return int(self.table[len(_CLUSTER_HEADER) + len(_SLOT_FIELDS) * layer + _SLOT_FIELDS.index(field)])
 
     def header(self, field: str) -> int:
         return int(self.table[_CLUSTER_HEADER.index(field)])
@@ -123,13 +124,18 @@ def cluster_ranks(network: Network) -> int:
 
 def cluster_layout(network: Network, batch: int, shared_limit: int) -> ClusterLayout | str:
     """The cluster kernel's shared-memory plan for ``network`` on ``batch`` rows, or, when a block would need
-    more than ``shared_limit`` bytes, the reason it does not fit (the grid kernel then runs it).
+    more than ``shared_limit`` bytes or the output layer is wider than FUSED_HEAD_MAX, the reason it does not
+    fit (the grid kernel then runs it).
 
-    Per block (floats; every row stride odd, every region 16-byte aligned): the batch's inputs and targets;
-    per hidden layer its rows of W and b (a ``ranks``-th of its outputs, rounded up), the whole activation
-    and the block's columns of dZ; the output layer's columns of W that read the block's columns of the last
-    hidden layer, its whole b, logits and output gradient, and every block's partial logits; two buffers of
-    partial input gradients (networks of two or more hidden layers); the per-row losses."""
+    Per block (floats; every row stride odd, every region 16-byte aligned): the batch's inputs and targets
+    (twice: the next step's are queued while a step runs); per hidden layer its rows of W and b (a
+    ``ranks``-th of its outputs, rounded up), the whole activation and the block's columns of dZ; the output
+    layer's columns of W that read the block's columns of the last hidden layer, its whole b, logits and
+    output gradient, and every block's partial logits; two buffers of partial input gradients (networks of
+    two or more hidden layers); the per-row losses."""
+    if network.n_outputs > FUSED_HEAD_MAX:
+        return (f"the cluster kernel computes output layers up to {FUSED_HEAD_MAX} wide (a half-warp a row); "
+                f"{network.name} has {network.n_outputs}")
     ranks = cluster_ranks(network)
     head = network.n_layers - 1
     used = 0
@@ -146,8 +152,9 @@ def cluster_layout(network: Network, batch: int, shared_limit: int) -> ClusterLa
     header = dict.fromkeys(_CLUSTER_HEADER, 0)
     header["n_layers"] = network.n_layers
     header["x_stride"] = odd(network.sizes[0])
-    header["x"] = region(batch * header["x_stride"])
-    header["t"] = region(batch * network.n_outputs)
+    for buffer in ("0", "1"):  # a step's batch and the next one's, queued while it runs
+        header["x" + buffer] = region(batch * header["x_stride"])
+        header["t" + buffer] = region(batch * network.n_outputs)
     slots = []
     for layer, (n_out, n_in) in enumerate(network.layer_shapes):
         # A hidden layer's rows of W; the output layer's columns of it (every row)
@@ -173,10 +180,11 @@ def cluster_layout(network: Network, batch: int, shared_limit: int) -> ClusterLa
     if needed > shared_limit:
         return (f"the cluster kernel needs {needed // 1024} KiB of shared memory per block for {network.name} at "
                 f"batch {batch} ({ranks} blocks); the GPU allows {shared_limit // 1024} KiB")
-    table = np.zeros(8 + 8 * FUSED_MAX_LAYERS, dtype=np.int32)
-    table[:8] = [header[field] for field in _CLUSTER_HEADER]
+    table = np.zeros(_CLUSTER_TABLE_INTS, dtype=np.int32)
+    table[:len(header)] = [header[field] for field in _CLUSTER_HEADER]
     for layer, slot in enumerate(slots):
-        table[8 + 8 * layer: 16 + 8 * layer] = [slot[field] for field in _SLOT_FIELDS]
+        start = len(header) + len(_SLOT_FIELDS) * layer
+        table[start:start + len(_SLOT_FIELDS)] = [slot[field] for field in _SLOT_FIELDS]
     return ClusterLayout(ranks, batch, needed, table)
 
 
@@ -358,7 +366,7 @@ class FusedCudaModel(CudaModel):
                 self._cluster_args = self._cluster.args
                 self._cluster_args.activation = self._activation
                 self._cluster_args.loss_kind = self._loss_kind
-                update = np.zeros(8 + 8 * FUSED_MAX_LAYERS, dtype=np.int32)
+                update = np.zeros(_CLUSTER_TABLE_INTS, dtype=np.int32)
                 update[_CLUSTER_HEADER.index("n_layers")] = network.n_layers
                 self._cluster_update_table = torch.tensor(update, device=self._dev)
         self._cluster_plans: dict[int, tuple[ClusterLayout | str, torch.Tensor | None]] = {}

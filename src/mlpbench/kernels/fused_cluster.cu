@@ -59,15 +59,15 @@ struct Slots {
 
 // Mirrored by mlpbench.backends.cuda_fused (_CLUSTER_HEADER, _SLOT_FIELDS): keep the field order in step.
 struct ClusterPlan {
-    int x, x_stride;             // the batch's inputs
+    int x[2], x_stride;              // the batch's inputs, alternating between steps
+    int t[2];                        // its targets, likewise
     int partial[2], partial_stride;  // partial input gradients, alternating between layers
-    int loss;                    // per-row losses of the ranks that do not write them out
+    int loss;                        // per-row losses of the ranks that do not write them out
     int n_layers;
-    int t;                       // the batch's targets
     Slots layer[MAX_LAYERS];
 };
 
-static_assert(sizeof(ClusterPlan) == 32 + 32 * MAX_LAYERS,
+static_assert(sizeof(ClusterPlan) == 40 + 32 * MAX_LAYERS,
               "struct ClusterPlan changed: update _CLUSTER_HEADER and _SLOT_FIELDS in backends/cuda_fused.py");
 
 __device__ __forceinline__ unsigned long long global_time() {
@@ -122,13 +122,57 @@ __device__ __forceinline__ float column_sum(const float* data, int stride, int r
 }
 
 // Queue asynchronous copies of rows x cols floats from global (row stride src_stride) into shared memory (row
-// stride dst_stride): every copy of a launch's start in flight at once. Complete with copy_async_wait() and a
-// block barrier.
+// stride dst_stride), a warp per row: every copy of a launch's start in flight at once. Complete with
+// copy_async_wait() and a block barrier.
 __device__ __forceinline__ void load_rows(float* dst, int dst_stride, const float* src, int src_stride, int rows,
                                           int cols) {
-    for (int e = threadIdx.x; e < rows * cols; e += THREADS) {
-        const int r = e / cols, c = e - r * cols;
-        copy_async(dst + r * dst_stride + c, src + (long)r * src_stride + c);
+    for (int r = threadIdx.x / 32; r < rows; r += WARPS)
+        for (int c = threadIdx.x % 32; c < cols; c += 32)
+            copy_async(dst + r * dst_stride + c, src + (long)r * src_stride + c);
+}
+
+// output_row (common.cuh) for two rows of an output layer at most 16 wide at once, a half-warp a row: the same
+// arithmetic, its sums and maxima over 16 lanes. P over the logits Z (rows x cols, bias not yet added), the
+// rows' losses and, with dZ, (P - T) / batch; T == nullptr: no loss, no gradient.
+__device__ __forceinline__ float half_warp_sum(float v) {
+#pragma unroll
+    for (int offset = 8; offset > 0; offset >>= 1) v += __shfl_xor_sync(FULL_WARP_MASK, v, offset);
+    return v;
+}
+
+__device__ __forceinline__ float half_warp_max(float v) {
+#pragma unroll
+    for (int offset = 8; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_WARP_MASK, v, offset));
+    return v;
+}
+
+__device__ void output_rows(float* Z, const float* bias, const float* T, float* dZ, float* loss_rows, int rows,
+                            int cols, int loss_kind, float batch) {
+    const int half = (threadIdx.x / 16) % 2, j = threadIdx.x % 16;
+    for (int base = 2 * (int)(threadIdx.x / 32); base < rows; base += 2 * WARPS) {  // warp-uniform: shuffles
+        const int r = base + half, at = r * cols + j;
+        const bool valid = r < rows && j < cols;
+        const float z = valid ? Z[at] + bias[j] : 0.0f;
+        const float target = valid && T ? T[at] : 0.0f;
+        float p, loss = 0.0f;
+        if (loss_kind == LOSS_SOFTMAX_CE) {
+            const float shifted = z - half_warp_max(valid ? z : LOWEST_FLOAT);
+            const float e = valid ? expf(shifted) : 0.0f;
+            const float sum = half_warp_sum(e);
+            p = e / sum;
+            if (valid) loss = -target * (shifted - logf(sum));
+        } else {
+            p = stable_sigmoid(z);
+            if (valid) loss = softplus(z) - target * z;
+        }
+        if (valid) {
+            Z[at] = p;
+            if (T && dZ) dZ[at] = (p - target) / batch;
+        }
+        if (T) {
+            loss = half_warp_sum(loss);
+            if (j == 0 && r < rows) loss_rows[r] = loss;
+        }
     }
 }
 
@@ -138,6 +182,7 @@ struct Context {
     float* smem;
     int rank, ranks, batch, activation, loss_kind;
     float lr, decay;
+    int buffer;  // which of the two batch buffers holds this step's rows
 
     __device__ int n_layers() const { return plan->n_layers; }
     // The block's share [begin, begin + width) of n columns.
@@ -145,7 +190,7 @@ struct Context {
     __device__ int width(int n) const { return slice_begin(n, rank + 1, ranks) - begin(n); }
     __device__ float* at(int offset) const { return smem + offset; }
     // The input of layer l in shared memory, and its row stride.
-    __device__ const float* input(int l) const { return l == 0 ? at(plan->x) : at(plan->layer[l - 1].a); }
+    __device__ const float* input(int l) const { return l == 0 ? at(plan->x[buffer]) : at(plan->layer[l - 1].a); }
     __device__ int input_stride(int l) const { return l == 0 ? plan->x_stride : plan->layer[l - 1].a_stride; }
 };
 
@@ -236,12 +281,8 @@ __device__ void forward(const Context& c, cg::cluster_group& cluster, bool label
     }
     __syncthreads();
     const bool loss_out = out && c.rank == 0;
-    for (int r = threadIdx.x / 32; r < B; r += WARPS) {
-        const long row = (long)r * n_out;
-        output_row(z + row, c.at(q.b), labelled ? c.at(c.plan->t) + row : nullptr,
-                   delta ? c.at(q.dz) + row : nullptr, loss_out ? loss_rows + r : c.at(c.plan->loss) + r, n_out,
-                   c.loss_kind, (float)B);
-    }
+    output_rows(z, c.at(q.b), labelled ? c.at(c.plan->t[c.buffer]) : nullptr, delta ? c.at(q.dz) : nullptr,
+                loss_out ? loss_rows : c.at(c.plan->loss), B, n_out, c.loss_kind, (float)B);
     __syncthreads();
     if (loss_out)
         for (int e = threadIdx.x; e < rows; e += THREADS) layer.A[e] = z[e];
@@ -348,8 +389,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     for (int i = threadIdx.x; i < n_layers * (int)(sizeof(Layer) / 4); i += THREADS)
         reinterpret_cast<int*>(layer_table)[i] = __ldg(reinterpret_cast<const int*>(layers_in) + i);
     __syncthreads();
-    const Context c = {layer_table, &plan, smem, (int)cluster.block_rank(), (int)cluster.num_blocks(), batch,
-                       activation, loss_kind, lr, weight_decay};
+    Context c = {layer_table, &plan, smem, (int)cluster.block_rank(), (int)cluster.num_blocks(), batch,
+                 activation, loss_kind, lr, weight_decay, 0};
     const int n_in = layer_table[0].n_in, n_out = layer_table[head].n_out;
     const bool clock = profile != nullptr && c.rank == 0 && threadIdx.x == 0;
     if (clock) profile[0] = global_time();
@@ -359,7 +400,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     }
     load_weights(c, parity);
     if (mode == MODE_BACKPROP) {  // the forward's activations and P, whole, from global memory
-        load_rows(c.at(plan.x), plan.x_stride, X, n_in, batch, n_in);
+        load_rows(c.at(plan.x[0]), plan.x_stride, X, n_in, batch, n_in);
         for (int l = 0; l < head; ++l)
             load_rows(c.at(plan.layer[l].a), plan.layer[l].a_stride, layer_table[l].A, layer_table[l].n_out, batch,
                       layer_table[l].n_out);
@@ -372,14 +413,21 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         cluster.sync();  // no block leaves while another may still read its partial input gradients
         return;
     }
+    // Step s reads batch buffer s % 2; the next step's rows are queued while this step runs its backward pass.
+    auto queue_batch = [&](int step) {
+        load_rows(c.at(plan.x[step % 2]), plan.x_stride, X + (long)step * batch * n_in, n_in, batch, n_in);
+        if (T) load_rows(c.at(plan.t[step % 2]), n_out, T + (long)step * batch * n_out, n_out, batch, n_out);
+    };
+    queue_batch(0);
     for (int step = 0; step < n_steps; ++step) {
         const bool last = step == n_steps - 1;
-        load_rows(c.at(plan.x), plan.x_stride, X + (long)step * batch * n_in, n_in, batch, n_in);
-        if (T) load_rows(c.at(plan.t), n_out, T + (long)step * batch * n_out, n_out, batch, n_out);
+        c.buffer = step % 2;
         copy_async_wait();  // this step's batch, and at the first step the weights
         __syncthreads();
         forward(c, cluster, T != nullptr, loss_rows, mode == MODE_STEP, last);
         if (mode == MODE_FORWARD) break;
+        // Buffer (step + 1) % 2 was last read by the step before, which ended at a cluster barrier.
+        if (!last) queue_batch(step + 1);
         backward(c, cluster, true, last);
         // The next step's stores into other blocks' activations wait until every block is done with these.
         cluster.sync();
