@@ -127,12 +127,12 @@ def cluster_layout(network: Network, batch: int, shared_limit: int) -> ClusterLa
     more than ``shared_limit`` bytes or the output layer is wider than FUSED_HEAD_MAX, the reason it does not
     fit (the grid kernel then runs it).
 
-    Per block (floats; every row stride odd, every region 16-byte aligned): the batch's inputs and targets
-    (twice: the next step's are queued while a step runs); per hidden layer its rows of W and b (a
-    ``ranks``-th of its outputs, rounded up), the whole activation and the block's columns of dZ; the output
-    layer's columns of W that read the block's columns of the last hidden layer, its whole b, logits and
-    output gradient, and every block's partial logits; two buffers of partial input gradients (networks of
-    two or more hidden layers); the per-row losses."""
+    Per block (floats; every region 16-byte aligned, row strides four times an odd number): the batch's
+    inputs and targets (twice: the next step's are queued while a step runs); per hidden layer its rows of W
+    and b (a ``ranks``-th of its outputs, rounded up), the whole activation and the block's columns of dZ; the
+    output layer's columns of W that read the block's columns of the last hidden layer, its whole b, logits
+    and output gradient, and every block's partial logits; two buffers of partial input gradients (networks
+    of two or more hidden layers); the per-row losses."""
     if network.n_outputs > FUSED_HEAD_MAX:
         return (f"the cluster kernel computes output layers up to {FUSED_HEAD_MAX} wide (a half-warp a row); "
                 f"{network.name} has {network.n_outputs}")
@@ -146,12 +146,12 @@ def cluster_layout(network: Network, batch: int, shared_limit: int) -> ClusterLa
         used += cdiv(floats, 4) * 4
         return start
 
-    def odd(n: int) -> int:
-        return n | 1
+    def stride(n: int) -> int:  # four times an odd number, at least n: see the kernel's header
+        return cdiv(n, 4) * 4 + (4 if cdiv(n, 4) % 2 == 0 else 0)
 
     header = dict.fromkeys(_CLUSTER_HEADER, 0)
     header["n_layers"] = network.n_layers
-    header["x_stride"] = odd(network.sizes[0])
+    header["x_stride"] = stride(network.sizes[0])
     for buffer in ("0", "1"):  # a step's batch and the next one's, queued while it runs
         header["x" + buffer] = region(batch * header["x_stride"])
         header["t" + buffer] = region(batch * network.n_outputs)
@@ -160,19 +160,19 @@ def cluster_layout(network: Network, batch: int, shared_limit: int) -> ClusterLa
         # A hidden layer's rows of W; the output layer's columns of it (every row)
         rows, cols = (n_out, cdiv(n_in, ranks)) if layer == head else (cdiv(n_out, ranks), n_in)
         slot = dict.fromkeys(_SLOT_FIELDS, 0)
-        slot["w_stride"] = odd(cols)
+        slot["w_stride"] = stride(cols)
         slot["w"] = region(rows * slot["w_stride"])
         slot["b"] = region(rows)
-        slot["a_stride"] = n_out if layer == head else odd(n_out)
+        slot["a_stride"] = n_out if layer == head else stride(n_out)
         slot["a"] = region(batch * slot["a_stride"])
-        slot["dz_stride"] = n_out if layer == head else odd(rows)
+        slot["dz_stride"] = n_out if layer == head else stride(rows)
         slot["dz"] = region(batch * slot["dz_stride"])
         if layer == head:
             slot["parts"] = region(ranks * batch * n_out)
         slots.append(slot)
     partial_inputs = [n_in for layer, (_, n_in) in enumerate(network.layer_shapes) if 0 < layer < head]
     if partial_inputs:
-        header["partial_stride"] = odd(max(partial_inputs))
+        header["partial_stride"] = stride(max(partial_inputs))
         header["partial0"] = region(batch * header["partial_stride"])
         header["partial1"] = region(batch * header["partial_stride"])
     header["loss"] = region(batch)

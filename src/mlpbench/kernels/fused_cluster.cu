@@ -30,8 +30,8 @@
 // activations, the update writes W[parity ^ 1] from W[parity] and the gradients.
 //
 // The shared-memory layout (every offset and row stride, in floats) is planned on the host
-// (mlpbench.backends.cuda_fused.cluster_layout) and passed as `plan`; row strides are odd so that rows at
-// consecutive indices fall in different banks.
+// (mlpbench.backends.cuda_fused.cluster_layout) and passed as `plan`; row strides are four times an odd number
+// of floats, so that rows are 16-byte aligned and 16-byte loads from eight consecutive rows hit every bank.
 // Constants (-D): THREADS (threads per block), MAX_LAYERS (entries of the layer table).
 // A non-null `profile` receives %globaltimer (ns) from rank 0 at the start and after each step.
 // Compiled with no_extern_c; the kernel is extern "C".
@@ -84,24 +84,79 @@ __device__ __forceinline__ float sgd_weight(float w, float g, float lr, float de
 }
 __device__ __forceinline__ float sgd_bias(float b, float g, float lr) { return b - lr * g; }
 
-// C(m, n) = sum over k of a[m * a_row + k * a_col] * b[n * b_row + k * b_col] for m < M, n < N (both operands in
-// shared memory); the block's threads take consecutive outputs, n fastest; epilogue(m, n, sum). Four partial
-// sums (k mod 4 over the whole groups of four, each in k order, the last K mod 4 terms onto the first; added as
-// (s0 + s1) + (s2 + s3)) shorten the chain of dependent multiply-adds that bounds these short products; the
-// order is fixed, so every call repeats bit for bit.
+__device__ __forceinline__ bool aligned16(const float* p) { return (reinterpret_cast<size_t>(p) & 15) == 0; }
+
+// The block's products, C(m, n) = sum over k of a(m, k) b(n, k) for m < M, n < N, both operands in shared
+// memory with a(m, k) = a[m * a_row + k * a_col] and b(n, k) = b[n * b_row + k * b_col]; epilogue(m, n, sum).
+// Each sum runs in an order fixed by the call's sizes and strides alone, so every call repeats bit for bit.
+// Shared-memory loads, not multiply-adds, bound these products: two paths load fewer words per multiply-add.
+//
+// b_row == 1 (consecutive n adjacent, as in the weight and input gradients): a thread takes four consecutive
+// outputs of one row m, one load of a(m, k) and one 16-byte load of b(n .. n + 3, k) per k, four chains in k
+// order (scalar loads where b's rows are not 16-byte aligned: the same arithmetic).
+// Otherwise a thread takes one output; where a_col == b_col == 1 (k adjacent in both, as in the forward
+// product) it loads four k at once in 16 bytes from each operand. Either way four partial sums, over k mod 4
+// in k order (the last K mod 4 terms onto the first), added as (s0 + s1) + (s2 + s3).
 template <class Epilogue>
 __device__ __forceinline__ void block_product(int M, int N, int K, const float* a, int a_row, int a_col,
                                               const float* b, int b_row, int b_col, Epilogue epilogue) {
+    if (b_row == 1) {
+        const int groups = (N + 3) / 4;
+        const bool vector = aligned16(b) && b_col % 4 == 0;
+        for (int o = threadIdx.x; o < M * groups; o += THREADS) {
+            const int m = o / groups, n0 = 4 * (o - m * groups);
+            const float* pa = a + m * a_row;
+            const float* pb = b + n0;
+            float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            if (vector && n0 + 4 <= N) {
+#pragma unroll 4
+                for (int k = 0; k < K; ++k) {
+                    const float x = pa[k * a_col];
+                    const float4 y = *reinterpret_cast<const float4*>(pb + k * b_col);
+                    s[0] = fmaf(x, y.x, s[0]);
+                    s[1] = fmaf(x, y.y, s[1]);
+                    s[2] = fmaf(x, y.z, s[2]);
+                    s[3] = fmaf(x, y.w, s[3]);
+                }
+            } else {
+                const int width = N - n0 < 4 ? N - n0 : 4;
+#pragma unroll 4
+                for (int k = 0; k < K; ++k) {
+                    const float x = pa[k * a_col];
+#pragma unroll
+                    for (int j = 0; j < 4; ++j)
+                        if (j < width) s[j] = fmaf(x, pb[k * b_col + j], s[j]);
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+                if (n0 + j < N) epilogue(m, n0 + j, s[j]);
+        }
+        return;
+    }
+    const bool vector = a_col == 1 && b_col == 1 && aligned16(a) && aligned16(b) && a_row % 4 == 0 && b_row % 4 == 0;
     for (int o = threadIdx.x; o < M * N; o += THREADS) {
         const int m = o / N, n = o - m * N;
         const float* pa = a + m * a_row;
         const float* pb = b + n * b_row;
         float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         int k = 0;
+        if (vector) {
+#pragma unroll 4
+            for (; k + 4 <= K; k += 4) {
+                const float4 x = *reinterpret_cast<const float4*>(pa + k);
+                const float4 y = *reinterpret_cast<const float4*>(pb + k);
+                s[0] = fmaf(x.x, y.x, s[0]);
+                s[1] = fmaf(x.y, y.y, s[1]);
+                s[2] = fmaf(x.z, y.z, s[2]);
+                s[3] = fmaf(x.w, y.w, s[3]);
+            }
+        } else {
 #pragma unroll 2
-        for (; k + 4 <= K; k += 4) {
+            for (; k + 4 <= K; k += 4) {
 #pragma unroll
-            for (int j = 0; j < 4; ++j) s[j] = fmaf(pa[(k + j) * a_col], pb[(k + j) * b_col], s[j]);
+                for (int j = 0; j < 4; ++j) s[j] = fmaf(pa[(k + j) * a_col], pb[(k + j) * b_col], s[j]);
+            }
         }
         for (; k < K; ++k) s[0] = fmaf(pa[k * a_col], pb[k * b_col], s[0]);
         epilogue(m, n, (s[0] + s[1]) + (s[2] + s[3]));
