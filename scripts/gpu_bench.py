@@ -161,8 +161,10 @@ def steps(repeats: int, throughput_steps: int, cases: set[str] | None = None,
                     print(row, flush=True)
                     continue
                 model = load(backend, net, **options)
-                if backend == "cuda-fused":
-                    row["kernel"], row["kernel_reason"] = model.kernel_choice(batch)
+                if backend == "cuda-fused":  # the kernels of its single steps and of its epoch launch
+                    single, epoch = model.kernel_choice(batch), model.kernel_choice(batch, EPOCH_STEPS)
+                    row["kernel"] = f"{single[0]}/{epoch[0]}"
+                    row["kernel_reason"] = f"{single[1]} / {epoch[1]}"
                 cpu = model.device == "cpu"
                 reps = max(3, repeats // 4) if cpu or (backend == "cuda-naive" and name == "large") else repeats
                 times = time_stages(model, inputs, lr=1e-4, repeats=reps, warmup=3)

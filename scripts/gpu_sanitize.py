@@ -46,7 +46,7 @@ def main() -> int:
         variants = [(backend, options) for backend, options in variants if backend == "cuda-fused"]
     for backend, options in variants:
         for net, batch in CASES:
-            if options.get("kernel") == "cluster" and load(backend, net).kernel_choice(batch)[0] != "cluster":
+            if options.get("kernel") == "cluster" and load(backend, net).kernel_choice(batch, 2)[0] != "cluster":
                 continue  # the cluster kernel does not take it (the reason is tested in tests/test_gpu_planning.py)
             check = check_stages(backend, net, batch, seed=batch, **options)
             model = load(backend, net, **options)

@@ -58,7 +58,7 @@ def fused_options(kernel, network, batch):
     """load() options that run cuda-fused on ``kernel`` for ``batch`` rows; skips where the cluster kernel
     cannot hold the case (the planner's reason)."""
     if kernel == "cluster":
-        chosen, reason = load("cuda-fused", network).kernel_choice(batch)
+        chosen, reason = load("cuda-fused", network).kernel_choice(batch, steps=2)
         if chosen != "cluster":
             pytest.skip(reason)
     return {"kernel": kernel}
@@ -517,8 +517,7 @@ def test_opt_choices_are_listed():
     assert not rows["nt", 8, 36, 20]["transposed"] and not rows["nn", 8, 36, 4]["transposed"]  # too small
 
 
-@pytest.mark.parametrize("backend", [b for b in GPU_BACKENDS if b != "cuda-fused"] + ["cuda-fused-grid",
-                                                                                    "cuda-fused-cluster"])
+@pytest.mark.parametrize("backend", [*GPU_BACKENDS, "cuda-fused-grid", "cuda-fused-cluster"])
 @pytest.mark.parametrize("network, batch, steps", [
     (Network((2, 300, 300, 300, 300, 300, 300, 1), "sigmoid", "sigmoid-bce"), 32, 32),  # an epoch of the study
     (Network((7, 33, 5), "tanh", "softmax-ce"), 7, 5),
@@ -594,24 +593,29 @@ def test_fused_profiler_measures_phases_barriers_and_host_costs():
     assert all(0.1 < value < 1000 for value in host.values())  # microseconds of host time per call
 
 
-def test_fused_chooses_the_cluster_kernel_where_the_step_fits_and_says_why():
+def test_fused_chooses_the_cluster_kernel_for_epochs_that_fit_and_says_why():
     from mlpbench.backends.cuda_fused import FusedProfiler
     from mlpbench.network import PRESETS
 
     digits = load("cuda-fused", PRESETS["digits"])
-    kernel, reason = digits.kernel_choice(32)
+    kernel, reason = digits.kernel_choice(32, steps=4)
     assert kernel == "cluster" and re.fullmatch(r"fits in one cluster: 8 blocks, \d+ KiB of shared memory each", reason)
-    kernel, reason = digits.kernel_choice(256)
+    kernel, reason = digits.kernel_choice(32)
+    assert kernel == "grid" and reason.startswith("one step a launch (the cluster kernel would take 8 blocks")
+    kernel, reason = digits.kernel_choice(256, steps=4)
     assert kernel == "grid" and "KiB of shared memory per block for 64-128-10 at batch 256" in reason
-    assert load("cuda-fused", PRESETS["digits"], kernel="grid").kernel_choice(32)[0] == "grid"
-    plan = FusedProfiler(digits).plan("step", 32)
+    assert load("cuda-fused", PRESETS["digits"], kernel="grid").kernel_choice(32, steps=4)[0] == "grid"
+    assert load("cuda-fused", PRESETS["digits"], kernel="cluster").kernel_choice(32)[0] == "cluster"
+    profiler = FusedProfiler(digits)
+    plan = profiler.plan("step", 32, steps=4)
     assert plan.kernel == "cluster" and plan.phases == () and plan.blocks == 8
+    assert profiler.plan("step", 32).kernel == "grid"
     X, y = random_batch(PRESETS["digits"], 4 * 32, np.random.default_rng(3))
     data = digits.prepare(X, y)
-    times = FusedProfiler(digits).step_times(data, 32, 0.1)
+    times = profiler.step_times(data, 32, 0.1)
     assert times.shape == (4,) and (times > 0).all() and times.sum() < 10_000  # microseconds
     with pytest.raises(ValueError, match="runs no phases"):
-        FusedProfiler(digits).phase_times(data, 32, 0.1)
+        profiler.phase_times(data, 32, 0.1)
     deep = load("cuda-fused", PRESETS["moons-5h300"], kernel="cluster")
     with pytest.raises(ValueError, match=r"needs \d+ KiB.*use kernel='grid' or 'auto'"):
         deep.step(*random_batch(PRESETS["moons-5h300"], 32, np.random.default_rng(0)), 0.1)

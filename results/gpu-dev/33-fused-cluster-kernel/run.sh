@@ -9,7 +9,13 @@ mkdir -p "$OUT/logs"
     >"$OUT/machine.txt" 2>&1
 git rev-parse HEAD >"$OUT/commit.txt" 2>/dev/null || true
 if [[ "${1:-}" == sanitize ]]; then
-    SANITIZE_ARGS=--fused-only SANITIZE_TIMEOUT=170 bash scripts/gpu_host.sh setup,sanitize
+    OUT=$OUT bash scripts/gpu_host.sh setup
+    mkdir -p "$OUT/logs"
+    # the fused GPU tests once more, with a Python traceback should the interpreter crash
+    PYTHONPATH=/tmp/site:$PWD/src:$PWD/tests PATH=/tmp/site/bin:$PATH PYTHONFAULTHANDLER=1 timeout 150 \
+        python3 -m pytest -q -p no:cacheprovider tests/test_gpu_backends.py -k fused >"$OUT/logs/pytest-fused.log" 2>&1
+    echo "fused tests with faulthandler: exit $? $(tail -1 "$OUT/logs/pytest-fused.log")" | tee -a "$OUT/machine.txt"
+    SANITIZE_ARGS=--fused-only SANITIZE_TIMEOUT=170 bash scripts/gpu_host.sh sanitize
     exit
 fi
 OUT=$OUT bash scripts/gpu_host.sh setup

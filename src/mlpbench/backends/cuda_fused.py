@@ -325,9 +325,11 @@ class FusedCudaModel(CudaModel):
     ``kernel`` picks the kernel: ``"cluster"`` (kernels/fused_cluster.cu: the step in one thread-block cluster,
     for networks and batches that fit in its shared memory; others raise ``ValueError`` with the reason),
     ``"grid"`` (kernels/fused.cu: phases separated by grid-wide barriers), or ``"auto"`` (the default: the
-    cluster kernel where it fits, the grid kernel elsewhere; :meth:`kernel_choice` says which and why, per
-    batch size). Weights are double-buffered: a step writes the updated copy while other blocks may still read
-    the current one, and the two swap after each update."""
+    cluster kernel for launches of several steps where it fits, the grid kernel elsewhere;
+    :meth:`kernel_choice` says which and why, per batch size and steps a launch). Under ``"auto"`` a
+    ``train_steps`` call may therefore run the other kernel than single steps: its results equal theirs to
+    float32 rounding, not bit for bit. Weights are double-buffered: a step writes the updated copy while
+    other blocks may still read the current one, and the two swap after each update."""
 
     name = "cuda-fused"
     KERNELS = ("auto", "grid", "cluster")
@@ -424,8 +426,11 @@ class FusedCudaModel(CudaModel):
             plan = self._cluster_plans[rows] = (layout, table)
         return plan
 
-    def kernel_choice(self, batch_size: int) -> tuple[str, str]:
-        """The kernel a step of ``batch_size`` rows runs (``"cluster"`` or ``"grid"``) and why."""
+    def kernel_choice(self, batch_size: int, steps: int = 1) -> tuple[str, str]:
+        """The kernel a launch of ``steps`` steps of ``batch_size`` rows runs (``"cluster"`` or ``"grid"``) and
+        why. ``"auto"`` takes the cluster kernel for launches of several steps where it fits: it keeps the
+        weights on chip from step to step; for one step a launch it is no faster than the grid kernel, which
+        spreads each product over every SM (results/gpu-dev/README.md, run 33)."""
         if self._kernel_option == "grid":
             return "grid", "the grid kernel was asked for"
         if self._cluster is None:
@@ -435,8 +440,10 @@ class FusedCudaModel(CudaModel):
             if self._kernel_option == "cluster":
                 raise ValueError(f"{layout}: use kernel='grid' or 'auto'")
             return "grid", layout
-        return "cluster", (f"fits in one cluster: {layout.ranks} blocks, {layout.shared_bytes // 1024} KiB of "
-                           f"shared memory each")
+        fits = f"{layout.ranks} blocks, {layout.shared_bytes // 1024} KiB of shared memory each"
+        if self._kernel_option == "auto" and steps == 1:
+            return "grid", f"one step a launch (the cluster kernel would take {fits}, and gains over several steps)"
+        return "cluster", f"fits in one cluster: {fits}"
 
     def _plan(self, stage: str, batch: int) -> tuple[torch.Tensor, int, int]:
         key = (stage, batch)
@@ -458,7 +465,7 @@ class FusedCudaModel(CudaModel):
         """One launch of ``stage``'s phases, ``steps`` times over consecutive ``batch.size // steps``-row
         blocks of ``batch``; ``profile``: device pointer for the phase clock (0: none)."""
         rows = 0 if batch is None else batch.size // steps
-        kernel = self._update_kernel if stage == "update" else self.kernel_choice(rows)[0]
+        kernel = self._update_kernel if stage == "update" else self.kernel_choice(rows, steps)[0]
         if stage in ("backprop", "step"):
             self._update_kernel = kernel
         if kernel == "cluster":
@@ -561,7 +568,7 @@ class FusedCudaModel(CudaModel):
                              "(take() and prepare() make contiguous batches)")
         clock = None
         if phase_clock:  # the grid kernel's clock ticks after each phase, the cluster kernel's after each step
-            grid = self.kernel_choice(int(batch_size))[0] == "grid"
+            grid = self.kernel_choice(int(batch_size), steps)[0] == "grid"
             marks = self._plan("step", int(batch_size))[1] if grid else 1
             clock = torch.zeros(1 + steps * marks, dtype=torch.int64, device=self._dev)
         self._launch("step", batches, lr, weight_decay, profile=0 if clock is None else clock.data_ptr(),
@@ -593,10 +600,11 @@ class FusedProfiler:
             raise TypeError(f"FusedProfiler measures a cuda-fused model, got {type(model).__name__}")
         self.model = model
 
-    def plan(self, stage: str, batch_size: int) -> LaunchPlan:
-        """The kernel, phases and grid of ``stage`` at ``batch_size`` rows, as the model launches them."""
+    def plan(self, stage: str, batch_size: int, steps: int = 1) -> LaunchPlan:
+        """The kernel, phases and grid of a launch of ``steps`` steps of ``stage`` at ``batch_size`` rows, as
+        the model launches them."""
         model = self.model
-        kernel, reason = model.kernel_choice(batch_size)
+        kernel, reason = model.kernel_choice(batch_size, steps)
         if kernel == "cluster":
             layout, _ = model._cluster_plan(batch_size)
             return LaunchPlan(kernel, reason, (), layout.ranks)
@@ -607,7 +615,7 @@ class FusedProfiler:
         """Microseconds of every phase of ``train_steps(batches, batch_size, ...)`` (one launch of the grid
         kernel), in order: ``steps x phases`` values, each from the end of the previous phase's barrier to the
         end of its own."""
-        if self.model.kernel_choice(batch_size)[0] != "grid":
+        if self.model.kernel_choice(batch_size, batches.size // batch_size)[0] != "grid":
             raise ValueError("the cluster kernel runs no phases: step_times measures its steps")
         clock = self.model._train_steps(batches, batch_size, lr, weight_decay, phase_clock=True)
         return np.diff(clock.cpu().numpy()).astype(np.float64) / 1e3
