@@ -34,7 +34,9 @@ echo "smoke: exit $?" | tee -a "$OUT/logs/summary.txt"
 cat "$OUT/logs/smoke.log"
 grep -q FAILED "$OUT/logs/smoke.log" && exit 1
 grep -c passed "$OUT/logs/smoke.log" | grep -q 3 || exit 1
+# FULL=1: the whole GPU test suite (a Python traceback should the interpreter crash), not only the fused tests
+TESTS="tests/test_gpu_planning.py tests/test_kernels_compile.py tests/test_gpu_backends.py"
+[[ "${FULL:-0}" == 1 ]] && TESTS="$TESTS tests/test_gpu_special_values.py tests/test_gpu_distributed.py" || TESTS="$TESTS -k fused"
 BENCH_ARGS="--sections host,profile,steps --cases digits,moons-5h300 --backends cuda-fused,cuda-fused:grid,torch-gpu-graph" \
-    PYTEST_ARGS="-p no:randomly tests/test_gpu_planning.py tests/test_kernels_compile.py tests/test_gpu_backends.py -k fused" \
-    timeout 420 bash scripts/gpu_host.sh bench,test
+    PYTEST_ARGS="$TESTS" PYTHONFAULTHANDLER=1 timeout 480 bash scripts/gpu_host.sh bench,test
 uptime >>"$OUT/machine.txt"

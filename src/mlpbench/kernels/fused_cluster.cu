@@ -474,6 +474,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         if (T) load_rows(c.at(plan.t[step % 2]), n_out, T + (long)step * batch * n_out, n_out, batch, n_out);
     };
     queue_batch(0);
+    // No block stores into another's shared memory before that block is running: one cluster barrier first,
+    // while the copies are in flight.
+    cluster.sync();
     for (int step = 0; step < n_steps; ++step) {
         const bool last = step == n_steps - 1;
         c.buffer = step % 2;
