@@ -425,3 +425,22 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path: Path
     assert (rows.groupby("key").size() == rows.groupby("key").block_rows.first()).all()
     assert not rows.duplicated(["key", "stage"]).any()
     assert json.loads((tmp_path / "k" / "meta.json").read_text())["status"] == "complete"
+
+
+def test_each_timing_records_the_kernel_its_backend_chose(tmp_path: Path, monkeypatch) -> None:
+    # A backend that chooses between kernels per launch (cuda-fused) says which and why; the sweep asks it
+    # for each stage, the epoch's launch with the run's epoch_steps. numpy stands in for one here.
+    from mlpbench.backends.numpy_ref import NumpyModel
+
+    monkeypatch.setattr(NumpyModel, "fuses_steps", True)
+    monkeypatch.setattr(NumpyModel, "kernel_choice",
+                        lambda self, batch_size, steps=1: (f"k{steps}", f"{steps} steps of {batch_size} rows"))
+    run_dir = run("quick", results_dir=tmp_path, run_id="kernels", progress=False, backends=("numpy", "c-serial"),
+                  studies=("stages",), networks=("digits:8",), epoch_steps=3)
+    rows = read_rows(run_dir).fillna("")
+    numpy_rows = rows[rows.backend == "numpy"].set_index("stage")
+    assert numpy_rows.loc["epoch_step", "kernel_choice"] == "k3"
+    assert numpy_rows.loc["epoch_step", "kernel_reason"] == "3 steps of 8 rows"
+    others = numpy_rows.drop(index="epoch_step")
+    assert len(others) >= 4 and (others.kernel_choice == "k1").all()
+    assert (rows[rows.backend == "c-serial"].kernel_choice == "").all()  # one way to run: nothing to record

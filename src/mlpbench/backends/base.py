@@ -280,6 +280,12 @@ class Model(ABC):
         for start in self._step_starts(batches, batch_size):
             self.train_step(batches.rows(start, start + batch_size), lr, weight_decay)
 
+    def kernel_choice(self, batch_size: int, steps: int = 1) -> tuple[str, str] | None:
+        """Which of its kernels the backend runs for a launch of ``steps`` training steps of ``batch_size`` rows
+        (single steps and the stages: ``steps=1``), and why; ``None`` for a backend with one way to run them
+        (or whose kernel is an explicit option). The sweep records it beside each timing."""
+        return None
+
     def _step_starts(self, batches: Batch, batch_size: int) -> range:
         """The first row of each step of :meth:`train_steps`, after checking the call."""
         self._check_batch(batches, need_targets=True)

@@ -130,6 +130,9 @@ def _check_and_time(config: Config, network: Network, params: SweepParams, base:
                              repeats=params.repeats, warmup=base["warmup"], min_repeats=params.min_repeats,
                              budget_s=params.budget_s, epoch_steps=params.epoch_steps)
         base["compile_s"] = model.compile_seconds
+        # The kernel each stage ran where the backend chooses one (an epoch's steps run in one launch).
+        kernels = {stage: model.kernel_choice(config.batch, params.epoch_steps if stage == "epoch_step" else 1)
+                   for stage in result.stats}
     finally:
         model.close()
     base["loss_finite"] = math.isfinite(result.loss_after)  # a flag to filter on, beside the reason
@@ -142,7 +145,9 @@ def _check_and_time(config: Config, network: Network, params: SweepParams, base:
     finished = finish_stamp()
     flops["epoch_step"] = flops["step"]  # its samples are per step
     return [{**base, **stage_columns(stage, stats, flops.get(stage), transfer_bytes, config.batch),
-             "stage": stage, "status": "ok", "reason": "", "loss_after": result.loss_after, **finished}
+             "stage": stage, "status": "ok", "reason": "", "loss_after": result.loss_after,
+             "kernel_choice": kernels[stage][0] if kernels[stage] else "",
+             "kernel_reason": kernels[stage][1] if kernels[stage] else "", **finished}
             for stage, stats in result.stats.items()]
 
 

@@ -17,7 +17,7 @@ ROW_COLUMNS = (
     "samples_per_s", "bytes", "gb_per_s", "verify_batch", "tolerance",
     *(f"err_{name}" for name in ERROR_QUANTITIES), "err_max",
     "scaled_err_max", "scaled_tolerance", "loss_after", "loss_finite", "reused_from", "finished_at",
-    "load_1min", "load_before", "compile_s",
+    "load_1min", "load_before", "compile_s", "kernel_choice", "kernel_reason",
 )
 LADDER_COLUMNS = (
     "key", "block_rows", "device", "impl", "version", "rung", "n", "threads", "status", "reason", "repeats",
