@@ -7,7 +7,7 @@ OUT=${OUT:?}
 mkdir -p "$OUT/logs"
 { date -u; uptime; nproc; nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv; } \
     >"$OUT/machine.txt" 2>&1
-git rev-parse HEAD >"$OUT/commit.txt" 2>/dev/null || true
+# commit.txt of each folder is written by hand: the host's copy of .git does not follow the working tree
 if [[ "${1:-}" == sanitize ]]; then
     OUT=$OUT bash scripts/gpu_host.sh setup
     mkdir -p "$OUT/logs"
