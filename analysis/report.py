@@ -115,6 +115,12 @@ def _finite(value: Any) -> float | None:
     return float(value) if value is not None and np.isfinite(value) else None
 
 
+def _text(values: pd.Series) -> str | None:
+    """The one non-empty text of ``values`` (a summary column of one configuration), or None."""
+    present = [str(v) for v in values if isinstance(v, str) and v]
+    return present[0] if present else None
+
+
 def _ratio(slower: float | None, faster: float | None) -> float | None:
     """How many times ``faster`` beats ``slower`` (two times in seconds); None if either is missing."""
     return slower / faster if slower and faster else None
@@ -478,6 +484,9 @@ def report_numbers(results: Results) -> dict[str, Any]:
         # per step of an epoch in one train_steps call, where a backend runs many steps per launch
         entry["epoch_step_s"] = {n: {r.backend: _finite(r.epoch_step_s) for r in run.stages[run.stages.network == n]
                                      .itertuples() if _finite(r.epoch_step_s)} for n in nets}
+        # the kernel cuda-fused chose for its epoch launch, where the run records it (an empty cell: none)
+        entry["epoch_kernel"] = {n: _text(run.stages[(run.stages.network == n) & (run.stages.backend == "cuda-fused")]
+                                          .epoch_kernel) for n in nets}
         entry["epoch_steps"] = epoch_steps(run.meta)
         if entry["epoch_steps"] is None and any(entry["epoch_step_s"].values()):
             raise ValueError(f"run {run_id}: epoch_step timings, but meta.json records no epoch_steps")

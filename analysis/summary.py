@@ -72,7 +72,8 @@ def stage_table(results: Results, study: str = "stages") -> pd.DataFrame:
     """One row per run × network × backend: median seconds of each stage and of the whole step with the
     step's quartiles, the sum of the separately timed forward, backprop and update (the work of one
     ``train_step``; ``transfer`` is not part of it), ``epoch_step_s`` (per step of an epoch in one
-    ``train_steps`` call, on backends that run many steps per launch; else empty), step GFLOP/s and
+    ``train_steps`` call, on backends that run many steps per launch; else empty) with ``epoch_kernel``, the
+    kernel the backend chose for it (runs that record it; else empty), step GFLOP/s and
     samples/s, and the speed-up of the step over PyTorch on the same kind of device (``torch-cpu`` for CPU
     backends, ``torch-gpu`` for GPU backends) at the same thread count. ``load_before``/``load_1min`` are the
     machine's 1-min load average just before and after the configuration (``load_before`` is empty in runs that did
@@ -81,7 +82,8 @@ def stage_table(results: Results, study: str = "stages") -> pd.DataFrame:
     rows = _ok(results.rows, study=study)
     optional = ("load_before", "load_1min", "nonfinite", "compile_s")
     columns = ["run_id", "machine", "network", "sizes", "batch", "backend", "threads", *[
-        f"{s}_s" for s in STAGE_ORDER], "step_s", "step_q1_s", "step_q3_s", "epoch_step_s", "stages_sum_s",
+        f"{s}_s" for s in STAGE_ORDER], "step_s", "step_q1_s", "step_q3_s", "epoch_step_s", "epoch_kernel",
+        "stages_sum_s",
         "step_gflops", "samples_per_s", "baseline", "speedup", *optional]
     if rows.empty:
         return pd.DataFrame(columns=columns)
@@ -98,6 +100,9 @@ def stage_table(results: Results, study: str = "stages") -> pd.DataFrame:
     for stage in (*STAGE_ORDER, "step", "epoch_step"):
         if f"{stage}_s" not in table:
             table[f"{stage}_s"] = np.nan
+    epoch = rows[rows.stage == "epoch_step"].set_index(keys)
+    kernels = epoch["kernel_choice"] if "kernel_choice" in epoch else pd.Series(index=epoch.index, dtype=object)
+    table = table.join(kernels.rename("epoch_kernel"), on=keys)
     table["stages_sum_s"] = table[[f"{s}_s" for s in COMPUTE_STAGES]].sum(axis=1, min_count=1)
     gpu = gpu_backends(results)
     table["baseline"] = [BASELINE_OF_DEVICE["gpu" if b in gpu else "cpu"] for b in table["backend"]]

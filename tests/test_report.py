@@ -209,10 +209,16 @@ def batch_winners(run: Path) -> list[str]:
 def flip(source: Path, target: Path) -> None:
     """A copy of a committed run whose orderings are the other way round: backprop the largest stage of every
     backend, a CPU backend fastest at the smallest batch, the GPU behind at the smallest width, c-omp ahead of
-    PyTorch on the large network, the digits accuracies apart, and the CUDA rungs' steps in or out of order."""
+    PyTorch on the large network, the digits accuracies apart, and the CUDA rungs' steps in or out of order;
+    also recording, as newer runs do, the kernel each timing ran where a backend chose one (cuda-fused's
+    cluster kernel for its epoch launches on digits, its grid kernel elsewhere)."""
     shutil.copytree(source, target)
     rows = pd.read_csv(target / "rows.csv")
     ok = rows.status == "ok"
+    fused = ok & (rows.backend == "cuda-fused")
+    rows["kernel_choice"] = ""
+    rows.loc[fused, "kernel_choice"] = "grid"
+    rows.loc[fused & (rows.stage == "epoch_step") & (rows.network == "digits"), "kernel_choice"] = "cluster"
     stages = ok & (rows.study == "stages")
     backprop = rows[stages & (rows.stage == "backprop")].set_index("key").median_s
     for stage, share in (("forward", 0.4), ("update", 0.1)):
@@ -745,6 +751,16 @@ def test_multi_gpu_table_prints_the_measured_steps(report):
         one = step[row.backend, row.network, row.scaling, row.rung, 1]
         assert (f"{row.backend} {row.network} ({row.global_batch}) {row.scaling} {row.rung} {duration(one)} "
                 f"{duration(row.median_s)}") in text, row
+
+
+def test_the_kernel_of_an_epoch_launch_is_said_where_the_run_records_it(committed, flipped):
+    _, text, numbers = committed  # its rows record no kernel choice
+    assert set(numbers["gpu"]["epoch_kernel"].values()) == {None}
+    assert "second kernel" not in text
+    _, text, numbers = flipped
+    assert numbers["gpu"]["epoch_kernel"]["digits"] == "cluster"
+    assert numbers["gpu"]["epoch_kernel"]["moons-5h300"] == "grid"
+    assert says(text, "on digits, where it ran its second kernel: the whole step in one cluster of thread blocks")
 
 
 def test_an_epoch_per_launch_follows_the_data(committed):

@@ -91,13 +91,6 @@ def fused_kernel() -> gpu.DriverKernel:
     return kernel
 
 
-def cluster_kernel(shared_bytes: int) -> gpu.DriverKernel:
-    """fused_cluster allowed ``shared_bytes`` of dynamic shared memory per block."""
-    kernel = gpu.DriverKernel(FUSED_CLUSTER, "fused_cluster", _ClusterArgs())
-    kernel.set_attribute(gpu.DriverKernel.MAX_DYNAMIC_SHARED_SIZE_BYTES, shared_bytes)
-    return kernel
-
-
 @dataclass(frozen=True)
 class ClusterLayout:
     """Where the cluster kernel keeps a network's step for ``batch`` rows: ``ranks`` blocks of one cluster,
