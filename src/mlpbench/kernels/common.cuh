@@ -46,22 +46,50 @@ __device__ __forceinline__ float softplus(float z) {
     return fmaxf(z, 0.0f) + log1pf(expf(-fabsf(z)));
 }
 
-// Butterfly reductions: every lane ends with the same bits (each level adds a + b on one lane and b + a on
-// its partner), and the order is fixed, so results repeat exactly from run to run.
-__device__ __forceinline__ float warp_sum(float value) {
+// Templates keep C++ linkage in the sources PyCUDA wraps in extern "C".
+extern "C++" {
+
+// Butterfly reductions over groups of LANES consecutive lanes (32: the warp; 16: each half-warp): every lane
+// ends with the same bits (each level adds a + b on one lane and b + a on its partner), and the order is
+// fixed, so results repeat exactly from run to run.
+template <int LANES>
+__device__ __forceinline__ float lanes_sum(float value) {
 #pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(FULL_WARP_MASK, value, offset);
+    for (int offset = LANES / 2; offset > 0; offset >>= 1) value += __shfl_xor_sync(FULL_WARP_MASK, value, offset);
     return value;
 }
 
 // fmaxf returns the other operand when one is NaN, so a NaN logit does not become the row's maximum; it still
 // reaches every probability of its row through exp(z - max) and the row's sum, as in the float64 reference.
-__device__ __forceinline__ float warp_max(float value) {
+template <int LANES>
+__device__ __forceinline__ float lanes_max(float value) {
 #pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1)
+    for (int offset = LANES / 2; offset > 0; offset >>= 1)
         value = fmaxf(value, __shfl_xor_sync(FULL_WARP_MASK, value, offset));
     return value;
 }
+
+__device__ __forceinline__ float warp_sum(float value) { return lanes_sum<32>(value); }
+__device__ __forceinline__ float warp_max(float value) { return lanes_max<32>(value); }
+
+// The output layer's probability of the logit z a lane holds, its row spread over LANES lanes (those with
+// `valid` false hold none), and into `loss` the lane's term of the row's loss for `target`: softmax as
+// output_row computes it (exp of the max-shifted logits, P = e / sum), or the sigmoid.
+template <int LANES>
+__device__ __forceinline__ float output_probability(int loss_kind, float z, float target, bool valid, float& loss) {
+    loss = 0.0f;
+    if (loss_kind == LOSS_SOFTMAX_CE) {
+        const float shifted = z - lanes_max<LANES>(valid ? z : LOWEST_FLOAT);
+        const float e = valid ? expf(shifted) : 0.0f;
+        const float sum = lanes_sum<LANES>(e);
+        if (valid) loss = -target * (shifted - logf(sum));
+        return e / sum;
+    }
+    if (valid) loss = softplus(z) - target * z;
+    return stable_sigmoid(z);
+}
+
+}  // extern "C++"
 
 // The output layer for one sample, one warp per row: probabilities P (in place over the logits Z), the
 // sample's loss, and optionally the output gradient dZ = (P - T) / batch.

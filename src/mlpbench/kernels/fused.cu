@@ -370,17 +370,8 @@ __device__ __forceinline__ void forward_head_row(const Layer& layer, const float
         for (int w = 0; w < WARPS; ++w) z += sums[w * HEAD_MAX + lane];
         z += bias;
     }
-    float p, loss = 0.0f;
-    if (s.loss_kind == LOSS_SOFTMAX_CE) {  // as output_row: exp of the max-shifted logits, P = e / sum
-        const float shifted = z - warp_max(valid ? z : LOWEST_FLOAT);
-        const float e = valid ? expf(shifted) : 0.0f;
-        const float sum = warp_sum(e);
-        p = e / sum;
-        if (valid) loss = -target * (shifted - logf(sum));
-    } else {
-        p = stable_sigmoid(z);
-        if (valid) loss = softplus(z) - target * z;
-    }
+    float loss;
+    const float p = output_probability<32>(s.loss_kind, z, target, valid, loss);
     if (valid) {
         layer.A[at] = p;
         if (delta) layer.dZ[at] = (p - target) / (float)s.batch;

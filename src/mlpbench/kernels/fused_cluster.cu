@@ -189,18 +189,6 @@ __device__ __forceinline__ void load_rows(float* dst, int dst_stride, const floa
 // output_row (common.cuh) for two rows of an output layer at most 16 wide at once, a half-warp a row: the same
 // arithmetic, its sums and maxima over 16 lanes. P over the logits Z (rows x cols, bias not yet added), the
 // rows' losses and, with dZ, (P - T) / batch; T == nullptr: no loss, no gradient.
-__device__ __forceinline__ float half_warp_sum(float v) {
-#pragma unroll
-    for (int offset = 8; offset > 0; offset >>= 1) v += __shfl_xor_sync(FULL_WARP_MASK, v, offset);
-    return v;
-}
-
-__device__ __forceinline__ float half_warp_max(float v) {
-#pragma unroll
-    for (int offset = 8; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_WARP_MASK, v, offset));
-    return v;
-}
-
 __device__ void output_rows(float* Z, const float* bias, const float* T, float* dZ, float* loss_rows, int rows,
                             int cols, int loss_kind, float batch) {
     const int half = (threadIdx.x / 16) % 2, j = threadIdx.x % 16;
@@ -209,23 +197,14 @@ __device__ void output_rows(float* Z, const float* bias, const float* T, float* 
         const bool valid = r < rows && j < cols;
         const float z = valid ? Z[at] + bias[j] : 0.0f;
         const float target = valid && T ? T[at] : 0.0f;
-        float p, loss = 0.0f;
-        if (loss_kind == LOSS_SOFTMAX_CE) {
-            const float shifted = z - half_warp_max(valid ? z : LOWEST_FLOAT);
-            const float e = valid ? expf(shifted) : 0.0f;
-            const float sum = half_warp_sum(e);
-            p = e / sum;
-            if (valid) loss = -target * (shifted - logf(sum));
-        } else {
-            p = stable_sigmoid(z);
-            if (valid) loss = softplus(z) - target * z;
-        }
+        float loss;
+        const float p = output_probability<16>(loss_kind, z, target, valid, loss);
         if (valid) {
             Z[at] = p;
             if (T && dZ) dZ[at] = (p - target) / batch;
         }
         if (T) {
-            loss = half_warp_sum(loss);
+            loss = lanes_sum<16>(loss);
             if (j == 0 && r < rows) loss_rows[r] = loss;
         }
     }
