@@ -239,6 +239,8 @@ def test_kernel_report_lists_every_kernel_without_spills():
         assert row["registers"] > 0 and row["local_bytes"] == 0, row
     fused = next(row for row in report if row["kernel"] == "fused_step")
     assert fused["dynamic_shared_bytes"] > 48 * 1024
+    cluster = next(row for row in report if row["kernel"] == "fused_cluster")
+    assert cluster["dynamic_shared_bytes"] is None  # planned per network and batch
 
 
 def test_other_threads_need_the_context_manager():

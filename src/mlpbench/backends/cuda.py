@@ -560,7 +560,8 @@ def kernel_report() -> list[dict[str, Any]]:
     """Registers, shared memory and local memory (stack, spills) of every kernel as loaded on this GPU.
 
     One dict per kernel: ``module``, ``kernel``, ``defines``, ``arch``, ``registers``,
-    ``static_shared_bytes``, ``dynamic_shared_bytes`` (what the backend launches it with), ``local_bytes``
+    ``static_shared_bytes``, ``dynamic_shared_bytes`` (what the backend launches it with; None for
+    ``fused_cluster``, planned per network), ``local_bytes``
     (non-zero means stack or spills), ``max_threads_per_block``.
     """
     import pycuda.driver as drv
@@ -581,7 +582,9 @@ def kernel_report() -> list[dict[str, Any]]:
                 "arch": gpu.info().arch,
                 "registers": function.get_attribute(attribute.NUM_REGS),
                 "static_shared_bytes": function.get_attribute(attribute.SHARED_SIZE_BYTES),
-                "dynamic_shared_bytes": FUSED_SHARED_BYTES if name == "fused_step" else opt_dynamic.get(module, 0),
+                # fused_cluster's is planned per network and batch (cuda_fused.cluster_layout): None
+                "dynamic_shared_bytes": (FUSED_SHARED_BYTES if name == "fused_step" else None if name == "fused_cluster"
+                                         else opt_dynamic.get(module, 0)),
                 "local_bytes": function.get_attribute(attribute.LOCAL_SIZE_BYTES),
                 "max_threads_per_block": function.get_attribute(attribute.MAX_THREADS_PER_BLOCK),
             })
