@@ -1,12 +1,15 @@
 """``cuda-fused`` (rung 4 of the GPU ladder): the whole training step of a small network in one launch, with
 two kernels and the planner that chooses between them (tested without a GPU):
 
-- the cluster kernel (``kernels/fused_cluster.cu``) when the weights and the batch's activations fit in the
-  shared memory of one thread-block cluster: nothing leaves the chip between layers, and blocks meet at
-  cluster barriers (:func:`cluster_layout` plans its shared memory, or says why it does not fit);
+- the cluster kernel (``kernels/fused_cluster.cu``) for launches of several steps (``train_steps``) whose
+  weights and batch activations fit in the shared memory of one thread-block cluster: nothing leaves the
+  chip between layers or steps, and blocks meet at cluster barriers (:func:`cluster_layout` plans its shared
+  memory, or says why it does not fit);
 - the grid kernel (``kernels/fused.cu``) otherwise: a persistent kernel whose phases are separated by
   grid-wide barriers, every block resident at once (at most one block per SM); :func:`fused_plan` chooses
   which phases a launch runs and the tile shape of each phase's products from a cost model.
+
+:meth:`FusedCudaModel.kernel_choice` gives the choice and its reason.
 
 Launches go through :class:`mlpbench.gpu.DriverKernel` (``cuLaunchKernel`` with arguments set in place), since
 a step of a few microseconds cannot hide PyCUDA's per-call packing.

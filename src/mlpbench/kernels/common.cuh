@@ -46,6 +46,13 @@ __device__ __forceinline__ float softplus(float z) {
     return fmaxf(z, 0.0f) + log1pf(expf(-fabsf(z)));
 }
 
+// The GPU's nanosecond clock (%globaltimer), for phase and step clocks.
+__device__ __forceinline__ unsigned long long global_time() {
+    unsigned long long ns;
+    asm volatile("mov.u64 %0, %globaltimer;" : "=l"(ns));
+    return ns;
+}
+
 // Templates keep C++ linkage in the sources PyCUDA wraps in extern "C".
 extern "C++" {
 

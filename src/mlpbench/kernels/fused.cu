@@ -117,12 +117,6 @@ __device__ __forceinline__ void add_release(unsigned int* address, unsigned int 
     asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(address), "r"(value) : "memory");
 }
 
-__device__ __forceinline__ unsigned long long global_time() {
-    unsigned long long ns;
-    asm volatile("mov.u64 %0, %globaltimer;" : "=l"(ns));
-    return ns;
-}
-
 __device__ __forceinline__ void grid_barrier(unsigned int* counter, unsigned int& top_bit) {
     __syncthreads();
     if (threadIdx.x == 0) {

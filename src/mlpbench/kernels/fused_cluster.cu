@@ -1,4 +1,5 @@
-// Rung 4, cuda-fused, for networks that fit on chip: the whole training step in one thread-block cluster.
+// Rung 4, cuda-fused, for networks that fit on chip: the whole training step in one thread-block cluster
+// (mlpbench.backends.cuda_fused runs it for launches of several steps; for one step the grid kernel is as fast).
 //
 // The grid kernel (fused.cu) pays a grid-wide barrier and a round trip to L2 for every phase. When the
 // network's weights and the batch's activations fit in the shared memory of one cluster (up to 8 blocks on
@@ -6,12 +7,12 @@
 // [n * rank / ranks, n * (rank + 1) / ranks) of every hidden layer's output: the rows of W_l and b_l that make
 // them, and the columns of the next layer's W that read them. What crosses between blocks goes through
 // distributed shared memory, ordered by cluster barriers:
-//   forward, hidden layer l   each block computes its columns of A_l; but for the last hidden layer it stores
-//                             them into every block's copy of A_l, then a cluster barrier: every block holds
-//                             all of A_l, the next layer's input.
+//   forward, hidden layer l   each block computes its columns of A_l; for every hidden layer but the last it
+//                             stores them into every block's copy of A_l, then a cluster barrier: every block
+//                             holds all of A_l, the next layer's input.
 //   output layer              each block's partial logits from its columns of the last hidden layer, stored
 //                             into every block; after a cluster barrier every block adds them in rank order
-//                             and computes P, the loss and dZ (output_row) itself, the same bits everywhere.
+//                             and computes P, the loss and dZ (output_rows) itself, the same bits everywhere.
 //   backward                  the output layer's weight gradient for the block's columns and the last hidden
 //                             layer's dZ of its columns need nothing from other blocks; a hidden layer's rows
 //                             of dW_l and db_l neither (A_{l-1} is whole in every block). For l > 0 the block
@@ -69,12 +70,6 @@ struct ClusterPlan {
 
 static_assert(sizeof(ClusterPlan) == 40 + 32 * MAX_LAYERS,
               "struct ClusterPlan changed: update _CLUSTER_HEADER and _SLOT_FIELDS in backends/cuda_fused.py");
-
-__device__ __forceinline__ unsigned long long global_time() {
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
-    return t;
-}
 
 __device__ __forceinline__ int slice_begin(int n, int rank, int ranks) { return (int)((long)n * rank / ranks); }
 
