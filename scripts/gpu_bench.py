@@ -41,8 +41,8 @@ from mlpbench.network import PRESETS, Network
 from mlpbench.timing import EPOCH_STEPS, CudaEventClock, time_call, time_stages
 from mlpbench.verify import FLOAT32_TOLERANCE, check_stages, random_batch, relative_error
 
-# (preset, batch, backends); "cuda-fused:grid" is cuda-fused made to run its grid kernel where it would
-# choose the cluster kernel
+# (preset, batch, backends); "cuda-fused:grid" is cuda-fused with its grid kernel for every launch (by
+# default it takes the cluster kernel for an epoch's launch where the step fits)
 STEP_CASES = [
     ("digits", 32, ["torch-cpu", "c-serial", "torch-gpu", "torch-gpu-graph", "torch-gpu-compile", "cuda-naive",
                     "cuda-tiled", "cuda-opt", "cuda-fused", "cuda-fused:grid", "cuda-cublas"]),
