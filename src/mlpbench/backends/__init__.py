@@ -61,7 +61,7 @@ def load(backend: str, network: Network | str, params: Params | None = None, see
     at most :meth:`~Model.max_threads`; ``None`` or 1 elsewhere, any other count is a ``ValueError``) and
     ``on_nonfinite`` (``"raise"``, ``"warn"`` or ``"ignore"``: what :meth:`~Model.step` does when a loss is
     NaN or infinite). Other ``options`` belong to one backend family (``kernel``, ``max_batch`` and ``isa``
-    for the C library); a backend that does not know one raises ``TypeError``.
+    for the C library; ``kernel`` for cuda-fused); a backend that does not know one raises ``TypeError``.
     """
     network = resolve(network)
     cls = model_class(backend)
