@@ -529,3 +529,21 @@ def test_cluster_layout_says_why_a_network_does_not_fit():
 def test_fused_kernel_option_is_checked_before_the_gpu():
     with pytest.raises(ValueError, match="kernel: expected one of auto, grid, cluster"):
         load("cuda-fused", "64-128-10", kernel="warp")
+
+
+def test_the_kernel_choice_and_its_reason():
+    fits = cuda_fused.cluster_layout(PRESETS["digits"], 32, 227 * 1024)
+    too_big = cuda_fused.cluster_layout(PRESETS["digits"], 256, 227 * 1024)
+    each = f"8 blocks, {fits.shared_bytes // 1024} KiB of shared memory each"
+    # auto: the cluster kernel from two steps a launch on, where the step fits
+    assert cuda_fused.choose_kernel("auto", fits, 2) == ("cluster", f"fits in one cluster: {each}")
+    assert cuda_fused.choose_kernel("auto", fits, 1) == (
+        "grid", f"one step a launch (the cluster kernel would take {each}, and gains over several steps)")
+    assert cuda_fused.choose_kernel("auto", too_big, 32) == ("grid", too_big)
+    no_clusters = "this GPU has no thread-block clusters"
+    assert cuda_fused.choose_kernel("auto", None, 32, no_clusters) == ("grid", no_clusters)
+    # asked for: the cluster kernel even for one step, where it fits; the grid kernel always
+    assert cuda_fused.choose_kernel("cluster", fits, 1)[0] == "cluster"
+    with pytest.raises(ValueError, match=r"needs 414 KiB.*use kernel='grid' or 'auto'"):
+        cuda_fused.choose_kernel("cluster", too_big, 32)
+    assert cuda_fused.choose_kernel("grid", fits, 32) == ("grid", "the grid kernel was asked for")

@@ -184,6 +184,28 @@ def cluster_layout(network: Network, batch: int, shared_limit: int) -> ClusterLa
     return ClusterLayout(ranks, batch, needed, table)
 
 
+def choose_kernel(option: str, layout: ClusterLayout | str | None, steps: int, no_cluster: str = "") -> tuple[str, str]:
+    """The kernel (``"cluster"`` or ``"grid"``) of a launch of ``steps`` steps, and why, for the model option
+    ``option`` and the cluster kernel's :func:`cluster_layout` of the launch's batch (a string: why it does not
+    fit; ``None``: not planned, the GPU having no clusters (``no_cluster`` says so) or the grid kernel being
+    asked for). ``"auto"`` takes the cluster kernel for launches of several steps where it fits: it keeps the
+    weights on chip from step to step; for one step a launch it is no faster than the grid kernel, which spreads
+    each product over every SM (results/gpu-dev/README.md, run 33). ``"cluster"`` where it does not fit is a
+    ``ValueError``."""
+    if option == "grid":
+        return "grid", "the grid kernel was asked for"
+    if layout is None:
+        return "grid", no_cluster
+    if isinstance(layout, str):
+        if option == "cluster":
+            raise ValueError(f"{layout}: use kernel='grid' or 'auto'")
+        return "grid", layout
+    fits = f"{layout.ranks} blocks, {layout.shared_bytes // 1024} KiB of shared memory each"
+    if option == "auto" and steps == 1:
+        return "grid", f"one step a launch (the cluster kernel would take {fits}, and gains over several steps)"
+    return "cluster", f"fits in one cluster: {fits}"
+
+
 @dataclass(frozen=True)
 class Tile:
     """Shape of a cuda-fused product tile: (micro*gm) x (micro*gn) outputs, ksplit k slices per output."""
@@ -424,22 +446,10 @@ class FusedCudaModel(CudaModel):
 
     def kernel_choice(self, batch_size: int, steps: int = 1) -> tuple[str, str]:
         """The kernel a launch of ``steps`` steps of ``batch_size`` rows runs (``"cluster"`` or ``"grid"``) and
-        why. ``"auto"`` takes the cluster kernel for launches of several steps where it fits: it keeps the
-        weights on chip from step to step; for one step a launch it is no faster than the grid kernel, which
-        spreads each product over every SM (results/gpu-dev/README.md, run 33)."""
-        if self._kernel_option == "grid":
-            return "grid", "the grid kernel was asked for"
-        if self._cluster is None:
-            return "grid", self._no_cluster
-        layout, _ = self._cluster_plan(batch_size)
-        if isinstance(layout, str):
-            if self._kernel_option == "cluster":
-                raise ValueError(f"{layout}: use kernel='grid' or 'auto'")
-            return "grid", layout
-        fits = f"{layout.ranks} blocks, {layout.shared_bytes // 1024} KiB of shared memory each"
-        if self._kernel_option == "auto" and steps == 1:
-            return "grid", f"one step a launch (the cluster kernel would take {fits}, and gains over several steps)"
-        return "cluster", f"fits in one cluster: {fits}"
+        why (:func:`choose_kernel`)."""
+        if self._kernel_option == "grid" or self._cluster is None:
+            return choose_kernel(self._kernel_option, None, steps, self._no_cluster)
+        return choose_kernel(self._kernel_option, self._cluster_plan(batch_size)[0], steps)
 
     def _plan(self, stage: str, batch: int) -> tuple[torch.Tensor, int, int]:
         key = (stage, batch)
