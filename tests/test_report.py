@@ -760,7 +760,8 @@ def test_the_kernel_of_an_epoch_launch_is_said_where_the_run_records_it(committe
     _, text, numbers = flipped
     assert numbers["gpu"]["epoch_kernel"]["digits"] == "cluster"
     assert numbers["gpu"]["epoch_kernel"]["moons-5h300"] == "grid"
-    assert says(text, "on digits, where it ran its second kernel: the whole step in one cluster of thread blocks")
+    assert says(text, "on digits (there on its second kernel, which runs the whole step in one cluster of thread "
+                      "blocks, keeps the weights in their shared memory from step to step")
 
 
 def test_an_epoch_per_launch_follows_the_data(committed):
