@@ -391,6 +391,7 @@ class FusedCudaModel(CudaModel):
                 self._cluster_update_table = torch.tensor(update, device=self._dev)
         self._cluster_plans: dict[int, tuple[ClusterLayout | str, torch.Tensor | None]] = {}
         self._update_kernel = "grid"  # the kernel of the last backprop, whose update arithmetic the update repeats
+        self._launch_kernels: dict[tuple[int, bool], str] = {}  # _launch_kernel's memory
         self._kernel = fused_kernel()
         self._args = self._kernel.args
         self._barrier = torch.zeros(1, dtype=torch.int32, device=self._dev)
@@ -451,6 +452,15 @@ class FusedCudaModel(CudaModel):
             return choose_kernel(self._kernel_option, None, steps, self._no_cluster)
         return choose_kernel(self._kernel_option, self._cluster_plan(batch_size)[0], steps)
 
+    def _launch_kernel(self, rows: int, steps: int) -> str:
+        """The kernel of :meth:`kernel_choice`, remembered per batch size and whether the launch has several
+        steps (all the choice depends on): a launch-bound step should not build the reason at every call."""
+        key = (rows, steps > 1)
+        kernel = self._launch_kernels.get(key)
+        if kernel is None:
+            kernel = self._launch_kernels[key] = self.kernel_choice(rows, steps)[0]
+        return kernel
+
     def _plan(self, stage: str, batch: int) -> tuple[torch.Tensor, int, int]:
         key = (stage, batch)
         plan = self._plans.get(key)
@@ -471,7 +481,7 @@ class FusedCudaModel(CudaModel):
         """One launch of ``stage``'s phases, ``steps`` times over consecutive ``batch.size // steps``-row
         blocks of ``batch``; ``profile``: device pointer for the phase clock (0: none)."""
         rows = 0 if batch is None else batch.size // steps
-        kernel = self._update_kernel if stage == "update" else self.kernel_choice(rows, steps)[0]
+        kernel = self._update_kernel if stage == "update" else self._launch_kernel(rows, steps)
         if stage in ("backprop", "step"):
             self._update_kernel = kernel
         if kernel == "cluster":
@@ -574,7 +584,7 @@ class FusedCudaModel(CudaModel):
                              "(take() and prepare() make contiguous batches)")
         clock = None
         if phase_clock:  # the grid kernel's clock ticks after each phase, the cluster kernel's after each step
-            grid = self.kernel_choice(int(batch_size), steps)[0] == "grid"
+            grid = self._launch_kernel(int(batch_size), steps) == "grid"
             marks = self._plan("step", int(batch_size))[1] if grid else 1
             clock = torch.zeros(1 + steps * marks, dtype=torch.int64, device=self._dev)
         self._launch("step", batches, lr, weight_decay, profile=0 if clock is None else clock.data_ptr(),
