@@ -297,3 +297,17 @@ def test_cuda_events_measure_device_time() -> None:
     rate = torch.cuda.get_device_properties(0).clock_rate * 1e3  # kHz -> cycles per second
     ns = clock.measure(lambda: torch.cuda._sleep(int(rate * 0.002)))
     assert ns >= 1.5e6  # a 2 ms spin on the device, timed on the device
+
+
+@pytest.mark.gpu
+def test_cuda_events_device_only_leaves_out_the_hosts_time() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU visible to PyTorch")
+    from mlpbench.timing import CudaEventClock
+
+    def host_then_device() -> None:
+        time.sleep(0.004)  # host time before the work is queued: longer than the first spin
+        torch.cuda._sleep(1)  # a kernel of a few microseconds
+
+    assert CudaEventClock().measure(host_then_device) >= 4e6
+    assert 0 < CudaEventClock(device_only=True).measure(host_then_device) < 1e6

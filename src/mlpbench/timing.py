@@ -98,23 +98,43 @@ class CudaEventClock:
     """Device-timeline samples from two CUDA events on the default stream.
 
     PyTorch's default stream is the legacy stream 0 that PyCUDA launches on too, so the events bracket the
-    work of every GPU backend. The device is drained first, so the start event fires when the call begins.
+    work of every GPU backend. The device is drained first, so the start event fires when the call begins and
+    the sample includes the host's time to queue the call's work (its launch cost). With ``device_only`` the
+    device is kept busy by a spin kernel while the host queues the start event, the call's work and the end
+    event, so the sample holds the device's time for that work alone; the spin is lengthened until the host's
+    queueing fits inside it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, device_only: bool = False) -> None:
         import torch
 
         self._torch = torch
         self._start = torch.cuda.Event(enable_timing=True)
         self._end = torch.cuda.Event(enable_timing=True)
+        self._queued = torch.cuda.Event(enable_timing=True)
+        self._spin_cycles = 1 << 20 if device_only else 0
 
     def measure(self, fn: Callable[[], object]) -> int:
         self._torch.cuda.synchronize()
-        self._start.record()
-        fn()
-        self._end.record()
-        self._end.synchronize()
-        return round(self._start.elapsed_time(self._end) * 1e6)  # milliseconds -> nanoseconds
+        if not self._spin_cycles:
+            self._start.record()
+            fn()
+            self._end.record()
+            self._end.synchronize()
+            return round(self._start.elapsed_time(self._end) * 1e6)  # milliseconds -> nanoseconds
+        for _ in range(12):
+            self._queued.record()
+            self._torch.cuda._sleep(self._spin_cycles)
+            host_start = time.perf_counter_ns()
+            self._start.record()
+            fn()
+            self._end.record()
+            host_ns = time.perf_counter_ns() - host_start
+            self._end.synchronize()
+            if host_ns < self._queued.elapsed_time(self._start) * 1e6:  # all queued before the spin ended
+                return round(self._start.elapsed_time(self._end) * 1e6)
+            self._spin_cycles *= 2
+        raise RuntimeError(f"the host took {host_ns / 1e6:.1f} ms to queue the call: no device-only sample")
 
 
 def clock_for(model: Model) -> CpuClock | CudaEventClock:

@@ -646,7 +646,8 @@ class FusedProfiler:
 
     def barrier(self, batch: Batch, blocks: int, repeats: int = 50) -> dict[str, float]:
         """GPU microseconds of a launch of one trivial phase (the output gradient of ``batch``) on ``blocks``
-        blocks, and of one grid barrier: the difference to 33 such phases, over 32. Needs a forward pass of
+        blocks, and of one grid barrier: the difference to 33 such phases, over 32. Device time only (the
+        host's launch cost, which varies by more than 32 barriers take, is left out). Needs a forward pass of
         ``batch`` first (the phase reads its output)."""
         model = self.model
         model._check_batch(batch, need_targets=True)
@@ -654,7 +655,7 @@ class FusedProfiler:
             raise ValueError(f"blocks: need 1..{model._sm_count} (every block resident), got {blocks}")
         if model._forward_size != batch.size:
             raise RuntimeError("barrier needs a forward pass of the batch first")
-        clock = CudaEventClock()
+        clock = CudaEventClock(device_only=True)
         medians = {}
         for count in (1, 33):
             table = np.zeros(count, dtype=_PHASE_DTYPE)
