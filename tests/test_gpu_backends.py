@@ -296,7 +296,7 @@ def test_compile_with_max_autotune_matches_eager_and_records_its_time():
 
 
 def test_compile_past_its_budget_says_so_and_stays_refused():
-    # Last in this file: the compile it gives up on goes on in a background thread for a few seconds.
+    # The compile it gives up on goes on in a background thread for a few seconds; the process waits for it.
     net = Network((3, 11, 2), "relu", "softmax-ce")
     X, y = random_batch(net, 6, np.random.default_rng(7))
     model = load("torch-gpu-compile", net, compile_budget_s=1e-3, mode="default")

@@ -4,6 +4,8 @@ kernel's size limit, its phase plans and tile shapes, and the structs shared wit
 import ctypes
 import itertools
 import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -174,6 +176,23 @@ def test_compile_budget_returns_the_time_taken_or_gives_up_with_the_reason():
         torch_compile.run_within_budget(lambda: released.wait(30), 0.2, "compiling x")
     assert time.perf_counter() - start < 5  # the caller is not held until the work ends
     released.set()
+
+
+def test_a_compile_past_its_budget_finishes_before_the_process_exits(tmp_path):
+    # A thread still inside PyTorch when the interpreter shuts down crashes it: the process waits instead.
+    marker = tmp_path / "finished"
+    script = f"""
+import time
+from mlpbench.backends import torch_compile
+from mlpbench.backends.base import BackendUnavailable
+try:
+    torch_compile.run_within_budget(lambda: (time.sleep(1.5), open({str(marker)!r}, "w").close()), 0.1, "x")
+except BackendUnavailable as error:
+    print(error)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "x did not finish within its budget" in done.stdout, done.stderr
+    assert marker.exists()
 
 
 def test_compile_failures_are_reported_with_their_cause():

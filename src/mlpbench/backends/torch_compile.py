@@ -8,8 +8,8 @@ batch size (with and without labels), outside every timed region. That first use
 the backward in a worker thread and waits at most ``compile_budget_s`` seconds for it; past the budget the
 model raises :class:`~mlpbench.backends.base.BackendUnavailable` with the reason (now and on every later
 call) instead of hanging the caller. A compile that ran out of its budget cannot be stopped from Python: its
-thread finishes in the background (a daemon thread; it reads the parameters and writes nothing the model
-uses). The seconds spent compiling are in :attr:`TorchGPUCompileModel.compile_seconds`.
+thread finishes in the background (it reads the parameters and writes nothing the model uses), and the
+process waits for it at exit. The seconds spent compiling are in :attr:`TorchGPUCompileModel.compile_seconds`.
 """
 
 from __future__ import annotations
@@ -70,10 +70,12 @@ def compiled_network_loss(mode: str) -> Callable[..., Any]:
 
 
 def run_within_budget(work: Callable[[], None], budget_s: float, what: str) -> float:
-    """Run ``work`` in a daemon thread and wait at most ``budget_s`` seconds; returns the seconds it took.
+    """Run ``work`` in a thread and wait at most ``budget_s`` seconds; returns the seconds it took.
 
     Raises :class:`BackendUnavailable` naming ``what`` when the budget runs out (the thread is left to finish
-    on its own: Python cannot stop it) or when ``work`` raised (the error chained)."""
+    on its own: Python cannot stop it) or when ``work`` raised (the error chained). The thread is not a daemon:
+    the interpreter waits for it at exit, where a daemon thread still inside PyTorch would run on into the
+    interpreter's shutdown and crash the process."""
     outcome: dict[str, BaseException] = {}
 
     def target() -> None:
@@ -83,7 +85,7 @@ def run_within_budget(work: Callable[[], None], budget_s: float, what: str) -> f
             outcome["error"] = error
 
     start = time.perf_counter()
-    thread = threading.Thread(target=target, name=f"mlpbench {what}", daemon=True)
+    thread = threading.Thread(target=target, name=f"mlpbench {what}")
     thread.start()
     thread.join(budget_s)
     seconds = time.perf_counter() - start
