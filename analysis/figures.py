@@ -104,8 +104,8 @@ def _quartile_bars(median: pd.Series, q1: pd.Series, q3: pd.Series) -> np.ndarra
 def plot_stages(results: Results) -> Figure:
     """How each backend's separately timed stages share its work, one panel per run and network (two panels
     to a row), with the whole training step's median time at the end of each bar (and in parentheses, for a
-    backend that runs many steps per launch, its time per step of an epoch in one launch). ``transfer`` (GPU
-    backends) is stacked last."""
+    backend that runs many steps per launch, its time per step of an epoch in one launch and the kernel that ran
+    it, where the run records one). ``transfer`` (GPU backends) is stacked last."""
     table = summary.stage_table(results)
     if table.empty:
         return _empty("Time per stage", "no stages study in these runs")
@@ -139,11 +139,15 @@ def plot_stages(results: Results) -> Figure:
                 ax.barh(data.index, values, left=left, color=STAGE_COLORS[stage], label=stage, edgecolor="white",
                         linewidth=0.5)
                 left += values
-        for y, (seconds, epoch) in enumerate(zip(data["step_s"], data["epoch_step_s"], strict=True)):
-            # a backend that runs many steps per launch: also its step inside an epoch's launch
-            label = duration(seconds) + (f" ({duration(epoch)})" if np.isfinite(epoch) else "")
+        for y, (seconds, epoch, kernel) in enumerate(zip(data["step_s"], data["epoch_step_s"], data["epoch_kernel"],
+                                                         strict=True)):
+            # a backend that runs many steps per launch: also its step inside an epoch's launch, and the kernel
+            # that ran it where the run records one
+            label = duration(seconds) + (f" ({duration(epoch)}{f', {kernel}' if isinstance(kernel, str) else ''})"
+                                         if np.isfinite(epoch) else "")
             ax.text(102, y, label, va="center", fontsize=SMALL)
-        ax.set_xlim(0, 170 if np.isfinite(table.epoch_step_s).any() else 135)
+        ax.set_xlim(0, 210 if table.epoch_kernel.notna().any() else 170 if np.isfinite(table.epoch_step_s).any()
+                    else 135)
         ax.set_xticks([0, 25, 50, 75, 100])
         ax.invert_yaxis()
         ax.tick_params(axis="y", labelsize=SMALL)

@@ -126,6 +126,33 @@ def _ratio(slower: float | None, faster: float | None) -> float | None:
     return slower / faster if slower and faster else None
 
 
+def later_sessions(rows: pd.DataFrame, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Backends whose stage timings all come from a later session of the run than most backends' (a resumed
+    run measures in several sessions, minutes or an instance apart): each session's start, its minutes after
+    the run's first session and its backends, in order. Sessions are read from ``meta.json``; a row belongs to
+    the session whose span holds its ``finished_at``."""
+    sessions = [(pd.Timestamp(s["started_at"]), pd.Timestamp(s["finished_at"])) for s in meta.get("sessions", [])
+                if s.get("started_at") and s.get("finished_at")]
+    timed = rows[(rows.study == "stages") & (rows.status == "ok")].dropna(subset=["finished_at"])
+    if len(sessions) < 2 or timed.empty:
+        return []
+
+    def session_of(finished: str) -> int | None:
+        at = pd.Timestamp(finished)
+        return next((index for index, (start, end) in enumerate(sessions) if start <= at <= end), None)
+
+    of_backend = timed.groupby("backend").finished_at.agg(lambda done: {session_of(at) for at in done})
+    single = {backend: found.pop() for backend, found in of_backend.items() if len(found) == 1 and None not in found}
+    if not single:
+        return []
+    main = pd.Series(list(single.values())).mode().iloc[0]
+    first = sessions[0][0]
+    later = sorted({index for index in single.values() if index > main})
+    return [{"started_at": sessions[index][0].isoformat(),
+             "minutes_after_first": round((sessions[index][0] - first).total_seconds() / 60),
+             "backends": ordered([b for b, found in single.items() if found == index])} for index in later]
+
+
 class _Run:
     """Lookups into one run's summary tables."""
 
@@ -467,7 +494,9 @@ def report_numbers(results: Results) -> dict[str, Any]:
         entry: dict[str, Any] = {"machine": run.machine(), "networks": nets,
                                  "parameters": {key: parameters.get(key) for key in TIMING_PARAMETERS},
                                  "thread_counts": run.meta.get("thread_counts"),
-                                 "sessions": len(run.meta.get("sessions", [])), "status": run.meta.get("status")}
+                                 "sessions": len(run.meta.get("sessions", [])), "status": run.meta.get("status"),
+                                 "later_sessions": later_sessions(results.rows[results.rows.run_id == run_id],
+                                                                  run.meta)}
         entry["omp_vs_torch"] = {n: run.speedup(n, "c-omp", "torch-cpu") for n in nets}
         entry["omp_vs_serial"] = {n: run.speedup(n, "c-omp", "c-serial") for n in nets}
         entry["fused_vs_graph"] = {n: run.speedup(n, "cuda-fused", "torch-gpu-graph") for n in nets}

@@ -41,6 +41,9 @@ if has setup; then
     start=$SECONDS
     make -C native -j16 >"$LOGS/native-build.log" 2>&1 && note "native library built" \
         || note "native library build FAILED (see native-build.log)"
+    # c-blas needs the scipy-openblas32 wheel; without it every c-blas configuration is recorded as skipped
+    test -f native/build/libmlp_blas.so \
+        || note "c-blas library NOT built: $(grep -m1 scipy_openblas32 "$LOGS/native-build.log")"
     python3 -c "
 from mlpbench import gpu
 from mlpbench.backends import cuda

@@ -15,6 +15,8 @@ import pytest
 pytest.importorskip("typst", reason="the report is compiled with the typst package (dev install)")
 pypdf = pytest.importorskip("pypdf", reason="pypdf reads the built PDF (dev install)")
 
+from analysis import figures  # noqa: E402 - after the skips
+from analysis.load import load_runs  # noqa: E402 - after the skips
 from analysis.palette import device, ordered  # noqa: E402 - after the skips
 from analysis.report import (  # noqa: E402 - after the skips
     ENDTOEND_SPREAD_LIMIT,
@@ -210,15 +212,19 @@ def flip(source: Path, target: Path) -> None:
     """A copy of a committed run whose orderings are the other way round: backprop the largest stage of every
     backend, a CPU backend fastest at the smallest batch, the GPU behind at the smallest width, c-omp ahead of
     PyTorch on the large network, the digits accuracies apart, and the CUDA rungs' steps in or out of order;
-    also recording, as newer runs do, the kernel each timing ran where a backend chose one (cuda-fused's
-    cluster kernel for its epoch launches on digits, its grid kernel elsewhere)."""
+    and the kernel each timing ran the other way round: a run that records it loses the record (as runs made
+    before backends chose kernels), a run that does not gains one (cuda-fused's cluster kernel for its epoch
+    launches on digits, its grid kernel elsewhere)."""
     shutil.copytree(source, target)
     rows = pd.read_csv(target / "rows.csv")
     ok = rows.status == "ok"
     fused = ok & (rows.backend == "cuda-fused")
-    rows["kernel_choice"] = ""
-    rows.loc[fused, "kernel_choice"] = "grid"
-    rows.loc[fused & (rows.stage == "epoch_step") & (rows.network == "digits"), "kernel_choice"] = "cluster"
+    if "kernel_choice" in rows and rows.kernel_choice.notna().any():
+        rows = rows.drop(columns=["kernel_choice", "kernel_reason"])
+    elif fused.any():
+        rows["kernel_choice"] = ""
+        rows.loc[fused, "kernel_choice"] = "grid"
+        rows.loc[fused & (rows.stage == "epoch_step") & (rows.network == "digits"), "kernel_choice"] = "cluster"
     stages = ok & (rows.study == "stages")
     backprop = rows[stages & (rows.stage == "backprop")].set_index("key").median_s
     for stage, share in (("forward", 0.4), ("update", 0.1)):
@@ -753,15 +759,29 @@ def test_multi_gpu_table_prints_the_measured_steps(report):
                 f"{duration(row.median_s)}") in text, row
 
 
+def recorded_epoch_kernels(run: Path) -> dict[str, str]:
+    """cuda-fused's kernel for each network's epoch launch in the stages study, where the run records it."""
+    rows = pd.read_csv(run / "rows.csv")
+    if "kernel_choice" not in rows:
+        return {}
+    epoch = rows[(rows.study == "stages") & (rows.backend == "cuda-fused") & (rows.stage == "epoch_step")]
+    return dict(zip(epoch.network, epoch.kernel_choice, strict=True))
+
+
 def test_the_kernel_of_an_epoch_launch_is_said_where_the_run_records_it(committed, flipped):
-    _, text, numbers = committed  # its rows record no kernel choice
-    assert set(numbers["gpu"]["epoch_kernel"].values()) == {None}
-    assert "second kernel" not in text
-    _, text, numbers = flipped
-    assert numbers["gpu"]["epoch_kernel"]["digits"] == "cluster"
-    assert numbers["gpu"]["epoch_kernel"]["moons-5h300"] == "grid"
-    assert says(text, "on digits (there on its second kernel, which runs the whole step in one cluster of thread "
-                      "blocks, keeps the weights in their shared memory from step to step")
+    # One of the two records the kernels (the committed GPU run does, its flipped copy not, or the reverse).
+    assert {bool(recorded_epoch_kernels(runs[1])) for runs, _, _ in (committed, flipped)} == {True, False}
+    for runs, text, numbers in (committed, flipped):
+        kernels = recorded_epoch_kernels(runs[1])
+        if kernels.get("digits") == "cluster":
+            assert {n: k for n, k in numbers["gpu"]["epoch_kernel"].items() if k is not None} == kernels
+            assert says(text, "on digits (there on its second kernel, which runs the whole step in one cluster "
+                              "of thread blocks, keeps the weights in their shared memory from step to step")
+            labels = [t.get_text() for ax in figures.plot_stages(load_runs(*runs)).axes for t in ax.texts]
+            assert any(label.endswith(", cluster)") for label in labels), labels
+        else:
+            assert set(numbers["gpu"]["epoch_kernel"].values()) == {None}
+            assert "second kernel" not in text
 
 
 def test_an_epoch_per_launch_follows_the_data(committed):
@@ -834,3 +854,30 @@ def test_host_probes_are_left_out_without_a_threads_study_to_compare(newer):
     assert numbers["gpu"]["threads"].get("moons-5h300", {}).get("c-omp") is None
     assert set(numbers["studies"]) == {"ceiling", "exchange"}
     assert "Two probes" not in text
+
+
+def test_backends_timed_in_a_later_session_of_a_run_are_named(committed):
+    _, text, numbers = committed
+    later = [(backend, session["minutes_after_first"]) for role in ("cpu", "gpu")
+             for session in numbers[role]["later_sessions"] for backend in session["backends"]]
+    for backend, minutes in later:
+        assert says(text, f"{backend} ({minutes} min after the run"), backend
+    assert ("timed in a later session of the run" in text) == bool(later)
+
+
+def test_later_sessions_are_read_from_the_rows_times_and_the_sessions_spans():
+    from analysis.report import later_sessions
+
+    meta = {"sessions": [{"started_at": "2026-01-01T10:00:00+00:00", "finished_at": "2026-01-01T10:20:00+00:00"},
+                         {"started_at": "2026-01-01T10:30:00+00:00", "finished_at": "2026-01-01T10:40:00+00:00"}]}
+    rows = pd.DataFrame({"study": "stages", "status": ["ok", "ok", "ok", "skipped", "ok"],
+                         "backend": ["c-omp", "c-serial", "c-blas", "c-blas", "c-omp"],
+                         "finished_at": ["2026-01-01T10:05:00+00:00", "2026-01-01T10:06:00+00:00",
+                                         "2026-01-01T10:35:00+00:00", "2026-01-01T10:07:00+00:00",
+                                         "2026-01-01T10:08:00+00:00"]})
+    assert later_sessions(rows, meta) == [{"started_at": "2026-01-01T10:30:00+00:00", "minutes_after_first": 30,
+                                           "backends": ["c-blas"]}]
+    # a backend timed in both sessions belongs to neither; one session alone says nothing
+    both = rows.assign(backend=["c-omp", "c-serial", "c-omp", "c-blas", "c-omp"])
+    assert later_sessions(both, meta) == []
+    assert later_sessions(rows, {"sessions": meta["sessions"][:1]}) == []
