@@ -101,8 +101,8 @@ class CudaEventClock:
     work of every GPU backend. The device is drained first, so the start event fires when the call begins and
     the sample includes the host's time to queue the call's work (its launch cost). With ``device_only`` the
     device is kept busy by a spin kernel while the host queues the start event, the call's work and the end
-    event, so the sample holds the device's time for that work alone; the spin is lengthened until the host's
-    queueing fits inside it.
+    event, so the sample holds the device's time for that work alone; the spin is lengthened, and the call made
+    again, until the host's queueing fits inside it.
     """
 
     def __init__(self, device_only: bool = False) -> None:
@@ -123,9 +123,9 @@ class CudaEventClock:
             self._end.synchronize()
             return round(self._start.elapsed_time(self._end) * 1e6)  # milliseconds -> nanoseconds
         for _ in range(12):
+            host_start = time.perf_counter_ns()
             self._queued.record()
             self._torch.cuda._sleep(self._spin_cycles)
-            host_start = time.perf_counter_ns()
             self._start.record()
             fn()
             self._end.record()
