@@ -143,8 +143,8 @@ def plot_stages(results: Results) -> Figure:
                                                          strict=True)):
             # a backend that runs many steps per launch: also its step inside an epoch's launch, and the kernel
             # that ran it where the run records one
-            label = duration(seconds) + (f" ({duration(epoch)}{f', {kernel}' if isinstance(kernel, str) else ''})"
-                                         if np.isfinite(epoch) else "")
+            ran_on = f", {kernel}" if isinstance(kernel, str) else ""
+            label = duration(seconds) + (f" ({duration(epoch)}{ran_on})" if np.isfinite(epoch) else "")
             ax.text(102, y, label, va="center", fontsize=SMALL)
         ax.set_xlim(0, 210 if table.epoch_kernel.notna().any() else 170 if np.isfinite(table.epoch_step_s).any()
                     else 135)

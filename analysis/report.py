@@ -142,7 +142,8 @@ def later_sessions(rows: pd.DataFrame, meta: dict[str, Any]) -> list[dict[str, A
         return next((index for index, (start, end) in enumerate(sessions) if start <= at <= end), None)
 
     of_backend = timed.groupby("backend").finished_at.agg(lambda done: {session_of(at) for at in done})
-    single = {backend: found.pop() for backend, found in of_backend.items() if len(found) == 1 and None not in found}
+    single = {backend: next(iter(found)) for backend, found in of_backend.items()
+              if len(found) == 1 and None not in found}
     if not single:
         return []
     main = pd.Series(list(single.values())).mode().iloc[0]

@@ -116,23 +116,19 @@ class CudaEventClock:
 
     def measure(self, fn: Callable[[], object]) -> int:
         self._torch.cuda.synchronize()
-        if not self._spin_cycles:
-            self._start.record()
-            fn()
-            self._end.record()
-            self._end.synchronize()
-            return round(self._start.elapsed_time(self._end) * 1e6)  # milliseconds -> nanoseconds
         for _ in range(12):
             host_start = time.perf_counter_ns()
-            self._queued.record()
-            self._torch.cuda._sleep(self._spin_cycles)
+            if self._spin_cycles:
+                self._queued.record()
+                self._torch.cuda._sleep(self._spin_cycles)
             self._start.record()
             fn()
             self._end.record()
             host_ns = time.perf_counter_ns() - host_start
             self._end.synchronize()
-            if host_ns < self._queued.elapsed_time(self._start) * 1e6:  # all queued before the spin ended
-                return round(self._start.elapsed_time(self._end) * 1e6)
+            # device_only: a sample only where everything was queued before the spin ended
+            if not self._spin_cycles or host_ns < self._queued.elapsed_time(self._start) * 1e6:
+                return round(self._start.elapsed_time(self._end) * 1e6)  # milliseconds -> nanoseconds
             self._spin_cycles *= 2
         raise RuntimeError(f"the host took {host_ns / 1e6:.1f} ms to queue the call: no device-only sample")
 
