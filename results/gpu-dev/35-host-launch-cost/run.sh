@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Run 35 on the GPU host: the fused test selection four times, watching each exit (run 34's fix: a fault at
+# exit in about half the runs before it), then launch_probe.py (where the host time of a fused train_step goes,
+# and what one launch from C leaves of it); logs packed into logs.tar.gz.
+set -u
+OUT=${OUT:?}
+HERE=results/gpu-dev/35-host-launch-cost
+{ date -u; uptime; nproc; nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv; } \
+    >"$OUT/machine.txt" 2>&1
+OUT=$OUT bash scripts/gpu_host.sh setup
+mkdir -p "$OUT/logs"
+export PYTHONPATH=/tmp/site:$PWD/src:$PWD/tests PATH=/tmp/site/bin:$PATH MLPBENCH_KERNEL_CACHE=/tmp/mlpbench-kernels
+for i in 1 2 3 4; do
+    timeout 120 python3 -m pytest -q -rs -p no:cacheprovider tests/test_gpu_backends.py -k fused \
+        >"$OUT/logs/fused-$i.log" 2>&1
+    echo "fused selection $i: exit $? $(grep -E 'passed|failed' "$OUT/logs/fused-$i.log" | tail -1)" \
+        | tee -a "$OUT/machine.txt"
+done
+gcc -Wall -Wextra -shared -fPIC -O2 -o /tmp/launch_helper.so $HERE/launch_helper.c
+uptime >>"$OUT/machine.txt"
+timeout 240 python3 $HERE/launch_probe.py /tmp/launch_helper.so "$OUT" >"$OUT/launch.txt" 2>"$OUT/logs/probe.err"
+echo "probe: exit $?" | tee -a "$OUT/machine.txt"
+uptime >>"$OUT/machine.txt"
+tar czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -rf "$OUT/logs"
