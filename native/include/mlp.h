@@ -196,6 +196,29 @@ int mlp_timeline_enable(mlp_model *model, int events_per_thread);
  * MLP_ERR_STATE when the timeline is off; events may be NULL with capacity 0 to ask for the count. */
 int mlp_timeline_read(const mlp_model *model, mlp_event *events, int capacity, int *count, int *dropped);
 
+/* A CUDA kernel launch from a prebuilt record, so that a launch from Python costs one foreign call of one
+ * argument (a fused training step takes microseconds on the GPU: converting the driver's eleven arguments in
+ * Python took as long as the driver's own work). The library does not link the CUDA driver: the record carries
+ * libcuda's cuLaunchKernel and cuLaunchKernelEx, whose CUresult mlp_launch_kernel returns (1,
+ * CUDA_ERROR_INVALID_VALUE, for a NULL record or a NULL launch function). */
+typedef int (*mlp_cu_launch_kernel)(void *function, unsigned grid_x, unsigned grid_y, unsigned grid_z,
+                                    unsigned block_x, unsigned block_y, unsigned block_z, unsigned shared_bytes,
+                                    void *stream, void **params, void **extra);
+typedef int (*mlp_cu_launch_kernel_ex)(const void *config, void *function, void **params, void **extra);
+
+typedef struct {
+    mlp_cu_launch_kernel launch;       /* used when config is NULL */
+    mlp_cu_launch_kernel_ex launch_ex; /* used when config is set */
+    const void *config;                /* a CUlaunchConfig (thread-block clusters), or NULL */
+    void *function;                    /* the CUfunction */
+    unsigned grid[3], block[3];        /* ignored with config, which holds its own */
+    unsigned shared_bytes;
+    void *stream;                      /* the CUstream; NULL: the legacy default stream */
+    void **params;                     /* the address of each of the kernel's parameters, in order */
+} mlp_kernel_launch;
+
+int mlp_launch_kernel(const mlp_kernel_launch *launch);
+
 /* END CDEF */
 
 #ifdef __cplusplus

@@ -10,9 +10,11 @@ Kernel sources live in ``mlpbench/kernels``; :class:`ModuleSpec` names a source 
 constants, and :func:`load` compiles it with ``SourceModule`` for the device's compute capability, with an
 on-disk cache (``MLPBENCH_KERNEL_CACHE``, default ``~/.cache/mlpbench/kernels``).
 
-:class:`DriverKernel` launches one kernel through the driver's ``cuLaunchKernel`` directly (ctypes), with
-arguments kept in a ctypes structure that the caller updates in place: PyCUDA's ``prepared_call`` packs every
-argument again on every call, host time that a training step of a few microseconds on the GPU cannot hide.
+:class:`DriverKernel` launches one kernel through the driver's ``cuLaunchKernel`` directly, with arguments
+kept in a ctypes structure that the caller updates in place: PyCUDA's ``prepared_call`` packs every argument
+again on every call, host time that a training step of a few microseconds on the GPU cannot hide. The call
+itself goes through the C library's ``mlp_launch_kernel`` with a record built once per launch shape: one
+foreign call of one argument, where ctypes' conversion of the driver's eleven took as long as the driver.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 
 import torch
 
+from mlpbench import native
 from mlpbench.checks import BackendUnavailable
 
 KERNEL_DIR = Path(__file__).with_name("kernels")
@@ -289,9 +292,9 @@ class DriverKernel:
         base = ctypes.addressof(args)
         fields = [field[0] for field in args._fields_]
         self._pointers = (ctypes.c_void_p * len(fields))(*[base + getattr(type(args), f).offset for f in fields])
-        self._launch = _driver().cuLaunchKernel
-        self._launch_ex = _driver().cuLaunchKernelEx
-        self._configs: dict[tuple[int, ...], tuple[Any, _LaunchConfig, _LaunchAttribute]] = {}
+        self._launch = native.library("serial").mlp_launch_kernel
+        # per launch shape: the C library's record, and the ctypes cluster configuration it points at
+        self._records: dict[tuple[int, ...], tuple[Any, _LaunchConfig | None, _LaunchAttribute | None]] = {}
         self.name = name
 
     def set_attribute(self, attribute: int, value: int) -> None:
@@ -307,21 +310,33 @@ class DriverKernel:
         """One launch of ``grid`` blocks (a count, or x, y, z) of ``block`` threads with ``shared_bytes`` of
         dynamic shared memory; ``cluster`` > 1 groups the blocks along x into thread-block clusters of that
         many (sm_90 and later; more than 8 needs NON_PORTABLE_CLUSTER_SIZE_ALLOWED set first)."""
-        x, y, z = (grid, 1, 1) if isinstance(grid, int) else grid
-        if cluster == 1:
-            result = self._launch(self.function, x, y, z, block, 1, 1, shared_bytes, None, self._pointers, None)
-        else:
-            key = (x, y, z, block, shared_bytes, cluster)
-            config = self._configs.get(key)
-            if config is None:  # built once per shape: the structs cost microseconds of host time per launch
-                attribute = _LaunchAttribute(id=_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION)
-                attribute.value[0], attribute.value[1], attribute.value[2] = cluster, 1, 1
-                launch = _LaunchConfig(grid=(ctypes.c_uint * 3)(x, y, z), block=(ctypes.c_uint * 3)(block, 1, 1),
-                                       shared=shared_bytes, stream=None, attrs=ctypes.pointer(attribute), n_attrs=1)
-                config = self._configs[key] = (ctypes.byref(launch), launch, attribute)
-            result = self._launch_ex(config[0], self.function, self._pointers, None)
+        key = (grid, block, shared_bytes, cluster)
+        record = self._records.get(key)
+        if record is None:  # built once per shape: building it costs more host time than the launch
+            record = self._records[key] = self._record(grid, block, shared_bytes, cluster)
+        result = self._launch(record[0])
         if result:
             _check(result, f"launching {self.name}")
+
+    def _record(self, grid: int | tuple[int, int, int], block: int, shared_bytes: int,
+                cluster: int) -> tuple[Any, _LaunchConfig | None, _LaunchAttribute | None]:
+        x, y, z = (grid, 1, 1) if isinstance(grid, int) else grid
+        ffi, driver = native.ffi, _driver()
+        record = ffi.new("mlp_kernel_launch *")
+        record.launch = ffi.cast("mlp_cu_launch_kernel", ctypes.cast(driver.cuLaunchKernel, ctypes.c_void_p).value)
+        record.launch_ex = ffi.cast("mlp_cu_launch_kernel_ex",
+                                    ctypes.cast(driver.cuLaunchKernelEx, ctypes.c_void_p).value)
+        record.function = ffi.cast("void *", self.function.value)
+        record.grid, record.block, record.shared_bytes = (x, y, z), (block, 1, 1), shared_bytes
+        record.params = ffi.cast("void **", ctypes.addressof(self._pointers))
+        if cluster == 1:
+            return record, None, None
+        attribute = _LaunchAttribute(id=_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION)
+        attribute.value[0], attribute.value[1], attribute.value[2] = cluster, 1, 1
+        config = _LaunchConfig(grid=(ctypes.c_uint * 3)(x, y, z), block=(ctypes.c_uint * 3)(block, 1, 1),
+                               shared=shared_bytes, stream=None, attrs=ctypes.pointer(attribute), n_attrs=1)
+        record.config = ffi.cast("void *", ctypes.addressof(config))
+        return record, config, attribute
 
 
 def precompile(specs: list[ModuleSpec]) -> None:

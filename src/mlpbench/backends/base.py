@@ -209,15 +209,18 @@ class Model(ABC):
         if not isinstance(batch, Batch):
             raise TypeError(f"expected a Batch from {type(self).__name__}.prepare(X, y), "
                             f"got {type(batch).__name__}")
-        if batch.network != self.network:
+        if batch.network is not self.network and batch.network != self.network:
             raise ValueError(f"batch was prepared for network {batch.network.name}, "
                              f"this model is {self.network.name}")
         if need_targets and batch.T is None:
             raise ValueError("batch has no labels: call prepare(X, y) with y to train")
-        # Arrays of the wrong kind are refused by the backend's own checks; here only the row count.
-        shapes = [tuple(getattr(array, "shape", ())) for array in (batch.X, batch.T) if array is not None]
-        if any(len(shape) != 2 or shape[0] != batch.size for shape in shapes if shape):
-            raise ValueError(f"batch says it has {batch.size} rows but holds arrays of shapes {shapes}")
+        # Arrays of the wrong kind are refused by the backend's own checks; here only the row count. Written
+        # out, not as a comprehension: a GPU step of a few microseconds waits for this check.
+        for array in (batch.X, batch.T):
+            shape = getattr(array, "shape", None)
+            if shape and (len(shape) != 2 or shape[0] != batch.size):
+                shapes = [tuple(getattr(a, "shape", ())) for a in (batch.X, batch.T) if a is not None]
+                raise ValueError(f"batch says it has {batch.size} rows but holds arrays of shapes {shapes}")
 
     @abstractmethod
     def forward(self, batch: Batch) -> None:

@@ -11,7 +11,7 @@ two kernels and the planner that chooses between them (tested without a GPU):
 
 :meth:`FusedCudaModel.kernel_choice` gives the choice and its reason.
 
-Launches go through :class:`mlpbench.gpu.DriverKernel` (``cuLaunchKernel`` with arguments set in place), since
+Launches go through :class:`mlpbench.gpu.DriverKernel` (``cuLaunchKernel`` from C, arguments set in place), since
 a step of a few microseconds cannot hide PyCUDA's per-call packing.
 """
 
@@ -671,23 +671,24 @@ class FusedProfiler:
 
     def host_costs(self, batch: Batch, lr: float, count: int = 300, rounds: int = 5) -> dict[str, float]:
         """Host microseconds per call of ``train_step`` and of what it does: the batch check, setting the
-        kernel's arguments and launching, the bare ``cuLaunchKernel`` (``cuLaunchKernelEx`` for a cluster).
+        kernel's arguments and launching, the launch alone (the C library's ``mlp_launch_kernel`` calling the
+        driver's ``cuLaunchKernel``, ``cuLaunchKernelEx`` for a cluster).
         ``count`` calls back to back (few enough that the launch queue never fills and throttles the host to
         the GPU), best of ``rounds``."""
         model = self.model
         model.train_step(batch, lr)
         if model.kernel_choice(batch.size)[0] == "cluster":
             layout, _ = model._cluster_plan(batch.size)
-            bare = "cuLaunchKernelEx alone", lambda: model._cluster.launch(layout.ranks, CLUSTER_THREADS,
-                                                                           layout.shared_bytes, cluster=layout.ranks)
+            launch = functools.partial(model._cluster.launch, layout.ranks, CLUSTER_THREADS, layout.shared_bytes,
+                                       cluster=layout.ranks)
         else:
             _, _, grid = model._plan("step", batch.size)
-            bare = "cuLaunchKernel alone", lambda: model._kernel.launch(grid, FUSED_THREADS, FUSED_SHARED_BYTES)
+            launch = functools.partial(model._kernel.launch, grid, FUSED_THREADS, FUSED_SHARED_BYTES)
         candidates = {
             "train_step": lambda: model.train_step(batch, lr),
             "batch check": lambda: model._check_batch(batch, need_targets=True),
             "arguments + launch": lambda: model._launch("step", batch, lr),
-            bare[0]: bare[1],
+            "launch alone": launch,
         }
         costs = {}
         for name, call in candidates.items():
