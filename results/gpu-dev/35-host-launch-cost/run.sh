@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run 35 on the GPU host: the fused test selection four times, watching each exit (run 34's fix: a fault at
 # exit in about half the runs before it), then launch_probe.py (where the host time of a fused train_step goes,
-# and what one launch from C leaves of it); logs packed into logs.tar.gz. take2: see below.
+# and what one launch from C leaves of it); logs packed into logs.tar.gz. take2 and take3: see below.
 set -u
 OUT=${OUT:?}
 HERE=results/gpu-dev/35-host-launch-cost
@@ -10,6 +10,14 @@ HERE=results/gpu-dev/35-host-launch-cost
 OUT=$OUT bash scripts/gpu_host.sh setup
 mkdir -p "$OUT/logs"
 export PYTHONPATH=/tmp/site:$PWD/src:$PWD/tests PATH=/tmp/site/bin:$PATH MLPBENCH_KERNEL_CACHE=/tmp/mlpbench-kernels
+if [[ "${1:-}" == take3 ]]; then
+    # the C launch against the ctypes one it replaced, in turn on one instance (ab_probe.py)
+    timeout 300 python3 $HERE/ab_probe.py "$OUT" >"$OUT/ab.txt" 2>"$OUT/logs/ab.err"
+    echo "ab probe: exit $?" | tee -a "$OUT/machine.txt"
+    uptime >>"$OUT/machine.txt"
+    tar czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -rf "$OUT/logs"
+    exit
+fi
 if [[ "${1:-}" == take2 ]]; then
     # the launch from C in the package: the probe again (the ctypes launch beside it on the same instance), the
     # bench's host, profile and steps sections, the whole GPU test suite
