@@ -1,7 +1,8 @@
 """Read the host probes that stand beside the sweep: what N one-thread copies of the C step that share nothing
-reach (``scripts/cpu_ceiling.py``, ``ceiling.json``) and what the step's exchange between two barriers costs
-alone (``scripts/exchange_probe.py``, ``exchange.json``). The report cites them where it explains the threads
-study; ``report/studies.txt`` names the folders it reads. Never runs a probe.
+reach (``scripts/cpu_ceiling.py``, ``ceiling.json``), what the step's exchange between two barriers costs
+alone (``scripts/exchange_probe.py``, ``exchange.json``), and where a fused GPU step timed between events goes
+(``scripts/fused_step_parts.py``, ``step_parts.json``). The report cites them where it explains the threads
+study and the GPU steps; ``report/studies.txt`` names the folders it reads. Never runs a probe.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from statistics import median
 from typing import Any
 
 #: Each probe's output file, by which a study folder is recognised.
-STUDY_FILES = {"ceiling": "ceiling.json", "exchange": "exchange.json"}
+STUDY_FILES = {"ceiling": "ceiling.json", "exchange": "exchange.json", "step_parts": "step_parts.json"}
 
 
 def study_kind(folder: Path) -> str:
@@ -61,6 +62,24 @@ def exchange_study(folder: Path, label: str) -> dict[str, Any]:
             "layers": meta["layers"], "rounds": meta["rounds"], "threads": threads}
 
 
+def step_parts_study(folder: Path, label: str) -> dict[str, Any]:
+    """Per case: the medians, in seconds, of the events around a fused step (``events``), device-only events
+    around it (``device``), around a launch with no phases (``start``) and the kernel's own span (``kernel``);
+    the host's time per ``train_step`` call and per launch alone; the kernel and its blocks."""
+    report = json.loads((folder / "step_parts.json").read_text())
+    cases = {}
+    for result in report["results"]:
+        parts = result["parts"]
+        cases[result["case"]] = {"kernel": result["kernel"], "blocks": result["blocks"],
+                                 **{part: parts[part]["median"] for part in ("events", "device", "start", "kernel")},
+                                 "host_step": result["host_us"]["train_step"] * 1e-6,
+                                 "host_launch": result["host_us"]["launch alone"] * 1e-6}
+    return {"folder": label, "gpu": report["meta"]["gpu"], "repeats": report["meta"]["repeats"], "cases": cases}
+
+
+_READERS = {"ceiling": ceiling_study, "exchange": exchange_study, "step_parts": step_parts_study}
+
+
 def load_studies(folders: list[str | Path], root: Path | None = None) -> dict[str, Any]:
     """The studies in ``folders``, one of each kind at most, keyed by kind; each names its folder relative to
     ``root`` where it lies inside it."""
@@ -71,5 +90,5 @@ def load_studies(folders: list[str | Path], root: Path | None = None) -> dict[st
             raise ValueError(f"{folder}: a second {kind} study (the report cites one of each)")
         resolved = folder.resolve()
         label = str(resolved.relative_to(root)) if root is not None and resolved.is_relative_to(root) else str(folder)
-        studies[kind] = (ceiling_study if kind == "ceiling" else exchange_study)(folder, label)
+        studies[kind] = _READERS[kind](folder, label)
     return studies

@@ -595,6 +595,24 @@ def test_fused_profiler_measures_phases_barriers_and_host_costs():
     assert all(0.1 < value < 1000 for value in host.values())  # microseconds of host time per call
 
 
+def test_fused_step_parts_add_up_to_the_step_between_events():
+    """The step between events holds the device-only step, which holds the kernel's own span and is longer than
+    a launch with nothing to do."""
+    from mlpbench.backends.cuda_fused import FusedProfiler
+    from mlpbench.network import PRESETS
+
+    net = PRESETS["digits"]
+    model = load("cuda-fused", net)
+    batch = model.prepare(*random_batch(net, 32, np.random.default_rng(2)))
+    parts = FusedProfiler(model).step_parts(batch, 0.3, repeats=5, warmup=1)
+    us = {part: stats.median * 1e6 for part, stats in parts.items()}
+    assert set(us) == {"events", "device", "start", "kernel"} and all(stats.n == 5 for stats in parts.values())
+    assert 0 < us["start"] < us["device"] < us["events"] < 1000, us
+    assert 0 < us["kernel"] < us["device"], us
+    with pytest.raises(ValueError, match="grid kernel"):
+        FusedProfiler(load("cuda-fused", net, kernel="cluster")).step_parts(batch, 0.3, repeats=1)
+
+
 def test_fused_chooses_the_cluster_kernel_for_epochs_that_fit_and_says_why():
     from mlpbench.backends.cuda_fused import FusedProfiler
     from mlpbench.network import PRESETS

@@ -17,10 +17,12 @@ a step of a few microseconds cannot hide PyCUDA's per-call packing.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import itertools
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +45,7 @@ from mlpbench.backends.cuda import (
     cdiv,
 )
 from mlpbench.network import Network
-from mlpbench.timing import CudaEventClock, time_call
+from mlpbench.timing import CudaEventClock, Stats, time_call
 
 # Mirrors of struct Layer and struct Phase in kernels/fused.cu.
 _LAYER_DTYPE = np.dtype([("W", np.uint64, 2), ("b", np.uint64, 2), ("dW", np.uint64), ("db", np.uint64),
@@ -658,16 +660,52 @@ class FusedProfiler:
         clock = CudaEventClock(device_only=True)
         medians = {}
         for count in (1, 33):
-            table = np.zeros(count, dtype=_PHASE_DTYPE)
-            table["kind"] = PHASE_OUTPUT_DELTA
-            table["layer"] = model.network.n_layers - 1
-            model._plans[("chain", batch.size)] = (torch.tensor(table.view(np.uint8), device=model._dev), count,
-                                                   blocks)
-            medians[count] = time_call(lambda: model._launch("chain", batch), repeats=repeats, warmup=5,
-                                       clock=clock).median * 1e6
-        del model._plans[("chain", batch.size)]
+            with self._chain(batch, count, blocks) as launch:
+                medians[count] = time_call(launch, repeats=repeats, warmup=5, clock=clock).median * 1e6
         model._pending = model._has_grads = False  # the output gradient was overwritten, nothing else
         return {"one_phase_us": medians[1], "barrier_us": (medians[33] - medians[1]) / 32}
+
+    @contextlib.contextmanager
+    def _chain(self, batch: Batch, count: int, blocks: int) -> Iterator[Callable[[], None]]:
+        """A launch of the grid kernel running ``count`` trivial phases (the output gradient of ``batch``) on
+        ``blocks`` blocks, for the ``with`` block (no phases: the kernel starts, reads its tables and ends)."""
+        model = self.model
+        table = np.zeros(max(count, 1), dtype=_PHASE_DTYPE)
+        table["kind"] = PHASE_OUTPUT_DELTA
+        table["layer"] = model.network.n_layers - 1
+        model._plans[("chain", batch.size)] = (torch.tensor(table.view(np.uint8), device=model._dev), count, blocks)
+        try:
+            yield lambda: model._launch("chain", batch)
+        finally:
+            del model._plans[("chain", batch.size)]
+
+    def step_parts(self, batch: Batch, lr: float, repeats: int = 300, warmup: int = 20) -> dict[str, Stats]:
+        """Where one ``train_step`` of ``batch`` goes when it is timed between events, as the sweep times a step
+        (the grid kernel's, which ``auto`` runs for one step a launch). In turn, ``repeats`` times: the events
+        around the call (``events``: the host's time until the launch is queued, and the device's); device-only
+        events around it (``device``); device-only events around a launch of the same kernel on the same grid
+        with no phases (``start``: what the GPU spends starting and ending a launch between events); and the
+        kernel's own time, its first block's clock from its start to the step's end (``kernel``). Seconds."""
+        model = self.model
+        model._check_batch(batch, need_targets=True)
+        if model.kernel_choice(batch.size)[0] != "grid":
+            raise ValueError("step_parts measures the grid kernel's step: this model runs one step on the cluster "
+                             "kernel (kernel='cluster')")
+        plain, device_only = CudaEventClock(), CudaEventClock(device_only=True)
+        step = functools.partial(model.train_step, batch, lr)
+        samples: dict[str, list[int]] = {"events": [], "device": [], "start": [], "kernel": []}
+        _, _, grid = model._plan("step", batch.size)
+        with self._chain(batch, 0, grid) as empty:
+            for _ in range(warmup):
+                step()
+                empty()
+            for _ in range(repeats):
+                samples["events"].append(plain.measure(step))
+                samples["device"].append(device_only.measure(step))
+                samples["start"].append(device_only.measure(empty))
+                clock = model._train_steps(batch, batch.size, lr, 0.0, phase_clock=True)
+                samples["kernel"].append(int((clock[-1] - clock[0]).item()))
+        return {part: Stats.from_ns(values) for part, values in samples.items()}
 
     def host_costs(self, batch: Batch, lr: float, count: int = 300, rounds: int = 5) -> dict[str, float]:
         """Host microseconds per call of ``train_step`` and of what it does: the batch check, setting the
