@@ -852,8 +852,28 @@ def test_host_probes_are_left_out_without_a_threads_study_to_compare(newer):
     set against, and their paragraph is left out (the studies are still in numbers.json)."""
     text, numbers = newer
     assert numbers["gpu"]["threads"].get("moons-5h300", {}).get("c-omp") is None
-    assert set(numbers["studies"]) == {"ceiling", "exchange"}
+    assert set(numbers["studies"]) == {"ceiling", "exchange", "step_parts"}
     assert "Two probes" not in text
+
+
+def test_the_fused_step_is_taken_apart_from_its_probe(committed, flipped_probes):
+    """The GPU section's probe paragraph: each part of the digits step as the probe's JSON holds it; without the
+    probe among the studies, no paragraph."""
+    _, text, _ = committed
+    probe = json.loads((ROOT / "results/h200-step-parts/step_parts.json").read_text())
+    digits = next(r for r in probe["results"] if r["case"] == "digits:32")
+    part = {name: stats["median"] for name, stats in digits["parts"].items()}
+    host = {name: us * 1e-6 for name, us in digits["host_us"].items()}
+    repeats = probe["meta"]["repeats"]
+    assert says(text, f"between events: {duration(part['events'])} in all (medians of {repeats} rounds)")
+    assert says(text, f"Of that, {duration(part['events'] - part['device'])} passes on the host")
+    assert says(text, f"the call with its checks takes {duration(host['train_step'])}")
+    assert says(text, f"calls the driver, takes {duration(host['launch alone'])}")
+    assert says(text, f"and {duration(part['device'])} on the GPU: {duration(part['start'])} to start and end")
+    assert says(text, f"the kernel’s own {duration(part['kernel'])} by its first block’s clock (its "
+                      f"{digits['blocks']} blocks)")
+    assert says(text, f"{duration(host['launch alone'] + part['start'])} together")
+    assert "takes one cuda-fused step on digits apart" not in flipped_probes
 
 
 def test_backends_timed_in_a_later_session_of_a_run_are_named(committed):

@@ -13,10 +13,11 @@ from analysis.studies import load_studies
 
 CEILING = ROOT / "results" / "h200-ceiling" / "take3"
 EXCHANGE = ROOT / "results" / "h200-exchange" / "take2"
+STEP_PARTS = ROOT / "results" / "h200-step-parts"
 
 
 def test_the_report_cites_the_committed_takes():
-    assert committed_studies() == [CEILING, EXCHANGE]
+    assert committed_studies() == [CEILING, EXCHANGE, STEP_PARTS]
 
 
 def test_exchange_is_the_median_of_the_rounds_medians():
@@ -42,6 +43,23 @@ def test_ceiling_is_taken_at_the_largest_copy_count():
         assert got["copies"] == last["copies"] == 16
         assert (got["ceiling"], got["team_ceiling"], got["omp_speedup"]) == (
             last["ceiling"], last["team_ceiling"], last["omp_speedup"])
+
+
+def test_step_parts_are_the_probe_medians_in_seconds():
+    study = load_studies([STEP_PARTS], root=ROOT)["step_parts"]
+    raw = json.loads((STEP_PARTS / "step_parts.json").read_text())
+    assert study["folder"] == "results/h200-step-parts" and study["repeats"] == raw["meta"]["repeats"]
+    assert set(study["cases"]) == {r["case"] for r in raw["results"]} == {"digits:32", "moons-5h300:32"}
+    for result in raw["results"]:
+        got = study["cases"][result["case"]]
+        for part in ("events", "device", "start", "kernel"):
+            assert got[part] == result["parts"][part]["median"]
+        assert got["host_step"] == pytest.approx(result["host_us"]["train_step"] * 1e-6)
+        assert got["host_launch"] == pytest.approx(result["host_us"]["launch alone"] * 1e-6)
+        assert (got["kernel"], got["blocks"]) != (None, None)
+        # seconds, and the parts nest as measured: the GPU's share holds the start and the kernel
+        assert 0 < got["start"] < got["device"] < got["events"] < 1e-3
+        assert got["device"] == pytest.approx(got["start"] + got["kernel"], abs=1e-6)
 
 
 def test_folders_that_are_not_one_study_are_refused(tmp_path):
