@@ -244,6 +244,21 @@ def test_unusable_configurations_are_recorded_with_reasons(quick_run: Path) -> N
     assert gpu[gpu.status == "skipped"].reason.str.contains("BackendUnavailable").all()
 
 
+def test_a_backend_unavailable_here_is_named_once_in_the_session_and_on_the_terminal(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = run("quick", results_dir=tmp_path, run_id="unavailable", progress=False,
+                  backends=("numpy", "cuda-naive"), studies=("stages",), networks=("digits:8", "digits:4"))
+    rows = read_rows(run_dir).drop_duplicates("key")
+    skipped = rows[rows.backend == "cuda-naive"]
+    assert len(skipped) == 2 and (skipped.status == "skipped").all()
+    session = json.loads((run_dir / "meta.json").read_text())["sessions"][-1]
+    assert set(session["unavailable"]) == {"cuda-naive"}
+    assert session["unavailable"]["cuda-naive"] == skipped.reason.iloc[0]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "is unavailable here" in line]
+    assert warnings == [f"warning: cuda-naive is unavailable here, its configurations were skipped: "
+                        f"{session['unavailable']['cuda-naive']}"]
+
+
 def test_shared_configurations_are_measured_once(quick_run: Path) -> None:
     rows = read_rows(quick_run).assign(stage=lambda f: f.stage.fillna(""))
     reused = rows[rows.reused_from.notna()]

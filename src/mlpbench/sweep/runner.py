@@ -255,6 +255,7 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
             status = "complete"
         finally:
             _flag_at_session_end(neighbours, passed, meta, cores, bar)
+            _record_unavailable(unavailable, meta, bar)
             _finish_meta(run_dir, meta, status)
     return run_dir
 
@@ -269,6 +270,16 @@ def _flag_at_session_end(neighbours: NeighbourCheck, passed: list[tuple[str, int
                                 at_session_end=True)
         if entry is not None:
             _record_busy(meta, entry, f"{key}: {entry['reason']}", bar)
+
+
+def _record_unavailable(unavailable: Unavailable, meta: dict[str, Any], bar: Any) -> None:
+    """Records in the session each backend it found unavailable, with the reason (its configurations of the
+    stage studies were skipped from then on), and warns once per backend on the terminal: a sweep that
+    skipped a whole backend should say so where it is seen, not only in the rows."""
+    meta["sessions"][-1]["unavailable"] = dict(unavailable.reasons)
+    for backend, reason in unavailable.reasons.items():
+        bar.write(f"warning: {backend} is unavailable here, its configurations were skipped: {reason}",
+                  file=sys.stderr)
 
 
 def _record_busy(meta: dict[str, Any], entry: dict[str, Any], why: str, bar: Any) -> None:
