@@ -865,6 +865,7 @@ def test_the_fused_step_is_taken_apart_from_its_probe(committed, flipped_probes)
     part = {name: stats["median"] for name, stats in digits["parts"].items()}
     host = {name: us * 1e-6 for name, us in digits["host_us"].items()}
     repeats = probe["meta"]["repeats"]
+    assert says(text, f"(results/h200-step-parts, commit {probe['meta']['git']['commit']}), takes one cuda-fused step")
     assert says(text, f"between events: {duration(part['events'])} in all (medians of {repeats} rounds)")
     assert says(text, f"Of that, {duration(part['events'] - part['device'])} passes before the launch reaches the GPU")
     assert says(text, f"the call with its checks takes {duration(host['train_step'])}")
