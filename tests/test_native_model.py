@@ -2,6 +2,7 @@
 bit-identical results for any thread count; and every malformed input stopped in Python, before C."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -357,6 +358,25 @@ def test_missing_library_is_reported(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
                             check=True)
     assert "pip install scipy-openblas32" in result.stdout and "make -C native PYTHON=" in result.stdout
+
+
+def test_a_library_built_from_another_header_is_refused(tmp_path):
+    """A stale build (the header changed since, `make -C native` not run) is reported, not loaded: cffi would
+    lay out its structures as the new header says."""
+    (tmp_path / "include").mkdir()
+    shutil.copytree(native.native_dir() / "build", tmp_path / "build",
+                    ignore=shutil.ignore_patterns("asan*", "tests", "omp", "serial", "blas"))
+    header = (native.native_dir() / "include" / "mlp.h").read_text()
+    code = ("from mlpbench import load\n"
+            "from mlpbench.backends.base import BackendUnavailable\n"
+            "try:\n    load('c-omp', '4-6-3')\n    print('loaded')\n"
+            "except BackendUnavailable as error:\n    print(error)\n")
+    env = {**os.environ, "MLPBENCH_NATIVE_DIR": str(tmp_path)}
+    for text, expected in ((header, "loaded"), (header + "/* changed */\n", "a stale build; run `make -C native`")):
+        (tmp_path / "include" / "mlp.h").write_text(text)
+        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
+                                check=True)
+        assert expected in result.stdout, result.stdout + result.stderr
 
 
 # ------------------------------------------------------------------ random abuse of the model API

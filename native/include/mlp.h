@@ -79,6 +79,10 @@ const char *mlp_error_message(int status);
 /* 1 in libmlp_omp, 0 in libmlp_serial and libmlp_blas. */
 int mlp_has_openmp(void);
 
+/* The first 16 hex digits of the SHA-256 of this header as the library was built from it: the Python loader
+ * refuses a library built from another header (a stale build, whose structures may not match). */
+const char *mlp_header_hash(void);
+
 /* 1 in libmlp_blas (every matrix product by OpenBLAS's cblas_sgemm on its own threads), else 0. */
 int mlp_has_blas(void);
 

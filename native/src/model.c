@@ -96,6 +96,15 @@ const char *mlp_error_message(int status)
     }
 }
 
+#ifndef MLP_HEADER_HASH
+#define MLP_HEADER_HASH "unknown" /* built without the Makefile */
+#endif
+
+const char *mlp_header_hash(void)
+{
+    return MLP_HEADER_HASH;
+}
+
 int mlp_has_openmp(void)
 {
 #ifdef _OPENMP

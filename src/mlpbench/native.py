@@ -13,6 +13,7 @@ its arrays first, so nothing malformed reaches C.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import threading
 import weakref
@@ -118,8 +119,23 @@ def library(variant: str = "omp") -> Any:
             lib = ffi.dlopen(str(path))
         except OSError as error:
             raise BackendUnavailable(f"cannot load {path} ({error}): run `make -C native` first") from error
+        _check_built_from_header(lib, path)
         _libraries[variant] = lib
         return lib
+
+
+def _check_built_from_header(lib: Any, path: Path) -> None:
+    """Refuse a library built from another ``mlp.h`` than the one its API is declared from: cffi would pass it
+    structures laid out as the header says now, not as the library was compiled."""
+    header = native_dir() / "include" / "mlp.h"
+    expected = hashlib.sha256(header.read_bytes()).hexdigest()[:16]
+    try:
+        built = ffi.string(lib.mlp_header_hash()).decode()
+    except AttributeError:  # built before the library recorded its header
+        built = "not recorded"
+    if built != expected:
+        raise BackendUnavailable(f"{path} was built from another {header} than this one (header hash {built}, "
+                                 f"now {expected}): a stale build; run `make -C native`")
 
 
 def build_info() -> dict[str, Any]:
