@@ -25,23 +25,19 @@ from typing import Any
 
 import numpy as np
 
+# cpu_timeline.py beside this file: its case parsing.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cpu_timeline import parse_cases
+
 from mlpbench import gpu, load
 from mlpbench.backends.cuda_fused import FusedProfiler
+from mlpbench.checks import BackendUnavailable
 from mlpbench.machine import git_info, now_utc
 from mlpbench.network import resolve
 from mlpbench.verify import check_stages, random_batch
 
 LR = 1e-4
-
-
-def parse_cases(text: str) -> list[tuple[str, int]]:
-    cases = []
-    for item in text.split(","):
-        name, _, batch = item.partition(":")
-        if not batch.isdigit() or int(batch) < 1:
-            raise SystemExit(f"--cases: expected name:batch with a positive batch, got {item!r}")
-        cases.append((name, int(batch)))
-    return cases
 
 
 def measure(name: str, batch_size: int, repeats: int, seed: int) -> dict[str, Any]:
@@ -75,17 +71,19 @@ def table(results: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", default="digits:32,moons-5h300:32")
+    parser.add_argument("--cases", type=parse_cases, default="digits:32,moons-5h300:32")
     parser.add_argument("--repeats", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.repeats < 1:
         raise SystemExit("--repeats: need at least 1")
-    cases = parse_cases(args.cases)
     started, clock = now_utc(), time.perf_counter()
-    gpu.ensure_available()
-    results = [measure(name, batch, args.repeats, args.seed) for name, batch in cases]
+    try:
+        gpu.ensure_available()
+    except BackendUnavailable as error:
+        raise SystemExit(f"fused_step_parts.py times cuda-fused on a GPU: {error}") from error
+    results = [measure(name, batch, args.repeats, args.seed) for name, batch in args.cases]
     text = table(results)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
