@@ -294,7 +294,7 @@ class DriverKernel:
         self._pointers = (ctypes.c_void_p * len(fields))(*[base + getattr(type(args), f).offset for f in fields])
         self._launch = native.library("serial").mlp_launch_kernel
         # per launch shape: the C library's record, and the ctypes cluster configuration it points at
-        self._records: dict[tuple[int, ...], tuple[Any, _LaunchConfig | None, _LaunchAttribute | None]] = {}
+        self._records: dict[tuple[Any, ...], tuple[Any, _LaunchConfig | None, _LaunchAttribute | None]] = {}
         self.name = name
 
     def set_attribute(self, attribute: int, value: int) -> None:
@@ -320,6 +320,8 @@ class DriverKernel:
 
     def _record(self, grid: int | tuple[int, int, int], block: int, shared_bytes: int,
                 cluster: int) -> tuple[Any, _LaunchConfig | None, _LaunchAttribute | None]:
+        """The C library's launch record for one shape; for clusters also the ctypes configuration it points
+        at, returned beside it so that it lives as long as the record."""
         x, y, z = (grid, 1, 1) if isinstance(grid, int) else grid
         ffi, driver = native.ffi, _driver()
         record = ffi.new("mlp_kernel_launch *")
