@@ -65,13 +65,13 @@ def exchange_study(folder: Path, label: str) -> dict[str, Any]:
 def step_parts_study(folder: Path, label: str) -> dict[str, Any]:
     """Per case: the medians, in seconds, of the events around a fused step (``events``), device-only events
     around it (``device``), around a launch with no phases (``start``) and the kernel's own span (``kernel``);
-    the host's time per ``train_step`` call and per launch alone; the kernel and its blocks; the commit of the
-    code it ran."""
+    the host's time per ``train_step`` call and per launch alone; which kernel ran (``kernel_name``) on how many
+    blocks; the commit of the code it ran."""
     report = json.loads((folder / "step_parts.json").read_text())
     cases = {}
     for result in report["results"]:
         parts = result["parts"]
-        cases[result["case"]] = {"kernel": result["kernel"], "blocks": result["blocks"],
+        cases[result["case"]] = {"kernel_name": result["kernel"], "blocks": result["blocks"],
                                  **{part: parts[part]["median"] for part in ("events", "device", "start", "kernel")},
                                  "host_step": result["host_us"]["train_step"] * 1e-6,
                                  "host_launch": result["host_us"]["launch alone"] * 1e-6}

@@ -57,7 +57,7 @@ def test_step_parts_are_the_probe_medians_in_seconds():
             assert got[part] == result["parts"][part]["median"]
         assert got["host_step"] == pytest.approx(result["host_us"]["train_step"] * 1e-6)
         assert got["host_launch"] == pytest.approx(result["host_us"]["launch alone"] * 1e-6)
-        assert (got["kernel"], got["blocks"]) != (None, None)
+        assert (got["kernel_name"], got["blocks"]) == (result["kernel"], result["blocks"])
         # seconds, and the parts nest as measured: the GPU's share holds the start and the kernel
         assert 0 < got["start"] < got["device"] < got["events"] < 1e-3
         assert got["device"] == pytest.approx(got["start"] + got["kernel"], abs=1e-6)
