@@ -577,9 +577,9 @@ def test_fused_profiler_measures_phases_barriers_and_host_costs():
     profiler = FusedProfiler(model)
     X, y = random_batch(net, 3 * 32, np.random.default_rng(1))
     plan = profiler.plan("step", 32)
-    assert len(plan.phases) == 14 and 1 <= plan.blocks
+    assert len(plan.phases) == 13 and 1 <= plan.blocks
     times = profiler.phase_times(model.prepare(X, y), 32, 0.3)
-    assert times.shape == (3 * 14,) and (times > 0.1).all() and times.sum() < 10_000  # microseconds
+    assert times.shape == (3 * 13,) and (times > 0.1).all() and times.sum() < 10_000  # microseconds
     reference = load("cuda-fused", net)
     reference.train_steps(reference.prepare(X, y), 32, 0.3)  # the clocked launch trained as train_steps does
     np.testing.assert_array_equal(model.params()[0][0], reference.params()[0][0])

@@ -57,7 +57,7 @@ def test_fused_rejects_networks_too_deep_before_touching_the_gpu():
 def test_structs_match_the_kernel():
     # kernels/fused.cu static_asserts the same sizes; tests/test_kernels_compile.py compiles it.
     assert cuda_fused._LAYER_DTYPE.itemsize == 72
-    assert cuda_fused._PHASE_DTYPE.itemsize == 48
+    assert cuda_fused._PHASE_DTYPE.itemsize == 64
     assert cuda_fused._LAYER_DTYPE.fields["n_in"][1] == 64
 
 
@@ -110,11 +110,13 @@ def test_training_step_plan_of_5h300():
     net = PRESETS["moons-5h300"]
     plan = cuda_fused.fused_plan(net, "step", 32, 132)
     kinds = [phase.kind for phase in plan]
-    # six hidden forward phases, the output layer with its loss in one block per sample, seven backward phases
-    assert kinds == [cuda_fused.PHASE_FORWARD] * 6 + [cuda_fused.PHASE_FORWARD_HEAD] + [cuda_fused.PHASE_BACKWARD] * 7
-    assert [phase.layer for phase in plan[7:]] == list(range(6, -1, -1))
+    # six hidden forward phases, the output layer with its loss and the input gradient below it in one block per
+    # sample, six backward phases: the output layer's weight gradient in the first of them
+    assert kinds == [cuda_fused.PHASE_FORWARD] * 6 + [cuda_fused.PHASE_FORWARD_HEAD] + [cuda_fused.PHASE_BACKWARD] * 6
+    assert [phase.layer for phase in plan[7:]] == list(range(5, -1, -1))
     assert all(phase.flags & cuda_fused.FLAG_SGD for phase in plan[7:])
-    assert plan[6].flags & cuda_fused.FLAG_DELTA
+    assert plan[6].flags == cuda_fused.FLAG_DELTA | cuda_fused.FLAG_HEAD_INPUT
+    assert [bool(phase.flags & cuda_fused.FLAG_ABOVE) for phase in plan[7:]] == [True] + [False] * 5
 
 
 def test_stage_plans_split_the_step():
@@ -126,6 +128,17 @@ def test_stage_plans_split_the_step():
     assert [p.kind for p in backprop] == [cuda_fused.PHASE_OUTPUT_DELTA, *[cuda_fused.PHASE_BACKWARD] * 2]
     assert not any(p.flags for p in backprop)
     assert [p.kind for p in cuda_fused.fused_plan(net, "update", 9, 132)] == [cuda_fused.PHASE_UPDATE]
+    # an output layer the head serves: the output gradient runs a block per sample with the input gradient below
+    narrow = Network((5, 40, 7), "tanh", "softmax-ce")
+    backprop = cuda_fused.fused_plan(narrow, "backprop", 9, 132)
+    assert [(p.kind, p.layer, p.flags) for p in backprop] == [
+        (cuda_fused.PHASE_OUTPUT_DELTA, 1, cuda_fused.FLAG_HEAD_INPUT),
+        (cuda_fused.PHASE_BACKWARD, 0, cuda_fused.FLAG_ABOVE)]
+    assert backprop[0].items(narrow, 9) == 9
+    # one layer: nothing below the output layer, the plan of old
+    single = Network((5, 7), "tanh", "softmax-ce")
+    assert [(p.kind, p.flags) for p in cuda_fused.fused_plan(single, "backprop", 9, 132)] == [
+        (cuda_fused.PHASE_OUTPUT_DELTA, 0), (cuda_fused.PHASE_BACKWARD, 0)]
     with pytest.raises(ValueError, match="stage"):
         cuda_fused.fused_plan(net, "sideways", 9, 132)
 
@@ -133,11 +146,18 @@ def test_stage_plans_split_the_step():
 def test_phase_items_cover_the_work():
     net = Network((64, 128, 10), "sigmoid", "softmax-ce")
     plan = cuda_fused.fused_plan(net, "step", 32, 132)
-    backward_1 = plan[2]
-    n_out, n_in = net.layer_shapes[1]
-    # the bias gradient is summed by the weight-gradient tiles: no items of its own
-    expected = backward_1.main.count(32, n_in) + backward_1.weights.count(n_out, n_in)
-    assert backward_1.items(net, 32) == expected
+    assert [p.kind for p in plan] == [cuda_fused.PHASE_FORWARD, cuda_fused.PHASE_FORWARD_HEAD,
+                                      cuda_fused.PHASE_BACKWARD]
+    backward = plan[2]
+    # the bias gradients are summed by the weight-gradient tiles: no items of their own; layer 0 has no input
+    # gradient, and the output layer's weight gradient rides on its phase
+    expected = backward.weights.count(*net.layer_shapes[0]) + backward.above.count(*net.layer_shapes[1])
+    assert backward.layer == 0 and backward.items(net, 32) == expected
+    deeper = Network((64, 128, 40, 10), "sigmoid", "softmax-ce")
+    backward_1 = cuda_fused.fused_plan(deeper, "step", 32, 132)[3]
+    n_out, n_in = deeper.layer_shapes[1]
+    assert backward_1.items(deeper, 32) == (backward_1.main.count(32, n_in) + backward_1.weights.count(n_out, n_in)
+                                            + backward_1.above.count(*deeper.layer_shapes[2]))
     update = cuda_fused.fused_plan(net, "update", 32, 132)[0]
     assert update.items(net, 32) == sum(-(-(o * i + o) // 4096) for o, i in net.layer_shapes)
 
@@ -145,7 +165,7 @@ def test_phase_items_cover_the_work():
 def test_gradient_tiles_are_chosen_together():
     # 5h300's hidden backward phase: the pair is no worse than each product's own best shape side by side
     first, second = (32, 300, 300), (300, 300, 32)
-    main, weights = cuda_fused.choose_tiles(first, second, 132)
+    main, weights = cuda_fused.choose_tiles([first, second], 132)
     for tile in (main, weights):
         assert tile.gm * tile.gn * tile.ksplit == cuda.FUSED_THREADS
     alone = [(cuda_fused.choose_tile(*first, 132), *first), (cuda_fused.choose_tile(*second, 132), *second)]
@@ -454,7 +474,7 @@ def test_codes_in_the_kernels_match_the_c_header_and_python():
 def test_phase_flag_and_epilogue_codes_match_the_kernels():
     phases, flags = _defines("fused.cu", "PHASE_"), _defines("fused.cu", "FLAG_")
     assert phases == {name: getattr(cuda_fused, name) for name in phases} and len(phases) == 6
-    assert flags == {name: getattr(cuda_fused, name) for name in flags} and len(flags) == 2
+    assert flags == {name: getattr(cuda_fused, name) for name in flags} and len(flags) == 4
     epilogues = _defines("opt.cu", "EPI_")
     assert epilogues == {name: getattr(cuda, name) for name in epilogues} and len(epilogues) == 4
 

@@ -22,7 +22,7 @@ import ctypes
 import functools
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,11 +52,11 @@ _LAYER_DTYPE = np.dtype([("W", np.uint64, 2), ("b", np.uint64, 2), ("dW", np.uin
                          ("A", np.uint64), ("dZ", np.uint64), ("n_in", np.int32), ("n_out", np.int32)])
 _TILE_FIELDS = [("micro", np.int32), ("gm", np.int32), ("gn", np.int32), ("ksplit", np.int32)]
 _PHASE_DTYPE = np.dtype([("kind", np.int32), ("layer", np.int32), ("flags", np.int32), ("padding", np.int32),
-                         ("main", _TILE_FIELDS), ("weights", _TILE_FIELDS)])
+                         ("main", _TILE_FIELDS), ("weights", _TILE_FIELDS), ("above", _TILE_FIELDS)])
 PHASE_FORWARD, PHASE_FORWARD_HEAD, PHASE_HEAD, PHASE_OUTPUT_DELTA, PHASE_BACKWARD, PHASE_UPDATE = range(6)
 PHASE_NAMES = {PHASE_FORWARD: "forward", PHASE_FORWARD_HEAD: "forward+head", PHASE_HEAD: "head",
                PHASE_OUTPUT_DELTA: "output delta", PHASE_BACKWARD: "backward", PHASE_UPDATE: "update"}
-FLAG_DELTA, FLAG_SGD = 1, 2
+FLAG_DELTA, FLAG_SGD, FLAG_HEAD_INPUT, FLAG_ABOVE = 1, 2, 4, 8
 _UPDATE_CHUNK = dict(FUSED.defines)["UPDATE_CHUNK"]
 
 
@@ -265,14 +265,15 @@ def choose_tile(M: int, N: int, K: int, blocks: int) -> Tile:
     return min(_TILES, key=lambda tile: (_phase_cycles([(tile, M, N, K)], blocks), tile.count(M, N)))
 
 
-def choose_tiles(first: tuple[int, int, int], second: tuple[int, int, int], blocks: int) -> tuple[Tile, Tile]:
-    """Tile shapes for two products that share a phase (the input and weight gradients of a layer): their
-    tiles are one list of items, so the pair is chosen together (one round of items where that pays)."""
+def choose_tiles(products: Sequence[tuple[int, int, int]], blocks: int) -> tuple[Tile, ...]:
+    """Tile shapes for products that share a phase (the input and weight gradients of a layer, and the weight
+    gradient of the layer above where the head computed its input gradient), each (M, N, K): their tiles are
+    one list of items, so the shapes are chosen together (one round of items where that pays)."""
     shortlist = [sorted(_TILES, key=lambda tile, p=p: (_phase_cycles([(tile, *p)], blocks), tile.count(*p[:2])))[:8]
-                 for p in (first, second)]
+                 for p in products]
     return min(itertools.product(*shortlist),
-               key=lambda pair: (_phase_cycles([(pair[0], *first), (pair[1], *second)], blocks),
-                                 pair[0].count(*first[:2]) + pair[1].count(*second[:2])))
+               key=lambda tiles: (_phase_cycles([(tile, *p) for tile, p in zip(tiles, products, strict=True)], blocks),
+                                  sum(tile.count(*p[:2]) for tile, p in zip(tiles, products, strict=True))))
 
 
 @dataclass(frozen=True)
@@ -284,6 +285,7 @@ class Phase:
     flags: int = 0
     main: Tile = Tile(1, 16, 16, 1)     # FORWARD: the forward product; BACKWARD: the input-gradient product
     weights: Tile = Tile(1, 16, 16, 1)  # BACKWARD: the weight-gradient product
+    above: Tile = Tile(1, 16, 16, 1)    # BACKWARD with FLAG_ABOVE: the weight-gradient product of layer + 1
 
     def items(self, network: Network, batch: int) -> int:
         """Work items of the phase as the kernel cuts them (sets the grid size, not the results)."""
@@ -295,11 +297,12 @@ class Phase:
             return batch
         if self.kind == PHASE_HEAD:  # a warp per sample
             return cdiv(batch, warps)
-        if self.kind == PHASE_OUTPUT_DELTA:
-            return cdiv(batch * n_out, FUSED_THREADS)
+        if self.kind == PHASE_OUTPUT_DELTA:  # with the head's input gradient, a block per sample
+            return batch if self.flags & FLAG_HEAD_INPUT else cdiv(batch * n_out, FUSED_THREADS)
         if self.kind == PHASE_BACKWARD:  # the bias gradient rides on the weight-gradient tiles
             inputs = self.main.count(batch, n_in) if self.layer > 0 else 0
-            return inputs + self.weights.count(n_out, n_in)
+            above = self.above.count(*network.layer_shapes[self.layer + 1]) if self.flags & FLAG_ABOVE else 0
+            return inputs + self.weights.count(n_out, n_in) + above
         return sum(cdiv(o * i + o, _UPDATE_CHUNK) for o, i in network.layer_shapes)
 
 
@@ -311,9 +314,13 @@ def fused_plan(network: Network, stage: str, batch: int, blocks: int) -> tuple[P
     if stage not in ("step", "forward", "backprop", "update"):
         raise ValueError(f"stage: expected step, forward, backprop or update, got {stage!r}")
     last = network.n_layers - 1
+    # Where the output layer fits the one-block head and has a layer below, the block of each sample also
+    # computes that sample's row of the layer below's dZ (a sum over at most FUSED_HEAD_MAX outputs), and the
+    # output layer's weight gradient joins the phase below: one phase and barrier fewer.
+    head_input = FLAG_HEAD_INPUT if last > 0 and network.n_outputs <= FUSED_HEAD_MAX else 0
     phases = []
     if stage in ("forward", "step"):
-        delta = FLAG_DELTA if stage == "step" else 0
+        delta = FLAG_DELTA | head_input if stage == "step" else 0
         for layer, (n_out, n_in) in enumerate(network.layer_shapes):
             if layer == last and n_out <= FUSED_HEAD_MAX:
                 phases.append(Phase(PHASE_FORWARD_HEAD, layer, delta))
@@ -322,16 +329,21 @@ def fused_plan(network: Network, stage: str, batch: int, blocks: int) -> tuple[P
         if network.n_outputs > FUSED_HEAD_MAX:
             phases.append(Phase(PHASE_HEAD, last, delta))
     if stage == "backprop":
-        phases.append(Phase(PHASE_OUTPUT_DELTA, last))
+        phases.append(Phase(PHASE_OUTPUT_DELTA, last, head_input))
     if stage in ("backprop", "step"):
-        flags = FLAG_SGD if stage == "step" else 0
-        for layer in range(last, -1, -1):
+        sgd = FLAG_SGD if stage == "step" else 0
+        for layer in range(last - 1 if head_input else last, -1, -1):
             n_out, n_in = network.layer_shapes[layer]
-            if layer > 0:
-                main, weights = choose_tiles((batch, n_in, n_out), (n_out, n_in, batch), blocks)
-            else:
-                main, weights = Tile(1, 16, 16, 1), choose_tile(n_out, n_in, batch, blocks)
-            phases.append(Phase(PHASE_BACKWARD, layer, flags, main, weights))
+            products = [(batch, n_in, n_out)] if layer > 0 else []
+            products.append((n_out, n_in, batch))
+            above = head_input and layer == last - 1
+            if above:
+                products.append((*network.layer_shapes[last], batch))
+            tiles = list(choose_tiles(products, blocks))
+            main = tiles.pop(0) if layer > 0 else Tile(1, 16, 16, 1)
+            weights = tiles.pop(0)
+            phases.append(Phase(PHASE_BACKWARD, layer, sgd | (FLAG_ABOVE if above else 0), main, weights,
+                                tiles.pop(0) if above else Tile(1, 16, 16, 1)))
     if stage == "update":
         phases.append(Phase(PHASE_UPDATE, 0))
     return tuple(phases)
@@ -471,7 +483,7 @@ class FusedCudaModel(CudaModel):
             table = np.zeros(len(phases), dtype=_PHASE_DTYPE)
             for index, phase in enumerate(phases):
                 table[index] = (phase.kind, phase.layer, phase.flags, 0, phase.main.as_tuple(),
-                                phase.weights.as_tuple())
+                                phase.weights.as_tuple(), phase.above.as_tuple())
             items = max(phase.items(self.network, batch) for phase in phases)
             grid = min(self._sm_count, items)  # every block resident at once: the barrier needs it
             plan = (torch.tensor(table.view(np.uint8), device=self._dev), len(phases), grid)

@@ -10,14 +10,19 @@
 // Training step of L layers (l = 0 .. L-1), one launch:
 //   FORWARD(0) .. FORWARD(L-2)     A_l = f(A_{l-1} W_l^T + b_l)
 //   FORWARD_HEAD(L-1)              output layer, one block per sample: logits, P, the sample's loss, dZ_{L-1}
+//                                  and, with FLAG_HEAD_INPUT, the sample's row of dZ_{L-2}
 //                                  (or FORWARD(L-1) + HEAD when the output layer is wider than HEAD_MAX)
-//   BACKWARD(L-1) .. BACKWARD(0)   dZ_{l-1} = (dZ_l W_l) * f'(A_{l-1});  dW_l = dZ_l^T A_{l-1};  db_l
-//                                  (db_l by the weight-gradient tiles of the first column: they hold dZ_l)
+//   BACKWARD(L-2) .. BACKWARD(0)   dZ_{l-1} = (dZ_l W_l) * f'(A_{l-1});  dW_l = dZ_l^T A_{l-1};  db_l
+//                                  (db_l by the weight-gradient tiles of the first column: they hold dZ_l);
+//                                  BACKWARD(L-2) with FLAG_ABOVE also dW_{L-1}, db_{L-1}
+// A network whose output layer is wider than HEAD_MAX (or that has one layer) runs BACKWARD(L-1) of its own
+// instead: dZ_{L-2} by tiles, one phase and barrier more.
 // With FLAG_SGD a backward phase also writes the updated W_l and b_l. The other blocks of that same phase
 // still read W_l, so the update goes to a second copy: W[parity ^ 1] = W[parity] - lr (dW + wd W[parity]),
 // and the host flips the parity after the launch. No extra pass over the weights is needed.
 // The separate stages are the same kernel on shorter phase lists: forward (FORWARD..HEAD), backprop
-// (OUTPUT_DELTA, BACKWARD..), update (UPDATE).
+// (OUTPUT_DELTA, BACKWARD..; OUTPUT_DELTA with FLAG_HEAD_INPUT computes the rows of dZ_{L-2} as the head does,
+// so the stages and the step agree bit for bit), update (UPDATE).
 //
 // Products share one tile routine: C(m, n) = sum_k a(m, k) b(n, k) with a(m, k) = a.data[m * a.row + k * a.col]
 // (likewise b), so one code path serves the forward (nt), input-gradient (nn) and weight-gradient (tn)
@@ -54,8 +59,10 @@
 #define PHASE_BACKWARD 4
 #define PHASE_UPDATE 5
 
-#define FLAG_DELTA 1  // the output layer also writes dZ = (P - T) / batch
-#define FLAG_SGD 2    // backward phases also write the updated weights and biases
+#define FLAG_DELTA 1       // the output layer also writes dZ = (P - T) / batch
+#define FLAG_SGD 2         // backward phases also write the updated weights and biases
+#define FLAG_HEAD_INPUT 4  // FORWARD_HEAD, OUTPUT_DELTA: a sample's block also writes its row of dZ_{L-2}
+#define FLAG_ABOVE 8       // BACKWARD(l): also the weight gradient of layer l + 1 (tile `above`)
 
 struct Tile {
     int micro;  // each thread computes micro x micro outputs (1 or 2)
@@ -71,10 +78,11 @@ struct Phase {
     int padding;
     Tile main;     // FORWARD: the forward product; BACKWARD: the input-gradient product
     Tile weights;  // BACKWARD: the weight-gradient product
+    Tile above;    // BACKWARD with FLAG_ABOVE: the weight-gradient product of layer + 1
 };
 
 // Sizes the host's numpy dtypes are built to (tests check the Python side).
-static_assert(sizeof(Phase) == 48, "struct Phase changed: update _PHASE_DTYPE in backends/cuda.py");
+static_assert(sizeof(Phase) == 64, "struct Phase changed: update _PHASE_DTYPE in backends/cuda_fused.py");
 
 struct Operand {
     const float* data;
@@ -326,13 +334,35 @@ __device__ __forceinline__ const float* layer_input(const Layer* layers, int l, 
     return l == 0 ? s.X : layers[l - 1].A;
 }
 
+// Row r of dZ_{L-2} = (dZ_{L-1} W_{L-1}) * f'(A_{L-2}) on the block that holds row r of dZ_{L-1} (`dz`, in shared
+// memory: the output layer is at most HEAD_MAX wide), thread t taking columns t, t + THREADS, ..; each sum runs
+// over the outputs in order. FORWARD_HEAD and OUTPUT_DELTA both call it, so the step and the stages agree.
+__device__ __forceinline__ void head_input_gradient_row(const Layer& out_layer, const Layer& below, int r,
+                                                        const Step& s, const float* dz) {
+    const int n_in = out_layer.n_in, n_out = out_layer.n_out;
+    const float* W = out_layer.W[s.parity];
+    const long row = (long)r * n_in;
+    for (int k = threadIdx.x; k < n_in; k += THREADS) {
+        const float a = __ldcg(below.A + row + k);
+        float w[HEAD_MAX];
+#pragma unroll
+        for (int j = 0; j < HEAD_MAX; ++j) w[j] = j < n_out ? __ldcg(W + (long)j * n_in + k) : 0.0f;
+        float sum = 0.0f;
+#pragma unroll
+        for (int j = 0; j < HEAD_MAX; ++j)
+            if (j < n_out) sum = fmaf(dz[j], w[j], sum);
+        below.dZ[row + k] = sum * activation_derivative(s.activation, a);
+    }
+}
+
 // Output layer for one sample when it is at most HEAD_MAX wide, on one block: thread t sums inputs t,
 // t + THREADS, .. for every output at once (all its loads independent: one round trip to L2), a shuffle tree
 // and a pass through shared memory finish each logit in warp 0 (warp after warp, in order), whose lane j keeps logit j;
 // softmax or sigmoid, the loss and dZ then run on those registers (the bias and the target were loaded with
-// the inputs). `sums` holds WARPS x HEAD_MAX floats.
-__device__ __forceinline__ void forward_head_row(const Layer& layer, const float* input, int r, const Step& s,
-                                                 bool delta, float* sums) {
+// the inputs). With `below` (FLAG_HEAD_INPUT) the block then writes the sample's row of the layer below's dZ.
+// `sums` holds WARPS x HEAD_MAX floats and the row of dZ after them.
+__device__ __forceinline__ void forward_head_row(const Layer& layer, const Layer* below, const float* input, int r,
+                                                 const Step& s, bool delta, float* sums) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_in = layer.n_in, n_out = layer.n_out;
     const bool valid = warp == 0 && lane < n_out;
     const long at = (long)r * n_out + lane;
@@ -358,21 +388,31 @@ __device__ __forceinline__ void forward_head_row(const Layer& layer, const float
             if (lane == 0) sums[warp * HEAD_MAX + j] = sum;
         }
     __syncthreads();
-    if (warp != 0) return;
-    float z = 0.0f;
-    if (valid) {
-        for (int w = 0; w < WARPS; ++w) z += sums[w * HEAD_MAX + lane];
-        z += bias;
+    float* dz = sums + WARPS * HEAD_MAX;
+    if (warp == 0) {
+        float z = 0.0f;
+        if (valid) {
+            for (int w = 0; w < WARPS; ++w) z += sums[w * HEAD_MAX + lane];
+            z += bias;
+        }
+        float loss;
+        const float p = output_probability<32>(s.loss_kind, z, target, valid, loss);
+        if (valid) {
+            layer.A[at] = p;
+            if (delta) {
+                const float d = (p - target) / (float)s.batch;
+                layer.dZ[at] = d;
+                dz[lane] = d;
+            }
+        }
+        if (s.T) {
+            loss = warp_sum(loss);
+            if (lane == 0) s.loss_rows[r] = loss;
+        }
     }
-    float loss;
-    const float p = output_probability<32>(s.loss_kind, z, target, valid, loss);
-    if (valid) {
-        layer.A[at] = p;
-        if (delta) layer.dZ[at] = (p - target) / (float)s.batch;
-    }
-    if (s.T) {
-        loss = warp_sum(loss);
-        if (lane == 0) s.loss_rows[r] = loss;
+    if (below != nullptr) {
+        __syncthreads();  // the row of dZ is in shared memory
+        head_input_gradient_row(layer, *below, r, s, dz);
     }
 }
 
@@ -396,15 +436,39 @@ __device__ void forward_phase(const Layer* layers, int n_layers, const Phase& ph
     }
 }
 
-// Items: the input-gradient tiles (none for layer 0), then the weight-gradient tiles (with the bias sums).
+// Tile `item` of layer l's weight gradient dW_l = dZ_l^T A_{l-1} with the bias sums (and, with FLAG_SGD, the
+// updated copies).
+__device__ __forceinline__ void weight_gradient_tile(const Layer* layers, int l, int item, const Tile& tile,
+                                                     const Phase& phase, const Step& s, float* smem) {
+    const Layer& layer = layers[l];
+    const float* W = layer.W[s.parity];
+    WeightGradientEpilogue epilogue;
+    epilogue.dW = layer.dW;
+    epilogue.W = W;
+    epilogue.W_next = layer.W[s.parity ^ 1];
+    epilogue.db = layer.db;
+    epilogue.b = layer.b[s.parity];
+    epilogue.b_next = layer.b[s.parity ^ 1];
+    epilogue.n_in = layer.n_in;
+    epilogue.sgd = phase.flags & FLAG_SGD;
+    epilogue.lr = s.lr;
+    epilogue.decay = s.weight_decay;
+    product(item, tile, layer.n_out, layer.n_in, s.batch, Operand{layer.dZ, 1, layer.n_out},
+            Operand{layer_input(layers, l, s), 1, layer.n_in}, smem, epilogue);
+}
+
+// Items: the input-gradient tiles (none for layer 0), then the weight-gradient tiles (with the bias sums), then
+// with FLAG_ABOVE the weight-gradient tiles of layer l + 1 (whose input gradient the head computed).
 __device__ void backward_phase(const Layer* layers, const Phase& phase, const Step& s, float* smem) {
     const int l = phase.layer;
     const Layer& layer = layers[l];
     const int n_in = layer.n_in, n_out = layer.n_out, batch = s.batch;
     const float* W = layer.W[s.parity];
-    const float* input = layer_input(layers, l, s);
     const int input_tiles = l > 0 ? tiles_of(phase.main, batch, n_in) : 0;
-    const int items = input_tiles + tiles_of(phase.weights, n_out, n_in);
+    const int weight_tiles = tiles_of(phase.weights, n_out, n_in);
+    const int above_tiles =
+        (phase.flags & FLAG_ABOVE) ? tiles_of(phase.above, layers[l + 1].n_out, layers[l + 1].n_in) : 0;
+    const int items = input_tiles + weight_tiles + above_tiles;
     for (int round = 0; round * (int)gridDim.x < items; ++round) {
         const int item = item_of_round(round);
         if (item >= items) break;  // only in the last round; block-uniform, as product's barriers need
@@ -416,20 +480,10 @@ __device__ void backward_phase(const Layer* layers, const Phase& phase, const St
             epilogue.activation = s.activation;
             product(item, phase.main, batch, n_in, n_out, Operand{layer.dZ, n_out, 1}, Operand{W, 1, n_in}, smem,
                     epilogue);
+        } else if (item < input_tiles + weight_tiles) {
+            weight_gradient_tile(layers, l, item - input_tiles, phase.weights, phase, s, smem);
         } else {
-            WeightGradientEpilogue epilogue;
-            epilogue.dW = layer.dW;
-            epilogue.W = W;
-            epilogue.W_next = layer.W[s.parity ^ 1];
-            epilogue.db = layer.db;
-            epilogue.b = layer.b[s.parity];
-            epilogue.b_next = layer.b[s.parity ^ 1];
-            epilogue.n_in = n_in;
-            epilogue.sgd = phase.flags & FLAG_SGD;
-            epilogue.lr = s.lr;
-            epilogue.decay = s.weight_decay;
-            product(item - input_tiles, phase.weights, n_out, n_in, batch, Operand{layer.dZ, 1, n_out},
-                    Operand{input, 1, n_in}, smem, epilogue);
+            weight_gradient_tile(layers, l + 1, item - input_tiles - weight_tiles, phase.above, phase, s, smem);
         }
     }
 }
@@ -498,11 +552,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                 case PHASE_FORWARD:
                     forward_phase(layers, n_layers, phase, s, smem);
                     break;
-                case PHASE_FORWARD_HEAD:
+                case PHASE_FORWARD_HEAD: {
+                    const Layer* below = (phase.flags & FLAG_HEAD_INPUT) ? &layers[n_layers - 2] : nullptr;
                     for (int r = blockIdx.x; r < batch; r += gridDim.x)
-                        forward_head_row(out_layer, layer_input(layers, n_layers - 1, s), r, s,
+                        forward_head_row(out_layer, below, layer_input(layers, n_layers - 1, s), r, s,
                                          phase.flags & FLAG_DELTA, smem);
                     break;
+                }
                 case PHASE_HEAD:
                     for (int r = blockIdx.x * WARPS + threadIdx.x / 32; r < batch; r += gridDim.x * WARPS) {
                         const long at = (long)r * out_layer.n_out;
@@ -512,6 +568,20 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                     }
                     break;
                 case PHASE_OUTPUT_DELTA: {
+                    if (phase.flags & FLAG_HEAD_INPUT) {  // a block per sample, as FORWARD_HEAD computes it
+                        for (int r = blockIdx.x; r < batch; r += gridDim.x) {
+                            __syncthreads();  // the previous sample's row of dZ has been read
+                            if (threadIdx.x < out_layer.n_out) {
+                                const long at = (long)r * out_layer.n_out + threadIdx.x;
+                                const float d = (__ldcg(out_layer.A + at) - s.T[at]) / (float)batch;
+                                out_layer.dZ[at] = d;
+                                smem[threadIdx.x] = d;
+                            }
+                            __syncthreads();
+                            head_input_gradient_row(out_layer, layers[n_layers - 2], r, s, smem);
+                        }
+                        break;
+                    }
                     const long total = (long)batch * out_layer.n_out;
                     for (long e = blockIdx.x * (long)THREADS + threadIdx.x; e < total; e += (long)gridDim.x * THREADS)
                         out_layer.dZ[e] = (__ldcg(out_layer.A + e) - s.T[e]) / (float)batch;
