@@ -65,11 +65,12 @@ LOSS_CODES = {"softmax-ce": 0, "sigmoid-bce": 1}
 # Epilogues of the cuda-opt products (kernels/opt.cu).
 EPI_STORE, EPI_BIAS_ACT, EPI_ACT_GRAD, EPI_SGD = 0, 1, 2, 3
 
-#: Widest layer cuda-fused accepts: its tiles stage up to FUSED_KCHUNK k values of 32 rows at once.
-FUSED_MAX_WIDTH = 512
+FUSED_KCHUNK = 512
+#: Widest layer cuda-fused accepts: its tiles stage up to FUSED_KCHUNK k values of 32 rows at once (and its
+#: output head keeps two columns a thread, kernels/fused.cu).
+FUSED_MAX_WIDTH = FUSED_KCHUNK
 #: Most layers cuda-fused accepts (its kernels copy their layer tables to shared memory: MAX_LAYERS).
 FUSED_MAX_LAYERS = 32
-FUSED_KCHUNK = 512
 FUSED_HEAD_MAX = 16
 FUSED_THREADS = 256
 #: Dynamic shared memory of one fused_step block: two staging buffers of KCHUNK x 33 floats and the split-k

@@ -334,24 +334,43 @@ __device__ __forceinline__ const float* layer_input(const Layer* layers, int l, 
     return l == 0 ? s.X : layers[l - 1].A;
 }
 
-// Row r of dZ_{L-2} = (dZ_{L-1} W_{L-1}) * f'(A_{L-2}) on the block that holds row r of dZ_{L-1} (`dz`, in shared
-// memory: the output layer is at most HEAD_MAX wide), thread t taking columns t, t + THREADS, ..; each sum runs
-// over the outputs in order. FORWARD_HEAD and OUTPUT_DELTA both call it, so the step and the stages agree.
-__device__ __forceinline__ void head_input_gradient_row(const Layer& out_layer, const Layer& below, int r,
-                                                        const Step& s, const float* dz) {
+// What a thread needs of sample r for its columns k = t and t + THREADS (widths are at most KCHUNK, two
+// columns a thread) of the row of dZ_{L-2}: the output layer's weights into them and the sample's activations.
+// The head loads them anyway for the logits and keeps them; OUTPUT_DELTA loads them itself.
+struct HeadColumns {
+    float w[2][HEAD_MAX];
+    float a[2];
+};
+static_assert(KCHUNK <= 2 * THREADS, "a head thread keeps two columns: widths up to KCHUNK need KCHUNK <= 2 THREADS");
+
+__device__ __forceinline__ void load_head_columns(const Layer& out_layer, const Layer& below, int r, const Step& s,
+                                                  HeadColumns& c) {
     const int n_in = out_layer.n_in, n_out = out_layer.n_out;
     const float* W = out_layer.W[s.parity];
-    const long row = (long)r * n_in;
-    for (int k = threadIdx.x; k < n_in; k += THREADS) {
-        const float a = __ldcg(below.A + row + k);
-        float w[HEAD_MAX];
 #pragma unroll
-        for (int j = 0; j < HEAD_MAX; ++j) w[j] = j < n_out ? __ldcg(W + (long)j * n_in + k) : 0.0f;
+    for (int i = 0; i < 2; ++i) {
+        const int k = threadIdx.x + i * THREADS;
+        c.a[i] = k < n_in ? __ldcg(below.A + (long)r * n_in + k) : 0.0f;
+#pragma unroll
+        for (int j = 0; j < HEAD_MAX; ++j) c.w[i][j] = (k < n_in && j < n_out) ? __ldcg(W + (long)j * n_in + k) : 0.0f;
+    }
+}
+
+// Row r of dZ_{L-2} = (dZ_{L-1} W_{L-1}) * f'(A_{L-2}) on the block that holds row r of dZ_{L-1} (`dz`, in shared
+// memory: the output layer is at most HEAD_MAX wide), from the thread's columns `c`; each sum runs over the
+// outputs in order. FORWARD_HEAD and OUTPUT_DELTA both call it, so the step and the stages agree.
+__device__ __forceinline__ void head_input_gradient_row(const Layer& out_layer, const Layer& below, int r,
+                                                        const Step& s, const float* dz, const HeadColumns& c) {
+    const int n_in = out_layer.n_in, n_out = out_layer.n_out;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int k = threadIdx.x + i * THREADS;
+        if (k >= n_in) break;
         float sum = 0.0f;
 #pragma unroll
         for (int j = 0; j < HEAD_MAX; ++j)
-            if (j < n_out) sum = fmaf(dz[j], w[j], sum);
-        below.dZ[row + k] = sum * activation_derivative(s.activation, a);
+            if (j < n_out) sum = fmaf(dz[j], c.w[i][j], sum);
+        below.dZ[(long)r * n_in + k] = sum * activation_derivative(s.activation, c.a[i]);
     }
 }
 
@@ -373,12 +392,17 @@ __device__ __forceinline__ void forward_head_row(const Layer& layer, const Layer
     float part[HEAD_MAX];
 #pragma unroll
     for (int j = 0; j < HEAD_MAX; ++j) part[j] = 0.0f;
-#pragma unroll 2
-    for (int k = threadIdx.x; k < n_in; k += THREADS) {
-        const float xk = __ldcg(x + k);
+    HeadColumns c;  // kept for the row of the layer below
 #pragma unroll
-        for (int j = 0; j < HEAD_MAX; ++j)
-            if (j < n_out) part[j] = fmaf(xk, __ldcg(W + (long)j * n_in + k), part[j]);
+    for (int i = 0; i < 2; ++i) {
+        const int k = threadIdx.x + i * THREADS;
+        const float xk = k < n_in ? __ldcg(x + k) : 0.0f;
+        c.a[i] = xk;
+#pragma unroll
+        for (int j = 0; j < HEAD_MAX; ++j) {
+            c.w[i][j] = (k < n_in && j < n_out) ? __ldcg(W + (long)j * n_in + k) : 0.0f;
+            if (k < n_in && j < n_out) part[j] = fmaf(xk, c.w[i][j], part[j]);
+        }
     }
     __syncthreads();  // the previous row's logits have been read
 #pragma unroll
@@ -412,7 +436,7 @@ __device__ __forceinline__ void forward_head_row(const Layer& layer, const Layer
     }
     if (below != nullptr) {
         __syncthreads();  // the row of dZ is in shared memory
-        head_input_gradient_row(layer, *below, r, s, dz);
+        head_input_gradient_row(layer, *below, r, s, dz, c);
     }
 }
 
@@ -570,6 +594,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                 case PHASE_OUTPUT_DELTA: {
                     if (phase.flags & FLAG_HEAD_INPUT) {  // a block per sample, as FORWARD_HEAD computes it
                         for (int r = blockIdx.x; r < batch; r += gridDim.x) {
+                            HeadColumns c;
+                            load_head_columns(out_layer, layers[n_layers - 2], r, s, c);
                             __syncthreads();  // the previous sample's row of dZ has been read
                             if (threadIdx.x < out_layer.n_out) {
                                 const long at = (long)r * out_layer.n_out + threadIdx.x;
@@ -578,7 +604,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                                 smem[threadIdx.x] = d;
                             }
                             __syncthreads();
-                            head_input_gradient_row(out_layer, layers[n_layers - 2], r, s, smem);
+                            head_input_gradient_row(out_layer, layers[n_layers - 2], r, s, smem, c);
                         }
                         break;
                     }
