@@ -257,6 +257,13 @@ def test_a_backend_unavailable_here_is_named_once_in_the_session_and_on_the_term
     warnings = [line for line in capsys.readouterr().err.splitlines() if "is unavailable here" in line]
     assert warnings == [f"warning: cuda-naive is unavailable here, its configurations were skipped: "
                         f"{session['unavailable']['cuda-naive']}"]
+    # any study's rows say it: a session of training curves alone
+    run_dir = run("quick", results_dir=tmp_path, run_id="curves", progress=False, backends=("cuda-tiled",),
+                  studies=("training",))
+    session = json.loads((run_dir / "meta.json").read_text())["sessions"][-1]
+    assert set(session["unavailable"]) == {"cuda-tiled"}
+    assert session["unavailable"]["cuda-tiled"].startswith("BackendUnavailable: ")
+    assert "warning: cuda-tiled is unavailable here" in capsys.readouterr().err
 
 
 def test_shared_configurations_are_measured_once(quick_run: Path) -> None:

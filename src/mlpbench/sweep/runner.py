@@ -183,6 +183,7 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
             measured.setdefault(Config.from_key(row["key"]).measurement, []).append(row)
 
     unavailable = Unavailable()
+    unavailable_here: dict[str, str] = {}  # backend -> why, as the session's rows said it
     units = [Unit("rows", c.key, lambda c=c: measure(c, params, unavailable),
                   {"study": c.study, "backend": c.backend, "network": c.network, "batch": c.batch,
                    "threads": c.threads, "round": c.round, "stage": ""}, c) for c in plan(params)]
@@ -243,6 +244,11 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
                                  "finished_at": machine.now_utc()}]
                     if config is not None:
                         measured[config.measurement] = [{**row, "key": unit.key} for row in rows]
+                for row in rows:  # a backend that cannot run here, from any study's rows
+                    backend = row.get("backend") or unit.identity.get("backend")
+                    if backend and row.get("status") == "skipped" and str(row.get("reason", "")).startswith(
+                            UNAVAILABLE):
+                        unavailable_here.setdefault(backend, row["reason"])
                 if not recorded:
                     tables[unit.table].append(unit.key, rows)
                 busy = busy_entry(f"{unit.table}:{unit.key}", rows, cores)
@@ -255,7 +261,7 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
             status = "complete"
         finally:
             _flag_at_session_end(neighbours, passed, meta, cores, bar)
-            _record_unavailable(unavailable, meta, bar)
+            _record_unavailable(unavailable_here, meta, bar)
             _finish_meta(run_dir, meta, status)
     return run_dir
 
@@ -272,12 +278,16 @@ def _flag_at_session_end(neighbours: NeighbourCheck, passed: list[tuple[str, int
             _record_busy(meta, entry, f"{key}: {entry['reason']}", bar)
 
 
-def _record_unavailable(unavailable: Unavailable, meta: dict[str, Any], bar: Any) -> None:
-    """Records in the session each backend it found unavailable, with the reason (its configurations of the
-    stage studies were skipped from then on), and warns once per backend on the terminal: a sweep that
-    skipped a whole backend should say so where it is seen, not only in the rows."""
-    meta["sessions"][-1]["unavailable"] = dict(unavailable.reasons)
-    for backend, reason in unavailable.reasons.items():
+#: How a row skipped because its backend cannot run here begins its reason (measuring.describe_error).
+UNAVAILABLE = f"{BackendUnavailable.__name__}:"
+
+
+def _record_unavailable(unavailable: dict[str, str], meta: dict[str, Any], bar: Any) -> None:
+    """Records in the session each backend its rows found unavailable (backend -> the first reason), and warns
+    once per backend on the terminal: a sweep that skipped a whole backend should say so where it is seen, not
+    only in the rows."""
+    meta["sessions"][-1]["unavailable"] = dict(unavailable)
+    for backend, reason in unavailable.items():
         bar.write(f"warning: {backend} is unavailable here, its configurations were skipped: {reason}",
                   file=sys.stderr)
 
