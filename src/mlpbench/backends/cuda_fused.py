@@ -334,16 +334,14 @@ def fused_plan(network: Network, stage: str, batch: int, blocks: int) -> tuple[P
         sgd = FLAG_SGD if stage == "step" else 0
         for layer in range(last - 1 if head_input else last, -1, -1):
             n_out, n_in = network.layer_shapes[layer]
-            products = [(batch, n_in, n_out)] if layer > 0 else []
-            products.append((n_out, n_in, batch))
+            # each product the phase runs, (M, N, K) by its tile's name; one it does not run keeps the default
+            products = {"main": (batch, n_in, n_out)} if layer > 0 else {}
+            products["weights"] = (n_out, n_in, batch)
             above = head_input and layer == last - 1
             if above:
-                products.append((*network.layer_shapes[last], batch))
-            tiles = list(choose_tiles(products, blocks))
-            main = tiles.pop(0) if layer > 0 else Tile(1, 16, 16, 1)
-            weights = tiles.pop(0)
-            phases.append(Phase(PHASE_BACKWARD, layer, sgd | (FLAG_ABOVE if above else 0), main, weights,
-                                tiles.pop(0) if above else Tile(1, 16, 16, 1)))
+                products["above"] = (*network.layer_shapes[last], batch)
+            tiles = dict(zip(products, choose_tiles(list(products.values()), blocks), strict=True))
+            phases.append(Phase(PHASE_BACKWARD, layer, sgd | (FLAG_ABOVE if above else 0), **tiles))
     if stage == "update":
         phases.append(Phase(PHASE_UPDATE, 0))
     return tuple(phases)
