@@ -34,10 +34,6 @@ part() {
         --no-progress "$@" >>"$LOG" 2>&1
     echo "part $name exit $? after $SECONDS s" | tee -a "$LOG"
 }
-# c-blas is built only where the scipy-openblas32 wheel is installed; without it every c-blas configuration is
-# recorded as skipped, which this says up front
-test -f native/build/libmlp_blas.so || echo "warning: native/build/libmlp_blas.so is missing: every c-blas" \
-    "configuration will be recorded as skipped (install scipy-openblas32, then make -C native)" | tee -a "$LOG"
 main_backends=$(python3 -c "from mlpbench.backends import BACKENDS, model_class
 print(','.join(b for b in BACKENDS if not model_class(b).compiles_per_shape))")
 part main --backends "$main_backends" --studies stages,threads,batch,width,ladder,training,lineprofile
