@@ -146,20 +146,47 @@ def test_stage_plans_split_the_step():
 def test_phase_items_cover_the_work():
     net = Network((64, 128, 10), "sigmoid", "softmax-ce")
     plan = cuda_fused.fused_plan(net, "step", 32, 132)
-    assert [p.kind for p in plan] == [cuda_fused.PHASE_FORWARD, cuda_fused.PHASE_FORWARD_HEAD,
-                                      cuda_fused.PHASE_BACKWARD]
-    backward = plan[2]
+    assert [p.kind for p in plan] == [cuda_fused.PHASE_FORWARD_HEAD, cuda_fused.PHASE_BACKWARD]
+    assert plan[0].items(net, 32) == 32
+    backward = plan[1]
     # the bias gradients are summed by the weight-gradient tiles: no items of their own; layer 0 has no input
     # gradient, and the output layer's weight gradient rides on its phase
     expected = backward.weights.count(*net.layer_shapes[0]) + backward.above.count(*net.layer_shapes[1])
     assert backward.layer == 0 and backward.items(net, 32) == expected
     deeper = Network((64, 128, 40, 10), "sigmoid", "softmax-ce")
-    backward_1 = cuda_fused.fused_plan(deeper, "step", 32, 132)[3]
+    backward_1 = next(p for p in cuda_fused.fused_plan(deeper, "step", 32, 132)
+                      if p.kind == cuda_fused.PHASE_BACKWARD and p.layer == 1)
     n_out, n_in = deeper.layer_shapes[1]
     assert backward_1.items(deeper, 32) == (backward_1.main.count(32, n_in) + backward_1.weights.count(n_out, n_in)
                                             + backward_1.above.count(*deeper.layer_shapes[2]))
     update = cuda_fused.fused_plan(net, "update", 32, 132)[0]
     assert update.items(net, 32) == sum(-(-(o * i + o) // 4096) for o, i in net.layer_shapes)
+
+
+def test_the_head_computes_a_small_layer_below_it_in_every_plan_that_runs_the_head():
+    # digits: the hidden layer's 8 k weights fit the head's shared memory, so the step is two phases and the
+    # forward stage one, the same row code in both (the step and the stages agree bit for bit)
+    digits = PRESETS["digits"]
+    assert cuda_fused.head_computes_the_layer_below(digits)
+    hidden = cuda_fused.FLAG_HEAD_HIDDEN
+    step = cuda_fused.fused_plan(digits, "step", 32, 132)
+    assert [(p.kind, p.layer, p.flags) for p in step[:1]] == [
+        (cuda_fused.PHASE_FORWARD_HEAD, 1, cuda_fused.FLAG_DELTA | cuda_fused.FLAG_HEAD_INPUT | hidden)]
+    forward = cuda_fused.fused_plan(digits, "forward", 32, 132)
+    assert [(p.kind, p.layer, p.flags) for p in forward] == [(cuda_fused.PHASE_FORWARD_HEAD, 1, hidden)]
+    # deeper: only the layer under the head moves into it; the layers before keep their forward phases
+    deeper = Network((33, 257, 7, 3), "relu", "softmax-ce")
+    assert [(p.kind, p.layer) for p in cuda_fused.fused_plan(deeper, "forward", 33, 132)] == [
+        (cuda_fused.PHASE_FORWARD, 0), (cuda_fused.PHASE_FORWARD_HEAD, 2)]
+    # too large for the head's shared memory (5h300's 300 x 300), more outputs than threads, a head wider than
+    # HEAD_MAX, or no layer below: the layer keeps its phase
+    for net in (PRESETS["moons-5h300"], Network((4, 300, 2)), Network((5, 40, 40)), Network((5, 7))):
+        assert not any(p.flags & hidden for p in cuda_fused.fused_plan(net, "step", 32, 132)), net.name
+    assert not cuda_fused.head_computes_the_layer_below(PRESETS["moons-5h300"])
+    assert not cuda_fused.head_computes_the_layer_below(Network((4, 300, 2)))
+    # the bound is the shared memory: n_in (n_out + 1) + n_in + n_out floats
+    assert not cuda_fused.head_computes_the_layer_below(Network((63, 255, 3)))  # 63 * 256 + 63 + 255 = 16446
+    assert cuda_fused.head_computes_the_layer_below(Network((62, 255, 3)))  # 62 * 256 + 62 + 255 = 16189
 
 
 def test_gradient_tiles_are_chosen_together():
@@ -474,7 +501,7 @@ def test_codes_in_the_kernels_match_the_c_header_and_python():
 def test_phase_flag_and_epilogue_codes_match_the_kernels():
     phases, flags = _defines("fused.cu", "PHASE_"), _defines("fused.cu", "FLAG_")
     assert phases == {name: getattr(cuda_fused, name) for name in phases} and len(phases) == 6
-    assert flags == {name: getattr(cuda_fused, name) for name in flags} and len(flags) == 4
+    assert flags == {name: getattr(cuda_fused, name) for name in flags} and len(flags) == 5
     epilogues = _defines("opt.cu", "EPI_")
     assert epilogues == {name: getattr(cuda, name) for name in epilogues} and len(epilogues) == 4
 

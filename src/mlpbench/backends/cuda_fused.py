@@ -36,6 +36,7 @@ from mlpbench.backends.cuda import (
     FUSED,
     FUSED_CLUSTER,
     FUSED_HEAD_MAX,
+    FUSED_HIDDEN_ROW_FLOATS,
     FUSED_KCHUNK,
     FUSED_MAX_LAYERS,
     FUSED_MAX_WIDTH,
@@ -56,7 +57,7 @@ _PHASE_DTYPE = np.dtype([("kind", np.int32), ("layer", np.int32), ("flags", np.i
 PHASE_FORWARD, PHASE_FORWARD_HEAD, PHASE_HEAD, PHASE_OUTPUT_DELTA, PHASE_BACKWARD, PHASE_UPDATE = range(6)
 PHASE_NAMES = {PHASE_FORWARD: "forward", PHASE_FORWARD_HEAD: "forward+head", PHASE_HEAD: "head",
                PHASE_OUTPUT_DELTA: "output delta", PHASE_BACKWARD: "backward", PHASE_UPDATE: "update"}
-FLAG_DELTA, FLAG_SGD, FLAG_HEAD_INPUT, FLAG_ABOVE = 1, 2, 4, 8
+FLAG_DELTA, FLAG_SGD, FLAG_HEAD_INPUT, FLAG_ABOVE, FLAG_HEAD_HIDDEN = 1, 2, 4, 8, 16
 _UPDATE_CHUNK = dict(FUSED.defines)["UPDATE_CHUNK"]
 
 
@@ -306,6 +307,16 @@ class Phase:
         return sum(cdiv(o * i + o, _UPDATE_CHUNK) for o, i in network.layer_shapes)
 
 
+def head_computes_the_layer_below(network: Network) -> bool:
+    """Whether the fused output head can compute each sample's row of the layer below itself (FLAG_HEAD_HIDDEN):
+    that layer's weights (with a padded row), input row and output row fit FUSED_HIDDEN_ROW_FLOATS, and its
+    outputs the block's threads."""
+    if network.n_layers < 2:
+        return False
+    n_out, n_in = network.layer_shapes[-2]
+    return n_out <= FUSED_THREADS and n_in * (n_out + 1) + n_in + n_out <= FUSED_HIDDEN_ROW_FLOATS
+
+
 @functools.lru_cache(maxsize=256)
 def fused_plan(network: Network, stage: str, batch: int, blocks: int) -> tuple[Phase, ...]:
     """The phases cuda-fused runs for ``stage`` (``"step"``, ``"forward"``, ``"backprop"`` or ``"update"``)
@@ -318,12 +329,17 @@ def fused_plan(network: Network, stage: str, batch: int, blocks: int) -> tuple[P
     # computes that sample's row of the layer below's dZ (a sum over at most FUSED_HEAD_MAX outputs), and the
     # output layer's weight gradient joins the phase below: one phase and barrier fewer.
     head_input = FLAG_HEAD_INPUT if last > 0 and network.n_outputs <= FUSED_HEAD_MAX else 0
+    # Where the layer below is small enough for each sample's block to stage its weights, the head computes the
+    # sample's row of that layer first: its forward phase and barrier go too.
+    head_hidden = FLAG_HEAD_HIDDEN if head_input and head_computes_the_layer_below(network) else 0
     phases = []
     if stage in ("forward", "step"):
         delta = FLAG_DELTA | head_input if stage == "step" else 0
         for layer, (n_out, n_in) in enumerate(network.layer_shapes):
+            if layer == last - 1 and head_hidden:
+                continue
             if layer == last and n_out <= FUSED_HEAD_MAX:
-                phases.append(Phase(PHASE_FORWARD_HEAD, layer, delta))
+                phases.append(Phase(PHASE_FORWARD_HEAD, layer, delta | head_hidden))
             else:
                 phases.append(Phase(PHASE_FORWARD, layer, main=choose_tile(batch, n_out, n_in, blocks)))
         if network.n_outputs > FUSED_HEAD_MAX:

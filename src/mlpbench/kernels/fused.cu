@@ -10,7 +10,9 @@
 // Training step of L layers (l = 0 .. L-1), one launch:
 //   FORWARD(0) .. FORWARD(L-2)     A_l = f(A_{l-1} W_l^T + b_l)
 //   FORWARD_HEAD(L-1)              output layer, one block per sample: logits, P, the sample's loss, dZ_{L-1}
-//                                  and, with FLAG_HEAD_INPUT, the sample's row of dZ_{L-2}
+//                                  and, with FLAG_HEAD_INPUT, the sample's row of dZ_{L-2}; with
+//                                  FLAG_HEAD_HIDDEN the block first computes the sample's row of A_{L-2}
+//                                  itself (FORWARD(L-2) is then not in the list)
 //                                  (or FORWARD(L-1) + HEAD when the output layer is wider than HEAD_MAX)
 //   BACKWARD(L-2) .. BACKWARD(0)   dZ_{l-1} = (dZ_l W_l) * f'(A_{l-1});  dW_l = dZ_l^T A_{l-1};  db_l
 //                                  (db_l by the weight-gradient tiles of the first column: they hold dZ_l);
@@ -39,6 +41,7 @@
 // with the block barrier behind it, orders every later read of the block's threads, cp.async included), with
 // __ldcg or cp.async.
 // Constants (-D): KCHUNK (k values staged at once), HEAD_MAX (widest output layer FORWARD_HEAD serves),
+// HIDDEN_ROW_FLOATS (shared memory FLAG_HEAD_HIDDEN's weights, input row and output row may take),
 // UPDATE_CHUNK (elements of one SGD item), SPIN_LIMIT (barrier polls before the kernel gives up and traps),
 // MAX_LAYERS (entries of the layer table, fused_layers.cuh).
 // A non-null `profile` receives %globaltimer (ns) from block 0 at the start and after each phase's barrier
@@ -63,6 +66,12 @@
 #define FLAG_SGD 2         // backward phases also write the updated weights and biases
 #define FLAG_HEAD_INPUT 4  // FORWARD_HEAD, OUTPUT_DELTA: a sample's block also writes its row of dZ_{L-2}
 #define FLAG_ABOVE 8       // BACKWARD(l): also the weight gradient of layer l + 1 (tile `above`)
+#define FLAG_HEAD_HIDDEN 16  // FORWARD_HEAD: a sample's block first computes its row of A_{L-2}
+
+// FORWARD_HEAD's shared memory: the logits' partial sums and the row of dZ, then FLAG_HEAD_HIDDEN's region.
+#define HEAD_SUMS (WARPS * HEAD_MAX + HEAD_MAX)
+static_assert(HEAD_SUMS + THREADS + HIDDEN_ROW_FLOATS <= 2 * KCHUNK * (MAX_TILE_ROWS + 1) + 4 * THREADS,
+              "FLAG_HEAD_HIDDEN's region must fit the dynamic shared memory (FUSED_SHARED_BYTES)");
 
 struct Tile {
     int micro;  // each thread computes micro x micro outputs (1 or 2)
@@ -380,29 +389,87 @@ __device__ __forceinline__ void head_input_gradient_row(const Layer& out_layer, 
 // softmax or sigmoid, the loss and dZ then run on those registers (the bias and the target were loaded with
 // the inputs). With `below` (FLAG_HEAD_INPUT) the block then writes the sample's row of the layer below's dZ.
 // `sums` holds WARPS x HEAD_MAX floats and the row of dZ after them.
+// FLAG_HEAD_HIDDEN: row r of A_{L-2} = f(A_{L-3} W_{L-2}^T + b_{L-2}) (A_{L-3} is X when L = 2) on the block of
+// sample r, from W_{L-2} staged in shared memory (by the block's first sample; the planner allows it where
+// n_in * (n_out + 1) + n_in + n_out <= HIDDEN_ROW_FLOATS and n_out <= THREADS). Thread t takes output t mod P
+// (P the power of two at or above n_out) and every (THREADS / P)-th k from k = t / P; the slices' sums are added
+// in slice order. The row goes to global memory (the backward phases read it) and stays in shared memory for
+// the head, at the returned address.
+struct HiddenRow {
+    const Layer* layer;   // layer L-2
+    const float* input;   // its input, A_{L-3} or X
+    float* region;        // HIDDEN_ROW_FLOATS floats of shared memory
+};
+
+__device__ __forceinline__ void stage_hidden_row(const HiddenRow& h, int r, bool with_weights, const Step& s) {
+    const Layer& layer = *h.layer;
+    const int n_in = layer.n_in, n_out = layer.n_out;
+    float* w_stage = h.region;  // w_stage[k * (n_out + 1) + n] = W[n][k]
+    float* x_stage = w_stage + n_in * (n_out + 1);
+    __syncthreads();  // the previous sample's row has been read
+    if (with_weights) stage_operand(w_stage, Operand{layer.W[s.parity], n_in, 1}, 0, n_out, n_out, 0, n_in);
+    const float* x = h.input + (long)r * n_in;
+    for (int k = threadIdx.x; k < n_in; k += THREADS) copy_async(x_stage + k, x + k);
+}
+
+__device__ __forceinline__ const float* finish_hidden_row(const HiddenRow& h, int r, const Step& s, float* partial) {
+    const Layer& layer = *h.layer;
+    const int n_in = layer.n_in, n_out = layer.n_out, pitch = n_out + 1;
+    const float* w_stage = h.region;
+    const float* x_stage = w_stage + n_in * pitch;
+    float* row = const_cast<float*>(x_stage) + n_in;
+    const int outputs = 1 << (32 - __clz(n_out - 1));  // P: n_out rounded up to a power of two
+    const int slices = THREADS / outputs, n = threadIdx.x & (outputs - 1), slice = threadIdx.x / outputs;
+    const float bias = (slice == 0 && n < n_out) ? __ldcg(layer.b[s.parity] + n) : 0.0f;
+    copy_async_wait();
+    __syncthreads();
+    float sum = 0.0f;
+    if (n < n_out)
+        for (int k = slice; k < n_in; k += slices) sum = fmaf(x_stage[k], w_stage[k * pitch + n], sum);
+    partial[threadIdx.x] = sum;
+    __syncthreads();
+    if (slice == 0 && n < n_out) {
+        float z = partial[n];
+        for (int j = 1; j < slices; ++j) z += partial[j * outputs + n];
+        const float a = activate(s.activation, z + bias);
+        row[n] = a;
+        layer.A[(long)r * n_out + n] = a;
+    }
+    __syncthreads();
+    return row;
+}
+
 __device__ __forceinline__ void forward_head_row(const Layer& layer, const Layer* below, const float* input, int r,
-                                                 const Step& s, bool delta, float* sums) {
+                                                 const Step& s, bool delta, float* sums, const HiddenRow& hidden,
+                                                 bool with_hidden, bool first_row) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_in = layer.n_in, n_out = layer.n_out;
+    if (with_hidden) stage_hidden_row(hidden, r, first_row, s);
     const bool valid = warp == 0 && lane < n_out;
     const long at = (long)r * n_out + lane;
     const float bias = valid ? __ldcg(layer.b[s.parity] + lane) : 0.0f;
     const float target = (valid && s.T) ? __ldcg(s.T + at) : 0.0f;
     const float* W = layer.W[s.parity];
+    HeadColumns c;  // kept for the row of the layer below
+    // The output layer's weights are loaded before the hidden row is computed, so the two wait on L2 together.
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int k = threadIdx.x + i * THREADS;
+#pragma unroll
+        for (int j = 0; j < HEAD_MAX; ++j) c.w[i][j] = (k < n_in && j < n_out) ? __ldcg(W + (long)j * n_in + k) : 0.0f;
+    }
+    const float* row = with_hidden ? finish_hidden_row(hidden, r, s, sums + HEAD_SUMS) : nullptr;
     const float* x = input + (long)r * n_in;
     float part[HEAD_MAX];
 #pragma unroll
     for (int j = 0; j < HEAD_MAX; ++j) part[j] = 0.0f;
-    HeadColumns c;  // kept for the row of the layer below
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
         const int k = threadIdx.x + i * THREADS;
-        const float xk = k < n_in ? __ldcg(x + k) : 0.0f;
+        const float xk = k < n_in ? (row != nullptr ? row[k] : __ldcg(x + k)) : 0.0f;
         c.a[i] = xk;
 #pragma unroll
-        for (int j = 0; j < HEAD_MAX; ++j) {
-            c.w[i][j] = (k < n_in && j < n_out) ? __ldcg(W + (long)j * n_in + k) : 0.0f;
+        for (int j = 0; j < HEAD_MAX; ++j)
             if (k < n_in && j < n_out) part[j] = fmaf(xk, c.w[i][j], part[j]);
-        }
     }
     __syncthreads();  // the previous row's logits have been read
 #pragma unroll
@@ -578,9 +645,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                     break;
                 case PHASE_FORWARD_HEAD: {
                     const Layer* below = (phase.flags & FLAG_HEAD_INPUT) ? &layers[n_layers - 2] : nullptr;
+                    const HiddenRow hidden = {&layers[n_layers - 2], layer_input(layers, n_layers - 2, s),
+                                              smem + HEAD_SUMS + THREADS};
                     for (int r = blockIdx.x; r < batch; r += gridDim.x)
                         forward_head_row(out_layer, below, layer_input(layers, n_layers - 1, s), r, s,
-                                         phase.flags & FLAG_DELTA, smem);
+                                         phase.flags & FLAG_DELTA, smem, hidden, phase.flags & FLAG_HEAD_HIDDEN,
+                                         r == (int)blockIdx.x);
                     break;
                 }
                 case PHASE_HEAD:
