@@ -137,6 +137,23 @@ def test_train_step_equals_the_stages_bit_for_bit_and_repeats(backend, kernel):
             np.testing.assert_array_equal(a, a2)
 
 
+# The fused head's row of the layer below (FLAG_HEAD_HIDDEN) on both of its load paths, several samples a block:
+# 16-byte loads over k ranges of 16, and of 4 with the last range empty; 4-byte loads where a range (30 inputs)
+# is no multiple of 4.
+HEAD_HIDDEN_CASES = [(Network((64, 40, 10), "tanh", "softmax-ce"), 300),
+                     (Network((28, 20, 4), "sigmoid", "softmax-ce"), 133),
+                     (Network((30, 200, 1), "relu", "sigmoid-bce"), 257)]
+
+
+@pytest.mark.parametrize("network, batch", HEAD_HIDDEN_CASES, ids=[n.name for n, _ in HEAD_HIDDEN_CASES])
+def test_fused_head_computes_the_layer_below_on_either_load_path(network, batch):
+    from mlpbench.backends import cuda_fused
+
+    assert cuda_fused.fused_plan(network, "step", batch, 132)[0].flags & cuda_fused.FLAG_HEAD_HIDDEN
+    errors = compare_stages("cuda-fused", network, batch, seed=batch, kernel="grid")
+    assert max(errors.values()) <= FLOAT32_TOLERANCE, errors
+
+
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_bad_input_raises_before_the_gpu_sees_it(backend):
     from test_backend_interface import BAD_INPUTS, NET, X_OK, Y_OK

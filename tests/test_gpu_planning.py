@@ -164,8 +164,8 @@ def test_phase_items_cover_the_work():
 
 
 def test_the_head_computes_a_small_layer_below_it_in_every_plan_that_runs_the_head():
-    # digits: the hidden layer's 8 k weights fit the head's shared memory, so the step is two phases and the
-    # forward stage one, the same row code in both (the step and the stages agree bit for bit)
+    # digits: the hidden layer's 128 outputs take two threads each, 32 of its 64 inputs a thread, so the step is
+    # two phases and the forward stage one, the same row code in both (the step and the stages agree bit for bit)
     digits = PRESETS["digits"]
     assert cuda_fused.head_computes_the_layer_below(digits)
     hidden = cuda_fused.FLAG_HEAD_HIDDEN
@@ -178,15 +178,17 @@ def test_the_head_computes_a_small_layer_below_it_in_every_plan_that_runs_the_he
     deeper = Network((33, 257, 7, 3), "relu", "softmax-ce")
     assert [(p.kind, p.layer) for p in cuda_fused.fused_plan(deeper, "forward", 33, 132)] == [
         (cuda_fused.PHASE_FORWARD, 0), (cuda_fused.PHASE_FORWARD_HEAD, 2)]
-    # too large for the head's shared memory (5h300's 300 x 300), more outputs than threads, a head wider than
-    # HEAD_MAX, or no layer below: the layer keeps its phase
+    # more outputs than threads (5h300's 300 x 300), a head wider than HEAD_MAX, or no layer below: the layer
+    # keeps its phase
     for net in (PRESETS["moons-5h300"], Network((4, 300, 2)), Network((5, 40, 40)), Network((5, 7))):
         assert not any(p.flags & hidden for p in cuda_fused.fused_plan(net, "step", 32, 132)), net.name
     assert not cuda_fused.head_computes_the_layer_below(PRESETS["moons-5h300"])
     assert not cuda_fused.head_computes_the_layer_below(Network((4, 300, 2)))
-    # the bound is the shared memory: n_in (n_out + 1) + n_in + n_out floats
-    assert not cuda_fused.head_computes_the_layer_below(Network((63, 255, 3)))  # 63 * 256 + 63 + 255 = 16446
-    assert cuda_fused.head_computes_the_layer_below(Network((62, 255, 3)))  # 62 * 256 + 62 + 255 = 16189
+    # the bound is the inputs a thread sums: 256 threads over 129-256 outputs leave one per output, 32 inputs
+    assert cuda_fused.head_computes_the_layer_below(Network((32, 129, 3)))
+    assert not cuda_fused.head_computes_the_layer_below(Network((33, 129, 3)))
+    assert cuda_fused.head_computes_the_layer_below(Network((512, 8, 3)))  # 32 threads an output, 16 inputs each
+    assert cuda_fused.head_computes_the_layer_below(Network((33, 128, 3)))  # two threads an output, 17 each
 
 
 def test_gradient_tiles_are_chosen_together():

@@ -73,10 +73,9 @@ FUSED_MAX_WIDTH = FUSED_KCHUNK
 FUSED_MAX_LAYERS = 32
 FUSED_HEAD_MAX = 16
 FUSED_THREADS = 256
-#: Shared memory (floats) the fused output head may use to compute a sample's row of the layer below itself
-#: (that layer's weights with a padded row, its input row and its output row): 64 KiB, which every block of
-#: the head loads from L2 in about as long as a phase's barrier.
-FUSED_HIDDEN_ROW_FLOATS = 16384
+#: k values of the layer below the output layer that each thread of the fused output head sums when it computes
+#: a sample's row of that layer itself (their weights and inputs held in registers).
+FUSED_HIDDEN_K = 32
 #: Dynamic shared memory of one fused_step block: two staging buffers of KCHUNK x 33 floats and the split-k
 #: sums, four floats per thread.
 FUSED_SHARED_BYTES = (2 * FUSED_KCHUNK * (32 + 1) + FUSED_THREADS * 4) * 4
@@ -182,7 +181,7 @@ def opt_shared_bytes(config: str) -> int:
 
 
 FUSED = ModuleSpec("fused.cu", (("KCHUNK", FUSED_KCHUNK), ("HEAD_MAX", FUSED_HEAD_MAX),
-                                ("HIDDEN_ROW_FLOATS", FUSED_HIDDEN_ROW_FLOATS), ("UPDATE_CHUNK", 4096),
+                                ("HIDDEN_K", FUSED_HIDDEN_K), ("UPDATE_CHUNK", 4096),
                                 ("SPIN_LIMIT", 1 << 26), ("MAX_LAYERS", FUSED_MAX_LAYERS)), no_extern_c=True)
 FUSED_CLUSTER = ModuleSpec("fused_cluster.cu", (("THREADS", CLUSTER_THREADS), ("MAX_LAYERS", FUSED_MAX_LAYERS)),
                            no_extern_c=True)

@@ -36,7 +36,7 @@ from mlpbench.backends.cuda import (
     FUSED,
     FUSED_CLUSTER,
     FUSED_HEAD_MAX,
-    FUSED_HIDDEN_ROW_FLOATS,
+    FUSED_HIDDEN_K,
     FUSED_KCHUNK,
     FUSED_MAX_LAYERS,
     FUSED_MAX_WIDTH,
@@ -309,12 +309,15 @@ class Phase:
 
 def head_computes_the_layer_below(network: Network) -> bool:
     """Whether the fused output head can compute each sample's row of the layer below itself (FLAG_HEAD_HIDDEN):
-    that layer's weights (with a padded row), input row and output row fit FUSED_HIDDEN_ROW_FLOATS, and its
-    outputs the block's threads."""
+    that layer has at most as many outputs as the block has threads, and each of its outputs' threads (the
+    block's threads over the outputs rounded up to a power of two) sums at most FUSED_HIDDEN_K of its inputs."""
     if network.n_layers < 2:
         return False
     n_out, n_in = network.layer_shapes[-2]
-    return n_out <= FUSED_THREADS and n_in * (n_out + 1) + n_in + n_out <= FUSED_HIDDEN_ROW_FLOATS
+    if n_out > FUSED_THREADS:
+        return False
+    ranges = FUSED_THREADS // (1 << (n_out - 1).bit_length())
+    return cdiv(n_in, ranges) <= FUSED_HIDDEN_K
 
 
 @functools.lru_cache(maxsize=256)

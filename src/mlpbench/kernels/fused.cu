@@ -41,7 +41,7 @@
 // with the block barrier behind it, orders every later read of the block's threads, cp.async included), with
 // __ldcg or cp.async.
 // Constants (-D): KCHUNK (k values staged at once), HEAD_MAX (widest output layer FORWARD_HEAD serves),
-// HIDDEN_ROW_FLOATS (shared memory FLAG_HEAD_HIDDEN's weights, input row and output row may take),
+// HIDDEN_K (k values of FLAG_HEAD_HIDDEN's row a thread sums),
 // UPDATE_CHUNK (elements of one SGD item), SPIN_LIMIT (barrier polls before the kernel gives up and traps),
 // MAX_LAYERS (entries of the layer table, fused_layers.cuh).
 // A non-null `profile` receives %globaltimer (ns) from block 0 at the start and after each phase's barrier
@@ -68,10 +68,12 @@
 #define FLAG_ABOVE 8       // BACKWARD(l): also the weight gradient of layer l + 1 (tile `above`)
 #define FLAG_HEAD_HIDDEN 16  // FORWARD_HEAD: a sample's block first computes its row of A_{L-2}
 
-// FORWARD_HEAD's shared memory: the logits' partial sums and the row of dZ, then FLAG_HEAD_HIDDEN's region.
+// FORWARD_HEAD's shared memory: the logits' partial sums and the row of dZ, then FLAG_HEAD_HIDDEN's range sums
+// and row (at most THREADS outputs).
 #define HEAD_SUMS (WARPS * HEAD_MAX + HEAD_MAX)
-static_assert(HEAD_SUMS + THREADS + HIDDEN_ROW_FLOATS <= 2 * KCHUNK * (MAX_TILE_ROWS + 1) + 4 * THREADS,
-              "FLAG_HEAD_HIDDEN's region must fit the dynamic shared memory (FUSED_SHARED_BYTES)");
+static_assert(HEAD_SUMS + 2 * THREADS <= 2 * KCHUNK * (MAX_TILE_ROWS + 1) + 4 * THREADS,
+              "FORWARD_HEAD's shared memory must fit the dynamic shared memory (FUSED_SHARED_BYTES)");
+static_assert(HIDDEN_K % 4 == 0, "FLAG_HEAD_HIDDEN loads its k range in float4s");
 
 struct Tile {
     int micro;  // each thread computes micro x micro outputs (1 or 2)
@@ -390,48 +392,73 @@ __device__ __forceinline__ void head_input_gradient_row(const Layer& out_layer, 
 // the inputs). With `below` (FLAG_HEAD_INPUT) the block then writes the sample's row of the layer below's dZ.
 // `sums` holds WARPS x HEAD_MAX floats and the row of dZ after them.
 // FLAG_HEAD_HIDDEN: row r of A_{L-2} = f(A_{L-3} W_{L-2}^T + b_{L-2}) (A_{L-3} is X when L = 2) on the block of
-// sample r, from W_{L-2} staged in shared memory (by the block's first sample; the planner allows it where
-// n_in * (n_out + 1) + n_in + n_out <= HIDDEN_ROW_FLOATS and n_out <= THREADS). Thread t takes output t mod P
-// (P the power of two at or above n_out) and every (THREADS / P)-th k from k = t / P; the slices' sums are added
-// in slice order. The row goes to global memory (the backward phases read it) and stays in shared memory for
-// the head, at the returned address.
+// sample r. Thread t takes output n = t mod P (P the power of two at or above n_out) and the t / P-th of
+// THREADS / P contiguous k ranges of at most HIDDEN_K values, whose weights and inputs it loads into registers
+// (16-byte loads where rows and pointers allow) before the head's own loads, so that both wait on L2 together;
+// the ranges' sums are added in order. The row goes to global memory (the backward phases read it) and to
+// shared memory for the head. The planner allows it where n_out <= THREADS and the ranges fit HIDDEN_K.
 struct HiddenRow {
-    const Layer* layer;   // layer L-2
-    const float* input;   // its input, A_{L-3} or X
-    float* region;        // HIDDEN_ROW_FLOATS floats of shared memory
+    const Layer* layer;  // layer L-2
+    const float* input;  // its input, A_{L-3} or X
+    float* shared;       // THREADS floats for the ranges' sums, then the row
 };
 
-__device__ __forceinline__ void stage_hidden_row(const HiddenRow& h, int r, bool with_weights, const Step& s) {
+struct HiddenLoads {
+    float w[HIDDEN_K];
+    float x[HIDDEN_K];
+    float bias;
+};
+
+__device__ __forceinline__ int hidden_outputs(int n_out) { return 1 << (32 - __clz(n_out - 1)); }
+
+__device__ __forceinline__ void load_hidden_row(const HiddenRow& h, int r, const Step& s, HiddenLoads& v) {
     const Layer& layer = *h.layer;
-    const int n_in = layer.n_in, n_out = layer.n_out;
-    float* w_stage = h.region;  // w_stage[k * (n_out + 1) + n] = W[n][k]
-    float* x_stage = w_stage + n_in * (n_out + 1);
-    __syncthreads();  // the previous sample's row has been read
-    if (with_weights) stage_operand(w_stage, Operand{layer.W[s.parity], n_in, 1}, 0, n_out, n_out, 0, n_in);
-    const float* x = h.input + (long)r * n_in;
-    for (int k = threadIdx.x; k < n_in; k += THREADS) copy_async(x_stage + k, x + k);
+    const int n_in = layer.n_in, n_out = layer.n_out, outputs = hidden_outputs(n_out);
+    const int ranges = THREADS / outputs, n = threadIdx.x & (outputs - 1), range = threadIdx.x / outputs;
+    const int span = (n_in + ranges - 1) / ranges, k0 = range * span;
+    const bool active = n < n_out && k0 < n_in;
+    const float* w = layer.W[s.parity] + (long)n * n_in + k0;
+    const float* x = h.input + (long)r * n_in + k0;
+    v.bias = (range == 0 && n < n_out) ? __ldcg(layer.b[s.parity] + n) : 0.0f;
+    const bool vectors = n_in % 4 == 0 && span % 4 == 0 &&
+                         ((reinterpret_cast<unsigned long>(layer.W[s.parity]) |
+                           reinterpret_cast<unsigned long>(h.input)) & 15) == 0;
+    if (vectors) {  // block-uniform
+#pragma unroll
+        for (int j = 0; j < HIDDEN_K; j += 4) {
+            const bool inside = active && j < span && k0 + j < n_in;
+            const float4 wj = inside ? __ldcg(reinterpret_cast<const float4*>(w + j)) : make_float4(0, 0, 0, 0);
+            const float4 xj = inside ? __ldcg(reinterpret_cast<const float4*>(x + j)) : make_float4(0, 0, 0, 0);
+            v.w[j] = wj.x, v.w[j + 1] = wj.y, v.w[j + 2] = wj.z, v.w[j + 3] = wj.w;
+            v.x[j] = xj.x, v.x[j + 1] = xj.y, v.x[j + 2] = xj.z, v.x[j + 3] = xj.w;
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < HIDDEN_K; ++j) {
+            const bool inside = active && j < span && k0 + j < n_in;
+            v.w[j] = inside ? __ldcg(w + j) : 0.0f;
+            v.x[j] = inside ? __ldcg(x + j) : 0.0f;
+        }
+    }
 }
 
-__device__ __forceinline__ const float* finish_hidden_row(const HiddenRow& h, int r, const Step& s, float* partial) {
+__device__ __forceinline__ const float* finish_hidden_row(const HiddenRow& h, int r, const Step& s,
+                                                          const HiddenLoads& v) {
     const Layer& layer = *h.layer;
-    const int n_in = layer.n_in, n_out = layer.n_out, pitch = n_out + 1;
-    const float* w_stage = h.region;
-    const float* x_stage = w_stage + n_in * pitch;
-    float* row = const_cast<float*>(x_stage) + n_in;
-    const int outputs = 1 << (32 - __clz(n_out - 1));  // P: n_out rounded up to a power of two
-    const int slices = THREADS / outputs, n = threadIdx.x & (outputs - 1), slice = threadIdx.x / outputs;
-    const float bias = (slice == 0 && n < n_out) ? __ldcg(layer.b[s.parity] + n) : 0.0f;
-    copy_async_wait();
-    __syncthreads();
+    const int n_out = layer.n_out, outputs = hidden_outputs(n_out);
+    const int ranges = THREADS / outputs, n = threadIdx.x & (outputs - 1), range = threadIdx.x / outputs;
     float sum = 0.0f;
-    if (n < n_out)
-        for (int k = slice; k < n_in; k += slices) sum = fmaf(x_stage[k], w_stage[k * pitch + n], sum);
+#pragma unroll
+    for (int j = 0; j < HIDDEN_K; ++j) sum = fmaf(v.x[j], v.w[j], sum);  // zeros past the range add nothing
+    float* partial = h.shared;
+    float* row = partial + THREADS;
+    __syncthreads();  // the previous sample's row and sums have been read
     partial[threadIdx.x] = sum;
     __syncthreads();
-    if (slice == 0 && n < n_out) {
+    if (range == 0 && n < n_out) {
         float z = partial[n];
-        for (int j = 1; j < slices; ++j) z += partial[j * outputs + n];
-        const float a = activate(s.activation, z + bias);
+        for (int j = 1; j < ranges; ++j) z += partial[j * outputs + n];
+        const float a = activate(s.activation, z + v.bias);
         row[n] = a;
         layer.A[(long)r * n_out + n] = a;
     }
@@ -441,9 +468,10 @@ __device__ __forceinline__ const float* finish_hidden_row(const HiddenRow& h, in
 
 __device__ __forceinline__ void forward_head_row(const Layer& layer, const Layer* below, const float* input, int r,
                                                  const Step& s, bool delta, float* sums, const HiddenRow& hidden,
-                                                 bool with_hidden, bool first_row) {
+                                                 bool with_hidden) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_in = layer.n_in, n_out = layer.n_out;
-    if (with_hidden) stage_hidden_row(hidden, r, first_row, s);
+    HiddenLoads loads;
+    if (with_hidden) load_hidden_row(hidden, r, s, loads);
     const bool valid = warp == 0 && lane < n_out;
     const long at = (long)r * n_out + lane;
     const float bias = valid ? __ldcg(layer.b[s.parity] + lane) : 0.0f;
@@ -457,7 +485,7 @@ __device__ __forceinline__ void forward_head_row(const Layer& layer, const Layer
 #pragma unroll
         for (int j = 0; j < HEAD_MAX; ++j) c.w[i][j] = (k < n_in && j < n_out) ? __ldcg(W + (long)j * n_in + k) : 0.0f;
     }
-    const float* row = with_hidden ? finish_hidden_row(hidden, r, s, sums + HEAD_SUMS) : nullptr;
+    const float* row = with_hidden ? finish_hidden_row(hidden, r, s, loads) : nullptr;
     const float* x = input + (long)r * n_in;
     float part[HEAD_MAX];
 #pragma unroll
@@ -646,11 +674,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                 case PHASE_FORWARD_HEAD: {
                     const Layer* below = (phase.flags & FLAG_HEAD_INPUT) ? &layers[n_layers - 2] : nullptr;
                     const HiddenRow hidden = {&layers[n_layers - 2], layer_input(layers, n_layers - 2, s),
-                                              smem + HEAD_SUMS + THREADS};
+                                              smem + HEAD_SUMS};
                     for (int r = blockIdx.x; r < batch; r += gridDim.x)
                         forward_head_row(out_layer, below, layer_input(layers, n_layers - 1, s), r, s,
-                                         phase.flags & FLAG_DELTA, smem, hidden, phase.flags & FLAG_HEAD_HIDDEN,
-                                         r == (int)blockIdx.x);
+                                         phase.flags & FLAG_DELTA, smem, hidden, phase.flags & FLAG_HEAD_HIDDEN);
                     break;
                 }
                 case PHASE_HEAD:
