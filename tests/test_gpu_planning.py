@@ -603,10 +603,13 @@ def test_the_kernel_choice_and_its_reason():
     fits = cuda_fused.cluster_layout(PRESETS["digits"], 32, 227 * 1024)
     too_big = cuda_fused.cluster_layout(PRESETS["digits"], 256, 227 * 1024)
     each = f"8 blocks, {fits.shared_bytes // 1024} KiB of shared memory each"
-    # auto: the cluster kernel from two steps a launch on, where the step fits
-    assert cuda_fused.choose_kernel("auto", fits, 2) == ("cluster", f"fits in one cluster: {each}")
-    assert cuda_fused.choose_kernel("auto", fits, 1) == (
+    # auto: the cluster kernel from two steps a launch on, where the step fits and the grid kernel's takes more
+    # than two phases
+    assert cuda_fused.choose_kernel("auto", fits, 2, grid_phases=3) == ("cluster", f"fits in one cluster: {each}")
+    assert cuda_fused.choose_kernel("auto", fits, 1, grid_phases=3) == (
         "grid", f"one step a launch (the cluster kernel would take {each}, and gains over several steps)")
+    assert cuda_fused.choose_kernel("auto", fits, 32, grid_phases=2) == (
+        "grid", f"the grid kernel's step is 2 phases, faster than the cluster kernel ({each}) over several steps too")
     assert cuda_fused.choose_kernel("auto", too_big, 32) == ("grid", too_big)
     no_clusters = "this GPU has no thread-block clusters"
     assert cuda_fused.choose_kernel("auto", None, 32, no_clusters) == ("grid", no_clusters)

@@ -187,14 +187,16 @@ def cluster_layout(network: Network, batch: int, shared_limit: int) -> ClusterLa
     return ClusterLayout(ranks, batch, needed, table)
 
 
-def choose_kernel(option: str, layout: ClusterLayout | str | None, steps: int, no_cluster: str = "") -> tuple[str, str]:
+def choose_kernel(option: str, layout: ClusterLayout | str | None, steps: int, no_cluster: str = "",
+                  grid_phases: int = 0) -> tuple[str, str]:
     """The kernel (``"cluster"`` or ``"grid"``) of a launch of ``steps`` steps, and why, for the model option
-    ``option`` and the cluster kernel's :func:`cluster_layout` of the launch's batch (a string: why it does not
+    ``option``, the cluster kernel's :func:`cluster_layout` of the launch's batch (a string: why it does not
     fit; ``None``: not planned, the GPU having no clusters (``no_cluster`` says so) or the grid kernel being
-    asked for). ``"auto"`` takes the cluster kernel for launches of several steps where it fits: it keeps the
-    weights on chip from step to step; for one step a launch it is no faster than the grid kernel, which spreads
-    each product over every SM (results/gpu-dev/README.md, run 33). ``"cluster"`` where it does not fit is a
-    ``ValueError``."""
+    asked for) and the phases of the grid kernel's step. ``"auto"`` takes the cluster kernel for launches of
+    several steps where it fits: it keeps the weights on chip from step to step; for one step a launch it is no
+    faster than the grid kernel, which spreads each product over every SM (results/gpu-dev/README.md, run 33),
+    nor over several where the grid kernel's step is two phases (run 39, digits). ``"cluster"`` where it does
+    not fit is a ``ValueError``."""
     if option == "grid":
         return "grid", "the grid kernel was asked for"
     if layout is None:
@@ -206,6 +208,9 @@ def choose_kernel(option: str, layout: ClusterLayout | str | None, steps: int, n
     fits = f"{layout.ranks} blocks, {layout.shared_bytes // 1024} KiB of shared memory each"
     if option == "auto" and steps == 1:
         return "grid", f"one step a launch (the cluster kernel would take {fits}, and gains over several steps)"
+    if option == "auto" and grid_phases <= 2:
+        return "grid", (f"the grid kernel's step is {grid_phases} phases, faster than the cluster kernel "
+                        f"({fits}) over several steps too")
     return "cluster", f"fits in one cluster: {fits}"
 
 
@@ -481,7 +486,8 @@ class FusedCudaModel(CudaModel):
         why (:func:`choose_kernel`)."""
         if self._kernel_option == "grid" or self._cluster is None:
             return choose_kernel(self._kernel_option, None, steps, self._no_cluster)
-        return choose_kernel(self._kernel_option, self._cluster_plan(batch_size)[0], steps)
+        grid_phases = len(fused_plan(self.network, "step", batch_size, self._sm_count))
+        return choose_kernel(self._kernel_option, self._cluster_plan(batch_size)[0], steps, grid_phases=grid_phases)
 
     def _launch_kernel(self, rows: int, steps: int) -> str:
         """The kernel of :meth:`kernel_choice`, remembered per batch size and whether the launch has several
