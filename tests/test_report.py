@@ -212,19 +212,20 @@ def flip(source: Path, target: Path) -> None:
     """A copy of a committed run whose orderings are the other way round: backprop the largest stage of every
     backend, a CPU backend fastest at the smallest batch, the GPU behind at the smallest width, c-omp ahead of
     PyTorch on the large network, the digits accuracies apart, and the CUDA rungs' steps in or out of order;
-    and the kernel each timing ran the other way round: a run that records it loses the record (as runs made
-    before backends chose kernels), a run that does not gains one (cuda-fused's cluster kernel for its epoch
-    launches on digits, its grid kernel elsewhere)."""
+    and the kernel each timing ran the other way round: a run whose digits epochs ran cuda-fused's cluster kernel
+    loses the record (as runs made before backends chose kernels), any other gains one (the cluster kernel for
+    its epoch launches on digits, the grid kernel elsewhere)."""
     shutil.copytree(source, target)
     rows = pd.read_csv(target / "rows.csv")
     ok = rows.status == "ok"
     fused = ok & (rows.backend == "cuda-fused")
-    if "kernel_choice" in rows and rows.kernel_choice.notna().any():
+    digits_epochs = fused & (rows.stage == "epoch_step") & (rows.network == "digits")
+    if "kernel_choice" in rows and (rows.loc[digits_epochs, "kernel_choice"] == "cluster").any():
         rows = rows.drop(columns=["kernel_choice", "kernel_reason"])
     elif fused.any():
         rows["kernel_choice"] = ""
         rows.loc[fused, "kernel_choice"] = "grid"
-        rows.loc[fused & (rows.stage == "epoch_step") & (rows.network == "digits"), "kernel_choice"] = "cluster"
+        rows.loc[digits_epochs, "kernel_choice"] = "cluster"
     stages = ok & (rows.study == "stages")
     backprop = rows[stages & (rows.stage == "backprop")].set_index("key").median_s
     for stage, share in (("forward", 0.4), ("update", 0.1)):
@@ -769,18 +770,18 @@ def recorded_epoch_kernels(run: Path) -> dict[str, str]:
 
 
 def test_the_kernel_of_an_epoch_launch_is_said_where_the_run_records_it(committed, flipped):
-    # One of the two records the kernels (the committed GPU run does, its flipped copy not, or the reverse).
-    assert {bool(recorded_epoch_kernels(runs[1])) for runs, _, _ in (committed, flipped)} == {True, False}
+    # One of the two ran digits' epochs on the cluster kernel (the committed GPU run or its flipped copy).
+    assert {recorded_epoch_kernels(runs[1]).get("digits") == "cluster"
+            for runs, _, _ in (committed, flipped)} == {True, False}
     for runs, text, numbers in (committed, flipped):
         kernels = recorded_epoch_kernels(runs[1])
+        assert {n: k for n, k in numbers["gpu"]["epoch_kernel"].items() if k is not None} == kernels
         if kernels.get("digits") == "cluster":
-            assert {n: k for n, k in numbers["gpu"]["epoch_kernel"].items() if k is not None} == kernels
             assert says(text, "on digits (there on its second kernel, which runs the whole step in one cluster "
                               "of thread blocks, keeps the weights in their shared memory from step to step")
             labels = [t.get_text() for ax in figures.plot_stages(load_runs(*runs)).axes for t in ax.texts]
             assert any(label.endswith(", cluster)") for label in labels), labels
         else:
-            assert set(numbers["gpu"]["epoch_kernel"].values()) == {None}
             assert not says(text, "(there on its second kernel")
 
 
@@ -859,13 +860,14 @@ def test_host_probes_are_left_out_without_a_threads_study_to_compare(newer):
 def test_the_fused_step_is_taken_apart_from_its_probe(committed, flipped_probes):
     """The GPU section's probe paragraph: each part of the digits step as the probe's JSON holds it; without the
     probe among the studies, no paragraph."""
-    _, text, _ = committed
+    _, text, numbers = committed
     probe = json.loads((ROOT / "results/h200-step-parts/step_parts.json").read_text())
     digits = next(r for r in probe["results"] if r["case"] == "digits:32")
     part = {name: stats["median"] for name, stats in digits["parts"].items()}
     host = {name: us * 1e-6 for name, us in digits["host_us"].items()}
     repeats = probe["meta"]["repeats"]
-    assert says(text, f"(results/h200-step-parts, commit {probe['meta']['git']['commit']}), takes one cuda-fused step")
+    assert says(text, f"(results/h200-step-parts), on the code of commit {probe['meta']['git']['commit']} where the "
+                      f"run’s is {numbers['gpu']['machine']['commit']}, takes one cuda-fused step")
     assert says(text, f"between events: {duration(part['events'])} in all (medians of {repeats} rounds)")
     assert says(text, f"Of that, {duration(part['events'] - part['device'])} passes before the launch reaches the GPU")
     assert says(text, f"the call with its checks takes {duration(host['train_step'])}")
