@@ -1,5 +1,6 @@
-"""The probe that flags CPU measurements taken while other work shared the cores, which the load average of a
-VM cannot see: its waiting, its baseline, what the run records, and the real probe on the C library."""
+"""The probe that flags measurements taken while other work shared the cores, which the load average of a
+VM cannot see: its waiting, its baseline, what the run records (around CPU units, and around GPU units on their
+launching thread), and the real probe on the C library."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import json
 
 import pytest
 
+from mlpbench.backends import REGISTRY
+from mlpbench.backends.numpy_ref import NumpyModel
 from mlpbench.sweep import make_params, neighbours, run
-from mlpbench.sweep.neighbours import SLOWDOWN_LIMIT, NeighbourCheck, neighbour_entry, step_probe
+from mlpbench.sweep.neighbours import SLOWDOWN_LIMIT, NeighbourCheck, ProbeSite, neighbour_entry, step_probe
 
 
 class FakeProbe:
@@ -45,10 +48,11 @@ def test_the_wait_is_bounded_and_a_slow_start_is_caught_by_the_one_thread_baseli
     check = NeighbourCheck(FakeProbe({1: [1.0], 2: [40.0]}), wait_s=3, pause_s=1, sleep=slept.append)
     ratio = check.before(2)
     assert ratio == 40.0 and slept == [1, 1, 1]
-    entry = neighbour_entry("rows:x", ratio, 2, cores=2)
+    entry = neighbour_entry("rows:x", ratio, ProbeSite(2), cores=2)
     assert entry["key"] == "rows:x" and entry["probe_slowdown"] == 40.0 and "shared" in entry["reason"]
-    assert neighbour_entry("rows:x", SLOWDOWN_LIMIT, 2, cores=2) is None
-    assert neighbour_entry("rows:x", None, 2, cores=2) is None
+    assert "on 2 threads, after waiting" in entry["reason"] and not entry["launcher"]
+    assert neighbour_entry("rows:x", SLOWDOWN_LIMIT, ProbeSite(2), cores=2) is None
+    assert neighbour_entry("rows:x", None, ProbeSite(2), cores=2) is None
 
 
 def test_a_rare_fast_probe_is_not_the_baseline():
@@ -112,7 +116,7 @@ def test_the_session_baseline_judges_every_unit_again_at_its_end():
     assert check.after(2) == 1.0
     assert check.before(2) == 1.0 and check.last_seconds == 0.5
     assert check.slowdown_against_session(0.8, 2) == pytest.approx(1.6)
-    entry = neighbour_entry("rows:x", 1.6, 2, cores=2, at_session_end=True)
+    entry = neighbour_entry("rows:x", 1.6, ProbeSite(2), cores=2, at_session_end=True)
     assert "judged at the end of the session" in entry["reason"]
 
 
@@ -144,3 +148,34 @@ def test_the_cpu_ladder_is_probed_as_a_cpu_unit(tmp_path, monkeypatch):
     else:  # one core: nothing to compare a shared core with
         assert flagged == set()
 
+
+
+class ToyAcceleratorModel(NumpyModel):
+    """A backend declared on a device other than the CPU (computing with NumPy): what the sweep does around a
+    GPU backend's units, on a machine without one."""
+
+    name = "toy-accelerator"
+    family = "toy"
+    device = "toy-accelerator"
+
+
+@pytest.mark.parametrize("present", [True, False], ids=["gpu", "no-gpu"])
+def test_a_gpu_unit_is_probed_on_its_launching_thread_where_a_gpu_is_present(tmp_path, monkeypatch, present):
+    # One host thread launches a GPU backend's work, and on the small networks its pace is most of a step: the
+    # one-thread probe runs around the unit, and a slow one flags it as timed while that thread's core was
+    # shared. Without a GPU, the GPU backends' units are skipped, and nothing is probed around them.
+    monkeypatch.setitem(REGISTRY, "toy-accelerator", (__name__, "ToyAcceleratorModel"))
+    monkeypatch.setattr("mlpbench.sweep.runner.gpu_present", lambda: present)
+    probe = FakeProbe({1: [1.0, 50.0]})
+    monkeypatch.setattr("mlpbench.sweep.runner.step_probe", lambda: probe)
+    run_dir = run("quick", results_dir=tmp_path, run_id="r", progress=False, backends=("toy-accelerator",),
+                  studies=("stages",), networks=("digits:32",))
+    busy = [entry for entry in json.loads((run_dir / "meta.json").read_text())["busy"] if "probe_slowdown" in entry]
+    if present:
+        assert set(probe.calls) == {1}
+        (entry,) = busy
+        assert entry["key"].startswith("rows:stages/toy-accelerator/digits/b32") and entry["threads"] == 1
+        assert entry["launcher"] and "on 1 thread, the host's pace for the thread that launches the GPU's work" in (
+            entry["reason"])
+    else:
+        assert probe.calls == [] and busy == []

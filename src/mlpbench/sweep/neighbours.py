@@ -3,7 +3,8 @@ slows this machine's threads without adding to its run queue (the development ma
 0.62 to 1.3 ms per 2-thread step and back within seconds, the load average under 0.7; results/dev-2core/NOTES.md).
 
 Before each CPU measurement the sweep times a fixed training step of the C library on the configuration's
-thread count and compares it with what that step takes there on quiet cores as far as the session has seen
+thread count (before a GPU backend's, on one thread: the host thread that launches its work, whose pace is most
+of a small network's step) and compares it with what that step takes there on quiet cores as far as the session has seen
 (a low percentile of its probes on as many threads, or on one thread). Slower than :data:`SLOWDOWN_LIMIT` times
 that, the cores are taken as shared at that moment: the sweep waits and probes again, a few times, then measures
 anyway and flags the configuration in ``meta.json``'s ``busy`` list.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -141,7 +143,16 @@ class NeighbourCheck:
         return ratio
 
 
-def neighbour_entry(key: str, slowdown: float | None, threads: int, cores: int,
+@dataclass(frozen=True)
+class ProbeSite:
+    """Where the probe runs around a unit: on ``threads`` threads, and whether they stand for the one host
+    thread that launches a GPU backend's work (``launcher``)."""
+
+    threads: int
+    launcher: bool = False
+
+
+def neighbour_entry(key: str, slowdown: float | None, site: ProbeSite, cores: int,
                     at_session_end: bool = False) -> dict[str, Any] | None:
     """What ``meta.json`` records of a unit measured while the probe said the cores were shared; ``None`` if
     they were not. ``at_session_end``: judged against the whole session's probes, after it."""
@@ -149,6 +160,9 @@ def neighbour_entry(key: str, slowdown: float | None, threads: int, cores: int,
         return None
     when = ("before and after it, judged at the end of the session against all of its probes"
             if at_session_end else "after waiting")
-    return {"key": key, "threads": threads, "cores": cores, "probe_slowdown": round(slowdown, 3),
+    where = (f"on {site.threads} thread{'s' if site.threads != 1 else ''}"
+             + (", the host's pace for the thread that launches the GPU's work" if site.launcher else ""))
+    return {"key": key, "threads": site.threads, "cores": cores, "probe_slowdown": round(slowdown, 3),
+            "launcher": site.launcher,
             "reason": f"the cores were shared with work outside this machine's load average: a fixed training "
-                      f"step ran {slowdown:.2f}x slower than usual on {threads} threads, {when}"}
+                      f"step ran {slowdown:.2f}x slower than usual {where}, {when}"}

@@ -20,7 +20,7 @@ from mlpbench.sweep.curves import training_curve
 from mlpbench.sweep.endtoend import endtoend_rows
 from mlpbench.sweep.ladders import cpu_ladder, gpu_ladder
 from mlpbench.sweep.measuring import Unavailable, measure
-from mlpbench.sweep.neighbours import NeighbourCheck, neighbour_entry, step_probe
+from mlpbench.sweep.neighbours import NeighbourCheck, ProbeSite, neighbour_entry, step_probe
 from mlpbench.sweep.params import SCHEMA_VERSION, SweepParams, make_params
 from mlpbench.sweep.planning import Config, backend_threads, plan
 from mlpbench.sweep.ranks import rank_jobs
@@ -80,13 +80,24 @@ class Attempts:
         return None
 
 
-def cpu_threads(unit: Unit, params: SweepParams) -> int | None:
-    """The threads a unit times a CPU backend or the CPU's products on (for the neighbour probe); ``None``
-    for other units."""
+def gpu_present() -> bool:
+    """Whether this machine has a GPU the GPU backends can run on."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def probe_site(unit: Unit, params: SweepParams) -> ProbeSite | None:
+    """Where the neighbour probe runs around a unit: on the threads it times a CPU backend or the CPU's products
+    on; on one thread for a GPU unit where a GPU is present, since one host thread launches its work and on the
+    small networks that thread's pace is most of a step (a shared core slows it as it slows a CPU backend);
+    ``None`` for other units."""
     if unit.config is not None:
         backend, threads = unit.config.backend, unit.config.threads
     elif unit.table == "ladder":
-        return params.max_threads if unit.identity["device"] == "cpu" else None
+        if unit.identity["device"] == "cpu":
+            return ProbeSite(params.max_threads)
+        return ProbeSite(1, launcher=True) if gpu_present() else None
     elif unit.table == "endtoend":
         backend = unit.identity["backend"]
         threads = backend_threads(backend, params)
@@ -96,7 +107,9 @@ def cpu_threads(unit: Unit, params: SweepParams) -> int | None:
         on_cpu = model_class(backend).device == "cpu"
     except BackendUnavailable:
         return None
-    return (threads or 1) if on_cpu else None
+    if on_cpu:
+        return ProbeSite(threads or 1)
+    return ProbeSite(1, launcher=True) if gpu_present() else None
 
 
 def _start_meta(run_dir: Path, run_id: str, preset: str, params: SweepParams) -> dict[str, Any]:
@@ -226,18 +239,18 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
                 else:
                     crashed = attempts.begin(unit)
                     if crashed is None:
-                        threads = cpu_threads(unit, params)
-                        shared = neighbours.before(threads) if threads else None
+                        site = probe_site(unit, params)
+                        shared = neighbours.before(site.threads) if site else None
                         probed_before = neighbours.last_seconds if shared is not None else None
                         rows, recorded = unit.work(), unit.records_itself
-                        if threads:
-                            shared = max(filter(None, (shared, neighbours.after(threads))), default=None)
-                        flagged = neighbour_entry(f"{unit.table}:{unit.key}", shared, threads or 0, cores)
+                        if site:
+                            shared = max(filter(None, (shared, neighbours.after(site.threads))), default=None)
+                        flagged = neighbour_entry(f"{unit.table}:{unit.key}", shared, site, cores)
                         if flagged is not None:
                             _record_busy(meta, flagged, f"{flagged['key']}: {flagged['reason']}", bar)
                             write_atomic(run_dir / "meta.json", json.dumps(meta, indent=1, default=str) + "\n")
                         elif probed_before is not None:
-                            passed.append((f"{unit.table}:{unit.key}", threads,
+                            passed.append((f"{unit.table}:{unit.key}", site,
                                            min(probed_before, neighbours.last_seconds)))
                     else:
                         rows = [{**unit.identity, "status": "failed", "reason": crashed,
@@ -266,13 +279,13 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
     return run_dir
 
 
-def _flag_at_session_end(neighbours: NeighbourCheck, passed: list[tuple[str, int, float]], meta: dict[str, Any],
-                         cores: int, bar: Any) -> None:
+def _flag_at_session_end(neighbours: NeighbourCheck, passed: list[tuple[str, ProbeSite, float]],
+                         meta: dict[str, Any], cores: int, bar: Any) -> None:
     """Flags the CPU units the probe let pass whose probes before and after them were both slower than
     SLOWDOWN_LIMIT times their baseline over the whole session: a session that began on shared cores judged its
     first units against a slow baseline. (A unit the load average flagged keeps that entry beside this one.)"""
-    for key, threads, seconds in passed:
-        entry = neighbour_entry(key, neighbours.slowdown_against_session(seconds, threads), threads, cores,
+    for key, site, seconds in passed:
+        entry = neighbour_entry(key, neighbours.slowdown_against_session(seconds, site.threads), site, cores,
                                 at_session_end=True)
         if entry is not None:
             _record_busy(meta, entry, f"{key}: {entry['reason']}", bar)
