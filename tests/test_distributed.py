@@ -374,3 +374,30 @@ def test_failure_reason_names_a_killed_rank_before_the_peers_it_took_down():
     assert failure_reason(KILLED_OUTPUT) == (
         "rank 1 died: Signal 9 (SIGKILL) received by PID 17857; rank 0 failed: RuntimeError: "
         "[gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:2176: Connection reset by peer.")
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not exited (a zombie, not yet reaped, counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's")
+def test_a_rank_ends_with_the_process_that_started_it():
+    # torchrun starts each rank in a session of its own, as this parent starts its child: when the parent ends,
+    # the child, having asked for it as a rank does first, is ended too instead of sleeping on.
+    child = ("from mlpbench.distributed.ranks import end_with_the_launcher; end_with_the_launcher(); "
+             "print('ready', flush=True); import time; time.sleep(60)")
+    parent = ("import subprocess, sys; "
+              f"p = subprocess.Popen([sys.executable, '-c', {child!r}], stdout=subprocess.PIPE, "
+              "stderr=subprocess.DEVNULL, text=True, start_new_session=True); "
+              "assert p.stdout.readline() == 'ready\\n'; print(p.pid, flush=True)")
+    done = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=60, check=True)
+    pid = int(done.stdout)
+    deadline = time.monotonic() + 10
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(pid)

@@ -18,6 +18,7 @@ gradient buffer; ``algbw = bytes / time`` and ``busbw = algbw * 2 (n - 1) / n`` 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime as dt
 import itertools
 import os
@@ -494,7 +495,26 @@ def fail(rank: int | str, error: BaseException, code: int) -> NoReturn:
     leave(code)
 
 
+def end_with_the_launcher() -> None:
+    """Ask the kernel to kill this rank when the process that started it (torchrun) ends. torchrun starts each
+    rank in a session of its own, so a launcher that ends torchrun's session on a timeout does not reach a rank
+    that torchrun had not yet registered: that rank then lived on, holding the launcher's output pipe open, until
+    its own timeout. Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere nothing changes."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # the launcher ended before the request took effect
+        leave(1)
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
+    end_with_the_launcher()
     args = parser().parse_args(argv)
     rank: int | str = os.environ.get("RANK", "?")
     try:
