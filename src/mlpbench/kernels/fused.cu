@@ -421,8 +421,7 @@ __device__ __forceinline__ void load_hidden_row(const HiddenRow& h, int r, const
     const float* x = h.input + (long)r * n_in + k0;
     v.bias = (range == 0 && n < n_out) ? __ldcg(layer.b[s.parity] + n) : 0.0f;
     const bool vectors = n_in % 4 == 0 && span % 4 == 0 &&
-                         ((reinterpret_cast<unsigned long>(layer.W[s.parity]) |
-                           reinterpret_cast<unsigned long>(h.input)) & 15) == 0;
+                         ((reinterpret_cast<size_t>(layer.W[s.parity]) | reinterpret_cast<size_t>(h.input)) & 15) == 0;
     if (vectors) {  // block-uniform
 #pragma unroll
         for (int j = 0; j < HIDDEN_K; j += 4) {
@@ -673,11 +672,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                     break;
                 case PHASE_FORWARD_HEAD: {
                     const Layer* below = (phase.flags & FLAG_HEAD_INPUT) ? &layers[n_layers - 2] : nullptr;
-                    const HiddenRow hidden = {&layers[n_layers - 2], layer_input(layers, n_layers - 2, s),
-                                              smem + HEAD_SUMS};
+                    const bool with_hidden = phase.flags & FLAG_HEAD_HIDDEN;  // only with a layer below
+                    HiddenRow hidden = {nullptr, nullptr, smem + HEAD_SUMS};
+                    if (with_hidden) {
+                        hidden.layer = &layers[n_layers - 2];
+                        hidden.input = layer_input(layers, n_layers - 2, s);
+                    }
                     for (int r = blockIdx.x; r < batch; r += gridDim.x)
                         forward_head_row(out_layer, below, layer_input(layers, n_layers - 1, s), r, s,
-                                         phase.flags & FLAG_DELTA, smem, hidden, phase.flags & FLAG_HEAD_HIDDEN);
+                                         phase.flags & FLAG_DELTA, smem, hidden, with_hidden);
                     break;
                 }
                 case PHASE_HEAD:
