@@ -605,16 +605,16 @@ def test_the_kernel_choice_and_its_reason():
     each = f"8 blocks, {fits.shared_bytes // 1024} KiB of shared memory each"
     # auto: the cluster kernel from two steps a launch on, where the step fits and the grid kernel's takes more
     # than two phases
-    assert cuda_fused.choose_kernel("auto", fits, 2, grid_phases=3) == ("cluster", f"fits in one cluster: {each}")
-    assert cuda_fused.choose_kernel("auto", fits, 1, grid_phases=3) == (
+    assert cuda_fused.choose_kernel("auto", fits, 2, 3) == ("cluster", f"fits in one cluster: {each}")
+    assert cuda_fused.choose_kernel("auto", fits, 1, 3) == (
         "grid", f"one step a launch (the cluster kernel would take {each}, and gains over several steps)")
-    assert cuda_fused.choose_kernel("auto", fits, 32, grid_phases=2) == (
+    assert cuda_fused.choose_kernel("auto", fits, 32, 2) == (
         "grid", f"the grid kernel's step is 2 phases, faster than the cluster kernel ({each}) over several steps too")
-    assert cuda_fused.choose_kernel("auto", too_big, 32) == ("grid", too_big)
+    assert cuda_fused.choose_kernel("auto", too_big, 32, 3) == ("grid", too_big)
     no_clusters = "this GPU has no thread-block clusters"
-    assert cuda_fused.choose_kernel("auto", None, 32, no_clusters) == ("grid", no_clusters)
+    assert cuda_fused.choose_kernel("auto", None, 32, 3, no_clusters) == ("grid", no_clusters)
     # asked for: the cluster kernel even for one step, where it fits; the grid kernel always
-    assert cuda_fused.choose_kernel("cluster", fits, 1)[0] == "cluster"
+    assert cuda_fused.choose_kernel("cluster", fits, 1, 2)[0] == "cluster"
     with pytest.raises(ValueError, match=r"needs 414 KiB.*use kernel='grid' or 'auto'"):
-        cuda_fused.choose_kernel("cluster", too_big, 32)
-    assert cuda_fused.choose_kernel("grid", fits, 32) == ("grid", "the grid kernel was asked for")
+        cuda_fused.choose_kernel("cluster", too_big, 32, 3)
+    assert cuda_fused.choose_kernel("grid", fits, 32, 3) == ("grid", "the grid kernel was asked for")

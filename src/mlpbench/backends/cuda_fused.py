@@ -187,8 +187,8 @@ def cluster_layout(network: Network, batch: int, shared_limit: int) -> ClusterLa
     return ClusterLayout(ranks, batch, needed, table)
 
 
-def choose_kernel(option: str, layout: ClusterLayout | str | None, steps: int, no_cluster: str = "",
-                  grid_phases: int = 0) -> tuple[str, str]:
+def choose_kernel(option: str, layout: ClusterLayout | str | None, steps: int, grid_phases: int,
+                  no_cluster: str = "") -> tuple[str, str]:
     """The kernel (``"cluster"`` or ``"grid"``) of a launch of ``steps`` steps, and why, for the model option
     ``option``, the cluster kernel's :func:`cluster_layout` of the launch's batch (a string: why it does not
     fit; ``None``: not planned, the GPU having no clusters (``no_cluster`` says so) or the grid kernel being
@@ -337,8 +337,8 @@ def fused_plan(network: Network, stage: str, batch: int, blocks: int) -> tuple[P
     # computes that sample's row of the layer below's dZ (a sum over at most FUSED_HEAD_MAX outputs), and the
     # output layer's weight gradient joins the phase below: one phase and barrier fewer.
     head_input = FLAG_HEAD_INPUT if last > 0 and network.n_outputs <= FUSED_HEAD_MAX else 0
-    # Where the layer below is small enough for each sample's block to stage its weights, the head computes the
-    # sample's row of that layer first: its forward phase and barrier go too.
+    # Where the layer below is small enough for the threads of each sample's block to hold its weights in
+    # registers, the head computes the sample's row of that layer first: its forward phase and barrier go too.
     head_hidden = FLAG_HEAD_HIDDEN if head_input and head_computes_the_layer_below(network) else 0
     phases = []
     if stage in ("forward", "step"):
@@ -484,10 +484,10 @@ class FusedCudaModel(CudaModel):
     def kernel_choice(self, batch_size: int, steps: int = 1) -> tuple[str, str]:
         """The kernel a launch of ``steps`` steps of ``batch_size`` rows runs (``"cluster"`` or ``"grid"``) and
         why (:func:`choose_kernel`)."""
-        if self._kernel_option == "grid" or self._cluster is None:
-            return choose_kernel(self._kernel_option, None, steps, self._no_cluster)
         grid_phases = len(fused_plan(self.network, "step", batch_size, self._sm_count))
-        return choose_kernel(self._kernel_option, self._cluster_plan(batch_size)[0], steps, grid_phases=grid_phases)
+        if self._kernel_option == "grid" or self._cluster is None:
+            return choose_kernel(self._kernel_option, None, steps, grid_phases, self._no_cluster)
+        return choose_kernel(self._kernel_option, self._cluster_plan(batch_size)[0], steps, grid_phases)
 
     def _launch_kernel(self, rows: int, steps: int) -> str:
         """The kernel of :meth:`kernel_choice`, remembered per batch size and whether the launch has several

@@ -495,6 +495,9 @@ def fail(rank: int | str, error: BaseException, code: int) -> NoReturn:
     leave(code)
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
 def end_with_the_launcher() -> None:
     """Ask the kernel to kill this rank when the process that started it (torchrun) ends. torchrun starts each
     rank in a session of its own, so a launcher that ends torchrun's session on a timeout does not reach a rank
@@ -508,9 +511,6 @@ def end_with_the_launcher() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent:  # the launcher ended before the request took effect
         leave(1)
-
-
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

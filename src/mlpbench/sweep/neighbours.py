@@ -152,11 +152,12 @@ class ProbeSite:
     launcher: bool = False
 
 
-def neighbour_entry(key: str, slowdown: float | None, site: ProbeSite, cores: int,
+def neighbour_entry(key: str, slowdown: float | None, site: ProbeSite | None, cores: int,
                     at_session_end: bool = False) -> dict[str, Any] | None:
     """What ``meta.json`` records of a unit measured while the probe said the cores were shared; ``None`` if
-    they were not. ``at_session_end``: judged against the whole session's probes, after it."""
-    if slowdown is None or slowdown <= SLOWDOWN_LIMIT:
+    they were not (or were not probed: no ``site``). ``at_session_end``: judged against the whole session's
+    probes, after it."""
+    if site is None or slowdown is None or slowdown <= SLOWDOWN_LIMIT:
         return None
     when = ("before and after it, judged at the end of the session against all of its probes"
             if at_session_end else "after waiting")
