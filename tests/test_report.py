@@ -838,6 +838,40 @@ def flipped_probes():
     shutil.rmtree(out, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def slow_step_parts():
+    """The report with a copy of the step-parts probe whose digits step between events took ten times as long:
+    longer than the run's own step."""
+    out = ROOT / "build" / "test-report-step-parts"
+    shutil.rmtree(out, ignore_errors=True)
+    parts = out / "step-parts"
+    shutil.copytree(ROOT / "results/h200-step-parts", parts)
+    report = json.loads((parts / "step_parts.json").read_text())
+    for result in report["results"]:
+        events = result["parts"]["events"]
+        result["parts"]["events"] = {key: value if key == "n" else value * 10 for key, value in events.items()}
+    (parts / "step_parts.json").write_text(json.dumps(report))
+    pdf = build([*RUNS, MULTI_GPU], out / "figures", out / "data", out / "report.pdf", studies=[parts])
+    yield pdf_text(pdf)
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def test_the_runs_own_step_is_set_against_the_probes_where_it_took_longer(committed, slow_step_parts):
+    _, text, numbers = committed
+    probe = json.loads((ROOT / "results/h200-step-parts/step_parts.json").read_text())
+    digits = next(r for r in probe["results"] if r["case"] == "digits:32")
+    events, device = digits["parts"]["events"]["median"], digits["parts"]["device"]["median"]
+    step = numbers["gpu"]["step_s"]["digits"]["cuda-fused"]
+    sentence = f"The sweep’s own step of cuda-fused on digits took {duration(step)}"
+    if step > events:
+        assert says(text, f"{sentence}, {duration(step - events)} more than the probe’s: a step this short depends "
+                          f"on the host that launches it ({duration(events - device)} of the probe’s before")
+    else:
+        assert not says(text, sentence)
+    assert "takes one cuda-fused step on digits apart" in " ".join(slow_step_parts.split())
+    assert not says(slow_step_parts, sentence)
+
+
 def test_host_probe_sentences_follow_their_data(committed, flipped_probes):
     _, text, _ = committed
     assert says(text, "the cores leave room that the threads do not use")
