@@ -354,16 +354,25 @@ struct HeadColumns {
 };
 static_assert(KCHUNK <= 2 * THREADS, "a head thread keeps two columns: widths up to KCHUNK need KCHUNK <= 2 THREADS");
 
-__device__ __forceinline__ void load_head_columns(const Layer& out_layer, const Layer& below, int r, const Step& s,
-                                                  HeadColumns& c) {
+__device__ __forceinline__ void load_head_weights(const Layer& out_layer, const Step& s, HeadColumns& c) {
     const int n_in = out_layer.n_in, n_out = out_layer.n_out;
     const float* W = out_layer.W[s.parity];
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
         const int k = threadIdx.x + i * THREADS;
-        c.a[i] = k < n_in ? __ldcg(below.A + (long)r * n_in + k) : 0.0f;
 #pragma unroll
         for (int j = 0; j < HEAD_MAX; ++j) c.w[i][j] = (k < n_in && j < n_out) ? __ldcg(W + (long)j * n_in + k) : 0.0f;
+    }
+}
+
+__device__ __forceinline__ void load_head_columns(const Layer& out_layer, const Layer& below, int r, const Step& s,
+                                                  HeadColumns& c) {
+    const int n_in = out_layer.n_in;
+    load_head_weights(out_layer, s, c);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int k = threadIdx.x + i * THREADS;
+        c.a[i] = k < n_in ? __ldcg(below.A + (long)r * n_in + k) : 0.0f;
     }
 }
 
@@ -475,15 +484,9 @@ __device__ __forceinline__ void forward_head_row(const Layer& layer, const Layer
     const long at = (long)r * n_out + lane;
     const float bias = valid ? __ldcg(layer.b[s.parity] + lane) : 0.0f;
     const float target = (valid && s.T) ? __ldcg(s.T + at) : 0.0f;
-    const float* W = layer.W[s.parity];
     HeadColumns c;  // kept for the row of the layer below
     // The output layer's weights are loaded before the hidden row is computed, so the two wait on L2 together.
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        const int k = threadIdx.x + i * THREADS;
-#pragma unroll
-        for (int j = 0; j < HEAD_MAX; ++j) c.w[i][j] = (k < n_in && j < n_out) ? __ldcg(W + (long)j * n_in + k) : 0.0f;
-    }
+    load_head_weights(layer, s, c);
     const float* row = with_hidden ? finish_hidden_row(hidden, r, s, loads) : nullptr;
     const float* x = input + (long)r * n_in;
     float part[HEAD_MAX];
