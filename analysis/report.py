@@ -25,7 +25,7 @@ import pandas as pd
 from analysis import draw_all, load_runs
 from analysis.load import Results, busy_keys, epoch_steps, gpu_name, machine_label
 from analysis.palette import REFERENCE, hand_written_ladder, ordered
-from analysis.studies import load_studies
+from analysis.studies import COMMIT_DIGITS, load_studies
 from analysis.summary import (
     AUTHORS_BATCH,
     AUTHORS_NETWORK,
@@ -472,7 +472,7 @@ class _Run:
             "gpu_driver": smi.get("driver_version"), "gpu_max_clock": smi.get("clocks.max.sm"),
             "python": libraries.get("python"), "numpy": libraries.get("numpy"), "torch": libraries.get("torch"),
             "pycuda": libraries.get("pycuda"), "compiler": native.get("compiler"), "isa": native.get("isa"),
-            "cflags": native.get("cflags"), "commit": str(commit)[:12], "preset": self.meta.get("preset"),
+            "cflags": native.get("cflags"), "commit": str(commit)[:COMMIT_DIGITS], "preset": self.meta.get("preset"),
             "started_at": str(self.meta.get("started_at", ""))[:16].replace("T", " "),
         }
 

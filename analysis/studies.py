@@ -13,6 +13,9 @@ from statistics import median
 from typing import Any
 
 #: Each probe's output file, by which a study folder is recognised.
+# How many hex digits of a commit the report prints, for a run's and a probe's alike.
+COMMIT_DIGITS = 12
+
 STUDY_FILES = {"ceiling": "ceiling.json", "exchange": "exchange.json", "step_parts": "step_parts.json"}
 
 
@@ -66,7 +69,7 @@ def step_parts_study(folder: Path, label: str) -> dict[str, Any]:
     """Per case: the medians, in seconds, of the events around a fused step (``events``), device-only events
     around it (``device``), around a launch with no phases (``start``) and the kernel's own span (``kernel``);
     the host's time per ``train_step`` call and per launch alone; which kernel ran (``kernel_name``) on how many
-    blocks; the commit of the code it ran."""
+    blocks; the commit of the code it ran, shortened as the report prints commits."""
     report = json.loads((folder / "step_parts.json").read_text())
     cases = {}
     for result in report["results"]:
@@ -76,8 +79,8 @@ def step_parts_study(folder: Path, label: str) -> dict[str, Any]:
                                  "host_step": result["host_us"]["train_step"] * 1e-6,
                                  "host_launch": result["host_us"]["launch alone"] * 1e-6}
     meta = report["meta"]
-    return {"folder": label, "gpu": meta["gpu"], "commit": meta["git"]["commit"], "repeats": meta["repeats"],
-            "cases": cases}
+    return {"folder": label, "gpu": meta["gpu"], "commit": meta["git"]["commit"][:COMMIT_DIGITS],
+            "repeats": meta["repeats"], "cases": cases}
 
 
 _READERS = {"ceiling": ceiling_study, "exchange": exchange_study, "step_parts": step_parts_study}
