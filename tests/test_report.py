@@ -900,7 +900,8 @@ def test_the_fused_step_is_taken_apart_from_its_probe(committed, flipped_probes)
     part = {name: stats["median"] for name, stats in digits["parts"].items()}
     host = {name: us * 1e-6 for name, us in digits["host_us"].items()}
     repeats = probe["meta"]["repeats"]
-    assert says(text, f"(results/h200-step-parts), on the code of commit {probe['meta']['git']['commit'][:12]} where the "
+    commit = probe["meta"]["git"]["commit"][:12]
+    assert says(text, f"(results/h200-step-parts), on the code of commit {commit} where the "
                       f"run’s is {numbers['gpu']['machine']['commit']}, takes one cuda-fused step")
     assert says(text, f"between events: {duration(part['events'])} in all (medians of {repeats} rounds)")
     assert says(text, f"Of that, {duration(part['events'] - part['device'])} passes before the launch reaches the GPU")
