@@ -76,6 +76,22 @@ def test_thread_count_changes_no_bit(version):
         np.testing.assert_array_equal(results[0], other)
 
 
+@pytest.mark.parametrize("isa", [isa for isa in native.ISAS if isa != "auto"])
+@pytest.mark.parametrize("transpose_b", [False, True])
+def test_a_few_rows_get_the_bits_of_the_same_rows_in_a_tall_product(isa, transpose_b):
+    """A product of at most one row sliver reads B where it lies instead of packing it (where B's rows are
+    contiguous): the same multiply-adds in the same order, so each row equals that row of a product tall enough
+    to pack B, bit for bit."""
+    lib = native.library("omp")
+    if not lib.mlp_isa_supported(native.ISAS[isa]):
+        pytest.skip(f"this CPU cannot run the {isa} kernels")
+    A, B = operands(40, 257, 300, False, transpose_b, seed=5)
+    tall = native.matmul(A, B, version=3, threads=1, transpose_b=transpose_b, isa=isa)
+    for rows in (1, 5, 6, 8):
+        short = native.matmul(A[:rows], B, version=3, threads=1, transpose_b=transpose_b, isa=isa)
+        np.testing.assert_array_equal(short, tall[:rows])
+
+
 def test_serial_library_has_no_openmp():
     assert native.library("serial").mlp_has_openmp() == 0
     assert native.library("omp").mlp_has_openmp() == 1

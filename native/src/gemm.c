@@ -268,8 +268,11 @@ static void pack_b_sliver(const gemm_problem *p, const cpu_kernels *kernels, int
  * an operand where it lies instead of packing it, wherever one k step's values of a sliver are contiguous
  * there: op(A) = X^T (a_rs == 1; step a_cs) and op(B) = X (b_cs == 1; step b_rs), for slivers of whole rows
  * or columns (a partial one would read past the operand). There, packing costs as much as the multiply-adds
- * (digits' 10 x 128 weight gradient: 0.5 of 1.9 us), and up to DIRECT_MAX_K strided rows stay in L1. Each
- * element gets the same operations either way: the same bits. Operands the team packed are read as packed. */
+ * (digits' 10 x 128 weight gradient: 0.5 of 1.9 us), and up to DIRECT_MAX_K strided rows stay in L1. So does
+ * B at any k where C is one row sliver (the input gradient of a batch of at most mr rows, B the weights):
+ * each packed value would be read once, so the copy is all cost (moons-5h300 at batch 1: 86 of a 217 us
+ * step packing). Each element gets the same operations either way: the same bits. Operands the team packed
+ * are read as packed. */
 enum { DIRECT_MAX_K = 64 };
 
 /* Where the micro-kernel reads a sliver: k step q's values at at + q * step. */
@@ -285,7 +288,8 @@ static int direct_a(const gemm_problem *p, const cpu_kernels *kernels, ptrdiff_t
 
 static int direct_b(const gemm_problem *p, const cpu_kernels *kernels, ptrdiff_t sliver)
 {
-    return !p->b_shared && p->b_cs == 1 && p->k <= DIRECT_MAX_K && (sliver + 1) * kernels->nr <= p->n;
+    return !p->b_shared && p->b_cs == 1 && (p->k <= DIRECT_MAX_K || p->m <= kernels->mr) &&
+           (sliver + 1) * kernels->nr <= p->n;
 }
 
 /* Row sliver i of op(A) in k block pc: in place if direct, else `packed` (the team's or this thread's). */
