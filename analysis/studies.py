@@ -12,10 +12,10 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-#: Each probe's output file, by which a study folder is recognised.
-# How many hex digits of a commit the report prints, for a run's and a probe's alike.
+#: How many hex digits of a commit the report prints, for a run's and a probe's alike.
 COMMIT_DIGITS = 12
 
+#: Each probe's output file, by which a study folder is recognised.
 STUDY_FILES = {"ceiling": "ceiling.json", "exchange": "exchange.json", "step_parts": "step_parts.json"}
 
 

@@ -25,6 +25,7 @@ from analysis.report import (  # noqa: E402 - after the skips
     build,
     report_runs,
 )
+from analysis.studies import COMMIT_DIGITS  # noqa: E402 - after the skips
 
 # The report's runs: the development machine's and the GPU host's, then the data-parallel study on two GPUs, a
 # run of its own (no per-stage measurements).
@@ -900,7 +901,7 @@ def test_the_fused_step_is_taken_apart_from_its_probe(committed, flipped_probes)
     part = {name: stats["median"] for name, stats in digits["parts"].items()}
     host = {name: us * 1e-6 for name, us in digits["host_us"].items()}
     repeats = probe["meta"]["repeats"]
-    commit = probe["meta"]["git"]["commit"][:12]
+    commit = probe["meta"]["git"]["commit"][:COMMIT_DIGITS]
     assert says(text, f"(results/h200-step-parts), on the code of commit {commit} where the "
                       f"run’s is {numbers['gpu']['machine']['commit']}, takes one cuda-fused step")
     assert says(text, f"between events: {duration(part['events'])} in all (medians of {repeats} rounds)")

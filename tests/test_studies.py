@@ -9,7 +9,7 @@ from statistics import median
 import pytest
 
 from analysis.report import ROOT, committed_studies
-from analysis.studies import load_studies
+from analysis.studies import COMMIT_DIGITS, load_studies
 
 CEILING = ROOT / "results" / "h200-ceiling" / "take3"
 EXCHANGE = ROOT / "results" / "h200-exchange" / "take2"
@@ -49,7 +49,7 @@ def test_step_parts_are_the_probe_medians_in_seconds():
     study = load_studies([STEP_PARTS], root=ROOT)["step_parts"]
     raw = json.loads((STEP_PARTS / "step_parts.json").read_text())
     assert study["folder"] == "results/h200-step-parts" and study["repeats"] == raw["meta"]["repeats"]
-    assert study["commit"] == raw["meta"]["git"]["commit"][:12] == "08f46100df37"
+    assert study["commit"] == raw["meta"]["git"]["commit"][:COMMIT_DIGITS] == "08f46100df37"
     assert set(study["cases"]) == {r["case"] for r in raw["results"]} == {"digits:32", "moons-5h300:32"}
     for result in raw["results"]:
         got = study["cases"][result["case"]]
