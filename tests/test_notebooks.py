@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import subprocess
 from pathlib import Path
 
 import nbformat
@@ -10,7 +13,8 @@ import pandas as pd
 import papermill
 import pytest
 
-NOTEBOOKS = Path(__file__).parents[1] / "notebooks"
+ROOT = Path(__file__).parents[1]
+NOTEBOOKS = ROOT / "notebooks"
 FIXTURE = Path(__file__).parent / "fixtures" / "results" / "quick-fixture"
 ALL = sorted(NOTEBOOKS.glob("*.ipynb"))
 
@@ -49,6 +53,45 @@ def test_parameters_are_typed_and_documented(path: Path) -> None:
     for name, parameter in parameters.items():
         assert parameter["inferred_type_name"] != "None", name
         assert parameter["help"], name
+
+
+def documented_commands() -> list[tuple[str, list[str]]]:
+    """The lines of the code blocks of the README and of the notebooks' markdown that run papermill or make a
+    folder, split into words as the shell would, with the document they are in, in order (continuation lines
+    joined)."""
+    texts = {"README.md": (ROOT / "README.md").read_text()}
+    for path in ALL:
+        book = nbformat.read(path, as_version=4)
+        texts[f"notebooks/{path.name}"] = "\n".join(c.source for c in book.cells if c.cell_type == "markdown")
+    commands = []
+    for doc, text in texts.items():
+        for block in re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S):
+            commands += [(doc, shlex.split(line, comments=True))
+                         for line in block.replace("\\\n", " ").splitlines()
+                         if "papermill" in line or line.startswith("mkdir")]
+    return commands
+
+
+def test_documented_papermill_commands_write_into_folders_that_exist() -> None:
+    """papermill refuses an output notebook whose folder does not exist: each documented run writes into a
+    folder that a fresh clone has (one holding tracked files) or that a `mkdir -p` before it makes, read in
+    the order README, then the notebooks (whose examples name the README's run folder)."""
+    made: set[str] = set()
+    checked = 0
+    for doc, words in documented_commands():
+        if words[:2] == ["mkdir", "-p"]:
+            made.update(words[2:])
+        runner = next((i for i, word in enumerate(words) if word.endswith("papermill")), None)
+        if runner is None or "--help-notebook" in words:
+            continue
+        notebook, output = words[runner + 1:runner + 3]
+        folder = str(Path(output).parent)
+        tracked = subprocess.run(["git", "ls-files", "--", folder], cwd=ROOT, capture_output=True, text=True,
+                                 check=True).stdout
+        assert (ROOT / notebook).is_file(), (doc, notebook)
+        assert tracked or folder in made, f"{doc}: papermill writes into {folder}, which a clone lacks"
+        checked += 1
+    assert checked >= 3  # the README's sweep, and each notebook's own example
 
 
 def test_sweep_notebook_runs_under_papermill(tmp_path: Path) -> None:
