@@ -839,25 +839,41 @@ def flipped_probes():
     shutil.rmtree(out, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def slow_step_parts():
-    """The report with a copy of the step-parts probe whose digits step between events took ten times as long:
-    longer than the run's own step."""
-    out = ROOT / "build" / "test-report-step-parts"
+def step_parts_report(name: str, events_of) -> str:
+    """The report's text with a copy of the step-parts probe whose events around a step (each statistic)
+    are ``events_of(events, device)`` of the probe's own."""
+    out = ROOT / "build" / f"test-report-{name}"
     shutil.rmtree(out, ignore_errors=True)
     parts = out / "step-parts"
     shutil.copytree(ROOT / "results/h200-step-parts", parts)
     report = json.loads((parts / "step_parts.json").read_text())
     for result in report["results"]:
-        events = result["parts"]["events"]
-        result["parts"]["events"] = {key: value if key == "n" else value * 10 for key, value in events.items()}
+        events, device = result["parts"]["events"], result["parts"]["device"]["median"]
+        result["parts"]["events"] = {key: value if key == "n" else events_of(value, device)
+                                     for key, value in events.items()}
     (parts / "step_parts.json").write_text(json.dumps(report))
     pdf = build([*RUNS, MULTI_GPU], out / "figures", out / "data", out / "report.pdf", studies=[parts])
-    yield pdf_text(pdf)
+    text = pdf_text(pdf)
     shutil.rmtree(out, ignore_errors=True)
+    return text
 
 
-def test_the_runs_own_step_is_set_against_the_probes_where_it_took_longer(committed, slow_step_parts):
+@pytest.fixture(scope="module")
+def slow_step_parts():
+    """The report with a probe whose digits step between events took ten times as long: longer than the run's
+    own step."""
+    return step_parts_report("slow-step-parts", lambda events, device: events * 10)
+
+
+@pytest.fixture(scope="module")
+def quick_step_parts():
+    """The report with a probe whose host share of a step between events (events less device-only) is a tenth
+    of the probe's own: shorter than the run's own step, and than the call back to back."""
+    return step_parts_report("quick-step-parts", lambda events, device: device + (events - device) / 10)
+
+
+def test_the_runs_own_step_is_set_against_the_probes_where_it_took_longer(committed, slow_step_parts,
+                                                                         quick_step_parts):
     _, text, numbers = committed
     probe = json.loads((ROOT / "results/h200-step-parts/step_parts.json").read_text())
     digits = next(r for r in probe["results"] if r["case"] == "digits:32")
@@ -871,6 +887,25 @@ def test_the_runs_own_step_is_set_against_the_probes_where_it_took_longer(commit
         assert not says(text, sentence)
     assert "takes one cuda-fused step on digits apart" in " ".join(slow_step_parts.split())
     assert not says(slow_step_parts, sentence)
+    quick = device + (events - device) / 10
+    assert step > quick
+    assert says(quick_step_parts, f"{sentence}, {duration(step - quick)} more than the probe’s")
+
+
+def test_the_host_time_beyond_the_back_to_back_call_is_named_where_there_is_some(committed, quick_step_parts):
+    _, text, _ = committed
+    probe = json.loads((ROOT / "results/h200-step-parts/step_parts.json").read_text())
+    digits = next(r for r in probe["results"] if r["case"] == "digits:32")
+    before_launch = digits["parts"]["events"]["median"] - digits["parts"]["device"]["median"]
+    beyond = before_launch - digits["host_us"]["train_step"] * 1e-6
+    sentence = "is beyond what the call takes back to back"
+    if beyond > 1e-6:
+        assert says(text, f"Of the time before the launch, {duration(beyond)} {sentence}")
+    else:
+        assert not says(text, sentence)
+    # A tenth of the host share is less than the call itself: nothing beyond it to name.
+    assert before_launch / 10 < digits["host_us"]["train_step"] * 1e-6
+    assert not says(quick_step_parts, sentence)
 
 
 def test_host_probe_sentences_follow_their_data(committed, flipped_probes):
