@@ -29,6 +29,10 @@ CASES = [
     (Network((300, 20, 5), "tanh", "softmax-ce"), 13),
     (Network((2, 30, 30, 1), "sigmoid", "sigmoid-bce"), 32),
     (Network((515, 9, 3), "relu", "softmax-ce"), 517),
+    # A forward layer of at most MLP_DOT_ROWS rows and MLP_DOT_MIN_COLS outputs is dot products: k of 9 (a tail
+    # only), 65 (one past 64) and 70.
+    (Network((9, 65, 70, 1), "relu", "sigmoid-bce"), 4),
+    (Network((70, 64, 3), "sigmoid", "softmax-ce"), 1),
 ]
 BACKENDS = [("c-serial", {}), ("c-omp", {"threads": 1}), ("c-omp", {"threads": 2}), ("c-omp", {"threads": 3})]
 # c-blas exists where the scipy-openblas32 wheel was installed when the library was built (a dependency).
@@ -140,6 +144,35 @@ def test_thread_count_changes_no_bit(kernel):
             np.testing.assert_array_equal(b, b0)
         for a, a0 in zip(acts, first_acts, strict=True):
             np.testing.assert_array_equal(a, a0)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 4])
+def test_a_few_rows_forward_has_the_same_bits_on_every_vector_set_and_thread_count(batch):
+    """The dot products of a forward layer of a few rows (MLP_DOT_ROWS) sum in 16 lanes in one fixed order on
+    the AVX2 and AVX-512 sets alike, and each thread takes whole columns: one result for all of them."""
+    lib = native.library("omp")
+    assert batch <= lib.MLP_DOT_ROWS and 100 >= lib.MLP_DOT_MIN_COLS
+    network = Network((75, 100, 100, 10), "tanh", "softmax-ce")
+    X, y = random_batch(network, batch, np.random.default_rng(4))
+    runs = []
+    for isa in ("avx2", "avx512"):
+        if not lib.mlp_isa_supported(native.ISAS[isa]):
+            continue
+        for threads in (1, 2, 3):
+            model = load("c-omp", network, seed=2, threads=threads, isa=isa)
+            model.step(X, y, 0.1, 1e-3)
+            model.forward(model.prepare(X, y))
+            runs.append((isa, threads, model.activations(), model.params()))
+            model.close()
+    if len({isa for isa, *_ in runs}) < 2:
+        pytest.skip("this CPU cannot run both the avx2 and avx512 kernels")
+    _, _, first_acts, first_params = runs[0]
+    for isa, threads, acts, params in runs[1:]:
+        for a, a0 in zip(acts, first_acts, strict=True):
+            np.testing.assert_array_equal(a, a0, err_msg=f"{isa} {threads} threads")
+        for (w, b), (w0, b0) in zip(params, first_params, strict=True):
+            np.testing.assert_array_equal(w, w0, err_msg=f"{isa} {threads} threads")
+            np.testing.assert_array_equal(b, b0, err_msg=f"{isa} {threads} threads")
 
 
 def test_fused_step_equals_the_three_stages():

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlpbench import load
+from mlpbench import load, native
 from mlpbench.backends.native_c import TIMELINE_DTYPE, timeline_kinds
 from mlpbench.network import Network
 from mlpbench.verify import random_batch as reference_batch
@@ -84,14 +84,17 @@ def test_events_that_do_not_fit_are_an_error():
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 16])
 @pytest.mark.parametrize("network,batch", [(NARROW, 32), (SOFTMAX, 32), (NARROW, 7), (SOFTMAX, 256),
-                                           (WIDE_OUTPUT, 20)])
+                                           (WIDE_OUTPUT, 20), (NARROW, 3), (SOFTMAX, 1)])
 @pytest.mark.parametrize("isa", ["portable", "auto"])
 def test_every_tile_computed_once(network, batch, threads, isa):
     """The multiply-adds of each product, summed over threads, are the product's padded size: no tile is
-    skipped or computed twice, whatever the thread count."""
+    skipped or computed twice, whatever the thread count. A forward layer of a few rows computed as dot
+    products (at most MLP_DOT_ROWS rows, MLP_DOT_MIN_COLS outputs) pads nothing: its exact size."""
     model = stepped(network, batch, threads, timeline=True, isa=isa)
     events = model.timeline()
     assert events.dtype == TIMELINE_DTYPE
+    lib = native.library("omp")
+    dots = batch <= lib.MLP_DOT_ROWS
     tile = TILES[model.isa]
     # Plans 11 and 16 (the default's choice on 8 threads or more here) compute the hidden layers' forward
     # products and the input gradients into them transposed: (n_out, batch) and (n_in, batch).
@@ -102,6 +105,7 @@ def test_every_tile_computed_once(network, batch, threads, isa):
         forward = layer[layer["kind"] == KINDS["forward"]]
         weight = layer[layer["kind"] == KINDS["weight_grad"]]
         assert forward["work"].sum() == (padded(n_out, batch, n_in, tile) if transposed and index <= hidden
+                                         else batch * n_out * n_in if dots and n_out >= lib.MLP_DOT_MIN_COLS
                                          else padded(batch, n_out, n_in, tile))
         assert weight["work"].sum() == padded(n_out, n_in, batch, tile)
         inputs = layer[layer["kind"] == KINDS["input_grad"]]
@@ -235,10 +239,12 @@ def test_plan_from_the_environment(monkeypatch):
 
 
 @pytest.mark.parametrize("threads,batch,expected", [(1, 32, 8), (2, 32, 8), (4, 32, 8), (7, 32, 8), (8, 32, 16),
-                                                    (16, 32, 16), (16, 144, 16), (16, 145, 8), (16, 256, 8)])
+                                                    (16, 32, 16), (16, 144, 16), (16, 145, 8), (16, 256, 8),
+                                                    (16, 4, 8), (16, 5, 16)])
 def test_rule_picks_the_plan_per_step(threads, batch, expected):
-    """The default (plan 12): plan 16 on at least 8 threads for batches of at most 144 rows on networks of
-    three layers or more, where the host measured it faster than plans 8 and 11; plan 8 elsewhere."""
+    """The default (plan 12): plan 16 on at least 8 threads for batches of 5 to 144 rows on networks of three
+    layers or more, where the host measured it faster than plans 8 and 11; plan 8 elsewhere (on a few rows the
+    forward is dot products, which plan 16's transposed forward would not match)."""
     model = load("c-omp", NARROW, threads=threads, max_batch=batch)
     assert (model.plan, model.step_plan()) == (12, expected)
     assert load("c-omp", SOFTMAX, threads=threads, max_batch=batch).step_plan() == 8  # two layers: no hidden pair
@@ -246,7 +252,8 @@ def test_rule_picks_the_plan_per_step(threads, batch, expected):
 
 def test_forced_plans_run_everywhere_they_apply(monkeypatch):
     for plan, threads, batch, expected in [(8, 16, 32, 8), (11, 1, 32, 11), (11, 16, 256, 8), (12, 16, 32, 16),
-                                           (16, 1, 32, 16), (16, 16, 144, 16), (16, 16, 256, 8)]:
+                                           (16, 1, 32, 16), (16, 16, 144, 16), (16, 16, 256, 8), (11, 2, 4, 8),
+                                           (16, 16, 4, 8), (16, 16, 5, 16)]:
         monkeypatch.setenv("MLP_STEP_PLAN", str(plan))
         model = load("c-omp", NARROW, threads=threads, max_batch=batch)
         assert (model.plan, model.step_plan()) == (plan, expected), plan

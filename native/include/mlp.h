@@ -58,6 +58,12 @@ enum mlp_kernel {
     MLP_KERNEL_PACKED = 3    /* packed panels + register-blocked SIMD micro-kernel, fused epilogues */
 };
 
+/* A forward layer of a batch of at most MLP_DOT_ROWS rows and at least MLP_DOT_MIN_COLS outputs is computed as
+ * dot products of the batch's rows with W's rows, neither packed (the packed rung's other products pack W^T and
+ * would read each packed value at most that many times); its sums run in another order than the micro-kernel's,
+ * so those rows' bits differ from the same rows' in a taller batch. */
+enum { MLP_DOT_ROWS = 4, MLP_DOT_MIN_COLS = 64 };
+
 /* Micro-kernel instruction set, chosen at run time (never from the build machine). */
 enum mlp_isa { MLP_ISA_AUTO = 0, MLP_ISA_PORTABLE = 1, MLP_ISA_AVX2 = 2, MLP_ISA_AVX512 = 3 };
 

@@ -292,6 +292,45 @@ static int direct_b(const gemm_problem *p, const cpu_kernels *kernels, ptrdiff_t
            (sliver + 1) * kernels->nr <= p->n;
 }
 
+/* A forward layer of at most DOT_ROWS rows (mlp.h: MLP_DOT_ROWS) whose operands both run along k where they
+ * lie, op(A) = X and op(B) = W^T, is dot products of X's rows with W's rows: the micro-kernel would need W^T
+ * packed, each packed value then read at most DOT_ROWS times (moons-5h300 at batch 1: the forward and its
+ * packing 106 of a 191 us step on one thread). Each thread takes a range of DOT_COLUMN_BLOCK-wide column
+ * blocks of C, every row of them, and applies the epilogue there; the sums' order (internal.h, dot_rows) is
+ * fixed, so thread count never changes a result. Only forward layers (EPI_BIAS_ACTIVATION) of at least
+ * MLP_DOT_MIN_COLS outputs: the other products keep the same bits however their operands are stored, narrower
+ * layers (an output layer whose whole rows a thread computes when the step fuses them) stay on the
+ * micro-kernel, and the choice never depends on a kernel set's tile. Plans 11 and 16, whose hidden forward is
+ * the micro-kernel's transposed product, do not run on such batches (model.c, step_plan). */
+enum { DOT_COLUMN_BLOCK = 16 };
+
+static int dot_product(const gemm_problem *p)
+{
+    return p->m <= DOT_ROWS && p->n >= MLP_DOT_MIN_COLS && p->ep.kind == EPI_BIAS_ACTIVATION && p->a_cs == 1 &&
+           p->b_rs == 1 && !p->a_shared && !p->b_shared && !p->rows_split;
+}
+
+static void dot_columns_of(const gemm_problem *p, int team, int tid, int *col_lo, int *col_hi)
+{
+    ptrdiff_t lo, hi;
+    split_range((p->n + DOT_COLUMN_BLOCK - 1) / DOT_COLUMN_BLOCK, team, tid, &lo, &hi);
+    *col_lo = (int)lo * DOT_COLUMN_BLOCK;
+    *col_hi = imin((int)hi * DOT_COLUMN_BLOCK, p->n);
+}
+
+static long long gemm_dot(const gemm_problem *p, const cpu_kernels *kernels)
+{
+    int col_lo, col_hi;
+    dot_columns_of(p, omp_get_num_threads(), omp_get_thread_num(), &col_lo, &col_hi);
+    const int cols = col_hi - col_lo;
+    if (cols <= 0)
+        return 0;
+    float *c = p->c + col_lo;
+    kernels->dot_rows(p->m, cols, p->k, p->a, p->a_rs, p->b + (ptrdiff_t)col_lo * p->b_cs, p->b_cs, c, p->ldc);
+    kernels->bias_activation(c, p->ldc, p->m, cols, p->ep.bias + col_lo, p->ep.activation);
+    return (long long)p->m * cols * p->k;
+}
+
 /* Row sliver i of op(A) in k block pc: in place if direct, else `packed` (the team's or this thread's). */
 static operand_sliver a_sliver_at(const gemm_problem *p, const cpu_kernels *kernels, ptrdiff_t i, int pc,
                                   const float *packed)
@@ -442,8 +481,15 @@ static void add_part(gemm_share *share, const gemm_problem *p, const cpu_kernels
 
 gemm_share gemm_packed_share(const gemm_problem *p, const cpu_kernels *kernels, int team, int tid)
 {
-    const tile_split split = plan_split(p, kernels, team);
     gemm_share share = {0};
+    if (dot_product(p)) {
+        int col_lo, col_hi;
+        dot_columns_of(p, team, tid, &col_lo, &col_hi);
+        if (col_lo < col_hi)
+            share.part[share.count++] = (gemm_rect){0, p->m, col_lo, col_hi};
+        return share;
+    }
+    const tile_split split = plan_split(p, kernels, team);
     if (!split.list) {
         ptrdiff_t row_lo, row_hi, col_lo, col_hi;
         if (grid_block(&split, tid, &row_lo, &row_hi, &col_lo, &col_hi))
@@ -471,6 +517,8 @@ int gemm_packed_whole_rows(const gemm_problem *p, const cpu_kernels *kernels) { 
 
 int gemm_shares_b(const gemm_problem *p, const cpu_kernels *kernels, int team)
 {
+    if (dot_product(p))
+        return 0; /* B is read where it lies */
     const tile_split split = plan_split(p, kernels, team);
     const int k_blocks = k_block_count(p->k);
     if ((ptrdiff_t)split.n_slivers * k_blocks < team)
@@ -576,6 +624,8 @@ static long long gemm_packed_list(const gemm_problem *p, const pack_buffers *buf
 static long long gemm_packed(const gemm_problem *p, const pack_buffers *buffers, const cpu_kernels *kernels,
                              timeline *tl)
 {
+    if (dot_product(p))
+        return gemm_dot(p, kernels);
     long long tiles = 0;
     const int team = omp_get_num_threads(), tid = omp_get_thread_num();
     const int mr = kernels->mr, nr = kernels->nr;

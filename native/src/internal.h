@@ -24,6 +24,8 @@ static inline int omp_get_num_threads(void) { return 1; }
  * cores 4-6 % faster at 4096^3 and no slower in any step measured: results/h200-gemm-blocking). MC is a
  * multiple of every mr. */
 enum { MR = 6, NR = 16, MR_AVX512 = 8, NR_AVX512 = 32, MR_MAX = 8, NR_MAX = 32 };
+/* The dot-product forward of a few rows (gemm.c; its bounds in mlp.h): sums in DOT_LANES lanes. */
+enum { DOT_ROWS = MLP_DOT_ROWS, DOT_LANES = 16 };
 enum { KC = 512, MC = 144, NC = 4080 };
 
 /* Buffers are aligned to cache lines (and to a full AVX-512 vector). */
@@ -112,6 +114,12 @@ typedef struct {
     void (*pack_a_rows)(const float *src, ptrdiff_t ld, int rows, int kc, float *sliver);
     /* Packs a B sliver of op(B) = W^T: sliver[q * nr + c] = src[c * ld + q] for c < cols, zero above. */
     void (*pack_b_transposed)(const float *src, ptrdiff_t ld, int cols, int kc, float *sliver);
+    /* c[r * ldc + j] = sum over q < k of a[r * lda + q] b[j * ldb + q] for r < rows (at most DOT_ROWS) and
+     * j < cols: both operands read along k where they lie. Each sum is taken in DOT_LANES lanes, lane l adding
+     * the terms q = l (mod DOT_LANES) in order (fused multiply-adds in the AVX2 and AVX-512 sets), then lanes
+     * l and l + 8 added, l and l + 4, l and l + 2, and 0 and 1: the same bits in both of those sets. */
+    void (*dot_rows)(int rows, int cols, ptrdiff_t k, const float *a, ptrdiff_t lda, const float *b, ptrdiff_t ldb,
+                     float *c, ptrdiff_t ldc);
 } cpu_kernels;
 
 extern const cpu_kernels portable_kernels;

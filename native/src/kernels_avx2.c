@@ -237,6 +237,78 @@ static inline __attribute__((always_inline)) void tile_product(ptrdiff_t k, cons
             finish_vector(out, r, h, acc[r][h]);
 }
 
+/* The sum of a dot product's 16 lanes, held as lanes 0-7 and 8-15, in the order internal.h gives (the
+ * AVX-512 set's). */
+static inline float lanes_sum16(__m256 low, __m256 high)
+{
+    const __m256 eight = _mm256_add_ps(low, high);
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(eight), _mm256_extractf128_ps(eight, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_add_ss(x, _mm_shuffle_ps(x, x, 1)));
+}
+
+/* `rows` rows against `cols` (1 or 2) columns (both constants at each call), each sum in two vectors (lanes
+ * 0-7 and 8-15); in the k tail, lanes past k load zeros and keep their sums. */
+static inline __attribute__((always_inline)) void dot_block(const int rows, const int cols, ptrdiff_t k,
+                                                             const float *a, ptrdiff_t lda, const float *b,
+                                                             ptrdiff_t ldb, float *c, ptrdiff_t ldc)
+{
+    __m256 acc[DOT_ROWS][2][2];
+    for (int r = 0; r < rows; ++r)
+        for (int j = 0; j < cols; ++j)
+            acc[r][j][0] = acc[r][j][1] = _mm256_setzero_ps();
+    const ptrdiff_t whole = k - k % DOT_LANES;
+    for (ptrdiff_t q = 0; q < whole; q += DOT_LANES)
+        for (int h = 0; h < 2; ++h) {
+            __m256 bv[2];
+            for (int j = 0; j < cols; ++j)
+                bv[j] = _mm256_loadu_ps(b + j * ldb + q + 8 * h);
+            for (int r = 0; r < rows; ++r) {
+                const __m256 av = _mm256_loadu_ps(a + r * lda + q + 8 * h);
+                for (int j = 0; j < cols; ++j)
+                    acc[r][j][h] = _mm256_fmadd_ps(av, bv[j], acc[r][j][h]);
+            }
+        }
+    for (int h = 0; h < 2 && whole + 8 * h < k; ++h) {
+        const ptrdiff_t start = whole + 8 * h, count = k - start < 8 ? k - start : 8;
+        const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)count),
+                                                 _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        for (int r = 0; r < rows; ++r) {
+            const __m256 av = _mm256_maskload_ps(a + r * lda + start, lanes);
+            for (int j = 0; j < cols; ++j) {
+                const __m256 sum = _mm256_fmadd_ps(av, _mm256_maskload_ps(b + j * ldb + start, lanes), acc[r][j][h]);
+                acc[r][j][h] = _mm256_blendv_ps(acc[r][j][h], sum, _mm256_castsi256_ps(lanes));
+            }
+        }
+    }
+    for (int r = 0; r < rows; ++r)
+        for (int j = 0; j < cols; ++j)
+            c[r * ldc + j] = lanes_sum16(acc[r][j][0], acc[r][j][1]);
+}
+
+/* Two columns at a time (up to 16 accumulators), then one. */
+static inline __attribute__((always_inline)) void dot_columns(const int rows, int cols, ptrdiff_t k,
+                                                               const float *a, ptrdiff_t lda, const float *b,
+                                                               ptrdiff_t ldb, float *c, ptrdiff_t ldc)
+{
+    int j = 0;
+    for (; j + 2 <= cols; j += 2)
+        dot_block(rows, 2, k, a, lda, b + j * ldb, ldb, c + j, ldc);
+    for (; j < cols; ++j)
+        dot_block(rows, 1, k, a, lda, b + j * ldb, ldb, c + j, ldc);
+}
+
+static void dot_rows_avx2(int rows, int cols, ptrdiff_t k, const float *a, ptrdiff_t lda, const float *b,
+                          ptrdiff_t ldb, float *c, ptrdiff_t ldc)
+{
+    switch (rows) {
+    case 1: dot_columns(1, cols, k, a, lda, b, ldb, c, ldc); break;
+    case 2: dot_columns(2, cols, k, a, lda, b, ldb, c, ldc); break;
+    case 3: dot_columns(3, cols, k, a, lda, b, ldb, c, ldc); break;
+    default: dot_columns(DOT_ROWS, cols, k, a, lda, b, ldb, c, ldc); break;
+    }
+}
+
 DEFINE_MICROKERNELS(avx2, MR, NR / 8)
 
 const cpu_kernels avx2_kernels = {
@@ -248,4 +320,5 @@ const cpu_kernels avx2_kernels = {
     .activation_derivative = activation_derivative_avx2,
     .pack_a_rows = pack_a_rows_avx2,
     .pack_b_transposed = pack_b_transposed_avx2,
+    .dot_rows = dot_rows_avx2,
 };

@@ -229,6 +229,74 @@ static inline __attribute__((always_inline)) void tile_product(ptrdiff_t k, cons
         finish_row(out, r, acc[r], vectors);
 }
 
+/* The sum of a dot product's 16 lanes in the order internal.h gives (the AVX2 set's on its two halves). */
+static inline float lanes_sum16(__m512 v)
+{
+    const __m256 high = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+    const __m256 eight = _mm256_add_ps(_mm512_castps512_ps256(v), high);
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(eight), _mm256_extractf128_ps(eight, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_add_ss(x, _mm_shuffle_ps(x, x, 1)));
+}
+
+/* `rows` rows against `cols` columns (both constants at each call), each sum in one vector of 16 lanes; in the
+ * k tail, the lanes past k keep their sums. */
+static inline __attribute__((always_inline)) void dot_block16(const int rows, const int cols, ptrdiff_t k,
+                                                               const float *a, ptrdiff_t lda, const float *b,
+                                                               ptrdiff_t ldb, float *c, ptrdiff_t ldc)
+{
+    __m512 acc[DOT_ROWS][4];
+    for (int r = 0; r < rows; ++r)
+        for (int j = 0; j < cols; ++j)
+            acc[r][j] = _mm512_setzero_ps();
+    const ptrdiff_t whole = k - k % LANES;
+    for (ptrdiff_t q = 0; q < whole; q += LANES) {
+        __m512 bv[4];
+        for (int j = 0; j < cols; ++j)
+            bv[j] = _mm512_loadu_ps(b + j * ldb + q);
+        for (int r = 0; r < rows; ++r) {
+            const __m512 av = _mm512_loadu_ps(a + r * lda + q);
+            for (int j = 0; j < cols; ++j)
+                acc[r][j] = _mm512_fmadd_ps(av, bv[j], acc[r][j]);
+        }
+    }
+    if (whole < k) {
+        const __mmask16 tail = first_lanes((int)(k - whole));
+        for (int r = 0; r < rows; ++r) {
+            const __m512 av = _mm512_maskz_loadu_ps(tail, a + r * lda + whole);
+            for (int j = 0; j < cols; ++j)
+                acc[r][j] = _mm512_mask3_fmadd_ps(av, _mm512_maskz_loadu_ps(tail, b + j * ldb + whole), acc[r][j],
+                                                  tail);
+        }
+    }
+    for (int r = 0; r < rows; ++r)
+        for (int j = 0; j < cols; ++j)
+            c[r * ldc + j] = lanes_sum16(acc[r][j]);
+}
+
+/* Four columns at a time (up to 16 accumulators), then one. */
+static inline __attribute__((always_inline)) void dot_columns16(const int rows, int cols, ptrdiff_t k,
+                                                                 const float *a, ptrdiff_t lda, const float *b,
+                                                                 ptrdiff_t ldb, float *c, ptrdiff_t ldc)
+{
+    int j = 0;
+    for (; j + 4 <= cols; j += 4)
+        dot_block16(rows, 4, k, a, lda, b + j * ldb, ldb, c + j, ldc);
+    for (; j < cols; ++j)
+        dot_block16(rows, 1, k, a, lda, b + j * ldb, ldb, c + j, ldc);
+}
+
+static void dot_rows_avx512(int rows, int cols, ptrdiff_t k, const float *a, ptrdiff_t lda, const float *b,
+                            ptrdiff_t ldb, float *c, ptrdiff_t ldc)
+{
+    switch (rows) {
+    case 1: dot_columns16(1, cols, k, a, lda, b, ldb, c, ldc); break;
+    case 2: dot_columns16(2, cols, k, a, lda, b, ldb, c, ldc); break;
+    case 3: dot_columns16(3, cols, k, a, lda, b, ldb, c, ldc); break;
+    default: dot_columns16(DOT_ROWS, cols, k, a, lda, b, ldb, c, ldc); break;
+    }
+}
+
 DEFINE_MICROKERNELS(avx512, MR_AVX512, VECTORS_PER_ROW)
 
 const cpu_kernels avx512_kernels = {
@@ -240,4 +308,5 @@ const cpu_kernels avx512_kernels = {
     .activation_derivative = activation_derivative_avx512,
     .pack_a_rows = pack_a_rows_avx512,
     .pack_b_transposed = pack_b_transposed_avx512,
+    .dot_rows = dot_rows_avx512,
 };

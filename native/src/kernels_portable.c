@@ -109,6 +109,22 @@ static inline void tile_product(ptrdiff_t k, const float *a, ptrdiff_t a_step, c
     }
 }
 
+static void dot_rows_portable(int rows, int cols, ptrdiff_t k, const float *a, ptrdiff_t lda, const float *b,
+                              ptrdiff_t ldb, float *c, ptrdiff_t ldc)
+{
+    for (int r = 0; r < rows; ++r)
+        for (int j = 0; j < cols; ++j) {
+            const float *a_row = a + r * lda, *b_col = b + j * ldb;
+            float lane[DOT_LANES] = {0.0f};
+            for (ptrdiff_t q = 0; q < k; ++q)
+                lane[q % DOT_LANES] += a_row[q] * b_col[q];
+            for (int half = DOT_LANES / 2; half >= 1; half /= 2)
+                for (int l = 0; l < half; ++l)
+                    lane[l] += lane[l + half];
+            c[r * ldc + j] = lane[0];
+        }
+}
+
 DEFINE_MICROKERNELS(portable, MR, NR)
 
 const cpu_kernels portable_kernels = {
@@ -120,4 +136,5 @@ const cpu_kernels portable_kernels = {
     .activation_derivative = activation_derivative_portable,
     .pack_a_rows = pack_a_rows_portable,
     .pack_b_transposed = pack_b_transposed_portable,
+    .dot_rows = dot_rows_portable,
 };

@@ -460,13 +460,15 @@ static int step_plan_rule(const mlp_model *model, int threads, int batch)
 }
 
 /* The plan a train_step of `threads` threads on `batch` rows runs: 16, 11 (the hidden layers transposed) or 8.
- * Plans 11 and 16 need the fused step, a batch of at most MC rows and a hidden layer; elsewhere they run as
- * plan 8. Plan 16 runs as plan 11 where it has no copy to write: no hidden layer above the first, or its
- * copies were above OWNED_COPY_BYTES. */
+ * Plans 11 and 16 need the fused step, a batch of more than MLP_DOT_ROWS and at most MC rows, and a hidden
+ * layer; elsewhere they run as plan 8 (on a batch of a few rows the forward layers are dot products, which
+ * their transposed forward would not match bit for bit; results/h200-plans-few-rows: plan 16 no faster there at
+ * 16 threads, 5-6 % at 8). Plan 16 runs as plan 11 where it has no copy to write: no hidden layer above the
+ * first, or its copies were above OWNED_COPY_BYTES. */
 static int step_plan(const mlp_model *model, int threads, int batch)
 {
     const int plan = model->plan == PLAN_RULE ? step_plan_rule(model, threads, batch) : model->plan;
-    if (!owns_rows(plan) || !fused_step(model) || batch > MC || model->n_layers < 2)
+    if (!owns_rows(plan) || !fused_step(model) || batch <= MLP_DOT_ROWS || batch > MC || model->n_layers < 2)
         return PLAN_SHARED_PACKING;
     /* Layer 2 has a copy exactly when the model has any (a hidden layer above the first, within the bound). */
     return plan == PLAN_OWNED_COPY && model->layers[1].weights_t ? PLAN_OWNED_COPY : PLAN_OWNED_ROWS;

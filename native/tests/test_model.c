@@ -264,6 +264,10 @@ static const config CONFIGS[] = {
     {2, {33, 257, 1}, MLP_SIGMOID, MLP_SIGMOID_BCE, 7},
     {2, {300, 20, 5}, MLP_TANH, MLP_SIGMOID_BCE, 13},
     {1, {5, 2}, MLP_RELU, MLP_SOFTMAX_CE, 2},
+    /* Batches of at most MLP_DOT_ROWS rows through layers of at least MLP_DOT_MIN_COLS outputs: the forward's
+     * dot products, with k of 9 (all tail), 65 (one lane past 64) and 70. */
+    {3, {9, 65, 70, 1}, MLP_RELU, MLP_SIGMOID_BCE, 4},
+    {2, {70, 64, 3}, MLP_SIGMOID, MLP_SOFTMAX_CE, 1},
 };
 
 static void test_stages(int isa, int max_threads)
