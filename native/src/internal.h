@@ -97,6 +97,32 @@ typedef void (*microkernel_fn)(ptrdiff_t k, const float *a, ptrdiff_t a_step, co
 #define MICROKERNEL_TABLE(set)                                                                                 \
     {{microkernel_##set, microkernel_narrow_##set}, {microkernel_short_##set, microkernel_short_narrow_##set}}
 
+/* A kernel set's dot_rows (cpu_kernels) from its inline dot_block(rows, cols, k, a, lda, b, ldb, c, ldc) of
+ * `rows` rows against `cols` columns, both constants at each call: `width` columns at a time, then one, with the
+ * row count turned into a constant. */
+#define DEFINE_DOT_ROWS(set, width)                                                                                    \
+    static inline __attribute__((always_inline)) void dot_columns_##set(const int rows, int cols, ptrdiff_t k,         \
+                                                                        const float *a, ptrdiff_t lda,                 \
+                                                                        const float *b, ptrdiff_t ldb, float *c,       \
+                                                                        ptrdiff_t ldc)                                 \
+    {                                                                                                                  \
+        int j = 0;                                                                                                     \
+        for (; j + (width) <= cols; j += (width))                                                                      \
+            dot_block(rows, (width), k, a, lda, b + j * ldb, ldb, c + j, ldc);                                         \
+        for (; j < cols; ++j)                                                                                          \
+            dot_block(rows, 1, k, a, lda, b + j * ldb, ldb, c + j, ldc);                                               \
+    }                                                                                                                  \
+    static void dot_rows_##set(int rows, int cols, ptrdiff_t k, const float *a, ptrdiff_t lda, const float *b,         \
+                               ptrdiff_t ldb, float *c, ptrdiff_t ldc)                                                 \
+    {                                                                                                                  \
+        switch (rows) {                                                                                                \
+        case 1: dot_columns_##set(1, cols, k, a, lda, b, ldb, c, ldc); break;                                          \
+        case 2: dot_columns_##set(2, cols, k, a, lda, b, ldb, c, ldc); break;                                          \
+        case 3: dot_columns_##set(3, cols, k, a, lda, b, ldb, c, ldc); break;                                          \
+        default: dot_columns_##set(DOT_ROWS, cols, k, a, lda, b, ldb, c, ldc); break;                                  \
+        }                                                                                                              \
+    }
+
 /* The routines that exist once per instruction set. Values differ between sets only by rounding. */
 typedef struct {
     int isa;

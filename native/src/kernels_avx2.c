@@ -7,6 +7,7 @@
 #include <immintrin.h>
 
 #include "internal.h"
+#include "lanes8.h"
 #include "transpose8.h"
 
 /* exp(x) for x <= 0 or NaN. Inputs below -87.3 are clamped so that 2^n stays a normal float, and their
@@ -237,16 +238,6 @@ static inline __attribute__((always_inline)) void tile_product(ptrdiff_t k, cons
             finish_vector(out, r, h, acc[r][h]);
 }
 
-/* The sum of a dot product's 16 lanes, held as lanes 0-7 and 8-15, in the order internal.h gives (the
- * AVX-512 set's). */
-static inline float lanes_sum16(__m256 low, __m256 high)
-{
-    const __m256 eight = _mm256_add_ps(low, high);
-    __m128 x = _mm_add_ps(_mm256_castps256_ps128(eight), _mm256_extractf128_ps(eight, 1));
-    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-    return _mm_cvtss_f32(_mm_add_ss(x, _mm_shuffle_ps(x, x, 1)));
-}
-
 /* `rows` rows against `cols` (1 or 2) columns (both constants at each call), each sum in two vectors (lanes
  * 0-7 and 8-15); in the k tail, lanes past k load zeros and keep their sums. */
 static inline __attribute__((always_inline)) void dot_block(const int rows, const int cols, ptrdiff_t k,
@@ -283,31 +274,11 @@ static inline __attribute__((always_inline)) void dot_block(const int rows, cons
     }
     for (int r = 0; r < rows; ++r)
         for (int j = 0; j < cols; ++j)
-            c[r * ldc + j] = lanes_sum16(acc[r][j][0], acc[r][j][1]);
+            c[r * ldc + j] = lanes_sum8(_mm256_add_ps(acc[r][j][0], acc[r][j][1])); /* lanes l and l + 8 */
 }
 
-/* Two columns at a time (up to 16 accumulators), then one. */
-static inline __attribute__((always_inline)) void dot_columns(const int rows, int cols, ptrdiff_t k,
-                                                               const float *a, ptrdiff_t lda, const float *b,
-                                                               ptrdiff_t ldb, float *c, ptrdiff_t ldc)
-{
-    int j = 0;
-    for (; j + 2 <= cols; j += 2)
-        dot_block(rows, 2, k, a, lda, b + j * ldb, ldb, c + j, ldc);
-    for (; j < cols; ++j)
-        dot_block(rows, 1, k, a, lda, b + j * ldb, ldb, c + j, ldc);
-}
-
-static void dot_rows_avx2(int rows, int cols, ptrdiff_t k, const float *a, ptrdiff_t lda, const float *b,
-                          ptrdiff_t ldb, float *c, ptrdiff_t ldc)
-{
-    switch (rows) {
-    case 1: dot_columns(1, cols, k, a, lda, b, ldb, c, ldc); break;
-    case 2: dot_columns(2, cols, k, a, lda, b, ldb, c, ldc); break;
-    case 3: dot_columns(3, cols, k, a, lda, b, ldb, c, ldc); break;
-    default: dot_columns(DOT_ROWS, cols, k, a, lda, b, ldb, c, ldc); break;
-    }
-}
+/* Two columns at a time: up to 16 accumulators. */
+DEFINE_DOT_ROWS(avx2, 2)
 
 DEFINE_MICROKERNELS(avx2, MR, NR / 8)
 

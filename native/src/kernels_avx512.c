@@ -10,6 +10,7 @@
 #include <immintrin.h>
 
 #include "internal.h"
+#include "lanes8.h"
 #include "transpose8.h"
 
 enum { LANES = 16, VECTORS_PER_ROW = NR_AVX512 / LANES };
@@ -229,21 +230,18 @@ static inline __attribute__((always_inline)) void tile_product(ptrdiff_t k, cons
         finish_row(out, r, acc[r], vectors);
 }
 
-/* The sum of a dot product's 16 lanes in the order internal.h gives (the AVX2 set's on its two halves). */
+/* The sum of a dot product's 16 lanes: lanes l and l + 8 first, then lanes_sum8. */
 static inline float lanes_sum16(__m512 v)
 {
     const __m256 high = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
-    const __m256 eight = _mm256_add_ps(_mm512_castps512_ps256(v), high);
-    __m128 x = _mm_add_ps(_mm256_castps256_ps128(eight), _mm256_extractf128_ps(eight, 1));
-    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-    return _mm_cvtss_f32(_mm_add_ss(x, _mm_shuffle_ps(x, x, 1)));
+    return lanes_sum8(_mm256_add_ps(_mm512_castps512_ps256(v), high));
 }
 
 /* `rows` rows against `cols` columns (both constants at each call), each sum in one vector of 16 lanes; in the
  * k tail, the lanes past k keep their sums. */
-static inline __attribute__((always_inline)) void dot_block16(const int rows, const int cols, ptrdiff_t k,
-                                                               const float *a, ptrdiff_t lda, const float *b,
-                                                               ptrdiff_t ldb, float *c, ptrdiff_t ldc)
+static inline __attribute__((always_inline)) void dot_block(const int rows, const int cols, ptrdiff_t k,
+                                                             const float *a, ptrdiff_t lda, const float *b,
+                                                             ptrdiff_t ldb, float *c, ptrdiff_t ldc)
 {
     __m512 acc[DOT_ROWS][4];
     for (int r = 0; r < rows; ++r)
@@ -274,28 +272,8 @@ static inline __attribute__((always_inline)) void dot_block16(const int rows, co
             c[r * ldc + j] = lanes_sum16(acc[r][j]);
 }
 
-/* Four columns at a time (up to 16 accumulators), then one. */
-static inline __attribute__((always_inline)) void dot_columns16(const int rows, int cols, ptrdiff_t k,
-                                                                 const float *a, ptrdiff_t lda, const float *b,
-                                                                 ptrdiff_t ldb, float *c, ptrdiff_t ldc)
-{
-    int j = 0;
-    for (; j + 4 <= cols; j += 4)
-        dot_block16(rows, 4, k, a, lda, b + j * ldb, ldb, c + j, ldc);
-    for (; j < cols; ++j)
-        dot_block16(rows, 1, k, a, lda, b + j * ldb, ldb, c + j, ldc);
-}
-
-static void dot_rows_avx512(int rows, int cols, ptrdiff_t k, const float *a, ptrdiff_t lda, const float *b,
-                            ptrdiff_t ldb, float *c, ptrdiff_t ldc)
-{
-    switch (rows) {
-    case 1: dot_columns16(1, cols, k, a, lda, b, ldb, c, ldc); break;
-    case 2: dot_columns16(2, cols, k, a, lda, b, ldb, c, ldc); break;
-    case 3: dot_columns16(3, cols, k, a, lda, b, ldb, c, ldc); break;
-    default: dot_columns16(DOT_ROWS, cols, k, a, lda, b, ldb, c, ldc); break;
-    }
-}
+/* Four columns at a time: up to 16 accumulators. */
+DEFINE_DOT_ROWS(avx512, 4)
 
 DEFINE_MICROKERNELS(avx512, MR_AVX512, VECTORS_PER_ROW)
 
