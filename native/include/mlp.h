@@ -116,9 +116,10 @@ int mlp_model_isa(const mlp_model *model);
 int mlp_model_plan(const mlp_model *model);
 
 /* The plan a train_step with these threads and batch runs: 16 (plan 16, or plan 12's rule on at least 8
- * threads, a batch of at most 144 rows and three layers or more, on the packed rung without BLAS), 11 (the
- * hidden layers transposed, each thread its own rows: plan 11, or plan 16 where it has no copy of W^T to write)
- * or 8 (everything else). 0 for a NULL model or arguments that mlp_train_step would refuse. */
+ * threads, a batch of more than MLP_DOT_ROWS and at most 144 rows and three layers or more, on the packed rung
+ * without BLAS), 11 (the hidden layers transposed, each thread its own rows: plan 11, or plan 16 where it has no
+ * copy of W^T to write; the same batches) or 8 (everything else). 0 for a NULL model or arguments that
+ * mlp_train_step would refuse. */
 int mlp_step_plan(const mlp_model *model, int threads, int batch);
 
 /* Copies layer l's (1..n_layers) weights and bias in. */
