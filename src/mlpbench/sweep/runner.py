@@ -87,6 +87,11 @@ def gpu_present() -> bool:
     return torch.cuda.is_available()
 
 
+def launcher_site() -> ProbeSite | None:
+    """The probe's site around a GPU unit: the one host thread that launches its work, where a GPU is present."""
+    return ProbeSite(1, launcher=True) if gpu_present() else None
+
+
 def probe_site(unit: Unit, params: SweepParams) -> ProbeSite | None:
     """Where the neighbour probe runs around a unit: on the threads it times a CPU backend or the CPU's products
     on; on one thread for a GPU unit where a GPU is present, since one host thread launches its work and on the
@@ -95,9 +100,7 @@ def probe_site(unit: Unit, params: SweepParams) -> ProbeSite | None:
     if unit.config is not None:
         backend, threads = unit.config.backend, unit.config.threads
     elif unit.table == "ladder":
-        if unit.identity["device"] == "cpu":
-            return ProbeSite(params.max_threads)
-        return ProbeSite(1, launcher=True) if gpu_present() else None
+        return ProbeSite(params.max_threads) if unit.identity["device"] == "cpu" else launcher_site()
     elif unit.table == "endtoend":
         backend = unit.identity["backend"]
         threads = backend_threads(backend, params)
@@ -107,9 +110,7 @@ def probe_site(unit: Unit, params: SweepParams) -> ProbeSite | None:
         on_cpu = model_class(backend).device == "cpu"
     except BackendUnavailable:
         return None
-    if on_cpu:
-        return ProbeSite(threads or 1)
-    return ProbeSite(1, launcher=True) if gpu_present() else None
+    return ProbeSite(threads or 1) if on_cpu else launcher_site()
 
 
 def _start_meta(run_dir: Path, run_id: str, preset: str, params: SweepParams) -> dict[str, Any]:
