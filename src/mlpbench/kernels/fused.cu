@@ -418,12 +418,21 @@ struct HiddenLoads {
     float bias;
 };
 
-__device__ __forceinline__ int hidden_outputs(int n_out) { return 1 << (32 - __clz(n_out - 1)); }
+// This thread's part of the row: output n, k range `range` of `ranges`, the outputs rounded up to a power of
+// two (`outputs`) so that the block's threads split into whole ranges.
+struct HiddenLane {
+    int outputs, ranges, n, range;
+};
+
+__device__ __forceinline__ HiddenLane hidden_lane(int n_out) {
+    const int outputs = 1 << (32 - __clz(n_out - 1));
+    return {outputs, THREADS / outputs, (int)threadIdx.x & (outputs - 1), (int)threadIdx.x / outputs};
+}
 
 __device__ __forceinline__ void load_hidden_row(const HiddenRow& h, int r, const Step& s, HiddenLoads& v) {
     const Layer& layer = *h.layer;
-    const int n_in = layer.n_in, n_out = layer.n_out, outputs = hidden_outputs(n_out);
-    const int ranges = THREADS / outputs, n = threadIdx.x & (outputs - 1), range = threadIdx.x / outputs;
+    const int n_in = layer.n_in, n_out = layer.n_out;
+    const auto [outputs, ranges, n, range] = hidden_lane(n_out);
     const int span = (n_in + ranges - 1) / ranges, k0 = range * span;
     const bool active = n < n_out && k0 < n_in;
     const float* w = layer.W[s.parity] + (long)n * n_in + k0;
@@ -453,8 +462,8 @@ __device__ __forceinline__ void load_hidden_row(const HiddenRow& h, int r, const
 __device__ __forceinline__ const float* finish_hidden_row(const HiddenRow& h, int r, const Step& s,
                                                           const HiddenLoads& v) {
     const Layer& layer = *h.layer;
-    const int n_out = layer.n_out, outputs = hidden_outputs(n_out);
-    const int ranges = THREADS / outputs, n = threadIdx.x & (outputs - 1), range = threadIdx.x / outputs;
+    const int n_out = layer.n_out;
+    const auto [outputs, ranges, n, range] = hidden_lane(n_out);
     float sum = 0.0f;
 #pragma unroll
     for (int j = 0; j < HIDDEN_K; ++j) sum = fmaf(v.x[j], v.w[j], sum);  // zeros past the range add nothing
