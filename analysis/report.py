@@ -233,8 +233,8 @@ class _Run:
 
     def most_threads(self, network: str, backend: str) -> dict[str, Any] | None:
         """The step on the most threads measured and its speed-up over one thread (the median of the rounds'
-        own, with their least and greatest); ``flagged`` where either of the two was timed while the cores were
-        shared."""
+        own, with their least and greatest); ``flagged`` where either of the two steps, or a round the median
+        speed-up is taken from, was timed while the cores were shared."""
         found = self.threads[(self.threads.network == network) & (self.threads.backend == backend)]
         if found.empty:
             return None
@@ -242,7 +242,8 @@ class _Run:
         compared = found[found.threads.isin((1, row.threads))]
         return {"threads": int(row.threads), "speedup": float(row.speedup), "step_s": float(row.step_s),
                 "rounds": int(compared.rounds.min()), "speedup_min": float(row.speedup_min),
-                "speedup_max": float(row.speedup_max), "flagged": bool(compared.flagged.any())}
+                "speedup_max": float(row.speedup_max),
+                "flagged": bool(compared.flagged.any() or row.speedup_flagged)}
 
     def batch_gain(self, backend: str) -> dict[str, Any] | None:
         """Samples/s at the largest batch over samples/s at the smallest."""

@@ -266,24 +266,35 @@ def _step_rows(rows: pd.DataFrame, results: Results) -> pd.DataFrame:
     return table
 
 
+def _middle_flagged(rounds: pd.DataFrame) -> bool:
+    """Whether a round the median ``ratio`` is taken from (the middle one, or either of the middle two) has
+    ``ratio_flagged`` set."""
+    by_ratio = rounds.sort_values("ratio", kind="stable")
+    return bool(by_ratio.ratio_flagged.iloc[sorted({(len(rounds) - 1) // 2, len(rounds) // 2})].any())
+
+
 def thread_scaling(results: Results) -> pd.DataFrame:
     """Step time over thread count, speed-up over the same backend on 1 thread and parallel efficiency. The
     threads study times its scaling networks in rounds, every thread count once a round: ``step_s`` and its
     quartiles are the median over rounds (:func:`over_rounds`), and ``speedup`` the median of the rounds' own
     ratios, one thread's step over this one's in the same round, with the least and greatest of them
-    (``speedup_min``, ``speedup_max``); ``flagged``: the run's ``meta.json`` lists a round the median is taken
-    from as timed while the cores were shared."""
+    (``speedup_min``, ``speedup_max``); ``flagged``: the run's ``meta.json`` lists a round the median step is
+    taken from as timed while the cores were shared; ``speedup_flagged``: a round the median ratio is taken
+    from had either of its two times so listed."""
     rows = _ok(results.rows, study="threads", stage="step")
     keys = ["run_id", "machine", "network", "batch", "backend", "threads"]
     columns = [*keys, "step_s", "step_q1_s", "step_q3_s", "round_min_s", "round_max_s", "rounds", "speedup",
-               "speedup_min", "speedup_max", "efficiency", "flagged"]
+               "speedup_min", "speedup_max", "speedup_flagged", "efficiency", "flagged"]
     if rows.empty:
         return pd.DataFrame(columns=columns)
     steps = _step_rows(rows, results)
-    one = steps[steps.threads == 1].set_index(["run_id", "network", "batch", "backend", "round"])["step_s"]
-    in_round = zip(steps.run_id, steps.network, steps.batch, steps.backend, steps["round"], strict=True)
-    steps["ratio"] = [one.get(k, np.nan) for k in in_round] / steps["step_s"]
+    one = steps[steps.threads == 1].set_index(["run_id", "network", "batch", "backend", "round"])
+    in_round = list(zip(steps.run_id, steps.network, steps.batch, steps.backend, steps["round"], strict=True))
+    steps["ratio"] = [one.step_s.get(k, np.nan) for k in in_round] / steps["step_s"]
+    # A round's ratio is suspect when either of its two times was taken on shared cores.
+    steps["ratio_flagged"] = steps.flagged.to_numpy() | np.array([bool(one.flagged.get(k, False)) for k in in_round])
     ratios = steps.groupby(keys, sort=False)["ratio"].agg(speedup="median", speedup_min="min", speedup_max="max")
+    ratios["speedup_flagged"] = steps.groupby(keys, sort=False)[["ratio", "ratio_flagged"]].apply(_middle_flagged)
     table = over_rounds(steps, keys).join(ratios, on=keys)
     table["efficiency"] = table["speedup"] / table["threads"]
     return _sorted(table[columns], "run_id", "network", "backend", "threads")

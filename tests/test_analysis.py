@@ -587,3 +587,19 @@ def test_a_speedup_is_the_median_of_the_rounds_own(tmp_path: Path) -> None:
     assert best.step_s["digits", "c-omp", "best"] == pytest.approx(1.2 * one)
     assert best.threads["digits", "c-omp", "matched"] == 2
     assert best.step_s["digits", "c-omp", "matched"] == pytest.approx(two)
+
+
+def test_a_speedup_whose_median_round_divides_a_shared_one_thread_time_is_flagged(tmp_path: Path) -> None:
+    # The rounds' ratios: round 0 the median (1.0), round 1 1.25, round 2 0.71 of one/two. Neither row's median
+    # step comes from round 0 (one thread's is round 2's, two threads' round 1's), so only the ratio can tell
+    # that the speed-up the report prints divides a one-thread time taken on shared cores.
+    from analysis.report import report_numbers
+
+    scales = {(1, 1): 2.0, (1, 2): 1.6, (2, 1): 1.2, (2, 2): 1.7}
+    for busy, suspect in (("threads/c-omp/digits/b32/t1", True), ("threads/c-omp/digits/b32/t1/r1", False)):
+        run = _with_rounds(tmp_path / busy.replace("/", "-"), scales, busy=(busy,))
+        table = summary.thread_scaling(load_run(run)).set_index(["network", "backend", "threads"])
+        at_two = table.loc[("digits", "c-omp", 2)]
+        assert not at_two.flagged and not table.loc[("digits", "c-omp", 1)].flagged
+        assert at_two.speedup_flagged == suspect
+        assert report_numbers(load_runs(run))["cpu"]["threads"]["digits"]["c-omp"]["flagged"] == suspect
