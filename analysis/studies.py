@@ -1,13 +1,16 @@
 """Read the host probes that stand beside the sweep: what N one-thread copies of the C step that share nothing
 reach (``scripts/cpu_ceiling.py``, ``ceiling.json``), what the step's exchange between two barriers costs
 alone (``scripts/exchange_probe.py``, ``exchange.json``), and where a fused GPU step timed between events goes
-(``scripts/fused_step_parts.py``, ``step_parts.json``). The report cites them where it explains the threads
+(``scripts/fused_step_parts.py``, ``step_parts.json``), and what sets the pace of a one-thread step
+(``results/h200-core-pace``: ``pace.json``, ``series.json``). The report cites them where it explains the threads
 study and the GPU steps; ``report/studies.txt`` names the folders it reads. Never runs a probe.
 """
 
 from __future__ import annotations
 
 import json
+from collections import defaultdict
+from itertools import groupby
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -16,7 +19,13 @@ from typing import Any
 COMMIT_DIGITS = 12
 
 #: Each probe's output file, by which a study folder is recognised.
-STUDY_FILES = {"ceiling": "ceiling.json", "exchange": "exchange.json", "step_parts": "step_parts.json"}
+STUDY_FILES = {"ceiling": "ceiling.json", "exchange": "exchange.json", "step_parts": "step_parts.json",
+               "core_pace": "pace.json"}
+#: A core-pace cell (one pinned measurement) or window is slow above this multiple of its process's or core's
+#: median.
+PACE_SLOW = 1.2
+#: The width of the core-pace series' windows, in seconds: shorter than the slow stretches seen (0.1-0.4 s).
+PACE_WINDOW_S = 0.05
 
 
 def study_kind(folder: Path) -> str:
@@ -83,7 +92,59 @@ def step_parts_study(folder: Path, label: str) -> dict[str, Any]:
             "repeats": meta["repeats"], "cases": cases}
 
 
-_READERS = {"ceiling": ceiling_study, "exchange": exchange_study, "step_parts": step_parts_study}
+def _longest_run(flags: list[bool]) -> int:
+    return max((len(list(run)) for flag, run in groupby(flags) if flag), default=0)
+
+
+def core_pace_study(folder: Path, label: str) -> dict[str, Any]:
+    """The one-thread pace probe. From ``pace.json`` (processes timing one model pinned to each core in turn, in
+    passes): the cells, those over PACE_SLOW times their process's median (their share, the range of that ratio,
+    on how many cores and in how many processes, how many of each core's cells) and how many (process, core)
+    pairs were slow in every pass.
+    From ``series.json`` (cores timed together from one start): per PACE_WINDOW_S window, the cores whose median
+    step was over PACE_SLOW times their own median; the windows slow on one core alone, on several and on all
+    (``leading_on_all_s``: how long all were slow from the start, when every process had just begun), and the
+    longest stretch of slow windows on a core, in seconds."""
+    pace = json.loads((folder / "pace.json").read_text())
+    cells = pace["steps"]
+    by_process: dict[int, list[float]] = defaultdict(list)
+    for cell in cells:
+        by_process[cell["process"]].append(cell["median_us"])
+    usual = {process: median(values) for process, values in by_process.items()}
+    slow = [cell for cell in cells if cell["median_us"] > PACE_SLOW * usual[cell["process"]]]
+    passes = len({cell["pass"] for cell in cells})
+    slow_passes: dict[tuple[int, int], int] = defaultdict(int)
+    for cell in slow:
+        slow_passes[cell["process"], cell["core"]] += 1
+    series = json.loads((folder / "series.json").read_text())["series"]
+    windows: list[list[bool]] = []
+    for core in series:
+        steps: dict[int, list[int]] = defaultdict(list)
+        for at, took in zip(core["at_us"], core["step_us"], strict=True):
+            steps[at // round(PACE_WINDOW_S * 1e6)].append(took)
+        medians = [median(steps[w]) for w in sorted(steps)]
+        windows.append([m > PACE_SLOW * median(medians) for m in medians])
+    count = min(map(len, windows))
+    slow_on = [sum(core[w] for core in windows) for w in range(count)]
+    return {"folder": label, "cores": len(pace["cores"]), "processes": len(by_process), "passes": passes,
+            "cells": len(cells), "slow_cells": len(slow),
+            "slow_ratio": _spread([cell["median_us"] / usual[cell["process"]] for cell in slow]) if slow else None,
+            "slow_cores": len({cell["core"] for cell in slow}),
+            "slow_per_core": _spread([sum(cell["core"] == core for cell in slow) for core in pace["cores"]]),
+            "cells_per_core": len(cells) // len(pace["cores"]),
+            "slow_processes": len({cell["process"] for cell in slow}),
+            "slow_every_pass": sum(n == passes for n in slow_passes.values()),
+            "series": {"cores": len(series), "window_s": PACE_WINDOW_S, "windows": count,
+                       "seconds": count * PACE_WINDOW_S,
+                       "slow_on_one": sum(n == 1 for n in slow_on), "slow_on_several": sum(n > 1 for n in slow_on),
+                       "slow_on_all": sum(n == len(series) for n in slow_on),
+                       "leading_on_all_s": next((w for w, n in enumerate(slow_on) if n < len(series)), count)
+                       * PACE_WINDOW_S,
+                       "longest_s": max(_longest_run(core[:count]) for core in windows) * PACE_WINDOW_S}}
+
+
+_READERS = {"ceiling": ceiling_study, "exchange": exchange_study, "step_parts": step_parts_study,
+            "core_pace": core_pace_study}
 
 
 def load_studies(folders: list[str | Path], root: Path | None = None) -> dict[str, Any]:

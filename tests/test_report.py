@@ -25,7 +25,7 @@ from analysis.report import (  # noqa: E402 - after the skips
     build,
     report_runs,
 )
-from analysis.studies import COMMIT_DIGITS  # noqa: E402 - after the skips
+from analysis.studies import COMMIT_DIGITS, load_studies  # noqa: E402 - after the skips
 
 # The report's runs: the development machine's and the GPU host's, then the data-parallel study on two GPUs, a
 # run of its own (no per-stage measurements).
@@ -816,15 +816,29 @@ def test_host_probes_are_said_from_their_folders(committed):
                       "threads study above")
 
 
+#: The core-pace probe's cores that the flipped copy never lets run slow.
+QUIET_CORES = (0, 1, 2, 3, 12)
+
+
 @pytest.fixture(scope="module")
 def flipped_probes():
     """The report with copies of the cited probes whose comparisons are turned round: c-omp above the copies'
-    ceiling, and the shared stretch shorter than the private one."""
+    ceiling, the shared stretch shorter than the private one, and cores 0-3 and 12 of the core-pace probe never
+    slow (each of their measurements set to its process's fastest)."""
     out = ROOT / "build" / "test-report-probes"
     shutil.rmtree(out, ignore_errors=True)
-    ceiling, exchange = out / "ceiling", out / "exchange"
+    ceiling, exchange, pace = out / "ceiling", out / "exchange", out / "pace"
     shutil.copytree(ROOT / "results/h200-ceiling/take3", ceiling)
     shutil.copytree(ROOT / "results/h200-exchange/take2", exchange)
+    shutil.copytree(ROOT / "results/h200-core-pace", pace)
+    report = json.loads((pace / "pace.json").read_text())
+    fastest = {}
+    for cell in report["steps"]:
+        fastest[cell["process"]] = min(fastest.get(cell["process"], cell["median_us"]), cell["median_us"])
+    for cell in report["steps"]:
+        if cell["core"] in QUIET_CORES:
+            cell["median_us"] = fastest[cell["process"]]
+    (pace / "pace.json").write_text(json.dumps(report))
     report = json.loads((ceiling / "ceiling.json").read_text())
     for row in report["results"]:
         row["omp_speedup"] = {key: value * 10 for key, value in row["omp_speedup"].items()}
@@ -834,7 +848,8 @@ def flipped_probes():
         for row in result["rounds"]:
             row["shared"], row["private"] = row["private"], row["shared"]
     (exchange / "exchange.json").write_text(json.dumps(report))
-    pdf = build([*RUNS, MULTI_GPU], out / "figures", out / "data", out / "report.pdf", studies=[ceiling, exchange])
+    pdf = build([*RUNS, MULTI_GPU], out / "figures", out / "data", out / "report.pdf",
+                studies=[ceiling, exchange, pace])
     yield pdf_text(pdf)
     shutil.rmtree(out, ignore_errors=True)
 
@@ -923,8 +938,26 @@ def test_host_probes_are_left_out_without_a_threads_study_to_compare(newer):
     set against, and their paragraph is left out (the studies are still in numbers.json)."""
     text, numbers = newer
     assert numbers["gpu"]["threads"].get("moons-5h300", {}).get("c-omp") is None
-    assert set(numbers["studies"]) == {"ceiling", "exchange", "step_parts"}
+    assert set(numbers["studies"]) == {"ceiling", "exchange", "step_parts", "core_pace"}
     assert "Two probes" not in text
+
+
+def test_the_pace_paragraph_reads_its_probe(committed, flipped_probes):
+    _, text, _ = committed
+    pace = load_studies([ROOT / "results/h200-core-pace"], root=ROOT)["core_pace"]
+    series, per_core = pace["series"], pace["slow_per_core"]
+    assert pace["slow_cores"] == pace["cores"] and pace["slow_every_pass"] == 1
+    assert says(text, f"found {pace['slow_cells']} of their {pace['cells']} measurements of 100 steps at "
+                      f"{pace['slow_ratio']['min']:.3g}×–{pace['slow_ratio']['max']:.3g}× their process’s median: "
+                      f"on every core ({per_core['min']} to {per_core['max']} of each core’s {pace['cells_per_core']})")
+    assert says(text, "and 1 core slow in every pass of one process")
+    assert says(text, f"{series['slow_on_one']} of them on one core alone and {series['slow_on_all']} on all "
+                      f"{series['cores']} at once (the first {duration(series['leading_on_all_s'])}, when")
+    assert says(text, f"no core’s slow stretch lasted over {duration(series['longest_s'])}")
+    # The copy whose cores 0-3 and 12 never run slow: the other 11 still do, and no core in every pass.
+    assert says(flipped_probes, f"on {pace['cores'] - len(QUIET_CORES)} of the {pace['cores']} cores")
+    assert says(flipped_probes, "no core slow in every pass of a process")
+    assert not says(flipped_probes, "their process’s median: on every core", gap=0)
 
 
 def test_the_fused_step_is_taken_apart_from_its_probe(committed, flipped_probes):

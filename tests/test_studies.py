@@ -9,15 +9,16 @@ from statistics import median
 import pytest
 
 from analysis.report import ROOT, committed_studies
-from analysis.studies import COMMIT_DIGITS, load_studies
+from analysis.studies import COMMIT_DIGITS, PACE_WINDOW_S, load_studies
 
 CEILING = ROOT / "results" / "h200-ceiling" / "take3"
 EXCHANGE = ROOT / "results" / "h200-exchange" / "take2"
 STEP_PARTS = ROOT / "results" / "h200-step-parts"
+CORE_PACE = ROOT / "results" / "h200-core-pace"
 
 
 def test_the_report_cites_the_committed_takes():
-    assert committed_studies() == [CEILING, EXCHANGE, STEP_PARTS]
+    assert committed_studies() == [CEILING, EXCHANGE, STEP_PARTS, CORE_PACE]
 
 
 def test_exchange_is_the_median_of_the_rounds_medians():
@@ -83,3 +84,40 @@ def test_a_folder_outside_the_root_keeps_the_name_it_was_given(tmp_path):
     shutil.copytree(EXCHANGE, copy)
     assert load_studies([copy], root=ROOT)["exchange"]["folder"] == str(copy)
     assert Path(load_studies([EXCHANGE], root=ROOT)["exchange"]["folder"]) == Path("results/h200-exchange/take2")
+
+
+def _pace_folder(folder: Path, cells: dict[tuple[int, int, int], float], series: dict[int, list[int]]) -> Path:
+    """A core-pace folder: ``cells`` {(process, pass, core): median us}; ``series`` {core: one step time per
+    window, each window holding two steps}."""
+    folder.mkdir()
+    steps = [{"process": p, "pass": n, "core": c, "median_us": us} for (p, n, c), us in cells.items()]
+    (folder / "pace.json").write_text(json.dumps({"cores": sorted({c for _, _, c in cells}), "steps": steps}))
+    window_us = round(PACE_WINDOW_S * 1e6)
+    (folder / "series.json").write_text(json.dumps({"series": [
+        {"core": core, "at_us": [w * window_us + half * window_us // 2 for w in range(len(took)) for half in (0, 1)],
+         "step_us": [t for t in took for _ in (0, 1)]} for core, took in series.items()]}))
+    return folder
+
+
+def test_core_pace_counts_slow_cells_and_windows_against_their_own_medians(tmp_path):
+    # Two processes, two passes, three cores, every cell 100 us but three: core 2 slow in both passes of
+    # process 0 (1.5x), core 1 once in process 1 (1.3x); 1.1x is under the limit. Process 1 runs at 200 us:
+    # each cell is set against its own process.
+    cells = {(p, n, c): 100.0 * (1 + p) for p in (0, 1) for n in (0, 1) for c in (0, 1, 2)}
+    cells[0, 0, 2] = cells[0, 1, 2] = 150.0
+    cells[1, 1, 1] = 260.0
+    cells[1, 0, 0] = 220.0
+    # Two cores, twelve windows: both slow in the first two, core 0 alone in windows 4-6, core 1 in window 7.
+    series = {0: [200, 200, 100, 100, 300, 300, 300, 100, 100, 100, 100, 100],
+              1: [150, 150, 100, 100, 100, 100, 100, 130, 100, 100, 100, 100]}
+    study = load_studies([_pace_folder(tmp_path / "pace", cells, series)])["core_pace"]
+    assert (study["cores"], study["processes"], study["passes"], study["cells"]) == (3, 2, 2, 12)
+    assert study["slow_cells"] == 3 and (study["slow_cores"], study["slow_processes"]) == (2, 2)
+    assert study["slow_ratio"] == {"median": 1.5, "min": 1.3, "max": 1.5}
+    assert study["slow_per_core"] == {"median": 1, "min": 0, "max": 2} and study["cells_per_core"] == 4
+    assert study["slow_every_pass"] == 1
+    got = study["series"]
+    assert (got["cores"], got["windows"]) == (2, 12)
+    assert (got["slow_on_one"], got["slow_on_several"], got["slow_on_all"]) == (4, 2, 2)
+    assert got["leading_on_all_s"] == pytest.approx(2 * PACE_WINDOW_S)
+    assert got["longest_s"] == pytest.approx(3 * PACE_WINDOW_S)
