@@ -32,3 +32,24 @@ def test_topology_is_recorded_without_terminal_codes():
 def test_nccl_version_is_a_version_or_says_why_not():
     version = machine.nccl_version()
     assert version.startswith("unavailable: ") or all(part.isdigit() for part in version.split("."))
+
+
+def _described(isa: str, architecture: str, env: dict[str, str] | None = None) -> dict:
+    """A machine description as :func:`machine.describe` writes it, reduced to what the check reads."""
+    pools = [{"internal_api": "openblas", "architecture": architecture, "filepath": "/lib/libscipy_openblas-1.so"},
+             {"internal_api": "openmp", "filepath": "/lib/libgomp.so.1"}]
+    return {"native": {"isa": isa}, "thread_env": env or {}, "libraries": {"blas_threadpools": pools}}
+
+
+def test_an_openblas_on_narrower_kernels_than_the_library_is_named():
+    # The development machine's environment set OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU (results/
+    # dev-2core-c74bdd7): OpenBLAS's AVX2 kernels there, c-blas 2.5x slower at batch 1 than with SkylakeX's.
+    forced = machine.narrower_blas(_described("avx512", "Haswell", {"OPENBLAS_CORETYPE": "Haswell"}))
+    assert forced == ("the C library runs its AVX-512 kernels, and OPENBLAS_CORETYPE=Haswell in the environment "
+                      "chose narrower ones for libscipy_openblas-1.so (Haswell): c-blas and NumPy are not at their "
+                      "best on this CPU")
+    assert "and OpenBLAS chose narrower ones for libscipy_openblas-1.so (Zen)" in machine.narrower_blas(
+        _described("avx512", "Zen"))
+    for fine in (_described("avx512", "SkylakeX"), _described("avx512", "Cooperlake"),
+                 _described("avx2", "Haswell"), {"native": "unavailable: not built"}):
+        assert machine.narrower_blas(fine) is None

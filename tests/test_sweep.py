@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from mlpbench import machine
 from mlpbench.backends import BACKENDS, GPU_BACKENDS, model_class
 from mlpbench.network import resolve
 from mlpbench.sweep import (
@@ -264,6 +265,18 @@ def test_a_backend_unavailable_here_is_named_once_in_the_session_and_on_the_term
     assert set(session["unavailable"]) == {"cuda-tiled"}
     assert session["unavailable"]["cuda-tiled"].startswith("BackendUnavailable: ")
     assert "warning: cuda-tiled is unavailable here" in capsys.readouterr().err
+
+
+def test_a_session_records_an_openblas_narrower_than_the_library(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    # What the check says of this machine (machine.narrower_blas, tested on set descriptions) is what the
+    # session keeps and the terminal shows; nothing where it has nothing to say.
+    run_dir = run("quick", results_dir=tmp_path, run_id="blas", progress=False, backends=("numpy",),
+                  studies=("stages",), networks=("digits:4",))
+    session = json.loads((run_dir / "meta.json").read_text())["sessions"][-1]
+    expected = machine.narrower_blas(session["machine"])
+    assert session.get("narrower_blas") == expected
+    assert (f"warning: {expected}" in capsys.readouterr().err) == (expected is not None)
 
 
 def test_shared_configurations_are_measured_once(quick_run: Path) -> None:

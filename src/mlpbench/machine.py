@@ -167,6 +167,29 @@ def gpu_info() -> dict[str, Any]:
     return info
 
 
+#: OpenBLAS's names (threadpoolctl's ``architecture``) of its kernel sets that use AVX-512.
+OPENBLAS_AVX512_CORES = frozenset({"SkylakeX", "Cooperlake", "SapphireRapids"})
+
+
+def narrower_blas(description: dict[str, Any]) -> str | None:
+    """Where ``description`` (:func:`describe`) has the C library on its AVX-512 kernels and an OpenBLAS it loaded
+    (c-blas's, NumPy's) on a narrower kernel set, a sentence saying so, naming ``OPENBLAS_CORETYPE`` where the
+    environment chose that set: those baselines are then not at their best on this CPU. ``None`` otherwise."""
+    native = description.get("native")
+    pools = description.get("libraries", {}).get("blas_threadpools")
+    if not isinstance(native, dict) or native.get("isa") != "avx512" or not isinstance(pools, list):
+        return None
+    narrower = sorted({f"{pool.get('filepath', '').rsplit('/', 1)[-1]} ({pool['architecture']})" for pool in pools
+                       if pool.get("internal_api") == "openblas" and pool.get("architecture")
+                       and pool["architecture"] not in OPENBLAS_AVX512_CORES})
+    if not narrower:
+        return None
+    forced = description.get("thread_env", {}).get("OPENBLAS_CORETYPE")
+    why = f"OPENBLAS_CORETYPE={forced} in the environment chose" if forced else "OpenBLAS chose"
+    return (f"the C library runs its AVX-512 kernels, and {why} narrower ones for {', '.join(narrower)}: "
+            "c-blas and NumPy are not at their best on this CPU")
+
+
 def describe() -> dict[str, Any]:
     """Everything above, plus host name, operating system and the time it was read."""
     return {

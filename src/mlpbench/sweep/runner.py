@@ -229,6 +229,7 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
     status = "interrupted"
     with _progress(len(units), progress) as bar:
         bar.update(len(units) - len(todo))
+        _record_narrower_blas(meta, run_dir, bar)
         try:
             for unit in todo:
                 bar.set_postfix_str(unit.key, refresh=False)
@@ -304,6 +305,16 @@ def _record_unavailable(unavailable: dict[str, str], meta: dict[str, Any], bar: 
     for backend, reason in unavailable.items():
         bar.write(f"warning: {backend} is unavailable here, its configurations were skipped: {reason}",
                   file=sys.stderr)
+
+
+def _record_narrower_blas(meta: dict[str, Any], run_dir: Path, bar: Any) -> None:
+    """Records in the session, and warns on the terminal, where an OpenBLAS runs narrower kernels than the C
+    library (:func:`machine.narrower_blas`): c-blas's and NumPy's times are then not their best here."""
+    note = machine.narrower_blas(meta["sessions"][-1]["machine"])
+    if note is not None:
+        meta["sessions"][-1]["narrower_blas"] = note
+        write_atomic(run_dir / "meta.json", json.dumps(meta, indent=1, default=str) + "\n")
+        bar.write(f"warning: {note}", file=sys.stderr)
 
 
 def _record_busy(meta: dict[str, Any], entry: dict[str, Any], why: str, bar: Any) -> None:
