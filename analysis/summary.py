@@ -192,8 +192,10 @@ def load_table(results: Results) -> pd.DataFrame:
     recorded before or after any configuration (data-parallel ones included); ``busy`` the configurations the
     sweep flagged in ``meta.json`` (load above the cores the configuration left free); ``busy_recorded`` whether
     the run kept such a record (older runs did not). A run is ``quiet`` when it flagged nothing or, without a
-    record, when the load never exceeded the core count."""
-    columns = ["run_id", "machine", "cores", "configurations", "max_load", "busy", "busy_recorded", "quiet"]
+    record, when the load never exceeded the core count. ``narrower_blas``: what its sessions recorded of an
+    OpenBLAS on narrower kernels than the C library's (``None``: nothing)."""
+    columns = ["run_id", "machine", "cores", "configurations", "max_load", "busy", "busy_recorded", "quiet",
+               "narrower_blas"]
     out = []
     for run_id, meta in results.meta.items():
         rows = results.rows[results.rows.run_id == run_id] if "run_id" in results.rows else pd.DataFrame()
@@ -206,9 +208,11 @@ def load_table(results: Results) -> pd.DataFrame:
         recorded = "busy" in meta
         busy = len(meta.get("busy") or [])
         quiet = busy == 0 if recorded else bool(cores and np.isfinite(max_load) and max_load <= cores)
+        notes = [session["narrower_blas"] for session in meta.get("sessions") or [] if session.get("narrower_blas")]
         out.append({"run_id": run_id, "machine": machine_label(meta), "cores": cores,
                     "configurations": int(rows.key.nunique()) if len(rows) else 0, "max_load": max_load,
-                    "busy": busy, "busy_recorded": recorded, "quiet": quiet})
+                    "busy": busy, "busy_recorded": recorded, "quiet": quiet,
+                    "narrower_blas": "; ".join(dict.fromkeys(notes)) or None})
     return pd.DataFrame(out, columns=columns)
 
 

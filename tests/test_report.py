@@ -209,14 +209,28 @@ def batch_winners(run: Path) -> list[str]:
     return list(rows.loc[rows.groupby("batch").median_s.idxmin()].sort_values("batch").backend)
 
 
+#: What a sweep records where an OpenBLAS runs narrower kernels than the C library (machine.narrower_blas).
+NARROWER_BLAS = ("the C library runs its AVX-512 kernels, and OPENBLAS_CORETYPE=Haswell in the environment chose "
+                 "narrower ones for libscipy_openblas-1.so (Haswell): c-blas and NumPy are not at their best on "
+                 "this CPU")
+
+
 def flip(source: Path, target: Path) -> None:
     """A copy of a committed run whose orderings are the other way round: backprop the largest stage of every
     backend, a CPU backend fastest at the smallest batch, the GPU behind at the smallest width, c-omp ahead of
     PyTorch on the large network, the digits accuracies apart, and the CUDA rungs' steps in or out of order;
     and the kernel each timing ran the other way round: a run whose digits epochs ran cuda-fused's cluster kernel
     loses the record (as runs made before backends chose kernels), any other gains one (the cluster kernel for
-    its epoch launches on digits, the grid kernel elsewhere)."""
+    its epoch launches on digits, the grid kernel elsewhere); and a run whose sessions recorded no OpenBLAS on
+    narrower kernels than the C library's records one (NARROWER_BLAS), any other loses it."""
     shutil.copytree(source, target)
+    meta = json.loads((target / "meta.json").read_text())
+    had = any(session.get("narrower_blas") for session in meta["sessions"])
+    for session in meta["sessions"]:
+        session.pop("narrower_blas", None)
+    if not had:
+        meta["sessions"][-1]["narrower_blas"] = NARROWER_BLAS
+    (target / "meta.json").write_text(json.dumps(meta))
     rows = pd.read_csv(target / "rows.csv")
     ok = rows.status == "ok"
     fused = ok & (rows.backend == "cuda-fused")
@@ -413,6 +427,17 @@ def test_fastest_at_each_batch_follows_the_data(report):
             assert says(text, f"fastest backend changes with the batch: {', '.join(stretches)}.")
     assert len(re.findall(r"is the fastest(?:\s.{0,2000}?)?? at every batch size measured", text)) == single
     assert "is fastest at small batches" not in text
+
+
+def test_an_openblas_on_narrower_kernels_is_said_of_the_runs_that_recorded_one(report):
+    runs, text, _ = report
+    recorded = [run.name for run in runs if any(session.get("narrower_blas") for session in
+                                                json.loads((run / "meta.json").read_text())["sessions"])]
+    for run in recorded:
+        assert says(text, f"in {run} {NARROWER_BLAS};")
+    assert says(text, "NumPy rows of that run are slower than OpenBLAS can be there") == (len(recorded) == 1)
+    assert says(text, "NumPy rows of those runs are slower") == (len(recorded) > 1)
+    assert ("Libraries:" in text) == bool(recorded)
 
 
 def test_width_crossover_follows_the_data(report):
