@@ -43,7 +43,7 @@ def _described(isa: str, architecture: str, env: dict[str, str] | None = None) -
 
 def test_an_openblas_on_narrower_kernels_than_the_library_is_named():
     # The development machine's environment set OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU (results/
-    # dev-2core-c74bdd7): OpenBLAS's AVX2 kernels there, c-blas 2.5x slower at batch 1 than with SkylakeX's.
+    # dev-2core-c74bdd7): OpenBLAS's AVX2 kernels there, c-blas 2.4x slower at batch 1 than with SkylakeX's.
     forced = machine.narrower_blas(_described("avx512", "Haswell", {"OPENBLAS_CORETYPE": "Haswell"}))
     assert forced == ("the C library runs its AVX-512 kernels, and OPENBLAS_CORETYPE=Haswell in the environment "
                       "chose narrower ones for libscipy_openblas-1.so (Haswell): c-blas and NumPy are not at their "

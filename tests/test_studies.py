@@ -121,3 +121,11 @@ def test_core_pace_counts_slow_cells_and_windows_against_their_own_medians(tmp_p
     assert (got["slow_on_one"], got["slow_on_several"], got["slow_on_all"]) == (4, 2, 2)
     assert got["leading_on_all_s"] == pytest.approx(2 * PACE_WINDOW_S)
     assert got["longest_s"] == pytest.approx(3 * PACE_WINDOW_S)
+
+
+def test_a_core_pace_probe_without_a_slow_measurement_has_no_slow_ratio(tmp_path):
+    cells = {(p, n, c): 100.0 for p in (0, 1) for n in (0, 1) for c in (0, 1)}
+    study = load_studies([_pace_folder(tmp_path / "steady", cells, {0: [100] * 4, 1: [100] * 4})])["core_pace"]
+    assert (study["slow_cells"], study["slow_ratio"], study["slow_cores"], study["slow_every_pass"]) == (0, None, 0, 0)
+    assert (study["series"]["slow_on_one"], study["series"]["leading_on_all_s"], study["series"]["longest_s"]) == (
+        0, 0, 0)
