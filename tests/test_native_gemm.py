@@ -92,6 +92,28 @@ def test_a_few_rows_get_the_bits_of_the_same_rows_in_a_tall_product(isa, transpo
         np.testing.assert_array_equal(short, tall[:rows])
 
 
+@pytest.mark.parametrize("isa", [isa for isa in native.ISAS if isa != "auto"])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_product_of_depth_one_has_the_micro_kernels_bits(isa, threads):
+    """A product of depth 1 (a weight gradient at batch 1) is computed as an outer product, each element with
+    the micro-kernel's multiply-add from zero: the bits of the same product with a second term of zeros, which
+    the micro-kernel computes, a product of -0 stored as +0 in both (A and B hold zeros and negatives)."""
+    lib = native.library("omp")
+    if not lib.mlp_isa_supported(native.ISAS[isa]):
+        pytest.skip(f"this CPU cannot run the {isa} kernels")
+    rng = np.random.default_rng(7)
+    a = rng.choice(np.array([0.0, -0.0, -1.5, 2.25, 3e-20], np.float32), size=(67, 1)) * rng.standard_normal(
+        (67, 1)).astype(np.float32)
+    b = rng.choice(np.array([0.0, -0.0, -3.0, 0.5, 7e-25], np.float32), size=(1, 301)) * rng.standard_normal(
+        (1, 301)).astype(np.float32)
+    outer = native.matmul(a, b, version=3, threads=threads, isa=isa)
+    deeper = native.matmul(np.hstack([a, np.zeros_like(a)]), np.vstack([b, np.ones_like(b)]), version=3,
+                           threads=threads, isa=isa)
+    assert np.signbit(outer).any() and (outer == 0).any()  # negatives and zeros both present
+    assert outer.tobytes() == deeper.tobytes()
+    np.testing.assert_array_equal(outer, (a.astype(np.float64) * b).astype(np.float32))
+
+
 def test_serial_library_has_no_openmp():
     assert native.library("serial").mlp_has_openmp() == 0
     assert native.library("omp").mlp_has_openmp() == 1

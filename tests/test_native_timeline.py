@@ -89,7 +89,8 @@ def test_events_that_do_not_fit_are_an_error():
 def test_every_tile_computed_once(network, batch, threads, isa):
     """The multiply-adds of each product, summed over threads, are the product's padded size: no tile is
     skipped or computed twice, whatever the thread count. A forward layer of a few rows computed as dot
-    products (at most MLP_DOT_ROWS rows, MLP_DOT_MIN_COLS outputs) pads nothing: its exact size."""
+    products (at most MLP_DOT_ROWS rows, MLP_DOT_MIN_COLS outputs), and a weight gradient of depth 1 (batch 1)
+    computed as an outer product, pad nothing: their exact size."""
     model = stepped(network, batch, threads, timeline=True, isa=isa)
     events = model.timeline()
     assert events.dtype == TIMELINE_DTYPE
@@ -107,7 +108,7 @@ def test_every_tile_computed_once(network, batch, threads, isa):
         assert forward["work"].sum() == (padded(n_out, batch, n_in, tile) if transposed and index <= hidden
                                          else batch * n_out * n_in if dots and n_out >= lib.MLP_DOT_MIN_COLS
                                          else padded(batch, n_out, n_in, tile))
-        assert weight["work"].sum() == padded(n_out, n_in, batch, tile)
+        assert weight["work"].sum() == (n_out * n_in if batch == 1 else padded(n_out, n_in, batch, tile))
         inputs = layer[layer["kind"] == KINDS["input_grad"]]
         assert inputs["work"].sum() == (0 if index == 1 else padded(n_in, batch, n_out, tile) if transposed
                                         else padded(batch, n_in, n_out, tile))

@@ -123,6 +123,20 @@ typedef void (*microkernel_fn)(ptrdiff_t k, const float *a, ptrdiff_t a_step, co
         }                                                                                                              \
     }
 
+/* A kernel set's outer_rows (cpu_kernels): a plain loop, which each set's file compiles to its own vectors. The
+ * micro-kernel's sum starts from +0: adding 0 keeps its bits for a product of -0 (stored as +0 there too). */
+#define DEFINE_OUTER_ROWS(set)                                                                                         \
+    static void outer_rows_##set(int rows, int cols, const float *a, ptrdiff_t a_step, const float *restrict b,        \
+                                 float *restrict c, ptrdiff_t ldc)                                                     \
+    {                                                                                                                  \
+        for (int r = 0; r < rows; ++r) {                                                                               \
+            const float ar = a[r * a_step];                                                                            \
+            float *restrict row = c + r * ldc;                                                                         \
+            for (int j = 0; j < cols; ++j)                                                                             \
+                row[j] = ar * b[j] + 0.0f;                                                                             \
+        }                                                                                                              \
+    }
+
 /* The routines that exist once per instruction set. Values differ between sets only by rounding. */
 typedef struct {
     int isa;
@@ -146,6 +160,10 @@ typedef struct {
      * l and l + 8 added, l and l + 4, l and l + 2, and 0 and 1: the same bits in both of those sets. */
     void (*dot_rows)(int rows, int cols, ptrdiff_t k, const float *a, ptrdiff_t lda, const float *b, ptrdiff_t ldb,
                      float *c, ptrdiff_t ldc);
+    /* c[r * ldc + j] = a[r * a_step] b[j] for r < rows and j < cols: a product of depth 1, each element the
+     * micro-kernel's one multiply-add from zero, so the same bits as the micro-kernel's in every set. */
+    void (*outer_rows)(int rows, int cols, const float *a, ptrdiff_t a_step, const float *b, float *c,
+                       ptrdiff_t ldc);
 } cpu_kernels;
 
 extern const cpu_kernels portable_kernels;

@@ -280,6 +280,7 @@ static inline __attribute__((always_inline)) void dot_block(const int rows, cons
 /* Two columns at a time: up to 16 accumulators. */
 DEFINE_DOT_ROWS(avx2, 2)
 
+DEFINE_OUTER_ROWS(avx2)
 DEFINE_MICROKERNELS(avx2, MR, NR / 8)
 
 const cpu_kernels avx2_kernels = {
@@ -292,4 +293,5 @@ const cpu_kernels avx2_kernels = {
     .pack_a_rows = pack_a_rows_avx2,
     .pack_b_transposed = pack_b_transposed_avx2,
     .dot_rows = dot_rows_avx2,
+    .outer_rows = outer_rows_avx2,
 };

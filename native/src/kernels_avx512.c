@@ -275,6 +275,7 @@ static inline __attribute__((always_inline)) void dot_block(const int rows, cons
 /* Four columns at a time: up to 16 accumulators. */
 DEFINE_DOT_ROWS(avx512, 4)
 
+DEFINE_OUTER_ROWS(avx512)
 DEFINE_MICROKERNELS(avx512, MR_AVX512, VECTORS_PER_ROW)
 
 const cpu_kernels avx512_kernels = {
@@ -287,4 +288,5 @@ const cpu_kernels avx512_kernels = {
     .pack_a_rows = pack_a_rows_avx512,
     .pack_b_transposed = pack_b_transposed_avx512,
     .dot_rows = dot_rows_avx512,
+    .outer_rows = outer_rows_avx512,
 };

@@ -125,6 +125,7 @@ static void dot_rows_portable(int rows, int cols, ptrdiff_t k, const float *a, p
         }
 }
 
+DEFINE_OUTER_ROWS(portable)
 DEFINE_MICROKERNELS(portable, MR, NR)
 
 const cpu_kernels portable_kernels = {
@@ -137,4 +138,5 @@ const cpu_kernels portable_kernels = {
     .pack_a_rows = pack_a_rows_portable,
     .pack_b_transposed = pack_b_transposed_portable,
     .dot_rows = dot_rows_portable,
+    .outer_rows = outer_rows_portable,
 };
