@@ -365,20 +365,35 @@ def test_plan_16_packs_each_copy_once_by_the_owners(monkeypatch, threads, isa):
 
 
 @pytest.mark.parametrize("isa", ["portable", "auto"])
-def test_only_the_first_layers_weights_are_updated_during_backprop(monkeypatch, isa):
+@pytest.mark.parametrize("threads", [1, 16])
+def test_each_layers_weights_are_updated_where_nothing_reads_them(monkeypatch, isa, threads):
     """Under every plan, each thread updates the first layer's W right after its block of the weight gradient
-    (one update event of that layer, with the bias); every other layer's b comes with its bias gradient, before
-    the layer's input gradient, and its W after backprop (a second update event)."""
-    threads, network = 16, WIDE_NARROW
+    (one update event of that layer, with the bias), and every other layer's b with its bias gradient, before
+    the layer's input gradient. Every other layer's W (a second update event): a team of one thread updates it
+    right after that input gradient, the last product that reads W, before the next layer down begins; a team
+    of several, after backprop."""
+    network = WIDE_NARROW
+    update, input_grad, weight_grad = KINDS["update"], KINDS["input_grad"], KINDS["weight_grad"]
     for plan in PLANS:
         model = stepped_with_plan(monkeypatch, plan, network, 32, threads, timeline=True, isa=isa)
         events = model.timeline()
-        for layer in range(1, network.n_layers + 1):
-            for thread in range(threads):
-                kinds = list(events[(events["thread"] == thread) & (events["layer"] == layer)]["kind"])
-                assert kinds.count(KINDS["update"]) == (1 if layer == 1 else 2), (plan, layer, thread)
-                if layer > 1:
-                    assert kinds.index(KINDS["update"]) < kinds.index(KINDS["input_grad"])
+        for thread in range(threads):
+            mine = events[events["thread"] == thread]
+            order = list(zip(mine["kind"].tolist(), mine["layer"].tolist(), strict=True))
+            backprop_done = max(i for i, event in enumerate(order) if event == (weight_grad, 1))
+            for layer in range(1, network.n_layers + 1):
+                kinds = [kind for kind, at in order if at == layer]
+                assert kinds.count(update) == (1 if layer == 1 else 2), (plan, layer, thread)
+                if layer == 1:
+                    continue
+                assert kinds.index(update) < kinds.index(input_grad)
+                read = max(i for i, event in enumerate(order) if event == (input_grad, layer))
+                written = max(i for i, event in enumerate(order) if event == (update, layer))
+                below = min(i for i, event in enumerate(order) if event == (weight_grad, layer - 1))
+                if threads == 1:
+                    assert read < written < below, (plan, layer)
+                else:
+                    assert written > backprop_done, (plan, layer, thread)
 
 
 def _script():

@@ -856,7 +856,8 @@ static int owned_layer(const stage_args *s, int l) { return s->owned && l < s->m
  * layer below alternates (plan 11: transposed, (n_out, batch), below the output layer). With `fused`, the
  * step's update of b comes with it (nothing reads b again in this step), and for the first layer, whose W
  * nothing reads after its weight gradient, the update of the block of W whose dW this thread computed (still
- * in its cache): no barrier is needed before it. */
+ * in its cache): no barrier is needed before it. A team of one thread also updates every other layer's W as
+ * soon as its input gradient, the last product that reads it, is done (update_layers says why not a team). */
 static void backprop_one_layer(const stage_args *s, int l, int last_barrier, int fused)
 {
     mlp_model *model = s->model;
@@ -942,6 +943,13 @@ static void backprop_one_layer(const stage_args *s, int l, int last_barrier, int
     }
     if (l > 0 || last_barrier)
         team_barrier(model, l + 1);
+    if (fused && l > 0 && omp_get_num_threads() == 1) {
+        const long long t1 = tl ? now_ns() : 0;
+        const long long updated = update_block(ly, gemm_packed_share(&grad_weights, model->kernels, 1, 0),
+                                               s->lr, s->weight_decay);
+        if (tl)
+            timeline_record(tl, MLP_EV_UPDATE, l + 1, t1, 0, updated);
+    }
 }
 
 /* `gradient_ready`: the forward pass already wrote dZ of the output layer. `last_barrier`: a barrier after
@@ -968,7 +976,10 @@ static void backprop_layer_team(const stage_args *s)
 }
 
 /* The update of every layer's W and b, each thread a contiguous share; after a fused backprop, only the W
- * that backprop did not update (every b did). */
+ * that backprop did not update (every b did; a team of one thread updated every W). A team updates them here,
+ * after the last barrier, rather than each layer's in the stretch after its input gradient: in those stretches
+ * the shares' imbalance waits at every barrier (results/dev-update-in-backprop: moons-5h300 at batch 1 on two
+ * threads 80-82 -> 97-99 us, where one thread went 127 -> 112). */
 static void update_layers(const stage_args *s, int fused)
 {
     mlp_model *model = s->model;
@@ -976,7 +987,7 @@ static void update_layers(const stage_args *s, int fused)
     const int team = omp_get_num_threads(), tid = omp_get_thread_num(), bias = !fused;
     ptrdiff_t lo, hi;
     for (int l = 0; l < model->n_layers; ++l) {
-        if (fused && l == 0)
+        if (fused && (l == 0 || team == 1))
             continue;
         layer *ly = &model->layers[l];
         const long long t0 = model->tl ? now_ns() : 0;
