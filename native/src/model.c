@@ -848,6 +848,14 @@ static long long update_block(const layer *ly, gemm_share share, float lr, float
     return elements;
 }
 
+/* The fused step's update of the block of W whose dW this thread computed (still in its cache). */
+static long long update_computed_block(const stage_args *s, const layer *ly, const gemm_problem *grad_weights)
+{
+    return update_block(ly, gemm_packed_share(grad_weights, s->model->kernels, omp_get_num_threads(),
+                                              omp_get_thread_num()),
+                        s->lr, s->weight_decay);
+}
+
 /* Whether layer l (0-based) is one of plan 11's transposed hidden layers in this step. */
 static int owned_layer(const stage_args *s, int l) { return s->owned && l < s->model->n_layers - 1; }
 
@@ -912,9 +920,7 @@ static void backprop_one_layer(const stage_args *s, int l, int last_barrier, int
             ly->bias[j] -= s->lr * ly->grad_bias[j];
         long long updated = bias_hi - bias_lo;
         if (l == 0)
-            updated += update_block(ly, gemm_packed_share(&grad_weights, model->kernels, omp_get_num_threads(),
-                                                          omp_get_thread_num()),
-                                    s->lr, s->weight_decay);
+            updated += update_computed_block(s, ly, &grad_weights);
         if (tl)
             t0 = timeline_record(tl, MLP_EV_UPDATE, l + 1, t0, 0, updated);
     }
@@ -945,8 +951,7 @@ static void backprop_one_layer(const stage_args *s, int l, int last_barrier, int
         team_barrier(model, l + 1);
     if (fused && l > 0 && omp_get_num_threads() == 1) {
         const long long t1 = tl ? now_ns() : 0;
-        const long long updated = update_block(ly, gemm_packed_share(&grad_weights, model->kernels, 1, 0),
-                                               s->lr, s->weight_decay);
+        const long long updated = update_computed_block(s, ly, &grad_weights);
         if (tl)
             timeline_record(tl, MLP_EV_UPDATE, l + 1, t1, 0, updated);
     }
