@@ -238,6 +238,12 @@ def timed_while_shared(key: str, reused_from: Any, flagged: set[str]) -> bool:
     return f"rows:{key}" in flagged or (isinstance(reused_from, str) and f"rows:{reused_from}" in flagged)
 
 
+def _middle_rounds(rounds: pd.DataFrame, column: str) -> pd.DataFrame:
+    """The rounds a median of ``column`` is taken from: the middle one, or the middle two."""
+    ordered = rounds.sort_values(column, kind="stable")
+    return ordered.iloc[sorted({(len(rounds) - 1) // 2, len(rounds) // 2})]
+
+
 def over_rounds(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """The measurements of one configuration in the threads study's rounds as one row per ``keys``: the median
     of the rounds' step medians (``step_s``) and of their quartiles, the fastest and slowest round
@@ -245,8 +251,7 @@ def over_rounds(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     middle one, or either of the middle two) was timed while the cores were shared. One round: that round."""
     out = []
     for values, group in table.groupby(keys, sort=False):
-        by_time = group.sort_values("step_s", kind="stable")
-        middle = by_time.iloc[sorted({(len(group) - 1) // 2, len(group) // 2})]
+        middle = _middle_rounds(group, "step_s")
         out.append({**dict(zip(keys, values, strict=True)), "step_s": group.step_s.median(),
                     "step_q1_s": group.step_q1_s.median(), "step_q3_s": group.step_q3_s.median(),
                     "round_min_s": group.step_s.min(), "round_max_s": group.step_s.max(), "rounds": len(group),
@@ -270,13 +275,6 @@ def _step_rows(rows: pd.DataFrame, results: Results) -> pd.DataFrame:
     return table
 
 
-def _middle_flagged(rounds: pd.DataFrame) -> bool:
-    """Whether a round the median ``ratio`` is taken from (the middle one, or either of the middle two) has
-    ``ratio_flagged`` set."""
-    by_ratio = rounds.sort_values("ratio", kind="stable")
-    return bool(by_ratio.ratio_flagged.iloc[sorted({(len(rounds) - 1) // 2, len(rounds) // 2})].any())
-
-
 def thread_scaling(results: Results) -> pd.DataFrame:
     """Step time over thread count, speed-up over the same backend on 1 thread and parallel efficiency. The
     threads study times its scaling networks in rounds, every thread count once a round: ``step_s`` and its
@@ -298,7 +296,8 @@ def thread_scaling(results: Results) -> pd.DataFrame:
     # A round's ratio is suspect when either of its two times was taken on shared cores.
     steps["ratio_flagged"] = steps.flagged.to_numpy() | np.array([bool(one.flagged.get(k, False)) for k in in_round])
     ratios = steps.groupby(keys, sort=False)["ratio"].agg(speedup="median", speedup_min="min", speedup_max="max")
-    ratios["speedup_flagged"] = steps.groupby(keys, sort=False)[["ratio", "ratio_flagged"]].apply(_middle_flagged)
+    ratios["speedup_flagged"] = steps.groupby(keys, sort=False)[["ratio", "ratio_flagged"]].apply(
+        lambda rounds: bool(_middle_rounds(rounds, "ratio").ratio_flagged.any()))
     table = over_rounds(steps, keys).join(ratios, on=keys)
     table["efficiency"] = table["speedup"] / table["threads"]
     return _sorted(table[columns], "run_id", "network", "backend", "threads")
