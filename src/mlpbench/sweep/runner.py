@@ -113,11 +113,19 @@ def probe_site(unit: Unit, params: SweepParams) -> ProbeSite | None:
     return ProbeSite(threads or 1) if on_cpu else launcher_site()
 
 
+def _write_meta(run_dir: Path, meta: dict[str, Any]) -> None:
+    write_atomic(run_dir / "meta.json", json.dumps(meta, indent=1, default=str) + "\n")
+
+
 def _start_meta(run_dir: Path, run_id: str, preset: str, params: SweepParams) -> dict[str, Any]:
     path = run_dir / "meta.json"
     meta = json.loads(path.read_text()) if path.exists() else None
     session = {"started_at": machine.now_utc(), "finished_at": None, "preset": preset,
                "parameters": dataclasses.asdict(params), "machine": machine.describe()}
+    # An OpenBLAS on narrower kernels than the C library's: c-blas's and NumPy's times are not their best here.
+    narrower = machine.narrower_blas(session["machine"])
+    if narrower is not None:
+        session["narrower_blas"] = narrower
     if meta is None:
         meta = {"schema": SCHEMA_VERSION, "run_id": run_id, "started_at": session["started_at"],
                 "preset": preset, "parameters": session["parameters"], "machine": session["machine"],
@@ -126,7 +134,7 @@ def _start_meta(run_dir: Path, run_id: str, preset: str, params: SweepParams) ->
                 thread_counts=list(params.thread_counts))
     meta.setdefault("busy", [])  # configurations timed on a busy machine; empty: none was
     meta["sessions"].append(session)
-    write_atomic(path, json.dumps(meta, indent=1, default=str) + "\n")
+    _write_meta(run_dir, meta)
     return meta
 
 
@@ -159,7 +167,7 @@ def _finish_meta(run_dir: Path, meta: dict[str, Any], status: str) -> None:
     choices = {(row["layout"], row["M"], row["N"], row["K"], row["vector"]): row
                for session in meta["sessions"] for row in session.get("cuda_opt_choices") or []}
     meta["cuda_opt_choices"] = list(choices.values())
-    write_atomic(run_dir / "meta.json", json.dumps(meta, indent=1, default=str) + "\n")
+    _write_meta(run_dir, meta)
 
 
 def _progress(total: int, enabled: bool) -> Any:
@@ -229,7 +237,8 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
     status = "interrupted"
     with _progress(len(units), progress) as bar:
         bar.update(len(units) - len(todo))
-        _record_narrower_blas(meta, run_dir, bar)
+        if narrower := meta["sessions"][-1].get("narrower_blas"):
+            bar.write(f"warning: {narrower}", file=sys.stderr)
         try:
             for unit in todo:
                 bar.set_postfix_str(unit.key, refresh=False)
@@ -250,7 +259,7 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
                         flagged = neighbour_entry(f"{unit.table}:{unit.key}", shared, site, cores)
                         if flagged is not None:
                             _record_busy(meta, flagged, f"{flagged['key']}: {flagged['reason']}", bar)
-                            write_atomic(run_dir / "meta.json", json.dumps(meta, indent=1, default=str) + "\n")
+                            _write_meta(run_dir, meta)
                         elif probed_before is not None:
                             passed.append((f"{unit.table}:{unit.key}", site,
                                            min(probed_before, neighbours.last_seconds)))
@@ -271,7 +280,7 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
                     _record_busy(meta, busy, f"the machine was busy while {busy['key']} ran (load average "
                                  f"{busy['load_before']} before, {busy['load_after']} after, on {cores} cores: "
                                  "more runnable threads than cores)", bar)
-                    write_atomic(run_dir / "meta.json", json.dumps(meta, indent=1, default=str) + "\n")
+                    _write_meta(run_dir, meta)
                 bar.update()
             status = "complete"
         finally:
@@ -305,16 +314,6 @@ def _record_unavailable(unavailable: dict[str, str], meta: dict[str, Any], bar: 
     for backend, reason in unavailable.items():
         bar.write(f"warning: {backend} is unavailable here, its configurations were skipped: {reason}",
                   file=sys.stderr)
-
-
-def _record_narrower_blas(meta: dict[str, Any], run_dir: Path, bar: Any) -> None:
-    """Records in the session, and warns on the terminal, where an OpenBLAS runs narrower kernels than the C
-    library (:func:`machine.narrower_blas`): c-blas's and NumPy's times are then not their best here."""
-    note = machine.narrower_blas(meta["sessions"][-1]["machine"])
-    if note is not None:
-        meta["sessions"][-1]["narrower_blas"] = note
-        write_atomic(run_dir / "meta.json", json.dumps(meta, indent=1, default=str) + "\n")
-        bar.write(f"warning: {note}", file=sys.stderr)
 
 
 def _record_busy(meta: dict[str, Any], entry: dict[str, Any], why: str, bar: Any) -> None:
