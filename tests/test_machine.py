@@ -53,3 +53,27 @@ def test_an_openblas_on_narrower_kernels_than_the_library_is_named():
     for fine in (_described("avx512", "SkylakeX"), _described("avx512", "Cooperlake"),
                  _described("avx2", "Haswell"), {"native": "unavailable: not built"}):
         assert machine.narrower_blas(fine) is None
+
+
+def test_the_cpu_is_identified_beyond_its_model_name(tmp_path):
+    # Cloud instances of one machine type report one generic name ("Intel(R) Xeon(R) Processor") whatever their
+    # generation; results/h200-79558bb ran every CPU backend 1.2-1.6x faster than the run before it under that name.
+    cpuinfo = ("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n"
+               "model name\t: Intel(R) Xeon(R) Processor\nstepping\t: 8\nflags\t\t: fpu avx512f\n\n"
+               "processor\t: 1\nvendor_id\t: OtherVendor\ncpu family\t: 25\nmodel\t\t: 1\n")
+    assert machine.cpu_identity(cpuinfo) == {"vendor": "GenuineIntel", "family": "6", "model_number": "143",
+                                             "model": "Intel(R) Xeon(R) Processor", "stepping": "8"}
+    for index, (level, kind, size) in enumerate([(1, "Data", "48K"), (1, "Instruction", "32K"),
+                                                 (2, "Unified", "2048K"), (3, "Unified", "107520K")]):
+        folder = tmp_path / "cache" / f"index{index}"
+        folder.mkdir(parents=True)
+        for name, value in (("level", level), ("type", kind), ("size", size)):
+            (folder / name).write_text(f"{value}\n")
+    assert machine.cache_sizes(tmp_path) == {"L1d": "48K", "L1i": "32K", "L2": "2048K", "L3": "107520K"}
+    assert machine.cache_sizes(tmp_path / "missing").startswith("unavailable: ")
+
+
+@pytest.mark.skipif(not machine.Path("/proc/cpuinfo").exists(), reason="no /proc/cpuinfo on this system")
+def test_this_machines_cpu_identity_is_recorded():
+    cpu = machine.cpu_info()
+    assert cpu["family"].isdigit() and cpu["model_number"].isdigit() and cpu["vendor"] and cpu["model"]

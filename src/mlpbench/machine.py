@@ -58,15 +58,49 @@ def git_info(repo: Path = _REPO) -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(status)}
 
 
+#: /proc/cpuinfo's fields that say which CPU this is where the model name does not: a cloud VM's name is often
+#: generic ("Intel(R) Xeon(R) Processor", "AMD EPYC") while the family and model number tell generations apart.
+CPU_IDENTITY_FIELDS = {"vendor_id": "vendor", "cpu family": "family", "model": "model_number",
+                       "stepping": "stepping"}
+
+
+def cpu_identity(cpuinfo: str) -> dict[str, str]:
+    """The model name and CPU_IDENTITY_FIELDS of the first processor in ``cpuinfo`` (/proc/cpuinfo's text)."""
+    identity: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break  # the first processor's block ends here
+        name, _, value = line.partition(":")
+        name = name.strip()
+        if name == "model name":
+            identity["model"] = value.strip()
+        elif name in CPU_IDENTITY_FIELDS:
+            identity[CPU_IDENTITY_FIELDS[name]] = value.strip()
+    return identity
+
+
+def cache_sizes(cpu_dir: Path = Path("/sys/devices/system/cpu/cpu0")) -> dict[str, str] | str:
+    """The caches the first CPU sees, by level and type as the kernel lists them (``{"L1d": "48K", "L1i":
+    "32K", "L2": "2048K", "L3": "107520K"}``): instances of one cloud machine type may differ in them."""
+    indices = sorted((cpu_dir / "cache").glob("index[0-9]*"))
+    if not indices:
+        return unavailable(f"no cache description under {cpu_dir}")
+    suffix = {"Data": "d", "Instruction": "i"}
+    sizes = {}
+    for index in indices:
+        try:
+            level, kind, size = ((index / name).read_text().strip() for name in ("level", "type", "size"))
+        except OSError:
+            continue
+        sizes[f"L{level}{suffix.get(kind, '')}"] = size
+    return sizes
+
+
 def cpu_info() -> dict[str, Any]:
-    model = platform.processor() or unavailable("unknown")
     cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {"model": model, "logical_cores": os.cpu_count(), "usable_cores": usable_cores(),
+    identity = cpu_identity(cpuinfo.read_text()) if cpuinfo.exists() else {}
+    identity.setdefault("model", platform.processor() or unavailable("unknown"))
+    return {**identity, "caches": cache_sizes(), "logical_cores": os.cpu_count(), "usable_cores": usable_cores(),
             "machine": platform.machine(), "load_average": list(os.getloadavg())}
 
 
