@@ -193,9 +193,10 @@ def load_table(results: Results) -> pd.DataFrame:
     sweep flagged in ``meta.json`` (load above the cores the configuration left free); ``busy_recorded`` whether
     the run kept such a record (older runs did not). A run is ``quiet`` when it flagged nothing or, without a
     record, when the load never exceeded the core count. ``narrower_blas``: what its sessions recorded of an
-    OpenBLAS on narrower kernels than the C library's (``None``: nothing)."""
+    OpenBLAS on narrower kernels than the C library's (``None``: nothing); ``other_machines`` how many of its
+    sessions recorded running on another machine than the session before them (a resumed run)."""
     columns = ["run_id", "machine", "cores", "configurations", "max_load", "busy", "busy_recorded", "quiet",
-               "narrower_blas"]
+               "narrower_blas", "other_machines"]
     out = []
     for run_id, meta in results.meta.items():
         rows = results.rows[results.rows.run_id == run_id] if "run_id" in results.rows else pd.DataFrame()
@@ -208,11 +209,13 @@ def load_table(results: Results) -> pd.DataFrame:
         recorded = "busy" in meta
         busy = len(meta.get("busy") or [])
         quiet = busy == 0 if recorded else bool(cores and np.isfinite(max_load) and max_load <= cores)
-        notes = [session["narrower_blas"] for session in meta.get("sessions") or [] if session.get("narrower_blas")]
+        sessions = meta.get("sessions") or []
+        notes = [session["narrower_blas"] for session in sessions if session.get("narrower_blas")]
         out.append({"run_id": run_id, "machine": machine_label(meta), "cores": cores,
                     "configurations": int(rows.key.nunique()) if len(rows) else 0, "max_load": max_load,
                     "busy": busy, "busy_recorded": recorded, "quiet": quiet,
-                    "narrower_blas": "; ".join(dict.fromkeys(notes)) or None})
+                    "narrower_blas": "; ".join(dict.fromkeys(notes)) or None,
+                    "other_machines": sum(bool(session.get("other_machine")) for session in sessions)})
     return pd.DataFrame(out, columns=columns)
 
 

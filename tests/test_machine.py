@@ -77,3 +77,23 @@ def test_the_cpu_is_identified_beyond_its_model_name(tmp_path):
 def test_this_machines_cpu_identity_is_recorded():
     cpu = machine.cpu_info()
     assert cpu["family"].isdigit() and cpu["model_number"].isdigit() and cpu["vendor"] and cpu["model"]
+
+
+def test_a_session_on_another_machine_is_told_apart():
+    # The GPU host lends a fresh instance whenever the last one was given back between two calls of one sweep;
+    # they share a host name and CPU model name, not a boot.
+    cpu = {"model": "Intel(R) Xeon(R) Processor", "vendor": "GenuineIntel", "family": "6", "model_number": "207",
+           "stepping": "2", "caches": {"L2": "2048K", "L3": "307200K"}}
+    first = {"hostname": "vm", "booted_at": "2026-11-30T22:51:00+00:00", "cpu": cpu}
+    assert machine.another_machine(first, first) is None
+    assert machine.another_machine(first, {**first, "booted_at": "2026-11-30T22:51:40+00:00"}) is None
+    rebooted = machine.another_machine(first, {**first, "booted_at": "2026-11-30T23:20:00+00:00"})
+    assert rebooted == ("this session runs on another machine than the session before it (booted at "
+                        "2026-11-30T23:20:00+00:00, not 2026-11-30T22:51:00+00:00): its timings compare with that "
+                        "session's across machines")
+    other_cpu = {**first, "cpu": {**cpu, "model_number": "143", "caches": {"L2": "2048K", "L3": "107520K"}}}
+    assert "(CPU model number 143, not 207; CPU caches {'L2': '2048K', 'L3': '107520K'}, not" in (
+        machine.another_machine(first, other_cpu))
+    # A session recorded before boot times and CPU identities were: nothing to tell by.
+    assert machine.another_machine({"hostname": "vm", "cpu": {"model": cpu["model"]}}, other_cpu) is None
+    assert machine.another_machine({**first, "booted_at": "unavailable: no boot time in /proc/stat"}, first) is None

@@ -215,6 +215,12 @@ NARROWER_BLAS = ("the C library runs its AVX-512 kernels, and OPENBLAS_CORETYPE=
                  "this CPU")
 
 
+#: What a resumed sweep records of a session on another machine than the one before (machine.another_machine).
+OTHER_MACHINE = ("this session runs on another machine than the session before it (booted at "
+                 "2026-11-30T23:20:00+00:00, not 2026-11-30T22:51:00+00:00): its timings compare with that "
+                 "session's across machines")
+
+
 def flip(source: Path, target: Path) -> None:
     """A copy of a committed run whose orderings are the other way round: backprop the largest stage of every
     backend, a CPU backend fastest at the smallest batch, the GPU behind at the smallest width, c-omp ahead of
@@ -222,14 +228,16 @@ def flip(source: Path, target: Path) -> None:
     and the kernel each timing ran the other way round: a run whose digits epochs ran cuda-fused's cluster kernel
     loses the record (as runs made before backends chose kernels), any other gains one (the cluster kernel for
     its epoch launches on digits, the grid kernel elsewhere); and a run whose sessions recorded no OpenBLAS on
-    narrower kernels than the C library's records one (NARROWER_BLAS), any other loses it."""
+    narrower kernels than the C library's records one (NARROWER_BLAS), any other loses it; and likewise a run
+    whose sessions recorded no move to another machine records one in its last session (OTHER_MACHINE)."""
     shutil.copytree(source, target)
     meta = json.loads((target / "meta.json").read_text())
-    had = any(session.get("narrower_blas") for session in meta["sessions"])
-    for session in meta["sessions"]:
-        session.pop("narrower_blas", None)
-    if not had:
-        meta["sessions"][-1]["narrower_blas"] = NARROWER_BLAS
+    for note, sentence in (("narrower_blas", NARROWER_BLAS), ("other_machine", OTHER_MACHINE)):
+        had = any(session.get(note) for session in meta["sessions"])
+        for session in meta["sessions"]:
+            session.pop(note, None)
+        if not had:
+            meta["sessions"][-1][note] = sentence
     (target / "meta.json").write_text(json.dumps(meta))
     rows = pd.read_csv(target / "rows.csv")
     ok = rows.status == "ok"
@@ -438,6 +446,17 @@ def test_an_openblas_on_narrower_kernels_is_said_of_the_runs_that_recorded_one(r
     assert says(text, "NumPy rows of that run are slower than OpenBLAS can be there") == (len(recorded) == 1)
     assert says(text, "NumPy rows of those runs are slower") == (len(recorded) > 1)
     assert ("Libraries:" in text) == bool(recorded)
+
+
+def test_a_run_resumed_on_another_machine_is_said(report):
+    runs, text, _ = report
+    moved = {run.name: sum(bool(session.get("other_machine")) for session in
+                           json.loads((run / "meta.json").read_text())["sessions"]) for run in runs}
+    moved = {name: count for name, count in moved.items() if count}
+    for name, count in moved.items():
+        assert says(text, f"{name} ran its sessions on {count + 1} machines")
+    assert says(text, "sessions of that run compare across machines") == (len(moved) == 1)
+    assert ("Machines:" in text) == bool(moved)
 
 
 def test_width_crossover_follows_the_data(report):

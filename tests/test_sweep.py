@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import json
 import os
 import signal
@@ -277,6 +278,25 @@ def test_a_session_records_an_openblas_narrower_than_the_library(tmp_path: Path,
     expected = machine.narrower_blas(session["machine"])
     assert session.get("narrower_blas") == expected
     assert (f"warning: {expected}" in capsys.readouterr().err) == (expected is not None)
+
+
+def test_a_run_resumed_on_another_machine_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A resumed run on the same machine records nothing; on another boot (a fresh GPU-host instance between two
+    # calls), the new session records it and the terminal shows it. The earlier session is moved back an hour.
+    options = {"progress": False, "backends": ("numpy",), "studies": ("stages",), "networks": ("digits:4",)}
+    run_dir = run("quick", results_dir=tmp_path, run_id="moved", **options)
+    run("quick", results_dir=tmp_path, run_id="moved", **options)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert "other_machine" not in meta["sessions"][-1]
+    assert "another machine" not in capsys.readouterr().err
+    earlier = meta["sessions"][-1]["machine"]
+    booted = dt.datetime.fromisoformat(earlier["booted_at"])
+    earlier["booted_at"] = (booted - dt.timedelta(hours=1)).isoformat()
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    run("quick", results_dir=tmp_path, run_id="moved", **options)
+    session = json.loads((run_dir / "meta.json").read_text())["sessions"][-1]
+    assert session["other_machine"] == machine.another_machine(earlier, session["machine"])
+    assert f"warning: {session['other_machine']}" in capsys.readouterr().err
 
 
 def test_shared_configurations_are_measured_once(quick_run: Path) -> None:

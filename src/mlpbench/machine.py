@@ -96,6 +96,42 @@ def cache_sizes(cpu_dir: Path = Path("/sys/devices/system/cpu/cpu0")) -> dict[st
     return sizes
 
 
+def booted_at() -> str:
+    """When this machine's kernel booted (UTC, to the second; /proc/stat's ``btime``): two sessions of a run
+    with different boot times ran on two machines, or one rebooted, whatever their names say."""
+    stat = Path("/proc/stat")
+    for line in stat.read_text().splitlines() if stat.exists() else []:
+        if line.startswith("btime "):
+            return dt.datetime.fromtimestamp(int(line.split()[1]), dt.UTC).isoformat(timespec="seconds")
+    return unavailable("no boot time in /proc/stat")
+
+
+#: Boot times this close are one boot: the kernel derives ``btime`` from the wall clock, which may be adjusted.
+SAME_BOOT_S = 60.0
+#: What of the CPU tells two machines apart (cpu_info's keys).
+CPU_IDENTITY_KEYS = ("vendor", "family", "model_number", "stepping", "caches")
+
+
+def another_machine(before: dict[str, Any], now: dict[str, Any]) -> str | None:
+    """Where description ``now`` (:func:`describe`) is of another machine than ``before`` (another boot, or
+    another CPU), a sentence saying how; ``None`` where they agree or ``before`` recorded too little to tell. A
+    resumed run's session on another machine compares its rows with the earlier sessions' across machines: the
+    GPU host lends a fresh instance whenever the last one was given back between two calls."""
+    differences = []
+    boots = [record.get("booted_at") for record in (before, now)]
+    if all(isinstance(boot, str) and not boot.startswith("unavailable") for boot in boots):
+        apart = abs((dt.datetime.fromisoformat(boots[1]) - dt.datetime.fromisoformat(boots[0])).total_seconds())
+        if apart > SAME_BOOT_S:
+            differences.append(f"booted at {boots[1]}, not {boots[0]}")
+    cpus = [record.get("cpu", {}) for record in (before, now)]
+    differences += [f"CPU {key.replace('_', ' ')} {cpus[1][key]}, not {cpus[0][key]}" for key in CPU_IDENTITY_KEYS
+                    if key in cpus[0] and key in cpus[1] and cpus[0][key] != cpus[1][key]]
+    if not differences:
+        return None
+    return (f"this session runs on another machine than the session before it ({'; '.join(differences)}): its "
+            "timings compare with that session's across machines")
+
+
 def cpu_info() -> dict[str, Any]:
     cpuinfo = Path("/proc/cpuinfo")
     identity = cpu_identity(cpuinfo.read_text()) if cpuinfo.exists() else {}
@@ -228,6 +264,7 @@ def describe() -> dict[str, Any]:
     """Everything above, plus host name, operating system and the time it was read."""
     return {
         "hostname": socket.gethostname(),
+        "booted_at": booted_at(),
         "platform": platform.platform(),
         "read_at": now_utc(),
         "git": git_info(),

@@ -126,6 +126,11 @@ def _start_meta(run_dir: Path, run_id: str, preset: str, params: SweepParams) ->
     narrower = machine.narrower_blas(session["machine"])
     if narrower is not None:
         session["narrower_blas"] = narrower
+    # A resumed run on another machine (a fresh GPU-host instance, say): its rows compare across machines.
+    elsewhere = (machine.another_machine(meta["sessions"][-1]["machine"], session["machine"])
+                 if meta and meta.get("sessions") else None)
+    if elsewhere is not None:
+        session["other_machine"] = elsewhere
     if meta is None:
         meta = {"schema": SCHEMA_VERSION, "run_id": run_id, "started_at": session["started_at"],
                 "preset": preset, "parameters": session["parameters"], "machine": session["machine"],
@@ -237,8 +242,9 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
     status = "interrupted"
     with _progress(len(units), progress) as bar:
         bar.update(len(units) - len(todo))
-        if narrower := meta["sessions"][-1].get("narrower_blas"):
-            bar.write(f"warning: {narrower}", file=sys.stderr)
+        for note in ("narrower_blas", "other_machine"):
+            if sentence := meta["sessions"][-1].get(note):
+                bar.write(f"warning: {sentence}", file=sys.stderr)
         try:
             for unit in todo:
                 bar.set_postfix_str(unit.key, refresh=False)
