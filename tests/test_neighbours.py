@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
 from mlpbench.backends import REGISTRY
@@ -106,6 +107,27 @@ def test_a_run_flags_units_measured_on_shared_cores(tmp_path, monkeypatch):
     busy = json.loads((run_dir / "meta.json").read_text())["busy"]
     flagged = {entry["key"] for entry in busy if "probe_slowdown" in entry}
     assert flagged == {"rows:stages/c-omp/digits/b32/t2"}
+
+
+@pytest.mark.parametrize("deferrals", [1, 0])
+def test_a_unit_on_shared_cores_goes_to_the_end_of_the_queue(tmp_path, monkeypatch, deferrals):
+    # The first two-thread probe finds the cores shared (50x), every later one quiet: with a deferral the unit
+    # is measured after the others, on quiet cores, and not flagged; without one it is measured at once, flagged.
+    monkeypatch.setattr("mlpbench.sweep.runner.step_probe", lambda: FakeProbe({1: [1.0], 2: [50.0, 0.5]}))
+    run_dir = run("quick", results_dir=tmp_path, run_id="r", progress=False, backends=("c-serial", "c-omp"),
+                  studies=("stages",), networks=("digits:32", "2-8-1:4"), threads=(1, 2), deferrals=deferrals)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    first = "rows:stages/c-omp/digits/b32/t2"
+    flagged = {entry["key"] for entry in meta["busy"] if "probe_slowdown" in entry}
+    rows = pd.read_csv(run_dir / "rows.csv")
+    last = rows.key.iloc[-1]  # the table's blocks are in the order the units were measured
+    assert (rows[rows.key == first[len("rows:"):]].status == "ok").all()
+    if deferrals:
+        assert meta["sessions"][-1]["deferred"] == [first] and flagged == set()
+        assert last == first[len("rows:"):]
+    else:
+        assert "deferred" not in meta["sessions"][-1] and flagged == {first}
+        assert last != first[len("rows:"):]
 
 
 def test_the_session_baseline_judges_every_unit_again_at_its_end():

@@ -6,8 +6,9 @@ Before each CPU measurement the sweep times a fixed training step of the C libra
 thread count (before a GPU backend's, on one thread: the host thread that launches its work, whose pace is most
 of a small network's step) and compares it with what that step takes there on quiet cores as far as the session has seen
 (a low percentile of its probes on as many threads, or on one thread). Slower than :data:`SLOWDOWN_LIMIT` times
-that, the cores are taken as shared at that moment: the sweep waits and probes again, a few times, then measures
-anyway and flags the configuration in ``meta.json``'s ``busy`` list.
+that, the cores are taken as shared at that moment: the sweep waits and probes again, a few times, then puts
+the configuration back at the end of its queue (``deferrals`` times) and, at its next turn, measures it anyway
+and flags it in ``meta.json``'s ``busy`` list if the cores are still shared.
 
 The probe is a step, not a product: a neighbour on the second core doubled the development machine's 2-thread
 steps for seconds at a time, which wait at a barrier a few dozen times each, while a 192^3 product on the same

@@ -80,6 +80,7 @@ class SweepParams:
     task_epochs: int = 0      # cap on each task's epochs; 0: the task's own (the original benchmark: 100)
     task_repeats: int = 3     # timed runs of each end-to-end task and backend (the median is the measure)
     neighbour_wait_s: float = 12.0  # the most seconds to wait for cores a neighbour shares (sweep.neighbours)
+    deferrals: int = 1        # times a unit on cores still shared after the wait goes to the end of the queue
     ranks: tuple[int, ...] = ()  # world sizes of the ranks study; empty: 1, 2, 4, ... what the machine holds
     scaling: tuple[str, ...] = ("strong", "weak")
     rank_networks: tuple[str, ...] = ("mnist:256",)  # strong: global batch; weak: batch per rank
@@ -121,6 +122,8 @@ class SweepParams:
             raise ValueError(f"task_epochs must be >= 0 (0: each task's own), got {self.task_epochs}")
         if not self.neighbour_wait_s >= 0:
             raise ValueError(f"neighbour_wait_s must be >= 0, got {self.neighbour_wait_s}")
+        if self.deferrals < 0:
+            raise ValueError(f"deferrals must be >= 0, got {self.deferrals}")
         if any(t < 1 for t in self.threads):
             raise ValueError(f"thread counts must be >= 1, got {self.threads}")
 
@@ -187,6 +190,9 @@ HELP: dict[str, str] = {
                     "(the first evaluated after every epoch, the others after their last)",
     "neighbour_wait_s": "the most seconds to wait before a CPU measurement while a fixed probe says other work "
                         "shares the cores (invisible to the load average); 0: measure at once, only flag it",
+    "deferrals": "times a unit whose cores the probe still finds shared after that wait is put back at the end of "
+                 "the session's queue, in case the neighbour leaves meanwhile, before it is measured and flagged; "
+                 "0: never",
     "ranks": "world sizes of the ranks study (data-parallel under torchrun); empty: 1, 2, 4, ... up to the "
              "cores (CPU backends) or GPUs (GPU backends) of this machine",
     "scaling": "ranks study: strong (fixed global batch) and/or weak (fixed batch per rank)",

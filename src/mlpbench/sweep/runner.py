@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +20,7 @@ from mlpbench.sweep.curves import training_curve
 from mlpbench.sweep.endtoend import endtoend_rows
 from mlpbench.sweep.ladders import cpu_ladder, gpu_ladder
 from mlpbench.sweep.measuring import Unavailable, measure
-from mlpbench.sweep.neighbours import NeighbourCheck, ProbeSite, neighbour_entry, step_probe
+from mlpbench.sweep.neighbours import SLOWDOWN_LIMIT, NeighbourCheck, ProbeSite, neighbour_entry, step_probe
 from mlpbench.sweep.params import SCHEMA_VERSION, SweepParams, make_params
 from mlpbench.sweep.planning import Config, backend_threads, plan
 from mlpbench.sweep.ranks import rank_jobs
@@ -67,17 +67,20 @@ class Attempts:
         lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
         self.counts = Counter(lines)
 
-    def begin(self, unit: Unit) -> str | None:
-        """Log a start of ``unit``; the reason to give up on it instead, if it has crashed too often."""
+    def given_up(self, unit: Unit) -> str | None:
+        """Why ``unit`` is not tried again (it crashed too often), or ``None``."""
+        count = self.counts[f"{unit.table}:{unit.key}"]
+        return f"the process died while measuring it, {count} times: not tried again" if (
+            count >= self.MAX_ATTEMPTS) else None
+
+    def begin(self, unit: Unit) -> None:
+        """Log a start of ``unit``."""
         name = f"{unit.table}:{unit.key}"
-        if self.counts[name] >= self.MAX_ATTEMPTS:
-            return f"the process died while measuring it, {self.counts[name]} times: not tried again"
         self.counts[name] += 1
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(name + "\n")
             handle.flush()
             os.fsync(handle.fileno())
-        return None
 
 
 def gpu_present() -> bool:
@@ -238,7 +241,8 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
     neighbours = NeighbourCheck(step_probe(), wait_s=params.neighbour_wait_s)
     passed: list[tuple[str, int, float]] = []  # (unit, threads, its slower probe) for the end of the session
 
-    todo = [unit for unit in units if unit.key not in finished[unit.table]]
+    todo = deque(unit for unit in units if unit.key not in finished[unit.table])
+    deferred: Counter[str] = Counter()  # units put back at the end of the queue, and how often
     status = "interrupted"
     with _progress(len(units), progress) as bar:
         bar.update(len(units) - len(todo))
@@ -246,7 +250,8 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
             if sentence := meta["sessions"][-1].get(note):
                 bar.write(f"warning: {sentence}", file=sys.stderr)
         try:
-            for unit in todo:
+            while todo:
+                unit = todo.popleft()
                 bar.set_postfix_str(unit.key, refresh=False)
                 config = unit.config
                 recorded = False  # whether the unit's work already wrote its rows
@@ -254,11 +259,23 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
                     rows = [{**row, "study": config.study, "reused_from": row["key"]}
                             for row in measured[config.measurement]]
                 else:
-                    crashed = attempts.begin(unit)
+                    crashed = attempts.given_up(unit)
                     if crashed is None:
                         site = probe_site(unit, params)
                         shared = neighbours.before(site.threads) if site else None
+                        name = f"{unit.table}:{unit.key}"
+                        if shared is not None and shared > SLOWDOWN_LIMIT and todo and (
+                                deferred[name] < params.deferrals):
+                            # Cores still shared after the wait: other units first, this one at the end.
+                            deferred[name] += 1
+                            meta["sessions"][-1].setdefault("deferred", []).append(name)
+                            bar.write(f"{name}: the cores were still shared after the wait (a fixed step "
+                                      f"{shared:.2f}x slower than usual): put back at the end of the queue",
+                                      file=sys.stderr)
+                            todo.append(unit)
+                            continue
                         probed_before = neighbours.last_seconds if shared is not None else None
+                        attempts.begin(unit)
                         rows, recorded = unit.work(), unit.records_itself
                         if site:
                             shared = max(filter(None, (shared, neighbours.after(site.threads))), default=None)
