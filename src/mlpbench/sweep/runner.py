@@ -239,7 +239,7 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
     attempts = Attempts(run_dir / "attempts.log")
     cores = os.cpu_count() or 1  # the load average counts the whole machine, not this process's affinity
     neighbours = NeighbourCheck(step_probe(), wait_s=params.neighbour_wait_s)
-    passed: list[tuple[str, int, float]] = []  # (unit, threads, its slower probe) for the end of the session
+    passed: list[tuple[str, ProbeSite, float]] = []  # (unit, probe site, its quicker probe) for the session end
 
     todo = deque(unit for unit in units if unit.key not in finished[unit.table])
     deferred: Counter[str] = Counter()  # units put back at the end of the queue, and how often
@@ -279,13 +279,12 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
                         rows, recorded = unit.work(), unit.records_itself
                         if site:
                             shared = max(filter(None, (shared, neighbours.after(site.threads))), default=None)
-                        flagged = neighbour_entry(f"{unit.table}:{unit.key}", shared, site, cores)
+                        flagged = neighbour_entry(name, shared, site, cores)
                         if flagged is not None:
                             _record_busy(meta, flagged, f"{flagged['key']}: {flagged['reason']}", bar)
                             _write_meta(run_dir, meta)
                         elif probed_before is not None:
-                            passed.append((f"{unit.table}:{unit.key}", site,
-                                           min(probed_before, neighbours.last_seconds)))
+                            passed.append((name, site, min(probed_before, neighbours.last_seconds)))
                     else:
                         rows = [{**unit.identity, "status": "failed", "reason": crashed,
                                  "finished_at": machine.now_utc()}]
