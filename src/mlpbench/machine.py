@@ -109,7 +109,7 @@ def booted_at() -> str:
 #: Boot times this close are one boot: the kernel derives ``btime`` from the wall clock, which may be adjusted.
 SAME_BOOT_S = 60.0
 #: What of the CPU tells two machines apart (cpu_info's keys).
-CPU_IDENTITY_KEYS = ("vendor", "family", "model_number", "stepping", "caches")
+CPU_IDENTITY_KEYS = (*CPU_IDENTITY_FIELDS.values(), "caches")
 
 
 def another_machine(before: dict[str, Any], now: dict[str, Any]) -> str | None:
