@@ -126,6 +126,27 @@ def _ratio(slower: float | None, faster: float | None) -> float | None:
     return slower / faster if slower and faster else None
 
 
+def _cache_size(size: str) -> str:
+    """The kernel's cache size (``"2048K"``) in MiB where it is whole ones."""
+    kib = int(size.rstrip("K")) if size.rstrip("K").isdigit() else None
+    if kib is None:
+        return size
+    return f"{kib // 1024} MiB" if kib % 1024 == 0 else f"{kib} KiB"
+
+
+def cpu_identity(cpu: dict[str, Any]) -> str | None:
+    """What tells this CPU from others of the same model name (family, model number, stepping, L2 and L3), as
+    a run recorded it; ``None`` for runs that did not (swept before the record)."""
+    if not cpu.get("family") or not cpu.get("model_number"):
+        return None
+    text = f"family {cpu['family']}, model {cpu['model_number']}"
+    if cpu.get("stepping"):
+        text += f", stepping {cpu['stepping']}"
+    caches = cpu.get("caches") if isinstance(cpu.get("caches"), dict) else {}
+    sizes = [f"{level} {_cache_size(caches[level])}" for level in ("L2", "L3") if level in caches]
+    return text + (f"; {', '.join(sizes)}" if sizes else "")
+
+
 def later_sessions(rows: pd.DataFrame, meta: dict[str, Any]) -> list[dict[str, Any]]:
     """Backends whose stage timings all come from a later session of the run than most backends' (a resumed
     run measures in several sessions, minutes or an instance apart): each session's start, its minutes after
@@ -461,6 +482,7 @@ class _Run:
 
     def machine(self) -> dict[str, Any]:
         described = self.meta.get("machine", {})
+        cpu = described.get("cpu", {})
         libraries = described.get("libraries", {})
         native = described.get("native", {})
         gpu = described.get("gpu", {})
@@ -468,7 +490,7 @@ class _Run:
         commit = described.get("git", {}).get("commit", "")
         return {
             "run_id": self.run_id, "label": machine_label(self.meta),
-            "cpu": described.get("cpu", {}).get("model"), "cores": described.get("cpu", {}).get("usable_cores"),
+            "cpu": cpu.get("model"), "cores": cpu.get("usable_cores"), "cpu_identity": cpu_identity(cpu),
             "gpu": gpu.get("name") if not str(gpu.get("name", "unavailable")).startswith("unavailable") else None,
             "gpu_driver": smi.get("driver_version"), "gpu_max_clock": smi.get("clocks.max.sm"),
             "python": libraries.get("python"), "numpy": libraries.get("numpy"), "torch": libraries.get("torch"),

@@ -221,6 +221,11 @@ OTHER_MACHINE = ("this session runs on another machine than the session before i
                  "session's across machines")
 
 
+#: What a sweep records of its CPU beyond the model name (machine.cpu_info), as the GPU host's Xeon gave it.
+CPU_IDENTITY = {"vendor": "GenuineIntel", "family": "6", "model_number": "207", "stepping": "2",
+                "caches": {"L1d": "48K", "L1i": "32K", "L2": "2048K", "L3": "307200K"}}
+
+
 def flip(source: Path, target: Path) -> None:
     """A copy of a committed run whose orderings are the other way round: backprop the largest stage of every
     backend, a CPU backend fastest at the smallest batch, the GPU behind at the smallest width, c-omp ahead of
@@ -229,7 +234,8 @@ def flip(source: Path, target: Path) -> None:
     loses the record (as runs made before backends chose kernels), any other gains one (the cluster kernel for
     its epoch launches on digits, the grid kernel elsewhere); and a run whose sessions recorded no OpenBLAS on
     narrower kernels than the C library's records one (NARROWER_BLAS), any other loses it; and likewise a run
-    whose sessions recorded no move to another machine records one in its last session (OTHER_MACHINE)."""
+    whose sessions recorded no move to another machine records one in its last session (OTHER_MACHINE), and one
+    whose description has no CPU identity gains one (CPU_IDENTITY), any other loses it."""
     shutil.copytree(source, target)
     meta = json.loads((target / "meta.json").read_text())
     for note, sentence in (("narrower_blas", NARROWER_BLAS), ("other_machine", OTHER_MACHINE)):
@@ -238,6 +244,12 @@ def flip(source: Path, target: Path) -> None:
             session.pop(note, None)
         if not had:
             meta["sessions"][-1][note] = sentence
+    cpu = meta["machine"]["cpu"]
+    if "family" in cpu:
+        for key in CPU_IDENTITY:
+            cpu.pop(key, None)
+    else:
+        cpu.update(CPU_IDENTITY)
     (target / "meta.json").write_text(json.dumps(meta))
     rows = pd.read_csv(target / "rows.csv")
     ok = rows.status == "ok"
@@ -446,6 +458,14 @@ def test_an_openblas_on_narrower_kernels_is_said_of_the_runs_that_recorded_one(r
     assert says(text, "NumPy rows of that run are slower than OpenBLAS can be there") == (len(recorded) == 1)
     assert says(text, "NumPy rows of those runs are slower") == (len(recorded) > 1)
     assert ("Libraries:" in text) == bool(recorded)
+
+
+def test_the_cpu_is_named_with_its_identity_where_the_run_recorded_it(report):
+    # The machines table's two columns; a run swept before the record has its model name alone.
+    runs, text, _ = report
+    recorded = ["family" in json.loads((run / "meta.json").read_text())["machine"]["cpu"] for run in runs[:2]]
+    assert says(text, "(family 6, model 207, stepping 2; L2 2 MiB, L3 300 MiB)") == any(recorded)
+    assert ("(family" in text) == any(recorded)
 
 
 def test_a_run_resumed_on_another_machine_is_said(report):
