@@ -67,7 +67,9 @@ def _short_cpu_name(model: str) -> str:
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """One CSV table, complete units only (a torn last line or a half-written unit is left out)."""
+    """One CSV table, complete units only (a torn last line or a half-written unit is left out); where a unit
+    was timed again in its session (its first timing on shared cores), its later block of rows in place of the
+    earlier one, which the file keeps."""
     if not path.exists():
         return pd.DataFrame()
     text = path.read_text(encoding="utf-8")
@@ -76,8 +78,18 @@ def read_table(path: Path) -> pd.DataFrame:
     frame = pd.read_csv(io.StringIO(text))
     if frame.empty:
         return frame
-    counts = frame.groupby("key", sort=False)["key"].transform("size")
-    frame = frame[counts == frame["block_rows"]]
+    keys, sizes = frame["key"].tolist(), frame["block_rows"].tolist()
+    block = [-1] * len(frame)  # each row's block, in file order; -1: not in a complete block
+    start = number = 0
+    while start < len(frame):
+        size = int(sizes[start])
+        if start + size > len(frame) or any(key != keys[start] for key in keys[start:start + size]):
+            break  # an incomplete block can only be the last one written
+        block[start:start + size] = [number] * size
+        start, number = start + size, number + 1
+    frame = frame.assign(_block=block)
+    latest = frame[frame._block >= 0].groupby("key")._block.max()
+    frame = frame[frame._block == frame.key.map(latest)].drop(columns="_block")
     return frame.reset_index(drop=True)
 
 

@@ -194,9 +194,10 @@ def load_table(results: Results) -> pd.DataFrame:
     the run kept such a record (older runs did not). A run is ``quiet`` when it flagged nothing or, without a
     record, when the load never exceeded the core count. ``narrower_blas``: what its sessions recorded of an
     OpenBLAS on narrower kernels than the C library's (``None``: nothing); ``other_machines`` how many of its
-    sessions recorded running on another machine than the session before them (a resumed run)."""
+    sessions recorded running on another machine than the session before them (a resumed run); ``retimed`` how
+    many configurations its sessions timed again at their end, the first timing's probes slow."""
     columns = ["run_id", "machine", "cores", "configurations", "max_load", "busy", "busy_recorded", "quiet",
-               "narrower_blas", "other_machines"]
+               "narrower_blas", "other_machines", "retimed"]
     out = []
     for run_id, meta in results.meta.items():
         rows = results.rows[results.rows.run_id == run_id] if "run_id" in results.rows else pd.DataFrame()
@@ -215,7 +216,8 @@ def load_table(results: Results) -> pd.DataFrame:
                     "configurations": int(rows.key.nunique()) if len(rows) else 0, "max_load": max_load,
                     "busy": busy, "busy_recorded": recorded, "quiet": quiet,
                     "narrower_blas": "; ".join(dict.fromkeys(notes)) or None,
-                    "other_machines": sum(bool(session.get("other_machine")) for session in sessions)})
+                    "other_machines": sum(bool(session.get("other_machine")) for session in sessions),
+                    "retimed": sum(len(session.get("retimed") or []) for session in sessions)})
     return pd.DataFrame(out, columns=columns)
 
 

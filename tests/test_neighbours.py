@@ -9,6 +9,7 @@ import json
 import pandas as pd
 import pytest
 
+from analysis.load import load_run
 from mlpbench.backends import REGISTRY
 from mlpbench.backends.numpy_ref import NumpyModel
 from mlpbench.sweep import make_params, neighbours, run
@@ -146,14 +147,40 @@ def test_a_run_that_starts_on_shared_cores_flags_its_first_units_at_the_end(tmp_
     # The first network's two-thread unit is probed at 0.8 s before and after it, the second's at 0.8 s before
     # and 0.5 s after (the neighbour left during it), the third's at 0.5 s: at the end of the session only the
     # first is flagged against the later baseline.
+    # (Not timed again: retimes=0; the next test times it again.)
     monkeypatch.setattr("mlpbench.sweep.runner.step_probe",
                         lambda: FakeProbe({1: [1.0], 2: [0.8, 0.8, 0.8, 0.5]}))
     run_dir = run("quick", results_dir=tmp_path, run_id="r", progress=False, backends=("c-serial", "c-omp"),
-                  studies=("stages",), networks=("digits:32", "2-8-1:4", "2-16-1:8"), threads=(1, 2))
-    busy = json.loads((run_dir / "meta.json").read_text())["busy"]
-    late = {entry["key"]: entry for entry in busy if "judged at the end" in entry.get("reason", "")}
+                  studies=("stages",), networks=("digits:32", "2-8-1:4", "2-16-1:8"), threads=(1, 2), retimes=0)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    late = {entry["key"]: entry for entry in meta["busy"] if "judged at the end" in entry.get("reason", "")}
     assert set(late) == {"rows:stages/c-omp/digits/b32/t2"}
     assert all(entry["probe_slowdown"] == pytest.approx(1.6) for entry in late.values())
+    assert "retimed" not in meta["sessions"][-1]
+
+
+def test_a_unit_flagged_at_the_session_end_is_timed_again_on_quiet_cores(tmp_path, monkeypatch):
+    # The session begins on shared cores (two-thread probes at 0.8 s around its first two-thread unit, 0.5 s
+    # after): at its end that unit is timed again, the probes quiet, and its new rows replace the first ones
+    # in what the analysis reads, for the threads study's copy of the same measurement too; rows.csv keeps both
+    # timings, and nothing is flagged.
+    monkeypatch.setattr("mlpbench.sweep.runner.step_probe", lambda: FakeProbe({1: [1.0], 2: [0.8, 0.8, 0.5]}))
+    run_dir = run("quick", results_dir=tmp_path, run_id="r", progress=False, backends=("c-serial", "c-omp"),
+                  studies=("stages", "threads"), networks=("digits:32", "2-8-1:4"), thread_networks=("digits:32",),
+                  threads=(1, 2), thread_rounds=1)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    key = "stages/c-omp/digits/b32/t2"
+    assert [entry["key"] for entry in meta["sessions"][-1]["retimed"]] == [f"rows:{key}"]
+    assert meta["sessions"][-1]["retimed"][0]["first"]["probe_slowdown"] == pytest.approx(1.6)
+    assert not [entry for entry in meta["busy"] if "probe_slowdown" in entry]
+    written = pd.read_csv(run_dir / "rows.csv")
+    first, again = (group for _, group in written[written.key == key].groupby((written.key != written.key.shift())
+                                                                             .cumsum()))
+    read = load_run(run_dir).rows
+    kept = read[read.key == key].set_index("stage").median_s
+    assert kept.equals(again.set_index("stage").median_s) and not kept.equals(first.set_index("stage").median_s)
+    copy = read[read.reused_from == key].set_index("stage").median_s
+    assert len(copy) and copy.equals(kept)
 
 
 def test_the_cpu_ladder_is_probed_as_a_cpu_unit(tmp_path, monkeypatch):

@@ -235,7 +235,8 @@ def flip(source: Path, target: Path) -> None:
     its epoch launches on digits, the grid kernel elsewhere); and a run whose sessions recorded no OpenBLAS on
     narrower kernels than the C library's records one (NARROWER_BLAS), any other loses it; and likewise a run
     whose sessions recorded no move to another machine records one in its last session (OTHER_MACHINE), and one
-    whose description has no CPU identity gains one (CPU_IDENTITY), any other loses it."""
+    whose description has no CPU identity gains one (CPU_IDENTITY), any other loses it; and a run whose sessions
+    timed no configuration again at their end records one timed again."""
     shutil.copytree(source, target)
     meta = json.loads((target / "meta.json").read_text())
     for note, sentence in (("narrower_blas", NARROWER_BLAS), ("other_machine", OTHER_MACHINE)):
@@ -244,6 +245,11 @@ def flip(source: Path, target: Path) -> None:
             session.pop(note, None)
         if not had:
             meta["sessions"][-1][note] = sentence
+    had = any(session.get("retimed") for session in meta["sessions"])
+    for session in meta["sessions"]:
+        session.pop("retimed", None)
+    if not had:
+        meta["sessions"][-1]["retimed"] = [{"key": "rows:stages/c-omp/digits/b32/t2", "first": {}}]
     cpu = meta["machine"]["cpu"]
     if "family" in cpu:
         for key in CPU_IDENTITY:
@@ -466,6 +472,17 @@ def test_the_cpu_is_named_with_its_identity_where_the_run_recorded_it(report):
     recorded = ["family" in json.loads((run / "meta.json").read_text())["machine"]["cpu"] for run in runs[:2]]
     assert says(text, "(family 6, model 207, stepping 2; L2 2 MiB, L3 300 MiB)") == any(recorded)
     assert ("(family" in text) == any(recorded)
+
+
+def test_configurations_timed_again_are_said(report):
+    runs, text, _ = report
+    again = {run.name: sum(len(session.get("retimed") or []) for session in
+                           json.loads((run / "meta.json").read_text())["sessions"]) for run in runs}
+    again = {name: count for name, count in again.items() if count}
+    for name, count in again.items():
+        assert says(text, f"{name} timed {count} configuration{'s' if count > 1 else ''} again at the end of a "
+                          "session")
+    assert ("Timed again:" in text) == bool(again)
 
 
 def test_a_run_resumed_on_another_machine_is_said(report):

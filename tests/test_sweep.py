@@ -299,6 +299,16 @@ def test_a_run_resumed_on_another_machine_says_so(tmp_path: Path, capsys: pytest
     assert f"warning: {session['other_machine']}" in capsys.readouterr().err
 
 
+def test_a_later_block_of_a_key_replaces_the_earlier_one_and_both_stay_in_the_file(tmp_path: Path) -> None:
+    table = BlockTable(tmp_path / "t.csv", ["key", "block_rows", "value"])
+    table.read()  # writes the header
+    table.append("a", [{"value": 1}, {"value": 2}])
+    table.append("b", [{"value": 3}])
+    table.append("a", [{"value": 4}])
+    assert [(row["key"], row["value"]) for row in table.read()] == [("b", "3"), ("a", "4")]
+    assert (tmp_path / "t.csv").read_text().count("\na,") == 3
+
+
 def test_shared_configurations_are_measured_once(quick_run: Path) -> None:
     rows = read_rows(quick_run).assign(stage=lambda f: f.stage.fillna(""))
     reused = rows[rows.reused_from.notna()]

@@ -239,7 +239,10 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
     attempts = Attempts(run_dir / "attempts.log")
     cores = os.cpu_count() or 1  # the load average counts the whole machine, not this process's affinity
     neighbours = NeighbourCheck(step_probe(), wait_s=params.neighbour_wait_s)
-    passed: list[tuple[str, ProbeSite, float]] = []  # (unit, probe site, its quicker probe) for the session end
+    passed: list[tuple[Unit, ProbeSite, float]] = []  # (unit, probe site, its quicker probe) for the session end
+    reused_by: dict[tuple[Any, ...], list[Unit]] = {}  # the units of this session that copied a measurement
+    retimed: set[str] = set()  # units flagged at the session's end, then timed again on quiet cores
+    late: list[tuple[Unit, ProbeSite, dict[str, Any]]] | None = None  # those flagged at the session's end
 
     todo = deque(unit for unit in units if unit.key not in finished[unit.table])
     deferred: Counter[str] = Counter()  # units put back at the end of the queue, and how often
@@ -258,6 +261,7 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
                 if config is not None and config.measurement in measured:
                     rows = [{**row, "study": config.study, "reused_from": row["key"]}
                             for row in measured[config.measurement]]
+                    reused_by.setdefault(config.measurement, []).append(unit)
                 else:
                     crashed = attempts.given_up(unit)
                     if crashed is None:
@@ -283,8 +287,8 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
                         if flagged is not None:
                             _record_busy(meta, flagged, f"{flagged['key']}: {flagged['reason']}", bar)
                             _write_meta(run_dir, meta)
-                        elif probed_before is not None:
-                            passed.append((name, site, min(probed_before, neighbours.last_seconds)))
+                        elif probed_before is not None and not recorded:
+                            passed.append((unit, site, min(probed_before, neighbours.last_seconds)))
                     else:
                         rows = [{**unit.identity, "status": "failed", "reason": crashed,
                                  "finished_at": machine.now_utc()}]
@@ -304,24 +308,59 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
                                  "more runnable threads than cores)", bar)
                     _write_meta(run_dir, meta)
                 bar.update()
+            late = _late_flags(neighbours, passed, cores)
+            for unit, site, entry in late:
+                for _ in range(params.retimes):
+                    rows = _time_again(unit, site, neighbours)
+                    if rows is None:
+                        continue
+                    tables[unit.table].append(unit.key, rows)
+                    if (busy := busy_entry(entry["key"], rows, cores)) is not None:
+                        _record_busy(meta, busy, f"the machine was busy while {busy['key']} ran again", bar)
+                    if unit.config is not None:  # the units that copied its first timing copy this one
+                        for reuser in reused_by.get(unit.config.measurement, []):
+                            tables[reuser.table].append(reuser.key, [
+                                {**row, "study": reuser.config.study, "reused_from": unit.key} for row in rows])
+                    meta["sessions"][-1].setdefault("retimed", []).append({"key": entry["key"], "first": entry})
+                    retimed.add(entry["key"])
+                    bar.write(f"{entry['key']}: timed again on quiet cores at the end of the session (its first "
+                              f"timing's probes {entry['probe_slowdown']:.2f}x the session's usual)", file=sys.stderr)
+                    break
             status = "complete"
         finally:
-            _flag_at_session_end(neighbours, passed, meta, cores, bar)
+            for _, _, entry in late if late is not None else _late_flags(neighbours, passed, cores):
+                if entry["key"] not in retimed:
+                    _record_busy(meta, entry, f"{entry['key']}: {entry['reason']}", bar)
             _record_unavailable(unavailable_here, meta, bar)
             _finish_meta(run_dir, meta, status)
     return run_dir
 
 
-def _flag_at_session_end(neighbours: NeighbourCheck, passed: list[tuple[str, ProbeSite, float]],
-                         meta: dict[str, Any], cores: int, bar: Any) -> None:
-    """Flags the CPU units the probe let pass whose probes before and after them were both slower than
-    SLOWDOWN_LIMIT times their baseline over the whole session: a session that began on shared cores judged its
-    first units against a slow baseline. (A unit the load average flagged keeps that entry beside this one.)"""
-    for key, site, seconds in passed:
-        entry = neighbour_entry(key, neighbours.slowdown_against_session(seconds, site.threads), site, cores,
-                                at_session_end=True)
+def _late_flags(neighbours: NeighbourCheck, passed: list[tuple[Unit, ProbeSite, float]],
+                cores: int) -> list[tuple[Unit, ProbeSite, dict[str, Any]]]:
+    """The CPU units the probe let pass whose probes before and after them were both slower than SLOWDOWN_LIMIT
+    times their baseline over the whole session, with their entries for ``busy``: a session that began on shared
+    cores judged its first units against a slow baseline. (A unit the load average flagged keeps that entry
+    beside this one.)"""
+    late = []
+    for unit, site, seconds in passed:
+        entry = neighbour_entry(f"{unit.table}:{unit.key}", neighbours.slowdown_against_session(seconds, site.threads),
+                                site, cores, at_session_end=True)
         if entry is not None:
-            _record_busy(meta, entry, f"{key}: {entry['reason']}", bar)
+            late.append((unit, site, entry))
+    return late
+
+
+def _time_again(unit: Unit, site: ProbeSite, neighbours: NeighbourCheck) -> list[dict[str, Any]] | None:
+    """``unit`` measured again where the probe, before and after, finds the cores as quiet as the session's usual
+    and every row came out ``ok``: its rows, to replace its first timing's (the table keeps both). ``None``
+    where the cores are shared still or a row did not come out ``ok``."""
+    if neighbours.before(site.threads) > SLOWDOWN_LIMIT:
+        return None
+    rows = unit.work()
+    if neighbours.after(site.threads) > SLOWDOWN_LIMIT or any(row.get("status") != "ok" for row in rows):
+        return None
+    return rows
 
 
 #: How a row skipped because its backend cannot run here begins its reason (measuring.describe_error).

@@ -68,7 +68,8 @@ class BlockTable:
     """An append-only CSV file of blocks: all rows of one finished unit of work, written in one go.
 
     Every row carries its unit's ``key`` and the unit's row count ``block_rows``. :meth:`read` keeps only
-    complete blocks (a SIGKILL can leave a torn last line or half a block) and cuts anything else off.
+    complete blocks (a SIGKILL can leave a torn last line or half a block) and cuts anything else off; a unit
+    timed again appends a second block of its key, which replaces the first in what :meth:`read` returns.
     """
 
     def __init__(self, path: Path, columns: Sequence[str]) -> None:
@@ -84,7 +85,8 @@ class BlockTable:
         return buffer.getvalue()
 
     def read(self) -> list[dict[str, str]]:
-        """The complete blocks, in file order; repairs the file in place when its tail is damaged."""
+        """The complete blocks, in file order, a later block of a key in place of an earlier one (a unit timed
+        again; the file keeps both); repairs the file in place when its tail is damaged."""
         if not self.path.exists():
             write_atomic(self.path, self._header)
             return []
@@ -99,7 +101,7 @@ class BlockTable:
         if lines and not lines[-1].endswith("\n"):
             lines.pop()  # torn last line
         rows = list(csv.DictReader(io.StringIO("".join(lines)), fieldnames=self.columns))
-        kept: list[dict[str, str]] = []
+        blocks: list[list[dict[str, str]]] = []
         kept_lines: list[str] = []
         start = 0
         while start < len(rows):
@@ -107,12 +109,13 @@ class BlockTable:
             block = rows[start:start + size]
             if len(block) < size or any(row["key"] != key for row in block):
                 break  # an incomplete block can only be the last one written
-            kept += block
+            blocks.append(block)
             kept_lines += lines[start:start + size]
             start += size
         if start < len(rows) or len(lines) != len(body.splitlines(keepends=True)):
             write_atomic(self.path, self._header + "".join(kept_lines))
-        return kept
+        latest = {block[0]["key"]: number for number, block in enumerate(blocks)}
+        return [row for number, block in enumerate(blocks) if latest[block[0]["key"]] == number for row in block]
 
     def keys(self) -> set[str]:
         return {row["key"] for row in self.read()}
