@@ -346,7 +346,10 @@ def repeated_endtoend(ends: pd.DataFrame, wide: str) -> pd.DataFrame:
         again.loc[again.epoch < last, ["train_loss", "test_accuracy"]] = float("nan")
         runs.append(again)
     out = pd.concat(runs, ignore_index=True)
-    return out.assign(block_rows=out.groupby("key").key.transform("size"))  # each unit's rows, as written
+    # Each unit's rows together, units in their first order, as the sweep writes its blocks.
+    order = out.key.map({key: number for number, key in enumerate(dict.fromkeys(out.key))})
+    out = out.iloc[order.argsort(kind="stable")].reset_index(drop=True)
+    return out.assign(block_rows=out.groupby("key").key.transform("size"))
 
 
 #: The networks the flipped copies time in rounds, and each later round's factor on one thread's step and on
