@@ -116,7 +116,8 @@ def test_a_unit_on_shared_cores_goes_to_the_end_of_the_queue(tmp_path, monkeypat
     # is measured after the others, on quiet cores, and not flagged; without one it is measured at once, flagged.
     monkeypatch.setattr("mlpbench.sweep.runner.step_probe", lambda: FakeProbe({1: [1.0], 2: [50.0, 0.5]}))
     run_dir = run("quick", results_dir=tmp_path, run_id="r", progress=False, backends=("c-serial", "c-omp"),
-                  studies=("stages",), networks=("digits:32", "2-8-1:4"), threads=(1, 2), deferrals=deferrals)
+                  studies=("stages",), networks=("digits:32", "2-8-1:4"), threads=(1, 2), deferrals=deferrals,
+                  retimes=0)
     meta = json.loads((run_dir / "meta.json").read_text())
     first = "rows:stages/c-omp/digits/b32/t2"
     flagged = {entry["key"] for entry in meta["busy"] if "probe_slowdown" in entry}
@@ -129,6 +130,23 @@ def test_a_unit_on_shared_cores_goes_to_the_end_of_the_queue(tmp_path, monkeypat
     else:
         assert "deferred" not in meta["sessions"][-1] and flagged == {first}
         assert last != first[len("rows:"):]
+
+
+def test_a_unit_flagged_as_it_was_measured_is_timed_again_at_the_session_end(tmp_path, monkeypatch):
+    # Not deferred, measured on shared cores (50x) and flagged; at the session's end, the cores quiet (0.5 s),
+    # it is timed again, its new rows replace the first ones and its busy entry goes to the session's retimed.
+    monkeypatch.setattr("mlpbench.sweep.runner.step_probe", lambda: FakeProbe({1: [1.0], 2: [50.0, 0.5]}))
+    run_dir = run("quick", results_dir=tmp_path, run_id="r", progress=False, backends=("c-serial", "c-omp"),
+                  studies=("stages",), networks=("digits:32", "2-8-1:4"), threads=(1, 2), deferrals=0)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    first = "rows:stages/c-omp/digits/b32/t2"
+    assert not [entry for entry in meta["busy"] if "probe_slowdown" in entry]
+    (again,) = meta["sessions"][-1]["retimed"]
+    assert again["key"] == first and "after waiting" in again["first"]["reason"]
+    key = first[len("rows:"):]
+    written, read = pd.read_csv(run_dir / "rows.csv"), load_run(run_dir).rows
+    assert written.key.iloc[-1] == key  # timed again last
+    assert (written.key == key).sum() == 2 * (read.key == key).sum() > 0  # both timings kept, the second read
 
 
 def test_the_session_baseline_judges_every_unit_again_at_its_end():

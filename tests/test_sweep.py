@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from analysis.load import read_table
 from mlpbench import machine
 from mlpbench.backends import BACKENDS, GPU_BACKENDS, model_class
 from mlpbench.network import resolve
@@ -39,7 +40,9 @@ BACKENDS_UNDER_TEST = ["numpy", "c-serial", "c-omp", "torch-cpu", "torch-gpu"]
 
 
 def read_rows(run_dir: Path) -> pd.DataFrame:
-    return pd.read_csv(run_dir / "rows.csv")
+    """The rows as the analysis reads them: where the sweep timed a configuration again (its first timing on
+    shared cores, as the probe can find this machine's), its later block."""
+    return read_table(run_dir / "rows.csv")
 
 
 @pytest.fixture(scope="module")

@@ -81,7 +81,7 @@ class SweepParams:
     task_repeats: int = 3     # timed runs of each end-to-end task and backend (the median is the measure)
     neighbour_wait_s: float = 12.0  # the most seconds to wait for cores a neighbour shares (sweep.neighbours)
     deferrals: int = 1        # times a unit on cores still shared after the wait goes to the end of the queue
-    retimes: int = 1          # tries at the session's end to time again a unit flagged then (sweep.runner)
+    retimes: int = 1          # tries at the session's end to time again a unit the probe flagged (sweep.runner)
     ranks: tuple[int, ...] = ()  # world sizes of the ranks study; empty: 1, 2, 4, ... what the machine holds
     scaling: tuple[str, ...] = ("strong", "weak")
     rank_networks: tuple[str, ...] = ("mnist:256",)  # strong: global batch; weak: batch per rank
@@ -194,9 +194,9 @@ HELP: dict[str, str] = {
     "deferrals": "times a unit whose cores the probe still finds shared after that wait is put back at the end of "
                  "the session's queue, in case the neighbour leaves meanwhile, before it is measured and flagged; "
                  "0: never",
-    "retimes": "tries, at the end of a session, to time again on quiet cores each unit that the session's probes "
-               "flag only then (a session that began on shared cores); its new rows replace the first timing's in "
-               "the analysis, the table keeps both; 0: never",
+    "retimes": "tries, at the end of a session, to time again on quiet cores each unit the probe flagged as timed "
+               "on shared cores (as it was measured, or only at the session's end against all of its probes); its "
+               "new rows replace the first timing's in the analysis, the table keeps both; 0: never",
     "ranks": "world sizes of the ranks study (data-parallel under torchrun); empty: 1, 2, 4, ... up to the "
              "cores (CPU backends) or GPUs (GPU backends) of this machine",
     "scaling": "ranks study: strong (fixed global batch) and/or weak (fixed batch per rank)",

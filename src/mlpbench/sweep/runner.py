@@ -242,7 +242,29 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
     passed: list[tuple[Unit, ProbeSite, float]] = []  # (unit, probe site, its quicker probe) for the session end
     reused_by: dict[tuple[Any, ...], list[Unit]] = {}  # the units of this session that copied a measurement
     retimed: set[str] = set()  # units flagged at the session's end, then timed again on quiet cores
+    shared_then: list[tuple[Unit, ProbeSite, dict[str, Any]]] = []  # units flagged as they were measured
     late: list[tuple[Unit, ProbeSite, dict[str, Any]]] | None = None  # those flagged at the session's end
+
+    def time_again(unit: Unit, site: ProbeSite, entry: dict[str, Any]) -> bool:
+        """Times ``unit`` again (up to ``retimes`` tries) and, where the cores were quiet, puts the new rows in
+        place of the first timing's, for the units that copied that measurement too; whether it did."""
+        for _ in range(params.retimes):
+            rows = _time_again(unit, site, neighbours)
+            if rows is None:
+                continue
+            tables[unit.table].append(unit.key, rows)
+            if (busy := busy_entry(entry["key"], rows, cores)) is not None:
+                _record_busy(meta, busy, f"the machine was busy while {busy['key']} ran again", bar)
+            if unit.config is not None:  # the units that copied its first timing copy this one
+                for reuser in reused_by.get(unit.config.measurement, []):
+                    tables[reuser.table].append(reuser.key, [
+                        {**row, "study": reuser.config.study, "reused_from": unit.key} for row in rows])
+            meta["sessions"][-1].setdefault("retimed", []).append({"key": entry["key"], "first": entry})
+            retimed.add(entry["key"])
+            bar.write(f"{entry['key']}: timed again on quiet cores at the end of the session (its first timing's "
+                      f"probe {entry['probe_slowdown']:.2f}x the usual)", file=sys.stderr)
+            return True
+        return False
 
     todo = deque(unit for unit in units if unit.key not in finished[unit.table])
     deferred: Counter[str] = Counter()  # units put back at the end of the queue, and how often
@@ -287,6 +309,8 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
                         if flagged is not None:
                             _record_busy(meta, flagged, f"{flagged['key']}: {flagged['reason']}", bar)
                             _write_meta(run_dir, meta)
+                            if not recorded:
+                                shared_then.append((unit, site, flagged))
                         elif probed_before is not None and not recorded:
                             passed.append((unit, site, min(probed_before, neighbours.last_seconds)))
                     else:
@@ -308,24 +332,13 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
                                  "more runnable threads than cores)", bar)
                     _write_meta(run_dir, meta)
                 bar.update()
+            # What shared cores spoiled, timed again now: flagged as measured (its busy entry goes), or only now.
+            for unit, site, entry in shared_then:
+                if time_again(unit, site, entry):
+                    meta["busy"].remove(entry)
             late = _late_flags(neighbours, passed, cores)
             for unit, site, entry in late:
-                for _ in range(params.retimes):
-                    rows = _time_again(unit, site, neighbours)
-                    if rows is None:
-                        continue
-                    tables[unit.table].append(unit.key, rows)
-                    if (busy := busy_entry(entry["key"], rows, cores)) is not None:
-                        _record_busy(meta, busy, f"the machine was busy while {busy['key']} ran again", bar)
-                    if unit.config is not None:  # the units that copied its first timing copy this one
-                        for reuser in reused_by.get(unit.config.measurement, []):
-                            tables[reuser.table].append(reuser.key, [
-                                {**row, "study": reuser.config.study, "reused_from": unit.key} for row in rows])
-                    meta["sessions"][-1].setdefault("retimed", []).append({"key": entry["key"], "first": entry})
-                    retimed.add(entry["key"])
-                    bar.write(f"{entry['key']}: timed again on quiet cores at the end of the session (its first "
-                              f"timing's probes {entry['probe_slowdown']:.2f}x the session's usual)", file=sys.stderr)
-                    break
+                time_again(unit, site, entry)
             status = "complete"
         finally:
             for _, _, entry in late if late is not None else _late_flags(neighbours, passed, cores):
