@@ -19,7 +19,8 @@ slow starts of that machine's sweeps for quiet cores.
 A session that starts on shared cores sets its baseline from slow probes and flags nothing at first. So at the
 end of a session every CPU measurement is judged again against the probes of the whole session
 (:meth:`NeighbourCheck.slowdown_against_session`), and those whose probes, before and after them, were both
-slower than the limit are timed again then (``retimes``), or flagged if the cores are shared still.
+slower than the limit are timed again then (``retimes``), as are those flagged as they were measured; a unit
+stays flagged only if the cores are shared still.
 """
 
 from __future__ import annotations
