@@ -256,9 +256,10 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
             if (busy := busy_entry(entry["key"], rows, cores)) is not None:
                 _record_busy(meta, busy, f"the machine was busy while {busy['key']} ran again", bar)
             if unit.config is not None:  # the units that copied its first timing copy this one
-                for reuser in reused_by.get(unit.config.measurement, []):
-                    tables[reuser.table].append(reuser.key, [
-                        {**row, "study": reuser.config.study, "reused_from": unit.key} for row in rows])
+                measurement = unit.config.measurement
+                measured[measurement] = [{**row, "key": unit.key} for row in rows]
+                for reuser in reused_by.get(measurement, []):
+                    tables[reuser.table].append(reuser.key, _copied(measured[measurement], reuser.config))
             meta["sessions"][-1].setdefault("retimed", []).append({"key": entry["key"], "first": entry})
             retimed.add(entry["key"])
             bar.write(f"{entry['key']}: timed again on quiet cores at the end of the session (its first timing's "
@@ -281,8 +282,7 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
                 config = unit.config
                 recorded = False  # whether the unit's work already wrote its rows
                 if config is not None and config.measurement in measured:
-                    rows = [{**row, "study": config.study, "reused_from": row["key"]}
-                            for row in measured[config.measurement]]
+                    rows = _copied(measured[config.measurement], config)
                     reused_by.setdefault(config.measurement, []).append(unit)
                 else:
                     crashed = attempts.given_up(unit)
@@ -347,6 +347,12 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
             _record_unavailable(unavailable_here, meta, bar)
             _finish_meta(run_dir, meta, status)
     return run_dir
+
+
+def _copied(rows: list[dict[str, Any]], config: Config) -> list[dict[str, Any]]:
+    """A measurement's rows (each with the key it was recorded under) as another study's configuration of the
+    same measurement records them."""
+    return [{**row, "study": config.study, "reused_from": row["key"]} for row in rows]
 
 
 def _late_flags(neighbours: NeighbourCheck, passed: list[tuple[Unit, ProbeSite, float]],
