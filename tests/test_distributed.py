@@ -15,8 +15,9 @@ import torch
 from layered_backprop import NET, backprop_pair, batch_for, flat
 
 from mlpbench import BackendUnavailable, load
-from mlpbench.backends import Model
+from mlpbench.backends import REGISTRY, Model
 from mlpbench.backends.base import layer_spans
+from mlpbench.backends.numpy_ref import NumpyModel
 from mlpbench.backends.torch_nn import TorchCPUModel
 from mlpbench.distributed import ALLREDUCE_COLUMNS, RANKS_COLUMNS, RankConfig, run_ranks, validate
 from mlpbench.distributed.launch import failure_reason
@@ -96,17 +97,25 @@ def test_interface_defaults_report_layers_after_backprop_and_name_the_missing_bu
 
 # --- arguments checked before any process group ---------------------------------------------------------------
 
+class NoBufferModel(NumpyModel):
+    """A backend that keeps its gradients apart (no flat buffer), as any new backend does until it declares one."""
+
+    name = "no-buffer"
+    gradient_buffer = Model.gradient_buffer
+
+
 @pytest.mark.parametrize(("change", "error", "message"), [
     ({"global_batch": 9}, ValueError, "not divisible by the world size 2"),
     ({"threads": 4096}, ValueError, "exceed the .* cores"),
     ({"rung": "sideways"}, ValueError, "rung"),
     ({"scaling": "linear"}, ValueError, "scaling"),
     ({"backend": "torch-gpu"}, BackendUnavailable, "no CUDA GPU"),
-    ({"backend": "cuda-naive"}, BackendUnavailable, "cuda-naive"),
+    ({"backend": "no-buffer"}, BackendUnavailable, "no-buffer: no gradient_buffer"),
     ({"backend": "bogus"}, ValueError, "unknown backend"),
     ({"steps": 0}, ValueError, "steps"),
 ])
-def test_bad_arguments_are_rejected(change, error, message):
+def test_bad_arguments_are_rejected(change, error, message, monkeypatch):
+    monkeypatch.setitem(REGISTRY, "no-buffer", (__name__, "NoBufferModel"))
     config = RankConfig(**{"backend": "numpy", "network": "digits", "world_size": 2, "global_batch": 8,
                            **change})
     if change.get("backend") == "torch-gpu" and torch.cuda.is_available():
@@ -299,9 +308,12 @@ def test_launcher_writes_rows_and_records_a_failed_configuration(tmp_path):
     assert [(row["status"], row["stage"]) for row in failed] == [("failed", "")]
     assert failed[0]["reason"].startswith("rank 1 failed: ValueError: X: contains NaN or Inf")
 
-    # A GPU kernel backend cannot train data-parallel yet (no flat gradient buffer; here no GPU either).
-    skipped = run_ranks("cuda-naive", NET.name, 2, **common)
-    assert [row["status"] for row in skipped] == ["skipped"] and "cuda-naive" in skipped[0]["reason"]
+    # A backend without a flat gradient buffer cannot train data-parallel: recorded as skipped, with the reason.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(REGISTRY, "no-buffer", (__name__, "NoBufferModel"))
+        skipped = run_ranks("no-buffer", NET.name, 2, **common)
+    assert [row["status"] for row in skipped] == ["skipped"]
+    assert skipped[0]["reason"].startswith("no-buffer: no gradient_buffer()")
 
     slow = run_ranks("numpy", NET.name, 2, rung="overlapped", **{**common, "timeout_s": 1})
     assert [row["status"] for row in slow] == ["failed"] and slow[0]["reason"].startswith("timed out after 1 s")
