@@ -40,6 +40,7 @@ from analysis.summary import (
     ladder_table,
     lineprofile_table,
     load_table,
+    multi_gpu,
     rank_scaling,
     stage_speedups,
     stage_table,
@@ -415,14 +416,17 @@ class _Run:
         return out
 
     def ranks(self) -> dict[str, Any] | None:
-        """Data-parallel runs: the GPUs and how they are linked, the largest world size, efficiency there per
-        configuration (``backend network scaling pg_backend rung``), the all-reduce share of the step at
-        every world size, the gradient all-reduce against a plain one of the same bytes, the highest plain
-        all-reduce bus bandwidth, and on several GPUs :meth:`multi_gpu`; None without such data."""
+        """Data-parallel runs: the GPUs and how they are linked, the code's commit, the largest world size,
+        efficiency there per configuration (``backend network scaling pg_backend rung``), the all-reduce share
+        of the step at every world size, the gradient all-reduce against a plain one of the same bytes, the
+        highest plain all-reduce bus bandwidth, and on several GPUs :func:`~analysis.summary.multi_gpu`; None
+        without such data."""
         if self.rank_scaling.empty and self.allreduce.empty:
             return None
-        gpu = self.meta.get("machine", {}).get("gpu", {})
+        described = self.meta.get("machine", {})
+        gpu = described.get("gpu", {})
         out: dict[str, Any] = {"machine": machine_label(self.meta), "gpus": gpu.get("count"),
+                               "commit": str(described.get("git", {}).get("commit", ""))[:COMMIT_DIGITS],
                                "nccl": gpu.get("nccl"), "link": _gpu_link(gpu.get("topology")),
                                "efficiency": {}, "allreduce_share": {}, "gradient_vs_plain": {}}
         scaling = self.rank_scaling
@@ -444,41 +448,8 @@ class _Run:
             best = self.allreduce.loc[self.allreduce.busbw_gbps.idxmax()]
             out["max_busbw"] = {"gbps": float(best.busbw_gbps), "bytes": int(best.bytes),
                                 "world_size": int(best.world_size), "pg_backend": best.pg_backend}
-        out["multi_gpu"] = self.multi_gpu()
+        out["multi_gpu"] = multi_gpu(self.rank_scaling)
         return json_ready(out)
-
-    def multi_gpu(self) -> dict[str, Any] | None:
-        """Ranks on several GPUs (NCCL, world size > 1), at the largest world size: per weak-scaling
-        configuration both rungs' efficiency, the overlapped rung's gain and the gradient all-reduce against a
-        plain one of its size; per strong-scaling one the speed-up over one GPU, each at its faster rung.
-        None without such data."""
-        table = self.rank_scaling[self.rank_scaling.pg_backend == "nccl"]
-        if table.empty or table.world_size.max() < 2:
-            return None
-        most = int(table.world_size.max())
-        weak, strong = [], []
-        for (backend, network, mode), group in table.groupby(["backend", "network", "scaling"], sort=False):
-            at = group[group.world_size == most].set_index("rung")
-            one = group[group.world_size == group.world_size.min()]
-            if at.empty:
-                continue
-            entry: dict[str, Any] = {"backend": backend, "network": network,
-                                     "batch_per_rank": int(at.batch_per_rank.iloc[0]),
-                                     "global_batch": int(at.global_batch.iloc[0])}
-            if mode == "weak":
-                entry["efficiency"] = {rung: float(value) for rung, value in at.efficiency.items()}
-                if {"after-backprop", "overlapped"} <= set(at.index):
-                    entry["overlap_gain"] = float(at.step_s["after-backprop"] / at.step_s["overlapped"])
-                if "after-backprop" in at.index and np.isfinite(at.busbw_of_plain["after-backprop"]):
-                    row = at.loc["after-backprop"]
-                    entry["gradient"] = {"bytes": int(row.grad_bytes), "busbw": float(row.grad_busbw_gbps),
-                                         "plain_busbw": float(row.plain_busbw_gbps),
-                                         "ratio": float(row.busbw_of_plain)}
-                weak.append(entry)
-            else:
-                entry["speedup"] = float(one.step_s.min() / at.step_s.min())
-                strong.append(entry)
-        return {"world_size": most, "weak": weak, "strong": strong}
 
     def machine(self) -> dict[str, Any]:
         described = self.meta.get("machine", {})

@@ -2,8 +2,10 @@
 reach (``scripts/cpu_ceiling.py``, ``ceiling.json``), what the step's exchange between two barriers costs
 alone (``scripts/exchange_probe.py``, ``exchange.json``), and where a fused GPU step timed between events goes
 (``scripts/fused_step_parts.py``, ``step_parts.json``), and what sets the pace of a one-thread step
-(``results/h200-core-pace``: ``pace.json``, ``series.json``). The report cites them where it explains the threads
-study and the GPU steps; ``report/studies.txt`` names the folders it reads. Never runs a probe.
+(``results/h200-core-pace``: ``pace.json``, ``series.json``), and a second take of the data-parallel run on GPUs
+(a sweep folder with ``ranks.csv``: the same code on a fresh machine of the kind). The report cites them where it
+explains the threads study, the GPU steps and the scaling over GPUs; ``report/studies.txt`` names the folders it
+reads. Never runs a probe.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ COMMIT_DIGITS = 12
 
 #: Each probe's output file, by which a study folder is recognised.
 STUDY_FILES = {"ceiling": "ceiling.json", "exchange": "exchange.json", "step_parts": "step_parts.json",
-               "core_pace": "pace.json"}
+               "core_pace": "pace.json", "ranks_take": "ranks.csv"}
 #: A core-pace cell (one pinned measurement) or window is slow above this multiple of its process's or core's
 #: median.
 PACE_SLOW = 1.2
@@ -143,8 +145,23 @@ def core_pace_study(folder: Path, label: str) -> dict[str, Any]:
                        "longest_s": max(_longest_run(core[:count]) for core in windows) * PACE_WINDOW_S}}
 
 
+def ranks_take_study(folder: Path, label: str) -> dict[str, Any]:
+    """A second take of a data-parallel run on several GPUs: its code's commit and, at its largest world size,
+    what :func:`analysis.summary.multi_gpu` reads (weak-scaling efficiencies, strong-scaling speed-ups)."""
+    from analysis.load import load_run
+    from analysis.summary import multi_gpu, rank_scaling
+
+    results = load_run(folder)
+    scaling = multi_gpu(rank_scaling(results))
+    if scaling is None:
+        raise ValueError(f"{folder}: no ranks on several GPUs to set beside the report's run")
+    meta = next(iter(results.meta.values()))
+    commit = meta.get("machine", {}).get("git", {}).get("commit") or ""
+    return {"folder": label, "commit": commit[:COMMIT_DIGITS], **scaling}
+
+
 _READERS = {"ceiling": ceiling_study, "exchange": exchange_study, "step_parts": step_parts_study,
-            "core_pace": core_pace_study}
+            "core_pace": core_pace_study, "ranks_take": ranks_take_study}
 
 
 def load_studies(folders: list[str | Path], root: Path | None = None) -> dict[str, Any]:

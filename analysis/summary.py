@@ -578,6 +578,40 @@ def rank_scaling(results: Results) -> pd.DataFrame:
     return _sorted(table[columns], "run_id", "backend", "scaling", "world_size")
 
 
+def multi_gpu(scaling: pd.DataFrame) -> dict[str, Any] | None:
+    """Ranks on several GPUs (NCCL, world size > 1) in a :func:`rank_scaling` table, at the largest world size:
+    per weak-scaling configuration both rungs' efficiency, the overlapped rung's gain and the gradient
+    all-reduce against a plain one of its size; per strong-scaling one the speed-up over one GPU, each at its
+    faster rung. None without such data."""
+    table = scaling[scaling.pg_backend == "nccl"]
+    if table.empty or table.world_size.max() < 2:
+        return None
+    most = int(table.world_size.max())
+    weak, strong = [], []
+    for (backend, network, mode), group in table.groupby(["backend", "network", "scaling"], sort=False):
+        at = group[group.world_size == most].set_index("rung")
+        one = group[group.world_size == group.world_size.min()]
+        if at.empty:
+            continue
+        entry: dict[str, Any] = {"backend": backend, "network": network,
+                                 "batch_per_rank": int(at.batch_per_rank.iloc[0]),
+                                 "global_batch": int(at.global_batch.iloc[0])}
+        if mode == "weak":
+            entry["efficiency"] = {rung: float(value) for rung, value in at.efficiency.items()}
+            if {"after-backprop", "overlapped"} <= set(at.index):
+                entry["overlap_gain"] = float(at.step_s["after-backprop"] / at.step_s["overlapped"])
+            if "after-backprop" in at.index and np.isfinite(at.busbw_of_plain["after-backprop"]):
+                row = at.loc["after-backprop"]
+                entry["gradient"] = {"bytes": int(row.grad_bytes), "busbw": float(row.grad_busbw_gbps),
+                                     "plain_busbw": float(row.plain_busbw_gbps),
+                                     "ratio": float(row.busbw_of_plain)}
+            weak.append(entry)
+        else:
+            entry["speedup"] = float(one.step_s.min() / at.step_s.min())
+            strong.append(entry)
+    return {"world_size": most, "weak": weak, "strong": strong}
+
+
 def rank_stage_shares(results: Results) -> pd.DataFrame:
     """Per data-parallel configuration and world size: each stage's median (slowest rank) and its share of
     the sum of forward, backprop, allreduce and update."""

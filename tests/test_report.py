@@ -22,6 +22,7 @@ from analysis.report import (  # noqa: E402 - after the skips
     LADDER_SPREAD_LIMIT,
     ROOT,
     build,
+    committed_studies,
     report_runs,
 )
 from analysis.studies import COMMIT_DIGITS, load_studies  # noqa: E402 - after the skips
@@ -837,6 +838,41 @@ def test_multi_gpu_sentences_follow_the_data(report):
         (gains < 1).all())
 
 
+def sig_times(ratio: float) -> str:
+    """The report's formatting of a ratio: two significant digits below 1, three above, and a times sign."""
+    digits = 2 if ratio < 1 else 3
+    return f"{float(f'{ratio:.{digits}g}'):g}×"
+
+
+def strong_gains(ranks: pd.DataFrame) -> pd.Series:
+    """Per (backend, network) of a data-parallel run's strong scaling: the most GPUs' speed-up over one, each at
+    its faster rung."""
+    steps = ranks[(ranks.status == "ok") & (ranks.stage == "step") & (ranks.scaling == "strong")]
+    best = steps.groupby(["backend", "network", "world_size"]).median_s.min().unstack()
+    return best[1] / best[steps.world_size.max()]
+
+
+def test_a_second_take_of_the_gpu_ranks_is_set_beside_them(report):
+    """The second take among the studies: its speed-ups printed, and the configurations where the two takes fall
+    on either side of 1 named (the flipped run gains everywhere, so they are the take's losses)."""
+    runs, text, numbers = report
+    take = next(folder for folder in committed_studies() if (folder / "ranks.csv").exists())
+    label = str(take.relative_to(ROOT))
+    assert numbers["studies"]["ranks_take"]["folder"] == label
+    assert says(text, f"A second take on a fresh machine of the same kind ({label}, on the code of commit")
+    mine = strong_gains(read_table(runs[0].parent / MULTI_GPU.name / "ranks.csv"))
+    again = strong_gains(read_table(take / "ranks.csv"))
+    for (backend, network), gain in again.items():
+        assert re.search(rf"{re.escape(sig_times(gain))} \({backend}, {network}\)", text), (backend, network)
+    split = [f"{backend} on {network}" for (backend, network) in mine.index
+             if (backend, network) in again.index and (mine[backend, network] >= 1) != (again[backend, network] >= 1)]
+    found = re.search(r"The two takes disagree on whether more GPUs pay for (.*?): for these one take", text, re.S)
+    assert (found is not None) == bool(split)
+    if split:
+        listed = " ".join(found.group(1).split())
+        assert sorted(re.split(r", | and ", listed)) == sorted(split)
+
+
 def test_multi_gpu_table_prints_the_measured_steps(report):
     runs, text, _ = report
     ranks = read_table(runs[0].parent / MULTI_GPU.name / "ranks.csv").query("status == 'ok' and stage == 'step'")
@@ -1025,7 +1061,7 @@ def test_host_probes_are_left_out_without_a_threads_study_to_compare(newer):
     set against, and their paragraph is left out (the studies are still in numbers.json)."""
     text, numbers = newer
     assert numbers["gpu"]["threads"].get("moons-5h300", {}).get("c-omp") is None
-    assert set(numbers["studies"]) == {"ceiling", "exchange", "step_parts", "core_pace"}
+    assert set(numbers["studies"]) == {"ceiling", "exchange", "step_parts", "core_pace", "ranks_take"}
     assert "Two probes" not in text
 
 

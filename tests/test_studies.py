@@ -1,6 +1,7 @@
 """``analysis.studies``: the host probes the report cites, read from their committed folders, each number the
 median of the rounds' own as the probe's JSON holds them; folders that are not one study are refused."""
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -15,10 +16,42 @@ CEILING = ROOT / "results" / "h200-ceiling" / "take3"
 EXCHANGE = ROOT / "results" / "h200-exchange" / "take2"
 STEP_PARTS = ROOT / "results" / "h200-step-parts"
 CORE_PACE = ROOT / "results" / "h200-core-pace"
+RANKS_TAKE = ROOT / "results" / "h200x2-17430aa-take2"
 
 
 def test_the_report_cites_the_committed_takes():
-    assert committed_studies() == [CEILING, EXCHANGE, STEP_PARTS, CORE_PACE]
+    assert committed_studies() == [CEILING, EXCHANGE, STEP_PARTS, CORE_PACE, RANKS_TAKE]
+
+
+def test_a_take_of_the_gpu_ranks_reads_its_strong_speedups_from_its_steps():
+    study = load_studies([RANKS_TAKE], root=ROOT)["ranks_take"]
+    meta = json.loads((RANKS_TAKE / "meta.json").read_text())
+    assert study["folder"] == "results/h200x2-17430aa-take2" and study["world_size"] == 2
+    assert study["commit"] == meta["machine"]["git"]["commit"][:COMMIT_DIGITS]
+    steps = {}
+    with open(RANKS_TAKE / "ranks.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row["stage"] == "step" and row["status"] == "ok" and row["scaling"] == "strong":
+                steps.setdefault((row["backend"], row["network"], int(row["world_size"])), []).append(
+                    float(row["median_s"]))
+    strong = {(e["backend"], e["network"]): e["speedup"] for e in study["strong"]}
+    assert strong == {(b, n): pytest.approx(min(steps[b, n, 1]) / min(steps[b, n, 2]))
+                      for (b, n, world) in steps if world == 2}
+    assert {e["network"] for e in study["weak"]} == {"large"}
+
+
+def test_a_take_without_several_gpus_is_refused(tmp_path):
+    one_gpu = tmp_path / "one-gpu"
+    shutil.copytree(RANKS_TAKE, one_gpu)
+    with open(RANKS_TAKE / "ranks.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        kept = [row for row in reader if row["world_size"] == "1"]
+    with open(one_gpu / "ranks.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, reader.fieldnames)
+        writer.writeheader()
+        writer.writerows(kept)
+    with pytest.raises(ValueError, match="no ranks on several GPUs"):
+        load_studies([one_gpu])
 
 
 def test_exchange_is_the_median_of_the_rounds_medians():
