@@ -11,7 +11,7 @@
 #   compile    torch-gpu-compile on the small networks and end to end (minutes of compilation per shape)
 #
 # Not in the default, for a host of several GPUs (one rank per GPU, 1, 2, 4, ... up to the GPUs it has; the
-# committed results/h200x2 was taken with these two on two GPUs):
+# committed results/h200x2-17430aa was taken with these two on two GPUs, in one call):
 #
 #   gpus-weak    large, 1024 rows per GPU: torch-gpu and cuda-opt, both all-reduce rungs
 #   gpus-strong  mnist (256 rows) and moons-5h300 (32 rows) split over the GPUs: torch-gpu, cuda-opt and
