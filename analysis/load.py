@@ -96,7 +96,7 @@ def read_table(path: Path) -> pd.DataFrame:
 #: Columns later sweeps added to a table, with the value its rows from earlier runs stand for: an end-to-end run
 #: from before the study repeated its runs (and a row saying why a unit did not train) is its first run; a
 #: timing row from before the threads study had rounds is of its first round.
-ADDED_COLUMNS: dict[str, dict[str, Any]] = {"endtoend": {"repeat": 0}, "rows": {"round": 0}}
+ADDED_COLUMNS: dict[str, dict[str, Any]] = {"endtoend": {"repeat": 0}, "rows": {"round": 0}, "ranks": {"round": 1}}
 
 
 def load_run(run_dir: str | Path) -> Results:

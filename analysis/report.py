@@ -189,7 +189,8 @@ class _Run:
         self.profile, self.correct = mine["profile"], mine["correct"]
         self.baselines_table, self.stage_speedups = mine["baselines"], mine["stage_speedups"]
         self.endtoend_table, self.load = mine["endtoend"], mine["load"]
-        self.rank_scaling, self.allreduce = mine["rank_scaling"], mine["allreduce"]
+        self.rank_scaling, self.rank_rounds, self.allreduce = (mine["rank_scaling"], mine["rank_rounds"],
+                                                               mine["allreduce"])
 
     def step(self, network: str, backend: str) -> float | None:
         found = self.stages[(self.stages.network == network) & (self.stages.backend == backend)]
@@ -448,7 +449,7 @@ class _Run:
             best = self.allreduce.loc[self.allreduce.busbw_gbps.idxmax()]
             out["max_busbw"] = {"gbps": float(best.busbw_gbps), "bytes": int(best.bytes),
                                 "world_size": int(best.world_size), "pg_backend": best.pg_backend}
-        out["multi_gpu"] = multi_gpu(self.rank_scaling)
+        out["multi_gpu"] = multi_gpu(self.rank_rounds)
         return json_ready(out)
 
     def machine(self) -> dict[str, Any]:
@@ -481,7 +482,8 @@ def report_numbers(results: Results) -> dict[str, Any]:
               "profile": lineprofile_table(results), "correct": correctness_table(results),
               "baselines": thread_baselines(results), "stage_speedups": stage_speedups(results),
               "endtoend": endtoend_table(results), "load": load_table(results),
-              "rank_scaling": rank_scaling(results), "allreduce": allreduce_table(results)}
+              "rank_scaling": rank_scaling(results), "rank_rounds": rank_scaling(results, by_round=True),
+              "allreduce": allreduce_table(results)}
     for role, run_id in chosen.items():
         run = _Run(results, tables, run_id)
         nets = sorted(run.stages.network.unique())

@@ -152,7 +152,7 @@ def ranks_take_study(folder: Path, label: str) -> dict[str, Any]:
     from analysis.summary import multi_gpu, rank_scaling
 
     results = load_run(folder)
-    scaling = multi_gpu(rank_scaling(results))
+    scaling = multi_gpu(rank_scaling(results, by_round=True))
     if scaling is None:
         raise ValueError(f"{folder}: no ranks on several GPUs to set beside the report's run")
     meta = next(iter(results.meta.values()))

@@ -533,30 +533,35 @@ def endtoend_table(results: Results) -> pd.DataFrame:
     return _sorted(pd.DataFrame(out, columns=columns), "run_id", "task", "backend")
 
 
-def rank_scaling(results: Results) -> pd.DataFrame:
+def rank_scaling(results: Results, by_round: bool = False) -> pd.DataFrame:
     """Data-parallel training (``ranks.csv``): the whole step's median (slowest rank) per world size, and the
-    scaling efficiency against the smallest world size measured: strong scaling (fixed global batch)
-    ``T_1 · n_1 / (T_n · n)``, weak scaling (fixed batch per rank) ``T_1 / T_n``; 1 is ideal. Beside them the
-    gradient all-reduce: its time and share of the stages' sum, its bus bandwidth, and that of a plain
+    scaling efficiency against the smallest world size measured in the same round: strong scaling (fixed global
+    batch) ``T_1 · n_1 / (T_n · n)``, weak scaling (fixed batch per rank) ``T_1 / T_n``; 1 is ideal. Beside them
+    the gradient all-reduce: its time and share of the stages' sum, its bus bandwidth, and that of a plain
     all-reduce of the same bytes timed in the same configuration (``allreduce.csv``), with their ratio. In the
     overlapped rung the all-reduce time is only the wait backprop did not hide, so its bandwidth is not the
-    transfer's."""
+    transfer's. A sweep that launches each configuration in several rounds gives one row per round with
+    ``by_round``, and otherwise the median of the rounds' values per world size, their count (``rounds``) and the
+    range of the rounds' efficiencies (``efficiency_min``, ``efficiency_max``)."""
     frame = _ok(results.ranks, stage="step")
     keys = ["run_id", "machine", "backend", "device", "network", "scaling", "pg_backend", "rung"]
-    columns = [*keys, "world_size", "global_batch", "batch_per_rank", "step_s", "q1_s", "q3_s", "efficiency",
-               "allreduce_s", "allreduce_share", "grad_bytes", "grad_busbw_gbps", "plain_busbw_gbps",
-               "busbw_of_plain"]
+    values = ["step_s", "q1_s", "q3_s", "efficiency", "allreduce_s", "allreduce_share", "grad_bytes",
+              "grad_busbw_gbps", "plain_busbw_gbps", "busbw_of_plain"]
+    sizes = ["world_size", "global_batch", "batch_per_rank"]
+    columns = [*keys, *sizes, *values, "round"] if by_round else [
+        *keys, *sizes, *values, "rounds", "efficiency_min", "efficiency_max"]
     if frame.empty:
         return pd.DataFrame(columns=columns)
+    frame = frame.assign(round=frame["round"].astype(int))
     out = []
-    for _, group in frame.groupby(keys, sort=False):
+    for _, group in frame.groupby([*keys, "round"], sort=False):
         group = group.sort_values("world_size")
         base = group.iloc[0]
         ratio = base.median_s / group.median_s
         if base.scaling == "strong":
             ratio = ratio * base.world_size / group.world_size
-        out.append(group[[*keys, "key", "world_size", "global_batch", "batch_per_rank", "median_s", "q1_s",
-                          "q3_s"]].rename(columns={"median_s": "step_s"}).assign(efficiency=ratio))
+        out.append(group[[*keys, "key", "round", *sizes, "median_s", "q1_s", "q3_s"]].rename(
+            columns={"median_s": "step_s"}).assign(efficiency=ratio))
     table = pd.concat(out, ignore_index=True)
     stages = _ok(results.ranks)
     stages = stages[stages.stage.isin(RANK_STAGES)]
@@ -575,39 +580,51 @@ def rank_scaling(results: Results) -> pd.DataFrame:
         table["plain_busbw_gbps"] = np.nan
     # One rank moves nothing: no bandwidth to compare.
     table["busbw_of_plain"] = (table.grad_busbw_gbps / table.plain_busbw_gbps).where(table.world_size > 1)
-    return _sorted(table[columns], "run_id", "backend", "scaling", "world_size")
+    if by_round:
+        return _sorted(table[columns], "run_id", "backend", "scaling", "world_size", "round")
+    grouped = table.groupby([*keys, *sizes], sort=False, dropna=False)
+    merged = grouped[values].median().assign(rounds=grouped.size(), efficiency_min=grouped.efficiency.min(),
+                                             efficiency_max=grouped.efficiency.max()).reset_index()
+    return _sorted(merged[columns], "run_id", "backend", "scaling", "world_size")
 
 
-def multi_gpu(scaling: pd.DataFrame) -> dict[str, Any] | None:
-    """Ranks on several GPUs (NCCL, world size > 1) in a :func:`rank_scaling` table, at the largest world size:
-    per weak-scaling configuration both rungs' efficiency, the overlapped rung's gain and the gradient
+def multi_gpu(rounds: pd.DataFrame) -> dict[str, Any] | None:
+    """Ranks on several GPUs (NCCL, world size > 1) in a :func:`rank_scaling` table by round, at the largest
+    world size: per weak-scaling configuration both rungs' efficiency, the overlapped rung's gain and the gradient
     all-reduce against a plain one of its size; per strong-scaling one the speed-up over one GPU, each at its
-    faster rung. None without such data."""
-    table = scaling[scaling.pg_backend == "nccl"]
+    faster rung. Each is read round by round and given as the median over the rounds (``rounds`` of them; the
+    strong speed-up's range as ``speedup_min`` and ``speedup_max``). None without such data."""
+    table = rounds[rounds.pg_backend == "nccl"]
     if table.empty or table.world_size.max() < 2:
         return None
     most = int(table.world_size.max())
     weak, strong = [], []
     for (backend, network, mode), group in table.groupby(["backend", "network", "scaling"], sort=False):
-        at = group[group.world_size == most].set_index("rung")
-        one = group[group.world_size == group.world_size.min()]
+        at = group[group.world_size == most]
         if at.empty:
             continue
         entry: dict[str, Any] = {"backend": backend, "network": network,
                                  "batch_per_rank": int(at.batch_per_rank.iloc[0]),
-                                 "global_batch": int(at.global_batch.iloc[0])}
+                                 "global_batch": int(at.global_batch.iloc[0]), "rounds": int(at["round"].nunique())}
         if mode == "weak":
-            entry["efficiency"] = {rung: float(value) for rung, value in at.efficiency.items()}
-            if {"after-backprop", "overlapped"} <= set(at.index):
-                entry["overlap_gain"] = float(at.step_s["after-backprop"] / at.step_s["overlapped"])
-            if "after-backprop" in at.index and np.isfinite(at.busbw_of_plain["after-backprop"]):
-                row = at.loc["after-backprop"]
-                entry["gradient"] = {"bytes": int(row.grad_bytes), "busbw": float(row.grad_busbw_gbps),
-                                     "plain_busbw": float(row.plain_busbw_gbps),
-                                     "ratio": float(row.busbw_of_plain)}
+            by_rung = at.groupby("rung")
+            entry["efficiency"] = {rung: float(value) for rung, value in by_rung.efficiency.median().items()}
+            step = at.pivot_table(index="round", columns="rung", values="step_s")
+            if {"after-backprop", "overlapped"} <= set(step.columns):
+                entry["overlap_gain"] = float((step["after-backprop"] / step["overlapped"]).median())
+            after = at[at.rung == "after-backprop"]
+            if len(after) and np.isfinite(after.busbw_of_plain).any():
+                entry["gradient"] = {"bytes": int(after.grad_bytes.iloc[0]),
+                                     "busbw": float(after.grad_busbw_gbps.median()),
+                                     "plain_busbw": float(after.plain_busbw_gbps.median()),
+                                     "ratio": float(after.busbw_of_plain.median())}
             weak.append(entry)
         else:
-            entry["speedup"] = float(one.step_s.min() / at.step_s.min())
+            # each round's speed-up at each world size's faster rung in that round
+            fastest = group.groupby(["round", "world_size"]).step_s.min().unstack()
+            ratios = (fastest[group.world_size.min()] / fastest[most]).dropna()
+            entry.update(speedup=float(ratios.median()), speedup_min=float(ratios.min()),
+                         speedup_max=float(ratios.max()))
             strong.append(entry)
     return {"world_size": most, "weak": weak, "strong": strong}
 

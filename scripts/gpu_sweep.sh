@@ -16,6 +16,8 @@
 #   gpus-weak    large, 1024 rows per GPU: torch-gpu and cuda-opt, both all-reduce rungs
 #   gpus-strong  mnist (256 rows) and moons-5h300 (32 rows) split over the GPUs: torch-gpu, cuda-opt and
 #                cuda-fused (recorded as failed, with the reason, on networks wider than it takes)
+#   gpus-rounds  the same strong scaling, all-reduce after backprop, in RANK_ROUNDS rounds (default 4) of
+#                launches: every configuration once a round, so that each speed-up is read round by round
 #
 # A call that runs out of DEADLINE leaves the rest to a later call with the same RUN_ID (the folder carried).
 # Give the commit of the tree sent to the host in MLPBENCH_GIT_COMMIT: a copied .git may hold another HEAD.
@@ -44,5 +46,8 @@ part compile --backends torch-gpu-compile --studies stages,endtoend --networks d
 part gpus-weak --studies ranks --rank-backends torch-gpu,cuda-opt --rank-networks large:1024 --scaling weak
 part gpus-strong --studies ranks --rank-backends torch-gpu,cuda-opt,cuda-fused \
     --rank-networks mnist:256,moons-5h300:32 --scaling strong
+part gpus-rounds --studies ranks --rank-backends torch-gpu,cuda-opt,cuda-fused \
+    --rank-networks mnist:256,moons-5h300:32 --scaling strong --rank-rungs after-backprop \
+    --rank-rounds "${RANK_ROUNDS:-4}"
 tar czf "${OUT:-.}/run.tar.gz" -C results "$RUN_ID"
 grep -i "warning" "$LOG" | head -5

@@ -363,6 +363,42 @@ def test_data_parallel_tables(gpu_run: summary.Results) -> None:
     assert allreduce.busbw_gbps.to_numpy() == pytest.approx((allreduce.algbw_gbps * 2 * (n - 1) / n).to_numpy())
 
 
+def test_data_parallel_rounds_are_read_round_by_round(tmp_path: Path) -> None:
+    """Two launches of every configuration as two rounds of one run (the committed two-GPU run and its second
+    take, the take's rows marked round 2): each speed-up and efficiency is read within a round, then the median
+    of the rounds is given with the rounds' range."""
+    first, second = (Path(__file__).parents[1] / "results" / name
+                     for name in ("h200x2-17430aa", "h200x2-17430aa-take2"))
+    both = tmp_path / "both"
+    shutil.copytree(first, both)
+    ranks = read_table(first / "ranks.csv")
+    take = read_table(second / "ranks.csv")
+    take = take.assign(key=take.key + "|round2", round=2)
+    pd.concat([ranks, take]).to_csv(both / "ranks.csv", index=False)
+    run = load_run(both)
+    by_round = summary.rank_scaling(run, by_round=True)
+    assert sorted(by_round["round"].unique()) == [1, 2]
+    alone = [summary.multi_gpu(summary.rank_scaling(load_run(folder), by_round=True)) for folder in (first, second)]
+    merged = summary.multi_gpu(by_round)
+    for entry in merged["strong"]:
+        takes = [next(e["speedup"] for e in one["strong"] if (e["backend"], e["network"]) ==
+                      (entry["backend"], entry["network"])) for one in alone]
+        assert entry["rounds"] == 2 and entry["speedup"] == pytest.approx(sum(takes) / 2)
+        assert (entry["speedup_min"], entry["speedup_max"]) == pytest.approx((min(takes), max(takes)))
+    weak_steps = by_round[by_round.scaling == "weak"].set_index(["backend", "rung", "round", "world_size"]).step_s
+    for row in by_round[(by_round.scaling == "weak") & (by_round.world_size == 2)].itertuples():
+        one = weak_steps[row.backend, row.rung, row.round, 1]  # the same round's one-GPU step
+        assert row.efficiency == pytest.approx(one / row.step_s)
+    collapsed = summary.rank_scaling(run)
+    weak = collapsed[(collapsed.scaling == "weak") & (collapsed.world_size == 2)]
+    assert set(weak.rounds) == {2}
+    for row in weak.itertuples():
+        rounds = by_round[(by_round.backend == row.backend) & (by_round.rung == row.rung)
+                          & (by_round.scaling == "weak") & (by_round.world_size == 2)].efficiency
+        assert row.efficiency == pytest.approx(rounds.mean())
+        assert (row.efficiency_min, row.efficiency_max) == pytest.approx((rounds.min(), rounds.max()))
+
+
 def test_load_table_says_which_runs_were_quiet(gpu_run: summary.Results, results: summary.Results) -> None:
     busy = summary.load_table(gpu_run).iloc[0]
     assert busy.busy_recorded and busy.busy == 1 and not busy.quiet

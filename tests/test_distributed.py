@@ -113,6 +113,7 @@ class NoBufferModel(NumpyModel):
     ({"backend": "no-buffer"}, BackendUnavailable, "no-buffer: no gradient_buffer"),
     ({"backend": "bogus"}, ValueError, "unknown backend"),
     ({"steps": 0}, ValueError, "steps"),
+    ({"round": 0}, ValueError, "round"),
 ])
 def test_bad_arguments_are_rejected(change, error, message, monkeypatch):
     monkeypatch.setitem(REGISTRY, "no-buffer", (__name__, "NoBufferModel"))
@@ -304,6 +305,11 @@ def test_launcher_writes_rows_and_records_a_failed_configuration(tmp_path):
     assert [(row["pg_backend"], int(row["bytes"])) for row in ceiling] == [
         ("gloo", NET.n_params * 4), ("memcpy", NET.n_params * 4), ("gloo", 4096), ("memcpy", 4096)]
 
+    # A second round of the same configuration: a launch of its own, recorded under its own key.
+    again = run_ranks("c-serial", NET.name, 2, rung="overlapped", round=2, **common)
+    assert {row["key"] for row in again} == {rows[0]["key"] + "|round2"}
+    assert {row["round"] for row in again} == {"2"} and {row["round"] for row in rows} == {"1"}
+
     failed = run_ranks("numpy", NET.name, 2, extra_args=("--inject-fault", "1:1:bad-input"), **common)
     assert [(row["status"], row["stage"]) for row in failed] == [("failed", "")]
     assert failed[0]["reason"].startswith("rank 1 failed: ValueError: X: contains NaN or Inf")
@@ -317,7 +323,7 @@ def test_launcher_writes_rows_and_records_a_failed_configuration(tmp_path):
 
     slow = run_ranks("numpy", NET.name, 2, rung="overlapped", **{**common, "timeout_s": 1})
     assert [row["status"] for row in slow] == ["failed"] and slow[0]["reason"].startswith("timed out after 1 s")
-    assert len(read_table(tmp_path / "ranks.csv")[1]) == 5 + 3  # the ok block and one row per failure
+    assert len(read_table(tmp_path / "ranks.csv")[1]) == 5 + 5 + 3  # the ok blocks and one row per failure
 
 
 # What torchrun printed when rank 1 was killed while rank 0 waited for it (excerpt of a real run).

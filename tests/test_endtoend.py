@@ -120,6 +120,14 @@ def test_rank_counts_follow_the_machine_unless_given():
     jobs = rank_jobs(make_params("quick", ranks=(1, 2), scaling=("strong", "weak")), run_dir=None)
     assert [job.identity["world_size"] for job in jobs] == [1, 2, 1, 2]
     assert len({job.key for job in jobs}) == 4  # weak scaling multiplies the global batch: its own key
+    # In rounds every configuration comes once a round, world sizes side by side; the first round keeps its key.
+    rounds = rank_jobs(make_params("quick", ranks=(1, 2), rank_rounds=3), run_dir=None)
+    assert [(job.identity["round"], job.identity["world_size"]) for job in rounds] == [
+        (1, 1), (1, 2), (2, 1), (2, 2), (3, 1), (3, 2)]
+    assert [job.key for job in rounds[:2]] == [job.key for job in jobs if job.identity["scaling"] == "strong"]
+    assert [job.key.rsplit("|", 1)[1] for job in rounds[2:]] == ["round2", "round2", "round3", "round3"]
+    with pytest.raises(ValueError, match="rank_rounds"):
+        make_params("quick", rank_rounds=0)
     with pytest.raises(ValueError, match="scaling"):
         make_params("quick", scaling=("sideways",))
     with pytest.raises(ValueError, match="unknown backend"):

@@ -19,7 +19,7 @@ STAGES = ("forward", "backprop", "allreduce", "update", "step")
 
 RANKS_COLUMNS = (
     "key", "block_rows", "backend", "device", "network", "sizes", "scaling", "world_size", "pg_backend", "rung",
-    "threads_per_rank", "batch_per_rank", "global_batch", "stage", "status", "reason", "repeats", "median_s",
+    "round", "threads_per_rank", "batch_per_rank", "global_batch", "stage", "status", "reason", "repeats", "median_s",
     "q1_s", "q3_s", "bytes", "algbw_gbps", "busbw_gbps", "err_params", "load_before", "load_after",
     "finished_at",
 )
@@ -45,7 +45,8 @@ def _positive(name: str, value: Any) -> int:
 @dataclass(frozen=True)
 class RankConfig:
     """What every rank trains and how. ``steps`` timed passes follow ``warmup`` untimed ones; before them,
-    ``check_steps`` steps are compared with one process training on the global batch (``err_params``)."""
+    ``check_steps`` steps are compared with one process training on the global batch (``err_params``).
+    ``round``: which launch of the same configuration this is, where a sweep launches each several times."""
 
     backend: str
     network: str
@@ -63,12 +64,13 @@ class RankConfig:
     force: bool = False
     allreduce_sizes: tuple[int, ...] = DEFAULT_ALLREDUCE_SIZES
     allreduce_repeats: int = 20
+    round: int = 1
 
     @property
     def key(self) -> str:
         """Identity of the configuration in ``ranks.csv`` (the plain all-reduce block adds ``|allreduce``)."""
         return (f"{self.backend}|{self.network}|{self.scaling}|ranks{self.world_size}|{self.rung}|"
-                f"threads{self.threads}|batch{self.global_batch}")
+                f"threads{self.threads}|batch{self.global_batch}" + (f"|round{self.round}" if self.round != 1 else ""))
 
     @property
     def batch_per_rank(self) -> int:
@@ -91,7 +93,7 @@ def validate(config: RankConfig, local_ranks: int | None = None) -> RankConfig:
     :class:`BackendUnavailable` for a backend that cannot train data-parallel here. ``local_ranks``: ranks on
     this machine (default: all of them)."""
     local_ranks = config.world_size if local_ranks is None else local_ranks
-    for name in ("world_size", "global_batch", "steps", "allreduce_repeats"):
+    for name in ("world_size", "global_batch", "steps", "allreduce_repeats", "round"):
         _positive(name, getattr(config, name))
     check_threads(config.threads)
     for name in ("warmup", "check_steps"):

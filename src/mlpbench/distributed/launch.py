@@ -33,7 +33,7 @@ def command(config: RankConfig) -> list[str]:
         "--check-steps", str(config.check_steps), "--rung", config.rung, "--scaling", config.scaling,
         "--lr", repr(config.lr), "--seed", str(config.seed), "--timeout-s", repr(config.timeout_s),
         "--allreduce-sizes", ",".join(str(size) for size in config.allreduce_sizes),
-        "--allreduce-repeats", str(config.allreduce_repeats),
+        "--allreduce-repeats", str(config.allreduce_repeats), "--round", str(config.round),
     ]
     if config.force:
         options.append("--force")
@@ -150,7 +150,7 @@ def _record(table: Any, config: RankConfig, status: str, reason: str) -> None:
     table.append(config.key, [{
         "backend": config.backend, "device": device, "network": config.network,
         "sizes": sizes, "scaling": config.scaling, "world_size": config.world_size,
-        "pg_backend": pg_backend, "rung": config.rung, "threads_per_rank": config.threads,
+        "pg_backend": pg_backend, "rung": config.rung, "round": config.round, "threads_per_rank": config.threads,
         "batch_per_rank": per_rank, "global_batch": config.global_batch,
         "stage": "", "status": status, "reason": reason, "load_before": "", "load_after": os.getloadavg()[0],
         "finished_at": machine.now_utc()}])

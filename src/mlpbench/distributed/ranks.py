@@ -396,7 +396,7 @@ def run(config: RankConfig, env: RankEnv, out_dir: Path | None, fault: Fault | N
                         f"cannot overlap backprop")
     base = {"backend": config.backend, "device": device.type, "network": config.network, "sizes": network.name,
             "scaling": config.scaling, "world_size": env.world_size, "pg_backend": config.pg_backend,
-            "rung": config.rung, "threads_per_rank": getattr(model, "threads", config.threads),
+            "rung": config.rung, "round": config.round, "threads_per_rank": getattr(model, "threads", config.threads),
             "batch_per_rank": config.batch_per_rank, "global_batch": config.global_batch, "status": "ok",
             "reason": overlap_note, "repeats": config.steps, "err_params": err_params,
             "load_before": load_before, "load_after": os.getloadavg()[0], "finished_at": machine.now_utc()}
@@ -474,6 +474,9 @@ def parser() -> argparse.ArgumentParser:
                    help="bytes of the plain all-reduce benchmark, comma-separated (the gradient buffer's "
                         "size is added); empty: none")
     p.add_argument("--allreduce-repeats", type=int, default=defaults.allreduce_repeats)
+    p.add_argument("--round", type=int, default=defaults.round,
+                   help="which launch of this configuration it is, where a sweep launches each several times "
+                        "(recorded with the rows)")
     p.add_argument("--out", type=Path, help="results folder (rank 0 appends ranks.csv and allreduce.csv)")
     p.add_argument("--inject-fault", type=Fault.parse, metavar="RANK:STEP:KIND",
                    help=f"make one rank fail at one step ({', '.join(FAULT_KINDS)}) to check that all stop")
@@ -485,7 +488,8 @@ def config_from(args: argparse.Namespace, world_size: int) -> RankConfig:
                       global_batch=args.global_batch, threads=args.threads, steps=args.steps, warmup=args.warmup,
                       check_steps=args.check_steps, rung=args.rung, scaling=args.scaling, lr=args.lr,
                       seed=args.seed, timeout_s=args.timeout_s, force=args.force,
-                      allreduce_sizes=args.allreduce_sizes, allreduce_repeats=args.allreduce_repeats)
+                      allreduce_sizes=args.allreduce_sizes, allreduce_repeats=args.allreduce_repeats,
+                      round=args.round)
 
 
 def fail(rank: int | str, error: BaseException, code: int) -> NoReturn:

@@ -89,6 +89,7 @@ class SweepParams:
     rank_rungs: tuple[str, ...] = ("after-backprop", "overlapped")
     rank_threads: int = 1
     rank_steps: int = 20
+    rank_rounds: int = 1      # launches of each rank configuration, every configuration once a round
     rank_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
@@ -113,8 +114,8 @@ class SweepParams:
         for name, value, choices in (("scaling", self.scaling, SCALINGS), ("rank_rungs", self.rank_rungs, RUNGS)):
             if set(value) - set(choices):
                 raise ValueError(f"{name}: choose from {', '.join(choices)}, got {value}")
-        if any(n < 1 for n in self.ranks) or self.rank_threads < 1 or self.rank_steps < 1:
-            raise ValueError("ranks, rank_threads and rank_steps must be >= 1")
+        if any(n < 1 for n in self.ranks) or min(self.rank_threads, self.rank_steps, self.rank_rounds) < 1:
+            raise ValueError("ranks, rank_threads, rank_steps and rank_rounds must be >= 1")
         if self.thread_rounds < 1:
             raise ValueError(f"thread_rounds must be >= 1, got {self.thread_rounds}")
         if self.task_repeats < 1:
@@ -205,6 +206,9 @@ HELP: dict[str, str] = {
     "rank_rungs": "all-reduce rungs of the ranks study: after-backprop (one call) and/or overlapped (per layer)",
     "rank_threads": "threads per rank (CPU backends)",
     "rank_steps": "timed steps per rank configuration",
+    "rank_rounds": "launches of each rank configuration, in rounds (every configuration once a round, world sizes "
+                   "side by side), so that a ratio between world sizes is read round by round: a launch's "
+                   "processes keep a pace of their own",
     "rank_timeout_s": "seconds one rank configuration may take before its ranks are killed and it is failed",
 }
 

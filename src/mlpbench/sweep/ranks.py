@@ -37,26 +37,27 @@ def rank_counts(backend: str, params: SweepParams) -> tuple[int, ...]:
 
 
 def rank_jobs(params: SweepParams, run_dir: Path) -> list[RankJob]:
-    """Every configuration of the ``ranks`` study; each job appends its own rows (or why there are none)
-    to ``run_dir/ranks.csv`` and ``run_dir/allreduce.csv``."""
+    """Every configuration of the ``ranks`` study, ``rank_rounds`` times over in rounds; each job appends its own
+    rows (or why there are none) to ``run_dir/ranks.csv`` and ``run_dir/allreduce.csv``."""
     from mlpbench.distributed import RankConfig, run_ranks
 
     jobs = []
-    for spec in params.rank_networks:
-        network, batch = split_network(spec)
-        for backend in params.rank_backends:
-            for scaling in params.scaling:
-                for world_size in rank_counts(backend, params):
-                    global_batch = batch * world_size if scaling == "weak" else batch
-                    for rung in params.rank_rungs:
-                        options = {"threads": params.rank_threads, "steps": params.rank_steps, "rung": rung,
-                                   "scaling": scaling, "seed": params.seed}
-                        key = RankConfig(backend=backend, network=network, world_size=world_size,
-                                         global_batch=global_batch, **options).key
-                        jobs.append(RankJob(key, {"backend": backend, "network": network, "scaling": scaling,
-                                                  "world_size": world_size, "rung": rung},
-                                            lambda b=backend, n=network, w=world_size, g=global_batch, o=options:
-                                            run_ranks(b, n, w, global_batch=g, out_dir=run_dir,
-                                                      timeout_s=params.rank_timeout_s, record_invalid=True,
-                                                      **o)))
+    for round_ in range(1, params.rank_rounds + 1):
+        for spec in params.rank_networks:
+            network, batch = split_network(spec)
+            for backend in params.rank_backends:
+                for scaling in params.scaling:
+                    for world_size in rank_counts(backend, params):
+                        global_batch = batch * world_size if scaling == "weak" else batch
+                        for rung in params.rank_rungs:
+                            options = {"threads": params.rank_threads, "steps": params.rank_steps, "rung": rung,
+                                       "scaling": scaling, "seed": params.seed, "round": round_}
+                            key = RankConfig(backend=backend, network=network, world_size=world_size,
+                                             global_batch=global_batch, **options).key
+                            jobs.append(RankJob(key, {"backend": backend, "network": network, "scaling": scaling,
+                                                      "world_size": world_size, "rung": rung, "round": round_},
+                                                lambda b=backend, n=network, w=world_size, g=global_batch,
+                                                o=options: run_ranks(b, n, w, global_batch=g, out_dir=run_dir,
+                                                                     timeout_s=params.rank_timeout_s,
+                                                                     record_invalid=True, **o)))
     return jobs
