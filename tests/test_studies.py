@@ -16,28 +16,31 @@ CEILING = ROOT / "results" / "h200-ceiling" / "take3"
 EXCHANGE = ROOT / "results" / "h200-exchange" / "take2"
 STEP_PARTS = ROOT / "results" / "h200-step-parts"
 CORE_PACE = ROOT / "results" / "h200-core-pace"
-RANKS_TAKE = ROOT / "results" / "h200x2-17430aa-take2"
+RANKS_TAKE = ROOT / "results" / "h200x2-0464253-rounds"
 
 
 def test_the_report_cites_the_committed_takes():
     assert committed_studies() == [CEILING, EXCHANGE, STEP_PARTS, CORE_PACE, RANKS_TAKE]
 
 
-def test_a_take_of_the_gpu_ranks_reads_its_strong_speedups_from_its_steps():
+def test_a_take_of_the_gpu_ranks_reads_its_strong_speedups_round_by_round():
     study = load_studies([RANKS_TAKE], root=ROOT)["ranks_take"]
     meta = json.loads((RANKS_TAKE / "meta.json").read_text())
-    assert study["folder"] == "results/h200x2-17430aa-take2" and study["world_size"] == 2
+    assert study["folder"] == "results/h200x2-0464253-rounds" and study["world_size"] == 2
     assert study["commit"] == meta["machine"]["git"]["commit"][:COMMIT_DIGITS]
-    steps = {}
+    steps = {}  # one rung a round here (after backprop): a step per configuration, round and world size
     with open(RANKS_TAKE / "ranks.csv", newline="") as handle:
         for row in csv.DictReader(handle):
             if row["stage"] == "step" and row["status"] == "ok" and row["scaling"] == "strong":
-                steps.setdefault((row["backend"], row["network"], int(row["world_size"])), []).append(
-                    float(row["median_s"]))
-    strong = {(e["backend"], e["network"]): e["speedup"] for e in study["strong"]}
-    assert strong == {(b, n): pytest.approx(min(steps[b, n, 1]) / min(steps[b, n, 2]))
-                      for (b, n, world) in steps if world == 2}
-    assert {e["network"] for e in study["weak"]} == {"large"}
+                steps[row["backend"], row["network"], int(row["round"]), int(row["world_size"])] = float(
+                    row["median_s"])
+    assert study["weak"] == [] and study["strong"]
+    for entry in study["strong"]:
+        ratios = [steps[entry["backend"], entry["network"], n, 1] / steps[entry["backend"], entry["network"], n, 2]
+                  for n in range(1, entry["rounds"] + 1)]
+        assert entry["rounds"] == 4
+        assert entry["speedup"] == pytest.approx(median(ratios))
+        assert (entry["speedup_min"], entry["speedup_max"]) == pytest.approx((min(ratios), max(ratios)))
 
 
 def test_a_take_without_several_gpus_is_refused(tmp_path):
