@@ -2,10 +2,10 @@
 reach (``scripts/cpu_ceiling.py``, ``ceiling.json``), what the step's exchange between two barriers costs
 alone (``scripts/exchange_probe.py``, ``exchange.json``), and where a fused GPU step timed between events goes
 (``scripts/fused_step_parts.py``, ``step_parts.json``), and what sets the pace of a one-thread step
-(``results/h200-core-pace``: ``pace.json``, ``series.json``), and a second take of the data-parallel run on GPUs
-(a sweep folder with ``ranks.csv``: the same code on a fresh machine of the kind). The report cites them where it
-explains the threads study, the GPU steps and the scaling over GPUs; ``report/studies.txt`` names the folders it
-reads. Never runs a probe.
+(``results/h200-core-pace``: ``pace.json``, ``series.json``), and another run of the data-parallel study on GPUs
+(a sweep folder with ``ranks.csv`` from a fresh machine of the kind: a second take, or the same configurations in
+rounds). The report cites them where it explains the threads study, the GPU steps and the scaling over GPUs;
+``report/studies.txt`` names the folders it reads. Never runs a probe.
 """
 
 from __future__ import annotations
@@ -146,8 +146,9 @@ def core_pace_study(folder: Path, label: str) -> dict[str, Any]:
 
 
 def ranks_take_study(folder: Path, label: str) -> dict[str, Any]:
-    """A second take of a data-parallel run on several GPUs: its code's commit and, at its largest world size,
-    what :func:`analysis.summary.multi_gpu` reads (weak-scaling efficiencies, strong-scaling speed-ups)."""
+    """Another run of the data-parallel study on several GPUs (a second take, or the same configurations in
+    rounds): its code's commit and, at its largest world size, what :func:`analysis.summary.multi_gpu` reads
+    (weak-scaling efficiencies, strong-scaling speed-ups with their rounds' range)."""
     from analysis.load import load_run
     from analysis.summary import multi_gpu, rank_scaling
 
