@@ -553,13 +553,16 @@ def rank_scaling(results: Results, by_round: bool = False) -> pd.DataFrame:
     if frame.empty:
         return pd.DataFrame(columns=columns)
     frame = frame.assign(round=frame["round"].astype(int))
+    # The base of every round is the smallest world size any round measured: a round whose launch of it failed
+    # has no efficiency (NaN), not one against another world size.
+    smallest = frame.groupby(keys, sort=False).world_size.transform("min")
     out = []
-    for _, group in frame.groupby([*keys, "round"], sort=False):
+    for _, group in frame.assign(smallest=smallest).groupby([*keys, "round"], sort=False):
         group = group.sort_values("world_size")
-        base = group.iloc[0]
-        ratio = base.median_s / group.median_s
-        if base.scaling == "strong":
-            ratio = ratio * base.world_size / group.world_size
+        base = group[group.world_size == group.smallest]
+        ratio = (base.median_s.iloc[0] / group.median_s) if len(base) else pd.Series(np.nan, index=group.index)
+        if group.scaling.iloc[0] == "strong":
+            ratio = ratio * group.smallest / group.world_size
         out.append(group[[*keys, "key", "round", *sizes, "median_s", "q1_s", "q3_s"]].rename(
             columns={"median_s": "step_s"}).assign(efficiency=ratio))
     table = pd.concat(out, ignore_index=True)
@@ -620,11 +623,15 @@ def multi_gpu(rounds: pd.DataFrame) -> dict[str, Any] | None:
                                      "ratio": float(after.busbw_of_plain.median())}
             weak.append(entry)
         else:
-            # each round's speed-up at each world size's faster rung in that round
+            # each round's speed-up at each world size's faster rung in that round, over the smallest world
+            # size measured; none where that is the largest too (its launches on fewer GPUs all failed)
+            base = int(group.world_size.min())
             fastest = group.groupby(["round", "world_size"]).step_s.min().unstack()
-            ratios = (fastest[group.world_size.min()] / fastest[most]).dropna()
+            ratios = (fastest[base] / fastest[most]).dropna() if base < most else pd.Series(dtype=float)
+            if ratios.empty:
+                continue
             entry.update(speedup=float(ratios.median()), speedup_min=float(ratios.min()),
-                         speedup_max=float(ratios.max()))
+                         speedup_max=float(ratios.max()), rounds=len(ratios))
             strong.append(entry)
     return {"world_size": most, "weak": weak, "strong": strong}
 

@@ -399,6 +399,28 @@ def test_data_parallel_rounds_are_read_round_by_round(tmp_path: Path) -> None:
         assert (row.efficiency_min, row.efficiency_max) == pytest.approx((rounds.min(), rounds.max()))
 
 
+def test_a_round_without_its_one_gpu_launch_has_no_efficiency(tmp_path: Path) -> None:
+    """A launch on one GPU that failed leaves its round without a base: no efficiency there (not one against
+    two GPUs), and a configuration with no one-GPU launch at all has no speed-up over one GPU."""
+    first = Path(__file__).parents[1] / "results" / "h200x2-0464253-rounds"
+    run_dir = tmp_path / "failed"
+    shutil.copytree(first, run_dir)
+    ranks = read_table(first / "ranks.csv")
+    one_gpu = (ranks.world_size == 1) & (ranks.stage != "")
+    lost = one_gpu & (((ranks.backend == "cuda-opt") & (ranks["round"] == 2)) | (ranks.backend == "torch-gpu"))
+    ranks.loc[lost, "status"] = "failed"
+    ranks.to_csv(run_dir / "ranks.csv", index=False)
+    by_round = summary.rank_scaling(load_run(run_dir), by_round=True)
+    cuda_opt = by_round[(by_round.backend == "cuda-opt") & (by_round.world_size == 2)]
+    assert cuda_opt[cuda_opt["round"] == 2].efficiency.isna().all()
+    assert cuda_opt[cuda_opt["round"] != 2].efficiency.notna().all()
+    # no launch on one GPU at all: its efficiency is against two GPUs, the smallest world size measured
+    assert (by_round[by_round.backend == "torch-gpu"].efficiency == 1).all()
+    strong = {(e["backend"], e["network"]): e for e in summary.multi_gpu(by_round)["strong"]}
+    assert {backend for backend, _ in strong} == {"cuda-opt", "cuda-fused"}
+    assert all(strong["cuda-opt", network]["rounds"] == 3 for network in ("mnist", "moons-5h300"))
+
+
 def test_load_table_says_which_runs_were_quiet(gpu_run: summary.Results, results: summary.Results) -> None:
     busy = summary.load_table(gpu_run).iloc[0]
     assert busy.busy_recorded and busy.busy == 1 and not busy.quiet
