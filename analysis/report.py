@@ -418,7 +418,8 @@ class _Run:
 
     def ranks(self) -> dict[str, Any] | None:
         """Data-parallel runs: the GPUs and how they are linked, the code's commit, the largest world size,
-        efficiency there per configuration (``backend network scaling pg_backend rung``), the all-reduce share
+        efficiency there per configuration (``backend network scaling pg_backend rung``; launched in rounds: the
+        median of the rounds', with their count and range in ``efficiency_rounds``), the all-reduce share
         of the step at every world size, the gradient all-reduce against a plain one of the same bytes, the
         highest plain all-reduce bus bandwidth, and on several GPUs :func:`~analysis.summary.multi_gpu`; None
         without such data."""
@@ -429,7 +430,8 @@ class _Run:
         out: dict[str, Any] = {"machine": machine_label(self.meta), "gpus": gpu.get("count"),
                                "commit": str(described.get("git", {}).get("commit", ""))[:COMMIT_DIGITS],
                                "nccl": gpu.get("nccl"), "link": _gpu_link(gpu.get("topology")),
-                               "efficiency": {}, "allreduce_share": {}, "gradient_vs_plain": {}}
+                               "efficiency": {}, "efficiency_rounds": {}, "allreduce_share": {},
+                               "gradient_vs_plain": {}}
         scaling = self.rank_scaling
         if len(scaling):
             most = int(scaling.world_size.max())
@@ -440,6 +442,9 @@ class _Run:
                 if row.world_size != most:
                     continue
                 out["efficiency"][key] = float(row.efficiency)
+                if row.rounds > 1:  # the median of the rounds' efficiencies: their range beside it
+                    out["efficiency_rounds"][key] = {"rounds": int(row.rounds), "min": float(row.efficiency_min),
+                                                     "max": float(row.efficiency_max)}
                 # Only after backprop is the all-reduce timed alone (overlapped: the wait backprop left).
                 if row.rung == "after-backprop" and np.isfinite(row.busbw_of_plain):
                     out["gradient_vs_plain"][key] = {"bytes": int(row.grad_bytes), "busbw": row.grad_busbw_gbps,

@@ -19,6 +19,7 @@
 #   gpus-rounds  the same strong scaling, all-reduce after backprop, in RANK_ROUNDS rounds (default 4) of
 #                launches: every configuration once a round, so that each speed-up is read round by round
 #
+# The ranks parts launch each configuration in the preset's three rounds (rank_rounds), gpus-rounds in RANK_ROUNDS.
 # A call that runs out of DEADLINE leaves the rest to a later call with the same RUN_ID (the folder carried).
 # Give the commit of the tree sent to the host in MLPBENCH_GIT_COMMIT: a copied .git may hold another HEAD.
 set -uo pipefail

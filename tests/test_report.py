@@ -877,6 +877,42 @@ def test_a_second_take_of_the_gpu_ranks_is_set_beside_them(report):
         assert sorted(re.split(r", | and ", listed)) == sorted(split)
 
 
+def test_cpu_ranks_launched_in_rounds_give_the_rounds_range():
+    """The development run with its ranks study replaced by one launched in three rounds: each efficiency at the
+    largest world size is the median of the rounds', with their range."""
+    rounds = ROOT / "results" / "dev-2core-ranks-rounds"
+    out = ROOT / "build" / "test-report-rank-rounds"  # Typst reads only inside the project
+    shutil.rmtree(out, ignore_errors=True)
+    dev = out / "runs" / RUNS[0].name
+    shutil.copytree(RUNS[0], dev)
+    for name in ("ranks.csv", "allreduce.csv"):
+        shutil.copy(rounds / name, dev / name)
+    pdf = build([dev, *RUNS[1:], MULTI_GPU], out / "figures", out / "data", out / "report.pdf")
+    text = pdf_text(pdf)
+    shutil.rmtree(out, ignore_errors=True)
+    assert says(text, "Data-parallel launches: on Intel Xeon (16 cores) + NVIDIA H200 and Intel Xeon (32 cores) + "
+                      "2 × NVIDIA H200 each data-parallel configuration was launched once")
+    steps = read_table(rounds / "ranks.csv").query("status == 'ok' and stage == 'step'")
+    most = steps.world_size.max()
+    for (backend, scaling, rung), group in steps.groupby(["backend", "scaling", "rung"]):
+        by_round = group.set_index(["round", "world_size"]).median_s
+        ratio = by_round.xs(1, level="world_size") / by_round.xs(most, level="world_size")
+        if scaling == "strong":
+            ratio = ratio / most
+        assert says(text, f"{percent(ratio.median())} ({backend} mnist {scaling} gloo {rung}; the median of "
+                          f"{len(ratio)} rounds, from {percent(ratio.min())} to {percent(ratio.max())})"), (
+            backend, scaling, rung)
+
+
+def test_runs_launched_once_are_named_in_the_limitations(committed):
+    _, text, numbers = committed
+    once = [run["machine"] for run in numbers["ranks_runs"].values()
+            if run["efficiency"] and not run["efficiency_rounds"]]
+    assert len(once) == 3
+    assert says(text, f"Data-parallel launches: on {once[0]}, {once[1]} and {once[2]} each data-parallel "
+                      "configuration was launched once")
+
+
 def test_multi_gpu_table_prints_the_measured_steps(report):
     runs, text, _ = report
     ranks = read_table(runs[0].parent / MULTI_GPU.name / "ranks.csv").query("status == 'ok' and stage == 'step'")

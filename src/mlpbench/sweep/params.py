@@ -89,7 +89,7 @@ class SweepParams:
     rank_rungs: tuple[str, ...] = ("after-backprop", "overlapped")
     rank_threads: int = 1
     rank_steps: int = 20
-    rank_rounds: int = 1      # launches of each rank configuration, every configuration once a round
+    rank_rounds: int = 3      # launches of each rank configuration, every configuration once a round
     rank_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
@@ -221,9 +221,9 @@ PRESETS: dict[str, SweepParams] = {
                     tasks=("moons-tanh", "digits-target"), task_epochs=2, task_repeats=2, ranks=(2,),
                     scaling=("strong",), rank_networks=("digits:32",), rank_backends=("c-serial",),
                     rank_rungs=("overlapped",),
-                    rank_steps=3, neighbour_wait_s=0.0,
+                    rank_steps=3, rank_rounds=1, neighbour_wait_s=0.0,
                     ladder_cpu_n=128, ladder_gpu_n=256, ladder_repeats=3, profile_steps=20),
-    # About twelve minutes on the 2-core development machine (every study, the end-to-end and ranks ones included).
+    # About fourteen minutes on the 2-core development machine (every study, the end-to-end and ranks ones included).
     "default": SweepParams(),
     # The GPU host: more samples, the original study's batch sizes, widths up to 4096.
     "full": SweepParams(networks=("moons-5h300:32", "digits:32", "mnist:256", "large:1024"),
