@@ -908,9 +908,11 @@ def test_runs_launched_once_are_named_in_the_limitations(committed):
     _, text, numbers = committed
     once = [run["machine"] for run in numbers["ranks_runs"].values()
             if run["efficiency"] and not run["efficiency_rounds"]]
-    assert len(once) == 3
-    assert says(text, f"Data-parallel launches: on {once[0]}, {once[1]} and {once[2]} each data-parallel "
-                      "configuration was launched once")
+    if not once:
+        assert "Data-parallel launches:" not in text
+        return
+    listed = once[0] if len(once) == 1 else ", ".join(once[:-1]) + " and " + once[-1]
+    assert says(text, f"Data-parallel launches: on {listed} each data-parallel configuration was launched once")
 
 
 def test_multi_gpu_table_prints_the_measured_steps(report):
