@@ -54,6 +54,11 @@ class Unit:
     #: The work appends its own rows to the table (the ranks study's torchrun processes write them).
     records_itself: bool = False
 
+    @property
+    def name(self) -> str:
+        """The unit's name across tables (``table:key``): in the attempts log, ``busy`` and the session's lists."""
+        return f"{self.table}:{self.key}"
+
 
 class Attempts:
     """Append-only log of units started: a unit that was started ``MAX_ATTEMPTS`` times without finishing
@@ -69,16 +74,15 @@ class Attempts:
 
     def given_up(self, unit: Unit) -> str | None:
         """Why ``unit`` is not tried again (it crashed too often), or ``None``."""
-        count = self.counts[f"{unit.table}:{unit.key}"]
+        count = self.counts[unit.name]
         return f"the process died while measuring it, {count} times: not tried again" if (
             count >= self.MAX_ATTEMPTS) else None
 
     def begin(self, unit: Unit) -> None:
         """Log a start of ``unit``."""
-        name = f"{unit.table}:{unit.key}"
-        self.counts[name] += 1
+        self.counts[unit.name] += 1
         with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(name + "\n")
+            handle.write(unit.name + "\n")
             handle.flush()
             os.fsync(handle.fileno())
 
@@ -289,13 +293,12 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
                     if crashed is None:
                         site = probe_site(unit, params)
                         shared = neighbours.before(site.threads) if site else None
-                        name = f"{unit.table}:{unit.key}"
                         if shared is not None and shared > SLOWDOWN_LIMIT and todo and (
-                                deferred[name] < params.deferrals):
+                                deferred[unit.name] < params.deferrals):
                             # Cores still shared after the wait: other units first, this one at the end.
-                            deferred[name] += 1
-                            meta["sessions"][-1].setdefault("deferred", []).append(name)
-                            bar.write(f"{name}: the cores were still shared after the wait (a fixed step "
+                            deferred[unit.name] += 1
+                            meta["sessions"][-1].setdefault("deferred", []).append(unit.name)
+                            bar.write(f"{unit.name}: the cores were still shared after the wait (a fixed step "
                                       f"{shared:.2f}x slower than usual): put back at the end of the queue",
                                       file=sys.stderr)
                             todo.append(unit)
@@ -305,7 +308,7 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
                         rows, recorded = unit.work(), unit.records_itself
                         if site:
                             shared = max(filter(None, (shared, neighbours.after(site.threads))), default=None)
-                        flagged = neighbour_entry(name, shared, site, cores)
+                        flagged = neighbour_entry(unit.name, shared, site, cores)
                         if flagged is not None:
                             _record_busy(meta, flagged, f"{flagged['key']}: {flagged['reason']}", bar)
                             _write_meta(run_dir, meta)
@@ -325,7 +328,7 @@ def run(preset: str = "default", *, results_dir: str | Path = "results", run_id:
                         unavailable_here.setdefault(backend, row["reason"])
                 if not recorded:
                     tables[unit.table].append(unit.key, rows)
-                busy = busy_entry(f"{unit.table}:{unit.key}", rows, cores)
+                busy = busy_entry(unit.name, rows, cores)
                 if busy is not None:
                     _record_busy(meta, busy, f"the machine was busy while {busy['key']} ran (load average "
                                  f"{busy['load_before']} before, {busy['load_after']} after, on {cores} cores: "
@@ -363,8 +366,8 @@ def _late_flags(neighbours: NeighbourCheck, passed: list[tuple[Unit, ProbeSite, 
     beside this one.)"""
     late = []
     for unit, site, seconds in passed:
-        entry = neighbour_entry(f"{unit.table}:{unit.key}", neighbours.slowdown_against_session(seconds, site.threads),
-                                site, cores, at_session_end=True)
+        entry = neighbour_entry(unit.name, neighbours.slowdown_against_session(seconds, site.threads), site, cores,
+                                at_session_end=True)
         if entry is not None:
             late.append((unit, site, entry))
     return late
