@@ -25,7 +25,7 @@ import pandas as pd
 from analysis import draw_all, load_runs
 from analysis.load import Results, busy_keys, epoch_steps, gpu_name, machine_label
 from analysis.palette import REFERENCE, hand_written_ladder, ordered
-from analysis.studies import COMMIT_DIGITS, load_studies
+from analysis.studies import load_studies, run_commit
 from analysis.summary import (
     AUTHORS_BATCH,
     AUTHORS_NETWORK,
@@ -425,10 +425,9 @@ class _Run:
         without such data."""
         if self.rank_scaling.empty and self.allreduce.empty:
             return None
-        described = self.meta.get("machine", {})
-        gpu = described.get("gpu", {})
+        gpu = self.meta.get("machine", {}).get("gpu", {})
         out: dict[str, Any] = {"machine": machine_label(self.meta), "gpus": gpu.get("count"),
-                               "commit": str(described.get("git", {}).get("commit", ""))[:COMMIT_DIGITS],
+                               "commit": run_commit(self.meta),
                                "nccl": gpu.get("nccl"), "link": _gpu_link(gpu.get("topology")),
                                "efficiency": {}, "efficiency_rounds": {}, "allreduce_share": {},
                                "gradient_vs_plain": {}}
@@ -464,7 +463,6 @@ class _Run:
         native = described.get("native", {})
         gpu = described.get("gpu", {})
         smi = (gpu.get("nvidia_smi") or [{}])[0] if isinstance(gpu.get("nvidia_smi"), list) else {}
-        commit = described.get("git", {}).get("commit", "")
         return {
             "run_id": self.run_id, "label": machine_label(self.meta),
             "cpu": cpu.get("model"), "cores": cpu.get("usable_cores"), "cpu_identity": cpu_identity(cpu),
@@ -472,7 +470,7 @@ class _Run:
             "gpu_driver": smi.get("driver_version"), "gpu_max_clock": smi.get("clocks.max.sm"),
             "python": libraries.get("python"), "numpy": libraries.get("numpy"), "torch": libraries.get("torch"),
             "pycuda": libraries.get("pycuda"), "compiler": native.get("compiler"), "isa": native.get("isa"),
-            "cflags": native.get("cflags"), "commit": str(commit)[:COMMIT_DIGITS], "preset": self.meta.get("preset"),
+            "cflags": native.get("cflags"), "commit": run_commit(self.meta), "preset": self.meta.get("preset"),
             "started_at": str(self.meta.get("started_at", ""))[:16].replace("T", " "),
         }
 

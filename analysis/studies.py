@@ -30,6 +30,11 @@ PACE_SLOW = 1.2
 PACE_WINDOW_S = 0.05
 
 
+def run_commit(meta: dict[str, Any]) -> str:
+    """A sweep run's commit as the report prints it, from its ``meta.json`` (empty where it recorded none)."""
+    return str(meta.get("machine", {}).get("git", {}).get("commit") or "")[:COMMIT_DIGITS]
+
+
 def study_kind(folder: Path) -> str:
     kinds = [kind for kind, name in STUDY_FILES.items() if (folder / name).is_file()]
     if len(kinds) != 1:
@@ -156,9 +161,7 @@ def ranks_take_study(folder: Path, label: str) -> dict[str, Any]:
     scaling = multi_gpu(rank_scaling(results, by_round=True))
     if scaling is None:
         raise ValueError(f"{folder}: no ranks on several GPUs to set beside the report's run")
-    meta = next(iter(results.meta.values()))
-    commit = meta.get("machine", {}).get("git", {}).get("commit") or ""
-    return {"folder": label, "commit": commit[:COMMIT_DIGITS], **scaling}
+    return {"folder": label, "commit": run_commit(next(iter(results.meta.values()))), **scaling}
 
 
 _READERS = {"ceiling": ceiling_study, "exchange": exchange_study, "step_parts": step_parts_study,
