@@ -152,16 +152,19 @@ def core_pace_study(folder: Path, label: str) -> dict[str, Any]:
 
 def ranks_take_study(folder: Path, label: str) -> dict[str, Any]:
     """Another run of the data-parallel study on several GPUs (a second take, or the same configurations in
-    rounds): its code's commit and, at its largest world size, what :func:`analysis.summary.multi_gpu` reads
-    (weak-scaling efficiencies, strong-scaling speed-ups with their rounds' range)."""
+    rounds): its code's commit, the all-reduce rungs it measured (a speed-up "at the faster rung" is over these)
+    and, at its largest world size, what :func:`analysis.summary.multi_gpu` reads (weak-scaling efficiencies,
+    strong-scaling speed-ups with their rounds' range)."""
     from analysis.load import load_run
     from analysis.summary import multi_gpu, rank_scaling
 
     results = load_run(folder)
-    scaling = multi_gpu(rank_scaling(results, by_round=True))
+    rounds = rank_scaling(results, by_round=True)
+    scaling = multi_gpu(rounds)
     if scaling is None:
         raise ValueError(f"{folder}: no ranks on several GPUs to set beside the report's run")
-    return {"folder": label, "commit": run_commit(next(iter(results.meta.values()))), **scaling}
+    rungs = sorted(set(rounds[rounds.pg_backend == "nccl"].rung))
+    return {"folder": label, "commit": run_commit(next(iter(results.meta.values()))), "rungs": rungs, **scaling}
 
 
 _READERS = {"ceiling": ceiling_study, "exchange": exchange_study, "step_parts": step_parts_study,

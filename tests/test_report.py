@@ -864,6 +864,9 @@ def test_a_second_take_of_the_gpu_ranks_is_set_beside_them(report):
     label = str(take.relative_to(ROOT))
     assert numbers["studies"]["ranks_take"]["folder"] == label
     assert says(text, f"on a fresh machine of the same kind ({label}, on the code of commit")
+    taken = read_table(take / "ranks.csv").query("status == 'ok'")
+    rungs = sorted(set(taken.rung))
+    assert (f"; one all-reduce rung, {rungs[0]}) measured" in text) == (len(rungs) == 1)
     mine = strong_gains(read_table(runs[0].parent / MULTI_GPU.name / "ranks.csv"))
     again = strong_gains(read_table(take / "ranks.csv"))
     medians = again.groupby(level=["backend", "network"]).median()

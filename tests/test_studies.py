@@ -34,7 +34,7 @@ def test_a_take_of_the_gpu_ranks_reads_its_strong_speedups_round_by_round():
             if row["stage"] == "step" and row["status"] == "ok" and row["scaling"] == "strong":
                 steps[row["backend"], row["network"], int(row["round"]), int(row["world_size"])] = float(
                     row["median_s"])
-    assert study["weak"] == [] and study["strong"]
+    assert study["weak"] == [] and study["strong"] and study["rungs"] == ["after-backprop"]
     for entry in study["strong"]:
         ratios = [steps[entry["backend"], entry["network"], n, 1] / steps[entry["backend"], entry["network"], n, 2]
                   for n in range(1, entry["rounds"] + 1)]
