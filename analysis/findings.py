@@ -149,15 +149,21 @@ def _step_rows(cpu_role: dict[str, Any], gpu_role: dict[str, Any] | None, author
 
 
 def _ranks_rows(ranks: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """One run's data-parallel rows, one per backend, network and scaling with its rungs: efficiency and
-    all-reduce share at the largest world size, the gradient all-reduce against a plain one of its size; and
-    the all-reduce share of configurations measured on one NCCL rank only."""
+    """One run's data-parallel rows, one per backend, network and scaling with its rungs: efficiency (with its
+    rounds' range where the configurations were launched in rounds) and all-reduce share at the largest world
+    size, the gradient all-reduce against a plain one of its size; and the all-reduce share of configurations
+    measured on one NCCL rank only."""
     label, most = ranks["machine"], ranks.get("max_world_size")
     shares = ranks.get("allreduce_share") or {}
+    rounds = ranks.get("efficiency_rounds") or {}
     grouped: dict[str, list[str]] = {}
     for key, efficiency in (ranks.get("efficiency") or {}).items():
         backend, network, scaling, group, rung = key.split(" ")
         result = f"{rung}: {percent(efficiency)} efficiency"
+        if key in rounds:
+            spread = rounds[key]
+            result += (f" (median of {spread['rounds']} rounds, {percent(spread['min'])}-"
+                       f"{percent(spread['max'])})")
         share = shares.get(key, {}).get(str(most))
         if share is not None:
             result += f", the all-reduce {percent(share)} of the step"

@@ -559,6 +559,22 @@ def test_findings_follow_the_numbers():
                                   for row in rows)
 
 
+def test_findings_give_the_rounds_range_of_a_data_parallel_efficiency():
+    from analysis.findings import findings_markdown
+
+    numbers = json.loads((Path(__file__).resolve().parent.parent / "report" / "data" / "numbers.json").read_text())
+    cpu = numbers["cpu"]["machine"]["label"]
+    hosts = {run_id: run for run_id, run in numbers["ranks_runs"].items() if run["machine"] != cpu}
+    run_id, run = next((run_id, run) for run_id, run in hosts.items() if run["efficiency_rounds"])
+    key = next(iter(run["efficiency_rounds"]))
+    run["efficiency"][key], run["efficiency_rounds"][key] = 0.5, {"rounds": 3, "min": 0.25, "max": 0.75}
+    rung = key.split(" ")[-1]
+    assert f"{rung}: 50 % efficiency (median of 3 rounds, 25 %-75 %)" in findings_markdown(numbers)
+    run["efficiency_rounds"] = {}  # launched once: no range
+    assert f"{rung}: 50 % efficiency," in findings_markdown(numbers)
+    assert "median of 3 rounds, 25 %" not in findings_markdown(numbers), run_id
+
+
 def test_stage_table_carries_the_epoch_step_of_backends_that_run_many_steps_per_launch() -> None:
     # the H200 run times cuda-fused an epoch per launch (stage epoch_step); no other backend does
     runs = load_runs(report_runs()[1])
