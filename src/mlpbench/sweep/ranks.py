@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -42,22 +43,18 @@ def rank_jobs(params: SweepParams, run_dir: Path) -> list[RankJob]:
     from mlpbench.distributed import RankConfig, run_ranks
 
     jobs = []
-    for round_ in range(1, params.rank_rounds + 1):
-        for spec in params.rank_networks:
-            network, batch = split_network(spec)
-            for backend in params.rank_backends:
-                for scaling in params.scaling:
-                    for world_size in rank_counts(backend, params):
-                        global_batch = batch * world_size if scaling == "weak" else batch
-                        for rung in params.rank_rungs:
-                            options = {"threads": params.rank_threads, "steps": params.rank_steps, "rung": rung,
-                                       "scaling": scaling, "seed": params.seed, "round": round_}
-                            key = RankConfig(backend=backend, network=network, world_size=world_size,
-                                             global_batch=global_batch, **options).key
-                            jobs.append(RankJob(key, {"backend": backend, "network": network, "scaling": scaling,
-                                                      "world_size": world_size, "rung": rung, "round": round_},
-                                                lambda b=backend, n=network, w=world_size, g=global_batch,
-                                                o=options: run_ranks(b, n, w, global_batch=g, out_dir=run_dir,
-                                                                     timeout_s=params.rank_timeout_s,
-                                                                     record_invalid=True, **o)))
+    for round_, spec, backend, scaling in product(range(1, params.rank_rounds + 1), params.rank_networks,
+                                                  params.rank_backends, params.scaling):
+        network, batch = split_network(spec)
+        for world_size, rung in product(rank_counts(backend, params), params.rank_rungs):
+            global_batch = batch * world_size if scaling == "weak" else batch
+            options = {"threads": params.rank_threads, "steps": params.rank_steps, "rung": rung,
+                       "scaling": scaling, "seed": params.seed, "round": round_}
+            key = RankConfig(backend=backend, network=network, world_size=world_size, global_batch=global_batch,
+                             **options).key
+            jobs.append(RankJob(key, {"backend": backend, "network": network, "scaling": scaling,
+                                      "world_size": world_size, "rung": rung, "round": round_},
+                                lambda b=backend, n=network, w=world_size, g=global_batch, o=options:
+                                run_ranks(b, n, w, global_batch=g, out_dir=run_dir, timeout_s=params.rank_timeout_s,
+                                          record_invalid=True, **o)))
     return jobs
