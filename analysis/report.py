@@ -41,6 +41,7 @@ from analysis.summary import (
     lineprofile_table,
     load_table,
     multi_gpu,
+    over_rank_rounds,
     rank_scaling,
     stage_speedups,
     stage_table,
@@ -485,8 +486,8 @@ def report_numbers(results: Results) -> dict[str, Any]:
               "profile": lineprofile_table(results), "correct": correctness_table(results),
               "baselines": thread_baselines(results), "stage_speedups": stage_speedups(results),
               "endtoend": endtoend_table(results), "load": load_table(results),
-              "rank_scaling": rank_scaling(results), "rank_rounds": rank_scaling(results, by_round=True),
-              "allreduce": allreduce_table(results)}
+              "rank_rounds": rank_scaling(results, by_round=True), "allreduce": allreduce_table(results)}
+    tables["rank_scaling"] = over_rank_rounds(tables["rank_rounds"])
     for role, run_id in chosen.items():
         run = _Run(results, tables, run_id)
         nets = sorted(run.stages.network.unique())

@@ -533,6 +533,13 @@ def endtoend_table(results: Results) -> pd.DataFrame:
     return _sorted(pd.DataFrame(out, columns=columns), "run_id", "task", "backend")
 
 
+#: A rank_scaling table's columns: what names a configuration, its sizes, and what is measured of it.
+_RANK_KEYS = ["run_id", "machine", "backend", "device", "network", "scaling", "pg_backend", "rung"]
+_RANK_SIZES = ["world_size", "global_batch", "batch_per_rank"]
+_RANK_VALUES = ["step_s", "q1_s", "q3_s", "efficiency", "allreduce_s", "allreduce_share", "grad_bytes",
+                "grad_busbw_gbps", "plain_busbw_gbps", "busbw_of_plain"]
+
+
 def rank_scaling(results: Results, by_round: bool = False) -> pd.DataFrame:
     """Data-parallel training (``ranks.csv``): the whole step's median (slowest rank) per world size, and the
     scaling efficiency against the smallest world size measured in the same round: strong scaling (fixed global
@@ -541,17 +548,12 @@ def rank_scaling(results: Results, by_round: bool = False) -> pd.DataFrame:
     all-reduce of the same bytes timed in the same configuration (``allreduce.csv``), with their ratio. In the
     overlapped rung the all-reduce time is only the wait backprop did not hide, so its bandwidth is not the
     transfer's. A sweep that launches each configuration in several rounds gives one row per round with
-    ``by_round``, and otherwise the median of the rounds' values per world size, their count (``rounds``) and the
-    range of the rounds' efficiencies (``efficiency_min``, ``efficiency_max``)."""
+    ``by_round``, and otherwise :func:`over_rank_rounds` of that."""
     frame = _ok(results.ranks, stage="step")
-    keys = ["run_id", "machine", "backend", "device", "network", "scaling", "pg_backend", "rung"]
-    values = ["step_s", "q1_s", "q3_s", "efficiency", "allreduce_s", "allreduce_share", "grad_bytes",
-              "grad_busbw_gbps", "plain_busbw_gbps", "busbw_of_plain"]
-    sizes = ["world_size", "global_batch", "batch_per_rank"]
-    columns = [*keys, *sizes, *values, "round"] if by_round else [
-        *keys, *sizes, *values, "rounds", "efficiency_min", "efficiency_max"]
+    keys, sizes, values = _RANK_KEYS, _RANK_SIZES, _RANK_VALUES
     if frame.empty:
-        return pd.DataFrame(columns=columns)
+        empty = pd.DataFrame(columns=[*keys, *sizes, *values, "round"])
+        return empty if by_round else over_rank_rounds(empty)
     frame = frame.assign(round=frame["round"].astype(int))
     # The base of every round is the smallest world size any round measured: a round whose launch of it failed
     # has no efficiency (NaN), not one against another world size.
@@ -583,9 +585,20 @@ def rank_scaling(results: Results, by_round: bool = False) -> pd.DataFrame:
         table["plain_busbw_gbps"] = np.nan
     # One rank moves nothing: no bandwidth to compare.
     table["busbw_of_plain"] = (table.grad_busbw_gbps / table.plain_busbw_gbps).where(table.world_size > 1)
-    if by_round:
-        return _sorted(table[columns], "run_id", "backend", "scaling", "world_size", "round")
-    grouped = table.groupby([*keys, *sizes], sort=False, dropna=False)
+    by_round_table = _sorted(table[[*keys, *sizes, *values, "round"]], "run_id", "backend", "scaling", "world_size",
+                             "round")
+    return by_round_table if by_round else over_rank_rounds(by_round_table)
+
+
+def over_rank_rounds(rounds: pd.DataFrame) -> pd.DataFrame:
+    """A :func:`rank_scaling` table by round as one row per configuration and world size: the median of the
+    rounds' values, their count (``rounds``) and the range of their efficiencies (``efficiency_min``,
+    ``efficiency_max``)."""
+    keys, sizes, values = _RANK_KEYS, _RANK_SIZES, _RANK_VALUES
+    columns = [*keys, *sizes, *values, "rounds", "efficiency_min", "efficiency_max"]
+    if rounds.empty:
+        return pd.DataFrame(columns=columns)
+    grouped = rounds.groupby([*keys, *sizes], sort=False, dropna=False)
     merged = grouped[values].median().assign(rounds=grouped.size(), efficiency_min=grouped.efficiency.min(),
                                              efficiency_max=grouped.efficiency.max()).reset_index()
     return _sorted(merged[columns], "run_id", "backend", "scaling", "world_size")
